@@ -1,0 +1,3 @@
+from cxrkit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Data: find images on disk, decode them to grayscale, split, cache and augment."""

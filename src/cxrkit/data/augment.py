@@ -1,0 +1,64 @@
+"""Training-time augmentation applied to whole batches with torch ops (one ``grid_sample`` per batch).
+
+Batched affine sampling is several times faster on a CPU than per-image transforms, and runs the
+same on a GPU. Horizontal flips are off by default: the heart sits on the patient's left, so a
+flipped radiograph shows anatomy that does not occur (situs inversus is rare), and laterality
+markers ("L"/"R") become mirrored text a model can learn from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    """Strength of each random augmentation; zero disables it."""
+
+    rotate_degrees: float = 10.0
+    scale: float = 0.10
+    translate: float = 0.05
+    brightness: float = 0.10
+    contrast: float = 0.10
+    hflip: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any augmentation is active."""
+        return any((self.rotate_degrees, self.scale, self.translate, self.brightness, self.contrast, self.hflip))
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Randomly rotate, scale, translate, flip and change brightness/contrast of a batch.
+
+    ``x`` is a float tensor of shape (B, 1, H, W) with values in [0, 1]; the result has the same shape.
+    Geometric changes fill uncovered corners with 0 (black, like the film border).
+    """
+    if not cfg.enabled:
+        return x
+    b = x.shape[0]
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(b, generator=generator) * (hi - lo) + lo
+
+    angle = uniform(-cfg.rotate_degrees, cfg.rotate_degrees) * (math.pi / 180.0)
+    scale = uniform(1.0 - cfg.scale, 1.0 + cfg.scale)
+    tx, ty = uniform(-cfg.translate, cfg.translate) * 2, uniform(-cfg.translate, cfg.translate) * 2
+    flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(b)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
+    ).to(x.dtype)
+    if cfg.rotate_degrees or cfg.scale or cfg.translate or cfg.hflip:
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if cfg.contrast or cfg.brightness:
+        c = uniform(1.0 - cfg.contrast, 1.0 + cfg.contrast).view(b, 1, 1, 1).to(x.dtype)
+        br = uniform(-cfg.brightness, cfg.brightness).view(b, 1, 1, 1).to(x.dtype)
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        x = ((x - mean) * c + mean + br).clamp_(0.0, 1.0)
+    return x

@@ -1,0 +1,187 @@
+"""Find labelled images on disk: ``<root>/<split>/<class>/*``, ``<root>/<class>/*`` or a ``.zip`` of either."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cxrkit.data.decode import is_image_file
+
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+NEGATIVE_NAMES = {"normal", "healthy", "negative", "no finding", "nofinding", "no_finding", "no-finding", "none"}
+
+
+class DatasetError(ValueError):
+    """Raised when a dataset folder does not have a layout cxrkit can read."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image: its path, its class name and the split its folder names (or None)."""
+
+    path: Path
+    label: str
+    split: str | None = None
+
+
+@dataclass
+class ImageFolderSource:
+    """Images found under a root folder, with class names taken from folder names."""
+
+    root: Path
+    samples: list[Sample]
+    classes: list[str]
+    layout: str  # "split/class" or "class"
+    ignored_files: list[Path] = field(default_factory=list)
+
+    @property
+    def given_splits(self) -> list[str]:
+        """Split names present in the folder layout, in train/val/test order."""
+        present = {s.split for s in self.samples if s.split}
+        return [s for s in ("train", "val", "test") if s in present]
+
+    def relpath(self, path: Path) -> str:
+        """Path of an image relative to the dataset root, with forward slashes."""
+        return Path(path).relative_to(self.root).as_posix()
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("CXRKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cxrkit"
+    )
+    return Path(base)
+
+
+def extract_zip(zip_path: Path, cache_dir: Path | None = None) -> Path:
+    """Extract a zip archive once into the cache and return the folder holding its dataset.
+
+    The extraction is keyed by the archive's absolute path, size and modification time, written to a
+    temporary folder and renamed when complete, so an interrupted extraction is never mistaken for a
+    finished one. A single top-level folder inside the archive is descended into.
+    """
+    st = zip_path.stat()
+    key = hashlib.sha1(f"{zip_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    dest = (cache_dir or _cache_root()) / "zips" / f"{zip_path.stem}-{key}"
+    if not dest.exists():
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                # zipfile strips absolute paths and ".." components, so members cannot escape tmp.
+                members = [m for m in zf.namelist() if not m.startswith("__MACOSX/")]
+                zf.extractall(tmp, members=members)
+        except zipfile.BadZipFile as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DatasetError(f"{zip_path} is not a readable zip archive: {exc}") from exc
+        tmp.rename(dest)
+    entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
+    while len(entries) == 1 and entries[0].is_dir() and entries[0].name.lower() not in SPLIT_ALIASES:
+        dest = entries[0]
+        entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
+    return dest
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+
+
+def _images_under(folder: Path, ignored: list[Path]) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if is_image_file(p):
+                found.append(p)
+            elif not name.startswith("."):
+                ignored.append(p)
+    return found
+
+
+def open_image_folder(root: str | Path, cache_dir: Path | None = None) -> ImageFolderSource:
+    """Read a dataset folder (or zip) whose class names are folder names.
+
+    Layouts: ``<root>/<split>/<class>/*`` with splits named train, val|valid|validation, test; or
+    ``<root>/<class>/*``. Files in nested sub-folders of a class folder belong to that class.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DatasetError(f"dataset path {root} does not exist")
+    if root.is_file():
+        if root.suffix.lower() != ".zip":
+            raise DatasetError(f"{root} is a file; give a folder of class folders or a .zip of one")
+        root = extract_zip(root, cache_dir)
+    root = root.resolve()
+    subdirs = _visible_dirs(root)
+    if not subdirs:
+        raise DatasetError(f"{root} has no sub-folders; expected <root>/<class>/ or <root>/<split>/<class>/")
+    ignored: list[Path] = []
+    samples: list[Sample] = []
+    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES]
+    if split_dirs:
+        layout = "split/class"
+        others = [d.name for d in subdirs if d not in split_dirs]
+        if others:
+            raise DatasetError(
+                f"{root} mixes split folders ({', '.join(d.name for d in split_dirs)}) with other folders "
+                f"({', '.join(others)}); use either <root>/<split>/<class>/ or <root>/<class>/"
+            )
+        seen: dict[str, Path] = {}
+        for d in split_dirs:
+            split = SPLIT_ALIASES[d.name.lower()]
+            if split in seen:
+                raise DatasetError(f"{root} has two folders for the {split} split: {seen[split].name} and {d.name}")
+            seen[split] = d
+            for class_dir in _visible_dirs(d):
+                samples += [Sample(p, class_dir.name, split) for p in _images_under(class_dir, ignored)]
+        if "train" not in seen:
+            raise DatasetError(f"{root} has split folders but no train/ folder")
+    else:
+        layout = "class"
+        for class_dir in subdirs:
+            samples += [Sample(p, class_dir.name, None) for p in _images_under(class_dir, ignored)]
+    classes = sorted({s.label for s in samples})
+    if len(classes) < 2:
+        raise DatasetError(f"{root}: found {len(classes)} class folder(s) with images ({classes}); need at least 2")
+    train_classes = {s.label for s in samples if s.split in (None, "train")}
+    missing = [c for c in classes if c not in train_classes]
+    if missing:
+        raise DatasetError(f"{root}: classes {missing} have no training images")
+    return ImageFolderSource(root=root, samples=samples, classes=classes, layout=layout, ignored_files=ignored)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"^[0-9]+[_\- ]*", "", name.strip().lower()).replace("_", " ")
+
+
+def choose_positive_class(classes: list[str], positive: str | None = None) -> str:
+    """Pick the positive (disease) class of a binary task.
+
+    An explicit ``positive`` must match a class name (case-insensitively). Otherwise the class that
+    is not called normal/healthy/negative/no finding wins; failing that, the second alphabetically.
+    """
+    if len(classes) != 2:
+        raise ValueError(f"a positive class applies to binary tasks; got {len(classes)} classes")
+    if positive is not None:
+        matches = [c for c in classes if c.lower() == positive.lower()]
+        if not matches:
+            raise DatasetError(f"--positive {positive!r} is not a class; classes are {classes}")
+        return matches[0]
+    negatives = [c for c in classes if _canonical(c) in NEGATIVE_NAMES]
+    if len(negatives) == 1:
+        return next(c for c in classes if c != negatives[0])
+    return sorted(classes)[1]

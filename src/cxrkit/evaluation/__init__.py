@@ -1,0 +1,1 @@
+"""Evaluation: metrics with confidence intervals, threshold choice on validation data, plots."""

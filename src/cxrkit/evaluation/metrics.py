@@ -1,0 +1,191 @@
+"""Diagnostic metrics with 95% confidence intervals for binary and multi-class models.
+
+Every entry is a dict ``{"value", "ci", "method"}`` plus ``numerator``/``denominator`` for
+proportions. ``value`` and ``ci`` are None when undefined (e.g. PPV when the model never says
+positive), never a made-up 0 or 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score
+
+from cxrkit.evaluation.intervals import bootstrap_interval, delong_interval, wilson_interval
+
+
+def proportion(successes: int, n: int, confidence: float = 0.95) -> dict:
+    """A proportion with its Wilson interval (value None when ``n == 0``)."""
+    ci = wilson_interval(int(successes), int(n), confidence)
+    return {
+        "value": (successes / n) if n else None,
+        "ci": list(ci) if ci else None,
+        "numerator": int(successes),
+        "denominator": int(n),
+        "method": "wilson",
+    }
+
+
+def _entry(value: float | None, ci: tuple[float, float] | None, method: str) -> dict:
+    return {"value": None if value is None or not np.isfinite(value) else float(value), "ci": list(ci) if ci else None, "method": method}
+
+
+def binary_confusion(y_true: np.ndarray, pred: np.ndarray) -> dict[str, int]:
+    """Counts of true/false positives/negatives for 0/1 labels and 0/1 predictions."""
+    y, p = np.asarray(y_true).astype(bool), np.asarray(pred).astype(bool)
+    return {"tp": int((y & p).sum()), "fp": int((~y & p).sum()), "tn": int((~y & ~p).sum()), "fn": int((y & ~p).sum())}
+
+
+def rank_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """ROC-AUC by the Mann-Whitney rank formula (ties count half); equals sklearn's, ~50x faster."""
+    y = np.asarray(y).astype(bool)
+    m, n = int(y.sum()), int(len(y) - y.sum())
+    if m == 0 or n == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    r = rankdata(s)
+    return float((r[y].sum() - m * (m + 1) / 2) / (m * n))
+
+
+def average_precision(y: np.ndarray, s: np.ndarray) -> float:
+    """Average precision (step-wise PR-AUC, tied scores grouped) exactly as sklearn defines it."""
+    y = np.asarray(y).astype(bool)
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == len(y):
+        return float("nan")
+    order = np.argsort(-np.asarray(s, dtype=np.float64), kind="mergesort")
+    ss, ys = np.asarray(s)[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(ss)), len(ss) - 1]  # last index of each tied score group
+    tp = np.cumsum(ys)[last]
+    precision = tp / (last + 1)
+    recall_gain = np.diff(np.r_[0, tp]) / n_pos
+    return float(np.sum(recall_gain * precision))
+
+
+def _f1_from_pred(y: np.ndarray, p: np.ndarray) -> float:
+    tp = int((y & p).sum())
+    d = int(p.sum()) + int(y.sum())  # = 2TP + FP + FN
+    return 2 * tp / d if d else float("nan")
+
+
+def _balanced_accuracy_binary(y: np.ndarray, p: np.ndarray) -> float:
+    pos = y.sum()
+    neg = len(y) - pos
+    if pos == 0 or neg == 0:
+        return float("nan")
+    return 0.5 * ((y & p).sum() / pos + (~y & ~p).sum() / neg)
+
+
+def binary_metrics(
+    y_true: np.ndarray, prob: np.ndarray, threshold: float, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> dict:
+    """Confusion matrix and diagnostic metrics of a binary model at ``threshold`` (positive if prob >= threshold).
+
+    Sensitivity, specificity, PPV, NPV and accuracy get Wilson intervals; ROC-AUC a DeLong interval;
+    PR-AUC (average precision), F1 and balanced accuracy a stratified bootstrap interval.
+    """
+    y = np.asarray(y_true).astype(int)
+    prob = np.asarray(prob, dtype=np.float64)
+    pred = (prob >= threshold).astype(int)
+    cm = binary_confusion(y, pred)
+    tp, fp, tn, fn = cm["tp"], cm["fp"], cm["tn"], cm["fn"]
+    both = 0 < y.sum() < len(y)
+    m: dict[str, dict] = {
+        "sensitivity": proportion(tp, tp + fn, confidence),
+        "specificity": proportion(tn, tn + fp, confidence),
+        "ppv": proportion(tp, tp + fp, confidence),
+        "npv": proportion(tn, tn + fn, confidence),
+        "accuracy": proportion(tp + tn, len(y), confidence),
+    }
+    f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else float("nan")
+    yb, pb = y.astype(bool), pred.astype(bool)
+    m["f1"] = _entry(f1, bootstrap_interval(_f1_from_pred, yb, pb, n_bootstrap, confidence, seed), "bootstrap")
+    bacc = balanced_accuracy_score(y, pred) if both else float("nan")
+    m["balanced_accuracy"] = _entry(
+        bacc, bootstrap_interval(_balanced_accuracy_binary, yb, pb, n_bootstrap, confidence, seed) if both else None, "bootstrap"
+    )
+    if both:
+        auc, auc_ci = delong_interval(y, prob, confidence)
+        m["roc_auc"] = _entry(auc, auc_ci, "delong")
+        m["pr_auc"] = _entry(
+            average_precision_score(y, prob), bootstrap_interval(average_precision, y, prob, n_bootstrap, confidence, seed), "bootstrap"
+        )
+    else:
+        m["roc_auc"] = _entry(None, None, "delong")
+        m["pr_auc"] = _entry(None, None, "bootstrap")
+    return {
+        "task": "binary",
+        "threshold": float(threshold),
+        "n": int(len(y)),
+        "n_positive": int(y.sum()),
+        "n_negative": int(len(y) - y.sum()),
+        "confusion": cm,
+        "metrics": m,
+    }
+
+
+def multiclass_metrics(
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str], n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> dict:
+    """Metrics of a multi-class model deciding by the most probable class.
+
+    Overall: accuracy (Wilson), balanced accuracy, macro F1 and macro one-vs-rest ROC-AUC (bootstrap).
+    Per class, one-vs-rest: sensitivity, specificity, PPV, NPV (Wilson), F1 and ROC-AUC (DeLong).
+    ``confusion[i][j]`` counts cases of true class i predicted as class j.
+    """
+    y = np.asarray(y_true).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(classes)
+    pred = probs.argmax(axis=1)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (y, pred), 1)
+    per_class = {}
+    for c, name in enumerate(classes):
+        yc, pc = (y == c).astype(int), (pred == c).astype(int)
+        b = binary_confusion(yc, pc)
+        tp, fp, tn, fn = b["tp"], b["fp"], b["tn"], b["fn"]
+        entry = {
+            "support": int(yc.sum()),
+            "sensitivity": proportion(tp, tp + fn, confidence),
+            "specificity": proportion(tn, tn + fp, confidence),
+            "ppv": proportion(tp, tp + fp, confidence),
+            "npv": proportion(tn, tn + fn, confidence),
+            "f1": _entry(2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else float("nan"), None, "point"),
+        }
+        if 0 < yc.sum() < len(yc):
+            auc, ci = delong_interval(yc, probs[:, c], confidence)
+            entry["roc_auc"] = _entry(auc, ci, "delong")
+        else:
+            entry["roc_auc"] = _entry(None, None, "delong")
+        per_class[name] = entry
+    present = np.unique(y)
+
+    def macro_auc(yt: np.ndarray, idx_scores: np.ndarray) -> float:
+        ps = probs[idx_scores.astype(int)]
+        aucs = [rank_auc(yt == c, ps[:, c]) for c in range(k)]
+        return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
+
+    def bacc(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.mean([(b[a == c] == c).mean() for c in np.unique(a)]))
+
+    def macro_f1(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.mean([_f1_from_pred(a == c, b == c) for c in present]))
+
+    index = np.arange(len(y), dtype=np.float64)
+    overall = {
+        "accuracy": proportion(int((pred == y).sum()), len(y), confidence),
+        "balanced_accuracy": _entry(
+            balanced_accuracy_score(y, pred), bootstrap_interval(bacc, y, pred, n_bootstrap, confidence, seed), "bootstrap"
+        ),
+        "macro_f1": _entry(
+            f1_score(y, pred, average="macro", labels=present, zero_division=0.0),
+            bootstrap_interval(macro_f1, y, pred, n_bootstrap, confidence, seed),
+            "bootstrap",
+        ),
+        "macro_roc_auc": _entry(
+            macro_auc(y, index) if len(present) > 1 else None,
+            bootstrap_interval(macro_auc, y, index, n_bootstrap, confidence, seed) if len(present) > 1 else None,
+            "bootstrap",
+        ),
+    }
+    return {"task": "multiclass", "classes": list(classes), "n": int(len(y)), "confusion": cm.tolist(), "metrics": overall, "per_class": per_class}
