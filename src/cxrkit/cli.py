@@ -1,0 +1,282 @@
+"""The ``cxrkit`` command line: demo, train, evaluate, predict, models."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from cxrkit import __version__
+
+_DEFAULTS = None
+
+
+def _defaults() -> dict:
+    """TrainConfig's defaults, the single source of truth for CLI defaults."""
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        from cxrkit.config import TrainConfig
+
+        _DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name not in ("data", "augment")}
+    return _DEFAULTS
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    d = _defaults()
+    g = p.add_argument_group("data")
+    g.add_argument("--image-size", type=int, default=d["image_size"], help="square side in pixels (default %(default)s)")
+    g.add_argument("--aspect", choices=["pad", "squash"], default=d["aspect"],
+                   help="pad: keep aspect ratio, letterbox with black (default); squash: stretch to a square")
+    g.add_argument("--positive", default=None, help="positive (disease) class of a binary task; default: the class not named normal/healthy/negative")
+    g.add_argument("--val-fraction", type=float, default=d["val_fraction"], help="share held out for validation when no val/ folder exists (default %(default)s)")
+    g.add_argument("--test-fraction", type=float, default=d["test_fraction"], help="share held out for test when no test/ folder exists (default %(default)s)")
+    g.add_argument("--group-pattern", default=None, metavar="REGEX",
+                   help=r"regex extracting a patient ID from file names, for patient-level splits, e.g. '(person\d+|IM-\d+)'")
+    g.add_argument("--cache-dir", default=None, help="preprocessing cache folder (default $CXRKIT_CACHE or ~/.cache/cxrkit)")
+    g = p.add_argument_group("model and training")
+    g.add_argument("--model", default=d["model"], help="model name, see `cxrkit models` (default %(default)s)")
+    g.add_argument("--pretrained", default=None, metavar="PATH", help="state dict (.safetensors or .pt) to start from")
+    g.add_argument("--epochs", type=int, default=d["epochs"], help="maximum epochs (default %(default)s)")
+    g.add_argument("--patience", type=int, default=d["patience"], help="early-stopping patience on validation AUC (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d["batch_size"])
+    g.add_argument("--lr", type=float, default=d["lr"], help="AdamW learning rate (default %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
+    g.add_argument("--schedule", choices=["cosine", "plateau", "constant"], default=d["schedule"])
+    g.add_argument("--no-class-weights", action="store_true", help="do not weight the loss by class frequency")
+    g.add_argument("--threshold-rule", default=d["threshold_rule"],
+                   help="how the decision threshold is chosen on validation data: youden, sensitivity:0.90, specificity:0.95 or a number")
+    g.add_argument("--precision", choices=["32", "bf16"], default=d["precision"], help="bf16 autocast or 32-bit floats (default %(default)s)")
+    g.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes reading the cache (default %(default)s)")
+    g.add_argument("--seed", type=int, default=d["seed"])
+    g = p.add_argument_group("augmentation (training images only)")
+    g.add_argument("--rotate", type=float, default=10.0, help="max rotation in degrees (default %(default)s)")
+    g.add_argument("--scale", type=float, default=0.10, help="max zoom in/out fraction (default %(default)s)")
+    g.add_argument("--translate", type=float, default=0.05, help="max shift as a fraction of the size (default %(default)s)")
+    g.add_argument("--brightness", type=float, default=0.10, help="max brightness shift on a 0-1 scale (default %(default)s)")
+    g.add_argument("--contrast", type=float, default=0.10, help="max contrast change fraction (default %(default)s)")
+    g.add_argument("--hflip", action="store_true", help="random horizontal flips (off by default: the heart is on the left, and L/R markers mirror)")
+    g.add_argument("--no-augment", action="store_true", help="turn all augmentation off")
+
+
+def _config_from_args(a: argparse.Namespace, data: str, out: str):
+    from cxrkit.config import TrainConfig
+    from cxrkit.data.augment import AugmentConfig
+
+    aug = AugmentConfig(0, 0, 0, 0, 0, False) if a.no_augment else AugmentConfig(a.rotate, a.scale, a.translate, a.brightness, a.contrast, a.hflip)
+    return TrainConfig(
+        data=data, out=out, model=a.model, image_size=a.image_size, aspect=a.aspect, positive=a.positive,
+        val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, seed=a.seed,
+        epochs=a.epochs, patience=a.patience, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+        schedule=a.schedule, class_weights=not a.no_class_weights, threshold_rule=a.threshold_rule,
+        precision=a.precision, workers=a.workers, pretrained=a.pretrained, cache_dir=a.cache_dir, augment=aug,
+    )
+
+
+def _summary(run_dir: Path, split: str) -> None:
+    import json
+
+    m = json.loads((run_dir / "metrics.json").read_text())[split]
+    from cxrkit.report.narrative import binary_sentences, multiclass_sentences
+
+    words = {"val": "validation", "test": "test", "train": "training"}[split]
+    text = binary_sentences(m, words) if m["task"] == "binary" else multiclass_sentences(m, words)
+    print(f"\n{words} split ({m['n']} images):")
+    for s in text:
+        print("  " + s.replace("<b>", "").replace("</b>", ""))
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from cxrkit.config import TrainConfig
+    from cxrkit.training import train
+
+    if a.config:
+        cfg = TrainConfig.load(a.config)
+        cfg.data, cfg.out = a.data, a.out or cfg.out
+    else:
+        cfg = _config_from_args(a, a.data, a.out or f"runs/{a.model}")
+    from cxrkit.data.sources import open_image_folder  # noqa: F401  (fail fast on a bad path below)
+
+    out = train(cfg)
+    _summary(out, "val")
+    print(f"\nrun written to {out}/ (report: {out / 'report.html'})")
+    print("validation figures chose the checkpoint and threshold; for an unbiased estimate run:")
+    print(f"  cxrkit evaluate {out} {cfg.data} --split test")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from cxrkit.evaluation.evaluate import evaluate_run
+
+    m = evaluate_run(a.run, a.data, a.split)
+    for n in m.get("notes", []):
+        print(f"note: {n}")
+    _summary(Path(a.run), a.split)
+    print(f"\nmetrics.json, predictions.csv and report.html updated in {a.run}/")
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from cxrkit.data.decode import is_image_file
+    from cxrkit.run import Run
+
+    run = Run.load(a.run)
+    target = Path(a.path)
+    if target.is_dir():
+        paths = sorted(p for p in target.rglob("*") if p.is_file() and is_image_file(p))
+        if not paths:
+            raise ValueError(f"no image files (.png .jpg .jpeg .bmp .tif .tiff) under {target}")
+    elif target.is_file():
+        paths = [target]
+    else:
+        raise FileNotFoundError(f"{target} does not exist")
+    t0 = time.perf_counter()
+    probs, errors = run.predict_files(paths, a.batch_size, progress=len(paths) > 1)
+    elapsed = time.perf_counter() - t0
+    import numpy as np
+
+    ok = ~np.isnan(probs).any(axis=1)
+    decisions = np.full(len(paths), -1)
+    if ok.any():
+        decisions[ok] = run.decide(probs[ok])
+    rows = []
+    for i, p in enumerate(paths):
+        row = {"path": str(p)}
+        row.update({f"prob_{c}": ("" if not ok[i] else f"{probs[i, j]:.6f}") for j, c in enumerate(run.classes)})
+        row["prediction"] = run.classes[decisions[i]] if ok[i] else ""
+        row["error"] = errors.get(i, "")
+        rows.append(row)
+    if len(paths) == 1 and not a.out:
+        r = rows[0]
+        if r["error"]:
+            print(f"{paths[0]}: could not be read: {r['error']}", file=sys.stderr)
+            return 1
+        if run.task == "binary":
+            pos = run.classes[1]
+            print(f"{paths[0]}: {r['prediction']}  (P({pos}) = {probs[0, 1]:.3f}; called {pos} when >= {run.threshold:.3f}, "
+                  f"rule {run.meta['threshold']['rule']} chosen on validation)")
+        else:
+            ranked = ", ".join(f"{c} {probs[0, j]:.3f}" for j, c in sorted(enumerate(run.classes), key=lambda t: -probs[0, t[0]]))
+            print(f"{paths[0]}: {r['prediction']}  ({ranked})")
+        return 0
+    fieldnames = list(rows[0])
+    if a.out:
+        out = Path(a.out)
+        tmp = out.with_name(out.name + ".partial")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fieldnames)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, out)
+        print(f"{len(paths)} image(s) in {elapsed:.1f} s ({len(paths) / elapsed:.0f}/s); {len(errors)} unreadable; written to {out}")
+    else:
+        w = csv.DictWriter(sys.stdout, fieldnames=fieldnames)
+        w.writeheader()
+        w.writerows(rows)
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from cxrkit.models.registry import MODELS, build_model, count_parameters
+
+    print(f"{'name':<16}{'parameters':>12}  description")
+    for name, spec in MODELS.items():
+        _, total = count_parameters(build_model(name, 1))
+        print(f"{name:<16}{total:>12,}  {spec.description}")
+    print("\n(parameter counts for a binary task; multi-class heads add a few per class)")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    import shutil
+
+    from cxrkit.config import TrainConfig
+    from cxrkit.data.augment import AugmentConfig
+    from cxrkit.data.synthetic import make_synthetic_dataset
+    from cxrkit.evaluation.evaluate import evaluate_run
+    from cxrkit.training import train
+
+    out = Path(a.out)
+    data = out / "data"
+    t0 = time.perf_counter()
+    if data.exists():
+        shutil.rmtree(data)
+    print(f"making a synthetic chest X-ray dataset in {data}/ (train/ and test/, classes healthy and tb) ...")
+    make_synthetic_dataset(data, n_per_class=a.n_per_class, size=96, seed=a.seed, splits={"train": 0.8, "test": 0.2}, signal=0.6)
+    cfg = TrainConfig(
+        data=str(data), out=str(out), model=a.model, image_size=a.image_size, epochs=a.epochs, patience=5,
+        batch_size=32, lr=2e-3, seed=a.seed, cache_dir=str(out / "cache"), augment=AugmentConfig(),
+    )
+    train(cfg)
+    print("\nevaluating once on the held-out test split ...")
+    evaluate_run(out, data, "test")
+    _summary(out, "test")
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; open {out / 'report.html'} in a browser")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for all sub-commands."""
+    p = argparse.ArgumentParser(
+        prog="cxrkit",
+        description="Chest X-ray classification: train on a folder of images, evaluate honestly, predict, report.",
+        epilog="Run `cxrkit <command> --help` for a command's options.",
+    )
+    p.add_argument("--version", action="version", version=f"cxrkit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="command")
+
+    d = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, in under 3 minutes on a CPU")
+    d.add_argument("--out", default="runs/demo", help="run folder (default %(default)s)")
+    d.add_argument("--model", default="cnn")
+    d.add_argument("--epochs", type=int, default=15)
+    d.add_argument("--image-size", type=int, default=64)
+    d.add_argument("--n-per-class", type=int, default=200, help="synthetic images per class (default %(default)s)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a model on a dataset folder or zip",
+                       description="Train on DATA: <root>/<split>/<class>/*, <root>/<class>/* or a .zip of either. "
+                                   "Writes the model, metrics on the validation split and report.html into --out. "
+                                   "Test images are never used here.")
+    t.add_argument("data", help="dataset folder or .zip")
+    t.add_argument("--out", default=None, help="run folder (default runs/<model>)")
+    t.add_argument("--config", default=None, help="config.yaml of an earlier run to repeat (other options are then ignored)")
+    _add_train_options(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a run on a split (test by default), at its validation-chosen threshold")
+    e.add_argument("run", help="run folder written by `cxrkit train`")
+    e.add_argument("data", nargs="?", default=None, help="dataset (default: the one the run was trained on)")
+    e.add_argument("--split", choices=["test", "val", "train"], default="test")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="classify one image or every image under a folder")
+    pr.add_argument("run", help="run folder")
+    pr.add_argument("path", help="an image file or a folder of images")
+    pr.add_argument("--out", default=None, help="CSV file to write (default: print)")
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("models", help="list the available models with parameter counts")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cxrkit`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from cxrkit.data.sources import DatasetError
+    from cxrkit.run import RunError
+
+    try:
+        return args.func(args)
+    except (DatasetError, RunError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

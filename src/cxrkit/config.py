@@ -1,0 +1,79 @@
+"""The typed training configuration: CLI -> :class:`TrainConfig` -> ``config.yaml`` in the run -> read back."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from cxrkit.data.augment import AugmentConfig
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides how a model is trained; saved in every run as ``config.yaml``."""
+
+    data: str
+    out: str = "runs/run"
+    model: str = "cnn"
+    image_size: int = 224
+    aspect: str = "pad"
+    positive: str | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    group_pattern: str | None = None
+    seed: int = 0
+    epochs: int = 30
+    patience: int = 6
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    class_weights: bool = True
+    threshold_rule: str = "youden"
+    precision: str = "32"
+    channels_last: bool = True
+    workers: int = 0
+    pretrained: str | None = None
+    cache_dir: str | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
+        checks = [
+            (self.image_size >= 16, "image_size must be at least 16"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 2, "batch_size must be at least 2 (batch norm needs two images)"),
+            (self.lr > 0, "lr must be positive"),
+            (self.schedule in ("cosine", "plateau", "constant"), "schedule must be cosine, plateau or constant"),
+            (self.precision in ("32", "bf16"), "precision must be 32 or bf16"),
+            (self.aspect in ("pad", "squash"), "aspect must be pad or squash"),
+            (self.workers >= 0, "workers must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (nested augment config included)."""
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as YAML."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Build a config from a dict, rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read a config written by :meth:`save`."""
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()))

@@ -1,0 +1,172 @@
+"""Evaluate a run on a split: predictions, the validation-chosen threshold, metrics, plots, files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cxrkit.config import TrainConfig
+from cxrkit.data.dataset import LabelledImages, load_dataset
+from cxrkit.evaluation.metrics import binary_metrics, multiclass_metrics
+from cxrkit.evaluation.plots import plot_confusion, plot_pr, plot_roc
+from cxrkit.evaluation.thresholds import choose_threshold
+from cxrkit.run import META_FILE, Run, atomic_write_text
+
+SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def load_run_dataset(run: Run, data: str | Path | None = None, progress: bool = True) -> tuple[LabelledImages, TrainConfig]:
+    """The run's dataset (or another with the same classes), split exactly as in training."""
+    cfg = TrainConfig.load(run.path / "config.yaml")
+    ds = load_dataset(
+        data or cfg.data, run.preprocessing.image_size, run.preprocessing.aspect, None,
+        cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.group_pattern, cfg.cache_dir,
+        class_names=run.classes, progress=progress,
+    )
+    return ds, cfg
+
+
+def store_threshold(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str) -> dict:
+    """Choose the binary decision threshold on validation predictions and save it in meta.json."""
+    choice = choose_threshold(y_val, probs_val[:, 1], rule, chosen_on="val").to_dict()
+    run.meta["threshold"] = choice
+    atomic_write_text(run.path / META_FILE, json.dumps(run.meta, indent=2))
+    return choice
+
+
+def compute_metrics(run: Run, y: np.ndarray, probs: np.ndarray, seed: int = 0) -> dict:
+    """Metrics for the run's task at its stored threshold."""
+    if run.task == "binary":
+        m = binary_metrics(y, probs[:, 1], run.threshold, seed=seed)
+        m["threshold_rule"] = run.meta["threshold"]["rule"]
+        m["classes"] = run.classes
+        return m
+    return multiclass_metrics(y, probs, run.classes, seed=seed)
+
+
+def write_evaluation(run: Run, split: str, ds: LabelledImages, idx: np.ndarray, probs: np.ndarray, metrics: dict) -> None:
+    """Merge this split's metrics into metrics.json, its rows into predictions.csv, and draw its plots."""
+    path = run.path
+    all_metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
+    all_metrics[split] = metrics
+    atomic_write_text(path / "metrics.json", json.dumps(all_metrics, indent=2))
+
+    rows = []
+    pred_file = path / "predictions.csv"
+    if pred_file.exists():
+        with open(pred_file, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["split"] != split]
+    decisions = run.decide(probs)
+    for j, i in enumerate(idx):
+        row = {"split": split, "path": ds.relpaths[i], "true": run.classes[ds.labels[i]]}
+        row.update({f"prob_{c}": f"{probs[j, c_i]:.6f}" for c_i, c in enumerate(run.classes)})
+        row["pred"] = run.classes[decisions[j]]
+        rows.append(row)
+    fields = ["split", "path", "true", *[f"prob_{c}" for c in run.classes], "pred"]
+    tmp = pred_file.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(pred_file)
+
+    plots = path / "plots"
+    y = ds.labels[idx]
+    words = SPLIT_WORDS.get(split, split)
+    if run.task == "binary":
+        m = metrics["metrics"]
+        if m["roc_auc"]["value"] is not None:
+            sens, spec, ppv = m["sensitivity"]["value"], m["specificity"]["value"], m["ppv"]["value"]
+            plot_roc(y, probs[:, 1], (1 - spec, sens), m["roc_auc"]["value"], f"ROC, {words} split (n={len(y)})", plots / f"roc_{split}.png")
+            plot_pr(y, probs[:, 1], (sens, ppv), m["pr_auc"]["value"], f"Precision-recall, {words} split", plots / f"pr_{split}.png")
+        c = metrics["confusion"]
+        cm = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+    else:
+        cm = np.array(metrics["confusion"])
+        if metrics["metrics"]["macro_roc_auc"]["value"] is not None:
+            from cxrkit.evaluation.plots import plt
+
+            fig, ax = plt.subplots(figsize=(4.6, 4.2))
+            from sklearn.metrics import roc_curve
+
+            for c_i, cname in enumerate(run.classes):
+                if 0 < (y == c_i).sum() < len(y):
+                    fpr, tpr, _ = roc_curve(y == c_i, probs[:, c_i])
+                    ax.plot(fpr, tpr, label=f"{cname} (AUC {metrics['per_class'][cname]['roc_auc']['value']:.3f})")
+            ax.plot([0, 1], [0, 1], ":", color="grey")
+            ax.set_xlabel("1 - specificity"), ax.set_ylabel("sensitivity"), ax.legend(loc="lower right", fontsize=8)
+            ax.set_title(f"One-vs-rest ROC, {words} split", fontsize=10), ax.grid(alpha=0.3)
+            plots.mkdir(exist_ok=True)
+            fig.tight_layout(), fig.savefig(plots / f"roc_{split}.png", dpi=110), plt.close(fig)
+    plot_confusion(cm, run.classes, f"Confusion matrix, {words} split", plots / f"confusion_{split}.png")
+
+
+def evaluate_run(
+    run_dir: str | Path, data: str | Path | None = None, split: str = "test", progress: bool = True, write_report: bool = True
+) -> dict:
+    """Evaluate a trained run on one split of its dataset (or of another with the same classes).
+
+    The threshold is the one chosen on validation data at training time. Returns the metrics dict and
+    writes metrics.json, predictions.csv, plots and an updated report.html into the run folder.
+    """
+    run = Run.load(run_dir)
+    if run.task == "binary" and run.threshold is None:
+        raise ValueError(f"{run_dir} has no decision threshold; training did not finish")
+    ds, cfg = load_run_dataset(run, data, progress)
+    same_data = str(ds.source.root) == run.meta["data"]["root"]
+    notes = []
+    if same_data and ds.fingerprint() != run.meta["data"]["fingerprint"]:
+        notes.append("the dataset changed since training (files added, removed or resized); split membership may differ")
+    if not same_data:
+        notes.append(f"external data: {ds.source.root} (trained on {run.meta['data']['root']})")
+    idx = ds.index(split)
+    if len(idx) == 0:
+        available = [s for s in ("train", "val", "test") if len(ds.index(s))]
+        raise ValueError(f"split {split!r} has no images in {ds.source.root}; available: {', '.join(available)}")
+    history = run.meta.setdefault("evaluations", [])
+    earlier = [e for e in history if e["split"] == split and e["data"] == str(ds.source.root)]
+    if split == "test" and earlier:
+        notes.append(
+            f"this test split was evaluated {len(earlier)} time(s) before; if the model or settings changed in between, "
+            "the test set has been used for tuning and its figures are optimistic"
+        )
+    t0 = time.perf_counter()
+    probs = run.predict_arrays(ds.images[idx])
+    seconds = time.perf_counter() - t0
+    metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
+    metrics.update(
+        split=split, data=str(ds.source.root), notes=notes, skipped=[s for s in ds.skipped() if s[1] == split],
+        inference_images_per_second=len(idx) / seconds if seconds > 0 else None,
+    )
+    write_evaluation(run, split, ds, idx, probs, metrics)
+    history.append({"split": split, "data": str(ds.source.root), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    atomic_write_text(run.path / META_FILE, json.dumps(run.meta, indent=2))
+    if write_report:
+        from cxrkit.report.html import write_report as _write
+
+        _write(run.path)
+    return metrics
+
+
+def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str, seed: int = 0) -> dict:
+    """After training: choose the threshold on validation data, evaluate validation, draw curves, write the report."""
+    from cxrkit.evaluation.plots import plot_history
+    from cxrkit.report.html import write_report
+
+    run = Run.load(run_dir)
+    idx = ds.index("val")
+    probs = run.predict_arrays(ds.images[idx])
+    if run.task == "binary":
+        store_threshold(run, ds.labels[idx], probs, threshold_rule)
+    metrics = compute_metrics(run, ds.labels[idx], probs, seed=seed)
+    metrics.update(split="val", data=str(ds.source.root), notes=[], skipped=[s for s in ds.skipped() if s[1] == "val"])
+    write_evaluation(run, "val", ds, idx, probs, metrics)
+    with open(run.path / "history.csv", newline="") as f:
+        history = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    plot_history(history, run.meta["training"]["best_epoch"], run.path / "plots" / "history.png")
+    write_report(run.path)
+    return metrics

@@ -1,0 +1,77 @@
+"""Figures for the report: training curves, ROC and PR curves with the operating point, confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_history(history: list[dict], best_epoch: int, path: Path) -> Path:
+    """Training and validation loss, and validation AUC, per epoch; the kept epoch is marked."""
+    ep = [h["epoch"] for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a1.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss (augmented)")
+    a1.plot(ep, [h["val_loss"] for h in history], "o-", label="validation loss")
+    a1.set_xlabel("epoch"), a1.set_ylabel("weighted loss"), a1.legend()
+    a2.plot(ep, [h["val_auc"] for h in history], "o-", color="C2")
+    a2.axvline(best_epoch, color="grey", ls="--", label=f"kept: epoch {best_epoch}")
+    a2.set_xlabel("epoch"), a2.set_ylabel("validation AUC"), a2.legend()
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_roc(y: np.ndarray, score: np.ndarray, point: tuple[float, float] | None, auc: float, title: str, path: Path) -> Path:
+    """ROC curve; ``point`` is the operating point as (1 - specificity, sensitivity)."""
+    fpr, tpr, _ = roc_curve(y, score)
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
+    if point is not None:
+        ax.plot(*point, "o", ms=9, color="C3", label="operating point")
+    ax.set_xlabel("1 - specificity (false positive rate)"), ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_title(title, fontsize=10), ax.legend(loc="lower right"), ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_pr(y: np.ndarray, score: np.ndarray, point: tuple[float, float] | None, ap: float, title: str, path: Path) -> Path:
+    """Precision-recall curve with the prevalence line; ``point`` is (sensitivity, PPV)."""
+    precision, recall, _ = precision_recall_curve(y, score)
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.plot(recall, precision, lw=2, label=f"PR (AP {ap:.3f})")
+    ax.axhline(np.mean(y), ls=":", color="grey", label=f"prevalence {np.mean(y):.2f}")
+    if point is not None and point[1] is not None:
+        ax.plot(*point, "o", ms=9, color="C3", label="operating point")
+    ax.set_xlabel("sensitivity (recall)"), ax.set_ylabel("PPV (precision)"), ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=10), ax.legend(loc="lower left"), ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
+    """Confusion matrix with counts and row percentages (rows: truth, columns: prediction)."""
+    cm = np.asarray(cm)
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(1.6 * k + 2.2, 1.4 * k + 1.6))
+    rows = cm.sum(axis=1, keepdims=True).clip(min=1)
+    ax.imshow(cm / rows, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{cm[i, j]}\n({cm[i, j] / rows[i, 0]:.0%})", ha="center", va="center",
+                    color="white" if cm[i, j] / rows[i, 0] > 0.5 else "black")
+    ax.set_xticks(range(k), classes, rotation=20), ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title, fontsize=10)
+    return _save(fig, path)

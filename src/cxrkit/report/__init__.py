@@ -1,0 +1,1 @@
+"""Report: a self-contained HTML page a reviewer can read."""

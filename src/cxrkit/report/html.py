@@ -1,0 +1,109 @@
+"""Render ``report.html`` for a run folder: self-contained, images embedded as base64."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+from pathlib import Path
+
+import yaml
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from cxrkit.data.augment import AugmentConfig
+from cxrkit.evaluation.evaluate import SPLIT_WORDS
+from cxrkit.models.registry import MODELS
+from cxrkit.report.narrative import binary_sentences, ci_text, multiclass_sentences, pct
+from cxrkit.run import atomic_write_text
+
+METRIC_LABELS = {
+    "sensitivity": "Sensitivity (recall of disease)",
+    "specificity": "Specificity",
+    "ppv": "PPV (precision)",
+    "npv": "NPV",
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "f1": "F1",
+    "roc_auc": "ROC-AUC",
+    "pr_auc": "PR-AUC (average precision)",
+    "macro_f1": "Macro F1",
+    "macro_roc_auc": "Macro ROC-AUC (one-vs-rest)",
+}
+
+
+def _img(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _metric_rows(metrics: dict) -> list[dict]:
+    rows = []
+    for key, e in metrics.items():
+        is_pct = e.get("method") == "wilson" or key in ("balanced_accuracy", "f1", "macro_f1")
+        value = e["value"]
+        rows.append({
+            "name": METRIC_LABELS.get(key, key),
+            "value": "n/a" if value is None else (pct(value) if is_pct else f"{value:.3f}"),
+            "ci": ci_text(e, percent=is_pct).removeprefix("95% CI ") or "—",
+            "counts": f"{e['numerator']}/{e['denominator']}" if "denominator" in e else "",
+            "method": e.get("method", ""),
+        })
+    return rows
+
+
+def build_context(run_dir: Path) -> dict:
+    """Everything the template shows, read from the run folder's files."""
+    meta = json.loads((run_dir / "meta.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    evaluations = []
+    for split in ("test", "val", "train"):
+        if split not in metrics:
+            continue
+        m = metrics[split]
+        words = SPLIT_WORDS[split]
+        sentences = binary_sentences(m, words) if m["task"] == "binary" else multiclass_sentences(m, words)
+        per_class = []
+        if m["task"] == "multiclass":
+            for name, e in m["per_class"].items():
+                per_class.append({"name": name, "support": e["support"], **{k: pct(e[k]["value"]) + (f" ({ci_text(e[k]).removeprefix('95% CI ')})" if e[k]["ci"] else "") for k in ("sensitivity", "specificity", "ppv", "npv")},
+                                  "auc": "n/a" if e["roc_auc"]["value"] is None else f"{e['roc_auc']['value']:.3f} ({ci_text(e['roc_auc'], False).removeprefix('95% CI ')})"})
+        evaluations.append({
+            "split": split, "words": words, "m": m, "sentences": sentences, "rows": _metric_rows(m["metrics"]),
+            "per_class": per_class, "notes": m.get("notes", []), "skipped": m.get("skipped", []),
+            "roc": _img(run_dir / "plots" / f"roc_{split}.png"), "pr": _img(run_dir / "plots" / f"pr_{split}.png"),
+            "confusion": _img(run_dir / "plots" / f"confusion_{split}.png"),
+        })
+    counts = meta["data"]["counts"]
+    train_counts = meta["training"]["train_counts"]
+    ratio = max(train_counts.values()) / max(1, min(train_counts.values()))
+    history = _read_csv(run_dir / "history.csv")
+    return {
+        "meta": meta, "config": config, "config_yaml": yaml.safe_dump(config, sort_keys=False),
+        "evaluations": evaluations, "has_test": "test" in metrics, "counts": counts,
+        "splits_present": [s for s in ("train", "val", "test") if s in counts],
+        "imbalance_ratio": ratio, "history": history, "curves": _img(run_dir / "plots" / "history.png"),
+        "skipped": _read_csv(run_dir / "skipped.csv"), "model_description": MODELS[meta["model"]].description if meta["model"] in MODELS else "",
+        "augment": AugmentConfig(**config["augment"]), "split_words": SPLIT_WORDS, "pct": pct,
+    }
+
+
+def render_report(run_dir: str | Path) -> str:
+    """The report's HTML for a run folder."""
+    env = Environment(loader=PackageLoader("cxrkit", "report/templates"), autoescape=select_autoescape(["html", "j2"]))
+    return env.get_template("report.html.j2").render(**build_context(Path(run_dir)))
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``report.html`` into the run folder and return its path."""
+    path = Path(run_dir) / "report.html"
+    atomic_write_text(path, render_report(run_dir))
+    return path

@@ -1,0 +1,76 @@
+"""Metrics in plain words, with their confidence intervals (HTML fragments; class names are escaped)."""
+
+from __future__ import annotations
+
+from markupsafe import escape
+
+
+def pct(x: float | None) -> str:
+    """0.9234 -> '92.3%'; None -> 'n/a'."""
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def ci_text(entry: dict, percent: bool = True) -> str:
+    """'95% CI 81.0–97.0%' for a metric entry, or '' when it has no interval."""
+    ci = entry.get("ci")
+    if not ci:
+        return ""
+    if percent:
+        return f"95% CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f}%"
+    return f"95% CI {ci[0]:.3f}–{ci[1]:.3f}"
+
+
+def binary_sentences(m: dict, split_words: str) -> list[str]:
+    """Sentences a clinician can read for a binary evaluation."""
+    neg, pos = (escape(c) for c in m["classes"])
+    c, mm = m["confusion"], m["metrics"]
+    p, n = m["n_positive"], m["n_negative"]
+    out = []
+    if p:
+        out.append(
+            f"Of the {p} images labelled <b>{pos}</b> in the {split_words} set, the model found {c['tp']} and missed {c['fn']}: "
+            f"sensitivity {pct(mm['sensitivity']['value'])} ({ci_text(mm['sensitivity'])})."
+        )
+    if n:
+        out.append(
+            f"Of the {n} images labelled <b>{neg}</b>, it correctly cleared {c['tn']} and raised {c['fp']} false alarm(s): "
+            f"specificity {pct(mm['specificity']['value'])} ({ci_text(mm['specificity'])})."
+        )
+    if mm["ppv"]["value"] is None:
+        out.append(f"The model never said {pos} on this set, so its PPV is undefined.")
+    else:
+        out.append(
+            f"When it says {pos} it is right {pct(mm['ppv']['value'])} of the time (PPV, {ci_text(mm['ppv'])}); "
+            + (
+                f"when it says {neg} it is right {pct(mm['npv']['value'])} of the time (NPV, {ci_text(mm['npv'])})."
+                if mm["npv"]["value"] is not None
+                else f"it never said {neg}, so NPV is undefined."
+            )
+        )
+    if mm["roc_auc"]["value"] is not None:
+        out.append(
+            f"ROC-AUC {mm['roc_auc']['value']:.3f} ({ci_text(mm['roc_auc'], percent=False)}): the chance that a random {pos} image "
+            f"gets a higher score than a random {neg} image, whatever threshold is used."
+        )
+    prevalence = p / (p + n) if p + n else 0
+    out.append(
+        f"{pos} makes up {pct(prevalence)} of this set. PPV and NPV depend on that share: in a screening population where "
+        f"{pos} is rarer, PPV will be lower and NPV higher than shown here."
+    )
+    return out
+
+
+def multiclass_sentences(m: dict, split_words: str) -> list[str]:
+    """One sentence per class for a multi-class evaluation, plus overall accuracy."""
+    out = []
+    for raw_name, e in m["per_class"].items():
+        name = escape(raw_name)
+        s = e["sensitivity"]
+        out.append(
+            f"Of the {s['denominator']} <b>{name}</b> images in the {split_words} set, the model labelled {s['numerator']} as {name} "
+            f"(sensitivity {pct(s['value'])}, {ci_text(s)}); when it says {name} it is right {pct(e['ppv']['value'])} of the time"
+            + (f" ({ci_text(e['ppv'])})." if e["ppv"]["ci"] else ".")
+        )
+    acc = m["metrics"]["accuracy"]
+    out.append(f"Overall {acc['numerator']} of {acc['denominator']} images were put in the right class: accuracy {pct(acc['value'])} ({ci_text(acc)}).")
+    return out

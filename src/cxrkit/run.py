@@ -1,0 +1,130 @@
+"""A trained run on disk: its model, preprocessing and decision threshold, ready to predict.
+
+``Run.load("runs/tb1").predict_files(["x.png"])`` is the Python API under ``cxrkit predict``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cxrkit.data.decode import ImageDecodeError
+from cxrkit.data.preprocess import Preprocessing
+from cxrkit.models.registry import build_model
+
+MODEL_FILE = "model.safetensors"
+META_FILE = "meta.json"
+
+
+class RunError(ValueError):
+    """Raised when a run folder is missing or incomplete."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file via a temporary file and rename, so a crash never leaves half a file."""
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Save a model's state dict as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Turn model outputs into per-class probabilities, (B, K); a binary model gives [P(neg), P(pos)]."""
+    logits = logits.float()
+    if task == "binary":
+        p = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+@dataclass
+class Run:
+    """A loaded run: metadata, model in eval mode and its preprocessing."""
+
+    path: Path
+    meta: dict
+    model: nn.Module
+    preprocessing: Preprocessing
+
+    @classmethod
+    def load(cls, path: str | Path) -> Run:
+        """Load a run folder written by ``cxrkit train``; weights are read with safetensors (no pickle)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / META_FILE).is_file() or not (path / MODEL_FILE).is_file():
+            raise RunError(f"{path} is not a cxrkit run (needs {META_FILE} and {MODEL_FILE}); train one with `cxrkit train`")
+        meta = json.loads((path / META_FILE).read_text())
+        model = build_model(meta["model"], meta["num_outputs"])
+        model.load_state_dict(load_file(str(path / MODEL_FILE)))
+        model.eval()
+        return cls(path, meta, model, Preprocessing(**meta["preprocessing"]))
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names; for a binary task ``[negative, positive]``."""
+        return list(self.meta["classes"])
+
+    @property
+    def task(self) -> str:
+        """``binary`` or ``multiclass``."""
+        return self.meta["task"]
+
+    @property
+    def threshold(self) -> float | None:
+        """Decision threshold on P(positive) chosen on validation data (binary tasks only)."""
+        t = self.meta.get("threshold")
+        return None if t is None else float(t["value"])
+
+    @torch.inference_mode()
+    def predict_arrays(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Probabilities (N, K) for uint8 images (N, S, S) already decoded at the run's size."""
+        out = []
+        for i in range(0, len(images), batch_size):
+            x = self.preprocessing(np.asarray(images[i : i + batch_size]))
+            out.append(probabilities(self.model(x), self.task).numpy())
+        k = len(self.classes)
+        return np.concatenate(out) if out else np.zeros((0, k))
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Predicted class indices: P(positive) >= threshold for binary, the most probable class otherwise."""
+        if self.task == "binary":
+            return (probs[:, 1] >= self.threshold).astype(int)
+        return probs.argmax(axis=1)
+
+    def predict_files(
+        self, paths: list[Path], batch_size: int = 64, progress: bool = False
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """Decode and classify files; returns probabilities (NaN rows for failures) and {index: error}."""
+        probs = np.full((len(paths), len(self.classes)), np.nan)
+        errors: dict[int, str] = {}
+        bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress or None)
+        for start in range(0, len(paths), batch_size):
+            batch, where = [], []
+            for j in range(start, min(start + batch_size, len(paths))):
+                try:
+                    batch.append(self.preprocessing.load(paths[j]))
+                    where.append(j)
+                except ImageDecodeError as exc:
+                    errors[j] = str(exc)
+            if batch:
+                probs[where] = self.predict_arrays(np.stack(batch), batch_size)
+            bar.update(min(batch_size, len(paths) - start))
+        bar.close()
+        return probs, errors
