@@ -25,15 +25,16 @@ def patient_ids(samples: Sequence[Sample], pattern: str) -> list[str]:
 
 
 def _cut(
-    idx: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int
+    idx: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, n_held: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``idx`` into (rest, held) with ``fraction`` of it held out, stratified by label."""
-    if fraction <= 0:
+    """Split ``idx`` into (rest, held) with about ``n_held`` images held out, stratified by label."""
+    if n_held <= 0:
         return idx, idx[:0]
+    fraction = n_held / len(idx)
     if groups is None:
         counts = np.bincount(labels[idx])
         stratify = labels[idx] if counts[counts > 0].min() >= 2 else None
-        rest, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+        rest, held = train_test_split(idx, test_size=n_held, random_state=seed, stratify=stratify)
         return np.sort(rest), np.sort(held)
     # Group-aware: k folds with k ~ 1/fraction, keep one fold, so no patient straddles the cut.
     n_splits = max(2, int(round(1.0 / fraction)))
@@ -68,13 +69,12 @@ def assign_splits(
     splits = np.array([s.split or "" for s in samples], dtype=object)
     pool = np.flatnonzero((splits == "") | (splits == "train"))
     has_val, has_test = (splits == "val").any(), (splits == "test").any()
+    n_pool = len(pool)
     if not has_test and not has_val:
-        # Hold out test first, then validation as a share of the whole.
-        pool, test_idx = _cut(pool, labels, grp, test_fraction, seed)
+        pool, test_idx = _cut(pool, labels, grp, round(test_fraction * n_pool), seed)
         splits[test_idx] = "test"
     if not has_val:
-        share = val_fraction if has_test else val_fraction / (1.0 - test_fraction)
-        pool, val_idx = _cut(pool, labels, grp, share, seed + 1)
+        pool, val_idx = _cut(pool, labels, grp, round(val_fraction * n_pool), seed + 1)
         splits[val_idx] = "val"
     splits[pool] = "train"
     return list(splits)

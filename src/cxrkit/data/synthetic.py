@@ -2,7 +2,7 @@
 
 Each image has a thorax, two dark lung fields, a heart shadow on the patient's left, a spine, faint
 ribs, random exposure and noise. Positive images add patchy opacities in the upper lung zones (the
-pattern of post-primary tuberculosis); both classes get occasional small benign blobs so that "any
+pattern of post-primary tuberculosis) or, as a second disease, a lower-zone haze; all classes get occasional small benign blobs so that "any
 bright spot" is not enough to tell them apart.
 """
 
@@ -19,11 +19,11 @@ def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx
     return (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) <= 1.0
 
 
-def synthetic_cxr(rng: np.random.Generator, size: int = 128, positive: bool = False, signal: float = 1.0) -> np.ndarray:
+def synthetic_cxr(rng: np.random.Generator, size: int = 128, pattern: int = 0, signal: float = 1.0) -> np.ndarray:
     """Draw one synthetic radiograph as a ``size`` x ``size`` uint8 array.
 
-    ``signal`` scales the contrast of the upper-zone opacities of positive images (1.0 = clearly
-    visible at 64 px; 0.3 = subtle).
+    ``pattern`` 0 is normal, 1 adds patchy upper-zone opacities, 2 a diffuse lower-zone haze (a second
+    disease for multi-class tasks). ``signal`` scales their contrast (1.0 = clearly visible at 64 px).
     """
     yy, xx = np.mgrid[-1:1:complex(size), -1:1:complex(size)]
     jy, jx, js = rng.normal(0, 0.03), rng.normal(0, 0.03), rng.uniform(0.92, 1.05)
@@ -46,7 +46,10 @@ def synthetic_cxr(rng: np.random.Generator, size: int = 128, positive: bool = Fa
     for _ in range(rng.integers(0, 3)):
         side = rng.choice([-0.38, 0.38])
         img += blob(rng.uniform(-0.5, 0.4), side + rng.normal(0, 0.1), rng.uniform(0.02, 0.04), rng.uniform(0.1, 0.2)) * lungs
-    if positive:
+    if pattern == 2:
+        for side in (-0.38, 0.38):
+            img += blob(rng.uniform(0.25, 0.45), side + rng.normal(0, 0.05), rng.uniform(0.12, 0.18), rng.uniform(0.08, 0.15) * signal) * lungs
+    elif pattern:
         for _ in range(rng.integers(2, 6)):
             side = rng.choice([-0.38, 0.38])
             img += (
@@ -72,7 +75,7 @@ def make_synthetic_dataset(
 
     ``splits`` maps split folder names to fractions, e.g. ``{"train": 0.8, "test": 0.2}`` for the
     ``<root>/<split>/<class>/`` layout; ``None`` writes ``<root>/<class>/`` with no split folders.
-    The first class is the negative one.
+    The first class is normal; the second gets upper-zone opacities, the third lower-zone haze, and so on.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -86,6 +89,6 @@ def make_synthetic_dataset(
         for folder, n in folders:
             folder.mkdir(parents=True, exist_ok=True)
             for _ in range(n):
-                Image.fromarray(synthetic_cxr(rng, size, positive=ci > 0, signal=signal)).save(folder / f"{cls}_{k:04d}.png")
+                Image.fromarray(synthetic_cxr(rng, size, pattern=0 if ci == 0 else 1 + (ci - 1) % 2, signal=signal)).save(folder / f"{cls}_{k:04d}.png")
                 k += 1
     return root

@@ -65,7 +65,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -
     """Confusion matrix with counts and row percentages (rows: truth, columns: prediction)."""
     cm = np.asarray(cm)
     k = len(classes)
-    fig, ax = plt.subplots(figsize=(1.6 * k + 2.2, 1.4 * k + 1.6))
+    fig, ax = plt.subplots(figsize=(1.1 * k + 2.0, 0.9 * k + 1.5))
     rows = cm.sum(axis=1, keepdims=True).clip(min=1)
     ax.imshow(cm / rows, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):

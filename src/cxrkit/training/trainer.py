@@ -117,6 +117,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise ValueError("training needs images in both the train and the validation split")
     task, k = ds.task, len(ds.class_names)
+    precision = cfg.resolved_precision()
     mean, std = intensity_stats(ds.images, train_idx)
     pre = Preprocessing(cfg.image_size, cfg.aspect, mean, std)
 
@@ -151,7 +152,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     y_val = ds.labels[val_idx]
     history: list[dict] = []
-    best_auc, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
+    best_auc, best_loss, best_epoch, best_state, bad_epochs = -1.0, float("inf"), 0, None, 0
     interrupted = False
     epoch_bar = tqdm(range(1, cfg.epochs + 1), desc=f"training {cfg.model}", unit="epoch", disable=not progress or None)
     try:
@@ -171,7 +172,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 x = pre.normalize(x)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                     logits = model(x)
                 logits = logits.float()
                 loss = criterion(logits[:, 0], yb.float()) if task == "binary" else criterion(logits, yb)
@@ -184,16 +185,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 batch_bar.set_postfix(loss=f"{np.mean(losses):.4f}")
             train_seconds = time.perf_counter() - t0
             t1 = time.perf_counter()
-            probs, val_logits = predict_index(model, ds, val_idx, pre, task, 64, cfg.workers, cfg.channels_last, cfg.precision)
+            probs, val_logits = predict_index(model, ds, val_idx, pre, task, 64, cfg.workers, cfg.channels_last, precision)
             val_loss = float(
                 criterion(val_logits[:, 0], torch.from_numpy(y_val).float()) if task == "binary" else criterion(val_logits, torch.from_numpy(y_val))
             )
             val_auc = monitor_auc(y_val, probs, task)
             if cfg.schedule == "plateau":
                 scheduler.step(val_auc)
-            improved = np.isfinite(val_auc) and val_auc > best_auc + 1e-4
+            # Ties in AUC (common once a small validation set is separated perfectly) go to the lower loss.
+            improved = np.isfinite(val_auc) and (
+                val_auc > best_auc + 1e-4 or (abs(val_auc - best_auc) <= 1e-4 and val_loss < best_loss)
+            )
             if improved:
-                best_auc, best_epoch, bad_epochs = val_auc, epoch, 0
+                best_auc, best_loss, best_epoch, bad_epochs = val_auc, val_loss, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
                 save_weights(model, out / MODEL_FILE)
             else:
@@ -260,6 +264,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
+            "precision": precision,
         },
     }
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=2))

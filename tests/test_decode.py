@@ -1,0 +1,77 @@
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrkit.data.decode import ImageDecodeError, fit_square, load_grayscale
+
+
+def _save(img: Image.Image, path: Path, **kw) -> Path:
+    img.save(path, **kw)
+    return path
+
+
+def test_modes_all_become_same_grayscale(tmp_path):
+    gray = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
+    l = _save(Image.fromarray(gray, "L"), tmp_path / "l.png")
+    rgb = _save(Image.fromarray(np.stack([gray] * 3, -1), "RGB"), tmp_path / "rgb.png")
+    rgba = _save(Image.fromarray(np.dstack([gray] * 3 + [np.full_like(gray, 128)]), "RGBA"), tmp_path / "rgba.png")
+    bmp = _save(Image.fromarray(gray, "L"), tmp_path / "x.bmp")
+    tif = _save(Image.fromarray(gray, "L"), tmp_path / "x.tiff")
+    ref = load_grayscale(l, 64)
+    np.testing.assert_array_equal(ref, gray)
+    for p in (rgb, rgba, bmp, tif):
+        out = load_grayscale(p, 64)
+        assert out.dtype == np.uint8 and out.shape == (64, 64)
+        np.testing.assert_array_equal(out, ref)
+
+
+def test_sixteen_bit_is_stretched_to_full_range(tmp_path):
+    # A 12-bit image stored in 16 bits: values 0..4095. Dividing by 65535 would leave it nearly black.
+    arr = np.tile(np.linspace(0, 4095, 32).astype(np.uint16), (32, 1))
+    p = tmp_path / "i16.png"
+    Image.fromarray(arr).save(p)
+    assert Image.open(p).mode in ("I;16", "I")
+    out = load_grayscale(p, 32)
+    assert out.min() == 0 and out.max() == 255
+    assert np.all(np.diff(out[0].astype(int)) >= 0)
+
+
+def test_jpeg_decodes(tmp_path):
+    p = _save(Image.fromarray(np.full((40, 30), 100, np.uint8)), tmp_path / "a.jpg", quality=95)
+    out = load_grayscale(p, 20)
+    assert out.shape == (20, 20)
+
+
+def test_truncated_and_non_image_raise_clear_errors(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(good)
+    data = good.read_bytes()
+    trunc = tmp_path / "trunc.png"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError, match="cannot decode"):
+        load_grayscale(trunc, 32)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(ImageDecodeError):
+        load_grayscale(text, 32)
+    with pytest.raises(ImageDecodeError, match="not found"):
+        load_grayscale(tmp_path / "missing.png", 32)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageDecodeError):
+        load_grayscale(empty, 32)
+
+
+def test_pad_keeps_aspect_and_squash_fills():
+    tall = np.full((100, 50), 200, np.uint8)
+    padded = fit_square(tall, 40, "pad")
+    # 100x50 -> 40x20 centred: columns 0-9 and 30-39 are black padding.
+    assert padded[:, :9].max() == 0 and padded[:, 31:].max() == 0
+    assert padded[:, 12:28].min() == 200
+    squashed = fit_square(tall, 40, "squash")
+    assert squashed.min() == 200
+    with pytest.raises(ValueError):
+        fit_square(tall, 40, "crop")

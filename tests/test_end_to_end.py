@@ -1,0 +1,144 @@
+"""train -> evaluate -> predict on tiny synthetic data, through the CLI and the Python API."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cxrkit.cli import main
+from cxrkit.config import TrainConfig
+from cxrkit.data.augment import AugmentConfig
+from cxrkit.data.synthetic import make_synthetic_dataset
+from cxrkit.run import Run
+from cxrkit.training import train
+
+FAST = ["--image-size", "32", "--epochs", "6", "--patience", "6", "--batch-size", "16", "--lr", "3e-3", "--model", "cnn"]
+
+
+@pytest.fixture(scope="module")
+def trained(binary_data, tmp_path_factory):
+    """A binary run trained once through the CLI, with one truncated training file planted."""
+    data = tmp_path_factory.mktemp("data") / "tb"
+    shutil.copytree(binary_data, data)
+    good = data / "train" / "tb" / "tb_0000.png"
+    (data / "train" / "tb" / "broken.png").write_bytes(good.read_bytes()[:200])
+    run = tmp_path_factory.mktemp("runs") / "tb1"
+    assert main(["train", str(data), "--out", str(run), *FAST]) == 0
+    return data, run
+
+
+def test_train_writes_a_complete_run(trained):
+    data, run = trained
+    for name in ("config.yaml", "model.safetensors", "meta.json", "metrics.json", "predictions.csv",
+                 "history.csv", "splits.csv", "skipped.csv", "report.html", "plots/history.png", "plots/roc_val.png"):
+        assert (run / name).is_file(), name
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["classes"] == ["healthy", "tb"] and meta["positive_class"] == "tb"
+    assert meta["threshold"]["chosen_on"] == "val" and 0 <= meta["threshold"]["value"] <= 1
+    assert meta["data"]["counts"]["test"] == {"healthy": 15, "tb": 15}
+    assert meta["data"]["skipped"] == 1
+    assert 0 < meta["preprocessing"]["mean"] < 1 and meta["preprocessing"]["std"] > 0
+    with open(run / "skipped.csv") as f:
+        skipped = list(csv.DictReader(f))
+    assert skipped[0]["path"] == "train/tb/broken.png" and "decode" in skipped[0]["reason"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert list(metrics) == ["val"], "training must not touch the test split"
+    with open(run / "splits.csv") as f:
+        splits = list(csv.DictReader(f))
+    val_paths = {r["path"] for r in splits if r["split"] == "val"}
+    assert val_paths and all(p.startswith("train/") for p in val_paths)
+
+
+def test_evaluate_on_test_is_better_than_chance(trained, capsys):
+    data, run = trained
+    assert main(["evaluate", str(run), str(data), "--split", "test"]) == 0
+    m = json.loads((run / "metrics.json").read_text())["test"]
+    assert m["n"] == 30
+    auc = m["metrics"]["roc_auc"]
+    assert auc["value"] > 0.8 and auc["ci"][0] > 0.5
+    meta = json.loads((run / "meta.json").read_text())
+    assert m["threshold"] == meta["threshold"]["value"]
+    out = capsys.readouterr().out
+    assert "sensitivity" in out and "Of the 15 images labelled tb" in out
+    html = (run / "report.html").read_text()
+    assert "Results on the test split (30 images)" in html and "data:image/png;base64," in html
+    assert "train/tb/broken.png" in html
+    with open(run / "predictions.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    assert len(rows) == 30
+    # Predictions in the file agree with the threshold stored in the run.
+    for r in rows:
+        assert r["pred"] == ("tb" if float(r["prob_tb"]) >= meta["threshold"]["value"] else "healthy")
+    # A second look at test is flagged.
+    assert main(["evaluate", str(run), str(data), "--split", "test"]) == 0
+    again = json.loads((run / "metrics.json").read_text())["test"]
+    assert any("time(s) before" in n for n in again["notes"])
+
+
+def test_predict_one_file_and_a_folder(trained, tmp_path, capsys):
+    data, run = trained
+    img = data / "test" / "tb" / sorted(p.name for p in (data / "test" / "tb").iterdir())[0]
+    assert main(["predict", str(run), str(img)]) == 0
+    line = capsys.readouterr().out
+    assert "P(tb) =" in line and "rule youden" in line
+    r = Run.load(run)
+    probs, errors = r.predict_files([img])
+    assert not errors and f"{probs[0, 1]:.3f}" in line
+    folder = tmp_path / "incoming"
+    shutil.copytree(data / "test" / "healthy", folder)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(run), str(folder), "--out", str(out)]) == 0
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16
+    bad = [row for row in rows if row["error"]]
+    assert len(bad) == 1 and bad[0]["path"].endswith("corrupt.jpg") and bad[0]["prediction"] == ""
+    # Predicting from files gives the same probabilities as evaluation through the cache.
+    assert main(["evaluate", str(run), str(data), "--split", "test"]) == 0
+    with open(run / "predictions.csv") as f:
+        evaluated = {r["path"].split("/")[-1]: float(r["prob_tb"]) for r in csv.DictReader(f) if r["split"] == "test"}
+    good = [row for row in rows if not row["error"]]
+    assert len(good) == 15
+    for row in good:
+        assert float(row["prob_tb"]) == pytest.approx(evaluated[row["path"].split("/")[-1]], abs=1e-5)
+
+
+def test_clear_errors_for_bad_input(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path), "--split", "test"]) == 2
+    assert "not a cxrkit run" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_same_seed_gives_same_model(binary_data, tmp_path):
+    def run(out):
+        cfg = TrainConfig(data=str(binary_data), out=str(tmp_path / out), model="simple_cnn", image_size=32, epochs=2,
+                          batch_size=16, seed=7, augment=AugmentConfig())
+        train(cfg, progress=False)
+        return (tmp_path / out / "history.csv").read_text().splitlines(), json.loads((tmp_path / out / "metrics.json").read_text())
+
+    (h1, m1), (h2, m2) = run("a"), run("b")
+    strip = lambda rows: [",".join(r.split(",")[:5]) for r in rows]  # drop timing columns
+    assert strip(h1) == strip(h2)
+    assert m1["val"]["metrics"]["roc_auc"] == m2["val"]["metrics"]["roc_auc"]
+
+
+def test_multiclass_end_to_end(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "covid", n_per_class=40, size=48, seed=2,
+                                  classes=("Normal", "Covid", "Viral Pneumonia"), signal=1.5)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), model="cnn", image_size=32, epochs=8, patience=8,
+                      batch_size=16, lr=3e-3)
+    out = train(cfg, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["task"] == "multiclass" and meta["threshold"] is None
+    assert meta["classes"] == ["Covid", "Normal", "Viral Pneumonia"]
+    assert meta["training"]["loss"] == "CrossEntropyLoss"
+    assert main(["evaluate", str(out)]) == 0  # default: the run's own data, test split
+    m = json.loads((out / "metrics.json").read_text())["test"]
+    assert m["n"] == 18 and set(m["per_class"]) == set(meta["classes"])
+    assert np.array(m["confusion"]).sum() == 18
+    assert m["metrics"]["macro_roc_auc"]["value"] > 0.7
+    assert "One vs rest" in (out / "report.html").read_text() or "one vs rest" in (out / "report.html").read_text()

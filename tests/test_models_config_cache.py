@@ -1,0 +1,113 @@
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from cxrkit.config import TrainConfig
+from cxrkit.data.augment import AugmentConfig, augment_batch
+from cxrkit.data.cache import load_cached
+from cxrkit.models import build_model, count_parameters
+from cxrkit.models.pretrained import load_pretrained, read_state_dict
+
+
+@pytest.mark.parametrize("name", ["mlp", "simple_cnn", "cnn", "resnet18", "densenet121", "efficientnet-b0"])
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_registry_models_take_one_channel(name, outputs):
+    model = build_model(name, outputs).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 64, 64)).shape == (2, outputs)
+
+
+def test_parameter_counts_are_in_the_documented_range():
+    assert count_parameters(build_model("cnn", 1))[1] < 1_000_000
+    assert 10_000_000 < count_parameters(build_model("resnet18", 1))[1] < 12_000_000
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("vgg19", 1)
+
+
+def test_pretrained_rgb_stem_is_summed_and_mismatched_head_skipped(tmp_path):
+    torch.manual_seed(0)
+    src = build_model("resnet18", 1000)  # "ImageNet" head with 1000 classes
+    state = src.state_dict()
+    rgb = torch.randn(64, 3, 7, 7)
+    state["conv1.weight"] = rgb
+    path = tmp_path / "w.pt"
+    torch.save(state, path)
+    dst = build_model("resnet18", 1)
+    report = load_pretrained(dst, path)
+    assert "conv1.weight" in report.adapted
+    assert "fc.weight" in report.skipped and "fc.weight" in report.missing
+    torch.testing.assert_close(dst.state_dict()["conv1.weight"], rgb.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(dst.state_dict()["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
+    # Grey input through the summed stem == that grey image repeated in 3 channels through the RGB stem.
+    x = torch.randn(1, 1, 32, 32)
+    out1 = torch.nn.functional.conv2d(x, dst.state_dict()["conv1.weight"])
+    out3 = torch.nn.functional.conv2d(x.repeat(1, 3, 1, 1), rgb)
+    torch.testing.assert_close(out1, out3, rtol=1e-4, atol=1e-4)
+
+
+def test_pretrained_refuses_pickled_code_and_foreign_weights(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(1), "cb": print}, evil)  # a callable needs full unpickling
+    with pytest.raises(ValueError, match="weights_only"):
+        read_state_dict(evil)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"totally.other.layer": torch.zeros(3)}, foreign)
+    with pytest.raises(ValueError, match="no tensor"):
+        load_pretrained(build_model("cnn", 1), foreign)
+
+
+def test_config_round_trip_and_validation(tmp_path):
+    cfg = TrainConfig(data="d", model="simple_cnn", image_size=96, augment=AugmentConfig(rotate_degrees=5, hflip=True))
+    cfg.save(tmp_path / "c.yaml")
+    back = TrainConfig.load(tmp_path / "c.yaml")
+    assert back == cfg and back.augment.rotate_degrees == 5 and back.augment.hflip
+    d = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    d["learning_rate"] = 1
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_dict(d)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(data="d", batch_size=1)
+
+
+def test_cache_is_reused_and_invalidated(tmp_path):
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((20, 30), i * 40, np.uint8)).save(p)
+        paths.append(p)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    paths.append(bad)
+    first = load_cached(paths, 16, cache_dir=tmp_path / "c", progress=False)
+    assert not first.hit and first.images.shape == (6, 16, 16)
+    assert list(first.ok) == [True] * 5 + [False] and 5 in first.errors
+    assert first.images[3].max() == 120
+    second = load_cached(paths, 16, cache_dir=tmp_path / "c", progress=False)
+    assert second.hit and second.key == first.key
+    np.testing.assert_array_equal(second.images, first.images)
+    assert load_cached(paths, 24, cache_dir=tmp_path / "c", progress=False).key != first.key
+    time.sleep(0.01)
+    Image.fromarray(np.full((20, 30), 250, np.uint8)).save(paths[3])
+    os.utime(paths[3], ns=(time.time_ns(), time.time_ns()))
+    changed = load_cached(paths, 16, cache_dir=tmp_path / "c", progress=False)
+    assert not changed.hit and changed.images[3].max() == 250
+
+
+def test_augmentation_is_seeded_shape_preserving_and_can_be_off():
+    x = torch.rand(4, 1, 32, 32)
+    cfg = AugmentConfig()
+    a = augment_batch(x, cfg, torch.Generator().manual_seed(0))
+    b = augment_batch(x, cfg, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    assert a.min() >= 0 and a.max() <= 1
+    off = AugmentConfig(0, 0, 0, 0, 0, False)
+    assert torch.equal(augment_batch(x, off, torch.Generator()), x)
+    # Pure horizontal flip (probability 0.5 per image) mirrors the image exactly.
+    flip = augment_batch(x, AugmentConfig(0, 0, 0, 0, 0, True), torch.Generator().manual_seed(3))
+    for i in range(4):
+        assert torch.allclose(flip[i], x[i], atol=1e-5) or torch.allclose(flip[i], x[i].flip(-1), atol=1e-5)

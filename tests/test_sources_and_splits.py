@@ -1,0 +1,119 @@
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrkit.data.sources import DatasetError, choose_positive_class, open_image_folder
+from cxrkit.data.splits import assign_splits, patient_ids
+from cxrkit.data.synthetic import make_synthetic_dataset
+
+
+def test_split_class_layout_and_hidden_files(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "d", n_per_class=10, size=16, splits={"train": 0.8, "test": 0.2})
+    (root / "train" / "tb" / ".DS_Store").write_text("x")
+    (root / "train" / "tb" / "notes.txt").write_text("x")
+    src = open_image_folder(root)
+    assert src.layout == "split/class" and src.classes == ["healthy", "tb"]
+    assert Counter(s.split for s in src.samples) == {"train": 16, "test": 4}
+    assert [p.name for p in src.ignored_files] == ["notes.txt"]
+
+
+def test_class_layout_and_zip(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "covid", n_per_class=6, size=16, classes=("Normal", "Covid", "Viral Pneumonia"))
+    src = open_image_folder(root)
+    assert src.layout == "class" and src.classes == ["Covid", "Normal", "Viral Pneumonia"] and len(src.samples) == 18
+    zpath = tmp_path / "covid.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for p in root.rglob("*.png"):
+            zf.write(p, Path("covid") / p.relative_to(root))
+        zf.writestr("__MACOSX/covid/._junk.png", b"junk")
+    z = open_image_folder(zpath, cache_dir=tmp_path / "cache")
+    assert z.classes == src.classes and len(z.samples) == 18
+    again = open_image_folder(zpath, cache_dir=tmp_path / "cache")  # extracted once, reused
+    assert again.root == z.root
+
+
+def test_bad_layouts_give_clear_errors(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        open_image_folder(tmp_path / "nope")
+    (tmp_path / "one" / "normal").mkdir(parents=True)
+    make_synthetic_dataset(tmp_path / "one2", n_per_class=2, size=16, classes=("normal", "x"))
+    with pytest.raises(DatasetError, match="need at least 2"):
+        open_image_folder(tmp_path / "one")
+    mixed = make_synthetic_dataset(tmp_path / "mixed", n_per_class=4, size=16, splits={"train": 1.0})
+    (mixed / "extra").mkdir()
+    with pytest.raises(DatasetError, match="mixes split folders"):
+        open_image_folder(mixed)
+    bad_zip = tmp_path / "bad.zip"
+    bad_zip.write_bytes(b"PK not really")
+    with pytest.raises(DatasetError, match="not a readable zip"):
+        open_image_folder(bad_zip, cache_dir=tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    "classes, given, expected",
+    [
+        (["healthy", "tb"], None, "tb"),
+        (["NORMAL", "PNEUMONIA"], None, "PNEUMONIA"),
+        (["0_normal", "1_abnormal"], None, "1_abnormal"),
+        (["No Finding", "Effusion"], None, "Effusion"),
+        (["cat", "dog"], None, "dog"),
+        (["healthy", "tb"], "HEALTHY", "healthy"),
+    ],
+)
+def test_positive_class(classes, given, expected):
+    assert choose_positive_class(classes, given) == expected
+
+
+def test_positive_class_must_exist():
+    with pytest.raises(DatasetError, match="not a class"):
+        choose_positive_class(["healthy", "tb"], "covid")
+
+
+def _samples(tmp_path, n_per_class=40, splits=None, classes=("healthy", "tb")):
+    root = make_synthetic_dataset(tmp_path / "s", n_per_class=n_per_class, size=16, splits=splits, classes=classes)
+    return open_image_folder(root)
+
+
+def test_unsplit_data_is_cut_70_15_15_stratified_and_seeded(tmp_path):
+    src = _samples(tmp_path, n_per_class=100)
+    a = assign_splits(src.samples, src.classes, 0.15, 0.15, seed=3)
+    b = assign_splits(src.samples, src.classes, 0.15, 0.15, seed=3)
+    c = assign_splits(src.samples, src.classes, 0.15, 0.15, seed=4)
+    assert a == b and a != c
+    counts = Counter(zip(a, (s.label for s in src.samples)))
+    assert counts[("test", "tb")] == counts[("test", "healthy")] == 15
+    assert counts[("val", "tb")] == counts[("val", "healthy")] == 15
+    assert counts[("train", "tb")] == 70
+
+
+def test_given_test_split_is_never_touched_and_val_comes_from_train(tmp_path):
+    src = _samples(tmp_path, n_per_class=40, splits={"train": 0.75, "test": 0.25})
+    splits = assign_splits(src.samples, src.classes, 0.2, 0.15, seed=0)
+    for s, sp in zip(src.samples, splits):
+        if s.split == "test":
+            assert sp == "test"
+        else:
+            assert sp in ("train", "val")
+    assert Counter(splits) == {"train": 48, "val": 12, "test": 20}
+
+
+def test_patient_groups_never_straddle_splits(tmp_path):
+    src = _samples(tmp_path, n_per_class=60)
+    # Fake patient IDs: three consecutive images per patient, parsed from the file name.
+    ids = patient_ids(src.samples, r"_(\d+)\.png")
+    groups = [f"{s.label}-{int(i) // 3}" for s, i in zip(src.samples, ids)]
+    splits = assign_splits(src.samples, src.classes, 0.15, 0.15, seed=0, groups=groups)
+    by_patient = {}
+    for g, sp in zip(groups, splits):
+        by_patient.setdefault(g, set()).add(sp)
+    assert all(len(v) == 1 for v in by_patient.values())
+    assert set(splits) == {"train", "val", "test"}
+
+
+def test_fractions_are_validated(tmp_path):
+    src = _samples(tmp_path, n_per_class=5)
+    with pytest.raises(ValueError):
+        assign_splits(src.samples, src.classes, 0.6, 0.5)
