@@ -30,7 +30,7 @@ def trained(binary_data, tmp_path_factory):
 
 
 def test_train_writes_a_complete_run(trained):
-    data, run = trained
+    _, run = trained
     for name in ("config.yaml", "model.safetensors", "meta.json", "metrics.json", "predictions.csv",
                  "history.csv", "splits.csv", "skipped.csv", "report.html", "plots/history.png", "plots/roc_val.png"):
         assert (run / name).is_file(), name
@@ -79,7 +79,7 @@ def test_evaluate_on_test_is_better_than_chance(trained, capsys):
 
 def test_predict_one_file_and_a_folder(trained, tmp_path, capsys):
     data, run = trained
-    img = data / "test" / "tb" / sorted(p.name for p in (data / "test" / "tb").iterdir())[0]
+    img = min((data / "test" / "tb").iterdir())
     assert main(["predict", str(run), str(img)]) == 0
     line = capsys.readouterr().out
     assert "P(tb) =" in line and "rule youden" in line

@@ -2,7 +2,6 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cxrkit.data.sources import DatasetError, choose_positive_class, open_image_folder

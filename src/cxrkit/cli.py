@@ -12,17 +12,12 @@ from pathlib import Path
 
 from cxrkit import __version__
 
-_DEFAULTS = None
-
 
 def _defaults() -> dict:
     """TrainConfig's defaults, the single source of truth for CLI defaults."""
-    global _DEFAULTS
-    if _DEFAULTS is None:
-        from cxrkit.config import TrainConfig
+    from cxrkit.config import TrainConfig
 
-        _DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name not in ("data", "augment")}
-    return _DEFAULTS
+    return {f.name: f.default for f in fields(TrainConfig) if f.name not in ("data", "augment")}
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -99,9 +94,12 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg.data, cfg.out = a.data, a.out or cfg.out
     else:
         cfg = _config_from_args(a, a.data, a.out or f"runs/{a.model}")
-    from cxrkit.data.sources import open_image_folder  # noqa: F401  (fail fast on a bad path below)
-
     out = train(cfg)
+    import json
+
+    t = json.loads((out / "meta.json").read_text())["training"]
+    print(f"\ntrained {t['epochs_run']} epoch(s), kept epoch {t['best_epoch']} (validation AUC {t['best_val_auc']:.4f}); "
+          f"{t['seconds_total']:.0f} s in all, median {t['images_per_second_median']:.0f} training images/s ({t['precision']})")
     _summary(out, "val")
     print(f"\nrun written to {out}/ (report: {out / 'report.html'})")
     print("validation figures chose the checkpoint and threshold; for an unbiased estimate run:")

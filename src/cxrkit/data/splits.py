@@ -37,7 +37,7 @@ def _cut(
         rest, held = train_test_split(idx, test_size=n_held, random_state=seed, stratify=stratify)
         return np.sort(rest), np.sort(held)
     # Group-aware: k folds with k ~ 1/fraction, keep one fold, so no patient straddles the cut.
-    n_splits = max(2, int(round(1.0 / fraction)))
+    n_splits = max(2, round(1.0 / fraction))
     n_groups = len(np.unique(groups[idx]))
     if n_groups < n_splits:
         raise ValueError(f"only {n_groups} patients; too few for a {fraction:.0%} patient-level split")

@@ -81,7 +81,7 @@ def make_synthetic_dataset(
     rng = np.random.default_rng(seed)
     for ci, cls in enumerate(classes):
         if splits:
-            counts = {s: int(round(n_per_class * f)) for s, f in splits.items()}
+            counts = {s: round(n_per_class * f) for s, f in splits.items()}
             folders = [(root / s / cls, n) for s, n in counts.items()]
         else:
             folders = [(root / cls, n_per_class)]

@@ -12,7 +12,7 @@ import numpy as np
 from cxrkit.config import TrainConfig
 from cxrkit.data.dataset import LabelledImages, load_dataset
 from cxrkit.evaluation.metrics import binary_metrics, multiclass_metrics
-from cxrkit.evaluation.plots import plot_confusion, plot_pr, plot_roc
+from cxrkit.evaluation.plots import plot_confusion, plot_pr, plot_roc, plot_roc_one_vs_rest
 from cxrkit.evaluation.thresholds import choose_threshold
 from cxrkit.run import META_FILE, Run, atomic_write_text
 
@@ -88,20 +88,8 @@ def write_evaluation(run: Run, split: str, ds: LabelledImages, idx: np.ndarray, 
     else:
         cm = np.array(metrics["confusion"])
         if metrics["metrics"]["macro_roc_auc"]["value"] is not None:
-            from cxrkit.evaluation.plots import plt
-
-            fig, ax = plt.subplots(figsize=(4.6, 4.2))
-            from sklearn.metrics import roc_curve
-
-            for c_i, cname in enumerate(run.classes):
-                if 0 < (y == c_i).sum() < len(y):
-                    fpr, tpr, _ = roc_curve(y == c_i, probs[:, c_i])
-                    ax.plot(fpr, tpr, label=f"{cname} (AUC {metrics['per_class'][cname]['roc_auc']['value']:.3f})")
-            ax.plot([0, 1], [0, 1], ":", color="grey")
-            ax.set_xlabel("1 - specificity"), ax.set_ylabel("sensitivity"), ax.legend(loc="lower right", fontsize=8)
-            ax.set_title(f"One-vs-rest ROC, {words} split", fontsize=10), ax.grid(alpha=0.3)
-            plots.mkdir(exist_ok=True)
-            fig.tight_layout(), fig.savefig(plots / f"roc_{split}.png", dpi=110), plt.close(fig)
+            aucs = {c: metrics["per_class"][c]["roc_auc"]["value"] for c in run.classes}
+            plot_roc_one_vs_rest(y, probs, run.classes, aucs, f"One-vs-rest ROC, {words} split", plots / f"roc_{split}.png")
     plot_confusion(cm, run.classes, f"Confusion matrix, {words} split", plots / f"confusion_{split}.png")
 
 

@@ -116,7 +116,7 @@ def binary_metrics(
     return {
         "task": "binary",
         "threshold": float(threshold),
-        "n": int(len(y)),
+        "n": len(y),
         "n_positive": int(y.sum()),
         "n_negative": int(len(y) - y.sum()),
         "confusion": cm,
@@ -188,4 +188,4 @@ def multiclass_metrics(
             "bootstrap",
         ),
     }
-    return {"task": "multiclass", "classes": list(classes), "n": int(len(y)), "confusion": cm.tolist(), "metrics": overall, "per_class": per_class}
+    return {"task": "multiclass", "classes": list(classes), "n": len(y), "confusion": cm.tolist(), "metrics": overall, "per_class": per_class}

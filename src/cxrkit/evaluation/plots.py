@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -45,6 +45,19 @@ def plot_roc(y: np.ndarray, score: np.ndarray, point: tuple[float, float] | None
         ax.plot(*point, "o", ms=9, color="C3", label="operating point")
     ax.set_xlabel("1 - specificity (false positive rate)"), ax.set_ylabel("sensitivity (true positive rate)")
     ax.set_title(title, fontsize=10), ax.legend(loc="lower right"), ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_roc_one_vs_rest(y: np.ndarray, probs: np.ndarray, classes: list[str], aucs: dict[str, float | None], title: str, path: Path) -> Path:
+    """One-vs-rest ROC curve per class of a multi-class model."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    for c, name in enumerate(classes):
+        if 0 < (y == c).sum() < len(y):
+            fpr, tpr, _ = roc_curve(y == c, probs[:, c])
+            ax.plot(fpr, tpr, lw=2, label=f"{name} (AUC {aucs[name]:.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
+    ax.set_xlabel("1 - specificity"), ax.set_ylabel("sensitivity"), ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=10), ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
