@@ -142,3 +142,24 @@ def test_multiclass_end_to_end(tmp_path):
     assert np.array(m["confusion"]).sum() == 18
     assert m["metrics"]["macro_roc_auc"]["value"] > 0.7
     assert "One vs rest" in (out / "report.html").read_text() or "one vs rest" in (out / "report.html").read_text()
+
+
+def test_ctrl_c_keeps_the_best_model_and_finishes_the_run(binary_data, tmp_path, monkeypatch):
+    import cxrkit.training.trainer as trainer
+
+    calls = {"n": 0}
+    real = trainer.augment_batch
+
+    def interrupt_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 6:  # 76 training images / batch 16 = 5 batches in epoch 1; the 7th is in epoch 2
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "augment_batch", interrupt_in_epoch_two)
+    cfg = TrainConfig(data=str(binary_data), out=str(tmp_path / "run"), model="simple_cnn", image_size=32, epochs=5, batch_size=16)
+    out = train(cfg, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["training"]["interrupted"] is True and meta["training"]["epochs_run"] == 1
+    assert (out / "model.safetensors").is_file() and (out / "report.html").is_file()
+    assert Run.load(out).threshold is not None

@@ -119,3 +119,12 @@ def test_bootstrap_is_seeded_and_stratified():
     b = bootstrap_interval(rank_auc, y, s, 200, seed=1)
     c = bootstrap_interval(rank_auc, y, s, 200, seed=2)
     assert a == b and a != c
+
+
+def test_perfect_separation_flags_the_degenerate_auc_interval():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    m = binary_metrics(y, np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), 0.5, n_bootstrap=100)
+    auc = m["metrics"]["roc_auc"]
+    assert auc["value"] == 1.0 and auc["ci"] == [1.0, 1.0] and "perfectly separated" in auc["note"]
+    assert "note" not in m["metrics"]["sensitivity"]  # Wilson stays informative: 3/3 -> 43.9%-100%
+    assert m["metrics"]["sensitivity"]["ci"][0] == pytest.approx(0.4385, abs=1e-4)

@@ -25,8 +25,14 @@ def proportion(successes: int, n: int, confidence: float = 0.95) -> dict:
     }
 
 
+DEGENERATE_NOTE = "zero-width interval: the sample is perfectly separated, so the method sees no variance; the true uncertainty is larger"
+
+
 def _entry(value: float | None, ci: tuple[float, float] | None, method: str) -> dict:
-    return {"value": None if value is None or not np.isfinite(value) else float(value), "ci": list(ci) if ci else None, "method": method}
+    e = {"value": None if value is None or not np.isfinite(value) else float(value), "ci": list(ci) if ci else None, "method": method}
+    if ci and ci[1] - ci[0] < 1e-12:
+        e["note"] = DEGENERATE_NOTE
+    return e
 
 
 def binary_confusion(y_true: np.ndarray, pred: np.ndarray) -> dict[str, int]:

@@ -54,7 +54,7 @@ def _metric_rows(metrics: dict) -> list[dict]:
             "value": "n/a" if value is None else (pct(value) if is_pct else f"{value:.3f}"),
             "ci": ci_text(e, percent=is_pct).removeprefix("95% CI ") or "—",
             "counts": f"{e['numerator']}/{e['denominator']}" if "denominator" in e else "",
-            "method": e.get("method", ""),
+            "method": e.get("method", "") + (" — " + e["note"] if "note" in e else ""),
         })
     return rows
 
@@ -74,8 +74,10 @@ def build_context(run_dir: Path) -> dict:
         per_class = []
         if m["task"] == "multiclass":
             for name, e in m["per_class"].items():
-                per_class.append({"name": name, "support": e["support"], **{k: pct(e[k]["value"]) + (f" ({ci_text(e[k]).removeprefix('95% CI ')})" if e[k]["ci"] else "") for k in ("sensitivity", "specificity", "ppv", "npv")},
-                                  "auc": "n/a" if e["roc_auc"]["value"] is None else f"{e['roc_auc']['value']:.3f} ({ci_text(e['roc_auc'], False).removeprefix('95% CI ')})"})
+                cells = {k: (pct(e[k]["value"]), ci_text(e[k]).removeprefix("95% CI ")) for k in ("sensitivity", "specificity", "ppv", "npv")}
+                auc = e["roc_auc"]
+                cells["auc"] = ("n/a" if auc["value"] is None else f"{auc['value']:.3f}", ci_text(auc, False).removeprefix("95% CI "))
+                per_class.append({"name": name, "support": e["support"], "cells": cells})
         evaluations.append({
             "split": split, "words": words, "m": m, "sentences": sentences, "rows": _metric_rows(m["metrics"]),
             "per_class": per_class, "notes": m.get("notes", []), "skipped": m.get("skipped", []),

@@ -51,6 +51,8 @@ def binary_sentences(m: dict, split_words: str) -> list[str]:
         out.append(
             f"ROC-AUC {mm['roc_auc']['value']:.3f} ({ci_text(mm['roc_auc'], percent=False)}): the chance that a random {pos} image "
             f"gets a higher score than a random {neg} image, whatever threshold is used."
+            + (" The interval has zero width only because these cases happen to be perfectly separated; "
+               "on more cases the AUC may well be lower." if "note" in mm["roc_auc"] else "")
         )
     prevalence = p / (p + n) if p + n else 0
     out.append(
