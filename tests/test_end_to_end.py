@@ -163,3 +163,12 @@ def test_ctrl_c_keeps_the_best_model_and_finishes_the_run(binary_data, tmp_path,
     assert meta["training"]["interrupted"] is True and meta["training"]["epochs_run"] == 1
     assert (out / "model.safetensors").is_file() and (out / "report.html").is_file()
     assert Run.load(out).threshold is not None
+
+
+def test_a_final_batch_of_one_image_does_not_break_batch_norm(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "x", n_per_class=20, size=32, splits={"train": 0.85, "test": 0.15})
+    out = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), model="cnn", image_size=32, epochs=1, batch_size=14),
+                progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert sum(meta["data"]["counts"]["train"].values()) % 14 == 1  # 29 images: batches of 14, 14 and 1
+    assert meta["training"]["epochs_run"] == 1

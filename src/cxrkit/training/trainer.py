@@ -166,7 +166,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 desc=f"epoch {epoch}", leave=False, unit="batch", disable=not progress or None,
             )
             for xb, yb in batch_bar:
-                if len(yb) < 2 and task != "binary":
+                if len(yb) < 2:  # batch norm cannot train on one image; it is seen again next epoch
                     continue
                 x = augment_batch(pre.to_unit(xb), cfg.augment, aug_gen)
                 x = pre.normalize(x)
