@@ -106,6 +106,13 @@ def test_predict_one_file_and_a_folder(trained, tmp_path, capsys):
         assert float(row["prob_tb"]) == pytest.approx(evaluated[row["path"].split("/")[-1]], abs=1e-5)
 
 
+def test_an_existing_run_is_not_mixed_with_a_new_one(trained, capsys):
+    data, run = trained
+    assert main(["train", str(data), "--out", str(run), *FAST]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "model.safetensors").is_file()  # the refused command changed nothing
+
+
 def test_clear_errors_for_bad_input(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path), "--split", "test"]) == 2
     assert "not a cxrkit run" in capsys.readouterr().err
@@ -121,6 +128,11 @@ def test_same_seed_gives_same_model(binary_data, tmp_path):
         return (tmp_path / out / "history.csv").read_text().splitlines(), json.loads((tmp_path / out / "metrics.json").read_text())
 
     (h1, m1), (h2, m2) = run("a"), run("b")
+    # Overwriting a run clears its old evaluations instead of carrying them into the new run.
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps({"test": {"stale": True}, **m1}))
+    cfg = TrainConfig(data=str(binary_data), out=str(tmp_path / "a"), model="simple_cnn", image_size=32, epochs=1, batch_size=16)
+    train(cfg, progress=False, overwrite=True)
+    assert list(json.loads((tmp_path / "a" / "metrics.json").read_text())) == ["val"]
     strip = lambda rows: [",".join(r.split(",")[:5]) for r in rows]  # drop timing columns
     assert strip(h1) == strip(h2)
     assert m1["val"]["metrics"]["roc_auc"] == m2["val"]["metrics"]["roc_auc"]

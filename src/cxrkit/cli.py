@@ -94,7 +94,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg.data, cfg.out = a.data, a.out or cfg.out
     else:
         cfg = _config_from_args(a, a.data, a.out or f"runs/{a.model}")
-    out = train(cfg)
+    out = train(cfg, overwrite=a.overwrite)
     import json
 
     t = json.loads((out / "meta.json").read_text())["training"]
@@ -209,7 +209,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         data=str(data), out=str(out), model=a.model, image_size=a.image_size, epochs=a.epochs, patience=5,
         batch_size=32, lr=2e-3, seed=a.seed, cache_dir=str(out / "cache"), augment=AugmentConfig(),
     )
-    train(cfg)
+    train(cfg, overwrite=True)
     print("\nevaluating once on the held-out test split ...")
     evaluate_run(out, data, "test")
     _summary(out, "test")
@@ -243,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", help="dataset folder or .zip")
     t.add_argument("--out", default=None, help="run folder (default runs/<model>)")
     t.add_argument("--config", default=None, help="config.yaml of an earlier run to repeat (other options are then ignored)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (its metrics and plots are deleted)")
     _add_train_options(t)
     t.set_defaults(func=cmd_train)
 
@@ -276,6 +277,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (DatasetError, RunError, FileNotFoundError, ValueError) as exc:
+    except (DatasetError, RunError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -90,15 +91,30 @@ def _lr_lambda(total_steps: int, warmup: int):
     return f
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> Path:
+RUN_OUTPUTS = ("meta.json", "model.safetensors", "metrics.json", "predictions.csv", "history.csv", "splits.csv",
+               "skipped.csv", "report.html", "config.yaml")
+
+
+def prepare_run_folder(out: Path, overwrite: bool) -> None:
+    """Create the run folder; refuse to mix a new run with an old one unless ``overwrite``, then clear the old outputs."""
+    if (out / META_FILE).exists() or (out / MODEL_FILE).exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a run; choose another --out or pass --overwrite")
+        for name in RUN_OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "plots", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` and write the run folder ``cfg.out``; returns its path.
 
     Writes config.yaml, model.safetensors (best validation AUC), meta.json, history.csv,
     splits.csv and skipped.csv. Test images are never looked at. Ctrl-C stops training early and
-    keeps the best model so far.
+    keeps the best model so far. An existing run in ``cfg.out`` is an error unless ``overwrite``.
     """
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_folder(out, overwrite)
 
     def log(msg: str) -> None:
         if progress:
