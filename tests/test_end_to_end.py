@@ -113,6 +113,19 @@ def test_an_existing_run_is_not_mixed_with_a_new_one(trained, capsys):
     assert (run / "model.safetensors").is_file()  # the refused command changed nothing
 
 
+def test_a_saved_config_repeats_the_run(trained, tmp_path):
+    import yaml
+
+    data, run = trained
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["image_size"] == 32 and cfg["model"] == "cnn" and cfg["augment"]["hflip"] is False
+    cfg["epochs"] = 1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(data), "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "again")]) == 0
+    again = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())
+    assert again == {**cfg, "out": str(tmp_path / "again")}
+
+
 def test_clear_errors_for_bad_input(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path), "--split", "test"]) == 2
     assert "not a cxrkit run" in capsys.readouterr().err
