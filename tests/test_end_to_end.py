@@ -197,3 +197,12 @@ def test_a_final_batch_of_one_image_does_not_break_batch_norm(tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert sum(meta["data"]["counts"]["train"].values()) % 14 == 1  # 29 images: batches of 14, 14 and 1
     assert meta["training"]["epochs_run"] == 1
+
+
+def test_report_says_when_the_loss_is_unweighted(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "x", n_per_class=20, size=32)
+    out = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), model="mlp", image_size=32, epochs=1, class_weights=False),
+                progress=False)
+    html = (out / "report.html").read_text()
+    assert "unweighted" in html and "weights each positive" not in html
+    assert "The cut is by image, not by patient" in html  # no --group-pattern given
