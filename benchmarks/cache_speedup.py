@@ -57,13 +57,23 @@ def run_epochs(batches, model, opt, precision: str, epochs: int) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", help="dataset folder (or use --synthetic)")
+    ap.add_argument("--synthetic", type=int, metavar="PX",
+                    help="generate --n synthetic PNGs of PX x PX (e.g. 1024, the size of NIH ChestX-ray14 files) in a temp folder")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--n", type=int, default=256, help="images per epoch")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for the decode-every-epoch variant")
     ap.add_argument("--model", default="cnn")
     a = ap.parse_args()
+    if a.synthetic:
+        import tempfile
+
+        from cxrkit.data.synthetic import make_synthetic_dataset
+
+        a.data = make_synthetic_dataset(Path(tempfile.mkdtemp()) / "big", n_per_class=a.n // 2, size=a.synthetic)
+    elif not a.data:
+        ap.error("give --data or --synthetic")
     paths = [s.path for s in open_image_folder(a.data).samples]
     paths = paths[:: max(1, len(paths) // a.n)][: a.n]
     precision = TrainConfig(data=a.data).resolved_precision()
@@ -81,7 +91,7 @@ def main() -> None:
 
     def cache_batches():
         for i in range(0, len(paths), 32):
-            yield torch.from_numpy(np.ascontiguousarray(images[i : i + 32]))
+            yield torch.from_numpy(np.array(images[i : i + 32]))  # copy: the memory map is read-only
 
     cache = run_epochs(cache_batches, model, opt, precision, a.epochs)
     f, c = statistics.median(files), statistics.median(cache)
