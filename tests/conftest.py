@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from cxrkit.data.synthetic import make_synthetic_dataset
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The project's real datasets sit beside the repository; CXRKIT_SHARED_DATA points elsewhere.
+SHARED_DATA = Path(os.environ.get("CXRKIT_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @pytest.fixture(autouse=True)
