@@ -170,7 +170,7 @@ def test_multiclass_end_to_end(tmp_path):
 
 
 def test_ctrl_c_keeps_the_best_model_and_finishes_the_run(binary_data, tmp_path, monkeypatch):
-    import cxrkit.training.trainer as trainer
+    from cxrkit.training import trainer
 
     calls = {"n": 0}
     real = trainer.augment_batch

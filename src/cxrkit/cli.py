@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import time
 from dataclasses import fields
@@ -120,7 +119,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_predict(a: argparse.Namespace) -> int:
     from cxrkit.data.decode import is_image_file
-    from cxrkit.run import Run
+    from cxrkit.run import Run, atomic_write_csv
 
     run = Run.load(a.run)
     target = Path(a.path)
@@ -164,12 +163,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     fieldnames = list(rows[0])
     if a.out:
         out = Path(a.out)
-        tmp = out.with_name(out.name + ".partial")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fieldnames)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, out)
+        atomic_write_csv(out, rows, fieldnames)
         print(f"{len(paths)} image(s) in {elapsed:.1f} s ({len(paths) / elapsed:.0f}/s); {len(errors)} unreadable; written to {out}")
     else:
         w = csv.DictWriter(sys.stdout, fieldnames=fieldnames)

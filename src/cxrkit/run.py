@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from dataclasses import dataclass
@@ -31,6 +32,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file via a temporary file and rename, so a crash never leaves half a file."""
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
+    """Write dict rows as CSV via a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fieldnames)
+        w.writeheader()
+        w.writerows(rows)
     os.replace(tmp, path)
 
 

@@ -22,7 +22,7 @@ from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
 from cxrkit.data.decode import ImageDecodeError, load_grayscale
-from cxrkit.data.sources import _cache_root
+from cxrkit.data.sources import cache_root
 
 CACHE_FORMAT = 1
 _PARALLEL_MIN = 64  # below this, starting worker processes costs more than it saves
@@ -75,7 +75,7 @@ def load_cached(
     """
     t0 = time.perf_counter()
     key = cache_key(paths, size, aspect)
-    store = (cache_dir or _cache_root()) / "images" / key
+    store = (cache_dir or cache_root()) / "images" / key
     if (store / "status.json").exists():
         status = json.loads((store / "status.json").read_text())
         images = np.load(store / "images.npy", mmap_mode="r")

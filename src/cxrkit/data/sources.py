@@ -58,7 +58,8 @@ class ImageFolderSource:
         return Path(path).relative_to(self.root).as_posix()
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """Folder for cxrkit's caches: $CXRKIT_CACHE, else $XDG_CACHE_HOME/cxrkit, else ~/.cache/cxrkit."""
     base = os.environ.get("CXRKIT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cxrkit"
     )
@@ -74,7 +75,7 @@ def extract_zip(zip_path: Path, cache_dir: Path | None = None) -> Path:
     """
     st = zip_path.stat()
     key = hashlib.sha1(f"{zip_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    dest = (cache_dir or _cache_root()) / "zips" / f"{zip_path.stem}-{key}"
+    dest = (cache_dir or cache_root()) / "zips" / f"{zip_path.stem}-{key}"
     if not dest.exists():
         tmp = dest.with_name(dest.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)

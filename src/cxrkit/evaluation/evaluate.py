@@ -14,7 +14,7 @@ from cxrkit.data.dataset import LabelledImages, load_dataset
 from cxrkit.evaluation.metrics import binary_metrics, multiclass_metrics
 from cxrkit.evaluation.plots import plot_confusion, plot_pr, plot_roc, plot_roc_one_vs_rest
 from cxrkit.evaluation.thresholds import choose_threshold
-from cxrkit.run import META_FILE, Run, atomic_write_text
+from cxrkit.run import META_FILE, Run, atomic_write_csv, atomic_write_text
 
 SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
 
@@ -66,13 +66,7 @@ def write_evaluation(run: Run, split: str, ds: LabelledImages, idx: np.ndarray, 
         row.update({f"prob_{c}": f"{probs[j, c_i]:.6f}" for c_i, c in enumerate(run.classes)})
         row["pred"] = run.classes[decisions[j]]
         rows.append(row)
-    fields = ["split", "path", "true", *[f"prob_{c}" for c in run.classes], "pred"]
-    tmp = pred_file.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(pred_file)
+    atomic_write_csv(pred_file, rows, ["split", "path", "true", *[f"prob_{c}" for c in run.classes], "pred"])
 
     plots = path / "plots"
     y = ds.labels[idx]

@@ -9,7 +9,6 @@ framework adds (device placement, callbacks, loggers) would be indirection aroun
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
 import platform
@@ -30,7 +29,7 @@ from cxrkit.data.preprocess import Preprocessing, intensity_stats
 from cxrkit.evaluation.metrics import rank_auc
 from cxrkit.models.pretrained import load_pretrained
 from cxrkit.models.registry import build_model, count_parameters
-from cxrkit.run import META_FILE, MODEL_FILE, atomic_write_text, probabilities, save_weights
+from cxrkit.run import META_FILE, MODEL_FILE, atomic_write_csv, atomic_write_text, probabilities, save_weights
 from cxrkit.training.imbalance import class_counts, make_loss
 
 
@@ -156,15 +155,13 @@ def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> P
         scheduler = None
 
     cfg.save(out / "config.yaml")
-    with open(out / "splits.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "split", "decoded"])
-        for i, rel in enumerate(ds.relpaths):
-            w.writerow([rel, ds.class_names[ds.labels[i]], ds.splits[i], bool(ds.cache.ok[i])])
-    with open(out / "skipped.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "split", "reason"])
-        w.writerows(ds.skipped())
+    atomic_write_csv(
+        out / "splits.csv",
+        [{"path": rel, "label": ds.class_names[ds.labels[i]], "split": ds.splits[i], "decoded": bool(ds.cache.ok[i])}
+         for i, rel in enumerate(ds.relpaths)],
+        ["path", "label", "split", "decoded"],
+    )
+    atomic_write_csv(out / "skipped.csv", [dict(zip(("path", "split", "reason"), s)) for s in ds.skipped()], ["path", "split", "reason"])
 
     y_val = ds.labels[val_idx]
     history: list[dict] = []
@@ -224,7 +221,7 @@ def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> P
                 "val_seconds": time.perf_counter() - t1, "train_images_per_second": len(train_idx) / train_seconds,
             }
             history.append(row)
-            _write_history(out / "history.csv", history)
+            atomic_write_csv(out / "history.csv", history, list(history[0]))
             epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{val_auc:.3f}", best=f"{best_auc:.3f}@{best_epoch}")
             log(
                 f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
@@ -288,11 +285,3 @@ def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> P
 
     finish_training(out, ds, cfg.threshold_rule, cfg.seed)
     return out
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    with open(path.with_suffix(".tmp"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
-    path.with_suffix(".tmp").replace(path)
