@@ -83,6 +83,11 @@ def test_predict_one_file_and_a_folder(trained, tmp_path, capsys):
     assert main(["predict", str(run), str(img)]) == 0
     line = capsys.readouterr().out
     assert "P(tb) =" in line and "rule youden" in line
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(img.read_bytes()[:100])
+    assert main(["predict", str(run), str(broken)]) == 1
+    assert "could not be read" in capsys.readouterr().err
+    assert main(["predict", str(run), str(tmp_path / "empty_dir_missing")]) == 2
     r = Run.load(run)
     probs, errors = r.predict_files([img])
     assert not errors and f"{probs[0, 1]:.3f}" in line
