@@ -20,7 +20,9 @@ def _defaults() -> dict:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    d = _defaults()
+    from cxrkit.data.augment import AugmentConfig
+
+    d, aug = _defaults(), AugmentConfig()
     g = p.add_argument_group("data")
     g.add_argument("--image-size", type=int, default=d["image_size"], help="square side in pixels (default %(default)s)")
     g.add_argument("--aspect", choices=["pad", "squash"], default=d["aspect"],
@@ -48,11 +50,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes reading the cache (default %(default)s)")
     g.add_argument("--seed", type=int, default=d["seed"])
     g = p.add_argument_group("augmentation (training images only)")
-    g.add_argument("--rotate", type=float, default=10.0, help="max rotation in degrees (default %(default)s)")
-    g.add_argument("--scale", type=float, default=0.10, help="max zoom in/out fraction (default %(default)s)")
-    g.add_argument("--translate", type=float, default=0.05, help="max shift as a fraction of the size (default %(default)s)")
-    g.add_argument("--brightness", type=float, default=0.10, help="max brightness shift on a 0-1 scale (default %(default)s)")
-    g.add_argument("--contrast", type=float, default=0.10, help="max contrast change fraction (default %(default)s)")
+    g.add_argument("--rotate", type=float, default=aug.rotate_degrees, help="max rotation in degrees (default %(default)s)")
+    g.add_argument("--scale", type=float, default=aug.scale, help="max zoom in/out fraction (default %(default)s)")
+    g.add_argument("--translate", type=float, default=aug.translate, help="max shift as a fraction of the size (default %(default)s)")
+    g.add_argument("--brightness", type=float, default=aug.brightness, help="max brightness shift on a 0-1 scale (default %(default)s)")
+    g.add_argument("--contrast", type=float, default=aug.contrast, help="max contrast change fraction (default %(default)s)")
     g.add_argument("--hflip", action="store_true", help="random horizontal flips (off by default: the heart is on the left, and L/R markers mirror)")
     g.add_argument("--no-augment", action="store_true", help="turn all augmentation off")
 
