@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -56,13 +57,17 @@ class LabelledImages:
                 out[split] = {c: int((self.labels[idx] == i).sum()) for i, c in enumerate(self.class_names)}
         return out
 
+    @cached_property
+    def file_sizes(self) -> list[int]:
+        """Byte size of each file, read from disk once."""
+        return [(self.source.root / rel).stat().st_size for rel in self.relpaths]
+
     def fingerprint(self, split: str | None = None) -> str:
         """Short hash of (relative path, label, split, byte size) of the images, or of one split's."""
         h = hashlib.sha256()
         for i, rel in enumerate(self.relpaths):
             if split is None or self.splits[i] == split:
-                size = (self.source.root / rel).stat().st_size
-                h.update(f"{rel}|{self.labels[i]}|{self.splits[i]}|{size}\n".encode())
+                h.update(f"{rel}|{self.labels[i]}|{self.splits[i]}|{self.file_sizes[i]}\n".encode())
         return h.hexdigest()[:16]
 
 

@@ -48,8 +48,12 @@ def compute_metrics(run: Run, y: np.ndarray, probs: np.ndarray, seed: int = 0) -
     return multiclass_metrics(y, probs, run.classes, seed=seed)
 
 
-def write_evaluation(run: Run, split: str, ds: LabelledImages, idx: np.ndarray, probs: np.ndarray, metrics: dict) -> None:
-    """Merge this split's metrics into metrics.json, its rows into predictions.csv, and draw its plots."""
+def write_evaluation(
+    run: Run, split: str, ds: LabelledImages, idx: np.ndarray, probs: np.ndarray, metrics: dict, notes: list[str] | None = None
+) -> None:
+    """Record this split: stamp where it came from on ``metrics``, merge them into metrics.json, its rows
+    into predictions.csv, and draw its plots."""
+    metrics.update(split=split, data=str(ds.source.root), notes=list(notes or []), skipped=[s for s in ds.skipped() if s[1] == split])
     path = run.path
     all_metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
     all_metrics[split] = metrics
@@ -120,11 +124,8 @@ def evaluate_run(
     probs = run.predict_arrays(ds.images[idx])
     seconds = time.perf_counter() - t0
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
-    metrics.update(
-        split=split, data=str(ds.source.root), notes=notes, skipped=[s for s in ds.skipped() if s[1] == split],
-        inference_images_per_second=len(idx) / seconds if seconds > 0 else None,
-    )
-    write_evaluation(run, split, ds, idx, probs, metrics)
+    metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
+    write_evaluation(run, split, ds, idx, probs, metrics, notes)
     history.append({"split": split, "data": str(ds.source.root), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
     atomic_write_text(run.path / META_FILE, json.dumps(run.meta, indent=2))
     if write_report:
@@ -145,7 +146,6 @@ def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str
     if run.task == "binary":
         store_threshold(run, ds.labels[idx], probs, threshold_rule)
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=seed)
-    metrics.update(split="val", data=str(ds.source.root), notes=[], skipped=[s for s in ds.skipped() if s[1] == "val"])
     write_evaluation(run, "val", ds, idx, probs, metrics)
     with open(run.path / "history.csv", newline="") as f:
         history = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
