@@ -14,12 +14,12 @@ def _save(img: Image.Image, path: Path, **kw) -> Path:
 
 def test_modes_all_become_same_grayscale(tmp_path):
     gray = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
-    l = _save(Image.fromarray(gray, "L"), tmp_path / "l.png")
+    grey = _save(Image.fromarray(gray, "L"), tmp_path / "l.png")
     rgb = _save(Image.fromarray(np.stack([gray] * 3, -1), "RGB"), tmp_path / "rgb.png")
     rgba = _save(Image.fromarray(np.dstack([gray] * 3 + [np.full_like(gray, 128)]), "RGBA"), tmp_path / "rgba.png")
     bmp = _save(Image.fromarray(gray, "L"), tmp_path / "x.bmp")
     tif = _save(Image.fromarray(gray, "L"), tmp_path / "x.tiff")
-    ref = load_grayscale(l, 64)
+    ref = load_grayscale(grey, 64)
     np.testing.assert_array_equal(ref, gray)
     for p in (rgb, rgba, bmp, tif):
         out = load_grayscale(p, 64)

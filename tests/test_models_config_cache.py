@@ -14,7 +14,7 @@ from cxrkit.models import build_model, count_parameters
 from cxrkit.models.pretrained import load_pretrained, read_state_dict
 
 
-@pytest.mark.parametrize("name", ["mlp", "simple_cnn", "cnn", "resnet18", "densenet121", "efficientnet-b0"])
+@pytest.mark.parametrize("name", ["mlp", "simple_cnn", "cnn", "pasa", "efficientnet-lite0", "resnet18", "densenet121", "efficientnet-b0"])
 @pytest.mark.parametrize("outputs", [1, 3])
 def test_registry_models_take_one_channel(name, outputs):
     model = build_model(name, outputs).eval()
@@ -38,7 +38,7 @@ def test_pretrained_rgb_stem_is_summed_and_mismatched_head_skipped(tmp_path):
     path = tmp_path / "w.pt"
     torch.save(state, path)
     dst = build_model("resnet18", 1)
-    report = load_pretrained(dst, path)
+    report = load_pretrained(dst, path, head="fc")
     assert "conv1.weight" in report.adapted
     assert "fc.weight" in report.skipped and "fc.weight" in report.missing
     torch.testing.assert_close(dst.state_dict()["conv1.weight"], rgb.sum(dim=1, keepdim=True))

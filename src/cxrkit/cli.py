@@ -35,9 +35,24 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", default=None, help="preprocessing cache folder (default $CXRKIT_CACHE or ~/.cache/cxrkit)")
     g = p.add_argument_group("model and training")
     g.add_argument("--model", default=d["model"], help="model name, see `cxrkit models` (default %(default)s)")
-    g.add_argument("--pretrained", default=None, metavar="PATH", help="state dict (.safetensors or .pt) to start from")
+    g.add_argument("--width", type=int, default=None, help="model width (channels of the first block) for mlp, simple_cnn, cnn, pasa")
+    g.add_argument("--dropout", type=float, default=None, help="dropout before the classifier, for models that have one")
+    g = p.add_argument_group("transfer learning")
+    g.add_argument("--pretrained", default=None, metavar="imagenet|none|PATH",
+                   help="starting weights: imagenet (ships offline for efficientnet-lite0, downloaded once for MONAI models), "
+                        "none, or a state dict file (.safetensors or .pt). Default: imagenet for efficientnet-lite0, none otherwise")
+    g.add_argument("--freeze", choices=["none", "backbone"], default=d["freeze"],
+                   help="backbone: train the classifier head only (linear probe) (default %(default)s)")
+    g.add_argument("--head-epochs", type=int, default=d["head_epochs"],
+                   help="two-stage fine-tuning: train the head alone for this many epochs, then all layers (default %(default)s)")
+    g.add_argument("--backbone-lr-scale", type=float, default=d["backbone_lr_scale"],
+                   help="backbone learning rate = --lr x this (discriminative learning rates; e.g. 0.1) (default %(default)s)")
+    g.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average 5 views (zoom +-5%%, shift +-3%%) for the threshold, evaluation and prediction")
+    g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d["epochs"], help="maximum epochs (default %(default)s)")
     g.add_argument("--patience", type=int, default=d["patience"], help="early-stopping patience on validation AUC (default %(default)s)")
+    g.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this much wall-clock time")
     g.add_argument("--batch-size", type=int, default=d["batch_size"])
     g.add_argument("--lr", type=float, default=d["lr"], help="AdamW learning rate (default %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
@@ -65,11 +80,12 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str):
 
     aug = AugmentConfig(0, 0, 0, 0, 0, False) if a.no_augment else AugmentConfig(a.rotate, a.scale, a.translate, a.brightness, a.contrast, a.hflip)
     return TrainConfig(
-        data=data, out=out, model=a.model, image_size=a.image_size, aspect=a.aspect, positive=a.positive,
+        data=data, out=out, model=a.model, width=a.width, dropout=a.dropout, image_size=a.image_size, aspect=a.aspect, positive=a.positive,
         val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, seed=a.seed,
-        epochs=a.epochs, patience=a.patience, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+        epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         schedule=a.schedule, class_weights=not a.no_class_weights, threshold_rule=a.threshold_rule,
-        precision=a.precision, workers=a.workers, pretrained=a.pretrained, cache_dir=a.cache_dir, augment=aug,
+        precision=a.precision, workers=a.workers, pretrained=a.pretrained, freeze=a.freeze, head_epochs=a.head_epochs, backbone_lr_scale=a.backbone_lr_scale,
+        tta=a.tta, cache_dir=a.cache_dir, augment=aug,
     )
 
 
@@ -177,10 +193,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
 def cmd_models(a: argparse.Namespace) -> int:
     from cxrkit.models.registry import MODELS, build_model, count_parameters
 
-    print(f"{'name':<16}{'parameters':>12}  description")
+    print(f"{'name':<20}{'parameters':>12}  description")
     for name, spec in MODELS.items():
         _, total = count_parameters(build_model(name, 1))
-        print(f"{name:<16}{total:>12,}  {spec.description}")
+        print(f"{name:<20}{total:>12,}  {spec.description}")
     print("\n(parameter counts for a binary task; multi-class heads add a few per class)")
     return 0
 

@@ -17,6 +17,8 @@ class TrainConfig:
     data: str
     out: str = "runs/run"
     model: str = "cnn"
+    width: int | None = None
+    dropout: float | None = None
     image_size: int = 224
     aspect: str = "pad"
     positive: str | None = None
@@ -26,6 +28,7 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 30
     patience: int = 6
+    max_minutes: float | None = None
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -36,6 +39,10 @@ class TrainConfig:
     channels_last: bool = True
     workers: int = 0
     pretrained: str | None = None
+    freeze: str = "none"
+    head_epochs: int = 0
+    backbone_lr_scale: float = 1.0
+    tta: bool = False
     cache_dir: str | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -51,6 +58,14 @@ class TrainConfig:
             (self.precision in ("auto", "32", "bf16"), "precision must be auto, 32 or bf16"),
             (self.aspect in ("pad", "squash"), "aspect must be pad or squash"),
             (self.workers >= 0, "workers must be >= 0"),
+            (self.freeze in ("none", "backbone"), "freeze must be none or backbone"),
+            (self.head_epochs >= 0, "head_epochs must be >= 0"),
+            (self.head_epochs < self.epochs or self.head_epochs == 0, "head_epochs must be fewer than epochs"),
+            (not (self.head_epochs and self.freeze == "backbone"), "head_epochs (two-stage) and freeze=backbone exclude each other"),
+            (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive"),
+            (self.backbone_lr_scale > 0, "backbone_lr_scale must be positive"),
+            (self.width is None or self.width >= 1, "width must be at least 1"),
+            (self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -67,6 +82,10 @@ class TrainConfig:
             return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32"
         except (AttributeError, RuntimeError):
             return "32"
+
+    def model_options(self) -> dict:
+        """The options passed to :func:`cxrkit.models.build_model` besides name and outputs."""
+        return {"image_size": self.image_size, "width": self.width, "dropout": self.dropout}
 
     def to_dict(self) -> dict:
         """Plain-dict form (nested augment config included)."""

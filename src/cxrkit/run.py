@@ -82,7 +82,8 @@ class Run:
         if not (path / META_FILE).is_file() or not (path / MODEL_FILE).is_file():
             raise RunError(f"{path} is not a cxrkit run (needs {META_FILE} and {MODEL_FILE}); train one with `cxrkit train`")
         meta = json.loads((path / META_FILE).read_text())
-        model = build_model(meta["model"], meta["num_outputs"])
+        options = meta.get("model_options", {"image_size": meta["preprocessing"]["image_size"]})
+        model = build_model(meta["model"], meta["num_outputs"], **options)
         model.load_state_dict(load_file(str(path / MODEL_FILE)))
         model.eval()
         return cls(path, meta, model, Preprocessing(**meta["preprocessing"]))
@@ -103,13 +104,27 @@ class Run:
         t = self.meta.get("threshold")
         return None if t is None else float(t["value"])
 
+    @property
+    def tta(self) -> bool:
+        """Whether predictions average test-time augmented views (chosen at training time)."""
+        return bool(self.meta.get("tta", False))
+
     @torch.inference_mode()
-    def predict_arrays(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Probabilities (N, K) for uint8 images (N, S, S) already decoded at the run's size."""
+    def predict_arrays(self, images: np.ndarray, batch_size: int = 64, tta: bool | None = None) -> np.ndarray:
+        """Probabilities (N, K) for uint8 images (N, S, S) already decoded at the run's size.
+
+        ``tta`` (default: the run's setting) averages the probabilities of the views in
+        :data:`cxrkit.data.augment.TTA_VIEWS`.
+        """
+        from cxrkit.data.augment import tta_views
+
+        use_tta = self.tta if tta is None else tta
         out = []
         for i in range(0, len(images), batch_size):
-            x = self.preprocessing(np.asarray(images[i : i + batch_size]))
-            out.append(probabilities(self.model(x), self.task).numpy())
+            unit = self.preprocessing.to_unit(np.asarray(images[i : i + batch_size]))
+            views = tta_views(unit) if use_tta else [unit]
+            p = torch.stack([probabilities(self.model(self.preprocessing.normalize(v)), self.task) for v in views]).mean(0)
+            out.append(p.numpy())
         k = len(self.classes)
         return np.concatenate(out) if out else np.zeros((0, k))
 

@@ -62,3 +62,21 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         mean = x.mean(dim=(2, 3), keepdim=True)
         x = ((x - mean) * c + mean + br).clamp_(0.0, 1.0)
     return x
+
+
+# Test-time augmentation: the identity plus four mild views (zoom in/out 5%, shift 3% left/right),
+# well inside the training augmentation range so each view is an image the model has learnt from.
+TTA_VIEWS: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (1.05, 0.0, 0.0), (0.95, 0.0, 0.0), (1.0, 0.03, 0.0), (1.0, -0.03, 0.0))
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """Deterministic views of a [0, 1] batch (B, 1, H, W) for test-time augmentation, identity first."""
+    out = []
+    for scale, tx, ty in TTA_VIEWS:
+        if scale == 1.0 and tx == 0.0 and ty == 0.0:
+            out.append(x)
+            continue
+        theta = torch.tensor([[1.0 / scale, 0.0, tx * 2], [0.0, 1.0 / scale, ty * 2]], dtype=x.dtype).expand(x.shape[0], 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out.append(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    return out

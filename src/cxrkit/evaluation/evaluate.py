@@ -148,7 +148,7 @@ def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=seed)
     write_evaluation(run, "val", ds, idx, probs, metrics)
     with open(run.path / "history.csv", newline="") as f:
-        history = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        history = [{k: float(v) for k, v in r.items() if k != "stage"} for r in csv.DictReader(f)]
     plot_history(history, run.meta["training"]["best_epoch"], run.path / "plots" / "history.png")
     write_report(run.path)
     return metrics

@@ -80,3 +80,46 @@ class RegularisedCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits."""
         return self.head(self.features(x))
+
+
+class _PasaBlock(nn.Module):
+    """Two conv-BN-ReLU layers beside a 1x1 conv-BN-ReLU shortcut; the two paths are averaged."""
+
+    def __init__(self, cin: int, mid: int, cout: int, stride: int) -> None:
+        super().__init__()
+        s = stride // 2 if stride > 1 else 1  # the first block halves the size twice, once per conv
+        self.main = nn.Sequential(
+            nn.Conv2d(cin, mid, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(mid, cout, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        )
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Average of the convolutional path and the shortcut."""
+        return (self.main(x) + self.shortcut(x)) * 0.5
+
+
+class PasaNet(nn.Module):
+    """The small TB-screening network of Pasa et al. 2019 (Sci Rep 9:6268), about 0.2M parameters.
+
+    Five residual-style blocks whose channel counts grow by a fixed step (8 by default: 4/16, 24/32,
+    40/48, 56/64, 72/80), the first block striding by 4, max-pooling (3x3, stride 2) between blocks,
+    global average pooling and one linear layer. Built for fast CPU screening.
+    """
+
+    def __init__(self, out_features: int, width: int = 8, dropout: float = 0.0) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        cin = 1
+        for i in range(5):
+            mid, cout = (width * (2 * i + 1) if i else width // 2), width * (2 * i + 2)
+            blocks.append(_PasaBlock(cin, mid, cout, stride=4 if i == 0 else 1))
+            if i < 4:
+                blocks.append(nn.MaxPool2d(3, stride=2, padding=1))
+            cin = cout
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits."""
+        return self.head(self.features(x))

@@ -1,4 +1,9 @@
-"""Named models: ``build_model("cnn", num_outputs=1)``. Every model takes (B, 1, H, W) input."""
+"""Named models: ``build_model("cnn", num_outputs=1)``. Every model takes (B, 1, H, W) input.
+
+Each entry also names its classifier head (for linear probing and discriminative learning rates),
+the options it accepts (``width``, ``dropout``; tuned by ``cxrkit tune``) and whether ImageNet weights
+are available offline.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from cxrkit.models.baselines import DenseBaseline, RegularisedCNN, SimpleCNN
+from cxrkit.models.baselines import DenseBaseline, PasaNet, RegularisedCNN, SimpleCNN
 
 
-def _resnet(depth: int) -> Callable[[int], nn.Module]:
-    def build(n: int) -> nn.Module:
+def _resnet(depth: int) -> Callable[..., nn.Module]:
+    def build(n: int, image_size: int) -> nn.Module:
         from monai.networks.nets import resnet18, resnet50
 
         fn = {18: resnet18, 50: resnet50}[depth]
@@ -20,16 +25,22 @@ def _resnet(depth: int) -> Callable[[int], nn.Module]:
     return build
 
 
-def _densenet121(n: int) -> nn.Module:
+def _densenet121(n: int, image_size: int, dropout: float = 0.0) -> nn.Module:
     from monai.networks.nets import DenseNet121
 
-    return DenseNet121(spatial_dims=2, in_channels=1, out_channels=n)
+    return DenseNet121(spatial_dims=2, in_channels=1, out_channels=n, dropout_prob=dropout)
 
 
-def _efficientnet_b0(n: int) -> nn.Module:
+def _efficientnet_b0(n: int, image_size: int) -> nn.Module:
     from monai.networks.nets import EfficientNetBN
 
     return EfficientNetBN("efficientnet-b0", pretrained=False, progress=False, spatial_dims=2, in_channels=1, num_classes=n)
+
+
+def _efficientnet_lite0(n: int, image_size: int, dropout: float = 0.2) -> nn.Module:
+    from cxrkit.models.efficientnet_lite import efficientnet_lite0
+
+    return efficientnet_lite0(n, image_size, dropout)
 
 
 @dataclass(frozen=True)
@@ -37,20 +48,31 @@ class ModelSpec:
     """A registered model: how to build it and what it is."""
 
     name: str
-    build: Callable[[int], nn.Module]
+    build: Callable[..., nn.Module]
     description: str
+    head: str
+    options: tuple[str, ...] = ()
+    imagenet: str = "none"  # "offline": weights ship with an installed package; "download": fetched when online
+
+
+def _small(cls: type[nn.Module]) -> Callable[..., nn.Module]:
+    return lambda n, image_size, **opts: cls(n, **opts)
 
 
 MODELS: dict[str, ModelSpec] = {
     s.name: s
     for s in (
-        ModelSpec("mlp", lambda n: DenseBaseline(n), "dense baseline on a 32x32 thumbnail"),
-        ModelSpec("simple_cnn", lambda n: SimpleCNN(n), "3-block tutorial CNN, no regularisation"),
-        ModelSpec("cnn", lambda n: RegularisedCNN(n), "regularised CNN: batch norm, dropout, global average pooling"),
-        ModelSpec("resnet18", _resnet(18), "MONAI ResNet-18, 1-channel input"),
-        ModelSpec("resnet50", _resnet(50), "MONAI ResNet-50, 1-channel input"),
-        ModelSpec("densenet121", _densenet121, "MONAI DenseNet-121 (the CheXNet architecture), 1-channel input"),
-        ModelSpec("efficientnet-b0", _efficientnet_b0, "MONAI EfficientNet-B0, 1-channel input"),
+        ModelSpec("mlp", _small(DenseBaseline), "dense baseline on a 32x32 thumbnail", "net.7", ("width", "dropout")),
+        ModelSpec("simple_cnn", _small(SimpleCNN), "3-block tutorial CNN, no regularisation", "head", ("width",)),
+        ModelSpec("cnn", _small(RegularisedCNN), "regularised CNN: batch norm, dropout, global average pooling", "head", ("width", "dropout")),
+        ModelSpec("pasa", _small(PasaNet), "Pasa et al. 2019 TB-screening network, 0.2M parameters, fast on CPU", "head", ("width", "dropout")),
+        ModelSpec("efficientnet-lite0", _efficientnet_lite0, "EfficientNet-Lite0, ImageNet weights shipped offline (default: pretrained)",
+                  "_fc", ("dropout",), "offline"),
+        ModelSpec("resnet18", _resnet(18), "MONAI ResNet-18 (ImageNet weights downloaded with --pretrained imagenet)", "fc", (), "download"),
+        ModelSpec("resnet50", _resnet(50), "MONAI ResNet-50 (ImageNet weights downloaded with --pretrained imagenet)", "fc", (), "download"),
+        ModelSpec("densenet121", _densenet121, "MONAI DenseNet-121, the CheXNet architecture (ImageNet: downloaded)", "class_layers",
+                  ("dropout",), "download"),
+        ModelSpec("efficientnet-b0", _efficientnet_b0, "MONAI EfficientNet-B0 (ImageNet weights downloaded)", "_fc", (), "download"),
     )
 }
 
@@ -60,11 +82,39 @@ def model_names() -> list[str]:
     return list(MODELS)
 
 
-def build_model(name: str, num_outputs: int) -> nn.Module:
-    """Build a registered model with ``num_outputs`` logits (1 for a binary task)."""
+def get_spec(name: str) -> ModelSpec:
+    """The registry entry for ``name``, with a helpful error for unknown names."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    return MODELS[name].build(num_outputs)
+    return MODELS[name]
+
+
+def build_model(name: str, num_outputs: int, image_size: int = 224, **options: float | int | None) -> nn.Module:
+    """Build a registered model with ``num_outputs`` logits (1 for a binary task).
+
+    ``options`` (``width``, ``dropout``) override the model's defaults; ``None`` values are ignored
+    and an option the model does not have is an error.
+    """
+    spec = get_spec(name)
+    opts = {k: v for k, v in options.items() if v is not None}
+    unknown = set(opts) - set(spec.options)
+    if unknown:
+        have = ", ".join(spec.options) or "none"
+        raise ValueError(f"model {name} has no option {', '.join(sorted(unknown))} (its options: {have})")
+    if "width" in opts:
+        opts["width"] = int(opts["width"])
+    return spec.build(num_outputs, image_size, **opts)
+
+
+def split_parameters(model: nn.Module, name: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(backbone, head) parameters of a registered model, for freezing and per-group learning rates."""
+    head = get_spec(name).head
+    backbone, top = [], []
+    for pname, p in model.named_parameters():
+        (top if pname.startswith(head + ".") else backbone).append(p)
+    if not top:
+        raise RuntimeError(f"model {name}: no parameters under its head {head!r}")
+    return backbone, top
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -14,6 +14,7 @@ import math
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,8 @@ from cxrkit.data.augment import augment_batch
 from cxrkit.data.dataset import LabelledImages, load_dataset
 from cxrkit.data.preprocess import Preprocessing, intensity_stats
 from cxrkit.evaluation.metrics import rank_auc
-from cxrkit.models.pretrained import load_pretrained
-from cxrkit.models.registry import build_model, count_parameters
+from cxrkit.models.pretrained import initialise
+from cxrkit.models.registry import MODELS, build_model, count_parameters, split_parameters
 from cxrkit.run import META_FILE, MODEL_FILE, atomic_write_csv, atomic_write_text, probabilities, save_weights
 from cxrkit.training.imbalance import class_counts, make_loss
 
@@ -105,12 +106,36 @@ def prepare_run_folder(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
+def _set_backbone_trainable(backbone: list[torch.nn.Parameter], trainable: bool) -> None:
+    for p in backbone:
+        p.requires_grad_(trainable)
+
+
+def _freeze_batchnorm_stats(model: torch.nn.Module, head_prefix: str) -> None:
+    """Put backbone normalisation layers in eval mode: a frozen backbone keeps its (ImageNet) statistics."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and not name.startswith(head_prefix):
+            mod.eval()
+
+
+EpochCallback = Callable[[int, float], None]
+
+
+def train(
+    cfg: TrainConfig, progress: bool = True, overwrite: bool = False, on_epoch: EpochCallback | None = None,
+    finish: bool = True,
+) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` and write the run folder ``cfg.out``; returns its path.
 
     Writes config.yaml, model.safetensors (best validation AUC), meta.json, history.csv,
     splits.csv and skipped.csv. Test images are never looked at. Ctrl-C stops training early and
     keeps the best model so far. An existing run in ``cfg.out`` is an error unless ``overwrite``.
+
+    Fine-tuning: ``cfg.freeze == "backbone"`` trains the head only (linear probe, backbone batch-norm
+    statistics kept); ``cfg.head_epochs`` > 0 trains the head alone for that many epochs, then all
+    layers; the backbone's learning rate is ``cfg.lr * cfg.backbone_lr_scale`` (discriminative rates).
+    ``on_epoch(epoch, val_auc)`` is called after every epoch (hyper-parameter search prunes there by
+    raising). ``finish=False`` skips choosing the threshold and writing the report.
     """
     out = Path(cfg.out)
     prepare_run_folder(out, overwrite)
@@ -136,16 +161,20 @@ def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> P
     mean, std = intensity_stats(ds.images, train_idx)
     pre = Preprocessing(cfg.image_size, cfg.aspect, mean, std)
 
-    model = build_model(cfg.model, 1 if task == "binary" else k)
-    pretrained_report = None
-    if cfg.pretrained:
-        rep = load_pretrained(model, cfg.pretrained)
-        pretrained_report = {"loaded": len(rep.loaded), "adapted": rep.adapted, "skipped": rep.skipped, "missing": rep.missing}
+    model = build_model(cfg.model, 1 if task == "binary" else k, **cfg.model_options())
+    pretrained_report = initialise(model, cfg.model, cfg.pretrained)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     counts = class_counts(ds.labels[train_idx], k)
     criterion, loss_info = make_loss(task, counts, cfg.class_weights)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    backbone, head = split_parameters(model, cfg.model)
+    head_prefix = MODELS[cfg.model].head
+    groups = [{"params": head, "lr": cfg.lr, "name": "head"}]
+    if cfg.freeze == "backbone":
+        _set_backbone_trainable(backbone, False)
+    else:
+        groups.append({"params": backbone, "lr": cfg.lr * cfg.backbone_lr_scale, "name": "backbone"})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     if cfg.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, steps_per_epoch))
@@ -167,10 +196,19 @@ def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> P
     history: list[dict] = []
     best_auc, best_loss, best_epoch, best_state, bad_epochs = -1.0, float("inf"), 0, None, 0
     interrupted = False
+    stopped_by = "epochs"
     epoch_bar = tqdm(range(1, cfg.epochs + 1), desc=f"training {cfg.model}", unit="epoch", disable=not progress or None)
     try:
         for epoch in epoch_bar:
+            head_only = cfg.freeze == "backbone" or epoch <= cfg.head_epochs
+            if cfg.head_epochs and epoch in (1, cfg.head_epochs + 1):
+                _set_backbone_trainable(backbone, not head_only)
+                if epoch > 1:
+                    bad_epochs = 0  # stage two starts: give the full network its own patience
+                    log(f"stage 2: training all layers (backbone learning rate {cfg.lr * cfg.backbone_lr_scale:g})")
             model.train()
+            if head_only:
+                _freeze_batchnorm_stats(model, head_prefix)
             t0 = time.perf_counter()
             losses = []
             order = rng.permutation(len(train_idx))
@@ -217,7 +255,7 @@ def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> P
                 bad_epochs += 1
             row = {
                 "epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "val_auc": val_auc,
-                "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds,
+                "lr": optimizer.param_groups[0]["lr"], "stage": "head" if head_only else "all", "train_seconds": train_seconds,
                 "val_seconds": time.perf_counter() - t1, "train_images_per_second": len(train_idx) / train_seconds,
             }
             history.append(row)
@@ -227,8 +265,15 @@ def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> P
                 f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
                 f"val AUC {val_auc:.4f}  {row['train_images_per_second']:.0f} img/s{'  *best' if improved else ''}"
             )
-            if bad_epochs >= cfg.patience:
+            if on_epoch is not None:
+                on_epoch(epoch, val_auc)
+            if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes and epoch < cfg.epochs:
+                log(f"time limit: stopping after epoch {epoch} ({cfg.max_minutes:g} minutes reached)")
+                stopped_by = "time limit"
+                break
+            if bad_epochs >= cfg.patience and not (cfg.head_epochs and epoch <= cfg.head_epochs):
                 log(f"early stop: validation AUC did not improve for {cfg.patience} epochs")
+                stopped_by = "early stopping"
                 break
     except KeyboardInterrupt:
         interrupted = True
@@ -247,6 +292,8 @@ def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> P
         "classes": ds.class_names,
         "positive_class": ds.positive,
         "num_outputs": 1 if task == "binary" else k,
+        "model_options": {k_: v for k_, v in cfg.model_options().items() if v is not None},
+        "tta": cfg.tta,
         "preprocessing": pre.to_dict(),
         "threshold": None,
         "data": {
@@ -267,6 +314,7 @@ def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> P
             "best_epoch": best_epoch,
             "best_val_auc": best_auc,
             "interrupted": interrupted,
+            "stopped_by": "interrupted" if interrupted else stopped_by,
             "train_counts": {c: int(n) for c, n in zip(ds.class_names, counts)},
             **loss_info,
             "parameters_trainable": trainable,
@@ -274,6 +322,7 @@ def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> P
             "images_per_second_median": float(np.median(ips)) if ips else None,
             "seconds_total": time.perf_counter() - t_start,
             "pretrained": pretrained_report,
+            "fine_tuning": {"freeze": cfg.freeze, "head_epochs": cfg.head_epochs, "backbone_lr_scale": cfg.backbone_lr_scale},
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
@@ -281,7 +330,8 @@ def train(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> P
         },
     }
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=2))
-    from cxrkit.evaluation.evaluate import finish_training
+    if finish:
+        from cxrkit.evaluation.evaluate import finish_training
 
-    finish_training(out, ds, cfg.threshold_rule, cfg.seed)
+        finish_training(out, ds, cfg.threshold_rule, cfg.seed)
     return out

@@ -1,0 +1,147 @@
+"""More models, ImageNet weights offline, fine-tuning strategies and test-time augmentation."""
+
+import json
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from cxrkit.config import TrainConfig
+from cxrkit.data.augment import AugmentConfig, tta_views
+from cxrkit.models import build_model, count_parameters
+from cxrkit.models.pretrained import (
+    _DENSE_KEY,
+    PretrainedUnavailable,
+    imagenet_state_dict,
+    initialise,
+    load_pretrained,
+    load_state,
+)
+from cxrkit.models.registry import split_parameters
+from cxrkit.run import Run
+from cxrkit.training import train
+
+
+def test_pasa_is_the_small_fast_network():
+    model = build_model("pasa", 1)
+    total = count_parameters(model)[1]
+    assert 150_000 < total < 250_000  # Pasa et al. report about 0.2M
+    convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert max(convs) == 80 and convs[:2] == [4, 16]
+    wide = build_model("pasa", 1, width=16)
+    assert count_parameters(wide)[1] > 3 * total
+    with pytest.raises(ValueError, match="no option width"):
+        build_model("resnet18", 1, width=2)
+
+
+def test_lite0_imagenet_weights_load_offline_and_change_the_output():
+    torch.manual_seed(0)
+    random_init = build_model("efficientnet-lite0", 1, image_size=64).eval()
+    pretrained = build_model("efficientnet-lite0", 1, image_size=64).eval()
+    head_before = pretrained._fc.weight.detach().clone()
+    summary = initialise(pretrained, "efficientnet-lite0", None)  # default for lite0: ImageNet
+    assert summary["source"] == "imagenet"
+    assert summary["adapted"] == ["_conv_stem.weight"] and set(summary["skipped"]) == {"_fc.weight", "_fc.bias"}
+    assert summary["loaded"] > 250
+    imagenet = imagenet_state_dict("efficientnet-lite0")
+    torch.testing.assert_close(pretrained._conv_stem.weight, imagenet["_conv_stem.weight"].sum(1, keepdim=True))
+    torch.testing.assert_close(pretrained._fc.weight, head_before)  # the 1000-class head is not copied
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(random_init(x), pretrained(x), atol=1e-3)
+    assert initialise(build_model("efficientnet-lite0", 1), "efficientnet-lite0", "none") is None
+
+
+def test_mismatched_state_dict_is_a_clear_error(tmp_path):
+    path = tmp_path / "wide.pt"
+    torch.save(build_model("cnn", 1, width=32).state_dict(), path)
+    with pytest.raises(ValueError, match=r"other shapes than this model's .*another architecture or width"):
+        load_pretrained(build_model("cnn", 1), path, head="head")
+    with pytest.raises(ValueError, match="no tensor"):
+        load_state(build_model("pasa", 1), imagenet_state_dict("efficientnet-lite0"), "lite0", "head")
+
+
+def test_download_failure_says_how_to_pass_a_local_file():
+    def offline(url, **kw):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    with pytest.raises(PretrainedUnavailable, match=r"--pretrained /path/to/densenet121-a639ec97\.pth"):
+        imagenet_state_dict("densenet121", download=offline)
+    with pytest.raises(ValueError, match="no ImageNet weights are known"):
+        imagenet_state_dict("pasa")
+
+
+def test_torchvision_densenet_names_map_onto_monai():
+    model = build_model("densenet121", 1)
+    # Rebuild the torchvision naming from MONAI's ("denselayer1.layers.norm1" -> "denselayer1.norm.1").
+    tv = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked"):  # the 2017 torchvision file predates this buffer
+            continue
+        tv[k.replace(".layers.norm", ".norm.").replace(".layers.conv", ".conv.").replace(".layers.relu", ".relu.")] = v
+    assert sum(bool(_DENSE_KEY.match(k)) for k in tv) > 100
+    from cxrkit.models.pretrained import _rename_for_monai
+
+    renamed = _rename_for_monai("densenet121", tv)
+    assert set(renamed) == {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), model="cnn", image_size=32, epochs=3, patience=5, batch_size=16,
+                lr=3e-3, augment=AugmentConfig(0, 0, 0, 0, 0, False))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _backbone_and_head(run_dir, name="cnn"):
+    run = Run.load(run_dir)
+    backbone, head = split_parameters(run.model, name)
+    return torch.cat([p.flatten() for p in backbone]), torch.cat([p.flatten() for p in head]), run
+
+
+def test_linear_probe_trains_the_head_only(binary_data, tmp_path):
+    torch.manual_seed(0)
+    start = build_model("cnn", 1, image_size=32)
+    torch.save(start.state_dict(), tmp_path / "start.pt")
+    train(_cfg(binary_data, tmp_path / "probe", pretrained=str(tmp_path / "start.pt"), freeze="backbone"), progress=False)
+    b0 = torch.cat([p.flatten() for p in split_parameters(start, "cnn")[0]])
+    h0 = torch.cat([p.flatten() for p in split_parameters(start, "cnn")[1]])
+    b1, h1, run = _backbone_and_head(tmp_path / "probe")
+    torch.testing.assert_close(b1, b0)  # frozen
+    assert not torch.allclose(h1, h0)
+    # Batch-norm running statistics of the frozen backbone stay as loaded, too.
+    torch.testing.assert_close(run.model.state_dict()["features.1.running_mean"], start.state_dict()["features.1.running_mean"])
+    meta = json.loads((tmp_path / "probe" / "meta.json").read_text())
+    assert meta["training"]["parameters_trainable"] == 193  # 192 weights + 1 bias of the linear head
+    assert meta["training"]["fine_tuning"]["freeze"] == "backbone"
+    assert "Only the classifier head was trained" in (tmp_path / "probe" / "report.html").read_text()
+
+
+def test_two_stage_fine_tune_unfreezes_after_the_head_epochs(binary_data, tmp_path):
+    out = tmp_path / "two"
+    seen = []
+    train(_cfg(binary_data, out, head_epochs=1, backbone_lr_scale=0.1), progress=False,
+          on_epoch=lambda e, auc: seen.append((e, auc)))
+    history = (out / "history.csv").read_text().splitlines()
+    stages = [row.split(",")[history[0].split(",").index("stage")] for row in history[1:]]
+    assert stages == ["head", "all", "all"]
+    assert [e for e, _ in seen] == [1, 2, 3] and all(0 <= a <= 1 for _, a in seen)
+    with pytest.raises(ValueError, match="exclude each other"):
+        _cfg(binary_data, out, head_epochs=1, freeze="backbone")
+
+
+def test_tta_views_and_prediction(binary_data, tmp_path):
+    x = torch.rand(3, 1, 32, 32)
+    views = tta_views(x)
+    assert len(views) == 5 and views[0] is x and all(v.shape == x.shape for v in views)
+    assert not torch.allclose(views[1], x)
+    train(_cfg(binary_data, tmp_path / "r", epochs=2, tta=True), progress=False)
+    run = Run.load(tmp_path / "r")
+    assert run.tta
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32), dtype=np.uint8)
+    with torch.no_grad():
+        unit = run.preprocessing.to_unit(images)
+        manual = torch.stack([torch.sigmoid(run.model(run.preprocessing.normalize(v))[:, 0]) for v in tta_views(unit)]).mean(0)
+    np.testing.assert_allclose(run.predict_arrays(images)[:, 1], manual.numpy(), atol=1e-6)
+    assert not np.allclose(run.predict_arrays(images, tta=False)[:, 1], manual.numpy(), atol=1e-6)
