@@ -19,7 +19,7 @@ def _defaults() -> dict:
     return {f.name: f.default for f in fields(TrainConfig) if f.name not in ("data", "augment")}
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
+def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) -> None:
     from cxrkit.data.augment import AugmentConfig
 
     d, aug = _defaults(), AugmentConfig()
@@ -34,7 +34,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help=r"regex extracting a patient ID from file names, for patient-level splits, e.g. '(person\d+|IM-\d+)'")
     g.add_argument("--cache-dir", default=None, help="preprocessing cache folder (default $CXRKIT_CACHE or ~/.cache/cxrkit)")
     g = p.add_argument_group("model and training")
-    g.add_argument("--model", default=d["model"], help="model name, see `cxrkit models` (default %(default)s)")
+    if single_model:
+        g.add_argument("--model", default=d["model"], help="model name, see `cxrkit models` (default %(default)s)")
     g.add_argument("--width", type=int, default=None, help="model width (channels of the first block) for mlp, simple_cnn, cnn, pasa")
     g.add_argument("--dropout", type=float, default=None, help="dropout before the classifier, for models that have one")
     g = p.add_argument_group("transfer learning")
@@ -74,13 +75,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-augment", action="store_true", help="turn all augmentation off")
 
 
-def _config_from_args(a: argparse.Namespace, data: str, out: str):
+def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | None = None):
     from cxrkit.config import TrainConfig
     from cxrkit.data.augment import AugmentConfig
 
     aug = AugmentConfig(0, 0, 0, 0, 0, False) if a.no_augment else AugmentConfig(a.rotate, a.scale, a.translate, a.brightness, a.contrast, a.hflip)
     return TrainConfig(
-        data=data, out=out, model=a.model, width=a.width, dropout=a.dropout, image_size=a.image_size, aspect=a.aspect, positive=a.positive,
+        data=data, out=out, model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size, aspect=a.aspect, positive=a.positive,
         val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, seed=a.seed,
         epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         schedule=a.schedule, class_weights=not a.no_class_weights, threshold_rule=a.threshold_rule,
@@ -190,6 +191,18 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    from cxrkit.experiments.compare import compare, parse_models
+
+    models = parse_models(a.models, a.image_size)
+    base = _config_from_args(a, a.data, a.out, model=models[0][1])
+    s = compare(a.data, models, a.out, base, split=a.split, resume=a.resume, overwrite=a.overwrite)
+    print()
+    print((Path(a.out) / "comparison.md").read_text())
+    print(f"comparison written to {a.out}/ (comparison.csv, comparison.md, report.html)")
+    return 0 if not s["failed"] else 1
+
+
 def cmd_models(a: argparse.Namespace) -> int:
     from cxrkit.models.registry import MODELS, build_model, count_parameters
 
@@ -271,6 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None, help="CSV file to write (default: print)")
     pr.add_argument("--batch-size", type=int, default=32)
     pr.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("compare", help="train several models on the same split and compare them in one table",
+                       description="Train each of --models on DATA with the same split, seed, preprocessing and settings; "
+                                   "write comparison.csv, comparison.md and report.html with ROC-AUC (95%% CI), paired DeLong tests "
+                                   "against the best model, sensitivity/specificity/PPV/NPV at each model's validation-chosen "
+                                   "threshold, size, training time and inference speed, and a recommendation. A model that fails "
+                                   "is reported and the others go on; --resume continues an interrupted comparison.")
+    c.add_argument("data", help="dataset folder or .zip")
+    c.add_argument("--models", required=True, help="comma-separated model names; NAME:SIZE sets one model's image size, e.g. cnn,pasa,resnet18:128")
+    c.add_argument("--out", default="runs/compare", help="comparison folder (default %(default)s)")
+    c.add_argument("--split", choices=["val", "test"], default="val",
+                   help="split to compare on (default val; test evaluates every model on test once, and picking by it biases the pick)")
+    c.add_argument("--resume", action="store_true", help="continue an interrupted comparison: finished models are skipped")
+    c.add_argument("--overwrite", action="store_true", help="start again, replacing the runs in --out")
+    _add_train_options(c, single_model=False)
+    c.set_defaults(func=cmd_compare)
 
     m = sub.add_parser("models", help="list the available models with parameter counts")
     m.set_defaults(func=cmd_models)

@@ -88,3 +88,18 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -
     ax.set_xticks(range(k), classes, rotation=20), ax.set_yticks(range(k), classes)
     ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def plot_roc_overlay(curves: list[tuple[str, np.ndarray, np.ndarray, tuple[float, float] | None, float]], title: str, path: Path) -> Path:
+    """Several models' ROC curves on the same cases; each item is (label, y, score, operating point, AUC)."""
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    for i, (label, y, score, point, auc) in enumerate(curves):
+        fpr, tpr, _ = roc_curve(y, score)
+        color = f"C{i % 10}"
+        ax.plot(fpr, tpr, lw=1.8, color=color, label=f"{label} (AUC {auc:.3f})")
+        if point is not None:
+            ax.plot(*point, "o", ms=7, color=color, markeredgecolor="black")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey")
+    ax.set_xlabel("1 - specificity (false positive rate)"), ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_title(title, fontsize=10), ax.legend(loc="lower right", fontsize=8), ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,124 @@
+"""cxrkit compare: the table, the paired DeLong test, failures and --resume."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import cxrkit.training
+from cxrkit.cli import main
+from cxrkit.evaluation.intervals import delong_paired
+from cxrkit.experiments.compare import COLUMNS, parse_models
+
+FAST = ["--image-size", "32", "--epochs", "3", "--patience", "3", "--batch-size", "16", "--lr", "3e-3"]
+
+
+def _reference_delong(y, a, b):
+    """O(m*n) DeLong straight from the definitions (Heaviside kernel, explicit covariance)."""
+    y = np.asarray(y, bool)
+
+    def components(s):
+        pos, neg = s[y], s[~y]
+        psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+        return psi.mean(), psi.mean(axis=1), psi.mean(axis=0)
+
+    (A, a10, a01), (B, b10, b01) = components(np.asarray(a, float)), components(np.asarray(b, float))
+    m, n = len(a10), len(a01)
+    var = (np.var(a10, ddof=1) + np.var(b10, ddof=1) - 2 * np.cov(a10, b10)[0, 1]) / m
+    var += (np.var(a01, ddof=1) + np.var(b01, ddof=1) - 2 * np.cov(a01, b01)[0, 1]) / n
+    from scipy.stats import norm
+
+    z = (A - B) / np.sqrt(var)
+    return A, B, z, 2 * norm.sf(abs(z))
+
+
+def test_delong_paired_matches_the_reference_and_holds_its_size():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    latent = y + rng.normal(0, 0.7, 200)
+    a = np.round(latent + rng.normal(0, 0.3, 200), 1)  # rounding makes ties, which the midrank handles
+    b = latent + rng.normal(0, 2.0, 200)
+    r = delong_paired(y, a, b)
+    A, B, z, p = _reference_delong(y, a, b)
+    assert r["auc_a"] == pytest.approx(A) and r["auc_b"] == pytest.approx(B)
+    assert r["z"] == pytest.approx(z) and r["p_value"] == pytest.approx(p)
+    assert r["p_value"] < 0.05  # the noisier score really is worse here
+    assert delong_paired(y, a, a)["p_value"] == 1.0
+    # Under the null (two equally good scores) the test rejects about 5% of the time.
+    rejections = 0
+    for i in range(300):
+        g = np.random.default_rng(100 + i)
+        yy = g.integers(0, 2, 80)
+        base = yy + g.normal(0, 1, 80)
+        rejections += delong_paired(yy, base + g.normal(0, 1, 80), base + g.normal(0, 1, 80))["p_value"] < 0.05
+    assert 0.02 <= rejections / 300 <= 0.09
+    with pytest.raises(ValueError, match="two positive"):
+        delong_paired([1, 0, 0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
+
+
+def test_parse_models():
+    assert parse_models("cnn, pasa,resnet18:128", 224) == [("cnn", "cnn", 224), ("pasa", "pasa", 224), ("resnet18:128", "resnet18", 128)]
+    for bad, msg in [("cnn", "at least two"), ("cnn,vgg", "unknown model"), ("cnn,cnn", "twice"), ("cnn,pasa:big", "NAME:IMAGE_SIZE")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_models(bad, 64)
+
+
+def test_compare_table_failure_and_resume(binary_data, tmp_path, monkeypatch, capsys):
+    real_train = cxrkit.training.train
+    calls = []
+
+    def flaky_train(cfg, **kw):
+        calls.append(cfg.model)
+        if cfg.model == "mlp" and fail["on"]:
+            raise RuntimeError("simulated out of memory")
+        return real_train(cfg, **kw)
+
+    fail = {"on": True}
+    monkeypatch.setattr(cxrkit.training, "train", flaky_train)
+    out = tmp_path / "cmp"
+    args = ["compare", str(binary_data), "--models", "pasa,cnn,mlp", "--out", str(out), *FAST]
+    assert main(args) == 1  # a failed model makes the exit status non-zero, after the others finished
+    assert calls == ["pasa", "cnn", "mlp"]
+    with open(out / "comparison.csv", newline="") as f:
+        rows = {r["model"]: r for r in csv.DictReader(f)}
+    assert list(next(iter(rows.values()))) == COLUMNS
+    assert rows["mlp"]["status"] == "failed" and "simulated out of memory" in rows["mlp"]["error"]
+    done = [rows["pasa"], rows["cnn"]]
+    for r in done:
+        assert r["status"] == "done"
+        for c in COLUMNS:
+            if c != "error" and c not in ("auc_difference_vs_best", "delong_p_vs_best"):
+                assert r[c] != "", f"{r['model']} has no {c}"
+        assert 0 <= float(r["roc_auc_ci_low"]) <= float(r["roc_auc"]) <= float(r["roc_auc_ci_high"]) <= 1
+        assert int(r["tp"]) + int(r["fp"]) + int(r["tn"]) + int(r["fn"]) > 0
+        assert float(r["inference_ms_batch1"]) > 0 and float(r["model_file_mb"]) > 0
+    assert int(rows["pasa"]["parameters_total"]) < int(rows["cnn"]["parameters_total"])
+    best, other = sorted(done, key=lambda r: -float(r["roc_auc"]))
+    assert float(best["auc_difference_vs_best"]) == 0 and best["delong_p_vs_best"] == ""
+    # The p-value in the table is DeLong's on the two runs' validation predictions.
+    preds = {}
+    for r in done:
+        with open(out / r["model"] / "predictions.csv", newline="") as f:
+            val = sorted((x for x in csv.DictReader(f) if x["split"] == "val"), key=lambda x: x["path"])
+        preds[r["model"]] = (np.array([x["true"] == "tb" for x in val]), np.array([float(x["prob_tb"]) for x in val]))
+    y = preds[best["model"]][0]
+    ref = delong_paired(y, preds[best["model"]][1], preds[other["model"]][1])["p_value"]
+    assert float(other["delong_p_vs_best"]) == pytest.approx(ref, rel=1e-4)
+    md = (out / "comparison.md").read_text()
+    assert "Rule: the model with the fewest parameters" in md and "Recommended:" in md and "simulated out of memory" in md
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "pasa/report.html" in html
+
+    # Without --resume an existing comparison is not overwritten.
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    # Resume: finished models are skipped, the failed one is trained again.
+    calls.clear()
+    fail["on"] = False
+    assert main([*args, "--resume"]) == 0
+    assert calls == ["mlp"]
+    state = json.loads((out / "comparison.json").read_text())
+    assert {m: e["status"] for m, e in state["models"].items()} == {"pasa": "done", "cnn": "done", "mlp": "done"}
+    # Resuming with other settings is refused.
+    assert main([*args[:-1], "4e-3", "--resume"]) == 2
