@@ -203,6 +203,24 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0 if not s["failed"] else 1
 
 
+def cmd_tune(a: argparse.Namespace) -> int:
+    from cxrkit.experiments.tune import tune
+
+    out = a.out or f"runs/tune-{a.model}"
+    base = _config_from_args(a, a.data, out)
+    sizes = [int(x) for x in a.image_sizes.split(",")] if a.image_sizes else None
+    s = tune(a.data, base, a.trials, out, storage=a.storage, study_name=a.study_name, image_sizes=sizes, timeout_minutes=a.timeout_minutes)
+    print(f"\nstudy {s['study']}: {s['trials']} trial(s), {s['completed']} completed, {s['pruned']} pruned, {s['failed']} failed "
+          f"(all trials in {out}/trials.csv)")
+    if "best_val_auc" not in s:
+        print("no trial completed yet; run the same command again to continue")
+        return 1
+    print(f"best: trial {s['best_trial']}, validation AUC {s['best_val_auc']:.4f} with {s['best_params']}")
+    print(f"train it with:  cxrkit train {a.data} --config {s['config']}")
+    print("(the test split was not used; evaluate the trained model on it once)")
+    return 0
+
+
 def cmd_models(a: argparse.Namespace) -> int:
     from cxrkit.models.registry import MODELS, build_model, count_parameters
 
@@ -300,6 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="start again, replacing the runs in --out")
     _add_train_options(c, single_model=False)
     c.set_defaults(func=cmd_compare)
+
+    tu = sub.add_parser("tune", help="search hyper-parameters with Optuna on validation AUC (never test)",
+                        description="Optuna study (TPE sampler, median pruner on per-epoch validation AUC) over learning rate, "
+                                    "weight decay, batch size, augmentation strength, image size, dropout and width (where the "
+                                    "model has them). Stored in SQLite: running the command again continues the study, and "
+                                    "several processes can share one --storage. Writes best_config.yaml for `cxrkit train --config`.")
+    tu.add_argument("data", help="dataset folder or .zip")
+    tu.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default %(default)s)")
+    tu.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/study.db)")
+    tu.add_argument("--study-name", default=None, help="study name in the storage (default cxrkit-MODEL)")
+    tu.add_argument("--out", default=None, help="folder for trials, trials.csv and best_config.yaml (default runs/tune-MODEL)")
+    tu.add_argument("--image-sizes", default=None, help="comma-separated sizes to try (default: 1/2, 3/4 and all of --image-size)")
+    tu.add_argument("--timeout-minutes", type=float, default=None, help="stop starting new trials after this long")
+    _add_train_options(tu)
+    tu.set_defaults(func=cmd_tune)
 
     m = sub.add_parser("models", help="list the available models with parameter counts")
     m.set_defaults(func=cmd_models)

@@ -10,11 +10,12 @@ class DenseBaseline(nn.Module):
     """Multi-layer perceptron on a 32 x 32 thumbnail of the image (the notebooks' "flatten + dense" baseline).
 
     Pooling to a fixed thumbnail keeps the parameter count independent of ``--image-size``.
-    Input (B, 1, H, W) -> logits (B, out_features).
+    ``width`` is the first hidden layer's size. Input (B, 1, H, W) -> logits (B, out_features).
     """
 
-    def __init__(self, out_features: int, hidden: int = 256, dropout: float = 0.3) -> None:
+    def __init__(self, out_features: int, width: int = 256, dropout: float = 0.3) -> None:
         super().__init__()
+        hidden = width
         self.net = nn.Sequential(
             nn.AdaptiveAvgPool2d(32),
             nn.Flatten(),

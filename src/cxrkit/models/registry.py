@@ -53,6 +53,7 @@ class ModelSpec:
     head: str
     options: tuple[str, ...] = ()
     imagenet: str = "none"  # "offline": weights ship with an installed package; "download": fetched when online
+    width: int | None = None  # default of the ``width`` option, for models that have one
 
 
 def _small(cls: type[nn.Module]) -> Callable[..., nn.Module]:
@@ -62,10 +63,12 @@ def _small(cls: type[nn.Module]) -> Callable[..., nn.Module]:
 MODELS: dict[str, ModelSpec] = {
     s.name: s
     for s in (
-        ModelSpec("mlp", _small(DenseBaseline), "dense baseline on a 32x32 thumbnail", "net.7", ("width", "dropout")),
-        ModelSpec("simple_cnn", _small(SimpleCNN), "3-block tutorial CNN, no regularisation", "head", ("width",)),
-        ModelSpec("cnn", _small(RegularisedCNN), "regularised CNN: batch norm, dropout, global average pooling", "head", ("width", "dropout")),
-        ModelSpec("pasa", _small(PasaNet), "Pasa et al. 2019 TB-screening network, 0.2M parameters, fast on CPU", "head", ("width", "dropout")),
+        ModelSpec("mlp", _small(DenseBaseline), "dense baseline on a 32x32 thumbnail", "net.7", ("width", "dropout"), width=256),
+        ModelSpec("simple_cnn", _small(SimpleCNN), "3-block tutorial CNN, no regularisation", "head", ("width",), width=32),
+        ModelSpec("cnn", _small(RegularisedCNN), "regularised CNN: batch norm, dropout, global average pooling", "head", ("width", "dropout"),
+                  width=24),
+        ModelSpec("pasa", _small(PasaNet), "Pasa et al. 2019 TB-screening network, 0.2M parameters, fast on CPU", "head", ("width", "dropout"),
+                  width=8),
         ModelSpec("efficientnet-lite0", _efficientnet_lite0, "EfficientNet-Lite0, ImageNet weights shipped offline (default: pretrained)",
                   "_fc", ("dropout",), "offline"),
         ModelSpec("resnet18", _resnet(18), "MONAI ResNet-18 (ImageNet weights downloaded with --pretrained imagenet)", "fc", (), "download"),

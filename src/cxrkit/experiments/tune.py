@@ -1,0 +1,139 @@
+"""Hyper-parameter search with Optuna: TPE sampling, median pruning on validation AUC per epoch, SQLite storage.
+
+The objective is the best validation ROC-AUC of a training run; the test split is never evaluated.
+The study lives in a database (SQLite by default, inside the output folder), so an interrupted search
+resumes and a second process can join the same study. The best trial's settings are written as a
+config file that ``cxrkit train --config`` repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from cxrkit.config import TrainConfig
+from cxrkit.data.augment import AugmentConfig
+from cxrkit.models.registry import get_spec
+from cxrkit.run import META_FILE, MODEL_FILE, atomic_write_csv
+
+
+def default_image_sizes(size: int) -> list[int]:
+    """Half, three quarters and all of ``size``, in multiples of 16 (at least 32)."""
+    return sorted({max(32, round(size * f / 16) * 16) for f in (0.5, 0.75, 1.0)})
+
+
+def suggest_config(trial, base: TrainConfig, image_sizes: list[int], out: Path) -> TrainConfig:
+    """The training config of one trial: ``base`` with the searched settings drawn by ``trial``."""
+    spec = get_spec(base.model)
+    strength = trial.suggest_float("augment_strength", 0.0, 1.5)
+    d = AugmentConfig()
+    augment = AugmentConfig(d.rotate_degrees * strength, d.scale * strength, d.translate * strength, d.brightness * strength,
+                            d.contrast * strength, base.augment.hflip)
+    changes = {
+        "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", [16, 32, 64]),
+        "image_size": trial.suggest_categorical("image_size", image_sizes) if len(image_sizes) > 1 else image_sizes[0],
+        "augment": augment,
+        "out": str(out / "trials" / f"trial_{trial.number:03d}"),
+    }
+    if "dropout" in spec.options:
+        changes["dropout"] = trial.suggest_float("dropout", 0.0, 0.5)
+    if "width" in spec.options and spec.width:
+        w = spec.width
+        changes["width"] = trial.suggest_categorical("width", sorted({max(4, w // 2), w, w + w // 2}))
+    return replace(base, **changes)
+
+
+def tune(
+    data: str, base: TrainConfig, trials: int, out: str | Path, storage: str | None = None, study_name: str | None = None,
+    image_sizes: list[int] | None = None, timeout_minutes: float | None = None, progress: bool = True,
+) -> dict:
+    """Run (or continue) a study until it holds ``trials`` finished trials; write best_config.yaml and trials.csv.
+
+    ``storage`` defaults to ``sqlite:///OUT/study.db``. Returns a summary with the best value and settings.
+    """
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    from cxrkit.training import train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    study_name = study_name or f"cxrkit-{base.model}"
+    sizes = image_sizes or default_image_sizes(base.image_size)
+    base = replace(base, data=str(data))
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=base.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
+    )
+    previous = study.user_attrs.get("base")
+    mine = {k: v for k, v in base.to_dict().items() if k not in ("out",)}
+    if previous is not None and previous != json.loads(json.dumps(mine)):
+        raise ValueError(f"study {study_name!r} in {storage} was started with other data or settings; choose another --study-name")
+    study.set_user_attr("base", mine)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    already = len(study.get_trials(deepcopy=False, states=finished))
+    # A resumed process must not replay the first one's random start-up draws, nor may a process that joins
+    # while another is running (same trial count at start), hence the process id in that case.
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials) + (1000 * os.getpid() if running else 0))
+    bar = tqdm(total=trials, initial=min(already, trials), desc=f"tuning {base.model}", unit="trial", disable=not progress or None)
+
+    def objective(trial: optuna.Trial) -> float:
+        cfg = suggest_config(trial, base, sizes, out)
+        trial.set_user_attr("config", json.loads(json.dumps(cfg.to_dict())))
+
+        def report(epoch: int, val_auc: float) -> None:
+            trial.report(val_auc, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation AUC {val_auc:.4f} at epoch {epoch} is below the median of earlier trials")
+
+        try:
+            train(cfg, progress=False, overwrite=True, on_epoch=report, finish=False)
+        finally:
+            (Path(cfg.out) / MODEL_FILE).unlink(missing_ok=True)  # trials keep config, history and meta, not weights
+            bar.update(1)
+        meta = json.loads((Path(cfg.out) / META_FILE).read_text())
+        if meta["training"]["interrupted"]:
+            raise KeyboardInterrupt
+        return float(meta["training"]["best_val_auc"])
+
+    if already < trials:
+        study.optimize(
+            objective, n_trials=trials - already, timeout=None if timeout_minutes is None else 60 * timeout_minutes,
+            callbacks=[MaxTrialsCallback(trials, states=finished)], catch=(RuntimeError, ValueError),
+        )
+    bar.close()
+    return write_results(study, out, base)
+
+
+def write_results(study, out: Path, base: TrainConfig) -> dict:
+    """trials.csv, and best_config.yaml from the best completed trial; returns a summary."""
+    from optuna.trial import TrialState
+
+    rows = []
+    names = sorted({k for t in study.trials for k in t.params})
+    for t in study.trials:
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "val_auc": "" if t.value is None else f"{t.value:.5f}",
+                     "epochs": len(t.intermediate_values), "seconds": "" if t.duration is None else f"{t.duration.total_seconds():.1f}",
+                     **{k: t.params.get(k, "") for k in names}})
+    atomic_write_csv(out / "trials.csv", rows, ["trial", "state", "val_auc", "epochs", "seconds", *names])
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    summary = {"study": study.study_name, "trials": len(study.trials), "completed": len(done),
+               "pruned": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
+               "failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))}
+    if done:
+        best = study.best_trial
+        cfg = TrainConfig.from_dict(dict(best.user_attrs["config"]))
+        cfg = replace(cfg, out=str(Path("runs") / f"{base.model}-tuned"))
+        cfg.save(out / "best_config.yaml")
+        summary.update(best_trial=best.number, best_val_auc=best.value, best_params=best.params, config=str(out / "best_config.yaml"))
+    return summary

@@ -1,0 +1,55 @@
+"""cxrkit tune: Optuna trials on tiny data, stored in SQLite, resumed, best config reusable by train --config."""
+
+import csv
+
+import optuna
+import pytest
+
+from cxrkit.cli import main
+from cxrkit.config import TrainConfig
+from cxrkit.experiments.tune import default_image_sizes, suggest_config
+
+
+def test_search_space_follows_the_model(tmp_path):
+    base = TrainConfig(data="d", model="pasa", image_size=64)
+    trial = optuna.trial.FixedTrial({"augment_strength": 0.5, "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32,
+                                     "image_size": 48, "dropout": 0.2, "width": 12})
+    cfg = suggest_config(trial, base, [32, 48, 64], tmp_path)
+    assert (cfg.width, cfg.dropout, cfg.image_size, cfg.batch_size) == (12, 0.2, 48, 32)
+    assert cfg.augment.rotate_degrees == pytest.approx(5.0) and cfg.augment.scale == pytest.approx(0.05)
+    assert cfg.out.endswith("trials/trial_000")
+    assert default_image_sizes(224) == [112, 160, 224]  # 168 rounds to a multiple of 16
+    assert default_image_sizes(40) == [32]  # never below 32 px
+
+
+def test_tune_persists_resumes_and_writes_a_trainable_config(binary_data, tmp_path, capsys):
+    out = tmp_path / "tune"
+    db = f"sqlite:///{tmp_path / 'tune.db'}"
+    args = ["tune", str(binary_data), "--model", "pasa", "--out", str(out), "--storage", db, "--image-sizes", "32",
+            "--epochs", "2", "--patience", "2"]
+    assert main([*args, "--trials", "2"]) == 0
+    study = optuna.load_study(study_name="cxrkit-pasa", storage=db)
+    assert len(study.trials) == 2
+    # Running again with a higher target continues the same study instead of starting over.
+    assert main([*args, "--trials", "3"]) == 0
+    study = optuna.load_study(study_name="cxrkit-pasa", storage=db)
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 3  # TPE drew three different settings
+    with open(out / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and {"lr", "weight_decay", "batch_size", "augment_strength", "dropout", "width"} <= set(rows[0])
+    best = max((r for r in rows if r["state"] == "complete"), key=lambda r: float(r["val_auc"]))
+    cfg = TrainConfig.load(out / "best_config.yaml")
+    assert cfg.lr == pytest.approx(float(best["lr"])) and cfg.width == int(best["width"])
+    assert "--config" in capsys.readouterr().out
+    # Reached target: nothing more runs.
+    assert main([*args, "--trials", "3"]) == 0
+    assert len(optuna.load_study(study_name="cxrkit-pasa", storage=db).trials) == 3
+    # The best config trains as is, and the trial runs never touched the test split.
+    run = tmp_path / "tuned"
+    assert main(["train", str(binary_data), "--config", str(out / "best_config.yaml"), "--out", str(run)]) == 0
+    assert (run / "model.safetensors").exists()
+    for meta in (out / "trials").glob("*/meta.json"):
+        assert "evaluations" not in meta.read_text()
+    # Same study name with other settings is refused rather than mixed.
+    assert main(["tune", str(binary_data), "--model", "pasa", "--out", str(out), "--storage", db, "--trials", "4", "--lr", "5e-3"]) == 2
