@@ -72,6 +72,22 @@ def test_download_failure_says_how_to_pass_a_local_file():
         imagenet_state_dict("pasa")
 
 
+def test_train_with_imagenet_offline_fails_before_training_with_the_fix(binary_data, tmp_path, monkeypatch, capsys):
+    import torch.hub
+
+    from cxrkit.cli import main
+
+    def offline(url, **kw):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    out = tmp_path / "r"
+    assert main(["train", str(binary_data), "--model", "resnet18", "--pretrained", "imagenet", "--out", str(out), "--image-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "could not download ImageNet weights for resnet18" in err and "--pretrained /path/to/resnet18-f37072fd.pth" in err
+    assert not (out / "model.safetensors").exists()
+
+
 def test_torchvision_densenet_names_map_onto_monai():
     model = build_model("densenet121", 1)
     # Rebuild the torchvision naming from MONAI's ("denselayer1.layers.norm1" -> "denselayer1.norm.1").
