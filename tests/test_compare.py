@@ -64,6 +64,14 @@ def test_parse_models():
             parse_models(bad, 64)
 
 
+def test_bad_dataset_fails_once_with_a_clear_error(tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "missing"), "--models", "pasa,mlp", "--out", str(tmp_path / "c")]) == 2
+    assert "missing" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["tune", str(tmp_path / "empty"), "--model", "pasa", "--trials", "2", "--out", str(tmp_path / "t")]) == 2
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
 def test_compare_table_failure_and_resume(binary_data, tmp_path, monkeypatch, capsys):
     real_train = cxrkit.training.train
     calls = []

@@ -133,6 +133,9 @@ def compare(
     """
     if split not in ("val", "test"):
         raise ValueError("compare on split val or test")
+    from cxrkit.data.sources import open_image_folder
+
+    open_image_folder(data, Path(base.cache_dir) if base.cache_dir else None)  # an unreadable dataset fails once, not once per model
     out = Path(out)
     state_path = out / STATE_FILE
     if state_path.exists() and not (resume or overwrite):

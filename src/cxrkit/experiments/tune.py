@@ -63,6 +63,9 @@ def tune(
 
     from cxrkit.training import train
 
+    from cxrkit.data.sources import open_image_folder
+
+    open_image_folder(data, Path(base.cache_dir) if base.cache_dir else None)  # fail once on a bad dataset, not once per trial
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
