@@ -85,7 +85,9 @@ class Run:
         options = meta.get("model_options", {"image_size": meta["preprocessing"]["image_size"]})
         model = build_model(meta["model"], meta["num_outputs"], **options)
         model.load_state_dict(load_file(str(path / MODEL_FILE)))
-        model.eval()
+        # channels_last changes only the memory layout (same fp32 arithmetic): 1.4-3x faster CPU inference
+        # measured on the Kermany runs (benchmarks in the README).
+        model = model.to(memory_format=torch.channels_last).eval()
         return cls(path, meta, model, Preprocessing(**meta["preprocessing"]))
 
     @property
@@ -123,7 +125,10 @@ class Run:
         for i in range(0, len(images), batch_size):
             unit = self.preprocessing.to_unit(np.asarray(images[i : i + batch_size]))
             views = tta_views(unit) if use_tta else [unit]
-            p = torch.stack([probabilities(self.model(self.preprocessing.normalize(v)), self.task) for v in views]).mean(0)
+            p = torch.stack([
+                probabilities(self.model(self.preprocessing.normalize(v).contiguous(memory_format=torch.channels_last)), self.task)
+                for v in views
+            ]).mean(0)
             out.append(p.numpy())
         k = len(self.classes)
         return np.concatenate(out) if out else np.zeros((0, k))

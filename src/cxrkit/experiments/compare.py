@@ -166,7 +166,6 @@ def compare(
             from cxrkit.training import train
 
             cfg = replace(base, data=str(data), model=name, image_size=size, out=str(run_dir))
-
             train(cfg, progress=progress, overwrite=True)
             meta = json.loads((run_dir / META_FILE).read_text())
             if meta["training"]["interrupted"]:
@@ -189,8 +188,7 @@ def compare(
             state["models"][label] = {"status": "failed", "run": run_dir.name, "error": f"{type(exc).__name__}: {exc}"[:500]}
             log(f"{label} FAILED: {type(exc).__name__}: {exc} (details in {run_dir / 'error.txt'})")
         _save_state(out, state)
-    summary = summarise(out)
-    return summary
+    return summarise(out)
 
 
 def summarise(out: str | Path) -> dict:
