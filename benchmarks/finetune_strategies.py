@@ -32,12 +32,17 @@ def main() -> None:
     ap.add_argument("--out", default="runs/finetune")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--strategies", default=None, help="comma-separated indices into the list above (default: all)")
     a = ap.parse_args()
+    chosen = None if a.strategies is None else {int(i) for i in a.strategies.split(",")}
     print(f"{'strategy':<55}{'val AUC (95% CI)':<26}{'trained params':>15}{'minutes':>9}{'img/s':>8}")
     for i, (name, change) in enumerate(STRATEGIES.items()):
+        if chosen is not None and i not in chosen:
+            continue
         out = Path(a.out) / f"s{i}"
-        cfg = TrainConfig(data=a.data, out=str(out), model="efficientnet-lite0", image_size=a.image_size, epochs=a.epochs,
-                          patience=a.epochs, group_pattern=GROUP, batch_size=32, lr=1e-3, **change)
+        settings = {"model": "efficientnet-lite0", "image_size": a.image_size, "epochs": a.epochs, "patience": a.epochs,
+                    "group_pattern": GROUP, "batch_size": 32, "lr": 1e-3, **change}
+        cfg = TrainConfig(data=a.data, out=str(out), **settings)
         train(cfg, progress=False, overwrite=True)
         meta = json.loads((out / "meta.json").read_text())["training"]
         auc = json.loads((out / "metrics.json").read_text())["val"]["metrics"]["roc_auc"]

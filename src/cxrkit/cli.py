@@ -94,9 +94,10 @@ def _summary(run_dir: Path, split: str) -> None:
     import json
 
     m = json.loads((run_dir / "metrics.json").read_text())[split]
+    from cxrkit.evaluation.evaluate import split_words
     from cxrkit.report.narrative import binary_sentences, multiclass_sentences
 
-    words = {"val": "validation", "test": "test", "train": "training"}[split]
+    words = split_words(split)
     text = binary_sentences(m, words) if m["task"] == "binary" else multiclass_sentences(m, words)
     print(f"\n{words} split ({m['n']} images):")
     for s in text:
@@ -126,12 +127,12 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from cxrkit.evaluation.evaluate import evaluate_run
+    from cxrkit.evaluation.evaluate import evaluate_run, parse_class_map
 
-    m = evaluate_run(a.run, a.data, a.split)
+    m = evaluate_run(a.run, a.data, a.split, class_map=parse_class_map(a.class_map))
     for n in m.get("notes", []):
         print(f"note: {n}")
-    _summary(Path(a.run), a.split)
+    _summary(Path(a.run), m["split"])
     print(f"\nmetrics.json, predictions.csv and report.html updated in {a.run}/")
     return 0
 
@@ -150,9 +151,19 @@ def cmd_predict(a: argparse.Namespace) -> int:
         paths = [target]
     else:
         raise FileNotFoundError(f"{target} does not exist")
+    from cxrkit.data.shift import check_stats, image_stats, merge_stats
+
+    reference = run.shift_reference()
+    batches: list = []
     t0 = time.perf_counter()
-    probs, errors = run.predict_files(paths, a.batch_size, progress=len(paths) > 1)
+    probs, errors = run.predict_files(paths, a.batch_size, progress=len(paths) > 1,
+                                      on_batch=(lambda x: batches.append(image_stats(x))) if reference else None)
     elapsed = time.perf_counter() - t0
+    if reference and batches:
+        shift = check_stats(reference, merge_stats(batches))
+        if shift["warning"]:
+            print(f"warning: {shift['message']}; predictions on such images are less reliable than the run's metrics suggest",
+                  file=sys.stderr)
     import numpy as np
 
     ok = ~np.isnan(probs).any(axis=1)
@@ -293,7 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a run on a split (test by default), at its validation-chosen threshold")
     e.add_argument("run", help="run folder written by `cxrkit train`")
     e.add_argument("data", nargs="?", default=None, help="dataset (default: the one the run was trained on)")
-    e.add_argument("--split", choices=["test", "val", "train"], default="test")
+    e.add_argument("--split", choices=["test", "val", "train", "all"], default=None,
+                   help="split to evaluate (default: test of the training data; all images of another dataset)")
+    e.add_argument("--class-map", default=None, metavar="DATASET=MODEL,...",
+                   help="match another dataset's class folders to the model's classes, e.g. healthy=normal,TB=tb "
+                        "(same names, case differences and normal/healthy/negative are matched automatically)")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="classify one image or every image under a folder")

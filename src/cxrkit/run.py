@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from cxrkit.models.registry import build_model
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
+SHIFT_FILE = "shift_reference.json"
 
 
 class RunError(ValueError):
@@ -139,10 +141,18 @@ class Run:
             return (probs[:, 1] >= self.threshold).astype(int)
         return probs.argmax(axis=1)
 
+    def shift_reference(self) -> dict | None:
+        """Statistics of the training images saved at training time (None for runs made before they existed)."""
+        path = self.path / SHIFT_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def predict_files(
-        self, paths: list[Path], batch_size: int = 64, progress: bool = False
+        self, paths: list[Path], batch_size: int = 64, progress: bool = False, on_batch: Callable[[np.ndarray], None] | None = None
     ) -> tuple[np.ndarray, dict[int, str]]:
-        """Decode and classify files; returns probabilities (NaN rows for failures) and {index: error}."""
+        """Decode and classify files; returns probabilities (NaN rows for failures) and {index: error}.
+
+        ``on_batch`` receives each decoded uint8 batch (the shift check collects statistics there).
+        """
         probs = np.full((len(paths), len(self.classes)), np.nan)
         errors: dict[int, str] = {}
         bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress or None)
@@ -155,7 +165,10 @@ class Run:
                 except ImageDecodeError as exc:
                     errors[j] = str(exc)
             if batch:
-                probs[where] = self.predict_arrays(np.stack(batch), batch_size)
+                arr = np.stack(batch)
+                probs[where] = self.predict_arrays(arr, batch_size)
+                if on_batch is not None:
+                    on_batch(arr)
             bar.update(min(batch_size, len(paths) - start))
         bar.close()
         return probs, errors

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.data.cache import CachedImages, load_cached
-from cxrkit.data.sources import DatasetError, ImageFolderSource, choose_positive_class, open_image_folder
+from cxrkit.data.sources import NEGATIVE_NAMES, DatasetError, ImageFolderSource, canonical_name, choose_positive_class, open_image_folder
 from cxrkit.data.splits import assign_splits, patient_ids
 
 
@@ -41,7 +41,9 @@ class LabelledImages:
         return "binary" if self.positive is not None else "multiclass"
 
     def index(self, split: str) -> np.ndarray:
-        """Indices of decodable images in ``split``."""
+        """Indices of decodable images in ``split`` (``"all"``: every decodable image)."""
+        if split == "all":
+            return np.flatnonzero(self.cache.ok)
         return np.flatnonzero((self.splits == split) & self.cache.ok)
 
     def skipped(self) -> list[tuple[str, str, str]]:
@@ -71,6 +73,40 @@ class LabelledImages:
         return h.hexdigest()[:16]
 
 
+def match_classes(dataset_classes: list[str], model_classes: list[str], class_map: dict[str, str] | None = None) -> dict[str, str]:
+    """Map each dataset class to a model class: ``class_map`` first, then the same name, the same name
+    ignoring case, and for binary tasks any negative-sounding name (normal/healthy/negative) to the
+    model's negative class. Raises :class:`DatasetError` listing what cannot be matched."""
+    class_map = dict(class_map or {})
+    bad_targets = sorted({v for v in class_map.values() if v not in model_classes})
+    if bad_targets:
+        raise DatasetError(f"--class-map targets {bad_targets} are not classes of the model ({model_classes})")
+    unknown = sorted(set(class_map) - set(dataset_classes))
+    if unknown:
+        raise DatasetError(f"--class-map names {unknown}, which are not classes of the dataset ({dataset_classes})")
+    lower = {m.lower(): m for m in model_classes}
+    negative = model_classes[0] if len(model_classes) == 2 and canonical_name(model_classes[0]) in NEGATIVE_NAMES else None
+    mapping, unmatched = {}, []
+    for c in dataset_classes:
+        if c in class_map:
+            mapping[c] = class_map[c]
+        elif c in model_classes:
+            mapping[c] = c
+        elif c.lower() in lower:
+            mapping[c] = lower[c.lower()]
+        elif negative and canonical_name(c) in NEGATIVE_NAMES:
+            mapping[c] = negative
+        else:
+            unmatched.append(c)
+    if unmatched:
+        example = f"{unmatched[0]}={model_classes[-1]}"
+        raise DatasetError(
+            f"dataset classes {unmatched} cannot be matched to the model's classes {model_classes}; "
+            f"say which is which with --class-map DATASET_CLASS=MODEL_CLASS (e.g. --class-map {example})"
+        )
+    return mapping
+
+
 def load_dataset(
     data: str | Path,
     image_size: int,
@@ -83,19 +119,18 @@ def load_dataset(
     cache_dir: str | Path | None = None,
     class_names: list[str] | None = None,
     progress: bool = True,
+    class_map: dict[str, str] | None = None,
 ) -> LabelledImages:
     """Find, label, split and decode (through the cache) every image of a dataset.
 
-    ``class_names`` forces the class order of an existing run (evaluation); the dataset's classes
-    must then be the same set.
+    ``class_names`` forces the class order of an existing run (evaluation); the dataset's classes are
+    then matched to them by :func:`match_classes` (``class_map`` for names that differ).
     """
     cache = Path(cache_dir) if cache_dir else None
     source = open_image_folder(data, cache)
+    mapping = {c: c for c in source.classes}
     if class_names is not None:
-        if sorted(class_names) != source.classes:
-            raise DatasetError(
-                f"the dataset's classes {source.classes} differ from the model's classes {sorted(class_names)}"
-            )
+        mapping = match_classes(source.classes, list(class_names), class_map)
         names = list(class_names)
         pos = names[1] if len(names) == 2 else None
     elif len(source.classes) == 2:
@@ -109,7 +144,7 @@ def load_dataset(
     groups = patient_ids(samples, group_pattern) if group_pattern else None
     splits = np.array(assign_splits(samples, source.classes, val_fraction, test_fraction, seed, groups))
     index = {c: i for i, c in enumerate(names)}
-    labels = np.array([index[s.label] for s in samples], dtype=np.int64)
+    labels = np.array([index[mapping[s.label]] for s in samples], dtype=np.int64)
     cached = load_cached([s.path for s in samples], image_size, aspect, cache, progress=progress)
     return LabelledImages(
         source=source,

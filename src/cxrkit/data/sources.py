@@ -165,7 +165,8 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None) -> ImageF
     return ImageFolderSource(root=root, samples=samples, classes=classes, layout=layout, ignored_files=ignored)
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """Lower-case class name without a leading number and with spaces for underscores ("0_Normal" -> "normal")."""
     return re.sub(r"^[0-9]+[_\- ]*", "", name.strip().lower()).replace("_", " ")
 
 
@@ -182,7 +183,7 @@ def choose_positive_class(classes: list[str], positive: str | None = None) -> st
         if not matches:
             raise DatasetError(f"--positive {positive!r} is not a class; classes are {classes}")
         return matches[0]
-    negatives = [c for c in classes if _canonical(c) in NEGATIVE_NAMES]
+    negatives = [c for c in classes if canonical_name(c) in NEGATIVE_NAMES]
     if len(negatives) == 1:
         return next(c for c in classes if c != negatives[0])
     return sorted(classes)[1]

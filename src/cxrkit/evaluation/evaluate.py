@@ -19,15 +19,37 @@ from cxrkit.run import META_FILE, Run, atomic_write_csv, atomic_write_text
 SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
 
 
-def load_run_dataset(run: Run, data: str | Path | None = None, progress: bool = True) -> tuple[LabelledImages, TrainConfig]:
-    """The run's dataset (or another with the same classes), split exactly as in training."""
+def load_run_dataset(
+    run: Run, data: str | Path | None = None, progress: bool = True, class_map: dict[str, str] | None = None
+) -> tuple[LabelledImages, TrainConfig]:
+    """The run's dataset (or another whose classes match, see ``class_map``), split exactly as in training."""
     cfg = TrainConfig.load(run.path / "config.yaml")
     ds = load_dataset(
         data or cfg.data, run.preprocessing.image_size, run.preprocessing.aspect, None,
         cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.group_pattern, cfg.cache_dir,
-        class_names=run.classes, progress=progress,
+        class_names=run.classes, progress=progress, class_map=class_map,
     )
     return ds, cfg
+
+
+def split_words(key: str) -> str:
+    """How a metrics key reads in sentences: "test" -> "test", "external:sakha" -> "external (sakha)"."""
+    if key.startswith("external:"):
+        return f"external ({key.split(':', 1)[1]})"
+    return SPLIT_WORDS.get(key, key)
+
+
+def parse_class_map(text: str | None) -> dict[str, str] | None:
+    """``"healthy=normal,TB=tb"`` -> {"healthy": "normal", "TB": "tb"}."""
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        src, sep, dst = item.partition("=")
+        if not sep or not src.strip() or not dst.strip():
+            raise ValueError(f"bad --class-map entry {item!r}: write DATASET_CLASS=MODEL_CLASS, comma-separated")
+        out[src.strip()] = dst.strip()
+    return out
 
 
 def store_threshold(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str) -> dict:
@@ -53,7 +75,9 @@ def write_evaluation(
 ) -> None:
     """Record this split: stamp where it came from on ``metrics``, merge them into metrics.json, its rows
     into predictions.csv, and draw its plots."""
-    metrics.update(split=split, data=str(ds.source.root), notes=list(notes or []), skipped=[s for s in ds.skipped() if s[1] == split])
+    source_split = metrics.get("source_split", split)
+    skipped = [s for s in ds.skipped() if source_split == "all" or s[1] == source_split]
+    metrics.update(split=split, data=str(ds.source.root), notes=list(notes or []), skipped=skipped)
     path = run.path
     all_metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
     all_metrics[split] = metrics
@@ -74,59 +98,80 @@ def write_evaluation(
 
     plots = path / "plots"
     y = ds.labels[idx]
-    words = SPLIT_WORDS.get(split, split)
+    words = split_words(split)
+    fname = split.replace(":", "_")
     if run.task == "binary":
         m = metrics["metrics"]
         if m["roc_auc"]["value"] is not None:
             sens, spec, ppv = m["sensitivity"]["value"], m["specificity"]["value"], m["ppv"]["value"]
-            plot_roc(y, probs[:, 1], (1 - spec, sens), m["roc_auc"]["value"], f"ROC, {words} split (n={len(y)})", plots / f"roc_{split}.png")
-            plot_pr(y, probs[:, 1], (sens, ppv), m["pr_auc"]["value"], f"Precision-recall, {words} split", plots / f"pr_{split}.png")
+            plot_roc(y, probs[:, 1], (1 - spec, sens), m["roc_auc"]["value"], f"ROC, {words} (n={len(y)})", plots / f"roc_{fname}.png")
+            plot_pr(y, probs[:, 1], (sens, ppv), m["pr_auc"]["value"], f"Precision-recall, {words}", plots / f"pr_{fname}.png")
         c = metrics["confusion"]
         cm = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
     else:
         cm = np.array(metrics["confusion"])
         if metrics["metrics"]["macro_roc_auc"]["value"] is not None:
             aucs = {c: metrics["per_class"][c]["roc_auc"]["value"] for c in run.classes}
-            plot_roc_one_vs_rest(y, probs, run.classes, aucs, f"One-vs-rest ROC, {words} split", plots / f"roc_{split}.png")
-    plot_confusion(cm, run.classes, f"Confusion matrix, {words} split", plots / f"confusion_{split}.png")
+            plot_roc_one_vs_rest(y, probs, run.classes, aucs, f"One-vs-rest ROC, {words}", plots / f"roc_{fname}.png")
+    plot_confusion(cm, run.classes, f"Confusion matrix, {words}", plots / f"confusion_{fname}.png")
 
 
 def evaluate_run(
-    run_dir: str | Path, data: str | Path | None = None, split: str = "test", progress: bool = True, write_report: bool = True
+    run_dir: str | Path, data: str | Path | None = None, split: str | None = None, progress: bool = True, write_report: bool = True,
+    class_map: dict[str, str] | None = None,
 ) -> dict:
-    """Evaluate a trained run on one split of its dataset (or of another with the same classes).
+    """Evaluate a trained run on one split of its dataset, or on another dataset (external validation).
 
-    The threshold is the one chosen on validation data at training time. Returns the metrics dict and
-    writes metrics.json, predictions.csv, plots and an updated report.html into the run folder.
+    The threshold is the one chosen on validation data at training time. ``split`` defaults to
+    ``test`` on the training data and ``all`` (every image) on another dataset, whose results are
+    stored under ``external:<folder name>`` beside the internal ones. ``class_map`` maps the other
+    dataset's class names to the model's. A shift check compares the images with the training images.
+    Returns the metrics dict and writes metrics.json, predictions.csv, plots and report.html.
     """
     run = Run.load(run_dir)
     if run.task == "binary" and run.threshold is None:
         raise ValueError(f"{run_dir} has no decision threshold; training did not finish")
-    ds, cfg = load_run_dataset(run, data, progress)
+    ds, cfg = load_run_dataset(run, data, progress, class_map)
     same_data = str(ds.source.root) == run.meta["data"]["root"]
+    split = split or ("test" if same_data else "all")
     notes = []
     if same_data and ds.fingerprint() != run.meta["data"]["fingerprint"]:
         notes.append("the dataset changed since training (files added, removed or resized); split membership may differ")
+    key = split
     if not same_data:
-        notes.append(f"external data: {ds.source.root} (trained on {run.meta['data']['root']})")
+        key = f"external:{ds.source.root.name}"
+        scope = "all its images" if split == "all" else f"its {SPLIT_WORDS.get(split, split)} split"
+        notes.append(f"external data: {ds.source.root}, {scope} (trained on {run.meta['data']['root']})")
+    elif split == "all":
+        raise ValueError("--split all mixes training, validation and test images of the training data; choose test, val or train")
     idx = ds.index(split)
     if len(idx) == 0:
         available = [s for s in ("train", "val", "test") if len(ds.index(s))]
         raise ValueError(f"split {split!r} has no images in {ds.source.root}; available: {', '.join(available)}")
     history = run.meta.setdefault("evaluations", [])
-    earlier = [e for e in history if e["split"] == split and e["data"] == str(ds.source.root)]
-    if split == "test" and earlier:
+    earlier = [e for e in history if e["split"] == key and e["data"] == str(ds.source.root)]
+    if (key == "test" or not same_data) and earlier:
         notes.append(
-            f"this test split was evaluated {len(earlier)} time(s) before; if the model or settings changed in between, "
+            f"this {'test split' if same_data else 'external set'} was evaluated {len(earlier)} time(s) before; if the model or settings changed in between, "
             "the test set has been used for tuning and its figures are optimistic"
         )
+    reference = run.shift_reference()
+    shift = None
+    if reference is not None:
+        from cxrkit.data.shift import check_shift
+
+        shift = check_shift(reference, ds.images[idx], ds.labels[idx], run.classes)
+        if shift["warning"]:
+            notes.append("shift check: " + shift["message"])
     t0 = time.perf_counter()
     probs = run.predict_arrays(ds.images[idx])
     seconds = time.perf_counter() - t0
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
     metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
-    write_evaluation(run, split, ds, idx, probs, metrics, notes)
-    history.append({"split": split, "data": str(ds.source.root), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    metrics["shift"] = shift
+    metrics["source_split"] = split
+    write_evaluation(run, key, ds, idx, probs, metrics, notes)
+    history.append({"split": key, "data": str(ds.source.root), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
     atomic_write_text(run.path / META_FILE, json.dumps(run.meta, indent=2))
     if write_report:
         from cxrkit.report.html import write_report as _write

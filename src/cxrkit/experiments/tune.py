@@ -61,9 +61,8 @@ def tune(
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    from cxrkit.training import train
-
     from cxrkit.data.sources import open_image_folder
+    from cxrkit.training import train
 
     open_image_folder(data, Path(base.cache_dir) if base.cache_dir else None)  # fail once on a bad dataset, not once per trial
     out = Path(out)

@@ -11,7 +11,7 @@ import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from cxrkit.data.augment import AugmentConfig
-from cxrkit.evaluation.evaluate import SPLIT_WORDS
+from cxrkit.evaluation.evaluate import SPLIT_WORDS, split_words
 from cxrkit.models.registry import MODELS
 from cxrkit.report.narrative import binary_sentences, ci_text, multiclass_sentences, pct
 from cxrkit.run import atomic_write_text
@@ -65,11 +65,11 @@ def build_context(run_dir: Path) -> dict:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     evaluations = []
-    for split in ("test", "val", "train"):
-        if split not in metrics:
-            continue
+    keys = [k for k in ("test", "val", "train") if k in metrics] + sorted(k for k in metrics if k.startswith("external:"))
+    for split in keys:
         m = metrics[split]
-        words = SPLIT_WORDS[split]
+        words = split_words(split)
+        fname = split.replace(":", "_")
         sentences = binary_sentences(m, words) if m["task"] == "binary" else multiclass_sentences(m, words)
         per_class = []
         if m["task"] == "multiclass":
@@ -81,16 +81,19 @@ def build_context(run_dir: Path) -> dict:
         evaluations.append({
             "split": split, "words": words, "m": m, "sentences": sentences, "rows": _metric_rows(m["metrics"]),
             "per_class": per_class, "notes": m.get("notes", []), "skipped": m.get("skipped", []),
-            "roc": _img(run_dir / "plots" / f"roc_{split}.png"), "pr": _img(run_dir / "plots" / f"pr_{split}.png"),
-            "confusion": _img(run_dir / "plots" / f"confusion_{split}.png"),
+            "roc": _img(run_dir / "plots" / f"roc_{fname}.png"), "pr": _img(run_dir / "plots" / f"pr_{fname}.png"),
+            "confusion": _img(run_dir / "plots" / f"confusion_{fname}.png"), "shift": m.get("shift"),
         })
+    internal = next((e for e in evaluations if e["split"] in ("test", "val")), None)
+    external = [e for e in evaluations if e["split"].startswith("external:")]
+    side_by_side = [internal, *external] if internal and external else []
     counts = meta["data"]["counts"]
     train_counts = meta["training"]["train_counts"]
     ratio = max(train_counts.values()) / max(1, min(train_counts.values()))
     history = _read_csv(run_dir / "history.csv")
     return {
         "meta": meta, "config": config, "config_yaml": yaml.safe_dump(config, sort_keys=False),
-        "evaluations": evaluations, "has_test": "test" in metrics, "counts": counts,
+        "evaluations": evaluations, "side_by_side": side_by_side, "has_test": "test" in metrics, "counts": counts,
         "splits_present": [s for s in ("train", "val", "test") if s in counts],
         "imbalance_ratio": ratio, "history": history, "curves": _img(run_dir / "plots" / "history.png"),
         "skipped": _read_csv(run_dir / "skipped.csv"), "model_description": MODELS[meta["model"]].description if meta["model"] in MODELS else "",

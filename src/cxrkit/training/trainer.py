@@ -30,7 +30,7 @@ from cxrkit.data.preprocess import Preprocessing, intensity_stats
 from cxrkit.evaluation.metrics import rank_auc
 from cxrkit.models.pretrained import initialise
 from cxrkit.models.registry import MODELS, build_model, count_parameters, split_parameters
-from cxrkit.run import META_FILE, MODEL_FILE, atomic_write_csv, atomic_write_text, probabilities, save_weights
+from cxrkit.run import META_FILE, MODEL_FILE, SHIFT_FILE, atomic_write_csv, atomic_write_text, probabilities, save_weights
 from cxrkit.training.imbalance import class_counts, make_loss
 
 
@@ -91,7 +91,7 @@ def _lr_lambda(total_steps: int, warmup: int):
     return f
 
 
-RUN_OUTPUTS = ("meta.json", "model.safetensors", "metrics.json", "predictions.csv", "history.csv", "splits.csv",
+RUN_OUTPUTS = ("meta.json", "model.safetensors", "shift_reference.json", "metrics.json", "predictions.csv", "history.csv", "splits.csv",
                "skipped.csv", "report.html", "config.yaml")
 
 
@@ -184,6 +184,9 @@ def train(
         scheduler = None
 
     cfg.save(out / "config.yaml")
+    from cxrkit.data.shift import build_reference
+
+    atomic_write_text(out / SHIFT_FILE, json.dumps(build_reference(ds.images[train_idx], ds.labels[train_idx], ds.class_names, cfg.seed)))
     atomic_write_csv(
         out / "splits.csv",
         [{"path": rel, "label": ds.class_names[ds.labels[i]], "split": ds.splits[i], "decoded": bool(ds.cache.ok[i])}

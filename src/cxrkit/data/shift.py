@@ -1,0 +1,127 @@
+"""Dataset-shift check: do incoming images look like the training images?
+
+At training time a reference is saved from the training split (overall and per class): per-image
+mean, standard deviation, 5th/95th intensity percentiles and border mean, and the pooled intensity
+histogram, all on the decoded images the model sees. At evaluation or prediction time the same
+statistics of the incoming images are compared with it: a two-sample Kolmogorov-Smirnov test per
+statistic (flagged when the effect is large, KS distance D >= 0.3, and unlikely by chance, p < 0.001),
+and the Jensen-Shannon distance between intensity histograms (flagged at >= 0.15). Large samples make
+any tiny difference "significant", so the effect size decides and the p-value only guards small n.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import ks_2samp
+
+STATS = ("mean", "std", "p5", "p95", "border")
+WORDS = {"mean": "mean brightness", "std": "contrast (std)", "p5": "dark level (5th percentile)",
+         "p95": "bright level (95th percentile)", "border": "border/corner brightness"}
+KS_D = 0.3
+KS_P = 1e-3
+JS_MAX = 0.15
+MIN_IMAGES = 10
+_KEEP = 400  # per-image values kept in the reference for the KS tests
+
+
+def image_stats(images: np.ndarray, chunk: int = 256) -> dict[str, np.ndarray]:
+    """Per-image statistics (0-1 scale) of uint8 images (N, S, S), plus the pooled 32-bin histogram."""
+    n = len(images)
+    out = {k: np.empty(n) for k in STATS}
+    hist = np.zeros(32)
+    for i in range(0, n, chunk):
+        x = np.asarray(images[i : i + chunk], dtype=np.float32) / 255.0
+        flat = x.reshape(len(x), -1)
+        out["mean"][i : i + len(x)] = flat.mean(1)
+        out["std"][i : i + len(x)] = flat.std(1)
+        p = np.percentile(flat, [5, 95], axis=1)
+        out["p5"][i : i + len(x)], out["p95"][i : i + len(x)] = p[0], p[1]
+        b = max(1, x.shape[1] // 16)  # outer 1/16 frame: where collimation, markers and text sit
+        frame = np.concatenate([x[:, :b].reshape(len(x), -1), x[:, -b:].reshape(len(x), -1),
+                                x[:, b:-b, :b].reshape(len(x), -1), x[:, b:-b, -b:].reshape(len(x), -1)], axis=1)
+        out["border"][i : i + len(x)] = frame.mean(1)
+        hist += np.histogram(flat, bins=32, range=(0.0, 1.0))[0]
+    out["histogram"] = hist / max(hist.sum(), 1.0)
+    return out
+
+
+def _summary(stats: dict[str, np.ndarray], seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    n = len(stats["mean"])
+    keep = np.sort(rng.choice(n, size=min(n, _KEEP), replace=False))
+    return {"n": n, "histogram": stats["histogram"].round(6).tolist(),
+            **{k: np.round(stats[k][keep], 5).tolist() for k in STATS}}
+
+
+def build_reference(images: np.ndarray, labels: np.ndarray, class_names: list[str], seed: int = 0) -> dict:
+    """The JSON-able reference of the training images: overall and per class."""
+    ref = {"overall": _summary(image_stats(images), seed), "per_class": {}}
+    for c, name in enumerate(class_names):
+        sel = np.flatnonzero(labels == c)
+        if len(sel) >= MIN_IMAGES:
+            ref["per_class"][name] = _summary(image_stats(images[sel]), seed)
+    return ref
+
+
+def _findings(ref: dict, stats: dict[str, np.ndarray], scope: str) -> list[dict]:
+    out = []
+    for k in STATS:
+        test = ks_2samp(np.asarray(ref[k]), stats[k])
+        if test.statistic >= KS_D and test.pvalue < KS_P:
+            out.append({"scope": scope, "statistic": k, "ks_d": round(float(test.statistic), 3), "p_value": float(test.pvalue),
+                        "training_median": round(float(np.median(ref[k])), 3), "incoming_median": round(float(np.median(stats[k])), 3)})
+    js = float(jensenshannon(np.asarray(ref["histogram"]), stats["histogram"], base=2))
+    if js >= JS_MAX:
+        out.append({"scope": scope, "statistic": "histogram", "js_distance": round(js, 3)})
+    return out
+
+
+def merge_stats(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Combine :func:`image_stats` of several batches (the histogram weighted by batch size)."""
+    sizes = np.array([len(p["mean"]) for p in parts], dtype=float)
+    out = {k: np.concatenate([p[k] for p in parts]) for k in STATS}
+    hist = sum(p["histogram"] * w for p, w in zip(parts, sizes))
+    out["histogram"] = hist / max(hist.sum(), 1e-12)
+    return out
+
+
+def check_stats(ref: dict, stats: dict[str, np.ndarray]) -> dict:
+    """Shift check of already computed statistics against the overall reference (no per-class part)."""
+    n = len(stats["mean"])
+    if n < MIN_IMAGES:
+        return {"checked": n, "warning": False, "findings": [], "message": f"too few images ({n}) for a shift check"}
+    findings = _findings(ref["overall"], stats, "all images")
+    return {"checked": n, "warning": bool(findings), "findings": findings, "message": describe(findings)}
+
+
+def check_shift(ref: dict, images: np.ndarray, labels: np.ndarray | None = None, class_names: list[str] | None = None) -> dict:
+    """Compare incoming uint8 images (and, with labels, each class) with a training reference.
+
+    Returns ``{"checked": n, "warning": bool, "findings": [...], "message": str}``; fewer than
+    ``MIN_IMAGES`` images are too few to test and give ``checked`` with no warning.
+    """
+    n = len(images)
+    if n < MIN_IMAGES:
+        return {"checked": n, "warning": False, "findings": [], "message": f"too few images ({n}) for a shift check"}
+    findings = _findings(ref["overall"], image_stats(images), "all images")
+    if labels is not None and class_names is not None:
+        for c, name in enumerate(class_names):
+            sel = np.flatnonzero(labels == c)
+            if len(sel) >= MIN_IMAGES and name in ref.get("per_class", {}):
+                findings += _findings(ref["per_class"][name], image_stats(images[sel]), f"class {name}")
+    return {"checked": n, "warning": bool(findings), "findings": findings, "message": describe(findings)}
+
+
+def describe(findings: list[dict]) -> str:
+    """One sentence per finding, with the measured difference."""
+    if not findings:
+        return "the images look like the training images (intensity, contrast, borders and histogram)"
+    parts = []
+    for f in findings:
+        if f["statistic"] == "histogram":
+            parts.append(f"{f['scope']}: intensity histogram differs from training (Jensen-Shannon distance {f['js_distance']:.2f})")
+        else:
+            parts.append(f"{f['scope']}: {WORDS[f['statistic']]} median {f['incoming_median']:.3f} vs {f['training_median']:.3f} "
+                         f"in training (KS D = {f['ks_d']:.2f})")
+    return "images differ from the training data: " + "; ".join(parts)

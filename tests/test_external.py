@@ -1,0 +1,90 @@
+"""External validation: class matching, evaluation on another dataset, and the dataset-shift check."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrkit.cli import main
+from cxrkit.data.dataset import match_classes
+from cxrkit.data.sources import DatasetError
+from cxrkit.data.synthetic import make_synthetic_dataset
+from cxrkit.evaluation.evaluate import parse_class_map
+
+FAST = ["--image-size", "32", "--epochs", "4", "--patience", "4", "--batch-size", "16", "--lr", "3e-3", "--model", "cnn"]
+
+
+def test_class_matching():
+    assert match_classes(["healthy", "TB"], ["normal", "tb"]) == {"healthy": "normal", "TB": "tb"}
+    assert match_classes(["a", "b"], ["normal", "tb"], {"a": "normal", "b": "tb"}) == {"a": "normal", "b": "tb"}
+    with pytest.raises(DatasetError, match=r"\['sick'\] cannot be matched .* --class-map sick=tb"):
+        match_classes(["healthy", "sick"], ["normal", "tb"])
+    with pytest.raises(DatasetError, match="not classes of the model"):
+        match_classes(["healthy", "sick"], ["normal", "tb"], {"sick": "pneumonia"})
+    with pytest.raises(DatasetError, match="not classes of the dataset"):
+        match_classes(["healthy", "sick"], ["normal", "tb"], {"ill": "tb"})
+    assert parse_class_map("healthy=normal, TB=tb") == {"healthy": "normal", "TB": "tb"}
+    with pytest.raises(ValueError, match="DATASET_CLASS=MODEL_CLASS"):
+        parse_class_map("healthy:normal")
+
+
+def _brighten(src: Path, dst: Path, amount: int, only_class: str | None = None) -> Path:
+    for p in src.rglob("*.png"):
+        q = dst / p.relative_to(src)
+        q.parent.mkdir(parents=True, exist_ok=True)
+        a = np.asarray(Image.open(p)).astype(int)
+        if only_class is None or p.parent.name == only_class:
+            a = np.clip(a + amount, 0, 255)
+        Image.fromarray(a.astype(np.uint8)).save(q)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def internal_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ext")
+    data = make_synthetic_dataset(root / "site_a", n_per_class=60, size=48, seed=1, classes=("normal", "tb"), signal=1.0)
+    run = root / "run"
+    assert main(["train", str(data), "--out", str(run), *FAST]) == 0
+    assert main(["evaluate", str(run)]) == 0
+    return root, data, run
+
+
+def test_external_evaluation_side_by_side_and_quiet_shift_check(internal_run, capsys):
+    root, _, run = internal_run
+    other = make_synthetic_dataset(root / "site_b", n_per_class=40, size=48, seed=9, classes=("healthy", "TB"), signal=1.0)
+    assert main(["evaluate", str(run), str(other)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"val", "test", "external:site_b"} <= set(metrics)  # the internal test figures are kept
+    ext = metrics["external:site_b"]
+    assert ext["n"] == 80 and ext["source_split"] == "all"  # every image of the other site, not a 15% cut
+    assert ext["classes"] == ["normal", "tb"] and ext["n_positive"] == 40
+    assert ext["shift"]["checked"] == 80 and not ext["shift"]["warning"], ext["shift"]["message"]
+    html = (run / "report.html").read_text()
+    assert "Internal vs external" in html and "external (site_b)" in html
+    # Classes that cannot be matched fail with the fix in the message.
+    odd = make_synthetic_dataset(root / "site_c", n_per_class=12, size=48, seed=3, classes=("healthy", "sick"))
+    assert main(["evaluate", str(run), str(odd)]) == 2
+    assert "--class-map sick=tb" in capsys.readouterr().err
+    assert main(["evaluate", str(run), str(odd), "--class-map", "sick=tb"]) == 0
+
+
+def test_shift_check_fires_on_brightened_images_and_one_brightened_class(internal_run, capsys):
+    root, data, run = internal_run
+    bright = _brighten(data, root / "bright", 45)
+    assert main(["evaluate", str(run), str(bright)]) == 0
+    m = json.loads((run / "metrics.json").read_text())["external:bright"]
+    assert m["shift"]["warning"]
+    assert any(f["statistic"] == "mean" and f["incoming_median"] > f["training_median"] for f in m["shift"]["findings"])
+    assert any(n.startswith("shift check:") for n in m["notes"])
+    one = _brighten(data, root / "one_class", 45, only_class="tb")
+    assert main(["evaluate", str(run), str(one)]) == 0
+    findings = json.loads((run / "metrics.json").read_text())["external:one_class"]["shift"]["findings"]
+    assert any(f["scope"] == "class tb" for f in findings) and not any(f["scope"] == "class normal" for f in findings)
+    # predict warns on a folder of shifted images and stays quiet on the training images.
+    capsys.readouterr()
+    assert main(["predict", str(run), str(bright), "--out", str(root / "p.csv")]) == 0
+    assert "warning: images differ from the training data" in capsys.readouterr().err
+    assert main(["predict", str(run), str(data), "--out", str(root / "q.csv")]) == 0
+    assert "warning" not in capsys.readouterr().err
