@@ -101,16 +101,15 @@ def check_shift(ref: dict, images: np.ndarray, labels: np.ndarray | None = None,
     Returns ``{"checked": n, "warning": bool, "findings": [...], "message": str}``; fewer than
     ``MIN_IMAGES`` images are too few to test and give ``checked`` with no warning.
     """
-    n = len(images)
-    if n < MIN_IMAGES:
-        return {"checked": n, "warning": False, "findings": [], "message": f"too few images ({n}) for a shift check"}
-    findings = _findings(ref["overall"], image_stats(images), "all images")
-    if labels is not None and class_names is not None:
-        for c, name in enumerate(class_names):
-            sel = np.flatnonzero(labels == c)
-            if len(sel) >= MIN_IMAGES and name in ref.get("per_class", {}):
-                findings += _findings(ref["per_class"][name], image_stats(images[sel]), f"class {name}")
-    return {"checked": n, "warning": bool(findings), "findings": findings, "message": describe(findings)}
+    result = check_stats(ref, image_stats(images))
+    if result["checked"] < MIN_IMAGES or labels is None or class_names is None:
+        return result
+    findings = result["findings"]
+    for c, name in enumerate(class_names):
+        sel = np.flatnonzero(labels == c)
+        if len(sel) >= MIN_IMAGES and name in ref.get("per_class", {}):
+            findings += _findings(ref["per_class"][name], image_stats(images[sel]), f"class {name}")
+    return {**result, "warning": bool(findings), "findings": findings, "message": describe(findings)}
 
 
 def describe(findings: list[dict]) -> str:

@@ -114,7 +114,7 @@ def _set_backbone_trainable(backbone: list[torch.nn.Parameter], trainable: bool)
 def _freeze_batchnorm_stats(model: torch.nn.Module, head_prefix: str) -> None:
     """Put backbone normalisation layers in eval mode: a frozen backbone keeps its (ImageNet) statistics."""
     for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and not name.startswith(head_prefix):
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and not name.startswith(head_prefix + "."):
             mod.eval()
 
 
