@@ -27,6 +27,10 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--image-size", type=int, default=d["image_size"], help="square side in pixels (default %(default)s)")
     g.add_argument("--aspect", choices=["pad", "squash"], default=d["aspect"],
                    help="pad: keep aspect ratio, letterbox with black (default); squash: stretch to a square")
+    g.add_argument("--intensity", choices=["none", "zscore", "percentile", "histeq", "clahe"], default=d["intensity"],
+                   help="per-image intensity normalisation at decode time, kept for evaluate/predict: zscore, percentile "
+                        "(1-99%% stretch), histeq (histogram equalisation) or clahe (adaptive) (default %(default)s)")
+    g.add_argument("--crop-border", action="store_true", help="remove uniform outer bands (collimation, frames) before resizing")
     g.add_argument("--positive", default=None, help="positive (disease) class of a binary task; default: the class not named normal/healthy/negative")
     g.add_argument("--val-fraction", type=float, default=d["val_fraction"], help="share held out for validation when no val/ folder exists (default %(default)s)")
     g.add_argument("--test-fraction", type=float, default=d["test_fraction"], help="share held out for test when no test/ folder exists (default %(default)s)")
@@ -81,7 +85,8 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
 
     aug = AugmentConfig(0, 0, 0, 0, 0, False) if a.no_augment else AugmentConfig(a.rotate, a.scale, a.translate, a.brightness, a.contrast, a.hflip)
     return TrainConfig(
-        data=data, out=out, model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size, aspect=a.aspect, positive=a.positive,
+        data=data, out=out, model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size, aspect=a.aspect,
+        intensity=a.intensity, crop_border=a.crop_border, positive=a.positive,
         val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, seed=a.seed,
         epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         schedule=a.schedule, class_weights=not a.no_class_weights, threshold_rule=a.threshold_rule,

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from cxrkit.data.augment import AugmentConfig
+from cxrkit.data.intensity import INTENSITY_MODES
 
 
 @dataclass
@@ -21,6 +22,8 @@ class TrainConfig:
     dropout: float | None = None
     image_size: int = 224
     aspect: str = "pad"
+    intensity: str = "none"
+    crop_border: bool = False
     positive: str | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -57,6 +60,7 @@ class TrainConfig:
             (self.schedule in ("cosine", "plateau", "constant"), "schedule must be cosine, plateau or constant"),
             (self.precision in ("auto", "32", "bf16"), "precision must be auto, 32 or bf16"),
             (self.aspect in ("pad", "squash"), "aspect must be pad or squash"),
+            (self.intensity in INTENSITY_MODES, f"intensity must be one of {', '.join(INTENSITY_MODES)}"),
             (self.workers >= 0, "workers must be >= 0"),
             (self.freeze in ("none", "backbone"), "freeze must be none or backbone"),
             (self.head_epochs >= 0, "head_epochs must be >= 0"),

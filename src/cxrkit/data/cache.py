@@ -40,21 +40,22 @@ class CachedImages:
     seconds: float
 
 
-def cache_key(paths: list[Path], size: int, aspect: str) -> str:
-    """Hash that changes whenever a file's content stamp, the file list, the size or the aspect changes."""
-    h = hashlib.sha256(f"cxrkit-cache-v{CACHE_FORMAT}|{size}|{aspect}".encode())
+def cache_key(paths: list[Path], size: int, aspect: str, intensity: str = "none", crop_border: bool = False) -> str:
+    """Hash that changes whenever a file's content stamp, the file list or a decoding option changes."""
+    extra = "" if intensity == "none" and not crop_border else f"|{intensity}|{int(crop_border)}"  # old keys stay valid
+    h = hashlib.sha256(f"cxrkit-cache-v{CACHE_FORMAT}|{size}|{aspect}{extra}".encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"\n{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:24]
 
 
-def _decode_chunk(args: tuple[list[str], int, str]) -> list[tuple[np.ndarray | None, str | None]]:
-    paths, size, aspect = args
+def _decode_chunk(args: tuple[list[str], int, str, str, bool]) -> list[tuple[np.ndarray | None, str | None]]:
+    paths, size, aspect, intensity, crop_border = args
     out: list[tuple[np.ndarray | None, str | None]] = []
     for p in paths:
         try:
-            out.append((load_grayscale(p, size, aspect), None))
+            out.append((load_grayscale(p, size, aspect, intensity, crop_border), None))
         except ImageDecodeError as exc:
             out.append((None, str(exc)))
     return out
@@ -67,6 +68,8 @@ def load_cached(
     cache_dir: Path | None = None,
     workers: int | None = None,
     progress: bool = True,
+    intensity: str = "none",
+    crop_border: bool = False,
 ) -> CachedImages:
     """Return all images decoded at ``size``, building the store on first use.
 
@@ -74,7 +77,7 @@ def load_cached(
     they never stop the build.
     """
     t0 = time.perf_counter()
-    key = cache_key(paths, size, aspect)
+    key = cache_key(paths, size, aspect, intensity, crop_border)
     store = (cache_dir or cache_root()) / "images" / key
     if (store / "status.json").exists():
         status = json.loads((store / "status.json").read_text())
@@ -90,7 +93,7 @@ def load_cached(
     arr = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
     errors: dict[int, str] = {}
     chunk = 32
-    jobs = [([str(p) for p in paths[i : i + chunk]], size, aspect) for i in range(0, len(paths), chunk)]
+    jobs = [([str(p) for p in paths[i : i + chunk]], size, aspect, intensity, crop_border) for i in range(0, len(paths), chunk)]
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     bar = tqdm(total=len(paths), desc="decoding images", unit="img", disable=not progress or None, leave=False)
     pool = ProcessPoolExecutor(n_workers) if n_workers > 1 and len(paths) >= _PARALLEL_MIN else None
@@ -111,7 +114,8 @@ def load_cached(
             pool.shutdown()
     arr.flush()
     del arr
-    (tmp / "status.json").write_text(json.dumps({"errors": errors, "n": len(paths), "size": size, "aspect": aspect}))
+    (tmp / "status.json").write_text(json.dumps({"errors": errors, "n": len(paths), "size": size, "aspect": aspect,
+                                                   "intensity": intensity, "crop_border": crop_border}))
     try:
         tmp.rename(store)
     except OSError:  # another process finished the same store first; theirs is identical

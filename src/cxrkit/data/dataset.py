@@ -120,6 +120,8 @@ def load_dataset(
     class_names: list[str] | None = None,
     progress: bool = True,
     class_map: dict[str, str] | None = None,
+    intensity: str = "none",
+    crop_border: bool = False,
 ) -> LabelledImages:
     """Find, label, split and decode (through the cache) every image of a dataset.
 
@@ -145,7 +147,7 @@ def load_dataset(
     splits = np.array(assign_splits(samples, source.classes, val_fraction, test_fraction, seed, groups))
     index = {c: i for i, c in enumerate(names)}
     labels = np.array([index[mapping[s.label]] for s in samples], dtype=np.int64)
-    cached = load_cached([s.path for s in samples], image_size, aspect, cache, progress=progress)
+    cached = load_cached([s.path for s in samples], image_size, aspect, cache, progress=progress, intensity=intensity, crop_border=crop_border)
     return LabelledImages(
         source=source,
         relpaths=[source.relpath(s.path) for s in samples],

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+from cxrkit.data.intensity import crop_borders, normalize_intensity
+
 # Truncated files must fail loudly so they can be skipped and listed, not half-decoded into grey bars.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -65,17 +67,20 @@ def fit_square(gray: np.ndarray, size: int, aspect: str = "pad") -> np.ndarray:
     img = Image.fromarray(gray, mode="L")
     h, w = gray.shape
     if aspect == "squash" or h == w:
-        return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
+        return np.array(img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
     scale = size / max(h, w)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     small = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
     canvas = Image.new("L", (size, size), 0)
     canvas.paste(small, ((size - nw) // 2, (size - nh) // 2))
-    return np.asarray(canvas, dtype=np.uint8)
+    return np.array(canvas, dtype=np.uint8)
 
 
-def load_grayscale(path: str | Path, size: int, aspect: str = "pad") -> np.ndarray:
+def load_grayscale(path: str | Path, size: int, aspect: str = "pad", intensity: str = "none", crop_border: bool = False) -> np.ndarray:
     """Read one image file and return it as a ``size`` x ``size`` uint8 grayscale array.
+
+    ``crop_border`` removes uniform outer bands and ``intensity`` normalises the image
+    (:mod:`cxrkit.data.intensity`), both at full resolution before resizing.
 
     Raises :class:`ImageDecodeError` with a readable reason for missing, empty, truncated,
     oversized or non-image files.
@@ -97,4 +102,6 @@ def load_grayscale(path: str | Path, size: int, aspect: str = "pad") -> np.ndarr
         raise ImageDecodeError("image too large (decompression bomb guard)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
-    return fit_square(gray, size, aspect)
+    if crop_border:
+        gray = crop_borders(gray)
+    return fit_square(normalize_intensity(gray, intensity), size, aspect)

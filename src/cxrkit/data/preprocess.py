@@ -23,10 +23,12 @@ class Preprocessing:
     aspect: str
     mean: float
     std: float
+    intensity: str = "none"
+    crop_border: bool = False
 
     def load(self, path: str | Path) -> np.ndarray:
-        """Decode one file to a uint8 ``image_size`` x ``image_size`` array."""
-        return load_grayscale(path, self.image_size, self.aspect)
+        """Decode one file to a uint8 ``image_size`` x ``image_size`` array, with the run's cropping and intensity normalisation."""
+        return load_grayscale(path, self.image_size, self.aspect, self.intensity, self.crop_border)
 
     @staticmethod
     def to_unit(batch: np.ndarray | torch.Tensor) -> torch.Tensor:

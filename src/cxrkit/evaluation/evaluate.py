@@ -28,6 +28,7 @@ def load_run_dataset(
         data or cfg.data, run.preprocessing.image_size, run.preprocessing.aspect, None,
         cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.group_pattern, cfg.cache_dir,
         class_names=run.classes, progress=progress, class_map=class_map,
+        intensity=run.preprocessing.intensity, crop_border=run.preprocessing.crop_border,
     )
     return ds, cfg
 

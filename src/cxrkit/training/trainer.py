@@ -151,7 +151,7 @@ def train(
 
     ds = load_dataset(
         cfg.data, cfg.image_size, cfg.aspect, cfg.positive, cfg.val_fraction, cfg.test_fraction,
-        cfg.seed, cfg.group_pattern, cfg.cache_dir, progress=progress,
+        cfg.seed, cfg.group_pattern, cfg.cache_dir, progress=progress, intensity=cfg.intensity, crop_border=cfg.crop_border,
     )
     train_idx, val_idx = ds.index("train"), ds.index("val")
     if len(val_idx) == 0 or len(train_idx) == 0:
@@ -159,7 +159,7 @@ def train(
     task, k = ds.task, len(ds.class_names)
     precision = cfg.resolved_precision()
     mean, std = intensity_stats(ds.images, train_idx)
-    pre = Preprocessing(cfg.image_size, cfg.aspect, mean, std)
+    pre = Preprocessing(cfg.image_size, cfg.aspect, mean, std, cfg.intensity, cfg.crop_border)
 
     model = build_model(cfg.model, 1 if task == "binary" else k, **cfg.model_options())
     pretrained_report = initialise(model, cfg.model, cfg.pretrained)

@@ -1,0 +1,76 @@
+"""Per-image intensity normalisation and border cropping: what each does, and the same output everywhere."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrkit.config import TrainConfig
+from cxrkit.data.augment import AugmentConfig
+from cxrkit.data.intensity import INTENSITY_MODES, crop_borders, normalize_intensity
+from cxrkit.data.synthetic import make_synthetic_dataset
+from cxrkit.evaluation.evaluate import load_run_dataset
+from cxrkit.run import Run
+from cxrkit.training import train
+
+
+def _image(seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:96, 0:80]
+    return np.clip(60 + 0.4 * x + 20 * np.sin(y / 7) + rng.normal(0, 5, (96, 80)), 0, 255).astype(np.uint8)
+
+
+def test_each_mode_does_what_it_says():
+    g = _image()
+    assert normalize_intensity(g, "none") is g
+    z = normalize_intensity(g, "zscore")
+    assert abs(z.mean() - 127.5) < 3 and z.std() > g.std()
+    p = normalize_intensity(g, "percentile")
+    assert np.percentile(p, 0.5) < 3 and np.percentile(p, 99.5) > 252  # stretched to the full range
+    h = normalize_intensity(g, "histeq")
+    counts = np.histogram(h, bins=8, range=(0, 256))[0]
+    assert counts.max() / counts.min() < 2.0  # near-flat histogram
+    c = normalize_intensity(g, "clahe")
+    assert c.dtype == np.uint8 and c.shape == g.shape and c.std() > g.std()
+    # A darker, low-contrast copy of the same image (another site's exposure) comes out nearly the same.
+    other = (g * 0.6 + 20).astype(np.uint8)
+    for mode in ("zscore", "percentile", "histeq"):
+        diff = np.abs(normalize_intensity(other, mode).astype(int) - normalize_intensity(g, mode).astype(int)).mean()
+        assert diff < 6, mode
+    with pytest.raises(ValueError, match="intensity must be one of"):
+        normalize_intensity(g, "gamma")
+    with pytest.raises(ValueError, match="intensity must be one of"):
+        TrainConfig(data="d", intensity="gamma")
+
+
+def test_crop_borders_removes_uniform_bands_only():
+    g = _image()
+    framed = np.full((130, 110), 255, np.uint8)  # a white collimation frame around the image
+    framed[14:110, 12:92] = g
+    assert crop_borders(framed).shape == g.shape
+    np.testing.assert_array_equal(crop_borders(framed), g)
+    flat = np.full((50, 50), 30, np.uint8)
+    assert crop_borders(flat).shape == flat.shape  # nothing to keep: never cropped away
+    wide = np.zeros((100, 100), np.uint8)
+    wide[45:55, 45:55] = 200
+    assert crop_borders(wide).shape == (60, 60)  # at most 20% per side
+
+
+@pytest.mark.parametrize("mode", INTENSITY_MODES)
+def test_same_output_in_training_cache_evaluation_and_prediction(mode, tmp_path):
+    data = make_synthetic_dataset(tmp_path / "d", n_per_class=16, size=40, seed=4, signal=1.0)
+    frame = data / "tb" / "tb_0000.png"
+    a = np.asarray(Image.open(frame))
+    big = np.full((a.shape[0] + 10, a.shape[1] + 10), 255, np.uint8)
+    big[5:-5, 5:-5] = a
+    Image.fromarray(big).save(frame)  # one framed file, so cropping has work to do
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "r"), model="pasa", image_size=32, epochs=1, batch_size=8,
+                      intensity=mode, crop_border=True, augment=AugmentConfig(0, 0, 0, 0, 0, False))
+    train(cfg, progress=False)
+    run = Run.load(tmp_path / "r")
+    assert (run.preprocessing.intensity, run.preprocessing.crop_border) == (mode, True)
+    ds, _ = load_run_dataset(run, progress=False)
+    i = ds.relpaths.index("tb/tb_0000.png")
+    from_predict = run.preprocessing.load(frame)
+    np.testing.assert_array_equal(np.asarray(ds.images[i]), from_predict)  # cache used by train/evaluate == predict
+    probs, errors = run.predict_files([frame])
+    np.testing.assert_allclose(probs[0], run.predict_arrays(from_predict[None])[0], atol=1e-6)
