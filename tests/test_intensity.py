@@ -74,3 +74,24 @@ def test_same_output_in_training_cache_evaluation_and_prediction(mode, tmp_path)
     np.testing.assert_array_equal(np.asarray(ds.images[i]), from_predict)  # cache used by train/evaluate == predict
     probs, errors = run.predict_files([frame])
     np.testing.assert_allclose(probs[0], run.predict_arrays(from_predict[None])[0], atol=1e-6)
+
+
+def test_gamma_blur_and_noise_augmentation():
+    import torch
+
+    from cxrkit.data.augment import augment_batch
+
+    x = torch.zeros(4, 1, 32, 32)
+    x[:, :, 12:20, 12:20] = 0.8
+    x[:, :, :, :6] = 0.3
+    off = AugmentConfig(0, 0, 0, 0, 0, False)
+    assert not off.enabled
+    g = augment_batch(x, AugmentConfig(0, 0, 0, 0, 0, False, gamma=0.5), torch.Generator().manual_seed(0))
+    assert torch.equal(g == 0, x == 0) and not torch.allclose(g, x)  # black stays black, grey levels move
+    b = augment_batch(x, AugmentConfig(0, 0, 0, 0, 0, False, blur=2.0), torch.Generator().manual_seed(0))
+    assert b.shape == x.shape and (b[:, :, 16, 11] > 0).sum() >= 2 and b.max() <= 0.8 + 1e-6  # edges soften, no overshoot
+    assert torch.allclose(b.sum(dim=(2, 3)), x.sum(dim=(2, 3)), rtol=0.05)  # blur keeps the mean
+    n = augment_batch(x, AugmentConfig(0, 0, 0, 0, 0, False, noise=0.05), torch.Generator().manual_seed(0))
+    assert 0 < (n - x).abs().mean() < 0.05 and n.min() >= 0 and n.max() <= 1
+    again = augment_batch(x, AugmentConfig(0, 0, 0, 0, 0, False, noise=0.05), torch.Generator().manual_seed(0))
+    assert torch.equal(n, again)  # seeded

@@ -75,6 +75,9 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--translate", type=float, default=aug.translate, help="max shift as a fraction of the size (default %(default)s)")
     g.add_argument("--brightness", type=float, default=aug.brightness, help="max brightness shift on a 0-1 scale (default %(default)s)")
     g.add_argument("--contrast", type=float, default=aug.contrast, help="max contrast change fraction (default %(default)s)")
+    g.add_argument("--gamma", type=float, default=aug.gamma, help="log-gamma range, e.g. 0.3 = gamma 0.74-1.35 (default %(default)s: off)")
+    g.add_argument("--blur", type=float, default=aug.blur, help="max Gaussian blur sigma in pixels (default %(default)s: off)")
+    g.add_argument("--noise", type=float, default=aug.noise, help="max Gaussian noise std on a 0-1 scale (default %(default)s: off)")
     g.add_argument("--hflip", action="store_true", help="random horizontal flips (off by default: the heart is on the left, and L/R markers mirror)")
     g.add_argument("--no-augment", action="store_true", help="turn all augmentation off")
 
@@ -83,7 +86,9 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
     from cxrkit.config import TrainConfig
     from cxrkit.data.augment import AugmentConfig
 
-    aug = AugmentConfig(0, 0, 0, 0, 0, False) if a.no_augment else AugmentConfig(a.rotate, a.scale, a.translate, a.brightness, a.contrast, a.hflip)
+    aug = AugmentConfig(0, 0, 0, 0, 0, False) if a.no_augment else AugmentConfig(
+        a.rotate, a.scale, a.translate, a.brightness, a.contrast, a.hflip, a.gamma, a.blur, a.noise
+    )
     return TrainConfig(
         data=data, out=out, model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size, aspect=a.aspect,
         intensity=a.intensity, crop_border=a.crop_border, positive=a.positive,

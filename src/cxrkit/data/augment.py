@@ -25,11 +25,15 @@ class AugmentConfig:
     brightness: float = 0.10
     contrast: float = 0.10
     hflip: bool = False
+    gamma: float = 0.0  # log-gamma range: gamma = exp(U(-g, g)); 0.3 covers about 0.74-1.35
+    blur: float = 0.0  # maximum Gaussian blur sigma in pixels
+    noise: float = 0.0  # maximum standard deviation of added Gaussian noise (0-1 scale)
 
     @property
     def enabled(self) -> bool:
         """Whether any augmentation is active."""
-        return any((self.rotate_degrees, self.scale, self.translate, self.brightness, self.contrast, self.hflip))
+        return any((self.rotate_degrees, self.scale, self.translate, self.brightness, self.contrast, self.hflip,
+                    self.gamma, self.blur, self.noise))
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -61,7 +65,29 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         br = uniform(-cfg.brightness, cfg.brightness).view(b, 1, 1, 1).to(x.dtype)
         mean = x.mean(dim=(2, 3), keepdim=True)
         x = ((x - mean) * c + mean + br).clamp_(0.0, 1.0)
+    if cfg.gamma:  # another site's display curve
+        g = torch.exp(uniform(-cfg.gamma, cfg.gamma)).view(b, 1, 1, 1).to(x.dtype)
+        x = x.clamp(min=0.0).pow(g)
+    if cfg.blur:  # another detector's sharpness
+        x = _gaussian_blur(x, uniform(0.0, cfg.blur))
+    if cfg.noise:  # another detector's noise
+        sd = uniform(0.0, cfg.noise).view(b, 1, 1, 1).to(x.dtype)
+        x = (x + sd * torch.randn(x.shape, generator=generator, dtype=x.dtype)).clamp_(0.0, 1.0)
     return x
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image of (B, 1, H, W) with its own sigma (0 leaves it unchanged): one separable grouped convolution."""
+    b = x.shape[0]
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    s = sigma.clamp(min=1e-3).view(b, 1).to(x.dtype)
+    k = torch.exp(-0.5 * (t.view(1, -1) / s) ** 2)
+    k = k / k.sum(dim=1, keepdim=True)
+    y = x.reshape(1, b, *x.shape[2:])
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k.view(b, 1, 1, -1), groups=b)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(b, 1, -1, 1), groups=b)
+    return y.reshape_as(x)
 
 
 # Test-time augmentation: the identity plus four mild views (zoom in/out 5%, shift 3% left/right),
