@@ -88,3 +88,27 @@ def test_shift_check_fires_on_brightened_images_and_one_brightened_class(interna
     assert "warning: images differ from the training data" in capsys.readouterr().err
     assert main(["predict", str(run), str(data), "--out", str(root / "q.csv")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_recalibrate_on_a_sample_of_the_new_site(internal_run, capsys):
+    root, data, run = internal_run
+    site = _brighten(data, root / "site_d", 45)
+    sample = make_synthetic_dataset(root / "site_d_sample", n_per_class=15, size=48, seed=11, classes=("normal", "tb"), signal=1.0)
+    sample = _brighten(sample, root / "site_d_sample_bright", 45)
+    assert main(["evaluate", str(run), str(site), "--recalibrate-on", str(sample)]) == 0
+    m = json.loads((run / "metrics.json").read_text())["external:site_d"]
+    r = m["recalibrated"]
+    assert r["n"] == 30 and r["rule"] == "youden" and 0 <= r["threshold"] <= 1
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["threshold"]["value"] != r["threshold"]  # the run's own threshold is not changed
+    # The reported figures are those of the evaluated images at the new threshold.
+    with open(run / "predictions.csv", newline="") as f:
+        import csv
+
+        rows = [x for x in csv.DictReader(f) if x["split"] == "external:site_d"]
+    tp = sum(x["true"] == "tb" and float(x["prob_tb"]) >= r["threshold"] for x in rows)
+    assert r["confusion"]["tp"] == tp
+    assert "re-chosen on" in (run / "report.html").read_text()
+    assert "at the re-chosen threshold" in capsys.readouterr().out
+    # The sample must be other images than the evaluated ones.
+    assert main(["evaluate", str(run), str(site), "--recalibrate-on", str(site)]) == 2

@@ -139,10 +139,14 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from cxrkit.evaluation.evaluate import evaluate_run, parse_class_map
 
-    m = evaluate_run(a.run, a.data, a.split, class_map=parse_class_map(a.class_map))
+    m = evaluate_run(a.run, a.data, a.split, class_map=parse_class_map(a.class_map), recalibrate_on=a.recalibrate_on)
     for n in m.get("notes", []):
         print(f"note: {n}")
     _summary(Path(a.run), m["split"])
+    if "recalibrated" in m:
+        r = m["recalibrated"]["metrics"]
+        print(f"  at the re-chosen threshold {m['recalibrated']['threshold']:.3f}: sensitivity {100 * r['sensitivity']['value']:.1f}%, "
+              f"specificity {100 * r['specificity']['value']:.1f}%")
     print(f"\nmetrics.json, predictions.csv and report.html updated in {a.run}/")
     return 0
 
@@ -319,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--class-map", default=None, metavar="DATASET=MODEL,...",
                    help="match another dataset's class folders to the model's classes, e.g. healthy=normal,TB=tb "
                         "(same names, case differences and normal/healthy/negative are matched automatically)")
+    e.add_argument("--recalibrate-on", default=None, metavar="SAMPLE_DIR",
+                   help="a small labelled sample of the new site (other images than DATA): the threshold is re-chosen on it "
+                        "with the run's rule and DATA is also scored at that threshold")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="classify one image or every image under a folder")

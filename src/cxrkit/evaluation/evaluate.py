@@ -119,7 +119,7 @@ def write_evaluation(
 
 def evaluate_run(
     run_dir: str | Path, data: str | Path | None = None, split: str | None = None, progress: bool = True, write_report: bool = True,
-    class_map: dict[str, str] | None = None,
+    class_map: dict[str, str] | None = None, recalibrate_on: str | Path | None = None,
 ) -> dict:
     """Evaluate a trained run on one split of its dataset, or on another dataset (external validation).
 
@@ -127,7 +127,9 @@ def evaluate_run(
     ``test`` on the training data and ``all`` (every image) on another dataset, whose results are
     stored under ``external:<folder name>`` beside the internal ones. ``class_map`` maps the other
     dataset's class names to the model's. A shift check compares the images with the training images.
-    Returns the metrics dict and writes metrics.json, predictions.csv, plots and report.html.
+    ``recalibrate_on`` (binary tasks, external data): a small labelled sample of the new site, disjoint
+    from the evaluated images, on which the threshold is chosen again with the run's rule; the
+    evaluated images are then also scored at that threshold. Returns the metrics dict and writes metrics.json, predictions.csv, plots and report.html.
     """
     run = Run.load(run_dir)
     if run.task == "binary" and run.threshold is None:
@@ -171,6 +173,10 @@ def evaluate_run(
     metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
     metrics["shift"] = shift
     metrics["source_split"] = split
+    if recalibrate_on is not None:
+        metrics["recalibrated"] = _recalibrated(run, ds, idx, probs, recalibrate_on, class_map, progress, cfg.seed)
+        notes.append(f"threshold re-chosen on {metrics['recalibrated']['sample']} ({metrics['recalibrated']['n']} images): "
+                     f"{metrics['recalibrated']['threshold']:.3f} instead of {run.threshold:.3f}")
     write_evaluation(run, key, ds, idx, probs, metrics, notes)
     history.append({"split": key, "data": str(ds.source.root), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
     atomic_write_text(run.path / META_FILE, json.dumps(run.meta, indent=2))
@@ -179,6 +185,29 @@ def evaluate_run(
 
         _write(run.path)
     return metrics
+
+
+def _recalibrated(
+    run: Run, ds: LabelledImages, idx: np.ndarray, probs: np.ndarray, sample: str | Path, class_map: dict[str, str] | None,
+    progress: bool, seed: int,
+) -> dict:
+    """Threshold chosen on a labelled sample of the new site, and the evaluated images' metrics at it."""
+    if run.task != "binary":
+        raise ValueError("--recalibrate-on applies to binary tasks (multi-class decisions take the most probable class)")
+    cal, _ = load_run_dataset(run, sample, progress, class_map)
+    if cal.source.root == ds.source.root:
+        raise ValueError("the recalibration sample must be other images than the evaluated ones; give a separate folder")
+    evaluated = {(ds.relpaths[i], ds.file_sizes[i]) for i in idx}
+    cal_idx = cal.index("all")
+    overlap = sum((cal.relpaths[i], cal.file_sizes[i]) in evaluated for i in cal_idx)
+    if overlap:
+        raise ValueError(f"{overlap} image(s) of the recalibration sample look identical to evaluated images (same name and size)")
+    cal_probs = run.predict_arrays(cal.images[cal_idx])
+    rule = run.meta["threshold"]["rule"]
+    choice = choose_threshold(cal.labels[cal_idx], cal_probs[:, 1], rule, chosen_on=f"recalibration sample {cal.source.root.name}")
+    m = binary_metrics(ds.labels[idx], probs[:, 1], choice.value, seed=seed)
+    return {"sample": str(cal.source.root), "n": len(cal_idx), "rule": rule, "threshold": choice.value,
+            "metrics": {k: m["metrics"][k] for k in ("sensitivity", "specificity", "ppv", "npv")}, "confusion": m["confusion"]}
 
 
 def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str, seed: int = 0) -> dict:
