@@ -42,7 +42,7 @@ class CachedImages:
 
 def cache_key(paths: list[Path], size: int, aspect: str, intensity: str = "none", crop_border: bool = False) -> str:
     """Hash that changes whenever a file's content stamp, the file list or a decoding option changes."""
-    extra = "" if intensity == "none" and not crop_border else f"|{intensity}|{int(crop_border)}"  # old keys stay valid
+    extra = "" if intensity == "none" and not crop_border else f"|{intensity}|{int(crop_border)}|2"  # old "none" keys stay valid
     h = hashlib.sha256(f"cxrkit-cache-v{CACHE_FORMAT}|{size}|{aspect}{extra}".encode())
     for p in paths:
         st = os.stat(p)
