@@ -26,10 +26,11 @@ _KEEP = 400  # per-image values kept in the reference for the KS tests
 
 
 def image_stats(images: np.ndarray, chunk: int = 256) -> dict[str, np.ndarray]:
-    """Per-image statistics (0-1 scale) of uint8 images (N, S, S), plus the pooled 32-bin histogram."""
+    """Per-image statistics (0-1 scale) of uint8 images (N, S, S): the values in ``STATS``, each image's
+    32-bin histogram counts (``counts``) and the pooled, normalised ``histogram``."""
     n = len(images)
     out = {k: np.empty(n) for k in STATS}
-    hist = np.zeros(32)
+    out["counts"] = np.zeros((n, 32))
     for i in range(0, n, chunk):
         x = np.asarray(images[i : i + chunk], dtype=np.float32) / 255.0
         flat = x.reshape(len(x), -1)
@@ -41,9 +42,20 @@ def image_stats(images: np.ndarray, chunk: int = 256) -> dict[str, np.ndarray]:
         frame = np.concatenate([x[:, :b].reshape(len(x), -1), x[:, -b:].reshape(len(x), -1),
                                 x[:, b:-b, :b].reshape(len(x), -1), x[:, b:-b, -b:].reshape(len(x), -1)], axis=1)
         out["border"][i : i + len(x)] = frame.mean(1)
-        hist += np.histogram(flat, bins=32, range=(0.0, 1.0))[0]
-    out["histogram"] = hist / max(hist.sum(), 1.0)
-    return out
+        bins = np.minimum((flat * 32).astype(np.int64), 31) + 32 * np.arange(len(x))[:, None]
+        out["counts"][i : i + len(x)] = np.bincount(bins.ravel(), minlength=32 * len(x)).reshape(len(x), 32)
+    return _with_histogram(out)
+
+
+def _with_histogram(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    total = stats["counts"].sum(axis=0)
+    stats["histogram"] = total / max(total.sum(), 1.0)
+    return stats
+
+
+def _select(stats: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, np.ndarray]:
+    """The statistics of a subset of the images (one class), without computing them again."""
+    return _with_histogram({k: stats[k][sel] for k in (*STATS, "counts")})
 
 
 def _summary(stats: dict[str, np.ndarray], seed: int) -> dict:
@@ -56,11 +68,12 @@ def _summary(stats: dict[str, np.ndarray], seed: int) -> dict:
 
 def build_reference(images: np.ndarray, labels: np.ndarray, class_names: list[str], seed: int = 0) -> dict:
     """The JSON-able reference of the training images: overall and per class."""
-    ref = {"overall": _summary(image_stats(images), seed), "per_class": {}}
+    stats = image_stats(images)
+    ref = {"overall": _summary(stats, seed), "per_class": {}}
     for c, name in enumerate(class_names):
         sel = np.flatnonzero(labels == c)
         if len(sel) >= MIN_IMAGES:
-            ref["per_class"][name] = _summary(image_stats(images[sel]), seed)
+            ref["per_class"][name] = _summary(_select(stats, sel), seed)
     return ref
 
 
@@ -78,12 +91,8 @@ def _findings(ref: dict, stats: dict[str, np.ndarray], scope: str) -> list[dict]
 
 
 def merge_stats(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Combine :func:`image_stats` of several batches (the histogram weighted by batch size)."""
-    sizes = np.array([len(p["mean"]) for p in parts], dtype=float)
-    out = {k: np.concatenate([p[k] for p in parts]) for k in STATS}
-    hist = sum(p["histogram"] * w for p, w in zip(parts, sizes))
-    out["histogram"] = hist / max(hist.sum(), 1e-12)
-    return out
+    """Combine :func:`image_stats` of several batches."""
+    return _with_histogram({k: np.concatenate([p[k] for p in parts]) for k in (*STATS, "counts")})
 
 
 def check_stats(ref: dict, stats: dict[str, np.ndarray]) -> dict:
@@ -101,14 +110,15 @@ def check_shift(ref: dict, images: np.ndarray, labels: np.ndarray | None = None,
     Returns ``{"checked": n, "warning": bool, "findings": [...], "message": str}``; fewer than
     ``MIN_IMAGES`` images are too few to test and give ``checked`` with no warning.
     """
-    result = check_stats(ref, image_stats(images))
+    stats = image_stats(images)
+    result = check_stats(ref, stats)
     if result["checked"] < MIN_IMAGES or labels is None or class_names is None:
         return result
     findings = result["findings"]
     for c, name in enumerate(class_names):
         sel = np.flatnonzero(labels == c)
         if len(sel) >= MIN_IMAGES and name in ref.get("per_class", {}):
-            findings += _findings(ref["per_class"][name], image_stats(images[sel]), f"class {name}")
+            findings += _findings(ref["per_class"][name], _select(stats, sel), f"class {name}")
     return {**result, "warning": bool(findings), "findings": findings, "message": describe(findings)}
 
 

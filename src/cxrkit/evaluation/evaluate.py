@@ -158,16 +158,17 @@ def evaluate_run(
             f"this {'test split' if same_data else 'external set'} was evaluated {len(earlier)} time(s) before; if the model or settings changed in between, "
             "the test set has been used for tuning and its figures are optimistic"
         )
+    images = np.asarray(ds.images[idx])  # one read of the memory map for the shift check and the predictions
     reference = run.shift_reference()
     shift = None
     if reference is not None:
         from cxrkit.data.shift import check_shift
 
-        shift = check_shift(reference, ds.images[idx], ds.labels[idx], run.classes)
+        shift = check_shift(reference, images, ds.labels[idx], run.classes)
         if shift["warning"]:
             notes.append("shift check: " + shift["message"])
     t0 = time.perf_counter()
-    probs = run.predict_arrays(ds.images[idx])
+    probs = run.predict_arrays(images)
     seconds = time.perf_counter() - t0
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
     metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
