@@ -85,13 +85,13 @@ def _read_split(run_dir: Path, split: str) -> tuple[list[str], np.ndarray, np.nd
 
 def _row(run_dir: Path, split: str) -> dict:
     """The comparison row of a finished run, read from its files, plus inference timing measured now."""
-    meta = json.loads((run_dir / META_FILE).read_text())
+    run = Run.load(run_dir)
+    meta = run.meta
     m = json.loads((run_dir / "metrics.json").read_text())[split]
     t = meta["training"]
     with open(run_dir / "history.csv", newline="") as f:
         hist = list(csv.DictReader(f))
     per_epoch = [float(h["train_seconds"]) + float(h["val_seconds"]) for h in hist]
-    run = Run.load(run_dir)
     pt = t.get("pretrained")
     row = {
         "status": "done", "image_size": meta["preprocessing"]["image_size"],
