@@ -112,3 +112,18 @@ def test_recalibrate_on_a_sample_of_the_new_site(internal_run, capsys):
     assert "at the re-chosen threshold" in capsys.readouterr().out
     # The sample must be other images than the evaluated ones.
     assert main(["evaluate", str(run), str(site), "--recalibrate-on", str(site)]) == 2
+
+
+def test_shift_message_names_the_largest_differences_first_and_counts_the_rest():
+    from cxrkit.data.shift import describe
+
+    findings = [{"scope": "all images", "statistic": "mean", "ks_d": 0.35, "p_value": 1e-5, "training_median": 0.5, "incoming_median": 0.6},
+                {"scope": "all images", "statistic": "histogram", "js_distance": 0.9},
+                {"scope": "class tb", "statistic": "std", "ks_d": 0.8, "p_value": 1e-9, "training_median": 0.2, "incoming_median": 0.1},
+                {"scope": "class tb", "statistic": "border", "ks_d": 0.4, "p_value": 1e-6, "training_median": 0.0, "incoming_median": 0.3},
+                {"scope": "class normal", "statistic": "p5", "ks_d": 0.31, "p_value": 1e-4, "training_median": 0.1, "incoming_median": 0.2}]
+    msg = describe(findings)
+    assert msg.index("Jensen-Shannon distance 0.90") < msg.index("contrast (std) 0.100 (training 0.200, KS D 0.80)") < msg.index("border")
+    assert "mean brightness" not in msg and "dark level" not in msg
+    assert msg.endswith("2 more differences recorded")
+    assert "more" not in describe(findings[:3])

@@ -122,15 +122,19 @@ def check_shift(ref: dict, images: np.ndarray, labels: np.ndarray | None = None,
     return {**result, "warning": bool(findings), "findings": findings, "message": describe(findings)}
 
 
-def describe(findings: list[dict]) -> str:
-    """One sentence per finding, with the measured difference."""
+def describe(findings: list[dict], limit: int = 3) -> str:
+    """One short sentence: the ``limit`` largest differences, with their measured sizes, and how many more there are."""
     if not findings:
         return "the images look like the training images (intensity, contrast, borders and histogram)"
+
+    def strength(f: dict) -> float:
+        return f.get("ks_d", f.get("js_distance", 0.0))
+
     parts = []
-    for f in findings:
+    for f in sorted(findings, key=strength, reverse=True)[:limit]:
         if f["statistic"] == "histogram":
-            parts.append(f"{f['scope']}: intensity histogram differs from training (Jensen-Shannon distance {f['js_distance']:.2f})")
+            parts.append(f"{f['scope']}: intensity histogram (Jensen-Shannon distance {f['js_distance']:.2f})")
         else:
-            parts.append(f"{f['scope']}: {WORDS[f['statistic']]} median {f['incoming_median']:.3f} vs {f['training_median']:.3f} "
-                         f"in training (KS D = {f['ks_d']:.2f})")
-    return "images differ from the training data: " + "; ".join(parts)
+            parts.append(f"{f['scope']}: {WORDS[f['statistic']]} {f['incoming_median']:.3f} (training {f['training_median']:.3f}, KS D {f['ks_d']:.2f})")
+    more = f"; {len(findings) - limit} more differences recorded" if len(findings) > limit else ""
+    return "images differ from the training data: " + "; ".join(parts) + more
