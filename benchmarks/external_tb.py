@@ -1,7 +1,7 @@
 """External validation on TB: train at one site, evaluate at another, for each intensity normalisation.
 
     python benchmarks/external_tb.py [--shared PATH] [--out runs/external_tb] [--modes none,zscore,...] [--no-sites]
-                                     [--augment default,robust] [--seeds 0,1,2]
+                                     [--augment default,robust] [--seeds 0,1,2] [--conditions none:default,clahe:default]
 
 Directions: Shenzhen+Montgomery (tb_shenzhen_montgomery_128) -> Sakha-TB (tb_sakha_datacamp_224, all
 images) and the reverse. For each `--intensity` option: internal test AUC (the run's own 15% test
@@ -110,6 +110,8 @@ def main() -> None:
     ap.add_argument("--no-sites", action="store_true")
     ap.add_argument("--augment", default="default", help="comma-separated presets: " + ", ".join(AUGMENT))
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (split and initialisation)")
+    ap.add_argument("--conditions", default=None, metavar="MODE:PRESET,...",
+                    help="explicit intensity:augmentation pairs instead of every --modes x --augment pair, e.g. none:default,clahe:default,none:robust")
     a = ap.parse_args()
     shared, out = Path(a.shared), Path(a.out)
     sm, sakha = shared / "tb_shenzhen_montgomery_128", shared / "tb_sakha_datacamp_224"
@@ -117,7 +119,8 @@ def main() -> None:
     print(head + "\n|" + "---|" * 7, flush=True)
     results, runs = {}, {}
     seeds = [int(x) for x in a.seeds.split(",")]
-    conditions = [(m, g) for m in a.modes.split(",") for g in a.augment.split(",")]
+    conditions = ([tuple(c.split(":")) for c in a.conditions.split(",")] if a.conditions
+                  else [(m, g) for m in a.modes.split(",") for g in a.augment.split(",")])
     for seed in seeds:
         for mode, aug in conditions:
             for name, tr, ot, grp in (("SM -> Sakha", sm, sakha, GROUP), ("Sakha -> SM", sakha, sm, None)):
