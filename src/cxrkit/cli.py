@@ -152,7 +152,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from cxrkit.data.decode import is_image_file
+    from cxrkit.data.decode import IMAGE_EXTENSIONS, is_image_file
     from cxrkit.run import Run, atomic_write_csv
 
     run = Run.load(a.run)
@@ -160,7 +160,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if target.is_dir():
         paths = sorted(p for p in target.rglob("*") if p.is_file() and is_image_file(p))
         if not paths:
-            raise ValueError(f"no image files (.png .jpg .jpeg .bmp .tif .tiff) under {target}")
+            raise ValueError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) under {target}")
     elif target.is_file():
         paths = [target]
     else:
