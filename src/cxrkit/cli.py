@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from dataclasses import fields
@@ -231,6 +232,20 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cxrkit.serve.app import Limits, create_app
+
+    limits = Limits(max_file_bytes=int(a.max_upload_mb * 1024 * 1024), max_files=a.max_files, max_pixels=a.max_pixels)
+    app = create_app(a.run, engine=a.engine, api_key=a.api_key, limits=limits, cors_origins=a.cors_origin)
+    svc = app.state.service
+    print(f"serving {svc.identity['id']} (version {svc.identity['version']}, {svc.run.engine}) on http://{a.host}:{a.port}/ "
+          f"(API docs at /docs{'; API key required' if (a.api_key or os.environ.get('CXRKIT_API_KEY')) else ''})")
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    return 0
+
+
 def cmd_compare(a: argparse.Namespace) -> int:
     from cxrkit.experiments.compare import compare, parse_models
 
@@ -367,6 +382,23 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--quantize", choices=["int8"], default=None,
                     help="also write model.int8.onnx (dynamic int8 weights) and measure its validation ROC-AUC change")
     ex.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="serve a run over HTTP: JSON API, web page at /, OpenAPI docs at /docs",
+                        description="POST /v1/predict (multipart 'files': PNG, JPEG, BMP, TIFF or DICOM) answers per-class "
+                                    "probabilities, the decision at the run's threshold, an out-of-distribution warning and, with "
+                                    "?explain=true, a Grad-CAM overlay. GET /v1/model gives the model card, GET /healthz liveness.")
+    sv.add_argument("run", help="run folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    sv.add_argument("--api-key", default=None, help="require this key as X-API-Key on /v1/* (default: $CXRKIT_API_KEY; none when unset)")
+    sv.add_argument("--engine", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
+                    help="auto (default): ONNX Runtime when model.onnx matches the weights, else PyTorch")
+    sv.add_argument("--max-upload-mb", type=float, default=50, help="largest file accepted, in MiB (default %(default)s)")
+    sv.add_argument("--max-files", type=int, default=16, help="most files per request (default %(default)s)")
+    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels, checked before decoding (default %(default)s)")
+    sv.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                    help="allow browser calls from this origin (repeatable); CORS is off by default")
+    sv.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("compare", help="train several models on the same split and compare them in one table",
                        description="Train each of --models on DATA with the same split, seed, preprocessing and settings; "
