@@ -23,3 +23,17 @@ def binary_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Seed-challenge layout: train/ and test/ with healthy/ and tb/, 60 images per class at 48 px."""
     return make_synthetic_dataset(tmp_path_factory.mktemp("tb"), n_per_class=60, size=48, seed=1,
                                   splits={"train": 0.75, "test": 0.25}, signal=1.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(binary_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 32-px cnn trained for 2 epochs, shared by the export, predict and serve tests (a real graph, not a good model)."""
+    from cxrkit.config import TrainConfig
+    from cxrkit.data.augment import AugmentConfig
+    from cxrkit.training import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = TrainConfig(data=str(binary_data), out=str(out), model="cnn", image_size=32, epochs=2, patience=2, batch_size=16,
+                      lr=3e-3, cache_dir=str(tmp_path_factory.mktemp("tiny-cache")), augment=AugmentConfig())
+    train(cfg)
+    return out

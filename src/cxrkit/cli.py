@@ -1,9 +1,10 @@
-"""The ``cxrkit`` command line: demo, train, evaluate, predict, models."""
+"""The ``cxrkit`` command line: demo, train, evaluate, predict, export, serve, models."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from dataclasses import fields
@@ -152,15 +153,15 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from cxrkit.data.decode import is_image_file
-    from cxrkit.run import Run, atomic_write_csv
+    from cxrkit.data.decode import IMAGE_EXTENSIONS, is_image_file
+    from cxrkit.run import Run
 
-    run = Run.load(a.run)
+    run = Run.load(a.run, engine=a.engine)
     target = Path(a.path)
     if target.is_dir():
         paths = sorted(p for p in target.rglob("*") if p.is_file() and is_image_file(p))
         if not paths:
-            raise ValueError(f"no image files (.png .jpg .jpeg .bmp .tif .tiff) under {target}")
+            raise ValueError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) under {target}")
     elif target.is_file():
         paths = [target]
     else:
@@ -169,29 +170,33 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     reference = run.shift_reference()
     batches: list = []
-    t0 = time.perf_counter()
-    probs, errors = run.predict_files(paths, a.batch_size, progress=len(paths) > 1,
-                                      on_batch=(lambda x: batches.append(image_stats(x))) if reference else None)
-    elapsed = time.perf_counter() - t0
+    collect = (lambda x: batches.append(image_stats(x))) if reference else None
+    if a.out:
+        from cxrkit.prediction.predict_csv import predict_to_csv
+
+        s = predict_to_csv(run, paths, a.out, a.batch_size, a.workers, progress=len(paths) > 1, on_batch=collect)
+        rate = f" ({(s['total'] - s['skipped']) / s['seconds']:.0f}/s)" if s["seconds"] > 0 and s["total"] > s["skipped"] else ""
+        print(f"{s['total']} image(s): {s['skipped']} already in {a.out}, {s['predicted']} predicted in {s['seconds']:.1f} s{rate} "
+              f"with {run.engine}; {s['errors']} unreadable; written to {a.out}")
+    else:
+        probs, errors = run.predict_files(paths, a.batch_size, progress=len(paths) > 1, on_batch=collect, workers=a.workers)
     if reference and batches:
         shift = check_stats(reference, merge_stats(batches))
         if shift["warning"]:
             print(f"warning: {shift['message']}; predictions on such images are less reliable than the run's metrics suggest",
                   file=sys.stderr)
+    if a.out:
+        return 0
     import numpy as np
+
+    from cxrkit.prediction.predict_csv import _row, csv_fields
 
     ok = ~np.isnan(probs).any(axis=1)
     decisions = np.full(len(paths), -1)
     if ok.any():
         decisions[ok] = run.decide(probs[ok])
-    rows = []
-    for i, p in enumerate(paths):
-        row = {"path": str(p)}
-        row.update({f"prob_{c}": ("" if not ok[i] else f"{probs[i, j]:.6f}") for j, c in enumerate(run.classes)})
-        row["prediction"] = run.classes[decisions[i]] if ok[i] else ""
-        row["error"] = errors.get(i, "")
-        rows.append(row)
-    if len(paths) == 1 and not a.out:
+    rows = [_row(run, p, probs[i] if ok[i] else None, int(decisions[i]) if ok[i] else None, errors.get(i, "")) for i, p in enumerate(paths)]
+    if len(paths) == 1:
         r = rows[0]
         if r["error"]:
             print(f"{paths[0]}: could not be read: {r['error']}", file=sys.stderr)
@@ -204,15 +209,40 @@ def cmd_predict(a: argparse.Namespace) -> int:
             ranked = ", ".join(f"{c} {probs[0, j]:.3f}" for j, c in sorted(enumerate(run.classes), key=lambda t: -probs[0, t[0]]))
             print(f"{paths[0]}: {r['prediction']}  ({ranked})")
         return 0
-    fieldnames = list(rows[0])
-    if a.out:
-        out = Path(a.out)
-        atomic_write_csv(out, rows, fieldnames)
-        print(f"{len(paths)} image(s) in {elapsed:.1f} s ({len(paths) / elapsed:.0f}/s); {len(errors)} unreadable; written to {out}")
-    else:
-        w = csv.DictWriter(sys.stdout, fieldnames=fieldnames)
-        w.writeheader()
-        w.writerows(rows)
+    w = csv.DictWriter(sys.stdout, fieldnames=csv_fields(run))
+    w.writeheader()
+    w.writerows(rows)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from cxrkit.export.onnx import export_onnx
+
+    r = export_onnx(a.run, a.out, quantize=a.quantize)
+    print(f"wrote {r['path']}: ONNX Runtime matches PyTorch on {r['samples']} sample images "
+          f"(max abs probability difference {r['max_abs_diff']:.1e}); predict and serve now use it (--engine torch to opt out)")
+    q = r.get("quantized")
+    if q:
+        if q.get("auc_fp32") is not None and q.get("auc_int8") is not None:
+            print(f"wrote {q['path']}: validation ROC-AUC {q['auc_fp32']:.4f} -> {q['auc_int8']:.4f} int8 "
+                  f"(change {q['auc_change']:+.4f}, n={q['n']}; max abs probability difference {q['max_abs_prob_diff']:.1e}); "
+                  "used only with --engine onnx-int8")
+        else:
+            print(f"wrote {q['path']}: {q.get('note', 'AUC cost not measured')}; used only with --engine onnx-int8")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cxrkit.serve.app import Limits, create_app
+
+    limits = Limits(max_file_bytes=int(a.max_upload_mb * 1024 * 1024), max_files=a.max_files, max_pixels=a.max_pixels)
+    app = create_app(a.run, engine=a.engine, api_key=a.api_key, limits=limits, cors_origins=a.cors_origin)
+    svc = app.state.service
+    print(f"serving {svc.identity['id']} (version {svc.identity['version']}, {svc.run.engine}) on http://{a.host}:{a.port}/ "
+          f"(API docs at /docs{'; API key required' if (a.api_key or os.environ.get('CXRKIT_API_KEY')) else ''})")
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
     return 0
 
 
@@ -331,9 +361,44 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="classify one image or every image under a folder")
     pr.add_argument("run", help="run folder")
     pr.add_argument("path", help="an image file or a folder of images")
-    pr.add_argument("--out", default=None, help="CSV file to write (default: print)")
+    pr.add_argument("--out", default=None,
+                    help="CSV file to write, checkpointed atomically; run again with the same --out to resume (files with "
+                         "a result are skipped, failed ones retried) (default: print)")
     pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--workers", type=int, default=4, help="threads decoding images while the model runs (0: none) (default %(default)s)")
+    pr.add_argument("--engine", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
+                    help="auto (default): ONNX Runtime when `cxrkit export` wrote model.onnx for these weights, else PyTorch; "
+                         "or force one (onnx-int8 needs `cxrkit export --quantize int8`)")
     pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="export a run's model to ONNX, checked against PyTorch",
+                        description="Write RUN/model.onnx (network only: normalised image in, logits out; metadata holds classes, "
+                                    "size, mean/std, intensity mode, threshold and calibration) after checking that ONNX Runtime "
+                                    "reproduces PyTorch's probabilities within 1e-4 on sample images; fails otherwise. "
+                                    "`cxrkit predict` and `cxrkit serve` then use ONNX Runtime.")
+    ex.add_argument("run", help="run folder")
+    ex.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default %(default)s)")
+    ex.add_argument("--out", default=None, help="file to write (default RUN/model.onnx, which predict and serve pick up)")
+    ex.add_argument("--quantize", choices=["int8"], default=None,
+                    help="also write model.int8.onnx (dynamic int8 weights) and measure its validation ROC-AUC change")
+    ex.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="serve a run over HTTP: JSON API, web page at /, OpenAPI docs at /docs",
+                        description="POST /v1/predict (multipart 'files': PNG, JPEG, BMP, TIFF or DICOM) answers per-class "
+                                    "probabilities, the decision at the run's threshold, an out-of-distribution warning and, with "
+                                    "?explain=true, a Grad-CAM overlay. GET /v1/model gives the model card, GET /healthz liveness.")
+    sv.add_argument("run", help="run folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    sv.add_argument("--api-key", default=None, help="require this key as X-API-Key on /v1/* (default: $CXRKIT_API_KEY; none when unset)")
+    sv.add_argument("--engine", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
+                    help="auto (default): ONNX Runtime when model.onnx matches the weights, else PyTorch")
+    sv.add_argument("--max-upload-mb", type=float, default=50, help="largest file accepted, in MiB (default %(default)s)")
+    sv.add_argument("--max-files", type=int, default=16, help="most files per request (default %(default)s)")
+    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels, checked before decoding (default %(default)s)")
+    sv.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                    help="allow browser calls from this origin (repeatable); CORS is off by default")
+    sv.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("compare", help="train several models on the same split and compare them in one table",
                        description="Train each of --models on DATA with the same split, seed, preprocessing and settings; "

@@ -6,6 +6,7 @@ so a radiograph is preprocessed the same way wherever it is read.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,25 @@ from cxrkit.data.intensity import crop_borders, normalize_intensity
 # Truncated files must fail loudly so they can be skipped and listed, not half-decoded into grey bars.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+# Pillow is asked for these formats only: the file's content decides, and formats with risky or
+# external decoders (EPS through Ghostscript, for one) are never tried.
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 ASPECT_MODES = ("pad", "squash")
 # Larger than any radiograph (a 4k x 5k detector is 20 MP); guards against decompression bombs.
 MAX_PIXELS = 80_000_000
 
 
 class ImageDecodeError(ValueError):
-    """Raised when a file cannot be decoded as an image."""
+    """Raised when a file cannot be decoded as an image (missing, empty, truncated or corrupt)."""
+
+
+class UnsupportedImageError(ImageDecodeError):
+    """Raised when a file is readable but not a supported image: another format, or a DICOM file without a radiograph."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """Raised when an image has more pixels than allowed (decompression-bomb guard)."""
 
 
 def is_image_file(path: Path) -> bool:
@@ -76,8 +88,52 @@ def fit_square(gray: np.ndarray, size: int, aspect: str = "pad") -> np.ndarray:
     return np.array(canvas, dtype=np.uint8)
 
 
-def load_grayscale(path: str | Path, size: int, aspect: str = "pad", intensity: str = "none", crop_border: bool = False) -> np.ndarray:
-    """Read one image file and return it as a ``size`` x ``size`` uint8 grayscale array.
+def read_grayscale(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a file (path or its bytes) at full resolution into a 2-D uint8 array.
+
+    The content decides the reader, not the name: DICOM Part 10 files (``DICM`` at byte 128) go
+    through :func:`cxrkit.data.dicom.read_dicom`, everything else through Pillow restricted to
+    :data:`PIL_FORMATS`. The pixel count is checked from the header, before decoding.
+    """
+    try:
+        if isinstance(source, bytes):
+            head = source[:132]
+        else:
+            with open(source, "rb") as f:
+                head = f.read(132)
+    except FileNotFoundError as exc:
+        raise ImageDecodeError("file not found") from exc
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read file: {exc}") from exc
+    if not head:
+        raise ImageDecodeError("file is empty")
+    from cxrkit.data.dicom import is_dicom_bytes, read_dicom
+
+    if is_dicom_bytes(head):
+        return read_dicom(source, max_pixels)
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=PIL_FORMATS) as img:
+            if img.width * img.height > max_pixels:
+                raise ImageTooLargeError(f"image too large ({img.width}x{img.height} pixels; the limit is {max_pixels:,})")
+            img.load()
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            return to_grayscale_array(img)
+    except ImageDecodeError:
+        raise
+    except Image.UnidentifiedImageError as exc:
+        raise UnsupportedImageError("not a supported image (PNG, JPEG, BMP, TIFF or DICOM)") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError("image too large (decompression bomb guard)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+
+
+def load_grayscale(
+    source: str | Path | bytes, size: int, aspect: str = "pad", intensity: str = "none", crop_border: bool = False,
+    max_pixels: int = MAX_PIXELS,
+) -> np.ndarray:
+    """Read one image file (a path or its bytes) and return it as a ``size`` x ``size`` uint8 grayscale array.
 
     ``crop_border`` removes uniform outer bands and ``intensity`` normalises the image
     (:mod:`cxrkit.data.intensity`), both at full resolution before resizing.
@@ -85,23 +141,7 @@ def load_grayscale(path: str | Path, size: int, aspect: str = "pad", intensity: 
     Raises :class:`ImageDecodeError` with a readable reason for missing, empty, truncated,
     oversized or non-image files.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageDecodeError(f"image too large ({img.width}x{img.height} pixels)")
-            img.load()
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
-            gray = to_grayscale_array(img)
-    except ImageDecodeError:
-        raise
-    except FileNotFoundError as exc:
-        raise ImageDecodeError("file not found") from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError("image too large (decompression bomb guard)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+    gray = read_grayscale(source, max_pixels)
     if crop_border:
         gray = crop_borders(gray)
     return fit_square(normalize_intensity(gray, intensity), size, aspect)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrkit.data.decode import load_grayscale
+from cxrkit.data.decode import MAX_PIXELS, load_grayscale
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,9 @@ class Preprocessing:
     intensity: str = "none"
     crop_border: bool = False
 
-    def load(self, path: str | Path) -> np.ndarray:
-        """Decode one file to a uint8 ``image_size`` x ``image_size`` array, with the run's cropping and intensity normalisation."""
-        return load_grayscale(path, self.image_size, self.aspect, self.intensity, self.crop_border)
+    def load(self, source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        """Decode one file (path or bytes) to a uint8 ``image_size`` x ``image_size`` array, with the run's cropping and intensity normalisation."""
+        return load_grayscale(source, self.image_size, self.aspect, self.intensity, self.crop_border, max_pixels)
 
     @staticmethod
     def to_unit(batch: np.ndarray | torch.Tensor) -> torch.Tensor:

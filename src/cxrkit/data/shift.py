@@ -138,3 +138,24 @@ def describe(findings: list[dict], limit: int = 3) -> str:
             parts.append(f"{f['scope']}: {WORDS[f['statistic']]} {f['incoming_median']:.3f} (training {f['training_median']:.3f}, KS D {f['ks_d']:.2f})")
     more = f"; {len(findings) - limit} more differences recorded" if len(findings) > limit else ""
     return "images differ from the training data: " + "; ".join(parts) + more
+
+
+def image_outliers(ref: dict, stats: dict[str, np.ndarray]) -> list[list[dict]]:
+    """Per image: the statistics that fall outside the range of the training images' kept values.
+
+    A single image cannot be KS-tested, so it is flagged when its brightness, contrast, dark or bright
+    level or border lies outside [min, max] of the reference sample (400 training images: a training
+    image itself falls outside one of the five ranges about 2.5% of the time).
+    """
+    overall = ref["overall"]
+    out = []
+    for i in range(len(stats["mean"])):
+        found = []
+        for k in STATS:
+            lo, hi = float(np.min(overall[k])), float(np.max(overall[k]))
+            v = float(stats[k][i])
+            if v < lo or v > hi:
+                found.append({"statistic": k, "value": round(v, 3), "training_range": [round(lo, 3), round(hi, 3)],
+                              "message": f"{WORDS[k]} {v:.3f} is outside the training range {lo:.3f}-{hi:.3f}"})
+        out.append(found)
+    return out

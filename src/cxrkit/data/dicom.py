@@ -1,0 +1,73 @@
+"""Read a DICOM radiograph into the 2-D uint8 array every other cxrkit reader produces.
+
+The display pipeline of DICOM PS3.3 C.11, done with pydicom's own functions: stored values ->
+modality LUT or rescale slope/intercept (:func:`pydicom.pixels.apply_modality_lut`) -> VOI LUT or
+window centre/width when the file has one (:func:`pydicom.pixels.apply_voi_lut`) -> 0-255, with
+MONOCHROME1 (bright = low values) inverted so bone is bright as in MONOCHROME2 and in PNG datasets.
+Files without a window are stretched from their own minimum to maximum, as 16-bit PNGs are.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+
+DICOM_MAGIC = b"DICM"
+MAGIC_OFFSET = 128
+
+
+def is_dicom_bytes(head: bytes) -> bool:
+    """Tell whether the first 132 bytes of a file are a DICOM Part 10 preamble and prefix."""
+    return head[MAGIC_OFFSET : MAGIC_OFFSET + 4] == DICOM_MAGIC
+
+
+def read_dicom(source: str | Path | bytes, max_pixels: int) -> np.ndarray:
+    """Decode the first frame of a DICOM image as a 2-D uint8 array (display orientation, MONOCHROME2).
+
+    Raises :class:`UnsupportedImageError` for DICOM files without pixel data or with a photometric
+    interpretation other than MONOCHROME1/2 or RGB, :class:`ImageTooLargeError` above ``max_pixels``
+    (checked from the header, before the pixel data is decoded), and :class:`ImageDecodeError` for
+    compressed pixel data no installed decoder handles, or broken files.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    fp = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    try:
+        ds = pydicom.dcmread(fp)
+    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        raise ImageDecodeError(f"cannot read DICOM file: {exc}") from exc
+    if "PixelData" not in ds:
+        kind = getattr(ds, "Modality", None) or getattr(ds, "SOPClassUID", None) or "unknown"
+        raise UnsupportedImageError(f"DICOM file has no image (no pixel data; modality/SOP class {kind})")
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB"):
+        raise UnsupportedImageError(f"DICOM photometric interpretation {photometric or 'missing'} is not a grayscale radiograph")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * cols == 0:
+        raise UnsupportedImageError("DICOM image has no rows or columns")
+    if rows * cols > max_pixels:
+        raise ImageTooLargeError(f"image too large ({cols}x{rows} pixels; the limit is {max_pixels:,})")
+    try:
+        # pixel_array decodes every frame; index=0 keeps memory bounded for multi-frame files.
+        arr = ds.pixel_array if int(ds.get("NumberOfFrames", 1) or 1) == 1 else pydicom.pixels.pixel_array(ds, index=0)
+    except Exception as exc:  # pydicom raises RuntimeError/NotImplementedError/ValueError/... depending on the decoder
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", syntax) or "unknown"
+        raise ImageDecodeError(f"cannot decode DICOM pixel data (transfer syntax {name}): {exc}") from exc
+    if photometric == "RGB":
+        gray = np.asarray(arr, dtype=np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114])
+    else:
+        if arr.ndim != 2:
+            raise UnsupportedImageError(f"DICOM pixel data has shape {arr.shape}, expected one 2-D frame")
+        gray = apply_voi_lut(apply_modality_lut(arr, ds), ds).astype(np.float64)
+    lo, hi = float(np.nanmin(gray)), float(np.nanmax(gray))
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ImageDecodeError("DICOM image contains non-finite values")
+    out = np.zeros(gray.shape, dtype=np.uint8) if hi <= lo else np.round((gray - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    return 255 - out if photometric == "MONOCHROME1" else out

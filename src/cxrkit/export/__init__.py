@@ -1,0 +1,1 @@
+"""Export: a run's model in formats other runtimes load (ONNX)."""

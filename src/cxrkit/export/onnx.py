@@ -1,0 +1,172 @@
+"""Export a run's model to ONNX, with its metadata, and prove it computes what PyTorch computes.
+
+The graph is the network alone (normalised images in, logits out; the batch axis is dynamic), so
+:class:`cxrkit.run.Run` can run it through ONNX Runtime in place of PyTorch with everything else
+unchanged. The metadata (``metadata_props["cxrkit"]``, JSON) holds what a standalone consumer
+needs: classes, image size, aspect, intensity mode, mean/std, threshold and rule, calibration.
+
+Exporter choice: the TorchScript-based exporter (``dynamo=False``). torch 2.9+ defaults to the
+``torch.export`` exporter, which needs the onnxscript package and traces through dynamo; the
+TorchScript one has no extra dependency, handles every model in the registry (including MONAI's
+and EfficientNet-Lite's), and the parity check below catches any graph it gets wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrkit.models.onnx_runtime import INT8_FILE, METADATA_KEY, ONNX_FILE, OnnxModel, file_sha256
+from cxrkit.run import MODEL_FILE, Run, probabilities
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(ValueError):
+    """Raised when an exported model does not reproduce the PyTorch model's probabilities."""
+
+
+def sample_inputs(run: Run, n: int = 16, seed: int = 0) -> np.ndarray:
+    """uint8 images (n, S, S) at the run's size for the parity check: synthetic radiographs and noise."""
+    from cxrkit.data.synthetic import synthetic_cxr
+
+    rng = np.random.default_rng(seed)
+    s = run.preprocessing.image_size
+    half = n // 2
+    cxr = [synthetic_cxr(rng, s, pattern=i % 2) for i in range(half)]
+    noise = [rng.integers(0, 256, (s, s), dtype=np.uint8) for _ in range(n - half)]
+    return np.stack(cxr + noise)
+
+
+def onnx_metadata(run: Run) -> dict:
+    """What a consumer of the ONNX file needs to feed it and read its output."""
+    p = run.preprocessing
+    t = run.meta.get("threshold") or {}
+    return {
+        "format": "cxrkit-onnx-1",
+        "input": "float32 (batch, 1, image_size, image_size): uint8 image / 255, then (x - mean) / std",
+        "output": "logits (batch, K): binary K=1, P(positive) = sigmoid; multi-class softmax",
+        "classes": run.classes, "task": run.task, "positive_class": run.meta.get("positive_class"),
+        "image_size": p.image_size, "aspect": p.aspect, "intensity": p.intensity, "crop_border": p.crop_border,
+        "mean": p.mean, "std": p.std, "tta": run.tta,
+        "threshold": t.get("value"), "threshold_rule": t.get("rule"), "threshold_chosen_on": t.get("chosen_on"),
+        "calibration": getattr(run, "calibration", None),
+        "model": run.meta["model"], "run": run.path.name, "cxrkit_version": run.meta.get("cxrkit_version"),
+        "weights_sha256": file_sha256(run.path / MODEL_FILE),
+    }
+
+
+def _write_metadata(path: Path, meta: dict) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    onnx.save(model, str(path))
+
+
+def _export_graph(run: Run, path: Path) -> None:
+    s = run.preprocessing.image_size
+    model = run.model.to(memory_format=torch.contiguous_format).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecation notice of the TorchScript exporter (chosen on purpose, see above)
+        torch.onnx.export(model, (torch.zeros(2, 1, s, s),), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    run.model.to(memory_format=torch.channels_last)
+
+
+def parity(run: Run, path: Path, images: np.ndarray) -> float:
+    """Max absolute difference of probabilities between PyTorch and ONNX Runtime, over batch 1 and the whole batch."""
+    ort_model = OnnxModel(path)
+    x = run.preprocessing(images)
+    with torch.inference_mode():
+        ref = probabilities(run.model(x.contiguous(memory_format=torch.channels_last)), run.task).numpy()
+    got = probabilities(ort_model(x), run.task).numpy()
+    one = probabilities(ort_model(x[:1]), run.task).numpy()
+    return float(max(np.abs(ref - got).max(), np.abs(ref[:1] - one).max()))
+
+
+def roc_auc(y: np.ndarray, probs: np.ndarray, task: str) -> float | None:
+    """ROC-AUC (binary) or macro one-vs-rest ROC-AUC (multi-class); None when a class is missing."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(y)) < probs.shape[1]:
+        return None
+    return float(roc_auc_score(y, probs[:, 1]) if task == "binary" else roc_auc_score(y, probs, multi_class="ovr"))
+
+
+def _quantize(run: Run, src: Path, dst: Path) -> dict:
+    """Dynamic int8 quantisation of the weights; the cost is measured on the validation split when the data is at hand."""
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+    tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
+    pre = dst.with_name(dst.name + f".pre-{os.getpid()}")
+    try:
+        # Shape inference and graph fusion first, as ONNX Runtime recommends before quantising.
+        quant_pre_process(str(src), str(pre))
+        quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8)
+    finally:
+        pre.unlink(missing_ok=True)
+    report = {"method": "dynamic int8 (onnxruntime.quantization.quantize_dynamic, QInt8 weights)"}
+    try:
+        from cxrkit.evaluation.evaluate import load_run_dataset
+
+        ds, _ = load_run_dataset(run, progress=False)
+        idx = ds.index("val")
+        images, y = np.asarray(ds.images[idx]), ds.labels[idx]
+    except Exception as exc:  # the training data may be gone or elsewhere; quantising still works
+        report["note"] = f"validation data not available, AUC cost not measured ({exc})"
+    else:
+        fp32 = run.predict_arrays(images)
+        onnx_before = run.onnx
+        run.onnx = OnnxModel(tmp)
+        try:
+            int8 = run.predict_arrays(images)
+        finally:
+            run.onnx = onnx_before
+        a32, a8 = roc_auc(y, fp32, run.task), roc_auc(y, int8, run.task)
+        report.update(split="val", n=int(len(y)), auc_fp32=a32, auc_int8=a8,
+                      auc_change=None if a32 is None or a8 is None else a8 - a32,
+                      max_abs_prob_diff=float(np.abs(fp32 - int8).max()))
+    meta = {**onnx_metadata(run), "quantization": report}
+    _write_metadata(tmp, meta)
+    os.replace(tmp, dst)
+    return report
+
+
+def export_onnx(run_dir: str | Path, out: str | Path | None = None, quantize: str | None = None,
+                tolerance: float = PARITY_TOLERANCE) -> dict:
+    """Write model.onnx (and with ``quantize="int8"`` model.int8.onnx) into the run; raise :class:`ExportError` on a parity failure.
+
+    Returns ``{"path", "max_abs_diff", "samples", "quantized"?}``. The file is written under a
+    temporary name and renamed only after the parity check passes, so a failed export leaves no
+    file that :meth:`Run.load` would pick up.
+    """
+    run = Run.load(run_dir, engine="torch")
+    out = Path(out) if out else run.path / ONNX_FILE
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    try:
+        _export_graph(run, tmp)
+        _write_metadata(tmp, onnx_metadata(run))
+        images = sample_inputs(run)
+        diff = parity(run, tmp, images)
+        if not diff <= tolerance:
+            raise ExportError(f"ONNX export does not match PyTorch: max abs probability difference {diff:.2e} > {tolerance:.0e} "
+                              f"on {len(images)} sample images; the ONNX file was not written")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    result = {"path": str(out), "max_abs_diff": diff, "samples": len(images)}
+    if quantize == "int8":
+        result["quantized"] = {"path": str(out.with_name(INT8_FILE)), **_quantize(run, out, out.with_name(INT8_FILE))}
+    elif quantize is not None:
+        raise ValueError(f"quantize must be int8 or None, got {quantize!r}")
+    return result

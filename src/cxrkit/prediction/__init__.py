@@ -1,0 +1,1 @@
+"""Prediction on many files: batched, parallel decoding, resumable CSV output."""

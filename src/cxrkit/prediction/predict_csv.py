@@ -1,0 +1,84 @@
+"""Classify many files into one CSV that survives interruption: checkpointed atomically, resumed by path.
+
+The CSV has one row per image: ``path``, ``prob_<class>`` for every class, ``prediction`` (the
+run's decision, :meth:`cxrkit.run.Run.decide`) and ``error`` (why a file could not be decoded).
+Every ``checkpoint_seconds`` the whole CSV is rewritten through a temporary file and a rename, so a
+killed job leaves the last complete checkpoint, never half a row. Run again with the same ``out``
+and files that already have a result are skipped; files that failed are tried again.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from cxrkit.run import Run, atomic_write_csv
+
+
+def csv_fields(run: Run) -> list[str]:
+    """The CSV columns for a run's classes."""
+    return ["path", *[f"prob_{c}" for c in run.classes], "prediction", "error"]
+
+
+def read_finished(out: Path, fields: list[str]) -> dict[str, dict]:
+    """Rows of an earlier (possibly interrupted) output, by path; raises ValueError when its columns differ."""
+    if not out.is_file():
+        return {}
+    with open(out, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != fields:
+            raise ValueError(f"{out} exists with other columns ({', '.join(reader.fieldnames or [])}), "
+                             "so it was written for another model; give another --out or delete it")
+        return {r["path"]: r for r in reader}
+
+
+def _row(run: Run, path: Path, probs: np.ndarray | None, decision: int | None, error: str = "") -> dict:
+    row = {"path": str(path)}
+    row.update({f"prob_{c}": "" if probs is None else f"{probs[j]:.6f}" for j, c in enumerate(run.classes)})
+    row["prediction"] = "" if decision is None else run.classes[decision]
+    row["error"] = error
+    return row
+
+
+def predict_to_csv(
+    run: Run, paths: list[Path], out: str | Path, batch_size: int = 32, workers: int = 4, progress: bool = True,
+    checkpoint_seconds: float = 30.0, on_batch: Callable[[np.ndarray], None] | None = None,
+) -> dict:
+    """Classify ``paths`` into ``out`` (resuming an earlier run of the same command); returns counts.
+
+    Returns ``{"total", "skipped" (already done), "predicted", "errors", "seconds"}``.
+    """
+    out = Path(out)
+    fields = csv_fields(run)
+    earlier = read_finished(out, fields)
+    rows = {k: r for k, r in earlier.items() if not r["error"]}
+    todo = [p for p in paths if str(p) not in rows]
+    order = [str(p) for p in paths] + [k for k in earlier if k not in {str(p) for p in paths}]
+
+    def save() -> None:
+        atomic_write_csv(out, [rows[k] for k in order if k in rows], fields)
+
+    t0 = last = time.perf_counter()
+    n_errors = 0
+    with tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress or None) as bar:
+        for where, probs, images, errors in run.iter_predict(todo, batch_size, workers):
+            decisions = run.decide(probs) if len(where) else []
+            for k, j in enumerate(where):
+                rows[str(todo[j])] = _row(run, todo[j], probs[k], int(decisions[k]))
+            for j, err in errors.items():
+                rows[str(todo[j])] = _row(run, todo[j], None, None, err)
+            n_errors += len(errors)
+            if on_batch is not None and len(images):
+                on_batch(images)
+            bar.update(len(where) + len(errors))
+            if time.perf_counter() - last >= checkpoint_seconds:
+                save()
+                last = time.perf_counter()
+    save()
+    return {"total": len(paths), "skipped": len(paths) - len(todo), "predicted": len(todo) - n_errors, "errors": n_errors,
+            "seconds": time.perf_counter() - t0}

@@ -1,0 +1,295 @@
+"""The HTTP service: ``create_app(run_dir)`` returns a FastAPI app serving one run.
+
+Routes: ``POST /v1/predict`` (multipart ``files``: PNG, JPEG, BMP, TIFF or DICOM, sniffed by content),
+``GET /v1/model`` (model card), ``GET /v1/sample.png`` (a synthetic radiograph to try), ``GET /healthz``,
+the web page at ``/`` and OpenAPI docs at ``/docs``.
+
+Safety: the request body is capped while it is read, files by size and by pixel count (checked from
+the header before decoding), content decides the format, every bad input gets a 4xx JSON error
+``{"error": {"code", "message", "file"}}``. The model loads once; decoding runs in the thread pool
+and the model behind a lock, so concurrent requests queue instead of fighting over the CPU cores.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import io
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cxrkit import __version__
+from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from cxrkit.run import Run
+from cxrkit.serve.model_card import decision_rule, model_card, model_identity
+
+log = logging.getLogger("cxrkit.serve")
+
+API_KEY_ENV = "CXRKIT_API_KEY"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Input limits of the service."""
+
+    max_file_bytes: int = 50 * 1024 * 1024  # a 16-bit 4k x 4k DICOM is ~32 MB
+    max_files: int = 16
+    max_pixels: int = 40_000_000  # twice a 4.3k x 4.3k detector
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest request body: every file at its limit plus room for the multipart framing."""
+        return self.max_files * self.max_file_bytes + 64 * 1024
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {...}}`` with a 4xx status."""
+
+    def __init__(self, status: int, code: str, message: str, file: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.file = status, code, message, file
+
+
+def _error(status: int, code: str, message: str, file: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "file": file}}, status_code=status)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a declared Content-Length over the limit, and an error as soon as a streamed body passes it."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await _error(413, "request_too_large", f"request body over the limit of {self.max_bytes:,} bytes")(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise ApiError(413, "request_too_large", f"request body over the limit of {self.max_bytes:,} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _sniff(data: bytes) -> str:
+    """The format by magic number (informational; the decoder sniffs again and decides)."""
+    if data[128:132] == b"DICM":
+        return "dicom"
+    for magic, name in ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpeg"), (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff")):
+        if data.startswith(magic):
+            return name
+    return "unknown"
+
+
+def _png_base64(gray: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(gray, mode="L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class Service:
+    """The loaded run and the lock that serialises model calls."""
+
+    def __init__(self, run: Run, limits: Limits) -> None:
+        self.run, self.limits = run, limits
+        self.lock = threading.Lock()
+        self.identity = model_identity(run)
+        self.rule = decision_rule(run)
+        self.card = model_card(run)
+        self.reference = run.shift_reference()
+
+    def decode(self, name: str, data: bytes) -> np.ndarray:
+        """One upload -> uint8 (S, S) at the run's size, or an :class:`ApiError` saying what is wrong with it."""
+        if not data:
+            raise ApiError(400, "empty_file", "the file is empty", name)
+        if len(data) > self.limits.max_file_bytes:
+            raise ApiError(413, "file_too_large", f"file is {len(data):,} bytes; the limit is {self.limits.max_file_bytes:,}", name)
+        try:
+            return self.run.preprocessing.load(data, max_pixels=self.limits.max_pixels)
+        except ImageTooLargeError as exc:
+            raise ApiError(413, "too_many_pixels", str(exc), name) from exc
+        except UnsupportedImageError as exc:
+            raise ApiError(415, "unsupported_image", str(exc), name) from exc
+        except ImageDecodeError as exc:
+            raise ApiError(422, "undecodable_image", str(exc), name) from exc
+        except (MemoryError, RecursionError) as exc:  # hostile files can exhaust a decoder; refuse them, do not crash
+            raise ApiError(422, "undecodable_image", f"cannot decode image: {type(exc).__name__}", name) from exc
+
+    def predict(self, uploads: list[tuple[str, bytes]], explain: bool, preview: bool) -> dict:
+        """Decode every upload (all must be valid), classify them in one batch, describe each result."""
+        images = np.stack([self.decode(name, data) for name, data in uploads])
+        heat = None
+        with self.lock:
+            probs = self.run.predict_arrays(images)
+            if explain:
+                from cxrkit.explain.cam import heatmaps
+
+                heat = heatmaps(self.run, images)
+        decisions = self.run.decide(probs)
+        outliers = [[] for _ in uploads]
+        if self.reference is not None:
+            from cxrkit.data.shift import image_outliers, image_stats
+
+            outliers = image_outliers(self.reference, image_stats(images))
+        results = []
+        for i, (name, data) in enumerate(uploads):
+            label = self.run.classes[int(decisions[i])]
+            result = {
+                "file": name, "bytes": len(data), "format": _sniff(data),
+                "probabilities": {c: round(float(probs[i, j]), 6) for j, c in enumerate(self.run.classes)},
+                "decision": {**{k: v for k, v in self.rule.items() if k != "words"}, "label": label,
+                             "words": self._words(probs[i], label), "rule_words": self.rule["words"]},
+                "calibrated": getattr(self.run, "calibration", None) is not None,
+                "ood_warning": bool(outliers[i]),
+                "ood_findings": [f["message"] for f in outliers[i]],
+            }
+            if preview:
+                result["image_png"] = _png_base64(images[i])
+            if heat is not None:
+                from cxrkit.explain.overlay import overlay_png
+
+                result["overlay_png"] = base64.b64encode(overlay_png(images[i], heat[i])).decode("ascii")
+            results.append(result)
+        return {"model": {**self.identity, "engine": self.run.engine}, "results": results}
+
+    def _words(self, p: np.ndarray, label: str) -> str:
+        if self.run.task == "binary":
+            pos, t = self.run.classes[1], self.rule["threshold"]
+            side = "at or above" if p[1] >= t else "below"
+            return f"{label}: the probability of {pos} ({p[1]:.2f}) is {side} the threshold {t:.2f}"
+        j = int(np.argmax(p))
+        return f"{label}: the most probable class ({p[j]:.2f})"
+
+
+def _static(name: str) -> bytes:
+    return resources.files("cxrkit.serve").joinpath("static", name).read_bytes()
+
+
+STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
+
+
+def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = None, limits: Limits | None = None,
+               cors_origins: list[str] | None = None) -> FastAPI:
+    """The FastAPI app serving the run in ``run_dir``; the model is loaded here, once.
+
+    ``api_key`` (default: the ``CXRKIT_API_KEY`` environment variable) is then required on ``/v1/predict``
+    and ``/v1/model`` as ``X-API-Key`` or ``Authorization: Bearer``. CORS stays off unless
+    ``cors_origins`` names the origins allowed to call the API from a browser.
+    """
+    limits = limits or Limits()
+    api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    service = Service(Run.load(run_dir, engine=engine), limits)
+    app = FastAPI(title="cxrkit", version=__version__,
+                  description=f"Chest X-ray classification with model {service.identity['id']} "
+                              f"({service.identity['architecture']}, version {service.identity['version']}). Not a medical device.")
+    app.state.service = service
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Authorization"])
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, exc.file)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return _error(422, "invalid_request", f"expected multipart/form-data with one or more 'files' ({where})")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(500, "internal_error", "unexpected server error; it has been logged")
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization") or ""
+        if not given and auth.lower().startswith("bearer "):
+            given = auth[7:]
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong API key (send it as X-API-Key)")
+
+    @app.get("/healthz", summary="liveness: the model is loaded")
+    async def healthz() -> dict:
+        return {"status": "ok", "model": service.identity["id"], "version": service.identity["version"], "engine": service.run.engine}
+
+    @app.get("/v1/model", summary="model card: training data, metrics with 95% CIs, intended use, limitations")
+    async def model(request: Request) -> dict:
+        check_key(request)
+        return {**service.card, "auth_required": api_key is not None}
+
+    @app.post("/v1/predict", summary="classify one or more uploaded radiographs (PNG, JPEG, BMP, TIFF or DICOM)")
+    async def predict(request: Request, files: list[UploadFile] = File(..., description="one or more image files"),
+                      explain: bool = Query(False, description="add a Grad-CAM overlay (PNG, base64) per image"),
+                      preview: bool = Query(False, description="add the image as the model sees it (PNG, base64)")) -> dict:
+        check_key(request)
+        if len(files) > limits.max_files:
+            raise ApiError(400, "too_many_files", f"{len(files)} files; at most {limits.max_files} per request")
+        uploads = []
+        for f in files:
+            name = f.filename or "upload"
+            data = await f.read(limits.max_file_bytes + 1)
+            uploads.append((name, data))
+        if explain:
+            try:
+                import cxrkit.explain.cam  # noqa: F401
+                import cxrkit.explain.overlay  # noqa: F401
+            except ImportError as exc:
+                raise ApiError(501, "explain_unavailable", f"heat maps are not available in this installation ({exc})") from exc
+        return await run_in_threadpool(service.predict, uploads, explain, preview)
+
+    @app.get("/v1/sample.png", summary="a synthetic chest radiograph (not a patient) to try the service with",
+             response_class=Response)
+    async def sample() -> Response:
+        from PIL import Image
+
+        from cxrkit.data.synthetic import synthetic_cxr
+
+        img = synthetic_cxr(np.random.default_rng(7), 256, pattern=1)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(_static("index.html"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        if name not in STATIC_TYPES:
+            raise ApiError(404, "not_found", f"no static file {name}")
+        return Response(_static(name), media_type=STATIC_TYPES[name])
+
+    return app

@@ -1,0 +1,78 @@
+"""The model card a service shows: what the model is, what it was trained and measured on, and its limits.
+
+Every number comes from the run's own files (meta.json, metrics.json); nothing is re-computed here.
+"""
+
+from __future__ import annotations
+
+import json
+
+from cxrkit.run import MODEL_FILE, Run
+
+HEADLINE = {"binary": ("roc_auc", "sensitivity", "specificity", "ppv", "npv"), "multiclass": ("macro_roc_auc", "accuracy", "balanced_accuracy")}
+
+
+def model_identity(run: Run) -> dict:
+    """Model id (the run's folder name) and version (the first 12 hex digits of the weights' SHA-256)."""
+    from cxrkit.models.onnx_runtime import file_sha256
+
+    return {"id": run.path.name, "version": file_sha256(run.path / MODEL_FILE)[:12], "architecture": run.meta["model"],
+            "created": run.meta.get("created"), "cxrkit_version": run.meta.get("cxrkit_version")}
+
+
+def decision_rule(run: Run) -> dict:
+    """How :meth:`Run.decide` turns probabilities into a decision, in data and in words."""
+    if run.task == "binary":
+        t = run.meta["threshold"]
+        return {"threshold": t["value"], "rule": t["rule"], "chosen_on": t.get("chosen_on", "val"), "positive_class": run.classes[1],
+                "words": f"called {run.classes[1]} when P({run.classes[1]}) >= {t['value']:.3f} "
+                         f"(threshold chosen on the {t.get('chosen_on', 'val')} split by rule {t['rule']})"}
+    return {"threshold": None, "rule": "most probable class", "chosen_on": None, "positive_class": None,
+            "words": "the most probable class is the decision"}
+
+
+def _metric_summary(m: dict) -> dict:
+    keys = HEADLINE.get(m.get("task"), ())
+    out = {"n": m.get("n"), "data": m.get("data")}
+    for k in keys:
+        entry = m.get("metrics", {}).get(k)
+        if entry is not None:
+            out[k] = {"value": entry.get("value"), "ci95": entry.get("ci"), "method": entry.get("method")}
+    if m.get("shift"):
+        out["shift_check"] = m["shift"].get("message")
+    return out
+
+
+def model_card(run: Run) -> dict:
+    """A JSON model card: identity, intended use, training data, decision rule, metrics with 95% CIs, limitations."""
+    metrics_file = run.path / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    data = run.meta.get("data", {})
+    counts = data.get("counts", {})
+    train_n = sum(counts.get("train", {}).values()) if counts else None
+    limitations = [
+        "Research software, not a certified medical device: every decision needs review by a qualified reader.",
+        f"Trained on {train_n} images of one dataset ({data.get('root', 'unknown').rstrip('/').split('/')[-1]}); images from "
+        "other hospitals, devices, projections (lateral, AP supine) or age groups may be classified worse than the metrics below.",
+        "Probabilities are " + ("calibrated on validation data." if getattr(run, "calibration", None) is not None
+                                else "the model's own, not calibrated: read them as scores, not as risks."),
+        "Each response carries an out-of-distribution warning when an image's intensity statistics fall outside the training range; "
+        "such predictions are less reliable.",
+    ]
+    if "test" not in metrics:
+        limitations.append("No test-split evaluation is stored: the figures are validation figures, which chose the checkpoint "
+                           "and threshold and are therefore optimistic.")
+    if not any(k.startswith("external:") for k in metrics):
+        limitations.append("No external validation (a dataset from another site) is stored for this model.")
+    return {
+        "model": {**model_identity(run), "task": run.task, "classes": run.classes, "engine": run.engine,
+                  "input": {"image_size": run.preprocessing.image_size, "aspect": run.preprocessing.aspect,
+                            "intensity": run.preprocessing.intensity, "crop_border": run.preprocessing.crop_border}},
+        "intended_use": (f"Triage support: flag frontal chest radiographs for {' / '.join(run.classes[1:])} for priority review by a "
+                         "clinician. Not for use without human review, and not for ruling disease out."),
+        "training_data": {"dataset": data.get("root", "").rstrip("/").split("/")[-1] or None, "layout": data.get("layout"),
+                          "counts": counts, "skipped_files": data.get("skipped")},
+        "decision": {**decision_rule(run), "calibrated": getattr(run, "calibration", None) is not None},
+        "metrics": {split: _metric_summary(m) for split, m in metrics.items()},
+        "limitations": limitations,
+    }

@@ -1,0 +1,116 @@
+"""DICOM reading: rescale, windowing, MONOCHROME1, 16-bit, and clear errors for DICOM files that are not radiographs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+
+from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError, is_image_file, load_grayscale, read_grayscale
+
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR: a DICOM file with no image
+
+
+def write_dicom(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2", bits: int = 16,
+                sop_class: str = CR_STORAGE, syntax=ExplicitVRLittleEndian, **tags) -> Path:
+    """A minimal Part 10 file: preamble, DICM, file meta, and (optionally) unsigned pixel data."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR" if pixels is not None else "SR"
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits if bits == 8 else 12, (bits if bits == 8 else 12) - 1, 0
+        raw = pixels.astype(np.uint8 if bits == 8 else np.uint16).tobytes()
+        ds.PixelData = encapsulate([raw]) if syntax.is_compressed else raw
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def ramp(n: int = 32, top: int = 4095) -> np.ndarray:
+    return np.tile(np.linspace(0, top, n).round().astype(np.uint16), (n, 1))
+
+
+def test_twelve_bit_dicom_is_stretched_and_sniffed_by_content(tmp_path):
+    p = write_dicom(tmp_path / "scan.dcm", ramp())
+    out = load_grayscale(p, 32)
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    assert np.all(np.diff(out[0].astype(int)) > 0)
+    # Content, not the name, decides: the same bytes under another extension, and as bytes.
+    renamed = tmp_path / "scan.png"
+    renamed.write_bytes(p.read_bytes())
+    np.testing.assert_array_equal(load_grayscale(renamed, 32), out)
+    np.testing.assert_array_equal(load_grayscale(p.read_bytes(), 32), out)
+    assert is_image_file(p)
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    m2 = read_grayscale(write_dicom(tmp_path / "m2.dcm", ramp()))
+    m1 = read_grayscale(write_dicom(tmp_path / "m1.dcm", ramp(), photometric="MONOCHROME1"))
+    np.testing.assert_array_equal(m1, 255 - m2)
+    assert m1[0, 0] == 255 and m1[0, -1] == 0  # stored 0 is white in MONOCHROME1
+
+
+def test_window_centre_width_saturates_outside_the_window(tmp_path):
+    p = write_dicom(tmp_path / "w.dcm", ramp(64), WindowCenter=2000, WindowWidth=1000)
+    out = read_grayscale(p)
+    values = ramp(64)[0]
+    assert np.all(out[0, values < 1450] == 0) and np.all(out[0, values > 2550] == 255)
+    inside = (values > 1550) & (values < 2450)
+    assert inside.sum() > 5 and np.all((out[0, inside] > 0) & (out[0, inside] < 255))
+    assert np.all(np.diff(out[0, inside].astype(int)) > 0)
+
+
+def test_rescale_slope_and_intercept_keep_the_window_in_output_units(tmp_path):
+    # Stored 0..4095 with slope 2, intercept -1000 -> -1000..7190; the window 2000-3000 is in those units.
+    p = write_dicom(tmp_path / "r.dcm", ramp(64), RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=2500, WindowWidth=1000)
+    out = read_grayscale(p)
+    real = ramp(64)[0] * 2.0 - 1000
+    assert np.all(out[0, real < 1950] == 0) and np.all(out[0, real > 3050] == 255)
+
+
+def test_eight_bit_dicom_keeps_its_values(tmp_path):
+    pixels = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))
+    out = read_grayscale(write_dicom(tmp_path / "b.dcm", pixels, bits=8))
+    np.testing.assert_array_equal(out, np.round(pixels * (255 / 248)).astype(np.uint8))  # 0..248 stretched to 0..255
+
+
+def test_non_image_dicom_is_a_clear_error(tmp_path):
+    p = write_dicom(tmp_path / "report.dcm", None, sop_class=SR_STORAGE)
+    with pytest.raises(UnsupportedImageError, match="no pixel data"):
+        load_grayscale(p, 32)
+
+
+def test_compressed_pixel_data_without_a_decoder_is_a_decode_error(tmp_path):
+    p = write_dicom(tmp_path / "j2k.dcm", ramp(), syntax=JPEG2000Lossless)
+    # The tag says JPEG 2000 but the bytes are raw: whichever decoder is installed must fail cleanly.
+    with pytest.raises(ImageDecodeError, match="DICOM pixel data"):
+        load_grayscale(p, 32)
+
+
+def test_pixel_limit_is_checked_from_the_header(tmp_path):
+    p = write_dicom(tmp_path / "big.dcm", ramp(64))
+    with pytest.raises(ImageTooLargeError, match="too large"):
+        read_grayscale(p, max_pixels=64 * 64 - 1)
+
+
+def test_truncated_and_non_image_files(tmp_path):
+    p = write_dicom(tmp_path / "t.dcm", ramp())
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(p.read_bytes()[:300])
+    with pytest.raises(ImageDecodeError):
+        load_grayscale(cut, 32)
+    with pytest.raises(UnsupportedImageError, match="not a supported image"):
+        load_grayscale(b"%!PS-Adobe-3.0 EPSF-3.0\n" + b"x" * 200, 32)
+    with pytest.raises(ImageDecodeError, match="empty"):
+        load_grayscale(b"", 32)

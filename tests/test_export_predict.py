@@ -1,0 +1,129 @@
+"""ONNX export (parity, metadata, engines) and resumable, atomic batch prediction to CSV."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from cxrkit.cli import main
+from cxrkit.run import Run, RunError
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def test_export_matches_pytorch_and_carries_metadata(tiny_run, capsys):
+    assert main(["export", str(tiny_run), "--format", "onnx"]) == 0
+    assert "matches PyTorch" in capsys.readouterr().out
+    from cxrkit.models.onnx_runtime import read_metadata
+
+    meta = read_metadata(tiny_run / "model.onnx")
+    run_meta = json.loads((tiny_run / "meta.json").read_text())
+    assert meta["classes"] == ["healthy", "tb"] and meta["image_size"] == 32
+    assert meta["mean"] == run_meta["preprocessing"]["mean"] and meta["std"] == run_meta["preprocessing"]["std"]
+    assert meta["threshold"] == run_meta["threshold"]["value"] and meta["threshold_rule"] == "youden"
+    assert meta["intensity"] == "none" and "calibration" in meta
+
+    torch_run, ort_run = Run.load(tiny_run, engine="torch"), Run.load(tiny_run)
+    assert torch_run.onnx is None and ort_run.onnx is not None and "onnxruntime" in ort_run.engine
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (37, 32, 32), dtype=np.uint8)  # odd batch: the batch axis must be dynamic
+    diff = np.abs(torch_run.predict_arrays(images, batch_size=16) - ort_run.predict_arrays(images, batch_size=16))
+    assert diff.max() <= 1e-4
+    np.testing.assert_array_equal(torch_run.decide(torch_run.predict_arrays(images)), ort_run.decide(ort_run.predict_arrays(images)))
+
+
+def test_parity_failure_is_loud_and_writes_nothing(tiny_run, tmp_path):
+    from cxrkit.export.onnx import ExportError, export_onnx
+
+    target = tmp_path / "m.onnx"
+    with pytest.raises(ExportError, match="does not match PyTorch"):
+        export_onnx(tiny_run, target, tolerance=-1.0)  # no difference can be <= -1
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_stale_onnx_is_ignored_by_auto_and_refused_when_forced(tiny_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    assert main(["export", str(copy)]) == 0
+    weights = copy / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(weights))
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, str(weights))  # "retrained"
+    assert Run.load(copy).onnx is None
+    with pytest.raises(RunError, match="other weights"):
+        Run.load(copy, engine="onnx")
+    with pytest.raises(RunError, match="does not exist"):
+        Run.load(copy, engine="onnx-int8")
+
+
+def test_int8_export_reports_its_auc_cost(tiny_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    assert main(["export", str(copy), "--quantize", "int8"]) == 0
+    from cxrkit.models.onnx_runtime import read_metadata
+
+    q = read_metadata(copy / "model.int8.onnx")["quantization"]
+    assert q["split"] == "val" and q["n"] > 0 and abs(q["auc_change"] - (q["auc_int8"] - q["auc_fp32"])) < 1e-12
+    assert "validation ROC-AUC" in capsys.readouterr().out
+    assert Run.load(copy, engine="onnx-int8").onnx.path.name == "model.int8.onnx"
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_csv_resumes_to_the_same_result(tiny_run, binary_data, tmp_path, capsys):
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for p in sorted((binary_data / "test").rglob("*.png"))[:24]:
+        (folder / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    full = tmp_path / "full.csv"
+    assert main(["predict", str(tiny_run), str(folder), "--out", str(full), "--engine", "torch", "--batch-size", "8"]) == 0
+    rows = _read(full)
+    assert len(rows) == 25 and [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+    bad = [r for r in rows if r["error"]]
+    assert len(bad) == 1 and bad[0]["path"].endswith("broken.png") and bad[0]["prob_tb"] == "" and bad[0]["prediction"] == ""
+    good = [r for r in rows if not r["error"]]
+    assert all(abs(float(r["prob_healthy"]) + float(r["prob_tb"]) - 1) < 1e-5 and r["prediction"] in ("healthy", "tb") for r in good)
+
+    # An interrupted job: a checkpoint holding the first 9 rows (a failed row is retried on resume).
+    partial = tmp_path / "partial.csv"
+    with open(partial, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows[:9])
+    capsys.readouterr()
+    assert main(["predict", str(tiny_run), str(folder), "--out", str(partial), "--engine", "torch", "--batch-size", "8"]) == 0
+    assert "8 already in" in capsys.readouterr().out  # broken.png sorts first: its row is retried, not skipped
+    resumed = _read(partial)
+    assert [r["path"] for r in resumed] == [r["path"] for r in rows]
+    for a, b in zip(resumed, rows):
+        assert a["prediction"] == b["prediction"] and a["error"] == b["error"]
+        if not a["error"]:
+            assert abs(float(a["prob_tb"]) - float(b["prob_tb"])) <= 1e-5
+    assert not list(tmp_path.glob("*.tmp-*")), "atomic writes leave no temporary files"
+
+
+def test_predict_refuses_an_output_of_another_model(tiny_run, binary_data, tmp_path):
+    out = tmp_path / "other.csv"
+    out.write_text("path,prob_a,prob_b,prediction,error\n")
+    assert main(["predict", str(tiny_run), str(binary_data / "test" / "tb"), "--out", str(out)]) == 2
+    assert out.read_text() == "path,prob_a,prob_b,prediction,error\n"
+
+
+def test_parallel_decoding_gives_the_same_probabilities(tiny_run, binary_data):
+    run = Run.load(tiny_run, engine="torch")
+    paths = sorted((binary_data / "test").rglob("*.png"))[:20]
+    serial, e0 = run.predict_files(paths, batch_size=6, workers=0)
+    threaded, e1 = run.predict_files(paths, batch_size=6, workers=3)
+    assert not e0 and not e1
+    np.testing.assert_array_equal(serial, threaded)
