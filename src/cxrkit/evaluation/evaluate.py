@@ -29,6 +29,7 @@ def load_run_dataset(
         cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.group_pattern, cfg.cache_dir,
         class_names=run.classes, progress=progress, class_map=class_map,
         intensity=run.preprocessing.intensity, crop_border=run.preprocessing.crop_border,
+        **(cfg.dataset_options() if data is None or str(data) == str(cfg.data) else {"task": cfg.task}),
     )
     return ds, cfg
 

@@ -152,6 +152,7 @@ def train(
     ds = load_dataset(
         cfg.data, cfg.image_size, cfg.aspect, cfg.positive, cfg.val_fraction, cfg.test_fraction,
         cfg.seed, cfg.group_pattern, cfg.cache_dir, progress=progress, intensity=cfg.intensity, crop_border=cfg.crop_border,
+        **cfg.dataset_options(),
     )
     train_idx, val_idx = ds.index("train"), ds.index("val")
     if len(val_idx) == 0 or len(train_idx) == 0:
