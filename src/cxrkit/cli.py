@@ -119,10 +119,10 @@ def _summary(run_dir: Path, split: str) -> None:
 
     m = json.loads((run_dir / "metrics.json").read_text())[split]
     from cxrkit.evaluation.evaluate import split_words
-    from cxrkit.report.narrative import binary_sentences, multiclass_sentences
+    from cxrkit.report.html import SENTENCES
 
     words = split_words(split)
-    text = binary_sentences(m, words) if m["task"] == "binary" else multiclass_sentences(m, words)
+    text = SENTENCES[m["task"]](m, words)
     print(f"\n{words} split ({m['n']} images):")
     for s in text:
         print("  " + s.replace("<b>", "").replace("</b>", ""))
@@ -195,14 +195,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
     import numpy as np
 
     ok = ~np.isnan(probs).any(axis=1)
-    decisions = np.full(len(paths), -1)
-    if ok.any():
-        decisions[ok] = run.decide(probs[ok])
+    decisions = [""] * len(paths)
+    for i, d in zip(np.flatnonzero(ok), run.decision_labels(probs[ok]) if ok.any() else []):
+        decisions[i] = d
     rows = []
     for i, p in enumerate(paths):
         row = {"path": str(p)}
         row.update({f"prob_{c}": ("" if not ok[i] else f"{probs[i, j]:.6f}") for j, c in enumerate(run.classes)})
-        row["prediction"] = run.classes[decisions[i]] if ok[i] else ""
+        row["prediction"] = decisions[i]
         row["error"] = errors.get(i, "")
         rows.append(row)
     if len(paths) == 1 and not a.out:
@@ -210,7 +210,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
         if r["error"]:
             print(f"{paths[0]}: could not be read: {r['error']}", file=sys.stderr)
             return 1
-        if run.task == "binary":
+        if run.task == "multilabel":
+            found = [f"{c} {probs[0, j]:.3f} (>= {t:.3f})" for j, (c, t) in enumerate(zip(run.classes, run.thresholds)) if probs[0, j] >= t]
+            print(f"{paths[0]}: {', '.join(found) if found else 'no finding above its threshold'}  (thresholds chosen per finding on validation)")
+        elif run.task == "binary":
             pos = run.classes[1]
             print(f"{paths[0]}: {r['prediction']}  (P({pos}) = {probs[0, 1]:.3f}; called {pos} when >= {run.threshold:.3f}, "
                   f"rule {run.meta['threshold']['rule']} chosen on validation)")

@@ -63,6 +63,9 @@ def iterative_stratification(y: np.ndarray, groups: np.ndarray, fractions: Seque
         for g in todo[np.lexsort((rng.random(len(todo)), -weight))]:
             # lexsort's last key is primary: most of this label wanted, then most images wanted, then random.
             keys = [rng.random(len(frac)), -want_size] + ([-want_label[:, label]] if label is not None else [])
+            # A fold this group would overflow, or make up more than a quarter of, is chosen only when no other
+            # fold can take it: one patient with dozens of images would otherwise dominate a small test split.
+            keys.append((want_size < size[g]) | (size[g] > 0.25 * frac * len(y)))
             f = int(np.lexsort(keys)[0])
             fold[g] = f
             want_label[f] -= gy[g]
@@ -109,7 +112,9 @@ def _multilabel_splits(
     g = groups[pool] if groups is not None else pool.astype(str)
     if len(np.unique(g)) < len(names):
         raise ValueError(f"only {len(np.unique(g))} patients; too few for a patient-level split into {', '.join(names)}")
-    fold = iterative_stratification(y[pool], g, fractions, seed)
+    yp = y[pool]
+    # "No finding" joins the labels being stratified, so images without findings are spread in proportion too.
+    fold = iterative_stratification(np.hstack([yp, yp.sum(axis=1, keepdims=True) == 0]), g, fractions, seed)
     splits[pool] = np.array(names, dtype=object)[fold]
     return splits
 
