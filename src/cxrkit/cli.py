@@ -38,6 +38,16 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--group-pattern", default=None, metavar="REGEX",
                    help=r"regex extracting a patient ID from file names, for patient-level splits, e.g. '(person\d+|IM-\d+)'")
     g.add_argument("--cache-dir", default=None, help="preprocessing cache folder (default $CXRKIT_CACHE or ~/.cache/cxrkit)")
+    g.add_argument("--labels", default=None, metavar="FILE.csv",
+                   help="label table for the images under DATA: NIH Data_Entry_2017.csv, or a CSV with a path column and a "
+                        "'|'-separated findings column, a label column or 0/1 columns, optional patient_id and split columns")
+    g.add_argument("--label-column", default=None, help="the table's label column, when it cannot be told (e.g. folder_class)")
+    g.add_argument("--task", choices=["auto", "binary", "multiclass", "multilabel"], default=d["task"],
+                   help="auto (default): multilabel for tables with several findings per image and multi-label MedMNIST files, "
+                        "binary for 2 classes, multiclass otherwise")
+    g.add_argument("--resplit", action="store_true",
+                   help="ignore the splits the data gives (folders, a split column, NIH split lists, MedMNIST splits) and "
+                        "make seeded patient-level ones with --val-fraction/--test-fraction")
     g = p.add_argument_group("model and training")
     if single_model:
         g.add_argument("--model", default=d["model"], help="model name, see `cxrkit models` (default %(default)s)")
@@ -63,7 +73,10 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--lr", type=float, default=d["lr"], help="AdamW learning rate (default %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
     g.add_argument("--schedule", choices=["cosine", "plateau", "constant"], default=d["schedule"])
-    g.add_argument("--no-class-weights", action="store_true", help="do not weight the loss by class frequency")
+    g.add_argument("--no-class-weights", action="store_true",
+                   help="do not weight the loss by class frequency (multi-label: plain BCE instead of per-label pos_weight)")
+    g.add_argument("--oversample", action="store_true",
+                   help="multi-label: repeat images with rare findings in each epoch (repeat-factor sampling, threshold 10%%)")
     g.add_argument("--threshold-rule", default=d["threshold_rule"],
                    help="how the decision threshold is chosen on validation data: youden, sensitivity:0.90, specificity:0.95 or a number")
     g.add_argument("--precision", choices=["auto", "32", "bf16"], default=d["precision"],
@@ -91,7 +104,8 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         a.rotate, a.scale, a.translate, a.brightness, a.contrast, a.hflip, a.gamma, a.blur, a.noise
     )
     return TrainConfig(
-        data=data, out=out, model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size, aspect=a.aspect,
+        data=data, out=out, labels=a.labels, label_column=a.label_column, task=a.task, resplit=a.resplit, oversample=a.oversample,
+        model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size, aspect=a.aspect,
         intensity=a.intensity, crop_border=a.crop_border, positive=a.positive,
         val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, seed=a.seed,
         epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
@@ -106,10 +120,10 @@ def _summary(run_dir: Path, split: str) -> None:
 
     m = json.loads((run_dir / "metrics.json").read_text())[split]
     from cxrkit.evaluation.evaluate import split_words
-    from cxrkit.report.narrative import binary_sentences, multiclass_sentences
+    from cxrkit.report.html import SENTENCES
 
     words = split_words(split)
-    text = binary_sentences(m, words) if m["task"] == "binary" else multiclass_sentences(m, words)
+    text = SENTENCES[m["task"]](m, words)
     print(f"\n{words} split ({m['n']} images):")
     for s in text:
         print("  " + s.replace("<b>", "").replace("</b>", ""))
@@ -189,19 +203,22 @@ def cmd_predict(a: argparse.Namespace) -> int:
         return 0
     import numpy as np
 
-    from cxrkit.prediction.predict_csv import _row, csv_fields
+    from cxrkit.prediction.predict_csv import csv_fields, result_row
 
     ok = ~np.isnan(probs).any(axis=1)
-    decisions = np.full(len(paths), -1)
-    if ok.any():
-        decisions[ok] = run.decide(probs[ok])
-    rows = [_row(run, p, probs[i] if ok[i] else None, int(decisions[i]) if ok[i] else None, errors.get(i, "")) for i, p in enumerate(paths)]
+    decisions = [""] * len(paths)
+    for i, d in zip(np.flatnonzero(ok), run.decision_labels(probs[ok]) if ok.any() else []):
+        decisions[i] = d
+    rows = [result_row(run, p, probs[i] if ok[i] else None, decisions[i] if ok[i] else None, errors.get(i, "")) for i, p in enumerate(paths)]
     if len(paths) == 1:
         r = rows[0]
         if r["error"]:
             print(f"{paths[0]}: could not be read: {r['error']}", file=sys.stderr)
             return 1
-        if run.task == "binary":
+        if run.task == "multilabel":
+            found = [f"{c} {probs[0, j]:.3f} (>= {t:.3f})" for j, (c, t) in enumerate(zip(run.classes, run.thresholds)) if probs[0, j] >= t]
+            print(f"{paths[0]}: {', '.join(found) if found else 'no finding above its threshold'}  (thresholds chosen per finding on validation)")
+        elif run.task == "binary":
             pos = run.classes[1]
             print(f"{paths[0]}: {r['prediction']}  (P({pos}) = {probs[0, 1]:.3f}; called {pos} when >= {run.threshold:.3f}, "
                   f"rule {run.meta['threshold']['rule']} chosen on validation)")

@@ -17,6 +17,10 @@ class TrainConfig:
 
     data: str
     out: str = "runs/run"
+    labels: str | None = None
+    label_column: str | None = None
+    task: str = "auto"
+    resplit: bool = False
     model: str = "cnn"
     width: int | None = None
     dropout: float | None = None
@@ -37,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     class_weights: bool = True
+    oversample: bool = False
     threshold_rule: str = "youden"
     precision: str = "auto"
     channels_last: bool = True
@@ -62,6 +67,7 @@ class TrainConfig:
             (self.aspect in ("pad", "squash"), "aspect must be pad or squash"),
             (self.intensity in INTENSITY_MODES, f"intensity must be one of {', '.join(INTENSITY_MODES)}"),
             (self.workers >= 0, "workers must be >= 0"),
+            (self.task in ("auto", "binary", "multiclass", "multilabel"), "task must be auto, binary, multiclass or multilabel"),
             (self.freeze in ("none", "backbone"), "freeze must be none or backbone"),
             (self.head_epochs >= 0, "head_epochs must be >= 0"),
             (self.head_epochs < self.epochs or self.head_epochs == 0, "head_epochs must be fewer than epochs"),
@@ -86,6 +92,10 @@ class TrainConfig:
             return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32"
         except (AttributeError, RuntimeError):
             return "32"
+
+    def dataset_options(self) -> dict:
+        """Where labels and splits come from: the keyword arguments of :func:`cxrkit.data.dataset.load_dataset` beyond the image options."""
+        return {"labels": self.labels, "label_column": self.label_column, "task": self.task, "resplit": self.resplit}
 
     def model_options(self) -> dict:
         """The options passed to :func:`cxrkit.models.build_model` besides name and outputs."""

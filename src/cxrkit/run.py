@@ -61,8 +61,11 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """Turn model outputs into per-class probabilities, (B, K); a binary model gives [P(neg), P(pos)]."""
+    """Turn model outputs into per-class probabilities, (B, K); a binary model gives [P(neg), P(pos)], a
+    multi-label model one independent sigmoid probability per finding."""
     logits = logits.float()
+    if task == "multilabel":
+        return torch.sigmoid(logits)
     if task == "binary":
         p = torch.sigmoid(logits[:, 0])
         return torch.stack([1 - p, p], dim=1)
@@ -148,7 +151,7 @@ class Run:
 
     @property
     def task(self) -> str:
-        """``binary`` or ``multiclass``."""
+        """``binary``, ``multiclass`` or ``multilabel``."""
         return self.meta["task"]
 
     @property
@@ -156,6 +159,12 @@ class Run:
         """Decision threshold on P(positive) chosen on validation data (binary tasks only)."""
         t = self.meta.get("threshold")
         return None if t is None else float(t["value"])
+
+    @property
+    def thresholds(self) -> np.ndarray | None:
+        """Per-finding decision thresholds of a multi-label run, chosen on validation data (class order)."""
+        t = self.meta.get("thresholds")
+        return None if t is None else np.array([float(t[c]["value"]) for c in self.classes])
 
     @property
     def tta(self) -> bool:
@@ -185,10 +194,21 @@ class Run:
         return np.concatenate(out) if out else np.zeros((0, k))
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
-        """Predicted class indices: P(positive) >= threshold for binary, the most probable class otherwise."""
+        """Predicted class indices: P(positive) >= threshold for binary, the most probable class for
+        multi-class; for multi-label an (N, K) 0/1 matrix, finding k present when P_k >= its threshold."""
+        if self.task == "multilabel":
+            return (probs >= self.thresholds[None, :]).astype(int)
         if self.task == "binary":
             return (probs[:, 1] >= self.threshold).astype(int)
         return probs.argmax(axis=1)
+
+    def decision_labels(self, probs: np.ndarray) -> list[str]:
+        """The decision for each row as text: the class name, or the findings present joined by ``|``
+        ("" when none is) for a multi-label run."""
+        d = self.decide(probs)
+        if self.task == "multilabel":
+            return ["|".join(c for c, v in zip(self.classes, row) if v) for row in d]
+        return [self.classes[i] for i in d]
 
     def shift_reference(self) -> dict | None:
         """Statistics of the training images saved at training time (None for runs made before they existed)."""

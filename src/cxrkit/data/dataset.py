@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from cxrkit.data.cache import CachedImages, load_cached
+from cxrkit.data.cache import CachedImages, load_cached, load_cached_arrays
+from cxrkit.data.medmnist import ArraySource, open_medmnist
 from cxrkit.data.sources import NEGATIVE_NAMES, DatasetError, ImageFolderSource, canonical_name, choose_positive_class, open_image_folder
 from cxrkit.data.splits import assign_splits, patient_ids
+from cxrkit.data.tables import open_label_table
 
 
 @dataclass
@@ -19,7 +21,9 @@ class LabelledImages:
     """Images of one dataset with integer labels, split names and decode status.
 
     For a binary task ``class_names`` is ``[negative, positive]`` and label 1 means positive; for a
-    multi-class task class names are sorted and labels index them.
+    multi-class task class names are sorted and labels index them; for a multi-label task ``labels`` is
+    an (N, K) 0/1 matrix over ``class_names`` (the findings; none means "no finding"). ``patients`` holds
+    each image's patient ID where the source records one or ``--group-pattern`` extracts it.
     """
 
     source: ImageFolderSource
@@ -29,6 +33,8 @@ class LabelledImages:
     cache: CachedImages
     class_names: list[str]
     positive: str | None
+    multilabel: bool = False
+    patients: list[str] | None = None
 
     @property
     def images(self) -> np.ndarray:
@@ -37,8 +43,23 @@ class LabelledImages:
 
     @property
     def task(self) -> str:
-        """``binary`` or ``multiclass``."""
+        """``binary``, ``multiclass`` or ``multilabel``."""
+        if self.multilabel:
+            return "multilabel"
         return "binary" if self.positive is not None else "multiclass"
+
+    def label_text(self, i: int) -> str:
+        """Image ``i``'s label as text: its class, or its findings joined by ``|`` ("" for none)."""
+        if self.multilabel:
+            return "|".join(c for c, v in zip(self.class_names, self.labels[i]) if v)
+        return self.class_names[self.labels[i]]
+
+    def label_groups(self, idx: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """One class index per image and the class names, for per-class statistics: for multi-label
+        data, "no finding" (0) versus "any finding" (1)."""
+        if self.multilabel:
+            return self.labels[idx].any(axis=1).astype(np.int64), ["no finding", "any finding"]
+        return self.labels[idx], self.class_names
 
     def index(self, split: str) -> np.ndarray:
         """Indices of decodable images in ``split`` (``"all"``: every decodable image)."""
@@ -55,14 +76,20 @@ class LabelledImages:
         out: dict[str, dict[str, int]] = {}
         for split in ("train", "val", "test"):
             idx = self.index(split)
-            if len(idx):
+            if len(idx) and self.multilabel:
+                out[split] = {c: int(n) for c, n in zip(self.class_names, self.labels[idx].sum(axis=0))}
+            elif len(idx):
                 out[split] = {c: int((self.labels[idx] == i).sum()) for i, c in enumerate(self.class_names)}
         return out
 
+    def image_counts(self) -> dict[str, int]:
+        """Number of usable images per split (for multi-label data ``counts`` holds positives per finding)."""
+        return {split: len(self.index(split)) for split in ("train", "val", "test") if len(self.index(split))}
+
     @cached_property
     def file_sizes(self) -> list[int]:
-        """Byte size of each file, read from disk once."""
-        return [(self.source.root / rel).stat().st_size for rel in self.relpaths]
+        """Content stamp of each image (a file's byte size), read once."""
+        return [self.source.content_stamp(rel) for rel in self.relpaths]
 
     def fingerprint(self, split: str | None = None) -> str:
         """Short hash of (relative path, label, split, byte size) of the images, or of one split's."""
@@ -107,6 +134,37 @@ def match_classes(dataset_classes: list[str], model_classes: list[str], class_ma
     return mapping
 
 
+TASKS = ("auto", "binary", "multiclass", "multilabel")
+
+
+def open_source(data: str | Path, labels: str | Path | None = None, label_column: str | None = None, task: str = "auto",
+                cache_dir: Path | None = None) -> ImageFolderSource:
+    """The images and labels of DATA: a label table (``labels``, or DATA itself when it is a ``.csv``),
+    a MedMNIST ``.npz`` file, or a folder/zip whose folder names are the classes."""
+    data = Path(data).expanduser()
+    if labels is not None:
+        return open_label_table(labels, data, label_column, task)
+    if data.suffix.lower() == ".csv" and data.is_file():
+        return open_label_table(data, data.parent, label_column, task)
+    if data.suffix.lower() == ".npz":
+        return open_medmnist(data)
+    if label_column is not None:
+        raise DatasetError("--label-column applies to label tables; give the table with --labels FILE.csv")
+    return open_image_folder(data, cache_dir)
+
+
+def _multilabel_matrix(source: ImageFolderSource, names: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(names)}
+    unknown = sorted({f for s in source.samples for f in (s.findings or ()) if f not in index})
+    if unknown:
+        raise DatasetError(f"findings {unknown} in this dataset are not labels of the model ({names})")
+    y = np.zeros((len(source.samples), len(names)), dtype=np.uint8)
+    for i, s in enumerate(source.samples):
+        for f in s.findings or ():
+            y[i, index[f]] = 1
+    return y
+
+
 def load_dataset(
     data: str | Path,
     image_size: int,
@@ -122,38 +180,70 @@ def load_dataset(
     class_map: dict[str, str] | None = None,
     intensity: str = "none",
     crop_border: bool = False,
+    labels: str | Path | None = None,
+    label_column: str | None = None,
+    task: str = "auto",
+    resplit: bool = False,
+    cache_workers: int | None = None,
 ) -> LabelledImages:
     """Find, label, split and decode (through the cache) every image of a dataset.
 
     ``class_names`` forces the class order of an existing run (evaluation); the dataset's classes are
-    then matched to them by :func:`match_classes` (``class_map`` for names that differ).
+    then matched to them by :func:`match_classes` (``class_map`` for names that differ). ``labels`` is a
+    CSV label table (see :mod:`cxrkit.data.tables`); ``task`` forces binary, multiclass or multilabel;
+    ``resplit`` ignores the splits the source gives and makes patient-level ones.
     """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}")
     cache = Path(cache_dir) if cache_dir else None
-    source = open_image_folder(data, cache)
-    mapping = {c: c for c in source.classes}
-    if class_names is not None:
-        mapping = match_classes(source.classes, list(class_names), class_map)
-        names = list(class_names)
-        pos = names[1] if len(names) == 2 else None
-    elif len(source.classes) == 2:
-        pos = choose_positive_class(source.classes, positive)
-        names = [c for c in source.classes if c != pos] + [pos]
-    else:
-        if positive is not None:
-            raise DatasetError(f"--positive applies to binary tasks; this dataset has {len(source.classes)} classes")
-        pos, names = None, list(source.classes)
+    source = open_source(data, labels, label_column, task, cache)
+    if task == "multilabel" and not source.multilabel:
+        raise DatasetError("--task multilabel needs a label table (--labels FILE.csv) or a multi-label MedMNIST file; "
+                           "class folders give one class per image")
+    if source.multilabel and task in ("binary", "multiclass"):
+        raise DatasetError(f"{data} has several findings per image; use --task multilabel (or --label-column for a single-label column)")
+    if task == "binary" and len(source.classes) != 2 and not source.multilabel:
+        raise DatasetError(f"--task binary needs 2 classes; found {len(source.classes)}: {source.classes}")
     samples = source.samples
-    groups = patient_ids(samples, group_pattern) if group_pattern else None
-    splits = np.array(assign_splits(samples, source.classes, val_fraction, test_fraction, seed, groups))
-    index = {c: i for i, c in enumerate(names)}
-    labels = np.array([index[mapping[s.label]] for s in samples], dtype=np.int64)
-    cached = load_cached([s.path for s in samples], image_size, aspect, cache, progress=progress, intensity=intensity, crop_border=crop_border)
+    if resplit:
+        samples = [replace(s, split=None) for s in samples]
+    has_patients = group_pattern is not None or any(s.patient is not None for s in samples)
+    groups = patient_ids(samples, group_pattern) if has_patients else None
+    if source.multilabel:
+        if positive is not None:
+            raise DatasetError("--positive applies to binary tasks; this is a multi-label dataset")
+        names, pos = list(class_names) if class_names is not None else list(source.classes), None
+        y = _multilabel_matrix(source, names)
+        splits = np.array(assign_splits(samples, names, val_fraction, test_fraction, seed, groups, multilabel=y))
+    else:
+        mapping = {c: c for c in source.classes}
+        if class_names is not None:
+            mapping = match_classes(source.classes, list(class_names), class_map)
+            names = list(class_names)
+            pos = names[1] if len(names) == 2 else None
+        elif len(source.classes) == 2:
+            pos = choose_positive_class(source.classes, positive)
+            names = [c for c in source.classes if c != pos] + [pos]
+        else:
+            if positive is not None:
+                raise DatasetError(f"--positive applies to binary tasks; this dataset has {len(source.classes)} classes")
+            pos, names = None, list(source.classes)
+        splits = np.array(assign_splits(samples, source.classes, val_fraction, test_fraction, seed, groups))
+        index = {c: i for i, c in enumerate(names)}
+        y = np.array([index[mapping[s.label]] for s in samples], dtype=np.int64)
+    if isinstance(source, ArraySource):
+        cached = load_cached_arrays(source, image_size, aspect, cache, progress=progress, intensity=intensity, crop_border=crop_border)
+    else:
+        cached = load_cached([s.path for s in samples], image_size, aspect, cache, workers=cache_workers, progress=progress,
+                             intensity=intensity, crop_border=crop_border)
     return LabelledImages(
         source=source,
         relpaths=[source.relpath(s.path) for s in samples],
-        labels=labels,
+        labels=y,
         splits=splits,
         cache=cached,
         class_names=names,
         positive=pos,
+        multilabel=source.multilabel,
+        patients=groups,
     )

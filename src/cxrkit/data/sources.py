@@ -30,11 +30,15 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image: its path, its class name and the split its folder names (or None)."""
+    """One labelled image: its path, its class name, the split its folder (or table) names (or None),
+    its findings when the task is multi-label (``label`` then joins them with ``|``) and its patient ID
+    when the source records one."""
 
     path: Path
     label: str
     split: str | None = None
+    findings: tuple[str, ...] | None = None
+    patient: str | None = None
 
 
 @dataclass
@@ -53,9 +57,18 @@ class ImageFolderSource:
         present = {s.split for s in self.samples if s.split}
         return [s for s in ("train", "val", "test") if s in present]
 
+    @property
+    def multilabel(self) -> bool:
+        """Whether samples carry several findings each (tables and MedMNIST arrays can; folders cannot)."""
+        return any(s.findings is not None for s in self.samples)
+
     def relpath(self, path: Path) -> str:
         """Path of an image relative to the dataset root, with forward slashes."""
         return Path(path).relative_to(self.root).as_posix()
+
+    def content_stamp(self, rel: str) -> int:
+        """A number that changes when an image's file changes: its byte size."""
+        return (self.root / rel).stat().st_size
 
 
 def cache_root() -> Path:

@@ -1,4 +1,5 @@
-"""Assign every image to train, val or test: stratified by class, seeded, and by patient when IDs exist."""
+"""Assign every image to train, val or test: stratified by class (iteratively, per label, for multi-label
+data), seeded, and by patient when IDs exist."""
 
 from __future__ import annotations
 
@@ -11,17 +12,65 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from cxrkit.data.sources import Sample
 
 
-def patient_ids(samples: Sequence[Sample], pattern: str) -> list[str]:
-    """Extract a patient ID from each file name with a regular expression (first group, or whole match).
+def patient_ids(samples: Sequence[Sample], pattern: str | None) -> list[str]:
+    """Each image's patient ID: the one its source records (a table's ``Patient ID``), else the first group
+    (or whole match) of ``pattern`` in its file name.
 
-    Files whose name does not match keep their own name as ID, so they are never grouped by accident.
+    Images with neither keep their own path as ID, so they are never grouped by accident.
     """
-    rx = re.compile(pattern)
+    rx = re.compile(pattern) if pattern else None
     ids = []
     for s in samples:
-        m = rx.search(s.path.name)
+        if s.patient is not None:
+            ids.append(s.patient)
+            continue
+        m = rx.search(s.path.name) if rx else None
         ids.append((m.group(1) if m and m.groups() else m.group(0)) if m else f"__file__:{s.path}")
     return ids
+
+
+def iterative_stratification(y: np.ndarray, groups: np.ndarray, fractions: Sequence[float], seed: int = 0) -> np.ndarray:
+    """Fold index (0..len(fractions)-1) of each row, keeping every group (patient) in one fold and each
+    label's positives spread over the folds in proportion to ``fractions``.
+
+    Iterative stratification (Sechidis, Tsoumakas & Vlahavas, ECML PKDD 2011, algorithm 1) applied to
+    groups: a group carries the per-label count of its images' positives and its image count. The label
+    with the fewest positives left is handled first; each group holding it goes to the fold that still
+    wants most of that label (ties: most images wanted, then at random). Groups are placed largest first
+    (first-fit decreasing, a change from the paper's random order that matters when one patient has
+    dozens of images). Groups without any positive are spread by size at the end.
+    """
+    y = np.asarray(y, dtype=np.float64).reshape(len(groups), -1)
+    rng = np.random.default_rng(seed)
+    uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
+    gy = np.zeros((len(uniq), y.shape[1]))
+    np.add.at(gy, inv, y)
+    size = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
+    frac = np.asarray(fractions, dtype=np.float64)
+    want_label = frac[:, None] * gy.sum(0)[None, :]
+    want_size = frac * len(y)
+    fold = np.full(len(uniq), -1)
+    while (fold < 0).any():
+        left = gy[fold < 0].sum(0)
+        if (left > 0).any():
+            rarest = np.flatnonzero(left == left[left > 0].min())
+            label = int(rng.choice(rarest))
+            todo = np.flatnonzero((fold < 0) & (gy[:, label] > 0))
+        else:
+            label, todo = None, np.flatnonzero(fold < 0)
+        # Largest groups first (random among equals): later, smaller ones then even out what they left.
+        weight = gy[todo, label] if label is not None else size[todo]
+        for g in todo[np.lexsort((rng.random(len(todo)), -weight))]:
+            # lexsort's last key is primary: most of this label wanted, then most images wanted, then random.
+            keys = [rng.random(len(frac)), -want_size] + ([-want_label[:, label]] if label is not None else [])
+            # A fold this group would overflow, or make up more than a quarter of, is chosen only when no other
+            # fold can take it: one patient with dozens of images would otherwise dominate a small test split.
+            keys.append((want_size < size[g]) | (size[g] > 0.25 * frac * len(y)))
+            f = int(np.lexsort(keys)[0])
+            fold[g] = f
+            want_label[f] -= gy[g]
+            want_size[f] -= size[g]
+    return fold[inv]
 
 
 def _cut(
@@ -46,6 +95,30 @@ def _cut(
     return np.sort(idx[rest]), np.sort(idx[held])
 
 
+def _multilabel_splits(
+    splits: np.ndarray, y: np.ndarray, groups: np.ndarray | None, val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """Fill the empty entries of ``splits`` by iterative stratification at group level (see :func:`assign_splits`)."""
+    pool = np.flatnonzero((splits == "") | (splits == "train"))
+    has_val, has_test = (splits == "val").any(), (splits == "test").any()
+    names, fractions = ["train"], [1.0]
+    if not has_val:
+        names.append("val")
+        fractions.append(val_fraction)
+    if not has_test and not has_val:
+        names.append("test")
+        fractions.append(test_fraction)
+    fractions[0] = 1.0 - sum(fractions[1:])
+    g = groups[pool] if groups is not None else pool.astype(str)
+    if len(np.unique(g)) < len(names):
+        raise ValueError(f"only {len(np.unique(g))} patients; too few for a patient-level split into {', '.join(names)}")
+    yp = y[pool]
+    # "No finding" joins the labels being stratified, so images without findings are spread in proportion too.
+    fold = iterative_stratification(np.hstack([yp, yp.sum(axis=1, keepdims=True) == 0]), g, fractions, seed)
+    splits[pool] = np.array(names, dtype=object)[fold]
+    return splits
+
+
 def assign_splits(
     samples: Sequence[Sample],
     classes: Sequence[str],
@@ -53,16 +126,22 @@ def assign_splits(
     test_fraction: float = 0.15,
     seed: int = 0,
     groups: Sequence[str] | None = None,
+    multilabel: np.ndarray | None = None,
 ) -> list[str]:
     """Return a split name ("train", "val" or "test") for each sample.
 
     Split folders on disk are honoured. With train/ and test/ only, ``val_fraction`` of train becomes
     validation. With train/ only or no split folders, ``val_fraction`` and ``test_fraction`` of all
     images are held out. With train/ and val/ only there is no test split. Cuts are stratified by class
-    and, when ``groups`` (patient IDs) are given, keep each patient in one split.
+    and, when ``groups`` (patient IDs) are given, keep each patient in one split. ``multilabel`` (an
+    (N, K) 0/1 matrix) switches to :func:`iterative_stratification` over all labels at once.
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+    if multilabel is not None:
+        splits = np.array([s.split or "" for s in samples], dtype=object)
+        grp = np.asarray(groups) if groups is not None else None
+        return list(_multilabel_splits(splits, np.asarray(multilabel), grp, val_fraction, test_fraction, seed))
     class_index = {c: i for i, c in enumerate(classes)}
     labels = np.array([class_index[s.label] for s in samples])
     grp = np.asarray(groups) if groups is not None else None

@@ -19,12 +19,14 @@ def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx
     return (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) <= 1.0
 
 
-def synthetic_cxr(rng: np.random.Generator, size: int = 128, pattern: int = 0, signal: float = 1.0) -> np.ndarray:
+def synthetic_cxr(rng: np.random.Generator, size: int = 128, pattern: int | tuple[int, ...] = 0, signal: float = 1.0) -> np.ndarray:
     """Draw one synthetic radiograph as a ``size`` x ``size`` uint8 array.
 
     ``pattern`` 0 is normal, 1 adds patchy upper-zone opacities, 2 a diffuse lower-zone haze (a second
-    disease for multi-class tasks). ``signal`` scales their contrast (1.0 = clearly visible at 64 px).
+    disease for multi-class tasks). A tuple draws several findings on one image (multi-label), where 3
+    is an enlarged heart shadow. ``signal`` scales their contrast (1.0 = clearly visible at 64 px).
     """
+    found = set(pattern) if isinstance(pattern, tuple) else ({2} if pattern == 2 else {1} if pattern else set())
     yy, xx = np.mgrid[-1:1:complex(size), -1:1:complex(size)]
     jy, jx, js = rng.normal(0, 0.03), rng.normal(0, 0.03), rng.uniform(0.92, 1.05)
     yy, xx = (yy - jy) / js, (xx - jx) / js
@@ -46,10 +48,12 @@ def synthetic_cxr(rng: np.random.Generator, size: int = 128, pattern: int = 0, s
     for _ in range(rng.integers(0, 3)):
         side = rng.choice([-0.38, 0.38])
         img += blob(rng.uniform(-0.5, 0.4), side + rng.normal(0, 0.1), rng.uniform(0.02, 0.04), rng.uniform(0.1, 0.2)) * lungs
-    if pattern == 2:
+    if 3 in found:
+        img += blob(0.32, 0.15, 0.28, 0.12 * signal) * thorax
+    if 2 in found:
         for side in (-0.38, 0.38):
             img += blob(rng.uniform(0.25, 0.45), side + rng.normal(0, 0.05), rng.uniform(0.12, 0.18), rng.uniform(0.08, 0.15) * signal) * lungs
-    elif pattern:
+    if 1 in found:
         for _ in range(rng.integers(2, 6)):
             side = rng.choice([-0.38, 0.38])
             img += (
@@ -92,3 +96,36 @@ def make_synthetic_dataset(
                 Image.fromarray(synthetic_cxr(rng, size, pattern=0 if ci == 0 else 1 + (ci - 1) % 2, signal=signal)).save(folder / f"{cls}_{k:04d}.png")
                 k += 1
     return root
+
+
+MULTILABEL_FINDINGS = ("opacity", "haze", "cardiomegaly")
+
+
+def make_synthetic_multilabel(
+    root: str | Path, n_patients: int = 60, size: int = 64, seed: int = 0, prevalence: tuple[float, ...] = (0.3, 0.2, 0.12),
+    max_images: int = 3, signal: float = 1.0,
+) -> Path:
+    """Write a multi-label dataset: ``images/<patient>_<k>.png`` and ``labels.csv`` (path, findings, patient_id).
+
+    Findings are :data:`MULTILABEL_FINDINGS`; a patient has each one with its ``prevalence`` and each of
+    the patient's 1..``max_images`` images shows it with probability 0.85, so images of one patient are
+    correlated as in real follow-up series. Returns the path of ``labels.csv``.
+    """
+    import csv
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        has = rng.random(len(prevalence)) < np.asarray(prevalence)
+        for k in range(int(rng.integers(1, max_images + 1))):
+            shown = tuple(i for i in range(len(prevalence)) if has[i] and rng.random() < 0.85)
+            name = f"images/p{p:05d}_{k:03d}.png"
+            Image.fromarray(synthetic_cxr(rng, size, pattern=tuple(i + 1 for i in shown), signal=signal)).save(root / name)
+            rows.append({"path": name, "findings": "|".join(MULTILABEL_FINDINGS[i] for i in shown) or "No Finding", "patient_id": f"p{p:05d}"})
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "findings", "patient_id"])
+        w.writeheader()
+        w.writerows(rows)
+    return root / "labels.csv"

@@ -11,9 +11,17 @@ import numpy as np
 
 from cxrkit.config import TrainConfig
 from cxrkit.data.dataset import LabelledImages, load_dataset
-from cxrkit.evaluation.metrics import binary_metrics, multiclass_metrics
-from cxrkit.evaluation.plots import plot_confusion, plot_pr, plot_roc, plot_roc_one_vs_rest
-from cxrkit.evaluation.thresholds import choose_threshold
+from cxrkit.evaluation.metrics import binary_metrics, multiclass_metrics, multilabel_metrics
+from cxrkit.evaluation.plots import (
+    plot_confusion,
+    plot_cooccurrence,
+    plot_label_counts,
+    plot_pr,
+    plot_roc,
+    plot_roc_one_vs_rest,
+    plot_roc_overlay,
+)
+from cxrkit.evaluation.thresholds import choose_threshold, parse_rule
 from cxrkit.run import META_FILE, Run, atomic_write_csv, atomic_write_text
 
 SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
@@ -29,6 +37,7 @@ def load_run_dataset(
         cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.group_pattern, cfg.cache_dir,
         class_names=run.classes, progress=progress, class_map=class_map,
         intensity=run.preprocessing.intensity, crop_border=run.preprocessing.crop_border,
+        **(cfg.dataset_options() if data is None or str(data) == str(cfg.data) else {"task": cfg.task}),
     )
     return ds, cfg
 
@@ -61,8 +70,33 @@ def store_threshold(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: st
     return choice
 
 
+def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str) -> dict:
+    """Choose one threshold per finding of a multi-label run on validation predictions; save them in meta.json.
+
+    A finding without a positive (or without a negative) validation image cannot have a threshold chosen
+    by ``rule``; it gets 0.5 and says so in its ``rule``.
+    """
+    out = {}
+    for c, name in enumerate(run.classes):
+        yc = y_val[:, c]
+        if 0 < yc.sum() < len(yc) or parse_rule(rule)[0] == "fixed":
+            out[name] = choose_threshold(yc, probs_val[:, c], rule, chosen_on="val").to_dict()
+        else:
+            fallback = choose_threshold(yc, probs_val[:, c], "0.5", chosen_on="val").to_dict()
+            fallback["rule"] = f"0.5 (validation has {'no positive' if yc.sum() == 0 else 'no negative'} {name} image; {rule} impossible)"
+            out[name] = fallback
+    run.meta["thresholds"] = out
+    run.meta["threshold"] = {"rule": rule, "value": None, "per_finding": True}
+    atomic_write_text(run.path / META_FILE, json.dumps(run.meta, indent=2))
+    return out
+
+
 def compute_metrics(run: Run, y: np.ndarray, probs: np.ndarray, seed: int = 0) -> dict:
-    """Metrics for the run's task at its stored threshold."""
+    """Metrics for the run's task at its stored threshold(s)."""
+    if run.task == "multilabel":
+        m = multilabel_metrics(y, probs, run.classes, run.thresholds, seed=seed)
+        m["threshold_rule"] = run.meta["threshold"]["rule"]
+        return m
     if run.task == "binary":
         m = binary_metrics(y, probs[:, 1], run.threshold, seed=seed)
         m["threshold_rule"] = run.meta["threshold"]["rule"]
@@ -89,11 +123,11 @@ def write_evaluation(
     if pred_file.exists():
         with open(pred_file, newline="") as f:
             rows = [r for r in csv.DictReader(f) if r["split"] != split]
-    decisions = run.decide(probs)
+    decisions = run.decision_labels(probs)
     for j, i in enumerate(idx):
-        row = {"split": split, "path": ds.relpaths[i], "true": run.classes[ds.labels[i]]}
+        row = {"split": split, "path": ds.relpaths[i], "true": ds.label_text(i)}
         row.update({f"prob_{c}": f"{probs[j, c_i]:.6f}" for c_i, c in enumerate(run.classes)})
-        row["pred"] = run.classes[decisions[j]]
+        row["pred"] = decisions[j]
         rows.append(row)
     atomic_write_csv(pred_file, rows, ["split", "path", "true", *[f"prob_{c}" for c in run.classes], "pred"])
 
@@ -101,6 +135,16 @@ def write_evaluation(
     y = ds.labels[idx]
     words = split_words(split)
     fname = split.replace(":", "_")
+    if run.task == "multilabel":
+        curves = []
+        for c, name in enumerate(run.classes):
+            e = metrics["per_label"][name]
+            if e["roc_auc"]["value"] is not None:
+                curves.append((f"{name} (n={e['support']})", y[:, c], probs[:, c],
+                               (1 - e["specificity"]["value"], e["sensitivity"]["value"]), e["roc_auc"]["value"]))
+        if curves:
+            plot_roc_overlay(curves, f"ROC per finding, {words}", plots / f"roc_{fname}.png")
+        return
     if run.task == "binary":
         m = metrics["metrics"]
         if m["roc_auc"]["value"] is not None:
@@ -132,7 +176,7 @@ def evaluate_run(
     evaluated images are then also scored at that threshold. Returns the metrics dict and writes metrics.json, predictions.csv, plots and report.html.
     """
     run = Run.load(run_dir)
-    if run.task == "binary" and run.threshold is None:
+    if (run.task == "binary" and run.threshold is None) or (run.task == "multilabel" and run.thresholds is None):
         raise ValueError(f"{run_dir} has no decision threshold; training did not finish")
     ds, cfg = load_run_dataset(run, data, progress, class_map)
     same_data = str(ds.source.root) == run.meta["data"]["root"]
@@ -164,7 +208,7 @@ def evaluate_run(
     if reference is not None:
         from cxrkit.data.shift import check_shift
 
-        shift = check_shift(reference, images, ds.labels[idx], run.classes)
+        shift = check_shift(reference, images, *ds.label_groups(idx))
         if shift["warning"]:
             notes.append("shift check: " + shift["message"])
     t0 = time.perf_counter()
@@ -221,6 +265,11 @@ def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str
     probs = run.predict_arrays(ds.images[idx])
     if run.task == "binary":
         store_threshold(run, ds.labels[idx], probs, threshold_rule)
+    elif run.task == "multilabel":
+        store_thresholds(run, ds.labels[idx], probs, threshold_rule)
+        plot_label_counts(ds.counts(), ds.image_counts(), run.path / "plots" / "label_counts.png")
+        train = ds.index("train")
+        plot_cooccurrence(ds.labels[train], ds.class_names, run.path / "plots" / "cooccurrence.png")
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=seed)
     write_evaluation(run, "val", ds, idx, probs, metrics)
     with open(run.path / "history.csv", newline="") as f:

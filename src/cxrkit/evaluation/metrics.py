@@ -1,4 +1,4 @@
-"""Diagnostic metrics with 95% confidence intervals for binary and multi-class models.
+"""Diagnostic metrics with 95% confidence intervals for binary, multi-class and multi-label models.
 
 Every entry is a dict ``{"value", "ci", "method"}`` plus ``numerator``/``denominator`` for
 proportions. ``value`` and ``ci`` are None when undefined (e.g. PPV when the model never says
@@ -195,3 +195,70 @@ def multiclass_metrics(
         ),
     }
     return {"task": "multiclass", "classes": list(classes), "n": len(y), "confusion": cm.tolist(), "metrics": overall, "per_class": per_class}
+
+
+def multilabel_metrics(
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str], thresholds: np.ndarray, n_bootstrap: int = 1000, seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
+    """Metrics of a multi-label model: per finding, and the figures that summarise all findings.
+
+    Per finding (finding ``k`` called present when ``probs[:, k] >= thresholds[k]``): ROC-AUC (DeLong),
+    PR-AUC (stratified bootstrap), and sensitivity, specificity, PPV, NPV (Wilson). Sensitivity and
+    specificity are the "detection rates": the shares of positive and of negative images the model
+    identifies correctly. Overall: the mean ROC-AUC over findings with both classes present (bootstrap
+    over images), pooled detection rates, and label-wise accuracy beside what predicting "no finding"
+    everywhere would score, to show why accuracy says nothing here.
+    """
+    y = np.asarray(y_true).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    pred = (probs >= thresholds[None, :]).astype(int)
+    n, k = y.shape
+    per_label = {}
+    for c, name in enumerate(classes):
+        yc, pc = y[:, c], pred[:, c]
+        b = binary_confusion(yc, pc)
+        tp, fp, tn, fn = b["tp"], b["fp"], b["tn"], b["fn"]
+        entry = {
+            "support": int(yc.sum()), "n_negative": int(n - yc.sum()), "threshold": float(thresholds[c]), "confusion": b,
+            "sensitivity": proportion(tp, tp + fn, confidence), "specificity": proportion(tn, tn + fp, confidence),
+            "ppv": proportion(tp, tp + fp, confidence), "npv": proportion(tn, tn + fn, confidence),
+        }
+        if 0 < yc.sum() < n:
+            auc, ci = delong_interval(yc, probs[:, c], confidence)
+            entry["roc_auc"] = _entry(auc, ci, "delong")
+            ap_ci = bootstrap_interval(average_precision, yc, probs[:, c], n_bootstrap, confidence, seed)
+            entry["pr_auc"] = _entry(average_precision(yc, probs[:, c]), ap_ci, "bootstrap")
+        else:
+            entry["roc_auc"] = _entry(None, None, "delong")
+            entry["pr_auc"] = _entry(None, None, "bootstrap")
+        per_label[name] = entry
+    defined = [c for c in range(k) if 0 < y[:, c].sum() < n]
+
+    def mean_auc(_: np.ndarray, rows: np.ndarray) -> float:
+        r = rows.astype(int)
+        aucs = [rank_auc(y[r, c], probs[r, c]) for c in defined]
+        return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
+
+    rows = np.arange(n, dtype=np.float64)
+    point = mean_auc(rows, rows) if defined else None
+    ci = bootstrap_interval(mean_auc, np.zeros(n), rows, n_bootstrap, confidence, seed) if defined else None
+    tp = int((pred & y).sum())
+    tn = int(((1 - pred) & (1 - y)).sum())
+    overall = {
+        "mean_roc_auc": _entry(point, ci, "bootstrap"),
+        "detection_rate_positive": proportion(tp, int(y.sum()), confidence),
+        "detection_rate_negative": proportion(tn, int((1 - y).sum()), confidence),
+        "label_accuracy": proportion(int((pred == y).sum()), n * k, confidence),
+        "exact_match": proportion(int((pred == y).all(axis=1).sum()), n, confidence),
+    }
+    baseline = {
+        "label_accuracy": proportion(int((y == 0).sum()), n * k, confidence),
+        "exact_match": proportion(int((y.sum(axis=1) == 0).sum()), n, confidence),
+    }
+    return {
+        "task": "multilabel", "classes": list(classes), "n": n, "n_with_finding": int((y.sum(axis=1) > 0).sum()),
+        "labels_per_image": float(y.sum(axis=1).mean()) if n else None, "findings_in_mean_auc": [classes[c] for c in defined],
+        "metrics": overall, "all_negative_baseline": baseline, "per_label": per_label,
+    }

@@ -103,3 +103,35 @@ def plot_roc_overlay(curves: list[tuple[str, np.ndarray, np.ndarray, tuple[float
     ax.set_xlabel("1 - specificity (false positive rate)"), ax.set_ylabel("sensitivity (true positive rate)")
     ax.set_title(title, fontsize=10), ax.legend(loc="lower right", fontsize=8), ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_label_counts(counts: dict[str, dict[str, int]], images: dict[str, int], path: Path) -> Path:
+    """Positive images per finding in each split (multi-label data), with each split's image count in the legend."""
+    splits = list(counts)
+    names = list(next(iter(counts.values())))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(names) + 2), 3.8))
+    width = 0.8 / max(1, len(splits))
+    x = np.arange(len(names))
+    for j, s in enumerate(splits):
+        ax.bar(x + j * width, [counts[s][c] for c in names], width, label=f"{s} ({images.get(s, 0)} images)")
+    ax.set_xticks(x + width * (len(splits) - 1) / 2, names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("images with the finding"), ax.set_title("Label counts per split", fontsize=10), ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def plot_cooccurrence(labels: np.ndarray, names: list[str], path: Path) -> Path:
+    """How often two findings appear on the same image (training split); the diagonal counts each finding."""
+    y = np.asarray(labels, dtype=np.int64)
+    co = y.T @ y
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(0.45 * k + 2.5, 0.45 * k + 2.0))
+    im = ax.imshow(co, cmap="Blues")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(co[i, j]), ha="center", va="center", fontsize=6, color="white" if co[i, j] > co.max() / 2 else "black")
+    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=7), ax.set_yticks(range(k), names, fontsize=7)
+    ax.set_title("Finding co-occurrence (training images)", fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    return _save(fig, path)

@@ -13,7 +13,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from cxrkit.data.augment import AugmentConfig
 from cxrkit.evaluation.evaluate import SPLIT_WORDS, split_words
 from cxrkit.models.registry import MODELS
-from cxrkit.report.narrative import binary_sentences, ci_text, multiclass_sentences, pct
+from cxrkit.report.narrative import binary_sentences, ci_text, multiclass_sentences, multilabel_sentences, pct
 from cxrkit.run import atomic_write_text
 
 METRIC_LABELS = {
@@ -28,7 +28,15 @@ METRIC_LABELS = {
     "pr_auc": "PR-AUC (average precision)",
     "macro_f1": "Macro F1",
     "macro_roc_auc": "Macro ROC-AUC (one-vs-rest)",
+    "mean_roc_auc": "Mean ROC-AUC over findings",
+    "detection_rate_positive": "Findings present that were detected (pooled sensitivity)",
+    "detection_rate_negative": "Findings absent that were cleared (pooled specificity)",
+    "label_accuracy": "Label-wise accuracy (misleading, see above)",
+    "exact_match": "Images with every finding right",
 }
+
+
+SENTENCES = {"binary": binary_sentences, "multiclass": multiclass_sentences, "multilabel": multilabel_sentences}
 
 
 def _img(path: Path) -> str | None:
@@ -70,7 +78,7 @@ def build_context(run_dir: Path) -> dict:
         m = metrics[split]
         words = split_words(split)
         fname = split.replace(":", "_")
-        sentences = binary_sentences(m, words) if m["task"] == "binary" else multiclass_sentences(m, words)
+        sentences = SENTENCES[m["task"]](m, words)
         per_class = []
         if m["task"] == "multiclass":
             for name, e in m["per_class"].items():
@@ -78,6 +86,14 @@ def build_context(run_dir: Path) -> dict:
                 auc = e["roc_auc"]
                 cells["auc"] = ("n/a" if auc["value"] is None else f"{auc['value']:.3f}", ci_text(auc, False).removeprefix("95% CI "))
                 per_class.append({"name": name, "support": e["support"], "cells": cells})
+        if m["task"] == "multilabel":
+            for name, e in m["per_label"].items():
+                cells = {k: (pct(e[k]["value"]), ci_text(e[k]).removeprefix("95% CI ")) for k in ("sensitivity", "specificity", "ppv", "npv")}
+                auc = e["roc_auc"]
+                cells["auc"] = ("n/a" if auc["value"] is None else f"{auc['value']:.3f}", ci_text(auc, False).removeprefix("95% CI "))
+                c = e["confusion"]
+                per_class.append({"name": name, "support": e["support"], "cells": cells, "threshold": f"{e['threshold']:.3f}",
+                                  "detected": f"{c['tp']}/{c['tp'] + c['fn']}", "cleared": f"{c['tn']}/{c['tn'] + c['fp']}"})
         evaluations.append({
             "split": split, "words": words, "m": m, "sentences": sentences, "rows": _metric_rows(m["metrics"]),
             "per_class": per_class, "notes": m.get("notes", []), "skipped": m.get("skipped", []),
@@ -98,6 +114,8 @@ def build_context(run_dir: Path) -> dict:
         "imbalance_ratio": ratio, "history": history, "curves": _img(run_dir / "plots" / "history.png"),
         "skipped": _read_csv(run_dir / "skipped.csv"), "model_description": MODELS[meta["model"]].description if meta["model"] in MODELS else "",
         "augment": AugmentConfig(**config["augment"]), "split_words": SPLIT_WORDS, "pct": pct,
+        "label_counts": _img(run_dir / "plots" / "label_counts.png"), "cooccurrence": _img(run_dir / "plots" / "cooccurrence.png"),
+        "images": meta["data"].get("images", {}),
     }
 
 

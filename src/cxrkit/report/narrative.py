@@ -76,3 +76,30 @@ def multiclass_sentences(m: dict, split_words: str) -> list[str]:
     acc = m["metrics"]["accuracy"]
     out.append(f"Overall {acc['numerator']} of {acc['denominator']} images were put in the right class: accuracy {pct(acc['value'])} ({ci_text(acc)}).")
     return out
+
+
+def multilabel_sentences(m: dict, split_words: str) -> list[str]:
+    """Sentences for a multi-label evaluation: mean AUC, detection rates, and why accuracy misleads."""
+    mm, base = m["metrics"], m["all_negative_baseline"]
+    out = []
+    auc = mm["mean_roc_auc"]
+    if auc["value"] is not None:
+        per = {k: e["roc_auc"]["value"] for k, e in m["per_label"].items() if e["roc_auc"]["value"] is not None}
+        best, worst = max(per, key=per.get), min(per, key=per.get)
+        out.append(
+            f"Mean ROC-AUC over the {len(per)} findings present in the {split_words} set: {auc['value']:.3f} "
+            f"({ci_text(auc, percent=False)}); best <b>{escape(best)}</b> {per[best]:.3f}, worst <b>{escape(worst)}</b> {per[worst]:.3f}."
+        )
+    pos, neg = mm["detection_rate_positive"], mm["detection_rate_negative"]
+    out.append(
+        f"At the per-finding thresholds chosen on validation data, the model detected {pos['numerator']} of {pos['denominator']} "
+        f"findings present ({pct(pos['value'])}, {ci_text(pos)}) and correctly cleared {neg['numerator']} of {neg['denominator']} "
+        f"findings absent ({pct(neg['value'])}, {ci_text(neg)}); the table below gives these detection rates per finding."
+    )
+    out.append(
+        f"<b>Accuracy is meaningless here.</b> {m['n'] - m['n_with_finding']} of the {m['n']} images have no finding and most "
+        f"image-finding pairs are negative, so predicting \"no finding\" everywhere scores a label-wise accuracy of "
+        f"{pct(base['label_accuracy']['value'])} (exactly right on {pct(base['exact_match']['value'])} of images); this model "
+        f"scores {pct(mm['label_accuracy']['value'])}. Judge it by the per-finding AUCs, sensitivities and specificities."
+    )
+    return out

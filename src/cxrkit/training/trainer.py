@@ -31,7 +31,7 @@ from cxrkit.evaluation.metrics import rank_auc
 from cxrkit.models.pretrained import initialise
 from cxrkit.models.registry import MODELS, build_model, count_parameters, split_parameters
 from cxrkit.run import META_FILE, MODEL_FILE, SHIFT_FILE, atomic_write_csv, atomic_write_text, probabilities, save_weights
-from cxrkit.training.imbalance import class_counts, make_loss
+from cxrkit.training.imbalance import class_counts, make_loss, oversampled_order, repeat_factors
 
 
 class _Batches(Dataset):
@@ -55,9 +55,13 @@ def _loader(ds: LabelledImages, index: np.ndarray, batch_size: int, workers: int
 
 
 def monitor_auc(y: np.ndarray, probs: np.ndarray, task: str) -> float:
-    """Validation AUC used for early stopping: ROC-AUC for binary, macro one-vs-rest for multi-class."""
+    """Validation AUC used for early stopping: ROC-AUC for binary, macro one-vs-rest for multi-class,
+    the mean of the per-finding AUCs for multi-label."""
     if task == "binary":
         return rank_auc(y, probs[:, 1])
+    if task == "multilabel":
+        aucs = [rank_auc(y[:, c], probs[:, c]) for c in range(probs.shape[1])]
+        return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
     aucs = [rank_auc(y == c, probs[:, c]) for c in range(probs.shape[1])]
     return float(np.nanmean(aucs))
 
@@ -79,6 +83,12 @@ def predict_index(
         logits.append(out)
         probs.append(probabilities(out, task))
     return torch.cat(probs).numpy(), torch.cat(logits)
+
+
+def _loss(criterion: torch.nn.Module, logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    if task == "binary":
+        return criterion(logits[:, 0], y.float())
+    return criterion(logits, y.float() if task == "multilabel" else y)
 
 
 def _lr_lambda(total_steps: int, warmup: int):
@@ -152,6 +162,7 @@ def train(
     ds = load_dataset(
         cfg.data, cfg.image_size, cfg.aspect, cfg.positive, cfg.val_fraction, cfg.test_fraction,
         cfg.seed, cfg.group_pattern, cfg.cache_dir, progress=progress, intensity=cfg.intensity, crop_border=cfg.crop_border,
+        **cfg.dataset_options(),
     )
     train_idx, val_idx = ds.index("train"), ds.index("val")
     if len(val_idx) == 0 or len(train_idx) == 0:
@@ -166,7 +177,14 @@ def train(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     counts = class_counts(ds.labels[train_idx], k)
-    criterion, loss_info = make_loss(task, counts, cfg.class_weights)
+    criterion, loss_info = make_loss(task, counts, cfg.class_weights, n_images=len(train_idx))
+    factors = None
+    if cfg.oversample:
+        if task != "multilabel":
+            raise ValueError("--oversample applies to multi-label tasks (binary and multi-class use class weights)")
+        factors = repeat_factors(ds.labels[train_idx])
+        loss_info["oversampling"] = {"method": "repeat-factor sampling", "threshold": 0.1,
+                                     "images_per_epoch": float(factors.sum()), "max_repeat": float(factors.max())}
     backbone, head = split_parameters(model, cfg.model)
     head_prefix = MODELS[cfg.model].head
     groups = [{"params": head, "lr": cfg.lr, "name": "head"}]
@@ -175,7 +193,7 @@ def train(
     else:
         groups.append({"params": backbone, "lr": cfg.lr * cfg.backbone_lr_scale, "name": "backbone"})
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    steps_per_epoch = math.ceil((len(train_idx) if factors is None else round(factors.sum())) / cfg.batch_size)
     if cfg.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, steps_per_epoch))
     elif cfg.schedule == "plateau":
@@ -186,10 +204,10 @@ def train(
     cfg.save(out / "config.yaml")
     from cxrkit.data.shift import build_reference
 
-    atomic_write_text(out / SHIFT_FILE, json.dumps(build_reference(ds.images[train_idx], ds.labels[train_idx], ds.class_names, cfg.seed)))
+    atomic_write_text(out / SHIFT_FILE, json.dumps(build_reference(ds.images[train_idx], *ds.label_groups(train_idx), cfg.seed)))
     atomic_write_csv(
         out / "splits.csv",
-        [{"path": rel, "label": ds.class_names[ds.labels[i]], "split": ds.splits[i], "decoded": bool(ds.cache.ok[i])}
+        [{"path": rel, "label": ds.label_text(i), "split": ds.splits[i], "decoded": bool(ds.cache.ok[i])}
          for i, rel in enumerate(ds.relpaths)],
         ["path", "label", "split", "decoded"],
     )
@@ -214,7 +232,7 @@ def train(
                 _freeze_batchnorm_stats(model, head_prefix)
             t0 = time.perf_counter()
             losses = []
-            order = rng.permutation(len(train_idx))
+            order = rng.permutation(len(train_idx)) if factors is None else oversampled_order(factors, rng)
             batch_bar = tqdm(
                 _loader(ds, train_idx, cfg.batch_size, cfg.workers, order), total=steps_per_epoch,
                 desc=f"epoch {epoch}", leave=False, unit="batch", disable=not progress or None,
@@ -229,7 +247,7 @@ def train(
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                     logits = model(x)
                 logits = logits.float()
-                loss = criterion(logits[:, 0], yb.float()) if task == "binary" else criterion(logits, yb)
+                loss = _loss(criterion, logits, yb, task)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -240,9 +258,7 @@ def train(
             train_seconds = time.perf_counter() - t0
             t1 = time.perf_counter()
             probs, val_logits = predict_index(model, ds, val_idx, pre, task, 64, cfg.workers, cfg.channels_last, precision)
-            val_loss = float(
-                criterion(val_logits[:, 0], torch.from_numpy(y_val).float()) if task == "binary" else criterion(val_logits, torch.from_numpy(y_val))
-            )
+            val_loss = float(_loss(criterion, val_logits, torch.from_numpy(y_val), task))
             val_auc = monitor_auc(y_val, probs, task)
             if cfg.schedule == "plateau":
                 scheduler.step(val_auc)
@@ -306,6 +322,8 @@ def train(
             "fingerprint": ds.fingerprint(),
             "train_fingerprint": ds.fingerprint("train"),
             "counts": ds.counts(),
+            "images": ds.image_counts(),
+            "patient_ids": ds.patients is not None,
             "skipped": len(ds.cache.errors),
             "ignored_non_image_files": len(ds.source.ignored_files),
             "cache_key": ds.cache.key,

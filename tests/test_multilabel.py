@@ -1,0 +1,106 @@
+"""Multi-label: per-finding metrics, weighted BCE, repeat-factor oversampling, training to report and prediction."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from cxrkit.cli import main
+from cxrkit.config import TrainConfig
+from cxrkit.data.augment import AugmentConfig
+from cxrkit.data.synthetic import MULTILABEL_FINDINGS, make_synthetic_multilabel
+from cxrkit.evaluation.evaluate import evaluate_run
+from cxrkit.evaluation.metrics import multilabel_metrics
+from cxrkit.run import Run
+from cxrkit.training import train
+from cxrkit.training.imbalance import make_loss, oversampled_order, repeat_factors
+
+
+def test_multilabel_metrics_match_hand_counts():
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 3)) < [0.3, 0.1, 0.05]).astype(int)
+    y[:, 2] = 0  # a finding absent from the split: no AUC, left out of the mean
+    probs = np.clip(y * 0.3 + rng.random((200, 3)) * 0.7, 0, 1)
+    thr = np.array([0.5, 0.6, 0.5])
+    m = multilabel_metrics(y, probs, ["a", "b", "c"], thr, n_bootstrap=200)
+    for c, name in enumerate("ab"):
+        e = m["per_label"][name]
+        assert e["roc_auc"]["value"] == pytest.approx(roc_auc_score(y[:, c], probs[:, c]))
+        pred = probs[:, c] >= thr[c]
+        tp = int((pred & (y[:, c] == 1)).sum())
+        assert e["sensitivity"]["numerator"] == tp and e["sensitivity"]["denominator"] == int(y[:, c].sum())
+        assert e["specificity"]["value"] == pytest.approx(((~pred) & (y[:, c] == 0)).sum() / (y[:, c] == 0).sum())
+        assert e["ppv"]["denominator"] == int(pred.sum()) and e["threshold"] == thr[c]
+        lo, hi = e["sensitivity"]["ci"]
+        assert lo < e["sensitivity"]["value"] < hi
+    assert m["per_label"]["c"]["roc_auc"]["value"] is None and m["findings_in_mean_auc"] == ["a", "b"]
+    mean = m["metrics"]["mean_roc_auc"]
+    assert mean["value"] == pytest.approx(np.mean([roc_auc_score(y[:, c], probs[:, c]) for c in range(2)]))
+    assert mean["ci"][0] < mean["value"] < mean["ci"][1]
+    # "no finding" everywhere is right on every negative pair and on every image without a finding
+    assert m["all_negative_baseline"]["label_accuracy"]["value"] == pytest.approx((y == 0).mean())
+    assert m["all_negative_baseline"]["exact_match"]["value"] == pytest.approx((y.sum(1) == 0).mean())
+    pred_all = probs >= thr
+    assert m["metrics"]["detection_rate_positive"]["numerator"] == int((pred_all & (y == 1)).sum())
+    assert m["metrics"]["label_accuracy"]["value"] == pytest.approx((pred_all == y).mean())
+
+
+def test_weighted_bce_and_repeat_factors():
+    y = np.array([[1, 0], [0, 0], [0, 0], [0, 1], [0, 0], [0, 0], [0, 0], [0, 0], [0, 0], [1, 0]])
+    counts = y.sum(0)
+    loss, info = make_loss("multilabel", counts, True, n_images=len(y))
+    assert info["pos_weights"] == [4.0, 9.0]
+    plain, pinfo = make_loss("multilabel", counts, False, n_images=len(y))
+    assert pinfo["pos_weights"] == [1.0, 1.0]
+    logits = torch.zeros(len(y), 2)
+    # weighted BCE at p=0.5: every positive term counts pos_weight times
+    expected = np.log(2) * (np.where(y == 1, [4.0, 9.0], 1.0)).mean()
+    assert float(loss(logits, torch.tensor(y, dtype=torch.float32))) == pytest.approx(expected, rel=1e-5)
+    r = repeat_factors(y, threshold=0.5)
+    assert r[3] == pytest.approx(np.sqrt(0.5 / 0.1)) and r[0] == pytest.approx(np.sqrt(0.5 / 0.2)) and r[1] == 1.0
+    counts_seen = np.bincount(np.concatenate([oversampled_order(r, np.random.default_rng(s)) for s in range(400)]), minlength=len(y)) / 400
+    np.testing.assert_allclose(counts_seen, r, atol=0.08)
+    with pytest.raises(ValueError, match="every finding needs positive"):
+        make_loss("multilabel", np.array([3, 0]), n_images=10)
+
+
+@pytest.fixture(scope="module")
+def ml_table(tmp_path_factory):
+    return make_synthetic_multilabel(tmp_path_factory.mktemp("ml"), n_patients=110, size=40, seed=3, signal=1.5)
+
+
+def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = TrainConfig(data=str(ml_table.parent), labels=str(ml_table), out=str(out), model="simple_cnn", image_size=32, epochs=3,
+                      batch_size=16, lr=3e-3, seed=0, precision="32", augment=AugmentConfig(0, 0, 0, 0, 0, False), oversample=True)
+    train(cfg, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["task"] == "multilabel" and meta["classes"] == sorted(MULTILABEL_FINDINGS) and meta["num_outputs"] == 3
+    assert set(meta["thresholds"]) == set(meta["classes"]) and meta["data"]["patient_ids"]
+    assert meta["training"]["loss"].endswith("weighted)") and len(meta["training"]["pos_weights"]) == 3
+    assert meta["training"]["oversampling"]["images_per_epoch"] > meta["data"]["images"]["train"]
+    splits = list(csv.DictReader(open(out / "splits.csv")))
+    patients = {}
+    for r in splits:
+        patients.setdefault(r["path"].split("/")[1].split("_")[0], set()).add(r["split"])
+    assert all(len(s) == 1 for s in patients.values())
+    run = Run.load(out)
+    probs = np.array([[0.99, 0.0, 0.99], [0.0, 0.0, 0.0]])
+    d = run.decide(probs)
+    assert d.shape == (2, 3) and d[1].sum() == 0 and run.decision_labels(probs)[1] == ""
+    m = evaluate_run(out, progress=False)
+    assert m["split"] == "test" and m["task"] == "multilabel" and m["metrics"]["mean_roc_auc"]["value"] > 0.6
+    html = (out / "report.html").read_text()
+    assert "Accuracy is meaningless here" in html and "Label counts per split" not in html  # title is inside the PNG
+    assert (out / "plots" / "label_counts.png").is_file() and (out / "plots" / "cooccurrence.png").is_file()
+    assert (out / "plots" / "roc_test.png").is_file()
+    image = ml_table.parent / splits[0]["path"]
+    assert main(["predict", str(out), str(image)]) == 0
+    assert "thresholds chosen per finding" in capsys.readouterr().out
+    preds = list(csv.DictReader(open(out / "predictions.csv")))
+    assert {f"prob_{c}" for c in meta["classes"]} <= set(preds[0])

@@ -1,0 +1,149 @@
+"""Label tables (NIH and generic CSV), MedMNIST .npz files and patient-level multi-label splits."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrkit.data.dataset import load_dataset
+from cxrkit.data.sources import DatasetError
+from cxrkit.data.splits import iterative_stratification, patient_ids
+from cxrkit.data.tables import open_label_table
+
+FINDINGS = ["Atelectasis", "Effusion", "Mass", "Nodule"]
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _png(path: Path, value: int, size: int = 20) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, np.uint8)).save(path)
+
+
+def make_nih(root: Path, n_patients: int = 60, seed: int = 0, lists: bool = True) -> Path:
+    """A small NIH-style dataset: images_001/ and images_002/, Data_Entry_2017.csv and NIH's split lists."""
+    rng = np.random.default_rng(seed)
+    rows, test = [], []
+    for p in range(1, n_patients + 1):
+        for k in range(int(rng.integers(1, 4))):
+            name = f"{p:08d}_{k:03d}.png"
+            _png(root / f"images_00{1 + p % 2}" / name, int(rng.integers(0, 255)))
+            found = [f for f, q in zip(FINDINGS, (0.3, 0.25, 0.15, 0.1)) if rng.random() < q]
+            rows.append({"Image Index": name, "Finding Labels": "|".join(found) or "No Finding", "Follow-up #": k,
+                         "Patient ID": p, "Patient Age": 50, "Patient Gender": "M", "View Position": "PA"})
+            if p > n_patients * 0.8:
+                test.append(name)
+    _write_csv(root / "Data_Entry_2017.csv", rows)
+    if lists:
+        (root / "test_list.txt").write_text("\n".join(test) + "\n")
+        (root / "train_val_list.txt").write_text("\n".join(r["Image Index"] for r in rows if r["Image Index"] not in test) + "\n")
+    return root
+
+
+def test_nih_table_findings_patients_and_split_lists(tmp_path):
+    root = make_nih(tmp_path / "nih")
+    src = open_label_table(root / "Data_Entry_2017.csv", root)
+    assert src.layout == "nih table" and src.multilabel
+    assert src.classes == sorted({f for s in src.samples for f in s.findings})
+    first = src.samples[0]
+    assert first.patient == "1" and first.path.is_file() and first.path.parent.name.startswith("images_00")
+    no_finding = [s for s in src.samples if s.label == "No Finding"]
+    assert no_finding and all(s.findings == () for s in no_finding)
+    assert {s.split for s in src.samples} == {"train", "test"}
+    assert all(s.split == "test" for s in src.samples if int(s.patient) > 48)
+    assert patient_ids(src.samples, None)[0] == "1"
+
+    ds = load_dataset(root, 24, labels=root / "Data_Entry_2017.csv", progress=False, val_fraction=0.2)
+    assert ds.task == "multilabel" and ds.labels.shape == (len(src.samples), len(src.classes))
+    pats = np.array(ds.patients)
+    split_sets = {s: set(pats[ds.splits == s]) for s in ("train", "val", "test")}
+    assert all(split_sets.values())
+    assert not (split_sets["train"] & split_sets["val"]) and not (split_sets["train"] & split_sets["test"])
+    assert not (split_sets["val"] & split_sets["test"])
+    assert ds.label_text(int(np.flatnonzero(ds.labels.sum(1) == 0)[0])) == ""
+    assert ds.images.shape == (len(src.samples), 24, 24)
+
+
+def test_table_errors_are_actionable(tmp_path):
+    root = make_nih(tmp_path / "nih", n_patients=5, lists=False)
+    rows = list(csv.DictReader(open(root / "Data_Entry_2017.csv")))
+    bad = [dict(r) for r in rows]
+    bad[0]["Finding Labels"] = "Atelectasis|Dragons"
+    with pytest.raises(DatasetError, match=r"unknown finding.*Dragons"):
+        open_label_table(_write_csv(tmp_path / "bad.csv", bad), root)
+    missing = [dict(r) for r in rows] + [{**rows[0], "Image Index": "99999999_000.png"}]
+    with pytest.raises(DatasetError, match=r"1 of \d+ images .* not under .*99999999_000.png"):
+        open_label_table(_write_csv(tmp_path / "missing.csv", missing), root)
+    with pytest.raises(DatasetError, match="no image column"):
+        open_label_table(_write_csv(tmp_path / "nocol.csv", [{"x": 1, "labels": "Mass"}]), root)
+    with pytest.raises(DatasetError, match="--label-column 'nope' is not a column"):
+        open_label_table(root / "Data_Entry_2017.csv", root, label_column="nope")
+    with pytest.raises(DatasetError, match="several labels"):
+        load_dataset(root, 16, labels=root / "Data_Entry_2017.csv", task="binary", label_column="Finding Labels", progress=False)
+
+
+def test_generic_tables_onehot_and_single_label(tmp_path):
+    for i in range(12):
+        _png(tmp_path / "img" / f"a{i}.png", 10 * i)
+    onehot = [{"path": f"img/a{i}.png", "cardio": i % 2, "effusion": int(i % 3 == 0), "patient_id": f"p{i // 2}", "split": ""}
+              for i in range(12)]
+    src = open_label_table(_write_csv(tmp_path / "onehot.csv", onehot), tmp_path)
+    assert src.classes == ["cardio", "effusion"] and src.samples[0].findings == ("effusion",)
+    assert src.samples[3].findings == ("cardio", "effusion") and src.samples[3].patient == "p1"
+    single = [{"path": f"img/a{i}.png", "label": "tb" if i % 2 else "normal", "split": "valid" if i >= 9 else "train"}
+              for i in range(12)]
+    ds = load_dataset(_write_csv(tmp_path / "single.csv", single), 16, progress=False)
+    assert ds.task == "binary" and ds.class_names == ["normal", "tb"] and (ds.splits[9:] == "val").all()
+    assert ds.patients is None
+
+
+def _npz(path: Path, k: int, n: int = 40, size: int = 28) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, m in (("train", n), ("val", n // 4), ("test", n // 4)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (m, size, size), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (rng.random((m, k)) < 0.3).astype(np.uint8) if k > 1 else np.arange(m).reshape(-1, 1) % 2
+    np.savez(path, **arrays)
+    return path
+
+
+def test_medmnist_binary_and_multilabel(tmp_path):
+    pneu = load_dataset(_npz(tmp_path / "pneumoniamnist_64.npz", 1, size=64), 32, progress=False)
+    assert pneu.task == "binary" and pneu.class_names == ["normal", "pneumonia"] and pneu.positive == "pneumonia"
+    assert pneu.image_counts() == {"train": 40, "val": 10, "test": 10} and pneu.images.shape == (60, 32, 32)
+    assert pneu.relpaths[40] == "val/000000" and pneu.source.layout == "medmnist npz"
+    raw = np.load(tmp_path / "pneumoniamnist_64.npz")
+    assert abs(float(pneu.images[0].mean()) - float(raw["train_images"][0].mean())) < 3  # resized, not scrambled
+    chest = load_dataset(_npz(tmp_path / "chestmnist.npz", 14), 28, progress=False)
+    assert chest.task == "multilabel" and chest.class_names[0] == "atelectasis" and chest.class_names[-1] == "hernia"
+    np.testing.assert_array_equal(chest.labels[:40], np.load(tmp_path / "chestmnist.npz")["train_labels"])
+    other = load_dataset(_npz(tmp_path / "mystery.npz", 3), 28, progress=False)
+    assert other.class_names == ["label_0", "label_1", "label_2"]
+    with pytest.raises(DatasetError, match="not a MedMNIST file"):
+        np.savez(tmp_path / "x.npz", images=np.zeros((2, 4, 4)))
+        load_dataset(tmp_path / "x.npz", 28, progress=False)
+
+
+def test_iterative_stratification_keeps_patients_together_and_prevalence():
+    rng = np.random.default_rng(0)
+    sizes = rng.geometric(0.3, 800)
+    groups = np.repeat(np.arange(800), sizes).astype(str)
+    patient_has = rng.random((800, 8)) < np.linspace(0.02, 0.3, 8) * 1.5
+    y = (patient_has[np.repeat(np.arange(800), sizes)] & (rng.random((len(groups), 8)) < 0.7)).astype(int)
+    fold = iterative_stratification(y, groups, [0.7, 0.15, 0.15], seed=1)
+    for g in np.unique(groups)[:200]:
+        assert len(set(fold[groups == g])) == 1
+    sizes_per_fold = np.bincount(fold) / len(fold)
+    np.testing.assert_allclose(sizes_per_fold, [0.7, 0.15, 0.15], atol=0.02)
+    for k in range(3):
+        np.testing.assert_allclose(y[fold == k].mean(0), y.mean(0), atol=0.02)
