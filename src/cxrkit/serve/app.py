@@ -148,7 +148,10 @@ class Service:
             if explain:
                 from cxrkit.explain.cam import heatmaps
 
-                heat = heatmaps(self.run, images)
+                try:
+                    heat = heatmaps(self.run, images)
+                except ValueError as exc:  # the explainer refuses this model or image, with a reason
+                    raise ApiError(422, "explain_failed", f"no heat map for this model: {exc}") from exc
         decisions = self.run.decide(probs)
         outliers = [[] for _ in uploads]
         if self.reference is not None:
@@ -180,7 +183,7 @@ class Service:
         if self.run.task == "binary":
             pos, t = self.run.classes[1], self.rule["threshold"]
             side = "at or above" if p[1] >= t else "below"
-            return f"{label}: the probability of {pos} ({p[1]:.2f}) is {side} the threshold {t:.2f}"
+            return f"{label}: the probability of {pos} ({p[1]:.3f}) is {side} the threshold {t:.3f}"
         j = int(np.argmax(p))
         return f"{label}: the most probable class ({p[j]:.2f})"
 
@@ -196,12 +199,13 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
                cors_origins: list[str] | None = None) -> FastAPI:
     """The FastAPI app serving the run in ``run_dir``; the model is loaded here, once.
 
-    ``api_key`` (default: the ``CXRKIT_API_KEY`` environment variable) is then required on ``/v1/predict``
+    ``api_key`` (default: the ``CXRKIT_API_KEY`` environment variable; ``""`` for none) is then required on ``/v1/predict``
     and ``/v1/model`` as ``X-API-Key`` or ``Authorization: Bearer``. CORS stays off unless
     ``cors_origins`` names the origins allowed to call the API from a browser.
     """
     limits = limits or Limits()
-    api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    # An explicit empty key turns auth off even when the environment variable is set (tests, local use).
+    api_key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV)) or None
     service = Service(Run.load(run_dir, engine=engine), limits)
     app = FastAPI(title="cxrkit", version=__version__,
                   description=f"Chest X-ray classification with model {service.identity['id']} "
