@@ -103,12 +103,16 @@ def _sniff(data: bytes) -> str:
     return "unknown"
 
 
-def _png_base64(gray: np.ndarray) -> str:
+def _png_bytes(gray: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(gray, mode="L").save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def _png_base64(gray: np.ndarray) -> str:
+    return base64.b64encode(_png_bytes(gray)).decode("ascii")
 
 
 class Service:
@@ -121,6 +125,14 @@ class Service:
         self.rule = decision_rule(run)
         self.card = model_card(run)
         self.reference = run.shift_reference()
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """One prediction at start-up, so lazy imports and first-run allocations do not land on the first request."""
+        from cxrkit.data.synthetic import synthetic_cxr
+
+        img = synthetic_cxr(np.random.default_rng(0), self.run.preprocessing.image_size)
+        self.predict([("warm-up", _png_bytes(img))], explain=False, preview=False)
 
     def decode(self, name: str, data: bytes) -> np.ndarray:
         """One upload -> uint8 (S, S) at the run's size, or an :class:`ApiError` saying what is wrong with it."""
@@ -277,14 +289,9 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
     @app.get("/v1/sample.png", summary="a synthetic chest radiograph (not a patient) to try the service with",
              response_class=Response)
     async def sample() -> Response:
-        from PIL import Image
-
         from cxrkit.data.synthetic import synthetic_cxr
 
-        img = synthetic_cxr(np.random.default_rng(7), 256, pattern=1)
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG")
-        return Response(buf.getvalue(), media_type="image/png")
+        return Response(_png_bytes(synthetic_cxr(np.random.default_rng(7), 256, pattern=1)), media_type="image/png")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
