@@ -1,6 +1,6 @@
 """ONNX Runtime vs PyTorch on this machine: inference time at batch 1 and batch 32, and what int8 costs in AUC.
 
-    python benchmarks/onnx_speed.py RUN [--data DATA] [--split test] [--repeats 30]
+    python benchmarks/onnx_speed.py RUN [--data DATA] [--split test] [--repeats 30] [--threads N]
 
 Exports RUN (model.onnx and model.int8.onnx) when the files are missing, then times
 ``Run.predict_arrays`` (the path predict and serve use: normalisation, model, probabilities) for each
@@ -42,7 +42,10 @@ def main() -> None:
     p.add_argument("--data", default=None, help="dataset for the AUC comparison (default: the run's)")
     p.add_argument("--split", default="test")
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--threads", type=int, default=None, help="threads for both engines (default: torch's default, one per core)")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)  # ONNX Runtime sessions take torch's thread count (cxrkit.models.onnx_runtime)
 
     from cxrkit.models.onnx_runtime import INT8_FILE, ONNX_FILE
 

@@ -114,6 +114,15 @@ def test_request_shape_errors(client, sample_png):
     assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_files"
     r = client.post("/v1/predict", content=b"x" * 10, headers={"content-length": str(10**9), "content-type": "multipart/form-data; boundary=zz"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def streamed():  # chunked upload with no Content-Length: cut off once past the limit (4 x 200 kB + 64 kB)
+        yield b'--zz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
+        for _ in range(100):
+            yield b"\0" * 10_000
+        yield b"\r\n--zz--\r\n"
+
+    r = client.post("/v1/predict", content=streamed(), headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     assert client.get("/nowhere").status_code == 404
     assert client.get("/static/../app.py").status_code == 404
 

@@ -79,18 +79,29 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await _error(413, "request_too_large", f"request body over the limit of {self.max_bytes:,} bytes")(scope, receive, send)
             return
-        seen = 0
+        seen, too_big, answered = 0, False, False
+        message_413 = f"request body over the limit of {self.max_bytes:,} bytes"
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, too_big
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise ApiError(413, "request_too_large", f"request body over the limit of {self.max_bytes:,} bytes")
+                    too_big = True
+                    raise ApiError(413, "request_too_large", message_413)
             return message
 
-        await self.app(scope, limited, send)
+        async def guarded_send(message) -> None:
+            # FastAPI turns any error while parsing a form into "400 error parsing the body"; the real reason is ours.
+            nonlocal answered
+            if not too_big:
+                await send(message)
+            elif not answered and message["type"] == "http.response.start":
+                answered = True
+                await _error(413, "request_too_large", message_413)(scope, receive, send)
+
+        await self.app(scope, limited, guarded_send)
 
 
 def _sniff(data: bytes) -> str:
