@@ -48,6 +48,8 @@ class OnnxModel:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Same thread count as PyTorch, so the two engines are compared (and share the cores) fairly.
         opts.intra_op_num_threads = threads or torch.get_num_threads()
+        # No busy-waiting between runs: spinning threads would take the cores that decode the next images.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 

@@ -79,18 +79,29 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await _error(413, "request_too_large", f"request body over the limit of {self.max_bytes:,} bytes")(scope, receive, send)
             return
-        seen = 0
+        seen, too_big, answered = 0, False, False
+        message_413 = f"request body over the limit of {self.max_bytes:,} bytes"
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, too_big
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise ApiError(413, "request_too_large", f"request body over the limit of {self.max_bytes:,} bytes")
+                    too_big = True
+                    raise ApiError(413, "request_too_large", message_413)
             return message
 
-        await self.app(scope, limited, send)
+        async def guarded_send(message) -> None:
+            # FastAPI turns any error while parsing a form into "400 error parsing the body"; the real reason is ours.
+            nonlocal answered
+            if not too_big:
+                await send(message)
+            elif not answered and message["type"] == "http.response.start":
+                answered = True
+                await _error(413, "request_too_large", message_413)(scope, receive, send)
+
+        await self.app(scope, limited, guarded_send)
 
 
 def _sniff(data: bytes) -> str:
@@ -103,12 +114,16 @@ def _sniff(data: bytes) -> str:
     return "unknown"
 
 
-def _png_base64(gray: np.ndarray) -> str:
+def _png_bytes(gray: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(gray, mode="L").save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def _png_base64(gray: np.ndarray) -> str:
+    return base64.b64encode(_png_bytes(gray)).decode("ascii")
 
 
 class Service:
@@ -121,6 +136,14 @@ class Service:
         self.rule = decision_rule(run)
         self.card = model_card(run)
         self.reference = run.shift_reference()
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """One prediction at start-up, so lazy imports and first-run allocations do not land on the first request."""
+        from cxrkit.data.synthetic import synthetic_cxr
+
+        img = synthetic_cxr(np.random.default_rng(0), self.run.preprocessing.image_size)
+        self.predict([("warm-up", _png_bytes(img))], explain=False, preview=False)
 
     def decode(self, name: str, data: bytes) -> np.ndarray:
         """One upload -> uint8 (S, S) at the run's size, or an :class:`ApiError` saying what is wrong with it."""
@@ -148,7 +171,10 @@ class Service:
             if explain:
                 from cxrkit.explain.cam import heatmaps
 
-                heat = heatmaps(self.run, images)
+                try:
+                    heat = heatmaps(self.run, images)
+                except ValueError as exc:  # the explainer refuses this model or image, with a reason
+                    raise ApiError(422, "explain_failed", f"no heat map for this model: {exc}") from exc
         decisions = self.run.decide(probs)
         outliers = [[] for _ in uploads]
         if self.reference is not None:
@@ -180,7 +206,7 @@ class Service:
         if self.run.task == "binary":
             pos, t = self.run.classes[1], self.rule["threshold"]
             side = "at or above" if p[1] >= t else "below"
-            return f"{label}: the probability of {pos} ({p[1]:.2f}) is {side} the threshold {t:.2f}"
+            return f"{label}: the probability of {pos} ({p[1]:.3f}) is {side} the threshold {t:.3f}"
         j = int(np.argmax(p))
         return f"{label}: the most probable class ({p[j]:.2f})"
 
@@ -196,12 +222,13 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
                cors_origins: list[str] | None = None) -> FastAPI:
     """The FastAPI app serving the run in ``run_dir``; the model is loaded here, once.
 
-    ``api_key`` (default: the ``CXRKIT_API_KEY`` environment variable) is then required on ``/v1/predict``
+    ``api_key`` (default: the ``CXRKIT_API_KEY`` environment variable; ``""`` for none) is then required on ``/v1/predict``
     and ``/v1/model`` as ``X-API-Key`` or ``Authorization: Bearer``. CORS stays off unless
     ``cors_origins`` names the origins allowed to call the API from a browser.
     """
     limits = limits or Limits()
-    api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    # An explicit empty key turns auth off even when the environment variable is set (tests, local use).
+    api_key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV)) or None
     service = Service(Run.load(run_dir, engine=engine), limits)
     app = FastAPI(title="cxrkit", version=__version__,
                   description=f"Chest X-ray classification with model {service.identity['id']} "
@@ -273,14 +300,9 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
     @app.get("/v1/sample.png", summary="a synthetic chest radiograph (not a patient) to try the service with",
              response_class=Response)
     async def sample() -> Response:
-        from PIL import Image
-
         from cxrkit.data.synthetic import synthetic_cxr
 
-        img = synthetic_cxr(np.random.default_rng(7), 256, pattern=1)
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG")
-        return Response(buf.getvalue(), media_type="image/png")
+        return Response(_png_bytes(synthetic_cxr(np.random.default_rng(7), 256, pattern=1)), media_type="image/png")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:

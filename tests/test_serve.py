@@ -1,0 +1,180 @@
+"""The HTTP API through FastAPI's TestClient: valid uploads, every class of bad input as a 4xx JSON error, API key, fuzzing."""
+
+import base64
+import importlib.util
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from cxrkit.serve.app import Limits, create_app  # noqa: E402
+
+from .test_dicom import SR_STORAGE, ramp, write_dicom  # noqa: E402
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(tiny_run):
+    limits = Limits(max_file_bytes=200_000, max_files=4, max_pixels=1_000_000)
+    with TestClient(create_app(tiny_run, engine="torch", api_key="", limits=limits)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def sample_png(binary_data) -> bytes:
+    return sorted((binary_data / "test" / "tb").glob("*.png"))[0].read_bytes()
+
+
+def post(client, *files, **params):
+    return client.post("/v1/predict", params=params, files=[("files", (name, data, "application/octet-stream")) for name, data in files])
+
+
+def test_healthz_and_model_card(client, tiny_run):
+    assert client.get("/healthz").json()["status"] == "ok"
+    card = client.get("/v1/model").json()
+    assert card["model"]["classes"] == ["healthy", "tb"] and len(card["model"]["version"]) == 12
+    assert card["decision"]["rule"] == "youden" and card["decision"]["chosen_on"] == "val" and card["decision"]["calibrated"] is False
+    val = card["metrics"]["val"]
+    assert val["n"] == 14 and val["roc_auc"]["ci95"][0] <= val["roc_auc"]["value"] <= val["roc_auc"]["ci95"][1]
+    assert any("not a certified medical device" in t for t in card["limitations"])
+    assert any("No test-split evaluation" in t for t in card["limitations"])  # only validation was run
+    assert card["training_data"]["counts"]["train"] == {"healthy": 38, "tb": 38}
+
+
+def test_predict_png_matches_the_python_api(client, tiny_run, sample_png):
+    from cxrkit.run import Run
+
+    r = post(client, ("x.png", sample_png), preview="true")
+    assert r.status_code == 200
+    res = r.json()["results"][0]
+    run = Run.load(tiny_run, engine="torch")
+    expected = run.predict_arrays(run.preprocessing.load(sample_png)[None])[0]
+    assert res["probabilities"]["tb"] == pytest.approx(expected[1], abs=1e-6)
+    assert res["decision"]["label"] == ("tb" if expected[1] >= run.threshold else "healthy")
+    assert res["decision"]["threshold"] == run.threshold and res["decision"]["rule"] == "youden"
+    assert res["format"] == "png" and res["calibrated"] is False and res["ood_warning"] is False
+    preview = Image.open(io.BytesIO(base64.b64decode(res["image_png"])))
+    assert preview.size == (32, 32)
+    assert r.json()["model"]["id"] == "tiny"
+
+
+def test_several_files_and_dicom_by_content(client, tmp_path, sample_png):
+    dcm = write_dicom(tmp_path / "x.dcm", ramp(64)).read_bytes()
+    r = post(client, ("a.png", sample_png), ("scan.bin", dcm), ("b.png", sample_png))
+    assert r.status_code == 200
+    res = r.json()["results"]
+    assert [x["file"] for x in res] == ["a.png", "scan.bin", "b.png"] and res[1]["format"] == "dicom"
+    assert res[0]["probabilities"] == res[2]["probabilities"]
+    assert all(abs(sum(x["probabilities"].values()) - 1) < 1e-5 for x in res)
+
+
+def test_out_of_distribution_image_is_flagged(client):
+    r = post(client, ("white.png", png_bytes(np.full((64, 64), 250, np.uint8))))
+    res = r.json()["results"][0]
+    assert r.status_code == 200 and res["ood_warning"] is True
+    assert any("mean brightness" in f for f in res["ood_findings"])
+
+
+@pytest.mark.parametrize("name,data,status,code", [
+    ("empty.png", b"", 400, "empty_file"),
+    ("notes.png", b"this is a text file, not an X-ray\n" * 10, 415, "unsupported_image"),
+    ("truncated.png", None, 422, "undecodable_image"),
+    ("bomb.png", "bomb", 413, "too_many_pixels"),
+    ("huge.png", b"\x89PNG" + b"\0" * 200_001, 413, "file_too_large"),
+    ("report.dcm", "sr", 415, "unsupported_image"),
+])
+def test_bad_inputs_are_4xx_json(client, sample_png, tmp_path, name, data, status, code):
+    if data is None:
+        data = sample_png[: len(sample_png) // 2]
+    elif data == "bomb":
+        data = png_bytes(np.zeros((1100, 1000), np.uint8))  # 1.1 MP, a few kB compressed: over the 1 MP limit
+    elif data == "sr":
+        data = write_dicom(tmp_path / "sr.dcm", None, sop_class=SR_STORAGE).read_bytes()
+    r = post(client, ("good.png", sample_png), (name, data))
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["file"] == name and err["message"]
+
+
+def test_request_shape_errors(client, sample_png):
+    assert client.post("/v1/predict", data={"x": "1"}).status_code == 422
+    r = client.post("/v1/predict", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert r.status_code == 400 and "error" in r.json()
+    r = post(client, *[(f"{i}.png", sample_png) for i in range(5)])
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_files"
+    r = client.post("/v1/predict", content=b"x" * 10, headers={"content-length": str(10**9), "content-type": "multipart/form-data; boundary=zz"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def streamed():  # chunked upload with no Content-Length: cut off once past the limit (4 x 200 kB + 64 kB)
+        yield b'--zz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
+        for _ in range(100):
+            yield b"\0" * 10_000
+        yield b"\r\n--zz--\r\n"
+
+    r = client.post("/v1/predict", content=streamed(), headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert client.get("/nowhere").status_code == 404
+    assert client.get("/static/../app.py").status_code == 404
+
+
+def test_api_key(tiny_run, sample_png, monkeypatch):
+    monkeypatch.setenv("CXRKIT_API_KEY", "s3cret")
+    with TestClient(create_app(tiny_run, engine="torch")) as c:
+        assert c.get("/healthz").status_code == 200  # liveness stays open for load balancers
+        assert post(c, ("a.png", sample_png)).status_code == 401
+        assert c.get("/v1/model", headers={"X-API-Key": "wrong"}).json()["error"]["code"] == "unauthorized"
+        ok = c.post("/v1/predict", files=[("files", ("a.png", sample_png))], headers={"X-API-Key": "s3cret"})
+        assert ok.status_code == 200
+        assert c.get("/v1/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert "access-control-allow-origin" not in c.get("/healthz", headers={"Origin": "https://evil.example"}).headers
+
+
+def test_page_and_sample_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and '<label for="files">' in page.text and "https://" not in page.text
+    assert "fetch(" in client.get("/static/app.js").text
+    sample = client.get("/v1/sample.png")
+    assert sample.headers["content-type"] == "image/png" and Image.open(io.BytesIO(sample.content)).size == (256, 256)
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cxrkit.explain") is None, reason="cxrkit.explain.cam (Grad-CAM) is not in this branch")
+def test_explain_adds_an_overlay(client, sample_png):
+    r = post(client, ("a.png", sample_png), explain="true")
+    assert r.status_code == 200
+    overlay = Image.open(io.BytesIO(base64.b64decode(r.json()["results"][0]["overlay_png"])))
+    assert overlay.mode == "RGB" and overlay.size == (32, 32)
+
+
+def test_fuzzed_uploads_never_give_a_server_error(client, sample_png):
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    dcm_head = b"\0" * 128 + b"DICM"
+    payload = st.one_of(
+        st.binary(max_size=400),
+        st.builds(lambda cut: sample_png[:cut], st.integers(0, len(sample_png))),  # truncations
+        st.builds(lambda i, b: sample_png[:i] + bytes([b]) + sample_png[i + 1:], st.integers(0, len(sample_png) - 1), st.integers(0, 255)),
+        st.builds(lambda tail: dcm_head + tail, st.binary(max_size=300)),  # DICOM magic, garbage after
+    )
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(files=st.lists(st.tuples(st.text(max_size=20), payload), min_size=1, max_size=3))
+    def check(files):
+        r = client.post("/v1/predict", files=[("files", (name or "f", data, "application/octet-stream")) for name, data in files])
+        assert r.status_code < 500, r.text
+        assert ("results" in r.json()) == (r.status_code == 200)
+
+    assert hypothesis is not None
+    check()
