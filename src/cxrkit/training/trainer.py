@@ -31,6 +31,7 @@ from cxrkit.evaluation.metrics import rank_auc
 from cxrkit.models.pretrained import initialise
 from cxrkit.models.registry import MODELS, build_model, count_parameters, split_parameters
 from cxrkit.run import META_FILE, MODEL_FILE, SHIFT_FILE, atomic_write_csv, atomic_write_text, probabilities, save_weights
+from cxrkit.training.checkpoint import CHECKPOINT_DIR, find_checkpoint, load_checkpoint, save_checkpoint
 from cxrkit.training.imbalance import class_counts, make_loss, oversampled_order, repeat_factors
 
 
@@ -105,8 +106,12 @@ RUN_OUTPUTS = ("meta.json", "model.safetensors", "shift_reference.json", "metric
                "skipped.csv", "report.html", "config.yaml")
 
 
-def prepare_run_folder(out: Path, overwrite: bool) -> None:
-    """Create the run folder; refuse to mix a new run with an old one unless ``overwrite``, then clear the old outputs."""
+def prepare_run_folder(out: Path, overwrite: bool, resume: bool = False) -> None:
+    """Create the run folder; refuse to mix a new run with an old one unless ``overwrite``, then clear the old outputs
+    (a resumed run keeps them: they are rewritten as it goes)."""
+    if resume and find_checkpoint(out) is not None:
+        return
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     if (out / META_FILE).exists() or (out / MODEL_FILE).exists():
         if not overwrite:
             raise FileExistsError(f"{out} already holds a run; choose another --out or pass --overwrite")
@@ -133,7 +138,7 @@ EpochCallback = Callable[[int, float], None]
 
 def train(
     cfg: TrainConfig, progress: bool = True, overwrite: bool = False, on_epoch: EpochCallback | None = None,
-    finish: bool = True,
+    finish: bool = True, resume: bool = False,
 ) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` and write the run folder ``cfg.out``; returns its path.
 
@@ -146,9 +151,19 @@ def train(
     layers; the backbone's learning rate is ``cfg.lr * cfg.backbone_lr_scale`` (discriminative rates).
     ``on_epoch(epoch, val_auc)`` is called after every epoch (hyper-parameter search prunes there by
     raising). ``finish=False`` skips choosing the threshold and writing the report.
+
+    Every epoch ends with a checkpoint (:mod:`cxrkit.training.checkpoint`); ``resume`` continues from the
+    run folder's checkpoint, if there is one, with the same configuration, and reaches the same model
+    and history as a run that was never interrupted (on the same machine and thread count).
     """
     out = Path(cfg.out)
-    prepare_run_folder(out, overwrite)
+    prepare_run_folder(out, overwrite, resume)
+    ckpt = find_checkpoint(out) if resume else None
+    if ckpt is not None:
+        saved = TrainConfig.load(out / "config.yaml").to_dict()
+        differ = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v)
+        if differ:
+            raise ValueError(f"--resume needs the configuration the run was started with; these differ: {', '.join(differ)}")
 
     def log(msg: str) -> None:
         if progress:
@@ -218,7 +233,17 @@ def train(
     best_auc, best_loss, best_epoch, best_state, bad_epochs = -1.0, float("inf"), 0, None, 0
     interrupted = False
     stopped_by = "epochs"
-    epoch_bar = tqdm(range(1, cfg.epochs + 1), desc=f"training {cfg.model}", unit="epoch", disable=not progress or None)
+    first_epoch = 1
+    if ckpt is not None:
+        st, best_state = load_checkpoint(ckpt, model, optimizer, scheduler, rng, aug_gen)
+        history, best_auc, best_loss, best_epoch, bad_epochs = st["history"], st["best_auc"], st["best_loss"], st["best_epoch"], st["bad_epochs"]
+        first_epoch = st["epoch"] + 1 if st["stopped_by"] is None else cfg.epochs + 1
+        stopped_by = st["stopped_by"] or stopped_by
+        t_start -= st["seconds"]
+        if cfg.head_epochs:
+            _set_backbone_trainable(backbone, first_epoch > cfg.head_epochs)
+        log(f"resuming {out} after epoch {st['epoch']} (best validation AUC {best_auc:.4f} at epoch {best_epoch})")
+    epoch_bar = tqdm(range(first_epoch, cfg.epochs + 1), desc=f"training {cfg.model}", unit="epoch", disable=not progress or None)
     try:
         for epoch in epoch_bar:
             head_only = cfg.freeze == "backbone" or epoch <= cfg.head_epochs
@@ -284,15 +309,22 @@ def train(
                 f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
                 f"val AUC {val_auc:.4f}  {row['train_images_per_second']:.0f} img/s{'  *best' if improved else ''}"
             )
-            if on_epoch is not None:
-                on_epoch(epoch, val_auc)
+            stop = None
             if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes and epoch < cfg.epochs:
                 log(f"time limit: stopping after epoch {epoch} ({cfg.max_minutes:g} minutes reached)")
-                stopped_by = "time limit"
-                break
-            if bad_epochs >= cfg.patience and not (cfg.head_epochs and epoch <= cfg.head_epochs):
+                stop = "time limit"
+            elif bad_epochs >= cfg.patience and not (cfg.head_epochs and epoch <= cfg.head_epochs):
                 log(f"early stop: validation AUC did not improve for {cfg.patience} epochs")
-                stopped_by = "early stopping"
+                stop = "early stopping"
+            # The stop decision goes into the checkpoint, so a run resumed right here stops as it would have.
+            save_checkpoint(out, model, best_state, optimizer, scheduler, rng, aug_gen, {
+                "epoch": epoch, "history": history, "best_auc": best_auc, "best_loss": best_loss, "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs, "stopped_by": stop, "seconds": time.perf_counter() - t_start,
+            })
+            if on_epoch is not None:
+                on_epoch(epoch, val_auc)
+            if stop:
+                stopped_by = stop
                 break
     except KeyboardInterrupt:
         interrupted = True
