@@ -144,6 +144,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = _config_from_args(a, a.data, str(out_dir))
     out = train(cfg, overwrite=a.overwrite, resume=a.resume)
     import json
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only process 0 reports
+        return 0
 
     t = json.loads((out / "meta.json").read_text())["training"]
     print(f"\ntrained {t['epochs_run']} epoch(s), kept epoch {t['best_epoch']} (validation AUC {t['best_val_auc']:.4f}); "
