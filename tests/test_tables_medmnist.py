@@ -147,3 +147,34 @@ def test_iterative_stratification_keeps_patients_together_and_prevalence():
     np.testing.assert_allclose(sizes_per_fold, [0.7, 0.15, 0.15], atol=0.02)
     for k in range(3):
         np.testing.assert_allclose(y[fold == k].mean(0), y.mean(0), atol=0.02)
+
+
+def _shared(name: str) -> Path:
+    from .conftest import SHARED_DATA
+
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not present (shared datasets are only on the project's machines)")
+    return path
+
+
+@pytest.mark.shared_data
+def test_shared_nih_table_and_patient_level_resplit():
+    root = _shared("nih_cxr14_1000_64")
+    src = open_label_table(root / "labels.csv", root)
+    assert len(src.samples) == 800 and len(src.classes) == 14 and src.given_splits == ["train", "val"]
+    counts = {c: sum(c in s.findings for s in src.samples) for c in src.classes}
+    assert counts["Hernia"] == 9 and counts["Effusion"] == 141  # train+valid rows of SOURCE.md's counts
+    src_patients = {s.patient for s in src.samples}
+    assert len(src_patients) < 264
+    ds = load_dataset(root, 16, labels=root / "labels.csv", resplit=True, progress=False)
+    pats = np.array(ds.patients)
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not set(pats[ds.splits == a]) & set(pats[ds.splits == b])
+
+
+@pytest.mark.shared_data
+def test_shared_pneumoniamnist_npz():
+    ds = load_dataset(_shared("pneumoniamnist_28_balanced.npz"), 28, progress=False)
+    assert ds.task == "binary" and ds.positive == "pneumonia"
+    assert ds.counts() == {"train": {"normal": 1214, "pneumonia": 1214}, "val": {"normal": 135, "pneumonia": 135}}

@@ -133,13 +133,22 @@ def cmd_train(a: argparse.Namespace) -> int:
     from cxrkit.config import TrainConfig
     from cxrkit.training import train
 
-    if a.config:
+    out_dir = Path(a.out or f"runs/{a.model}")
+    if a.resume and (out_dir / "config.yaml").is_file():
+        cfg = TrainConfig.load(out_dir / "config.yaml")  # the run's own settings; other options are ignored
+        if Path(cfg.data).resolve() != Path(a.data).resolve():
+            raise ValueError(f"{out_dir} was trained on {cfg.data}, not {a.data}; --resume continues the same run")
+    elif a.config:
         cfg = TrainConfig.load(a.config)
         cfg.data, cfg.out = a.data, a.out or cfg.out
     else:
-        cfg = _config_from_args(a, a.data, a.out or f"runs/{a.model}")
-    out = train(cfg, overwrite=a.overwrite)
+        cfg = _config_from_args(a, a.data, str(out_dir))
+    out = train(cfg, overwrite=a.overwrite, resume=a.resume)
     import json
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only process 0 reports
+        return 0
 
     t = json.loads((out / "meta.json").read_text())["training"]
     print(f"\ntrained {t['epochs_run']} epoch(s), kept epoch {t['best_epoch']} (validation AUC {t['best_val_auc']:.4f}); "
@@ -359,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run folder (default runs/<model>)")
     t.add_argument("--config", default=None, help="config.yaml of an earlier run to repeat (other options are then ignored)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (its metrics and plots are deleted)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last per-epoch checkpoint with its saved config.yaml (other options "
+                        "are ignored); starts a new run when there is none, so the same command suits preemptible jobs")
     _add_train_options(t)
     t.set_defaults(func=cmd_train)
 

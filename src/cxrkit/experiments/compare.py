@@ -78,7 +78,10 @@ def _read_split(run_dir: Path, split: str) -> tuple[list[str], np.ndarray, np.nd
     classes = meta["classes"]
     with open(run_dir / "predictions.csv", newline="") as f:
         rows = sorted((r for r in csv.DictReader(f) if r["split"] == split), key=lambda r: r["path"])
-    y = np.array([classes.index(r["true"]) for r in rows])
+    if meta["task"] == "multilabel":
+        y = np.array([[c in r["true"].split("|") for c in classes] for r in rows], dtype=int).reshape(len(rows), len(classes))
+    else:
+        y = np.array([classes.index(r["true"]) for r in rows])
     probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]).reshape(len(rows), len(classes))
     return [r["path"] for r in rows], y, probs
 
@@ -109,6 +112,9 @@ def _row(run_dir: Path, split: str) -> dict:
         auc = mm["roc_auc"]
         row.update(roc_auc=auc["value"], threshold=m["threshold"], **{k: mm[k]["value"] for k in ("sensitivity", "specificity", "ppv", "npv", "f1")},
                    **m["confusion"])
+    elif m["task"] == "multilabel":
+        auc = mm["mean_roc_auc"]
+        row.update(roc_auc=auc["value"])
     else:
         auc = mm["macro_roc_auc"]
         row.update(roc_auc=auc["value"], f1=mm["macro_f1"]["value"], confusion=m["confusion"])
@@ -133,9 +139,10 @@ def compare(
     """
     if split not in ("val", "test"):
         raise ValueError("compare on split val or test")
-    from cxrkit.data.sources import open_image_folder
+    from cxrkit.data.dataset import open_source
 
-    open_image_folder(data, Path(base.cache_dir) if base.cache_dir else None)  # an unreadable dataset fails once, not once per model
+    # an unreadable dataset fails once, not once per model
+    open_source(data, base.labels, base.label_column, base.task, Path(base.cache_dir) if base.cache_dir else None)
     out = Path(out)
     state_path = out / STATE_FILE
     if state_path.exists() and not (resume or overwrite):
@@ -206,7 +213,8 @@ def summarise(out: str | Path) -> dict:
         best = max(done, key=lambda r: r["roc_auc"])
         preds = {r["model"]: _read_split(out / r["run"], split) for r in done}
         paths_best, y, p_best = preds[best["model"]]
-        binary = p_best.shape[1] == 2
+        task = json.loads((out / best["run"] / META_FILE).read_text())["task"]
+        binary = task == "binary"
         for r in done:
             paths, y_r, p_r = preds[r["model"]]
             if paths != paths_best or not np.array_equal(y_r, y):
@@ -218,7 +226,8 @@ def summarise(out: str | Path) -> dict:
                 point = (1 - r["specificity"], r["sensitivity"])
                 curves.append((r["model"], y, p_r[:, 1], point, r["roc_auc"]))
         if not binary:
-            notes.append("multi-class task: AUC is the macro one-vs-rest AUC; no paired test is computed for macro AUCs, "
+            what = "the mean of the per-finding AUCs" if task == "multilabel" else "the macro one-vs-rest AUC"
+            notes.append(f"{task} task: AUC is {what}; no paired test is computed for averaged AUCs, "
                          f"so the recommendation uses the {AUC_MARGIN} AUC margin alone")
         ok = [r for r in done if r is best or (r["auc_difference_vs_best"] >= -AUC_MARGIN and r.get("delong_p_vs_best", 1.0) >= ALPHA)]
         recommended = min(ok, key=lambda r: (r["parameters_total"], r["inference_ms_batch1"]))

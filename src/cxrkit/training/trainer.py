@@ -31,6 +31,8 @@ from cxrkit.evaluation.metrics import rank_auc
 from cxrkit.models.pretrained import initialise
 from cxrkit.models.registry import MODELS, build_model, count_parameters, split_parameters
 from cxrkit.run import META_FILE, MODEL_FILE, SHIFT_FILE, atomic_write_csv, atomic_write_text, probabilities, save_weights
+from cxrkit.training.checkpoint import CHECKPOINT_DIR, find_checkpoint, load_checkpoint, save_checkpoint
+from cxrkit.training.distributed import Distributed, setup_distributed, teardown_distributed
 from cxrkit.training.imbalance import class_counts, make_loss, oversampled_order, repeat_factors
 
 
@@ -48,9 +50,14 @@ class _Batches(Dataset):
         return torch.from_numpy(np.ascontiguousarray(self.images[idx])), torch.from_numpy(self.labels[idx])
 
 
-def _loader(ds: LabelledImages, index: np.ndarray, batch_size: int, workers: int, order: np.ndarray | None = None) -> DataLoader:
+def _loader(
+    ds: LabelledImages, index: np.ndarray, batch_size: int, workers: int, order: np.ndarray | None = None, ctx: Distributed | None = None,
+) -> DataLoader:
     idx = index if order is None else index[order]
     batches = [idx[i : i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
+    if ctx is not None and ctx.enabled:
+        # Every process must take the same number of steps: a global batch too small to give each two images is dropped.
+        batches = [ctx.share(b) for b in batches if len(b) >= 2 * ctx.world]
     return DataLoader(_Batches(ds.images, ds.labels), sampler=batches, batch_size=None, num_workers=workers)
 
 
@@ -69,20 +76,36 @@ def monitor_auc(y: np.ndarray, probs: np.ndarray, task: str) -> float:
 @torch.inference_mode()
 def predict_index(
     model: torch.nn.Module, ds: LabelledImages, index: np.ndarray, pre: Preprocessing, task: str,
-    batch_size: int = 64, workers: int = 0, channels_last: bool = False, precision: str = "32",
+    batch_size: int = 64, workers: int = 0, channels_last: bool = False, precision: str = "32", device: torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (N, K) and logits for the images at ``index``, in index order."""
     model.eval()
+    device = device or torch.device("cpu")
     probs, logits = [], []
     for xb, _ in _loader(ds, index, batch_size, workers):
-        x = pre(xb.numpy())
+        x = pre(xb.numpy()).to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = model(x).float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(x).float().cpu()
         logits.append(out)
         probs.append(probabilities(out, task))
     return torch.cat(probs).numpy(), torch.cat(logits)
+
+
+def _write_run_inputs(cfg: TrainConfig, ds: LabelledImages, train_idx: np.ndarray, out: Path) -> None:
+    """config.yaml, the shift reference, splits.csv and skipped.csv: what the run was trained from."""
+    from cxrkit.data.shift import build_reference
+
+    cfg.save(out / "config.yaml")
+    atomic_write_text(out / SHIFT_FILE, json.dumps(build_reference(ds.images[train_idx], *ds.label_groups(train_idx), cfg.seed)))
+    atomic_write_csv(
+        out / "splits.csv",
+        [{"path": rel, "label": ds.label_text(i), "split": ds.splits[i], "decoded": bool(ds.cache.ok[i])}
+         for i, rel in enumerate(ds.relpaths)],
+        ["path", "label", "split", "decoded"],
+    )
+    atomic_write_csv(out / "skipped.csv", [dict(zip(("path", "split", "reason"), s)) for s in ds.skipped()], ["path", "split", "reason"])
 
 
 def _loss(criterion: torch.nn.Module, logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
@@ -105,8 +128,12 @@ RUN_OUTPUTS = ("meta.json", "model.safetensors", "shift_reference.json", "metric
                "skipped.csv", "report.html", "config.yaml")
 
 
-def prepare_run_folder(out: Path, overwrite: bool) -> None:
-    """Create the run folder; refuse to mix a new run with an old one unless ``overwrite``, then clear the old outputs."""
+def prepare_run_folder(out: Path, overwrite: bool, resume: bool = False) -> None:
+    """Create the run folder; refuse to mix a new run with an old one unless ``overwrite``, then clear the old outputs
+    (a resumed run keeps them: they are rewritten as it goes)."""
+    if resume and find_checkpoint(out) is not None:
+        return
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     if (out / META_FILE).exists() or (out / MODEL_FILE).exists():
         if not overwrite:
             raise FileExistsError(f"{out} already holds a run; choose another --out or pass --overwrite")
@@ -133,7 +160,7 @@ EpochCallback = Callable[[int, float], None]
 
 def train(
     cfg: TrainConfig, progress: bool = True, overwrite: bool = False, on_epoch: EpochCallback | None = None,
-    finish: bool = True,
+    finish: bool = True, resume: bool = False,
 ) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` and write the run folder ``cfg.out``; returns its path.
 
@@ -146,9 +173,24 @@ def train(
     layers; the backbone's learning rate is ``cfg.lr * cfg.backbone_lr_scale`` (discriminative rates).
     ``on_epoch(epoch, val_auc)`` is called after every epoch (hyper-parameter search prunes there by
     raising). ``finish=False`` skips choosing the threshold and writing the report.
+
+    Every epoch ends with a checkpoint (:mod:`cxrkit.training.checkpoint`); ``resume`` continues from the
+    run folder's checkpoint, if there is one, with the same configuration, and reaches the same model
+    and history as a run that was never interrupted (on the same machine and thread count).
     """
     out = Path(cfg.out)
-    prepare_run_folder(out, overwrite)
+    ctx = setup_distributed()
+    if ctx.enabled and cfg.head_epochs:
+        raise ValueError("two-stage fine-tuning (--head-epochs) is not supported with several processes; use --freeze or one process")
+    if ctx.is_main:
+        prepare_run_folder(out, overwrite, resume)
+    ctx.barrier()
+    ckpt = find_checkpoint(out) if resume else None
+    if ckpt is not None:
+        saved = TrainConfig.load(out / "config.yaml").to_dict()
+        differ = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v)
+        if differ:
+            raise ValueError(f"--resume needs the configuration the run was started with; these differ: {', '.join(differ)}")
 
     def log(msg: str) -> None:
         if progress:
@@ -156,7 +198,7 @@ def train(
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    aug_gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator().manual_seed(cfg.seed + ctx.rank)  # each process augments its own images differently
     t_start = time.perf_counter()
 
     ds = load_dataset(
@@ -176,8 +218,10 @@ def train(
     pretrained_report = initialise(model, cfg.model, cfg.pretrained)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model = model.to(ctx.device)
     counts = class_counts(ds.labels[train_idx], k)
     criterion, loss_info = make_loss(task, counts, cfg.class_weights, n_images=len(train_idx))
+    criterion = criterion.to(ctx.device)
     factors = None
     if cfg.oversample:
         if task != "multilabel":
@@ -201,24 +245,30 @@ def train(
     else:
         scheduler = None
 
-    cfg.save(out / "config.yaml")
-    from cxrkit.data.shift import build_reference
+    if ctx.is_main:
+        _write_run_inputs(cfg, ds, train_idx, out)
+    train_model = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
 
-    atomic_write_text(out / SHIFT_FILE, json.dumps(build_reference(ds.images[train_idx], *ds.label_groups(train_idx), cfg.seed)))
-    atomic_write_csv(
-        out / "splits.csv",
-        [{"path": rel, "label": ds.label_text(i), "split": ds.splits[i], "decoded": bool(ds.cache.ok[i])}
-         for i, rel in enumerate(ds.relpaths)],
-        ["path", "label", "split", "decoded"],
-    )
-    atomic_write_csv(out / "skipped.csv", [dict(zip(("path", "split", "reason"), s)) for s in ds.skipped()], ["path", "split", "reason"])
+        train_model = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
 
     y_val = ds.labels[val_idx]
     history: list[dict] = []
     best_auc, best_loss, best_epoch, best_state, bad_epochs = -1.0, float("inf"), 0, None, 0
     interrupted = False
     stopped_by = "epochs"
-    epoch_bar = tqdm(range(1, cfg.epochs + 1), desc=f"training {cfg.model}", unit="epoch", disable=not progress or None)
+    first_epoch = 1
+    if ckpt is not None:
+        st, best_state = load_checkpoint(ckpt, model, optimizer, scheduler, rng, aug_gen)
+        history, best_auc, best_loss, best_epoch, bad_epochs = st["history"], st["best_auc"], st["best_loss"], st["best_epoch"], st["bad_epochs"]
+        first_epoch = st["epoch"] + 1 if st["stopped_by"] is None else cfg.epochs + 1
+        stopped_by = st["stopped_by"] or stopped_by
+        t_start -= st["seconds"]
+        if cfg.head_epochs:
+            _set_backbone_trainable(backbone, first_epoch > cfg.head_epochs)
+        log(f"resuming {out} after epoch {st['epoch']} (best validation AUC {best_auc:.4f} at epoch {best_epoch})")
+    epoch_bar = tqdm(range(first_epoch, cfg.epochs + 1), desc=f"training {cfg.model}", unit="epoch", disable=not progress or None)
     try:
         for epoch in epoch_bar:
             head_only = cfg.freeze == "backbone" or epoch <= cfg.head_epochs
@@ -234,20 +284,20 @@ def train(
             losses = []
             order = rng.permutation(len(train_idx)) if factors is None else oversampled_order(factors, rng)
             batch_bar = tqdm(
-                _loader(ds, train_idx, cfg.batch_size, cfg.workers, order), total=steps_per_epoch,
+                _loader(ds, train_idx, cfg.batch_size, cfg.workers, order, ctx), total=steps_per_epoch,
                 desc=f"epoch {epoch}", leave=False, unit="batch", disable=not progress or None,
             )
             for xb, yb in batch_bar:
                 if len(yb) < 2:  # batch norm cannot train on one image; it is seen again next epoch
                     continue
                 x = augment_batch(pre.to_unit(xb), cfg.augment, aug_gen)
-                x = pre.normalize(x)
+                x = pre.normalize(x).to(ctx.device)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    logits = model(x)
+                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    logits = train_model(x)
                 logits = logits.float()
-                loss = _loss(criterion, logits, yb, task)
+                loss = _loss(criterion, logits, yb.to(ctx.device), task)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -257,9 +307,15 @@ def train(
                 batch_bar.set_postfix(loss=f"{np.mean(losses):.4f}")
             train_seconds = time.perf_counter() - t0
             t1 = time.perf_counter()
-            probs, val_logits = predict_index(model, ds, val_idx, pre, task, 64, cfg.workers, cfg.channels_last, precision)
-            val_loss = float(_loss(criterion, val_logits, torch.from_numpy(y_val), task))
-            val_auc = monitor_auc(y_val, probs, task)
+            val_auc = val_loss = float("nan")
+            time_up = False
+            if ctx.is_main:  # process 0 validates and decides; the others follow its figures
+                probs, val_logits = predict_index(model, ds, val_idx, pre, task, 64, cfg.workers, cfg.channels_last, precision, ctx.device)
+                val_loss = float(_loss(criterion.cpu(), val_logits, torch.from_numpy(y_val), task))
+                criterion.to(ctx.device)
+                val_auc = monitor_auc(y_val, probs, task)
+                time_up = bool(cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes and epoch < cfg.epochs)
+            val_auc, val_loss, time_up = ctx.broadcast([val_auc, val_loss, time_up])
             if cfg.schedule == "plateau":
                 scheduler.step(val_auc)
             # Ties in AUC (common once a small validation set is separated perfectly) go to the lower loss.
@@ -269,7 +325,8 @@ def train(
             if improved:
                 best_auc, best_loss, best_epoch, bad_epochs = val_auc, val_loss, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
-                save_weights(model, out / MODEL_FILE)
+                if ctx.is_main:
+                    save_weights(model, out / MODEL_FILE)
             else:
                 bad_epochs += 1
             row = {
@@ -278,28 +335,41 @@ def train(
                 "val_seconds": time.perf_counter() - t1, "train_images_per_second": len(train_idx) / train_seconds,
             }
             history.append(row)
-            atomic_write_csv(out / "history.csv", history, list(history[0]))
+            if ctx.is_main:
+                atomic_write_csv(out / "history.csv", history, list(history[0]))
             epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{val_auc:.3f}", best=f"{best_auc:.3f}@{best_epoch}")
             log(
                 f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
                 f"val AUC {val_auc:.4f}  {row['train_images_per_second']:.0f} img/s{'  *best' if improved else ''}"
             )
+            stop = None
+            if time_up:
+                log(f"time limit: stopping after epoch {epoch} ({cfg.max_minutes:g} minutes reached)")
+                stop = "time limit"
+            elif bad_epochs >= cfg.patience and not (cfg.head_epochs and epoch <= cfg.head_epochs):
+                log(f"early stop: validation AUC did not improve for {cfg.patience} epochs")
+                stop = "early stopping"
+            # The stop decision goes into the checkpoint, so a run resumed right here stops as it would have.
+            if ctx.is_main:
+                save_checkpoint(out, model, best_state, optimizer, scheduler, rng, aug_gen, {
+                    "epoch": epoch, "history": history, "best_auc": best_auc, "best_loss": best_loss, "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs, "stopped_by": stop, "seconds": time.perf_counter() - t_start,
+                })
             if on_epoch is not None:
                 on_epoch(epoch, val_auc)
-            if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes and epoch < cfg.epochs:
-                log(f"time limit: stopping after epoch {epoch} ({cfg.max_minutes:g} minutes reached)")
-                stopped_by = "time limit"
-                break
-            if bad_epochs >= cfg.patience and not (cfg.head_epochs and epoch <= cfg.head_epochs):
-                log(f"early stop: validation AUC did not improve for {cfg.patience} epochs")
-                stopped_by = "early stopping"
+            if stop:
+                stopped_by = stop
                 break
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: keeping the best model so far and finishing the run")
     if best_state is None:
         raise RuntimeError("training stopped before the first epoch finished; no model to keep")
+    if not ctx.is_main:
+        teardown_distributed(ctx)
+        return out
     model.load_state_dict(best_state)
+    model = model.cpu()
 
     trainable, total = count_parameters(model)
     ips = [h["train_images_per_second"] for h in history]
@@ -348,6 +418,8 @@ def train(
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
             "precision": precision,
+            "processes": ctx.world,
+            "device": str(ctx.device),
         },
     }
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=2))
@@ -355,4 +427,5 @@ def train(
         from cxrkit.evaluation.evaluate import finish_training
 
         finish_training(out, ds, cfg.threshold_rule, cfg.seed)
+    teardown_distributed(ctx)
     return out

@@ -1,0 +1,83 @@
+"""Resumable work: a training run interrupted after an epoch and resumed ends where an uninterrupted one
+does; an interrupted cache build continues without decoding finished chunks again."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+import cxrkit.data.cache as cache_module
+from cxrkit.config import TrainConfig
+from cxrkit.data.cache import load_cached
+from cxrkit.data.synthetic import make_synthetic_dataset
+from cxrkit.training import train
+from cxrkit.training.checkpoint import find_checkpoint
+
+
+class Stop(Exception):
+    pass
+
+
+def _history(run) -> list[tuple[float, float, float]]:
+    return [(float(r["train_loss"]), float(r["val_loss"]), float(r["val_auc"])) for r in csv.DictReader(open(run / "history.csv"))]
+
+
+def test_interrupted_training_resumes_to_the_same_result(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "d", n_per_class=30, size=24, seed=2, signal=1.0)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "full"), model="simple_cnn", image_size=24, epochs=4, patience=10,
+                      batch_size=16, lr=2e-3, seed=0, precision="32", schedule="cosine")
+    full = train(cfg, progress=False, finish=False)
+
+    def interrupt(epoch: int, auc: float) -> None:
+        if epoch == 2:
+            raise Stop
+
+    part = replace(cfg, out=str(tmp_path / "part"))
+    with pytest.raises(Stop):
+        train(part, progress=False, on_epoch=interrupt, finish=False)
+    assert find_checkpoint(tmp_path / "part") is not None and len(_history(tmp_path / "part")) == 2
+    with pytest.raises(ValueError, match="differ: lr"):
+        train(replace(part, lr=1e-3), progress=False, resume=True, finish=False)
+    resumed = train(part, progress=False, resume=True, finish=False)
+    assert _history(resumed) == _history(full)
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    # resuming a finished run trains nothing more and gives the same files again
+    again = train(part, progress=False, resume=True, finish=False)
+    assert _history(again) == _history(full)
+
+
+def test_interrupted_cache_build_resumes(tmp_path, monkeypatch):
+    data = make_synthetic_dataset(tmp_path / "d", n_per_class=50, size=24, seed=1)
+    paths = sorted(data.rglob("*.png"))
+    paths.append(tmp_path / "broken.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    reference = load_cached(paths, 16, cache_dir=tmp_path / "ref", progress=False, workers=1)
+    calls = []
+    real = cache_module._decode_chunk
+
+    def flaky(job):
+        calls.append(job[1])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(cache_module, "_decode_chunk", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        load_cached(paths, 16, cache_dir=tmp_path / "c", progress=False, workers=1, chunk=16)
+    assert list((tmp_path / "c" / "images").glob("*.partial"))
+    first_run = list(calls)
+    calls.clear()
+    monkeypatch.setattr(cache_module, "_decode_chunk", lambda job: (calls.append(job[1]), real(job))[1])
+    resumed = load_cached(paths, 16, cache_dir=tmp_path / "c", progress=False, workers=1, chunk=16)
+    assert first_run == [0, 16, 32, 48] and calls[0] == 48 and 0 not in calls  # the three finished chunks are not decoded again
+    np.testing.assert_array_equal(np.asarray(resumed.images), np.asarray(reference.images))
+    assert resumed.errors == reference.errors and list(resumed.errors) == [len(paths) - 1]
+    assert not list((tmp_path / "c" / "images").glob("*.partial"))
+    monkeypatch.undo()
+    parallel = load_cached(paths, 16, cache_dir=tmp_path / "p", progress=False, workers=2, chunk=16)
+    np.testing.assert_array_equal(np.asarray(parallel.images), np.asarray(reference.images))
