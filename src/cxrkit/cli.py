@@ -246,7 +246,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
         if run.task == "binary":
             pos = run.classes[1]
             print(f"{paths[0]}: {r['prediction']}  (P({pos}) = {probs[0, 1]:.3f}; called {pos} when >= {run.threshold:.3f}, "
-                  f"rule {run.meta['threshold']['rule']} chosen on validation)")
+                  f"rule {run.meta['threshold']['rule']} chosen on validation"
+                  + (f"; probabilities {run.calibration['method']}-calibrated" if run.calibration else "") + ")")
         else:
             ranked = ", ".join(f"{c} {probs[0, j]:.3f}" for j, c in sorted(enumerate(run.classes), key=lambda t: -probs[0, t[0]]))
             print(f"{paths[0]}: {r['prediction']}  ({ranked})")
