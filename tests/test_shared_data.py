@@ -34,3 +34,15 @@ def test_nih_valid_folder_is_the_validation_split():
     src = open_image_folder(_need("nih_cxr14_1000_64"))
     assert src.given_splits == ["train", "val"]
     assert choose_positive_class(src.classes) == "1_abnormal"
+
+
+def test_covid_audit_finds_the_age_shortcut_and_duplicates(tmp_path):
+    from cxrkit.audit.dataset_audit import audit_dataset
+
+    audit = audit_dataset(_need("covid19_3class_640"), cache_dir=tmp_path, progress=False)
+    probe = audit["shortcut_probe"]
+    # adult COVID images from the web against pediatric Kermany normals: borders and corners give it away
+    assert probe["warning"] and probe["auc"] > 0.85
+    assert probe["giveaways"][0]["class"] == "Covid"
+    assert audit["properties"]["Covid"]["mode"].get("L", 0) > 0 and "L" not in audit["properties"]["Normal"]["mode"]
+    assert audit["duplicates"]["exact"]["clusters"] >= 3

@@ -48,6 +48,8 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--resplit", action="store_true",
                    help="ignore the splits the data gives (folders, a split column, NIH split lists, MedMNIST splits) and "
                         "make seeded patient-level ones with --val-fraction/--test-fraction")
+    g.add_argument("--allow-leakage", action="store_true",
+                   help="train even when the audit finds the same patients or (near-)identical images in two splits (recorded in meta.json)")
     g = p.add_argument_group("model and training")
     if single_model:
         g.add_argument("--model", default=d["model"], help="model name, see `cxrkit models` (default %(default)s)")
@@ -107,7 +109,7 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         data=data, out=out, labels=a.labels, label_column=a.label_column, task=a.task, resplit=a.resplit, oversample=a.oversample,
         model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size, aspect=a.aspect,
         intensity=a.intensity, crop_border=a.crop_border, positive=a.positive,
-        val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, seed=a.seed,
+        val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, allow_leakage=a.allow_leakage, seed=a.seed,
         epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         schedule=a.schedule, class_weights=not a.no_class_weights, threshold_rule=a.threshold_rule,
         precision=a.precision, workers=a.workers, pretrained=a.pretrained, freeze=a.freeze, head_epochs=a.head_epochs, backbone_lr_scale=a.backbone_lr_scale,
@@ -160,10 +162,36 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _decision_summary(m: dict) -> None:
+    """Calibration, the WHO triage check, the screening sentences and the attention flag of an evaluation."""
+    from cxrkit.report.narrative import screening_sentences
+
+    cal = m.get("calibration")
+    if cal:
+        line = f"  calibration: ECE {cal['model']['ece']:.4f}, Brier {cal['model']['brier']:.4f}"
+        if "calibrated" in cal:
+            line += f"; after {cal['method']} calibration ECE {cal['calibrated']['ece']:.4f}, Brier {cal['calibrated']['brier']:.4f}"
+        print(line)
+    w = m.get("who_triage")
+    if w:
+        se, sp = w["sensitivity"], w["specificity"]
+        print(f"  WHO TB-triage target (sensitivity >= 90% with specificity >= 70%) at the validation threshold for 90% sensitivity "
+              f"({w['threshold']:.3f}): sensitivity {100 * se['value']:.1f}% (95% CI {100 * se['ci'][0]:.1f}-{100 * se['ci'][1]:.1f}), "
+              f"specificity {100 * sp['value']:.1f}% ({100 * sp['ci'][0]:.1f}-{100 * sp['ci'][1]:.1f}): {w['verdict'].upper()}")
+    if m.get("screening"):
+        for s in screening_sentences(m["screening"], m["classes"][1]):
+            print("  " + s.replace("<b>", "").replace("</b>", ""))
+    att = m.get("attention") or {}
+    if att.get("flag"):
+        print(f"  warning: only {100 * att['mean_share']['lung']:.0f}% of the heat-map mass lies in the central lung field; "
+              "the model may be reading markers, borders or text")
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from cxrkit.evaluation.evaluate import evaluate_run, parse_class_map
 
-    m = evaluate_run(a.run, a.data, a.split, class_map=parse_class_map(a.class_map), recalibrate_on=a.recalibrate_on)
+    m = evaluate_run(a.run, a.data, a.split, class_map=parse_class_map(a.class_map), recalibrate_on=a.recalibrate_on,
+                     prevalence=a.prevalence, explain=None if a.explain == "none" else a.explain)
     for n in m.get("notes", []):
         print(f"note: {n}")
     _summary(Path(a.run), m["split"])
@@ -171,7 +199,26 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         r = m["recalibrated"]["metrics"]
         print(f"  at the re-chosen threshold {m['recalibrated']['threshold']:.3f}: sensitivity {100 * r['sensitivity']['value']:.1f}%, "
               f"specificity {100 * r['specificity']['value']:.1f}%")
+    _decision_summary(m)
     print(f"\nmetrics.json, predictions.csv and report.html updated in {a.run}/")
+    return 0
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from cxrkit.evaluation.calibrate import calibrate_run, remove_calibration
+
+    if a.remove:
+        remove_calibration(a.run)
+        print(f"calibration removed from {a.run}; predictions use the model's own probabilities and the original threshold")
+        return 0
+    c = calibrate_run(a.run, a.data, a.method)
+    b, f = c["before"], c["after"]
+    print(f"{c['method']} calibration fitted on {c['n']} validation images: ECE {b['ece']:.4f} -> {f['ece']:.4f}, "
+          f"Brier {b['brier']:.4f} -> {f['brier']:.4f} (validation; run `cxrkit evaluate` for the test split)")
+    if "threshold" in c:
+        t = c["threshold"]
+        print(f"threshold re-chosen on calibrated validation probabilities with rule {t['rule']}: {t['uncalibrated']:.4f} -> {t['calibrated']:.4f}")
+    print(f"calibration.json written to {a.run}/; predict, evaluate and serve now apply it")
     return 0
 
 
@@ -230,7 +277,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
         elif run.task == "binary":
             pos = run.classes[1]
             print(f"{paths[0]}: {r['prediction']}  (P({pos}) = {probs[0, 1]:.3f}; called {pos} when >= {run.threshold:.3f}, "
-                  f"rule {run.meta['threshold']['rule']} chosen on validation)")
+                  f"rule {run.meta['threshold']['rule']} chosen on validation"
+                  + (f"; probabilities {run.calibration['method']}-calibrated" if run.calibration else "") + ")")
         else:
             ranked = ", ".join(f"{c} {probs[0, j]:.3f}" for j, c in sorted(enumerate(run.classes), key=lambda t: -probs[0, t[0]]))
             print(f"{paths[0]}: {r['prediction']}  ({ranked})")
@@ -270,6 +318,35 @@ def cmd_serve(a: argparse.Namespace) -> int:
           f"(API docs at /docs{'; API key required' if (a.api_key or os.environ.get('CXRKIT_API_KEY')) else ''})")
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
     return 0
+
+
+def cmd_audit(a: argparse.Namespace) -> int:
+    from cxrkit.audit.dataset_audit import audit_dataset, audit_messages
+    from cxrkit.audit.report import save_audit
+
+    audit = audit_dataset(a.data, a.group_pattern, a.val_fraction, a.test_fraction, a.seed, a.cache_dir)
+    out = Path(a.out or f"runs/audit-{Path(a.data).name}")
+    save_audit(audit, out)
+    print(f"{audit['n_files']} files audited in {audit['seconds']['total']:.1f} s ({audit['seconds']['files_computed']} read, the rest cached)")
+    for m in audit_messages(audit):
+        print(("  " if not m.isupper() and not m.split(":")[0].isupper() else "! ") + m)
+    print(f"audit.json and audit.html written to {out}/")
+    v = audit["verdict"]
+    return 1 if a.strict and (v["leakage"] or v["shortcut"]) else 0
+
+
+def cmd_explain(a: argparse.Namespace) -> int:
+    from cxrkit.explain.export import explain_files, image_files
+    from cxrkit.run import Run
+
+    run = Run.load(a.run)
+    paths = image_files(a.path)
+    rows = explain_files(run, paths, a.out, a.method)
+    bad = [r for r in rows if r["error"]]
+    for r in bad:
+        print(f"{r['path']}: could not be read: {r['error']}", file=sys.stderr)
+    print(f"{len(rows) - len(bad)} image(s) explained with {a.method}, one overlay per class ({', '.join(run.classes)}), written to {a.out}/")
+    return 0 if len(bad) < len(rows) else 1
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
@@ -385,7 +462,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--recalibrate-on", default=None, metavar="SAMPLE_DIR",
                    help="a small labelled sample of the new site (other images than DATA): the threshold is re-chosen on it "
                         "with the run's rule and DATA is also scored at that threshold")
+    e.add_argument("--prevalence", type=float, default=None, metavar="P",
+                   help="share of disease in the population the model will screen, e.g. 0.05: PPV and NPV are recomputed by "
+                        "Bayes' rule and the report says what happens per 1,000 people screened (binary runs)")
+    e.add_argument("--explain", choices=["gradcam", "gradcam++", "occlusion", "none"], default="gradcam",
+                   help="heat-map method for the report's gallery and 'where does it look' figure (default %(default)s)")
     e.set_defaults(func=cmd_evaluate)
+
+    ca = sub.add_parser("calibrate", help="fit a probability calibration on the validation split and store it in the run",
+                        description="Fit temperature scaling (any run), Platt scaling or isotonic regression (binary runs) on the "
+                                    "validation split, never test (default: Platt for binary, temperature for multi-class). "
+                                    "The map is saved as calibration.json and applied by predict, evaluate "
+                                    "and serve; a binary run's threshold is re-chosen with its rule on the calibrated validation "
+                                    "probabilities (the old one is kept in meta.json). Prints ECE and Brier score before and after.")
+    ca.add_argument("run", help="run folder")
+    ca.add_argument("data", nargs="?", default=None, help="dataset (default: the one the run was trained on); its validation split is used")
+    ca.add_argument("--method", choices=["auto", "temperature", "platt", "isotonic"], default="auto",
+                    help="auto (default): platt for binary runs, temperature for multi-class; temperature: one scalar on the logits; "
+                         "platt: logistic regression on the logit (also undoes the shift of class-weighted training); "
+                         "isotonic: monotone steps, needs a few hundred validation images")
+    ca.add_argument("--remove", action="store_true", help="delete the run's calibration and restore its original threshold")
+    ca.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="classify one image or every image under a folder")
     pr.add_argument("run", help="run folder")
@@ -428,6 +525,33 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                     help="allow browser calls from this origin (repeatable); CORS is off by default")
     sv.set_defaults(func=cmd_serve)
+    au = sub.add_parser("audit", help="check a dataset for leakage, duplicates, corrupt files and non-anatomical shortcuts",
+                        description="Audit DATA with the split training would use: class balance per split; per-class image size, "
+                                    "aspect ratio, mode, bit depth, channels, format and intensity; byte-identical and near-identical "
+                                    "(perceptual hash) images within and across splits and classes; patient overlap (with "
+                                    "--group-pattern); corrupt files; and a shortcut probe, a classifier on non-anatomical features "
+                                    "only (warns above AUC 0.75 and names the giveaways). Writes audit.json and audit.html. "
+                                    "File properties are cached, so a second audit is fast.")
+    au.add_argument("data", help="dataset folder or .zip")
+    au.add_argument("--out", default=None, help="folder for audit.json and audit.html (default runs/audit-<dataset name>)")
+    au.add_argument("--strict", action="store_true", help="exit with status 1 when leakage or a strong shortcut is found")
+    au.add_argument("--group-pattern", default=None, metavar="REGEX", help="regex extracting a patient ID from file names (as for train)")
+    au.add_argument("--val-fraction", type=float, default=_defaults()["val_fraction"], help="as for train (default %(default)s)")
+    au.add_argument("--test-fraction", type=float, default=_defaults()["test_fraction"], help="as for train (default %(default)s)")
+    au.add_argument("--seed", type=int, default=0, help="split seed, as for train (default %(default)s)")
+    au.add_argument("--cache-dir", default=None, help="cache folder (default $CXRKIT_CACHE or ~/.cache/cxrkit)")
+    au.set_defaults(func=cmd_audit)
+
+    x = sub.add_parser("explain", help="heat maps of where the model looks, overlaid on the images (PNG per image and class)",
+                       description="Write OUT/<image>_<class>.png for every image and every class of the run: the radiograph with a "
+                                   "heat map of the evidence for that class. gradcam and gradcam++ read the gradients at the model's last "
+                                   "convolutional block with a map of at least 7x7; occlusion measures how much the class's log-odds drop "
+                                   "when each region is hidden (slower, works for every model).")
+    x.add_argument("run", help="run folder")
+    x.add_argument("path", help="an image file or a folder of images")
+    x.add_argument("--out", required=True, help="folder for the overlay PNGs")
+    x.add_argument("--method", choices=["gradcam", "gradcam++", "occlusion"], default="gradcam", help="heat-map method (default %(default)s)")
+    x.set_defaults(func=cmd_explain)
 
     c = sub.add_parser("compare", help="train several models on the same split and compare them in one table",
                        description="Train each of --models on DATA with the same split, seed, preprocessing and settings; "

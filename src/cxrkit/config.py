@@ -32,6 +32,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     group_pattern: str | None = None
+    allow_leakage: bool = False
     seed: int = 0
     epochs: int = 30
     patience: int = 6

@@ -15,8 +15,10 @@ from cxrkit.evaluation.metrics import binary_metrics, multiclass_metrics, multil
 from cxrkit.evaluation.plots import (
     plot_confusion,
     plot_cooccurrence,
+    plot_decision_curve,
     plot_label_counts,
     plot_pr,
+    plot_reliability,
     plot_roc,
     plot_roc_one_vs_rest,
     plot_roc_overlay,
@@ -105,6 +107,51 @@ def compute_metrics(run: Run, y: np.ndarray, probs: np.ndarray, seed: int = 0) -
     return multiclass_metrics(y, probs, run.classes, seed=seed)
 
 
+def validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
+    """Labels and probabilities of the validation split as stored in predictions.csv (None if absent)."""
+    pred_file = run.path / "predictions.csv"
+    if not pred_file.exists():
+        return None
+    with open(pred_file, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "val"]
+    if not rows:
+        return None
+    index = {c: i for i, c in enumerate(run.classes)}
+    y = np.array([index[r["true"]] for r in rows])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in run.classes] for r in rows])
+    return y, probs
+
+
+def decision_analysis(
+    run: Run, y: np.ndarray, probs: np.ndarray, raw_probs: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None,
+    prevalence: float | None = None,
+) -> dict:
+    """Calibration (of the model's own and of the calibrated probabilities), and for binary runs the operating
+    points chosen on validation, the WHO TB-triage check, the decision curve and, with ``prevalence``, what the
+    run's threshold means per 1,000 people screened."""
+    from cxrkit.evaluation.calibration import calibration_summary
+    from cxrkit.evaluation.decision_curve import net_benefit
+    from cxrkit.evaluation.operating_points import operating_point, operating_points, screening_outcomes, who_triage_check
+
+    if run.task not in ("binary", "multiclass"):
+        return {}  # calibration and operating points are defined here for one label per image only
+    out: dict = {"calibration": {"model": calibration_summary(y, raw_probs)}}
+    if run.calibration is not None:
+        out["calibration"]["calibrated"] = calibration_summary(y, probs)
+        out["calibration"]["method"] = run.calibration["method"]
+    if run.task != "binary" or len(np.unique(y)) < 2:
+        return out
+    if val is not None and len(np.unique(val[0])) == 2:
+        out["operating_points"] = operating_points(val[0], val[1][:, 1], y, probs[:, 1])
+        out["who_triage"] = who_triage_check(val[0], val[1][:, 1], y, probs[:, 1])
+    out["decision_curve"] = net_benefit(y, probs[:, 1], prevalence=prevalence)
+    if prevalence is not None:
+        m = operating_point(y, probs[:, 1], run.threshold)
+        out["screening"] = screening_outcomes(m["sensitivity"], m["specificity"], prevalence)
+        out["screening"]["threshold"] = run.threshold
+    return out
+
+
 def write_evaluation(
     run: Run, split: str, ds: LabelledImages, idx: np.ndarray, probs: np.ndarray, metrics: dict, notes: list[str] | None = None
 ) -> None:
@@ -159,11 +206,21 @@ def write_evaluation(
             aucs = {c: metrics["per_class"][c]["roc_auc"]["value"] for c in run.classes}
             plot_roc_one_vs_rest(y, probs, run.classes, aucs, f"One-vs-rest ROC, {words}", plots / f"roc_{fname}.png")
     plot_confusion(cm, run.classes, f"Confusion matrix, {words}", plots / f"confusion_{fname}.png")
+    cal = metrics.get("calibration")
+    if cal:
+        curves = [("model", cal["model"]["bins"], cal["model"]["ece"])]
+        if "calibrated" in cal:
+            curves.append((f"calibrated ({cal['method']})", cal["calibrated"]["bins"], cal["calibrated"]["ece"]))
+        plot_reliability(curves, f"Reliability, {words} (n={len(y)})", plots / f"reliability_{fname}.png")
+    if metrics.get("decision_curve"):
+        dc = metrics["decision_curve"]
+        plot_decision_curve(dc, run.threshold, f"Decision curve, {words} (prevalence {dc['prevalence']:.1%})", plots / f"decision_{fname}.png")
 
 
 def evaluate_run(
     run_dir: str | Path, data: str | Path | None = None, split: str | None = None, progress: bool = True, write_report: bool = True,
-    class_map: dict[str, str] | None = None, recalibrate_on: str | Path | None = None,
+    class_map: dict[str, str] | None = None, recalibrate_on: str | Path | None = None, prevalence: float | None = None,
+    explain: str | None = "gradcam",
 ) -> dict:
     """Evaluate a trained run on one split of its dataset, or on another dataset (external validation).
 
@@ -173,7 +230,10 @@ def evaluate_run(
     dataset's class names to the model's. A shift check compares the images with the training images.
     ``recalibrate_on`` (binary tasks, external data): a small labelled sample of the new site, disjoint
     from the evaluated images, on which the threshold is chosen again with the run's rule; the
-    evaluated images are then also scored at that threshold. Returns the metrics dict and writes metrics.json, predictions.csv, plots and report.html.
+    evaluated images are then also scored at that threshold. ``prevalence`` (binary) recomputes PPV and NPV
+    for a screening population with that share of disease. ``explain`` (a heat-map method, or None) adds
+    the gallery and the "where does it look" figure. Returns the metrics dict and writes metrics.json,
+    predictions.csv, plots and report.html.
     """
     run = Run.load(run_dir)
     if (run.task == "binary" and run.threshold is None) or (run.task == "multilabel" and run.thresholds is None):
@@ -211,10 +271,16 @@ def evaluate_run(
         shift = check_shift(reference, images, *ds.label_groups(idx))
         if shift["warning"]:
             notes.append("shift check: " + shift["message"])
+    if prevalence is not None and run.task != "binary":
+        raise ValueError("--prevalence applies to binary runs (a disease against normal)")
     t0 = time.perf_counter()
-    probs = run.predict_arrays(images)
+    raw_probs = run.predict_arrays(images, calibrated=False)
     seconds = time.perf_counter() - t0
+    probs = _calibrated(run, raw_probs)
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
+    metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence))
+    if explain:
+        metrics["attention"] = _explain(run, images, ds.labels[idx], probs, key, explain, cfg.seed)
     metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
     metrics["shift"] = shift
     metrics["source_split"] = split
@@ -230,6 +296,25 @@ def evaluate_run(
 
         _write(run.path)
     return metrics
+
+
+def _calibrated(run: Run, raw_probs: np.ndarray) -> np.ndarray:
+    if run.calibration is None:
+        return raw_probs
+    from cxrkit.evaluation.calibration import Calibration
+
+    return Calibration.from_dict(run.calibration).apply(raw_probs)
+
+
+def _explain(run: Run, images: np.ndarray, y: np.ndarray, probs: np.ndarray, split: str, method: str, seed: int) -> dict | None:
+    """Gallery and attention figures; a model without a layer for ``method`` is noted, not fatal."""
+    from cxrkit.explain.attention import explain_split
+    from cxrkit.explain.cam import ExplainError
+
+    try:
+        return explain_split(run, images, y, probs, run.path / "plots", split.replace(":", "_"), method, seed)
+    except ExplainError as exc:
+        return {"error": str(exc)}
 
 
 def _recalibrated(
@@ -255,14 +340,15 @@ def _recalibrated(
             "metrics": {k: m["metrics"][k] for k in ("sensitivity", "specificity", "ppv", "npv")}, "confusion": m["confusion"]}
 
 
-def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str, seed: int = 0) -> dict:
+def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str, seed: int = 0, explain: str | None = "gradcam") -> dict:
     """After training: choose the threshold on validation data, evaluate validation, draw curves, write the report."""
     from cxrkit.evaluation.plots import plot_history
     from cxrkit.report.html import write_report
 
     run = Run.load(run_dir)
     idx = ds.index("val")
-    probs = run.predict_arrays(ds.images[idx])
+    images = np.asarray(ds.images[idx])
+    probs = run.predict_arrays(images)
     if run.task == "binary":
         store_threshold(run, ds.labels[idx], probs, threshold_rule)
     elif run.task == "multilabel":
@@ -271,6 +357,9 @@ def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str
         train = ds.index("train")
         plot_cooccurrence(ds.labels[train], ds.class_names, run.path / "plots" / "cooccurrence.png")
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=seed)
+    metrics.update(decision_analysis(run, ds.labels[idx], probs, probs, (ds.labels[idx], probs)))
+    if explain:
+        metrics["attention"] = _explain(run, images, ds.labels[idx], probs, "val", explain, seed)
     write_evaluation(run, "val", ds, idx, probs, metrics)
     with open(run.path / "history.csv", newline="") as f:
         history = [{k: float(v) for k, v in r.items() if k != "stage"} for r in csv.DictReader(f)]

@@ -135,3 +135,75 @@ def plot_cooccurrence(labels: np.ndarray, names: list[str], path: Path) -> Path:
     ax.set_title("Finding co-occurrence (training images)", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.04)
     return _save(fig, path)
+
+
+def plot_reliability(curves: list[tuple[str, dict, float]], title: str, path: Path) -> Path:
+    """Reliability diagram: observed frequency against mean predicted probability per bin; each curve is
+    (label, bins from :func:`cxrkit.evaluation.calibration.reliability_bins`, ECE). Marker area follows the bin's count."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfectly calibrated")
+    kind = curves[0][1]["kind"] if curves else "positive class"
+    for i, (label, bins, ece) in enumerate(curves):
+        mp, ob, n = (np.asarray(bins[k], dtype=float) for k in ("mean_predicted", "observed", "count"))
+        keep = n > 0
+        ax.plot(mp[keep], ob[keep], "-", color=f"C{i}", label=f"{label} (ECE {ece:.3f})")
+        ax.scatter(mp[keep], ob[keep], s=12 + 150 * n[keep] / max(1, n.max()), color=f"C{i}", alpha=0.7)
+    what = "P(positive)" if kind == "positive class" else "top-label confidence"
+    ax.set_xlabel(f"mean predicted {what}"), ax.set_ylabel("observed frequency" if kind == "positive class" else "observed accuracy")
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_title(title, fontsize=10), ax.legend(loc="upper left", fontsize=8), ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_decision_curve(curve: dict, threshold: float | None, title: str, path: Path) -> Path:
+    """Net benefit against threshold probability for the model, treat-all and treat-none (Vickers & Elkin 2006)."""
+    t = np.asarray(curve["thresholds"])
+    model, every = np.asarray(curve["model"]), np.asarray(curve["treat_all"])
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    ax.plot(t, model, lw=2, label="model")
+    ax.plot(t, every, lw=1.5, ls="--", color="C1", label="treat all")
+    ax.plot(t, np.zeros_like(t), lw=1.5, ls=":", color="grey", label="treat none")
+    if threshold is not None:
+        ax.axvline(threshold, color="C3", lw=1, alpha=0.6, label=f"run threshold {threshold:.2f}")
+    top = max(float(np.max(model)), curve["prevalence"], 0.01)
+    ax.set_ylim(-0.1 * top, 1.1 * top), ax.set_xlim(0, 1)
+    ax.set_xlabel("threshold probability (harm of a false alarm relative to a missed case)"), ax.set_ylabel("net benefit")
+    ax.set_title(title, fontsize=10), ax.legend(fontsize=8), ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_attention(summary: dict, mean_heat: np.ndarray, path: Path) -> Path:
+    """Mean heat map with the lung box drawn, beside the share of heat in lung field, border and corners
+    against the share a uniform map would give."""
+    from matplotlib.patches import Rectangle
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.2, 3.6))
+    s = mean_heat.shape[-1]
+    a1.imshow(mean_heat, cmap="jet", vmin=0)
+    top, bottom, left, right = summary["lung_box"]
+    a1.add_patch(Rectangle((left * s, top * s), (right - left) * s, (bottom - top) * s, fill=False, ec="white", lw=2, ls="--"))
+    a1.set_title(f"mean heat map over {summary['n']} images", fontsize=10), a1.axis("off")
+    names = ["lung", "border", "corners"]
+    shares = [summary["mean_share"][k] or 0 for k in names]
+    x = np.arange(len(names))
+    a2.bar(x - 0.2, shares, 0.4, label="share of heat")
+    a2.bar(x + 0.2, [summary["area"][k] for k in names], 0.4, color="lightgrey", label="share of area (uniform map)")
+    a2.set_xticks(x, ["central lung field", "border", "corners"]), a2.set_ylim(0, 1), a2.legend(fontsize=8)
+    a2.set_title("where the heat falls" + (" — MOSTLY OUTSIDE THE LUNGS" if summary["flag"] else ""), fontsize=10, color="C3" if summary["flag"] else "black")
+    return _save(fig, path)
+
+
+def plot_gallery(images: np.ndarray, heat: np.ndarray, titles: list[str], path: Path) -> Path:
+    """A row of radiographs with their heat maps overlaid and a title each (cell of the confusion matrix, probability)."""
+    from cxrkit.explain.overlay import overlay_rgb
+
+    n = len(images)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.7 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(n):
+        ax = axes.ravel()[i]
+        ax.imshow(overlay_rgb(images[i], heat[i]))
+        ax.set_title(titles[i], fontsize=8)
+    return _save(fig, path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import warnings
 import weakref
 
 import numpy as np
@@ -129,7 +130,10 @@ def heatmaps(run: Run, images: np.ndarray, class_index: int | None = None, metho
         return out
     ex = _explainer(run)
     # Gradients must flow even when the caller (a server, a report) runs under inference mode.
-    with ex.lock, torch.inference_mode(False), torch.enable_grad():
+    with ex.lock, torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+        # MONAI's hooks and patch indexing warn on every call about PyTorch internals; nothing a user can act on.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
         x = run.preprocessing(images).contiguous(memory_format=torch.channels_last)
         if class_index is not None:
             targets = np.full(len(images), class_index)

@@ -13,7 +13,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from cxrkit.data.augment import AugmentConfig
 from cxrkit.evaluation.evaluate import SPLIT_WORDS, split_words
 from cxrkit.models.registry import MODELS
-from cxrkit.report.narrative import binary_sentences, ci_text, multiclass_sentences, multilabel_sentences, pct
+from cxrkit.report.narrative import binary_sentences, ci_text, multiclass_sentences, multilabel_sentences, pct, screening_sentences
 from cxrkit.run import atomic_write_text
 
 METRIC_LABELS = {
@@ -99,6 +99,9 @@ def build_context(run_dir: Path) -> dict:
             "per_class": per_class, "notes": m.get("notes", []), "skipped": m.get("skipped", []),
             "roc": _img(run_dir / "plots" / f"roc_{fname}.png"), "pr": _img(run_dir / "plots" / f"pr_{fname}.png"),
             "confusion": _img(run_dir / "plots" / f"confusion_{fname}.png"), "shift": m.get("shift"),
+            "reliability": _img(run_dir / "plots" / f"reliability_{fname}.png"), "decision": _img(run_dir / "plots" / f"decision_{fname}.png"),
+            "attention_img": _img(run_dir / "plots" / f"attention_{fname}.png"), "gallery": _img(run_dir / "plots" / f"gallery_{fname}.png"),
+            "screening": screening_sentences(m["screening"], m["classes"][1]) if m.get("screening") else [],
         })
     internal = next((e for e in evaluations if e["split"] in ("test", "val")), None)
     external = [e for e in evaluations if e["split"].startswith("external:")]
@@ -107,7 +110,14 @@ def build_context(run_dir: Path) -> dict:
     train_counts = meta["training"]["train_counts"]
     ratio = max(train_counts.values()) / max(1, min(train_counts.values()))
     history = _read_csv(run_dir / "history.csv")
+    audit = json.loads((run_dir / "audit.json").read_text()) if (run_dir / "audit.json").is_file() else None
+    calibration = json.loads((run_dir / "calibration.json").read_text()) if (run_dir / "calibration.json").is_file() else None
+    if audit is not None:
+        from cxrkit.audit.report import audit_figures
+
+        audit_figs = audit_figures(audit)
     return {
+        "audit": audit, "audit_figs": audit_figs if audit is not None else None, "calibration": calibration,
         "meta": meta, "config": config, "config_yaml": yaml.safe_dump(config, sort_keys=False),
         "evaluations": evaluations, "side_by_side": side_by_side, "has_test": "test" in metrics, "counts": counts,
         "splits_present": [s for s in ("train", "val", "test") if s in counts],

@@ -103,3 +103,20 @@ def multilabel_sentences(m: dict, split_words: str) -> list[str]:
         f"scores {pct(mm['label_accuracy']['value'])}. Judge it by the per-finding AUCs, sensitivities and specificities."
     )
     return out
+
+
+def screening_sentences(s: dict, positive: str) -> list[str]:
+    """What a threshold means per 1,000 people screened at a given prevalence (from ``screening_outcomes``)."""
+    pos = escape(positive)
+    n, prev = s["screened"], s["prevalence"]
+    out = [
+        f"In a population where {pct(prev)} have {pos}, of every {n:,} people screened about {s['with_disease']:.0f} have it: "
+        f"the model finds {s['found']:.0f} and misses {s['missed']:.0f}, and raises {s['false_alarms']:.0f} false alarm(s) "
+        f"among the {n - s['with_disease']:.0f} without it.",
+        f"{s['confirmatory_tests']:.0f} confirmatory tests are needed per {n:,} screened"
+        + (f" ({s['tests_per_case_found']:.1f} per case found)." if s["tests_per_case_found"] else "."),
+        f"At this prevalence PPV is {pct(s['ppv']['value'])} (95% CI {pct(s['ppv']['ci'][0])}–{pct(s['ppv']['ci'][1])}) and "
+        f"NPV {pct(s['npv']['value'])} ({pct(s['npv']['ci'][0])}–{pct(s['npv']['ci'][1])}), by Bayes' rule from the measured "
+        "sensitivity and specificity.",
+    ]
+    return out

@@ -124,8 +124,8 @@ def _lr_lambda(total_steps: int, warmup: int):
     return f
 
 
-RUN_OUTPUTS = ("meta.json", "model.safetensors", "shift_reference.json", "metrics.json", "predictions.csv", "history.csv", "splits.csv",
-               "skipped.csv", "report.html", "config.yaml")
+RUN_OUTPUTS = ("meta.json", "model.safetensors", "shift_reference.json", "calibration.json", "audit.json", "metrics.json", "predictions.csv",
+               "history.csv", "splits.csv", "skipped.csv", "report.html", "config.yaml")
 
 
 def prepare_run_folder(out: Path, overwrite: bool, resume: bool = False) -> None:
@@ -206,6 +206,11 @@ def train(
         cfg.seed, cfg.group_pattern, cfg.cache_dir, progress=progress, intensity=cfg.intensity, crop_border=cfg.crop_border,
         **cfg.dataset_options(),
     )
+    from cxrkit.audit.dataset_audit import audit_before_training
+
+    audit = audit_before_training(ds, cfg.group_pattern, cfg.allow_leakage, out, cfg.seed, cfg.cache_dir, progress)
+    for m in audit["messages"]:
+        log(f"audit: {m}")
     train_idx, val_idx = ds.index("train"), ds.index("val")
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise ValueError("training needs images in both the train and the validation split")
@@ -385,6 +390,7 @@ def train(
         "tta": cfg.tta,
         "preprocessing": pre.to_dict(),
         "threshold": None,
+        "audit": {**audit, "allow_leakage": cfg.allow_leakage},
         "data": {
             "root": str(ds.source.root),
             "layout": ds.source.layout,

@@ -1,0 +1,168 @@
+"""Audit a dataset before training: class balance per split, per-class file properties, duplicates, patient
+overlap between splits, corrupt files and the shortcut probe; the verdicts ``leakage`` and ``shortcut``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from cxrkit.audit.duplicates import duplicate_report
+from cxrkit.audit.features import FEATURES_VERSION, read_records
+from cxrkit.audit.shortcut import shortcut_probe
+from cxrkit.data.sources import ImageFolderSource, cache_root, open_image_folder
+from cxrkit.data.splits import assign_splits, patient_ids
+from cxrkit.run import atomic_write_text
+
+AUDIT_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+class LeakageError(ValueError):
+    """Raised when training would run on splits that share patients or images."""
+
+
+def _describe(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    if len(a) == 0:
+        return {}
+    q = np.percentile(a, [0, 5, 50, 95, 100])
+    return {"min": q[0], "p5": q[1], "median": q[2], "p95": q[3], "max": q[4], "mean": float(a.mean())}
+
+
+def per_class_properties(records: list[dict], labels: list[str], classes: list[str]) -> dict:
+    """For each class: distributions of width, height, aspect ratio, mean and std intensity, and counts of
+    file format, colour mode, bit depth and channel count."""
+    out = {}
+    for c in classes:
+        rs = [r for r, lab in zip(records, labels) if lab == c and not r["error"]]
+        out[c] = {
+            "n": len(rs),
+            **{k: _describe([r[k] for r in rs]) for k in ("width", "height", "mean", "std")},
+            "aspect": _describe([r["width"] / r["height"] for r in rs]),
+            **{k: dict(Counter(str(r[k]) for r in rs).most_common()) for k in ("format", "mode", "bit_depth", "channels")},
+            "colour_channels_differ": int(sum(r["channel_difference"] > 0.01 for r in rs)),
+        }
+    return out
+
+
+def audit_source(
+    source: ImageFolderSource, splits: list[str], groups: list[str] | None = None, cache_dir: Path | None = None,
+    progress: bool = True, seed: int = 0,
+) -> dict:
+    """Audit the images of ``source`` with the split of each (as training will use it) and patient IDs if known."""
+    t0 = time.perf_counter()
+    key = _audit_key(source, splits, groups)
+    store = (cache_dir or cache_root()) / "audit" / f"result-{key}.json"
+    if store.is_file():
+        cached = json.loads(store.read_text())
+        cached["seconds"] = {"features": 0.0, "total": time.perf_counter() - t0, "files_computed": 0, "cached": True}
+        return cached
+    paths = [s.path for s in source.samples]
+    labels = [s.label for s in source.samples]
+    relpaths = [source.relpath(p) for p in paths]
+    records, timing = read_records(paths, cache_dir, progress=progress)
+    ok = [i for i, r in enumerate(records) if not r["error"]]
+    balance = {s: dict(Counter(labels[i] for i in range(len(labels)) if splits[i] == s)) for s in SPLITS if s in splits}
+    dup = duplicate_report(records, splits, labels, relpaths)
+    patients = None
+    if groups is not None:
+        named = [g for g in groups if not g.startswith("__file__:")]
+        by_split = {s: {g for g, sp in zip(groups, splits) if sp == s and not g.startswith("__file__:")} for s in SPLITS}
+        shared = {f"{a}-{b}": sorted(by_split[a] & by_split[b]) for a, b in (("train", "val"), ("train", "test"), ("val", "test"))}
+        patients = {"ids": len(set(named)), "files_with_id": len(named), "files_without_id": len(groups) - len(named),
+                    "shared": {k: len(v) for k, v in shared.items()}, "examples": {k: v[:10] for k, v in shared.items() if v}}
+    corrupt = [{"path": relpaths[i], "split": splits[i], "reason": records[i]["error"]} for i, r in enumerate(records) if r["error"]]
+    class_index = {c: i for i, c in enumerate(source.classes)}
+    probe = shortcut_probe([records[i] for i in ok], np.array([class_index[labels[i]] for i in ok]), source.classes, seed=seed)
+    leaks = []
+    if dup["exact"]["across_splits"]:
+        leaks.append(f"{dup['exact']['across_splits']} group(s) of byte-identical images span two splits")
+    near_only = dup["near"]["across_splits"] - dup["exact"]["across_splits"]
+    if near_only > 0:
+        leaks.append(f"{near_only} group(s) of near-identical images (resized or re-encoded copies) span two splits")
+    if patients and sum(patients["shared"].values()):
+        leaks.append(f"{sum(patients['shared'].values())} patient ID(s) appear in two splits ({patients['shared']})")
+    verdict = {"leakage": bool(leaks), "leakage_reasons": leaks, "shortcut": probe["warning"],
+               "conflicting_labels": dup["exact"]["across_classes"] + dup["near"]["across_classes"]}
+    result = {
+        "version": AUDIT_VERSION, "root": str(source.root), "classes": source.classes, "n_files": len(paths), "n_decoded": len(ok),
+        "class_balance": balance, "properties": per_class_properties(records, labels, source.classes), "duplicates": dup,
+        "patients": patients, "corrupt": corrupt, "shortcut_probe": probe, "verdict": verdict,
+        "seconds": {"features": timing["seconds"], "total": time.perf_counter() - t0, "files_computed": timing["computed"]},
+    }
+    store.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(store, json.dumps(result, default=float))
+    result["_per_file"] = {"relpaths": relpaths, "labels": labels, "records": records}
+    return result
+
+
+def _audit_key(source: ImageFolderSource, splits: list[str], groups: list[str] | None) -> str:
+    """Changes with any file's content stamp, the split or patient assignment, or the audit's version."""
+    h = hashlib.sha256(f"audit-v{AUDIT_VERSION}-features-v{FEATURES_VERSION}".encode())
+    for i, s in enumerate(source.samples):
+        st = os.stat(s.path)
+        h.update(f"\n{s.path}|{st.st_size}|{st.st_mtime_ns}|{s.label}|{splits[i]}|{groups[i] if groups else ''}".encode())
+    return h.hexdigest()[:24]
+
+
+def audit_dataset(
+    data: str | Path, group_pattern: str | None = None, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
+    cache_dir: str | Path | None = None, progress: bool = True,
+) -> dict:
+    """Audit a dataset folder with the split cxrkit would make for training (same fractions, seed and patient grouping)."""
+    cache = Path(cache_dir) if cache_dir else None
+    source = open_image_folder(data, cache)
+    groups = patient_ids(source.samples, group_pattern) if group_pattern else None
+    splits = assign_splits(source.samples, source.classes, val_fraction, test_fraction, seed, groups)
+    return audit_source(source, splits, groups, cache, progress, seed)
+
+
+def audit_messages(audit: dict) -> list[str]:
+    """The audit's findings as plain sentences, most serious first."""
+    out = []
+    v = audit["verdict"]
+    for reason in v["leakage_reasons"]:
+        out.append(f"LEAKAGE: {reason}; test figures would be inflated")
+    p = audit["shortcut_probe"]
+    if p.get("warning"):
+        g = ", ".join(f"{f['feature']} (AUC {f['auc']:.2f}, {f['direction']} in {f['class']})" for f in p["giveaways"])
+        out.append(f"SHORTCUT: a classifier that never sees anatomy separates the classes with cross-validated AUC {p['auc']:.2f} "
+                   f"(> {p['threshold']}); the giveaways: {g}. A model can learn these instead of the disease")
+    if v["conflicting_labels"]:
+        out.append(f"{v['conflicting_labels']} group(s) of identical or near-identical images carry different labels")
+    d = audit["duplicates"]
+    if d["exact"]["redundant_files"] or d["near"]["redundant_files"]:
+        out.append(f"duplicates: {d['exact']['clusters']} group(s) of byte-identical files ({d['exact']['redundant_files']} redundant), "
+                   f"{d['near']['clusters']} group(s) of near-identical images ({d['near']['redundant_files']} redundant)")
+    if audit["corrupt"]:
+        out.append(f"{len(audit['corrupt'])} file(s) cannot be decoded")
+    if p.get("auc") is not None and not p["warning"]:
+        out.append(f"shortcut probe: AUC {p['auc']:.2f} from non-anatomical features (threshold {p['threshold']}), no strong shortcut found")
+    return out
+
+
+def audit_before_training(ds: object, group_pattern: str | None, allow_leakage: bool, out: Path, seed: int = 0,
+                          cache_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Audit a loaded dataset (:class:`cxrkit.data.dataset.LabelledImages`) with its training split, write
+    ``audit.json`` into the run folder and refuse leaking splits unless ``allow_leakage``; returns the summary for meta.json."""
+    from cxrkit.audit.report import save_audit
+
+    source = ds.source
+    groups = patient_ids(source.samples, group_pattern) if group_pattern else None
+    audit = audit_source(source, [str(s) for s in ds.splits], groups, Path(cache_dir) if cache_dir else None, progress, seed)
+    save_audit(audit, out, html=False)
+    v = audit["verdict"]
+    if v["leakage"] and not allow_leakage:
+        raise LeakageError(
+            "the splits leak: " + "; ".join(v["leakage_reasons"]) + f". Details in {out / 'audit.json'}. Remove the copies or give "
+            "patient IDs with --group-pattern; or pass --allow-leakage to train anyway (recorded in the run)"
+        )
+    return {"leakage": v["leakage"], "leakage_reasons": v["leakage_reasons"], "allowed": bool(v["leakage"] and allow_leakage),
+            "shortcut": v["shortcut"], "shortcut_auc": audit["shortcut_probe"].get("auc"), "messages": audit_messages(audit),
+            "seconds": audit["seconds"]["total"]}

@@ -1,0 +1,171 @@
+"""Calibration: how far predicted probabilities are from observed frequencies, and recalibrating them.
+
+Measures: expected calibration error (ECE, Naeini et al. 2015; Guo et al. 2017) with equal-width bins and
+the Brier score. Binary runs are measured on P(positive) (a predicted risk of 30% should come true 30% of
+the time); multi-class runs on the top-label confidence.
+
+Recalibration maps, fitted on the VALIDATION split only and stored in the run as ``calibration.json``:
+``temperature`` (one scalar dividing the logits, Guo et al. 2017; keeps the ranking and, for multi-class,
+every argmax), ``platt`` (logistic regression on the logit, Platt 1999; binary) and ``isotonic``
+(monotone step function, Zadrozny & Elkan 2002; binary, needs a few hundred validation images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+CALIBRATION_METHODS = ("temperature", "platt", "isotonic")
+_EPS = 1e-7
+
+
+def _as_2d(probs: np.ndarray) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise ValueError(f"probabilities must be (N, K) with K >= 2 classes; got shape {probs.shape}")
+    return probs
+
+
+def reliability_bins(y: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> dict:
+    """Per equal-width bin: mean predicted probability, observed frequency and count.
+
+    Binary (K = 2): P(positive) against the share of positives. Multi-class: the top-label confidence
+    against the share of correct top labels.
+    """
+    probs, y = _as_2d(probs), np.asarray(y).astype(int)
+    if probs.shape[1] == 2:
+        conf, hit = probs[:, 1], (y == 1).astype(float)
+    else:
+        conf, hit = probs.max(1), (probs.argmax(1) == y).astype(float)
+    edges = np.linspace(0, 1, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(which, conf, n_bins) / count
+        freq = np.bincount(which, hit, n_bins) / count
+    return {"edges": edges.tolist(), "mean_predicted": mean_p.tolist(), "observed": freq.tolist(), "count": count.tolist(),
+            "kind": "positive class" if probs.shape[1] == 2 else "top label"}
+
+
+def expected_calibration_error(y: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:
+    """ECE: the count-weighted mean |observed frequency - mean predicted probability| over equal-width bins."""
+    b = reliability_bins(y, probs, n_bins)
+    count = np.asarray(b["count"], dtype=float)
+    if count.sum() == 0:
+        return float("nan")
+    gap = np.nan_to_num(np.abs(np.asarray(b["observed"]) - np.asarray(b["mean_predicted"])))
+    return float((count * gap).sum() / count.sum())
+
+
+def brier_score(y: np.ndarray, probs: np.ndarray) -> float:
+    """Brier score: mean squared error of the probabilities against the outcome (binary: P(positive) vs 0/1;
+    multi-class: summed over classes, as Brier 1950 defined it). 0 is perfect."""
+    probs, y = _as_2d(probs), np.asarray(y).astype(int)
+    if probs.shape[1] == 2:
+        return float(np.mean((probs[:, 1] - (y == 1)) ** 2))
+    onehot = np.eye(probs.shape[1])[y]
+    return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
+
+
+def calibration_summary(y: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> dict:
+    """ECE, Brier score and the reliability bins of one set of predictions."""
+    return {"ece": expected_calibration_error(y, probs, n_bins), "brier": brier_score(y, probs), "bins": reliability_bins(y, probs, n_bins)}
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class Calibration:
+    """A fitted probability map: ``apply(probs)`` turns the model's probabilities (N, K) into calibrated ones."""
+
+    method: str
+    params: dict
+    fitted_on: str = "val"
+    n: int = 0
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+    threshold: dict | None = None  # binary runs: the threshold before and after, re-chosen on calibrated validation probabilities
+
+    def apply(self, probs: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (N, K), rows summing to 1."""
+        probs = _as_2d(probs)
+        if self.method == "temperature":
+            t = self.params["temperature"]
+            if probs.shape[1] == 2:
+                p = _sigmoid(_logit(probs[:, 1]) / t)
+                return np.stack([1 - p, p], axis=1)
+            return _softmax(np.log(np.clip(probs, _EPS, 1)) / t)
+        if probs.shape[1] != 2:
+            raise ValueError(f"{self.method} calibration applies to binary runs only")
+        if self.method == "platt":
+            p = _sigmoid(self.params["slope"] * _logit(probs[:, 1]) + self.params["intercept"])
+        elif self.method == "isotonic":
+            p = np.interp(probs[:, 1], self.params["x"], self.params["y"])
+        else:
+            raise ValueError(f"unknown calibration method {self.method!r}")
+        return np.stack([1 - p, p], axis=1)
+
+    def to_dict(self) -> dict:
+        """Plain-dict form for ``calibration.json``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        """Read back :meth:`to_dict`."""
+        return cls(**d)
+
+
+def fit_calibration(y: np.ndarray, probs: np.ndarray, method: str = "temperature", fitted_on: str = "val") -> Calibration:
+    """Fit ``method`` on labelled (validation) predictions; raises ValueError for a method the task does not allow."""
+    probs, y = _as_2d(probs), np.asarray(y).astype(int)
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
+    binary = probs.shape[1] == 2
+    if method != "temperature" and not binary:
+        raise ValueError(f"{method} calibration applies to binary runs; use temperature for multi-class runs")
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"calibration needs both outcomes in the {fitted_on} split")
+    if method == "temperature":
+        from scipy.optimize import minimize_scalar
+
+        logp = np.log(np.clip(probs, _EPS, 1))
+        z = _logit(probs[:, 1]) if binary else None
+
+        def nll(log_t: float) -> float:
+            t = np.exp(log_t)
+            if binary:
+                p = np.clip(_sigmoid(z / t), _EPS, 1 - _EPS)
+                return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+            q = _softmax(logp / t)
+            return float(-np.mean(np.log(np.clip(q[np.arange(len(y)), y], _EPS, 1))))
+
+        res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+        params = {"temperature": float(np.exp(res.x))}
+    elif method == "platt":
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression(C=1e6).fit(_logit(probs[:, 1])[:, None], y)  # (almost) unpenalised, as Platt fitted it
+        params = {"slope": float(lr.coef_[0, 0]), "intercept": float(lr.intercept_[0])}
+    else:
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(probs[:, 1], y)
+        params = {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
+    cal = Calibration(method, params, fitted_on, len(y))
+    cal.before = {k: v for k, v in calibration_summary(y, probs).items() if k != "bins"}
+    cal.after = {k: v for k, v in calibration_summary(y, cal.apply(probs)).items() if k != "bins"}
+    return cal

@@ -1,0 +1,98 @@
+"""Dataset audit: the shortcut probe, near-duplicate detection and refusing to train on leaking splits."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrkit.audit.dataset_audit import audit_dataset
+from cxrkit.audit.duplicates import near_pairs
+from cxrkit.cli import main
+from cxrkit.data.synthetic import make_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def clean_data(tmp_path_factory):
+    """Two classes of synthetic radiographs, 40 each at 48 px, saved alike."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("clean"), n_per_class=40, size=48, seed=5)
+
+
+def test_shortcut_probe_is_quiet_on_a_clean_set(clean_data):
+    audit = audit_dataset(clean_data, progress=False)
+    probe = audit["shortcut_probe"]
+    assert probe["auc"] < 0.75 and not probe["warning"] and not audit["verdict"]["shortcut"]
+    assert audit["properties"]["tb"]["mode"] == {"L": 40}
+
+
+def test_shortcut_probe_flags_rgb_with_a_corner_marker(clean_data, tmp_path):
+    data = tmp_path / "marked"
+    shutil.copytree(clean_data, data)
+    for f in (data / "tb").glob("*.png"):
+        img = np.asarray(Image.open(f))
+        img = img.copy()
+        img[3:9, 3:5] = 255  # an "L"-like laterality marker in the top-left corner
+        img[7:9, 3:8] = 255
+        f.unlink()
+        Image.fromarray(np.stack([img] * 3, axis=2)).save(f.with_suffix(".png"))
+    audit = audit_dataset(data, progress=False)
+    probe = audit["shortcut_probe"]
+    assert probe["warning"] and probe["auc"] > 0.95
+    named = {g["feature"] for g in probe["giveaways"]}
+    assert named & {"channels", "mode RGB", "mode L", "top-left corner bright share", "top-left corner edge density"}, named
+    assert audit["properties"]["tb"]["mode"] == {"RGB": 40}
+
+
+def test_near_duplicates_survive_resizing_and_reencoding(clean_data, tmp_path):
+    data = tmp_path / "dups"
+    shutil.copytree(clean_data, data / "train", ignore=shutil.ignore_patterns("*_000[5-9].png", "*_00[1-3]?.png"))
+    (data / "test" / "healthy").mkdir(parents=True)
+    (data / "test" / "tb").mkdir(parents=True)
+    src = Image.open(data / "train" / "healthy" / "healthy_0000.png")
+    src.resize((40, 40), Image.Resampling.BICUBIC).convert("RGB").save(data / "test" / "healthy" / "copy.jpg", quality=70)
+    shutil.copy(data / "train" / "tb" / "tb_0001.png", data / "test" / "tb" / "exact.png")
+    Image.open(data / "train" / "healthy" / "healthy_0002.png").resize((64, 64)).save(data / "test" / "healthy" / "bigger.png")
+    for k in range(3):  # the test split's own images
+        shutil.copy(clean_data / "tb" / f"tb_00{30 + k}.png", data / "test" / "tb" / f"own{k}.png")
+        shutil.copy(clean_data / "healthy" / f"healthy_00{20 + k}.png", data / "test" / "healthy" / f"own{k}.png")
+    audit = audit_dataset(data, progress=False)
+    d = audit["duplicates"]
+    assert d["exact"]["clusters"] == 1 and d["exact"]["across_splits"] == 1
+    assert d["near"]["across_splits"] == 3, d["near"]
+    leaked = set(d["near"]["leaking_files"])
+    assert {"test/healthy/copy.jpg", "test/healthy/bigger.png", "test/tb/exact.png", "train/healthy/healthy_0000.png"} <= leaked
+    assert not any("own" in p for p in leaked), "different images must not be called duplicates"
+    assert audit["verdict"]["leakage"]
+    assert main(["audit", str(data), "--out", str(tmp_path / "a"), "--strict"]) == 1
+    saved = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert saved["verdict"]["leakage"] and (tmp_path / "a" / "audit.html").is_file()
+    assert main(["audit", str(clean_data), "--out", str(tmp_path / "b"), "--strict"]) == 0
+
+
+def test_near_pairs_counts_bits():
+    a = "00" * 32
+    b = "03" + "00" * 31  # 2 bits differ
+    c = "ff" * 32
+    assert near_pairs([a, b, c, None], max_bits=4) == [(0, 1, 2)]
+
+
+def test_training_refuses_leaking_splits_unless_allowed(clean_data, tmp_path, capsys):
+    data = tmp_path / "leaky"
+    (data / "train").mkdir(parents=True)
+    shutil.copytree(clean_data / "healthy", data / "train" / "healthy")
+    shutil.copytree(clean_data / "tb", data / "train" / "tb")
+    for c in ("healthy", "tb"):
+        (data / "test" / c).mkdir(parents=True)
+        for k in range(6):
+            shutil.move(data / "train" / c / f"{c}_00{30 + k}.png", data / "test" / c / f"{k}.png")
+    shutil.copy(data / "train" / "tb" / "tb_0000.png", data / "test" / "tb" / "leaked.png")
+    args = ["train", str(data), "--model", "mlp", "--image-size", "32", "--epochs", "1", "--batch-size", "16"]
+    assert main([*args, "--out", str(tmp_path / "r1")]) == 2
+    err = capsys.readouterr().err
+    assert "splits leak" in err and "--allow-leakage" in err
+    assert not (tmp_path / "r1" / "model.safetensors").exists()
+    assert main([*args, "--out", str(tmp_path / "r2"), "--allow-leakage"]) == 0
+    meta = json.loads((tmp_path / "r2" / "meta.json").read_text())
+    assert meta["audit"]["leakage"] and meta["audit"]["allowed"] and meta["audit"]["allow_leakage"]
+    assert "Leakage between splits" in (tmp_path / "r2" / "report.html").read_text()

@@ -1,0 +1,142 @@
+"""Calibration, operating points, prevalence and decision curves: hand-computed cases and a trained run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cxrkit.cli import main
+from cxrkit.evaluation.calibration import Calibration, brier_score, expected_calibration_error, fit_calibration
+from cxrkit.evaluation.decision_curve import net_benefit
+from cxrkit.evaluation.operating_points import operating_points, ppv_npv_at_prevalence, screening_outcomes, who_triage_check
+from cxrkit.run import Run
+
+
+def _overconfident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Outcomes drawn from true risks, and a model whose logits are 3x too large (over-confident)."""
+    rng = np.random.default_rng(seed)
+    true_logit = rng.normal(0, 1.5, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    p = 1 / (1 + np.exp(-3 * true_logit))
+    return y, np.stack([1 - p, p], axis=1)
+
+
+@pytest.mark.parametrize("method", ["temperature", "platt", "isotonic"])
+def test_calibration_reduces_ece_of_an_overconfident_model(method):
+    y_val, p_val = _overconfident(2000, 0)
+    y_test, p_test = _overconfident(2000, 1)
+    cal = fit_calibration(y_val, p_val, method)
+    before, after = expected_calibration_error(y_test, p_test), expected_calibration_error(y_test, cal.apply(p_test))
+    assert before > 0.08 and after < before / 2, (before, after)
+    assert brier_score(y_test, cal.apply(p_test)) < brier_score(y_test, p_test)
+    assert np.allclose(cal.apply(p_test).sum(1), 1)
+    if method == "temperature":
+        assert cal.params["temperature"] == pytest.approx(3.0, rel=0.15)  # the planted over-confidence
+    again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert np.allclose(again.apply(p_test), cal.apply(p_test))
+
+
+def test_temperature_scaling_multiclass_keeps_the_argmax():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 1, (3000, 3))
+    y = np.array([rng.choice(3, p=np.exp(z) / np.exp(z).sum()) for z in logits])
+    p = np.exp(4 * logits) / np.exp(4 * logits).sum(1, keepdims=True)
+    cal = fit_calibration(y, p, "temperature")
+    q = cal.apply(p)
+    assert cal.params["temperature"] == pytest.approx(4.0, rel=0.15)
+    assert (q.argmax(1) == p.argmax(1)).all()
+    assert expected_calibration_error(y, q) < expected_calibration_error(y, p) / 2
+    with pytest.raises(ValueError, match="binary runs"):
+        fit_calibration(y, p, "platt")
+
+
+def test_ece_and_brier_on_a_hand_case():
+    # Four predictions of 0.8 of which 2 come true: one bin, |0.5 - 0.8| = 0.3.
+    p = np.array([[0.2, 0.8]] * 4)
+    y = np.array([1, 1, 0, 0])
+    assert expected_calibration_error(y, p) == pytest.approx(0.3)
+    assert brier_score(y, p) == pytest.approx((2 * 0.2**2 + 2 * 0.8**2) / 4)
+
+
+def test_prevalence_adjusted_ppv_npv_follow_bayes_rule():
+    ppv, npv = ppv_npv_at_prevalence(0.9, 0.8, 0.05)
+    assert ppv == pytest.approx(0.045 / (0.045 + 0.19))  # 0.1915
+    assert npv == pytest.approx(0.76 / (0.76 + 0.005))  # 0.9935
+    ppv, npv = ppv_npv_at_prevalence(0.5, 0.5, 0.3)
+    assert ppv == pytest.approx(0.3) and npv == pytest.approx(0.7)  # an uninformative test changes nothing
+    sens = {"value": 0.9, "ci": [0.8, 0.95]}
+    spec = {"value": 0.8, "ci": [0.7, 0.88]}
+    s = screening_outcomes(sens, spec, 0.05)
+    assert (s["with_disease"], s["found"], s["missed"]) == pytest.approx((50, 45, 5))
+    assert s["false_alarms"] == pytest.approx(190) and s["confirmatory_tests"] == pytest.approx(235)
+    assert s["ppv"]["ci"][0] == pytest.approx(ppv_npv_at_prevalence(0.8, 0.7, 0.05)[0])
+    assert s["ppv"]["ci"][0] < s["ppv"]["value"] < s["ppv"]["ci"][1]
+    with pytest.raises(ValueError, match="prevalence"):
+        ppv_npv_at_prevalence(0.9, 0.8, 1.5)
+
+
+def test_operating_points_are_chosen_on_validation_and_reported_on_the_other_split():
+    # Validation: positives score 0.1..1.0 (10), negatives 0.0..0.45; sensitivity 90% needs threshold 0.2.
+    y_val = np.r_[np.ones(10), np.zeros(10)].astype(int)
+    p_val = np.r_[np.linspace(0.1, 1.0, 10), np.linspace(0.0, 0.45, 10)]
+    y_ev = np.r_[np.ones(4), np.zeros(4)].astype(int)
+    p_ev = np.array([0.9, 0.5, 0.25, 0.15, 0.3, 0.1, 0.05, 0.0])
+    rows = {r["target"]: r for r in operating_points(y_val, p_val, y_ev, p_ev, sensitivities=(0.9,), specificities=())}
+    r = rows["sensitivity ≥ 90%"]
+    assert r["threshold"] == pytest.approx(0.2)
+    assert r["confusion"] == {"tp": 3, "fp": 1, "tn": 3, "fn": 1}
+    assert r["sensitivity"]["value"] == 0.75 and r["ppv"]["value"] == 0.75 and r["sensitivity"]["ci"][0] < 0.75
+    w = who_triage_check(y_val, p_val, y_ev, p_ev)
+    assert w["verdict"] == "fail"  # 75% sensitivity on the evaluated split
+
+
+def test_net_benefit_on_hand_cases():
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    perfect = y.astype(float)
+    dc = net_benefit(y, perfect, np.array([0.2, 0.5]))
+    assert dc["model"] == pytest.approx([0.3, 0.3])  # every case found, no false alarm
+    assert dc["treat_all"] == pytest.approx([0.3 - 0.7 * 0.25, 0.3 - 0.7])
+    dc = net_benefit(y, perfect, np.array([0.5]), prevalence=0.05)
+    assert dc["model"] == pytest.approx([0.05])
+
+
+@pytest.fixture(scope="module")
+def trained(binary_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "cal"
+    args = ["train", str(binary_data), "--out", str(run), "--model", "cnn", "--image-size", "32", "--epochs", "3", "--batch-size", "16",
+            "--lr", "3e-3"]
+    assert main(args) == 0
+    return binary_data, run
+
+
+def test_calibrate_stores_the_map_and_keeps_decisions_consistent(trained):
+    data, run_dir = trained
+    before = Run.load(run_dir)
+    assert before.calibration is None
+    old_threshold = before.threshold
+    assert main(["calibrate", str(run_dir), "--method", "temperature"]) == 0
+    run = Run.load(run_dir)
+    assert run.calibration["method"] == "temperature" and run.calibration["fitted_on"].startswith("val")
+    assert run.meta["threshold"]["uncalibrated_value"] == pytest.approx(old_threshold)
+    from cxrkit.evaluation.evaluate import load_run_dataset
+
+    ds, _ = load_run_dataset(run, progress=False)
+    val = np.asarray(ds.images[ds.index("val")])
+    raw, cal = run.predict_arrays(val, calibrated=False), run.predict_arrays(val)
+    assert not np.allclose(raw, cal)
+    # temperature scaling is monotone, so the re-chosen threshold makes the same validation decisions
+    assert (run.decide(cal) == (raw[:, 1] >= old_threshold)).all()
+    assert main(["evaluate", str(run_dir), "--prevalence", "0.05"]) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())["test"]
+    assert "calibrated" in m["calibration"] and m["calibration"]["calibrated"]["ece"] >= 0
+    s = m["screening"]
+    sens, spec = m["metrics"]["sensitivity"]["value"], m["metrics"]["specificity"]["value"]
+    assert s["ppv"]["value"] == pytest.approx(ppv_npv_at_prevalence(sens, spec, 0.05)[0])
+    assert s["found"] == pytest.approx(50 * sens)
+    assert len(m["operating_points"]) == 6 and m["who_triage"]["verdict"] in ("pass", "pass (point estimates)", "fail")
+    assert m["attention"]["n"] == 30 and 0 <= m["attention"]["mean_share"]["lung"] <= 1
+    html = (run_dir / "report.html").read_text()
+    for words in ("1,000 people screened", "Operating points", "Decision curve", "Where does the model look", "after temperature calibration"):
+        assert words in html, words
+    assert main(["calibrate", str(run_dir), "--remove"]) == 0
+    assert Run.load(run_dir).calibration is None and Run.load(run_dir).threshold == pytest.approx(old_threshold)
