@@ -1,5 +1,8 @@
 """Per-image intensity normalisation and border cropping: what each does, and the same output everywhere."""
 
+import base64
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -74,6 +77,17 @@ def test_same_output_in_training_cache_evaluation_and_prediction(mode, tmp_path)
     np.testing.assert_array_equal(np.asarray(ds.images[i]), from_predict)  # cache used by train/evaluate == predict
     probs, errors = run.predict_files([frame])
     np.testing.assert_allclose(probs[0], run.predict_arrays(from_predict[None])[0], atol=1e-6)
+    from fastapi.testclient import TestClient
+
+    from cxrkit.serve.app import create_app
+
+    with TestClient(create_app(tmp_path / "r", engine="torch", api_key="")) as client:
+        r = client.post("/v1/predict", params={"preview": "true"}, files=[("files", ("x.png", frame.read_bytes(), "image/png"))])
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(res["image_png"]))))
+    np.testing.assert_array_equal(served, from_predict)  # the image as the served model saw it
+    np.testing.assert_allclose([res["probabilities"][c] for c in run.classes], probs[0], atol=2e-6)
 
 
 def test_gamma_blur_and_noise_augmentation():

@@ -104,3 +104,19 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys):
     assert "thresholds chosen per finding" in capsys.readouterr().out
     preds = list(csv.DictReader(open(out / "predictions.csv")))
     assert {f"prob_{c}" for c in meta["classes"]} <= set(preds[0])
+
+    from fastapi.testclient import TestClient
+
+    from cxrkit.serve.app import create_app
+
+    with TestClient(create_app(out, engine="torch", api_key="")) as client:
+        card = client.get("/v1/model").json()
+        r = client.post("/v1/predict", files=[("files", ("x.png", image.read_bytes(), "image/png"))])
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    p = np.array([res["probabilities"][c] for c in meta["classes"]])
+    expected = run.decision_labels(run.predict_arrays(run.preprocessing.load(image)[None]))[0]
+    assert res["decision"]["label"] == expected
+    assert ("no finding above" in res["decision"]["words"]) == (expected == "")
+    assert set(card["decision"]["threshold"]) == set(meta["classes"]) and card["decision"]["rule"] == "per-finding thresholds"
+    assert np.allclose(p, run.predict_arrays(run.preprocessing.load(image)[None])[0], atol=1e-6)

@@ -1,7 +1,6 @@
 """The HTTP API through FastAPI's TestClient: valid uploads, every class of bad input as a 4xx JSON error, API key, fuzzing."""
 
 import base64
-import importlib.util
 import io
 
 import numpy as np
@@ -148,7 +147,6 @@ def test_page_and_sample_are_served(client):
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cxrkit.explain") is None, reason="cxrkit.explain.cam (Grad-CAM) is not in this branch")
 def test_explain_adds_an_overlay(client, sample_png):
     r = post(client, ("a.png", sample_png), explain="true")
     assert r.status_code == 200

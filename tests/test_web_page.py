@@ -16,7 +16,6 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"),
 ]
 
-HAS_EXPLAIN = importlib.util.find_spec("cxrkit.explain") is not None and importlib.util.find_spec("cxrkit.explain.cam") is not None
 
 
 @pytest.fixture
@@ -56,12 +55,9 @@ def test_sample_upload_shows_probability_decision_and_overlay(server, tmp_path):
         result = page.inner_text("#results .result")
         assert "P(tb) = 0." in result and "threshold" in result
         assert page.get_attribute("#results .result img", "src").startswith("data:image/png;base64,")
-        if HAS_EXPLAIN:
-            before = page.get_attribute("#results .result img", "src")
-            page.get_by_label("Show heat-map overlay").check()
-            assert page.get_attribute("#results .result img", "src") != before
-        else:
-            assert "Heat maps are not available" in result
+        before = page.get_attribute("#results .result img", "src")
+        page.get_by_label("Show heat-map overlay").check()
+        assert page.get_attribute("#results .result img", "src") != before
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
     assert not errors, errors

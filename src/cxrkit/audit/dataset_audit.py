@@ -68,7 +68,10 @@ def audit_source(
     relpaths = [source.relpath(p) for p in paths]
     records, timing = read_records(paths, cache_dir, progress=progress)
     ok = [i for i, r in enumerate(records) if not r["error"]]
-    balance = {s: dict(Counter(labels[i] for i in range(len(labels)) if splits[i] == s)) for s in SPLITS if s in splits}
+    # Multi-label images are grouped as with / without a finding for balance, properties and the probe.
+    groups_of = (["any finding" if smp.findings else "no finding" for smp in source.samples] if source.multilabel else labels)
+    group_names = ["no finding", "any finding"] if source.multilabel else source.classes
+    balance = {s: dict(Counter(groups_of[i] for i in range(len(labels)) if splits[i] == s)) for s in SPLITS if s in splits}
     dup = duplicate_report(records, splits, labels, relpaths)
     patients = None
     if groups is not None:
@@ -78,8 +81,8 @@ def audit_source(
         patients = {"ids": len(set(named)), "files_with_id": len(named), "files_without_id": len(groups) - len(named),
                     "shared": {k: len(v) for k, v in shared.items()}, "examples": {k: v[:10] for k, v in shared.items() if v}}
     corrupt = [{"path": relpaths[i], "split": splits[i], "reason": records[i]["error"]} for i, r in enumerate(records) if r["error"]]
-    class_index = {c: i for i, c in enumerate(source.classes)}
-    probe = shortcut_probe([records[i] for i in ok], np.array([class_index[labels[i]] for i in ok]), source.classes, seed=seed)
+    class_index = {c: i for i, c in enumerate(group_names)}
+    probe = shortcut_probe([records[i] for i in ok], np.array([class_index[groups_of[i]] for i in ok]), group_names, seed=seed)
     leaks = []
     if dup["exact"]["across_splits"]:
         leaks.append(f"{dup['exact']['across_splits']} group(s) of byte-identical images span two splits")
@@ -92,7 +95,7 @@ def audit_source(
                "conflicting_labels": dup["exact"]["across_classes"] + dup["near"]["across_classes"]}
     result = {
         "version": AUDIT_VERSION, "root": str(source.root), "classes": source.classes, "n_files": len(paths), "n_decoded": len(ok),
-        "class_balance": balance, "properties": per_class_properties(records, labels, source.classes), "duplicates": dup,
+        "class_balance": balance, "properties": per_class_properties(records, groups_of, group_names), "duplicates": dup,
         "patients": patients, "corrupt": corrupt, "shortcut_probe": probe, "verdict": verdict,
         "seconds": {"features": timing["seconds"], "total": time.perf_counter() - t0, "files_computed": timing["computed"]},
     }
@@ -154,7 +157,14 @@ def audit_before_training(ds: object, group_pattern: str | None, allow_leakage: 
     from cxrkit.audit.report import save_audit
 
     source = ds.source
-    groups = patient_ids(source.samples, group_pattern) if group_pattern else None
+    if not all(Path(smp.path).is_file() for smp in source.samples[:50]):
+        # Arrays (MedMNIST .npz) have no files whose format, size or bytes could be audited.
+        return {"leakage": False, "leakage_reasons": [], "allowed": False, "shortcut": False, "shortcut_auc": None, "seconds": 0.0,
+                "messages": ["not audited: the images are arrays in one file (no per-file properties, duplicates or patients to check)"],
+                "skipped": True}
+    # The dataset's own patient IDs (label table, or --group-pattern) are the ones its split used.
+    groups = list(ds.patients) if getattr(ds, "patients", None) is not None else (
+        patient_ids(source.samples, group_pattern) if group_pattern else None)
     audit = audit_source(source, [str(s) for s in ds.splits], groups, Path(cache_dir) if cache_dir else None, progress, seed)
     save_audit(audit, out, html=False)
     v = audit["verdict"]

@@ -108,9 +108,10 @@ def compute_metrics(run: Run, y: np.ndarray, probs: np.ndarray, seed: int = 0) -
 
 
 def validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
-    """Labels and probabilities of the validation split as stored in predictions.csv (None if absent)."""
+    """Labels and probabilities of the validation split as stored in predictions.csv (None if absent, or
+    for a multi-label run, whose rows hold sets of findings)."""
     pred_file = run.path / "predictions.csv"
-    if not pred_file.exists():
+    if not pred_file.exists() or run.task == "multilabel":
         return None
     with open(pred_file, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "val"]
@@ -279,7 +280,7 @@ def evaluate_run(
     probs = _calibrated(run, raw_probs)
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
     metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence))
-    if explain:
+    if explain and run.task != "multilabel":  # heat maps are per decided class; a multi-label decision is a set
         metrics["attention"] = _explain(run, images, ds.labels[idx], probs, key, explain, cfg.seed)
     metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
     metrics["shift"] = shift
@@ -358,7 +359,7 @@ def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str
         plot_cooccurrence(ds.labels[train], ds.class_names, run.path / "plots" / "cooccurrence.png")
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=seed)
     metrics.update(decision_analysis(run, ds.labels[idx], probs, probs, (ds.labels[idx], probs)))
-    if explain:
+    if explain and run.task != "multilabel":  # heat maps are per decided class; a multi-label decision is a set
         metrics["attention"] = _explain(run, images, ds.labels[idx], probs, "val", explain, seed)
     write_evaluation(run, "val", ds, idx, probs, metrics)
     with open(run.path / "history.csv", newline="") as f:

@@ -175,7 +175,7 @@ class Service:
                     heat = heatmaps(self.run, images)
                 except ValueError as exc:  # the explainer refuses this model or image, with a reason
                     raise ApiError(422, "explain_failed", f"no heat map for this model: {exc}") from exc
-        decisions = self.run.decide(probs)
+        labels = self.run.decision_labels(probs)
         outliers = [[] for _ in uploads]
         if self.reference is not None:
             from cxrkit.data.shift import image_outliers, image_stats
@@ -183,7 +183,7 @@ class Service:
             outliers = image_outliers(self.reference, image_stats(images))
         results = []
         for i, (name, data) in enumerate(uploads):
-            label = self.run.classes[int(decisions[i])]
+            label = labels[i]
             result = {
                 "file": name, "bytes": len(data), "format": _sniff(data),
                 "probabilities": {c: round(float(probs[i, j]), 6) for j, c in enumerate(self.run.classes)},
@@ -203,6 +203,9 @@ class Service:
         return {"model": {**self.identity, "engine": self.run.engine}, "results": results}
 
     def _words(self, p: np.ndarray, label: str) -> str:
+        if self.run.task == "multilabel":
+            found = [f"{c} ({p[j]:.2f} >= {t:.2f})" for j, (c, t) in enumerate(zip(self.run.classes, self.run.thresholds)) if p[j] >= t]
+            return "findings above their thresholds: " + ", ".join(found) if found else "no finding above its threshold"
         if self.run.task == "binary":
             pos, t = self.run.classes[1], self.rule["threshold"]
             side = "at or above" if p[1] >= t else "below"

@@ -9,7 +9,8 @@ import json
 
 from cxrkit.run import MODEL_FILE, Run
 
-HEADLINE = {"binary": ("roc_auc", "sensitivity", "specificity", "ppv", "npv"), "multiclass": ("macro_roc_auc", "accuracy", "balanced_accuracy")}
+HEADLINE = {"binary": ("roc_auc", "sensitivity", "specificity", "ppv", "npv"), "multiclass": ("macro_roc_auc", "accuracy", "balanced_accuracy"),
+            "multilabel": ("mean_roc_auc", "detection_rate_positive", "detection_rate_negative")}
 
 
 def model_identity(run: Run) -> dict:
@@ -27,6 +28,10 @@ def decision_rule(run: Run) -> dict:
         return {"threshold": t["value"], "rule": t["rule"], "chosen_on": t.get("chosen_on", "val"), "positive_class": run.classes[1],
                 "words": f"called {run.classes[1]} when P({run.classes[1]}) >= {t['value']:.3f} "
                          f"(threshold chosen on the {t.get('chosen_on', 'val')} split by rule {t['rule']})"}
+    if run.task == "multilabel":
+        return {"threshold": {c: float(t) for c, t in zip(run.classes, run.thresholds)}, "rule": "per-finding thresholds",
+                "chosen_on": "val", "positive_class": None,
+                "words": "each finding is reported when its probability reaches its own threshold, chosen on the validation split"}
     return {"threshold": None, "rule": "most probable class", "chosen_on": None, "positive_class": None,
             "words": "the most probable class is the decision"}
 
