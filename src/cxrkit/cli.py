@@ -189,13 +189,13 @@ def cmd_predict(a: argparse.Namespace) -> int:
         return 0
     import numpy as np
 
-    from cxrkit.prediction.predict_csv import _row, csv_fields
+    from cxrkit.prediction.predict_csv import csv_fields, result_row
 
     ok = ~np.isnan(probs).any(axis=1)
     decisions = np.full(len(paths), -1)
     if ok.any():
         decisions[ok] = run.decide(probs[ok])
-    rows = [_row(run, p, probs[i] if ok[i] else None, int(decisions[i]) if ok[i] else None, errors.get(i, "")) for i, p in enumerate(paths)]
+    rows = [result_row(run, p, probs[i] if ok[i] else None, int(decisions[i]) if ok[i] else None, errors.get(i, "")) for i, p in enumerate(paths)]
     if len(paths) == 1:
         r = rows[0]
         if r["error"]:

@@ -37,7 +37,8 @@ def read_finished(out: Path, fields: list[str]) -> dict[str, dict]:
         return {r["path"]: r for r in reader}
 
 
-def _row(run: Run, path: Path, probs: np.ndarray | None, decision: int | None, error: str = "") -> dict:
+def result_row(run: Run, path: Path, probs: np.ndarray | None, decision: int | None, error: str = "") -> dict:
+    """One CSV row: the path, each class probability (6 decimals), the decided class, and the error if the file failed."""
     row = {"path": str(path)}
     row.update({f"prob_{c}": "" if probs is None else f"{probs[j]:.6f}" for j, c in enumerate(run.classes)})
     row["prediction"] = "" if decision is None else run.classes[decision]
@@ -69,9 +70,9 @@ def predict_to_csv(
         for where, probs, images, errors in run.iter_predict(todo, batch_size, workers):
             decisions = run.decide(probs) if len(where) else []
             for k, j in enumerate(where):
-                rows[str(todo[j])] = _row(run, todo[j], probs[k], int(decisions[k]))
+                rows[str(todo[j])] = result_row(run, todo[j], probs[k], int(decisions[k]))
             for j, err in errors.items():
-                rows[str(todo[j])] = _row(run, todo[j], None, None, err)
+                rows[str(todo[j])] = result_row(run, todo[j], None, None, err)
             n_errors += len(errors)
             if on_batch is not None and len(images):
                 on_batch(images)
