@@ -86,10 +86,14 @@ def test_predict_csv_resumes_to_the_same_result(tiny_run, binary_data, tmp_path,
     for p in sorted((binary_data / "test").rglob("*.png"))[:24]:
         (folder / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    from .test_dicom import ramp, write_dicom
+
+    write_dicom(folder / "zz_scan.dcm", ramp(48))  # DICOM files are listed and read like the PNGs
     full = tmp_path / "full.csv"
     assert main(["predict", str(tiny_run), str(folder), "--out", str(full), "--engine", "torch", "--batch-size", "8"]) == 0
     rows = _read(full)
-    assert len(rows) == 25 and [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+    assert len(rows) == 26 and [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+    assert rows[-1]["path"].endswith("zz_scan.dcm") and rows[-1]["error"] == "" and rows[-1]["prediction"] in ("healthy", "tb")
     bad = [r for r in rows if r["error"]]
     assert len(bad) == 1 and bad[0]["path"].endswith("broken.png") and bad[0]["prob_tb"] == "" and bad[0]["prediction"] == ""
     good = [r for r in rows if not r["error"]]
