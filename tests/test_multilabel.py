@@ -104,3 +104,13 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys):
     assert "thresholds chosen per finding" in capsys.readouterr().out
     preds = list(csv.DictReader(open(out / "predictions.csv")))
     assert {f"prob_{c}" for c in meta["classes"]} <= set(preds[0])
+
+
+def test_single_positive_finding_gets_no_interval():
+    y = np.zeros((30, 2), int)
+    y[:10, 0] = 1
+    y[0, 1] = 1
+    probs = np.linspace(0, 1, 60).reshape(30, 2)
+    m = multilabel_metrics(y, probs, ["a", "b"], np.array([0.5, 0.5]), n_bootstrap=50)
+    assert m["per_label"]["a"]["roc_auc"]["ci"] is not None
+    assert m["per_label"]["b"]["roc_auc"]["ci"] is None and "one positive" in m["per_label"]["b"]["roc_auc"]["note"]
