@@ -114,3 +114,15 @@ def test_single_positive_finding_gets_no_interval():
     m = multilabel_metrics(y, probs, ["a", "b"], np.array([0.5, 0.5]), n_bootstrap=50)
     assert m["per_label"]["a"]["roc_auc"]["ci"] is not None
     assert m["per_label"]["b"]["roc_auc"]["ci"] is None and "one positive" in m["per_label"]["b"]["roc_auc"]["note"]
+
+
+def test_sharded_prediction_covers_the_folder_once(ml_table, tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(ml_table), out=str(out), model="mlp", image_size=16, epochs=1, batch_size=16, precision="32"),
+          progress=False, finish=True)
+    folder = ml_table.parent / "images"
+    for k in range(3):
+        assert main(["predict", str(out), str(folder), "--shard", f"{k}/3", "--out", str(tmp_path / "p.csv")]) == 0
+    rows = [r["path"] for k in range(3) for r in csv.DictReader(open(tmp_path / f"p.shard{k}-of-3.csv"))]
+    assert sorted(rows) == sorted(str(p) for p in folder.glob("*.png")) and len(set(rows)) == len(rows)
+    assert main(["predict", str(out), str(folder), "--shard", "3/3", "--out", str(tmp_path / "x.csv")]) == 2
