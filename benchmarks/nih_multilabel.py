@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,6 +54,7 @@ def main() -> None:
     ap.add_argument("--oversample", action="store_true", help="also oversample rare findings (repeat-factor sampling)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_nih"))
+    ap.add_argument("--reuse", action="store_true", help="reuse runs in --out that were already trained and evaluated on test")
     a = ap.parse_args()
     labels = a.data / "labels.csv"
     base = TrainConfig(data=str(a.data), labels=str(labels), task="multilabel", resplit=True, model=a.model, image_size=a.image_size,
@@ -64,12 +64,16 @@ def main() -> None:
         if loss not in ("plain", "weighted"):
             raise SystemExit(f"unknown loss {loss!r}; use plain and/or weighted")
         out = a.out / loss
-        t0 = time.perf_counter()
-        train(replace(base, out=str(out), class_weights=loss == "weighted"), progress=False, overwrite=True)
-        m = evaluate_run(out, progress=False)
+        metrics_file = out / "metrics.json"
+        if a.reuse and metrics_file.is_file() and "test" in json.loads(metrics_file.read_text()):
+            m = json.loads(metrics_file.read_text())["test"]
+            print(f"{loss}: reusing the finished run in {out}")
+        else:
+            train(replace(base, out=str(out), class_weights=loss == "weighted"), progress=False, overwrite=True)
+            m = evaluate_run(out, progress=False)
         meta = json.loads((out / "meta.json").read_text())
         results[loss] = {"run": out, "test": m, "val": json.loads((out / "metrics.json").read_text())["val"], "meta": meta,
-                         "minutes": (time.perf_counter() - t0) / 60}
+                         "minutes": meta["training"]["seconds_total"] / 60}
     first = next(iter(results.values()))
     meta, test = first["meta"], first["test"]
     print(f"\nNIH 1000 subset, {a.model} at {a.image_size} px, patient-level split {meta['data']['images']} images, "
@@ -94,7 +98,7 @@ def main() -> None:
               f"mean val AUC {v['metrics']['mean_roc_auc']['value']:.3f}; label-wise accuracy {100 * t['metrics']['label_accuracy']['value']:.1f}% "
               f"vs {100 * base_acc:.1f}% for 'no finding' everywhere; pooled detection {100 * t['metrics']['detection_rate_positive']['value']:.1f}% "
               f"of findings present, {100 * t['metrics']['detection_rate_negative']['value']:.1f}% of absent ones cleared; "
-              f"best epoch {r['meta']['training']['best_epoch']}/{r['meta']['training']['epochs_run']}, {r['minutes']:.1f} min")
+              f"best epoch {r['meta']['training']['best_epoch']}/{r['meta']['training']['epochs_run']}, training {r['minutes']:.1f} min")
 
 
 if __name__ == "__main__":

@@ -120,3 +120,25 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys):
     assert ("no finding above" in res["decision"]["words"]) == (expected == "")
     assert set(card["decision"]["threshold"]) == set(meta["classes"]) and card["decision"]["rule"] == "per-finding thresholds"
     assert np.allclose(p, run.predict_arrays(run.preprocessing.load(image)[None])[0], atol=1e-6)
+
+
+def test_single_positive_finding_gets_no_interval():
+    y = np.zeros((30, 2), int)
+    y[:10, 0] = 1
+    y[0, 1] = 1
+    probs = np.linspace(0, 1, 60).reshape(30, 2)
+    m = multilabel_metrics(y, probs, ["a", "b"], np.array([0.5, 0.5]), n_bootstrap=50)
+    assert m["per_label"]["a"]["roc_auc"]["ci"] is not None
+    assert m["per_label"]["b"]["roc_auc"]["ci"] is None and "one positive" in m["per_label"]["b"]["roc_auc"]["note"]
+
+
+def test_sharded_prediction_covers_the_folder_once(ml_table, tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(ml_table), out=str(out), model="mlp", image_size=16, epochs=1, batch_size=16, precision="32"),
+          progress=False, finish=True)
+    folder = ml_table.parent / "images"
+    for k in range(3):
+        assert main(["predict", str(out), str(folder), "--shard", f"{k}/3", "--out", str(tmp_path / "p.csv")]) == 0
+    rows = [r["path"] for k in range(3) for r in csv.DictReader(open(tmp_path / f"p.shard{k}-of-3.csv"))]
+    assert sorted(rows) == sorted(str(p) for p in folder.glob("*.png")) and len(set(rows)) == len(rows)
+    assert main(["predict", str(out), str(folder), "--shard", "3/3", "--out", str(tmp_path / "x.csv")]) == 2

@@ -204,6 +204,20 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` (or, under torchrun, RANK/WORLD_SIZE) -> (K, N); None for an unsharded prediction."""
+    import os
+
+    if text is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        text = f"{os.environ['RANK']}/{os.environ['WORLD_SIZE']}"
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit() or not 0 <= int(k) < int(n):
+        raise ValueError(f"--shard {text!r}: write K/N with 0 <= K < N, e.g. --shard 0/4")
+    return int(k), int(n)
+
+
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from cxrkit.evaluation.calibrate import calibrate_run, remove_calibration
 
@@ -236,6 +250,15 @@ def cmd_predict(a: argparse.Namespace) -> int:
         paths = [target]
     else:
         raise FileNotFoundError(f"{target} does not exist")
+    shard = _shard(a.shard)
+    if shard:
+        if not a.out:
+            raise ValueError("a sharded prediction needs --out; each shard writes OUT with .shardK-of-N before the extension")
+        k, n = shard
+        paths = paths[k::n]
+        a.out = str(Path(a.out).with_name(f"{Path(a.out).stem}.shard{k}-of-{n}{Path(a.out).suffix}"))
+        if not paths:
+            raise ValueError(f"shard {k}/{n} has no images ({target} has fewer than {n})")
     from cxrkit.data.shift import check_stats, image_stats, merge_stats
 
     reference = run.shift_reference()
@@ -495,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--engine", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
                     help="auto (default): ONNX Runtime when `cxrkit export` wrote model.onnx for these weights, else PyTorch; "
                          "or force one (onnx-int8 needs `cxrkit export --quantize int8`)")
+    pr.add_argument("--shard", default=None, metavar="K/N",
+                    help="predict only every N-th image of the folder starting at K (processes share a folder this way); "
+                         "under torchrun K/N come from RANK/WORLD_SIZE. Writes OUT.shardK-of-N.csv")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="export a run's model to ONNX, checked against PyTorch",

@@ -227,7 +227,10 @@ def multilabel_metrics(
         }
         if 0 < yc.sum() < n:
             auc, ci = delong_interval(yc, probs[:, c], confidence)
-            entry["roc_auc"] = _entry(auc, ci, "delong")
+            few = min(yc.sum(), n - yc.sum()) < 2
+            entry["roc_auc"] = _entry(auc, None if few else ci, "delong")
+            if few:  # DeLong's variance needs two cases of each class; one positive gives a falsely narrow interval
+                entry["roc_auc"]["note"] = "one positive (or negative) case only: no interval, and the AUC is little more than chance"
             ap_ci = bootstrap_interval(average_precision, yc, probs[:, c], n_bootstrap, confidence, seed)
             entry["pr_auc"] = _entry(average_precision(yc, probs[:, c]), ap_ci, "bootstrap")
         else:
