@@ -28,14 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.config import TrainConfig
-from cxrkit.data.augment import AugmentConfig
+from cxrkit.data.augment import AUGMENT_PRESETS
 from cxrkit.evaluation.evaluate import evaluate_run
 from cxrkit.evaluation.intervals import delong_paired
 from cxrkit.training import train
 
 GROUP = r"((?:CHN|MCU)CXR_\d+)"
-AUGMENT = {"default": AugmentConfig(),
-           "robust": AugmentConfig(brightness=0.2, contrast=0.3, gamma=0.4, blur=1.0, noise=0.03)}
+AUGMENT = AUGMENT_PRESETS
 
 
 def _fig(m: dict) -> dict:

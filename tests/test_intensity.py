@@ -109,3 +109,19 @@ def test_gamma_blur_and_noise_augmentation():
     assert 0 < (n - x).abs().mean() < 0.05 and n.min() >= 0 and n.max() <= 1
     again = augment_batch(x, AugmentConfig(0, 0, 0, 0, 0, False, noise=0.05), torch.Generator().manual_seed(0))
     assert torch.equal(n, again)  # seeded
+
+
+def test_augmentation_presets_and_explicit_options_on_the_command_line():
+    from cxrkit.cli import _config_from_args, build_parser
+    from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
+
+    def config(*extra):
+        a = build_parser().parse_args(["train", "data", *extra])
+        return _config_from_args(a, "data", "out").augment
+
+    assert config() == AUGMENT_PRESETS[DEFAULT_PRESET] == TrainConfig(data="d").augment
+    robust = config("--augment-preset", "robust")
+    assert (robust.gamma, robust.blur, robust.noise, robust.contrast) == (0.4, 1.0, 0.03, 0.3)
+    mixed = config("--augment-preset", "robust", "--gamma", "0.1", "--hflip")
+    assert (mixed.gamma, mixed.blur, mixed.hflip) == (0.1, 1.0, True)
+    assert not config("--augment-preset", "robust", "--no-augment").enabled

@@ -7,7 +7,7 @@ import csv
 import os
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from cxrkit import __version__
@@ -21,9 +21,10 @@ def _defaults() -> dict:
 
 
 def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) -> None:
-    from cxrkit.data.augment import AugmentConfig
 
-    d, aug = _defaults(), AugmentConfig()
+    from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
+
+    d, aug = _defaults(), AUGMENT_PRESETS[DEFAULT_PRESET]
     g = p.add_argument_group("data")
     g.add_argument("--image-size", type=int, default=d["image_size"], help="square side in pixels (default %(default)s)")
     g.add_argument("--aspect", choices=["pad", "squash"], default=d["aspect"],
@@ -86,25 +87,33 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes reading the cache (default %(default)s)")
     g.add_argument("--seed", type=int, default=d["seed"])
     g = p.add_argument_group("augmentation (training images only)")
-    g.add_argument("--rotate", type=float, default=aug.rotate_degrees, help="max rotation in degrees (default %(default)s)")
-    g.add_argument("--scale", type=float, default=aug.scale, help="max zoom in/out fraction (default %(default)s)")
-    g.add_argument("--translate", type=float, default=aug.translate, help="max shift as a fraction of the size (default %(default)s)")
-    g.add_argument("--brightness", type=float, default=aug.brightness, help="max brightness shift on a 0-1 scale (default %(default)s)")
-    g.add_argument("--contrast", type=float, default=aug.contrast, help="max contrast change fraction (default %(default)s)")
-    g.add_argument("--gamma", type=float, default=aug.gamma, help="log-gamma range, e.g. 0.3 = gamma 0.74-1.35 (default %(default)s: off)")
-    g.add_argument("--blur", type=float, default=aug.blur, help="max Gaussian blur sigma in pixels (default %(default)s: off)")
-    g.add_argument("--noise", type=float, default=aug.noise, help="max Gaussian noise std on a 0-1 scale (default %(default)s: off)")
+    g.add_argument("--augment-preset", choices=list(AUGMENT_PRESETS), default=DEFAULT_PRESET,
+                   help="starting values of the options below. default: rotation, zoom, shift and mild brightness/contrast; "
+                        "robust: the same plus brightness 0.2, contrast 0.3, gamma 0.4, blur 1.0 and noise 0.03, to cover other "
+                        "sites' exposure and processing (measured in the README, external validation) (default %(default)s)")
+    preset = f"from --augment-preset; %s in {DEFAULT_PRESET}"
+    g.add_argument("--rotate", type=float, default=None, help="max rotation in degrees (default: " + preset % aug.rotate_degrees + ")")
+    g.add_argument("--scale", type=float, default=None, help="max zoom in/out fraction (default: " + preset % aug.scale + ")")
+    g.add_argument("--translate", type=float, default=None, help="max shift as a fraction of the size (default: " + preset % aug.translate + ")")
+    g.add_argument("--brightness", type=float, default=None, help="max brightness shift on a 0-1 scale (default: " + preset % aug.brightness + ")")
+    g.add_argument("--contrast", type=float, default=None, help="max contrast change fraction (default: " + preset % aug.contrast + ")")
+    g.add_argument("--gamma", type=float, default=None, help="log-gamma range, e.g. 0.3 = gamma 0.74-1.35 (default: " + preset % aug.gamma + ")")
+    g.add_argument("--blur", type=float, default=None, help="max Gaussian blur sigma in pixels (default: " + preset % aug.blur + ")")
+    g.add_argument("--noise", type=float, default=None, help="max Gaussian noise std on a 0-1 scale (default: " + preset % aug.noise + ")")
     g.add_argument("--hflip", action="store_true", help="random horizontal flips (off by default: the heart is on the left, and L/R markers mirror)")
     g.add_argument("--no-augment", action="store_true", help="turn all augmentation off")
 
 
 def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | None = None):
     from cxrkit.config import TrainConfig
-    from cxrkit.data.augment import AugmentConfig
+    from cxrkit.data.augment import AUGMENT_PRESETS, AugmentConfig
 
-    aug = AugmentConfig(0, 0, 0, 0, 0, False) if a.no_augment else AugmentConfig(
-        a.rotate, a.scale, a.translate, a.brightness, a.contrast, a.hflip, a.gamma, a.blur, a.noise
-    )
+    if a.no_augment:
+        aug = AugmentConfig(0, 0, 0, 0, 0, False)
+    else:
+        given = {"rotate_degrees": a.rotate, "scale": a.scale, "translate": a.translate, "brightness": a.brightness, "contrast": a.contrast,
+                 "gamma": a.gamma, "blur": a.blur, "noise": a.noise}
+        aug = replace(AUGMENT_PRESETS[a.augment_preset], hflip=a.hflip, **{k: v for k, v in given.items() if v is not None})
     return TrainConfig(
         data=data, out=out, labels=a.labels, label_column=a.label_column, task=a.task, resplit=a.resplit, oversample=a.oversample,
         model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size, aspect=a.aspect,
@@ -417,7 +426,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     import shutil
 
     from cxrkit.config import TrainConfig
-    from cxrkit.data.augment import AugmentConfig
+    from cxrkit.data.augment import default_augment
     from cxrkit.data.synthetic import make_synthetic_dataset
     from cxrkit.evaluation.evaluate import evaluate_run
     from cxrkit.training import train
@@ -431,7 +440,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     make_synthetic_dataset(data, n_per_class=a.n_per_class, size=96, seed=a.seed, splits={"train": 0.8, "test": 0.2}, signal=0.6)
     cfg = TrainConfig(
         data=str(data), out=str(out), model=a.model, image_size=a.image_size, epochs=a.epochs, patience=5,
-        batch_size=32, lr=2e-3, seed=a.seed, cache_dir=str(out / "cache"), augment=AugmentConfig(),
+        batch_size=32, lr=2e-3, seed=a.seed, cache_dir=str(out / "cache"), augment=default_augment(),
     )
     train(cfg, overwrite=True)
     print("\nevaluating once on the held-out test split ...")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from cxrkit.data.augment import AugmentConfig
+from cxrkit.data.augment import AugmentConfig, default_augment
 from cxrkit.data.intensity import INTENSITY_MODES
 
 
@@ -53,7 +53,7 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0
     tta: bool = False
     cache_dir: str | None = None
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=default_augment)
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):

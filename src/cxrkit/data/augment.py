@@ -36,6 +36,22 @@ class AugmentConfig:
                     self.gamma, self.blur, self.noise))
 
 
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "default": AugmentConfig(),
+    # Stronger photometric changes meant to cover another site's exposure and processing; measured with
+    # benchmarks/external_tb.py (README: external validation), not assumed.
+    "robust": AugmentConfig(brightness=0.2, contrast=0.3, gamma=0.4, blur=1.0, noise=0.03),
+}
+DEFAULT_PRESET = "default"
+
+
+def default_augment() -> AugmentConfig:
+    """A fresh copy of the default preset (what ``cxrkit train`` uses without augmentation options)."""
+    from dataclasses import replace
+
+    return replace(AUGMENT_PRESETS[DEFAULT_PRESET])
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Randomly rotate, scale, translate, flip and change brightness/contrast of a batch.
 
