@@ -96,3 +96,12 @@ def test_training_refuses_leaking_splits_unless_allowed(clean_data, tmp_path, ca
     meta = json.loads((tmp_path / "r2" / "meta.json").read_text())
     assert meta["audit"]["leakage"] and meta["audit"]["allowed"] and meta["audit"]["allow_leakage"]
     assert "Leakage between splits" in (tmp_path / "r2" / "report.html").read_text()
+
+
+def test_the_demo_dataset_does_not_look_like_it_leaks(tmp_path):
+    # The demo's smooth synthetic images are 10-22 pHash bits apart; the audit must not call them copies,
+    # or `cxrkit demo` (the README's first command) would refuse to train.
+    data = make_synthetic_dataset(tmp_path / "d", n_per_class=200, size=96, seed=0, splits={"train": 0.8, "test": 0.2}, signal=0.6)
+    audit = audit_dataset(data, cache_dir=tmp_path / "cache", progress=False)
+    assert not audit["verdict"]["leakage"], audit["verdict"]["leakage_reasons"]
+    assert audit["duplicates"]["near"]["clusters"] == 0

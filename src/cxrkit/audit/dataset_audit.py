@@ -19,7 +19,7 @@ from cxrkit.data.sources import ImageFolderSource, cache_root, open_image_folder
 from cxrkit.data.splits import assign_splits, patient_ids
 from cxrkit.run import atomic_write_text
 
-AUDIT_VERSION = 1
+AUDIT_VERSION = 2  # 2: near duplicates within 8 bits (was 16)
 SPLITS = ("train", "val", "test")
 
 
