@@ -203,11 +203,15 @@ class Run:
             out.append(p.numpy())
         k = len(self.classes)
         probs = np.concatenate(out) if out else np.zeros((0, k))
-        if calibrated and self.calibration_data is not None and len(probs):
-            from cxrkit.evaluation.calibration import Calibration
+        return self.apply_calibration(probs) if calibrated else probs
 
-            probs = Calibration.from_dict(self.calibration_data).apply(probs)
-        return probs
+    def apply_calibration(self, probs: np.ndarray) -> np.ndarray:
+        """The run's calibration (when it has one) applied to the model's own probabilities."""
+        if self.calibration_data is None or not len(probs):
+            return probs
+        from cxrkit.evaluation.calibration import Calibration
+
+        return Calibration.from_dict(self.calibration_data).apply(probs)
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Predicted class indices: P(positive) >= threshold for binary, the most probable class for

@@ -277,7 +277,7 @@ def evaluate_run(
     t0 = time.perf_counter()
     raw_probs = run.predict_arrays(images, calibrated=False)
     seconds = time.perf_counter() - t0
-    probs = _calibrated(run, raw_probs)
+    probs = run.apply_calibration(raw_probs)
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
     metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence))
     if explain and run.task != "multilabel":  # heat maps are per decided class; a multi-label decision is a set
@@ -297,14 +297,6 @@ def evaluate_run(
 
         _write(run.path)
     return metrics
-
-
-def _calibrated(run: Run, raw_probs: np.ndarray) -> np.ndarray:
-    if run.calibration is None:
-        return raw_probs
-    from cxrkit.evaluation.calibration import Calibration
-
-    return Calibration.from_dict(run.calibration).apply(raw_probs)
 
 
 def _explain(run: Run, images: np.ndarray, y: np.ndarray, probs: np.ndarray, split: str, method: str, seed: int) -> dict | None:
