@@ -1,0 +1,187 @@
+"""Leave-one-site-out TB benchmark: train on two sites, test on the third, for each candidate default.
+
+    python benchmarks/sites.py [--shared PATH] [--out /work/bench12/sites] [--conditions baseline,robust]
+                               [--seeds 0,1,2] [--holdout shenzhen,montgomery,sakha] [--epochs 20]
+
+Sites: Shenzhen (``CHNCXR_*`` in tb_shenzhen_montgomery_128), Montgomery (``MCUCXR_*``, same folder)
+and Sakha-TB (tb_sakha_datacamp_224/train, ``healthy`` read as ``normal``). For each held-out site the
+other two are joined as a folder of symbolic links under ``--out`` (never in the repository) and
+``cnn`` is trained at 128 px with the condition's options (everything else at the defaults, at most
+``--epochs`` epochs, patience 6). Per run: internal test AUC (the union's own 15% test split),
+external AUC with its 95% CI on every image of the held-out site, sensitivity/specificity there at
+the internal (validation-chosen) threshold, and the stress column: external AUC with each image
+re-standardised to the training images' typical mean and std (:mod:`cxrkit.data.perturb`).
+Then, per condition: mean and SD over seeds, and DeLong's paired test of its external AUC against
+the first condition's on the same external images. Finished runs are reused, so an interrupted
+benchmark resumes; results are appended to ``results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cxrkit.config import TrainConfig
+from cxrkit.data.augment import AUGMENT_PRESETS
+from cxrkit.data.perturb import restandardise
+from cxrkit.evaluation.evaluate import evaluate_run, load_run_dataset
+from cxrkit.evaluation.intervals import delong_paired
+from cxrkit.evaluation.metrics import binary_metrics
+from cxrkit.evaluation.stress import reference_exposure
+from cxrkit.run import Run
+from cxrkit.training import train
+
+GROUP = r"((?:CHN|MCU)CXR_\d+)"
+SITES = ("shenzhen", "montgomery", "sakha")
+# Candidate defaults: TrainConfig options on top of today's defaults. "baseline" is today's default command.
+CONDITIONS: dict[str, dict] = {
+    "baseline": {},
+    "robust": {"augment": AUGMENT_PRESETS["robust"]},
+    "zscore+robust": {"intensity": "zscore", "augment": AUGMENT_PRESETS["robust"]},
+    "percentile+robust": {"intensity": "percentile", "augment": AUGMENT_PRESETS["robust"]},
+    "clahe+robust": {"intensity": "clahe", "augment": AUGMENT_PRESETS["robust"]},
+    "zscore": {"intensity": "zscore"},
+}
+
+
+def site_folders(shared: Path, out: Path) -> dict[str, Path]:
+    """One folder of links per site, classes ``normal`` and ``tb``."""
+    sm, sakha = shared / "tb_shenzhen_montgomery_128" / "train", shared / "tb_sakha_datacamp_224" / "train"
+    spec = {"shenzhen": [(sm / "normal", "normal", "CHNCXR"), (sm / "tb", "tb", "CHNCXR")],
+            "montgomery": [(sm / "normal", "normal", "MCUCXR"), (sm / "tb", "tb", "MCUCXR")],
+            "sakha": [(sakha / "healthy", "normal", ""), (sakha / "tb", "tb", "")]}
+    folders = {}
+    for site, parts in spec.items():
+        for src, cls, prefix in parts:
+            dst = out / "data" / site / cls
+            dst.mkdir(parents=True, exist_ok=True)
+            for p in sorted(src.iterdir()):
+                if prefix in p.name and not (dst / p.name).exists():
+                    os.symlink(p.resolve(), dst / p.name)
+        folders[site] = out / "data" / site
+    return folders
+
+
+def union(folders: dict[str, Path], sites: list[str], dst: Path) -> Path:
+    """A folder linking every image of ``sites`` (file names do not collide between these sites)."""
+    for site in sites:
+        for cls_dir in folders[site].iterdir():
+            (dst / cls_dir.name).mkdir(parents=True, exist_ok=True)
+            for p in cls_dir.iterdir():
+                if not (dst / cls_dir.name / p.name).exists():
+                    os.symlink(os.path.realpath(p), dst / cls_dir.name / p.name)
+    return dst
+
+
+def _fig(m: dict) -> dict:
+    mm = m["metrics"]
+    return {"auc": mm["roc_auc"]["value"], "auc_ci": mm["roc_auc"]["ci"], "sens": mm["sensitivity"]["value"],
+            "spec": mm["specificity"]["value"], "shift": bool(m.get("shift") and m["shift"]["warning"]), "n": m["n"]}
+
+
+def run_one(train_data: Path, external: Path, out: Path, options: dict, seed: int, epochs: int) -> dict:
+    """Train, evaluate internally and externally, and stress-test the external set; cached in done.json."""
+    done = out / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    cfg = TrainConfig(data=str(train_data), out=str(out), model="cnn", image_size=128, epochs=epochs, patience=6, seed=seed,
+                      group_pattern=GROUP, **options)
+    train(cfg, progress=False, overwrite=True)
+    train_s = time.perf_counter() - t0
+    internal = _fig(evaluate_run(out, split="test", progress=False, write_report=False, explain=None))
+    ext = evaluate_run(out, external, progress=False, write_report=False, explain=None)
+    run = Run.load(out)
+    ds, _ = load_run_dataset(run, external, progress=False)
+    idx = ds.index("all")
+    images, y = np.asarray(ds.images[idx]), ds.labels[idx]
+    raw = run.predict_arrays(images)[:, 1]
+    mean, std = reference_exposure(run)
+    stressed = run.predict_arrays(restandardise(images, mean, std))[:, 1]
+    st = binary_metrics(y, stressed, run.threshold, seed=seed)["metrics"]["roc_auc"]
+    result = {"internal": internal, "external": _fig(ext), "stress": {"auc": st["value"], "auc_ci": st["ci"]},
+              "train_seconds": train_s, "epochs_run": json.loads((out / "meta.json").read_text())["training"]["epochs_run"],
+              "paths": list(np.array(ds.relpaths)[idx]), "y": y.tolist(), "p": raw.tolist(), "p_stress": stressed.tolist()}
+    done.write_text(json.dumps(result))
+    return result
+
+
+def summary(results: dict, conditions: list[str], seeds: list[int], holdouts: list[str]) -> str:
+    """Markdown tables: per held-out site and condition, mean (SD) over seeds, and paired DeLong vs the first condition."""
+    lines = ["| held-out site | condition | seeds | internal AUC | external AUC | ext - int | stress AUC | ext sens / spec % | "
+             "vs " + conditions[0] + ": diff per seed (p) | train min |", "|" + "---|" * 10]
+    for h in holdouts:
+        for c in conditions:
+            rs = [(s, results.get((h, c, s))) for s in seeds]
+            rs = [(s, r) for s, r in rs if r]
+            if not rs:
+                continue
+            i = np.array([r["internal"]["auc"] for _, r in rs])
+            e = np.array([r["external"]["auc"] for _, r in rs])
+            st = np.array([r["stress"]["auc"] for _, r in rs])
+            sens = np.mean([r["external"]["sens"] for _, r in rs]) * 100
+            spec = np.mean([r["external"]["spec"] for _, r in rs]) * 100
+            paired = []
+            for s, r in rs:
+                b = results.get((h, conditions[0], s))
+                if b is None or c == conditions[0]:
+                    continue
+                assert b["paths"] == r["paths"], "external images differ between runs"
+                d = delong_paired(np.array(r["y"]), np.array(r["p"]), np.array(b["p"]))
+                paired.append(f"{d['difference']:+.3f} ({d['p_value']:.2g})")
+            sd = (lambda a: f" ({a.std(ddof=1):.3f})" if len(a) > 1 else "")
+            minutes = np.mean([r["train_seconds"] for _, r in rs]) / 60
+            lines.append(f"| {h} | {c} | {len(rs)} | {i.mean():.3f}{sd(i)} | {e.mean():.3f}{sd(e)} | {e.mean() - i.mean():+.3f} | "
+                         f"{st.mean():.3f}{sd(st)} | {sens:.0f} / {spec:.0f} | {', '.join(paired) or '-'} | {minutes:.1f} |")
+    lines += ["", "| condition | runs | mean internal AUC | mean external AUC | mean ext - int | seed SD of external AUC (mean over sites) | mean stress AUC |",
+              "|" + "---|" * 7]
+    for c in conditions:
+        rs = [results[(h, c, s)] for h in holdouts for s in seeds if (h, c, s) in results]
+        if not rs:
+            continue
+        sds = [np.std([results[(h, c, s)]["external"]["auc"] for s in seeds if (h, c, s) in results], ddof=1)
+               for h in holdouts if sum((h, c, s) in results for s in seeds) > 1]
+        i = np.mean([r["internal"]["auc"] for r in rs])
+        e = np.mean([r["external"]["auc"] for r in rs])
+        lines.append(f"| {c} | {len(rs)} | {i:.3f} | {e:.3f} | {e - i:+.3f} | {np.mean(sds) if sds else float('nan'):.3f} | "
+                     f"{np.mean([r['stress']['auc'] for r in rs]):.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared/data"))
+    ap.add_argument("--out", default="/work/bench12/sites")
+    ap.add_argument("--conditions", default="baseline,robust", help="comma-separated: " + ", ".join(CONDITIONS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--holdout", default=",".join(SITES))
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--summary-only", action="store_true", help="print the tables of finished runs, train nothing")
+    a = ap.parse_args()
+    out = Path(a.out)
+    conditions, seeds, holdouts = a.conditions.split(","), [int(s) for s in a.seeds.split(",")], a.holdout.split(",")
+    folders = site_folders(Path(a.shared), out)
+    results = {}
+    for c in conditions:  # condition-major, so the first conditions finish first
+        for s in seeds:
+            for h in holdouts:
+                run_dir = out / "runs" / f"{h}_{c.replace('+', '_')}_s{s}"
+                if a.summary_only:
+                    if (run_dir / "done.json").is_file():
+                        results[(h, c, s)] = json.loads((run_dir / "done.json").read_text())
+                    continue
+                tr = union(folders, [x for x in SITES if x != h], out / "data" / f"without_{h}")
+                r = run_one(tr, folders[h], run_dir, CONDITIONS[c], s, a.epochs)
+                results[(h, c, s)] = r
+                print(f"{h} {c} seed {s}: internal {r['internal']['auc']:.3f} external {r['external']['auc']:.3f} "
+                      f"stress {r['stress']['auc']:.3f} ({r['train_seconds'] / 60:.1f} min)", flush=True)
+    print(summary(results, conditions, seeds, holdouts), flush=True)
+
+
+if __name__ == "__main__":
+    main()
