@@ -1,12 +1,25 @@
-"""`cxrkit stress`: re-evaluate a split under controlled image changes; does the model read anatomy or exposure?"""
+"""`cxrkit stress`: re-evaluate a split under controlled image changes; does the model read anatomy or exposure?
+
+Each change of :func:`cxrkit.data.perturb.standard_perturbations` is applied to the decoded images of one
+split and the ROC-AUC (DeLong 95% CI) is compared with the unchanged images' by DeLong's paired test on the
+same images. A change that leaves the lungs alone (exposure, contrast, the film border, the corners) should
+barely move a model that reads anatomy; a drop of at least ``SHORTCUT_DROP`` with p < 0.05 is called a shortcut.
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
 
-from cxrkit.run import Run
+from cxrkit.data.perturb import standard_perturbations
+from cxrkit.evaluation.intervals import delong_interval, delong_paired
+from cxrkit.run import META_FILE, Run, atomic_write_text
+
+SHORTCUT_DROP = 0.05  # the issue's tolerance: a robust model's stressed AUC stays within 0.05
+STRESS_FILE = "stress.json"
 
 
 def reference_exposure(run: Run) -> tuple[float, float]:
@@ -16,3 +29,80 @@ def reference_exposure(run: Run) -> tuple[float, float]:
     if ref is not None and ref["overall"].get("mean") and ref["overall"].get("std"):
         return float(np.median(ref["overall"]["mean"])), float(np.median(ref["overall"]["std"]))
     return run.preprocessing.mean, run.preprocessing.std
+
+
+def stress_arrays(run: Run, images: np.ndarray, y: np.ndarray) -> dict:
+    """AUC of a binary run on ``images`` (uint8, decoded at the run's size) and under each perturbation."""
+    if run.task != "binary":
+        raise ValueError("cxrkit stress needs a binary run (it compares ROC-AUCs); this run is " + run.task)
+    y = np.asarray(y).astype(int)
+    if y.min() == y.max():
+        raise ValueError("the split has images of one class only; ROC-AUC needs both")
+    base = run.predict_arrays(images)[:, 1]
+    auc, ci = delong_interval(y, base)
+    mean, std = reference_exposure(run)
+    rows = []
+    for pert in standard_perturbations(mean, std):
+        p = run.predict_arrays(pert.apply(images))[:, 1]
+        a, c = delong_interval(y, p)
+        d = delong_paired(y, p, base)
+        shortcut = not pert.anatomy and d["difference"] <= -SHORTCUT_DROP and d["p_value"] < 0.05
+        rows.append({"name": pert.name, "description": pert.description, "touches_anatomy": pert.anatomy,
+                     "auc": a, "ci": list(c), "change": d["difference"], "p_value": d["p_value"], "shortcut": shortcut})
+    return {"n": int(len(y)), "positives": int(y.sum()), "auc": auc, "ci": list(ci),
+            "reference": {"mean": mean, "std": std}, "perturbations": rows, "verdict": verdict(rows)}
+
+
+def verdict(rows: list[dict]) -> str:
+    """The stress result in words."""
+    bad = [r for r in rows if r["shortcut"]]
+    if not bad:
+        worst = min((r for r in rows if not r["touches_anatomy"]), key=lambda r: r["change"])
+        return (f"no shortcut found: no change that leaves the lungs alone lowered ROC-AUC by {SHORTCUT_DROP} or more "
+                f"(largest drop: {worst['name']}, {worst['change']:+.3f})")
+    names = ", ".join(f"{r['name']} ({r['change']:+.3f}, p={r['p_value']:.2g})" for r in bad)
+    return (f"SHORTCUT: the model depends on things other than the lungs; ROC-AUC drops under {names}. "
+            "Its figures will not carry over to a site with other exposure or markers; consider --augment-preset robust "
+            "or per-image --intensity normalisation, and check with `cxrkit stress` again")
+
+
+def stress_run(run_dir: str | Path, data: str | Path | None = None, split: str | None = None, progress: bool = True,
+               class_map: dict[str, str] | None = None) -> dict:
+    """Stress-test a run on a split of its dataset (default test) or on all images of another dataset; writes RUN/stress.json."""
+    from cxrkit.evaluation.evaluate import load_run_dataset
+
+    run = Run.load(run_dir)
+    if run.task == "binary" and run.threshold is None:
+        raise ValueError(f"{run_dir} has no decision threshold; training did not finish")
+    ds, _ = load_run_dataset(run, data, progress, class_map)
+    same_data = str(ds.source.root) == run.meta["data"]["root"]
+    split = split or ("test" if same_data else "all")
+    if same_data and split == "all":
+        raise ValueError("--split all mixes training, validation and test images of the training data; choose test, val or train")
+    idx = ds.index(split)
+    if len(idx) == 0:
+        raise ValueError(f"split {split!r} has no images in {ds.source.root}")
+    key = split if same_data else f"external:{ds.source.root.name}"
+    result = stress_arrays(run, np.asarray(ds.images[idx]), ds.labels[idx])
+    result.update(split=key, data=str(ds.source.root))
+    path = Path(run_dir) / STRESS_FILE
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    stored[key] = result
+    atomic_write_text(path, json.dumps(stored, indent=2))
+    if key == "test":  # every look at the test set is recorded, as evaluate does
+        run.meta.setdefault("evaluations", []).append({"split": "stress:test", "data": str(ds.source.root),
+                                                       "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        atomic_write_text(run.path / META_FILE, json.dumps(run.meta, indent=2))
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The stress result as a plain-text table and verdict."""
+    lines = [f"{result['split']}: {result['n']} images ({result['positives']} positive), ROC-AUC {result['auc']:.3f} "
+             f"(95% CI {result['ci'][0]:.3f}-{result['ci'][1]:.3f})",
+             f"{'change':<18} {'ROC-AUC (95% CI)':<24} {'vs unchanged':>12} {'p':>8}  touches lungs"]
+    for r in result["perturbations"]:
+        lines.append(f"{r['name']:<18} {r['auc']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f})      {r['change']:+12.3f} {r['p_value']:8.2g}  "
+                     f"{'yes' if r['touches_anatomy'] else 'no'}{'  <- shortcut' if r['shortcut'] else ''}")
+    lines.append(result["verdict"])
+    return "\n".join(lines)

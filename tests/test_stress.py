@@ -1,0 +1,80 @@
+"""Stress test: perturbations do what they say, and a model that reads exposure is called out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrkit.cli import main
+from cxrkit.data.perturb import brightness, mask_border, mask_corners, resample, restandardise, standard_perturbations
+from cxrkit.data.synthetic import synthetic_cxr
+
+
+def test_restandardise_gives_every_image_the_reference_mean_and_std():
+    rng = np.random.default_rng(0)
+    imgs = np.stack([np.clip(synthetic_cxr(rng, 32).astype(int) + off, 0, 255).astype(np.uint8) for off in (-40, 0, 40)])
+    out = restandardise(imgs, 0.45, 0.2) / 255.0
+    assert np.allclose(out.mean(axis=(1, 2)), 0.45, atol=0.02)
+    assert np.allclose(out.std(axis=(1, 2)), 0.2, atol=0.02)
+    assert np.abs(imgs.mean(axis=(1, 2)) / 255 - 0.45).max() > 0.1  # the inputs really differed
+
+
+def test_masks_brightness_and_resampling_change_only_what_they_name():
+    x = np.full((2, 40, 40), 128, np.uint8)
+    c = mask_corners(x, 0.2)
+    assert (c[:, :8, :8] == 0).all() and (c[:, -8:, -8:] == 0).all() and (c[:, 8:32, :] == 128).all()
+    b = mask_border(x, 0.1)
+    assert (b[:, :4] == 0).all() and (b[:, :, -4:] == 0).all() and (b[:, 4:36, 4:36] == 128).all()
+    assert brightness(x, 0.1)[0, 0, 0] == 128 + 26 and brightness(np.full((1, 4, 4), 250, np.uint8), 0.1).max() == 255
+    assert resample(x, 0.5).shape == x.shape and (resample(x, 0.5) == 128).all()  # a flat image survives resampling
+    names = [p.name for p in standard_perturbations(0.5, 0.2)]
+    assert {"restandardised", "brighter", "darker", "border masked", "corners masked", "down-sampled", "up-sampled"} <= set(names)
+
+
+def _exposure_shortcut_data(root: Path, n: int = 50, size: int = 40) -> Path:
+    """No disease signal at all; the tb class is simply exposed brighter (+0.18) than the healthy class."""
+    rng = np.random.default_rng(3)
+    for cls, off in (("healthy", 0), ("tb", 46)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            img = synthetic_cxr(rng, size, pattern=0).astype(int) + off + int(rng.integers(-10, 11))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / cls / f"{cls}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def shortcut_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cxrkit.config import TrainConfig
+    from cxrkit.data.augment import AugmentConfig
+    from cxrkit.training import train
+
+    data = _exposure_shortcut_data(tmp_path_factory.mktemp("shortcut"))
+    out = tmp_path_factory.mktemp("runs") / "shortcut"
+    # pinned: plain augmentation and no normalisation, so that exposure is learnable
+    train(TrainConfig(data=str(data), out=str(out), model="cnn", image_size=32, epochs=4, patience=4, batch_size=16, lr=3e-3,
+                      intensity="none", augment=AugmentConfig()), progress=False)
+    return out
+
+
+def test_stress_names_an_exposure_shortcut(shortcut_run: Path, capsys: pytest.CaptureFixture):
+    import json
+
+    assert main(["stress", str(shortcut_run), "--split", "val"]) == 0
+    text = capsys.readouterr().out
+    r = json.loads((shortcut_run / "stress.json").read_text())["val"]
+    assert r["auc"] > 0.9  # brightness alone separates the classes
+    rows = {p["name"]: p for p in r["perturbations"]}
+    assert rows["restandardised"]["auc"] < 0.75 and rows["restandardised"]["shortcut"]
+    assert rows["restandardised"]["change"] < -0.15 and rows["restandardised"]["p_value"] < 0.05
+    assert "SHORTCUT" in r["verdict"] and "restandardised" in r["verdict"]
+    assert "restandardised" in text and "<- shortcut" in text
+
+
+def test_stress_bad_inputs_are_one_line_errors(shortcut_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert main(["stress", str(tmp_path / "nope")]) == 2
+    assert main(["stress", str(shortcut_run), "--split", "all"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 2 and "Traceback" not in err
