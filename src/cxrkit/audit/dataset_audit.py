@@ -15,11 +15,12 @@ import numpy as np
 from cxrkit.audit.duplicates import duplicate_report
 from cxrkit.audit.features import FEATURES_VERSION, read_records
 from cxrkit.audit.shortcut import shortcut_probe
+from cxrkit.audit.split_shift import compare_splits, record_stats
 from cxrkit.data.sources import ImageFolderSource, cache_root, open_image_folder
 from cxrkit.data.splits import assign_splits, patient_ids
 from cxrkit.run import atomic_write_text
 
-AUDIT_VERSION = 2  # 2: near duplicates within 8 bits (was 16)
+AUDIT_VERSION = 3  # 2: near duplicates within 8 bits (was 16); 3: each class compared across splits
 SPLITS = ("train", "val", "test")
 
 
@@ -83,6 +84,7 @@ def audit_source(
     corrupt = [{"path": relpaths[i], "split": splits[i], "reason": records[i]["error"]} for i, r in enumerate(records) if r["error"]]
     class_index = {c: i for i, c in enumerate(group_names)}
     probe = shortcut_probe([records[i] for i in ok], np.array([class_index[groups_of[i]] for i in ok]), group_names, seed=seed)
+    across = compare_splits(record_stats(records), np.array([class_index[g] for g in groups_of]), np.array(splits), group_names)
     leaks = []
     if dup["exact"]["across_splits"]:
         leaks.append(f"{dup['exact']['across_splits']} group(s) of byte-identical images span two splits")
@@ -96,7 +98,7 @@ def audit_source(
     result = {
         "version": AUDIT_VERSION, "root": str(source.root), "classes": source.classes, "n_files": len(paths), "n_decoded": len(ok),
         "class_balance": balance, "properties": per_class_properties(records, groups_of, group_names), "duplicates": dup,
-        "patients": patients, "corrupt": corrupt, "shortcut_probe": probe, "verdict": verdict,
+        "patients": patients, "corrupt": corrupt, "shortcut_probe": probe, "split_shift": across, "verdict": verdict,
         "seconds": {"features": timing["seconds"], "total": time.perf_counter() - t0, "files_computed": timing["computed"]},
     }
     store.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +139,8 @@ def audit_messages(audit: dict) -> list[str]:
         g = ", ".join(f"{f['feature']} (AUC {f['auc']:.2f}, {f['direction']} in {f['class']})" for f in p["giveaways"])
         out.append(f"SHORTCUT: a classifier that never sees anatomy separates the classes with cross-validated AUC {p['auc']:.2f} "
                    f"(> {p['threshold']}); the giveaways: {g}. A model can learn these instead of the disease")
+    for f in audit.get("split_shift", []):
+        out.append(f"SPLIT SHIFT: {f['message']}")
     if v["conflicting_labels"]:
         out.append(f"{v['conflicting_labels']} group(s) of identical or near-identical images carry different labels")
     d = audit["duplicates"]
@@ -166,6 +170,14 @@ def audit_before_training(ds: object, group_pattern: str | None, allow_leakage: 
     groups = list(ds.patients) if getattr(ds, "patients", None) is not None else (
         patient_ids(source.samples, group_pattern) if group_pattern else None)
     audit = audit_source(source, [str(s) for s in ds.splits], groups, Path(cache_dir) if cache_dir else None, progress, seed)
+    if not ds.multilabel:  # compare the images as the model sees them (size, --intensity), not the files
+        from cxrkit.data.shift import image_stats
+
+        ok = np.asarray(ds.cache.ok)
+        stats = {k: np.where(ok, v, np.nan) if k in ("mean", "std", "p5", "p95", "border") else v
+                 for k, v in image_stats(ds.images).items()}
+        stats["counts"] = stats["counts"] * ok[:, None]
+        audit["split_shift"] = compare_splits(stats, ds.labels, ds.splits, ds.class_names)
     save_audit(audit, out, html=False)
     v = audit["verdict"]
     if v["leakage"] and not allow_leakage:
