@@ -223,6 +223,16 @@ def cmd_stress(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(a: argparse.Namespace) -> int:
+    from cxrkit.training.adapt import adapt_run
+
+    info = adapt_run(a.run, a.folder, a.out, a.batch_size, overwrite=a.overwrite)
+    print(f"{info['batchnorm_layers']} batch-norm layer(s) re-estimated on {info['images']} image(s) of {a.folder}"
+          + (f" ({info['unreadable']} unreadable)" if info["unreadable"] else "") + f"; adapted run written to {a.out}/")
+    print(f"the threshold is still the source run's; to measure the adapted model: cxrkit evaluate {a.out} LABELLED_DATA")
+    return 0
+
+
 def _shard(text: str | None) -> tuple[int, int] | None:
     """``"K/N"`` (or, under torchrun, RANK/WORLD_SIZE) -> (K, N); None for an unsharded prediction."""
     import os
@@ -523,6 +533,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="split to stress (default: test of the training data; all images of another dataset)")
     st.add_argument("--class-map", default=None, metavar="DATASET=MODEL,...", help="as for evaluate")
     st.set_defaults(func=cmd_stress)
+
+    ad = sub.add_parser("adapt", help="AdaBN: re-estimate batch-norm statistics on unlabelled images of a new site",
+                        description="Copy RUN to --out with every batch-norm layer's running mean and variance re-estimated on the "
+                                    "images under FOLDER (a new site's unlabelled images; at least 16). No weight is trained and no "
+                                    "label is read; the threshold stays the source run's (re-choose it with evaluate --recalibrate-on).")
+    ad.add_argument("run", help="run folder written by `cxrkit train`")
+    ad.add_argument("folder", help="folder of unlabelled images from the new site (searched recursively)")
+    ad.add_argument("--out", required=True, help="folder for the adapted run (the source run is not changed)")
+    ad.add_argument("--batch-size", type=int, default=64, help="images per batch-norm batch (default %(default)s)")
+    ad.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    ad.set_defaults(func=cmd_adapt)
 
     ca = sub.add_parser("calibrate", help="fit a probability calibration on the validation split and store it in the run",
                         description="Fit temperature scaling (any run), Platt scaling or isotonic regression (binary runs) on the "

@@ -1,0 +1,100 @@
+"""`cxrkit adapt`: test-time batch-norm adaptation (AdaBN, Li et al. 2016) to a new site's unlabelled images.
+
+Batch-norm layers keep the training images' feature means and variances; at another site (other
+exposure, other scanner) those statistics are wrong and every later layer sees shifted inputs. AdaBN
+re-estimates them on unlabelled images of the new site. Nothing else changes: no labels are used,
+no weight is trained, and the decision threshold stays the one chosen on the training site's
+validation split (``evaluate --recalibrate-on`` re-chooses it with a labelled sample).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrkit.run import META_FILE, MODEL_FILE, Run, atomic_write_text, save_weights
+
+MIN_IMAGES = 16  # fewer images give batch statistics too noisy to replace the training ones
+# What an adapted run keeps from its source; plots, metrics and ONNX files describe the old weights.
+KEPT = ("config.yaml", META_FILE, "shift_reference.json", "calibration.json", "splits.csv", "history.csv", "audit.json")
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The model's batch-norm layers."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def adapt_batchnorm(run: Run, images: np.ndarray, batch_size: int = 64) -> int:
+    """Replace the running mean and variance of every batch-norm layer of ``run.model`` by their average over
+    ``images`` (uint8, decoded at the run's size); returns how many layers changed."""
+    layers = batchnorm_layers(run.model)
+    if not layers:
+        raise ValueError(f"model {run.meta['model']} has no batch-norm layers; AdaBN has nothing to adapt")
+    model = run.model
+    model.eval()
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches, not an exponential one
+        m.train()  # only the batch-norm layers: dropout stays off
+    try:
+        for i in range(0, len(images), batch_size):
+            batch = images[i : i + batch_size]
+            if len(batch) < 2:  # a single image has no batch variance
+                continue
+            x = run.preprocessing(np.asarray(batch))
+            model(x.contiguous(memory_format=torch.channels_last))
+    finally:
+        for m, mom in zip(layers, momenta):
+            m.momentum = mom
+        model.eval()
+    return len(layers)
+
+
+def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_size: int = 64, overwrite: bool = False,
+              progress: bool = True) -> dict:
+    """Write a copy of a run to ``out`` whose batch-norm statistics come from the images under ``folder``."""
+    from cxrkit.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, is_image_file
+
+    run_dir, folder, out = Path(run_dir), Path(folder), Path(out)
+    run = Run.load(run_dir, engine="torch")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of images")
+    if out.resolve() == run_dir.resolve():
+        raise ValueError("--out must be a new folder; the source run is kept unchanged")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    decoded, failed = [], 0
+    for p in paths:
+        try:
+            decoded.append(run.preprocessing.load(p))
+        except (ImageDecodeError, OSError, ValueError):
+            failed += 1
+    if len(decoded) < MIN_IMAGES:
+        raise ValueError(f"{len(decoded)} decodable image(s) ({' '.join(IMAGE_EXTENSIONS)}) under {folder}; AdaBN needs at least {MIN_IMAGES}")
+    rng = np.random.default_rng(0)  # mixed order: a folder sorted by class would give one-class batches
+    images = np.stack(decoded)[rng.permutation(len(decoded))]
+    layers = adapt_batchnorm(run, images, batch_size)
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, out / name)
+    save_weights(run.model, out / MODEL_FILE)
+    meta = json.loads((out / META_FILE).read_text())
+    info = {"method": "AdaBN", "source_run": str(run_dir), "folder": str(folder), "images": len(images), "unreadable": failed,
+            "batchnorm_layers": layers, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "note": "batch-norm statistics from the new site's unlabelled images; threshold and calibration from the source run's validation split"}
+    meta["adapted"] = info
+    meta.pop("evaluations", None)  # the adapted model has not been evaluated yet
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2))
+    return info

@@ -1,0 +1,60 @@
+"""cxrkit adapt (AdaBN): only batch-norm statistics change, and they become the new images' statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from cxrkit.cli import main
+from cxrkit.data.synthetic import synthetic_cxr
+from cxrkit.run import Run
+from cxrkit.training.adapt import batchnorm_layers
+
+
+def _new_site(root: Path, n: int = 32, size: int = 48) -> Path:
+    """Unlabelled images from a 'brighter' site, flat in one folder."""
+    rng = np.random.default_rng(7)
+    root.mkdir(parents=True)
+    for i in range(n):
+        img = synthetic_cxr(rng, size, pattern=i % 2).astype(int) + 50
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / f"x{i:03d}.png")
+    return root
+
+
+def test_adapt_changes_only_batchnorm_statistics(tiny_run: Path, tmp_path: Path):
+    site = _new_site(tmp_path / "site")
+    out = tmp_path / "adapted"
+    assert main(["adapt", str(tiny_run), str(site), "--out", str(out), "--batch-size", "16"]) == 0
+    before, after = load_file(str(tiny_run / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked") for k in changed)
+    assert any(k.endswith("running_mean") for k in changed)
+
+    # The first batch-norm layer's running mean is now the mean of its inputs over the new images.
+    src, run = Run.load(tiny_run, engine="torch"), Run.load(out, engine="torch")
+    images = np.stack([run.preprocessing.load(p) for p in sorted(site.iterdir())])
+    first = batchnorm_layers(run.model)[0]
+    seen = []
+    handle = first.register_forward_hook(lambda m, inp, outp: seen.append(inp[0].detach()))
+    with torch.no_grad():
+        run.model(run.preprocessing(images).contiguous(memory_format=torch.channels_last))
+    handle.remove()
+    assert torch.allclose(first.running_mean, seen[0].mean(dim=(0, 2, 3)), atol=1e-4)
+    assert not torch.allclose(batchnorm_layers(src.model)[0].running_mean, first.running_mean, atol=1e-3)
+    assert run.meta["adapted"]["images"] == 32 and run.threshold == src.threshold
+
+
+def test_adapt_bad_inputs_are_one_line_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    (tmp_path / "few").mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "few" / "a.png")
+    assert main(["adapt", str(tiny_run), str(tmp_path / "few"), "--out", str(tmp_path / "o1")]) == 2
+    assert main(["adapt", str(tiny_run), str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+    assert main(["adapt", str(tiny_run), str(tmp_path / "few"), "--out", str(tiny_run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 3 and "Traceback" not in err and "at least 16" in err
