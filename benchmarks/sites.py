@@ -111,10 +111,41 @@ def run_one(train_data: Path, external: Path, out: Path, options: dict, seed: in
     return result
 
 
+def add_adabn(run_dir: Path, external: Path) -> dict:
+    """Add to done.json the external AUC after AdaBN on the external images themselves (unlabelled), paired with the raw AUC."""
+    from cxrkit.training.adapt import adapt_batchnorm
+
+    done = json.loads((run_dir / "done.json").read_text())
+    if "adabn" not in done:
+        run = Run.load(run_dir, engine="torch")
+        ds, _ = load_run_dataset(run, external, progress=False)
+        idx = ds.index("all")
+        images, y = np.asarray(ds.images[idx]), ds.labels[idx]
+        order = np.random.default_rng(0).permutation(len(images))
+        adapt_batchnorm(run, images[order])
+        p = run.predict_arrays(images)[:, 1]
+        d = delong_paired(y, p, np.array(done["p"]))
+        done["adabn"] = {"auc": d["auc_a"], "change": d["difference"], "p_value": d["p_value"], "p": p.tolist()}
+        (run_dir / "done.json").write_text(json.dumps(done))
+    return done
+
+
+def ensemble_line(results: dict, h: str, c: str, seeds: list[int]) -> str | None:
+    """External AUC of the mean probability of the seeds' models (an ensemble), or None with fewer than two seeds."""
+    from cxrkit.evaluation.intervals import delong_interval
+
+    rs = [results[(h, c, s)] for s in seeds if (h, c, s) in results]
+    if len(rs) < 2:
+        return None
+    auc, ci = delong_interval(np.array(rs[0]["y"]), np.mean([r["p"] for r in rs], axis=0))
+    return f"{auc:.3f} ({ci[0]:.3f}-{ci[1]:.3f})"
+
+
 def summary(results: dict, conditions: list[str], seeds: list[int], holdouts: list[str]) -> str:
     """Markdown tables: per held-out site and condition, mean (SD) over seeds, and paired DeLong vs the first condition."""
     lines = ["| held-out site | condition | seeds | internal AUC | external AUC | ext - int | stress AUC | ext sens / spec % | "
-             "vs " + conditions[0] + ": diff per seed (p) | train min |", "|" + "---|" * 10]
+             "vs " + conditions[0] + ": diff per seed (p) | ensemble of seeds, external AUC | external AUC after AdaBN | train min |",
+             "|" + "---|" * 12]
     for h in holdouts:
         for c in conditions:
             rs = [(s, results.get((h, c, s))) for s in seeds]
@@ -136,8 +167,10 @@ def summary(results: dict, conditions: list[str], seeds: list[int], holdouts: li
                 paired.append(f"{d['difference']:+.3f} ({d['p_value']:.2g})")
             sd = (lambda a: f" ({a.std(ddof=1):.3f})" if len(a) > 1 else "")
             minutes = np.mean([r["train_seconds"] for _, r in rs]) / 60
+            ada = np.array([r["adabn"]["auc"] for _, r in rs if "adabn" in r])
             lines.append(f"| {h} | {c} | {len(rs)} | {i.mean():.3f}{sd(i)} | {e.mean():.3f}{sd(e)} | {e.mean() - i.mean():+.3f} | "
-                         f"{st.mean():.3f}{sd(st)} | {sens:.0f} / {spec:.0f} | {', '.join(paired) or '-'} | {minutes:.1f} |")
+                         f"{st.mean():.3f}{sd(st)} | {sens:.0f} / {spec:.0f} | {', '.join(paired) or '-'} | "
+                         f"{ensemble_line(results, h, c, seeds) or '-'} | {f'{ada.mean():.3f}{sd(ada)}' if len(ada) else '-'} | {minutes:.1f} |")
     lines += ["", "| condition | runs | mean internal AUC | mean external AUC | mean ext - int | seed SD of external AUC (mean over sites) | mean stress AUC |",
               "|" + "---|" * 7]
     for c in conditions:
@@ -162,6 +195,7 @@ def main() -> None:
     ap.add_argument("--holdout", default=",".join(SITES))
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--summary-only", action="store_true", help="print the tables of finished runs, train nothing")
+    ap.add_argument("--adabn", action="store_true", help="also measure each run after AdaBN on the held-out site's images (`cxrkit adapt`)")
     a = ap.parse_args()
     out = Path(a.out)
     conditions, seeds, holdouts = a.conditions.split(","), [int(s) for s in a.seeds.split(",")], a.holdout.split(",")
@@ -173,10 +207,12 @@ def main() -> None:
                 run_dir = out / "runs" / f"{h}_{c.replace('+', '_')}_s{s}"
                 if a.summary_only:
                     if (run_dir / "done.json").is_file():
-                        results[(h, c, s)] = json.loads((run_dir / "done.json").read_text())
+                        results[(h, c, s)] = add_adabn(run_dir, folders[h]) if a.adabn else json.loads((run_dir / "done.json").read_text())
                     continue
                 tr = union(folders, [x for x in SITES if x != h], out / "data" / f"without_{h}")
                 r = run_one(tr, folders[h], run_dir, CONDITIONS[c], s, a.epochs)
+                if a.adabn:
+                    r = add_adabn(run_dir, folders[h])
                 results[(h, c, s)] = r
                 print(f"{h} {c} seed {s}: internal {r['internal']['auc']:.3f} external {r['external']['auc']:.3f} "
                       f"stress {r['stress']['auc']:.3f} ({r['train_seconds'] / 60:.1f} min)", flush=True)
