@@ -80,6 +80,8 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                    help="do not weight the loss by class frequency (multi-label: plain BCE instead of per-label pos_weight)")
     g.add_argument("--oversample", action="store_true",
                    help="multi-label: repeat images with rare findings in each epoch (repeat-factor sampling, threshold 10%%)")
+    g.add_argument("--site-balanced", action="store_true",
+                   help="several sources: show every site as often as the largest in each epoch (repeat sampling)")
     g.add_argument("--threshold-rule", default=d["threshold_rule"],
                    help="how the decision threshold is chosen on validation data: youden, sensitivity:0.90, specificity:0.95 or a number")
     g.add_argument("--precision", choices=["auto", "32", "bf16"], default=d["precision"],
@@ -122,7 +124,7 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         schedule=a.schedule, class_weights=not a.no_class_weights, threshold_rule=a.threshold_rule,
         precision=a.precision, workers=a.workers, pretrained=a.pretrained, freeze=a.freeze, head_epochs=a.head_epochs, backbone_lr_scale=a.backbone_lr_scale,
-        tta=a.tta, cache_dir=a.cache_dir, augment=aug,
+        tta=a.tta, cache_dir=a.cache_dir, augment=aug, site_balanced=a.site_balanced,
     )
 
 
@@ -138,6 +140,11 @@ def _summary(run_dir: Path, split: str) -> None:
     print(f"\n{words} split ({m['n']} images):")
     for s in text:
         print("  " + s.replace("<b>", "").replace("</b>", ""))
+    if m.get("per_site"):
+        from cxrkit.evaluation.sites import site_table
+
+        print(f"  per site ({words}):")
+        print("\n".join(site_table(m["per_site"])))
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -145,6 +152,15 @@ def cmd_train(a: argparse.Namespace) -> int:
     from cxrkit.training import train
 
     out_dir = Path(a.out or f"runs/{a.model}")
+    if len(a.data) > 1 and not (a.resume and (out_dir / "config.yaml").is_file()):
+        from cxrkit.data.multisite import write_sources_file
+
+        if (out_dir / "meta.json").exists() and not a.overwrite:
+            raise FileExistsError(f"{out_dir} already holds a run; choose another --out or pass --overwrite")
+        a.data = [str(write_sources_file(a.data, out_dir / "sources.yaml"))]  # several sites: one sources file, kept in the run
+    elif len(a.data) > 1:
+        a.data = [str(out_dir / "sources.yaml")]
+    a.data = a.data[0]
     if a.resume and (out_dir / "config.yaml").is_file():
         cfg = TrainConfig.load(out_dir / "config.yaml")  # the run's own settings; other options are ignored
         if Path(cfg.data).resolve() != Path(a.data).resolve():
@@ -493,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train on DATA: <root>/<split>/<class>/*, <root>/<class>/* or a .zip of either. "
                                    "Writes the model, metrics on the validation split and report.html into --out. "
                                    "Test images are never used here.")
-    t.add_argument("data", help="dataset folder or .zip")
+    t.add_argument("data", nargs="+", help="dataset folder or .zip; several folders (one per site) train on their union with a site "
+                                            "per image (written to OUT/sources.yaml); or a sources .yaml")
     t.add_argument("--out", default=None, help="run folder (default runs/<model>)")
     t.add_argument("--config", default=None, help="config.yaml of an earlier run to repeat (other options are then ignored)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (its metrics and plots are deleted)")

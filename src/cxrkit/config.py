@@ -43,6 +43,7 @@ class TrainConfig:
     schedule: str = "cosine"
     class_weights: bool = True
     oversample: bool = False
+    site_balanced: bool = False
     threshold_rule: str = "youden"
     precision: str = "auto"
     channels_last: bool = True

@@ -61,6 +61,12 @@ class LabelledImages:
             return self.labels[idx].any(axis=1).astype(np.int64), ["no finding", "any finding"]
         return self.labels[idx], self.class_names
 
+    @property
+    def sites(self) -> np.ndarray | None:
+        """Each image's site when the data come from several sources (:mod:`cxrkit.data.multisite`), else None."""
+        sites = [s.site for s in self.source.samples]
+        return np.array(sites) if any(sites) else None
+
     def index(self, split: str) -> np.ndarray:
         """Indices of decodable images in ``split`` (``"all"``: every decodable image)."""
         if split == "all":
@@ -141,9 +147,13 @@ def open_source(data: str | Path, labels: str | Path | None = None, label_column
                 cache_dir: Path | None = None) -> ImageFolderSource:
     """The images and labels of DATA: a label table (``labels``, or DATA itself when it is a ``.csv``),
     a MedMNIST ``.npz`` file, or a folder/zip whose folder names are the classes."""
+    from cxrkit.data.multisite import is_sources_file, open_sites
+
     data = Path(data).expanduser()
     if labels is not None:
         return open_label_table(labels, data, label_column, task)
+    if is_sources_file(data):
+        return open_sites(data, cache_dir)
     if data.suffix.lower() == ".csv" and data.is_file():
         return open_label_table(data, data.parent, label_column, task)
     if data.suffix.lower() == ".npz":
@@ -228,7 +238,11 @@ def load_dataset(
             if positive is not None:
                 raise DatasetError(f"--positive applies to binary tasks; this dataset has {len(source.classes)} classes")
             pos, names = None, list(source.classes)
-        splits = np.array(assign_splits(samples, source.classes, val_fraction, test_fraction, seed, groups))
+        strata, strata_names = samples, source.classes
+        if any(s.site for s in samples):  # stratify by site and class: validation and test hold every site
+            strata = [replace(s, label=f"{s.site}/{s.label}") for s in samples]
+            strata_names = sorted({s.label for s in strata})
+        splits = np.array(assign_splits(strata, strata_names, val_fraction, test_fraction, seed, groups))
         index = {c: i for i, c in enumerate(names)}
         y = np.array([index[mapping[s.label]] for s in samples], dtype=np.int64)
     if isinstance(source, ArraySource):

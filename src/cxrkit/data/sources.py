@@ -31,14 +31,15 @@ class DatasetError(ValueError):
 @dataclass(frozen=True)
 class Sample:
     """One labelled image: its path, its class name, the split its folder (or table) names (or None),
-    its findings when the task is multi-label (``label`` then joins them with ``|``) and its patient ID
-    when the source records one."""
+    its findings when the task is multi-label (``label`` then joins them with ``|``), its patient ID
+    when the source records one and its site when the data come from several (:mod:`cxrkit.data.multisite`)."""
 
     path: Path
     label: str
     split: str | None = None
     findings: tuple[str, ...] | None = None
     patient: str | None = None
+    site: str | None = None
 
 
 @dataclass

@@ -129,3 +129,19 @@ def make_synthetic_multilabel(
         w.writeheader()
         w.writerows(rows)
     return root / "labels.csv"
+
+
+def make_synthetic_site(
+    root: str | Path, n_per_class: int = 40, size: int = 64, seed: int = 0, classes: tuple[str, str] = ("healthy", "tb"),
+    exposure: tuple[float, float] = (0.0, 0.0), signal: float = 1.0,
+) -> Path:
+    """One hospital's images as ``<root>/<class>/``: ``exposure`` adds a brightness offset (0-1 units) per class,
+    the way a site's scanner or a class's referral pathway can differ, so shortcut tests can plant one."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for ci, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for k in range(n_per_class):
+            img = synthetic_cxr(rng, size, pattern=min(ci, 1), signal=signal).astype(np.float32) + 255 * exposure[ci]
+            Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)).save(root / cls / f"{root.name}_{cls}_{k:04d}.png")
+    return root

@@ -285,6 +285,10 @@ def evaluate_run(
     metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
     metrics["shift"] = shift
     metrics["source_split"] = split
+    if same_data and ds.sites is not None:
+        from cxrkit.evaluation.sites import per_site_metrics
+
+        metrics["per_site"] = per_site_metrics(run, ds, idx, probs, cfg.seed)
     if recalibrate_on is not None:
         metrics["recalibrated"] = _recalibrated(run, ds, idx, probs, recalibrate_on, class_map, progress, cfg.seed)
         notes.append(f"threshold re-chosen on {metrics['recalibrated']['sample']} ({metrics['recalibrated']['n']} images): "
@@ -351,6 +355,10 @@ def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str
         plot_cooccurrence(ds.labels[train], ds.class_names, run.path / "plots" / "cooccurrence.png")
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=seed)
     metrics.update(decision_analysis(run, ds.labels[idx], probs, probs, (ds.labels[idx], probs)))
+    if ds.sites is not None:
+        from cxrkit.evaluation.sites import per_site_metrics
+
+        metrics["per_site"] = per_site_metrics(run, ds, idx, probs, seed)
     if explain and run.task != "multilabel":  # heat maps are per decided class; a multi-label decision is a set
         metrics["attention"] = _explain(run, images, ds.labels[idx], probs, "val", explain, seed)
     write_evaluation(run, "val", ds, idx, probs, metrics)

@@ -98,7 +98,12 @@ def _write_run_inputs(cfg: TrainConfig, ds: LabelledImages, train_idx: np.ndarra
     from cxrkit.data.shift import build_reference
 
     cfg.save(out / "config.yaml")
-    atomic_write_text(out / SHIFT_FILE, json.dumps(build_reference(ds.images[train_idx], *ds.label_groups(train_idx), cfg.seed)))
+    reference = build_reference(ds.images[train_idx], *ds.label_groups(train_idx), cfg.seed)
+    if ds.sites is not None:  # each site's own training images, for a per-site shift check
+        reference["per_site"] = {site: build_reference(ds.images[train_idx[ds.sites[train_idx] == site]],
+                                                       *ds.label_groups(train_idx[ds.sites[train_idx] == site]), cfg.seed)["overall"]
+                                 for site in np.unique(ds.sites[train_idx])}
+    atomic_write_text(out / SHIFT_FILE, json.dumps(reference))
     atomic_write_csv(
         out / "splits.csv",
         [{"path": rel, "label": ds.label_text(i), "split": ds.splits[i], "decoded": bool(ds.cache.ok[i])}
@@ -234,6 +239,15 @@ def train(
         factors = repeat_factors(ds.labels[train_idx])
         loss_info["oversampling"] = {"method": "repeat-factor sampling", "threshold": 0.1,
                                      "images_per_epoch": float(factors.sum()), "max_repeat": float(factors.max())}
+    if cfg.site_balanced:
+        from cxrkit.data.multisite import site_factors
+
+        if ds.sites is None:
+            raise ValueError("--site-balanced needs several sources: cxrkit train SITE_A SITE_B ... (or a sources .yaml)")
+        if factors is not None:
+            raise ValueError("--site-balanced and --oversample exclude each other")
+        factors = site_factors(ds.sites[train_idx])
+        loss_info["site_balanced"] = {"method": "repeat sampling per site", "images_per_epoch": float(factors.sum())}
     backbone, head = split_parameters(model, cfg.model)
     head_prefix = MODELS[cfg.model].head
     groups = [{"params": head, "lr": cfg.lr, "name": "head"}]
@@ -398,6 +412,9 @@ def train(
             "fingerprint": ds.fingerprint(),
             "train_fingerprint": ds.fingerprint("train"),
             "counts": ds.counts(),
+            "sites": None if ds.sites is None else {
+                site: {sp: int(((ds.sites == site) & (ds.splits == sp)).sum()) for sp in ("train", "val", "test")}
+                for site in np.unique(ds.sites)},
             "images": ds.image_counts(),
             "patient_ids": ds.patients is not None,
             "skipped": len(ds.cache.errors),

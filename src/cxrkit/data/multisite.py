@@ -1,0 +1,127 @@
+"""Several sources (hospitals, scanners) in one dataset, each image tagged with its site.
+
+``cxrkit train A B C`` writes a small sources file into the run folder and trains on it; a hand-written
+one works too::
+
+    sites:
+      shenzhen: /data/shenzhen        # <root>/<class>/* or <root>/<split>/<class>/*, as for one folder
+      sakha: ../sakha/train           # relative to the YAML file
+
+Class folders are matched across sites as for external data (same name, case, normal/healthy/negative),
+so ``normal`` at one site and ``healthy`` at another are one class. Splits are stratified by site and
+class, so validation and test hold images of every site.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from cxrkit.data.sources import SPLIT_ALIASES, DatasetError, ImageFolderSource, Sample, open_image_folder
+
+SOURCES_SUFFIXES = (".yaml", ".yml")
+
+
+def is_sources_file(data: str | Path) -> bool:
+    """Whether DATA names a sources YAML file rather than an image folder."""
+    p = Path(data)
+    return p.suffix.lower() in SOURCES_SUFFIXES and p.is_file()
+
+
+def site_name(root: Path) -> str:
+    """A site's default name: its folder's name, or the parent's when the folder is a split (``sakha/train`` -> sakha)."""
+    root = Path(root).resolve()
+    return root.parent.name if root.name.lower() in SPLIT_ALIASES else root.name
+
+
+def write_sources_file(roots: list[str | Path], path: Path) -> Path:
+    """Write a sources YAML for several dataset folders (sites named after their folders) and return its path."""
+    sites: dict[str, str] = {}
+    for r in roots:
+        root = Path(r).expanduser()
+        if not root.is_dir():
+            raise DatasetError(f"dataset path {root} is not a folder (several sources must be folders)")
+        name, k = site_name(root), 2
+        while name in sites:
+            name, k = f"{site_name(root)}_{k}", k + 1
+        sites[name] = str(root.resolve())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"sites": sites}, sort_keys=False))
+    return path
+
+
+def read_sources_file(path: str | Path) -> dict[str, Path]:
+    """Site name -> dataset folder, from a sources YAML (``sites:`` a mapping, or a list of folders)."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise DatasetError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    sites = doc.get("sites") if isinstance(doc, dict) else None
+    if isinstance(sites, list):
+        sites = {site_name(path.parent / str(p)): p for p in sites}
+    if not isinstance(sites, dict) or len(sites) < 1:
+        raise DatasetError(f"{path}: expected 'sites:' with a name: folder mapping (or a list of folders)")
+    out = {}
+    for name, folder in sites.items():
+        p = Path(str(folder)).expanduser()
+        out[str(name)] = (p if p.is_absolute() else path.parent / p).resolve()
+    return out
+
+
+@dataclass
+class MultiSiteSource(ImageFolderSource):
+    """The images of several sites; relative paths read ``<site>/<path under that site's folder>``."""
+
+    site_roots: dict[str, Path] = field(default_factory=dict)
+
+    def relpath(self, path: Path) -> str:
+        """``<site>/<path relative to the site's folder>``."""
+        path = Path(path)
+        for site, root in self.site_roots.items():
+            if path.is_relative_to(root):
+                return f"{site}/{path.relative_to(root).as_posix()}"
+        raise ValueError(f"{path} is under none of the sites' folders")
+
+    def content_stamp(self, rel: str) -> int:
+        """Byte size of the image (``rel`` as :meth:`relpath` writes it)."""
+        site, _, inner = rel.partition("/")
+        return (self.site_roots[site] / inner).stat().st_size
+
+
+def open_sites(path: str | Path, cache_dir: Path | None = None) -> MultiSiteSource:
+    """Open every site of a sources YAML, match their classes to the first site's and tag each image with its site."""
+    from cxrkit.data.dataset import match_classes
+
+    path = Path(path).resolve()
+    roots = read_sources_file(path)
+    samples: list[Sample] = []
+    classes: list[str] | None = None
+    layouts, ignored = set(), []
+    for site, root in roots.items():
+        src = open_image_folder(root, cache_dir)
+        if src.multilabel:
+            raise DatasetError(f"site {site}: several sources are supported for class folders, not label tables")
+        if classes is None:
+            classes = src.classes
+            mapping = {c: c for c in classes}
+        else:
+            try:
+                mapping = match_classes(src.classes, classes)
+            except DatasetError as exc:
+                raise DatasetError(f"site {site} ({root}): {exc}") from exc
+        roots[site] = src.root  # resolved (a zip is extracted)
+        samples += [replace(s, label=mapping[s.label], site=site) for s in src.samples]
+        layouts.add(src.layout)
+        ignored += src.ignored_files
+    return MultiSiteSource(root=path, samples=samples, classes=list(classes or []), layout="sites: " + ", ".join(sorted(layouts)),
+                           ignored_files=ignored, site_roots=dict(roots))
+
+
+def site_factors(sites: np.ndarray) -> np.ndarray:
+    """Repeat factors that give every site the same share of an epoch (the largest site is shown once)."""
+    names, inverse, counts = np.unique(np.asarray(sites).astype(str), return_inverse=True, return_counts=True)
+    return (counts.max() / counts)[inverse].astype(np.float64)

@@ -1,0 +1,72 @@
+"""Several sources in one run: sites recorded, every site in validation and test, per-site figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from cxrkit.cli import main
+from cxrkit.data.dataset import load_dataset
+from cxrkit.data.multisite import site_factors
+from cxrkit.data.synthetic import make_synthetic_site
+
+
+@pytest.fixture(scope="module")
+def two_sites(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("sites")
+    a = make_synthetic_site(base / "alpha", n_per_class=30, size=40, seed=1)
+    b = make_synthetic_site(base / "beta" / "train", n_per_class=20, size=40, seed=2, classes=("normal", "tb"), exposure=(0.15, 0.15))
+    return a, b
+
+
+def test_sources_file_matches_classes_and_stratifies_by_site(two_sites, tmp_path: Path):
+    a, b = two_sites
+    src = tmp_path / "sources.yaml"
+    src.write_text(yaml.safe_dump({"sites": {"alpha": str(a), "beta": str(b)}}))
+    ds = load_dataset(src, 32, cache_dir=tmp_path / "cache", progress=False)
+    assert ds.class_names == ["healthy", "tb"]  # beta's "normal" is the same class
+    assert sorted(set(ds.sites)) == ["alpha", "beta"] and (ds.sites == "beta").sum() == 40
+    for split in ("val", "test"):
+        for site in ("alpha", "beta"):
+            sel = (ds.splits == split) & (ds.sites == site)
+            assert sel.sum() >= 4 and set(ds.labels[sel]) == {0, 1}  # every site and class in every split
+    assert all(r.split("/")[0] in ("alpha", "beta") for r in ds.relpaths)
+    assert np.allclose(site_factors(np.array(["a"] * 6 + ["b"] * 2)), [1] * 6 + [3] * 2)
+
+
+def test_train_on_two_folders_records_sites_and_reports_per_site(two_sites, tmp_path: Path, capsys: pytest.CaptureFixture):
+    a, b = two_sites
+    out = tmp_path / "run"
+    assert main(["train", str(a), str(b), "--out", str(out), "--image-size", "32", "--epochs", "1", "--batch-size", "16",
+                 "--site-balanced", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert yaml.safe_load((out / "sources.yaml").read_text())["sites"] == {"alpha": str(a.resolve()), "beta": str(b.resolve())}
+    meta = json.loads((out / "meta.json").read_text())
+    sites = meta["data"]["sites"]
+    assert set(sites) == {"alpha", "beta"} and sum(sites["alpha"].values()) == 60 and sum(sites["beta"].values()) == 40
+    assert all(sites[s]["val"] > 0 and sites[s]["test"] > 0 for s in sites)
+    assert meta["training"]["site_balanced"]["images_per_epoch"] == pytest.approx(2 * sites["alpha"]["train"])
+    ref = json.loads((out / "shift_reference.json").read_text())
+    assert ref["per_site"]["beta"]["n"] == sites["beta"]["train"]
+    assert np.median(ref["per_site"]["beta"]["mean"]) > np.median(ref["per_site"]["alpha"]["mean"]) + 0.1  # beta is brighter
+    val = json.loads((out / "metrics.json").read_text())["val"]
+    assert {s: e["n"] for s, e in val["per_site"].items()} == {s: sites[s]["val"] for s in sites}
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--explain", "none"]) == 0
+    text = capsys.readouterr().out
+    assert f"site alpha ({sites['alpha']['test']} images): ROC-AUC" in text and f"site beta ({sites['beta']['test']} images)" in text
+
+
+def test_multisite_bad_inputs_are_one_line_errors(two_sites, tmp_path: Path, capsys: pytest.CaptureFixture):
+    a, _ = two_sites
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sites: 3\n")
+    assert main(["train", str(bad), "--out", str(tmp_path / "r1"), "--epochs", "1"]) == 2
+    assert main(["train", str(a), str(tmp_path / "missing"), "--out", str(tmp_path / "r2"), "--epochs", "1"]) == 2
+    assert main(["train", str(a), "--out", str(tmp_path / "r3"), "--epochs", "1", "--site-balanced", "--image-size", "32",
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 3 and "Traceback" not in err and "--site-balanced needs several sources" in err
