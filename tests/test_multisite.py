@@ -58,6 +58,8 @@ def test_train_on_two_folders_records_sites_and_reports_per_site(two_sites, tmp_
     assert main(["evaluate", str(out), "--explain", "none"]) == 0
     text = capsys.readouterr().out
     assert f"site alpha ({sites['alpha']['test']} images): ROC-AUC" in text and f"site beta ({sites['beta']['test']} images)" in text
+    html = (out / "report.html").read_text()
+    assert "<td>alpha</td>" in html and "<td>beta</td>" in html
 
 
 def test_multisite_bad_inputs_are_one_line_errors(two_sites, tmp_path: Path, capsys: pytest.CaptureFixture):

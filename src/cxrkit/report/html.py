@@ -96,7 +96,7 @@ def build_context(run_dir: Path) -> dict:
                                   "detected": f"{c['tp']}/{c['tp'] + c['fn']}", "cleared": f"{c['tn']}/{c['tn'] + c['fp']}"})
         evaluations.append({
             "split": split, "words": words, "m": m, "sentences": sentences, "rows": _metric_rows(m["metrics"]),
-            "per_class": per_class, "notes": m.get("notes", []), "skipped": m.get("skipped", []),
+            "per_class": per_class, "notes": m.get("notes", []), "skipped": m.get("skipped", []), "per_site": m.get("per_site"),
             "roc": _img(run_dir / "plots" / f"roc_{fname}.png"), "pr": _img(run_dir / "plots" / f"pr_{fname}.png"),
             "confusion": _img(run_dir / "plots" / f"confusion_{fname}.png"), "shift": m.get("shift"),
             "reliability": _img(run_dir / "plots" / f"reliability_{fname}.png"), "decision": _img(run_dir / "plots" / f"decision_{fname}.png"),
