@@ -201,8 +201,8 @@ def main() -> None:
     conditions, seeds, holdouts = a.conditions.split(","), [int(s) for s in a.seeds.split(",")], a.holdout.split(",")
     folders = site_folders(Path(a.shared), out)
     results = {}
-    for c in conditions:  # condition-major, so the first conditions finish first
-        for s in seeds:
+    for s in seeds:  # seed-major: every condition gets a paired comparison on each seed as early as possible
+        for c in conditions:
             for h in holdouts:
                 run_dir = out / "runs" / f"{h}_{c.replace('+', '_')}_s{s}"
                 if a.summary_only:
