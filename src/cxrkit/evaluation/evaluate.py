@@ -310,6 +310,9 @@ def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str
         plot_label_counts(ds.counts(), ds.image_counts(), run.path / "plots" / "label_counts.png")
         train = ds.index("train")
         plot_cooccurrence(ds.labels[train], ds.class_names, run.path / "plots" / "cooccurrence.png")
+    else:  # multi-class decides the most probable class: nothing to choose, the run is complete
+        run.record.complete = True
+        run.save_record()
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=seed)
     metrics.update(decision_analysis(run, ds.labels[idx], probs, probs, (ds.labels[idx], probs)))
     if explain and run.task != "multilabel":  # heat maps are per decided class; a multi-label decision is a set
