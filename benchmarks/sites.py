@@ -29,11 +29,11 @@ import numpy as np
 from cxrkit.config import TrainConfig
 from cxrkit.data.augment import AUGMENT_PRESETS
 from cxrkit.data.perturb import restandardise
-from cxrkit.evaluation.evaluate import evaluate_run, load_run_dataset
-from cxrkit.evaluation.intervals import delong_paired
-from cxrkit.evaluation.metrics import binary_metrics
+from cxrkit.evaluation.evaluate import evaluate_run
 from cxrkit.evaluation.stress import reference_exposure
-from cxrkit.run import Run
+from cxrkit.metrics.classification import binary_metrics
+from cxrkit.metrics.intervals import delong_paired
+from cxrkit.run import Run, load_run_dataset
 from cxrkit.training import train
 
 GROUP = r"((?:CHN|MCU)CXR_\d+)"
@@ -132,7 +132,7 @@ def add_adabn(run_dir: Path, external: Path) -> dict:
 
 def ensemble_line(results: dict, h: str, c: str, seeds: list[int]) -> str | None:
     """External AUC of the mean probability of the seeds' models (an ensemble), or None with fewer than two seeds."""
-    from cxrkit.evaluation.intervals import delong_interval
+    from cxrkit.metrics.intervals import delong_interval
 
     rs = [results[(h, c, s)] for s in seeds if (h, c, s) in results]
     if len(rs) < 2:

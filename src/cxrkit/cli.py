@@ -132,8 +132,8 @@ def _summary(run_dir: Path, split: str) -> None:
     import json
 
     m = json.loads((run_dir / "metrics.json").read_text())[split]
-    from cxrkit.evaluation.evaluate import split_words
     from cxrkit.report.html import SENTENCES
+    from cxrkit.report.narrative import split_words
 
     words = split_words(split)
     text = SENTENCES[m["task"]](m, words)
@@ -389,7 +389,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_audit(a: argparse.Namespace) -> int:
-    from cxrkit.audit.dataset_audit import audit_dataset, audit_messages
+    from cxrkit.audit.dataset_audit import audit_dataset
+    from cxrkit.audit.messages import audit_messages
     from cxrkit.audit.report import save_audit
 
     audit = audit_dataset(a.data, a.group_pattern, a.val_fraction, a.test_fraction, a.seed, a.cache_dir)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+from cxrkit.data.dicom import is_dicom_bytes, read_dicom
+from cxrkit.data.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from cxrkit.data.intensity import crop_borders, normalize_intensity
 
 # Truncated files must fail loudly so they can be skipped and listed, not half-decoded into grey bars.
@@ -24,18 +26,6 @@ PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 ASPECT_MODES = ("pad", "squash")
 # Larger than any radiograph (a 4k x 5k detector is 20 MP); guards against decompression bombs.
 MAX_PIXELS = 80_000_000
-
-
-class ImageDecodeError(ValueError):
-    """Raised when a file cannot be decoded as an image (missing, empty, truncated or corrupt)."""
-
-
-class UnsupportedImageError(ImageDecodeError):
-    """Raised when a file is readable but not a supported image: another format, or a DICOM file without a radiograph."""
-
-
-class ImageTooLargeError(ImageDecodeError):
-    """Raised when an image has more pixels than allowed (decompression-bomb guard)."""
 
 
 def is_image_file(path: Path) -> bool:
@@ -107,8 +97,6 @@ def read_grayscale(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> 
         raise ImageDecodeError(f"cannot read file: {exc}") from exc
     if not head:
         raise ImageDecodeError("file is empty")
-    from cxrkit.data.dicom import is_dicom_bytes, read_dicom
-
     if is_dicom_bytes(head):
         return read_dicom(source, max_pixels)
     try:
@@ -141,7 +129,12 @@ def load_grayscale(
     Raises :class:`ImageDecodeError` with a readable reason for missing, empty, truncated,
     oversized or non-image files.
     """
-    gray = read_grayscale(source, max_pixels)
+    return prepare_grayscale(read_grayscale(source, max_pixels), size, aspect, intensity, crop_border)
+
+
+def prepare_grayscale(gray: np.ndarray, size: int, aspect: str = "pad", intensity: str = "none", crop_border: bool = False) -> np.ndarray:
+    """A decoded full-resolution 2-D uint8 image -> the ``size`` x ``size`` model input: border crop,
+    intensity normalisation, then resizing (the steps after decoding, shared by files and arrays)."""
     if crop_border:
         gray = crop_borders(gray)
     return fit_square(normalize_intensity(gray, intensity), size, aspect)

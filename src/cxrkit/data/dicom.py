@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from cxrkit.data.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 
 DICOM_MAGIC = b"DICM"
 MAGIC_OFFSET = 128

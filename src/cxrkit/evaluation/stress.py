@@ -9,14 +9,15 @@ barely move a model that reads anatomy; a drop of at least ``SHORTCUT_DROP`` wit
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
 from cxrkit.data.perturb import standard_perturbations
-from cxrkit.evaluation.intervals import delong_interval, delong_paired
-from cxrkit.run import META_FILE, Run, atomic_write_text
+from cxrkit.metrics.intervals import delong_interval, delong_paired
+from cxrkit.record import atomic_write_text
+from cxrkit.record.meta import now
+from cxrkit.run import Run, load_run_dataset
 
 SHORTCUT_DROP = 0.05  # the issue's tolerance: a robust model's stressed AUC stays within 0.05
 STRESS_FILE = "stress.json"
@@ -69,13 +70,10 @@ def verdict(rows: list[dict]) -> str:
 def stress_run(run_dir: str | Path, data: str | Path | None = None, split: str | None = None, progress: bool = True,
                class_map: dict[str, str] | None = None) -> dict:
     """Stress-test a run on a split of its dataset (default test) or on all images of another dataset; writes RUN/stress.json."""
-    from cxrkit.evaluation.evaluate import load_run_dataset
-
     run = Run.load(run_dir)
-    if run.task == "binary" and run.threshold is None:
-        raise ValueError(f"{run_dir} has no decision threshold; training did not finish")
     ds, _ = load_run_dataset(run, data, progress, class_map)
-    same_data = str(ds.source.root) == run.meta["data"]["root"]
+    trained_on = run.record.data_root(run.path)
+    same_data = trained_on is not None and ds.source.root.resolve() == trained_on
     split = split or ("test" if same_data else "all")
     if same_data and split == "all":
         raise ValueError("--split all mixes training, validation and test images of the training data; choose test, val or train")
@@ -90,9 +88,8 @@ def stress_run(run_dir: str | Path, data: str | Path | None = None, split: str |
     stored[key] = result
     atomic_write_text(path, json.dumps(stored, indent=2))
     if key == "test":  # every look at the test set is recorded, as evaluate does
-        run.meta.setdefault("evaluations", []).append({"split": "stress:test", "data": str(ds.source.root),
-                                                       "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        atomic_write_text(run.path / META_FILE, json.dumps(run.meta, indent=2))
+        run.record.evaluations.append({"split": "stress:test", "data": str(ds.source.root), "time": now()})
+        run.save_record()
     return result
 
 

@@ -9,20 +9,20 @@ validation split (``evaluate --recalibrate-on`` re-chooses it with a labelled sa
 
 from __future__ import annotations
 
-import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from cxrkit.run import META_FILE, MODEL_FILE, Run, atomic_write_text, save_weights
+from cxrkit.record import CALIBRATION_FILE, CONFIG_FILE, META_FILE, MODEL_FILE, SHIFT_FILE, read_meta, write_meta
+from cxrkit.record.meta import now
+from cxrkit.run import Run, save_weights
 
 MIN_IMAGES = 16  # fewer images give batch statistics too noisy to replace the training ones
 # What an adapted run keeps from its source; plots, metrics and ONNX files describe the old weights.
-KEPT = ("config.yaml", META_FILE, "shift_reference.json", "calibration.json", "splits.csv", "history.csv", "audit.json")
+KEPT = (CONFIG_FILE, META_FILE, SHIFT_FILE, CALIBRATION_FILE, "splits.csv", "history.csv", "audit.json", "sources.yaml")
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -36,7 +36,7 @@ def adapt_batchnorm(run: Run, images: np.ndarray, batch_size: int = 64) -> int:
     ``images`` (uint8, decoded at the run's size); returns how many layers changed."""
     layers = batchnorm_layers(run.model)
     if not layers:
-        raise ValueError(f"model {run.meta['model']} has no batch-norm layers; AdaBN has nothing to adapt")
+        raise ValueError(f"model {run.record.model} has no batch-norm layers; AdaBN has nothing to adapt")
     model = run.model
     model.eval()
     momenta = [m.momentum for m in layers]
@@ -90,11 +90,14 @@ def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_si
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out / name)
     save_weights(run.model, out / MODEL_FILE)
-    meta = json.loads((out / META_FILE).read_text())
+    record = read_meta(out)
+    root = run.record.data_root(run_dir)
+    if root is not None:  # stored relative to the run folder too, which has moved; a sources file inside the run moved with it
+        record.set_data_root(out / root.relative_to(run_dir.resolve()) if root.is_relative_to(run_dir.resolve()) else root, out)
     info = {"method": "AdaBN", "source_run": str(run_dir), "folder": str(folder), "images": len(images), "unreadable": failed,
-            "batchnorm_layers": layers, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "batchnorm_layers": layers, "time": now(),
             "note": "batch-norm statistics from the new site's unlabelled images; threshold and calibration from the source run's validation split"}
-    meta["adapted"] = info
-    meta.pop("evaluations", None)  # the adapted model has not been evaluated yet
-    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2))
+    record.extra["adapted"] = info
+    record.evaluations = []  # the adapted model has not been evaluated yet
+    write_meta(out, record)
     return info
