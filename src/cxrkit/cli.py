@@ -140,28 +140,47 @@ def _summary(run_dir: Path, split: str) -> None:
         print("  " + s.replace("<b>", "").replace("</b>", ""))
 
 
+def _given_options(a: argparse.Namespace, model: str | None = None) -> dict:
+    """The training options the user typed: the fields where the config built from ``a`` differs from the defaults."""
+    from cxrkit.config import TrainConfig
+
+    defaults = build_parser().parse_args(["train", a.data])
+    typed = _config_from_args(a, a.data, "x", model).to_dict()
+    default = _config_from_args(defaults, a.data, "x", model).to_dict()
+    return {k: v for k, v in typed.items() if k not in ("data", "out") and v != default[k] and k in {f.name for f in fields(TrainConfig)}}
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from cxrkit.config import TrainConfig
+    from cxrkit.record import CONFIG_FILE, read_meta
     from cxrkit.training import train
 
     out_dir = Path(a.out or f"runs/{a.model}")
-    if a.resume and (out_dir / "config.yaml").is_file():
-        cfg = TrainConfig.load(out_dir / "config.yaml")  # the run's own settings; other options are ignored
-        if Path(cfg.data).resolve() != Path(a.data).resolve():
-            raise ValueError(f"{out_dir} was trained on {cfg.data}, not {a.data}; --resume continues the same run")
+    if a.resume and (out_dir / CONFIG_FILE).is_file():
+        cfg = TrainConfig.load(out_dir / CONFIG_FILE)  # the run's own settings
+        if Path(cfg.data).resolve() != Path(a.data).resolve() and not Path(a.data).exists():
+            raise ValueError(f"{out_dir} was trained on {cfg.data}, and {a.data} does not exist; --resume continues the same run")
+        cfg.data, cfg.out = a.data, str(out_dir)  # where the data and the run folder are now
+        saved = cfg.to_dict()
+        clash = {k: v for k, v in _given_options(a).items() if saved.get(k) != v}
+        if clash:
+            raise ValueError(f"--resume continues {out_dir} with its own settings, which differ: "
+                             + ", ".join(f"{k} {saved.get(k)!r} (given {v!r})" for k, v in clash.items()))
     elif a.config:
         cfg = TrainConfig.load(a.config)
-        cfg.data, cfg.out = a.data, a.out or cfg.out
+        given = _given_options(a)
+        d = cfg.to_dict()
+        for k, v in given.items():
+            if d.get(k) != v:
+                print(f"note: {k} = {v!r} from the command line overrides {d.get(k)!r} from {a.config}", file=sys.stderr)
+        cfg = TrainConfig.from_dict({**d, **given, "data": a.data, "out": a.out or cfg.out})
     else:
         cfg = _config_from_args(a, a.data, str(out_dir))
     out = train(cfg, overwrite=a.overwrite, resume=a.resume)
-    import json
-    import os
-
     if os.environ.get("RANK", "0") != "0":  # under torchrun only process 0 reports
         return 0
 
-    t = json.loads((out / "meta.json").read_text())["training"]
+    t = read_meta(out).training
     print(f"\ntrained {t['epochs_run']} epoch(s), kept epoch {t['best_epoch']} (validation AUC {t['best_val_auc']:.4f}); "
           f"{t['seconds_total']:.0f} s in all, median {t['images_per_second_median']:.0f} training images/s ({t['precision']})")
     _summary(out, "val")
@@ -633,10 +652,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from cxrkit.data.sources import DatasetError
-    from cxrkit.run import RunError
 
     try:
         return args.func(args)
-    except (DatasetError, RunError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (DatasetError, ValueError) as exc:  # bad input: data, configs, run folders, weights, options
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a missing, unreadable or misplaced file or folder
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug, not the user's fault: one line unless asked for the traceback
+        if os.environ.get("CXRKIT_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (a bug in cxrkit; CXRKIT_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 3
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (multi-line library messages are joined)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

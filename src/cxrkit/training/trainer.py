@@ -236,6 +236,10 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
 
     model = build_model(cfg.model, task.num_outputs(k), **cfg.model_options())
     pretrained_report = initialise(model, cfg.model, cfg.pretrained)
+    if pretrained_report:
+        r = pretrained_report
+        log(f"pretrained: {r['loaded']} tensors loaded from {r['source']} ({len(r['adapted'])} adapted to grayscale), "
+            f"{len(r['skipped'])} skipped, {len(r['missing'])} of the model's left at random (the classifier head)")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(ctx.device)
