@@ -179,7 +179,7 @@ def _validated(cls: type, d: dict, prefix: str = "") -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(str(k) for k in d if k not in known)
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)} (known: {', '.join(sorted(known))})")
+        raise ConfigError(f"unknown config keys: {', '.join(prefix + k for k in unknown)} (known: {', '.join(sorted(known))})")
     if cls is TrainConfig and "data" not in d:
         raise ConfigError("data is missing: the dataset folder (or .zip, .npz) to train on")
     try:
