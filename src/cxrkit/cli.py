@@ -22,14 +22,17 @@ def _defaults() -> dict:
 
 def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) -> None:
 
+    from cxrkit.config import FREEZE_CHOICES, PRECISIONS, SCHEDULES, TASK_CHOICES
     from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
+    from cxrkit.data.intensity import INTENSITY_MODES
+    from cxrkit.record.meta import ASPECTS
 
     d, aug = _defaults(), AUGMENT_PRESETS[DEFAULT_PRESET]
     g = p.add_argument_group("data")
     g.add_argument("--image-size", type=int, default=d["image_size"], help="square side in pixels (default %(default)s)")
-    g.add_argument("--aspect", choices=["pad", "squash"], default=d["aspect"],
+    g.add_argument("--aspect", choices=ASPECTS, default=d["aspect"],
                    help="pad: keep aspect ratio, letterbox with black (default); squash: stretch to a square")
-    g.add_argument("--intensity", choices=["none", "zscore", "percentile", "histeq", "clahe"], default=d["intensity"],
+    g.add_argument("--intensity", choices=INTENSITY_MODES, default=d["intensity"],
                    help="per-image intensity normalisation at decode time, kept for evaluate/predict: zscore, percentile "
                         "(1-99%% stretch), histeq (histogram equalisation) or clahe (adaptive) (default %(default)s)")
     g.add_argument("--crop-border", action="store_true", help="remove uniform outer bands (collimation, frames) before resizing")
@@ -43,7 +46,7 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                    help="label table for the images under DATA: NIH Data_Entry_2017.csv, or a CSV with a path column and a "
                         "'|'-separated findings column, a label column or 0/1 columns, optional patient_id and split columns")
     g.add_argument("--label-column", default=None, help="the table's label column, when it cannot be told (e.g. folder_class)")
-    g.add_argument("--task", choices=["auto", "binary", "multiclass", "multilabel"], default=d["task"],
+    g.add_argument("--task", choices=TASK_CHOICES, default=d["task"],
                    help="auto (default): multilabel for tables with several findings per image and multi-label MedMNIST files, "
                         "binary for 2 classes, multiclass otherwise")
     g.add_argument("--resplit", action="store_true",
@@ -60,7 +63,7 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--pretrained", default=None, metavar="imagenet|none|PATH",
                    help="starting weights: imagenet (ships offline for efficientnet-lite0, downloaded once for MONAI models), "
                         "none, or a state dict file (.safetensors or .pt). Default: imagenet for efficientnet-lite0, none otherwise")
-    g.add_argument("--freeze", choices=["none", "backbone"], default=d["freeze"],
+    g.add_argument("--freeze", choices=FREEZE_CHOICES, default=d["freeze"],
                    help="backbone: train the classifier head only (linear probe) (default %(default)s)")
     g.add_argument("--head-epochs", type=int, default=d["head_epochs"],
                    help="two-stage fine-tuning: train the head alone for this many epochs, then all layers (default %(default)s)")
@@ -75,14 +78,14 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--batch-size", type=int, default=d["batch_size"])
     g.add_argument("--lr", type=float, default=d["lr"], help="AdamW learning rate (default %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
-    g.add_argument("--schedule", choices=["cosine", "plateau", "constant"], default=d["schedule"])
+    g.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"])
     g.add_argument("--no-class-weights", action="store_true",
                    help="do not weight the loss by class frequency (multi-label: plain BCE instead of per-label pos_weight)")
     g.add_argument("--oversample", action="store_true",
                    help="multi-label: repeat images with rare findings in each epoch (repeat-factor sampling, threshold 10%%)")
     g.add_argument("--threshold-rule", default=d["threshold_rule"],
                    help="how the decision threshold is chosen on validation data: youden, sensitivity:0.90, specificity:0.95 or a number")
-    g.add_argument("--precision", choices=["auto", "32", "bf16"], default=d["precision"],
+    g.add_argument("--precision", choices=PRECISIONS, default=d["precision"],
                    help="auto (default): bf16 autocast where the CPU supports bfloat16 natively (3-4x faster), else 32-bit")
     g.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes reading the cache (default %(default)s)")
     g.add_argument("--seed", type=int, default=d["seed"])
@@ -472,6 +475,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all sub-commands."""
+    from cxrkit.explain.cam import METHODS as HEATMAP_METHODS
+    from cxrkit.metrics.calibration import CALIBRATION_METHODS
+    from cxrkit.run import ENGINES
+
     p = argparse.ArgumentParser(
         prog="cxrkit",
         description="Chest X-ray classification: train on a folder of images, evaluate honestly, predict, report.",
@@ -517,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prevalence", type=float, default=None, metavar="P",
                    help="share of disease in the population the model will screen, e.g. 0.05: PPV and NPV are recomputed by "
                         "Bayes' rule and the report says what happens per 1,000 people screened (binary runs)")
-    e.add_argument("--explain", choices=["gradcam", "gradcam++", "occlusion", "none"], default="gradcam",
+    e.add_argument("--explain", choices=[*HEATMAP_METHODS, "none"], default="gradcam",
                    help="heat-map method for the report's gallery and 'where does it look' figure (default %(default)s)")
     e.set_defaults(func=cmd_evaluate)
 
@@ -529,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "probabilities (the old one is kept in meta.json). Prints ECE and Brier score before and after.")
     ca.add_argument("run", help="run folder")
     ca.add_argument("data", nargs="?", default=None, help="dataset (default: the one the run was trained on); its validation split is used")
-    ca.add_argument("--method", choices=["auto", "temperature", "platt", "isotonic"], default="auto",
+    ca.add_argument("--method", choices=["auto", *CALIBRATION_METHODS], default="auto",
                     help="auto (default): platt for binary runs, temperature for multi-class; temperature: one scalar on the logits; "
                          "platt: logistic regression on the logit (also undoes the shift of class-weighted training); "
                          "isotonic: monotone steps, needs a few hundred validation images")
@@ -544,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "a result are skipped, failed ones retried) (default: print)")
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--workers", type=int, default=4, help="threads decoding images while the model runs (0: none) (default %(default)s)")
-    pr.add_argument("--engine", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
+    pr.add_argument("--engine", choices=ENGINES, default="auto",
                     help="auto (default): ONNX Runtime when `cxrkit export` wrote model.onnx for these weights, else PyTorch; "
                          "or force one (onnx-int8 needs `cxrkit export --quantize int8`)")
     pr.add_argument("--shard", default=None, metavar="K/N",
@@ -572,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
     sv.add_argument("--api-key", default=None, help="require this key as X-API-Key on /v1/* (default: $CXRKIT_API_KEY; none when unset)")
-    sv.add_argument("--engine", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
+    sv.add_argument("--engine", choices=ENGINES, default="auto",
                     help="auto (default): ONNX Runtime when model.onnx matches the weights, else PyTorch")
     sv.add_argument("--max-upload-mb", type=float, default=50, help="largest file accepted, in MiB (default %(default)s)")
     sv.add_argument("--max-files", type=int, default=16, help="most files per request (default %(default)s)")
@@ -605,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run", help="run folder")
     x.add_argument("path", help="an image file or a folder of images")
     x.add_argument("--out", required=True, help="folder for the overlay PNGs")
-    x.add_argument("--method", choices=["gradcam", "gradcam++", "occlusion"], default="gradcam", help="heat-map method (default %(default)s)")
+    x.add_argument("--method", choices=HEATMAP_METHODS, default="gradcam", help="heat-map method (default %(default)s)")
     x.set_defaults(func=cmd_explain)
 
     c = sub.add_parser("compare", help="train several models on the same split and compare them in one table",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.data.dataset import LabelledImages
-from cxrkit.metrics.classification import binary_metrics, multiclass_metrics, multilabel_metrics
+from cxrkit.metrics.classification import binary_metrics
 from cxrkit.metrics.thresholds import choose_threshold, parse_rule
 from cxrkit.record import read_history, replace_predictions, split_predictions, update_metrics
 from cxrkit.record.files import PLOTS_DIR
@@ -71,16 +71,10 @@ def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: s
 
 def compute_metrics(run: Run, y: np.ndarray, probs: np.ndarray, seed: int = 0) -> dict:
     """Metrics for the run's task at its stored threshold(s)."""
-    if run.task == "multilabel":
-        m = multilabel_metrics(y, probs, run.classes, run.thresholds, seed=seed)
+    m = run.task_object.metrics(y, probs, run.classes, run.threshold, run.thresholds, seed=seed)
+    if run.record.threshold_rule:
         m["threshold_rule"] = run.record.threshold_rule
-        return m
-    if run.task == "binary":
-        m = binary_metrics(y, probs[:, 1], run.threshold, seed=seed)
-        m["threshold_rule"] = run.record.threshold_rule
-        m["classes"] = run.classes
-        return m
-    return multiclass_metrics(y, probs, run.classes, seed=seed)
+    return m
 
 
 def validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
@@ -103,7 +97,7 @@ def decision_analysis(
     from cxrkit.metrics.decision_curve import net_benefit
     from cxrkit.metrics.operating_points import operating_point, operating_points, screening_outcomes, who_triage_check
 
-    if run.task not in ("binary", "multiclass"):
+    if not run.task_object.one_label_per_image:
         return {}  # calibration and operating points are defined here for one label per image only
     out: dict = {"calibration": {"model": calibration_summary(y, raw_probs)}}
     if run.calibration is not None:
@@ -241,7 +235,7 @@ def evaluate_run(
     probs = run.apply_calibration(raw_probs)
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
     metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence))
-    if explain and run.task != "multilabel":  # heat maps are per decided class; a multi-label decision is a set
+    if explain and run.task_object.one_label_per_image:  # heat maps are per decided class; a multi-label decision is a set
         metrics["attention"] = _explain(run, images, ds.labels[idx], probs, key, explain, cfg.seed)
     metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
     metrics["shift"] = shift
@@ -315,7 +309,7 @@ def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str
         run.save_record()
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=seed)
     metrics.update(decision_analysis(run, ds.labels[idx], probs, probs, (ds.labels[idx], probs)))
-    if explain and run.task != "multilabel":  # heat maps are per decided class; a multi-label decision is a set
+    if explain and run.task_object.one_label_per_image:  # heat maps are per decided class; a multi-label decision is a set
         metrics["attention"] = _explain(run, images, ds.labels[idx], probs, "val", explain, seed)
     write_evaluation(run, "val", ds, idx, probs, metrics)
     history = [{k: v for k, v in r.items() if k != "stage"} for r in read_history(run.path)]
