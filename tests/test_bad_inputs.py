@@ -211,3 +211,19 @@ def test_evaluate_moved_run_without_its_data(tiny_run, tmp_path, capsys):
     _edit_meta(run, lambda m: m["data"].update(root=str(tmp_path / "gone"), root_from_run="../gone"))
     assert main(["evaluate", str(run)]) == 2
     assert "give the data folder explicitly" in capsys.readouterr().err
+
+
+def test_tampered_checkpoint_is_refused_on_resume(tiny_run, binary_data, tmp_path, capsys):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "checkpoint" / "optimizer.pt").write_bytes(pickle.dumps({"optimizer": Evil()}))
+    code = main(["train", str(binary_data), "--out", str(run), "--resume"])
+    out = capsys.readouterr()
+    assert code == 2 and "owned" not in out.out, out
+    assert "cannot be resumed" in out.err and "\n" not in out.err.strip()

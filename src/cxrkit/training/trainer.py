@@ -239,7 +239,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     if pretrained_report:
         r = pretrained_report
         log(f"pretrained: {r['loaded']} tensors loaded from {r['source']} ({len(r['adapted'])} adapted to grayscale), "
-            f"{len(r['skipped'])} skipped, {len(r['missing'])} of the model's left at random (the classifier head)")
+            f"{len(r['skipped'])} skipped, {len(r['missing'])} of the model's left at their initial values (the classifier head at least)")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(ctx.device)
