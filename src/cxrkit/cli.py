@@ -84,7 +84,11 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--oversample", action="store_true",
                    help="multi-label: repeat images with rare findings in each epoch (repeat-factor sampling, threshold 10%%)")
     g.add_argument("--threshold-rule", default=d["threshold_rule"],
-                   help="how the decision threshold is chosen on validation data: youden, sensitivity:0.90, specificity:0.95 or a number")
+                   help="how the decision threshold is chosen on validation data: youden, sensitivity:0.90, specificity:0.95, a number, "
+                        "or a guaranteed target such as sensitivity:0.90@0.95 (the one-sided 95%% Clopper-Pearson lower bound of "
+                        "validation sensitivity must reach 0.90) (default %(default)s)")
+    g.add_argument("--allow-point-estimate", action="store_true",
+                   help="when a guaranteed rule (X@C) is impossible with the validation cases at hand, use the point rule X instead of stopping")
     g.add_argument("--precision", choices=PRECISIONS, default=d["precision"],
                    help="auto (default): bf16 autocast where the CPU supports bfloat16 natively (3-4x faster), else 32-bit")
     g.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes reading the cache (default %(default)s)")
@@ -124,6 +128,7 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, allow_leakage=a.allow_leakage, seed=a.seed,
         epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         schedule=a.schedule, class_weights=not a.no_class_weights, threshold_rule=a.threshold_rule,
+        allow_point_estimate=a.allow_point_estimate,
         precision=a.precision, workers=a.workers, pretrained=a.pretrained, freeze=a.freeze, head_epochs=a.head_epochs, backbone_lr_scale=a.backbone_lr_scale,
         tta=a.tta, cache_dir=a.cache_dir, augment=aug,
     )
@@ -164,11 +169,14 @@ def cmd_train(a: argparse.Namespace) -> int:
         if Path(cfg.data).resolve() != Path(a.data).resolve() and not Path(a.data).exists():
             raise ValueError(f"{out_dir} was trained on {cfg.data}, and {a.data} does not exist; --resume continues the same run")
         cfg.data, cfg.out = a.data, str(out_dir)  # where the data and the run folder are now
-        saved = cfg.to_dict()
-        clash = {k: v for k, v in _given_options(a).items() if saved.get(k) != v}
+        from cxrkit.training.trainer import RESUME_MAY_CHANGE
+
+        saved, given = cfg.to_dict(), _given_options(a)
+        clash = {k: v for k, v in given.items() if saved.get(k) != v and k not in RESUME_MAY_CHANGE}
         if clash:
             raise ValueError(f"--resume continues {out_dir} with its own settings, which differ: "
                              + ", ".join(f"{k} {saved.get(k)!r} (given {v!r})" for k, v in clash.items()))
+        cfg = TrainConfig.from_dict({**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}})
     elif a.config:
         cfg = TrainConfig.load(a.config)
         given = _given_options(a)

@@ -55,6 +55,7 @@ class TrainConfig:
     class_weights: bool = True
     oversample: bool = False
     threshold_rule: str = "youden"
+    allow_point_estimate: bool = False  # a guaranteed threshold rule that is impossible falls back to the point rule
     precision: str = "auto"
     channels_last: bool = True
     workers: int = 0

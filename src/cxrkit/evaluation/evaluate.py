@@ -9,7 +9,7 @@ import numpy as np
 
 from cxrkit.data.dataset import LabelledImages
 from cxrkit.metrics.classification import binary_metrics
-from cxrkit.metrics.thresholds import choose_threshold, parse_rule
+from cxrkit.metrics.thresholds import GuaranteeImpossible, choose_threshold, parse_rule
 from cxrkit.record import read_history, replace_predictions, split_predictions, update_metrics
 from cxrkit.record.files import PLOTS_DIR
 from cxrkit.record.meta import now
@@ -41,15 +41,15 @@ def parse_class_map(text: str | None) -> dict[str, str] | None:
     return out
 
 
-def store_threshold(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str) -> dict:
+def store_threshold(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str, allow_point_estimate: bool = False) -> dict:
     """Choose the binary decision threshold on validation predictions and save it in meta.json."""
-    choice = choose_threshold(y_val, probs_val[:, 1], rule, chosen_on="val").to_dict()
+    choice = choose_threshold(y_val, probs_val[:, 1], rule, chosen_on="val", allow_point_estimate=allow_point_estimate).to_dict()
     run.record.set_threshold(choice)
     run.save_record()
     return choice
 
 
-def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str) -> dict:
+def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str, allow_point_estimate: bool = False) -> dict:
     """Choose one threshold per finding of a multi-label run on validation predictions; save them in meta.json.
 
     A finding without a positive (or without a negative) validation image cannot have a threshold chosen
@@ -59,7 +59,7 @@ def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: s
     for c, name in enumerate(run.classes):
         yc = y_val[:, c]
         if 0 < yc.sum() < len(yc) or parse_rule(rule)[0] == "fixed":
-            out[name] = choose_threshold(yc, probs_val[:, c], rule, chosen_on="val").to_dict()
+            out[name] = choose_threshold(yc, probs_val[:, c], rule, chosen_on=f"val ({name})", allow_point_estimate=allow_point_estimate).to_dict()
         else:
             fallback = choose_threshold(yc, probs_val[:, c], "0.5", chosen_on="val").to_dict()
             fallback["rule"] = f"0.5 (validation has {'no positive' if yc.sum() == 0 else 'no negative'} {name} image; {rule} impossible)"
@@ -288,7 +288,9 @@ def _recalibrated(
             "metrics": {k: m["metrics"][k] for k in ("sensitivity", "specificity", "ppv", "npv")}, "confusion": m["confusion"]}
 
 
-def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str, seed: int = 0, explain: str | None = "gradcam") -> dict:
+def finish_training(
+    run_dir: str | Path, ds: LabelledImages, threshold_rule: str, seed: int = 0, explain: str | None = "gradcam", allow_point_estimate: bool = False,
+) -> dict:
     """After training: choose the threshold on validation data, evaluate validation, draw curves, write the report."""
     from cxrkit.report.html import write_report
     from cxrkit.report.plots import plot_history
@@ -298,9 +300,13 @@ def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str
     images = np.asarray(ds.images[idx])
     probs = run.predict_arrays(images)
     if run.task == "binary":
-        store_threshold(run, ds.labels[idx], probs, threshold_rule)
+        try:
+            store_threshold(run, ds.labels[idx], probs, threshold_rule, allow_point_estimate)
+        except GuaranteeImpossible as exc:
+            raise GuaranteeImpossible(f"{exc}. The trained model is kept in {run.path} without a threshold: finish it with "
+                                      "`cxrkit train DATA --out RUN --resume` and another --threshold-rule or --allow-point-estimate") from None
     elif run.task == "multilabel":
-        store_thresholds(run, ds.labels[idx], probs, threshold_rule)
+        store_thresholds(run, ds.labels[idx], probs, threshold_rule, allow_point_estimate)
         plot_label_counts(ds.counts(), ds.image_counts(), run.path / "plots" / "label_counts.png")
         train = ds.index("train")
         plot_cooccurrence(ds.labels[train], ds.class_names, run.path / "plots" / "cooccurrence.png")
