@@ -226,11 +226,38 @@ def _decision_summary(m: dict) -> None:
               "the model may be reading markers, borders or text")
 
 
+def _subgroup_summary(subgroups: dict) -> None:
+    """Per-group sensitivity, specificity and AUC with intervals, the heterogeneity tests and the largest gap."""
+
+    def cell(e: dict) -> str:
+        if e["value"] is None:
+            return "n/a".ljust(20)
+        ci = f" ({e['ci'][0]:.2f}-{e['ci'][1]:.2f})" if e.get("ci") else ""
+        return f"{e['value']:.3f}{ci}".ljust(20)
+
+    for name, sub in subgroups.items():
+        results = sub.get("per_finding") or {"": sub}
+        for finding, r in results.items():
+            print(f"\nsubgroups by {name}{' (' + r['binning'] + ')' if r.get('binning') else ''}{', ' + finding if finding else ''}:")
+            print(f"  {'group':<14}{'n':>6}{'pos':>6}  {'sensitivity':<20}{'specificity':<20}{'ROC-AUC':<20}")
+            for g in r["groups"]:
+                flag = "  (too few to compare)" if all(g["too_small"].values()) else ""
+                print(f"  {g['group'][:14]:<14}{g['n']:>6}{g['n_positive']:>6}  {cell(g['sensitivity'])}{cell(g['specificity'])}{cell(g['roc_auc'])}{flag}")
+            tests = ", ".join(f"{k} p = {t['p_value']:.3g}" for k, t in r["tests"].items() if t["p_value"] is not None)
+            print(f"  heterogeneity: {tests or 'not testable (too few cases per group)'}")
+            if r.get("largest_gap"):
+                print(f"  largest gap: {r['largest_gap']['sentence']}")
+            if r.get("missing"):
+                print(f"  {r['missing']} image(s) have no value for {name} and are left out")
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from cxrkit.evaluation.evaluate import evaluate_run, parse_class_map
 
+    by = [c.strip() for c in (a.by or "").split(",") if c.strip()]
     m = evaluate_run(a.run, a.data, a.split, class_map=parse_class_map(a.class_map), recalibrate_on=a.recalibrate_on,
-                     prevalence=a.prevalence, explain=None if a.explain == "none" else a.explain)
+                     prevalence=a.prevalence, explain=None if a.explain == "none" else a.explain, by=by, by_table=a.by_table,
+                     by_pattern=a.by_pattern)
     for n in m.get("notes", []):
         print(f"note: {n}")
     _summary(Path(a.run), m["split"])
@@ -239,6 +266,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         print(f"  at the re-chosen threshold {m['recalibrated']['threshold']:.3f}: sensitivity {100 * r['sensitivity']['value']:.1f}%, "
               f"specificity {100 * r['specificity']['value']:.1f}%")
     _decision_summary(m)
+    _subgroup_summary(m.get("subgroups") or {})
     print(f"\nmetrics.json, predictions.csv and report.html updated in {a.run}/")
     return 0
 
@@ -534,6 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "Bayes' rule and the report says what happens per 1,000 people screened (binary runs)")
     e.add_argument("--explain", choices=[*HEATMAP_METHODS, "none"], default="gradcam",
                    help="heat-map method for the report's gallery and 'where does it look' figure (default %(default)s)")
+    e.add_argument("--by", default=None, metavar="COLUMN[,COLUMN]",
+                   help="subgroup figures by label-table columns, e.g. 'Patient Gender,Patient Age,View Position': per group n, "
+                        "prevalence, AUC, sensitivity, specificity, PPV, NPV with 95%% CIs, heterogeneity tests and the largest gap; "
+                        "numeric columns are banded (age: 0-17, 18-39, 40-59, 60+)")
+    e.add_argument("--by-table", default=None, metavar="FILE.csv",
+                   help="table holding the --by columns (default: the run's own --labels table); images matched by path or file name")
+    e.add_argument("--by-pattern", action="append", default=None, metavar="NAME=REGEX",
+                   help="subgroups from file names: the first capture group of REGEX, e.g. 'site=^(CHNCXR|MCUCXR)' (repeatable)")
     e.set_defaults(func=cmd_evaluate)
 
     ca = sub.add_parser("calibrate", help="fit a probability calibration on the validation split and store it in the run",

@@ -18,6 +18,7 @@ from cxrkit.report.plots import (
     plot_confusion,
     plot_cooccurrence,
     plot_decision_curve,
+    plot_forest,
     plot_label_counts,
     plot_pr,
     plot_reliability,
@@ -169,6 +170,9 @@ def write_evaluation(
         if "calibrated" in cal:
             curves.append((f"calibrated ({cal['method']})", cal["calibrated"]["bins"], cal["calibrated"]["ece"]))
         plot_reliability(curves, f"Reliability, {words} (n={len(y)})", plots / f"reliability_{fname}.png")
+    for name, sub in (metrics.get("subgroups") or {}).items():
+        if "groups" in sub:
+            plot_forest(sub, f"{name}, {words}", plots / f"subgroups_{fname}_{_slug(name)}.png")
     if metrics.get("decision_curve"):
         dc = metrics["decision_curve"]
         plot_decision_curve(dc, run.threshold, f"Decision curve, {words} (prevalence {dc['prevalence']:.1%})", plots / f"decision_{fname}.png")
@@ -177,7 +181,7 @@ def write_evaluation(
 def evaluate_run(
     run_dir: str | Path, data: str | Path | None = None, split: str | None = None, progress: bool = True, write_report: bool = True,
     class_map: dict[str, str] | None = None, recalibrate_on: str | Path | None = None, prevalence: float | None = None,
-    explain: str | None = "gradcam",
+    explain: str | None = "gradcam", by: list[str] | None = None, by_table: str | Path | None = None, by_pattern: list[str] | None = None,
 ) -> dict:
     """Evaluate a trained run on one split of its dataset, or on another dataset (external validation).
 
@@ -189,8 +193,10 @@ def evaluate_run(
     from the evaluated images, on which the threshold is chosen again with the run's rule; the
     evaluated images are then also scored at that threshold. ``prevalence`` (binary) recomputes PPV and NPV
     for a screening population with that share of disease. ``explain`` (a heat-map method, or None) adds
-    the gallery and the "where does it look" figure. Returns the metrics dict and writes metrics.json,
-    predictions.csv, plots and report.html.
+    the gallery and the "where does it look" figure. ``by`` (columns of ``by_table``, by default the run's own
+    label table) and ``by_pattern`` (``NAME=REGEX`` on file names) add per-subgroup figures with heterogeneity
+    tests (:mod:`cxrkit.metrics.subgroups`). Returns the metrics dict and writes metrics.json, predictions.csv,
+    plots and report.html.
     """
     run = Run.load(run_dir)
     ds, cfg = load_run_dataset(run, data, progress, class_map)
@@ -237,6 +243,12 @@ def evaluate_run(
     metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence))
     if explain and run.task_object.one_label_per_image:  # heat maps are per decided class; a multi-label decision is a set
         metrics["attention"] = _explain(run, images, ds.labels[idx], probs, key, explain, cfg.seed)
+    if by or by_pattern:
+        from cxrkit.evaluation.subgroups import subgroup_analysis
+
+        table = Path(by_table) if by_table else (Path(cfg.labels) if same_data and cfg.labels else None)
+        metrics["subgroups"] = subgroup_analysis(run, ds.labels[idx], probs, [ds.relpaths[i] for i in idx], list(by or []), table,
+                                                 list(by_pattern or []), seed=cfg.seed)
     metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
     metrics["shift"] = shift
     metrics["source_split"] = split
@@ -322,3 +334,10 @@ def finish_training(
     plot_history(history, run.record.training["best_epoch"], run.path / PLOTS_DIR / "history.png")
     write_report(run.path)
     return metrics
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe form of a column name."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower() or "group"
