@@ -1,7 +1,7 @@
 """External validation on TB: train at one site, evaluate at another, for each intensity normalisation.
 
     python benchmarks/external_tb.py [--shared PATH] [--out runs/external_tb] [--modes none,zscore,...] [--no-sites]
-                                     [--augment default,robust] [--seeds 0,1,2] [--conditions none:default,clahe:default]
+                                     [--augment mild,robust] [--seeds 0,1,2] [--conditions none:mild,clahe:mild]
 
 Directions: Shenzhen+Montgomery (tb_shenzhen_montgomery_128) -> Sakha-TB (tb_sakha_datacamp_224, all
 images) and the reverse. For each `--intensity` option: internal test AUC (the run's own 15% test
@@ -13,7 +13,7 @@ Model `cnn` at 128 px, 20 epochs at most, patience 6, seed 0.
 With several seeds, intensity modes or augmentation presets, a paired table follows: for each seed
 (same split, same initialisation) each condition's external AUC minus the baseline's (the first mode
 with the first preset), with DeLong's paired test on the same external images, and the mean
-difference over seeds. Augmentation presets: `default` (the train defaults) and `robust` (stronger
+difference over seeds. Augmentation presets: `mild` (the train default before issue 12) and `robust` (the default since) (stronger
 brightness/contrast plus gamma, blur and noise, meant to cover another site's processing).
 """
 
@@ -53,7 +53,7 @@ def external_scores(out: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def run_pair(train_data: Path, other: Path, out: Path, intensity: str, group: str | None, seed: int = 0,
-             augment: str = "default") -> dict:
+             augment: str = "mild") -> dict:
     if not (out / "done.json").is_file():  # finished runs are reused, so an interrupted benchmark resumes
         cfg = TrainConfig(data=str(train_data), out=str(out), model="cnn", image_size=128, epochs=20, patience=6, seed=seed,
                           intensity=intensity, group_pattern=group, augment=AUGMENT[augment])
@@ -107,10 +107,10 @@ def main() -> None:
     ap.add_argument("--out", default="runs/external_tb")
     ap.add_argument("--modes", default="none,zscore,percentile,histeq,clahe")
     ap.add_argument("--no-sites", action="store_true")
-    ap.add_argument("--augment", default="default", help="comma-separated presets: " + ", ".join(AUGMENT))
+    ap.add_argument("--augment", default="mild", help="comma-separated presets: " + ", ".join(AUGMENT))
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (split and initialisation)")
     ap.add_argument("--conditions", default=None, metavar="MODE:PRESET,...",
-                    help="explicit intensity:augmentation pairs instead of every --modes x --augment pair, e.g. none:default,clahe:default,none:robust")
+                    help="explicit intensity:augmentation pairs instead of every --modes x --augment pair, e.g. none:mild,clahe:mild,none:robust")
     a = ap.parse_args()
     shared, out = Path(a.shared), Path(a.out)
     sm, sakha = shared / "tb_shenzhen_montgomery_128", shared / "tb_sakha_datacamp_224"
@@ -123,8 +123,8 @@ def main() -> None:
     for seed in seeds:
         for mode, aug in conditions:
             for name, tr, ot, grp in (("SM -> Sakha", sm, sakha, GROUP), ("Sakha -> SM", sakha, sm, None)):
-                key = f"{name}, {mode}" + (f", {aug}" if aug != "default" else "") + (f", seed {seed}" if seed else "")
-                run_dir = out / (f"{name[:2].lower()}_{mode}" + (f"_{aug}" if aug != "default" else "") + (f"_s{seed}" if seed else ""))
+                key = f"{name}, {mode}" + (f", {aug}" if aug != "mild" else "") + (f", seed {seed}" if seed else "")
+                run_dir = out / (f"{name[:2].lower()}_{mode}" + (f"_{aug}" if aug != "mild" else "") + (f"_s{seed}" if seed else ""))
                 results[key] = run_pair(tr, ot, run_dir, mode, grp, seed, aug)
                 runs[(name, mode, aug, seed)] = run_dir
                 print(line(key, results[key]), flush=True)

@@ -38,14 +38,15 @@ from cxrkit.training import train
 
 GROUP = r"((?:CHN|MCU)CXR_\d+)"
 SITES = ("shenzhen", "montgomery", "sakha")
-# Candidate defaults: TrainConfig options on top of today's defaults. "baseline" is today's default command.
+# Candidate defaults: TrainConfig options. "baseline" is the default command before issue 12 (no intensity
+# normalisation, mild augmentation), spelt out so that it stays the same when the defaults change.
 CONDITIONS: dict[str, dict] = {
-    "baseline": {},
-    "robust": {"augment": AUGMENT_PRESETS["robust"]},
+    "baseline": {"intensity": "none", "augment": AUGMENT_PRESETS["mild"]},
+    "robust": {"intensity": "none", "augment": AUGMENT_PRESETS["robust"]},
     "zscore+robust": {"intensity": "zscore", "augment": AUGMENT_PRESETS["robust"]},
     "percentile+robust": {"intensity": "percentile", "augment": AUGMENT_PRESETS["robust"]},
     "clahe+robust": {"intensity": "clahe", "augment": AUGMENT_PRESETS["robust"]},
-    "zscore": {"intensity": "zscore"},
+    "zscore": {"intensity": "zscore", "augment": AUGMENT_PRESETS["mild"]},
 }
 
 

@@ -14,7 +14,10 @@ from cxrkit.data.synthetic import make_synthetic_dataset
 from cxrkit.run import Run
 from cxrkit.training import train
 
-FAST = ["--image-size", "32", "--epochs", "6", "--patience", "6", "--batch-size", "16", "--lr", "3e-3", "--model", "cnn"]
+# Pinned to mild augmentation: these tests are about the train -> evaluate -> predict pipeline, and six 32-px epochs
+# are too few for the default robust augmentation (AUC 0.69 instead of > 0.8 here; it needs more epochs, README).
+FAST = ["--image-size", "32", "--epochs", "6", "--patience", "6", "--batch-size", "16", "--lr", "3e-3", "--model", "cnn",
+        "--augment-preset", "mild"]
 
 
 @pytest.fixture(scope="module")

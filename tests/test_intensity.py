@@ -120,6 +120,8 @@ def test_augmentation_presets_and_explicit_options_on_the_command_line():
         return _config_from_args(a, "data", "out").augment
 
     assert config() == AUGMENT_PRESETS[DEFAULT_PRESET] == TrainConfig(data="d").augment
+    assert DEFAULT_PRESET == "robust" and config().gamma == 0.4  # chosen by benchmarks/sites.py (README: robust by default)
+    assert config("--augment-preset", "mild") == AugmentConfig()  # the default before issue 12
     robust = config("--augment-preset", "robust")
     assert (robust.gamma, robust.blur, robust.noise, robust.contrast) == (0.4, 1.0, 0.03, 0.3)
     mixed = config("--augment-preset", "robust", "--gamma", "0.1", "--hflip")

@@ -97,9 +97,10 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--seed", type=int, default=d["seed"])
     g = p.add_argument_group("augmentation (training images only)")
     g.add_argument("--augment-preset", choices=list(AUGMENT_PRESETS), default=DEFAULT_PRESET,
-                   help="starting values of the options below. default: rotation, zoom, shift and mild brightness/contrast; "
-                        "robust: the same plus brightness 0.2, contrast 0.3, gamma 0.4, blur 1.0 and noise 0.03, to cover other "
-                        "sites' exposure and processing (measured in the README, external validation) (default %(default)s)")
+                   help="starting values of the options below. robust: rotation, zoom and shift plus brightness 0.2, contrast 0.3, "
+                        "gamma 0.4, blur 1.0 and noise 0.03, to cover other sites' exposure and processing (chosen by the "
+                        "leave-one-site-out benchmark, README: robust by default); mild: the same geometry with brightness and "
+                        "contrast 0.1 only (the default before) (default %(default)s)")
     preset = f"from --augment-preset; %s in {DEFAULT_PRESET}"
     g.add_argument("--rotate", type=float, default=None, help="max rotation in degrees (default: " + preset % aug.rotate_degrees + ")")
     g.add_argument("--scale", type=float, default=None, help="max zoom in/out fraction (default: " + preset % aug.scale + ")")

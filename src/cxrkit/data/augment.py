@@ -37,12 +37,14 @@ class AugmentConfig:
 
 
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
-    "default": AugmentConfig(),
-    # Stronger photometric changes meant to cover another site's exposure and processing; measured with
-    # benchmarks/external_tb.py (README: external validation), not assumed.
+    # Geometric changes with mild brightness/contrast: the default until issue 12.
+    "mild": AugmentConfig(),
+    # Stronger photometric changes meant to cover another site's exposure and processing.
     "robust": AugmentConfig(brightness=0.2, contrast=0.3, gamma=0.4, blur=1.0, noise=0.03),
 }
-DEFAULT_PRESET = "default"
+# The default is chosen by measurement, not assumed: robust raised the external AUC over mild in every held-out
+# site of benchmarks/sites.py and in every paired seed of benchmarks/external_tb.py (README: robust by default).
+DEFAULT_PRESET = "robust"
 
 
 def default_augment() -> AugmentConfig:

@@ -153,7 +153,7 @@ def open_source(data: str | Path, labels: str | Path | None = None, label_column
     if labels is not None:
         return open_label_table(labels, data, label_column, task)
     if is_sources_file(data):
-        return open_sites(data, cache_dir)
+        return open_sites(data, match_classes, cache_dir)
     if data.suffix.lower() == ".csv" and data.is_file():
         return open_label_table(data, data.parent, label_column, task)
     if data.suffix.lower() == ".npz":

@@ -14,6 +14,7 @@ class, so validation and test hold images of every site.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -92,10 +93,10 @@ class MultiSiteSource(ImageFolderSource):
         return (self.site_roots[site] / inner).stat().st_size
 
 
-def open_sites(path: str | Path, cache_dir: Path | None = None) -> MultiSiteSource:
-    """Open every site of a sources YAML, match their classes to the first site's and tag each image with its site."""
-    from cxrkit.data.dataset import match_classes
-
+def open_sites(path: str | Path, match_classes: Callable[[list[str], list[str]], dict[str, str]],
+               cache_dir: Path | None = None) -> MultiSiteSource:
+    """Open every site of a sources YAML, match their classes to the first site's with ``match_classes``
+    (:func:`cxrkit.data.dataset.match_classes`) and tag each image with its site."""
     path = Path(path).resolve()
     roots = read_sources_file(path)
     samples: list[Sample] = []

@@ -10,15 +10,13 @@ from cxrkit.run import Run
 
 def per_site_metrics(run: Run, ds: LabelledImages, idx: np.ndarray, probs: np.ndarray, seed: int = 0) -> dict | None:
     """``{site: {"n", "n_positive", "metrics"}}`` of the images at ``idx`` (None when the data have no sites)."""
-    from cxrkit.evaluation.evaluate import compute_metrics
-
     sites = ds.sites
     if sites is None or run.task == "multilabel":
         return None
     out = {}
     for site in np.unique(sites[idx]):
         sel = sites[idx] == site
-        m = compute_metrics(run, ds.labels[idx][sel], probs[sel], seed=seed)
+        m = run.task_object.metrics(ds.labels[idx][sel], probs[sel], run.classes, run.threshold, run.thresholds, seed=seed)
         out[str(site)] = {"n": int(sel.sum()), "n_positive": m.get("n_positive"), "metrics": m["metrics"]}
     return out
 
