@@ -214,7 +214,7 @@ def _check_resume(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
 
 
 # Settings that decide only how the trained model's threshold is chosen: a resumed run may change them.
-RESUME_MAY_CHANGE = ("out", "threshold_rule", "allow_point_estimate")
+RESUME_MAY_CHANGE = ("out", "threshold_rule", "allow_point_estimate", "referral")
 
 
 def _check_guarantee_possible(cfg: TrainConfig, task: Task, y_val: np.ndarray) -> None:
@@ -253,6 +253,8 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
         raise ValueError("training needs images in both the train and the validation split")
     task, k = get_task(ds.task), len(ds.class_names)
     _check_guarantee_possible(cfg, task, ds.labels[val_idx])
+    if cfg.referral and task.name != "binary":
+        raise ValueError("--referral needs a binary task (one disease against normal)")
     mean, std = intensity_stats(ds.images, train_idx)
     pre = Preprocessing(cfg.image_size, cfg.aspect, mean, std, cfg.intensity, cfg.crop_border)
 
@@ -533,6 +535,6 @@ def train(
     if finish:
         from cxrkit.evaluation.evaluate import finish_training
 
-        finish_training(out, s.ds, cfg.threshold_rule, cfg.seed, allow_point_estimate=cfg.allow_point_estimate)
+        finish_training(out, s.ds, cfg.threshold_rule, cfg.seed, allow_point_estimate=cfg.allow_point_estimate, referral=cfg.referral)
     teardown_distributed(ctx)
     return out
