@@ -275,7 +275,15 @@ def _subgroup_summary(subgroups: dict) -> None:
         return f"{e['value']:.3f}{ci}".ljust(20)
 
     for name, sub in subgroups.items():
-        results = sub.get("per_finding") or {"": sub}
+        if "per_finding" in sub:  # multi-label: the per-finding tables are in the report and metrics.json
+            print(f"\nsubgroups by {name} (mean of per-finding ROC-AUCs; per-finding figures in report.html and metrics.json):")
+            for g in sub["summary"]:
+                auc = "n/a" if g["mean_auc"] is None else f"{g['mean_auc']:.3f} over {g['findings_measured']} findings"
+                print(f"  {g['group'][:14]:<14}{g['n']:>6}  {auc}")
+            for finding, sentence in sub["gaps_excluding_zero"].items():
+                print(f"  {finding}: {sentence}")
+            continue
+        results = {"": sub}
         for finding, r in results.items():
             print(f"\nsubgroups by {name}{' (' + r['binning'] + ')' if r.get('binning') else ''}{', ' + finding if finding else ''}:")
             print(f"  {'group':<14}{'n':>6}{'pos':>6}  {'sensitivity':<20}{'specificity':<20}{'ROC-AUC':<20}")
