@@ -71,6 +71,11 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                    help="backbone learning rate = --lr x this (discriminative learning rates; e.g. 0.1) (default %(default)s)")
     g.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average 5 views (zoom +-5%%, shift +-3%%) for the threshold, evaluation and prediction")
+    g = p.add_argument_group("tracking")
+    g.add_argument("--track", default=None, metavar="mlflow[:URI]|tensorboard[:DIR]",
+                   help="log parameters, per-epoch figures, validation metrics with CIs, the report and the model to MLflow "
+                        "(e.g. mlflow:sqlite:///mlflow.db; default $MLFLOW_TRACKING_URI) or TensorBoard (default runs/tensorboard); "
+                        "needs pip install 'cxrkit[track]'")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d["epochs"], help="maximum epochs (default %(default)s)")
     g.add_argument("--patience", type=int, default=d["patience"], help="early-stopping patience on validation AUC (default %(default)s)")
@@ -190,7 +195,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict({**d, **given, "data": a.data, "out": a.out or cfg.out})
     else:
         cfg = _config_from_args(a, a.data, str(out_dir))
-    out = train(cfg, overwrite=a.overwrite, resume=a.resume)
+    from cxrkit.training.tracking import make_tracker
+
+    out = train(cfg, overwrite=a.overwrite, resume=a.resume, tracker=make_tracker(a.track))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only process 0 reports
         return 0
 
@@ -493,7 +500,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
     models = parse_models(a.models, a.image_size)
     base = _config_from_args(a, a.data, a.out, model=models[0][1])
-    s = compare(a.data, models, a.out, base, split=a.split, resume=a.resume, overwrite=a.overwrite)
+    from cxrkit.training.tracking import make_tracker
+
+    make_tracker(a.track)  # a missing tracking library is an error before the first model trains
+    s = compare(a.data, models, a.out, base, split=a.split, resume=a.resume, overwrite=a.overwrite, track=a.track)
     print()
     print((Path(a.out) / "comparison.md").read_text())
     print(f"comparison written to {a.out}/ (comparison.csv, comparison.md, report.html)")
@@ -506,7 +516,11 @@ def cmd_tune(a: argparse.Namespace) -> int:
     out = a.out or f"runs/tune-{a.model}"
     base = _config_from_args(a, a.data, out)
     sizes = [int(x) for x in a.image_sizes.split(",")] if a.image_sizes else None
-    s = tune(a.data, base, a.trials, out, storage=a.storage, study_name=a.study_name, image_sizes=sizes, timeout_minutes=a.timeout_minutes)
+    from cxrkit.training.tracking import make_tracker
+
+    make_tracker(a.track)
+    s = tune(a.data, base, a.trials, out, storage=a.storage, study_name=a.study_name, image_sizes=sizes, timeout_minutes=a.timeout_minutes,
+             track=a.track)
     print(f"\nstudy {s['study']}: {s['trials']} trial(s), {s['completed']} completed, {s['pruned']} pruned, {s['failed']} failed "
           f"(all trials in {out}/trials.csv)")
     if "best_val_auc" not in s:
