@@ -64,7 +64,8 @@ def verdict(rows: list[dict]) -> str:
     names = ", ".join(f"{r['name']} ({r['change']:+.3f}, p={r['p_value']:.2g})" for r in bad)
     return (f"SHORTCUT: ROC-AUC drops under changes that leave the anatomy in place: {names}. The model reads exposure, "
             "borders or markers as well as the lungs, so its figures will not carry over to a site with other exposure or "
-            "markers; consider --augment-preset robust or per-image --intensity normalisation, and check with `cxrkit stress` again")
+            "markers; consider --crop-border, per-image --intensity normalisation or the robust augmentation preset (the "
+            "default), and check with `cxrkit stress` again")
 
 
 def stress_run(run_dir: str | Path, data: str | Path | None = None, split: str | None = None, progress: bool = True,
