@@ -53,6 +53,22 @@ def plural(n: float, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
+# Folder names that say nothing about the dataset: the name is looked for one level up.
+_GENERIC_FOLDERS = {"data", "dataset", "datasets", "images", "image", "imgs", "img", "files", "raw", "train", "png", "jpg", "dicom"}
+
+
+def dataset_name(root: str | None) -> str | None:
+    """A dataset's name from its path: the folder or file stem, skipping generic folder names ('runs/demo/data' -> 'demo')."""
+    if not root:
+        return None
+    parts = [p for p in str(root).replace("\\", "/").rstrip("/").split("/") if p]
+    for part in reversed(parts):
+        stem = part.rsplit(".", 1)[0] if part.lower().endswith((".zip", ".npz", ".csv")) else part
+        if stem.lower() not in _GENERIC_FOLDERS:
+            return stem
+    return parts[-1] if parts else None
+
+
 def split_words(key: str) -> str:
     """How a metrics key reads in sentences: "test" -> "test", "external:sakha" -> "external (sakha)"."""
     if key.startswith("external:"):

@@ -223,6 +223,31 @@ def _static(name: str) -> bytes:
 
 
 STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
+SWAGGER_TYPES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """Serve ``/docs`` (Swagger UI 5, which reads FastAPI's OpenAPI 3.1) from files installed with fastapi-offline, not a CDN.
+
+    Hospital networks are often cut off from the internet; FastAPI's default page loads its JavaScript from a CDN and
+    stays blank there. This is FastAPI's "self-hosting JavaScript and CSS for docs" recipe.
+    """
+    from fastapi.openapi.docs import get_swagger_ui_html
+    import fastapi_offline
+
+    folder = Path(fastapi_offline.__file__).parent / "static"
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} – API documentation",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js", swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon.png")
+
+    @app.get("/docs-static/{name}", include_in_schema=False)
+    async def docs_static(name: str) -> Response:
+        if name not in SWAGGER_TYPES:
+            raise ApiError(404, "not_found", f"no documentation file {name}")
+        return Response((folder / name).read_bytes(), media_type=SWAGGER_TYPES[name], headers={"Cache-Control": "max-age=86400"})
 
 
 def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = None, limits: Limits | None = None,
@@ -237,10 +262,11 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
     # An explicit empty key turns auth off even when the environment variable is set (tests, local use).
     api_key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV)) or None
     service = Service(Run.load(run_dir, engine=engine), limits)
-    app = FastAPI(title="cxrkit", version=__version__,
+    app = FastAPI(title="cxrkit", version=__version__, docs_url=None, redoc_url=None,  # /docs is served offline below
                   description=f"Chest X-ray classification with model {service.identity['id']} "
                               f"({service.identity['architecture']}, version {service.identity['version']}). Not a medical device.")
     app.state.service = service
+    add_offline_docs(app)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
