@@ -190,7 +190,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict({**d, **given, "data": a.data, "out": a.out or cfg.out})
     else:
         cfg = _config_from_args(a, a.data, str(out_dir))
-    out = train(cfg, overwrite=a.overwrite, resume=a.resume)
+    out = train(cfg, progress=not a.quiet, overwrite=a.overwrite, resume=a.resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only process 0 reports
         return 0
 
@@ -308,6 +308,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     _subgroup_summary(m.get("subgroups") or {})
     _referral_summary(m.get("referral"), m.get("classes"))
     print(f"\nmetrics.json, predictions.csv and report.html updated in {a.run}/")
+    a.result = {"run": str(a.run), "split": m["split"], "metrics": m}
     return 0
 
 
@@ -374,18 +375,19 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if a.out:
         from cxrkit.prediction.predict_csv import predict_to_csv
 
-        s = predict_to_csv(run, paths, a.out, a.batch_size, a.workers, progress=len(paths) > 1, on_batch=collect)
+        s = predict_to_csv(run, paths, a.out, a.batch_size, a.workers, progress=len(paths) > 1 and not a.quiet, on_batch=collect)
         rate = f" ({(s['total'] - s['skipped']) / s['seconds']:.0f}/s)" if s["seconds"] > 0 and s["total"] > s["skipped"] else ""
         print(f"{s['total']} image(s): {s['skipped']} already in {a.out}, {s['predicted']} predicted in {s['seconds']:.1f} s{rate} "
               f"with {run.engine}; {s['errors']} unreadable; written to {a.out}")
     else:
-        probs, errors = run.predict_files(paths, a.batch_size, progress=len(paths) > 1, on_batch=collect, workers=a.workers)
-    if reference and batches:
-        shift = check_stats(reference, merge_stats(batches))
+        probs, errors = run.predict_files(paths, a.batch_size, progress=len(paths) > 1 and not a.quiet, on_batch=collect, workers=a.workers)
+    shift = check_stats(reference, merge_stats(batches)) if reference and batches else None
+    if shift:
         if shift["warning"]:
             print(f"warning: {shift['message']}; predictions on such images are less reliable than the run's metrics suggest",
                   file=sys.stderr)
     if a.out:
+        a.result = {"model": _identity(run), "out": str(a.out), "summary": s, "shift_warning": shift["message"] if shift and shift["warning"] else None}
         return 0
     import numpy as np
 
@@ -396,6 +398,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
     for i, d in zip(np.flatnonzero(ok), run.decision_labels(probs[ok]) if ok.any() else []):
         decisions[i] = d
     rows = [result_row(run, p, probs[i] if ok[i] else None, decisions[i] if ok[i] else None, errors.get(i, "")) for i, p in enumerate(paths)]
+    if a.json:
+        a.result = {"model": _identity(run), "results": [_json_row(r) for r in rows],
+                    "shift_warning": shift["message"] if shift and shift["warning"] else None}
+        return 1 if len(paths) == 1 and rows[0]["error"] else 0
+    out = _result_stream()
     if len(paths) == 1:
         r = rows[0]
         if r["error"]:
@@ -403,17 +410,17 @@ def cmd_predict(a: argparse.Namespace) -> int:
             return 1
         if run.task == "multilabel":
             found = [f"{c} {probs[0, j]:.3f} (>= {t:.3f})" for j, (c, t) in enumerate(zip(run.classes, run.thresholds)) if probs[0, j] >= t]
-            print(f"{paths[0]}: {', '.join(found) if found else 'no finding above its threshold'}  (thresholds chosen per finding on validation)")
+            print(f"{paths[0]}: {', '.join(found) if found else 'no finding above its threshold'}  (thresholds chosen per finding on validation)", file=out)
         elif run.task == "binary":
             pos = run.classes[1]
             print(f"{paths[0]}: {r['prediction']}  (P({pos}) = {probs[0, 1]:.3f}; called {pos} when >= {run.threshold:.3f}, "
                   f"rule {run.meta['threshold']['rule']} chosen on validation"
-                  + (f"; probabilities {run.calibration['method']}-calibrated" if run.calibration else "") + ")")
+                  + (f"; probabilities {run.calibration['method']}-calibrated" if run.calibration else "") + ")", file=out)
         else:
             ranked = ", ".join(f"{c} {probs[0, j]:.3f}" for j, c in sorted(enumerate(run.classes), key=lambda t: -probs[0, t[0]]))
-            print(f"{paths[0]}: {r['prediction']}  ({ranked})")
+            print(f"{paths[0]}: {r['prediction']}  ({ranked})", file=out)
         return 0
-    w = csv.DictWriter(sys.stdout, fieldnames=csv_fields(run))
+    w = csv.DictWriter(out, fieldnames=csv_fields(run))
     w.writeheader()
     w.writerows(rows)
     return 0
@@ -455,7 +462,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
     from cxrkit.audit.messages import audit_messages
     from cxrkit.audit.report import save_audit
 
-    audit = audit_dataset(a.data, a.group_pattern, a.val_fraction, a.test_fraction, a.seed, a.cache_dir)
+    audit = audit_dataset(a.data, a.group_pattern, a.val_fraction, a.test_fraction, a.seed, a.cache_dir, progress=not a.quiet)
     out = Path(a.out or f"runs/audit-{Path(a.data).name}")
     save_audit(audit, out)
     print(f"{audit['n_files']} files audited in {audit['seconds']['total']:.1f} s ({audit['seconds']['files_computed']} read, the rest cached)")
@@ -463,6 +470,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
         print(("  " if not m.isupper() and not m.split(":")[0].isupper() else "! ") + m)
     print(f"audit.json and audit.html written to {out}/")
     v = audit["verdict"]
+    a.result = {"out": str(out), "messages": audit_messages(audit), "audit": audit}
     return 1 if a.strict and (v["leakage"] or v["shortcut"]) else 0
 
 
@@ -513,10 +521,15 @@ def cmd_tune(a: argparse.Namespace) -> int:
 def cmd_models(a: argparse.Namespace) -> int:
     from cxrkit.models.registry import MODELS, build_model, count_parameters
 
-    print(f"{'name':<20}{'parameters':>12}  description")
+    out = _result_stream()
+    rows = []
     for name, spec in MODELS.items():
         _, total = count_parameters(build_model(name, 1))
-        print(f"{name:<20}{total:>12,}  {spec.description}")
+        rows.append({"name": name, "parameters": total, "description": spec.description})
+    a.result = {"models": rows, "note": "parameter counts for a binary task; multi-class heads add a few per class"}
+    print(f"{'name':<20}{'parameters':>12}  description", file=out)
+    for r in rows:
+        print(f"{r['name']:<20}{r['parameters']:>12,}  {r['description']}", file=out)
     print("\n(parameter counts for a binary task; multi-class heads add a few per class)")
     return 0
 
@@ -584,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out from its last per-epoch checkpoint with its saved config.yaml (other options "
                         "are ignored); starts a new run when there is none, so the same command suits preemptible jobs")
     _add_train_options(t)
+    _output_options(t, json_output=False)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a run on a split (test by default), at its validation-chosen threshold")
@@ -610,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table holding the --by columns (default: the run's own --labels table); images matched by path or file name")
     e.add_argument("--by-pattern", action="append", default=None, metavar="NAME=REGEX",
                    help="subgroups from file names: the first capture group of REGEX, e.g. 'site=^(CHNCXR|MCUCXR)' (repeatable)")
+    _output_options(e)
     e.set_defaults(func=cmd_evaluate)
 
     ca = sub.add_parser("calibrate", help="fit a probability calibration on the validation split and store it in the run",
@@ -641,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--shard", default=None, metavar="K/N",
                     help="predict only every N-th image of the folder starting at K (processes share a folder this way); "
                          "under torchrun K/N come from RANK/WORLD_SIZE. Writes OUT.shardK-of-N.csv")
+    _output_options(pr)
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="export a run's model to ONNX, checked against PyTorch",
@@ -686,6 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--test-fraction", type=float, default=_defaults()["test_fraction"], help="as for train (default %(default)s)")
     au.add_argument("--seed", type=int, default=0, help="split seed, as for train (default %(default)s)")
     au.add_argument("--cache-dir", default=None, help="cache folder (default $CXRKIT_CACHE or ~/.cache/cxrkit)")
+    _output_options(au)
     au.set_defaults(func=cmd_audit)
 
     x = sub.add_parser("explain", help="heat maps of where the model looks, overlaid on the images (PNG per image and class)",
@@ -741,8 +758,97 @@ def build_parser() -> argparse.ArgumentParser:
     rf.set_defaults(func=cmd_referral)
 
     m = sub.add_parser("models", help="list the available models with parameter counts")
+    _output_options(m)
     m.set_defaults(func=cmd_models)
     return p
+
+
+def _output_options(p: argparse.ArgumentParser, json_output: bool = True) -> None:
+    """--json (one JSON document on stdout) and --quiet (no progress bars, no chatter) for a command."""
+    if json_output:
+        p.add_argument("--json", action="store_true",
+                       help="print one JSON document on stdout and nothing else (messages go to stderr); for scripts and pipelines")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no messages; only results (and errors, on stderr)")
+
+
+# The real stdout while a command runs with its chatter redirected (--json, --quiet); results are written here.
+_RESULT_STREAM = None
+
+
+def _result_stream():
+    """Where a command writes its results: stdout, even while --json/--quiet send its messages elsewhere."""
+    return _RESULT_STREAM or sys.stdout
+
+
+def _identity(run) -> dict:
+    """The model behind a result: id, version and decision rule (as the HTTP API reports it)."""
+    from cxrkit.serve.model_card import model_identity
+
+    return model_identity(run)
+
+
+def _json_row(row: dict) -> dict:
+    """A prediction row with numbers as numbers and empty cells as null."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, str) and v == "":
+            v = None
+        elif isinstance(v, str) and k.startswith("prob_"):
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        out[k] = v
+    return out
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Runs a command; with --json or --quiet its messages leave stdout, and --json prints the command's result document."""
+    import contextlib
+    import json
+
+    global _RESULT_STREAM
+    as_json, quiet = getattr(args, "json", False), getattr(args, "quiet", False)
+    args.json, args.quiet, args.result = as_json, quiet, None
+    if not as_json and not quiet:
+        return args.func(args)
+    real = sys.stdout
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(os.devnull, "w")) if quiet else sys.stderr
+        stack.enter_context(contextlib.redirect_stdout(sink))
+        _RESULT_STREAM = None if as_json else real
+        try:
+            code = args.func(args)
+        finally:
+            _RESULT_STREAM = None
+    if as_json:
+        real.write(json.dumps(_finite(args.result), indent=2, default=_json_default, allow_nan=False) + "\n")
+        real.flush()
+    return code
+
+
+def _finite(x):
+    """NaN and infinities become null: JSON has no such numbers and strict parsers refuse them."""
+    import math
+
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
+        return _finite(x.tolist())
+    return x
+
+
+def _json_default(x):
+    """numpy scalars and arrays, paths and sets in a result document."""
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, (Path, set, frozenset)):
+        return str(x) if isinstance(x, Path) else sorted(x)
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -755,7 +861,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxrkit.data.sources import DatasetError
 
     try:
-        return args.func(args)
+        return _run_command(args)
     except (DatasetError, ValueError) as exc:  # bad input: data, configs, run folders, weights, options
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
