@@ -29,7 +29,8 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
 
     d, aug = _defaults(), AUGMENT_PRESETS[DEFAULT_PRESET]
     g = p.add_argument_group("data")
-    g.add_argument("--image-size", type=int, default=d["image_size"], help="square side in pixels (default %(default)s)")
+    g.add_argument("--image-size", type=int, default=None,
+                   help=f"square side in pixels (default {d['image_size']}, or the images' own size when smaller, e.g. 28 for a 28-px MedMNIST file)")
     g.add_argument("--aspect", choices=ASPECTS, default=d["aspect"],
                    help="pad: keep aspect ratio, letterbox with black (default); squash: stretch to a square")
     g.add_argument("--intensity", choices=INTENSITY_MODES, default=d["intensity"],
@@ -126,7 +127,7 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         aug = replace(AUGMENT_PRESETS[a.augment_preset], hflip=a.hflip, **{k: v for k, v in given.items() if v is not None})
     return TrainConfig(
         data=data, out=out, labels=a.labels, label_column=a.label_column, task=a.task, resplit=a.resplit, oversample=a.oversample,
-        model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size, aspect=a.aspect,
+        model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size or _defaults()["image_size"], aspect=a.aspect,
         intensity=a.intensity, crop_border=a.crop_border, positive=a.positive,
         val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, allow_leakage=a.allow_leakage, seed=a.seed,
         epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
@@ -161,6 +162,22 @@ def _given_options(a: argparse.Namespace, model: str | None = None) -> dict:
     return {k: v for k, v in typed.items() if k not in ("data", "out") and v != default[k] and k in {f.name for f in fields(TrainConfig)}}
 
 
+def _native_size(cfg):
+    """The default image size follows the data: images smaller than it train at their own size (upsampling adds no detail)."""
+    from dataclasses import replace as _replace
+
+    from cxrkit.data.dataset import native_image_size
+    from cxrkit.record.meta import MIN_IMAGE_SIZE
+
+    native = native_image_size(cfg.data, cfg.labels, cfg.label_column, cfg.task, cfg.cache_dir)
+    if native is None or native >= cfg.image_size:
+        return cfg
+    size = max(native, MIN_IMAGE_SIZE)
+    print(f"note: the images are {native} px, smaller than the default {cfg.image_size} px, so they train at {size} px "
+          f"(upsampling adds no detail and costs time); --image-size {cfg.image_size} overrides this", file=sys.stderr)
+    return _replace(cfg, image_size=size)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from cxrkit.config import TrainConfig
     from cxrkit.record import CONFIG_FILE, read_meta
@@ -168,7 +185,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     out_dir = Path(a.out or f"runs/{a.model}")
     if a.resume and (out_dir / CONFIG_FILE).is_file():
-        cfg = TrainConfig.load(out_dir / CONFIG_FILE)  # the run's own settings
+        cfg = TrainConfig.load_saved(out_dir / CONFIG_FILE)  # the run's own settings
         if Path(cfg.data).resolve() != Path(a.data).resolve() and not Path(a.data).exists():
             raise ValueError(f"{out_dir} was trained on {cfg.data}, and {a.data} does not exist; --resume continues the same run")
         cfg.data, cfg.out = a.data, str(out_dir)  # where the data and the run folder are now
@@ -190,6 +207,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict({**d, **given, "data": a.data, "out": a.out or cfg.out})
     else:
         cfg = _config_from_args(a, a.data, str(out_dir))
+        if a.image_size is None:
+            cfg = _native_size(cfg)
     out = train(cfg, progress=not a.quiet, overwrite=a.overwrite, resume=a.resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only process 0 reports
         return 0
@@ -491,7 +510,7 @@ def cmd_explain(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from cxrkit.experiments.compare import compare, parse_models
 
-    models = parse_models(a.models, a.image_size)
+    models = parse_models(a.models, a.image_size or _defaults()["image_size"])
     base = _config_from_args(a, a.data, a.out, model=models[0][1])
     s = compare(a.data, models, a.out, base, split=a.split, resume=a.resume, overwrite=a.overwrite)
     print()

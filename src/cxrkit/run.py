@@ -210,7 +210,7 @@ class Run:
     def config(self) -> TrainConfig:
         """The training configuration stored with the run (config.yaml)."""
         try:
-            return TrainConfig.load(self.path / CONFIG_FILE)
+            return TrainConfig.load_saved(self.path / CONFIG_FILE)
         except (ConfigError, OSError) as exc:
             raise RunError(f"{self.path / CONFIG_FILE}: {exc}") from None
 
@@ -481,5 +481,14 @@ def load_run_dataset(
         intensity=run.preprocessing.intensity, crop_border=run.preprocessing.crop_border,
         **(cfg.dataset_options() if own else {"task": cfg.task}),
     )
+    if own and cfg.group_duplicates:
+        # Training grouped copies with the audit's hashes (a layer above this one): its splits.csv says where each image went.
+        from dataclasses import replace
+
+        from cxrkit.record.files import read_splits
+
+        given = read_splits(run.path)
+        if given:
+            ds = replace(ds, splits=np.array([given.get(rel, s) for rel, s in zip(ds.relpaths, ds.splits)]))
     return ds, cfg
 
