@@ -123,3 +123,27 @@ def test_heat_maps_use_a_perceptually_uniform_map():
 
     uniform = {"viridis", "magma", "cividis", "inferno", "plasma"}
     assert {DEFAULT_CMAP, HEAT_CMAP, SEQUENTIAL_CMAP} <= uniform
+
+
+def test_dataset_names_and_metric_text():
+    from cxrkit.report.narrative import dataset_name, metric_text
+
+    assert dataset_name("runs/demo/data") == "demo"
+    assert dataset_name("/work/shared/data/covid19_3class_640/") == "covid19_3class_640"
+    assert dataset_name("x/pneumoniamnist_28_balanced.npz") == "pneumoniamnist_28_balanced"
+    assert dataset_name("/data/images/train") == "train" and dataset_name(None) is None  # nothing better: the folder itself
+    assert metric_text("ppv", {"value": 0.8, "ci": [0.5, 0.95]}) == "80.0% (95% CI 50.0–95.0%)"
+    assert metric_text("roc_auc", {"value": 0.91234, "ci": [0.8, 0.97]}) == "0.912 (95% CI 0.800–0.970)"
+    assert metric_text("npv", {"value": None}) == "n/a"
+
+
+def test_model_card_speaks_words_and_percentages(tiny_run):
+    from cxrkit.run import Run
+    from cxrkit.serve.model_card import model_card
+
+    card = model_card(Run.load(tiny_run, engine="torch"))
+    val = card["metrics"]["val"]
+    assert val["split_name"] == "validation"
+    assert val["ppv"]["name"] == "positive predictive value (PPV)" and val["ppv"]["text"].endswith("%)")
+    assert 0 <= val["ppv"]["value"] <= 1  # programs still get fractions
+    assert card["training_data"]["dataset"] == "tb0"  # the binary_data fixture's folder, not "data"
