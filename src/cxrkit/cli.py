@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cxrkit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="command")
 
-    d = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, in under 3 minutes on a CPU")
+    d = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, about 20 seconds on 2 CPU cores")
     d.add_argument("--out", default="runs/demo", help="run folder (default %(default)s)")
     d.add_argument("--model", default="cnn")
     d.add_argument("--epochs", type=int, default=15)

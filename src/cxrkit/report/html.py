@@ -14,8 +14,21 @@ from cxrkit.data.augment import AugmentConfig
 from cxrkit.models.registry import MODELS
 from cxrkit.record import CALIBRATION_FILE, CONFIG_FILE, atomic_write_text, read_json, read_meta, read_metrics
 from cxrkit.record.files import AUDIT_FILE, REPORT_FILE
+from cxrkit.report.narrative import (
+    METRIC_WORDS,
+    SCORE_KEYS,
+    SPLIT_WORDS,
+    binary_sentences,
+    ci_text,
+    metric_words,
+    multiclass_sentences,
+    multilabel_sentences,
+    pct,
+    plural,
+    screening_sentences,
+    split_words,
+)
 from cxrkit.report.plots import MIN_BIN_COUNT
-from cxrkit.report.narrative import METRIC_WORDS, SCORE_KEYS, SPLIT_WORDS, binary_sentences, metric_words, plural, ci_text, multiclass_sentences, multilabel_sentences, pct, screening_sentences, split_words
 
 # Table rows start with a capital; the words themselves live in narrative.METRIC_WORDS (shared with the model card).
 METRIC_LABELS = {k: v[0].upper() + v[1:] for k, v in METRIC_WORDS.items()}

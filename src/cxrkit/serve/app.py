@@ -232,8 +232,8 @@ def add_offline_docs(app: FastAPI) -> None:
     Hospital networks are often cut off from the internet; FastAPI's default page loads its JavaScript from a CDN and
     stays blank there. This is FastAPI's "self-hosting JavaScript and CSS for docs" recipe.
     """
-    from fastapi.openapi.docs import get_swagger_ui_html
     import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
 
     folder = Path(fastapi_offline.__file__).parent / "static"
 
