@@ -72,6 +72,11 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                    help="backbone learning rate = --lr x this (discriminative learning rates; e.g. 0.1) (default %(default)s)")
     g.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average 5 views (zoom +-5%%, shift +-3%%) for the threshold, evaluation and prediction")
+    g = p.add_argument_group("tracking")
+    g.add_argument("--track", default=None, metavar="mlflow[:URI]|tensorboard[:DIR]",
+                   help="log parameters, per-epoch figures, validation metrics with CIs, the report and the model to MLflow "
+                        "(e.g. mlflow:sqlite:///mlflow.db; default $MLFLOW_TRACKING_URI) or TensorBoard (default runs/tensorboard); "
+                        "needs pip install 'cxrkit[track]'")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d["epochs"], help="maximum epochs (default %(default)s)")
     g.add_argument("--patience", type=int, default=d["patience"], help="early-stopping patience on validation AUC (default %(default)s)")
@@ -209,7 +214,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = _config_from_args(a, a.data, str(out_dir))
         if a.image_size is None:
             cfg = _native_size(cfg)
-    out = train(cfg, progress=not a.quiet, overwrite=a.overwrite, resume=a.resume)
+    from cxrkit.training.tracking import make_tracker
+
+    out = train(cfg, progress=not a.quiet, overwrite=a.overwrite, resume=a.resume, tracker=make_tracker(a.track))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only process 0 reports
         return 0
 
@@ -294,7 +301,15 @@ def _subgroup_summary(subgroups: dict) -> None:
         return f"{e['value']:.3f}{ci}".ljust(20)
 
     for name, sub in subgroups.items():
-        results = sub.get("per_finding") or {"": sub}
+        if "per_finding" in sub:  # multi-label: the per-finding tables are in the report and metrics.json
+            print(f"\nsubgroups by {name} (mean of per-finding ROC-AUCs; per-finding figures in report.html and metrics.json):")
+            for g in sub["summary"]:
+                auc = "n/a" if g["mean_auc"] is None else f"{g['mean_auc']:.3f} over {g['findings_measured']} findings"
+                print(f"  {g['group'][:14]:<14}{g['n']:>6}  {auc}")
+            for finding, sentence in sub["gaps_excluding_zero"].items():
+                print(f"  {finding}: {sentence}")
+            continue
+        results = {"": sub}
         for finding, r in results.items():
             print(f"\nsubgroups by {name}{' (' + r['binning'] + ')' if r.get('binning') else ''}{', ' + finding if finding else ''}:")
             print(f"  {'group':<14}{'n':>6}{'pos':>6}  {'sensitivity':<20}{'specificity':<20}{'ROC-AUC':<20}")
@@ -512,7 +527,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
     models = parse_models(a.models, a.image_size or _defaults()["image_size"])
     base = _config_from_args(a, a.data, a.out, model=models[0][1])
-    s = compare(a.data, models, a.out, base, split=a.split, resume=a.resume, overwrite=a.overwrite)
+    from cxrkit.training.tracking import make_tracker
+
+    make_tracker(a.track)  # a missing tracking library is an error before the first model trains
+    s = compare(a.data, models, a.out, base, split=a.split, resume=a.resume, overwrite=a.overwrite, track=a.track)
     print()
     print((Path(a.out) / "comparison.md").read_text())
     print(f"comparison written to {a.out}/ (comparison.csv, comparison.md, report.html)")
@@ -525,7 +543,11 @@ def cmd_tune(a: argparse.Namespace) -> int:
     out = a.out or f"runs/tune-{a.model}"
     base = _config_from_args(a, a.data, out)
     sizes = [int(x) for x in a.image_sizes.split(",")] if a.image_sizes else None
-    s = tune(a.data, base, a.trials, out, storage=a.storage, study_name=a.study_name, image_sizes=sizes, timeout_minutes=a.timeout_minutes)
+    from cxrkit.training.tracking import make_tracker
+
+    make_tracker(a.track)
+    s = tune(a.data, base, a.trials, out, storage=a.storage, study_name=a.study_name, image_sizes=sizes, timeout_minutes=a.timeout_minutes,
+             track=a.track)
     print(f"\nstudy {s['study']}: {s['trials']} trial(s), {s['completed']} completed, {s['pruned']} pruned, {s['failed']} failed "
           f"(all trials in {out}/trials.csv)")
     if "best_val_auc" not in s:
