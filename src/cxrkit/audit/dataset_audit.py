@@ -14,7 +14,7 @@ import numpy as np
 
 from cxrkit.audit.duplicates import clusters, duplicate_report, near_pairs
 from cxrkit.audit.features import FEATURES_VERSION, read_records
-from cxrkit.audit.messages import audit_messages
+from cxrkit.audit.messages import audit_messages, count
 from cxrkit.audit.report import save_audit
 from cxrkit.audit.shortcut import shortcut_probe
 from cxrkit.data.sources import ImageFolderSource, cache_root, open_image_folder
@@ -87,12 +87,12 @@ def audit_source(
     probe = shortcut_probe([records[i] for i in ok], np.array([class_index[groups_of[i]] for i in ok]), group_names, seed=seed)
     leaks = []
     if dup["exact"]["across_splits"]:
-        leaks.append(f"{dup['exact']['across_splits']} group(s) of byte-identical images span two splits")
+        leaks.append(f"{count(dup['exact']['across_splits'], 'group')} of byte-identical images span two splits")
     near_only = dup["near"]["across_splits"] - dup["exact"]["across_splits"]
     if near_only > 0:
-        leaks.append(f"{near_only} group(s) of near-identical images (resized or re-encoded copies) span two splits")
+        leaks.append(f"{count(near_only, 'group')} of near-identical images (resized or re-encoded copies) span two splits")
     if patients and sum(patients["shared"].values()):
-        leaks.append(f"{sum(patients['shared'].values())} patient ID(s) appear in two splits ({patients['shared']})")
+        leaks.append(f"{count(sum(patients['shared'].values()), 'patient ID')} appear in two splits ({patients['shared']})")
     verdict = {"leakage": bool(leaks), "leakage_reasons": leaks, "shortcut": probe["warning"],
                "conflicting_labels": dup["exact"]["across_classes"] + dup["near"]["across_classes"]}
     result = {

@@ -248,7 +248,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
         duplicate_groups=copies, **cfg.dataset_options(),
     )
     if ds.duplicate_groups:
-        log(f"splits: {ds.duplicate_groups} group(s) of identical or near-identical images kept in one split each "
+        log(f"splits: {ds.duplicate_groups} group{'' if ds.duplicate_groups == 1 else 's'} of identical or near-identical images kept in one split each "
             "(cxrkit cut the splits, so copies were grouped like a patient's images)")
 
     audit = audit_before_training(ds, cfg.group_pattern, cfg.allow_leakage, out, cfg.seed, cfg.cache_dir, progress, resplit=cfg.resplit)
