@@ -120,6 +120,7 @@ def test_page_docs_and_report_offline(server, tiny_run, tmp_path, width):
         assert not [k for k in RAW_KEYS if k in card], card
         assert "positive predictive value (PPV)" in card and "%" in card
         assert "Training data: tb0 — training: 38 healthy, 38 tb" in card  # the dataset's folder name, splits in words
+        assert "chosen on the validation split" in card
         page.get_by_role("button", name="Try a synthetic sample image").click()
         page.wait_for_selector("#results .result .decision", timeout=30_000)
         assert _fits(page), "the page scrolls sideways"

@@ -28,7 +28,7 @@ def decision_rule(run: Run) -> dict:
         out = {"threshold": t["value"], "rule": t["rule"], "chosen_on": t.get("chosen_on", "val"), "positive_class": run.classes[1],
                "kind": t.get("kind", "point"), "guarantee": t.get("guarantee"),
                "words": f"called {run.classes[1]} when P({run.classes[1]}) >= {t['value']:.3f} "
-                        f"(threshold chosen on the {t.get('chosen_on', 'val')} split by rule {t['rule']})"}
+                        f"(threshold chosen on the {split_words(t.get('chosen_on', 'val'))} split by rule {t['rule']})"}
         band = run.record.referral
         if band is not None:
             out["referral"] = {"lower": band["lower"], "upper": band["upper"], "spec": band.get("spec")}
