@@ -112,3 +112,10 @@ def test_table_leak_points_to_resplit(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--resplit" in err and "--group-pattern" not in err
     assert main([*args, "--resplit", "--out", str(tmp_path / "r2")]) == 0
+
+
+def test_python_api_follows_the_native_size_too(binary_data, tmp_path):
+    import cxrkit
+
+    run = cxrkit.train(binary_data, out=str(tmp_path / "r"), model="mlp", epochs=1, batch_size=16, progress=False)
+    assert run.preprocessing.image_size == 48  # the fixture's images are 48 px

@@ -27,6 +27,17 @@ def train(data: str | Path, *, progress: bool = True, overwrite: bool = False, r
     from cxrkit.training import train as _train
 
     cfg = TrainConfig.from_dict({"data": str(data), **options})
+    if "image_size" not in options and not resume:
+        # As on the command line: images smaller than the default train at their own size.
+        from cxrkit.data.dataset import native_image_size
+        from cxrkit.record.meta import MIN_IMAGE_SIZE
+
+        native = native_image_size(cfg.data, cfg.labels, cfg.label_column, cfg.task, cfg.cache_dir)
+        if native is not None and native < cfg.image_size:
+            if progress:
+                print(f"note: the images are {native} px, smaller than the default {cfg.image_size} px, so they train at "
+                      f"{max(native, MIN_IMAGE_SIZE)} px (pass image_size= to override)")
+            cfg.image_size = max(native, MIN_IMAGE_SIZE)
     return Run.load(_train(cfg, progress=progress, overwrite=overwrite, resume=resume))
 
 
