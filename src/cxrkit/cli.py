@@ -344,10 +344,15 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from cxrkit.serve.app import Limits, create_app
 
     limits = Limits(max_file_bytes=int(a.max_upload_mb * 1024 * 1024), max_files=a.max_files, max_pixels=a.max_pixels)
-    app = create_app(a.run, engine=a.engine, api_key=a.api_key, limits=limits, cors_origins=a.cors_origin)
+    api_key = a.api_key
+    if a.api_key_file:
+        from cxrkit.serve.guard import read_api_key_file
+
+        api_key = read_api_key_file(a.api_key_file)
+    app = create_app(a.run, engine=a.engine, api_key=api_key, limits=limits, cors_origins=a.cors_origin)
     svc = app.state.service
     print(f"serving {svc.identity['id']} (version {svc.identity['version']}, {svc.run.engine}) on http://{a.host}:{a.port}/ "
-          f"(API docs at /docs{'; API key required' if (a.api_key or os.environ.get('CXRKIT_API_KEY')) else ''})")
+          f"(API docs at /docs{'; API key required' if (api_key or os.environ.get('CXRKIT_API_KEY')) else ''})")
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
     return 0
 
@@ -551,7 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("run", help="run folder")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
-    sv.add_argument("--api-key", default=None, help="require this key as X-API-Key on /v1/* (default: $CXRKIT_API_KEY; none when unset)")
+    key = sv.add_mutually_exclusive_group()
+    key.add_argument("--api-key", default=None,
+                     help="require this key as X-API-Key on /v1/* (default: $CXRKIT_API_KEY; none when unset); visible to other "
+                          "users in `ps`, so prefer --api-key-file or the variable")
+    key.add_argument("--api-key-file", default=None, metavar="FILE", help="read the key from the first line of FILE (e.g. a mounted secret)")
     sv.add_argument("--engine", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
                     help="auto (default): ONNX Runtime when model.onnx matches the weights, else PyTorch")
     sv.add_argument("--max-upload-mb", type=float, default=50, help="largest file accepted, in MiB (default %(default)s)")

@@ -13,7 +13,6 @@ and the model behind a lock, so concurrent requests queue instead of fighting ov
 from __future__ import annotations
 
 import base64
-import hmac
 import io
 import logging
 import os
@@ -32,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cxrkit import __version__
 from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from cxrkit.run import Run
+from cxrkit.serve.guard import ApiKeyGate
 from cxrkit.serve.model_card import decision_rule, model_card, model_identity
 
 log = logging.getLogger("cxrkit.serve")
@@ -225,8 +225,8 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
                cors_origins: list[str] | None = None) -> FastAPI:
     """The FastAPI app serving the run in ``run_dir``; the model is loaded here, once.
 
-    ``api_key`` (default: the ``CXRKIT_API_KEY`` environment variable; ``""`` for none) is then required on ``/v1/predict``
-    and ``/v1/model`` as ``X-API-Key`` or ``Authorization: Bearer``. CORS stays off unless
+    ``api_key`` (default: the ``CXRKIT_API_KEY`` environment variable; ``""`` for none) is then required on every
+    ``/v1/`` route as ``X-API-Key`` or ``Authorization: Bearer``, checked from the headers before the body is read. CORS stays off unless
     ``cors_origins`` names the origins allowed to call the API from a browser.
     """
     limits = limits or Limits()
@@ -238,6 +238,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
                               f"({service.identity['architecture']}, version {service.identity['version']}). Not a medical device.")
     app.state.service = service
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(ApiKeyGate, api_key=api_key)  # outside the body limit: no key, no body read
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -261,30 +262,18 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
         log.exception("unexpected error on %s", request.url.path)
         return _error(500, "internal_error", "unexpected server error; it has been logged")
 
-    def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization") or ""
-        if not given and auth.lower().startswith("bearer "):
-            given = auth[7:]
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong API key (send it as X-API-Key)")
-
     @app.get("/healthz", summary="liveness: the model is loaded")
     async def healthz() -> dict:
         return {"status": "ok", "model": service.identity["id"], "version": service.identity["version"], "engine": service.run.engine}
 
     @app.get("/v1/model", summary="model card: training data, metrics with 95% CIs, intended use, limitations")
-    async def model(request: Request) -> dict:
-        check_key(request)
+    async def model() -> dict:
         return {**service.card, "auth_required": api_key is not None}
 
     @app.post("/v1/predict", summary="classify one or more uploaded radiographs (PNG, JPEG, BMP, TIFF or DICOM)")
-    async def predict(request: Request, files: list[UploadFile] = File(..., description="one or more image files"),
+    async def predict(files: list[UploadFile] = File(..., description="one or more image files"),
                       explain: bool = Query(False, description="add a Grad-CAM overlay (PNG, base64) per image"),
                       preview: bool = Query(False, description="add the image as the model sees it (PNG, base64)")) -> dict:
-        check_key(request)
         if len(files) > limits.max_files:
             raise ApiError(400, "too_many_files", f"{len(files)} files; at most {limits.max_files} per request")
         uploads = []
