@@ -20,13 +20,34 @@ def _defaults() -> dict:
     return {f.name: f.default for f in fields(TrainConfig) if f.name not in ("data", "augment")}
 
 
+# The image side is bounded: the cache holds N x S x S bytes and a model's activations grow with S squared,
+# so a mistyped 100000 would otherwise ask for tens of GB before failing.
+MAX_IMAGE_SIZE = 2048
+
+
+def bounded_int(lo: int, hi: int):
+    """An argparse type: a whole number from ``lo`` to ``hi``, else a one-line usage error (exit status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}-{hi}")
+        return value
+
+    return parse
+
+
 def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) -> None:
 
     from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
 
     d, aug = _defaults(), AUGMENT_PRESETS[DEFAULT_PRESET]
     g = p.add_argument_group("data")
-    g.add_argument("--image-size", type=int, default=d["image_size"], help="square side in pixels (default %(default)s)")
+    g.add_argument("--image-size", type=bounded_int(8, MAX_IMAGE_SIZE), default=d["image_size"],
+                   help=f"square side in pixels, 8-{MAX_IMAGE_SIZE} (default %(default)s)")
     g.add_argument("--aspect", choices=["pad", "squash"], default=d["aspect"],
                    help="pad: keep aspect ratio, letterbox with black (default); squash: stretch to a square")
     g.add_argument("--intensity", choices=["none", "zscore", "percentile", "histeq", "clahe"], default=d["intensity"],
@@ -72,7 +93,7 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--epochs", type=int, default=d["epochs"], help="maximum epochs (default %(default)s)")
     g.add_argument("--patience", type=int, default=d["patience"], help="early-stopping patience on validation AUC (default %(default)s)")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this much wall-clock time")
-    g.add_argument("--batch-size", type=int, default=d["batch_size"])
+    g.add_argument("--batch-size", type=bounded_int(1, 4096), default=d["batch_size"])
     g.add_argument("--lr", type=float, default=d["lr"], help="AdamW learning rate (default %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
     g.add_argument("--schedule", choices=["cosine", "plateau", "constant"], default=d["schedule"])
@@ -343,7 +364,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     from cxrkit.serve.app import Limits, create_app
 
-    limits = Limits(max_file_bytes=int(a.max_upload_mb * 1024 * 1024), max_files=a.max_files, max_pixels=a.max_pixels)
+    limits = Limits(max_file_bytes=int(a.max_upload_mb * 1024 * 1024), max_files=a.max_files, max_pixels=a.max_pixels, max_decodes=a.max_decodes)
     api_key = a.api_key
     if a.api_key_file:
         from cxrkit.serve.guard import read_api_key_file
@@ -527,8 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None,
                     help="CSV file to write, checkpointed atomically; run again with the same --out to resume (files with "
                          "a result are skipped, failed ones retried) (default: print)")
-    pr.add_argument("--batch-size", type=int, default=32)
-    pr.add_argument("--workers", type=int, default=4, help="threads decoding images while the model runs (0: none) (default %(default)s)")
+    pr.add_argument("--batch-size", type=bounded_int(1, 1024), default=32, help="images per model call, 1-1024 (default %(default)s)")
+    pr.add_argument("--workers", type=bounded_int(0, 64), default=4, help="threads decoding images while the model runs (0: none) (default %(default)s)")
     pr.add_argument("--engine", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
                     help="auto (default): ONNX Runtime when `cxrkit export` wrote model.onnx for these weights, else PyTorch; "
                          "or force one (onnx-int8 needs `cxrkit export --quantize int8`)")
@@ -564,8 +585,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--engine", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
                     help="auto (default): ONNX Runtime when model.onnx matches the weights, else PyTorch")
     sv.add_argument("--max-upload-mb", type=float, default=50, help="largest file accepted, in MiB (default %(default)s)")
-    sv.add_argument("--max-files", type=int, default=16, help="most files per request (default %(default)s)")
-    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels, checked before decoding (default %(default)s)")
+    sv.add_argument("--max-files", type=bounded_int(1, 256), default=16, help="most files per request (default %(default)s)")
+    sv.add_argument("--max-pixels", type=bounded_int(4096, 200_000_000), default=40_000_000,
+                    help="largest image in pixels, checked before decoding (default %(default)s)")
+    sv.add_argument("--max-decodes", type=bounded_int(1, 64), default=2,
+                    help="images decoded at once across all requests; bounds memory (default %(default)s)")
     sv.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                     help="allow browser calls from this origin (repeatable); CORS is off by default")
     sv.set_defaults(func=cmd_serve)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -24,6 +25,9 @@ PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 ASPECT_MODES = ("pad", "squash")
 # Larger than any radiograph (a 4k x 5k detector is 20 MP); guards against decompression bombs.
 MAX_PIXELS = 80_000_000
+# Wide images are stretched to 8 bits this many rows at a time, so a 16-bit 6000 x 6000 image never
+# exists as one float64 array (288 MB, and as much again for each temporary).
+STRETCH_ROWS = 256
 
 
 class ImageDecodeError(ValueError):
@@ -55,16 +59,34 @@ def to_grayscale_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode in ("L", "1", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "PA", "RGBX", "LAB", "HSV"):
         return np.asarray(img.convert("L"), dtype=np.uint8)
-    # Wide modes: I;16, I;16B, I;16L, I, F and friends.
-    arr = np.asarray(img, dtype=np.float64)
-    if arr.ndim == 3:
-        arr = arr[..., :3].mean(axis=2)
-    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    # Wide modes: I;16, I;16B, I;16L, I, F and friends, read in row blocks from Pillow's own buffer.
+    w, h = img.size
+
+    def blocks():
+        for y in range(0, h, STRETCH_ROWS):
+            block = np.asarray(img.crop((0, y, w, min(h, y + STRETCH_ROWS))), dtype=np.float64)
+            yield y, block[..., :3].mean(axis=2) if block.ndim == 3 else block
+
+    return stretch_to_uint8(blocks, (h, w))
+
+
+def stretch_to_uint8(blocks, shape: tuple[int, int]) -> np.ndarray:
+    """Stretch an image given as row blocks (a callable yielding ``(first_row, float block)``) from its minimum to maximum into uint8.
+
+    Two passes over the blocks (minimum and maximum, then the mapping), so memory is one block of float64
+    plus the uint8 result; the values are those of the whole-array formula.
+    """
+    lo, hi = np.inf, -np.inf
+    for _, block in blocks():
+        lo, hi = min(lo, float(np.nanmin(block))), max(hi, float(np.nanmax(block)))
     if not np.isfinite(lo) or not np.isfinite(hi):
         raise ImageDecodeError("image contains non-finite values")
+    out = np.zeros(shape, dtype=np.uint8)
     if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        return out
+    for y, block in blocks():
+        out[y : y + len(block)] = np.round((block - lo) * (255.0 / (hi - lo)))
+    return out
 
 
 def fit_square(gray: np.ndarray, size: int, aspect: str = "pad") -> np.ndarray:
@@ -88,8 +110,8 @@ def fit_square(gray: np.ndarray, size: int, aspect: str = "pad") -> np.ndarray:
     return np.array(canvas, dtype=np.uint8)
 
 
-def read_grayscale(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode a file (path or its bytes) at full resolution into a 2-D uint8 array.
+def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a file (path, its bytes or an open binary file, e.g. a spooled upload) at full resolution into a 2-D uint8 array.
 
     The content decides the reader, not the name: DICOM Part 10 files (``DICM`` at byte 128) go
     through :func:`cxrkit.data.dicom.read_dicom`, everything else through Pillow restricted to
@@ -98,6 +120,10 @@ def read_grayscale(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> 
     try:
         if isinstance(source, bytes):
             head = source[:132]
+        elif hasattr(source, "read"):
+            start = source.tell()
+            head = source.read(132)
+            source.seek(start)
         else:
             with open(source, "rb") as f:
                 head = f.read(132)
@@ -112,7 +138,7 @@ def read_grayscale(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> 
     if is_dicom_bytes(head):
         return read_dicom(source, max_pixels)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=PIL_FORMATS) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=PIL_FORMATS) as img:  # type: ignore[arg-type]
             if img.width * img.height > max_pixels:
                 raise ImageTooLargeError(f"image too large ({img.width}x{img.height} pixels; the limit is {max_pixels:,})")
             img.load()
@@ -130,10 +156,10 @@ def read_grayscale(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> 
 
 
 def load_grayscale(
-    source: str | Path | bytes, size: int, aspect: str = "pad", intensity: str = "none", crop_border: bool = False,
+    source: str | Path | bytes | BinaryIO, size: int, aspect: str = "pad", intensity: str = "none", crop_border: bool = False,
     max_pixels: int = MAX_PIXELS,
 ) -> np.ndarray:
-    """Read one image file (a path or its bytes) and return it as a ``size`` x ``size`` uint8 grayscale array.
+    """Read one image file (a path, its bytes or an open binary file) and return it as a ``size`` x ``size`` uint8 grayscale array.
 
     ``crop_border`` removes uniform outer bands and ``intensity`` normalises the image
     (:mod:`cxrkit.data.intensity`), both at full resolution before resizing.

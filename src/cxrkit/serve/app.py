@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from fastapi import FastAPI, File, Query, Request, UploadFile
@@ -46,6 +47,14 @@ class Limits:
     max_file_bytes: int = 50 * 1024 * 1024  # a 16-bit 4k x 4k DICOM is ~32 MB
     max_files: int = 16
     max_pixels: int = 40_000_000  # twice a 4.3k x 4.3k detector
+    max_decodes: int = 2  # images decoded at once across all requests: each full-size decode holds up to ~3 bytes a pixel
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("max_file_bytes", 1024, 1024**3), ("max_files", 1, 256), ("max_pixels", 4096, 200_000_000),
+                             ("max_decodes", 1, 64)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{name} must be a whole number from {lo:,} to {hi:,}, got {value!r}")
 
     @property
     def max_body_bytes(self) -> int:
@@ -114,6 +123,20 @@ def _sniff(data: bytes) -> str:
     return "unknown"
 
 
+def _size(data: bytes | BinaryIO) -> int:
+    if isinstance(data, bytes):
+        return len(data)
+    return data.seek(0, io.SEEK_END) - data.seek(0)
+
+
+def _head(data: bytes | BinaryIO) -> bytes:
+    if isinstance(data, bytes):
+        return data[:132]
+    head = data.read(132)
+    data.seek(0)
+    return head
+
+
 def _png_bytes(gray: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -132,6 +155,7 @@ class Service:
     def __init__(self, run: Run, limits: Limits) -> None:
         self.run, self.limits = run, limits
         self.lock = threading.Lock()
+        self.decode_slots = threading.BoundedSemaphore(limits.max_decodes)
         self.identity = model_identity(run)
         self.rule = decision_rule(run)
         self.card = model_card(run)
@@ -145,14 +169,16 @@ class Service:
         img = synthetic_cxr(np.random.default_rng(0), self.run.preprocessing.image_size)
         self.predict([("warm-up", _png_bytes(img))], explain=False, preview=False)
 
-    def decode(self, name: str, data: bytes) -> np.ndarray:
-        """One upload -> uint8 (S, S) at the run's size, or an :class:`ApiError` saying what is wrong with it."""
-        if not data:
+    def decode(self, name: str, data: bytes | BinaryIO) -> np.ndarray:
+        """One upload (bytes or a spooled file) -> uint8 (S, S) at the run's size, or an :class:`ApiError` saying what is wrong with it."""
+        size = _size(data)
+        if not size:
             raise ApiError(400, "empty_file", "the file is empty", name)
-        if len(data) > self.limits.max_file_bytes:
-            raise ApiError(413, "file_too_large", f"file is {len(data):,} bytes; the limit is {self.limits.max_file_bytes:,}", name)
+        if size > self.limits.max_file_bytes:
+            raise ApiError(413, "file_too_large", f"file is {size:,} bytes; the limit is {self.limits.max_file_bytes:,}", name)
         try:
-            return self.run.preprocessing.load(data, max_pixels=self.limits.max_pixels)
+            with self.decode_slots:  # bounds the full-resolution images held at once, whatever the number of requests
+                return self.run.preprocessing.load(data, max_pixels=self.limits.max_pixels)
         except ImageTooLargeError as exc:
             raise ApiError(413, "too_many_pixels", str(exc), name) from exc
         except UnsupportedImageError as exc:
@@ -162,7 +188,7 @@ class Service:
         except (MemoryError, RecursionError) as exc:  # hostile files can exhaust a decoder; refuse them, do not crash
             raise ApiError(422, "undecodable_image", f"cannot decode image: {type(exc).__name__}", name) from exc
 
-    def predict(self, uploads: list[tuple[str, bytes]], explain: bool, preview: bool) -> dict:
+    def predict(self, uploads: list[tuple[str, bytes | BinaryIO]], explain: bool, preview: bool) -> dict:
         """Decode every upload (all must be valid), classify them in one batch, describe each result."""
         images = np.stack([self.decode(name, data) for name, data in uploads])
         heat = None
@@ -185,7 +211,7 @@ class Service:
         for i, (name, data) in enumerate(uploads):
             label = labels[i]
             result = {
-                "file": name, "bytes": len(data), "format": _sniff(data),
+                "file": name, "bytes": _size(data), "format": _sniff(_head(data)),
                 "probabilities": {c: round(float(probs[i, j]), 6) for j, c in enumerate(self.run.classes)},
                 "decision": {**{k: v for k, v in self.rule.items() if k != "words"}, "label": label,
                              "words": self._words(probs[i], label), "rule_words": self.rule["words"]},
@@ -276,11 +302,8 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
                       preview: bool = Query(False, description="add the image as the model sees it (PNG, base64)")) -> dict:
         if len(files) > limits.max_files:
             raise ApiError(400, "too_many_files", f"{len(files)} files; at most {limits.max_files} per request")
-        uploads = []
-        for f in files:
-            name = f.filename or "upload"
-            data = await f.read(limits.max_file_bytes + 1)
-            uploads.append((name, data))
+        # Starlette spooled each file to a temporary file past 1 MB; decoding reads from there, never a whole copy in memory.
+        uploads = [(f.filename or "upload", f.file) for f in files]
         if explain:
             try:
                 import cxrkit.explain.cam  # noqa: F401
