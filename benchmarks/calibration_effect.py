@@ -14,9 +14,9 @@ import argparse
 
 import numpy as np
 
-from cxrkit.evaluation.calibration import brier_score, expected_calibration_error, fit_calibration
+from cxrkit.metrics.calibration import brier_score, expected_calibration_error, fit_calibration
 from cxrkit.evaluation.evaluate import load_run_dataset
-from cxrkit.evaluation.thresholds import choose_threshold
+from cxrkit.metrics.thresholds import choose_threshold
 from cxrkit.run import Run
 
 

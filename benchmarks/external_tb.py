@@ -30,7 +30,7 @@ import numpy as np
 from cxrkit.config import TrainConfig
 from cxrkit.data.augment import AUGMENT_PRESETS
 from cxrkit.evaluation.evaluate import evaluate_run
-from cxrkit.evaluation.intervals import delong_paired
+from cxrkit.metrics.intervals import delong_paired
 from cxrkit.training import train
 
 GROUP = r"((?:CHN|MCU)CXR_\d+)"

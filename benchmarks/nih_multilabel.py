@@ -24,7 +24,7 @@ import numpy as np
 
 from cxrkit.config import TrainConfig
 from cxrkit.evaluation.evaluate import evaluate_run
-from cxrkit.evaluation.intervals import delong_paired
+from cxrkit.metrics.intervals import delong_paired
 from cxrkit.training import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_cxr14_1000_64"

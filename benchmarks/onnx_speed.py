@@ -67,7 +67,7 @@ def main() -> None:
             print(f"{e:<12}{batch:>6}{1000 * t:>12.2f}{batch / t:>10.0f}{base / t:>9.2f}x")
 
     from cxrkit.evaluation.evaluate import load_run_dataset
-    from cxrkit.evaluation.intervals import delong_interval, delong_paired
+    from cxrkit.metrics.intervals import delong_interval, delong_paired
 
     ds, _ = load_run_dataset(probe, a.data, progress=False)
     idx = ds.index(a.split)

@@ -13,7 +13,7 @@ import argparse
 import time
 
 from cxrkit.evaluation.evaluate import load_run_dataset
-from cxrkit.evaluation.intervals import delong_interval, delong_paired
+from cxrkit.metrics.intervals import delong_interval, delong_paired
 from cxrkit.run import Run
 
 

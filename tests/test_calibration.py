@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cxrkit.cli import main
-from cxrkit.evaluation.calibration import Calibration, brier_score, expected_calibration_error, fit_calibration
-from cxrkit.evaluation.decision_curve import net_benefit
-from cxrkit.evaluation.operating_points import operating_points, ppv_npv_at_prevalence, screening_outcomes, who_triage_check
+from cxrkit.metrics.calibration import Calibration, brier_score, expected_calibration_error, fit_calibration
+from cxrkit.metrics.decision_curve import net_benefit
+from cxrkit.metrics.operating_points import operating_points, ppv_npv_at_prevalence, screening_outcomes, who_triage_check
 from cxrkit.run import Run
 
 

@@ -15,7 +15,7 @@ from cxrkit.config import TrainConfig
 from cxrkit.data.augment import AugmentConfig
 from cxrkit.data.synthetic import MULTILABEL_FINDINGS, make_synthetic_multilabel
 from cxrkit.evaluation.evaluate import evaluate_run
-from cxrkit.evaluation.metrics import multilabel_metrics
+from cxrkit.metrics.classification import multilabel_metrics
 from cxrkit.run import Run
 from cxrkit.training import train
 from cxrkit.training.imbalance import make_loss, oversampled_order, repeat_factors

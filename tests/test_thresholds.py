@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cxrkit.evaluation.thresholds import choose_threshold, parse_rule
+from cxrkit.metrics.thresholds import choose_threshold, parse_rule
 
 Y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
 P = np.array([0.05, 0.1, 0.2, 0.35, 0.6, 0.3, 0.55, 0.7, 0.8, 0.9])

@@ -20,11 +20,6 @@ def _defaults() -> dict:
     return {f.name: f.default for f in fields(TrainConfig) if f.name not in ("data", "augment")}
 
 
-# The image side is bounded: the cache holds N x S x S bytes and a model's activations grow with S squared,
-# so a mistyped 100000 would otherwise ask for tens of GB before failing.
-MAX_IMAGE_SIZE = 2048
-
-
 def bounded_int(lo: int, hi: int):
     """An argparse type: a whole number from ``lo`` to ``hi``, else a one-line usage error (exit status 2)."""
 
@@ -43,11 +38,12 @@ def bounded_int(lo: int, hi: int):
 def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) -> None:
 
     from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
+    from cxrkit.record.meta import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
     d, aug = _defaults(), AUGMENT_PRESETS[DEFAULT_PRESET]
     g = p.add_argument_group("data")
-    g.add_argument("--image-size", type=bounded_int(8, MAX_IMAGE_SIZE), default=d["image_size"],
-                   help=f"square side in pixels, 8-{MAX_IMAGE_SIZE} (default %(default)s)")
+    g.add_argument("--image-size", type=bounded_int(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=d["image_size"],
+                   help=f"square side in pixels, {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} (default %(default)s)")
     g.add_argument("--aspect", choices=["pad", "squash"], default=d["aspect"],
                    help="pad: keep aspect ratio, letterbox with black (default); squash: stretch to a square")
     g.add_argument("--intensity", choices=["none", "zscore", "percentile", "histeq", "clahe"], default=d["intensity"],
@@ -151,8 +147,8 @@ def _summary(run_dir: Path, split: str) -> None:
     import json
 
     m = json.loads((run_dir / "metrics.json").read_text())[split]
-    from cxrkit.evaluation.evaluate import split_words
     from cxrkit.report.html import SENTENCES
+    from cxrkit.report.narrative import split_words
 
     words = split_words(split)
     text = SENTENCES[m["task"]](m, words)
@@ -379,7 +375,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_audit(a: argparse.Namespace) -> int:
-    from cxrkit.audit.dataset_audit import audit_dataset, audit_messages
+    from cxrkit.audit.dataset_audit import audit_dataset
+    from cxrkit.audit.messages import audit_messages
     from cxrkit.audit.report import save_audit
 
     audit = audit_dataset(a.data, a.group_pattern, a.val_fraction, a.test_fraction, a.seed, a.cache_dir)

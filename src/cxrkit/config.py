@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from cxrkit.data.augment import AugmentConfig, default_augment
 from cxrkit.data.intensity import INTENSITY_MODES
+from cxrkit.record.meta import ASPECTS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+
+TASK_CHOICES = ("auto", "binary", "multiclass", "multilabel")
+SCHEDULES = ("cosine", "plateau", "constant")
+PRECISIONS = ("auto", "32", "bf16")
+FREEZE_CHOICES = ("none", "backbone")
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot be used; the message names the key."""
 
 
 @dataclass
@@ -57,19 +68,31 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
-            self.augment = AugmentConfig(**self.augment)
+            self.augment = _validated(AugmentConfig, self.augment, "augment.")
+        _check_types(self)
+        _check_types(self.augment, "augment.")
+        from cxrkit.metrics.thresholds import parse_rule
+        from cxrkit.models.registry import MODELS
+
+        if self.model not in MODELS:
+            raise ConfigError(f"model: unknown model {self.model!r}; choose one of {', '.join(MODELS)} (see `cxrkit models`)")
+        try:
+            parse_rule(self.threshold_rule)
+        except ValueError as exc:
+            raise ConfigError(f"threshold_rule: {exc}") from None
         checks = [
-            (self.image_size >= 16, "image_size must be at least 16"),
+            (MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE, f"image_size must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"),
+            (bool(self.data), "data must name a dataset folder, .zip, .npz or label table's image folder"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 2, "batch_size must be at least 2 (batch norm needs two images)"),
             (self.lr > 0, "lr must be positive"),
-            (self.schedule in ("cosine", "plateau", "constant"), "schedule must be cosine, plateau or constant"),
-            (self.precision in ("auto", "32", "bf16"), "precision must be auto, 32 or bf16"),
-            (self.aspect in ("pad", "squash"), "aspect must be pad or squash"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+            (self.aspect in ASPECTS, f"aspect must be one of {', '.join(ASPECTS)}"),
             (self.intensity in INTENSITY_MODES, f"intensity must be one of {', '.join(INTENSITY_MODES)}"),
             (self.workers >= 0, "workers must be >= 0"),
-            (self.task in ("auto", "binary", "multiclass", "multilabel"), "task must be auto, binary, multiclass or multilabel"),
-            (self.freeze in ("none", "backbone"), "freeze must be none or backbone"),
+            (self.task in TASK_CHOICES, f"task must be one of {', '.join(TASK_CHOICES)}"),
+            (self.freeze in FREEZE_CHOICES, f"freeze must be one of {', '.join(FREEZE_CHOICES)}"),
             (self.head_epochs >= 0, "head_epochs must be >= 0"),
             (self.head_epochs < self.epochs or self.head_epochs == 0, "head_epochs must be fewer than epochs"),
             (not (self.head_epochs and self.freeze == "backbone"), "head_epochs (two-stage) and freeze=backbone exclude each other"),
@@ -77,10 +100,15 @@ class TrainConfig:
             (self.backbone_lr_scale > 0, "backbone_lr_scale must be positive"),
             (self.width is None or self.width >= 1, "width must be at least 1"),
             (self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
+             "val_fraction and test_fraction must each be in [0, 1) and leave images for training"),
+            (self.patience >= 1, "patience must be at least 1"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (all(v >= 0 for k, v in asdict(self.augment).items() if k != "hflip"), "augment strengths must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(msg)
+                raise ConfigError(msg)
 
     def resolved_precision(self) -> str:
         """``bf16`` when asked, or when ``auto`` and the CPU has native bfloat16 (measured 3-4x faster
@@ -111,15 +139,70 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        """Build a config from a dict, rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: Any) -> TrainConfig:
+        """Build a config from a dict (YAML, JSON or keyword arguments): unknown keys are refused, values are
+        converted where the meaning is unambiguous ("1e-3" -> 0.001, "false" -> False, 128.0 -> 128) and
+        anything else is a :class:`ConfigError` naming the key."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a configuration must be a mapping of keys to values, got {type(d).__name__}")
+        d = dict(d)
+        if isinstance(d.get("augment"), dict):
+            d["augment"] = _validated(AugmentConfig, d["augment"], "augment.")
+        return _validated(cls, d)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        """Read a config written by :meth:`save`."""
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()))
+        """Read a YAML config (``cxrkit train --config``, ``best_config.yaml``, a run's config.yaml)."""
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} cannot be read: {exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        if d is None:
+            raise ConfigError(f"{path} is empty; it needs at least `data: PATH`")
+        try:
+            return cls.from_dict(d)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+
+def _validated(cls: type, d: dict, prefix: str = "") -> Any:
+    """``cls(**d)`` with pydantic's type checks and conversions; unknown keys and bad values are one-line ConfigErrors."""
+    from pydantic import TypeAdapter, ValidationError
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(str(k) for k in d if k not in known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)} (known: {', '.join(sorted(known))})")
+    if cls is TrainConfig and "data" not in d:
+        raise ConfigError("data is missing: the dataset folder (or .zip, .npz) to train on")
+    try:
+        return TypeAdapter(cls).validate_python(d)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        key = prefix + ".".join(str(x) for x in e["loc"])
+        got = e.get("input")
+        msg = e["msg"][0].lower() + e["msg"][1:]
+        raise ConfigError(f"{key}: {msg} (given: {got!r})") from None
+
+
+_SCALARS = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+
+
+def _check_types(obj: Any, prefix: str = "") -> None:
+    """Refuse a value of the wrong type given in Python (``image_size=128.5``, ``hflip="false"``)."""
+    hints = {"int": int, "float": float, "bool": bool, "str": str, "int | None": int, "float | None": float, "str | None": str}
+    for f in fields(obj):
+        want = hints.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        v = getattr(obj, f.name)
+        if want is None or (v is None and "None" in str(f.type)):
+            continue
+        ok = isinstance(v, _SCALARS[want]) and (want is bool or not isinstance(v, bool))
+        if not ok:
+            raise ConfigError(f"{prefix}{f.name} must be {'a number' if want is float else want.__name__}, got {v!r}")

@@ -1,16 +1,14 @@
-"""A trained run on disk: its model, preprocessing and decision threshold, ready to predict.
+"""A trained run on disk, loaded: its validated record, model, preprocessing and decision rule, ready to predict.
 
-``Run.load("runs/tb1").predict_files(["x.png"])`` is the Python API under ``cxrkit predict``.
+``cxrkit.load("runs/tb1").predict("x.png")`` is the Python API; ``Run.predict_files`` is what ``cxrkit
+predict`` runs. The folder's format belongs to :mod:`cxrkit.record`; this module adds the model.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,40 +17,35 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cxrkit.config import ConfigError, TrainConfig
 from cxrkit.data.decode import ImageDecodeError
 from cxrkit.data.preprocess import Preprocessing
-from cxrkit.models.registry import build_model
+from cxrkit.models.registry import MODELS, build_model
+from cxrkit.record import (
+    CALIBRATION_FILE,
+    CONFIG_FILE,
+    META_FILE,
+    MODEL_FILE,
+    SHIFT_FILE,
+    RunMeta,
+    RunRecordError,
+    read_json,
+    read_meta,
+    write_meta,
+)
+from cxrkit.tasks import Task, get_task
 
-MODEL_FILE = "model.safetensors"
-META_FILE = "meta.json"
-SHIFT_FILE = "shift_reference.json"
 ENGINES = ("auto", "torch", "onnx", "onnx-int8")
-CALIBRATION_FILE = "calibration.json"
 
 
-class RunError(ValueError):
-    """Raised when a run folder is missing or incomplete."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temporary file and rename, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
-    """Write dict rows as CSV via a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fieldnames)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+class RunError(RunRecordError):
+    """Raised when a run folder is missing, incomplete or inconsistent (a one-line message)."""
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
     """Save a model's state dict as safetensors, atomically."""
+    import os
+
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -61,55 +54,118 @@ def save_weights(model: nn.Module, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load safetensors weights into ``model`` (no pickle); a damaged file or one for another model is a :class:`RunError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RunError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} tensor(s) of another shape (first {wrong[0]}: {tuple(state[wrong[0]].shape)} "
+                         f"vs {tuple(own[wrong[0]].shape)}; do the classes or image size in meta.json match?)")
+        if missing:
+            parts.append(f"{len(missing)} missing (first {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
+        raise RunError(f"{path} does not hold weights for this run's model: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
     """Turn model outputs into per-class probabilities, (B, K); a binary model gives [P(neg), P(pos)], a
     multi-label model one independent sigmoid probability per finding."""
-    logits = logits.float()
-    if task == "multilabel":
-        return torch.sigmoid(logits)
-    if task == "binary":
-        p = torch.sigmoid(logits[:, 0])
-        return torch.stack([1 - p, p], dim=1)
-    return torch.softmax(logits, dim=1)
+    return get_task(task).probabilities(logits)
 
 
 @dataclass
 class Run:
-    """A loaded run: metadata, model in eval mode and its preprocessing."""
+    """A loaded run: its validated record, model in eval mode and its preprocessing."""
 
     path: Path
-    meta: dict
+    record: RunMeta
     model: nn.Module
     preprocessing: Preprocessing
     # ONNX Runtime model used instead of ``model`` for predictions (None: PyTorch); see :meth:`load`.
     onnx: Any = None
     calibration_data: dict | None = None
+    _task: Task = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._task = get_task(self.record.task)
 
     @classmethod
-    def load(cls, path: str | Path, engine: str = "auto") -> Run:
-        """Load a run folder written by ``cxrkit train``; weights are read with safetensors (no pickle).
+    def load(cls, path: str | Path, engine: str = "auto", allow_incomplete: bool = False) -> Run:
+        """Load and validate a run folder written by ``cxrkit train``; weights are read with safetensors (no pickle).
 
         ``engine``: ``auto`` predicts with ONNX Runtime when ``cxrkit export`` wrote model.onnx for
         these weights and with PyTorch otherwise; ``torch``, ``onnx`` and ``onnx-int8`` force one.
-        The PyTorch model is loaded in every case (Grad-CAM needs its gradients).
+        The PyTorch model is loaded in every case (Grad-CAM needs its gradients). A run whose training
+        did not finish (no decision threshold yet) is refused unless ``allow_incomplete``.
         """
-        from safetensors.torch import load_file
-
         path = Path(path)
+        if not path.is_dir():
+            raise RunError(f"{path} is not a directory; give the run folder `cxrkit train` wrote (it holds {META_FILE} and {MODEL_FILE})")
         if not (path / META_FILE).is_file() or not (path / MODEL_FILE).is_file():
             raise RunError(f"{path} is not a cxrkit run (needs {META_FILE} and {MODEL_FILE}); train one with `cxrkit train`")
-        meta = json.loads((path / META_FILE).read_text())
-        options = meta.get("model_options", {"image_size": meta["preprocessing"]["image_size"]})
-        model = build_model(meta["model"], meta["num_outputs"], **options)
-        model.load_state_dict(load_file(str(path / MODEL_FILE)))
+        try:
+            record = read_meta(path)
+        except RunRecordError as exc:
+            raise RunError(str(exc)) from None
+        if not allow_incomplete:
+            try:
+                record.require_complete(path)
+            except RunRecordError as exc:
+                raise RunError(str(exc)) from None
+        if record.model not in MODELS:
+            raise RunError(f"{path / META_FILE}: unknown model {record.model!r}; known: {', '.join(MODELS)}")
+        try:
+            model = build_model(record.model, record.num_outputs, **record.model_kwargs())
+        except (TypeError, ValueError) as exc:
+            raise RunError(f"{path / META_FILE}: cannot build model {record.model!r} with {record.model_kwargs()}: {exc}") from None
+        load_weights(model, path / MODEL_FILE)
         # channels_last changes only the memory layout (same fp32 arithmetic): 1.4-3x faster CPU inference
         # measured on the Kermany runs (benchmarks in the README).
         model = model.to(memory_format=torch.channels_last).eval()
         cal_file = path / CALIBRATION_FILE
-        calibration = json.loads(cal_file.read_text()) if cal_file.is_file() else None
-        run = cls(path, meta, model, Preprocessing(**meta["preprocessing"]), calibration_data=calibration)
+        calibration = read_json(cal_file) if cal_file.is_file() else None
+        if calibration is not None and not isinstance(calibration, dict):
+            raise RunError(f"{cal_file} must hold a JSON object")
+        run = cls(path, record, model, Preprocessing(**record.preprocessing.to_dict()), calibration_data=calibration)
         run.onnx = run._load_onnx(engine)
         return run
+
+    @property
+    def meta(self) -> dict:
+        """meta.json as a plain dict (a copy: change the run through :attr:`record` and :meth:`save_record`)."""
+        return self.record.to_dict()
+
+    def save_record(self) -> None:
+        """Write the (changed) record back to meta.json, validated and atomically."""
+        write_meta(self.path, self.record)
+
+    def config(self) -> TrainConfig:
+        """The training configuration stored with the run (config.yaml)."""
+        try:
+            return TrainConfig.load(self.path / CONFIG_FILE)
+        except (ConfigError, OSError) as exc:
+            raise RunError(f"{self.path / CONFIG_FILE}: {exc}") from None
+
+    def data_root(self) -> Path:
+        """Where the training data is now (works for a run moved together with its data)."""
+        root = self.record.data_root(self.path)
+        if root is None:
+            raise RunError(f"the training data of {self.path} is not where it was ({self.record.data.get('root')}); "
+                           "give the data folder explicitly")
+        return root
 
     def _load_onnx(self, engine: str):
         """The ONNX Runtime model the engine asks for, or None for PyTorch."""
@@ -157,29 +213,33 @@ class Run:
     @property
     def classes(self) -> list[str]:
         """Class names; for a binary task ``[negative, positive]``."""
-        return list(self.meta["classes"])
+        return list(self.record.classes)
 
     @property
     def task(self) -> str:
         """``binary``, ``multiclass`` or ``multilabel``."""
-        return self.meta["task"]
+        return self.record.task
+
+    @property
+    def task_object(self) -> Task:
+        """The task's behaviour (probabilities, decisions, losses): :mod:`cxrkit.tasks`."""
+        return self._task
 
     @property
     def threshold(self) -> float | None:
         """Decision threshold on P(positive) chosen on validation data (binary tasks only)."""
-        t = self.meta.get("threshold")
-        return None if t is None else float(t["value"])
+        return self.record.threshold_value
 
     @property
     def thresholds(self) -> np.ndarray | None:
         """Per-finding decision thresholds of a multi-label run, chosen on validation data (class order)."""
-        t = self.meta.get("thresholds")
-        return None if t is None else np.array([float(t[c]["value"]) for c in self.classes])
+        t = self.record.thresholds
+        return None if not t else np.array([float(t[c]["value"]) for c in self.classes])
 
     @property
     def tta(self) -> bool:
         """Whether predictions average test-time augmented views (chosen at training time)."""
-        return bool(self.meta.get("tta", False))
+        return self.record.tta
 
     @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray, batch_size: int = 64, tta: bool | None = None, calibrated: bool = True) -> np.ndarray:
@@ -197,7 +257,7 @@ class Run:
             unit = self.preprocessing.to_unit(np.asarray(images[i : i + batch_size]))
             views = tta_views(unit) if use_tta else [unit]
             p = torch.stack([
-                probabilities(self.forward(self.preprocessing.normalize(v)), self.task)
+                self._task.probabilities(self.forward(self.preprocessing.normalize(v)))
                 for v in views
             ]).mean(0)
             out.append(p.numpy())
@@ -209,31 +269,24 @@ class Run:
         """The run's calibration (when it has one) applied to the model's own probabilities."""
         if self.calibration_data is None or not len(probs):
             return probs
-        from cxrkit.evaluation.calibration import Calibration
+        from cxrkit.metrics.calibration import Calibration
 
         return Calibration.from_dict(self.calibration_data).apply(probs)
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Predicted class indices: P(positive) >= threshold for binary, the most probable class for
         multi-class; for multi-label an (N, K) 0/1 matrix, finding k present when P_k >= its threshold."""
-        if self.task == "multilabel":
-            return (probs >= self.thresholds[None, :]).astype(int)
-        if self.task == "binary":
-            return (probs[:, 1] >= self.threshold).astype(int)
-        return probs.argmax(axis=1)
+        return self._task.decide(probs, self.threshold, self.thresholds)
 
     def decision_labels(self, probs: np.ndarray) -> list[str]:
         """The decision for each row as text: the class name, or the findings present joined by ``|``
         ("" when none is) for a multi-label run."""
-        d = self.decide(probs)
-        if self.task == "multilabel":
-            return ["|".join(c for c, v in zip(self.classes, row) if v) for row in d]
-        return [self.classes[i] for i in d]
+        return self._task.decision_labels(probs, self.classes, self.threshold, self.thresholds)
 
     def shift_reference(self) -> dict | None:
         """Statistics of the training images saved at training time (None for runs made before they existed)."""
         path = self.path / SHIFT_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json(path) if path.is_file() else None
 
     def iter_predict(
         self, paths: list[Path], batch_size: int = 64, workers: int = 4
@@ -292,3 +345,21 @@ class Run:
                     on_batch(arr)
                 bar.update(len(where) + len(errs))
         return probs, errors
+
+
+def load_run_dataset(
+    run: Run, data: str | Path | None = None, progress: bool = True, class_map: dict[str, str] | None = None
+) -> tuple[Any, TrainConfig]:
+    """The run's dataset (or another whose classes match, see ``class_map``), split exactly as in training."""
+    from cxrkit.data.dataset import load_dataset
+
+    cfg = run.config()
+    own = data is None or Path(data).resolve() == run.record.data_root(run.path)
+    ds = load_dataset(
+        data if data is not None else run.data_root(), run.preprocessing.image_size, run.preprocessing.aspect, None,
+        cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.group_pattern, cfg.cache_dir,
+        class_names=run.classes, progress=progress, class_map=class_map,
+        intensity=run.preprocessing.intensity, crop_border=run.preprocessing.crop_border,
+        **(cfg.dataset_options() if own else {"task": cfg.task}),
+    )
+    return ds, cfg

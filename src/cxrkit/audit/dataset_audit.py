@@ -14,10 +14,12 @@ import numpy as np
 
 from cxrkit.audit.duplicates import duplicate_report
 from cxrkit.audit.features import FEATURES_VERSION, read_records
+from cxrkit.audit.messages import audit_messages
+from cxrkit.audit.report import save_audit
 from cxrkit.audit.shortcut import shortcut_probe
 from cxrkit.data.sources import ImageFolderSource, cache_root, open_image_folder
 from cxrkit.data.splits import assign_splits, patient_ids
-from cxrkit.run import atomic_write_text
+from cxrkit.record import atomic_write_text
 
 AUDIT_VERSION = 2  # 2: near duplicates within 8 bits (was 16)
 SPLITS = ("train", "val", "test")
@@ -126,36 +128,10 @@ def audit_dataset(
     return audit_source(source, splits, groups, cache, progress, seed)
 
 
-def audit_messages(audit: dict) -> list[str]:
-    """The audit's findings as plain sentences, most serious first."""
-    out = []
-    v = audit["verdict"]
-    for reason in v["leakage_reasons"]:
-        out.append(f"LEAKAGE: {reason}; test figures would be inflated")
-    p = audit["shortcut_probe"]
-    if p.get("warning"):
-        g = ", ".join(f"{f['feature']} (AUC {f['auc']:.2f}, {f['direction']} in {f['class']})" for f in p["giveaways"])
-        out.append(f"SHORTCUT: a classifier that never sees anatomy separates the classes with cross-validated AUC {p['auc']:.2f} "
-                   f"(> {p['threshold']}); the giveaways: {g}. A model can learn these instead of the disease")
-    if v["conflicting_labels"]:
-        out.append(f"{v['conflicting_labels']} group(s) of identical or near-identical images carry different labels")
-    d = audit["duplicates"]
-    if d["exact"]["redundant_files"] or d["near"]["redundant_files"]:
-        out.append(f"duplicates: {d['exact']['clusters']} group(s) of byte-identical files ({d['exact']['redundant_files']} redundant), "
-                   f"{d['near']['clusters']} group(s) of near-identical images ({d['near']['redundant_files']} redundant)")
-    if audit["corrupt"]:
-        out.append(f"{len(audit['corrupt'])} file(s) cannot be decoded")
-    if p.get("auc") is not None and not p["warning"]:
-        out.append(f"shortcut probe: AUC {p['auc']:.2f} from non-anatomical features (threshold {p['threshold']}), no strong shortcut found")
-    return out
-
-
 def audit_before_training(ds: object, group_pattern: str | None, allow_leakage: bool, out: Path, seed: int = 0,
                           cache_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Audit a loaded dataset (:class:`cxrkit.data.dataset.LabelledImages`) with its training split, write
     ``audit.json`` into the run folder and refuse leaking splits unless ``allow_leakage``; returns the summary for meta.json."""
-    from cxrkit.audit.report import save_audit
-
     source = ds.source
     if not all(Path(smp.path).is_file() for smp in source.samples[:50]):
         # Arrays (MedMNIST .npz) have no files whose format, size or bytes could be audited.

@@ -112,7 +112,7 @@ def read_records(paths: list[Path], cache_dir: Path | None = None, workers: int 
             if pool:
                 pool.shutdown()
         store.parent.mkdir(parents=True, exist_ok=True)
-        from cxrkit.run import atomic_write_text  # imported here: the worker processes above need no torch
+        from cxrkit.record import atomic_write_text
 
         atomic_write_text(store, json.dumps(cache))
     return [cache[s] for s in stamps], {"files": len(paths), "computed": len(todo), "seconds": time.perf_counter() - t0}

@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cxrkit.audit.dataset_audit import audit_messages
-from cxrkit.run import atomic_write_text
+from cxrkit.audit.messages import audit_messages
+from cxrkit.record import atomic_write_text
 
 
 def _png(fig: plt.Figure) -> str:

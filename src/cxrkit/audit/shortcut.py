@@ -31,7 +31,7 @@ def probe_features(records: list[dict]) -> tuple[np.ndarray, list[str]]:
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
-    from cxrkit.evaluation.metrics import rank_auc
+    from cxrkit.metrics.classification import rank_auc
 
     return rank_auc(y, s)
 

@@ -13,7 +13,10 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile
 
+from cxrkit.data.dicom import is_dicom_bytes, read_dicom
+from cxrkit.data.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from cxrkit.data.intensity import crop_borders, normalize_intensity
+from cxrkit.data.stretch import STRETCH_ROWS, stretch_to_uint8
 
 # Truncated files must fail loudly so they can be skipped and listed, not half-decoded into grey bars.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -25,21 +28,6 @@ PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 ASPECT_MODES = ("pad", "squash")
 # Larger than any radiograph (a 4k x 5k detector is 20 MP); guards against decompression bombs.
 MAX_PIXELS = 80_000_000
-# Wide images are stretched to 8 bits this many rows at a time, so a 16-bit 6000 x 6000 image never
-# exists as one float64 array (288 MB, and as much again for each temporary).
-STRETCH_ROWS = 256
-
-
-class ImageDecodeError(ValueError):
-    """Raised when a file cannot be decoded as an image (missing, empty, truncated or corrupt)."""
-
-
-class UnsupportedImageError(ImageDecodeError):
-    """Raised when a file is readable but not a supported image: another format, or a DICOM file without a radiograph."""
-
-
-class ImageTooLargeError(ImageDecodeError):
-    """Raised when an image has more pixels than allowed (decompression-bomb guard)."""
 
 
 def is_image_file(path: Path) -> bool:
@@ -68,25 +56,6 @@ def to_grayscale_array(img: Image.Image) -> np.ndarray:
             yield y, block[..., :3].mean(axis=2) if block.ndim == 3 else block
 
     return stretch_to_uint8(blocks, (h, w))
-
-
-def stretch_to_uint8(blocks, shape: tuple[int, int]) -> np.ndarray:
-    """Stretch an image given as row blocks (a callable yielding ``(first_row, float block)``) from its minimum to maximum into uint8.
-
-    Two passes over the blocks (minimum and maximum, then the mapping), so memory is one block of float64
-    plus the uint8 result; the values are those of the whole-array formula.
-    """
-    lo, hi = np.inf, -np.inf
-    for _, block in blocks():
-        lo, hi = min(lo, float(np.nanmin(block))), max(hi, float(np.nanmax(block)))
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        raise ImageDecodeError("image contains non-finite values")
-    out = np.zeros(shape, dtype=np.uint8)
-    if hi <= lo:
-        return out
-    for y, block in blocks():
-        out[y : y + len(block)] = np.round((block - lo) * (255.0 / (hi - lo)))
-    return out
 
 
 def fit_square(gray: np.ndarray, size: int, aspect: str = "pad") -> np.ndarray:
@@ -133,8 +102,6 @@ def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_
         raise ImageDecodeError(f"cannot read file: {exc}") from exc
     if not head:
         raise ImageDecodeError("file is empty")
-    from cxrkit.data.dicom import is_dicom_bytes, read_dicom
-
     if is_dicom_bytes(head):
         return read_dicom(source, max_pixels)
     try:
@@ -167,7 +134,12 @@ def load_grayscale(
     Raises :class:`ImageDecodeError` with a readable reason for missing, empty, truncated,
     oversized or non-image files.
     """
-    gray = read_grayscale(source, max_pixels)
+    return prepare_grayscale(read_grayscale(source, max_pixels), size, aspect, intensity, crop_border)
+
+
+def prepare_grayscale(gray: np.ndarray, size: int, aspect: str = "pad", intensity: str = "none", crop_border: bool = False) -> np.ndarray:
+    """A decoded full-resolution 2-D uint8 image -> the ``size`` x ``size`` model input: border crop,
+    intensity normalisation, then resizing (the steps after decoding, shared by files and arrays)."""
     if crop_border:
         gray = crop_borders(gray)
     return fit_square(normalize_intensity(gray, intensity), size, aspect)

@@ -15,7 +15,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from cxrkit.data.decode import STRETCH_ROWS, ImageDecodeError, ImageTooLargeError, UnsupportedImageError, stretch_to_uint8
+from cxrkit.data.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from cxrkit.data.stretch import STRETCH_ROWS, stretch_to_uint8
 
 DICOM_MAGIC = b"DICM"
 MAGIC_OFFSET = 128

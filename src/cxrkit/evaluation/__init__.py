@@ -1,1 +1,1 @@
-"""Evaluation: metrics with confidence intervals, threshold choice on validation data, plots."""
+"""Workflows on a run folder: evaluate a split (metrics, plots, report), calibrate, measure inference speed."""

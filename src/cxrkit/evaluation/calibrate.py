@@ -3,14 +3,14 @@ re-choose the decision threshold on the calibrated validation probabilities so d
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from cxrkit.evaluation.calibration import fit_calibration
-from cxrkit.evaluation.evaluate import compute_metrics, decision_analysis, load_run_dataset, store_threshold, write_evaluation
-from cxrkit.run import CALIBRATION_FILE, META_FILE, Run, atomic_write_text
+from cxrkit.evaluation.evaluate import compute_metrics, decision_analysis, store_threshold, write_evaluation
+from cxrkit.metrics.calibration import fit_calibration
+from cxrkit.record import CALIBRATION_FILE, atomic_write_json, read_metrics
+from cxrkit.run import Run, load_run_dataset
 
 
 def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: str = "auto", progress: bool = True) -> dict:
@@ -35,20 +35,20 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
     raw = run.predict_arrays(images, calibrated=False)
     cal = fit_calibration(y, raw, method, fitted_on=f"val split of {ds.source.root}")
     if run.task == "binary":
-        old = run.meta["threshold"]
+        old = dict(run.record.threshold)
         uncalibrated = old.get("uncalibrated_value", old["value"])
         choice = store_threshold(run, y, cal.apply(raw), old["rule"])
         choice.update(calibrated=method, uncalibrated_value=uncalibrated)
-        run.meta["threshold"] = choice
-        atomic_write_text(run.path / META_FILE, json.dumps(run.meta, indent=2))
+        run.record.set_threshold(choice)
+        run.save_record()
         cal.threshold = {"uncalibrated": uncalibrated, "calibrated": choice["value"], "rule": old["rule"]}
     record = cal.to_dict()
-    atomic_write_text(run.path / CALIBRATION_FILE, json.dumps(record, indent=2))
+    atomic_write_json(run.path / CALIBRATION_FILE, record)
     run = Run.load(run_dir)
     probs = run.predict_arrays(images)
     metrics = compute_metrics(run, y, probs, seed=cfg.seed)
     metrics.update(decision_analysis(run, y, probs, raw, (y, probs)))
-    old_metrics = json.loads((run.path / "metrics.json").read_text()).get("val", {}) if (run.path / "metrics.json").exists() else {}
+    old_metrics = read_metrics(run.path).get("val", {})
     if "attention" in old_metrics:
         metrics["attention"] = old_metrics["attention"]  # heat maps do not change with calibration
     write_evaluation(run, "val", ds, idx, probs, metrics)
@@ -62,8 +62,9 @@ def remove_calibration(run_dir: str | Path) -> None:
     """Delete a run's calibration and restore the threshold chosen on the model's own probabilities."""
     run = Run.load(run_dir)
     (run.path / CALIBRATION_FILE).unlink(missing_ok=True)
-    t = run.meta.get("threshold") or {}
+    t = dict(run.record.threshold or {})
     if "uncalibrated_value" in t:
         t["value"] = t.pop("uncalibrated_value")
         t.pop("calibrated", None)
-        atomic_write_text(run.path / META_FILE, json.dumps(run.meta, indent=2))
+        run.record.set_threshold(t)
+        run.save_record()

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from cxrkit.config import TrainConfig
-from cxrkit.data.dataset import LabelledImages, load_dataset
-from cxrkit.evaluation.metrics import binary_metrics, multiclass_metrics, multilabel_metrics
-from cxrkit.evaluation.plots import (
+from cxrkit.data.dataset import LabelledImages
+from cxrkit.metrics.classification import binary_metrics, multiclass_metrics, multilabel_metrics
+from cxrkit.metrics.thresholds import choose_threshold, parse_rule
+from cxrkit.record import read_history, replace_predictions, split_predictions, update_metrics
+from cxrkit.record.files import PLOTS_DIR
+from cxrkit.record.meta import now
+from cxrkit.report.narrative import SPLIT_WORDS, split_words
+from cxrkit.report.plots import (
     plot_confusion,
     plot_cooccurrence,
     plot_decision_curve,
@@ -23,32 +25,7 @@ from cxrkit.evaluation.plots import (
     plot_roc_one_vs_rest,
     plot_roc_overlay,
 )
-from cxrkit.evaluation.thresholds import choose_threshold, parse_rule
-from cxrkit.run import META_FILE, Run, atomic_write_csv, atomic_write_text
-
-SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
-
-
-def load_run_dataset(
-    run: Run, data: str | Path | None = None, progress: bool = True, class_map: dict[str, str] | None = None
-) -> tuple[LabelledImages, TrainConfig]:
-    """The run's dataset (or another whose classes match, see ``class_map``), split exactly as in training."""
-    cfg = TrainConfig.load(run.path / "config.yaml")
-    ds = load_dataset(
-        data or cfg.data, run.preprocessing.image_size, run.preprocessing.aspect, None,
-        cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.group_pattern, cfg.cache_dir,
-        class_names=run.classes, progress=progress, class_map=class_map,
-        intensity=run.preprocessing.intensity, crop_border=run.preprocessing.crop_border,
-        **(cfg.dataset_options() if data is None or str(data) == str(cfg.data) else {"task": cfg.task}),
-    )
-    return ds, cfg
-
-
-def split_words(key: str) -> str:
-    """How a metrics key reads in sentences: "test" -> "test", "external:sakha" -> "external (sakha)"."""
-    if key.startswith("external:"):
-        return f"external ({key.split(':', 1)[1]})"
-    return SPLIT_WORDS.get(key, key)
+from cxrkit.run import Run, load_run_dataset
 
 
 def parse_class_map(text: str | None) -> dict[str, str] | None:
@@ -67,8 +44,8 @@ def parse_class_map(text: str | None) -> dict[str, str] | None:
 def store_threshold(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str) -> dict:
     """Choose the binary decision threshold on validation predictions and save it in meta.json."""
     choice = choose_threshold(y_val, probs_val[:, 1], rule, chosen_on="val").to_dict()
-    run.meta["threshold"] = choice
-    atomic_write_text(run.path / META_FILE, json.dumps(run.meta, indent=2))
+    run.record.set_threshold(choice)
+    run.save_record()
     return choice
 
 
@@ -87,9 +64,8 @@ def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: s
             fallback = choose_threshold(yc, probs_val[:, c], "0.5", chosen_on="val").to_dict()
             fallback["rule"] = f"0.5 (validation has {'no positive' if yc.sum() == 0 else 'no negative'} {name} image; {rule} impossible)"
             out[name] = fallback
-    run.meta["thresholds"] = out
-    run.meta["threshold"] = {"rule": rule, "value": None, "per_finding": True}
-    atomic_write_text(run.path / META_FILE, json.dumps(run.meta, indent=2))
+    run.record.set_thresholds(out, rule)
+    run.save_record()
     return out
 
 
@@ -97,11 +73,11 @@ def compute_metrics(run: Run, y: np.ndarray, probs: np.ndarray, seed: int = 0) -
     """Metrics for the run's task at its stored threshold(s)."""
     if run.task == "multilabel":
         m = multilabel_metrics(y, probs, run.classes, run.thresholds, seed=seed)
-        m["threshold_rule"] = run.meta["threshold"]["rule"]
+        m["threshold_rule"] = run.record.threshold_rule
         return m
     if run.task == "binary":
         m = binary_metrics(y, probs[:, 1], run.threshold, seed=seed)
-        m["threshold_rule"] = run.meta["threshold"]["rule"]
+        m["threshold_rule"] = run.record.threshold_rule
         m["classes"] = run.classes
         return m
     return multiclass_metrics(y, probs, run.classes, seed=seed)
@@ -110,17 +86,10 @@ def compute_metrics(run: Run, y: np.ndarray, probs: np.ndarray, seed: int = 0) -
 def validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
     """Labels and probabilities of the validation split as stored in predictions.csv (None if absent, or
     for a multi-label run, whose rows hold sets of findings)."""
-    pred_file = run.path / "predictions.csv"
-    if not pred_file.exists() or run.task == "multilabel":
+    if run.task == "multilabel":
         return None
-    with open(pred_file, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "val"]
-    if not rows:
-        return None
-    index = {c: i for i, c in enumerate(run.classes)}
-    y = np.array([index[r["true"]] for r in rows])
-    probs = np.array([[float(r[f"prob_{c}"]) for c in run.classes] for r in rows])
-    return y, probs
+    _, y, probs = split_predictions(run.path, "val", run.classes)
+    return (y, probs) if len(y) else None
 
 
 def decision_analysis(
@@ -130,9 +99,9 @@ def decision_analysis(
     """Calibration (of the model's own and of the calibrated probabilities), and for binary runs the operating
     points chosen on validation, the WHO TB-triage check, the decision curve and, with ``prevalence``, what the
     run's threshold means per 1,000 people screened."""
-    from cxrkit.evaluation.calibration import calibration_summary
-    from cxrkit.evaluation.decision_curve import net_benefit
-    from cxrkit.evaluation.operating_points import operating_point, operating_points, screening_outcomes, who_triage_check
+    from cxrkit.metrics.calibration import calibration_summary
+    from cxrkit.metrics.decision_curve import net_benefit
+    from cxrkit.metrics.operating_points import operating_point, operating_points, screening_outcomes, who_triage_check
 
     if run.task not in ("binary", "multiclass"):
         return {}  # calibration and operating points are defined here for one label per image only
@@ -162,24 +131,17 @@ def write_evaluation(
     skipped = [s for s in ds.skipped() if source_split == "all" or s[1] == source_split]
     metrics.update(split=split, data=str(ds.source.root), notes=list(notes or []), skipped=skipped)
     path = run.path
-    all_metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
-    all_metrics[split] = metrics
-    atomic_write_text(path / "metrics.json", json.dumps(all_metrics, indent=2))
-
+    update_metrics(path, split, metrics)
     rows = []
-    pred_file = path / "predictions.csv"
-    if pred_file.exists():
-        with open(pred_file, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r["split"] != split]
     decisions = run.decision_labels(probs)
     for j, i in enumerate(idx):
         row = {"split": split, "path": ds.relpaths[i], "true": ds.label_text(i)}
         row.update({f"prob_{c}": f"{probs[j, c_i]:.6f}" for c_i, c in enumerate(run.classes)})
         row["pred"] = decisions[j]
         rows.append(row)
-    atomic_write_csv(pred_file, rows, ["split", "path", "true", *[f"prob_{c}" for c in run.classes], "pred"])
+    replace_predictions(path, split, rows, run.classes)
 
-    plots = path / "plots"
+    plots = path / PLOTS_DIR
     y = ds.labels[idx]
     words = split_words(split)
     fname = split.replace(":", "_")
@@ -237,26 +199,25 @@ def evaluate_run(
     predictions.csv, plots and report.html.
     """
     run = Run.load(run_dir)
-    if (run.task == "binary" and run.threshold is None) or (run.task == "multilabel" and run.thresholds is None):
-        raise ValueError(f"{run_dir} has no decision threshold; training did not finish")
     ds, cfg = load_run_dataset(run, data, progress, class_map)
-    same_data = str(ds.source.root) == run.meta["data"]["root"]
+    trained_on = run.record.data_root(run.path)
+    same_data = trained_on is not None and ds.source.root.resolve() == trained_on
     split = split or ("test" if same_data else "all")
     notes = []
-    if same_data and ds.fingerprint() != run.meta["data"]["fingerprint"]:
+    if same_data and ds.fingerprint() != run.record.data.get("fingerprint"):
         notes.append("the dataset changed since training (files added, removed or resized); split membership may differ")
     key = split
     if not same_data:
         key = f"external:{ds.source.root.name}"
         scope = "all its images" if split == "all" else f"its {SPLIT_WORDS.get(split, split)} split"
-        notes.append(f"external data: {ds.source.root}, {scope} (trained on {run.meta['data']['root']})")
+        notes.append(f"external data: {ds.source.root}, {scope} (trained on {run.record.data.get('root')})")
     elif split == "all":
         raise ValueError("--split all mixes training, validation and test images of the training data; choose test, val or train")
     idx = ds.index(split)
     if len(idx) == 0:
         available = [s for s in ("train", "val", "test") if len(ds.index(s))]
         raise ValueError(f"split {split!r} has no images in {ds.source.root}; available: {', '.join(available)}")
-    history = run.meta.setdefault("evaluations", [])
+    history = run.record.evaluations
     earlier = [e for e in history if e["split"] == key and e["data"] == str(ds.source.root)]
     if (key == "test" or not same_data) and earlier:
         notes.append(
@@ -290,8 +251,8 @@ def evaluate_run(
         notes.append(f"threshold re-chosen on {metrics['recalibrated']['sample']} ({metrics['recalibrated']['n']} images): "
                      f"{metrics['recalibrated']['threshold']:.3f} instead of {run.threshold:.3f}")
     write_evaluation(run, key, ds, idx, probs, metrics, notes)
-    history.append({"split": key, "data": str(ds.source.root), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    atomic_write_text(run.path / META_FILE, json.dumps(run.meta, indent=2))
+    history.append({"split": key, "data": str(ds.source.root), "time": now()})
+    run.save_record()
     if write_report:
         from cxrkit.report.html import write_report as _write
 
@@ -301,7 +262,7 @@ def evaluate_run(
 
 def _explain(run: Run, images: np.ndarray, y: np.ndarray, probs: np.ndarray, split: str, method: str, seed: int) -> dict | None:
     """Gallery and attention figures; a model without a layer for ``method`` is noted, not fatal."""
-    from cxrkit.explain.attention import explain_split
+    from cxrkit.evaluation.gallery import explain_split
     from cxrkit.explain.cam import ExplainError
 
     try:
@@ -326,7 +287,7 @@ def _recalibrated(
     if overlap:
         raise ValueError(f"{overlap} image(s) of the recalibration sample look identical to evaluated images (same name and size)")
     cal_probs = run.predict_arrays(cal.images[cal_idx])
-    rule = run.meta["threshold"]["rule"]
+    rule = run.record.threshold_rule
     choice = choose_threshold(cal.labels[cal_idx], cal_probs[:, 1], rule, chosen_on=f"recalibration sample {cal.source.root.name}")
     m = binary_metrics(ds.labels[idx], probs[:, 1], choice.value, seed=seed)
     return {"sample": str(cal.source.root), "n": len(cal_idx), "rule": rule, "threshold": choice.value,
@@ -335,10 +296,10 @@ def _recalibrated(
 
 def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str, seed: int = 0, explain: str | None = "gradcam") -> dict:
     """After training: choose the threshold on validation data, evaluate validation, draw curves, write the report."""
-    from cxrkit.evaluation.plots import plot_history
     from cxrkit.report.html import write_report
+    from cxrkit.report.plots import plot_history
 
-    run = Run.load(run_dir)
+    run = Run.load(run_dir, allow_incomplete=True)
     idx = ds.index("val")
     images = np.asarray(ds.images[idx])
     probs = run.predict_arrays(images)
@@ -354,8 +315,7 @@ def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str
     if explain and run.task != "multilabel":  # heat maps are per decided class; a multi-label decision is a set
         metrics["attention"] = _explain(run, images, ds.labels[idx], probs, "val", explain, seed)
     write_evaluation(run, "val", ds, idx, probs, metrics)
-    with open(run.path / "history.csv", newline="") as f:
-        history = [{k: float(v) for k, v in r.items() if k != "stage"} for r in csv.DictReader(f)]
-    plot_history(history, run.meta["training"]["best_epoch"], run.path / "plots" / "history.png")
+    history = [{k: v for k, v in r.items() if k != "stage"} for r in read_history(run.path)]
+    plot_history(history, run.record.training["best_epoch"], run.path / PLOTS_DIR / "history.png")
     write_report(run.path)
     return metrics

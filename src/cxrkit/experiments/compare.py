@@ -8,7 +8,6 @@ recorded in its row without stopping the others.
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import time
@@ -20,11 +19,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cxrkit.config import TrainConfig
-from cxrkit.evaluation.intervals import delong_paired
-from cxrkit.evaluation.plots import plot_roc_overlay
 from cxrkit.evaluation.speed import inference_ms_per_image
+from cxrkit.metrics.intervals import delong_paired
 from cxrkit.models.registry import get_spec
-from cxrkit.run import META_FILE, MODEL_FILE, Run, atomic_write_csv, atomic_write_text
+from cxrkit.record import META_FILE, MODEL_FILE, atomic_write_csv, atomic_write_text, read_history, read_meta, split_metrics, split_predictions
+from cxrkit.report.plots import plot_roc_overlay
+from cxrkit.run import Run
 
 STATE_FILE = "comparison.json"
 AUC_MARGIN = 0.02
@@ -74,27 +74,17 @@ def _comparable(cfg: TrainConfig) -> dict:
 
 def _read_split(run_dir: Path, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(paths, true class index, probabilities) of one split from a run's predictions.csv."""
-    meta = json.loads((run_dir / META_FILE).read_text())
-    classes = meta["classes"]
-    with open(run_dir / "predictions.csv", newline="") as f:
-        rows = sorted((r for r in csv.DictReader(f) if r["split"] == split), key=lambda r: r["path"])
-    if meta["task"] == "multilabel":
-        y = np.array([[c in r["true"].split("|") for c in classes] for r in rows], dtype=int).reshape(len(rows), len(classes))
-    else:
-        y = np.array([classes.index(r["true"]) for r in rows])
-    probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]).reshape(len(rows), len(classes))
-    return [r["path"] for r in rows], y, probs
+    meta = read_meta(run_dir)
+    return split_predictions(run_dir, split, meta.classes, meta.task == "multilabel")
 
 
 def _row(run_dir: Path, split: str) -> dict:
     """The comparison row of a finished run, read from its files, plus inference timing measured now."""
     run = Run.load(run_dir)
     meta = run.meta
-    m = json.loads((run_dir / "metrics.json").read_text())[split]
+    m = split_metrics(run_dir, split)
     t = meta["training"]
-    with open(run_dir / "history.csv", newline="") as f:
-        hist = list(csv.DictReader(f))
-    per_epoch = [float(h["train_seconds"]) + float(h["val_seconds"]) for h in hist]
+    per_epoch = [h["train_seconds"] + h["val_seconds"] for h in read_history(run_dir)]
     pt = t.get("pretrained")
     row = {
         "status": "done", "image_size": meta["preprocessing"]["image_size"],
@@ -174,8 +164,7 @@ def compare(
 
             cfg = replace(base, data=str(data), model=name, image_size=size, out=str(run_dir))
             train(cfg, progress=progress, overwrite=True)
-            meta = json.loads((run_dir / META_FILE).read_text())
-            if meta["training"]["interrupted"]:
+            if read_meta(run_dir).training["interrupted"]:
                 state["models"][label] = {"status": "interrupted", "run": run_dir.name}
                 _save_state(out, state)
                 raise KeyboardInterrupt
@@ -213,7 +202,7 @@ def summarise(out: str | Path) -> dict:
         best = max(done, key=lambda r: r["roc_auc"])
         preds = {r["model"]: _read_split(out / r["run"], split) for r in done}
         paths_best, y, p_best = preds[best["model"]]
-        task = json.loads((out / best["run"] / META_FILE).read_text())["task"]
+        task = read_meta(out / best["run"]).task
         binary = task == "binary"
         for r in done:
             paths, y_r, p_r = preds[r["model"]]

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from cxrkit.config import TrainConfig
 from cxrkit.data.augment import AugmentConfig
 from cxrkit.models.registry import get_spec
-from cxrkit.run import META_FILE, MODEL_FILE, atomic_write_csv
+from cxrkit.record import MODEL_FILE, atomic_write_csv, read_meta
 
 
 def default_image_sizes(size: int) -> list[int]:
@@ -103,7 +103,7 @@ def tune(
         finally:
             (Path(cfg.out) / MODEL_FILE).unlink(missing_ok=True)  # trials keep config, history and meta, not weights
             bar.update(1)
-        meta = json.loads((Path(cfg.out) / META_FILE).read_text())
+        meta = read_meta(cfg.out).to_dict()
         if meta["training"]["interrupted"]:
             raise KeyboardInterrupt
         return float(meta["training"]["best_val_auc"])

@@ -5,12 +5,7 @@ from each cell of the confusion matrix.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-
-from cxrkit.explain.cam import heatmaps
-from cxrkit.run import Run
 
 # Central box holding both lung fields on a PA radiograph (fractions of the side), and the corner squares.
 LUNG_BOX = (0.10, 0.90, 0.15, 0.85)  # top, bottom, left, right
@@ -60,44 +55,3 @@ def pick_gallery(y: np.ndarray, pred: np.ndarray, score: np.ndarray, per_cell: i
         order = np.argsort(-score[idx]) if name in ("true positive", "false positive") else np.argsort(score[idx])
         out[name] = idx[order[:per_cell]].tolist()
     return out
-
-
-def explain_split(
-    run: Run, images: np.ndarray, y: np.ndarray, probs: np.ndarray, plots: Path, fname: str, method: str = "gradcam", seed: int = 0,
-) -> dict:
-    """Heat maps for (a sample of) a split, each image explained for the class the run decided: the attention
-    summary, a region figure and a gallery figure in ``plots``."""
-    from cxrkit.evaluation.plots import plot_attention, plot_gallery
-
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(len(images), MAX_IMAGES, replace=False)) if len(images) > MAX_IMAGES else np.arange(len(images))
-    # Each image is explained for the class the run decided on, so "normal" calls show what cleared them.
-    decided = run.decide(probs[sample])
-    heat = np.zeros((len(sample), *images.shape[1:]), dtype=np.float32)
-    for c in np.unique(decided):
-        heat[decided == c] = heatmaps(run, np.asarray(images[sample[decided == c]]), class_index=int(c), method=method)
-    summary = attention_summary(heat)
-    summary["no_heat"] = int((heat.reshape(len(heat), -1).max(1) == 0).sum())
-    summary.update(method=method, sampled=len(sample) < len(images), n_split=int(len(images)))
-    plot_attention(summary, heat.mean(axis=0), plots / f"attention_{fname}.png")
-    if run.task == "binary":
-        score = probs[:, 1]
-        pred = run.decide(probs)
-        picks = pick_gallery(y, pred, score)
-        items = [(cell, int(i)) for cell, idx in picks.items() for i in idx]
-        title = lambda cell, i: f"{cell}\nP({run.classes[1]}) = {score[i]:.2f}"
-    else:
-        pred = probs.argmax(1)
-        items = []
-        for c, name in enumerate(run.classes):
-            right = np.flatnonzero((y == c) & (pred == c))
-            wrong = np.flatnonzero((y == c) & (pred != c))
-            items += [(f"{name}: right", int(i)) for i in right[np.argsort(-probs[right, c])][:1]]
-            items += [(f"{name}: called {run.classes[pred[i]]}", int(i)) for i in wrong[np.argsort(-probs[wrong].max(1))][:1]]
-        title = lambda cell, i: f"{cell}\nP = {probs[i, pred[i]]:.2f}"
-    if items:
-        idx = np.array([i for _, i in items])
-        maps = heatmaps(run, np.asarray(images[idx]), class_index=1 if run.task == "binary" else None, method=method)
-        plot_gallery(np.asarray(images[idx]), maps, [title(cell, i) for cell, i in items], plots / f"gallery_{fname}.png")
-        summary["gallery"] = [{"cell": cell, "index": i} for cell, i in items]
-    return summary

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from cxrkit.models.onnx_runtime import INT8_FILE, METADATA_KEY, ONNX_FILE, OnnxModel, file_sha256
-from cxrkit.run import MODEL_FILE, Run, probabilities
+from cxrkit.record import MODEL_FILE
+from cxrkit.run import Run, probabilities
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -117,7 +118,7 @@ def _quantize(run: Run, src: Path, dst: Path) -> dict:
         pre.unlink(missing_ok=True)
     report = {"method": "dynamic int8 (onnxruntime.quantization.quantize_dynamic, QInt8 weights)"}
     try:
-        from cxrkit.evaluation.evaluate import load_run_dataset
+        from cxrkit.run import load_run_dataset
 
         ds, _ = load_run_dataset(run, progress=False)
         idx = ds.index("val")

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cxrkit.run import Run, atomic_write_csv
+from cxrkit.record import atomic_write_csv
+from cxrkit.run import Run
 
 
 def csv_fields(run: Run) -> list[str]:

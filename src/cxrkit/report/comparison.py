@@ -6,8 +6,8 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from cxrkit.record import atomic_write_text
 from cxrkit.report.html import _img
-from cxrkit.run import atomic_write_text
 
 
 def write_comparison_report(out: Path, summary: dict) -> Path:

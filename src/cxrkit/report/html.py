@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import base64
 import csv
-import json
 from pathlib import Path
 
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from cxrkit.data.augment import AugmentConfig
-from cxrkit.evaluation.evaluate import SPLIT_WORDS, split_words
 from cxrkit.models.registry import MODELS
-from cxrkit.report.narrative import binary_sentences, ci_text, multiclass_sentences, multilabel_sentences, pct, screening_sentences
-from cxrkit.run import atomic_write_text
+from cxrkit.record import CALIBRATION_FILE, CONFIG_FILE, atomic_write_text, read_json, read_meta, read_metrics
+from cxrkit.record.files import AUDIT_FILE, REPORT_FILE
+from cxrkit.report.narrative import SPLIT_WORDS, binary_sentences, ci_text, multiclass_sentences, multilabel_sentences, pct, screening_sentences, split_words
 
 METRIC_LABELS = {
     "sensitivity": "Sensitivity (recall of disease)",
@@ -69,9 +68,9 @@ def _metric_rows(metrics: dict) -> list[dict]:
 
 def build_context(run_dir: Path) -> dict:
     """Everything the template shows, read from the run folder's files."""
-    meta = json.loads((run_dir / "meta.json").read_text())
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    meta = read_meta(run_dir).to_dict()
+    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    metrics = read_metrics(run_dir)
     evaluations = []
     keys = [k for k in ("test", "val", "train") if k in metrics] + sorted(k for k in metrics if k.startswith("external:"))
     for split in keys:
@@ -110,8 +109,8 @@ def build_context(run_dir: Path) -> dict:
     train_counts = meta["training"]["train_counts"]
     ratio = max(train_counts.values()) / max(1, min(train_counts.values()))
     history = _read_csv(run_dir / "history.csv")
-    audit = json.loads((run_dir / "audit.json").read_text()) if (run_dir / "audit.json").is_file() else None
-    calibration = json.loads((run_dir / "calibration.json").read_text()) if (run_dir / "calibration.json").is_file() else None
+    audit = read_json(run_dir / AUDIT_FILE) if (run_dir / AUDIT_FILE).is_file() else None
+    calibration = read_json(run_dir / CALIBRATION_FILE) if (run_dir / CALIBRATION_FILE).is_file() else None
     if audit is not None:
         from cxrkit.audit.report import audit_figures
 
@@ -137,6 +136,6 @@ def render_report(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report.html`` into the run folder and return its path."""
-    path = Path(run_dir) / "report.html"
+    path = Path(run_dir) / REPORT_FILE
     atomic_write_text(path, render_report(run_dir))
     return path

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from markupsafe import escape
 
+SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def split_words(key: str) -> str:
+    """How a metrics key reads in sentences: "test" -> "test", "external:sakha" -> "external (sakha)"."""
+    if key.startswith("external:"):
+        return f"external ({key.split(':', 1)[1]})"
+    return SPLIT_WORDS.get(key, key)
+
 
 def pct(x: float | None) -> str:
     """0.9234 -> '92.3%'; None -> 'n/a'."""

@@ -5,9 +5,8 @@ Every number comes from the run's own files (meta.json, metrics.json); nothing i
 
 from __future__ import annotations
 
-import json
-
-from cxrkit.run import MODEL_FILE, Run
+from cxrkit.record import MODEL_FILE, read_metrics
+from cxrkit.run import Run
 
 HEADLINE = {"binary": ("roc_auc", "sensitivity", "specificity", "ppv", "npv"), "multiclass": ("macro_roc_auc", "accuracy", "balanced_accuracy"),
             "multilabel": ("mean_roc_auc", "detection_rate_positive", "detection_rate_negative")}
@@ -50,8 +49,7 @@ def _metric_summary(m: dict) -> dict:
 
 def model_card(run: Run) -> dict:
     """A JSON model card: identity, intended use, training data, decision rule, metrics with 95% CIs, limitations."""
-    metrics_file = run.path / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    metrics = read_metrics(run.path)
     data = run.meta.get("data", {})
     counts = data.get("counts", {})
     train_n = sum(counts.get("train", {}).values()) if counts else None

@@ -15,6 +15,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +28,25 @@ from cxrkit.config import TrainConfig
 from cxrkit.data.augment import augment_batch
 from cxrkit.data.dataset import LabelledImages, load_dataset
 from cxrkit.data.preprocess import Preprocessing, intensity_stats
-from cxrkit.evaluation.metrics import rank_auc
 from cxrkit.models.pretrained import initialise
 from cxrkit.models.registry import MODELS, build_model, count_parameters, split_parameters
-from cxrkit.run import META_FILE, MODEL_FILE, SHIFT_FILE, atomic_write_csv, atomic_write_text, probabilities, save_weights
+from cxrkit.record import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    META_FILE,
+    MODEL_FILE,
+    RUN_OUTPUTS,
+    SHIFT_FILE,
+    ImageSpec,
+    RunMeta,
+    atomic_write_csv,
+    atomic_write_text,
+    write_meta,
+)
+from cxrkit.record.files import PLOTS_DIR
+from cxrkit.record.meta import now
+from cxrkit.run import probabilities, save_weights
+from cxrkit.tasks import Task, get_task
 from cxrkit.training.checkpoint import CHECKPOINT_DIR, find_checkpoint, load_checkpoint, save_checkpoint
 from cxrkit.training.distributed import Distributed, setup_distributed, teardown_distributed
 from cxrkit.training.imbalance import class_counts, make_loss, oversampled_order, repeat_factors
@@ -61,18 +77,6 @@ def _loader(
     return DataLoader(_Batches(ds.images, ds.labels), sampler=batches, batch_size=None, num_workers=workers)
 
 
-def monitor_auc(y: np.ndarray, probs: np.ndarray, task: str) -> float:
-    """Validation AUC used for early stopping: ROC-AUC for binary, macro one-vs-rest for multi-class,
-    the mean of the per-finding AUCs for multi-label."""
-    if task == "binary":
-        return rank_auc(y, probs[:, 1])
-    if task == "multilabel":
-        aucs = [rank_auc(y[:, c], probs[:, c]) for c in range(probs.shape[1])]
-        return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
-    aucs = [rank_auc(y == c, probs[:, c]) for c in range(probs.shape[1])]
-    return float(np.nanmean(aucs))
-
-
 @torch.inference_mode()
 def predict_index(
     model: torch.nn.Module, ds: LabelledImages, index: np.ndarray, pre: Preprocessing, task: str,
@@ -97,7 +101,7 @@ def _write_run_inputs(cfg: TrainConfig, ds: LabelledImages, train_idx: np.ndarra
     """config.yaml, the shift reference, splits.csv and skipped.csv: what the run was trained from."""
     from cxrkit.data.shift import build_reference
 
-    cfg.save(out / "config.yaml")
+    cfg.save(out / CONFIG_FILE)
     atomic_write_text(out / SHIFT_FILE, json.dumps(build_reference(ds.images[train_idx], *ds.label_groups(train_idx), cfg.seed)))
     atomic_write_csv(
         out / "splits.csv",
@@ -106,12 +110,6 @@ def _write_run_inputs(cfg: TrainConfig, ds: LabelledImages, train_idx: np.ndarra
         ["path", "label", "split", "decoded"],
     )
     atomic_write_csv(out / "skipped.csv", [dict(zip(("path", "split", "reason"), s)) for s in ds.skipped()], ["path", "split", "reason"])
-
-
-def _loss(criterion: torch.nn.Module, logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    if task == "binary":
-        return criterion(logits[:, 0], y.float())
-    return criterion(logits, y.float() if task == "multilabel" else y)
 
 
 def _lr_lambda(total_steps: int, warmup: int):
@@ -124,13 +122,11 @@ def _lr_lambda(total_steps: int, warmup: int):
     return f
 
 
-RUN_OUTPUTS = ("meta.json", "model.safetensors", "shift_reference.json", "calibration.json", "audit.json", "metrics.json", "predictions.csv",
-               "history.csv", "splits.csv", "skipped.csv", "report.html", "config.yaml")
-
-
 def prepare_run_folder(out: Path, overwrite: bool, resume: bool = False) -> None:
     """Create the run folder; refuse to mix a new run with an old one unless ``overwrite``, then clear the old outputs
     (a resumed run keeps them: they are rewritten as it goes)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a folder for the run")
     if resume and find_checkpoint(out) is not None:
         return
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
@@ -139,7 +135,7 @@ def prepare_run_folder(out: Path, overwrite: bool, resume: bool = False) -> None
             raise FileExistsError(f"{out} already holds a run; choose another --out or pass --overwrite")
         for name in RUN_OUTPUTS:
             (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "plots", ignore_errors=True)
+        shutil.rmtree(out / PLOTS_DIR, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -156,6 +152,308 @@ def _freeze_batchnorm_stats(model: torch.nn.Module, head_prefix: str) -> None:
 
 
 EpochCallback = Callable[[int, float], None]
+
+
+@dataclass
+class _Setup:
+    """What the epochs need, built once: data, model, loss, optimiser and schedule."""
+
+    cfg: TrainConfig
+    ctx: Distributed
+    out: Path
+    ds: LabelledImages
+    audit: dict
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    task: Task
+    counts: np.ndarray
+    pre: Preprocessing
+    model: torch.nn.Module
+    train_model: torch.nn.Module
+    pretrained_report: dict | None
+    criterion: torch.nn.Module
+    loss_info: dict
+    factors: np.ndarray | None
+    backbone: list
+    head_prefix: str
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    steps_per_epoch: int
+    precision: str
+    rng: np.random.Generator
+    aug_gen: torch.Generator
+
+
+@dataclass
+class _Progress:
+    """Where training stands; saved in every checkpoint so a resumed run continues exactly."""
+
+    history: list = field(default_factory=list)
+    best_auc: float = -1.0
+    best_loss: float = float("inf")
+    best_epoch: int = 0
+    best_state: dict | None = None
+    bad_epochs: int = 0
+    first_epoch: int = 1
+    stopped_by: str = "epochs"
+    interrupted: bool = False
+    seconds_before: float = 0.0
+
+
+def _check_resume(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
+    """The checkpoint to continue from (None: start afresh); refuse a resume with other settings."""
+    ckpt = find_checkpoint(out) if resume else None
+    if ckpt is not None:
+        saved = TrainConfig.load(out / CONFIG_FILE).to_dict()
+        # The folder may have moved since (--out names where it is now), so out is not compared.
+        differ = sorted(k for k, v in cfg.to_dict().items() if k != "out" and saved.get(k) != v)
+        if differ:
+            raise ValueError(f"--resume needs the configuration the run was started with; these differ: {', '.join(differ)}")
+    return ckpt
+
+
+def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: Callable[[str], None]) -> _Setup:
+    """Load and audit the data, then build the model, loss, optimiser and learning-rate schedule."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    aug_gen = torch.Generator().manual_seed(cfg.seed + ctx.rank)  # each process augments its own images differently
+    ds = load_dataset(
+        cfg.data, cfg.image_size, cfg.aspect, cfg.positive, cfg.val_fraction, cfg.test_fraction,
+        cfg.seed, cfg.group_pattern, cfg.cache_dir, progress=progress, intensity=cfg.intensity, crop_border=cfg.crop_border,
+        **cfg.dataset_options(),
+    )
+    from cxrkit.audit.dataset_audit import audit_before_training
+
+    audit = audit_before_training(ds, cfg.group_pattern, cfg.allow_leakage, out, cfg.seed, cfg.cache_dir, progress)
+    for m in audit["messages"]:
+        log(f"audit: {m}")
+    train_idx, val_idx = ds.index("train"), ds.index("val")
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise ValueError("training needs images in both the train and the validation split")
+    task, k = get_task(ds.task), len(ds.class_names)
+    mean, std = intensity_stats(ds.images, train_idx)
+    pre = Preprocessing(cfg.image_size, cfg.aspect, mean, std, cfg.intensity, cfg.crop_border)
+
+    model = build_model(cfg.model, task.num_outputs(k), **cfg.model_options())
+    pretrained_report = initialise(model, cfg.model, cfg.pretrained)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = model.to(ctx.device)
+    counts = class_counts(ds.labels[train_idx], k)
+    criterion, loss_info = make_loss(task.name, counts, cfg.class_weights, n_images=len(train_idx))
+    criterion = criterion.to(ctx.device)
+    factors = None
+    if cfg.oversample:
+        if task.name != "multilabel":
+            raise ValueError("--oversample applies to multi-label tasks (binary and multi-class use class weights)")
+        factors = repeat_factors(ds.labels[train_idx])
+        loss_info["oversampling"] = {"method": "repeat-factor sampling", "threshold": 0.1,
+                                     "images_per_epoch": float(factors.sum()), "max_repeat": float(factors.max())}
+    backbone, head = split_parameters(model, cfg.model)
+    groups = [{"params": head, "lr": cfg.lr, "name": "head"}]
+    if cfg.freeze == "backbone":
+        _set_backbone_trainable(backbone, False)
+    else:
+        groups.append({"params": backbone, "lr": cfg.lr * cfg.backbone_lr_scale, "name": "backbone"})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil((len(train_idx) if factors is None else round(factors.sum())) / cfg.batch_size)
+    if cfg.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, steps_per_epoch))
+    elif cfg.schedule == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
+    else:
+        scheduler = None
+    train_model = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+    return _Setup(cfg, ctx, out, ds, audit, train_idx, val_idx, task, counts, pre, model, train_model, pretrained_report, criterion,
+                  loss_info, factors, backbone, MODELS[cfg.model].head, optimizer, scheduler, steps_per_epoch, cfg.resolved_precision(),
+                  rng, aug_gen)
+
+
+def _restore(s: _Setup, ckpt: Path | None, log: Callable[[str], None]) -> _Progress:
+    """A fresh progress record, or the checkpoint's (model, optimiser, schedule and random states restored)."""
+    if ckpt is None:
+        return _Progress()
+    st, best_state = load_checkpoint(ckpt, s.model, s.optimizer, s.scheduler, s.rng, s.aug_gen)
+    prog = _Progress(st["history"], st["best_auc"], st["best_loss"], st["best_epoch"], best_state, st["bad_epochs"],
+                     first_epoch=st["epoch"] + 1 if st["stopped_by"] is None else s.cfg.epochs + 1,
+                     stopped_by=st["stopped_by"] or "epochs", seconds_before=st["seconds"])
+    if s.cfg.head_epochs:
+        _set_backbone_trainable(s.backbone, prog.first_epoch > s.cfg.head_epochs)
+    log(f"resuming {s.out} after epoch {st['epoch']} (best validation AUC {prog.best_auc:.4f} at epoch {prog.best_epoch})")
+    return prog
+
+
+def _train_epoch(s: _Setup, epoch: int, head_only: bool, progress: bool) -> tuple[list[float], float]:
+    """One pass over the (shuffled or oversampled) training images; returns the batch losses and seconds."""
+    cfg = s.cfg
+    s.model.train()
+    if head_only:
+        _freeze_batchnorm_stats(s.model, s.head_prefix)
+    t0 = time.perf_counter()
+    losses: list[float] = []
+    order = s.rng.permutation(len(s.train_idx)) if s.factors is None else oversampled_order(s.factors, s.rng)
+    batch_bar = tqdm(
+        _loader(s.ds, s.train_idx, cfg.batch_size, cfg.workers, order, s.ctx), total=s.steps_per_epoch,
+        desc=f"epoch {epoch}", leave=False, unit="batch", disable=not progress or None,
+    )
+    for xb, yb in batch_bar:
+        if len(yb) < 2:  # batch norm cannot train on one image; it is seen again next epoch
+            continue
+        x = augment_batch(s.pre.to_unit(xb), cfg.augment, s.aug_gen)
+        x = s.pre.normalize(x).to(s.ctx.device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(s.ctx.device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16"):
+            logits = s.train_model(x)
+        loss = s.task.loss(s.criterion, logits.float(), yb.to(s.ctx.device))
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        s.optimizer.step()
+        if cfg.schedule == "cosine":
+            s.scheduler.step()
+        losses.append(loss.item())
+        batch_bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+    return losses, time.perf_counter() - t0
+
+
+def _validate(s: _Setup, t_start: float, epoch: int) -> tuple[float, float, bool]:
+    """Validation AUC and loss (process 0 measures, the others receive them) and whether the time limit is up."""
+    cfg = s.cfg
+    val_auc = val_loss = float("nan")
+    time_up = False
+    if s.ctx.is_main:
+        y_val = s.ds.labels[s.val_idx]
+        probs, val_logits = predict_index(s.model, s.ds, s.val_idx, s.pre, s.task.name, 64, cfg.workers, cfg.channels_last, s.precision,
+                                          s.ctx.device)
+        val_loss = float(s.task.loss(s.criterion.cpu(), val_logits, torch.from_numpy(y_val)))
+        s.criterion.to(s.ctx.device)
+        val_auc = s.task.monitor_auc(y_val, probs)
+        time_up = bool(cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes and epoch < cfg.epochs)
+    val_auc, val_loss, time_up = s.ctx.broadcast([val_auc, val_loss, time_up])
+    return val_auc, val_loss, time_up
+
+
+def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: EpochCallback | None, progress: bool) -> None:
+    """The epochs: train, validate, keep the best model, checkpoint, stop early or on time; Ctrl-C ends it cleanly."""
+    cfg, out = s.cfg, s.out
+    t_start = time.perf_counter() - prog.seconds_before
+    epoch_bar = tqdm(range(prog.first_epoch, cfg.epochs + 1), desc=f"training {cfg.model}", unit="epoch", disable=not progress or None)
+    try:
+        for epoch in epoch_bar:
+            head_only = cfg.freeze == "backbone" or epoch <= cfg.head_epochs
+            if cfg.head_epochs and epoch in (1, cfg.head_epochs + 1):
+                _set_backbone_trainable(s.backbone, not head_only)
+                if epoch > 1:
+                    prog.bad_epochs = 0  # stage two starts: give the full network its own patience
+                    log(f"stage 2: training all layers (backbone learning rate {cfg.lr * cfg.backbone_lr_scale:g})")
+            losses, train_seconds = _train_epoch(s, epoch, head_only, progress)
+            t1 = time.perf_counter()
+            val_auc, val_loss, time_up = _validate(s, t_start, epoch)
+            if cfg.schedule == "plateau":
+                s.scheduler.step(val_auc)
+            # Ties in AUC (common once a small validation set is separated perfectly) go to the lower loss.
+            improved = np.isfinite(val_auc) and (
+                val_auc > prog.best_auc + 1e-4 or (abs(val_auc - prog.best_auc) <= 1e-4 and val_loss < prog.best_loss)
+            )
+            if improved:
+                prog.best_auc, prog.best_loss, prog.best_epoch, prog.bad_epochs = val_auc, val_loss, epoch, 0
+                prog.best_state = copy.deepcopy(s.model.state_dict())
+                if s.ctx.is_main:
+                    save_weights(s.model, out / MODEL_FILE)
+            else:
+                prog.bad_epochs += 1
+            row = {
+                "epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "val_auc": val_auc,
+                "lr": s.optimizer.param_groups[0]["lr"], "stage": "head" if head_only else "all", "train_seconds": train_seconds,
+                "val_seconds": time.perf_counter() - t1, "train_images_per_second": len(s.train_idx) / train_seconds,
+            }
+            prog.history.append(row)
+            if s.ctx.is_main:
+                atomic_write_csv(out / HISTORY_FILE, prog.history, list(prog.history[0]))
+            epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{val_auc:.3f}", best=f"{prog.best_auc:.3f}@{prog.best_epoch}")
+            log(
+                f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
+                f"val AUC {val_auc:.4f}  {row['train_images_per_second']:.0f} img/s{'  *best' if improved else ''}"
+            )
+            stop = None
+            if time_up:
+                log(f"time limit: stopping after epoch {epoch} ({cfg.max_minutes:g} minutes reached)")
+                stop = "time limit"
+            elif prog.bad_epochs >= cfg.patience and not (cfg.head_epochs and epoch <= cfg.head_epochs):
+                log(f"early stop: validation AUC did not improve for {cfg.patience} epochs")
+                stop = "early stopping"
+            # The stop decision goes into the checkpoint, so a run resumed right here stops as it would have.
+            if s.ctx.is_main:
+                save_checkpoint(out, s.model, prog.best_state, s.optimizer, s.scheduler, s.rng, s.aug_gen, {
+                    "epoch": epoch, "history": prog.history, "best_auc": prog.best_auc, "best_loss": prog.best_loss,
+                    "best_epoch": prog.best_epoch, "bad_epochs": prog.bad_epochs, "stopped_by": stop,
+                    "seconds": time.perf_counter() - t_start,
+                })
+            if on_epoch is not None:
+                on_epoch(epoch, val_auc)
+            if stop:
+                prog.stopped_by = stop
+                break
+    except KeyboardInterrupt:
+        prog.interrupted = True
+        log("interrupted: keeping the best model so far and finishing the run")
+    prog.seconds_before = time.perf_counter() - t_start
+
+
+def _record(s: _Setup, prog: _Progress) -> RunMeta:
+    """The run's meta.json: what it is (model, classes, preprocessing), where its data came from, how it trained.
+    Not yet complete: the threshold is chosen on validation data afterwards."""
+    cfg, ds, model = s.cfg, s.ds, s.model
+    trainable, total = count_parameters(model)
+    ips = [h["train_images_per_second"] for h in prog.history]
+    meta = RunMeta(
+        model=cfg.model, task=s.task.name, classes=list(ds.class_names), num_outputs=s.task.num_outputs(len(ds.class_names)),
+        preprocessing=ImageSpec(**s.pre.to_dict()), positive_class=ds.positive,
+        model_options={k: v for k, v in cfg.model_options().items() if v is not None and k != "image_size"},
+        tta=cfg.tta, complete=False, cxrkit_version=__version__, created=now(),
+        audit={**s.audit, "allow_leakage": cfg.allow_leakage},
+        data={
+            "layout": ds.source.layout,
+            "given_splits": ds.source.given_splits,
+            "fingerprint": ds.fingerprint(),
+            "train_fingerprint": ds.fingerprint("train"),
+            "counts": ds.counts(),
+            "images": ds.image_counts(),
+            "patient_ids": ds.patients is not None,
+            "skipped": len(ds.cache.errors),
+            "ignored_non_image_files": len(ds.source.ignored_files),
+            "cache_key": ds.cache.key,
+            "cache_hit": ds.cache.hit,
+            "cache_seconds": ds.cache.seconds,
+        },
+        training={
+            "epochs_run": len(prog.history),
+            "best_epoch": prog.best_epoch,
+            "best_val_auc": prog.best_auc,
+            "interrupted": prog.interrupted,
+            "stopped_by": "interrupted" if prog.interrupted else prog.stopped_by,
+            "train_counts": {c: int(n) for c, n in zip(ds.class_names, s.counts)},
+            **s.loss_info,
+            "parameters_trainable": trainable,
+            "parameters_total": total,
+            "images_per_second_median": float(np.median(ips)) if ips else None,
+            "seconds_total": prog.seconds_before,
+            "pretrained": s.pretrained_report,
+            "fine_tuning": {"freeze": cfg.freeze, "head_epochs": cfg.head_epochs, "backbone_lr_scale": cfg.backbone_lr_scale},
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "precision": s.precision,
+            "processes": s.ctx.world,
+            "device": str(s.ctx.device),
+        },
+    )
+    meta.set_data_root(ds.source.root, s.out)
+    return meta
 
 
 def train(
@@ -185,253 +483,30 @@ def train(
     if ctx.is_main:
         prepare_run_folder(out, overwrite, resume)
     ctx.barrier()
-    ckpt = find_checkpoint(out) if resume else None
-    if ckpt is not None:
-        saved = TrainConfig.load(out / "config.yaml").to_dict()
-        differ = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v)
-        if differ:
-            raise ValueError(f"--resume needs the configuration the run was started with; these differ: {', '.join(differ)}")
+    ckpt = _check_resume(cfg, out, resume)
 
     def log(msg: str) -> None:
         if progress:
             tqdm.write(msg)
 
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    aug_gen = torch.Generator().manual_seed(cfg.seed + ctx.rank)  # each process augments its own images differently
-    t_start = time.perf_counter()
-
-    ds = load_dataset(
-        cfg.data, cfg.image_size, cfg.aspect, cfg.positive, cfg.val_fraction, cfg.test_fraction,
-        cfg.seed, cfg.group_pattern, cfg.cache_dir, progress=progress, intensity=cfg.intensity, crop_border=cfg.crop_border,
-        **cfg.dataset_options(),
-    )
-    from cxrkit.audit.dataset_audit import audit_before_training
-
-    audit = audit_before_training(ds, cfg.group_pattern, cfg.allow_leakage, out, cfg.seed, cfg.cache_dir, progress)
-    for m in audit["messages"]:
-        log(f"audit: {m}")
-    train_idx, val_idx = ds.index("train"), ds.index("val")
-    if len(val_idx) == 0 or len(train_idx) == 0:
-        raise ValueError("training needs images in both the train and the validation split")
-    task, k = ds.task, len(ds.class_names)
-    precision = cfg.resolved_precision()
-    mean, std = intensity_stats(ds.images, train_idx)
-    pre = Preprocessing(cfg.image_size, cfg.aspect, mean, std, cfg.intensity, cfg.crop_border)
-
-    model = build_model(cfg.model, 1 if task == "binary" else k, **cfg.model_options())
-    pretrained_report = initialise(model, cfg.model, cfg.pretrained)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = model.to(ctx.device)
-    counts = class_counts(ds.labels[train_idx], k)
-    criterion, loss_info = make_loss(task, counts, cfg.class_weights, n_images=len(train_idx))
-    criterion = criterion.to(ctx.device)
-    factors = None
-    if cfg.oversample:
-        if task != "multilabel":
-            raise ValueError("--oversample applies to multi-label tasks (binary and multi-class use class weights)")
-        factors = repeat_factors(ds.labels[train_idx])
-        loss_info["oversampling"] = {"method": "repeat-factor sampling", "threshold": 0.1,
-                                     "images_per_epoch": float(factors.sum()), "max_repeat": float(factors.max())}
-    backbone, head = split_parameters(model, cfg.model)
-    head_prefix = MODELS[cfg.model].head
-    groups = [{"params": head, "lr": cfg.lr, "name": "head"}]
-    if cfg.freeze == "backbone":
-        _set_backbone_trainable(backbone, False)
-    else:
-        groups.append({"params": backbone, "lr": cfg.lr * cfg.backbone_lr_scale, "name": "backbone"})
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil((len(train_idx) if factors is None else round(factors.sum())) / cfg.batch_size)
-    if cfg.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, steps_per_epoch))
-    elif cfg.schedule == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
-    else:
-        scheduler = None
-
+    t0 = time.perf_counter()
+    s = _build(cfg, ctx, out, progress, log)
     if ctx.is_main:
-        _write_run_inputs(cfg, ds, train_idx, out)
-    train_model = model
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
-
-    y_val = ds.labels[val_idx]
-    history: list[dict] = []
-    best_auc, best_loss, best_epoch, best_state, bad_epochs = -1.0, float("inf"), 0, None, 0
-    interrupted = False
-    stopped_by = "epochs"
-    first_epoch = 1
-    if ckpt is not None:
-        st, best_state = load_checkpoint(ckpt, model, optimizer, scheduler, rng, aug_gen)
-        history, best_auc, best_loss, best_epoch, bad_epochs = st["history"], st["best_auc"], st["best_loss"], st["best_epoch"], st["bad_epochs"]
-        first_epoch = st["epoch"] + 1 if st["stopped_by"] is None else cfg.epochs + 1
-        stopped_by = st["stopped_by"] or stopped_by
-        t_start -= st["seconds"]
-        if cfg.head_epochs:
-            _set_backbone_trainable(backbone, first_epoch > cfg.head_epochs)
-        log(f"resuming {out} after epoch {st['epoch']} (best validation AUC {best_auc:.4f} at epoch {best_epoch})")
-    epoch_bar = tqdm(range(first_epoch, cfg.epochs + 1), desc=f"training {cfg.model}", unit="epoch", disable=not progress or None)
-    try:
-        for epoch in epoch_bar:
-            head_only = cfg.freeze == "backbone" or epoch <= cfg.head_epochs
-            if cfg.head_epochs and epoch in (1, cfg.head_epochs + 1):
-                _set_backbone_trainable(backbone, not head_only)
-                if epoch > 1:
-                    bad_epochs = 0  # stage two starts: give the full network its own patience
-                    log(f"stage 2: training all layers (backbone learning rate {cfg.lr * cfg.backbone_lr_scale:g})")
-            model.train()
-            if head_only:
-                _freeze_batchnorm_stats(model, head_prefix)
-            t0 = time.perf_counter()
-            losses = []
-            order = rng.permutation(len(train_idx)) if factors is None else oversampled_order(factors, rng)
-            batch_bar = tqdm(
-                _loader(ds, train_idx, cfg.batch_size, cfg.workers, order, ctx), total=steps_per_epoch,
-                desc=f"epoch {epoch}", leave=False, unit="batch", disable=not progress or None,
-            )
-            for xb, yb in batch_bar:
-                if len(yb) < 2:  # batch norm cannot train on one image; it is seen again next epoch
-                    continue
-                x = augment_batch(pre.to_unit(xb), cfg.augment, aug_gen)
-                x = pre.normalize(x).to(ctx.device)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    logits = train_model(x)
-                logits = logits.float()
-                loss = _loss(criterion, logits, yb.to(ctx.device), task)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if cfg.schedule == "cosine":
-                    scheduler.step()
-                losses.append(loss.item())
-                batch_bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-            train_seconds = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            val_auc = val_loss = float("nan")
-            time_up = False
-            if ctx.is_main:  # process 0 validates and decides; the others follow its figures
-                probs, val_logits = predict_index(model, ds, val_idx, pre, task, 64, cfg.workers, cfg.channels_last, precision, ctx.device)
-                val_loss = float(_loss(criterion.cpu(), val_logits, torch.from_numpy(y_val), task))
-                criterion.to(ctx.device)
-                val_auc = monitor_auc(y_val, probs, task)
-                time_up = bool(cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes and epoch < cfg.epochs)
-            val_auc, val_loss, time_up = ctx.broadcast([val_auc, val_loss, time_up])
-            if cfg.schedule == "plateau":
-                scheduler.step(val_auc)
-            # Ties in AUC (common once a small validation set is separated perfectly) go to the lower loss.
-            improved = np.isfinite(val_auc) and (
-                val_auc > best_auc + 1e-4 or (abs(val_auc - best_auc) <= 1e-4 and val_loss < best_loss)
-            )
-            if improved:
-                best_auc, best_loss, best_epoch, bad_epochs = val_auc, val_loss, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-                if ctx.is_main:
-                    save_weights(model, out / MODEL_FILE)
-            else:
-                bad_epochs += 1
-            row = {
-                "epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "val_auc": val_auc,
-                "lr": optimizer.param_groups[0]["lr"], "stage": "head" if head_only else "all", "train_seconds": train_seconds,
-                "val_seconds": time.perf_counter() - t1, "train_images_per_second": len(train_idx) / train_seconds,
-            }
-            history.append(row)
-            if ctx.is_main:
-                atomic_write_csv(out / "history.csv", history, list(history[0]))
-            epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{val_auc:.3f}", best=f"{best_auc:.3f}@{best_epoch}")
-            log(
-                f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
-                f"val AUC {val_auc:.4f}  {row['train_images_per_second']:.0f} img/s{'  *best' if improved else ''}"
-            )
-            stop = None
-            if time_up:
-                log(f"time limit: stopping after epoch {epoch} ({cfg.max_minutes:g} minutes reached)")
-                stop = "time limit"
-            elif bad_epochs >= cfg.patience and not (cfg.head_epochs and epoch <= cfg.head_epochs):
-                log(f"early stop: validation AUC did not improve for {cfg.patience} epochs")
-                stop = "early stopping"
-            # The stop decision goes into the checkpoint, so a run resumed right here stops as it would have.
-            if ctx.is_main:
-                save_checkpoint(out, model, best_state, optimizer, scheduler, rng, aug_gen, {
-                    "epoch": epoch, "history": history, "best_auc": best_auc, "best_loss": best_loss, "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs, "stopped_by": stop, "seconds": time.perf_counter() - t_start,
-                })
-            if on_epoch is not None:
-                on_epoch(epoch, val_auc)
-            if stop:
-                stopped_by = stop
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted: keeping the best model so far and finishing the run")
-    if best_state is None:
+        _write_run_inputs(cfg, s.ds, s.train_idx, out)
+    prog = _restore(s, ckpt, log)
+    prog.seconds_before += time.perf_counter() - t0  # data loading and the audit count towards the time limit
+    _fit(s, prog, log, on_epoch, progress)
+    if prog.best_state is None:
         raise RuntimeError("training stopped before the first epoch finished; no model to keep")
     if not ctx.is_main:
         teardown_distributed(ctx)
         return out
-    model.load_state_dict(best_state)
-    model = model.cpu()
-
-    trainable, total = count_parameters(model)
-    ips = [h["train_images_per_second"] for h in history]
-    meta = {
-        "cxrkit_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "model": cfg.model,
-        "task": task,
-        "classes": ds.class_names,
-        "positive_class": ds.positive,
-        "num_outputs": 1 if task == "binary" else k,
-        "model_options": {k_: v for k_, v in cfg.model_options().items() if v is not None},
-        "tta": cfg.tta,
-        "preprocessing": pre.to_dict(),
-        "threshold": None,
-        "audit": {**audit, "allow_leakage": cfg.allow_leakage},
-        "data": {
-            "root": str(ds.source.root),
-            "layout": ds.source.layout,
-            "given_splits": ds.source.given_splits,
-            "fingerprint": ds.fingerprint(),
-            "train_fingerprint": ds.fingerprint("train"),
-            "counts": ds.counts(),
-            "images": ds.image_counts(),
-            "patient_ids": ds.patients is not None,
-            "skipped": len(ds.cache.errors),
-            "ignored_non_image_files": len(ds.source.ignored_files),
-            "cache_key": ds.cache.key,
-            "cache_hit": ds.cache.hit,
-            "cache_seconds": ds.cache.seconds,
-        },
-        "training": {
-            "epochs_run": len(history),
-            "best_epoch": best_epoch,
-            "best_val_auc": best_auc,
-            "interrupted": interrupted,
-            "stopped_by": "interrupted" if interrupted else stopped_by,
-            "train_counts": {c: int(n) for c, n in zip(ds.class_names, counts)},
-            **loss_info,
-            "parameters_trainable": trainable,
-            "parameters_total": total,
-            "images_per_second_median": float(np.median(ips)) if ips else None,
-            "seconds_total": time.perf_counter() - t_start,
-            "pretrained": pretrained_report,
-            "fine_tuning": {"freeze": cfg.freeze, "head_epochs": cfg.head_epochs, "backbone_lr_scale": cfg.backbone_lr_scale},
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "precision": precision,
-            "processes": ctx.world,
-            "device": str(ctx.device),
-        },
-    }
-    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2))
+    s.model.load_state_dict(prog.best_state)
+    s.model = s.model.cpu()
+    write_meta(out, _record(s, prog))
     if finish:
         from cxrkit.evaluation.evaluate import finish_training
 
-        finish_training(out, ds, cfg.threshold_rule, cfg.seed)
+        finish_training(out, s.ds, cfg.threshold_rule, cfg.seed)
     teardown_distributed(ctx)
     return out

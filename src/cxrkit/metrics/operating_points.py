@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrkit.evaluation.metrics import binary_confusion, proportion
-from cxrkit.evaluation.thresholds import choose_threshold
+from cxrkit.metrics.classification import binary_confusion, proportion
+from cxrkit.metrics.thresholds import choose_threshold
 
 TARGET_SENSITIVITIES = (0.85, 0.90, 0.95)
 TARGET_SPECIFICITIES = (0.70, 0.90, 0.95)
@@ -30,7 +30,7 @@ def operating_points(
     sensitivities: tuple[float, ...] = TARGET_SENSITIVITIES, specificities: tuple[float, ...] = TARGET_SPECIFICITIES,
 ) -> list[dict]:
     """One row per target: the threshold chosen on validation (``sensitivity:x`` / ``specificity:x`` rules of
-    :func:`cxrkit.evaluation.thresholds.choose_threshold`) and what it achieves on the evaluated split."""
+    :func:`cxrkit.metrics.thresholds.choose_threshold`) and what it achieves on the evaluated split."""
     rows = []
     for kind, targets in (("sensitivity", sensitivities), ("specificity", specificities)):
         for t in targets:

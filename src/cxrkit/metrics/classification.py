@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score
 
-from cxrkit.evaluation.intervals import bootstrap_interval, delong_interval, wilson_interval
+from cxrkit.metrics.intervals import bootstrap_interval, delong_interval, wilson_interval
 
 
 def proportion(successes: int, n: int, confidence: float = 0.95) -> dict:

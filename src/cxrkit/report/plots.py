@@ -139,7 +139,7 @@ def plot_cooccurrence(labels: np.ndarray, names: list[str], path: Path) -> Path:
 
 def plot_reliability(curves: list[tuple[str, dict, float]], title: str, path: Path) -> Path:
     """Reliability diagram: observed frequency against mean predicted probability per bin; each curve is
-    (label, bins from :func:`cxrkit.evaluation.calibration.reliability_bins`, ECE). Marker area follows the bin's count."""
+    (label, bins from :func:`cxrkit.metrics.calibration.reliability_bins`, ECE). Marker area follows the bin's count."""
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfectly calibrated")
     kind = curves[0][1]["kind"] if curves else "positive class"

@@ -1,0 +1,27 @@
+"""The audit's findings in plain sentences (for the terminal, the run record and the reports)."""
+
+from __future__ import annotations
+
+
+def audit_messages(audit: dict) -> list[str]:
+    """The audit's findings as plain sentences, most serious first."""
+    out = []
+    v = audit["verdict"]
+    for reason in v["leakage_reasons"]:
+        out.append(f"LEAKAGE: {reason}; test figures would be inflated")
+    p = audit["shortcut_probe"]
+    if p.get("warning"):
+        g = ", ".join(f"{f['feature']} (AUC {f['auc']:.2f}, {f['direction']} in {f['class']})" for f in p["giveaways"])
+        out.append(f"SHORTCUT: a classifier that never sees anatomy separates the classes with cross-validated AUC {p['auc']:.2f} "
+                   f"(> {p['threshold']}); the giveaways: {g}. A model can learn these instead of the disease")
+    if v["conflicting_labels"]:
+        out.append(f"{v['conflicting_labels']} group(s) of identical or near-identical images carry different labels")
+    d = audit["duplicates"]
+    if d["exact"]["redundant_files"] or d["near"]["redundant_files"]:
+        out.append(f"duplicates: {d['exact']['clusters']} group(s) of byte-identical files ({d['exact']['redundant_files']} redundant), "
+                   f"{d['near']['clusters']} group(s) of near-identical images ({d['near']['redundant_files']} redundant)")
+    if audit["corrupt"]:
+        out.append(f"{len(audit['corrupt'])} file(s) cannot be decoded")
+    if p.get("auc") is not None and not p["warning"]:
+        out.append(f"shortcut probe: AUC {p['auc']:.2f} from non-anatomical features (threshold {p['threshold']}), no strong shortcut found")
+    return out

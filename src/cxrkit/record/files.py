@@ -1,0 +1,144 @@
+"""The files of a run folder: their names, atomic writers, and readers for metrics, predictions and history.
+
+Everything that reads or writes a run folder's files goes through here, so the format has one owner.
+No torch: the server, the report and scripts read runs without loading a model library.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+META_FILE = "meta.json"
+MODEL_FILE = "model.safetensors"
+SHIFT_FILE = "shift_reference.json"
+CALIBRATION_FILE = "calibration.json"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+HISTORY_FILE = "history.csv"
+CONFIG_FILE = "config.yaml"
+SPLITS_FILE = "splits.csv"
+SKIPPED_FILE = "skipped.csv"
+AUDIT_FILE = "audit.json"
+REPORT_FILE = "report.html"
+PLOTS_DIR = "plots"
+
+# Everything training writes; a new run in the same folder removes these first.
+RUN_OUTPUTS = (META_FILE, MODEL_FILE, SHIFT_FILE, CALIBRATION_FILE, AUDIT_FILE, METRICS_FILE, PREDICTIONS_FILE,
+               HISTORY_FILE, SPLITS_FILE, SKIPPED_FILE, REPORT_FILE, CONFIG_FILE)
+
+
+class RunRecordError(ValueError):
+    """A run folder, or one of its files, is missing, unreadable or inconsistent; the message is one line."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file via a temporary file and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (indented, so a person can read it)."""
+    atomic_write_text(path, json.dumps(data, indent=2))
+
+
+def atomic_write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
+    """Write dict rows as CSV via a temporary file and rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fieldnames)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, what: str | None = None) -> Any:
+    """Parse a JSON file, or raise :class:`RunRecordError` naming the file and the problem."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunRecordError(f"{path} does not exist{f' ({what})' if what else ''}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunRecordError(f"{path} is not valid JSON ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise RunRecordError(f"{path} cannot be read: {exc.strerror or exc}") from None
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """metrics.json of a run as {split key: metrics}; {} when nothing was evaluated yet."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return {}
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise RunRecordError(f"{path} must hold a JSON object of splits, got {type(data).__name__}")
+    return data
+
+
+def split_metrics(run_dir: Path, split: str) -> dict:
+    """The metrics of one split, or :class:`RunRecordError` naming the splits that exist."""
+    metrics = read_metrics(run_dir)
+    if split not in metrics:
+        have = ", ".join(metrics) or "none"
+        raise RunRecordError(f"{Path(run_dir) / METRICS_FILE} has no {split!r} results (evaluated: {have}); run `cxrkit evaluate`")
+    return metrics[split]
+
+
+def update_metrics(run_dir: Path, split: str, metrics: dict) -> None:
+    """Store one split's metrics in metrics.json, keeping the others."""
+    all_metrics = read_metrics(run_dir)
+    all_metrics[split] = metrics
+    atomic_write_json(Path(run_dir) / METRICS_FILE, all_metrics)
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    """Rows of a CSV file as dicts ([] when the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_predictions(run_dir: Path, split: str | None = None) -> list[dict]:
+    """Rows of predictions.csv (split, path, true, prob_<class>..., pred), all or those of one split."""
+    rows = read_csv_rows(Path(run_dir) / PREDICTIONS_FILE)
+    return rows if split is None else [r for r in rows if r["split"] == split]
+
+
+def split_predictions(run_dir: Path, split: str, classes: list[str], multilabel: bool = False) -> tuple[list[str], Any, Any]:
+    """One split of predictions.csv as arrays, sorted by path: (paths, labels, probabilities (N, K)).
+
+    Labels are class indices, or an (N, K) 0/1 matrix for a multi-label run (``true`` holds ``|``-joined findings).
+    """
+    import numpy as np
+
+    rows = sorted(read_predictions(run_dir, split), key=lambda r: r["path"])
+    try:
+        if multilabel:
+            y = np.array([[c in r["true"].split("|") for c in classes] for r in rows], dtype=int).reshape(len(rows), len(classes))
+        else:
+            y = np.array([classes.index(r["true"]) for r in rows], dtype=int)
+        probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]).reshape(len(rows), len(classes))
+    except (KeyError, ValueError) as exc:
+        raise RunRecordError(f"{Path(run_dir) / PREDICTIONS_FILE} does not match the run's classes ({exc})") from None
+    return [r["path"] for r in rows], y, probs
+
+
+def replace_predictions(run_dir: Path, split: str, rows: list[dict], classes: list[str]) -> None:
+    """Replace one split's rows in predictions.csv, keeping the other splits' rows."""
+    kept = [r for r in read_predictions(run_dir) if r["split"] != split]
+    atomic_write_csv(Path(run_dir) / PREDICTIONS_FILE, kept + rows, ["split", "path", "true", *[f"prob_{c}" for c in classes], "pred"])
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """history.csv as one dict per epoch, numbers as floats (the ``stage`` column stays text)."""
+    return [{k: (v if k == "stage" else float(v)) for k, v in r.items()} for r in read_csv_rows(Path(run_dir) / HISTORY_FILE)]

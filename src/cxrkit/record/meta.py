@@ -1,0 +1,257 @@
+"""meta.json as a typed, validated record: what a run needs to turn an image into a decision.
+
+:class:`RunMeta` holds the fields prediction depends on (task, classes, preprocessing, thresholds,
+completeness), each checked on load so a hand-edited or truncated file gives a one-line error instead of
+a NaN or a wrong decision; provenance (data, training, audit, evaluations) is kept as written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cxrkit.data.intensity import INTENSITY_MODES
+from cxrkit.record.files import META_FILE, RunRecordError, atomic_write_json, read_json
+
+SCHEMA_VERSION = 2
+TASKS = ("binary", "multiclass", "multilabel")
+ASPECTS = ("pad", "squash")
+MIN_IMAGE_SIZE = 16
+# A 1024-px single-channel model input is already far beyond chest X-ray practice (224-512); larger sizes
+# are typing errors that would take tens of GB at prediction time.
+MAX_IMAGE_SIZE = 1024
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How a file becomes the model's input: square size, aspect handling, per-image intensity mode,
+    border cropping, and the training split's mean and std (in [0, 1] units) used to standardise."""
+
+    image_size: int
+    aspect: str
+    mean: float
+    std: float
+    intensity: str = "none"
+    crop_border: bool = False
+
+    def problems(self) -> list[str]:
+        """What is wrong with these values, as ``key: message`` strings (empty when valid)."""
+        out = []
+        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            out.append(f"image_size must be a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {self.image_size!r}")
+        if self.aspect not in ASPECTS:
+            out.append(f"aspect must be one of {', '.join(ASPECTS)}, got {self.aspect!r}")
+        if self.intensity not in INTENSITY_MODES:
+            out.append(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got {self.intensity!r}")
+        if not isinstance(self.crop_border, bool):
+            out.append(f"crop_border must be true or false, got {self.crop_border!r}")
+        if not _finite(self.mean) or not 0 <= self.mean <= 1:
+            out.append(f"mean must be a finite number in [0, 1], got {self.mean!r}")
+        if not _finite(self.std) or not 0 < self.std <= 1:
+            out.append(f"std must be a finite number in (0, 1], got {self.std!r}")
+        return out
+
+    def to_dict(self) -> dict:
+        """Plain-dict form for JSON."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "preprocessing") -> ImageSpec:
+        """Build and validate from meta.json's ``preprocessing`` object."""
+        if not isinstance(d, dict):
+            raise RunRecordError(f"{where} must be an object, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        missing = [n for n in ("image_size", "aspect", "mean", "std") if n not in d]
+        if missing:
+            raise RunRecordError(f"{where} lacks {', '.join(missing)}")
+        spec = cls(**{k: v for k, v in d.items() if k in names})
+        bad = spec.problems()
+        if bad:
+            raise RunRecordError(f"{where}.{bad[0]}")
+        return spec
+
+
+def _check_threshold(t: Any, where: str) -> None:
+    if not isinstance(t, dict) or not _finite(t.get("value")) or not 0 <= t["value"] <= 1:
+        value = t.get("value") if isinstance(t, dict) else t
+        raise RunRecordError(f"{where} must be a finite number in [0, 1], got {value!r}")
+
+
+@dataclass
+class RunMeta:
+    """The validated content of meta.json.
+
+    ``complete`` is False from the moment training writes the model until the decision threshold has been
+    chosen on validation data; an incomplete run can be resumed or inspected but not used to decide.
+    """
+
+    model: str
+    task: str
+    classes: list[str]
+    num_outputs: int
+    preprocessing: ImageSpec
+    positive_class: str | None = None
+    model_options: dict = field(default_factory=dict)
+    tta: bool = False
+    threshold: dict | None = None
+    thresholds: dict | None = None
+    complete: bool = False
+    schema_version: int = SCHEMA_VERSION
+    cxrkit_version: str | None = None
+    created: str | None = None
+    # Provenance, kept as written: the data it was trained on, the training figures, the audit, evaluations.
+    data: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    audit: dict = field(default_factory=dict)
+    evaluations: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    # ---- validation ---------------------------------------------------------------------------------
+    def validate(self) -> RunMeta:
+        """Check the fields prediction depends on; raise :class:`RunRecordError` with the first problem."""
+        if not isinstance(self.model, str) or not self.model:
+            raise RunRecordError(f"model must be a model name, got {self.model!r}")
+        if self.task not in TASKS:
+            raise RunRecordError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        c = self.classes
+        if not isinstance(c, list) or not all(isinstance(x, str) and x for x in c) or len(set(c)) != len(c):
+            raise RunRecordError(f"classes must be a list of distinct non-empty names, got {c!r}")
+        if len(c) < 2 or (self.task == "binary" and len(c) != 2):
+            raise RunRecordError(f"a {self.task} run needs {'exactly 2' if self.task == 'binary' else 'at least 2'} classes, got {len(c)}")
+        expected = 1 if self.task == "binary" else len(c)
+        if self.num_outputs != expected:
+            raise RunRecordError(f"num_outputs must be {expected} for a {self.task} run with {len(c)} classes, got {self.num_outputs!r}")
+        if self.task == "binary" and self.positive_class is not None and self.positive_class != c[1]:
+            raise RunRecordError(f"positive_class {self.positive_class!r} must be the second class ({c[1]!r})")
+        if not isinstance(self.tta, bool):
+            raise RunRecordError(f"tta must be true or false, got {self.tta!r}")
+        if not isinstance(self.model_options, dict):
+            raise RunRecordError("model_options must be an object")
+        if self.complete:
+            self._validate_decision()
+        return self
+
+    def _validate_decision(self) -> None:
+        if self.task == "binary":
+            _check_threshold(self.threshold, "threshold.value")
+        elif self.task == "multilabel":
+            t = self.thresholds
+            if not isinstance(t, dict) or set(t) != set(self.classes):
+                raise RunRecordError(f"thresholds must give one threshold per finding ({', '.join(self.classes)})")
+            for name in self.classes:
+                _check_threshold(t[name], f"thresholds.{name}.value")
+
+    def require_complete(self, run_dir: Path | str) -> None:
+        """Refuse to decide with a run whose training did not finish (no threshold chosen yet)."""
+        if not self.complete:
+            raise RunRecordError(
+                f"{run_dir} is incomplete: training did not finish (no decision threshold was chosen on validation data); "
+                "resume it with `cxrkit train ... --resume` or train again"
+            )
+
+    # ---- thresholds -----------------------------------------------------------------------------------
+    @property
+    def threshold_value(self) -> float | None:
+        """The binary decision threshold, or None."""
+        t = self.threshold
+        return None if not t or t.get("value") is None else float(t["value"])
+
+    @property
+    def threshold_rule(self) -> str | None:
+        """The rule the threshold(s) were chosen by (``youden``, ``sensitivity:0.9``, ...)."""
+        return (self.threshold or {}).get("rule")
+
+    def set_threshold(self, choice: dict) -> None:
+        """Record the binary threshold chosen on validation data; the run becomes complete."""
+        _check_threshold(choice, "threshold.value")
+        self.threshold = choice
+        self.complete = True
+
+    def set_thresholds(self, per_finding: dict[str, dict], rule: str) -> None:
+        """Record a multi-label run's per-finding thresholds; the run becomes complete."""
+        self.thresholds = per_finding
+        self.threshold = {"rule": rule, "value": None, "per_finding": True}
+        self.complete = True
+        self._validate_decision()
+
+    # ---- data location --------------------------------------------------------------------------------
+    def data_root(self, run_dir: Path | str) -> Path | None:
+        """Where the training data is now: the path stored relative to the run folder (so a run moved with
+        its data still finds it), else the absolute path stored at training time; None when neither exists."""
+        run_dir = Path(run_dir)
+        rel = self.data.get("root_from_run")
+        candidates = ([run_dir / rel] if rel else []) + ([Path(self.data["root"])] if self.data.get("root") else [])
+        for c in candidates:
+            if c.exists():
+                return c.resolve()
+        return None
+
+    def set_data_root(self, root: Path | str, run_dir: Path | str) -> None:
+        """Store the data location both absolute and relative to the run folder."""
+        root = Path(root).resolve()
+        self.data["root"] = str(root)
+        self.data["root_from_run"] = os.path.relpath(root, Path(run_dir).resolve())
+
+    # ---- I/O --------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """meta.json's JSON object."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        d["preprocessing"] = self.preprocessing.to_dict()
+        return {**d, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> RunMeta:
+        """Build from meta.json's object (older runs included) and validate."""
+        if not isinstance(d, dict):
+            raise RunRecordError(f"{META_FILE} must hold a JSON object, got {type(d).__name__}")
+        missing = [k for k in ("model", "task", "classes", "num_outputs", "preprocessing") if k not in d]
+        if missing:
+            raise RunRecordError(f"{META_FILE} lacks {', '.join(missing)}")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["preprocessing"] = ImageSpec.from_dict(d["preprocessing"])
+        if "complete" not in d:  # runs written before the flag: complete once a threshold was stored
+            kwargs["complete"] = d.get("task") == "multiclass" or bool(d.get("thresholds") or (d.get("threshold") or {}).get("value") is not None)
+        opts = dict(d.get("model_options") or {})
+        if opts.get("image_size") not in (None, kwargs["preprocessing"].image_size):
+            raise RunRecordError(f"model_options.image_size {opts['image_size']!r} differs from preprocessing.image_size "
+                                 f"{kwargs['preprocessing'].image_size!r}")
+        opts.pop("image_size", None)  # stored once, in preprocessing
+        kwargs["model_options"] = opts
+        meta = cls(**kwargs, extra={k: v for k, v in d.items() if k not in known})
+        return meta.validate()
+
+    def model_kwargs(self) -> dict:
+        """Keyword arguments of :func:`cxrkit.models.build_model` besides the name and outputs."""
+        return {**self.model_options, "image_size": self.preprocessing.image_size}
+
+
+def read_meta(run_dir: Path | str) -> RunMeta:
+    """Load and validate ``run_dir/meta.json``; every problem is a one-line :class:`RunRecordError`."""
+    path = Path(run_dir) / META_FILE
+    try:
+        return RunMeta.from_dict(read_json(path, "not a cxrkit run folder?"))
+    except RunRecordError as exc:
+        msg = str(exc)
+        raise RunRecordError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    except TypeError as exc:  # a field of the wrong shape reached a constructor
+        raise RunRecordError(f"{path}: {exc}") from None
+
+
+def write_meta(run_dir: Path | str, meta: RunMeta) -> None:
+    """Validate and write ``run_dir/meta.json`` atomically."""
+    meta.validate()
+    atomic_write_json(Path(run_dir) / META_FILE, meta.to_dict())
+
+
+def now() -> str:
+    """Local time as stored in run records."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
