@@ -10,6 +10,7 @@ Files without a window are stretched from their own minimum to maximum, as 16-bi
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,6 +18,10 @@ import numpy as np
 
 from cxrkit.data.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from cxrkit.data.stretch import STRETCH_ROWS, stretch_to_uint8
+
+# pydicom warns (UserWarning, printed to stderr, often with raw element bytes) about every odd value it reads;
+# cxrkit reports a file that cannot be read with one line of its own, so these are not shown.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 DICOM_MAGIC = b"DICM"
 MAGIC_OFFSET = 128

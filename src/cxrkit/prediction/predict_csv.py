@@ -1,7 +1,8 @@
 """Classify many files into one CSV that survives interruption: checkpointed atomically, resumed by path.
 
 The CSV has one row per image: ``path``, ``prob_<class>`` for every class, ``prediction`` (the
-run's decision, :meth:`cxrkit.run.Run.decide`) and ``error`` (why a file could not be decoded).
+run's decision, :meth:`cxrkit.run.Run.decide`), ``error`` (why a file could not be decoded), and
+``ood_warning`` / ``ood_findings`` (the image lies outside the training images' range, and why).
 Every ``checkpoint_seconds`` the whole CSV is rewritten through a temporary file and a rename, so a
 killed job leaves the last complete checkpoint, never half a row. Run again with the same ``out``
 and files that already have a result are skipped; files that failed are tried again.
@@ -17,13 +18,17 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from cxrkit.prediction.results import ood_findings
 from cxrkit.record import atomic_write_csv
 from cxrkit.run import Run
 
 
 def csv_fields(run: Run) -> list[str]:
     """The CSV columns for a run's classes."""
-    return ["path", *[f"prob_{c}" for c in run.classes], "prediction", "error"]
+    return ["path", *[f"prob_{c}" for c in run.classes], "prediction", "error", *OOD_FIELDS]
+
+
+OOD_FIELDS = ["ood_warning", "ood_findings"]
 
 
 def read_finished(out: Path, fields: list[str]) -> dict[str, dict]:
@@ -32,18 +37,21 @@ def read_finished(out: Path, fields: list[str]) -> dict[str, dict]:
         return {}
     with open(out, newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames != fields:
+        # An output written before the out-of-distribution columns existed is resumed; its rows lack them.
+        if reader.fieldnames != fields and reader.fieldnames != [f for f in fields if f not in OOD_FIELDS]:
             raise ValueError(f"{out} exists with other columns ({', '.join(reader.fieldnames or [])}), "
                              "so it was written for another model; give another --out or delete it")
-        return {r["path"]: r for r in reader}
+        return {r["path"]: {**dict.fromkeys(OOD_FIELDS, ""), **r} for r in reader}
 
 
-def result_row(run: Run, path: Path, probs: np.ndarray | None, decision: str | None, error: str = "") -> dict:
-    """One CSV row: probabilities and the decision as text (:meth:`Run.decision_labels`), or empty cells and the error."""
+def result_row(run: Run, path: Path, probs: np.ndarray | None, decision: str | None, error: str = "", ood: list[str] | None = None) -> dict:
+    """One CSV row: probabilities, the decision as text (:meth:`Run.decision_labels`) and the out-of-distribution findings, or empty cells and the error."""
     row = {"path": str(path)}
     row.update({f"prob_{c}": "" if probs is None else f"{probs[j]:.6f}" for j, c in enumerate(run.classes)})
     row["prediction"] = decision or ""
     row["error"] = error
+    row["ood_warning"] = "yes" if ood else ""
+    row["ood_findings"] = "; ".join(ood or [])
     return row
 
 
@@ -53,7 +61,7 @@ def predict_to_csv(
 ) -> dict:
     """Classify ``paths`` into ``out`` (resuming an earlier run of the same command); returns counts.
 
-    Returns ``{"total", "skipped" (already done), "predicted", "errors", "seconds"}``.
+    Returns ``{"total", "skipped" (already done), "predicted", "errors", "ood" (flagged out of distribution), "seconds"}``.
     """
     out = Path(out)
     fields = csv_fields(run)
@@ -67,11 +75,12 @@ def predict_to_csv(
 
     t0 = last = time.perf_counter()
     n_errors = 0
+    reference = run.shift_reference()
     with tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress or None) as bar:
         for where, probs, images, errors in run.iter_predict(todo, batch_size, workers):
             decisions = run.decision_labels(probs) if len(where) else []
-            for k, j in enumerate(where):
-                rows[str(todo[j])] = result_row(run, todo[j], probs[k], decisions[k])
+            for k, (j, found) in enumerate(zip(where, ood_findings(reference, images))):
+                rows[str(todo[j])] = result_row(run, todo[j], probs[k], decisions[k], ood=found)
             for j, err in errors.items():
                 rows[str(todo[j])] = result_row(run, todo[j], None, None, err)
             n_errors += len(errors)
@@ -83,4 +92,4 @@ def predict_to_csv(
                 last = time.perf_counter()
     save()
     return {"total": len(paths), "skipped": len(paths) - len(todo), "predicted": len(todo) - n_errors, "errors": n_errors,
-            "seconds": time.perf_counter() - t0}
+            "ood": sum(1 for p in paths if rows.get(str(p), {}).get("ood_warning")), "seconds": time.perf_counter() - t0}

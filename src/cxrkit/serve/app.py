@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrkit import __version__
 from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from cxrkit.prediction.results import ood_findings
 from cxrkit.run import Run
 from cxrkit.serve.guard import ApiKeyGate
 from cxrkit.serve.model_card import decision_rule, model_card, model_identity
@@ -47,7 +48,7 @@ class Limits:
     max_file_bytes: int = 50 * 1024 * 1024  # a 16-bit 4k x 4k DICOM is ~32 MB
     max_files: int = 16
     max_pixels: int = 40_000_000  # twice a 4.3k x 4.3k detector
-    max_decodes: int = 2  # images decoded at once across all requests: each full-size decode holds up to ~3 bytes a pixel
+    max_decodes: int = 1  # images decoded at once across all requests: a 40 MP 16-bit decode holds ~170 MB (measured)
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("max_file_bytes", 1024, 1024**3), ("max_files", 1, 256), ("max_pixels", 4096, 200_000_000),
@@ -123,6 +124,26 @@ def _sniff(data: bytes) -> str:
     return "unknown"
 
 
+def _libc_malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def _return_freed_memory() -> None:
+    # glibc keeps freed blocks of a full-size decode (Pillow allocates 16 MB blocks, below the mmap threshold)
+    # in the decoding thread's arena; without this the server's RSS stays at its high-water mark.
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def _size(data: bytes | BinaryIO) -> int:
     if isinstance(data, bytes):
         return len(data)
@@ -178,7 +199,10 @@ class Service:
             raise ApiError(413, "file_too_large", f"file is {size:,} bytes; the limit is {self.limits.max_file_bytes:,}", name)
         try:
             with self.decode_slots:  # bounds the full-resolution images held at once, whatever the number of requests
-                return self.run.preprocessing.load(data, max_pixels=self.limits.max_pixels)
+                try:
+                    return self.run.preprocessing.load(data, max_pixels=self.limits.max_pixels)
+                finally:
+                    _return_freed_memory()
         except ImageTooLargeError as exc:
             raise ApiError(413, "too_many_pixels", str(exc), name) from exc
         except UnsupportedImageError as exc:
@@ -202,11 +226,7 @@ class Service:
                 except ValueError as exc:  # the explainer refuses this model or image, with a reason
                     raise ApiError(422, "explain_failed", f"no heat map for this model: {exc}") from exc
         labels = self.run.decision_labels(probs)
-        outliers = [[] for _ in uploads]
-        if self.reference is not None:
-            from cxrkit.data.shift import image_outliers, image_stats
-
-            outliers = image_outliers(self.reference, image_stats(images))
+        outliers = ood_findings(self.reference, images)
         results = []
         for i, (name, data) in enumerate(uploads):
             label = labels[i]
@@ -217,7 +237,7 @@ class Service:
                              "words": self._words(probs[i], label), "rule_words": self.rule["words"]},
                 "calibrated": getattr(self.run, "calibration", None) is not None,
                 "ood_warning": bool(outliers[i]),
-                "ood_findings": [f["message"] for f in outliers[i]],
+                "ood_findings": outliers[i],
             }
             if preview:
                 result["image_png"] = _png_base64(images[i])
