@@ -363,11 +363,11 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    import uvicorn
-
     from cxrkit.serve.app import Limits, create_app
+    from cxrkit.serve.server import ConnectionLimits, serve
 
     limits = Limits(max_file_bytes=int(a.max_upload_mb * 1024 * 1024), max_files=a.max_files, max_pixels=a.max_pixels, max_decodes=a.max_decodes)
+    connection_limits = ConnectionLimits(header_timeout=a.header_timeout, body_timeout=a.body_timeout, max_connections=a.max_connections)
     api_key = a.api_key
     if a.api_key_file:
         from cxrkit.serve.guard import read_api_key_file
@@ -377,7 +377,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     svc = app.state.service
     print(f"serving {svc.identity['id']} (version {svc.identity['version']}, {svc.run.engine}) on http://{a.host}:{a.port}/ "
           f"(API docs at /docs{'; API key required' if (api_key or os.environ.get('CXRKIT_API_KEY')) else ''})")
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    serve(app, a.host, a.port, connection_limits)
     return 0
 
 
@@ -595,6 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-decodes", type=bounded_int(1, 64), default=1,
                     help="images decoded at once across all requests; each full-size 40 MP decode holds ~170 MB, so more "
                          "speeds up concurrent requests at that cost in memory (default %(default)s)")
+    sv.add_argument("--header-timeout", type=float, default=10, metavar="SECONDS",
+                    help="close a connection whose request headers are not complete in this time (default %(default)s)")
+    sv.add_argument("--body-timeout", type=float, default=30, metavar="SECONDS",
+                    help="answer 408 and close when the request body pauses this long (default %(default)s)")
+    sv.add_argument("--max-connections", type=bounded_int(1, 1_000_000), default=4096,
+                    help="open connections past which requests are answered 503 (default %(default)s)")
     sv.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                     help="allow browser calls from this origin (repeatable); CORS is off by default")
     sv.set_defaults(func=cmd_serve)
