@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.data.dataset import LabelledImages
+from cxrkit.evaluation.one_class import one_class_restriction
 from cxrkit.metrics.classification import binary_metrics, multiclass_metrics, multilabel_metrics
 from cxrkit.metrics.thresholds import choose_threshold, parse_rule
 from cxrkit.record import read_history, replace_predictions, split_predictions, update_metrics
@@ -240,6 +241,9 @@ def evaluate_run(
     seconds = time.perf_counter() - t0
     probs = run.apply_calibration(raw_probs)
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
+    one_class = one_class_restriction(metrics)
+    if one_class:
+        notes.append(one_class)
     metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence))
     if explain and run.task != "multilabel":  # heat maps are per decided class; a multi-label decision is a set
         metrics["attention"] = _explain(run, images, ds.labels[idx], probs, key, explain, cfg.seed)
