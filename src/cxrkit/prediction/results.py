@@ -50,8 +50,13 @@ def predict_results(run: Run, paths: list[Path], batch_size: int = 32, workers: 
 
 
 def ood_summary(flagged: int, total: int) -> str | None:
-    """The warning line for ``flagged`` of ``total`` images outside the training range; None when none is."""
+    """The line for ``flagged`` of ``total`` images outside the training range: a warning when most are, a note otherwise; None when none is.
+
+    A few per cent of in-distribution images fall outside one of the ranges by chance, so a handful in a
+    large folder is a note, not a warning.
+    """
     if not flagged:
         return None
-    return (f"warning: {flagged} of {total} image(s) lie outside the training images' range (ood_warning, ood_findings columns); "
+    kind = "warning" if 2 * flagged > total else "note"
+    return (f"{kind}: {flagged} of {total} image(s) lie outside the training images' range (see the ood_findings column); "
             "predictions on them are less reliable than the run's metrics suggest")
