@@ -35,6 +35,12 @@ def bounded_int(lo: int, hi: int):
     return parse
 
 
+def _add_device_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                   help=f"where to {what}: auto (default) takes a CUDA GPU when PyTorch sees one, else the CPU; cuda fails "
+                        "without one (the ONNX engines always run on the CPU)")
+
+
 def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) -> None:
 
     from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
@@ -171,7 +177,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg.data, cfg.out = a.data, a.out or cfg.out
     else:
         cfg = _config_from_args(a, a.data, str(out_dir))
-    out = train(cfg, overwrite=a.overwrite, resume=a.resume)
+    out = train(cfg, overwrite=a.overwrite, resume=a.resume, device=a.device)
     import json
     import os
 
@@ -217,7 +223,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from cxrkit.evaluation.evaluate import evaluate_run, parse_class_map
 
     m = evaluate_run(a.run, a.data, a.split, class_map=parse_class_map(a.class_map), recalibrate_on=a.recalibrate_on,
-                     prevalence=a.prevalence, explain=None if a.explain == "none" else a.explain)
+                     prevalence=a.prevalence, explain=None if a.explain == "none" else a.explain, device=a.device)
     for n in m.get("notes", []):
         print(f"note: {n}")
     _summary(Path(a.run), m["split"])
@@ -266,7 +272,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from cxrkit.data.decode import IMAGE_EXTENSIONS, is_image_file
     from cxrkit.run import Run
 
-    run = Run.load(a.run, engine=a.engine)
+    run = Run.load(a.run, engine=a.engine, device=a.device)
     target = Path(a.path)
     if target.is_dir():
         paths = sorted(p for p in target.rglob("*") if p.is_file() and is_image_file(p))
@@ -373,9 +379,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
         from cxrkit.serve.guard import read_api_key_file
 
         api_key = read_api_key_file(a.api_key_file)
-    app = create_app(a.run, engine=a.engine, api_key=api_key, limits=limits, cors_origins=a.cors_origin)
+    app = create_app(a.run, engine=a.engine, api_key=api_key, limits=limits, cors_origins=a.cors_origin, device=a.device)
     svc = app.state.service
-    print(f"serving {svc.identity['id']} (version {svc.identity['version']}, {svc.run.engine}) on http://{a.host}:{a.port}/ "
+    print(f"serving {svc.identity['id']} (version {svc.identity['version']}, {svc.run.engine} on {svc.run.device}) on http://{a.host}:{a.port}/ "
           f"(API docs at /docs{'; API key required' if (api_key or os.environ.get('CXRKIT_API_KEY')) else ''})")
     serve(app, a.host, a.port, connection_limits)
     return 0
@@ -510,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last per-epoch checkpoint with its saved config.yaml (other options "
                         "are ignored); starts a new run when there is none, so the same command suits preemptible jobs")
+    _add_device_option(t, "train on")
     _add_train_options(t)
     t.set_defaults(func=cmd_train)
 
@@ -529,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Bayes' rule and the report says what happens per 1,000 people screened (binary runs)")
     e.add_argument("--explain", choices=["gradcam", "gradcam++", "occlusion", "none"], default="gradcam",
                    help="heat-map method for the report's gallery and 'where does it look' figure (default %(default)s)")
+    _add_device_option(e, "run the model on")
     e.set_defaults(func=cmd_evaluate)
 
     ca = sub.add_parser("calibrate", help="fit a probability calibration on the validation split and store it in the run",
@@ -560,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--shard", default=None, metavar="K/N",
                     help="predict only every N-th image of the folder starting at K (processes share a folder this way); "
                          "under torchrun K/N come from RANK/WORLD_SIZE. Writes OUT.shardK-of-N.csv")
+    _add_device_option(pr, "run the model on")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="export a run's model to ONNX, checked against PyTorch",
@@ -603,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="open connections past which requests are answered 503 (default %(default)s)")
     sv.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                     help="allow browser calls from this origin (repeatable); CORS is off by default")
+    _add_device_option(sv, "run the model on")
     sv.set_defaults(func=cmd_serve)
     au = sub.add_parser("audit", help="check a dataset for leakage, duplicates, corrupt files and non-anatomical shortcuts",
                         description="Audit DATA with the split training would use: class balance per split; per-class image size, "

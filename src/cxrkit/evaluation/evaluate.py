@@ -184,7 +184,7 @@ def write_evaluation(
 def evaluate_run(
     run_dir: str | Path, data: str | Path | None = None, split: str | None = None, progress: bool = True, write_report: bool = True,
     class_map: dict[str, str] | None = None, recalibrate_on: str | Path | None = None, prevalence: float | None = None,
-    explain: str | None = "gradcam",
+    explain: str | None = "gradcam", device: str = "cpu",
 ) -> dict:
     """Evaluate a trained run on one split of its dataset, or on another dataset (external validation).
 
@@ -196,10 +196,10 @@ def evaluate_run(
     from the evaluated images, on which the threshold is chosen again with the run's rule; the
     evaluated images are then also scored at that threshold. ``prevalence`` (binary) recomputes PPV and NPV
     for a screening population with that share of disease. ``explain`` (a heat-map method, or None) adds
-    the gallery and the "where does it look" figure. Returns the metrics dict and writes metrics.json,
-    predictions.csv, plots and report.html.
+    the gallery and the "where does it look" figure. ``device`` places the model (auto, cpu, cuda). Returns the
+    metrics dict and writes metrics.json, predictions.csv, plots and report.html.
     """
-    run = Run.load(run_dir)
+    run = Run.load(run_dir, device=device)
     ds, cfg = load_run_dataset(run, data, progress, class_map)
     trained_on = run.record.data_root(run.path)
     same_data = trained_on is not None and ds.source.root.resolve() == trained_on

@@ -268,7 +268,7 @@ STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
 
 
 def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = None, limits: Limits | None = None,
-               cors_origins: list[str] | None = None) -> FastAPI:
+               cors_origins: list[str] | None = None, device: str = "cpu") -> FastAPI:
     """The FastAPI app serving the run in ``run_dir``; the model is loaded here, once.
 
     ``api_key`` (default: the ``CXRKIT_API_KEY`` environment variable; ``""`` for none) is then required on every
@@ -278,7 +278,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
     limits = limits or Limits()
     # An explicit empty key turns auth off even when the environment variable is set (tests, local use).
     api_key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV)) or None
-    service = Service(Run.load(run_dir, engine=engine), limits)
+    service = Service(Run.load(run_dir, engine=engine, device=device), limits)
     app = FastAPI(title="cxrkit", version=__version__,
                   description=f"Chest X-ray classification with model {service.identity['id']} "
                               f"({service.identity['architecture']}, version {service.identity['version']}). Not a medical device.")
