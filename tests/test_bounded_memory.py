@@ -99,3 +99,19 @@ def test_cli_refuses_unbounded_sizes(argv, capsys):
         main(argv)
     err = capsys.readouterr().err.splitlines()[-1]
     assert exc.value.code == 2 and ("outside" in err or "not a whole number" in err)
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_dct_scale():
+    from cxrkit.data.decode import fit_square, load_grayscale
+
+    base = np.add.outer(np.linspace(0, 200, 5000), np.linspace(0, 50, 7000)).astype(np.uint8)  # 35 MP, over the draft threshold
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([base] * 3, -1)).save(buf, format="JPEG", quality=90)
+    big = buf.getvalue()
+    assert read_grayscale(big).shape == (5000, 7000)
+    assert read_grayscale(big, min_side=896).shape == (1250, 1750)  # 1/4: the smallest scale keeping >= 896 px
+    diff = np.abs(load_grayscale(big, 224).astype(int) - fit_square(read_grayscale(big), 224))
+    assert diff.max() <= 2 and diff.mean() < 0.5
+    small = io.BytesIO()
+    Image.fromarray(base[:2000, :2000]).save(small, format="JPEG", quality=90)  # 4 MP: decoded in full as before
+    np.testing.assert_array_equal(load_grayscale(small.getvalue(), 224), fit_square(read_grayscale(small.getvalue()), 224))

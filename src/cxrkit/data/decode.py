@@ -28,6 +28,12 @@ PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 ASPECT_MODES = ("pad", "squash")
 # Larger than any radiograph (a 4k x 5k detector is 20 MP); guards against decompression bombs.
 MAX_PIXELS = 80_000_000
+# JPEGs above this are decoded at a reduced DCT scale when the caller's target size allows (a 40 MP colour
+# JPEG is 160 MB decoded in full); below it every JPEG decodes in full, so the usual datasets are unaffected.
+DRAFT_MIN_PIXELS = 16_000_000
+# Drafted images keep a long side of at least this many times the target size, more than fit_square's
+# reducing_gap (3) needs, so the resized result is a faithful downsample.
+DRAFT_MARGIN = 4
 
 
 def is_image_file(path: Path) -> bool:
@@ -79,12 +85,14 @@ def fit_square(gray: np.ndarray, size: int, aspect: str = "pad") -> np.ndarray:
     return np.array(canvas, dtype=np.uint8)
 
 
-def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXELS, min_side: int | None = None) -> np.ndarray:
     """Decode a file (path, its bytes or an open binary file, e.g. a spooled upload) at full resolution into a 2-D uint8 array.
 
     The content decides the reader, not the name: DICOM Part 10 files (``DICM`` at byte 128) go
     through :func:`cxrkit.data.dicom.read_dicom`, everything else through Pillow restricted to
-    :data:`PIL_FORMATS`. The pixel count is checked from the header, before decoding.
+    :data:`PIL_FORMATS`. The pixel count is checked from the header, before decoding. With ``min_side``,
+    a JPEG of more than :data:`DRAFT_MIN_PIXELS` is decoded in grayscale at the smallest DCT scale
+    (1/2, 1/4, 1/8) whose long side is still at least ``min_side`` (Pillow's ``draft``).
     """
     try:
         if isinstance(source, bytes):
@@ -108,6 +116,9 @@ def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=PIL_FORMATS) as img:  # type: ignore[arg-type]
             if img.width * img.height > max_pixels:
                 raise ImageTooLargeError(f"image too large ({img.width}x{img.height} pixels; the limit is {max_pixels:,})")
+            if min_side and img.format == "JPEG" and img.width * img.height > DRAFT_MIN_PIXELS:
+                f = min_side / max(img.width, img.height)
+                img.draft("L", (max(1, int(np.ceil(img.width * f))), max(1, int(np.ceil(img.height * f)))))
             img.load()
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
@@ -129,12 +140,14 @@ def load_grayscale(
     """Read one image file (a path, its bytes or an open binary file) and return it as a ``size`` x ``size`` uint8 grayscale array.
 
     ``crop_border`` removes uniform outer bands and ``intensity`` normalises the image
-    (:mod:`cxrkit.data.intensity`), both at full resolution before resizing.
+    (:mod:`cxrkit.data.intensity`), both at full resolution before resizing (for a JPEG over
+    :data:`DRAFT_MIN_PIXELS`, at the reduced scale it was decoded at).
 
     Raises :class:`ImageDecodeError` with a readable reason for missing, empty, truncated,
     oversized or non-image files.
     """
-    return prepare_grayscale(read_grayscale(source, max_pixels), size, aspect, intensity, crop_border)
+    gray = read_grayscale(source, max_pixels, min_side=DRAFT_MARGIN * size)
+    return prepare_grayscale(gray, size, aspect, intensity, crop_border)
 
 
 def prepare_grayscale(gray: np.ndarray, size: int, aspect: str = "pad", intensity: str = "none", crop_border: bool = False) -> np.ndarray:
