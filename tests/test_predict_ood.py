@@ -58,18 +58,6 @@ def test_cli_flags_a_single_image_and_each_image_of_a_folder(tiny_run, binary_da
         assert sorted(r["ood_warning"] for r in csv.DictReader(f)) == ["", "yes", "yes"]
 
 
-def test_an_output_from_before_the_ood_columns_is_resumed(tiny_run, binary_data, tmp_path, capsys):
-    files = _odd_images(tmp_path / "odd", binary_data)
-    old = tmp_path / "old.csv"
-    run = Run.load(tiny_run, engine="torch")
-    with open(old, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", *[f"prob_{c}" for c in run.classes], "prediction", "error"])
-        w.writerow([str(files["normal.png"]), "0.5", "0.5", run.classes[0], ""])
-    assert main(["predict", str(tiny_run), str(tmp_path / "odd"), "--engine", "torch", "--out", str(old)]) == 0
-    assert "1 already in" in capsys.readouterr().out
-
-
 def test_broken_dicom_is_reported_in_one_line(tiny_run, tmp_path):
     good = write_dicom(tmp_path / "scan.dcm", ramp()).read_bytes()
     broken = tmp_path / "broken.dcm"

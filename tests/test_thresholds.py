@@ -34,3 +34,72 @@ def test_fixed_threshold_and_bad_rules():
             parse_rule(bad)
     with pytest.raises(ValueError, match="both classes"):
         choose_threshold(np.zeros(4), np.linspace(0, 1, 4), "youden")
+
+
+# ---- guaranteed rules: sensitivity:X@C -----------------------------------------------------------------------------
+def test_guaranteed_rule_holds_on_new_data_and_the_point_rule_does_not():
+    """Over repeated validation draws, the true sensitivity at the chosen threshold falls below the target in <= 5% of
+    draws with the guaranteed rule (one-sided 95% Clopper-Pearson), and in about half with the point rule."""
+    from scipy.stats import norm
+
+    from cxrkit.metrics.thresholds import choose_threshold
+
+    rng = np.random.default_rng(7)
+    draws, n_pos, n_neg, target = 400, 150, 150, 0.90
+    short = {"point": 0, "guaranteed": 0}
+    for _ in range(draws):
+        y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
+        p = np.r_[rng.normal(1.5, 1, n_pos), rng.normal(0, 1, n_neg)]  # positives' scores ~ N(1.5, 1)
+        for kind, rule in (("point", "sensitivity:0.9"), ("guaranteed", "sensitivity:0.9@0.95")):
+            t = choose_threshold(y, p, rule).value
+            true_sensitivity = 1 - norm.cdf(t, loc=1.5)
+            short[kind] += true_sensitivity < target
+    assert short["guaranteed"] / draws <= 0.05
+    assert 0.3 <= short["point"] / draws <= 0.7
+
+
+def test_guaranteed_rule_reports_its_bound_and_prefers_the_highest_threshold():
+    from cxrkit.metrics.thresholds import choose_threshold, clopper_pearson_lower
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(100), np.zeros(100)]
+    p = 1 / (1 + np.exp(-np.r_[rng.normal(1, 1, 100), rng.normal(0, 1, 100)]))
+    c = choose_threshold(y, p, "sensitivity:0.9@0.95")
+    assert c.kind == "guaranteed" and c.guarantee["cases"] == 100 and c.guarantee["lower_bound"] >= 0.9
+    detected = int((p[:100] >= c.value).sum())
+    assert c.guarantee["lower_bound"] == pytest.approx(float(clopper_pearson_lower(detected, 100, 0.95)))
+    # One more missed positive (the next higher threshold) would break the bound.
+    assert float(clopper_pearson_lower(detected - 1, 100, 0.95)) < 0.9
+    assert choose_threshold(y, p, "sensitivity:0.9").value > c.value  # the point rule is less cautious
+    s = choose_threshold(y, p, "specificity:0.9@0.95")
+    assert s.kind == "guaranteed" and s.guarantee["metric"] == "specificity" and s.specificity >= 0.9
+
+
+def test_guaranteed_rule_with_too_few_cases():
+    from cxrkit.metrics.thresholds import GuaranteeImpossible, cases_needed, choose_threshold
+
+    assert cases_needed(0.9, 0.95) == 29  # 0.95 = 1 - 0.9^n  ->  n = 28.4
+    y = np.r_[np.ones(12), np.zeros(30)]
+    p = np.linspace(0, 1, 42)
+    with pytest.raises(GuaranteeImpossible, match="12 positive case.*at least 29"):
+        choose_threshold(y, p, "sensitivity:0.9@0.95")
+    c = choose_threshold(y, p, "sensitivity:0.9@0.95", allow_point_estimate=True)
+    assert c.kind == "point" and c.rule == "sensitivity:0.9" and c.requested_rule == "sensitivity:0.9@0.95"
+
+
+@pytest.mark.parametrize("rule", ["youden@0.95", "sensitivity:0.9@1.5", "sensitivity:1@0.95", "0.5@0.9", "sensitivity:x@0.9"])
+def test_bad_guaranteed_rules(rule):
+    from cxrkit.metrics.thresholds import parse_rule
+
+    with pytest.raises(ValueError):
+        parse_rule(rule)
+
+
+def test_train_refuses_a_guarantee_its_validation_split_cannot_give(binary_data, tmp_path, capsys):
+    from cxrkit.cli import main
+
+    code = main(["train", str(binary_data), "--out", str(tmp_path / "r"), "--image-size", "32", "--epochs", "1",
+                 "--threshold-rule", "sensitivity:0.95@0.95"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs at least 59 positive validation images" in err
+    assert not (tmp_path / "r" / "model.safetensors").exists()  # refused before any training time was spent

@@ -43,16 +43,18 @@ def _add_device_option(p: argparse.ArgumentParser, what: str) -> None:
 
 def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) -> None:
 
+    from cxrkit.config import FREEZE_CHOICES, PRECISIONS, SCHEDULES, TASK_CHOICES
     from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
-    from cxrkit.record.meta import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from cxrkit.data.intensity import INTENSITY_MODES
+    from cxrkit.record.meta import ASPECTS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
     d, aug = _defaults(), AUGMENT_PRESETS[DEFAULT_PRESET]
     g = p.add_argument_group("data")
     g.add_argument("--image-size", type=bounded_int(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=d["image_size"],
                    help=f"square side in pixels, {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} (default %(default)s)")
-    g.add_argument("--aspect", choices=["pad", "squash"], default=d["aspect"],
+    g.add_argument("--aspect", choices=ASPECTS, default=d["aspect"],
                    help="pad: keep aspect ratio, letterbox with black (default); squash: stretch to a square")
-    g.add_argument("--intensity", choices=["none", "zscore", "percentile", "histeq", "clahe"], default=d["intensity"],
+    g.add_argument("--intensity", choices=INTENSITY_MODES, default=d["intensity"],
                    help="per-image intensity normalisation at decode time, kept for evaluate/predict: zscore, percentile "
                         "(1-99%% stretch), histeq (histogram equalisation) or clahe (adaptive) (default %(default)s)")
     g.add_argument("--crop-border", action="store_true", help="remove uniform outer bands (collimation, frames) before resizing")
@@ -66,7 +68,7 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                    help="label table for the images under DATA: NIH Data_Entry_2017.csv, or a CSV with a path column and a "
                         "'|'-separated findings column, a label column or 0/1 columns, optional patient_id and split columns")
     g.add_argument("--label-column", default=None, help="the table's label column, when it cannot be told (e.g. folder_class)")
-    g.add_argument("--task", choices=["auto", "binary", "multiclass", "multilabel"], default=d["task"],
+    g.add_argument("--task", choices=TASK_CHOICES, default=d["task"],
                    help="auto (default): multilabel for tables with several findings per image and multi-label MedMNIST files, "
                         "binary for 2 classes, multiclass otherwise")
     g.add_argument("--resplit", action="store_true",
@@ -83,7 +85,7 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--pretrained", default=None, metavar="imagenet|none|PATH",
                    help="starting weights: imagenet (ships offline for efficientnet-lite0, downloaded once for MONAI models), "
                         "none, or a state dict file (.safetensors or .pt). Default: imagenet for efficientnet-lite0, none otherwise")
-    g.add_argument("--freeze", choices=["none", "backbone"], default=d["freeze"],
+    g.add_argument("--freeze", choices=FREEZE_CHOICES, default=d["freeze"],
                    help="backbone: train the classifier head only (linear probe) (default %(default)s)")
     g.add_argument("--head-epochs", type=int, default=d["head_epochs"],
                    help="two-stage fine-tuning: train the head alone for this many epochs, then all layers (default %(default)s)")
@@ -98,14 +100,18 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--batch-size", type=bounded_int(1, 4096), default=d["batch_size"])
     g.add_argument("--lr", type=float, default=d["lr"], help="AdamW learning rate (default %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
-    g.add_argument("--schedule", choices=["cosine", "plateau", "constant"], default=d["schedule"])
+    g.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"])
     g.add_argument("--no-class-weights", action="store_true",
                    help="do not weight the loss by class frequency (multi-label: plain BCE instead of per-label pos_weight)")
     g.add_argument("--oversample", action="store_true",
                    help="multi-label: repeat images with rare findings in each epoch (repeat-factor sampling, threshold 10%%)")
     g.add_argument("--threshold-rule", default=d["threshold_rule"],
-                   help="how the decision threshold is chosen on validation data: youden, sensitivity:0.90, specificity:0.95 or a number")
-    g.add_argument("--precision", choices=["auto", "32", "bf16"], default=d["precision"],
+                   help="how the decision threshold is chosen on validation data: youden, sensitivity:0.90, specificity:0.95, a number, "
+                        "or a guaranteed target such as sensitivity:0.90@0.95 (the one-sided 95%% Clopper-Pearson lower bound of "
+                        "validation sensitivity must reach 0.90) (default %(default)s)")
+    g.add_argument("--allow-point-estimate", action="store_true",
+                   help="when a guaranteed rule (X@C) is impossible with the validation cases at hand, use the point rule X instead of stopping")
+    g.add_argument("--precision", choices=PRECISIONS, default=d["precision"],
                    help="auto (default): bf16 autocast where the CPU supports bfloat16 natively (3-4x faster), else 32-bit")
     g.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes reading the cache (default %(default)s)")
     g.add_argument("--seed", type=int, default=d["seed"])
@@ -144,6 +150,7 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, allow_leakage=a.allow_leakage, seed=a.seed,
         epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         schedule=a.schedule, class_weights=not a.no_class_weights, threshold_rule=a.threshold_rule,
+        allow_point_estimate=a.allow_point_estimate,
         precision=a.precision, workers=a.workers, pretrained=a.pretrained, freeze=a.freeze, head_epochs=a.head_epochs, backbone_lr_scale=a.backbone_lr_scale,
         tta=a.tta, cache_dir=a.cache_dir, augment=aug,
     )
@@ -163,28 +170,50 @@ def _summary(run_dir: Path, split: str) -> None:
         print("  " + s.replace("<b>", "").replace("</b>", ""))
 
 
+def _given_options(a: argparse.Namespace, model: str | None = None) -> dict:
+    """The training options the user typed: the fields where the config built from ``a`` differs from the defaults."""
+    from cxrkit.config import TrainConfig
+
+    defaults = build_parser().parse_args(["train", a.data])
+    typed = _config_from_args(a, a.data, "x", model).to_dict()
+    default = _config_from_args(defaults, a.data, "x", model).to_dict()
+    return {k: v for k, v in typed.items() if k not in ("data", "out") and v != default[k] and k in {f.name for f in fields(TrainConfig)}}
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from cxrkit.config import TrainConfig
+    from cxrkit.record import CONFIG_FILE, read_meta
     from cxrkit.training import train
 
     out_dir = Path(a.out or f"runs/{a.model}")
-    if a.resume and (out_dir / "config.yaml").is_file():
-        cfg = TrainConfig.load(out_dir / "config.yaml")  # the run's own settings; other options are ignored
-        if Path(cfg.data).resolve() != Path(a.data).resolve():
-            raise ValueError(f"{out_dir} was trained on {cfg.data}, not {a.data}; --resume continues the same run")
+    if a.resume and (out_dir / CONFIG_FILE).is_file():
+        cfg = TrainConfig.load(out_dir / CONFIG_FILE)  # the run's own settings
+        if Path(cfg.data).resolve() != Path(a.data).resolve() and not Path(a.data).exists():
+            raise ValueError(f"{out_dir} was trained on {cfg.data}, and {a.data} does not exist; --resume continues the same run")
+        cfg.data, cfg.out = a.data, str(out_dir)  # where the data and the run folder are now
+        from cxrkit.training.trainer import RESUME_MAY_CHANGE
+
+        saved, given = cfg.to_dict(), _given_options(a)
+        clash = {k: v for k, v in given.items() if saved.get(k) != v and k not in RESUME_MAY_CHANGE}
+        if clash:
+            raise ValueError(f"--resume continues {out_dir} with its own settings, which differ: "
+                             + ", ".join(f"{k} {saved.get(k)!r} (given {v!r})" for k, v in clash.items()))
+        cfg = TrainConfig.from_dict({**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}})
     elif a.config:
         cfg = TrainConfig.load(a.config)
-        cfg.data, cfg.out = a.data, a.out or cfg.out
+        given = _given_options(a)
+        d = cfg.to_dict()
+        for k, v in given.items():
+            if d.get(k) != v:
+                print(f"note: {k} = {v!r} from the command line overrides {d.get(k)!r} from {a.config}", file=sys.stderr)
+        cfg = TrainConfig.from_dict({**d, **given, "data": a.data, "out": a.out or cfg.out})
     else:
         cfg = _config_from_args(a, a.data, str(out_dir))
     out = train(cfg, overwrite=a.overwrite, resume=a.resume, device=a.device)
-    import json
-    import os
-
     if os.environ.get("RANK", "0") != "0":  # under torchrun only process 0 reports
         return 0
 
-    t = json.loads((out / "meta.json").read_text())["training"]
+    t = read_meta(out).training
     print(f"\ntrained {t['epochs_run']} epoch(s), kept epoch {t['best_epoch']} (validation AUC {t['best_val_auc']:.4f}); "
           f"{t['seconds_total']:.0f} s in all, median {t['images_per_second_median']:.0f} training images/s ({t['precision']})")
     _summary(out, "val")
@@ -219,11 +248,38 @@ def _decision_summary(m: dict) -> None:
               "the model may be reading markers, borders or text")
 
 
+def _subgroup_summary(subgroups: dict) -> None:
+    """Per-group sensitivity, specificity and AUC with intervals, the heterogeneity tests and the largest gap."""
+
+    def cell(e: dict) -> str:
+        if e["value"] is None:
+            return "n/a".ljust(20)
+        ci = f" ({e['ci'][0]:.2f}-{e['ci'][1]:.2f})" if e.get("ci") else ""
+        return f"{e['value']:.3f}{ci}".ljust(20)
+
+    for name, sub in subgroups.items():
+        results = sub.get("per_finding") or {"": sub}
+        for finding, r in results.items():
+            print(f"\nsubgroups by {name}{' (' + r['binning'] + ')' if r.get('binning') else ''}{', ' + finding if finding else ''}:")
+            print(f"  {'group':<14}{'n':>6}{'pos':>6}  {'sensitivity':<20}{'specificity':<20}{'ROC-AUC':<20}")
+            for g in r["groups"]:
+                flag = "  (too few to compare)" if all(g["too_small"].values()) else ""
+                print(f"  {g['group'][:14]:<14}{g['n']:>6}{g['n_positive']:>6}  {cell(g['sensitivity'])}{cell(g['specificity'])}{cell(g['roc_auc'])}{flag}")
+            tests = ", ".join(f"{k} p = {t['p_value']:.3g}" for k, t in r["tests"].items() if t["p_value"] is not None)
+            print(f"  heterogeneity: {tests or 'not testable (too few cases per group)'}")
+            if r.get("largest_gap"):
+                print(f"  largest gap: {r['largest_gap']['sentence']}")
+            if r.get("missing"):
+                print(f"  {r['missing']} image(s) have no value for {name} and are left out")
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from cxrkit.evaluation.evaluate import evaluate_run, parse_class_map
 
+    by = [c.strip() for c in (a.by or "").split(",") if c.strip()]
     m = evaluate_run(a.run, a.data, a.split, class_map=parse_class_map(a.class_map), recalibrate_on=a.recalibrate_on,
-                     prevalence=a.prevalence, explain=None if a.explain == "none" else a.explain, device=a.device)
+                     prevalence=a.prevalence, explain=None if a.explain == "none" else a.explain, by=by, by_table=a.by_table,
+                     by_pattern=a.by_pattern, device=a.device)
     for n in m.get("notes", []):
         print(f"note: {n}")
     _summary(Path(a.run), m["split"])
@@ -232,6 +288,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         print(f"  at the re-chosen threshold {m['recalibrated']['threshold']:.3f}: sensitivity {100 * r['sensitivity']['value']:.1f}%, "
               f"specificity {100 * r['specificity']['value']:.1f}%")
     _decision_summary(m)
+    _subgroup_summary(m.get("subgroups") or {})
     print(f"\nmetrics.json, predictions.csv and report.html updated in {a.run}/")
     return 0
 
@@ -488,6 +545,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all sub-commands."""
+    from cxrkit.explain.cam import METHODS as HEATMAP_METHODS
+    from cxrkit.metrics.calibration import CALIBRATION_METHODS
+    from cxrkit.run import ENGINES
+
     p = argparse.ArgumentParser(
         prog="cxrkit",
         description="Chest X-ray classification: train on a folder of images, evaluate honestly, predict, report.",
@@ -534,8 +595,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prevalence", type=float, default=None, metavar="P",
                    help="share of disease in the population the model will screen, e.g. 0.05: PPV and NPV are recomputed by "
                         "Bayes' rule and the report says what happens per 1,000 people screened (binary runs)")
-    e.add_argument("--explain", choices=["gradcam", "gradcam++", "occlusion", "none"], default="gradcam",
+    e.add_argument("--explain", choices=[*HEATMAP_METHODS, "none"], default="gradcam",
                    help="heat-map method for the report's gallery and 'where does it look' figure (default %(default)s)")
+    e.add_argument("--by", default=None, metavar="COLUMN[,COLUMN]",
+                   help="subgroup figures by label-table columns, e.g. 'Patient Gender,Patient Age,View Position': per group n, "
+                        "prevalence, AUC, sensitivity, specificity, PPV, NPV with 95%% CIs, heterogeneity tests and the largest gap; "
+                        "numeric columns are banded (age: 0-17, 18-39, 40-59, 60+)")
+    e.add_argument("--by-table", default=None, metavar="FILE.csv",
+                   help="table holding the --by columns (default: the run's own --labels table); images matched by path or file name")
+    e.add_argument("--by-pattern", action="append", default=None, metavar="NAME=REGEX",
+                   help="subgroups from file names: the first capture group of REGEX, e.g. 'site=^(CHNCXR|MCUCXR)' (repeatable)")
     _add_device_option(e, "run the model on")
     e.set_defaults(func=cmd_evaluate)
 
@@ -547,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "probabilities (the old one is kept in meta.json). Prints ECE and Brier score before and after.")
     ca.add_argument("run", help="run folder")
     ca.add_argument("data", nargs="?", default=None, help="dataset (default: the one the run was trained on); its validation split is used")
-    ca.add_argument("--method", choices=["auto", "temperature", "platt", "isotonic"], default="auto",
+    ca.add_argument("--method", choices=["auto", *CALIBRATION_METHODS], default="auto",
                     help="auto (default): platt for binary runs, temperature for multi-class; temperature: one scalar on the logits; "
                          "platt: logistic regression on the logit (also undoes the shift of class-weighted training); "
                          "isotonic: monotone steps, needs a few hundred validation images")
@@ -562,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "a result are skipped, failed ones retried) (default: print)")
     pr.add_argument("--batch-size", type=bounded_int(1, 1024), default=32, help="images per model call, 1-1024 (default %(default)s)")
     pr.add_argument("--workers", type=bounded_int(0, 64), default=4, help="threads decoding images while the model runs (0: none) (default %(default)s)")
-    pr.add_argument("--engine", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
+    pr.add_argument("--engine", choices=ENGINES, default="auto",
                     help="auto (default): ONNX Runtime when `cxrkit export` wrote model.onnx for these weights, else PyTorch; "
                          "or force one (onnx-int8 needs `cxrkit export --quantize int8`)")
     pr.add_argument("--shard", default=None, metavar="K/N",
@@ -595,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="require this key as X-API-Key on /v1/* (default: $CXRKIT_API_KEY; none when unset); visible to other "
                           "users in `ps`, so prefer --api-key-file or the variable")
     key.add_argument("--api-key-file", default=None, metavar="FILE", help="read the key from the first line of FILE (e.g. a mounted secret)")
-    sv.add_argument("--engine", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
+    sv.add_argument("--engine", choices=ENGINES, default="auto",
                     help="auto (default): ONNX Runtime when model.onnx matches the weights, else PyTorch")
     sv.add_argument("--max-upload-mb", type=float, default=50, help="largest file accepted, in MiB (default %(default)s)")
     sv.add_argument("--max-files", type=bounded_int(1, 256), default=16, help="most files per request (default %(default)s)")
@@ -639,7 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run", help="run folder")
     x.add_argument("path", help="an image file or a folder of images")
     x.add_argument("--out", required=True, help="folder for the overlay PNGs")
-    x.add_argument("--method", choices=["gradcam", "gradcam++", "occlusion"], default="gradcam", help="heat-map method (default %(default)s)")
+    x.add_argument("--method", choices=HEATMAP_METHODS, default="gradcam", help="heat-map method (default %(default)s)")
     x.set_defaults(func=cmd_explain)
 
     c = sub.add_parser("compare", help="train several models on the same split and compare them in one table",
@@ -686,10 +755,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from cxrkit.data.sources import DatasetError
-    from cxrkit.run import RunError
 
     try:
         return args.func(args)
-    except (DatasetError, RunError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (DatasetError, ValueError) as exc:  # bad input: data, configs, run folders, weights, options
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a missing, unreadable or misplaced file or folder
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug, not the user's fault: one line unless asked for the traceback
+        if os.environ.get("CXRKIT_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (a bug in cxrkit; CXRKIT_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 3
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (multi-line library messages are joined)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

@@ -55,6 +55,7 @@ class TrainConfig:
     class_weights: bool = True
     oversample: bool = False
     threshold_rule: str = "youden"
+    allow_point_estimate: bool = False  # a guaranteed threshold rule that is impossible falls back to the point rule
     precision: str = "auto"
     channels_last: bool = True
     workers: int = 0
@@ -179,7 +180,7 @@ def _validated(cls: type, d: dict, prefix: str = "") -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(str(k) for k in d if k not in known)
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)} (known: {', '.join(sorted(known))})")
+        raise ConfigError(f"unknown config keys: {', '.join(prefix + k for k in unknown)} (known: {', '.join(sorted(known))})")
     if cls is TrainConfig and "data" not in d:
         raise ConfigError("data is missing: the dataset folder (or .zip, .npz) to train on")
     try:

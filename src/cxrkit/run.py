@@ -86,6 +86,59 @@ def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
     return get_task(task).probabilities(logits)
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: probabilities per class, the decision in words and the out-of-distribution check."""
+
+    probabilities: dict[str, float]
+    decision: str
+    ood_warning: bool = False
+    ood_findings: tuple[str, ...] = ()
+    calibrated: bool = False
+    source: str = ""
+
+    @property
+    def probability(self) -> float | None:
+        """P(positive class) for a binary run, else None."""
+        return list(self.probabilities.values())[1] if len(self.probabilities) == 2 else None
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    if isinstance(item, np.ndarray):
+        return f"array {item.shape} {item.dtype}"
+    return type(item).__name__
+
+
+def decode_input(item: Any, pre: Preprocessing, scale: float | None = None) -> np.ndarray:
+    """One input of :meth:`Run.predict` (path, bytes, Pillow image or NumPy array) -> the run's uint8 model input.
+
+    Every kind goes through the same steps as a file read by ``cxrkit predict``: full-resolution grayscale,
+    border crop, intensity normalisation, resizing. Anything that cannot be an image is a ``ValueError``.
+    """
+    from cxrkit.data.arrays import array_to_grayscale, pil_to_grayscale
+    from cxrkit.data.decode import prepare_grayscale
+
+    spec = (pre.image_size, pre.aspect, pre.intensity, pre.crop_border)
+    if isinstance(item, (str, Path)):
+        return pre.load(Path(item))
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return pre.load(bytes(item))
+    if isinstance(item, np.ndarray):
+        return prepare_grayscale(array_to_grayscale(item, scale), *spec)
+    try:
+        from PIL import Image
+
+        if isinstance(item, Image.Image):
+            return prepare_grayscale(pil_to_grayscale(item), *spec)
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        pass
+    if isinstance(item, torch.Tensor):
+        raise ValueError("pass a NumPy array (tensor.numpy()), with scale= for float values")
+    raise ValueError(f"cannot predict on a {type(item).__name__}: give a file path, bytes, a PIL image or a NumPy array")
+
+
 @dataclass
 class Run:
     """A loaded run: its validated record, model in eval mode and its preprocessing."""
@@ -100,6 +153,7 @@ class Run:
     # Where the PyTorch model runs (ONNX Runtime runs on the CPU); see :meth:`load`.
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _task: Task = field(init=False, repr=False)
+    _model_id: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._task = get_task(self.record.task)
@@ -206,6 +260,22 @@ class Run:
         return OnnxModel(file)
 
     @property
+    def model_id(self) -> str:
+        """12 hex digits that change when the weights, the decision threshold(s) or the calibration change."""
+        import hashlib
+        import json
+
+        if self._model_id is None:
+            h = hashlib.sha256()
+            with open(self.path / MODEL_FILE, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            decision = {"threshold": self.record.threshold, "thresholds": self.record.thresholds, "calibration": self.calibration_data}
+            h.update(json.dumps(decision, sort_keys=True).encode())
+            self._model_id = h.hexdigest()[:12]
+        return self._model_id
+
+    @property
     def engine(self) -> str:
         """Which engine predicts: ``torch`` or the ONNX file's name."""
         return "torch" if self.onnx is None else f"onnxruntime ({self.onnx.path.name})"
@@ -260,8 +330,17 @@ class Run:
         ``tta`` (default: the run's setting) averages the probabilities of the views in
         :data:`cxrkit.data.augment.TTA_VIEWS`. The run's calibration, when it has one, is applied
         unless ``calibrated=False`` (the model's own probabilities, which calibration is fitted on).
+        Anything else (another size, float values, colour) is refused: :meth:`predict` takes raw images.
         """
         from cxrkit.data.augment import tta_views
+
+        size = self.preprocessing.image_size
+        if getattr(images, "dtype", None) != np.uint8 or getattr(images, "ndim", 0) != 3 or tuple(images.shape[1:]) != (size, size):
+            raise ValueError(
+                f"predict_arrays takes uint8 images already decoded by this run, shape (N, {size}, {size}); got "
+                f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}. Use Run.predict(image) for "
+                "files, bytes, PIL images or arrays of any size (float arrays with scale=)"
+            )
 
         use_tta = self.tta if tta is None else tta
         out = []
@@ -359,6 +438,40 @@ class Run:
         return probs, errors
 
 
+    def predict(self, x: Any, scale: float | None = None, batch_size: int = 64) -> Prediction | list[Prediction]:
+        """Classify one input or a list of them; see :func:`decode_input` for what an input may be.
+
+        A float array needs ``scale``, the value that means white (1.0 for [0, 1] images, 255 for [0, 255]).
+        Returns a :class:`Prediction` for one input and a list of them for a list. The out-of-distribution check
+        compares each image's brightness, contrast and border with the training images (as ``cxrkit serve`` does).
+        """
+        single = not isinstance(x, (list, tuple))
+        items = [x] if single else list(x)
+        if not items:
+            return []
+        images = []
+        for i, item in enumerate(items):
+            try:
+                images.append(decode_input(item, self.preprocessing, scale))
+            except ValueError as exc:
+                where = "" if single else f"input {i} ({_describe(item)}): "
+                raise ValueError(f"{where}{exc}") from None
+        arr = np.stack(images)
+        probs = self.predict_arrays(arr, batch_size)
+        labels = self.decision_labels(probs)
+        findings: list[list[dict]] = [[] for _ in items]
+        reference = self.shift_reference()
+        if reference is not None:
+            from cxrkit.data.shift import image_outliers, image_stats
+
+            findings = image_outliers(reference, image_stats(arr))
+        out = [
+            Prediction({c: float(probs[i, j]) for j, c in enumerate(self.classes)}, labels[i], bool(findings[i]),
+                       tuple(f["message"] for f in findings[i]), self.calibration_data is not None, _describe(items[i]))
+            for i in range(len(items))
+        ]
+        return out[0] if single else out
+
 def load_run_dataset(
     run: Run, data: str | Path | None = None, progress: bool = True, class_map: dict[str, str] | None = None
 ) -> tuple[Any, TrainConfig]:
@@ -375,3 +488,4 @@ def load_run_dataset(
         **(cfg.dataset_options() if own else {"task": cfg.task}),
     )
     return ds, cfg
+

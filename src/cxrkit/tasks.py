@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxrkit.metrics.classification import rank_auc
+from cxrkit.metrics.classification import binary_metrics, multiclass_metrics, multilabel_metrics, rank_auc
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,12 @@ class Task:
 
     name: str = "multiclass"
     one_label_per_image: bool = True  # calibration, operating points and heat maps per decided class need it
+    calibration_method: str = "temperature"  # what ``cxrkit calibrate --method auto`` fits
+
+    def metrics(self, y: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None = None,
+                thresholds: np.ndarray | None = None, seed: int = 0) -> dict:
+        """The task's metrics with confidence intervals at the run's decision rule."""
+        return multiclass_metrics(y, probs, classes, seed=seed)
 
     def num_outputs(self, n_classes: int) -> int:
         """Model outputs for ``n_classes`` classes or findings."""
@@ -58,6 +64,14 @@ class BinaryTask(Task):
     """Disease against normal: the second class is the positive one."""
 
     name: str = "binary"
+    # Class weighting shifts a binary model's probabilities, which one temperature cannot undo (README, calibration).
+    calibration_method: str = "platt"
+
+    def metrics(self, y: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None = None,
+                thresholds: np.ndarray | None = None, seed: int = 0) -> dict:
+        m = binary_metrics(y, probs[:, 1], threshold, seed=seed)
+        m["classes"] = list(classes)
+        return m
 
     def num_outputs(self, n_classes: int) -> int:
         return 1
@@ -86,6 +100,11 @@ class MultilabelTask(Task):
 
     name: str = "multilabel"
     one_label_per_image: bool = False
+    calibration_method: str = ""  # not offered: calibration is fitted per image label, not per finding set
+
+    def metrics(self, y: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None = None,
+                thresholds: np.ndarray | None = None, seed: int = 0) -> dict:
+        return multilabel_metrics(y, probs, classes, thresholds, seed=seed)
 
     def probabilities(self, logits):
         import torch

@@ -9,8 +9,8 @@ import numpy as np
 
 from cxrkit.data.dataset import LabelledImages
 from cxrkit.evaluation.one_class import one_class_restriction
-from cxrkit.metrics.classification import binary_metrics, multiclass_metrics, multilabel_metrics
-from cxrkit.metrics.thresholds import choose_threshold, parse_rule
+from cxrkit.metrics.classification import binary_metrics
+from cxrkit.metrics.thresholds import GuaranteeImpossible, choose_threshold, parse_rule
 from cxrkit.record import read_history, replace_predictions, split_predictions, update_metrics
 from cxrkit.record.files import PLOTS_DIR
 from cxrkit.record.meta import now
@@ -19,6 +19,7 @@ from cxrkit.report.plots import (
     plot_confusion,
     plot_cooccurrence,
     plot_decision_curve,
+    plot_forest,
     plot_label_counts,
     plot_pr,
     plot_reliability,
@@ -42,15 +43,15 @@ def parse_class_map(text: str | None) -> dict[str, str] | None:
     return out
 
 
-def store_threshold(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str) -> dict:
+def store_threshold(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str, allow_point_estimate: bool = False) -> dict:
     """Choose the binary decision threshold on validation predictions and save it in meta.json."""
-    choice = choose_threshold(y_val, probs_val[:, 1], rule, chosen_on="val").to_dict()
+    choice = choose_threshold(y_val, probs_val[:, 1], rule, chosen_on="val", allow_point_estimate=allow_point_estimate).to_dict()
     run.record.set_threshold(choice)
     run.save_record()
     return choice
 
 
-def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str) -> dict:
+def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str, allow_point_estimate: bool = False) -> dict:
     """Choose one threshold per finding of a multi-label run on validation predictions; save them in meta.json.
 
     A finding without a positive (or without a negative) validation image cannot have a threshold chosen
@@ -60,7 +61,7 @@ def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: s
     for c, name in enumerate(run.classes):
         yc = y_val[:, c]
         if 0 < yc.sum() < len(yc) or parse_rule(rule)[0] == "fixed":
-            out[name] = choose_threshold(yc, probs_val[:, c], rule, chosen_on="val").to_dict()
+            out[name] = choose_threshold(yc, probs_val[:, c], rule, chosen_on=f"val ({name})", allow_point_estimate=allow_point_estimate).to_dict()
         else:
             fallback = choose_threshold(yc, probs_val[:, c], "0.5", chosen_on="val").to_dict()
             fallback["rule"] = f"0.5 (validation has {'no positive' if yc.sum() == 0 else 'no negative'} {name} image; {rule} impossible)"
@@ -72,16 +73,10 @@ def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: s
 
 def compute_metrics(run: Run, y: np.ndarray, probs: np.ndarray, seed: int = 0) -> dict:
     """Metrics for the run's task at its stored threshold(s)."""
-    if run.task == "multilabel":
-        m = multilabel_metrics(y, probs, run.classes, run.thresholds, seed=seed)
+    m = run.task_object.metrics(y, probs, run.classes, run.threshold, run.thresholds, seed=seed)
+    if run.record.threshold_rule:
         m["threshold_rule"] = run.record.threshold_rule
-        return m
-    if run.task == "binary":
-        m = binary_metrics(y, probs[:, 1], run.threshold, seed=seed)
-        m["threshold_rule"] = run.record.threshold_rule
-        m["classes"] = run.classes
-        return m
-    return multiclass_metrics(y, probs, run.classes, seed=seed)
+    return m
 
 
 def validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
@@ -104,7 +99,7 @@ def decision_analysis(
     from cxrkit.metrics.decision_curve import net_benefit
     from cxrkit.metrics.operating_points import operating_point, operating_points, screening_outcomes, who_triage_check
 
-    if run.task not in ("binary", "multiclass"):
+    if not run.task_object.one_label_per_image:
         return {}  # calibration and operating points are defined here for one label per image only
     out: dict = {"calibration": {"model": calibration_summary(y, raw_probs)}}
     if run.calibration is not None:
@@ -176,6 +171,9 @@ def write_evaluation(
         if "calibrated" in cal:
             curves.append((f"calibrated ({cal['method']})", cal["calibrated"]["bins"], cal["calibrated"]["ece"]))
         plot_reliability(curves, f"Reliability, {words} (n={len(y)})", plots / f"reliability_{fname}.png")
+    for name, sub in (metrics.get("subgroups") or {}).items():
+        if "groups" in sub:
+            plot_forest(sub, f"{name}, {words}", plots / f"subgroups_{fname}_{_slug(name)}.png")
     if metrics.get("decision_curve"):
         dc = metrics["decision_curve"]
         plot_decision_curve(dc, run.threshold, f"Decision curve, {words} (prevalence {dc['prevalence']:.1%})", plots / f"decision_{fname}.png")
@@ -184,7 +182,8 @@ def write_evaluation(
 def evaluate_run(
     run_dir: str | Path, data: str | Path | None = None, split: str | None = None, progress: bool = True, write_report: bool = True,
     class_map: dict[str, str] | None = None, recalibrate_on: str | Path | None = None, prevalence: float | None = None,
-    explain: str | None = "gradcam", device: str = "cpu",
+    explain: str | None = "gradcam", by: list[str] | None = None, by_table: str | Path | None = None, by_pattern: list[str] | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Evaluate a trained run on one split of its dataset, or on another dataset (external validation).
 
@@ -196,8 +195,10 @@ def evaluate_run(
     from the evaluated images, on which the threshold is chosen again with the run's rule; the
     evaluated images are then also scored at that threshold. ``prevalence`` (binary) recomputes PPV and NPV
     for a screening population with that share of disease. ``explain`` (a heat-map method, or None) adds
-    the gallery and the "where does it look" figure. ``device`` places the model (auto, cpu, cuda). Returns the
-    metrics dict and writes metrics.json, predictions.csv, plots and report.html.
+    the gallery and the "where does it look" figure. ``by`` (columns of ``by_table``, by default the run's own
+    label table) and ``by_pattern`` (``NAME=REGEX`` on file names) add per-subgroup figures with heterogeneity
+    tests (:mod:`cxrkit.metrics.subgroups`). ``device`` places the model (auto, cpu, cuda). Returns the metrics
+    dict and writes metrics.json, predictions.csv, plots and report.html.
     """
     run = Run.load(run_dir, device=device)
     ds, cfg = load_run_dataset(run, data, progress, class_map)
@@ -245,8 +246,14 @@ def evaluate_run(
     if one_class:
         notes.append(one_class)
     metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence))
-    if explain and run.task != "multilabel":  # heat maps are per decided class; a multi-label decision is a set
+    if explain and run.task_object.one_label_per_image:  # heat maps are per decided class; a multi-label decision is a set
         metrics["attention"] = _explain(run, images, ds.labels[idx], probs, key, explain, cfg.seed)
+    if by or by_pattern:
+        from cxrkit.evaluation.subgroups import subgroup_analysis
+
+        table = Path(by_table) if by_table else (Path(cfg.labels) if same_data and cfg.labels else None)
+        metrics["subgroups"] = subgroup_analysis(run, ds.labels[idx], probs, [ds.relpaths[i] for i in idx], list(by or []), table,
+                                                 list(by_pattern or []), seed=cfg.seed)
     metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
     metrics["shift"] = shift
     metrics["source_split"] = split
@@ -298,7 +305,9 @@ def _recalibrated(
             "metrics": {k: m["metrics"][k] for k in ("sensitivity", "specificity", "ppv", "npv")}, "confusion": m["confusion"]}
 
 
-def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str, seed: int = 0, explain: str | None = "gradcam") -> dict:
+def finish_training(
+    run_dir: str | Path, ds: LabelledImages, threshold_rule: str, seed: int = 0, explain: str | None = "gradcam", allow_point_estimate: bool = False,
+) -> dict:
     """After training: choose the threshold on validation data, evaluate validation, draw curves, write the report."""
     from cxrkit.report.html import write_report
     from cxrkit.report.plots import plot_history
@@ -308,18 +317,32 @@ def finish_training(run_dir: str | Path, ds: LabelledImages, threshold_rule: str
     images = np.asarray(ds.images[idx])
     probs = run.predict_arrays(images)
     if run.task == "binary":
-        store_threshold(run, ds.labels[idx], probs, threshold_rule)
+        try:
+            store_threshold(run, ds.labels[idx], probs, threshold_rule, allow_point_estimate)
+        except GuaranteeImpossible as exc:
+            raise GuaranteeImpossible(f"{exc}. The trained model is kept in {run.path} without a threshold: finish it with "
+                                      "`cxrkit train DATA --out RUN --resume` and another --threshold-rule or --allow-point-estimate") from None
     elif run.task == "multilabel":
-        store_thresholds(run, ds.labels[idx], probs, threshold_rule)
+        store_thresholds(run, ds.labels[idx], probs, threshold_rule, allow_point_estimate)
         plot_label_counts(ds.counts(), ds.image_counts(), run.path / "plots" / "label_counts.png")
         train = ds.index("train")
         plot_cooccurrence(ds.labels[train], ds.class_names, run.path / "plots" / "cooccurrence.png")
+    else:  # multi-class decides the most probable class: nothing to choose, the run is complete
+        run.record.complete = True
+        run.save_record()
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=seed)
     metrics.update(decision_analysis(run, ds.labels[idx], probs, probs, (ds.labels[idx], probs)))
-    if explain and run.task != "multilabel":  # heat maps are per decided class; a multi-label decision is a set
+    if explain and run.task_object.one_label_per_image:  # heat maps are per decided class; a multi-label decision is a set
         metrics["attention"] = _explain(run, images, ds.labels[idx], probs, "val", explain, seed)
     write_evaluation(run, "val", ds, idx, probs, metrics)
     history = [{k: v for k, v in r.items() if k != "stage"} for r in read_history(run.path)]
     plot_history(history, run.record.training["best_epoch"], run.path / PLOTS_DIR / "history.png")
     write_report(run.path)
     return metrics
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe form of a column name."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower() or "group"

@@ -4,6 +4,12 @@ Rules: ``youden`` (maximise sensitivity + specificity - 1), ``sensitivity:0.90``
 threshold whose sensitivity is at least 0.90, i.e. the best specificity meeting the WHO triage
 target for TB), ``specificity:0.95`` (the best sensitivity with specificity at least 0.95), or a
 fixed probability such as ``0.5``. A case is called positive when its probability >= threshold.
+
+A target met on one validation split is a point estimate: about half the time the same threshold misses it
+on new data. ``sensitivity:0.90@0.95`` asks for a guarantee instead: the highest threshold whose validation
+sensitivity has a one-sided 95% Clopper-Pearson lower bound of at least 0.90 (``specificity:X@C`` likewise,
+the lowest threshold). With too few validation cases no threshold can give the guarantee; the error says how
+many would be needed, and ``allow_point_estimate`` falls back to the plain rule, saying so.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ class ThresholdChoice:
     chosen_on: str
     sensitivity: float
     specificity: float
+    kind: str = "point"  # "guaranteed" (a confidence bound met the target) or "point" (the estimate did)
+    guarantee: dict | None = None  # metric, target, confidence, lower bound, cases: for a guaranteed rule
+    requested_rule: str | None = None  # set when a guaranteed rule was impossible and fell back to the point rule
 
     def to_dict(self) -> dict:
         """Plain-dict form for JSON."""
@@ -30,34 +39,94 @@ class ThresholdChoice:
 
 
 def parse_rule(rule: str) -> tuple[str, float | None]:
-    """Split a rule string into (kind, parameter) and validate it."""
+    """Split a rule string into (kind, parameter) and validate it; a ``@confidence`` suffix is checked and dropped
+    (see :func:`rule_confidence`)."""
+    if not isinstance(rule, str):
+        raise ValueError(f"a threshold rule is text such as youden or sensitivity:0.90, got {rule!r}")
     rule = rule.strip().lower()
+    rule, _, conf = rule.partition("@")
     if rule == "youden":
+        if conf:
+            raise ValueError("youden has no confidence level; use sensitivity:X@C or specificity:X@C")
         return "youden", None
     kind, _, arg = rule.partition(":")
     if kind in ("sensitivity", "specificity") and arg:
-        target = float(arg)
+        target = _number(arg, f"{kind} target")
         if not 0 < target <= 1:
             raise ValueError(f"{kind} target must be in (0, 1], got {target}")
+        if conf:
+            c = _number(conf, "confidence")
+            if not 0.5 <= c < 1:
+                raise ValueError(f"the confidence after @ must be in [0.5, 1), e.g. {kind}:{arg}@0.95; got {c}")
+            if target >= 1:
+                raise ValueError(f"a {kind} of 1 cannot be guaranteed from a sample; ask for less, e.g. {kind}:0.95@0.95")
         return kind, target
+    if conf:
+        raise ValueError(f"only sensitivity:X and specificity:X take a confidence (@C), not {rule!r}")
     if kind == "fixed" and arg:
         rule = arg
     try:
         value = float(rule)
     except ValueError:
         raise ValueError(
-            f"unknown threshold rule {rule!r}; use youden, sensitivity:0.90, specificity:0.95 or a number in [0, 1]"
+            f"unknown threshold rule {rule!r}; use youden, sensitivity:0.90, specificity:0.95, sensitivity:0.90@0.95 "
+            "(guaranteed at 95% confidence) or a number in [0, 1]"
         ) from None
     if not 0 <= value <= 1:
         raise ValueError(f"a fixed threshold must be in [0, 1], got {value}")
     return "fixed", value
 
 
-def choose_threshold(y_true: np.ndarray, prob: np.ndarray, rule: str = "youden", chosen_on: str = "val") -> ThresholdChoice:
-    """Pick a threshold on ``prob`` (probability of the positive class) following ``rule``."""
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{what} must be a number, got {text!r}") from None
+    if not np.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {text!r}")
+    return value
+
+
+def rule_confidence(rule: str) -> float | None:
+    """The confidence of a guaranteed rule (``sensitivity:0.90@0.95`` -> 0.95), None for a point rule."""
+    parse_rule(rule)
+    _, _, conf = rule.strip().partition("@")
+    return float(conf) if conf else None
+
+
+def clopper_pearson_lower(successes: np.ndarray | int, n: int, confidence: float) -> np.ndarray:
+    """One-sided exact (Clopper-Pearson) lower confidence bound of a proportion: P(true < bound) <= 1 - confidence."""
+    from scipy.stats import beta
+
+    x = np.asarray(successes, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        lower = beta.ppf(1 - confidence, x, n - x + 1)
+    return np.where(x > 0, lower, 0.0)
+
+
+def cases_needed(target: float, confidence: float) -> int:
+    """The fewest cases that can guarantee ``target`` at ``confidence`` (all of them correct): (1 - c)^(1/n) >= target."""
+    return int(np.ceil(np.log(1 - confidence) / np.log(target)))
+
+
+class GuaranteeImpossible(ValueError):
+    """No threshold meets a guaranteed rule on this validation split (too few cases of the class it is about)."""
+
+
+def choose_threshold(
+    y_true: np.ndarray, prob: np.ndarray, rule: str = "youden", chosen_on: str = "val", allow_point_estimate: bool = False,
+) -> ThresholdChoice:
+    """Pick a threshold on ``prob`` (probability of the positive class) following ``rule``.
+
+    A guaranteed rule (``sensitivity:0.90@0.95``) that no threshold can meet raises :class:`GuaranteeImpossible`
+    with the number of cases it would need, unless ``allow_point_estimate``: then the point rule is used and the
+    choice records ``requested_rule``.
+    """
     kind, target = parse_rule(rule)
+    confidence = rule_confidence(rule)
     y = np.asarray(y_true).astype(int)
     prob = np.asarray(prob, dtype=np.float64)
+    guarantee = None
     if kind == "fixed":
         value = float(target)
     else:
@@ -68,6 +137,30 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, rule: str = "youden",
         spec = 1 - fpr
         if kind == "youden":
             i = int(np.argmax(tpr - fpr))
+        elif confidence is not None:
+            n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+            n = n_pos if kind == "sensitivity" else n_neg
+            rate = tpr if kind == "sensitivity" else spec
+            lower = clopper_pearson_lower(np.rint(rate * n), n, confidence)
+            ok = np.flatnonzero(lower >= target - 1e-12)
+            if len(ok) == 0:
+                point = rule.split("@")[0]
+                need = cases_needed(target, confidence)
+                what = "positive" if kind == "sensitivity" else "negative"
+                if not allow_point_estimate:
+                    raise GuaranteeImpossible(
+                        f"no threshold gives {kind} >= {target:g} with {confidence:.0%} confidence on the {chosen_on} split: "
+                        f"it has {n} {what} case(s), and even calling every one {what} proves that only with at least {need} "
+                        f"(more when some are missed); add {what} validation images, lower the target or the confidence, or "
+                        f"pass --allow-point-estimate to use {point} (a point estimate, not a guarantee)"
+                    )
+                choice = choose_threshold(y, prob, point, chosen_on)
+                choice.requested_rule = rule
+                return choice
+            # Highest threshold meeting a sensitivity bound (best specificity); lowest meeting a specificity bound.
+            i = int(ok[np.argmax(spec[ok])]) if kind == "sensitivity" else int(ok[np.argmax(tpr[ok])])
+            guarantee = {"metric": kind, "target": target, "confidence": confidence, "lower_bound": float(lower[i]), "cases": n,
+                         "method": "one-sided Clopper-Pearson"}
         elif kind == "sensitivity":
             ok = np.flatnonzero(tpr >= target - 1e-12)
             i = int(ok[np.argmax(spec[ok])])
@@ -79,4 +172,5 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, rule: str = "youden",
     pos, neg = y == 1, y == 0
     sens = float(pred[pos].mean()) if pos.any() else float("nan")
     spec_v = float((~pred[neg]).mean()) if neg.any() else float("nan")
-    return ThresholdChoice(value=value, rule=rule, chosen_on=chosen_on, sensitivity=sens, specificity=spec_v)
+    return ThresholdChoice(value=value, rule=rule, chosen_on=chosen_on, sensitivity=sens, specificity=spec_v,
+                           kind="guaranteed" if guarantee else "point", guarantee=guarantee)

@@ -28,9 +28,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} not found")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ValueError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:120]})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler refuses code objects; say so plainly
@@ -62,6 +66,7 @@ def load_state(
     architecture or width, and loading half of it would silently train a different network.
     """
     target = model.state_dict()
+    source = match_names(source, target)
     report = LoadReport()
     new_state = {}
     for name, tensor in source.items():
@@ -90,8 +95,45 @@ def load_state(
             "is it a state dict for this architecture?"
         )
     report.missing = [k for k in target if k not in new_state]
+    body = [k for k in target if not (head and k.startswith(head + ".")) and not k.endswith("num_batches_tracked")]
+    got = [k for k in body if k in new_state]
+    if body and len(got) < MIN_BACKBONE_SHARE * len(body):
+        absent = [k for k in body if k not in new_state]
+        raise ValueError(
+            f"only {len(got)} of the model's {len(body)} backbone tensors were found in {origin} "
+            f"(first missing: {', '.join(absent[:3])}); it was made for another architecture or names its layers differently, "
+            "and training on with the rest at random would not be the pretrained network"
+        )
     model.load_state_dict(new_state, strict=False)
     return report
+
+
+# Below this share of the backbone's tensors loaded, a weights file is refused rather than half-used.
+MIN_BACKBONE_SHARE = 0.9
+_PREFIXES = ("module.", "model.", "densenet121.", "densenet.", "backbone.", "net.", "encoder.")
+_DENSE_ANY = re.compile(r"^(.*denselayer\d+)\.(?:layers\.)?(norm|relu|conv)\.?([12])\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
+
+
+def match_names(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename tensors of torchvision / TorchXRayVision DenseNet-121 and ResNet state dicts (and wrapped ones:
+    ``module.``, ``model.`` ...) to the names of this model, where the renamed name exists in it."""
+    out = {}
+    for k, v in source.items():
+        name = k
+        for _ in range(3):
+            if name in target:
+                break
+            stripped = next((name[len(p):] for p in _PREFIXES if name.startswith(p)), None)
+            if stripped is None:
+                break
+            name = stripped
+        if name not in target:
+            m = _DENSE_ANY.match(name)
+            if m:  # torchvision "denselayer1.norm1" / old "denselayer1.norm.1" -> MONAI "denselayer1.layers.norm1"
+                cand = f"{m.group(1)}.layers.{m.group(2)}{m.group(3)}.{m.group(4)}"
+                name = cand if cand in target else name
+        out[name if name in target else k] = v
+    return out
 
 
 # ImageNet weights for the MONAI backbones (the torchvision / lukemelas releases MONAI itself loads).

@@ -1,8 +1,9 @@
 """Classify many files into one CSV that survives interruption: checkpointed atomically, resumed by path.
 
 The CSV has one row per image: ``path``, ``prob_<class>`` for every class, ``prediction`` (the
-run's decision, :meth:`cxrkit.run.Run.decide`), ``error`` (why a file could not be decoded), and
-``ood_warning`` / ``ood_findings`` (the image lies outside the training images' range, and why).
+run's decision, :meth:`cxrkit.run.Run.decide`), ``error`` (why a file could not be decoded), ``ood_warning`` /
+``ood_findings`` (the image lies outside the training images' range, and why) and ``model``
+(:attr:`cxrkit.run.Run.model_id`: the weights, threshold and calibration that made the row).
 Every ``checkpoint_seconds`` the whole CSV is rewritten through a temporary file and a rename, so a
 killed job leaves the last complete checkpoint, never half a row. Run again with the same ``out``
 and files that already have a result are skipped; files that failed are tried again.
@@ -25,23 +26,29 @@ from cxrkit.run import Run
 
 def csv_fields(run: Run) -> list[str]:
     """The CSV columns for a run's classes."""
-    return ["path", *[f"prob_{c}" for c in run.classes], "prediction", "error", *OOD_FIELDS]
+    return ["path", *[f"prob_{c}" for c in run.classes], "prediction", "error", "ood_warning", "ood_findings", "model"]
 
 
-OOD_FIELDS = ["ood_warning", "ood_findings"]
-
-
-def read_finished(out: Path, fields: list[str]) -> dict[str, dict]:
-    """Rows of an earlier (possibly interrupted) output, by path; raises ValueError when its columns differ."""
+def read_finished(out: Path, fields: list[str], model_id: str | None = None) -> dict[str, dict]:
+    """Rows of an earlier (possibly interrupted) output, by path; a ValueError when it was written for another model."""
+    if out.exists() and not out.is_file():
+        raise ValueError(f"--out {out} is a directory; give a CSV file name")
     if not out.is_file():
         return {}
-    with open(out, newline="") as f:
-        reader = csv.DictReader(f)
-        # An output written before the out-of-distribution columns existed is resumed; its rows lack them.
-        if reader.fieldnames != fields and reader.fieldnames != [f for f in fields if f not in OOD_FIELDS]:
-            raise ValueError(f"{out} exists with other columns ({', '.join(reader.fieldnames or [])}), "
-                             "so it was written for another model; give another --out or delete it")
-        return {r["path"]: {**dict.fromkeys(OOD_FIELDS, ""), **r} for r in reader}
+    try:
+        with open(out, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != fields:
+                raise ValueError(f"{out} exists with other columns ({', '.join(reader.fieldnames or [])}), "
+                                 "so it was written for another model; give another --out or delete it")
+            rows = {r["path"]: r for r in reader}
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{out} exists and is not a prediction CSV ({exc}); give another --out or delete it") from None
+    others = sorted({r["model"] for r in rows.values()} - {model_id}) if model_id else []
+    if others:
+        raise ValueError(f"{out} holds predictions of another model ({others[0]}; this run is {model_id}): "
+                         "resuming would mix two models' results; give another --out or delete it")
+    return rows
 
 
 def result_row(run: Run, path: Path, probs: np.ndarray | None, decision: str | None, error: str = "", ood: list[str] | None = None) -> dict:
@@ -52,6 +59,7 @@ def result_row(run: Run, path: Path, probs: np.ndarray | None, decision: str | N
     row["error"] = error
     row["ood_warning"] = "yes" if ood else ""
     row["ood_findings"] = "; ".join(ood or [])
+    row["model"] = run.model_id
     return row
 
 
@@ -65,7 +73,7 @@ def predict_to_csv(
     """
     out = Path(out)
     fields = csv_fields(run)
-    earlier = read_finished(out, fields)
+    earlier = read_finished(out, fields, run.model_id)
     rows = {k: r for k, r in earlier.items() if not r["error"]}
     todo = [p for p in paths if str(p) not in rows]
     order = [str(p) for p in paths] + [k for k in earlier if k not in {str(p) for p in paths}]

@@ -205,6 +205,8 @@ class RunMeta:
         """meta.json's JSON object."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         d["preprocessing"] = self.preprocessing.to_dict()
+        if not self.evaluations:
+            del d["evaluations"]  # absent until a split is evaluated: a glance at meta.json shows the test split untouched
         return {**d, **self.extra}
 
     @classmethod

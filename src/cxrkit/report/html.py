@@ -66,6 +66,19 @@ def _metric_rows(metrics: dict) -> list[dict]:
     return rows
 
 
+def _subgroups(run_dir: Path, subgroups: dict, fname: str) -> list[dict]:
+    """One entry per subgroup column (per finding for multi-label runs), with its forest plot when one was drawn."""
+    import re
+
+    out = []
+    for name, sub in subgroups.items():
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower() or "group"
+        for finding, r in (sub.get("per_finding") or {"": sub}).items():
+            out.append({"name": name, "finding": finding, "r": r,
+                        "img": None if finding else _img(run_dir / "plots" / f"subgroups_{fname}_{slug}.png")})
+    return out
+
+
 def build_context(run_dir: Path) -> dict:
     """Everything the template shows, read from the run folder's files."""
     meta = read_meta(run_dir).to_dict()
@@ -101,6 +114,7 @@ def build_context(run_dir: Path) -> dict:
             "reliability": _img(run_dir / "plots" / f"reliability_{fname}.png"), "decision": _img(run_dir / "plots" / f"decision_{fname}.png"),
             "attention_img": _img(run_dir / "plots" / f"attention_{fname}.png"), "gallery": _img(run_dir / "plots" / f"gallery_{fname}.png"),
             "screening": screening_sentences(m["screening"], m["classes"][1]) if m.get("screening") else [],
+            "subgroups": _subgroups(run_dir, m.get("subgroups") or {}, fname),
         })
     internal = next((e for e in evaluations if e["split"] in ("test", "val")), None)
     external = [e for e in evaluations if e["split"].startswith("external:")]

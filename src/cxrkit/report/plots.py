@@ -207,3 +207,28 @@ def plot_gallery(images: np.ndarray, heat: np.ndarray, titles: list[str], path: 
         ax.imshow(overlay_rgb(images[i], heat[i]))
         ax.set_title(titles[i], fontsize=8)
     return _save(fig, path)
+
+
+def plot_forest(sub: dict, title: str, path: Path) -> Path:
+    """Forest plot of one subgroup column: sensitivity, specificity and ROC-AUC per group with 95% intervals."""
+    metrics = [("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("roc_auc", "ROC-AUC")]
+    groups = sub["groups"]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 0.5 * len(groups) + 1.6), sharey=True)
+    ys = np.arange(len(groups))[::-1]
+    for ax, (key, label) in zip(axes, metrics):
+        for y, g in zip(ys, groups):
+            e = g[key]
+            if e["value"] is None:
+                continue
+            small = g["too_small"][key]
+            lo, hi = e["ci"] if e.get("ci") else (e["value"], e["value"])
+            ax.plot([lo, hi], [y, y], color="0.6" if small else "#1f4e79", lw=2)
+            ax.plot(e["value"], y, "o", color="0.6" if small else "#1f4e79", ms=6, mfc="white" if small else None)
+        p = sub["tests"][key]["p_value"]
+        ax.set_title(f"{label}" + (f"\nheterogeneity p = {p:.3g}" if p is not None else "\nnot testable"), fontsize=9)
+        ax.set_xlim(0, 1.02)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(ys)
+    axes[0].set_yticklabels([f"{g['group']} (n={g['n']}, {g['n_positive']}+)" for g in groups], fontsize=8)
+    fig.suptitle(title + " (hollow: too few cases to compare)", fontsize=10)
+    return _save(fig, path)

@@ -69,15 +69,19 @@ def load_checkpoint(
     """Restore model, optimizer, scheduler and random states in place; returns (state, best weights)."""
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path / "tensors.safetensors"))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
-    opt = torch.load(path / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(opt["optimizer"])
-    if scheduler is not None and opt["scheduler"] is not None:
-        scheduler.load_state_dict(opt["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    aug_gen.set_state(tensors["rng.augment"])
-    state = json.loads((path / "state.json").read_text())
-    rng.bit_generator.state = state.pop("numpy_rng")
+    try:
+        tensors = load_file(str(path / "tensors.safetensors"))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+        opt = torch.load(path / "optimizer.pt", weights_only=True)
+        optimizer.load_state_dict(opt["optimizer"])
+        if scheduler is not None and opt["scheduler"] is not None:
+            scheduler.load_state_dict(opt["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        aug_gen.set_state(tensors["rng.augment"])
+        state = json.loads((path / "state.json").read_text())
+        rng.bit_generator.state = state.pop("numpy_rng")
+    except Exception as exc:  # a tampered or damaged checkpoint (refused pickle, wrong tensors, bad JSON): never half-resume
+        raise ValueError(f"the checkpoint in {path} cannot be resumed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                         f"delete {path} to start again, or train into another --out") from None
     return state, best

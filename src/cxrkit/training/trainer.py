@@ -28,6 +28,7 @@ from cxrkit.config import TrainConfig
 from cxrkit.data.augment import augment_batch
 from cxrkit.data.dataset import LabelledImages, load_dataset
 from cxrkit.data.preprocess import Preprocessing, intensity_stats
+from cxrkit.metrics.thresholds import cases_needed, parse_rule, rule_confidence
 from cxrkit.models.pretrained import initialise
 from cxrkit.models.registry import MODELS, build_model, count_parameters, split_parameters
 from cxrkit.record import (
@@ -206,10 +207,30 @@ def _check_resume(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
     if ckpt is not None:
         saved = TrainConfig.load(out / CONFIG_FILE).to_dict()
         # The folder may have moved since (--out names where it is now), so out is not compared.
-        differ = sorted(k for k, v in cfg.to_dict().items() if k != "out" and saved.get(k) != v)
+        differ = sorted(k for k, v in cfg.to_dict().items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v)
         if differ:
             raise ValueError(f"--resume needs the configuration the run was started with; these differ: {', '.join(differ)}")
     return ckpt
+
+
+# Settings that decide only how the trained model's threshold is chosen: a resumed run may change them.
+RESUME_MAY_CHANGE = ("out", "threshold_rule", "allow_point_estimate")
+
+
+def _check_guarantee_possible(cfg: TrainConfig, task: Task, y_val: np.ndarray) -> None:
+    """Refuse before training when the validation split is too small for the guaranteed threshold rule asked for."""
+    confidence = rule_confidence(cfg.threshold_rule)
+    if confidence is None or cfg.allow_point_estimate or task.name != "binary":
+        return
+    kind, target = parse_rule(cfg.threshold_rule)
+    n = int((y_val == 1).sum()) if kind == "sensitivity" else int((y_val == 0).sum())
+    need = cases_needed(target, confidence)
+    if n < need:
+        what = "positive" if kind == "sensitivity" else "negative"
+        raise ValueError(
+            f"--threshold-rule {cfg.threshold_rule} needs at least {need} {what} validation images (more if the model misses any); "
+            f"the validation split has {n}. Raise --val-fraction, lower the target or confidence, or add --allow-point-estimate"
+        )
 
 
 def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: Callable[[str], None]) -> _Setup:
@@ -231,11 +252,16 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise ValueError("training needs images in both the train and the validation split")
     task, k = get_task(ds.task), len(ds.class_names)
+    _check_guarantee_possible(cfg, task, ds.labels[val_idx])
     mean, std = intensity_stats(ds.images, train_idx)
     pre = Preprocessing(cfg.image_size, cfg.aspect, mean, std, cfg.intensity, cfg.crop_border)
 
     model = build_model(cfg.model, task.num_outputs(k), **cfg.model_options())
     pretrained_report = initialise(model, cfg.model, cfg.pretrained)
+    if pretrained_report:
+        r = pretrained_report
+        log(f"pretrained: {r['loaded']} tensors loaded from {r['source']} ({len(r['adapted'])} adapted to grayscale), "
+            f"{len(r['skipped'])} skipped, {len(r['missing'])} of the model's left at their initial values (the classifier head at least)")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(ctx.device)
@@ -509,6 +535,6 @@ def train(
     if finish:
         from cxrkit.evaluation.evaluate import finish_training
 
-        finish_training(out, s.ds, cfg.threshold_rule, cfg.seed)
+        finish_training(out, s.ds, cfg.threshold_rule, cfg.seed, allow_point_estimate=cfg.allow_point_estimate)
     teardown_distributed(ctx)
     return out

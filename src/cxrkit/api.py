@@ -1,0 +1,42 @@
+"""The Python API: ``cxrkit.load``, ``cxrkit.train`` and ``cxrkit.evaluate``, the same steps as the command line.
+
+    import cxrkit
+    run = cxrkit.train("data/chestxrays", out="runs/tb1", model="cnn", image_size=128)
+    print(cxrkit.evaluate(run)["metrics"]["roc_auc"])          # the test split, once
+    p = run.predict("patient.png")                               # or bytes, a PIL image, a NumPy array
+    print(p.decision, p.probabilities, p.ood_warning)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cxrkit.run import Run
+
+
+def load(path: str | Path, engine: str = "auto", device: str = "cpu") -> Run:
+    """Load a finished run folder (validated: a damaged or incomplete run is a one-line ``RunError``); ``device``: cpu, auto or cuda[:N]."""
+    return Run.load(path, engine=engine, device=device)
+
+
+def train(data: str | Path, *, progress: bool = True, overwrite: bool = False, resume: bool = False, device: str = "auto",
+          **options: Any) -> Run:
+    """Train on ``data`` with the options of ``cxrkit train`` (keyword names as in config.yaml, e.g. ``image_size=128``,
+    ``augment={"hflip": True}``) and return the loaded run. Options are validated like a config file; ``device`` as for ``cxrkit train``."""
+    from cxrkit.config import TrainConfig
+    from cxrkit.training import train as _train
+
+    cfg = TrainConfig.from_dict({"data": str(data), **options})
+    return Run.load(_train(cfg, progress=progress, overwrite=overwrite, resume=resume, device=device))
+
+
+def evaluate(run: Run | str | Path, data: str | Path | None = None, split: str | None = None, *, progress: bool = False,
+             **options: Any) -> dict:
+    """Evaluate a run on a split of its own data (default ``test``) or on another dataset (default: all its images);
+    writes metrics.json, predictions.csv and the report like ``cxrkit evaluate`` and returns that split's metrics.
+    Further options (``prevalence``, ``class_map``, ``explain``, ``recalibrate_on``) are those of the command."""
+    from cxrkit.evaluation.evaluate import evaluate_run
+
+    path = run.path if isinstance(run, Run) else Path(run)
+    return evaluate_run(path, data, split, progress=progress, **options)

@@ -1,0 +1,229 @@
+"""A corpus of bad configs, tampered run folders and bad files through the CLI: each must end with exit status 2
+(1 where a single image cannot be read) and a one-line message, never a traceback and never a silent result."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrkit.cli import main
+
+
+def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint", "plots", "report.html"))
+    return run
+
+
+def _edit_meta(run: Path, edit) -> None:
+    meta = json.loads((run / "meta.json").read_text())
+    edit(meta)
+    (run / "meta.json").write_text(json.dumps(meta))
+
+
+def _image(tmp_path: Path) -> Path:
+    path = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48), dtype=np.uint8)).save(path)
+    return path
+
+
+# ---- configs: `cxrkit train DATA --config FILE` ------------------------------------------------------------------
+CONFIGS = {
+    "empty file": "",
+    "yaml syntax error": "lr: [1e-3\nepochs: 2\n",
+    "lr not a number": "lr: abc\n",
+    "fractional image_size": "image_size: 128.5\n",
+    "huge image_size": "image_size: 100000\n",
+    "hflip not a boolean": "augment: {hflip: maybe}\n",
+    "augment not a mapping": "augment: yes\n",
+    "unknown key": "learning_rate: 0.01\n",
+    "unknown augment key": "augment: {flip: true}\n",
+    "threshold rule a number": "threshold_rule: 5\n",
+    "threshold rule target out of range": "threshold_rule: 'sensitivity:1.5'\n",
+    "zero epochs": "epochs: 0\n",
+    "validation fraction above 1": "val_fraction: 1.5\n",
+    "unknown model": "model: resnet1000\n",
+    "config is a list": "- lr: 0.01\n",
+    "negative augmentation": "augment: {brightness: -0.5}\n",
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_bad_config_is_one_line_error(name, binary_data, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIGS[name])
+    code = main(["train", str(binary_data), "--config", str(cfg), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def test_missing_config_file(binary_data, tmp_path, capsys):
+    assert main(["train", str(binary_data), "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# ---- tampered run folders: `cxrkit predict RUN IMAGE` --------------------------------------------------------------
+RUNS = {
+    "std 0": (lambda m: m["preprocessing"].update(std=0), "std"),
+    "negative std": (lambda m: m["preprocessing"].update(std=-1), "std"),
+    "task regression": (lambda m: m.update(task="regression"), "task"),
+    "threshold NaN": (lambda m: m["threshold"].update(value=float("nan")), "threshold"),
+    "threshold above 1": (lambda m: m["threshold"].update(value=3.0), "threshold"),
+    "threshold null (training crashed)": (lambda m: m.update(threshold=None, complete=False), "incomplete"),
+    "image_size 100000": (lambda m: m["preprocessing"].update(image_size=100000), "image_size"),
+    "three classes for a binary run": (lambda m: m.update(classes=["a", "b", "c"]), "classes"),
+    "duplicate class names": (lambda m: m.update(classes=["a", "a"]), "classes"),
+    "unknown model": (lambda m: m.update(model="resnet1000"), "unknown model"),
+    "preprocessing missing": (lambda m: m.pop("preprocessing"), "preprocessing"),
+    "unknown intensity mode": (lambda m: m["preprocessing"].update(intensity="magic"), "intensity"),
+    "num_outputs wrong": (lambda m: m.update(num_outputs=5), "num_outputs"),
+    "model width changed": (lambda m: m["model_options"].update(width=64), "weights"),
+}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_tampered_run_is_refused(name, tiny_run, tmp_path, capsys):
+    edit, word = RUNS[name]
+    run = _copy_run(tiny_run, tmp_path)
+    _edit_meta(run, edit)
+    code = main(["predict", str(run), str(_image(tmp_path))])
+    out = capsys.readouterr()
+    assert code == 2, out
+    err = out.err.strip()
+    assert err.startswith("error: ") and "\n" not in err and word in err, err
+    assert out.out == ""  # no prediction printed
+
+
+@pytest.mark.parametrize("content, word", [(b"not json", "not valid JSON"), (b"[1, 2]", "object")])
+def test_unreadable_meta(content, word, tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "meta.json").write_bytes(content)
+    assert main(["predict", str(run), str(_image(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert word in err and "\n" not in err
+
+
+def test_weights_file_not_safetensors(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "model.safetensors").write_bytes(b"\x80\x04 pickled? no: just junk" * 10)
+    assert main(["predict", str(run), str(_image(tmp_path))]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_bad_calibration_file(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "calibration.json").write_text("{oops")
+    assert main(["predict", str(run), str(_image(tmp_path))]) == 2
+    assert "calibration.json is not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["missing", "file"])
+def test_run_path_not_a_run(target, tmp_path, capsys):
+    path = tmp_path / "r"
+    if target == "file":
+        path.write_text("x")
+    assert main(["predict", str(path), str(_image(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+
+
+# ---- files ------------------------------------------------------------------------------------------------------------
+def test_corrupt_single_image_exits_1(tiny_run, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    assert main(["predict", str(tiny_run), str(bad)]) == 1
+    assert "could not be read" in capsys.readouterr().err
+
+
+def test_predict_out_is_a_directory(tiny_run, tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    assert main(["predict", str(tiny_run), str(_image(tmp_path)), "--out", str(tmp_path / "d")]) == 2
+    assert "directory" in capsys.readouterr().err
+
+
+def test_predict_out_of_another_model_is_not_resumed(tiny_run, tmp_path, capsys):
+    img = _image(tmp_path)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tiny_run), str(img), "--out", str(out)]) == 0
+    other = _copy_run(tiny_run, tmp_path)
+    _edit_meta(other, lambda m: m["threshold"].update(value=0.123))  # another decision rule is another model
+    assert main(["predict", str(other), str(img), "--out", str(out)]) == 2
+    assert "another model" in capsys.readouterr().err
+    assert main(["predict", str(tiny_run), str(img), "--out", str(out)]) == 0  # the same model resumes
+    assert "1 already in" in capsys.readouterr().out
+
+
+def test_train_on_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["train", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "\n" not in capsys.readouterr().err.strip()
+
+
+def test_train_on_all_corrupt_folder(tmp_path, capsys):
+    for c in ("healthy", "tb"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(4):
+            (tmp_path / "d" / c / f"{i}.png").write_bytes(b"junk")
+    assert main(["train", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--image-size", "32", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+
+
+def test_train_out_is_a_file(binary_data, tmp_path, capsys):
+    (tmp_path / "o").write_text("x")
+    assert main(["train", str(binary_data), "--out", str(tmp_path / "o"), "--image-size", "32", "--epochs", "1"]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"definitely not safetensors", b""])
+def test_pretrained_file_not_safetensors(content, binary_data, tmp_path, capsys):
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(content)
+    code = main(["train", str(binary_data), "--out", str(tmp_path / "o"), "--image-size", "32", "--epochs", "1", "--pretrained", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err, err
+
+
+def test_pretrained_pickle_with_code_is_refused(binary_data, tmp_path, capsys):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    bad = tmp_path / "w.pt"
+    bad.write_bytes(pickle.dumps({"conv.weight": Evil()}))
+    code = main(["train", str(binary_data), "--out", str(tmp_path / "o"), "--image-size", "32", "--epochs", "1", "--pretrained", str(bad)])
+    out = capsys.readouterr()
+    assert code == 2 and "owned" not in out.out
+    assert "weights_only" in out.err and "\n" not in out.err.strip()
+
+
+def test_evaluate_moved_run_without_its_data(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    _edit_meta(run, lambda m: m["data"].update(root=str(tmp_path / "gone"), root_from_run="../gone"))
+    assert main(["evaluate", str(run)]) == 2
+    assert "give the data folder explicitly" in capsys.readouterr().err
+
+
+def test_tampered_checkpoint_is_refused_on_resume(tiny_run, binary_data, tmp_path, capsys):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "checkpoint" / "optimizer.pt").write_bytes(pickle.dumps({"optimizer": Evil()}))
+    code = main(["train", str(binary_data), "--out", str(run), "--resume"])
+    out = capsys.readouterr()
+    assert code == 2 and "owned" not in out.out, out
+    assert "cannot be resumed" in out.err and "\n" not in out.err.strip()

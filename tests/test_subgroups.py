@@ -1,0 +1,80 @@
+"""Subgroup performance: per-group figures, heterogeneity tests, the largest gap, and `cxrkit evaluate --by`."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from cxrkit.metrics.subgroups import band_labels, bin_numeric, binary_subgroups
+
+
+def _scores(rng, n, pos_mean):
+    y = np.r_[np.ones(n), np.zeros(n)].astype(int)
+    s = np.r_[rng.normal(pos_mean, 1, n), rng.normal(0, 1, n)]
+    return y, 1 / (1 + np.exp(-s))
+
+
+def test_a_planted_harder_subgroup_is_flagged_and_a_clean_split_is_not():
+    rng = np.random.default_rng(3)
+    ya, pa = _scores(rng, 150, 2.5)
+    yb, pb = _scores(rng, 150, 0.8)  # disease is harder to see in group b
+    out = binary_subgroups(np.r_[ya, yb], np.r_[pa, pb], ["a"] * 300 + ["b"] * 300, 0.5, "site")
+    assert out["tests"]["sensitivity"]["p_value"] < 0.001 and out["tests"]["roc_auc"]["p_value"] < 0.001
+    gap = out["largest_gap"]
+    assert gap["metric"] == "sensitivity" and gap["lower_group"] == "b" and gap["ci"][0] > 0
+    a, b = out["groups"]
+    assert gap["difference"] == pytest.approx(a["sensitivity"]["value"] - b["sensitivity"]["value"])
+    assert "points lower than in a" in gap["sentence"]
+    # Same distribution in both halves: nothing to flag (seeded draw).
+    yc, pc = _scores(rng, 300, 1.5)
+    clean = binary_subgroups(yc, pc, ["a", "b"] * 300, 0.5, "site")
+    assert all(t["p_value"] > 0.05 for t in clean["tests"].values())
+
+
+def test_hand_counts_and_small_groups():
+    y = np.array([1, 1, 0, 0, 1, 0])
+    p = np.array([0.9, 0.2, 0.1, 0.7, 0.8, 0.3])
+    out = binary_subgroups(y, p, ["m", "m", "m", "m", "f", None], 0.5, "sex")
+    f, m = out["groups"]
+    assert (m["group"], m["n"], m["n_positive"], m["prevalence"]) == ("m", 4, 2, 0.5)
+    assert m["sensitivity"]["value"] == 0.5 and m["specificity"]["value"] == 0.5 and m["ppv"]["value"] == 0.5
+    assert f["roc_auc"]["value"] is None and f["too_small"]["sensitivity"]  # one positive, no negative
+    assert out["missing"] == 1 and out["tests"]["sensitivity"]["p_value"] is None and out["largest_gap"] is None
+
+
+def test_age_bands():
+    assert band_labels((18, 40, 60)) == ["0-17", "18-39", "40-59", "60+"]
+    assert bin_numeric(["5", "18", "039Y", "60", "x", ""], (18, 40, 60)) == ["0-17", "18-39", "18-39", "60+", None, None]
+
+
+def test_evaluate_by_table_column_and_file_name_pattern(tiny_run, binary_data, tmp_path, capsys):
+    import shutil
+
+    from cxrkit.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    files = sorted(p.relative_to(binary_data).as_posix() for p in binary_data.rglob("*.png"))
+    table = tmp_path / "people.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "Patient Sex", "Patient Age"])
+        for i, rel in enumerate(files):
+            w.writerow([rel, "MF"[i % 2], str(10 + (i * 7) % 80)])
+    code = main(["evaluate", str(run), "--by", "patient sex,Patient Age", "--by-table", str(table),
+                 "--by-pattern", r"last_digit=(\d)\.png$", "--explain", "none"])
+    out = capsys.readouterr().out
+    assert code == 0 and "subgroups by patient sex" in out and "heterogeneity" in out
+    sub = json.loads((run / "metrics.json").read_text())["test"]["subgroups"]
+    sex = sub["patient sex"]
+    assert [g["group"] for g in sex["groups"]] == ["F", "M"] and sum(g["n"] for g in sex["groups"]) == 30
+    assert [g["group"] for g in sub["Patient Age"]["groups"]] == ["0-17", "18-39", "40-59", "60+"]
+    assert sub["Patient Age"]["binning"] == "binned at 18, 40, 60"
+    assert len(sub["last_digit"]["groups"]) == 10
+    report = (run / "report.html").read_text()
+    assert "Subgroups: does it work equally for everyone?" in report and "By patient sex" in report
+    assert main(["evaluate", str(run), "--by", "height", "--by-table", str(table)]) == 2
+    assert "no column 'height'" in capsys.readouterr().err
