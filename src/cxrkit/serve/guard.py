@@ -63,7 +63,7 @@ class ApiKeyGate:
 
 
 class BodyTimeout:
-    """ASGI middleware: a request whose next body chunk takes longer than ``seconds`` is answered 408 and closed.
+    """ASGI middleware: a request whose next body chunk takes longer than ``seconds`` to arrive is answered 408 and closed.
 
     Uvicorn times out idle keep-alive connections but not a client that sent its headers and then trickles
     (or never sends) the body; each such request would hold a connection, a task and a spooled upload.
@@ -76,16 +76,20 @@ class BodyTimeout:
         if scope["type"] != "http" or not self.seconds:
             await self.app(scope, receive, send)
             return
-        timed_out, answered = False, False
+        timed_out, answered, body_done = False, False, False
         message = f"no request data for {self.seconds:g} s; the request was closed"
 
         async def timed_receive():
-            nonlocal timed_out
+            nonlocal timed_out, body_done
+            if body_done:  # after the body, receive() waits for a disconnect, however long the answer takes
+                return await receive()
             try:
-                return await asyncio.wait_for(receive(), self.seconds)
+                msg = await asyncio.wait_for(receive(), self.seconds)
             except asyncio.TimeoutError:
                 timed_out = True
                 raise BodyTimeoutError(message) from None
+            body_done = msg["type"] != "http.request" or not msg.get("more_body", False)
+            return msg
 
         async def guarded_send(msg) -> None:
             # FastAPI reports any error while parsing a form as "400 error parsing the body"; the real reason is ours.
