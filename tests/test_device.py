@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cxrkit.cli import main
-from cxrkit.device import resolve_device
+from cxrkit.models.device import resolve_device
 from cxrkit.run import Run, RunError
 from cxrkit.training.distributed import setup_distributed
 

@@ -169,7 +169,7 @@ class Run:
         ``device`` (``cpu``, ``auto``, ``cuda``, ``cuda:N``) places the PyTorch model; on a GPU ``auto`` engine
         means PyTorch (the ONNX Runtime installed with cxrkit runs on the CPU).
         """
-        from cxrkit.device import resolve_device
+        from cxrkit.models.device import resolve_device
 
         try:
             dev = resolve_device(device)

@@ -62,7 +62,7 @@ def setup_distributed(device: str = "auto") -> Distributed:
     Each process uses GPU ``LOCAL_RANK`` when CUDA is available (NCCL backend), the CPU otherwise (gloo);
     ``device="cpu"`` keeps to the CPU on a GPU machine and ``"cuda"`` refuses to start without a GPU.
     """
-    from cxrkit.device import resolve_device
+    from cxrkit.models.device import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     wanted = resolve_device(device)  # a ValueError when CUDA is asked for and absent
