@@ -59,7 +59,7 @@ async def scenario(port: int, n_slow: int, n_probes: int, header_timeout: float)
     async def closed(reader: asyncio.StreamReader) -> bool:
         try:
             return await asyncio.wait_for(reader.read(1), 0.05) == b""
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         except ConnectionError:
             return True

@@ -51,8 +51,8 @@ def test_large_16_bit_image_never_becomes_a_full_size_float_array():
 
 def test_decodes_at_once_are_capped_across_requests(tiny_run, monkeypatch):
     pytest.importorskip("fastapi")
-    from cxrkit.serve.app import Limits, Service
     from cxrkit.run import Run
+    from cxrkit.serve.app import Limits, Service
 
     service = Service(Run.load(tiny_run, engine="torch"), Limits(max_decodes=1))
     load = service.run.preprocessing.load

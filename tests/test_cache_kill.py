@@ -33,9 +33,9 @@ BUILD = textwrap.dedent("""
     cache.load_grayscale = slow_decode
     paths = sorted(Path(sys.argv[1]).glob("*.png"))
     t0 = time.perf_counter()
-    out = cache.load_cached(paths, %d, cache_dir=Path(sys.argv[2]), workers=2, progress=False, chunk=%d)
+    out = cache.load_cached(paths, SIZE, cache_dir=Path(sys.argv[2]), workers=2, progress=False, chunk=CHUNK)
     print(f"built {len(out.ok)} in {time.perf_counter() - t0:.2f} s, hit={out.hit}", flush=True)
-""" % (SIZE, CHUNK))
+""").replace("SIZE", str(SIZE)).replace("CHUNK", str(CHUNK))
 
 
 def _children(pid: int) -> list[int]:

@@ -242,7 +242,8 @@ def load_cached(
         n_workers = workers if workers is not None else (os.cpu_count() or 1)
         bar = tqdm(total=len(paths), initial=len(paths) - sum(len(j[2]) for j in jobs), desc="decoding images", unit="img",
                    disable=not progress or None, leave=False)
-        pool = ProcessPoolExecutor(n_workers, initializer=_die_with_parent, initargs=(os.getpid(),)) if n_workers > 1 and len(paths) >= _PARALLEL_MIN and len(jobs) > 1 else None
+        parallel = n_workers > 1 and len(paths) >= _PARALLEL_MIN and len(jobs) > 1
+        pool = ProcessPoolExecutor(n_workers, initializer=_die_with_parent, initargs=(os.getpid(),)) if parallel else None
         try:
             if pool:
                 futures = [pool.submit(_decode_chunk, j) for j in jobs]

@@ -85,7 +85,7 @@ class BodyTimeout:
                 return await receive()
             try:
                 msg = await asyncio.wait_for(receive(), self.seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 timed_out = True
                 raise BodyTimeoutError(message) from None
             body_done = msg["type"] != "http.request" or not msg.get("more_body", False)
