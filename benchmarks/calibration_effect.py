@@ -14,8 +14,8 @@ import argparse
 
 import numpy as np
 
-from cxrkit.metrics.calibration import brier_score, expected_calibration_error, fit_calibration
 from cxrkit.evaluation.evaluate import load_run_dataset
+from cxrkit.metrics.calibration import brier_score, expected_calibration_error, fit_calibration
 from cxrkit.metrics.thresholds import choose_threshold
 from cxrkit.run import Run
 

@@ -8,8 +8,8 @@ import pytest
 
 import cxrkit.training
 from cxrkit.cli import main
-from cxrkit.metrics.intervals import delong_paired
 from cxrkit.experiments.compare import COLUMNS, parse_models
+from cxrkit.metrics.intervals import delong_paired
 
 FAST = ["--image-size", "32", "--epochs", "3", "--patience", "3", "--batch-size", "16", "--lr", "3e-3"]
 

@@ -8,8 +8,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from cxrkit.metrics.intervals import bootstrap_interval, delong_auc, delong_interval, wilson_interval
 from cxrkit.metrics.classification import average_precision, binary_metrics, multiclass_metrics, rank_auc
+from cxrkit.metrics.intervals import bootstrap_interval, delong_auc, delong_interval, wilson_interval
 
 
 def _scores(n=300, seed=0, ties=False):

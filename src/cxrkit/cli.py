@@ -93,6 +93,11 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                    help="backbone learning rate = --lr x this (discriminative learning rates; e.g. 0.1) (default %(default)s)")
     g.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average 5 views (zoom +-5%%, shift +-3%%) for the threshold, evaluation and prediction")
+    g = p.add_argument_group("tracking")
+    g.add_argument("--track", default=None, metavar="mlflow[:URI]|tensorboard[:DIR]",
+                   help="log parameters, per-epoch figures, validation metrics with CIs, the report and the model to MLflow "
+                        "(e.g. mlflow:sqlite:///mlflow.db; default $MLFLOW_TRACKING_URI) or TensorBoard (default runs/tensorboard); "
+                        "needs pip install 'cxrkit[track]'")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d["epochs"], help="maximum epochs (default %(default)s)")
     g.add_argument("--patience", type=int, default=d["patience"], help="early-stopping patience on validation AUC (default %(default)s)")
@@ -109,6 +114,9 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                    help="how the decision threshold is chosen on validation data: youden, sensitivity:0.90, specificity:0.95, a number, "
                         "or a guaranteed target such as sensitivity:0.90@0.95 (the one-sided 95%% Clopper-Pearson lower bound of "
                         "validation sensitivity must reach 0.90) (default %(default)s)")
+    g.add_argument("--referral", default=None, metavar="RULE_OUT,RULE_IN",
+                   help="binary runs: a referral band chosen on validation, e.g. npv:0.98,ppv:0.90 or sensitivity:0.99,specificity:0.99; "
+                        "below the lower threshold the model rules out, above the upper it rules in, in between predict says 'refer'")
     g.add_argument("--allow-point-estimate", action="store_true",
                    help="when a guaranteed rule (X@C) is impossible with the validation cases at hand, use the point rule X instead of stopping")
     g.add_argument("--precision", choices=PRECISIONS, default=d["precision"],
@@ -150,7 +158,7 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, allow_leakage=a.allow_leakage, seed=a.seed,
         epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         schedule=a.schedule, class_weights=not a.no_class_weights, threshold_rule=a.threshold_rule,
-        allow_point_estimate=a.allow_point_estimate,
+        allow_point_estimate=a.allow_point_estimate, referral=a.referral,
         precision=a.precision, workers=a.workers, pretrained=a.pretrained, freeze=a.freeze, head_epochs=a.head_epochs, backbone_lr_scale=a.backbone_lr_scale,
         tta=a.tta, cache_dir=a.cache_dir, augment=aug,
     )
@@ -209,7 +217,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict({**d, **given, "data": a.data, "out": a.out or cfg.out})
     else:
         cfg = _config_from_args(a, a.data, str(out_dir))
-    out = train(cfg, overwrite=a.overwrite, resume=a.resume, device=a.device)
+    from cxrkit.training.tracking import make_tracker
+
+    out = train(cfg, overwrite=a.overwrite, resume=a.resume, tracker=make_tracker(a.track), device=a.device)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only process 0 reports
         return 0
 
@@ -248,6 +258,42 @@ def _decision_summary(m: dict) -> None:
               "the model may be reading markers, borders or text")
 
 
+def _referral_summary(r: dict | None, classes: list[str] | None) -> None:
+    """The referral band's decided share and the accuracy of the decided cases."""
+    if not r:
+        return
+    o, k, b = r["outcomes"], r["per_1000"], r["band"]
+    pos = classes[1] if classes else "positive"
+
+    def ci(e: dict) -> str:
+        return f"{100 * e['value']:.1f}% ({100 * e['ci'][0]:.1f}-{100 * e['ci'][1]:.1f})" if e["value"] is not None else "n/a"
+
+    print(f"  referral band {b['spec']} ({b['lower']:.3f}-{b['upper']:.3f}): decided alone {ci(o['decided_share'])}; "
+          f"ruled out {o['ruled_out']} (NPV {ci(o['npv_ruled_out'])}), ruled in {o['ruled_in']} (PPV {ci(o['ppv_ruled_in'])}), referred {o['referred']}")
+    print(f"  per 1,000 people like these: {k['referred']} read by a radiologist, {k['missed']} with {pos} cleared without a reader")
+
+
+def cmd_referral(a: argparse.Namespace) -> int:
+    from cxrkit.evaluation.evaluate import referral_analysis, store_referral, validation_predictions
+    from cxrkit.run import Run
+
+    run = Run.load(a.run)
+    if a.remove:
+        run.record.referral = None
+        run.save_record()
+        print(f"referral band removed from {a.run}; decisions use the single threshold again")
+        return 0
+    val = validation_predictions(run)
+    if val is None:
+        raise ValueError(f"{a.run} has no validation predictions in predictions.csv to choose the band on")
+    band = store_referral(run, val[0], val[1], a.spec)
+    r = referral_analysis(run, *val)
+    print(f"referral band chosen on {len(val[0])} validation images: rule out below {band['lower']:.3f}, rule in at or above {band['upper']:.3f}")
+    _referral_summary(r, run.classes)
+    print("validation figures (optimistic); run `cxrkit evaluate` for the test split. predict, evaluate and serve now say 'refer' in the band")
+    return 0
+
+
 def _subgroup_summary(subgroups: dict) -> None:
     """Per-group sensitivity, specificity and AUC with intervals, the heterogeneity tests and the largest gap."""
 
@@ -258,7 +304,15 @@ def _subgroup_summary(subgroups: dict) -> None:
         return f"{e['value']:.3f}{ci}".ljust(20)
 
     for name, sub in subgroups.items():
-        results = sub.get("per_finding") or {"": sub}
+        if "per_finding" in sub:  # multi-label: the per-finding tables are in the report and metrics.json
+            print(f"\nsubgroups by {name} (mean of per-finding ROC-AUCs; per-finding figures in report.html and metrics.json):")
+            for g in sub["summary"]:
+                auc = "n/a" if g["mean_auc"] is None else f"{g['mean_auc']:.3f} over {g['findings_measured']} findings"
+                print(f"  {g['group'][:14]:<14}{g['n']:>6}  {auc}")
+            for finding, sentence in sub["gaps_excluding_zero"].items():
+                print(f"  {finding}: {sentence}")
+            continue
+        results = {"": sub}
         for finding, r in results.items():
             print(f"\nsubgroups by {name}{' (' + r['binning'] + ')' if r.get('binning') else ''}{', ' + finding if finding else ''}:")
             print(f"  {'group':<14}{'n':>6}{'pos':>6}  {'sensitivity':<20}{'specificity':<20}{'ROC-AUC':<20}")
@@ -289,6 +343,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
               f"specificity {100 * r['specificity']['value']:.1f}%")
     _decision_summary(m)
     _subgroup_summary(m.get("subgroups") or {})
+    _referral_summary(m.get("referral"), m.get("classes"))
     print(f"\nmetrics.json, predictions.csv and report.html updated in {a.run}/")
     return 0
 
@@ -479,7 +534,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
     models = parse_models(a.models, a.image_size)
     base = _config_from_args(a, a.data, a.out, model=models[0][1])
-    s = compare(a.data, models, a.out, base, split=a.split, resume=a.resume, overwrite=a.overwrite)
+    from cxrkit.training.tracking import make_tracker
+
+    make_tracker(a.track)  # a missing tracking library is an error before the first model trains
+    s = compare(a.data, models, a.out, base, split=a.split, resume=a.resume, overwrite=a.overwrite, track=a.track)
     print()
     print((Path(a.out) / "comparison.md").read_text())
     print(f"comparison written to {a.out}/ (comparison.csv, comparison.md, report.html)")
@@ -492,7 +550,11 @@ def cmd_tune(a: argparse.Namespace) -> int:
     out = a.out or f"runs/tune-{a.model}"
     base = _config_from_args(a, a.data, out)
     sizes = [int(x) for x in a.image_sizes.split(",")] if a.image_sizes else None
-    s = tune(a.data, base, a.trials, out, storage=a.storage, study_name=a.study_name, image_sizes=sizes, timeout_minutes=a.timeout_minutes)
+    from cxrkit.training.tracking import make_tracker
+
+    make_tracker(a.track)
+    s = tune(a.data, base, a.trials, out, storage=a.storage, study_name=a.study_name, image_sizes=sizes, timeout_minutes=a.timeout_minutes,
+             track=a.track)
     print(f"\nstudy {s['study']}: {s['trials']} trial(s), {s['completed']} completed, {s['pruned']} pruned, {s['failed']} failed "
           f"(all trials in {out}/trials.csv)")
     if "best_val_auc" not in s:
@@ -741,6 +803,16 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--timeout-minutes", type=float, default=None, help="stop starting new trials after this long")
     _add_train_options(tu)
     tu.set_defaults(func=cmd_tune)
+
+    rf = sub.add_parser("referral", help="set a referral band on a trained binary run: rule out, refer to a reader, rule in",
+                        description="Choose two thresholds on the run's stored validation predictions (never test): below the lower one the "
+                                    "model rules the disease out, at or above the upper one it rules it in, in between predict, evaluate and "
+                                    "serve answer 'refer'. Prints the share decided without a reader and the NPV/PPV of the decided ones.")
+    rf.add_argument("run", help="run folder")
+    rf.add_argument("spec", nargs="?", default="npv:0.98,ppv:0.90",
+                    help="rule-out and rule-in targets: npv:X or sensitivity:X, and ppv:X or specificity:X (default %(default)s)")
+    rf.add_argument("--remove", action="store_true", help="remove the band")
+    rf.set_defaults(func=cmd_referral)
 
     m = sub.add_parser("models", help="list the available models with parameter counts")
     m.set_defaults(func=cmd_models)

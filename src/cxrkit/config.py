@@ -56,6 +56,7 @@ class TrainConfig:
     oversample: bool = False
     threshold_rule: str = "youden"
     allow_point_estimate: bool = False  # a guaranteed threshold rule that is impossible falls back to the point rule
+    referral: str | None = None  # e.g. "npv:0.98,ppv:0.90": rule-out and rule-in thresholds, "refer" in between
     precision: str = "auto"
     channels_last: bool = True
     workers: int = 0
@@ -81,6 +82,13 @@ class TrainConfig:
             parse_rule(self.threshold_rule)
         except ValueError as exc:
             raise ConfigError(f"threshold_rule: {exc}") from None
+        if self.referral is not None:
+            from cxrkit.metrics.referral import parse_referral
+
+            try:
+                parse_referral(self.referral)
+            except ValueError as exc:
+                raise ConfigError(f"referral: {exc}") from None
         checks = [
             (MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE, f"image_size must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"),
             (bool(self.data), "data must name a dataset folder, .zip, .npz or label table's image folder"),

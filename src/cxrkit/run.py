@@ -36,6 +36,7 @@ from cxrkit.record import (
 from cxrkit.tasks import Task, get_task
 
 ENGINES = ("auto", "torch", "onnx", "onnx-int8")
+REFER = "refer"  # the decision inside a referral band: a reader decides
 
 
 class RunError(RunRecordError):
@@ -371,8 +372,13 @@ class Run:
 
     def decision_labels(self, probs: np.ndarray) -> list[str]:
         """The decision for each row as text: the class name, or the findings present joined by ``|``
-        ("" when none is) for a multi-label run."""
-        return self._task.decision_labels(probs, self.classes, self.threshold, self.thresholds)
+        ("" when none is) for a multi-label run; ``refer`` inside a binary run's referral band."""
+        labels = self._task.decision_labels(probs, self.classes, self.threshold, self.thresholds)
+        band = self.record.referral
+        if band is not None and len(probs):
+            refer = (probs[:, 1] >= band["lower"]) & (probs[:, 1] < band["upper"])
+            labels = [REFER if r else label for r, label in zip(refer, labels)]
+        return labels
 
     def shift_reference(self) -> dict | None:
         """Statistics of the training images saved at training time (None for runs made before they existed)."""

@@ -23,6 +23,7 @@ from cxrkit.report.plots import (
     plot_label_counts,
     plot_pr,
     plot_reliability,
+    plot_risk_coverage,
     plot_roc,
     plot_roc_one_vs_rest,
     plot_roc_overlay,
@@ -49,6 +50,30 @@ def store_threshold(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: st
     run.record.set_threshold(choice)
     run.save_record()
     return choice
+
+
+def store_referral(run: Run, y_val: np.ndarray, probs_val: np.ndarray, spec: str) -> dict:
+    """Choose a binary run's referral band on validation predictions and save it in meta.json."""
+    from cxrkit.metrics.referral import choose_referral
+
+    if run.task != "binary":
+        raise ValueError("a referral band needs a binary run (one disease against normal)")
+    band = choose_referral(y_val, probs_val[:, 1], spec)
+    run.record.referral = band
+    run.save_record()
+    return band
+
+
+def referral_analysis(run: Run, y: np.ndarray, probs: np.ndarray) -> dict | None:
+    """What the run's referral band does on an evaluated split: decided share, accuracy of the decided ones,
+    the risk-coverage curve and the same per 1,000 people (None when the run has no band)."""
+    from cxrkit.metrics.referral import per_thousand, referral_outcomes, risk_coverage
+
+    band = run.record.referral
+    if band is None or len(np.unique(y)) < 2:
+        return None
+    out = referral_outcomes(y, probs[:, 1], band["lower"], band["upper"])
+    return {"band": band, "outcomes": out, "per_1000": per_thousand(out), "risk_coverage": risk_coverage(y, probs[:, 1], run.threshold)}
 
 
 def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str, allow_point_estimate: bool = False) -> dict:
@@ -111,6 +136,8 @@ def decision_analysis(
         out["operating_points"] = operating_points(val[0], val[1][:, 1], y, probs[:, 1])
         out["who_triage"] = who_triage_check(val[0], val[1][:, 1], y, probs[:, 1])
     out["decision_curve"] = net_benefit(y, probs[:, 1], prevalence=prevalence)
+    if run.record.referral is not None:
+        out["referral"] = referral_analysis(run, y, probs)
     if prevalence is not None:
         m = operating_point(y, probs[:, 1], run.threshold)
         out["screening"] = screening_outcomes(m["sensitivity"], m["specificity"], prevalence)
@@ -174,6 +201,10 @@ def write_evaluation(
     for name, sub in (metrics.get("subgroups") or {}).items():
         if "groups" in sub:
             plot_forest(sub, f"{name}, {words}", plots / f"subgroups_{fname}_{_slug(name)}.png")
+    if metrics.get("referral"):
+        r = metrics["referral"]
+        plot_risk_coverage(r["risk_coverage"], r["outcomes"]["decided_share"]["value"], r["outcomes"]["error_rate_decided"]["value"],
+                           f"Risk-coverage, {words} (n={len(y)})", plots / f"risk_coverage_{fname}.png")
     if metrics.get("decision_curve"):
         dc = metrics["decision_curve"]
         plot_decision_curve(dc, run.threshold, f"Decision curve, {words} (prevalence {dc['prevalence']:.1%})", plots / f"decision_{fname}.png")
@@ -307,6 +338,7 @@ def _recalibrated(
 
 def finish_training(
     run_dir: str | Path, ds: LabelledImages, threshold_rule: str, seed: int = 0, explain: str | None = "gradcam", allow_point_estimate: bool = False,
+    referral: str | None = None,
 ) -> dict:
     """After training: choose the threshold on validation data, evaluate validation, draw curves, write the report."""
     from cxrkit.report.html import write_report
@@ -322,6 +354,8 @@ def finish_training(
         except GuaranteeImpossible as exc:
             raise GuaranteeImpossible(f"{exc}. The trained model is kept in {run.path} without a threshold: finish it with "
                                       "`cxrkit train DATA --out RUN --resume` and another --threshold-rule or --allow-point-estimate") from None
+        if referral:
+            store_referral(run, ds.labels[idx], probs, referral)
     elif run.task == "multilabel":
         store_thresholds(run, ds.labels[idx], probs, threshold_rule, allow_point_estimate)
         plot_label_counts(ds.counts(), ds.image_counts(), run.path / "plots" / "label_counts.png")

@@ -119,7 +119,7 @@ def _save_state(out: Path, state: dict) -> None:
 
 def compare(
     data: str, models: list[tuple[str, str, int]], out: str | Path, base: TrainConfig, split: str = "val",
-    resume: bool = False, overwrite: bool = False, progress: bool = True,
+    resume: bool = False, overwrite: bool = False, progress: bool = True, track: str | None = None,
 ) -> dict:
     """Train and evaluate each of ``models`` (from :func:`parse_models`) with ``base``'s settings; returns the summary.
 
@@ -163,7 +163,9 @@ def compare(
             from cxrkit.training import train
 
             cfg = replace(base, data=str(data), model=name, image_size=size, out=str(run_dir))
-            train(cfg, progress=progress, overwrite=True)
+            from cxrkit.training.tracking import make_tracker
+
+            train(cfg, progress=progress, overwrite=True, tracker=make_tracker(track))
             if read_meta(run_dir).training["interrupted"]:
                 state["models"][label] = {"status": "interrupted", "run": run_dir.name}
                 _save_state(out, state)

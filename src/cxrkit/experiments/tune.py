@@ -51,7 +51,7 @@ def suggest_config(trial, base: TrainConfig, image_sizes: list[int], out: Path) 
 
 def tune(
     data: str, base: TrainConfig, trials: int, out: str | Path, storage: str | None = None, study_name: str | None = None,
-    image_sizes: list[int] | None = None, timeout_minutes: float | None = None, progress: bool = True,
+    image_sizes: list[int] | None = None, timeout_minutes: float | None = None, progress: bool = True, track: str | None = None,
 ) -> dict:
     """Run (or continue) a study until it holds ``trials`` finished trials; write best_config.yaml and trials.csv.
 
@@ -99,7 +99,9 @@ def tune(
                 raise optuna.TrialPruned(f"validation AUC {val_auc:.4f} at epoch {epoch} is below the median of earlier trials")
 
         try:
-            train(cfg, progress=False, overwrite=True, on_epoch=report, finish=False)
+            from cxrkit.training.tracking import make_tracker
+
+            train(cfg, progress=False, overwrite=True, on_epoch=report, finish=False, tracker=make_tracker(track))
         finally:
             (Path(cfg.out) / MODEL_FILE).unlink(missing_ok=True)  # trials keep config, history and meta, not weights
             bar.update(1)

@@ -134,9 +134,18 @@ def _largest_gap(rows: list[dict], column: str, confidence: float) -> dict | Non
 
 def multilabel_subgroups(y: np.ndarray, probs: np.ndarray, classes: list[str], thresholds: np.ndarray, groups: list[str | None],
                          column: str, confidence: float = 0.95, seed: int = 0) -> dict:
-    """:func:`binary_subgroups` for each finding of a multi-label run, at that finding's threshold."""
-    return {"column": column, "per_finding": {c: binary_subgroups(y[:, k], probs[:, k], groups, float(thresholds[k]), column, confidence, seed)
-                                              for k, c in enumerate(classes)},
+    """:func:`binary_subgroups` for each finding of a multi-label run, at that finding's threshold, and per group the
+    mean of the per-finding AUCs over the findings the group can measure (at least one positive and one negative)."""
+    per = {c: binary_subgroups(y[:, k], probs[:, k], groups, float(thresholds[k]), column, confidence, seed) for k, c in enumerate(classes)}
+    names = [g["group"] for g in next(iter(per.values()))["groups"]] if per else []
+    summary = []
+    for i, name in enumerate(names):
+        aucs = [r["groups"][i]["roc_auc"]["value"] for r in per.values() if r["groups"][i]["roc_auc"]["value"] is not None]
+        n = next(iter(per.values()))["groups"][i]["n"]
+        summary.append({"group": name, "n": n, "mean_auc": float(np.mean(aucs)) if aucs else None, "findings_measured": len(aucs)})
+    flagged = {c: r["largest_gap"]["sentence"] for c, r in per.items()
+               if r.get("largest_gap") and r["largest_gap"]["ci"][0] > 0}
+    return {"column": column, "per_finding": per, "summary": summary, "gaps_excluding_zero": flagged,
             "missing": int(sum(g is None for g in groups)), "min_cases": MIN_CASES}
 
 

@@ -103,6 +103,7 @@ class RunMeta:
     tta: bool = False
     threshold: dict | None = None
     thresholds: dict | None = None
+    referral: dict | None = None  # binary runs: {"lower", "upper", "spec", ...}; between the two the decision is "refer"
     complete: bool = False
     schema_version: int = SCHEMA_VERSION
     cxrkit_version: str | None = None
@@ -137,6 +138,13 @@ class RunMeta:
             raise RunRecordError("model_options must be an object")
         if self.complete:
             self._validate_decision()
+        if self.referral is not None:
+            r = self.referral
+            if self.task != "binary":
+                raise RunRecordError("referral: a referral band applies to binary runs only")
+            if not isinstance(r, dict) or not all(_finite(r.get(k)) for k in ("lower", "upper")) \
+                    or not 0 <= r["lower"] <= r["upper"] <= 1 + 1e-6:
+                raise RunRecordError(f"referral must hold finite thresholds 0 <= lower <= upper <= 1, got {r!r}")
         return self
 
     def _validate_decision(self) -> None:
@@ -206,7 +214,9 @@ class RunMeta:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         d["preprocessing"] = self.preprocessing.to_dict()
         if not self.evaluations:
-            del d["evaluations"]  # absent until a split is evaluated: a glance at meta.json shows the test split untouched
+            del d["evaluations"]
+        if self.referral is None:
+            del d["referral"]  # absent until a split is evaluated: a glance at meta.json shows the test split untouched
         return {**d, **self.extra}
 
     @classmethod

@@ -115,6 +115,7 @@ def build_context(run_dir: Path) -> dict:
             "attention_img": _img(run_dir / "plots" / f"attention_{fname}.png"), "gallery": _img(run_dir / "plots" / f"gallery_{fname}.png"),
             "screening": screening_sentences(m["screening"], m["classes"][1]) if m.get("screening") else [],
             "subgroups": _subgroups(run_dir, m.get("subgroups") or {}, fname),
+            "risk_coverage": _img(run_dir / "plots" / f"risk_coverage_{fname}.png"),
         })
     internal = next((e for e in evaluations if e["split"] in ("test", "val")), None)
     external = [e for e in evaluations if e["split"].startswith("external:")]

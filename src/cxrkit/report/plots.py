@@ -232,3 +232,19 @@ def plot_forest(sub: dict, title: str, path: Path) -> Path:
     axes[0].set_yticklabels([f"{g['group']} (n={g['n']}, {g['n_positive']}+)" for g in groups], fontsize=8)
     fig.suptitle(title + " (hollow: too few cases to compare)", fontsize=10)
     return _save(fig, path)
+
+
+def plot_risk_coverage(curve: dict, coverage: float | None, risk: float | None, title: str, path: Path) -> Path:
+    """Error rate among the decided cases against the share decided (most confident first), with the band's point."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(curve["coverage"], curve["risk"], color="#1f4e79", label="deciding the most confident share")
+    if coverage is not None and risk is not None:
+        ax.plot([coverage], [risk], "o", color="#c0392b", label="the referral band")
+    ax.set_xlabel("share decided without a reader (coverage)")
+    ax.set_ylabel("error rate among decided cases")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, max(0.05, max(curve["risk"]) * 1.1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)

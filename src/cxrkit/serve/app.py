@@ -252,6 +252,10 @@ class Service:
         if self.run.task == "multilabel":
             found = [f"{c} ({p[j]:.2f} >= {t:.2f})" for j, (c, t) in enumerate(zip(self.run.classes, self.run.thresholds)) if p[j] >= t]
             return "findings above their thresholds: " + ", ".join(found) if found else "no finding above its threshold"
+        band = self.run.record.referral
+        if label == "refer" and band is not None:
+            return (f"refer to a reader: the probability of {self.run.classes[1]} ({p[1]:.3f}) lies in the referral band "
+                    f"{band['lower']:.3f}-{band['upper']:.3f}, where the model does not decide")
         if self.run.task == "binary":
             pos, t = self.run.classes[1], self.rule["threshold"]
             side = "at or above" if p[1] >= t else "below"

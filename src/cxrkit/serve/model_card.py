@@ -24,9 +24,16 @@ def decision_rule(run: Run) -> dict:
     """How :meth:`Run.decide` turns probabilities into a decision, in data and in words."""
     if run.task == "binary":
         t = run.meta["threshold"]
-        return {"threshold": t["value"], "rule": t["rule"], "chosen_on": t.get("chosen_on", "val"), "positive_class": run.classes[1],
-                "words": f"called {run.classes[1]} when P({run.classes[1]}) >= {t['value']:.3f} "
-                         f"(threshold chosen on the {t.get('chosen_on', 'val')} split by rule {t['rule']})"}
+        out = {"threshold": t["value"], "rule": t["rule"], "chosen_on": t.get("chosen_on", "val"), "positive_class": run.classes[1],
+               "kind": t.get("kind", "point"), "guarantee": t.get("guarantee"),
+               "words": f"called {run.classes[1]} when P({run.classes[1]}) >= {t['value']:.3f} "
+                        f"(threshold chosen on the {t.get('chosen_on', 'val')} split by rule {t['rule']})"}
+        band = run.record.referral
+        if band is not None:
+            out["referral"] = {"lower": band["lower"], "upper": band["upper"], "spec": band.get("spec")}
+            out["words"] += (f"; with a referral band: ruled out below {band['lower']:.3f}, ruled in at or above {band['upper']:.3f}, "
+                             "'refer' (a reader decides) in between")
+        return out
     if run.task == "multilabel":
         return {"threshold": {c: float(t) for c, t in zip(run.classes, run.thresholds)}, "rule": "per-finding thresholds",
                 "chosen_on": "val", "positive_class": None,
@@ -44,6 +51,26 @@ def _metric_summary(m: dict) -> dict:
             out[k] = {"value": entry.get("value"), "ci95": entry.get("ci"), "method": entry.get("method")}
     if m.get("shift"):
         out["shift_check"] = m["shift"].get("message")
+    if m.get("subgroups"):
+        out["subgroups"] = {name: _subgroup_summary(sub) for name, sub in m["subgroups"].items()}
+    if m.get("referral"):
+        o = m["referral"]["outcomes"]
+        out["referral"] = {"decided_share": o["decided_share"], "npv_ruled_out": o["npv_ruled_out"], "ppv_ruled_in": o["ppv_ruled_in"],
+                           "per_1000": m["referral"]["per_1000"]}
+    return out
+
+
+def _subgroup_summary(sub: dict) -> dict:
+    """Per group n and sensitivity/specificity/AUC with intervals, the heterogeneity p-values and the largest gap."""
+    per = sub.get("per_finding") or {"": sub}
+    out = {}
+    for finding, r in per.items():
+        out[finding or "all"] = {
+            "groups": {g["group"]: {"n": g["n"], **{k: {"value": g[k]["value"], "ci95": g[k]["ci"]} for k in ("sensitivity", "specificity", "roc_auc")}}
+                       for g in r["groups"]},
+            "heterogeneity_p": {k: t["p_value"] for k, t in r["tests"].items()},
+            "largest_gap": (r.get("largest_gap") or {}).get("sentence"),
+        }
     return out
 
 

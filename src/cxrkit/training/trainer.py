@@ -51,6 +51,7 @@ from cxrkit.tasks import Task, get_task
 from cxrkit.training.checkpoint import CHECKPOINT_DIR, find_checkpoint, load_checkpoint, save_checkpoint
 from cxrkit.training.distributed import Distributed, setup_distributed, teardown_distributed
 from cxrkit.training.imbalance import class_counts, make_loss, oversampled_order, repeat_factors
+from cxrkit.training.tracking import Tracker
 
 
 class _Batches(Dataset):
@@ -214,7 +215,7 @@ def _check_resume(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
 
 
 # Settings that decide only how the trained model's threshold is chosen: a resumed run may change them.
-RESUME_MAY_CHANGE = ("out", "threshold_rule", "allow_point_estimate")
+RESUME_MAY_CHANGE = ("out", "threshold_rule", "allow_point_estimate", "referral")
 
 
 def _check_guarantee_possible(cfg: TrainConfig, task: Task, y_val: np.ndarray) -> None:
@@ -253,6 +254,8 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
         raise ValueError("training needs images in both the train and the validation split")
     task, k = get_task(ds.task), len(ds.class_names)
     _check_guarantee_possible(cfg, task, ds.labels[val_idx])
+    if cfg.referral and task.name != "binary":
+        raise ValueError("--referral needs a binary task (one disease against normal)")
     mean, std = intensity_stats(ds.images, train_idx)
     pre = Preprocessing(cfg.image_size, cfg.aspect, mean, std, cfg.intensity, cfg.crop_border)
 
@@ -363,7 +366,8 @@ def _validate(s: _Setup, t_start: float, epoch: int) -> tuple[float, float, bool
     return val_auc, val_loss, time_up
 
 
-def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: EpochCallback | None, progress: bool) -> None:
+def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: EpochCallback | None, progress: bool,
+         tracker: Tracker | None = None) -> None:
     """The epochs: train, validate, keep the best model, checkpoint, stop early or on time; Ctrl-C ends it cleanly."""
     cfg, out = s.cfg, s.out
     t_start = time.perf_counter() - prog.seconds_before
@@ -398,6 +402,8 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
                 "val_seconds": time.perf_counter() - t1, "train_images_per_second": len(s.train_idx) / train_seconds,
             }
             prog.history.append(row)
+            if tracker is not None and s.ctx.is_main:
+                tracker.log_epoch(epoch, row)
             if s.ctx.is_main:
                 atomic_write_csv(out / HISTORY_FILE, prog.history, list(prog.history[0]))
             epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{val_auc:.3f}", best=f"{prog.best_auc:.3f}@{prog.best_epoch}")
@@ -484,7 +490,7 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
 
 def train(
     cfg: TrainConfig, progress: bool = True, overwrite: bool = False, on_epoch: EpochCallback | None = None,
-    finish: bool = True, resume: bool = False, device: str = "auto",
+    finish: bool = True, resume: bool = False, tracker: Tracker | None = None, device: str = "auto",
 ) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` and write the run folder ``cfg.out``; returns its path.
 
@@ -502,7 +508,8 @@ def train(
 
     Every epoch ends with a checkpoint (:mod:`cxrkit.training.checkpoint`); ``resume`` continues from the
     run folder's checkpoint, if there is one, with the same configuration, and reaches the same model
-    and history as a run that was never interrupted (on the same machine and thread count).
+    and history as a run that was never interrupted (on the same machine and thread count). ``tracker``
+    (:mod:`cxrkit.training.tracking`) receives the configuration, every epoch, the validation metrics and the files.
     """
     out = Path(cfg.out)
     ctx = setup_distributed(device)
@@ -523,7 +530,20 @@ def train(
         _write_run_inputs(cfg, s.ds, s.train_idx, out)
     prog = _restore(s, ckpt, log)
     prog.seconds_before += time.perf_counter() - t0  # data loading and the audit count towards the time limit
-    _fit(s, prog, log, on_epoch, progress)
+    if tracker is not None and ctx.is_main:
+        tracker.start(out.name, cfg.to_dict())
+    try:
+        return _train_and_finish(cfg, ctx, s, prog, out, log, on_epoch, progress, finish, tracker)
+    except BaseException:
+        if tracker is not None and ctx.is_main:
+            tracker.abort()
+        raise
+
+
+def _train_and_finish(cfg: TrainConfig, ctx: Distributed, s: _Setup, prog: _Progress, out: Path, log: Callable[[str], None],
+                      on_epoch: EpochCallback | None, progress: bool, finish: bool, tracker: Tracker | None) -> Path:
+    """The epochs, then the run record, the validation threshold and report, and the tracker's final figures."""
+    _fit(s, prog, log, on_epoch, progress, tracker)
     if prog.best_state is None:
         raise RuntimeError("training stopped before the first epoch finished; no model to keep")
     if not ctx.is_main:
@@ -532,9 +552,16 @@ def train(
     s.model.load_state_dict(prog.best_state)
     s.model = s.model.cpu()
     write_meta(out, _record(s, prog))
+    val_metrics: dict = {}
     if finish:
         from cxrkit.evaluation.evaluate import finish_training
 
-        finish_training(out, s.ds, cfg.threshold_rule, cfg.seed, allow_point_estimate=cfg.allow_point_estimate)
+        val_metrics = finish_training(out, s.ds, cfg.threshold_rule, cfg.seed, allow_point_estimate=cfg.allow_point_estimate,
+                                      referral=cfg.referral)
+    if tracker is not None:
+        from cxrkit.training.tracking import headline_metrics
+
+        tracker.finish({f"val.{k}": v for k, v in headline_metrics(val_metrics).items()},
+                       [out / n for n in (META_FILE, CONFIG_FILE, "report.html", MODEL_FILE)])
     teardown_distributed(ctx)
     return out

@@ -1,0 +1,88 @@
+"""Referral band: rule out below one threshold, rule in above another, refer in between."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cxrkit.metrics.referral import choose_referral, parse_referral, per_thousand, referral_outcomes, risk_coverage
+
+
+def test_thresholds_by_hand():
+    # Ten validation cases, sorted by score; 1 = disease.
+    prob = np.array([0.05, 0.10, 0.20, 0.30, 0.40, 0.50, 0.60, 0.70, 0.80, 0.90])
+    y = np.array([0, 0, 0, 1, 0, 0, 1, 0, 1, 1])
+    band = choose_referral(y, prob, "npv:0.99,ppv:0.99")
+    # Ruling out below 0.30 keeps NPV at 3/3; below 0.40 it would rule out the positive at 0.30 (NPV 3/4).
+    # Ruling in at 0.80 keeps PPV at 2/2; at 0.70 it would take the negative at 0.70 (PPV 2/3).
+    assert (band["lower"], band["upper"]) == (0.30, 0.80)
+    o = referral_outcomes(y, prob, band["lower"], band["upper"])
+    assert (o["ruled_out"], o["ruled_in"], o["referred"]) == (3, 2, 5)
+    assert o["decided_share"]["value"] == 0.5 and o["npv_ruled_out"]["value"] == 1 and o["ppv_ruled_in"]["value"] == 1
+    assert o["positives_missed"]["value"] == 0 and per_thousand(o) == {"ruled_out": 300, "ruled_in": 200, "referred": 500,
+                                                                       "missed": 0, "false_alarms": 0}
+    s = choose_referral(y, prob, "sensitivity:0.75,specificity:0.80")
+    assert s["lower"] <= s["upper"]
+    assert (prob[y == 1] >= s["lower"]).mean() >= 0.75 and (prob[y == 0] < s["upper"]).mean() >= 0.80
+
+
+def test_risk_coverage_is_monotone_for_a_good_ranking():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    prob = np.array([0.01, 0.1, 0.3, 0.6, 0.45, 0.7, 0.9, 0.99])
+    rc = risk_coverage(y, prob, 0.5)
+    assert rc["coverage"][-1] == 1.0 and rc["risk"][0] == 0.0 and rc["risk"][-1] == pytest.approx(2 / 8)
+
+
+@pytest.mark.parametrize("spec", ["npv:0.98", "ppv:0.9,npv:1.5", "npv:0.9,sensitivity:0.9,ppv:0.9", "auc:0.9,ppv:0.9", ""])
+def test_bad_specs(spec):
+    with pytest.raises(ValueError):
+        parse_referral(spec)
+
+
+def test_referral_command_then_predict_says_refer(tiny_run, binary_data, tmp_path, capsys):
+    import cxrkit
+    from cxrkit.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    assert main(["referral", str(run_dir), "sensitivity:0.95,specificity:0.95"]) == 0
+    assert "decided alone" in capsys.readouterr().out
+    band = json.loads((run_dir / "meta.json").read_text())["referral"]
+    assert 0 <= band["lower"] <= band["upper"] <= 1
+    run = cxrkit.load(run_dir)
+    images = sorted(binary_data.rglob("*.png"))[:40]
+    preds = run.predict(images)
+    for p in preds:
+        inside = band["lower"] <= p.probability < band["upper"]
+        assert (p.decision == "refer") == inside
+    assert main(["evaluate", str(run_dir), "--explain", "none"]) == 0
+    assert "referral band" in capsys.readouterr().out
+    test = json.loads((run_dir / "metrics.json").read_text())["test"]["referral"]
+    o = test["outcomes"]
+    assert o["ruled_out"] + o["ruled_in"] + o["referred"] == 30
+    assert "Referral band: what the model decides alone" in (run_dir / "report.html").read_text()
+    assert main(["referral", str(run_dir), "--remove"]) == 0
+    assert "referral" not in json.loads((run_dir / "meta.json").read_text())
+
+
+def test_the_http_api_answers_refer_inside_the_band(tiny_run, binary_data, tmp_path):
+    from fastapi.testclient import TestClient
+
+    import cxrkit
+    from cxrkit.cli import main
+    from cxrkit.serve import create_app
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    path = sorted(binary_data.rglob("*.png"))[0]
+    p = cxrkit.load(run_dir).predict(path).probability
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["referral"] = {"spec": "test", "lower": max(0.0, p - 0.01), "upper": min(1.0, p + 0.01)}  # a band around this image
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    assert main(["predict", str(run_dir), str(path)]) == 0
+    client = TestClient(create_app(run_dir))
+    r = client.post("/v1/predict", files=[("files", (path.name, path.read_bytes(), "image/png"))]).json()["results"][0]
+    assert r["decision"]["label"] == "refer" and "refer to a reader" in r["decision"]["words"]
