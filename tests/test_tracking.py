@@ -14,6 +14,8 @@ def test_mlflow_sqlite_store(binary_data, tmp_path):
     from mlflow.tracking import MlflowClient
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Artifacts go where the experiment says (MLflow's default is ./mlruns in the working directory).
+    MlflowClient(tracking_uri=store).create_experiment("cxrkit", artifact_location=(tmp_path / "artifacts").as_uri())
     assert main(["train", str(binary_data), "--out", str(tmp_path / "r"), *ARGS, "--track", f"mlflow:{store}"]) == 0
     client = MlflowClient(tracking_uri=store)
     exp = client.get_experiment_by_name("cxrkit")
