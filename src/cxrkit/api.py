@@ -15,14 +15,15 @@ from typing import Any
 from cxrkit.run import Run
 
 
-def load(path: str | Path, engine: str = "auto") -> Run:
-    """Load a finished run folder (validated: a damaged or incomplete run is a one-line ``RunError``)."""
-    return Run.load(path, engine=engine)
+def load(path: str | Path, engine: str = "auto", device: str = "cpu") -> Run:
+    """Load a finished run folder (validated: a damaged or incomplete run is a one-line ``RunError``); ``device``: cpu, auto or cuda[:N]."""
+    return Run.load(path, engine=engine, device=device)
 
 
-def train(data: str | Path, *, progress: bool = True, overwrite: bool = False, resume: bool = False, **options: Any) -> Run:
+def train(data: str | Path, *, progress: bool = True, overwrite: bool = False, resume: bool = False, device: str = "auto",
+          **options: Any) -> Run:
     """Train on ``data`` with the options of ``cxrkit train`` (keyword names as in config.yaml, e.g. ``image_size=128``,
-    ``augment={"hflip": True}``) and return the loaded run. Options are validated like a config file."""
+    ``augment={"hflip": True}``) and return the loaded run. Options are validated like a config file; ``device`` as for ``cxrkit train``."""
     from cxrkit.config import TrainConfig
     from cxrkit.training import train as _train
 
@@ -38,7 +39,7 @@ def train(data: str | Path, *, progress: bool = True, overwrite: bool = False, r
                 print(f"note: the images are {native} px, smaller than the default {cfg.image_size} px, so they train at "
                       f"{max(native, MIN_IMAGE_SIZE)} px (pass image_size= to override)")
             cfg.image_size = max(native, MIN_IMAGE_SIZE)
-    return Run.load(_train(cfg, progress=progress, overwrite=overwrite, resume=resume))
+    return Run.load(_train(cfg, progress=progress, overwrite=overwrite, resume=resume, device=device))
 
 
 def evaluate(run: Run | str | Path, data: str | Path | None = None, split: str | None = None, *, progress: bool = False,

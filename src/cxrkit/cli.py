@@ -20,17 +20,39 @@ def _defaults() -> dict:
     return {f.name: f.default for f in fields(TrainConfig) if f.name not in ("data", "augment")}
 
 
+def bounded_int(lo: int, hi: int):
+    """An argparse type: a whole number from ``lo`` to ``hi``, else a one-line usage error (exit status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}-{hi}")
+        return value
+
+    return parse
+
+
+def _add_device_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                   help=f"where to {what}: auto (default) takes a CUDA GPU when PyTorch sees one, else the CPU; cuda fails "
+                        "without one (the ONNX engines always run on the CPU)")
+
+
 def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) -> None:
 
     from cxrkit.config import FREEZE_CHOICES, PRECISIONS, SCHEDULES, TASK_CHOICES
     from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
     from cxrkit.data.intensity import INTENSITY_MODES
-    from cxrkit.record.meta import ASPECTS
+    from cxrkit.record.meta import ASPECTS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
     d, aug = _defaults(), AUGMENT_PRESETS[DEFAULT_PRESET]
     g = p.add_argument_group("data")
-    g.add_argument("--image-size", type=int, default=None,
-                   help=f"square side in pixels (default {d['image_size']}, or the images' own size when smaller, e.g. 28 for a 28-px MedMNIST file)")
+    g.add_argument("--image-size", type=bounded_int(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=None,
+                   help=f"square side in pixels, {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} (default {d['image_size']}, or the images' own size "
+                        "when smaller, e.g. 28 for a 28-px MedMNIST file)")
     g.add_argument("--aspect", choices=ASPECTS, default=d["aspect"],
                    help="pad: keep aspect ratio, letterbox with black (default); squash: stretch to a square")
     g.add_argument("--intensity", choices=INTENSITY_MODES, default=d["intensity"],
@@ -81,7 +103,7 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--epochs", type=int, default=d["epochs"], help="maximum epochs (default %(default)s)")
     g.add_argument("--patience", type=int, default=d["patience"], help="early-stopping patience on validation AUC (default %(default)s)")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this much wall-clock time")
-    g.add_argument("--batch-size", type=int, default=d["batch_size"])
+    g.add_argument("--batch-size", type=bounded_int(1, 4096), default=d["batch_size"])
     g.add_argument("--lr", type=float, default=d["lr"], help="AdamW learning rate (default %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
     g.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"])
@@ -216,7 +238,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             cfg = _native_size(cfg)
     from cxrkit.training.tracking import make_tracker
 
-    out = train(cfg, progress=not a.quiet, overwrite=a.overwrite, resume=a.resume, tracker=make_tracker(a.track))
+    out = train(cfg, progress=not a.quiet, overwrite=a.overwrite, resume=a.resume, tracker=make_tracker(a.track), device=a.device)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only process 0 reports
         return 0
 
@@ -330,7 +352,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     by = [c.strip() for c in (a.by or "").split(",") if c.strip()]
     m = evaluate_run(a.run, a.data, a.split, class_map=parse_class_map(a.class_map), recalibrate_on=a.recalibrate_on,
                      prevalence=a.prevalence, explain=None if a.explain == "none" else a.explain, by=by, by_table=a.by_table,
-                     by_pattern=a.by_pattern)
+                     by_pattern=a.by_pattern, device=a.device)
     for n in m.get("notes", []):
         print(f"note: {n}")
     _summary(Path(a.run), m["split"])
@@ -382,7 +404,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from cxrkit.data.decode import IMAGE_EXTENSIONS, is_image_file
     from cxrkit.run import Run
 
-    run = Run.load(a.run, engine=a.engine)
+    run = Run.load(a.run, engine=a.engine, device=a.device)
     target = Path(a.path)
     if target.is_dir():
         paths = sorted(p for p in target.rglob("*") if p.is_file() and is_image_file(p))
@@ -402,6 +424,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         if not paths:
             raise ValueError(f"shard {k}/{n} has no images ({target} has fewer than {n})")
     from cxrkit.data.shift import check_stats, image_stats, merge_stats
+    from cxrkit.prediction.results import ood_summary, predict_results
 
     reference = run.shift_reference()
     batches: list = []
@@ -413,13 +436,17 @@ def cmd_predict(a: argparse.Namespace) -> int:
         rate = f" ({(s['total'] - s['skipped']) / s['seconds']:.0f}/s)" if s["seconds"] > 0 and s["total"] > s["skipped"] else ""
         print(f"{s['total']} image(s): {s['skipped']} already in {a.out}, {s['predicted']} predicted in {s['seconds']:.1f} s{rate} "
               f"with {run.engine}; {s['errors']} unreadable; written to {a.out}")
+        ood_line = ood_summary(s["ood"], s["total"])
     else:
-        probs, errors = run.predict_files(paths, a.batch_size, progress=len(paths) > 1 and not a.quiet, on_batch=collect, workers=a.workers)
+        results = predict_results(run, paths, a.batch_size, a.workers, progress=len(paths) > 1 and not a.quiet, on_batch=collect)
+        ood_line = ood_summary(sum(r["ood_warning"] for r in results), len(results)) if len(paths) > 1 else None
     shift = check_stats(reference, merge_stats(batches)) if reference and batches else None
     if shift:
         if shift["warning"]:
             print(f"warning: {shift['message']}; predictions on such images are less reliable than the run's metrics suggest",
                   file=sys.stderr)
+    if ood_line:
+        print(ood_line, file=sys.stderr)
     if a.out:
         a.result = {"model": _identity(run), "out": str(a.out), "summary": s, "shift_warning": shift["message"] if shift and shift["warning"] else None}
         return 0
@@ -427,11 +454,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     from cxrkit.prediction.predict_csv import csv_fields, result_row
 
-    ok = ~np.isnan(probs).any(axis=1)
-    decisions = [""] * len(paths)
-    for i, d in zip(np.flatnonzero(ok), run.decision_labels(probs[ok]) if ok.any() else []):
-        decisions[i] = d
-    rows = [result_row(run, p, probs[i] if ok[i] else None, decisions[i] if ok[i] else None, errors.get(i, "")) for i, p in enumerate(paths)]
+    probs = np.array([[np.nan] * len(run.classes) if r["probabilities"] is None else [r["probabilities"][c] for c in run.classes]
+                      for r in results])
+    rows = [result_row(run, p, probs[i] if r["probabilities"] else None, r["decision"], r["error"], r["ood_findings"])
+            for i, (p, r) in enumerate(zip(paths, results))]
     if a.json:
         a.result = {"model": _identity(run), "results": [_json_row(r) for r in rows],
                     "shift_warning": shift["message"] if shift and shift["warning"] else None}
@@ -442,6 +468,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
         if r["error"]:
             print(f"{paths[0]}: could not be read: {r['error']}", file=sys.stderr)
             return 1
+        if r["ood_warning"]:
+            print(f"warning: {paths[0]} lies outside the training images' range ({r['ood_findings']}); the prediction is less "
+                  "reliable than the run's metrics suggest", file=sys.stderr)
         if run.task == "multilabel":
             found = [f"{c} {probs[0, j]:.3f} (>= {t:.3f})" for j, (c, t) in enumerate(zip(run.classes, run.thresholds)) if probs[0, j] >= t]
             print(f"{paths[0]}: {', '.join(found) if found else 'no finding above its threshold'}  (thresholds chosen per finding on validation)", file=out)
@@ -478,16 +507,21 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    import uvicorn
-
     from cxrkit.serve.app import Limits, create_app
+    from cxrkit.serve.server import ConnectionLimits, serve
 
-    limits = Limits(max_file_bytes=int(a.max_upload_mb * 1024 * 1024), max_files=a.max_files, max_pixels=a.max_pixels)
-    app = create_app(a.run, engine=a.engine, api_key=a.api_key, limits=limits, cors_origins=a.cors_origin)
+    limits = Limits(max_file_bytes=int(a.max_upload_mb * 1024 * 1024), max_files=a.max_files, max_pixels=a.max_pixels, max_decodes=a.max_decodes)
+    connection_limits = ConnectionLimits(header_timeout=a.header_timeout, body_timeout=a.body_timeout, max_connections=a.max_connections)
+    api_key = a.api_key
+    if a.api_key_file:
+        from cxrkit.serve.guard import read_api_key_file
+
+        api_key = read_api_key_file(a.api_key_file)
+    app = create_app(a.run, engine=a.engine, api_key=api_key, limits=limits, cors_origins=a.cors_origin, device=a.device)
     svc = app.state.service
-    print(f"serving {svc.identity['id']} (version {svc.identity['version']}, {svc.run.engine}) on http://{a.host}:{a.port}/ "
-          f"(API docs at /docs{'; API key required' if (a.api_key or os.environ.get('CXRKIT_API_KEY')) else ''})")
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    print(f"serving {svc.identity['id']} (version {svc.identity['version']}, {svc.run.engine} on {svc.run.device}) on http://{a.host}:{a.port}/ "
+          f"(API docs at /docs{'; API key required' if (api_key or os.environ.get('CXRKIT_API_KEY')) else ''})")
+    serve(app, a.host, a.port, connection_limits)
     return 0
 
 
@@ -637,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last per-epoch checkpoint with its saved config.yaml (other options "
                         "are ignored); starts a new run when there is none, so the same command suits preemptible jobs")
+    _add_device_option(t, "train on")
     _add_train_options(t)
     _output_options(t, json_output=False)
     t.set_defaults(func=cmd_train)
@@ -665,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table holding the --by columns (default: the run's own --labels table); images matched by path or file name")
     e.add_argument("--by-pattern", action="append", default=None, metavar="NAME=REGEX",
                    help="subgroups from file names: the first capture group of REGEX, e.g. 'site=^(CHNCXR|MCUCXR)' (repeatable)")
+    _add_device_option(e, "run the model on")
     _output_options(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -689,14 +725,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None,
                     help="CSV file to write, checkpointed atomically; run again with the same --out to resume (files with "
                          "a result are skipped, failed ones retried) (default: print)")
-    pr.add_argument("--batch-size", type=int, default=32)
-    pr.add_argument("--workers", type=int, default=4, help="threads decoding images while the model runs (0: none) (default %(default)s)")
+    pr.add_argument("--batch-size", type=bounded_int(1, 1024), default=32, help="images per model call, 1-1024 (default %(default)s)")
+    pr.add_argument("--workers", type=bounded_int(0, 64), default=4, help="threads decoding images while the model runs (0: none) (default %(default)s)")
     pr.add_argument("--engine", choices=ENGINES, default="auto",
                     help="auto (default): ONNX Runtime when `cxrkit export` wrote model.onnx for these weights, else PyTorch; "
                          "or force one (onnx-int8 needs `cxrkit export --quantize int8`)")
     pr.add_argument("--shard", default=None, metavar="K/N",
                     help="predict only every N-th image of the folder starting at K (processes share a folder this way); "
                          "under torchrun K/N come from RANK/WORLD_SIZE. Writes OUT.shardK-of-N.csv")
+    _add_device_option(pr, "run the model on")
     _output_options(pr)
     pr.set_defaults(func=cmd_predict)
 
@@ -719,14 +756,29 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("run", help="run folder")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
-    sv.add_argument("--api-key", default=None, help="require this key as X-API-Key on /v1/* (default: $CXRKIT_API_KEY; none when unset)")
+    key = sv.add_mutually_exclusive_group()
+    key.add_argument("--api-key", default=None,
+                     help="require this key as X-API-Key on /v1/* (default: $CXRKIT_API_KEY; none when unset); visible to other "
+                          "users in `ps`, so prefer --api-key-file or the variable")
+    key.add_argument("--api-key-file", default=None, metavar="FILE", help="read the key from the first line of FILE (e.g. a mounted secret)")
     sv.add_argument("--engine", choices=ENGINES, default="auto",
                     help="auto (default): ONNX Runtime when model.onnx matches the weights, else PyTorch")
     sv.add_argument("--max-upload-mb", type=float, default=50, help="largest file accepted, in MiB (default %(default)s)")
-    sv.add_argument("--max-files", type=int, default=16, help="most files per request (default %(default)s)")
-    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels, checked before decoding (default %(default)s)")
+    sv.add_argument("--max-files", type=bounded_int(1, 256), default=16, help="most files per request (default %(default)s)")
+    sv.add_argument("--max-pixels", type=bounded_int(4096, 200_000_000), default=40_000_000,
+                    help="largest image in pixels, checked before decoding (default %(default)s)")
+    sv.add_argument("--max-decodes", type=bounded_int(1, 64), default=1,
+                    help="images decoded at once across all requests; each full-size 40 MP decode holds ~170 MB, so more "
+                         "speeds up concurrent requests at that cost in memory (default %(default)s)")
+    sv.add_argument("--header-timeout", type=float, default=10, metavar="SECONDS",
+                    help="close a connection whose request headers are not complete in this time (default %(default)s)")
+    sv.add_argument("--body-timeout", type=float, default=30, metavar="SECONDS",
+                    help="answer 408 and close when the request body pauses this long (default %(default)s)")
+    sv.add_argument("--max-connections", type=bounded_int(1, 1_000_000), default=4096,
+                    help="open connections past which requests are answered 503 (default %(default)s)")
     sv.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                     help="allow browser calls from this origin (repeatable); CORS is off by default")
+    _add_device_option(sv, "run the model on")
     sv.set_defaults(func=cmd_serve)
     au = sub.add_parser("audit", help="check a dataset for leakage, duplicates, corrupt files and non-anatomical shortcuts",
                         description="Audit DATA with the split training would use: class balance per split; per-class image size, "

@@ -140,7 +140,7 @@ TASKS = ("auto", "binary", "multiclass", "multilabel")
 
 
 def open_source(data: str | Path, labels: str | Path | None = None, label_column: str | None = None, task: str = "auto",
-                cache_dir: Path | None = None) -> ImageFolderSource:
+                cache_dir: Path | None = None, min_classes: int = 2) -> ImageFolderSource:
     """The images and labels of DATA: a label table (``labels``, or DATA itself when it is a ``.csv``),
     a MedMNIST ``.npz`` file, or a folder/zip whose folder names are the classes."""
     data = Path(data).expanduser()
@@ -152,7 +152,7 @@ def open_source(data: str | Path, labels: str | Path | None = None, label_column
         return open_medmnist(data)
     if label_column is not None:
         raise DatasetError("--label-column applies to label tables; give the table with --labels FILE.csv")
-    return open_image_folder(data, cache_dir)
+    return open_image_folder(data, cache_dir, min_classes)
 
 
 def _multilabel_matrix(source: ImageFolderSource, names: list[str]) -> np.ndarray:
@@ -201,13 +201,14 @@ def load_dataset(
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}")
     cache = Path(cache_dir) if cache_dir else None
-    source = open_source(data, labels, label_column, task, cache)
+    # Evaluating a model (class_names given) accepts a one-class external set; training needs two classes.
+    source = open_source(data, labels, label_column, task, cache, min_classes=1 if class_names is not None else 2)
     if task == "multilabel" and not source.multilabel:
         raise DatasetError("--task multilabel needs a label table (--labels FILE.csv) or a multi-label MedMNIST file; "
                            "class folders give one class per image")
     if source.multilabel and task in ("binary", "multiclass"):
         raise DatasetError(f"{data} has several findings per image; use --task multilabel (or --label-column for a single-label column)")
-    if task == "binary" and len(source.classes) != 2 and not source.multilabel:
+    if task == "binary" and len(source.classes) != 2 and not source.multilabel and class_names is None:
         raise DatasetError(f"--task binary needs 2 classes; found {len(source.classes)}: {source.classes}")
     samples = source.samples
     if resplit:

@@ -107,6 +107,9 @@ def binary_sentences(m: dict, split_words: str) -> list[str]:
             f"Of the {n} images labelled <b>{neg}</b>, it correctly cleared {c['tn']} and raised {plural(c['fp'], 'false alarm')}: "
             f"specificity {pct(mm['specificity']['value'])} ({ci_text(mm['specificity'])})."
         )
+    if not (p and n):  # a one-class set: PPV and NPV would be 0% or 100% by construction
+        out.append(f"This set has {'no' if not p else 'only'} {pos} images, so ROC-AUC, PPV and NPV cannot be measured on it.")
+        return out
     if mm["ppv"]["value"] is None:
         out.append(f"The model never said {pos} on this set, so its PPV is undefined.")
     else:

@@ -495,9 +495,11 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
 
 def train(
     cfg: TrainConfig, progress: bool = True, overwrite: bool = False, on_epoch: EpochCallback | None = None,
-    finish: bool = True, resume: bool = False, tracker: Tracker | None = None,
+    finish: bool = True, resume: bool = False, tracker: Tracker | None = None, device: str = "auto",
 ) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` and write the run folder ``cfg.out``; returns its path.
+
+    ``device``: ``auto`` trains on a CUDA GPU when PyTorch sees one, ``cpu`` keeps to the CPU, ``cuda[:N]`` requires a GPU.
 
     Writes config.yaml, model.safetensors (best validation AUC), meta.json, history.csv,
     splits.csv and skipped.csv. Test images are never looked at. Ctrl-C stops training early and
@@ -515,7 +517,7 @@ def train(
     (:mod:`cxrkit.training.tracking`) receives the configuration, every epoch, the validation metrics and the files.
     """
     out = Path(cfg.out)
-    ctx = setup_distributed()
+    ctx = setup_distributed(device)
     if ctx.enabled and cfg.head_epochs:
         raise ValueError("two-stage fine-tuning (--head-epochs) is not supported with several processes; use --freeze or one process")
     if ctx.is_main:

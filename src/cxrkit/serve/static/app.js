@@ -77,7 +77,7 @@ async function handleFiles(files) {
 
 async function loadSample() {
   statusLine.textContent = "Loading the synthetic sample…";
-  const res = await fetch("/v1/sample.png");
+  const res = await fetch("/v1/sample.png", { headers: headers() });
   const blob = await res.blob();
   await handleFiles([new File([blob], "synthetic-sample.png", { type: "image/png" })]);
 }
