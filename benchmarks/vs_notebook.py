@@ -145,7 +145,8 @@ def main() -> None:
     print(f"\n{n_train} training / {k['n_val']} validation images, {a.epochs} epochs, load average {result['load_average']:.1f}")
     print("| | images/s (training) | best validation AUC | parameters |")
     print("|---|---|---|---|")
-    print(f"| notebook (TensorFlow {k['tensorflow']} Keras, 3-block CNN, 224 px RGB) | {k_speed:.1f} | {result['notebook']['best_val_auc']:.3f} | {k['parameters']:,} |")
+    print(f"| notebook (TensorFlow {k['tensorflow']} Keras, 3-block CNN, 224 px RGB) | {k_speed:.1f} | "
+          f"{result['notebook']['best_val_auc']:.3f} | {k['parameters']:,} |")
     print(f"| cxrkit default ({meta['model']}, {meta['preprocessing']['image_size']} px, {meta['training']['precision']}) | {cx_speed:.1f} | "
           f"{result['cxrkit']['best_val_auc']:.3f} | {meta['training']['parameters_total']:,} |")
     print(f"speed ratio cxrkit / notebook: {result['speed_ratio']:.2f}x")

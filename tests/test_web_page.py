@@ -62,3 +62,90 @@ def test_sample_upload_shows_probability_decision_and_overlay(server, tmp_path):
         browser.close()
     assert not errors, errors
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 375, "height": 740}}
+RAW_KEYS = ("roc_auc", "ppv", "npv", "macro_roc_auc", "balanced_accuracy")
+
+
+def _offline_context(browser, viewport: dict):
+    """A browser context that can reach only this machine: every other request is aborted, as on a cut-off hospital network."""
+    ctx = browser.new_context(viewport=viewport, accept_downloads=True, is_mobile=viewport["width"] < 600)
+    blocked: list[str] = []
+
+    def route(r):
+        url = r.request.url
+        if url.startswith(("http://127.0.0.1", "http://localhost", "file://", "data:", "blob:")):
+            return r.continue_()
+        blocked.append(url)
+        return r.abort()
+
+    ctx.route("**/*", route)
+    return ctx, blocked
+
+
+def _fits(page) -> bool:
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def _keep_shots(shots: dict[str, Path]) -> None:
+    """Copies screenshots where CXRKIT_SHOTS_DIR points (for a closing note); nothing by default."""
+    import os
+
+    target = os.environ.get("CXRKIT_SHOTS_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        for name, p in shots.items():
+            shutil.copy(p, Path(target) / name)
+
+
+@pytest.mark.parametrize("width", list(VIEWPORTS))
+def test_page_docs_and_report_offline(server, tiny_run, tmp_path, width):
+    """With the network off: the card reads in words and percentages, the page fits the screen, results download as CSV,
+    /docs renders Swagger UI from local files, and the report fits the screen too."""
+    import csv
+
+    from playwright.sync_api import sync_playwright
+
+    shots = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
+        ctx, blocked = _offline_context(browser, VIEWPORTS[width])
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server + "/")
+        page.wait_for_selector("#model-card table")
+        card = page.inner_text("#model-card")
+        assert not [k for k in RAW_KEYS if k in card], card
+        assert "positive predictive value (PPV)" in card and "%" in card
+        assert "Training data: tb0 — training: 38 healthy, 38 tb" in card  # the dataset's folder name, splits in words
+        assert "chosen on the validation split" in card
+        page.get_by_role("button", name="Try a synthetic sample image").click()
+        page.wait_for_selector("#results .result .decision", timeout=30_000)
+        assert _fits(page), "the page scrolls sideways"
+        with page.expect_download() as dl:
+            page.get_by_role("button", name="Download results as CSV (1 file)").click()
+        rows = list(csv.DictReader(open(dl.value.path(), newline="")))
+        assert len(rows) == 1 and rows[0]["file"] == "synthetic-sample.png"
+        assert 0 <= float(rows[0]["p_tb"]) <= 1 and rows[0]["label"] in ("healthy", "tb") and rows[0]["model_id"] == tiny_run.name
+        shots[f"page_{width}.png"] = tmp_path / f"page_{width}.png"
+        page.screenshot(path=str(shots[f"page_{width}.png"]), full_page=True)
+
+        page.goto(server + "/docs")
+        page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+        assert "/v1/predict" in page.inner_text(".swagger-ui")
+        shots[f"docs_{width}.png"] = tmp_path / f"docs_{width}.png"
+        page.screenshot(path=str(shots[f"docs_{width}.png"]))
+
+        page.goto((tiny_run / "report.html").as_uri())
+        page.wait_for_selector("nav.toc a")
+        assert _fits(page), "the report scrolls sideways"
+        shots[f"report_{width}.png"] = tmp_path / f"report_{width}.png"
+        page.screenshot(path=str(shots[f"report_{width}.png"]))
+        ctx.close()
+        browser.close()
+    assert not errors, errors
+    assert not [u for u in blocked if "/docs" in u or "swagger" in u or "cdn" in u], blocked
+    assert all(p.stat().st_size > 10_000 for p in shots.values())
+    _keep_shots(shots)

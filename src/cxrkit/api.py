@@ -15,19 +15,31 @@ from typing import Any
 from cxrkit.run import Run
 
 
-def load(path: str | Path, engine: str = "auto") -> Run:
-    """Load a finished run folder (validated: a damaged or incomplete run is a one-line ``RunError``)."""
-    return Run.load(path, engine=engine)
+def load(path: str | Path, engine: str = "auto", device: str = "cpu") -> Run:
+    """Load a finished run folder (validated: a damaged or incomplete run is a one-line ``RunError``); ``device``: cpu, auto or cuda[:N]."""
+    return Run.load(path, engine=engine, device=device)
 
 
-def train(data: str | Path, *, progress: bool = True, overwrite: bool = False, resume: bool = False, **options: Any) -> Run:
+def train(data: str | Path, *, progress: bool = True, overwrite: bool = False, resume: bool = False, device: str = "auto",
+          **options: Any) -> Run:
     """Train on ``data`` with the options of ``cxrkit train`` (keyword names as in config.yaml, e.g. ``image_size=128``,
-    ``augment={"hflip": True}``) and return the loaded run. Options are validated like a config file."""
+    ``augment={"hflip": True}``) and return the loaded run. Options are validated like a config file; ``device`` as for ``cxrkit train``."""
     from cxrkit.config import TrainConfig
     from cxrkit.training import train as _train
 
     cfg = TrainConfig.from_dict({"data": str(data), **options})
-    return Run.load(_train(cfg, progress=progress, overwrite=overwrite, resume=resume))
+    if "image_size" not in options and not resume:
+        # As on the command line: images smaller than the default train at their own size.
+        from cxrkit.data.dataset import native_image_size
+        from cxrkit.record.meta import MIN_IMAGE_SIZE
+
+        native = native_image_size(cfg.data, cfg.labels, cfg.label_column, cfg.task, cfg.cache_dir)
+        if native is not None and native < cfg.image_size:
+            if progress:
+                print(f"note: the images are {native} px, smaller than the default {cfg.image_size} px, so they train at "
+                      f"{max(native, MIN_IMAGE_SIZE)} px (pass image_size= to override)")
+            cfg.image_size = max(native, MIN_IMAGE_SIZE)
+    return Run.load(_train(cfg, progress=progress, overwrite=overwrite, resume=resume, device=device))
 
 
 def evaluate(run: Run | str | Path, data: str | Path | None = None, split: str | None = None, *, progress: bool = False,

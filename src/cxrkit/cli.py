@@ -20,16 +20,39 @@ def _defaults() -> dict:
     return {f.name: f.default for f in fields(TrainConfig) if f.name not in ("data", "augment")}
 
 
+def bounded_int(lo: int, hi: int):
+    """An argparse type: a whole number from ``lo`` to ``hi``, else a one-line usage error (exit status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}-{hi}")
+        return value
+
+    return parse
+
+
+def _add_device_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                   help=f"where to {what}: auto (default) takes a CUDA GPU when PyTorch sees one, else the CPU; cuda fails "
+                        "without one (the ONNX engines always run on the CPU)")
+
+
 def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) -> None:
 
     from cxrkit.config import FREEZE_CHOICES, PRECISIONS, SCHEDULES, TASK_CHOICES
     from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
     from cxrkit.data.intensity import INTENSITY_MODES
-    from cxrkit.record.meta import ASPECTS
+    from cxrkit.record.meta import ASPECTS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
     d, aug = _defaults(), AUGMENT_PRESETS[DEFAULT_PRESET]
     g = p.add_argument_group("data")
-    g.add_argument("--image-size", type=int, default=d["image_size"], help="square side in pixels (default %(default)s)")
+    g.add_argument("--image-size", type=bounded_int(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=None,
+                   help=f"square side in pixels, {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} (default {d['image_size']}, or the images' own size "
+                        "when smaller, e.g. 28 for a 28-px MedMNIST file)")
     g.add_argument("--aspect", choices=ASPECTS, default=d["aspect"],
                    help="pad: keep aspect ratio, letterbox with black (default); squash: stretch to a square")
     g.add_argument("--intensity", choices=INTENSITY_MODES, default=d["intensity"],
@@ -80,7 +103,7 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--epochs", type=int, default=d["epochs"], help="maximum epochs (default %(default)s)")
     g.add_argument("--patience", type=int, default=d["patience"], help="early-stopping patience on validation AUC (default %(default)s)")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this much wall-clock time")
-    g.add_argument("--batch-size", type=int, default=d["batch_size"])
+    g.add_argument("--batch-size", type=bounded_int(1, 4096), default=d["batch_size"])
     g.add_argument("--lr", type=float, default=d["lr"], help="AdamW learning rate (default %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
     g.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"])
@@ -134,7 +157,7 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         aug = replace(AUGMENT_PRESETS[a.augment_preset], hflip=a.hflip, **{k: v for k, v in given.items() if v is not None})
     return TrainConfig(
         data=data, out=out, labels=a.labels, label_column=a.label_column, task=a.task, resplit=a.resplit, oversample=a.oversample,
-        model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size, aspect=a.aspect,
+        model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size or _defaults()["image_size"], aspect=a.aspect,
         intensity=a.intensity, crop_border=a.crop_border, positive=a.positive,
         val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, allow_leakage=a.allow_leakage, seed=a.seed,
         epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
@@ -174,6 +197,22 @@ def _given_options(a: argparse.Namespace, model: str | None = None) -> dict:
     return {k: v for k, v in typed.items() if k not in ("data", "out") and v != default[k] and k in {f.name for f in fields(TrainConfig)}}
 
 
+def _native_size(cfg):
+    """The default image size follows the data: images smaller than it train at their own size (upsampling adds no detail)."""
+    from dataclasses import replace as _replace
+
+    from cxrkit.data.dataset import native_image_size
+    from cxrkit.record.meta import MIN_IMAGE_SIZE
+
+    native = native_image_size(cfg.data, cfg.labels, cfg.label_column, cfg.task, cfg.cache_dir)
+    if native is None or native >= cfg.image_size:
+        return cfg
+    size = max(native, MIN_IMAGE_SIZE)
+    print(f"note: the images are {native} px, smaller than the default {cfg.image_size} px, so they train at {size} px "
+          f"(upsampling adds no detail and costs time); --image-size {cfg.image_size} overrides this", file=sys.stderr)
+    return _replace(cfg, image_size=size)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from cxrkit.config import TrainConfig
     from cxrkit.record import CONFIG_FILE, read_meta
@@ -190,7 +229,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.data = [str(out_dir / "sources.yaml")]
     a.data = a.data[0]
     if a.resume and (out_dir / CONFIG_FILE).is_file():
-        cfg = TrainConfig.load(out_dir / CONFIG_FILE)  # the run's own settings
+        cfg = TrainConfig.load_saved(out_dir / CONFIG_FILE)  # the run's own settings
         if Path(cfg.data).resolve() != Path(a.data).resolve() and not Path(a.data).exists():
             raise ValueError(f"{out_dir} was trained on {cfg.data}, and {a.data} does not exist; --resume continues the same run")
         cfg.data, cfg.out = a.data, str(out_dir)  # where the data and the run folder are now
@@ -212,9 +251,11 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict({**d, **given, "data": a.data, "out": a.out or cfg.out})
     else:
         cfg = _config_from_args(a, a.data, str(out_dir))
+        if a.image_size is None:
+            cfg = _native_size(cfg)
     from cxrkit.training.tracking import make_tracker
 
-    out = train(cfg, overwrite=a.overwrite, resume=a.resume, tracker=make_tracker(a.track))
+    out = train(cfg, progress=not a.quiet, overwrite=a.overwrite, resume=a.resume, tracker=make_tracker(a.track), device=a.device)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only process 0 reports
         return 0
 
@@ -328,7 +369,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     by = [c.strip() for c in (a.by or "").split(",") if c.strip()]
     m = evaluate_run(a.run, a.data, a.split, class_map=parse_class_map(a.class_map), recalibrate_on=a.recalibrate_on,
                      prevalence=a.prevalence, explain=None if a.explain == "none" else a.explain, by=by, by_table=a.by_table,
-                     by_pattern=a.by_pattern)
+                     by_pattern=a.by_pattern, device=a.device)
     for n in m.get("notes", []):
         print(f"note: {n}")
     _summary(Path(a.run), m["split"])
@@ -340,6 +381,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     _subgroup_summary(m.get("subgroups") or {})
     _referral_summary(m.get("referral"), m.get("classes"))
     print(f"\nmetrics.json, predictions.csv and report.html updated in {a.run}/")
+    a.result = {"run": str(a.run), "split": m["split"], "metrics": m}
     return 0
 
 
@@ -399,7 +441,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from cxrkit.data.decode import IMAGE_EXTENSIONS, is_image_file
     from cxrkit.run import Run
 
-    run = Run.load(a.run, engine=a.engine)
+    run = Run.load(a.run, engine=a.engine, device=a.device)
     target = Path(a.path)
     if target.is_dir():
         paths = sorted(p for p in target.rglob("*") if p.is_file() and is_image_file(p))
@@ -419,6 +461,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         if not paths:
             raise ValueError(f"shard {k}/{n} has no images ({target} has fewer than {n})")
     from cxrkit.data.shift import check_stats, image_stats, merge_stats
+    from cxrkit.prediction.results import ood_summary, predict_results
 
     reference = run.shift_reference()
     batches: list = []
@@ -426,46 +469,58 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if a.out:
         from cxrkit.prediction.predict_csv import predict_to_csv
 
-        s = predict_to_csv(run, paths, a.out, a.batch_size, a.workers, progress=len(paths) > 1, on_batch=collect)
+        s = predict_to_csv(run, paths, a.out, a.batch_size, a.workers, progress=len(paths) > 1 and not a.quiet, on_batch=collect)
         rate = f" ({(s['total'] - s['skipped']) / s['seconds']:.0f}/s)" if s["seconds"] > 0 and s["total"] > s["skipped"] else ""
         print(f"{s['total']} image(s): {s['skipped']} already in {a.out}, {s['predicted']} predicted in {s['seconds']:.1f} s{rate} "
               f"with {run.engine}; {s['errors']} unreadable; written to {a.out}")
+        ood_line = ood_summary(s["ood"], s["total"])
     else:
-        probs, errors = run.predict_files(paths, a.batch_size, progress=len(paths) > 1, on_batch=collect, workers=a.workers)
-    if reference and batches:
-        shift = check_stats(reference, merge_stats(batches))
+        results = predict_results(run, paths, a.batch_size, a.workers, progress=len(paths) > 1 and not a.quiet, on_batch=collect)
+        ood_line = ood_summary(sum(r["ood_warning"] for r in results), len(results)) if len(paths) > 1 else None
+    shift = check_stats(reference, merge_stats(batches)) if reference and batches else None
+    if shift:
         if shift["warning"]:
             print(f"warning: {shift['message']}; predictions on such images are less reliable than the run's metrics suggest",
                   file=sys.stderr)
+    if ood_line:
+        print(ood_line, file=sys.stderr)
     if a.out:
+        a.result = {"model": _identity(run), "out": str(a.out), "summary": s, "shift_warning": shift["message"] if shift and shift["warning"] else None}
         return 0
     import numpy as np
 
     from cxrkit.prediction.predict_csv import csv_fields, result_row
 
-    ok = ~np.isnan(probs).any(axis=1)
-    decisions = [""] * len(paths)
-    for i, d in zip(np.flatnonzero(ok), run.decision_labels(probs[ok]) if ok.any() else []):
-        decisions[i] = d
-    rows = [result_row(run, p, probs[i] if ok[i] else None, decisions[i] if ok[i] else None, errors.get(i, "")) for i, p in enumerate(paths)]
+    probs = np.array([[np.nan] * len(run.classes) if r["probabilities"] is None else [r["probabilities"][c] for c in run.classes]
+                      for r in results])
+    rows = [result_row(run, p, probs[i] if r["probabilities"] else None, r["decision"], r["error"], r["ood_findings"])
+            for i, (p, r) in enumerate(zip(paths, results))]
+    if a.json:
+        a.result = {"model": _identity(run), "results": [_json_row(r) for r in rows],
+                    "shift_warning": shift["message"] if shift and shift["warning"] else None}
+        return 1 if len(paths) == 1 and rows[0]["error"] else 0
+    out = _result_stream()
     if len(paths) == 1:
         r = rows[0]
         if r["error"]:
             print(f"{paths[0]}: could not be read: {r['error']}", file=sys.stderr)
             return 1
+        if r["ood_warning"]:
+            print(f"warning: {paths[0]} lies outside the training images' range ({r['ood_findings']}); the prediction is less "
+                  "reliable than the run's metrics suggest", file=sys.stderr)
         if run.task == "multilabel":
             found = [f"{c} {probs[0, j]:.3f} (>= {t:.3f})" for j, (c, t) in enumerate(zip(run.classes, run.thresholds)) if probs[0, j] >= t]
-            print(f"{paths[0]}: {', '.join(found) if found else 'no finding above its threshold'}  (thresholds chosen per finding on validation)")
+            print(f"{paths[0]}: {', '.join(found) if found else 'no finding above its threshold'}  (thresholds chosen per finding on validation)", file=out)
         elif run.task == "binary":
             pos = run.classes[1]
             print(f"{paths[0]}: {r['prediction']}  (P({pos}) = {probs[0, 1]:.3f}; called {pos} when >= {run.threshold:.3f}, "
                   f"rule {run.meta['threshold']['rule']} chosen on validation"
-                  + (f"; probabilities {run.calibration['method']}-calibrated" if run.calibration else "") + ")")
+                  + (f"; probabilities {run.calibration['method']}-calibrated" if run.calibration else "") + ")", file=out)
         else:
             ranked = ", ".join(f"{c} {probs[0, j]:.3f}" for j, c in sorted(enumerate(run.classes), key=lambda t: -probs[0, t[0]]))
-            print(f"{paths[0]}: {r['prediction']}  ({ranked})")
+            print(f"{paths[0]}: {r['prediction']}  ({ranked})", file=out)
         return 0
-    w = csv.DictWriter(sys.stdout, fieldnames=csv_fields(run))
+    w = csv.DictWriter(out, fieldnames=csv_fields(run))
     w.writeheader()
     w.writerows(rows)
     return 0
@@ -489,16 +544,21 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    import uvicorn
-
     from cxrkit.serve.app import Limits, create_app
+    from cxrkit.serve.server import ConnectionLimits, serve
 
-    limits = Limits(max_file_bytes=int(a.max_upload_mb * 1024 * 1024), max_files=a.max_files, max_pixels=a.max_pixels)
-    app = create_app(a.run, engine=a.engine, api_key=a.api_key, limits=limits, cors_origins=a.cors_origin)
+    limits = Limits(max_file_bytes=int(a.max_upload_mb * 1024 * 1024), max_files=a.max_files, max_pixels=a.max_pixels, max_decodes=a.max_decodes)
+    connection_limits = ConnectionLimits(header_timeout=a.header_timeout, body_timeout=a.body_timeout, max_connections=a.max_connections)
+    api_key = a.api_key
+    if a.api_key_file:
+        from cxrkit.serve.guard import read_api_key_file
+
+        api_key = read_api_key_file(a.api_key_file)
+    app = create_app(a.run, engine=a.engine, api_key=api_key, limits=limits, cors_origins=a.cors_origin, device=a.device)
     svc = app.state.service
-    print(f"serving {svc.identity['id']} (version {svc.identity['version']}, {svc.run.engine}) on http://{a.host}:{a.port}/ "
-          f"(API docs at /docs{'; API key required' if (a.api_key or os.environ.get('CXRKIT_API_KEY')) else ''})")
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    print(f"serving {svc.identity['id']} (version {svc.identity['version']}, {svc.run.engine} on {svc.run.device}) on http://{a.host}:{a.port}/ "
+          f"(API docs at /docs{'; API key required' if (api_key or os.environ.get('CXRKIT_API_KEY')) else ''})")
+    serve(app, a.host, a.port, connection_limits)
     return 0
 
 
@@ -507,7 +567,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
     from cxrkit.audit.messages import audit_messages
     from cxrkit.audit.report import save_audit
 
-    audit = audit_dataset(a.data, a.group_pattern, a.val_fraction, a.test_fraction, a.seed, a.cache_dir)
+    audit = audit_dataset(a.data, a.group_pattern, a.val_fraction, a.test_fraction, a.seed, a.cache_dir, progress=not a.quiet)
     out = Path(a.out or f"runs/audit-{Path(a.data).name}")
     save_audit(audit, out)
     print(f"{audit['n_files']} files audited in {audit['seconds']['total']:.1f} s ({audit['seconds']['files_computed']} read, the rest cached)")
@@ -515,6 +575,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
         print(("  " if not m.isupper() and not m.split(":")[0].isupper() else "! ") + m)
     print(f"audit.json and audit.html written to {out}/")
     v = audit["verdict"]
+    a.result = {"out": str(out), "messages": audit_messages(audit), "audit": audit}
     return 1 if a.strict and (v["leakage"] or v["shortcut"]) else 0
 
 
@@ -535,7 +596,7 @@ def cmd_explain(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from cxrkit.experiments.compare import compare, parse_models
 
-    models = parse_models(a.models, a.image_size)
+    models = parse_models(a.models, a.image_size or _defaults()["image_size"])
     base = _config_from_args(a, a.data, a.out, model=models[0][1])
     from cxrkit.training.tracking import make_tracker
 
@@ -572,10 +633,15 @@ def cmd_tune(a: argparse.Namespace) -> int:
 def cmd_models(a: argparse.Namespace) -> int:
     from cxrkit.models.registry import MODELS, build_model, count_parameters
 
-    print(f"{'name':<20}{'parameters':>12}  description")
+    out = _result_stream()
+    rows = []
     for name, spec in MODELS.items():
         _, total = count_parameters(build_model(name, 1))
-        print(f"{name:<20}{total:>12,}  {spec.description}")
+        rows.append({"name": name, "parameters": total, "description": spec.description})
+    a.result = {"models": rows, "note": "parameter counts for a binary task; multi-class heads add a few per class"}
+    print(f"{'name':<20}{'parameters':>12}  description", file=out)
+    for r in rows:
+        print(f"{r['name']:<20}{r['parameters']:>12,}  {r['description']}", file=out)
     print("\n(parameter counts for a binary task; multi-class heads add a few per class)")
     return 0
 
@@ -622,7 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cxrkit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="command")
 
-    d = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, in under 3 minutes on a CPU")
+    d = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, about 20 seconds on 2 CPU cores")
     d.add_argument("--out", default="runs/demo", help="run folder (default %(default)s)")
     d.add_argument("--model", default="cnn")
     d.add_argument("--epochs", type=int, default=15)
@@ -643,7 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last per-epoch checkpoint with its saved config.yaml (other options "
                         "are ignored); starts a new run when there is none, so the same command suits preemptible jobs")
+    _add_device_option(t, "train on")
     _add_train_options(t)
+    _output_options(t, json_output=False)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a run on a split (test by default), at its validation-chosen threshold")
@@ -670,6 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table holding the --by columns (default: the run's own --labels table); images matched by path or file name")
     e.add_argument("--by-pattern", action="append", default=None, metavar="NAME=REGEX",
                    help="subgroups from file names: the first capture group of REGEX, e.g. 'site=^(CHNCXR|MCUCXR)' (repeatable)")
+    _add_device_option(e, "run the model on")
+    _output_options(e)
     e.set_defaults(func=cmd_evaluate)
 
     st = sub.add_parser("stress", help="does the model read the lungs? ROC-AUC under exposure, contrast, gamma, masks and resampling",
@@ -717,14 +787,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None,
                     help="CSV file to write, checkpointed atomically; run again with the same --out to resume (files with "
                          "a result are skipped, failed ones retried) (default: print)")
-    pr.add_argument("--batch-size", type=int, default=32)
-    pr.add_argument("--workers", type=int, default=4, help="threads decoding images while the model runs (0: none) (default %(default)s)")
+    pr.add_argument("--batch-size", type=bounded_int(1, 1024), default=32, help="images per model call, 1-1024 (default %(default)s)")
+    pr.add_argument("--workers", type=bounded_int(0, 64), default=4, help="threads decoding images while the model runs (0: none) (default %(default)s)")
     pr.add_argument("--engine", choices=ENGINES, default="auto",
                     help="auto (default): ONNX Runtime when `cxrkit export` wrote model.onnx for these weights, else PyTorch; "
                          "or force one (onnx-int8 needs `cxrkit export --quantize int8`)")
     pr.add_argument("--shard", default=None, metavar="K/N",
                     help="predict only every N-th image of the folder starting at K (processes share a folder this way); "
                          "under torchrun K/N come from RANK/WORLD_SIZE. Writes OUT.shardK-of-N.csv")
+    _add_device_option(pr, "run the model on")
+    _output_options(pr)
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="export a run's model to ONNX, checked against PyTorch",
@@ -746,14 +818,29 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("run", help="run folder")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
-    sv.add_argument("--api-key", default=None, help="require this key as X-API-Key on /v1/* (default: $CXRKIT_API_KEY; none when unset)")
+    key = sv.add_mutually_exclusive_group()
+    key.add_argument("--api-key", default=None,
+                     help="require this key as X-API-Key on /v1/* (default: $CXRKIT_API_KEY; none when unset); visible to other "
+                          "users in `ps`, so prefer --api-key-file or the variable")
+    key.add_argument("--api-key-file", default=None, metavar="FILE", help="read the key from the first line of FILE (e.g. a mounted secret)")
     sv.add_argument("--engine", choices=ENGINES, default="auto",
                     help="auto (default): ONNX Runtime when model.onnx matches the weights, else PyTorch")
     sv.add_argument("--max-upload-mb", type=float, default=50, help="largest file accepted, in MiB (default %(default)s)")
-    sv.add_argument("--max-files", type=int, default=16, help="most files per request (default %(default)s)")
-    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels, checked before decoding (default %(default)s)")
+    sv.add_argument("--max-files", type=bounded_int(1, 256), default=16, help="most files per request (default %(default)s)")
+    sv.add_argument("--max-pixels", type=bounded_int(4096, 200_000_000), default=40_000_000,
+                    help="largest image in pixels, checked before decoding (default %(default)s)")
+    sv.add_argument("--max-decodes", type=bounded_int(1, 64), default=1,
+                    help="images decoded at once across all requests; each full-size 40 MP decode holds ~170 MB, so more "
+                         "speeds up concurrent requests at that cost in memory (default %(default)s)")
+    sv.add_argument("--header-timeout", type=float, default=10, metavar="SECONDS",
+                    help="close a connection whose request headers are not complete in this time (default %(default)s)")
+    sv.add_argument("--body-timeout", type=float, default=30, metavar="SECONDS",
+                    help="answer 408 and close when the request body pauses this long (default %(default)s)")
+    sv.add_argument("--max-connections", type=bounded_int(1, 1_000_000), default=4096,
+                    help="open connections past which requests are answered 503 (default %(default)s)")
     sv.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                     help="allow browser calls from this origin (repeatable); CORS is off by default")
+    _add_device_option(sv, "run the model on")
     sv.set_defaults(func=cmd_serve)
     au = sub.add_parser("audit", help="check a dataset for leakage, duplicates, corrupt files and non-anatomical shortcuts",
                         description="Audit DATA with the split training would use: class balance per split; per-class image size, "
@@ -770,6 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--test-fraction", type=float, default=_defaults()["test_fraction"], help="as for train (default %(default)s)")
     au.add_argument("--seed", type=int, default=0, help="split seed, as for train (default %(default)s)")
     au.add_argument("--cache-dir", default=None, help="cache folder (default $CXRKIT_CACHE or ~/.cache/cxrkit)")
+    _output_options(au)
     au.set_defaults(func=cmd_audit)
 
     x = sub.add_parser("explain", help="heat maps of where the model looks, overlaid on the images (PNG per image and class)",
@@ -825,8 +913,97 @@ def build_parser() -> argparse.ArgumentParser:
     rf.set_defaults(func=cmd_referral)
 
     m = sub.add_parser("models", help="list the available models with parameter counts")
+    _output_options(m)
     m.set_defaults(func=cmd_models)
     return p
+
+
+def _output_options(p: argparse.ArgumentParser, json_output: bool = True) -> None:
+    """--json (one JSON document on stdout) and --quiet (no progress bars, no chatter) for a command."""
+    if json_output:
+        p.add_argument("--json", action="store_true",
+                       help="print one JSON document on stdout and nothing else (messages go to stderr); for scripts and pipelines")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no messages; only results (and errors, on stderr)")
+
+
+# The real stdout while a command runs with its chatter redirected (--json, --quiet); results are written here.
+_RESULT_STREAM = None
+
+
+def _result_stream():
+    """Where a command writes its results: stdout, even while --json/--quiet send its messages elsewhere."""
+    return _RESULT_STREAM or sys.stdout
+
+
+def _identity(run) -> dict:
+    """The model behind a result: id, version and decision rule (as the HTTP API reports it)."""
+    from cxrkit.serve.model_card import model_identity
+
+    return model_identity(run)
+
+
+def _json_row(row: dict) -> dict:
+    """A prediction row with numbers as numbers and empty cells as null."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, str) and v == "":
+            v = None
+        elif isinstance(v, str) and k.startswith("prob_"):
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        out[k] = v
+    return out
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Runs a command; with --json or --quiet its messages leave stdout, and --json prints the command's result document."""
+    import contextlib
+    import json
+
+    global _RESULT_STREAM
+    as_json, quiet = getattr(args, "json", False), getattr(args, "quiet", False)
+    args.json, args.quiet, args.result = as_json, quiet, None
+    if not as_json and not quiet:
+        return args.func(args)
+    real = sys.stdout
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(os.devnull, "w")) if quiet else sys.stderr
+        stack.enter_context(contextlib.redirect_stdout(sink))
+        _RESULT_STREAM = None if as_json else real
+        try:
+            code = args.func(args)
+        finally:
+            _RESULT_STREAM = None
+    if as_json:
+        real.write(json.dumps(_finite(args.result), indent=2, default=_json_default, allow_nan=False) + "\n")
+        real.flush()
+    return code
+
+
+def _finite(x):
+    """NaN and infinities become null: JSON has no such numbers and strict parsers refuse them."""
+    import math
+
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
+        return _finite(x.tolist())
+    return x
+
+
+def _json_default(x):
+    """numpy scalars and arrays, paths and sets in a result document."""
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, (Path, set, frozenset)):
+        return str(x) if isinstance(x, Path) else sorted(x)
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -839,7 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxrkit.data.sources import DatasetError
 
     try:
-        return args.func(args)
+        return _run_command(args)
     except (DatasetError, ValueError) as exc:  # bad input: data, configs, run folders, weights, options
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -43,6 +43,8 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     group_pattern: str | None = None
+    # When cxrkit cuts the splits itself, identical and near-identical images go to one split (grouped like a patient).
+    group_duplicates: bool = True
     allow_leakage: bool = False
     seed: int = 0
     epochs: int = 30
@@ -159,6 +161,15 @@ class TrainConfig:
         if isinstance(d.get("augment"), dict):
             d["augment"] = _validated(AugmentConfig, d["augment"], "augment.")
         return _validated(cls, d)
+
+    @classmethod
+    def load_saved(cls, path: str | Path) -> TrainConfig:
+        """A run's own config.yaml: as :meth:`load`, with options added since the run was made set as they were then."""
+        cfg = cls.load(path)
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if isinstance(raw, dict) and "group_duplicates" not in raw:
+            cfg.group_duplicates = False  # its splits were cut without grouping copies; evaluation must cut them the same way
+        return cfg
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

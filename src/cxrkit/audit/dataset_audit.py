@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrkit.audit.duplicates import duplicate_report
+from cxrkit.audit.duplicates import clusters, duplicate_report, near_pairs
 from cxrkit.audit.features import FEATURES_VERSION, read_records
-from cxrkit.audit.messages import audit_messages
+from cxrkit.audit.messages import audit_messages, count
 from cxrkit.audit.report import save_audit
 from cxrkit.audit.shortcut import shortcut_probe
 from cxrkit.audit.split_shift import compare_splits, record_stats
 from cxrkit.data.sources import ImageFolderSource, cache_root, open_image_folder
-from cxrkit.data.splits import assign_splits, patient_ids
+from cxrkit.data.splits import assign_splits, merge_groups, patient_ids
 from cxrkit.record import atomic_write_text
 
 AUDIT_VERSION = 3  # 2: near duplicates within 8 bits (was 16); 3: each class compared across splits
@@ -89,12 +89,12 @@ def audit_source(
     across = compare_splits(record_stats(records), np.array([class_index[g] for g in groups_of]), np.array(splits), group_names)
     leaks = []
     if dup["exact"]["across_splits"]:
-        leaks.append(f"{dup['exact']['across_splits']} group(s) of byte-identical images span two splits")
+        leaks.append(f"{count(dup['exact']['across_splits'], 'group')} of byte-identical images span two splits")
     near_only = dup["near"]["across_splits"] - dup["exact"]["across_splits"]
     if near_only > 0:
-        leaks.append(f"{near_only} group(s) of near-identical images (resized or re-encoded copies) span two splits")
+        leaks.append(f"{count(near_only, 'group')} of near-identical images (resized or re-encoded copies) span two splits")
     if patients and sum(patients["shared"].values()):
-        leaks.append(f"{sum(patients['shared'].values())} patient ID(s) appear in two splits ({patients['shared']})")
+        leaks.append(f"{count(sum(patients['shared'].values()), 'patient ID')} appear in two splits ({patients['shared']})")
     verdict = {"leakage": bool(leaks), "leakage_reasons": leaks, "shortcut": probe["warning"],
                "conflicting_labels": dup["exact"]["across_classes"] + dup["near"]["across_classes"]}
     result = {
@@ -126,12 +126,53 @@ def audit_dataset(
     cache = Path(cache_dir) if cache_dir else None
     source = open_image_folder(data, cache)
     groups = patient_ids(source.samples, group_pattern) if group_pattern else None
-    splits = assign_splits(source.samples, source.classes, val_fraction, test_fraction, seed, groups)
+    split_groups = groups
+    if not any(s.split == "val" for s in source.samples):  # cxrkit cuts validation (and test): copies stay together, as in training
+        pool = [i for i, s in enumerate(source.samples) if s.split in (None, "train")]
+        dup: list[str | None] = [None] * len(source.samples)
+        for i, g in zip(pool, duplicate_group_ids([source.samples[i].path for i in pool], cache, progress)):
+            dup[i] = g
+        if any(g is not None for g in dup):
+            split_groups = merge_groups(groups or [f"__file__:{s.path}" for s in source.samples], dup)
+    splits = assign_splits(source.samples, source.classes, val_fraction, test_fraction, seed, split_groups)
     return audit_source(source, splits, groups, cache, progress, seed)
 
 
+def duplicate_group_ids(paths: list[Path], cache_dir: str | Path | None = None, progress: bool = True) -> list[str | None]:
+    """A group ID per file for byte-identical and near-identical (perceptual hash) copies, None for a file without one.
+
+    Training passes this to :func:`cxrkit.data.dataset.load_dataset` so that, when cxrkit cuts the splits, every copy
+    lands in the same split as a patient's images would; the features are the audit's own, cached per file.
+    """
+    records, _ = read_records(list(paths), Path(cache_dir) if cache_dir else None, progress=progress)
+    by_sha: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        if r.get("sha1"):
+            by_sha.setdefault(r["sha1"], []).append(i)
+    exact = [(g[0], j, 0) for g in by_sha.values() for j in g[1:]]
+    out: list[str | None] = [None] * len(records)
+    for k, group in enumerate(clusters(len(records), near_pairs([r.get("phash") for r in records]) + exact)):
+        for i in group:
+            out[i] = f"copies-{k}"
+    return out
+
+
+def _leakage_advice(source: ImageFolderSource, resplit: bool) -> str:
+    """What to do about leaking splits, for where the splits came from."""
+    from cxrkit.data.tables import TableSource
+
+    if isinstance(source, TableSource) and not resplit:
+        # A table's patients are already known, so --group-pattern means nothing here: the given split is the problem.
+        return ("The label table's own split (its split column or the train_val_list/test_list files) puts them in two splits: "
+                "add --resplit to let cxrkit cut patient-level splits itself, keeping each patient and every copy in one split")
+    if isinstance(source, TableSource):
+        return "Remove the copies from the table"
+    return ("The split folders given on disk put them on both sides: remove the copies, give patient IDs with --group-pattern, "
+            "or merge the folders so cxrkit cuts the splits itself (it keeps copies together)")
+
+
 def audit_before_training(ds: object, group_pattern: str | None, allow_leakage: bool, out: Path, seed: int = 0,
-                          cache_dir: str | Path | None = None, progress: bool = True) -> dict:
+                          cache_dir: str | Path | None = None, progress: bool = True, resplit: bool = False) -> dict:
     """Audit a loaded dataset (:class:`cxrkit.data.dataset.LabelledImages`) with its training split, write
     ``audit.json`` into the run folder and refuse leaking splits unless ``allow_leakage``; returns the summary for meta.json."""
     source = ds.source
@@ -155,10 +196,8 @@ def audit_before_training(ds: object, group_pattern: str | None, allow_leakage: 
     save_audit(audit, out, html=False)
     v = audit["verdict"]
     if v["leakage"] and not allow_leakage:
-        raise LeakageError(
-            "the splits leak: " + "; ".join(v["leakage_reasons"]) + f". Details in {out / 'audit.json'}. Remove the copies or give "
-            "patient IDs with --group-pattern; or pass --allow-leakage to train anyway (recorded in the run)"
-        )
+        raise LeakageError("the splits leak: " + "; ".join(v["leakage_reasons"]) + f". Details in {out / 'audit.json'}. "
+                           + _leakage_advice(source, resplit) + "; or pass --allow-leakage to train anyway (recorded in the run)")
     return {"leakage": v["leakage"], "leakage_reasons": v["leakage_reasons"], "allowed": bool(v["leakage"] and allow_leakage),
             "shortcut": v["shortcut"], "shortcut_auc": audit["shortcut_probe"].get("auc"), "messages": audit_messages(audit),
             "seconds": audit["seconds"]["total"]}

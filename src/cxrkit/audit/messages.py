@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def count(n: int, word: str, many: str | None = None) -> str:
+    """'1 group', '3 groups': counts in sentences without '(s)'."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 def audit_messages(audit: dict) -> list[str]:
     """The audit's findings as plain sentences, most serious first."""
     out = []
@@ -17,13 +22,13 @@ def audit_messages(audit: dict) -> list[str]:
     for f in audit.get("split_shift", []):
         out.append(f"SPLIT SHIFT: {f['message']}")
     if v["conflicting_labels"]:
-        out.append(f"{v['conflicting_labels']} group(s) of identical or near-identical images carry different labels")
+        out.append(f"{count(v['conflicting_labels'], 'group')} of identical or near-identical images carry different labels")
     d = audit["duplicates"]
     if d["exact"]["redundant_files"] or d["near"]["redundant_files"]:
-        out.append(f"duplicates: {d['exact']['clusters']} group(s) of byte-identical files ({d['exact']['redundant_files']} redundant), "
-                   f"{d['near']['clusters']} group(s) of near-identical images ({d['near']['redundant_files']} redundant)")
+        out.append(f"duplicates: {count(d['exact']['clusters'], 'group')} of byte-identical files ({d['exact']['redundant_files']} redundant), "
+                   f"{count(d['near']['clusters'], 'group')} of near-identical images ({d['near']['redundant_files']} redundant)")
     if audit["corrupt"]:
-        out.append(f"{len(audit['corrupt'])} file(s) cannot be decoded")
+        out.append(f"{count(len(audit['corrupt']), 'file')} cannot be decoded")
     if p.get("auc") is not None and not p["warning"]:
         out.append(f"shortcut probe: AUC {p['auc']:.2f} from non-anatomical features (threshold {p['threshold']}), no strong shortcut found")
     return out

@@ -8,7 +8,9 @@ memory-map ``images.npy`` (one uint8 array, N x S x S) instead of decoding again
 
 The build is parallel (worker processes write their chunks straight into the memory map) and
 resumable (``<key>.partial/progress.jsonl`` lists finished chunks), and guarded by a lock file so
-two processes never build the same store at once.
+two processes never build the same store at once. Workers die with the build process (Linux), and the
+lock is a POSIX record lock, which belongs to the build process alone: when it dies, however it dies,
+the kernel releases the lock and the next build takes over and resumes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -55,6 +59,19 @@ def cache_key(paths: list[Path], size: int, aspect: str, intensity: str = "none"
         st = os.stat(p)
         h.update(f"\n{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:24]
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: have the kernel kill this worker when the build process dies, so no orphan outlives it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    try:
+        os.kill(parent, 0)  # the parent may have died before prctl took effect
+    except ProcessLookupError:
+        os._exit(1)
 
 
 def _decode_chunk(args: tuple[str, int, list[str], int, str, str, bool]) -> tuple[int, dict[int, str]]:
@@ -139,24 +156,56 @@ def _open_store(store: Path, n: int, key: str, hit: bool, t0: float) -> CachedIm
     return CachedImages(images, ok, errors, key, hit, time.perf_counter() - t0)
 
 
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
 class _BuildLock:
-    """An exclusive lock on a store's build, so two processes never write the same partial store."""
+    """An exclusive lock on a store's build, so two processes never write the same partial store.
+
+    ``lockf`` (a POSIX record lock), not ``flock``: forked workers do not inherit it, and the kernel drops it the
+    moment the holding process dies, so a killed build never leaves a lock behind. POSIX locks are per
+    process, so threads of one process also take a per-path thread lock. The holder writes its PID into the
+    file so that a waiting build can say whom it waits for.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "a")
+        self.path = path
+        with _THREAD_LOCKS_GUARD:
+            self.thread_lock = _THREAD_LOCKS.setdefault(str(path.resolve()), threading.Lock())
 
     def __enter__(self) -> _BuildLock:
         import fcntl
 
-        fcntl.flock(self.f, fcntl.LOCK_EX)
+        self.thread_lock.acquire()
+        self.f = open(self.path, "a+")
+        told = False
+        while True:
+            try:
+                fcntl.lockf(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if not told:
+                    self.f.seek(0)
+                    holder = self.f.read().strip() or "another process"
+                    print(f"waiting for the image cache build of PID {holder} ({self.path.name}); it resumes here if that process dies",
+                          file=sys.stderr, flush=True)
+                    told = True
+                time.sleep(0.2)
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(str(os.getpid()))
+        self.f.flush()
         return self
 
     def __exit__(self, *exc: object) -> None:
         import fcntl
 
-        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.truncate(0)
+        fcntl.lockf(self.f, fcntl.LOCK_UN)
         self.f.close()
+        self.thread_lock.release()
 
 
 def load_cached(
@@ -193,7 +242,8 @@ def load_cached(
         n_workers = workers if workers is not None else (os.cpu_count() or 1)
         bar = tqdm(total=len(paths), initial=len(paths) - sum(len(j[2]) for j in jobs), desc="decoding images", unit="img",
                    disable=not progress or None, leave=False)
-        pool = ProcessPoolExecutor(n_workers) if n_workers > 1 and len(paths) >= _PARALLEL_MIN and len(jobs) > 1 else None
+        parallel = n_workers > 1 and len(paths) >= _PARALLEL_MIN and len(jobs) > 1
+        pool = ProcessPoolExecutor(n_workers, initializer=_die_with_parent, initargs=(os.getpid(),)) if parallel else None
         try:
             if pool:
                 futures = [pool.submit(_decode_chunk, j) for j in jobs]

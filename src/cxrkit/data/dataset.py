@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 from cxrkit.data.cache import CachedImages, load_cached, load_cached_arrays
 from cxrkit.data.medmnist import ArraySource, open_medmnist
 from cxrkit.data.sources import NEGATIVE_NAMES, DatasetError, ImageFolderSource, canonical_name, choose_positive_class, open_image_folder
-from cxrkit.data.splits import assign_splits, patient_ids
+from cxrkit.data.splits import assign_splits, merge_groups, patient_ids
 from cxrkit.data.tables import open_label_table
 
 
@@ -35,6 +36,7 @@ class LabelledImages:
     positive: str | None
     multilabel: bool = False
     patients: list[str] | None = None
+    duplicate_groups: int = 0  # groups of identical or near-identical images kept in one split when cxrkit cut the splits
 
     @property
     def images(self) -> np.ndarray:
@@ -144,7 +146,7 @@ TASKS = ("auto", "binary", "multiclass", "multilabel")
 
 
 def open_source(data: str | Path, labels: str | Path | None = None, label_column: str | None = None, task: str = "auto",
-                cache_dir: Path | None = None) -> ImageFolderSource:
+                cache_dir: Path | None = None, min_classes: int = 2) -> ImageFolderSource:
     """The images and labels of DATA: a label table (``labels``, or DATA itself when it is a ``.csv``),
     a MedMNIST ``.npz`` file, or a folder/zip whose folder names are the classes."""
     from cxrkit.data.multisite import is_sources_file, open_sites
@@ -160,7 +162,7 @@ def open_source(data: str | Path, labels: str | Path | None = None, label_column
         return open_medmnist(data)
     if label_column is not None:
         raise DatasetError("--label-column applies to label tables; give the table with --labels FILE.csv")
-    return open_image_folder(data, cache_dir)
+    return open_image_folder(data, cache_dir, min_classes)
 
 
 def _multilabel_matrix(source: ImageFolderSource, names: list[str]) -> np.ndarray:
@@ -195,36 +197,51 @@ def load_dataset(
     task: str = "auto",
     resplit: bool = False,
     cache_workers: int | None = None,
+    duplicate_groups: Callable[[list[Path]], list[str | None]] | None = None,
 ) -> LabelledImages:
     """Find, label, split and decode (through the cache) every image of a dataset.
 
     ``class_names`` forces the class order of an existing run (evaluation); the dataset's classes are
     then matched to them by :func:`match_classes` (``class_map`` for names that differ). ``labels`` is a
     CSV label table (see :mod:`cxrkit.data.tables`); ``task`` forces binary, multiclass or multilabel;
-    ``resplit`` ignores the splits the source gives and makes patient-level ones.
+    ``resplit`` ignores the splits the source gives and makes patient-level ones. ``duplicate_groups`` maps image
+    files to a group ID for copies (or None): when cxrkit cuts the splits itself, each group is kept in one split like
+    a patient's images, so the cut never puts a copy on both sides.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}")
     cache = Path(cache_dir) if cache_dir else None
-    source = open_source(data, labels, label_column, task, cache)
+    # Evaluating a model (class_names given) accepts a one-class external set; training needs two classes.
+    source = open_source(data, labels, label_column, task, cache, min_classes=1 if class_names is not None else 2)
     if task == "multilabel" and not source.multilabel:
         raise DatasetError("--task multilabel needs a label table (--labels FILE.csv) or a multi-label MedMNIST file; "
                            "class folders give one class per image")
     if source.multilabel and task in ("binary", "multiclass"):
         raise DatasetError(f"{data} has several findings per image; use --task multilabel (or --label-column for a single-label column)")
-    if task == "binary" and len(source.classes) != 2 and not source.multilabel:
+    if task == "binary" and len(source.classes) != 2 and not source.multilabel and class_names is None:
         raise DatasetError(f"--task binary needs 2 classes; found {len(source.classes)}: {source.classes}")
     samples = source.samples
     if resplit:
         samples = [replace(s, split=None) for s in samples]
     has_patients = group_pattern is not None or any(s.patient is not None for s in samples)
     groups = patient_ids(samples, group_pattern) if has_patients else None
+    split_groups, n_dup = groups, 0
+    cut_here = not any(s.split == "val" for s in samples)  # no validation folder: cxrkit cuts it (and test, if absent)
+    if duplicate_groups is not None and cut_here and not isinstance(source, ArraySource):
+        pool = [i for i, s in enumerate(samples) if s.split in (None, "train")]
+        dup = [None] * len(samples)
+        for i, g in zip(pool, duplicate_groups([samples[i].path for i in pool])):
+            dup[i] = g
+        n_dup = len({g for g in dup if g is not None})
+        if n_dup:
+            base = groups if groups is not None else [f"__file__:{s.path}" for s in samples]
+            split_groups = merge_groups(base, dup)
     if source.multilabel:
         if positive is not None:
             raise DatasetError("--positive applies to binary tasks; this is a multi-label dataset")
         names, pos = list(class_names) if class_names is not None else list(source.classes), None
         y = _multilabel_matrix(source, names)
-        splits = np.array(assign_splits(samples, names, val_fraction, test_fraction, seed, groups, multilabel=y))
+        splits = np.array(assign_splits(samples, names, val_fraction, test_fraction, seed, split_groups, multilabel=y))
     else:
         mapping = {c: c for c in source.classes}
         if class_names is not None:
@@ -242,7 +259,7 @@ def load_dataset(
         if any(s.site for s in samples):  # stratify by site and class: validation and test hold every site
             strata = [replace(s, label=f"{s.site}/{s.label}") for s in samples]
             strata_names = sorted({s.label for s in strata})
-        splits = np.array(assign_splits(strata, strata_names, val_fraction, test_fraction, seed, groups))
+        splits = np.array(assign_splits(strata, strata_names, val_fraction, test_fraction, seed, split_groups))
         index = {c: i for i, c in enumerate(names)}
         y = np.array([index[mapping[s.label]] for s in samples], dtype=np.int64)
     if isinstance(source, ArraySource):
@@ -260,4 +277,26 @@ def load_dataset(
         positive=pos,
         multilabel=source.multilabel,
         patients=groups,
+        duplicate_groups=n_dup,
     )
+
+
+def native_image_size(data: str | Path, labels: str | Path | None = None, label_column: str | None = None, task: str = "auto",
+                      cache_dir: str | Path | None = None, sample: int = 16) -> int | None:
+    """The longer side of a typical image of the dataset (the median over a few), or None when none can be read."""
+    from PIL import Image
+
+    source = open_source(data, labels, label_column, task, Path(cache_dir) if cache_dir else None)
+    if not source.samples:
+        return None
+    if isinstance(source, ArraySource):
+        return int(max(source.read([0])[0].shape))
+    step = max(1, len(source.samples) // sample)
+    sides = []
+    for smp in source.samples[::step][:sample]:
+        try:
+            with Image.open(smp.path) as im:  # reads the header only
+                sides.append(max(im.size))
+        except Exception:  # noqa: BLE001 - DICOM or a broken file: the others decide
+            continue
+    return int(np.median(sides)) if sides else None

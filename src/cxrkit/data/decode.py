@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -15,6 +16,7 @@ from PIL import Image, ImageFile
 from cxrkit.data.dicom import is_dicom_bytes, read_dicom
 from cxrkit.data.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from cxrkit.data.intensity import crop_borders, normalize_intensity
+from cxrkit.data.stretch import STRETCH_ROWS, stretch_to_uint8
 
 # Truncated files must fail loudly so they can be skipped and listed, not half-decoded into grey bars.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -26,6 +28,12 @@ PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 ASPECT_MODES = ("pad", "squash")
 # Larger than any radiograph (a 4k x 5k detector is 20 MP); guards against decompression bombs.
 MAX_PIXELS = 80_000_000
+# JPEGs above this are decoded at a reduced DCT scale when the caller's target size allows (a 40 MP colour
+# JPEG is 160 MB decoded in full); below it every JPEG decodes in full, so the usual datasets are unaffected.
+DRAFT_MIN_PIXELS = 16_000_000
+# Drafted images keep a long side of at least this many times the target size, more than fit_square's
+# reducing_gap (3) needs, so the resized result is a faithful downsample.
+DRAFT_MARGIN = 4
 
 
 def is_image_file(path: Path) -> bool:
@@ -45,16 +53,15 @@ def to_grayscale_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode in ("L", "1", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "PA", "RGBX", "LAB", "HSV"):
         return np.asarray(img.convert("L"), dtype=np.uint8)
-    # Wide modes: I;16, I;16B, I;16L, I, F and friends.
-    arr = np.asarray(img, dtype=np.float64)
-    if arr.ndim == 3:
-        arr = arr[..., :3].mean(axis=2)
-    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        raise ImageDecodeError("image contains non-finite values")
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    # Wide modes: I;16, I;16B, I;16L, I, F and friends, read in row blocks from Pillow's own buffer.
+    w, h = img.size
+
+    def blocks():
+        for y in range(0, h, STRETCH_ROWS):
+            block = np.asarray(img.crop((0, y, w, min(h, y + STRETCH_ROWS))), dtype=np.float64)
+            yield y, block[..., :3].mean(axis=2) if block.ndim == 3 else block
+
+    return stretch_to_uint8(blocks, (h, w))
 
 
 def fit_square(gray: np.ndarray, size: int, aspect: str = "pad") -> np.ndarray:
@@ -78,16 +85,22 @@ def fit_square(gray: np.ndarray, size: int, aspect: str = "pad") -> np.ndarray:
     return np.array(canvas, dtype=np.uint8)
 
 
-def read_grayscale(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode a file (path or its bytes) at full resolution into a 2-D uint8 array.
+def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXELS, min_side: int | None = None) -> np.ndarray:
+    """Decode a file (path, its bytes or an open binary file, e.g. a spooled upload) at full resolution into a 2-D uint8 array.
 
     The content decides the reader, not the name: DICOM Part 10 files (``DICM`` at byte 128) go
     through :func:`cxrkit.data.dicom.read_dicom`, everything else through Pillow restricted to
-    :data:`PIL_FORMATS`. The pixel count is checked from the header, before decoding.
+    :data:`PIL_FORMATS`. The pixel count is checked from the header, before decoding. With ``min_side``,
+    a JPEG of more than :data:`DRAFT_MIN_PIXELS` is decoded in grayscale at the smallest DCT scale
+    (1/2, 1/4, 1/8) whose long side is still at least ``min_side`` (Pillow's ``draft``).
     """
     try:
         if isinstance(source, bytes):
             head = source[:132]
+        elif hasattr(source, "read"):
+            start = source.tell()
+            head = source.read(132)
+            source.seek(start)
         else:
             with open(source, "rb") as f:
                 head = f.read(132)
@@ -100,9 +113,12 @@ def read_grayscale(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> 
     if is_dicom_bytes(head):
         return read_dicom(source, max_pixels)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=PIL_FORMATS) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=PIL_FORMATS) as img:  # type: ignore[arg-type]
             if img.width * img.height > max_pixels:
                 raise ImageTooLargeError(f"image too large ({img.width}x{img.height} pixels; the limit is {max_pixels:,})")
+            if min_side and img.format == "JPEG" and img.width * img.height > DRAFT_MIN_PIXELS:
+                f = min_side / max(img.width, img.height)
+                img.draft("L", (max(1, int(np.ceil(img.width * f))), max(1, int(np.ceil(img.height * f)))))
             img.load()
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
@@ -118,18 +134,20 @@ def read_grayscale(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> 
 
 
 def load_grayscale(
-    source: str | Path | bytes, size: int, aspect: str = "pad", intensity: str = "none", crop_border: bool = False,
+    source: str | Path | bytes | BinaryIO, size: int, aspect: str = "pad", intensity: str = "none", crop_border: bool = False,
     max_pixels: int = MAX_PIXELS,
 ) -> np.ndarray:
-    """Read one image file (a path or its bytes) and return it as a ``size`` x ``size`` uint8 grayscale array.
+    """Read one image file (a path, its bytes or an open binary file) and return it as a ``size`` x ``size`` uint8 grayscale array.
 
     ``crop_border`` removes uniform outer bands and ``intensity`` normalises the image
-    (:mod:`cxrkit.data.intensity`), both at full resolution before resizing.
+    (:mod:`cxrkit.data.intensity`), both at full resolution before resizing (for a JPEG over
+    :data:`DRAFT_MIN_PIXELS`, at the reduced scale it was decoded at).
 
     Raises :class:`ImageDecodeError` with a readable reason for missing, empty, truncated,
     oversized or non-image files.
     """
-    return prepare_grayscale(read_grayscale(source, max_pixels), size, aspect, intensity, crop_border)
+    gray = read_grayscale(source, max_pixels, min_side=DRAFT_MARGIN * size)
+    return prepare_grayscale(gray, size, aspect, intensity, crop_border)
 
 
 def prepare_grayscale(gray: np.ndarray, size: int, aspect: str = "pad", intensity: str = "none", crop_border: bool = False) -> np.ndarray:

@@ -10,11 +10,18 @@ Files without a window are stretched from their own minimum to maximum, as 16-bi
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from cxrkit.data.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from cxrkit.data.stretch import STRETCH_ROWS, stretch_to_uint8
+
+# pydicom warns (UserWarning, printed to stderr, often with raw element bytes) about every odd value it reads;
+# cxrkit reports a file that cannot be read with one line of its own, so these are not shown.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 DICOM_MAGIC = b"DICM"
 MAGIC_OFFSET = 128
@@ -25,7 +32,7 @@ def is_dicom_bytes(head: bytes) -> bool:
     return head[MAGIC_OFFSET : MAGIC_OFFSET + 4] == DICOM_MAGIC
 
 
-def read_dicom(source: str | Path | bytes, max_pixels: int) -> np.ndarray:
+def read_dicom(source: str | Path | bytes | BinaryIO, max_pixels: int) -> np.ndarray:
     """Decode the first frame of a DICOM image as a 2-D uint8 array (display orientation, MONOCHROME2).
 
     Raises :class:`UnsupportedImageError` for DICOM files without pixel data or with a photometric
@@ -37,7 +44,7 @@ def read_dicom(source: str | Path | bytes, max_pixels: int) -> np.ndarray:
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    fp = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source if hasattr(source, "read") else str(source)
     try:
         ds = pydicom.dcmread(fp)
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
@@ -60,14 +67,20 @@ def read_dicom(source: str | Path | bytes, max_pixels: int) -> np.ndarray:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", syntax) or "unknown"
         raise ImageDecodeError(f"cannot decode DICOM pixel data (transfer syntax {name}): {exc}") from exc
-    if photometric == "RGB":
-        gray = np.asarray(arr, dtype=np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114])
-    else:
-        if arr.ndim != 2:
-            raise UnsupportedImageError(f"DICOM pixel data has shape {arr.shape}, expected one 2-D frame")
-        gray = apply_voi_lut(apply_modality_lut(arr, ds), ds).astype(np.float64)
-    lo, hi = float(np.nanmin(gray)), float(np.nanmax(gray))
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        raise ImageDecodeError("DICOM image contains non-finite values")
-    out = np.zeros(gray.shape, dtype=np.uint8) if hi <= lo else np.round((gray - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    if photometric != "RGB" and arr.ndim != 2:
+        raise UnsupportedImageError(f"DICOM pixel data has shape {arr.shape}, expected one 2-D frame")
+
+    def blocks():
+        # Row blocks keep the float64 display values of a 40 MP image to one block at a time.
+        for y in range(0, arr.shape[0], STRETCH_ROWS):
+            part = arr[y : y + STRETCH_ROWS]
+            if photometric == "RGB":
+                yield y, np.asarray(part, dtype=np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114])
+            else:
+                yield y, np.asarray(apply_voi_lut(apply_modality_lut(part, ds), ds), dtype=np.float64)
+
+    try:
+        out = stretch_to_uint8(blocks, arr.shape[:2])
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"DICOM {exc}") from exc
     return 255 - out if photometric == "MONOCHROME1" else out

@@ -127,9 +127,11 @@ def _images_under(folder: Path, ignored: list[Path]) -> list[Path]:
     return found
 
 
-def open_image_folder(root: str | Path, cache_dir: Path | None = None) -> ImageFolderSource:
+def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_classes: int = 2) -> ImageFolderSource:
     """Read a dataset folder (or zip) whose class names are folder names.
 
+    ``min_classes=1`` accepts a folder with one class, for evaluating a model on a one-class external
+    set (e.g. normal images only, to measure specificity at a screening site).
     Layouts: ``<root>/<split>/<class>/*`` with splits named train, val|valid|validation, test; or
     ``<root>/<class>/*``. Files in nested sub-folders of a class folder belong to that class.
     """
@@ -170,8 +172,8 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None) -> ImageF
         for class_dir in subdirs:
             samples += [Sample(p, class_dir.name, None) for p in _images_under(class_dir, ignored)]
     classes = sorted({s.label for s in samples})
-    if len(classes) < 2:
-        raise DatasetError(f"{root}: found {len(classes)} class folder(s) with images ({classes}); need at least 2")
+    if len(classes) < min_classes:
+        raise DatasetError(f"{root}: found {len(classes)} class folder(s) with images ({classes}); need at least {min_classes}")
     train_classes = {s.label for s in samples if s.split in (None, "train")}
     missing = [c for c in classes if c not in train_classes]
     if missing:

@@ -29,6 +29,27 @@ def patient_ids(samples: Sequence[Sample], pattern: str | None) -> list[str]:
     return ids
 
 
+def merge_groups(a: Sequence[str], b: Sequence[str | None]) -> list[str]:
+    """Group IDs where two images share a group when they share it in ``a`` or in ``b`` (None: no group), transitively.
+
+    Used to keep copies of an image (``b``) in one split together with each copy's patient (``a``).
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for x, y in zip(a, b):
+        find(x)
+        if y is not None:
+            parent[find(x)] = find("\0dup:" + y)
+    return [find(x) for x in a]
+
+
 def iterative_stratification(y: np.ndarray, groups: np.ndarray, fractions: Sequence[float], seed: int = 0) -> np.ndarray:
     """Fold index (0..len(fractions)-1) of each row, keeping every group (patient) in one fold and each
     label's positives spread over the folds in proportion to ``fractions``.

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.data.dataset import LabelledImages
+from cxrkit.evaluation.one_class import one_class_restriction
 from cxrkit.metrics.classification import binary_metrics
 from cxrkit.metrics.thresholds import GuaranteeImpossible, choose_threshold, parse_rule
 from cxrkit.record import read_history, replace_predictions, split_predictions, update_metrics
@@ -213,6 +214,7 @@ def evaluate_run(
     run_dir: str | Path, data: str | Path | None = None, split: str | None = None, progress: bool = True, write_report: bool = True,
     class_map: dict[str, str] | None = None, recalibrate_on: str | Path | None = None, prevalence: float | None = None,
     explain: str | None = "gradcam", by: list[str] | None = None, by_table: str | Path | None = None, by_pattern: list[str] | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Evaluate a trained run on one split of its dataset, or on another dataset (external validation).
 
@@ -226,10 +228,10 @@ def evaluate_run(
     for a screening population with that share of disease. ``explain`` (a heat-map method, or None) adds
     the gallery and the "where does it look" figure. ``by`` (columns of ``by_table``, by default the run's own
     label table) and ``by_pattern`` (``NAME=REGEX`` on file names) add per-subgroup figures with heterogeneity
-    tests (:mod:`cxrkit.metrics.subgroups`). Returns the metrics dict and writes metrics.json, predictions.csv,
-    plots and report.html.
+    tests (:mod:`cxrkit.metrics.subgroups`). ``device`` places the model (auto, cpu, cuda). Returns the metrics
+    dict and writes metrics.json, predictions.csv, plots and report.html.
     """
-    run = Run.load(run_dir)
+    run = Run.load(run_dir, device=device)
     ds, cfg = load_run_dataset(run, data, progress, class_map)
     trained_on = run.record.data_root(run.path)
     same_data = trained_on is not None and ds.source.root.resolve() == trained_on
@@ -271,6 +273,9 @@ def evaluate_run(
     seconds = time.perf_counter() - t0
     probs = run.apply_calibration(raw_probs)
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
+    one_class = one_class_restriction(metrics)
+    if one_class:
+        notes.append(one_class)
     metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence))
     if explain and run.task_object.one_label_per_image:  # heat maps are per decided class; a multi-label decision is a set
         metrics["attention"] = _explain(run, images, ds.labels[idx], probs, key, explain, cfg.seed)

@@ -49,7 +49,8 @@ class _Explainer:
     concurrent callers (the HTTP server) take turns instead of mixing each other's gradients."""
 
     def __init__(self, run: Run) -> None:
-        self.scores = _ClassScores(copy.deepcopy(run.model), run.task == "binary").eval()
+        # Heat maps are computed on the CPU whatever device the run predicts on (a few images at a time).
+        self.scores = _ClassScores(copy.deepcopy(run.model).cpu(), run.task == "binary").eval()
         self.layer = _pick_layer(self.scores.net, get_spec(run.meta["model"]).cam_layers, run.preprocessing.image_size)
         self.lock = threading.Lock()
         self._cams: dict[str, object] = {}

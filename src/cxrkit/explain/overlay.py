@@ -7,7 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
-DEFAULT_CMAP = "jet"
+# Perceptually uniform (not jet): equal steps of heat look like equal steps of colour, also to colour-blind readers.
+DEFAULT_CMAP = "magma"
 
 
 def overlay_rgb(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = DEFAULT_CMAP) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Classify many files into one CSV that survives interruption: checkpointed atomically, resumed by path.
 
 The CSV has one row per image: ``path``, ``prob_<class>`` for every class, ``prediction`` (the
-run's decision, :meth:`cxrkit.run.Run.decide`), ``error`` (why a file could not be decoded) and ``model``
+run's decision, :meth:`cxrkit.run.Run.decide`), ``error`` (why a file could not be decoded), ``ood_warning`` /
+``ood_findings`` (the image lies outside the training images' range, and why) and ``model``
 (:attr:`cxrkit.run.Run.model_id`: the weights, threshold and calibration that made the row).
 Every ``checkpoint_seconds`` the whole CSV is rewritten through a temporary file and a rename, so a
 killed job leaves the last complete checkpoint, never half a row. Run again with the same ``out``
@@ -18,13 +19,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from cxrkit.prediction.results import ood_findings
 from cxrkit.record import atomic_write_csv
 from cxrkit.run import Run
 
 
 def csv_fields(run: Run) -> list[str]:
     """The CSV columns for a run's classes."""
-    return ["path", *[f"prob_{c}" for c in run.classes], "prediction", "error", "model"]
+    return ["path", *[f"prob_{c}" for c in run.classes], "prediction", "error", "ood_warning", "ood_findings", "model"]
 
 
 def read_finished(out: Path, fields: list[str], model_id: str | None = None) -> dict[str, dict]:
@@ -49,12 +51,14 @@ def read_finished(out: Path, fields: list[str], model_id: str | None = None) -> 
     return rows
 
 
-def result_row(run: Run, path: Path, probs: np.ndarray | None, decision: str | None, error: str = "") -> dict:
-    """One CSV row: probabilities and the decision as text (:meth:`Run.decision_labels`), or empty cells and the error."""
+def result_row(run: Run, path: Path, probs: np.ndarray | None, decision: str | None, error: str = "", ood: list[str] | None = None) -> dict:
+    """One CSV row: probabilities, the decision as text (:meth:`Run.decision_labels`) and the out-of-distribution findings, or empty cells and the error."""
     row = {"path": str(path)}
     row.update({f"prob_{c}": "" if probs is None else f"{probs[j]:.6f}" for j, c in enumerate(run.classes)})
     row["prediction"] = decision or ""
     row["error"] = error
+    row["ood_warning"] = "yes" if ood else ""
+    row["ood_findings"] = "; ".join(ood or [])
     row["model"] = run.model_id
     return row
 
@@ -65,7 +69,7 @@ def predict_to_csv(
 ) -> dict:
     """Classify ``paths`` into ``out`` (resuming an earlier run of the same command); returns counts.
 
-    Returns ``{"total", "skipped" (already done), "predicted", "errors", "seconds"}``.
+    Returns ``{"total", "skipped" (already done), "predicted", "errors", "ood" (flagged out of distribution), "seconds"}``.
     """
     out = Path(out)
     fields = csv_fields(run)
@@ -79,11 +83,12 @@ def predict_to_csv(
 
     t0 = last = time.perf_counter()
     n_errors = 0
+    reference = run.shift_reference()
     with tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress or None) as bar:
         for where, probs, images, errors in run.iter_predict(todo, batch_size, workers):
             decisions = run.decision_labels(probs) if len(where) else []
-            for k, j in enumerate(where):
-                rows[str(todo[j])] = result_row(run, todo[j], probs[k], decisions[k])
+            for k, (j, found) in enumerate(zip(where, ood_findings(reference, images))):
+                rows[str(todo[j])] = result_row(run, todo[j], probs[k], decisions[k], ood=found)
             for j, err in errors.items():
                 rows[str(todo[j])] = result_row(run, todo[j], None, None, err)
             n_errors += len(errors)
@@ -95,4 +100,4 @@ def predict_to_csv(
                 last = time.perf_counter()
     save()
     return {"total": len(paths), "skipped": len(paths) - len(todo), "predicted": len(todo) - n_errors, "errors": n_errors,
-            "seconds": time.perf_counter() - t0}
+            "ood": sum(1 for p in paths if rows.get(str(p), {}).get("ood_warning")), "seconds": time.perf_counter() - t0}

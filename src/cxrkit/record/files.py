@@ -139,6 +139,12 @@ def replace_predictions(run_dir: Path, split: str, rows: list[dict], classes: li
     atomic_write_csv(Path(run_dir) / PREDICTIONS_FILE, kept + rows, ["split", "path", "true", *[f"prob_{c}" for c in classes], "pred"])
 
 
+def read_splits(run_dir: Path) -> dict[str, str]:
+    """splits.csv as {path relative to the data root: split}; empty when the run has none."""
+    path = Path(run_dir) / SPLITS_FILE
+    return {r["path"]: r["split"] for r in read_csv_rows(path)} if path.is_file() else {}
+
+
 def read_history(run_dir: Path) -> list[dict]:
     """history.csv as one dict per epoch, numbers as floats (the ``stage`` column stays text)."""
     return [{k: (v if k == "stage" else float(v)) for k, v in r.items()} for r in read_csv_rows(Path(run_dir) / HISTORY_FILE)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import re
 from pathlib import Path
 
 import yaml
@@ -13,26 +14,24 @@ from cxrkit.data.augment import AugmentConfig
 from cxrkit.models.registry import MODELS
 from cxrkit.record import CALIBRATION_FILE, CONFIG_FILE, atomic_write_text, read_json, read_meta, read_metrics
 from cxrkit.record.files import AUDIT_FILE, REPORT_FILE
-from cxrkit.report.narrative import SPLIT_WORDS, binary_sentences, ci_text, multiclass_sentences, multilabel_sentences, pct, screening_sentences, split_words
+from cxrkit.report.narrative import (
+    METRIC_WORDS,
+    SCORE_KEYS,
+    SPLIT_WORDS,
+    binary_sentences,
+    ci_text,
+    metric_words,
+    multiclass_sentences,
+    multilabel_sentences,
+    pct,
+    plural,
+    screening_sentences,
+    split_words,
+)
+from cxrkit.report.plots import MIN_BIN_COUNT
 
-METRIC_LABELS = {
-    "sensitivity": "Sensitivity (recall of disease)",
-    "specificity": "Specificity",
-    "ppv": "PPV (precision)",
-    "npv": "NPV",
-    "accuracy": "Accuracy",
-    "balanced_accuracy": "Balanced accuracy",
-    "f1": "F1",
-    "roc_auc": "ROC-AUC",
-    "pr_auc": "PR-AUC (average precision)",
-    "macro_f1": "Macro F1",
-    "macro_roc_auc": "Macro ROC-AUC (one-vs-rest)",
-    "mean_roc_auc": "Mean ROC-AUC over findings",
-    "detection_rate_positive": "Findings present that were detected (pooled sensitivity)",
-    "detection_rate_negative": "Findings absent that were cleared (pooled specificity)",
-    "label_accuracy": "Label-wise accuracy (misleading, see above)",
-    "exact_match": "Images with every finding right",
-}
+# Table rows start with a capital; the words themselves live in narrative.METRIC_WORDS (shared with the model card).
+METRIC_LABELS = {k: v[0].upper() + v[1:] for k, v in METRIC_WORDS.items()}
 
 
 SENTENCES = {"binary": binary_sentences, "multiclass": multiclass_sentences, "multilabel": multilabel_sentences}
@@ -54,10 +53,10 @@ def _read_csv(path: Path) -> list[dict]:
 def _metric_rows(metrics: dict) -> list[dict]:
     rows = []
     for key, e in metrics.items():
-        is_pct = e.get("method") == "wilson" or key in ("balanced_accuracy", "f1", "macro_f1")
+        is_pct = key not in SCORE_KEYS  # shares of images read as percentages; AUCs stay 0-1 scores
         value = e["value"]
         rows.append({
-            "name": METRIC_LABELS.get(key, key),
+            "name": METRIC_LABELS.get(key, metric_words(key)),
             "value": "n/a" if value is None else (pct(value) if is_pct else f"{value:.3f}"),
             "ci": ci_text(e, percent=is_pct).removeprefix("95% CI ") or "—",
             "counts": f"{e['numerator']}/{e['denominator']}" if "denominator" in e else "",
@@ -85,6 +84,7 @@ def build_context(run_dir: Path) -> dict:
     config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
     metrics = read_metrics(run_dir)
     evaluations = []
+    has_test = "test" in metrics
     keys = [k for k in ("test", "val", "train") if k in metrics] + sorted(k for k in metrics if k.startswith("external:"))
     for split in keys:
         m = metrics[split]
@@ -107,7 +107,9 @@ def build_context(run_dir: Path) -> dict:
                 per_class.append({"name": name, "support": e["support"], "cells": cells, "threshold": f"{e['threshold']:.3f}",
                                   "detected": f"{c['tp']}/{c['tp'] + c['fn']}", "cleared": f"{c['tn']}/{c['tn'] + c['fp']}"})
         evaluations.append({
-            "split": split, "words": words, "m": m, "sentences": sentences, "rows": _metric_rows(m["metrics"]),
+            "split": split, "anchor": "results-" + re.sub(r"[^a-z0-9]+", "-", split.lower()).strip("-"),
+            # Once a test evaluation exists, the splits that chose the model are background: folded away by default.
+            "collapsed": has_test and split in ("val", "train"), "words": words, "m": m, "sentences": sentences, "rows": _metric_rows(m["metrics"]),
             "per_class": per_class, "notes": m.get("notes", []), "skipped": m.get("skipped", []), "per_site": m.get("per_site"),
             "roc": _img(run_dir / "plots" / f"roc_{fname}.png"), "pr": _img(run_dir / "plots" / f"pr_{fname}.png"),
             "confusion": _img(run_dir / "plots" / f"confusion_{fname}.png"), "shift": m.get("shift"),
@@ -130,7 +132,16 @@ def build_context(run_dir: Path) -> dict:
         from cxrkit.audit.report import audit_figures
 
         audit_figs = audit_figures(audit)
+    toc = [{"id": "summary", "title": "Summary"}] if evaluations else []
+    if side_by_side:
+        toc.append({"id": "internal-vs-external", "title": "Internal vs external"})
+    toc += [{"id": e["anchor"], "title": f"Results on the {e['words']}" + ("" if e["split"].startswith("external:") else " split")
+             + (" (folded)" if e["collapsed"] else "")} for e in evaluations]
+    toc += [{"id": "data", "title": "Data"}] + ([{"id": "data-audit", "title": "Data audit"}] if audit is not None else [])
+    toc += [{"id": i, "title": t} for i, t in (("preprocessing", "Preprocessing, and why"), ("model-and-training", "Model and training"),
+                                               ("limitations", "Limitations"), ("reproducibility", "Reproducibility"))]
     return {
+        "toc": toc, "plural": plural, "metric_words": metric_words, "min_bin_count": MIN_BIN_COUNT,
         "audit": audit, "audit_figs": audit_figs if audit is not None else None, "calibration": calibration,
         "meta": meta, "config": config, "config_yaml": yaml.safe_dump(config, sort_keys=False),
         "evaluations": evaluations, "side_by_side": side_by_side, "has_test": "test" in metrics, "counts": counts,

@@ -6,6 +6,68 @@ from markupsafe import escape
 
 SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
 
+# What each metrics.json key is called wherever a person reads it (report, model card, web page).
+METRIC_WORDS = {
+    "sensitivity": "sensitivity (share of disease found)",
+    "specificity": "specificity (share of healthy cleared)",
+    "ppv": "positive predictive value (PPV)",
+    "npv": "negative predictive value (NPV)",
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "f1": "F1 score",
+    "roc_auc": "area under the ROC curve (AUC)",
+    "pr_auc": "area under the precision-recall curve (average precision)",
+    "macro_f1": "macro-averaged F1 score",
+    "macro_roc_auc": "mean one-vs-rest AUC over classes",
+    "mean_roc_auc": "mean AUC over findings",
+    "detection_rate_positive": "findings present that were detected (pooled sensitivity)",
+    "detection_rate_negative": "findings absent that were cleared (pooled specificity)",
+    "label_accuracy": "label-wise accuracy (misleading, see above)",
+    "exact_match": "images with every finding right",
+    "decided_share": "share decided without a reader",
+    "npv_ruled_out": "NPV of the cases ruled out",
+    "ppv_ruled_in": "PPV of the cases ruled in",
+}
+# Keys whose value is a probability-like score (0.5 = chance) rather than a share of images: shown as 0.xxx.
+SCORE_KEYS = frozenset({"roc_auc", "pr_auc", "macro_roc_auc", "mean_roc_auc"})
+
+
+def metric_words(key: str) -> str:
+    """The words for a metrics key ('ppv' -> 'positive predictive value (PPV)'); unknown keys get their underscores dropped."""
+    return METRIC_WORDS.get(key, key.replace("_", " "))
+
+
+def metric_text(key: str, entry: dict) -> str:
+    """A metric entry as read: '92.3% (95% CI 81.0–97.0%)' for shares, '0.912 (95% CI 0.850–0.960)' for AUCs."""
+    value = entry.get("value")
+    if value is None:
+        return "n/a"
+    percent = key not in SCORE_KEYS
+    ci = ci_text(entry, percent=percent)
+    return (pct(value) if percent else f"{value:.3f}") + (f" ({ci})" if ci else "")
+
+
+def plural(n: float, one: str, many: str | None = None) -> str:
+    """'1 false alarm', '3 false alarms' (n rounded to a whole number first)."""
+    n = round(n)
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+# Folder names that say nothing about the dataset: the name is looked for one level up.
+_GENERIC_FOLDERS = {"data", "dataset", "datasets", "images", "image", "imgs", "img", "files", "raw", "train", "png", "jpg", "dicom"}
+
+
+def dataset_name(root: str | None) -> str | None:
+    """A dataset's name from its path: the folder or file stem, skipping generic folder names ('runs/demo/data' -> 'demo')."""
+    if not root:
+        return None
+    parts = [p for p in str(root).replace("\\", "/").rstrip("/").split("/") if p]
+    for part in reversed(parts):
+        stem = part.rsplit(".", 1)[0] if part.lower().endswith((".zip", ".npz", ".csv")) else part
+        if stem.lower() not in _GENERIC_FOLDERS:
+            return stem
+    return parts[-1] if parts else None
+
 
 def split_words(key: str) -> str:
     """How a metrics key reads in sentences: "test" -> "test", "external:sakha" -> "external (sakha)"."""
@@ -42,9 +104,12 @@ def binary_sentences(m: dict, split_words: str) -> list[str]:
         )
     if n:
         out.append(
-            f"Of the {n} images labelled <b>{neg}</b>, it correctly cleared {c['tn']} and raised {c['fp']} false alarm(s): "
+            f"Of the {n} images labelled <b>{neg}</b>, it correctly cleared {c['tn']} and raised {plural(c['fp'], 'false alarm')}: "
             f"specificity {pct(mm['specificity']['value'])} ({ci_text(mm['specificity'])})."
         )
+    if not (p and n):  # a one-class set: PPV and NPV would be 0% or 100% by construction
+        out.append(f"This set has {'no' if not p else 'only'} {pos} images, so ROC-AUC, PPV and NPV cannot be measured on it.")
+        return out
     if mm["ppv"]["value"] is None:
         out.append(f"The model never said {pos} on this set, so its PPV is undefined.")
     else:
@@ -120,7 +185,7 @@ def screening_sentences(s: dict, positive: str) -> list[str]:
     n, prev = s["screened"], s["prevalence"]
     out = [
         f"In a population where {pct(prev)} have {pos}, of every {n:,} people screened about {s['with_disease']:.0f} have it: "
-        f"the model finds {s['found']:.0f} and misses {s['missed']:.0f}, and raises {s['false_alarms']:.0f} false alarm(s) "
+        f"the model finds {s['found']:.0f} and misses {s['missed']:.0f}, and raises {plural(s['false_alarms'], 'false alarm')} "
         f"among the {n - s['with_disease']:.0f} without it.",
         f"{s['confirmatory_tests']:.0f} confirmatory tests are needed per {n:,} screened"
         + (f" ({s['tests_per_case_found']:.1f} per case found)." if s["tests_per_case_found"] else "."),

@@ -11,6 +11,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+# Perceptually uniform colour maps (Smith & van der Walt 2015): equal steps in value look like equal steps in colour,
+# and they stay readable in grey and for colour-blind readers, which jet does not.
+HEAT_CMAP = "magma"
+SEQUENTIAL_CMAP = "cividis"
+# Reliability bins with fewer images than this are drawn hollow and not joined into the curve.
+MIN_BIN_COUNT = 10
+
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +76,7 @@ def plot_pr(y: np.ndarray, score: np.ndarray, point: tuple[float, float] | None,
     ax.axhline(np.mean(y), ls=":", color="grey", label=f"prevalence {np.mean(y):.2f}")
     if point is not None and point[1] is not None:
         ax.plot(*point, "o", ms=9, color="C3", label="operating point")
-    ax.set_xlabel("sensitivity (recall)"), ax.set_ylabel("PPV (precision)"), ax.set_ylim(0, 1.02)
+    ax.set_xlabel("sensitivity (recall)"), ax.set_ylabel("positive predictive value (precision)"), ax.set_ylim(0, 1.02)
     ax.set_title(title, fontsize=10), ax.legend(loc="lower left"), ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -80,11 +87,11 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -
     k = len(classes)
     fig, ax = plt.subplots(figsize=(1.1 * k + 2.0, 0.9 * k + 1.5))
     rows = cm.sum(axis=1, keepdims=True).clip(min=1)
-    ax.imshow(cm / rows, cmap="Blues", vmin=0, vmax=1)
+    ax.imshow(cm / rows, cmap=SEQUENTIAL_CMAP, vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
             ax.text(j, i, f"{cm[i, j]}\n({cm[i, j] / rows[i, 0]:.0%})", ha="center", va="center",
-                    color="white" if cm[i, j] / rows[i, 0] > 0.5 else "black")
+                    color="black" if cm[i, j] / rows[i, 0] > 0.5 else "white")
     ax.set_xticks(range(k), classes, rotation=20), ax.set_yticks(range(k), classes)
     ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title, fontsize=10)
     return _save(fig, path)
@@ -126,31 +133,45 @@ def plot_cooccurrence(labels: np.ndarray, names: list[str], path: Path) -> Path:
     co = y.T @ y
     k = len(names)
     fig, ax = plt.subplots(figsize=(0.45 * k + 2.5, 0.45 * k + 2.0))
-    im = ax.imshow(co, cmap="Blues")
+    im = ax.imshow(co, cmap=SEQUENTIAL_CMAP)
     if k <= 20:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(co[i, j]), ha="center", va="center", fontsize=6, color="white" if co[i, j] > co.max() / 2 else "black")
+                ax.text(j, i, str(co[i, j]), ha="center", va="center", fontsize=6, color="black" if co[i, j] > co.max() / 2 else "white")
     ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=7), ax.set_yticks(range(k), names, fontsize=7)
     ax.set_title("Finding co-occurrence (training images)", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.04)
     return _save(fig, path)
 
 
-def plot_reliability(curves: list[tuple[str, dict, float]], title: str, path: Path) -> Path:
-    """Reliability diagram: observed frequency against mean predicted probability per bin; each curve is
-    (label, bins from :func:`cxrkit.metrics.calibration.reliability_bins`, ECE). Marker area follows the bin's count."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+def plot_reliability(curves: list[tuple[str, dict, float]], title: str, path: Path, min_count: int | None = None) -> Path:
+    """Reliability diagram: observed frequency against mean predicted probability per bin, with each bin's count written
+    beside its point; each curve is (label, bins from :func:`cxrkit.metrics.calibration.reliability_bins`, ECE).
+
+    Bins with fewer than ``min_count`` images are drawn hollow and grey and left out of the line: with a handful of
+    images the observed share jumps in large steps and the line would zig-zag on noise.
+    """
+    min_count = MIN_BIN_COUNT if min_count is None else min_count
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfectly calibrated")
     kind = curves[0][1]["kind"] if curves else "positive class"
+    colours = plt.get_cmap("viridis")(np.linspace(0.15, 0.75, max(2, len(curves))))
+    any_small = False
     for i, (label, bins, ece) in enumerate(curves):
         mp, ob, n = (np.asarray(bins[k], dtype=float) for k in ("mean_predicted", "observed", "count"))
-        keep = n > 0
-        ax.plot(mp[keep], ob[keep], "-", color=f"C{i}", label=f"{label} (ECE {ece:.3f})")
-        ax.scatter(mp[keep], ob[keep], s=12 + 150 * n[keep] / max(1, n.max()), color=f"C{i}", alpha=0.7)
+        big, small = n >= min_count, (n > 0) & (n < min_count)
+        any_small |= bool(small.any())
+        ax.plot(mp[big], ob[big], "o-", color=colours[i], ms=6, label=f"{label} (ECE {ece:.3f})")
+        ax.plot(mp[small], ob[small], "o", ms=6, mfc="white", mec="0.6", color="0.6")
+        for x, yv, c in zip(mp[n > 0], ob[n > 0], n[n > 0]):
+            ax.annotate(f"{int(c)}", (x, yv), textcoords="offset points", xytext=(4, -10 if i else 4), fontsize=7,
+                        color=colours[i] if c >= min_count else "0.5")
+    if any_small:
+        ax.plot([], [], "o", mfc="white", mec="0.6", label=f"bin of < {min_count} images (not joined)")
     what = "P(positive)" if kind == "positive class" else "top-label confidence"
     ax.set_xlabel(f"mean predicted {what}"), ax.set_ylabel("observed frequency" if kind == "positive class" else "observed accuracy")
-    ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_title(title, fontsize=10), ax.legend(loc="upper left", fontsize=8), ax.grid(alpha=0.3)
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1.05), ax.set_title(title + "\n(numbers: images per bin)", fontsize=10)
+    ax.legend(loc="upper left", fontsize=7), ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -178,7 +199,7 @@ def plot_attention(summary: dict, mean_heat: np.ndarray, path: Path) -> Path:
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.2, 3.6))
     s = mean_heat.shape[-1]
-    a1.imshow(mean_heat, cmap="jet", vmin=0)
+    a1.imshow(mean_heat, cmap=HEAT_CMAP, vmin=0)
     top, bottom, left, right = summary["lung_box"]
     a1.add_patch(Rectangle((left * s, top * s), (right - left) * s, (bottom - top) * s, fill=False, ec="white", lw=2, ls="--"))
     a1.set_title(f"mean heat map over {summary['n']} images", fontsize=10), a1.axis("off")

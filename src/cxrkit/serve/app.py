@@ -13,7 +13,6 @@ and the model behind a lock, so concurrent requests queue instead of fighting ov
 from __future__ import annotations
 
 import base64
-import hmac
 import io
 import logging
 import os
@@ -21,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from fastapi import FastAPI, File, Query, Request, UploadFile
@@ -31,7 +31,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrkit import __version__
 from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from cxrkit.prediction.results import ood_findings
 from cxrkit.run import Run
+from cxrkit.serve.guard import ApiKeyGate
 from cxrkit.serve.model_card import decision_rule, model_card, model_identity
 
 log = logging.getLogger("cxrkit.serve")
@@ -46,6 +48,14 @@ class Limits:
     max_file_bytes: int = 50 * 1024 * 1024  # a 16-bit 4k x 4k DICOM is ~32 MB
     max_files: int = 16
     max_pixels: int = 40_000_000  # twice a 4.3k x 4.3k detector
+    max_decodes: int = 1  # images decoded at once across all requests: a 40 MP 16-bit decode holds ~170 MB (measured)
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("max_file_bytes", 1024, 1024**3), ("max_files", 1, 256), ("max_pixels", 4096, 200_000_000),
+                             ("max_decodes", 1, 64)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{name} must be a whole number from {lo:,} to {hi:,}, got {value!r}")
 
     @property
     def max_body_bytes(self) -> int:
@@ -114,6 +124,40 @@ def _sniff(data: bytes) -> str:
     return "unknown"
 
 
+def _libc_malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def _return_freed_memory() -> None:
+    # glibc keeps freed blocks of a full-size decode (Pillow allocates 16 MB blocks, below the mmap threshold)
+    # in the decoding thread's arena; without this the server's RSS stays at its high-water mark.
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _size(data: bytes | BinaryIO) -> int:
+    if isinstance(data, bytes):
+        return len(data)
+    return data.seek(0, io.SEEK_END) - data.seek(0)
+
+
+def _head(data: bytes | BinaryIO) -> bytes:
+    if isinstance(data, bytes):
+        return data[:132]
+    head = data.read(132)
+    data.seek(0)
+    return head
+
+
 def _png_bytes(gray: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -132,6 +176,7 @@ class Service:
     def __init__(self, run: Run, limits: Limits) -> None:
         self.run, self.limits = run, limits
         self.lock = threading.Lock()
+        self.decode_slots = threading.BoundedSemaphore(limits.max_decodes)
         self.identity = model_identity(run)
         self.rule = decision_rule(run)
         self.card = model_card(run)
@@ -145,14 +190,19 @@ class Service:
         img = synthetic_cxr(np.random.default_rng(0), self.run.preprocessing.image_size)
         self.predict([("warm-up", _png_bytes(img))], explain=False, preview=False)
 
-    def decode(self, name: str, data: bytes) -> np.ndarray:
-        """One upload -> uint8 (S, S) at the run's size, or an :class:`ApiError` saying what is wrong with it."""
-        if not data:
+    def decode(self, name: str, data: bytes | BinaryIO) -> np.ndarray:
+        """One upload (bytes or a spooled file) -> uint8 (S, S) at the run's size, or an :class:`ApiError` saying what is wrong with it."""
+        size = _size(data)
+        if not size:
             raise ApiError(400, "empty_file", "the file is empty", name)
-        if len(data) > self.limits.max_file_bytes:
-            raise ApiError(413, "file_too_large", f"file is {len(data):,} bytes; the limit is {self.limits.max_file_bytes:,}", name)
+        if size > self.limits.max_file_bytes:
+            raise ApiError(413, "file_too_large", f"file is {size:,} bytes; the limit is {self.limits.max_file_bytes:,}", name)
         try:
-            return self.run.preprocessing.load(data, max_pixels=self.limits.max_pixels)
+            with self.decode_slots:  # bounds the full-resolution images held at once, whatever the number of requests
+                try:
+                    return self.run.preprocessing.load(data, max_pixels=self.limits.max_pixels)
+                finally:
+                    _return_freed_memory()
         except ImageTooLargeError as exc:
             raise ApiError(413, "too_many_pixels", str(exc), name) from exc
         except UnsupportedImageError as exc:
@@ -162,7 +212,7 @@ class Service:
         except (MemoryError, RecursionError) as exc:  # hostile files can exhaust a decoder; refuse them, do not crash
             raise ApiError(422, "undecodable_image", f"cannot decode image: {type(exc).__name__}", name) from exc
 
-    def predict(self, uploads: list[tuple[str, bytes]], explain: bool, preview: bool) -> dict:
+    def predict(self, uploads: list[tuple[str, bytes | BinaryIO]], explain: bool, preview: bool) -> dict:
         """Decode every upload (all must be valid), classify them in one batch, describe each result."""
         images = np.stack([self.decode(name, data) for name, data in uploads])
         heat = None
@@ -176,22 +226,18 @@ class Service:
                 except ValueError as exc:  # the explainer refuses this model or image, with a reason
                     raise ApiError(422, "explain_failed", f"no heat map for this model: {exc}") from exc
         labels = self.run.decision_labels(probs)
-        outliers = [[] for _ in uploads]
-        if self.reference is not None:
-            from cxrkit.data.shift import image_outliers, image_stats
-
-            outliers = image_outliers(self.reference, image_stats(images))
+        outliers = ood_findings(self.reference, images)
         results = []
         for i, (name, data) in enumerate(uploads):
             label = labels[i]
             result = {
-                "file": name, "bytes": len(data), "format": _sniff(data),
+                "file": name, "bytes": _size(data), "format": _sniff(_head(data)),
                 "probabilities": {c: round(float(probs[i, j]), 6) for j, c in enumerate(self.run.classes)},
                 "decision": {**{k: v for k, v in self.rule.items() if k != "words"}, "label": label,
                              "words": self._words(probs[i], label), "rule_words": self.rule["words"]},
                 "calibrated": getattr(self.run, "calibration", None) is not None,
                 "ood_warning": bool(outliers[i]),
-                "ood_findings": [f["message"] for f in outliers[i]],
+                "ood_findings": outliers[i],
             }
             if preview:
                 result["image_png"] = _png_base64(images[i])
@@ -223,25 +269,52 @@ def _static(name: str) -> bytes:
 
 
 STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
+SWAGGER_TYPES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """Serve ``/docs`` (Swagger UI 5, which reads FastAPI's OpenAPI 3.1) from files installed with fastapi-offline, not a CDN.
+
+    Hospital networks are often cut off from the internet; FastAPI's default page loads its JavaScript from a CDN and
+    stays blank there. This is FastAPI's "self-hosting JavaScript and CSS for docs" recipe.
+    """
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    folder = Path(fastapi_offline.__file__).parent / "static"
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} – API documentation",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js", swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon.png")
+
+    @app.get("/docs-static/{name}", include_in_schema=False)
+    async def docs_static(name: str) -> Response:
+        if name not in SWAGGER_TYPES:
+            raise ApiError(404, "not_found", f"no documentation file {name}")
+        return Response((folder / name).read_bytes(), media_type=SWAGGER_TYPES[name], headers={"Cache-Control": "max-age=86400"})
 
 
 def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = None, limits: Limits | None = None,
-               cors_origins: list[str] | None = None) -> FastAPI:
+               cors_origins: list[str] | None = None, device: str = "cpu") -> FastAPI:
     """The FastAPI app serving the run in ``run_dir``; the model is loaded here, once.
 
-    ``api_key`` (default: the ``CXRKIT_API_KEY`` environment variable; ``""`` for none) is then required on ``/v1/predict``
-    and ``/v1/model`` as ``X-API-Key`` or ``Authorization: Bearer``. CORS stays off unless
+    ``api_key`` (default: the ``CXRKIT_API_KEY`` environment variable; ``""`` for none) is then required on every
+    ``/v1/`` route as ``X-API-Key`` or ``Authorization: Bearer``, checked from the headers before the body is read. CORS stays off unless
     ``cors_origins`` names the origins allowed to call the API from a browser.
     """
     limits = limits or Limits()
     # An explicit empty key turns auth off even when the environment variable is set (tests, local use).
     api_key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV)) or None
-    service = Service(Run.load(run_dir, engine=engine), limits)
-    app = FastAPI(title="cxrkit", version=__version__,
+    service = Service(Run.load(run_dir, engine=engine, device=device), limits)
+    app = FastAPI(title="cxrkit", version=__version__, docs_url=None, redoc_url=None,  # /docs is served offline below
                   description=f"Chest X-ray classification with model {service.identity['id']} "
                               f"({service.identity['architecture']}, version {service.identity['version']}). Not a medical device.")
     app.state.service = service
+    add_offline_docs(app)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(ApiKeyGate, api_key=api_key)  # outside the body limit: no key, no body read
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -265,37 +338,22 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
         log.exception("unexpected error on %s", request.url.path)
         return _error(500, "internal_error", "unexpected server error; it has been logged")
 
-    def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization") or ""
-        if not given and auth.lower().startswith("bearer "):
-            given = auth[7:]
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong API key (send it as X-API-Key)")
-
     @app.get("/healthz", summary="liveness: the model is loaded")
     async def healthz() -> dict:
         return {"status": "ok", "model": service.identity["id"], "version": service.identity["version"], "engine": service.run.engine}
 
     @app.get("/v1/model", summary="model card: training data, metrics with 95% CIs, intended use, limitations")
-    async def model(request: Request) -> dict:
-        check_key(request)
+    async def model() -> dict:
         return {**service.card, "auth_required": api_key is not None}
 
     @app.post("/v1/predict", summary="classify one or more uploaded radiographs (PNG, JPEG, BMP, TIFF or DICOM)")
-    async def predict(request: Request, files: list[UploadFile] = File(..., description="one or more image files"),
+    async def predict(files: list[UploadFile] = File(..., description="one or more image files"),
                       explain: bool = Query(False, description="add a Grad-CAM overlay (PNG, base64) per image"),
                       preview: bool = Query(False, description="add the image as the model sees it (PNG, base64)")) -> dict:
-        check_key(request)
         if len(files) > limits.max_files:
             raise ApiError(400, "too_many_files", f"{len(files)} files; at most {limits.max_files} per request")
-        uploads = []
-        for f in files:
-            name = f.filename or "upload"
-            data = await f.read(limits.max_file_bytes + 1)
-            uploads.append((name, data))
+        # Starlette spooled each file to a temporary file past 1 MB; decoding reads from there, never a whole copy in memory.
+        uploads = [(f.filename or "upload", f.file) for f in files]
         if explain:
             try:
                 import cxrkit.explain.cam  # noqa: F401

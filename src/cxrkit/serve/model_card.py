@@ -6,6 +6,7 @@ Every number comes from the run's own files (meta.json, metrics.json); nothing i
 from __future__ import annotations
 
 from cxrkit.record import MODEL_FILE, read_metrics
+from cxrkit.report.narrative import dataset_name, metric_text, metric_words, split_words
 from cxrkit.run import Run
 
 HEADLINE = {"binary": ("roc_auc", "sensitivity", "specificity", "ppv", "npv"), "multiclass": ("macro_roc_auc", "accuracy", "balanced_accuracy"),
@@ -27,7 +28,7 @@ def decision_rule(run: Run) -> dict:
         out = {"threshold": t["value"], "rule": t["rule"], "chosen_on": t.get("chosen_on", "val"), "positive_class": run.classes[1],
                "kind": t.get("kind", "point"), "guarantee": t.get("guarantee"),
                "words": f"called {run.classes[1]} when P({run.classes[1]}) >= {t['value']:.3f} "
-                        f"(threshold chosen on the {t.get('chosen_on', 'val')} split by rule {t['rule']})"}
+                        f"(threshold chosen on the {split_words(t.get('chosen_on', 'val'))} split by rule {t['rule']})"}
         band = run.record.referral
         if band is not None:
             out["referral"] = {"lower": band["lower"], "upper": band["upper"], "spec": band.get("spec")}
@@ -44,11 +45,13 @@ def decision_rule(run: Run) -> dict:
 
 def _metric_summary(m: dict) -> dict:
     keys = HEADLINE.get(m.get("task"), ())
-    out = {"n": m.get("n"), "data": m.get("data")}
+    out = {"n": m.get("n"), "data": m.get("data"), "split_name": None}
     for k in keys:
         entry = m.get("metrics", {}).get(k)
         if entry is not None:
-            out[k] = {"value": entry.get("value"), "ci95": entry.get("ci"), "method": entry.get("method")}
+            # "name" and "text" are for people (the web page shows them); value/ci95 stay 0-1 fractions for programs.
+            out[k] = {"value": entry.get("value"), "ci95": entry.get("ci"), "method": entry.get("method"),
+                      "name": metric_words(k), "text": metric_text(k, entry)}
     if m.get("shift"):
         out["shift_check"] = m["shift"].get("message")
     if m.get("subgroups"):
@@ -82,7 +85,7 @@ def model_card(run: Run) -> dict:
     train_n = sum(counts.get("train", {}).values()) if counts else None
     limitations = [
         "Research software, not a certified medical device: every decision needs review by a qualified reader.",
-        f"Trained on {train_n} images of one dataset ({data.get('root', 'unknown').rstrip('/').split('/')[-1]}); images from "
+        f"Trained on {train_n} images of one dataset ({dataset_name(data.get('root')) or 'unknown'}); images from "
         "other hospitals, devices, projections (lateral, AP supine) or age groups may be classified worse than the metrics below.",
         "Probabilities are " + ("calibrated on validation data." if getattr(run, "calibration", None) is not None
                                 else "the model's own, not calibrated: read them as scores, not as risks."),
@@ -94,15 +97,16 @@ def model_card(run: Run) -> dict:
                            "and threshold and are therefore optimistic.")
     if not any(k.startswith("external:") for k in metrics):
         limitations.append("No external validation (a dataset from another site) is stored for this model.")
+    name = dataset_name(data.get("root"))
     return {
         "model": {**model_identity(run), "task": run.task, "classes": run.classes, "engine": run.engine,
                   "input": {"image_size": run.preprocessing.image_size, "aspect": run.preprocessing.aspect,
                             "intensity": run.preprocessing.intensity, "crop_border": run.preprocessing.crop_border}},
         "intended_use": (f"Triage support: flag frontal chest radiographs for {' / '.join(run.classes[1:])} for priority review by a "
                          "clinician. Not for use without human review, and not for ruling disease out."),
-        "training_data": {"dataset": data.get("root", "").rstrip("/").split("/")[-1] or None, "layout": data.get("layout"),
+        "training_data": {"dataset": name, "layout": data.get("layout"),
                           "counts": counts, "skipped_files": data.get("skipped")},
         "decision": {**decision_rule(run), "calibrated": getattr(run, "calibration", None) is not None},
-        "metrics": {split: _metric_summary(m) for split, m in metrics.items()},
+        "metrics": {split: {**_metric_summary(m), "split_name": split_words(split)} for split, m in metrics.items()},
         "limitations": limitations,
     }

@@ -56,15 +56,20 @@ class Distributed:
             dist.barrier()
 
 
-def setup_distributed() -> Distributed:
+def setup_distributed(device: str = "auto") -> Distributed:
     """Join the process group ``torchrun`` prepared, or describe a single process when there is none.
 
-    Each process uses GPU ``LOCAL_RANK`` when CUDA is available (NCCL backend), the CPU otherwise (gloo).
+    Each process uses GPU ``LOCAL_RANK`` when CUDA is available (NCCL backend), the CPU otherwise (gloo);
+    ``device="cpu"`` keeps to the CPU on a GPU machine and ``"cuda"`` refuses to start without a GPU.
     """
+    from cxrkit.models.device import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
+    wanted = resolve_device(device)  # a ValueError when CUDA is asked for and absent
+    cuda = wanted.type == "cuda"
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    # Several processes take one GPU each by LOCAL_RANK; a single process takes the one asked for.
+    device = torch.device(f"cuda:{local}") if cuda and world > 1 else wanted
     if world <= 1:
         return Distributed(0, 1, device)
     import torch.distributed as dist

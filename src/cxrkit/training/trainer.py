@@ -244,14 +244,19 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + ctx.rank)  # each process augments its own images differently
+    from cxrkit.audit.dataset_audit import audit_before_training, duplicate_group_ids
+
+    copies = (lambda paths: duplicate_group_ids(paths, cfg.cache_dir, progress)) if cfg.group_duplicates else None
     ds = load_dataset(
         cfg.data, cfg.image_size, cfg.aspect, cfg.positive, cfg.val_fraction, cfg.test_fraction,
         cfg.seed, cfg.group_pattern, cfg.cache_dir, progress=progress, intensity=cfg.intensity, crop_border=cfg.crop_border,
-        **cfg.dataset_options(),
+        duplicate_groups=copies, **cfg.dataset_options(),
     )
-    from cxrkit.audit.dataset_audit import audit_before_training
+    if ds.duplicate_groups:
+        log(f"splits: {ds.duplicate_groups} group{'' if ds.duplicate_groups == 1 else 's'} of identical or near-identical images kept in one split each "
+            "(cxrkit cut the splits, so copies were grouped like a patient's images)")
 
-    audit = audit_before_training(ds, cfg.group_pattern, cfg.allow_leakage, out, cfg.seed, cfg.cache_dir, progress)
+    audit = audit_before_training(ds, cfg.group_pattern, cfg.allow_leakage, out, cfg.seed, cfg.cache_dir, progress, resplit=cfg.resplit)
     for m in audit["messages"]:
         log(f"audit: {m}")
     train_idx, val_idx = ds.index("train"), ds.index("val")
@@ -507,9 +512,11 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
 
 def train(
     cfg: TrainConfig, progress: bool = True, overwrite: bool = False, on_epoch: EpochCallback | None = None,
-    finish: bool = True, resume: bool = False, tracker: Tracker | None = None,
+    finish: bool = True, resume: bool = False, tracker: Tracker | None = None, device: str = "auto",
 ) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` and write the run folder ``cfg.out``; returns its path.
+
+    ``device``: ``auto`` trains on a CUDA GPU when PyTorch sees one, ``cpu`` keeps to the CPU, ``cuda[:N]`` requires a GPU.
 
     Writes config.yaml, model.safetensors (best validation AUC), meta.json, history.csv,
     splits.csv and skipped.csv. Test images are never looked at. Ctrl-C stops training early and
@@ -527,7 +534,7 @@ def train(
     (:mod:`cxrkit.training.tracking`) receives the configuration, every epoch, the validation metrics and the files.
     """
     out = Path(cfg.out)
-    ctx = setup_distributed()
+    ctx = setup_distributed(device)
     if ctx.enabled and cfg.head_epochs:
         raise ValueError("two-stage fine-tuning (--head-epochs) is not supported with several processes; use --freeze or one process")
     if ctx.is_main:

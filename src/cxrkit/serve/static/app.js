@@ -64,25 +64,69 @@ async function handleFiles(files) {
   for (const [i, file] of list.entries()) {
     statusLine.textContent = `Classifying ${file.name} (${i + 1} of ${list.length})…`;
     try {
-      showResult(file, await predictOne(file));
+      const out = await predictOne(file);
+      showResult(file, out);
+      recordRow(file, out, null);
     } catch (err) {
       $("results").prepend(el("li", { class: "result error", role: "alert" }, `${file.name}: ${err.message}`));
+      recordRow(file, null, err.message);
     }
   }
-  statusLine.textContent = `Done: ${list.length} file(s).`;
+  statusLine.textContent = `Done: ${list.length} file${list.length === 1 ? "" : "s"}.`;
 }
 
 async function loadSample() {
   statusLine.textContent = "Loading the synthetic sample…";
-  const res = await fetch("/v1/sample.png");
+  const res = await fetch("/v1/sample.png", { headers: headers() });
   const blob = await res.blob();
   await handleFiles([new File([blob], "synthetic-sample.png", { type: "image/png" })]);
 }
 
-function fmt(entry) {
-  if (!entry || entry.value === null || entry.value === undefined) return "–";
-  const ci = entry.ci95 ? ` (95% CI ${entry.ci95[0].toFixed(3)}–${entry.ci95[1].toFixed(3)})` : "";
-  return `${entry.value.toFixed(3)}${ci}`;
+// One row per file shown, for the CSV download (the page keeps nothing else).
+const rows = [];
+
+function csvCell(v) {
+  const t = v === null || v === undefined ? "" : String(v);
+  return /[",\n\r]/.test(t) ? `"${t.replace(/"/g, '""')}"` : t;
+}
+
+function resultsCsv() {
+  const classes = [...new Set(rows.flatMap((r) => Object.keys(r.probabilities || {})))];
+  const head = ["file", "decision", "label", ...classes.map((c) => `p_${c}`), "threshold", "rule", "calibrated", "ood_warning", "error", "model_id", "model_version"];
+  const lines = [head];
+  for (const r of rows) {
+    lines.push([r.file, r.words, r.label, ...classes.map((c) => (r.probabilities && c in r.probabilities ? r.probabilities[c].toFixed(6) : "")),
+      r.threshold, r.rule, r.calibrated, r.ood, r.error, r.modelId, r.modelVersion]);
+  }
+  return lines.map((l) => l.map(csvCell).join(",")).join("\r\n") + "\r\n";
+}
+
+function downloadCsv() {
+  const url = URL.createObjectURL(new Blob([resultsCsv()], { type: "text/csv" }));
+  const a = el("a", { href: url, download: "cxrkit-results.csv" });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+function recordRow(file, out, error) {
+  if (error) rows.push({ file: file.name, error });
+  else {
+    const { result, model } = out;
+    rows.push({ file: file.name, words: result.decision.words, label: result.decision.label, probabilities: result.probabilities,
+      threshold: result.decision.threshold, rule: result.decision.rule, calibrated: result.calibrated, ood: result.ood_warning,
+      error: "", modelId: model.id, modelVersion: model.version });
+  }
+  $("download-csv").hidden = false;
+  $("download-csv").textContent = `Download results as CSV (${rows.length} file${rows.length === 1 ? "" : "s"})`;
+}
+
+function cell(entry) {
+  // "text" is the server's wording ("92.3% (95% CI 81.0–97.0%)"); the interval goes on its own line to keep columns narrow.
+  if (!entry || !entry.text) return el("td", {}, "–");
+  const m = entry.text.match(/^(.*?) \((95% CI .*)\)$/);
+  return m ? el("td", {}, m[1], el("br"), el("span", { class: "ci" }, m[2])) : el("td", {}, entry.text);
 }
 
 async function loadCard() {
@@ -95,14 +139,18 @@ async function loadCard() {
   box.append(el("p", {}, card.intended_use));
   box.append(el("p", {}, `Decision: ${card.decision.words}.`));
   const counts = card.training_data.counts || {};
-  box.append(el("p", {}, `Training data: ${card.training_data.dataset} — ` +
-    Object.entries(counts).map(([s, c]) => `${s}: ${Object.entries(c).map(([k, v]) => `${v} ${k}`).join(", ")}`).join("; ")));
-  const table = el("table", {}, el("caption", {}, "Metrics stored with the model"));
-  const keys = new Set();
-  for (const m of Object.values(card.metrics)) for (const k of Object.keys(m)) if (!["n", "data", "shift_check"].includes(k)) keys.add(k);
-  table.append(el("tr", {}, el("th", { scope: "col" }, "split"), el("th", { scope: "col" }, "n"), ...[...keys].map((k) => el("th", { scope: "col" }, k))));
-  for (const [split, m] of Object.entries(card.metrics)) table.append(el("tr", {}, el("th", { scope: "row" }, split), el("td", {}, m.n), ...[...keys].map((k) => el("td", {}, fmt(m[k])))));
-  box.append(table);
+  const splitWords = { train: "training", val: "validation", test: "test" };
+  box.append(el("p", {}, `Training data: ${card.training_data.dataset || "unnamed dataset"} — ` +
+    Object.entries(counts).map(([s, c]) => `${splitWords[s] || s}: ${Object.entries(c).map(([k, v]) => `${v} ${k}`).join(", ")}`).join("; ")));
+  // Rows are metrics and columns are splits: two or three narrow columns fit a phone, five metric columns did not.
+  const splits = Object.entries(card.metrics);
+  const names = new Map();
+  for (const [, m] of splits) for (const [k, v] of Object.entries(m)) if (v && typeof v === "object" && "text" in v) names.set(k, v.name);
+  const table = el("table", { class: "metrics" }, el("caption", {}, "Metrics stored with the model, with 95% confidence intervals"));
+  table.append(el("tr", {}, el("th", { scope: "col" }, "measure"),
+    ...splits.map(([s, m]) => el("th", { scope: "col" }, `${m.split_name || s} (${m.n} images)`))));
+  for (const [k, name] of names) table.append(el("tr", {}, el("th", { scope: "row" }, name), ...splits.map(([, m]) => cell(m[k]))));
+  box.append(el("div", { class: "table-wrap" }, table));
   const lim = el("ul", {});
   for (const l of card.limitations) lim.append(el("li", {}, l));
   box.append(el("h3", {}, "Limitations"), lim);
@@ -116,5 +164,6 @@ drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); handleFiles(e.dataTransfer.files); });
 $("files").addEventListener("change", (e) => handleFiles(e.target.files));
 $("sample-button").addEventListener("click", loadSample);
+$("download-csv").addEventListener("click", downloadCsv);
 $("api-key").addEventListener("change", loadCard);
 loadCard();

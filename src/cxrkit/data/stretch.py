@@ -1,0 +1,34 @@
+"""Stretch a wide (16-bit, 32-bit, float) image to uint8 from its own minimum to maximum, a block of rows at a time.
+
+Shared by the Pillow and the DICOM readers. Working in row blocks means a 16-bit 6000 x 6000 image never
+exists as one float64 array (288 MB, and as much again for each temporary of the formula).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from cxrkit.data.errors import ImageDecodeError
+
+STRETCH_ROWS = 256
+
+
+def stretch_to_uint8(blocks: Callable[[], Iterator[tuple[int, np.ndarray]]], shape: tuple[int, int]) -> np.ndarray:
+    """Stretch an image given as row blocks (a callable yielding ``(first_row, float block)``) from its minimum to maximum into uint8.
+
+    Two passes over the blocks (minimum and maximum, then the mapping), so memory is one block of float64
+    plus the uint8 result; the values are those of the whole-array formula.
+    """
+    lo, hi = np.inf, -np.inf
+    for _, block in blocks():
+        lo, hi = min(lo, float(np.nanmin(block))), max(hi, float(np.nanmax(block)))
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ImageDecodeError("image contains non-finite values")
+    out = np.zeros(shape, dtype=np.uint8)
+    if hi <= lo:
+        return out
+    for y, block in blocks():
+        out[y : y + len(block)] = np.round((block - lo) * (255.0 / (hi - lo)))
+    return out

@@ -1,0 +1,120 @@
+"""ASGI guards that answer before the application reads a request: the API key check and the body-read timeout.
+
+Both sit outside FastAPI so that they act on the headers alone. FastAPI reads and parses a multipart body
+before a route's own code runs, so a key checked in the route lets anyone upload the largest body the
+limits allow before hearing 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from pathlib import Path
+
+from fastapi.responses import JSONResponse
+
+PROTECTED_PREFIX = "/v1/"
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "file": None}}, status_code=status)
+
+
+def read_api_key_file(path: str | Path) -> str:
+    """The key in a file (first line, surrounding whitespace removed); a missing or empty file is a ValueError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"--api-key-file {path}: cannot read it ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--api-key-file {path}: not a text file") from exc
+    key = (text.splitlines() or [""])[0].strip()
+    if not key:
+        raise ValueError(f"--api-key-file {path}: the file is empty; put the key on its first line")
+    return key
+
+
+def given_key(headers: dict[bytes, bytes]) -> str:
+    """The key a request carries, as ``X-API-Key`` or ``Authorization: Bearer``; empty when it carries none."""
+    key = headers.get(b"x-api-key", b"").decode("latin-1")
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    if not key and auth.lower().startswith("bearer "):
+        key = auth[7:]
+    return key.strip()
+
+
+class ApiKeyGate:
+    """ASGI middleware: every request under ``/v1/`` needs the key; without it the answer is 401 and the body is never read."""
+
+    def __init__(self, app, api_key: str | None) -> None:
+        self.app, self.key = app, api_key.encode() if api_key else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.key is None or scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        if not hmac.compare_digest(given_key(dict(scope.get("headers") or [])).encode("latin-1"), self.key):
+            # Connection: close, because the body is never drained; the connection ends with the answer.
+            response = _closing(401, "unauthorized", "missing or wrong API key (send it as X-API-Key)")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyTimeout:
+    """ASGI middleware: a request whose next body chunk takes longer than ``seconds`` to arrive is answered 408 and closed.
+
+    Uvicorn times out idle keep-alive connections but not a client that sent its headers and then trickles
+    (or never sends) the body; each such request would hold a connection, a task and a spooled upload.
+    """
+
+    def __init__(self, app, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not self.seconds:
+            await self.app(scope, receive, send)
+            return
+        timed_out, answered, body_done = False, False, False
+        message = f"no request data for {self.seconds:g} s; the request was closed"
+
+        async def timed_receive():
+            nonlocal timed_out, body_done
+            if body_done:  # after the body, receive() waits for a disconnect, however long the answer takes
+                return await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), self.seconds)
+            except TimeoutError:
+                timed_out = True
+                raise BodyTimeoutError(message) from None
+            body_done = msg["type"] != "http.request" or not msg.get("more_body", False)
+            return msg
+
+        async def guarded_send(msg) -> None:
+            # FastAPI reports any error while parsing a form as "400 error parsing the body"; the real reason is ours.
+            nonlocal answered
+            if not timed_out:
+                await send(msg)
+            elif not answered and msg["type"] == "http.response.start":
+                answered = True
+                await _closing(408, "request_timeout", message)(scope, receive, send)
+
+        try:
+            await self.app(scope, timed_receive, guarded_send)
+        except Exception:
+            if not timed_out:
+                raise
+            if not answered:
+                answered = True
+                await _closing(408, "request_timeout", message)(scope, receive, send)
+
+
+def _closing(status: int, code: str, message: str) -> JSONResponse:
+    response = _error(status, code, message)
+    response.headers["Connection"] = "close"
+    return response
+
+
+class BodyTimeoutError(Exception):
+    """Raised inside the app when the client stops sending its body."""

@@ -1,0 +1,114 @@
+"""Run the service under uvicorn with limits on slow and excess clients.
+
+Uvicorn times out idle keep-alive connections, but a client that opens a connection and sends its
+headers slowly (or never) is kept forever, and so is one that stops sending its body: each holds a
+file descriptor, and enough of them stop the server from accepting ``/healthz``. Here:
+
+- headers must be complete within ``header_timeout`` seconds of the connection opening (or of the previous
+  response), else the connection is closed: :func:`guarded_h11`, uvicorn's h11 protocol with that timer;
+- the body may pause at most ``body_timeout`` seconds between chunks, else 408 and close
+  (:class:`cxrkit.serve.guard.BodyTimeout`);
+- past ``max_connections`` open connections (uvicorn's ``limit_concurrency``) requests are answered 503;
+- idle keep-alive connections close after ``keep_alive`` seconds (uvicorn's ``timeout_keep_alive``).
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from cxrkit.serve.guard import BodyTimeout
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Timeouts (seconds) and the connection cap of the HTTP server."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive: float = 5.0
+    max_connections: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in ("header_timeout", "body_timeout", "keep_alive"):
+            value = getattr(self, name)
+            if not 0.1 <= value <= 3600:
+                raise ValueError(f"{name} must be from 0.1 to 3600 seconds, got {value!r}")
+        if not 1 <= self.max_connections <= 1_000_000:
+            raise ValueError(f"max_connections must be from 1 to 1,000,000, got {self.max_connections!r}")
+
+
+def guarded_h11(header_timeout: float) -> type[H11Protocol]:
+    """Uvicorn's h11 protocol, closing a connection whose request headers are not complete ``header_timeout`` seconds after it opened or after its last response."""
+
+    class HeaderTimeoutH11(H11Protocol):
+        _header_timer = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(header_timeout, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:  # a request's headers have arrived
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutH11
+
+
+def raise_file_limit(needed: int) -> int:
+    """Raise this process's open-file limit towards ``needed`` (within the hard limit); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    return soft
+
+
+def uvicorn_config(app, host: str, port: int, limits: ConnectionLimits | None = None, log_level: str = "warning"):
+    """The ``uvicorn.Config`` that serves ``app`` with the timeouts and the connection cap of ``limits``."""
+    import uvicorn
+
+    limits = limits or ConnectionLimits()
+    return uvicorn.Config(BodyTimeout(app, limits.body_timeout), host=host, port=port, log_level=log_level,
+                          http=guarded_h11(limits.header_timeout), timeout_keep_alive=limits.keep_alive,
+                          limit_concurrency=limits.max_connections)
+
+
+def serve(app, host: str, port: int, limits: ConnectionLimits | None = None, log_level: str = "warning") -> None:
+    """Serve ``app`` until interrupted."""
+    import uvicorn
+
+    limits = limits or ConnectionLimits()
+    soft = raise_file_limit(limits.max_connections + 256)  # room for the cap plus the model, logs and spooled uploads
+    if soft < limits.max_connections + 64:
+        raise ValueError(f"--max-connections {limits.max_connections} needs more open files than this process may have ({soft}); "
+                         "lower it or raise `ulimit -n`")
+    uvicorn.Server(uvicorn_config(app, host, port, limits, log_level)).run()

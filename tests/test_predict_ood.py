@@ -1,0 +1,70 @@
+"""cxrkit predict flags each out-of-distribution image as serve does (CLI and Python API), and reads broken DICOM quietly."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cxrkit.cli import main
+from cxrkit.prediction.results import predict_results
+from cxrkit.run import Run
+
+from .test_dicom import ramp, write_dicom
+
+
+def _odd_images(folder: Path, binary_data: Path) -> dict[str, Path]:
+    folder.mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "black.png")
+    Image.fromarray(np.full((1, 1), 120, np.uint8)).save(folder / "one_pixel.png")
+    normal = sorted((binary_data / "test" / "healthy").glob("*.png"))[0]
+    (folder / "normal.png").write_bytes(normal.read_bytes())
+    return {p.name: p for p in folder.iterdir()}
+
+
+def test_python_api_flags_each_odd_image(tiny_run, binary_data, tmp_path):
+    files = _odd_images(tmp_path / "odd", binary_data)
+    results = {Path(r["path"]).name: r for r in predict_results(Run.load(tiny_run, engine="torch"), sorted(files.values()), workers=0)}
+    assert results["black.png"]["ood_warning"] and results["one_pixel.png"]["ood_warning"]
+    assert any("brightness" in f for f in results["black.png"]["ood_findings"])
+    assert not results["normal.png"]["ood_warning"] and results["normal.png"]["ood_findings"] == []
+    assert abs(sum(results["normal.png"]["probabilities"].values()) - 1) < 1e-5 and results["normal.png"]["decision"]
+
+
+def test_cli_flags_a_single_image_and_each_image_of_a_folder(tiny_run, binary_data, tmp_path, capsys):
+    files = _odd_images(tmp_path / "odd", binary_data)
+    assert main(["predict", str(tiny_run), str(files["black.png"]), "--engine", "torch"]) == 0
+    out = capsys.readouterr()
+    assert "black.png" in out.out and "warning:" in out.err and "outside the training images' range" in out.err
+    assert main(["predict", str(tiny_run), str(files["normal.png"]), "--engine", "torch"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+    assert main(["predict", str(tiny_run), str(tmp_path / "odd"), "--engine", "torch"]) == 0
+    out = capsys.readouterr()
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(io.StringIO(out.out))}
+    assert [rows[n]["ood_warning"] for n in ("black.png", "normal.png", "one_pixel.png")] == ["yes", "", "yes"]
+    assert "2 of 3 image(s) lie outside" in out.err
+
+    csv_out = tmp_path / "preds.csv"
+    assert main(["predict", str(tiny_run), str(tmp_path / "odd"), "--engine", "torch", "--out", str(csv_out)]) == 0
+    assert "2 of 3 image(s)" in capsys.readouterr().err
+    with open(csv_out, newline="") as f:
+        assert sorted(r["ood_warning"] for r in csv.DictReader(f)) == ["", "yes", "yes"]
+
+
+def test_broken_dicom_is_reported_in_one_line(tiny_run, tmp_path):
+    good = write_dicom(tmp_path / "scan.dcm", ramp()).read_bytes()
+    broken = tmp_path / "broken.dcm"
+    # An invalid UID (pydicom warns with the raw value) and the pixel data cut off.
+    broken.write_bytes(good.replace(b"1.2.840.10008.1.2.1", b"1.k.840.10008.1.2.1")[: len(good) - 1000])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "cxrkit", "predict", str(tiny_run), str(broken), "--engine", "torch"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith(f"{broken}: could not be read")

@@ -1,0 +1,149 @@
+"""The report reads like a document: contents that link, background folded away, words rather than metrics.json keys."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+RAW_KEYS = re.compile(r"\b(roc_auc|pr_auc|ppv|npv|balanced_accuracy|macro_f1|mean_roc_auc|macro_roc_auc|detection_rate_\w+)\b|false alarm\(s\)")
+
+
+class _Page(HTMLParser):
+    """Collects ids, in-page links, visible text outside <code>/<pre>, and which splits sit inside a closed <details>."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.links: list[str] = []
+        self.text: list[str] = []
+        self.stack: list[tuple[str, dict]] = []
+        self.closed_details_sections: set[str] = set()
+        self.section: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "section":
+            self.section = a.get("id")
+        if tag == "a" and a.get("href", "").startswith("#"):
+            self.links.append(a["href"][1:])
+        if tag == "details" and "open" not in a and self.section:
+            self.closed_details_sections.add(self.section)
+        if tag not in ("br", "img", "meta", "input"):
+            self.stack.append((tag, a))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self.stack:
+            if self.stack.pop()[0] == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        if not any(t in ("code", "pre", "style", "title", "script") for t, _ in self.stack):
+            self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tiny_run, binary_data, tmp_path_factory):
+    from cxrkit.api import evaluate
+
+    run = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(tiny_run, run)
+    evaluate(run, binary_data, split="test")
+    return run
+
+
+def test_contents_resolve_validation_and_config_fold_and_no_raw_keys(evaluated_run):
+    html = (evaluated_run / "report.html").read_text()
+    page = _Page()
+    page.feed(html)
+    assert 'aria-label="Contents"' in html
+    assert {"summary", "results-test", "results-val", "data", "reproducibility"} <= set(page.links)
+    assert set(page.links) <= page.ids, f"contents links without a target: {set(page.links) - page.ids}"
+    # the validation figures are folded away once a test evaluation exists; the test figures are not
+    assert "results-val" in page.closed_details_sections
+    assert "results-test" not in page.closed_details_sections
+    assert "reproducibility" in page.closed_details_sections  # the config dump
+    text = " ".join(page.text)
+    leaks = sorted({m.group(0) for m in RAW_KEYS.finditer(text)}) + re.findall(r"\w+\(s\)", text)
+    assert not leaks, f"raw metric keys in the report's visible text: {leaks}"
+    assert "positive predictive value (ppv)" in text.lower() and "area under the roc curve (auc)" in text.lower()
+
+
+def test_plural_words_not_parenthesised():
+    from cxrkit.report.narrative import binary_sentences, plural
+
+    assert plural(1, "false alarm") == "1 false alarm" and plural(3, "false alarm") == "3 false alarms" and plural(0, "file") == "0 files"
+    e = {"value": 0.5, "ci": [0.1, 0.9], "numerator": 1, "denominator": 2}
+    m = {"classes": ["healthy", "tb"], "confusion": {"tp": 1, "fn": 1, "tn": 4, "fp": 1}, "n_positive": 2, "n_negative": 5,
+         "metrics": {k: e for k in ("sensitivity", "specificity", "ppv", "npv", "roc_auc")}}
+    text = " ".join(binary_sentences(m, "test"))
+    assert "raised 1 false alarm:" in text and "(s)" not in text
+
+
+def test_reliability_marks_small_bins(tmp_path, monkeypatch):
+    """Bins under the minimum count are drawn hollow grey and left out of the joined line; every bin's count is written."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from cxrkit.metrics.calibration import reliability_bins
+    from cxrkit.report import plots
+
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.uniform(0, 0.1, 200), rng.uniform(0.9, 1.0, 200), [0.45, 0.55, 0.5]])
+    y = (rng.uniform(size=p.size) < p).astype(int)
+    bins = reliability_bins(y, np.stack([1 - p, p], 1))
+    drawn = {}
+    real_save = plots._save
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        drawn["lines"] = [(ln.get_xdata(), to_hex(ln.get_markerfacecolor())) for ln in ax.get_lines()]
+        drawn["texts"] = [t.get_text() for t in ax.texts]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.plot_reliability([("model", bins, 0.05)], "test", tmp_path / "r.png")
+    plt.close("all")
+    counts = [c for c in bins["count"] if c]
+    assert sorted(drawn["texts"]) == sorted(str(c) for c in counts)
+    joined = next(x for x, fc in drawn["lines"] if len(x) == sum(c >= plots.MIN_BIN_COUNT for c in counts))
+    hollow = next(x for x, fc in drawn["lines"] if fc == "#ffffff" and len(x))
+    assert len(joined) == 2 and len(hollow) == sum(0 < c < plots.MIN_BIN_COUNT for c in bins["count"]) >= 1
+    assert (tmp_path / "r.png").stat().st_size > 5_000
+
+
+def test_heat_maps_use_a_perceptually_uniform_map():
+    from cxrkit.explain.overlay import DEFAULT_CMAP
+    from cxrkit.report.plots import HEAT_CMAP, SEQUENTIAL_CMAP
+
+    uniform = {"viridis", "magma", "cividis", "inferno", "plasma"}
+    assert {DEFAULT_CMAP, HEAT_CMAP, SEQUENTIAL_CMAP} <= uniform
+
+
+def test_dataset_names_and_metric_text():
+    from cxrkit.report.narrative import dataset_name, metric_text
+
+    assert dataset_name("runs/demo/data") == "demo"
+    assert dataset_name("/work/shared/data/covid19_3class_640/") == "covid19_3class_640"
+    assert dataset_name("x/pneumoniamnist_28_balanced.npz") == "pneumoniamnist_28_balanced"
+    assert dataset_name("/data/images/train") == "train" and dataset_name(None) is None  # nothing better: the folder itself
+    assert metric_text("ppv", {"value": 0.8, "ci": [0.5, 0.95]}) == "80.0% (95% CI 50.0–95.0%)"
+    assert metric_text("roc_auc", {"value": 0.91234, "ci": [0.8, 0.97]}) == "0.912 (95% CI 0.800–0.970)"
+    assert metric_text("npv", {"value": None}) == "n/a"
+
+
+def test_model_card_speaks_words_and_percentages(tiny_run):
+    from cxrkit.run import Run
+    from cxrkit.serve.model_card import model_card
+
+    card = model_card(Run.load(tiny_run, engine="torch"))
+    val = card["metrics"]["val"]
+    assert val["split_name"] == "validation"
+    assert val["ppv"]["name"] == "positive predictive value (PPV)" and val["ppv"]["text"].endswith("%)")
+    assert 0 <= val["ppv"]["value"] <= 1  # programs still get fractions
+    assert card["training_data"]["dataset"] == "tb0"  # the binary_data fixture's folder, not "data"

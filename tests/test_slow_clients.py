@@ -1,0 +1,78 @@
+"""Slow and excess clients against a real uvicorn server: header and body timeouts, the connection cap with 503."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+from cxrkit.serve.app import create_app  # noqa: E402
+from cxrkit.serve.server import ConnectionLimits, uvicorn_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    limits = ConnectionLimits(header_timeout=2, body_timeout=1, max_connections=4)
+    srv = uvicorn.Server(uvicorn_config(create_app(tiny_run, engine="torch", api_key=""), "127.0.0.1", port, limits))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    yield port
+    srv.should_exit = True
+    thread.join(10)
+
+
+def _get(port: int, path: str = "/healthz") -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        return s.recv(65536).decode("latin-1")
+
+
+def _closed_by_server(s: socket.socket, within: float) -> bool:
+    s.settimeout(within)
+    try:
+        return s.recv(1024) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_slow_headers_are_cut_and_the_cap_answers_503(server):
+    slow = [socket.create_connection(("127.0.0.1", server), timeout=10) for _ in range(4)]
+    try:
+        for s in slow:
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        time.sleep(0.2)
+        assert _get(server).startswith("HTTP/1.1 503")  # 4 open connections: the cap
+        t0 = time.monotonic()
+        assert all(_closed_by_server(s, 5) for s in slow)
+        assert time.monotonic() - t0 < 4
+        assert _get(server).startswith("HTTP/1.1 200")
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_a_stalled_body_gets_408(server):
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as s:
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  b"Content-Length: 100000\r\n\r\n--b\r\n")
+        t0 = time.monotonic()
+        answer = b""
+        while chunk := s.recv(65536):  # the answer may come in several segments; the server then closes
+            answer += chunk
+        assert time.monotonic() - t0 < 5
+        text = answer.decode("latin-1")
+        assert text.startswith("HTTP/1.1 408") and "request_timeout" in text
