@@ -1,6 +1,6 @@
 """Leave-one-site-out TB benchmark: train on two sites, test on the third, for each candidate default.
 
-    python benchmarks/sites.py [--shared PATH] [--out /work/bench12/sites] [--conditions baseline,robust]
+    python benchmarks/sites.py [--shared PATH] [--out runs/sites] [--conditions baseline,robust]
                                [--seeds 0,1,2] [--holdout shenzhen,montgomery,sakha] [--epochs 20]
 
 Sites: Shenzhen (``CHNCXR_*`` in tb_shenzhen_montgomery_128), Montgomery (``MCUCXR_*``, same folder)
@@ -190,7 +190,7 @@ def summary(results: dict, conditions: list[str], seeds: list[int], holdouts: li
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared/data"))
-    ap.add_argument("--out", default="/work/bench12/sites")
+    ap.add_argument("--out", default="runs/sites")
     ap.add_argument("--conditions", default="baseline,robust", help="comma-separated: " + ", ".join(CONDITIONS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--holdout", default=",".join(SITES))
