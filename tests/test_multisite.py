@@ -60,6 +60,10 @@ def test_train_on_two_folders_records_sites_and_reports_per_site(two_sites, tmp_
     assert f"site alpha ({sites['alpha']['test']} images): ROC-AUC" in text and f"site beta ({sites['beta']['test']} images)" in text
     html = (out / "report.html").read_text()
     assert "<td>alpha</td>" in html and "<td>beta</td>" in html
+    # Subgroups by site: the per-image site of a multi-source run, with its heterogeneity tests.
+    assert main(["evaluate", str(out), "--by", "site", "--explain", "none"]) == 0
+    sub = json.loads((out / "metrics.json").read_text())["test"]["subgroups"]["site"]
+    assert {g["group"]: g["n"] for g in sub["groups"]} == {s: sites[s]["test"] for s in sites}
 
 
 def test_multisite_bad_inputs_are_one_line_errors(two_sites, tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -284,7 +284,8 @@ def evaluate_run(
 
         table = Path(by_table) if by_table else (Path(cfg.labels) if same_data and cfg.labels else None)
         metrics["subgroups"] = subgroup_analysis(run, ds.labels[idx], probs, [ds.relpaths[i] for i in idx], list(by or []), table,
-                                                 list(by_pattern or []), seed=cfg.seed)
+                                                 list(by_pattern or []), seed=cfg.seed,
+                                                 sites=None if ds.sites is None else [str(ds.sites[i]) for i in idx])
     metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
     metrics["shift"] = shift
     metrics["source_split"] = split

@@ -82,12 +82,16 @@ def binned(column: str, values: list[str | None], bands: tuple[float, ...] | Non
 
 
 def subgroup_analysis(run, y: np.ndarray, probs: np.ndarray, relpaths: list[str], by: list[str], table: Path | None,
-                      patterns: list[str], seed: int = 0) -> dict:
-    """{column: per-group figures and tests} for every ``--by`` column and ``--by-pattern``."""
+                      patterns: list[str], seed: int = 0, sites: list[str] | None = None) -> dict:
+    """{column: per-group figures and tests} for every ``--by`` column and ``--by-pattern``; ``--by site`` uses each
+    image's site in a run trained on several sources (``sites``) when no table column of that name is asked for."""
     if run.task == "multiclass":
         raise ValueError("subgroup analysis covers binary and multi-label runs (multi-class decisions have no single threshold to compare)")
     columns: list[tuple[str, list[str | None], str | None]] = []
     for col in by:
+        if _norm(col) == "site" and sites is not None and table is None:
+            columns.append(("site", list(sites), None))
+            continue
         if table is None:
             raise ValueError(f"--by {col} needs a label table: the run was not trained from one; pass --by-table FILE.csv")
         values, note = binned(col, read_table_column(table, col, relpaths))
