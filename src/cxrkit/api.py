@@ -31,7 +31,7 @@ def train(data: str | Path, *, progress: bool = True, overwrite: bool = False, r
     if "image_size" not in options and not resume:
         # As on the command line: images smaller than the default train at their own size.
         from cxrkit.data.dataset import native_image_size
-        from cxrkit.record.meta import MIN_IMAGE_SIZE
+        from cxrkit.data.spec import MIN_IMAGE_SIZE
 
         native = native_image_size(cfg.data, cfg.labels, cfg.label_column, cfg.task, cfg.cache_dir)
         if native is not None and native < cfg.image_size:

@@ -46,7 +46,7 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     from cxrkit.config import FREEZE_CHOICES, PRECISIONS, SCHEDULES, TASK_CHOICES
     from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
     from cxrkit.data.intensity import INTENSITY_MODES
-    from cxrkit.record.meta import ASPECTS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from cxrkit.data.spec import ASPECTS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
     d, aug = _defaults(), AUGMENT_PRESETS[DEFAULT_PRESET]
     g = p.add_argument_group("data")
@@ -202,7 +202,7 @@ def _native_size(cfg):
     from dataclasses import replace as _replace
 
     from cxrkit.data.dataset import native_image_size
-    from cxrkit.record.meta import MIN_IMAGE_SIZE
+    from cxrkit.data.spec import MIN_IMAGE_SIZE
 
     native = native_image_size(cfg.data, cfg.labels, cfg.label_column, cfg.task, cfg.cache_dir)
     if native is None or native >= cfg.image_size:

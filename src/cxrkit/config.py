@@ -10,7 +10,7 @@ import yaml
 
 from cxrkit.data.augment import AugmentConfig, default_augment
 from cxrkit.data.intensity import INTENSITY_MODES
-from cxrkit.record.meta import ASPECTS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from cxrkit.data.spec import ASPECTS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 TASK_CHOICES = ("auto", "binary", "multiclass", "multilabel")
 SCHEDULES = ("cosine", "plateau", "constant")

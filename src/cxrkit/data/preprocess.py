@@ -6,25 +6,19 @@ file -> grayscale uint8 square (:func:`cxrkit.data.decode.load_grayscale`) -> fl
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cxrkit.data.decode import MAX_PIXELS, load_grayscale
+from cxrkit.data.spec import ImageSpec
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """Image size, aspect handling and the intensity statistics of the training split."""
-
-    image_size: int
-    aspect: str
-    mean: float
-    std: float
-    intensity: str = "none"
-    crop_border: bool = False
+class Preprocessing(ImageSpec):
+    """The run's :class:`~cxrkit.data.spec.ImageSpec` with the operations that apply it: decoding and tensor normalisation."""
 
     def load(self, source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         """Decode one file (path or bytes) to a uint8 ``image_size`` x ``image_size`` array, with the run's cropping and intensity normalisation."""
@@ -43,10 +37,6 @@ class Preprocessing:
     def __call__(self, batch: np.ndarray) -> torch.Tensor:
         """uint8 (B, H, W) -> the normalised float tensor a model takes."""
         return self.normalize(self.to_unit(batch))
-
-    def to_dict(self) -> dict:
-        """Plain-dict form for JSON."""
-        return asdict(self)
 
 
 def intensity_stats(images: np.ndarray, index: np.ndarray, chunk: int = 512) -> tuple[float, float]:

@@ -1,6 +1,7 @@
 """The run folder's format, owned in one place: file names, the typed meta.json record, atomic writers and
 readers for metrics, predictions and history. No torch here (see :mod:`cxrkit.run` for a loaded model)."""
 
+from cxrkit.data.spec import MAX_IMAGE_SIZE, ImageSpec
 from cxrkit.record.files import (
     CALIBRATION_FILE,
     CONFIG_FILE,
@@ -24,7 +25,7 @@ from cxrkit.record.files import (
     split_predictions,
     update_metrics,
 )
-from cxrkit.record.meta import MAX_IMAGE_SIZE, TASKS, ImageSpec, RunMeta, read_meta, write_meta
+from cxrkit.record.meta import TASKS, RunMeta, read_meta, write_meta
 
 __all__ = [
     "CALIBRATION_FILE", "CONFIG_FILE", "HISTORY_FILE", "META_FILE", "METRICS_FILE", "MODEL_FILE", "PREDICTIONS_FILE", "RUN_OUTPUTS",

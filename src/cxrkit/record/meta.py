@@ -7,80 +7,37 @@ a NaN or a wrong decision; provenance (data, training, audit, evaluations) is ke
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cxrkit.data.intensity import INTENSITY_MODES
+from cxrkit.data.spec import ImageSpec, is_finite_number
 from cxrkit.record.files import META_FILE, RunRecordError, atomic_write_json, read_json
 
 SCHEMA_VERSION = 2
 TASKS = ("binary", "multiclass", "multilabel")
-ASPECTS = ("pad", "squash")
-MIN_IMAGE_SIZE = 16
-# A 1024-px single-channel model input is already far beyond chest X-ray practice (224-512); larger sizes
-# are typing errors that would take tens of GB at prediction time.
-MAX_IMAGE_SIZE = 1024
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """How a file becomes the model's input: square size, aspect handling, per-image intensity mode,
-    border cropping, and the training split's mean and std (in [0, 1] units) used to standardise."""
-
-    image_size: int
-    aspect: str
-    mean: float
-    std: float
-    intensity: str = "none"
-    crop_border: bool = False
-
-    def problems(self) -> list[str]:
-        """What is wrong with these values, as ``key: message`` strings (empty when valid)."""
-        out = []
-        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
-            out.append(f"image_size must be a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {self.image_size!r}")
-        if self.aspect not in ASPECTS:
-            out.append(f"aspect must be one of {', '.join(ASPECTS)}, got {self.aspect!r}")
-        if self.intensity not in INTENSITY_MODES:
-            out.append(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got {self.intensity!r}")
-        if not isinstance(self.crop_border, bool):
-            out.append(f"crop_border must be true or false, got {self.crop_border!r}")
-        if not _finite(self.mean) or not 0 <= self.mean <= 1:
-            out.append(f"mean must be a finite number in [0, 1], got {self.mean!r}")
-        if not _finite(self.std) or not 0 < self.std <= 1:
-            out.append(f"std must be a finite number in (0, 1], got {self.std!r}")
-        return out
-
-    def to_dict(self) -> dict:
-        """Plain-dict form for JSON."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "preprocessing") -> ImageSpec:
-        """Build and validate from meta.json's ``preprocessing`` object."""
-        if not isinstance(d, dict):
-            raise RunRecordError(f"{where} must be an object, got {type(d).__name__}")
-        names = {f.name for f in fields(cls)}
-        missing = [n for n in ("image_size", "aspect", "mean", "std") if n not in d]
-        if missing:
-            raise RunRecordError(f"{where} lacks {', '.join(missing)}")
-        spec = cls(**{k: v for k, v in d.items() if k in names})
-        bad = spec.problems()
-        if bad:
-            raise RunRecordError(f"{where}.{bad[0]}")
-        return spec
+def image_spec_from_dict(d: Any, where: str = "preprocessing") -> ImageSpec:
+    """Build and validate from meta.json's ``preprocessing`` object."""
+    if not isinstance(d, dict):
+        raise RunRecordError(f"{where} must be an object, got {type(d).__name__}")
+    names = {f.name for f in fields(ImageSpec)}
+    missing = [n for n in ("image_size", "aspect", "mean", "std") if n not in d]
+    if missing:
+        raise RunRecordError(f"{where} lacks {', '.join(missing)}")
+    spec = ImageSpec(**{k: v for k, v in d.items() if k in names})
+    bad = spec.problems()
+    if bad:
+        raise RunRecordError(f"{where}.{bad[0]}")
+    return spec
 
 
 def _check_threshold(t: Any, where: str) -> None:
-    if not isinstance(t, dict) or not _finite(t.get("value")) or not 0 <= t["value"] <= 1:
+    if not isinstance(t, dict) or not is_finite_number(t.get("value")) or not 0 <= t["value"] <= 1:
         value = t.get("value") if isinstance(t, dict) else t
         raise RunRecordError(f"{where} must be a finite number in [0, 1], got {value!r}")
 
@@ -142,7 +99,7 @@ class RunMeta:
             r = self.referral
             if self.task != "binary":
                 raise RunRecordError("referral: a referral band applies to binary runs only")
-            if not isinstance(r, dict) or not all(_finite(r.get(k)) for k in ("lower", "upper")) \
+            if not isinstance(r, dict) or not all(is_finite_number(r.get(k)) for k in ("lower", "upper")) \
                     or not 0 <= r["lower"] <= r["upper"] <= 1 + 1e-6:
                 raise RunRecordError(f"referral must hold finite thresholds 0 <= lower <= upper <= 1, got {r!r}")
         return self
@@ -229,7 +186,7 @@ class RunMeta:
             raise RunRecordError(f"{META_FILE} lacks {', '.join(missing)}")
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
-        kwargs["preprocessing"] = ImageSpec.from_dict(d["preprocessing"])
+        kwargs["preprocessing"] = image_spec_from_dict(d["preprocessing"])
         if "complete" not in d:  # runs written before the flag: complete once a threshold was stored
             kwargs["complete"] = d.get("task") == "multiclass" or bool(d.get("thresholds") or (d.get("threshold") or {}).get("value") is not None)
         opts = dict(d.get("model_options") or {})
