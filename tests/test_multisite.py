@@ -38,6 +38,22 @@ def test_sources_file_matches_classes_and_stratifies_by_site(two_sites, tmp_path
     assert np.allclose(site_factors(np.array(["a"] * 6 + ["b"] * 2)), [1] * 6 + [3] * 2)
 
 
+def test_site_with_split_folders_mixed_with_one_without(two_sites, tmp_path: Path):
+    a, _ = two_sites
+    gamma = tmp_path / "gamma"
+    make_synthetic_site(gamma / "train", n_per_class=20, size=40, seed=3)
+    make_synthetic_site(gamma / "test", n_per_class=6, size=40, seed=4)
+    src = tmp_path / "sources.yaml"
+    src.write_text(yaml.safe_dump({"sites": {"alpha": str(a), "gamma": str(gamma)}}))
+    ds = load_dataset(src, 32, cache_dir=tmp_path / "cache", progress=False)
+    g_test = (ds.sites == "gamma") & (ds.splits == "test")
+    assert g_test.sum() == 12 and all("/test/" in ds.relpaths[i] for i in np.flatnonzero(g_test))  # gamma keeps its own test/
+    a_test = (ds.sites == "alpha") & (ds.splits == "test")
+    assert a_test.sum() == 9 and set(ds.labels[a_test]) == {0, 1}  # alpha (no split folders) gets its own 15% test cut
+    for site in ("alpha", "gamma"):
+        assert ((ds.sites == site) & (ds.splits == "val")).sum() >= 4
+
+
 def test_train_on_two_folders_records_sites_and_reports_per_site(two_sites, tmp_path: Path, capsys: pytest.CaptureFixture):
     a, b = two_sites
     out = tmp_path / "run"

@@ -226,7 +226,8 @@ def load_dataset(
     has_patients = group_pattern is not None or any(s.patient is not None for s in samples)
     groups = patient_ids(samples, group_pattern) if has_patients else None
     split_groups, n_dup = groups, 0
-    cut_here = not any(s.split == "val" for s in samples)  # no validation folder: cxrkit cuts it (and test, if absent)
+    with_val = {s.site for s in samples if s.split == "val"}
+    cut_here = any(s.site not in with_val for s in samples)  # a source without a validation folder: cxrkit cuts it (and test, if absent)
     if duplicate_groups is not None and cut_here and not isinstance(source, ArraySource):
         pool = [i for i, s in enumerate(samples) if s.split in (None, "train")]
         dup = [None] * len(samples)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -163,6 +164,17 @@ def assign_splits(
         splits = np.array([s.split or "" for s in samples], dtype=object)
         grp = np.asarray(groups) if groups is not None else None
         return list(_multilabel_splits(splits, np.asarray(multilabel), grp, val_fraction, test_fraction, seed))
+    sites = np.array([s.site or "" for s in samples], dtype=object)
+    if len(set(sites)) > 1:
+        # Each source keeps its own layout: a site with test/ keeps it, a site without one gets a test cut of its own,
+        # so mixing the two never leaves a site out of validation or test.
+        out = np.empty(len(samples), dtype=object)
+        for k, site in enumerate(sorted(set(sites))):
+            idx = np.flatnonzero(sites == site)
+            sub = [samples[i] for i in idx]
+            sub_groups = [groups[i] for i in idx] if groups is not None else None
+            out[idx] = assign_splits([replace(x, site=None) for x in sub], classes, val_fraction, test_fraction, seed + 101 * k, sub_groups)
+        return list(out)
     class_index = {c: i for i, c in enumerate(classes)}
     labels = np.array([class_index[s.label] for s in samples])
     grp = np.asarray(groups) if groups is not None else None
