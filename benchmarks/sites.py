@@ -6,7 +6,7 @@
 Sites: Shenzhen (``CHNCXR_*`` in tb_shenzhen_montgomery_128), Montgomery (``MCUCXR_*``, same folder)
 and Sakha-TB (tb_sakha_datacamp_224/train, ``healthy`` read as ``normal``). For each held-out site the
 other two are joined as a folder of symbolic links under ``--out`` (never in the repository) and
-``cnn`` is trained at 128 px with the condition's options (everything else at the defaults, at most
+``cnn`` (or the condition's model) is trained at 128 px with the condition's options (everything else at the defaults, at most
 ``--epochs`` epochs, patience 6). Per run: internal test AUC (the union's own 15% test split),
 external AUC with its 95% CI on every image of the held-out site, sensitivity/specificity there at
 the internal (validation-chosen) threshold, and the stress column: external AUC with each image
@@ -30,7 +30,7 @@ from cxrkit.config import TrainConfig
 from cxrkit.data.augment import AUGMENT_PRESETS
 from cxrkit.data.perturb import restandardise
 from cxrkit.evaluation.evaluate import evaluate_run
-from cxrkit.evaluation.stress import reference_exposure
+from cxrkit.evaluation.stress import normalise_as_run, reference_exposure
 from cxrkit.metrics.classification import binary_metrics
 from cxrkit.metrics.intervals import delong_paired
 from cxrkit.run import Run, load_run_dataset
@@ -47,6 +47,14 @@ CONDITIONS: dict[str, dict] = {
     "percentile+robust": {"intensity": "percentile", "augment": AUGMENT_PRESETS["robust"]},
     "clahe+robust": {"intensity": "clahe", "augment": AUGMENT_PRESETS["robust"]},
     "zscore": {"intensity": "zscore", "augment": AUGMENT_PRESETS["mild"]},
+    # Histogram equalisation is rank-based, so any monotone change of exposure, contrast or gamma leaves its output unchanged.
+    "histeq+robust": {"intensity": "histeq", "augment": AUGMENT_PRESETS["robust"]},
+    # ImageNet-pretrained EfficientNet-Lite0 (weights ship offline) instead of the from-scratch cnn.
+    "lite0+robust": {"model": "efficientnet-lite0", "augment": AUGMENT_PRESETS["robust"]},
+    # Longer training: at 20 epochs the cnn's validation AUC is still rising when the cosine schedule reaches zero.
+    "long+robust": {"epochs": 60, "patience": 15, "augment": AUGMENT_PRESETS["robust"]},
+    "long+histeq+robust": {"epochs": 60, "patience": 15, "intensity": "histeq", "augment": AUGMENT_PRESETS["robust"]},
+    "lite0+histeq+robust": {"model": "efficientnet-lite0", "intensity": "histeq", "augment": AUGMENT_PRESETS["robust"]},
 }
 
 
@@ -91,8 +99,8 @@ def run_one(train_data: Path, external: Path, out: Path, options: dict, seed: in
     if done.is_file():
         return json.loads(done.read_text())
     t0 = time.perf_counter()
-    cfg = TrainConfig(data=str(train_data), out=str(out), model="cnn", image_size=128, epochs=epochs, patience=6, seed=seed,
-                      group_pattern=GROUP, **options)
+    options = {"model": "cnn", "image_size": 128, "epochs": epochs, "patience": 6, **options}
+    cfg = TrainConfig(data=str(train_data), out=str(out), seed=seed, group_pattern=GROUP, **options)
     train(cfg, progress=False, overwrite=True)
     train_s = time.perf_counter() - t0
     internal = _fig(evaluate_run(out, split="test", progress=False, write_report=False, explain=None))
@@ -102,14 +110,37 @@ def run_one(train_data: Path, external: Path, out: Path, options: dict, seed: in
     idx = ds.index("all")
     images, y = np.asarray(ds.images[idx]), ds.labels[idx]
     raw = run.predict_arrays(images)[:, 1]
-    mean, std = reference_exposure(run)
-    stressed = run.predict_arrays(restandardise(images, mean, std))[:, 1]
-    st = binary_metrics(y, stressed, run.threshold, seed=seed)["metrics"]["roc_auc"]
-    result = {"internal": internal, "external": _fig(ext), "stress": {"auc": st["value"], "auc_ci": st["ci"]},
+    result = {"internal": internal, "external": _fig(ext),
               "train_seconds": train_s, "epochs_run": json.loads((out / "meta.json").read_text())["training"]["epochs_run"],
-              "paths": list(np.array(ds.relpaths)[idx]), "y": y.tolist(), "p": raw.tolist(), "p_stress": stressed.tolist()}
+              "paths": list(np.array(ds.relpaths)[idx]), "y": y.tolist(), "p": raw.tolist()}
+    result.update(stress_column(run, external, seed))
     done.write_text(json.dumps(result))
     return result
+
+
+def stress_column(run: Run, external: Path, seed: int) -> dict:
+    """External AUC with each image re-standardised to the training reference *before* the run's own intensity
+    normalisation (as a re-exposed file would reach the model through ``predict``)."""
+    ds, _ = load_run_dataset(run, external, progress=False, raw_intensity=True)
+    idx = ds.index("all")
+    images, y = np.asarray(ds.images[idx]), ds.labels[idx]
+    mean, std = reference_exposure(run)
+    stressed = run.predict_arrays(normalise_as_run(run, restandardise(images, mean, std)))[:, 1]
+    st = binary_metrics(y, stressed, run.threshold, seed=seed)["metrics"]["roc_auc"]
+    return {"stress": {"auc": st["value"], "auc_ci": st["ci"]}, "p_stress": stressed.tolist(), "stress_version": 2}
+
+
+def restress(run_dir: Path, external: Path) -> dict:
+    """Recompute the stress column of a run measured before it was taken ahead of the run's normalisation."""
+    done = json.loads((run_dir / "done.json").read_text())
+    if done.get("stress_version") != 2:
+        run = Run.load(run_dir)
+        if run.preprocessing.intensity != "none":
+            done.update(stress_column(run, external, int(run.config().seed)))
+        else:
+            done["stress_version"] = 2  # without normalisation both ways are the same
+        (run_dir / "done.json").write_text(json.dumps(done))
+    return done
 
 
 def add_adabn(run_dir: Path, external: Path) -> dict:
@@ -208,7 +239,7 @@ def main() -> None:
                 run_dir = out / "runs" / f"{h}_{c.replace('+', '_')}_s{s}"
                 if a.summary_only:
                     if (run_dir / "done.json").is_file():
-                        results[(h, c, s)] = add_adabn(run_dir, folders[h]) if a.adabn else json.loads((run_dir / "done.json").read_text())
+                        results[(h, c, s)] = add_adabn(run_dir, folders[h]) if a.adabn else restress(run_dir, folders[h])
                     continue
                 tr = union(folders, [x for x in SITES if x != h], out / "data" / f"without_{h}")
                 r = run_one(tr, folders[h], run_dir, CONDITIONS[c], s, a.epochs)

@@ -479,9 +479,13 @@ class Run:
         return out[0] if single else out
 
 def load_run_dataset(
-    run: Run, data: str | Path | None = None, progress: bool = True, class_map: dict[str, str] | None = None
+    run: Run, data: str | Path | None = None, progress: bool = True, class_map: dict[str, str] | None = None,
+    raw_intensity: bool = False,
 ) -> tuple[Any, TrainConfig]:
-    """The run's dataset (or another whose classes match, see ``class_map``), split exactly as in training."""
+    """The run's dataset (or another whose classes match, see ``class_map``), split exactly as in training.
+
+    ``raw_intensity`` skips the run's per-image intensity normalisation (for changes that must come before it).
+    """
     from cxrkit.data.dataset import load_dataset
 
     cfg = run.config()
@@ -490,7 +494,7 @@ def load_run_dataset(
         data if data is not None else run.data_root(), run.preprocessing.image_size, run.preprocessing.aspect, None,
         cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.group_pattern, cfg.cache_dir,
         class_names=run.classes, progress=progress, class_map=class_map,
-        intensity=run.preprocessing.intensity, crop_border=run.preprocessing.crop_border,
+        intensity="none" if raw_intensity else run.preprocessing.intensity, crop_border=run.preprocessing.crop_border,
         **(cfg.dataset_options() if own else {"task": cfg.task}),
     )
     if own and cfg.group_duplicates:

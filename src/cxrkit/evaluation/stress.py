@@ -4,6 +4,10 @@ Each change of :func:`cxrkit.data.perturb.standard_perturbations` is applied to 
 split and the ROC-AUC (DeLong 95% CI) is compared with the unchanged images' by DeLong's paired test on the
 same images. A change that leaves the lungs alone (exposure, contrast, the film border, the corners) should
 barely move a model that reads anatomy; a drop of at least ``SHORTCUT_DROP`` with p < 0.05 is called a shortcut.
+
+A run trained with ``--intensity`` normalises every image it is given, so a re-exposed file is normalised
+before the model sees it: the changes are applied to the decoded image *before* the run's normalisation,
+which is then applied (at the run's size rather than full resolution) to the unchanged and changed images alike.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrkit.data.intensity import normalize_intensity
 from cxrkit.data.perturb import standard_perturbations
 from cxrkit.metrics.intervals import delong_interval, delong_paired
 from cxrkit.record import atomic_write_text
@@ -32,19 +37,28 @@ def reference_exposure(run: Run) -> tuple[float, float]:
     return run.preprocessing.mean, run.preprocessing.std
 
 
+def normalise_as_run(run: Run, images: np.ndarray) -> np.ndarray:
+    """``images`` after the run's per-image intensity normalisation (unchanged when it has none)."""
+    mode = run.preprocessing.intensity
+    if mode == "none":
+        return images
+    return np.stack([normalize_intensity(im, mode) for im in images]) if len(images) else images
+
+
 def stress_arrays(run: Run, images: np.ndarray, y: np.ndarray) -> dict:
-    """AUC of a binary run on ``images`` (uint8, decoded at the run's size) and under each perturbation."""
+    """AUC of a binary run on ``images`` (uint8, decoded at the run's size *without* its intensity normalisation,
+    see ``load_run_dataset(raw_intensity=True)``) and under each perturbation."""
     if run.task != "binary":
         raise ValueError("cxrkit stress needs a binary run (it compares ROC-AUCs); this run is " + run.task)
     y = np.asarray(y).astype(int)
     if y.min() == y.max():
         raise ValueError("the split has images of one class only; ROC-AUC needs both")
-    base = run.predict_arrays(images)[:, 1]
+    base = run.predict_arrays(normalise_as_run(run, images))[:, 1]
     auc, ci = delong_interval(y, base)
     mean, std = reference_exposure(run)
     rows = []
     for pert in standard_perturbations(mean, std):
-        p = run.predict_arrays(pert.apply(images))[:, 1]
+        p = run.predict_arrays(normalise_as_run(run, pert.apply(images)))[:, 1]
         a, c = delong_interval(y, p)
         d = delong_paired(y, p, base)
         shortcut = not pert.anatomy and d["difference"] <= -SHORTCUT_DROP and d["p_value"] < 0.05
@@ -72,7 +86,7 @@ def stress_run(run_dir: str | Path, data: str | Path | None = None, split: str |
                class_map: dict[str, str] | None = None) -> dict:
     """Stress-test a run on a split of its dataset (default test) or on all images of another dataset; writes RUN/stress.json."""
     run = Run.load(run_dir)
-    ds, _ = load_run_dataset(run, data, progress, class_map)
+    ds, _ = load_run_dataset(run, data, progress, class_map, raw_intensity=True)
     trained_on = run.record.data_root(run.path)
     same_data = trained_on is not None and ds.source.root.resolve() == trained_on
     split = split or ("test" if same_data else "all")
