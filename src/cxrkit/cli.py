@@ -101,7 +101,10 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                         "needs pip install 'cxrkit[track]'")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d["epochs"], help="maximum epochs (default %(default)s)")
-    g.add_argument("--patience", type=int, default=d["patience"], help="early-stopping patience on validation AUC (default %(default)s)")
+    g.add_argument("--patience", type=int, default=d["patience"],
+                   help="stop when validation AUC has not improved for this many epochs (default: no early stopping; the "
+                        "whole cosine schedule runs and the best epoch is kept, since on small validation sets early stopping "
+                        "cut the weakest seeds short in benchmarks/sites.py)")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this much wall-clock time")
     g.add_argument("--batch-size", type=bounded_int(1, 4096), default=d["batch_size"])
     g.add_argument("--lr", type=float, default=d["lr"], help="AdamW learning rate (default %(default)s)")

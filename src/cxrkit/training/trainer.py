@@ -434,7 +434,7 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
             if time_up:
                 log(f"time limit: stopping after epoch {epoch} ({cfg.max_minutes:g} minutes reached)")
                 stop = "time limit"
-            elif prog.bad_epochs >= cfg.patience and not (cfg.head_epochs and epoch <= cfg.head_epochs):
+            elif cfg.patience is not None and prog.bad_epochs >= cfg.patience and not (cfg.head_epochs and epoch <= cfg.head_epochs):
                 log(f"early stop: validation AUC did not improve for {cfg.patience} epochs")
                 stop = "early stopping"
             # The stop decision goes into the checkpoint, so a run resumed right here stops as it would have.
