@@ -61,6 +61,8 @@ CONDITIONS: dict[str, dict] = {
     "lite0+robust+nostop": {"patience": 1000, "model": "efficientnet-lite0", "augment": AUGMENT_PRESETS["robust"]},
     "lite0+histeq+robust+nostop": {"patience": 1000, "model": "efficientnet-lite0", "intensity": "histeq",
                                    "augment": AUGMENT_PRESETS["robust"]},
+    # EfficientNet-Lite0's validation loss spikes in epochs 2-6 at lr 1e-3: a lower fine-tuning rate.
+    "lite0+robust+nostop+lr3e-4": {"patience": 1000, "model": "efficientnet-lite0", "lr": 3e-4, "augment": AUGMENT_PRESETS["robust"]},
     "lite0+histeq+robust": {"model": "efficientnet-lite0", "intensity": "histeq", "augment": AUGMENT_PRESETS["robust"]},
 }
 

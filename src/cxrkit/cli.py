@@ -750,7 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "re-standardised to the training images' exposure, brighter/darker, more/less contrast, gamma, "
                                     "border band masked, corners masked, down- and up-sampled. Prints each ROC-AUC (95%% CI) and its "
                                     "paired DeLong change; a drop of 0.05 or more (p < 0.05) under a change that leaves the lungs "
-                                    "alone is reported as a shortcut. Writes RUN/stress.json. Binary runs.")
+                                    "alone is reported as a shortcut. For a run trained with --intensity, each change is made before the run's "
+                                    "own normalisation, as a re-exposed file would reach the model. Writes RUN/stress.json. Binary runs.")
     st.add_argument("run", help="run folder written by `cxrkit train`")
     st.add_argument("data", nargs="?", default=None, help="dataset (default: the one the run was trained on)")
     st.add_argument("--split", choices=["test", "val", "train", "all"], default=None,
