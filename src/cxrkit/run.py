@@ -497,8 +497,9 @@ def load_run_dataset(
         intensity="none" if raw_intensity else run.preprocessing.intensity, crop_border=run.preprocessing.crop_border,
         **(cfg.dataset_options() if own else {"task": cfg.task}),
     )
-    if own and cfg.group_duplicates:
-        # Training grouped copies with the audit's hashes (a layer above this one): its splits.csv says where each image went.
+    if own:
+        # The run's splits.csv says where each image went in training: copies grouped with the audit's hashes (a layer
+        # above this one), and splits cut by a rule that may since have changed (e.g. per-site cuts), stay as trained.
         from dataclasses import replace
 
         from cxrkit.record.files import read_splits
