@@ -33,7 +33,7 @@ from cxrkit import __version__
 from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from cxrkit.prediction.results import ood_findings
 from cxrkit.run import Run
-from cxrkit.serve.guard import ApiKeyGate
+from cxrkit.serve.guard import ApiKeyGate, OwnAnswer, error_response
 from cxrkit.serve.model_card import decision_rule, model_card, model_identity
 
 log = logging.getLogger("cxrkit.serve")
@@ -71,10 +71,6 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.file = status, code, message, file
 
 
-def _error(status: int, code: str, message: str, file: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "file": file}}, status_code=status)
-
-
 class BodyLimit:
     """ASGI middleware: 413 for a declared Content-Length over the limit, and an error as soon as a streamed body passes it."""
 
@@ -87,31 +83,22 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _error(413, "request_too_large", f"request body over the limit of {self.max_bytes:,} bytes")(scope, receive, send)
+            await error_response(413, "request_too_large", f"request body over the limit of {self.max_bytes:,} bytes")(scope, receive, send)
             return
-        seen, too_big, answered = 0, False, False
+        seen, own = 0, OwnAnswer(scope, receive, send)
         message_413 = f"request body over the limit of {self.max_bytes:,} bytes"
 
         async def limited():
-            nonlocal seen, too_big
+            nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    too_big = True
+                    own.response = error_response(413, "request_too_large", message_413)
                     raise ApiError(413, "request_too_large", message_413)
             return message
 
-        async def guarded_send(message) -> None:
-            # FastAPI turns any error while parsing a form into "400 error parsing the body"; the real reason is ours.
-            nonlocal answered
-            if not too_big:
-                await send(message)
-            elif not answered and message["type"] == "http.response.start":
-                answered = True
-                await _error(413, "request_too_large", message_413)(scope, receive, send)
-
-        await self.app(scope, limited, guarded_send)
+        await self.app(scope, limited, own.send)
 
 
 def _sniff(data: bytes) -> str:
@@ -322,21 +309,21 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.file)
+        return error_response(exc.status, exc.code, exc.message, exc.file)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-        return _error(422, "invalid_request", f"expected multipart/form-data with one or more 'files' ({where})")
+        return error_response(422, "invalid_request", f"expected multipart/form-data with one or more 'files' ({where})")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, "http_error", str(exc.detail))
+        return error_response(exc.status_code, "http_error", str(exc.detail))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
-        return _error(500, "internal_error", "unexpected server error; it has been logged")
+        return error_response(500, "internal_error", "unexpected server error; it has been logged")
 
     @app.get("/healthz", summary="liveness: the model is loaded")
     async def healthz() -> dict:

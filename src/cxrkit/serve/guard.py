@@ -16,8 +16,36 @@ from fastapi.responses import JSONResponse
 PROTECTED_PREFIX = "/v1/"
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "file": None}}, status_code=status)
+def error_response(status: int, code: str, message: str, file: str | None = None) -> JSONResponse:
+    """The API's error body, ``{"error": {"code", "message", "file"}}``, with a 4xx status."""
+    return JSONResponse({"error": {"code": code, "message": message, "file": file}}, status_code=status)
+
+
+class OwnAnswer:
+    """The ``send`` of a middleware that may decide a request's answer itself (body too large, body too slow).
+
+    Until :attr:`response` is set, the wrapped app's messages pass through. Once it is set, the app's own
+    answer is dropped and ours goes out instead, once: FastAPI reports any error while parsing a form as
+    "400 error parsing the body", and the real reason is the middleware's.
+    """
+
+    def __init__(self, scope, receive, send) -> None:
+        self.scope, self.receive, self._send = scope, receive, send
+        self.response: JSONResponse | None = None
+        self.answered = False
+
+    async def send(self, msg) -> None:
+        """Pass the app's message on, or answer with :attr:`response` in place of the app's response."""
+        if self.response is None:
+            await self._send(msg)
+        elif msg["type"] == "http.response.start":
+            await self.answer()
+
+    async def answer(self) -> None:
+        """Send :attr:`response` unless it has been sent already."""
+        if not self.answered:
+            self.answered = True
+            await self.response(self.scope, self.receive, self._send)
 
 
 def read_api_key_file(path: str | Path) -> str:
@@ -76,42 +104,31 @@ class BodyTimeout:
         if scope["type"] != "http" or not self.seconds:
             await self.app(scope, receive, send)
             return
-        timed_out, answered, body_done = False, False, False
+        own, body_done = OwnAnswer(scope, receive, send), False
         message = f"no request data for {self.seconds:g} s; the request was closed"
 
         async def timed_receive():
-            nonlocal timed_out, body_done
+            nonlocal body_done
             if body_done:  # after the body, receive() waits for a disconnect, however long the answer takes
                 return await receive()
             try:
                 msg = await asyncio.wait_for(receive(), self.seconds)
             except TimeoutError:
-                timed_out = True
+                own.response = _closing(408, "request_timeout", message)
                 raise BodyTimeoutError(message) from None
             body_done = msg["type"] != "http.request" or not msg.get("more_body", False)
             return msg
 
-        async def guarded_send(msg) -> None:
-            # FastAPI reports any error while parsing a form as "400 error parsing the body"; the real reason is ours.
-            nonlocal answered
-            if not timed_out:
-                await send(msg)
-            elif not answered and msg["type"] == "http.response.start":
-                answered = True
-                await _closing(408, "request_timeout", message)(scope, receive, send)
-
         try:
-            await self.app(scope, timed_receive, guarded_send)
+            await self.app(scope, timed_receive, own.send)
         except Exception:
-            if not timed_out:
+            if own.response is None:
                 raise
-            if not answered:
-                answered = True
-                await _closing(408, "request_timeout", message)(scope, receive, send)
+            await own.answer()
 
 
 def _closing(status: int, code: str, message: str) -> JSONResponse:
-    response = _error(status, code, message)
+    response = error_response(status, code, message)
     response.headers["Connection"] = "close"
     return response
 
