@@ -69,6 +69,10 @@ class TrainConfig:
     freeze: str = "none"
     head_epochs: int = 0
     backbone_lr_scale: float = 1.0
+    # Validate, keep and save an exponential moving average of the weights over about this many epochs (None: off).
+    ema_epochs: float | None = None
+    # MixStyle: probability per batch and early layer of mixing feature statistics between images (0: off).
+    mixstyle: float = 0.0
     tta: bool = False
     cache_dir: str | None = None
     augment: AugmentConfig = field(default_factory=default_augment)
@@ -112,6 +116,11 @@ class TrainConfig:
             (not (self.head_epochs and self.freeze == "backbone"), "head_epochs (two-stage) and freeze=backbone exclude each other"),
             (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive"),
             (self.backbone_lr_scale > 0, "backbone_lr_scale must be positive"),
+            (self.ema_epochs is None or self.ema_epochs > 0, "ema_epochs must be positive (or left out: no weight averaging)"),
+            (0 <= self.mixstyle <= 1, "mixstyle must be a probability from 0 to 1"),
+            (not self.mixstyle or bool(MODELS[self.model].mixstyle_layers),
+             f"mixstyle is not available for {self.model}; models with it: "
+             + ", ".join(n for n, m in MODELS.items() if m.mixstyle_layers)),
             (self.width is None or self.width >= 1, "width must be at least 1"),
             (self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,

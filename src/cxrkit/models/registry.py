@@ -57,6 +57,8 @@ class ModelSpec:
     # Convolutional blocks Grad-CAM may read, deepest first; the deepest whose map is at least 7 x 7 at the
     # run's image size is used, since a 2 x 2 map says nothing about where in the chest the model looks.
     cam_layers: tuple[str, ...] = ()
+    # Early blocks whose outputs MixStyle may mix (training only; empty: the model does not support it).
+    mixstyle_layers: tuple[str, ...] = ()
 
 
 def _small(cls: type[nn.Module]) -> Callable[..., nn.Module]:
@@ -70,15 +72,17 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("simple_cnn", _small(SimpleCNN), "3-block tutorial CNN, no regularisation", "head", ("width",), width=32,
                   cam_layers=("features", "features.5")),
         ModelSpec("cnn", _small(RegularisedCNN), "regularised CNN: batch norm, dropout, global average pooling", "head", ("width", "dropout"),
-                  width=24, cam_layers=("features", "features.23", "features.16")),
+                  width=24, cam_layers=("features", "features.23", "features.16"),
+                  mixstyle_layers=("features.3", "features.10", "features.17")),
         ModelSpec("pasa", _small(PasaNet), "Pasa et al. 2019 TB-screening network, 0.2M parameters, fast on CPU", "head", ("width", "dropout"),
                   width=8, cam_layers=("features", "features.6", "features.4", "features.2")),
         ModelSpec("efficientnet-lite0", _efficientnet_lite0, "EfficientNet-Lite0, ImageNet weights shipped offline (default: pretrained)",
-                  "_fc", ("dropout",), "offline", cam_layers=("_bn1",)),
+                  "_fc", ("dropout",), "offline", cam_layers=("_bn1",),
+                  mixstyle_layers=("_blocks.0", "_blocks.2", "_blocks.4")),
         ModelSpec("resnet18", _resnet(18), "MONAI ResNet-18 (ImageNet weights downloaded with --pretrained imagenet)", "fc", (), "download",
-                  cam_layers=("layer4", "layer3")),
+                  cam_layers=("layer4", "layer3"), mixstyle_layers=("layer1", "layer2", "layer3")),
         ModelSpec("resnet50", _resnet(50), "MONAI ResNet-50 (ImageNet weights downloaded with --pretrained imagenet)", "fc", (), "download",
-                  cam_layers=("layer4", "layer3")),
+                  cam_layers=("layer4", "layer3"), mixstyle_layers=("layer1", "layer2", "layer3")),
         ModelSpec("densenet121", _densenet121, "MONAI DenseNet-121, the CheXNet architecture (ImageNet: downloaded)", "class_layers",
                   ("dropout",), "download", cam_layers=("class_layers.relu",)),
         ModelSpec("efficientnet-b0", _efficientnet_b0, "MONAI EfficientNet-B0 (ImageNet weights downloaded)", "_fc", (), "download", cam_layers=("_bn1",)),

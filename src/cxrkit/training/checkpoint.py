@@ -2,8 +2,9 @@
 the same result it would have reached uninterrupted.
 
 A checkpoint is a folder ``<run>/checkpoint/`` with
-- ``tensors.safetensors``: the current weights (``model.*``), the best weights so far (``best.*``) and
-  the torch random states (``rng.torch``, ``rng.augment``);
+- ``tensors.safetensors``: the current weights (``model.*``), the best weights so far (``best.*``), the
+  moving average of the weights when the run keeps one (``ema.*``) and the torch random states
+  (``rng.torch``, ``rng.augment``);
 - ``optimizer.pt``: optimizer and scheduler state dicts (plain tensors and numbers; read back with
   ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects);
 - ``state.json``: epoch, history, early-stopping state, the NumPy generator state, elapsed time.
@@ -26,7 +27,7 @@ CHECKPOINT_DIR = "checkpoint"
 
 def save_checkpoint(
     out: Path, model: torch.nn.Module, best_state: dict[str, torch.Tensor] | None, optimizer: torch.optim.Optimizer,
-    scheduler: object | None, rng: np.random.Generator, aug_gen: torch.Generator, state: dict,
+    scheduler: object | None, rng: np.random.Generator, aug_gen: torch.Generator, state: dict, ema: torch.nn.Module | None = None,
 ) -> Path:
     """Write the checkpoint of the epoch just finished (``state`` holds the JSON-able training state)."""
     from safetensors.torch import save_file
@@ -38,6 +39,8 @@ def save_checkpoint(
     tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     if best_state is not None:
         tensors.update({f"best.{k}": v.detach().cpu().contiguous().clone() for k, v in best_state.items()})
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous().clone() for k, v in ema.state_dict().items()})
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.augment"] = aug_gen.get_state()
     save_file(tensors, str(tmp / "tensors.safetensors"))
@@ -64,15 +67,17 @@ def find_checkpoint(out: Path) -> Path | None:
 
 def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: object | None, rng: np.random.Generator,
-    aug_gen: torch.Generator,
+    aug_gen: torch.Generator, ema: torch.nn.Module | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor] | None]:
-    """Restore model, optimizer, scheduler and random states in place; returns (state, best weights)."""
+    """Restore model, optimizer, scheduler, weight average and random states in place; returns (state, best weights)."""
     from safetensors.torch import load_file
 
     try:
         tensors = load_file(str(path / "tensors.safetensors"))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+        if ema is not None:
+            ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         opt = torch.load(path / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(opt["optimizer"])
         if scheduler is not None and opt["scheduler"] is not None:

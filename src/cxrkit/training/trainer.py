@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -29,6 +30,7 @@ from cxrkit.data.augment import augment_batch
 from cxrkit.data.dataset import LabelledImages, load_dataset
 from cxrkit.data.preprocess import Preprocessing, intensity_stats
 from cxrkit.metrics.thresholds import cases_needed, parse_rule, rule_confidence
+from cxrkit.models.mixstyle import MixStyle
 from cxrkit.models.pretrained import initialise
 from cxrkit.models.registry import MODELS, build_model, count_parameters, split_parameters
 from cxrkit.record import (
@@ -189,6 +191,13 @@ class _Setup:
     precision: str
     rng: np.random.Generator
     aug_gen: torch.Generator
+    ema: AveragedModel | None = None
+    mixstyle: MixStyle | None = None
+
+    @property
+    def kept_model(self) -> torch.nn.Module:
+        """The weights that are validated, kept and saved: the moving average when there is one."""
+        return self.model if self.ema is None else self.ema.module
 
 
 @dataclass
@@ -311,6 +320,14 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
     else:
         scheduler = None
+    ema = None
+    if cfg.ema_epochs:
+        # decay so that the average's time constant is ema_epochs epochs of optimiser steps; buffers (batch-norm
+        # statistics) are averaged too, so the averaged network is consistent with itself
+        decay = 1 - 1 / max(1.0, cfg.ema_epochs * steps_per_epoch)
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    # attached after the average's copy is made: the hooks act on the network being trained only
+    mixstyle = MixStyle(cfg.mixstyle, seed=cfg.seed + 1000 * ctx.rank).attach(model, MODELS[cfg.model].mixstyle_layers) if cfg.mixstyle else None
     train_model = model
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -318,17 +335,19 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
         train_model = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
     return _Setup(cfg, ctx, out, ds, audit, train_idx, val_idx, task, counts, pre, model, train_model, pretrained_report, criterion,
                   loss_info, factors, backbone, MODELS[cfg.model].head, optimizer, scheduler, steps_per_epoch, cfg.resolved_precision(),
-                  rng, aug_gen)
+                  rng, aug_gen, ema, mixstyle)
 
 
 def _restore(s: _Setup, ckpt: Path | None, log: Callable[[str], None]) -> _Progress:
     """A fresh progress record, or the checkpoint's (model, optimiser, schedule and random states restored)."""
     if ckpt is None:
         return _Progress()
-    st, best_state = load_checkpoint(ckpt, s.model, s.optimizer, s.scheduler, s.rng, s.aug_gen)
+    st, best_state = load_checkpoint(ckpt, s.model, s.optimizer, s.scheduler, s.rng, s.aug_gen, s.ema)
     prog = _Progress(st["history"], st["best_auc"], st["best_loss"], st["best_epoch"], best_state, st["bad_epochs"],
                      first_epoch=st["epoch"] + 1 if st["stopped_by"] is None else s.cfg.epochs + 1,
                      stopped_by=st["stopped_by"] or "epochs", seconds_before=st["seconds"])
+    if s.mixstyle is not None:
+        s.mixstyle.rng.bit_generator.state = st["mixstyle_rng"]
     if s.cfg.head_epochs:
         _set_backbone_trainable(s.backbone, prog.first_epoch > s.cfg.head_epochs)
     log(f"resuming {s.out} after epoch {st['epoch']} (best validation AUC {prog.best_auc:.4f} at epoch {prog.best_epoch})")
@@ -363,6 +382,8 @@ def _train_epoch(s: _Setup, epoch: int, head_only: bool, progress: bool) -> tupl
         s.optimizer.step()
         if cfg.schedule == "cosine":
             s.scheduler.step()
+        if s.ema is not None:
+            s.ema.update_parameters(s.model)
         losses.append(loss.item())
         batch_bar.set_postfix(loss=f"{np.mean(losses):.4f}")
     return losses, time.perf_counter() - t0
@@ -375,7 +396,7 @@ def _validate(s: _Setup, t_start: float, epoch: int) -> tuple[float, float, bool
     time_up = False
     if s.ctx.is_main:
         y_val = s.ds.labels[s.val_idx]
-        probs, val_logits = predict_index(s.model, s.ds, s.val_idx, s.pre, s.task.name, 64, cfg.workers, cfg.channels_last, s.precision,
+        probs, val_logits = predict_index(s.kept_model, s.ds, s.val_idx, s.pre, s.task.name, 64, cfg.workers, cfg.channels_last, s.precision,
                                           s.ctx.device)
         val_loss = float(s.task.loss(s.criterion.cpu(), val_logits, torch.from_numpy(y_val)))
         s.criterion.to(s.ctx.device)
@@ -410,9 +431,9 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
             )
             if improved:
                 prog.best_auc, prog.best_loss, prog.best_epoch, prog.bad_epochs = val_auc, val_loss, epoch, 0
-                prog.best_state = copy.deepcopy(s.model.state_dict())
+                prog.best_state = copy.deepcopy(s.kept_model.state_dict())
                 if s.ctx.is_main:
-                    save_weights(s.model, out / MODEL_FILE)
+                    save_weights(s.kept_model, out / MODEL_FILE)
             else:
                 prog.bad_epochs += 1
             row = {
@@ -439,10 +460,11 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
                 stop = "early stopping"
             # The stop decision goes into the checkpoint, so a run resumed right here stops as it would have.
             if s.ctx.is_main:
-                save_checkpoint(out, s.model, prog.best_state, s.optimizer, s.scheduler, s.rng, s.aug_gen, {
+                save_checkpoint(out, s.model, prog.best_state, s.optimizer, s.scheduler, s.rng, s.aug_gen, ema=s.ema, state={
                     "epoch": epoch, "history": prog.history, "best_auc": prog.best_auc, "best_loss": prog.best_loss,
                     "best_epoch": prog.best_epoch, "bad_epochs": prog.bad_epochs, "stopped_by": stop,
                     "seconds": time.perf_counter() - t_start,
+                    **({"mixstyle_rng": s.mixstyle.rng.bit_generator.state} if s.mixstyle is not None else {}),
                 })
             if on_epoch is not None:
                 on_epoch(epoch, val_auc)
@@ -498,6 +520,9 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
             "seconds_total": prog.seconds_before,
             "pretrained": s.pretrained_report,
             "fine_tuning": {"freeze": cfg.freeze, "head_epochs": cfg.head_epochs, "backbone_lr_scale": cfg.backbone_lr_scale},
+            "weight_average": None if s.ema is None else {"method": "exponential moving average", "epochs": cfg.ema_epochs,
+                                                          "decay": 1 - 1 / max(1.0, cfg.ema_epochs * s.steps_per_epoch)},
+            "mixstyle": {"p": cfg.mixstyle, "alpha": 0.1, "layers": list(MODELS[cfg.model].mixstyle_layers)} if cfg.mixstyle else None,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
@@ -566,6 +591,8 @@ def _train_and_finish(cfg: TrainConfig, ctx: Distributed, s: _Setup, prog: _Prog
                       on_epoch: EpochCallback | None, progress: bool, finish: bool, tracker: Tracker | None) -> Path:
     """The epochs, then the run record, the validation threshold and report, and the tracker's final figures."""
     _fit(s, prog, log, on_epoch, progress, tracker)
+    if s.mixstyle is not None:
+        s.mixstyle.detach()
     if prog.best_state is None:
         raise RuntimeError("training stopped before the first epoch finished; no model to keep")
     if not ctx.is_main:

@@ -1,0 +1,110 @@
+"""Options measured for other hospitals (benchmarks/sites.py): MixStyle and a moving average of the weights.
+
+MixStyle must change feature statistics only, only while training, and leave the saved network plain;
+the moving average must be what is validated and saved, and a resumed run must reach the same model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cxrkit.config import ConfigError, TrainConfig
+from cxrkit.data.synthetic import make_synthetic_dataset
+from cxrkit.models.mixstyle import MixStyle
+from cxrkit.models.registry import build_model
+from cxrkit.training import train
+
+
+def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.mean(dim=(2, 3)), x.std(dim=(2, 3), correction=0)
+
+
+def test_mixstyle_mixes_statistics_and_keeps_content():
+    g = torch.Generator().manual_seed(0)
+    content = torch.randn(4, 3, 8, 8, generator=g)
+    content = (content - content.mean(dim=(2, 3), keepdim=True)) / content.std(dim=(2, 3), keepdim=True, correction=0)
+    mu = torch.tensor([0.0, 1.0, 2.0, 3.0]).view(4, 1, 1, 1).expand(4, 3, 1, 1)
+    sig = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1).expand(4, 3, 1, 1)
+    x = content * sig + mu
+    out = MixStyle(p=1.0, alpha=0.1, seed=3).mix(x)
+    m_out, s_out = _stats(out)
+    # each image's new mean and std lie between the smallest and largest in the batch, and not all are unchanged
+    assert float(m_out.min()) >= -1e-4 and float(m_out.max()) <= 3 + 1e-4
+    assert float(s_out.min()) >= 1 - 1e-3 and float(s_out.max()) <= 4 + 1e-3
+    assert not torch.allclose(m_out, mu[:, :, 0, 0], atol=1e-2)
+    # what is left after removing the statistics (the anatomy) is untouched
+    renormed = (out - m_out[..., None, None]) / s_out[..., None, None]
+    assert torch.allclose(renormed, content, atol=1e-3)
+
+
+def test_mixstyle_acts_only_in_training_mode_and_can_be_removed():
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, 32)
+    x = torch.randn(6, 1, 32, 32)
+    model.eval()
+    plain = model(x)
+    ms = MixStyle(p=1.0, seed=0).attach(model, ("features.3", "features.10", "features.17"))
+    assert torch.equal(model(x), plain)  # evaluation: a no-op
+    model.train()
+    torch.manual_seed(1)
+    mixed = model(x)
+    ms.detach()
+    torch.manual_seed(1)
+    unmixed = model(x)
+    assert not torch.allclose(mixed, unmixed, atol=1e-4)
+    with pytest.raises(ValueError, match="no layer"):
+        MixStyle().attach(model, ("features.99",))
+
+
+def test_options_are_validated():
+    with pytest.raises(ConfigError, match="mixstyle is not available for mlp"):
+        TrainConfig(data="d", model="mlp", mixstyle=0.5)
+    with pytest.raises(ConfigError, match="mixstyle must be a probability"):
+        TrainConfig(data="d", mixstyle=1.5)
+    with pytest.raises(ConfigError, match="ema_epochs must be positive"):
+        TrainConfig(data="d", ema_epochs=0)
+
+
+def _history(run) -> list[tuple[str, str, str]]:
+    return [(r["train_loss"], r["val_loss"], r["val_auc"]) for r in csv.DictReader(open(run / "history.csv"))]
+
+
+class Stop(Exception):
+    pass
+
+
+def test_averaged_weights_are_kept_and_a_resumed_run_matches(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "d", n_per_class=30, size=24, seed=2, signal=1.0)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "full"), model="cnn", image_size=24, epochs=4, batch_size=16,
+                      lr=2e-3, seed=0, precision="32", ema_epochs=1.0, mixstyle=0.5, augment={"rotate_degrees": 0})
+    one = train(replace(cfg, out=str(tmp_path / "one"), epochs=1), progress=False, finish=False)
+    meta = json.loads((one / "meta.json").read_text())["training"]
+    steps = 3  # 42 training images in batches of 16
+    assert meta["weight_average"]["decay"] == pytest.approx(1 - 1 / steps)
+    assert meta["mixstyle"]["layers"] == ["features.3", "features.10", "features.17"]
+    saved = load_file(str(one / "model.safetensors"))
+    # the saved network is plain (no extra tensors) and is the average, not the last optimiser step
+    assert set(saved) == set(build_model("cnn", 1, 24).state_dict())
+    last = load_file(str(one / "checkpoint" / "tensors.safetensors"))
+    assert all(torch.equal(saved[k], last[f"ema.module.{k}"]) for k in saved)
+    assert any(not torch.equal(saved[k], last[f"model.{k}"]) for k in saved if saved[k].is_floating_point())
+
+    full = train(cfg, progress=False, finish=False)
+
+    def interrupt(epoch: int, auc: float) -> None:
+        if epoch == 2:
+            raise Stop
+
+    part = replace(cfg, out=str(tmp_path / "part"))
+    with pytest.raises(Stop):
+        train(part, progress=False, on_epoch=interrupt, finish=False)
+    resumed = train(part, progress=False, resume=True, finish=False)
+    assert _history(resumed) == _history(full)
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
