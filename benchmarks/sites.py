@@ -169,7 +169,8 @@ def add_adabn(run_dir: Path, external: Path) -> dict:
 
     done = json.loads((run_dir / "done.json").read_text())
     if "adabn" not in done:
-        run = Run.load(run_dir, engine="torch")
+        # a result shared from an identical computation (a patience that never fired) keeps its model there
+        run = Run.load(run_dir.parent / done.get("shared_from", run_dir.name), engine="torch")
         ds, _ = load_run_dataset(run, external, progress=False)
         idx = ds.index("all")
         images, y = np.asarray(ds.images[idx]), ds.labels[idx]
