@@ -65,6 +65,9 @@ CONDITIONS: dict[str, dict] = {
     "lite0+robust+nostop+lr3e-4": {"patience": 1000, "model": "efficientnet-lite0", "lr": 3e-4, "augment": AUGMENT_PRESETS["robust"]},
     # Weight averaging (an exponential moving average over ~3 epochs; SWAD-like flat minima generalise across
     # domains) and MixStyle (feature-statistics mixing between training images of the pooled sites).
+    # ema3 was measured at commit 7a18d72, whose average still held the starting weights with weight d^steps;
+    # ema3d is the debiased average that --ema-epochs computes since (the same for late epochs of long runs).
+    "lite0+robust+nostop+ema3d": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0, "augment": AUGMENT_PRESETS["robust"]},
     "lite0+robust+nostop+ema3": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0, "augment": AUGMENT_PRESETS["robust"]},
     "lite0+robust+nostop+mixstyle": {"patience": 1000, "model": "efficientnet-lite0", "mixstyle": 0.5, "augment": AUGMENT_PRESETS["robust"]},
     # Uniform outer bands (collimation, frames) removed before resizing: stress showed border masks cost AUC.

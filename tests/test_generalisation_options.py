@@ -19,6 +19,7 @@ from cxrkit.data.synthetic import make_synthetic_dataset
 from cxrkit.models.mixstyle import MixStyle
 from cxrkit.models.registry import build_model
 from cxrkit.training import train
+from cxrkit.training.weight_average import ema_decay, weight_average
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +72,25 @@ def test_options_are_validated():
         TrainConfig(data="d", ema_epochs=0)
 
 
+def test_weight_average_is_the_debiased_exponential_average_of_the_steps_seen():
+    net = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    avg = weight_average(net, ema_epochs=1.0, steps_per_epoch=4)
+    d = ema_decay(1.0, 4)
+    assert d == pytest.approx(0.75)
+    steps = [1.0, 2.0, 3.0, 5.0]
+    for v in steps:
+        with torch.no_grad():
+            net[0].weight.fill_(v)
+            net[1].running_mean.fill_(-v)
+        net[1].num_batches_tracked += 1
+        avg.update_parameters(net)
+    w = [d ** (len(steps) - 1 - i) for i in range(len(steps))]
+    expected = sum(a * b for a, b in zip(w, steps)) / sum(w)  # 3.217: no trace of any starting weight
+    assert float(avg.module[0].weight.detach()) == pytest.approx(expected)
+    assert float(avg.module[1].running_mean) == pytest.approx(-expected)  # batch-norm statistics averaged alike
+    assert int(avg.module[1].num_batches_tracked) == 4
+
+
 def _history(run) -> list[tuple[str, str, str]]:
     return [(r["train_loss"], r["val_loss"], r["val_auc"]) for r in csv.DictReader(open(run / "history.csv"))]
 
@@ -86,7 +106,7 @@ def test_averaged_weights_are_kept_and_a_resumed_run_matches(tmp_path):
     one = train(replace(cfg, out=str(tmp_path / "one"), epochs=1), progress=False, finish=False)
     meta = json.loads((one / "meta.json").read_text())["training"]
     steps = 3  # 42 training images in batches of 16
-    assert meta["weight_average"]["decay"] == pytest.approx(1 - 1 / steps)
+    assert meta["weight_average"]["decay"] == pytest.approx(1 - 1 / steps) and meta["weight_average"]["debiased"]
     assert meta["mixstyle"]["layers"] == ["features.3", "features.10", "features.17"]
     saved = load_file(str(one / "model.safetensors"))
     # the saved network is plain (no extra tensors) and is the average, not the last optimiser step
