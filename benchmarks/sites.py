@@ -113,6 +113,26 @@ def _fig(m: dict) -> dict:
             "spec": mm["specificity"]["value"], "shift": bool(m.get("shift") and m["shift"]["warning"]), "n": m["n"]}
 
 
+def claim(run_dir: Path) -> bool:
+    """Take a run for this process, so that several benchmark processes can share one list; False if a live process has it."""
+    lock = run_dir.parent / f"{run_dir.name}.claim"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+                return False
+            except (ProcessLookupError, ValueError):  # its process died: take the run over
+                lock.unlink(missing_ok=True)
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
 def run_one(train_data: Path, external: Path, out: Path, options: dict, seed: int, epochs: int) -> dict:
     """Train, evaluate internally and externally, and stress-test the external set; cached in done.json."""
     done = out / "done.json"
@@ -266,7 +286,11 @@ def main() -> None:
                         results[(h, c, s)] = add_adabn(run_dir, folders[h]) if a.adabn else restress(run_dir, folders[h])
                     continue
                 tr = union(folders, [x for x in SITES if x != h], out / "data" / f"without_{h}")
+                if not (run_dir / "done.json").is_file() and not claim(run_dir):
+                    print(f"{h} {c} seed {s}: another process is training it; skipped here", flush=True)
+                    continue
                 r = run_one(tr, folders[h], run_dir, CONDITIONS[c], s, a.epochs)
+                (run_dir.parent / f"{run_dir.name}.claim").unlink(missing_ok=True)
                 if a.adabn:
                     r = add_adabn(run_dir, folders[h])
                 results[(h, c, s)] = r
