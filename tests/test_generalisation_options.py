@@ -19,7 +19,7 @@ from cxrkit.data.synthetic import make_synthetic_dataset
 from cxrkit.models.mixstyle import MixStyle
 from cxrkit.models.registry import build_model
 from cxrkit.training import train
-from cxrkit.training.weight_average import ema_decay, weight_average
+from cxrkit.training.weight_average import effective_ema_epochs, ema_decay, weight_average
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,25 +89,27 @@ def test_weight_average_is_the_debiased_exponential_average_of_the_steps_seen():
     assert float(avg.module[0].weight.detach()) == pytest.approx(expected)
     assert float(avg.module[1].running_mean) == pytest.approx(-expected)  # batch-norm statistics averaged alike
     assert int(avg.module[1].num_batches_tracked) == 4
-
-
-def _history(run) -> list[tuple[str, str, str]]:
-    return [(r["train_loss"], r["val_loss"], r["val_auc"]) for r in csv.DictReader(open(run / "history.csv"))]
+    assert effective_ema_epochs(3.0, 20) == 3.0 and effective_ema_epochs(3.0, 4) == pytest.approx(0.6)
 
 
 class Stop(Exception):
     pass
 
 
+def _history(run) -> list[tuple[str, str, str]]:
+    return [(r["train_loss"], r["val_loss"], r["val_auc"]) for r in csv.DictReader(open(run / "history.csv"))]
+
+
 def test_averaged_weights_are_kept_and_a_resumed_run_matches(tmp_path):
     data = make_synthetic_dataset(tmp_path / "d", n_per_class=30, size=24, seed=2, signal=1.0)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "full"), model="cnn", image_size=24, epochs=4, batch_size=16,
                       lr=2e-3, seed=0, precision="32", ema_epochs=1.0, mixstyle=0.5, augment={"rotate_degrees": 0})
-    one = train(replace(cfg, out=str(tmp_path / "one"), epochs=1), progress=False, finish=False)
-    meta = json.loads((one / "meta.json").read_text())["training"]
-    steps = 3  # 42 training images in batches of 16
-    assert meta["weight_average"]["decay"] == pytest.approx(1 - 1 / steps) and meta["weight_average"]["debiased"]
-    assert meta["mixstyle"]["layers"] == ["features.3", "features.10", "features.17"]
+    def after_first(epoch: int, auc: float) -> None:
+        raise Stop
+
+    one = tmp_path / "one"
+    with pytest.raises(Stop):  # a 10-epoch run (window 1 epoch, within 15% of the run) stopped after its first epoch
+        train(replace(cfg, out=str(one), epochs=10), progress=False, finish=False, on_epoch=after_first)
     saved = load_file(str(one / "model.safetensors"))
     # the saved network is plain (no extra tensors) and is the average, not the last optimiser step
     assert set(saved) == set(build_model("cnn", 1, 24).state_dict())
@@ -116,6 +118,11 @@ def test_averaged_weights_are_kept_and_a_resumed_run_matches(tmp_path):
     assert any(not torch.equal(saved[k], last[f"model.{k}"]) for k in saved if saved[k].is_floating_point())
 
     full = train(cfg, progress=False, finish=False)
+    meta = json.loads((full / "meta.json").read_text())["training"]
+    # asked for 1 epoch; a 4-epoch run averages over at most 15% of itself (0.6 epochs of 3 steps)
+    assert meta["weight_average"]["asked"] == 1.0 and meta["weight_average"]["epochs"] == pytest.approx(0.6)
+    assert meta["weight_average"]["decay"] == pytest.approx(1 - 1 / 1.8) and meta["weight_average"]["debiased"]
+    assert meta["mixstyle"]["layers"] == ["features.3", "features.10", "features.17"]
 
     def interrupt(epoch: int, auc: float) -> None:
         if epoch == 2:

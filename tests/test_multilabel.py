@@ -76,7 +76,7 @@ def ml_table(tmp_path_factory):
 
 def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys):
     out = tmp_path / "run"
-    cfg = TrainConfig(data=str(ml_table.parent), labels=str(ml_table), out=str(out), model="simple_cnn", image_size=32, epochs=3,
+    cfg = TrainConfig(data=str(ml_table.parent), labels=str(ml_table), out=str(out), model="simple_cnn", image_size=32, epochs=6,
                       batch_size=16, lr=3e-3, seed=0, precision="32", augment=AugmentConfig(0, 0, 0, 0, 0, False), oversample=True)
     train(cfg, progress=False)
     meta = json.loads((out / "meta.json").read_text())

@@ -107,8 +107,8 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                         "cut the weakest seeds short in benchmarks/sites.py)")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this much wall-clock time")
     g.add_argument("--ema-epochs", type=float, default=d["ema_epochs"], metavar="N",
-                   help="validate, keep and save a moving average of the weights over about N epochs instead of the last "
-                        "step's weights; 0 turns it off (default %(default)s: same external AUC, lower seed-to-seed spread "
+                   help="validate, keep and save a moving average of the weights over about N epochs (at most 15%% of "
+                        "--epochs) instead of the last step's weights; 0 turns it off (default %(default)s: same external AUC, lower seed-to-seed spread "
                         "in benchmarks/sites.py)")
     g.add_argument("--mixstyle", type=float, default=d["mixstyle"], metavar="P",
                    help="MixStyle: with probability P per batch, mix early-layer feature statistics (style: exposure, "

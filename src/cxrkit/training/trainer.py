@@ -54,7 +54,7 @@ from cxrkit.training.checkpoint import CHECKPOINT_DIR, find_checkpoint, load_che
 from cxrkit.training.distributed import Distributed, setup_distributed, teardown_distributed
 from cxrkit.training.imbalance import class_counts, make_loss, oversampled_order, repeat_factors
 from cxrkit.training.tracking import Tracker
-from cxrkit.training.weight_average import ema_decay, weight_average
+from cxrkit.training.weight_average import effective_ema_epochs, ema_decay, weight_average
 
 
 class _Batches(Dataset):
@@ -323,7 +323,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
         scheduler = None
     ema = None
     if cfg.ema_epochs:
-        ema = weight_average(model, cfg.ema_epochs, steps_per_epoch)
+        ema = weight_average(model, effective_ema_epochs(cfg.ema_epochs, cfg.epochs), steps_per_epoch)
     # attached after the average's copy is made: the hooks act on the network being trained only
     mixstyle = MixStyle(cfg.mixstyle, seed=cfg.seed + 1000 * ctx.rank).attach(model, MODELS[cfg.model].mixstyle_layers) if cfg.mixstyle else None
     train_model = model
@@ -518,8 +518,9 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
             "seconds_total": prog.seconds_before,
             "pretrained": s.pretrained_report,
             "fine_tuning": {"freeze": cfg.freeze, "head_epochs": cfg.head_epochs, "backbone_lr_scale": cfg.backbone_lr_scale},
-            "weight_average": None if s.ema is None else {"method": "exponential moving average", "epochs": cfg.ema_epochs,
-                                                          "decay": ema_decay(cfg.ema_epochs, s.steps_per_epoch), "debiased": True},
+            "weight_average": None if s.ema is None else {
+                "method": "exponential moving average", "epochs": effective_ema_epochs(cfg.ema_epochs, cfg.epochs), "asked": cfg.ema_epochs,
+                "decay": ema_decay(effective_ema_epochs(cfg.ema_epochs, cfg.epochs), s.steps_per_epoch), "debiased": True},
             "mixstyle": {"p": cfg.mixstyle, "alpha": 0.1, "layers": list(MODELS[cfg.model].mixstyle_layers)} if cfg.mixstyle else None,
             "torch": torch.__version__,
             "python": platform.python_version(),
