@@ -96,6 +96,15 @@ class Stop(Exception):
     pass
 
 
+def test_a_run_saved_before_weight_averaging_loads_without_it(tmp_path):
+    saved = tmp_path / "config.yaml"
+    saved.write_text("data: d\nmodel: cnn\n")  # written before ema_epochs existed
+    assert TrainConfig.load_saved(saved).ema_epochs is None
+    assert TrainConfig.load(saved).ema_epochs == 3.0  # a user's config file gets today's default
+    saved.write_text("data: d\nmodel: cnn\nema_epochs: null\n")
+    assert TrainConfig.load_saved(saved).ema_epochs is None
+
+
 def _history(run) -> list[tuple[str, str, str]]:
     return [(r["train_loss"], r["val_loss"], r["val_auc"]) for r in csv.DictReader(open(run / "history.csv"))]
 

@@ -181,6 +181,8 @@ class TrainConfig:
         raw = yaml.safe_load(Path(path).read_text()) or {}
         if isinstance(raw, dict) and "group_duplicates" not in raw:
             cfg.group_duplicates = False  # its splits were cut without grouping copies; evaluation must cut them the same way
+        if isinstance(raw, dict) and "ema_epochs" not in raw:
+            cfg.ema_epochs = None  # trained before weight averaging existed: its saved weights are the raw ones
         return cfg
 
     @classmethod

@@ -221,7 +221,7 @@ def _check_resume(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
     """The checkpoint to continue from (None: start afresh); refuse a resume with other settings."""
     ckpt = find_checkpoint(out) if resume else None
     if ckpt is not None:
-        saved = TrainConfig.load(out / CONFIG_FILE).to_dict()
+        saved = TrainConfig.load_saved(out / CONFIG_FILE).to_dict()
         # The folder may have moved since (--out names where it is now), so out is not compared.
         differ = sorted(k for k, v in cfg.to_dict().items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v)
         if differ:
