@@ -72,6 +72,12 @@ def test_config_round_trip_and_validation(tmp_path):
         TrainConfig.from_dict(d)
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(data="d", batch_size=1)
+    # YAML reads yes/on as true: a boolean where a number belongs is refused, not read as 1.0
+    d.pop("learning_rate")
+    for key, value, where in (("lr", True, "lr"), ("mixstyle", True, "mixstyle"), ("augment", {"brightness": True}, "augment.brightness")):
+        with pytest.raises(ValueError, match=f"{where}: expected a number or text, got true"):
+            TrainConfig.from_dict({**d, key: value})
+    assert TrainConfig.from_dict({**d, "tta": True}).tta  # booleans where they belong
 
 
 def test_cache_is_reused_and_invalidated(tmp_path):

@@ -117,7 +117,7 @@ class TrainConfig:
             (not (self.head_epochs and self.freeze == "backbone"), "head_epochs (two-stage) and freeze=backbone exclude each other"),
             (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive"),
             (self.backbone_lr_scale > 0, "backbone_lr_scale must be positive"),
-            (self.ema_epochs is None or self.ema_epochs > 0, "ema_epochs must be positive (or left out: no weight averaging)"),
+            (self.ema_epochs is None or self.ema_epochs > 0, "ema_epochs must be positive (or null: no weight averaging)"),
             (0 <= self.mixstyle <= 1, "mixstyle must be a probability from 0 to 1"),
             (not self.mixstyle or bool(MODELS[self.model].mixstyle_layers),
              f"mixstyle is not available for {self.model}; models with it: "
@@ -207,6 +207,17 @@ class TrainConfig:
             raise ConfigError(f"{path}: {exc}") from None
 
 
+def _refuse_booleans(cls: type, d: dict, prefix: str) -> None:
+    """A true/false where a number or text belongs is an error: pydantic would read ``lr: yes`` as 1.0."""
+    from typing import get_type_hints
+
+    hints = get_type_hints(cls)
+    for k, v in d.items():
+        if isinstance(v, bool) and "bool" not in str(hints.get(k, "bool")):
+            raise ConfigError(f"{prefix}{k}: expected a number or text, got {str(v).lower()} "
+                              "(YAML reads yes/no/on/off as true/false)")
+
+
 def _validated(cls: type, d: dict, prefix: str = "") -> Any:
     """``cls(**d)`` with pydantic's type checks and conversions; unknown keys and bad values are one-line ConfigErrors."""
     from pydantic import TypeAdapter, ValidationError
@@ -217,6 +228,9 @@ def _validated(cls: type, d: dict, prefix: str = "") -> Any:
         raise ConfigError(f"unknown config keys: {', '.join(prefix + k for k in unknown)} (known: {', '.join(sorted(known))})")
     if cls is TrainConfig and "data" not in d:
         raise ConfigError("data is missing: the dataset folder (or .zip, .npz) to train on")
+    _refuse_booleans(cls, d, prefix)
+    if cls is TrainConfig and isinstance(d.get("augment"), dict):
+        _refuse_booleans(AugmentConfig, d["augment"], "augment.")
     try:
         return TypeAdapter(cls).validate_python(d)
     except ValidationError as exc:
