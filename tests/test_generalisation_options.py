@@ -1,15 +1,13 @@
 """Options measured for other hospitals (benchmarks/sites.py): MixStyle and a moving average of the weights.
 
 MixStyle must change feature statistics only, only while training, and leave the saved network plain;
-the moving average must be what is validated and saved, and a resumed run must reach the same model."""
+the moving average must be what is validated and saved (resuming both: tests/test_resume.py)."""
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -105,14 +103,11 @@ def test_a_run_saved_before_weight_averaging_loads_without_it(tmp_path):
     assert TrainConfig.load_saved(saved).ema_epochs is None
 
 
-def _history(run) -> list[tuple[str, str, str]]:
-    return [(r["train_loss"], r["val_loss"], r["val_auc"]) for r in csv.DictReader(open(run / "history.csv"))]
-
-
-def test_averaged_weights_are_kept_and_a_resumed_run_matches(tmp_path):
+def test_averaged_weights_are_what_is_kept(tmp_path):
     data = make_synthetic_dataset(tmp_path / "d", n_per_class=30, size=24, seed=2, signal=1.0)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "full"), model="cnn", image_size=24, epochs=4, batch_size=16,
                       lr=2e-3, seed=0, precision="32", ema_epochs=1.0, mixstyle=0.5, augment={"rotate_degrees": 0})
+
     def after_first(epoch: int, auc: float) -> None:
         raise Stop
 
@@ -133,14 +128,3 @@ def test_averaged_weights_are_kept_and_a_resumed_run_matches(tmp_path):
     assert meta["weight_average"]["decay"] == pytest.approx(1 - 1 / 1.8) and meta["weight_average"]["debiased"]
     assert meta["mixstyle"]["layers"] == ["features.3", "features.10", "features.17"]
 
-    def interrupt(epoch: int, auc: float) -> None:
-        if epoch == 2:
-            raise Stop
-
-    part = replace(cfg, out=str(tmp_path / "part"))
-    with pytest.raises(Stop):
-        train(part, progress=False, on_epoch=interrupt, finish=False)
-    resumed = train(part, progress=False, resume=True, finish=False)
-    assert _history(resumed) == _history(full)
-    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
-    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)

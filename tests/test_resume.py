@@ -26,10 +26,15 @@ def _history(run) -> list[tuple[float, float, float]]:
     return [(float(r["train_loss"]), float(r["val_loss"]), float(r["val_auc"])) for r in csv.DictReader(open(run / "history.csv"))]
 
 
-def test_interrupted_training_resumes_to_the_same_result(tmp_path):
+# The raw weights; and a run whose checkpoint must also carry the weight average and MixStyle's random state.
+@pytest.mark.parametrize("options", [
+    {"model": "simple_cnn", "ema_epochs": None},
+    {"model": "cnn", "ema_epochs": 1.0, "mixstyle": 0.5, "augment": {"rotate_degrees": 0}},
+], ids=["raw-weights", "averaged-mixstyle"])
+def test_interrupted_training_resumes_to_the_same_result(tmp_path, options):
     data = make_synthetic_dataset(tmp_path / "d", n_per_class=30, size=24, seed=2, signal=1.0)
-    cfg = TrainConfig(data=str(data), out=str(tmp_path / "full"), model="simple_cnn", image_size=24, epochs=4, patience=10,
-                      batch_size=16, lr=2e-3, seed=0, precision="32", schedule="cosine")
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "full"), image_size=24, epochs=4, patience=10,
+                      batch_size=16, lr=2e-3, seed=0, precision="32", schedule="cosine", **options)
     full = train(cfg, progress=False, finish=False)
 
     def interrupt(epoch: int, auc: float) -> None:

@@ -481,6 +481,7 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
     cfg, ds, model = s.cfg, s.ds, s.model
     trainable, total = count_parameters(model)
     ips = [h["train_images_per_second"] for h in prog.history]
+    window = effective_ema_epochs(cfg.ema_epochs, cfg.epochs) if cfg.ema_epochs else None
     meta = RunMeta(
         model=cfg.model, task=s.task.name, classes=list(ds.class_names), num_outputs=s.task.num_outputs(len(ds.class_names)),
         preprocessing=ImageSpec(**s.pre.to_dict()), positive_class=ds.positive,
@@ -519,8 +520,8 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
             "pretrained": s.pretrained_report,
             "fine_tuning": {"freeze": cfg.freeze, "head_epochs": cfg.head_epochs, "backbone_lr_scale": cfg.backbone_lr_scale},
             "weight_average": None if s.ema is None else {
-                "method": "exponential moving average", "epochs": effective_ema_epochs(cfg.ema_epochs, cfg.epochs), "asked": cfg.ema_epochs,
-                "decay": ema_decay(effective_ema_epochs(cfg.ema_epochs, cfg.epochs), s.steps_per_epoch), "debiased": True},
+                "method": "exponential moving average", "epochs": window, "asked": cfg.ema_epochs,
+                "decay": ema_decay(window, s.steps_per_epoch), "debiased": True},
             "mixstyle": {"p": cfg.mixstyle, "alpha": 0.1, "layers": list(MODELS[cfg.model].mixstyle_layers)} if cfg.mixstyle else None,
             "torch": torch.__version__,
             "python": platform.python_version(),
