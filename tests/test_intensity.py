@@ -2,6 +2,7 @@
 
 import base64
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -111,6 +112,35 @@ def test_gamma_blur_and_noise_augmentation():
     assert torch.equal(n, again)  # seeded
 
 
+def test_edge_erasing_blacks_out_only_border_bands_or_corners():
+    import torch
+
+    from cxrkit.config import ConfigError
+    from cxrkit.data.augment import augment_batch
+
+    x = torch.full((200, 1, 40, 40), 0.6)
+    cfg = AugmentConfig(0, 0, 0, 0, 0, False, erase_edges=0.5)
+    y = augment_batch(x, cfg, torch.Generator().manual_seed(0))
+    erased = y == 0
+    assert torch.equal(y[~erased], x[~erased])  # nothing else changes
+    assert not erased[:, :, 10:30, 10:30].any()  # the centre (the lungs) is never touched
+    hit = erased.flatten(1).any(1)
+    assert 0.35 < hit.float().mean() < 0.65  # about half the images
+    side = erased[:, 0, 20, :].any(1)  # a band crosses the middle row; corner squares (at most 25%) do not
+    assert 0.1 < side.float().mean() < 0.4  # about half of the erased images got a band, the others corners
+    for i in torch.nonzero(side).flatten()[:10]:  # a band is a full frame: every side blacked out, same width
+        m = erased[i, 0]
+        assert m[0].all() and m[-1].all() and m[:, 0].all() and m[:, -1].all()
+        width = int(m[20].int().argmin())
+        assert 1 <= width <= 4 and m[20, -width:].all() and not m[20, width:-width].any()
+    assert torch.equal(augment_batch(x, cfg, torch.Generator().manual_seed(0)), y)  # seeded
+    off = AugmentConfig(0, 0, 0, 0, 0, False, noise=0.05)  # off by default: other augmentations draw the same numbers as before
+    assert torch.equal(augment_batch(x, off, torch.Generator().manual_seed(1)),
+                       augment_batch(x, replace(off, erase_edges=0.0), torch.Generator().manual_seed(1)))
+    with pytest.raises(ConfigError, match="erase_edges is a probability"):
+        TrainConfig(data="d", augment=AugmentConfig(erase_edges=1.5))
+
+
 def test_augmentation_presets_and_explicit_options_on_the_command_line():
     from cxrkit.cli import _config_from_args, build_parser
     from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
@@ -127,3 +157,4 @@ def test_augmentation_presets_and_explicit_options_on_the_command_line():
     mixed = config("--augment-preset", "robust", "--gamma", "0.1", "--hflip")
     assert (mixed.gamma, mixed.blur, mixed.hflip) == (0.1, 1.0, True)
     assert not config("--augment-preset", "robust", "--no-augment").enabled
+    assert config("--erase-edges", "0.5").erase_edges == 0.5 and config().erase_edges == 0.0

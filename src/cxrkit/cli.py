@@ -152,6 +152,9 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--gamma", type=float, default=None, help="log-gamma range, e.g. 0.3 = gamma 0.74-1.35 (default: " + preset % aug.gamma + ")")
     g.add_argument("--blur", type=float, default=None, help="max Gaussian blur sigma in pixels (default: " + preset % aug.blur + ")")
     g.add_argument("--noise", type=float, default=None, help="max Gaussian noise std on a 0-1 scale (default: " + preset % aug.noise + ")")
+    g.add_argument("--erase-edges", type=float, default=None, metavar="P",
+                   help="probability per image of blacking out a random border band (2-10%% of the side) or corner squares "
+                        "(10-25%%), where collimation, markers and text differ between sites (default: " + preset % aug.erase_edges + ")")
     g.add_argument("--hflip", action="store_true", help="random horizontal flips (off by default: the heart is on the left, and L/R markers mirror)")
     g.add_argument("--no-augment", action="store_true", help="turn all augmentation off")
 
@@ -164,7 +167,8 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         aug = AugmentConfig(0, 0, 0, 0, 0, False)
     else:
         given = {"rotate_degrees": a.rotate, "scale": a.scale, "translate": a.translate, "brightness": a.brightness, "contrast": a.contrast,
-                 "gamma": a.gamma, "blur": a.blur, "noise": a.noise}
+                 "gamma": a.gamma, "blur": a.blur, "noise": a.noise,
+                 "erase_edges": a.erase_edges}
         aug = replace(AUGMENT_PRESETS[a.augment_preset], hflip=a.hflip, **{k: v for k, v in given.items() if v is not None})
     return TrainConfig(
         data=data, out=out, labels=a.labels, label_column=a.label_column, task=a.task, resplit=a.resplit, oversample=a.oversample,

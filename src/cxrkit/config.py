@@ -129,6 +129,7 @@ class TrainConfig:
             (self.patience is None or self.patience >= 1, "patience must be at least 1 (or left out: no early stopping)"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (all(v >= 0 for k, v in asdict(self.augment).items() if k != "hflip"), "augment strengths must be >= 0"),
+            (self.augment.erase_edges <= 1, "augment.erase_edges is a probability from 0 to 1"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -28,12 +28,13 @@ class AugmentConfig:
     gamma: float = 0.0  # log-gamma range: gamma = exp(U(-g, g)); 0.3 covers about 0.74-1.35
     blur: float = 0.0  # maximum Gaussian blur sigma in pixels
     noise: float = 0.0  # maximum standard deviation of added Gaussian noise (0-1 scale)
+    erase_edges: float = 0.0  # probability per image of blacking out a random border band or corner squares
 
     @property
     def enabled(self) -> bool:
         """Whether any augmentation is active."""
         return any((self.rotate_degrees, self.scale, self.translate, self.brightness, self.contrast, self.hflip,
-                    self.gamma, self.blur, self.noise))
+                    self.gamma, self.blur, self.noise, self.erase_edges))
 
 
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
@@ -91,7 +92,29 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     if cfg.noise:  # another detector's noise
         sd = uniform(0.0, cfg.noise).view(b, 1, 1, 1).to(x.dtype)
         x = (x + sd * torch.randn(x.shape, generator=generator, dtype=x.dtype)).clamp_(0.0, 1.0)
+    if cfg.erase_edges:  # collimation, film edges and corner markers differ between sites: teach the model to do without them
+        x = x.masked_fill(edge_mask(x.shape, cfg.erase_edges, generator), 0.0)
     return x
+
+
+def edge_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator) -> torch.Tensor:
+    """Boolean mask (B, 1, H, W): with probability ``p`` per image, an outer band (2-10% of the side) or
+    random corner squares (10-25% of the side, each corner with probability 1/2), where markers and text sit."""
+    b, _, h, w = shape
+    side = min(h, w)
+    rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    apply = torch.rand(b, generator=generator) < p
+    band_kind = torch.rand(b, generator=generator) < 0.5
+    band = (torch.rand(b, generator=generator) * 0.08 + 0.02).mul(side).round().clamp(min=1).view(b, 1, 1)
+    corner = (torch.rand(b, generator=generator) * 0.15 + 0.10).mul(side).round().clamp(min=1).view(b, 1, 1)
+    which = (torch.rand(b, 4, generator=generator) < 0.5).view(b, 4, 1, 1)
+    in_band = (rows < band) | (rows >= h - band) | (cols < band) | (cols >= w - band)
+    top, bottom, left, right = rows < corner, rows >= h - corner, cols < corner, cols >= w - corner
+    in_corner = ((top & left & which[:, 0]) | (top & right & which[:, 1]) | (bottom & left & which[:, 2])
+                 | (bottom & right & which[:, 3]))
+    kind = band_kind.view(b, 1, 1)
+    mask = apply.view(b, 1, 1) & torch.where(kind, in_band, in_corner)
+    return mask.unsqueeze(1)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
