@@ -82,6 +82,12 @@ CONDITIONS: dict[str, dict] = {
 }
 
 
+# Everything a condition does not name is pinned to the defaults before issue 12, so changing cxrkit's
+# defaults never changes what an old condition measures.
+PINNED = {"model": "cnn", "image_size": 128, "intensity": "none", "patience": 6, "ema_epochs": None,
+          "mixstyle": 0.0, "crop_border": False, "head_epochs": 0}
+
+
 def site_folders(shared: Path, out: Path) -> dict[str, Path]:
     """One folder of links per site, classes ``normal`` and ``tb``."""
     sm, sakha = shared / "tb_shenzhen_montgomery_128" / "train", shared / "tb_sakha_datacamp_224" / "train"
@@ -143,10 +149,7 @@ def run_one(train_data: Path, external: Path, out: Path, options: dict, seed: in
     if done.is_file():
         return json.loads(done.read_text())
     t0 = time.perf_counter()
-    # Everything a condition does not name is pinned to the defaults before issue 12, so changing cxrkit's
-    # defaults never changes what an old condition measures.
-    options = {"model": "cnn", "image_size": 128, "intensity": "none", "epochs": epochs, "patience": 6, "ema_epochs": None,
-               "mixstyle": 0.0, "crop_border": False, "head_epochs": 0, **options}
+    options = {**PINNED, "epochs": epochs, **options}
     cfg = TrainConfig(data=str(train_data), out=str(out), seed=seed, group_pattern=GROUP, **options)
     train(cfg, progress=False, overwrite=True)
     train_s = time.perf_counter() - t0
@@ -163,6 +166,58 @@ def run_one(train_data: Path, external: Path, out: Path, options: dict, seed: in
     result.update(stress_column(run, external, seed))
     done.write_text(json.dumps(result))
     return result
+
+
+def pooled_one(folders: dict[str, Path], out: Path, options: dict, seed: int, epochs: int) -> dict:
+    """The reference for the external figures: one model trained on every site (several sources, splits
+    stratified by site), with each site's own test images scored; cached in done.json."""
+    from cxrkit.data.multisite import write_sources_file
+
+    done = out / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    sources = write_sources_file([folders[s] for s in SITES], out.parent / f"{out.name}.sources.yaml")
+    cfg = TrainConfig(data=str(sources), out=str(out), seed=seed, group_pattern=GROUP, **{**PINNED, "epochs": epochs, **options})
+    train(cfg, progress=False, overwrite=True)
+    train_s = time.perf_counter() - t0
+    run = Run.load(out)
+    ds, _ = load_run_dataset(run, progress=False)
+    idx = ds.index("test")
+    p = run.predict_arrays(np.asarray(ds.images[idx]))[:, 1]
+    y, sites, paths = ds.labels[idx], ds.sites[idx], np.array(ds.relpaths)[idx]
+    result = {"train_seconds": train_s, "per_site": {}}
+    for site in SITES:
+        sel = sites == site
+        m = binary_metrics(y[sel], p[sel], run.threshold, seed=seed)["metrics"]["roc_auc"]
+        result["per_site"][site] = {"auc": m["value"], "auc_ci": m["ci"], "n": int(sel.sum()), "n_positive": int(y[sel].sum()),
+                                    "y": y[sel].tolist(), "p": p[sel].tolist(), "paths": paths[sel].tolist()}
+    done.write_text(json.dumps(result))
+    return result
+
+
+def pooled_summary(out: Path, conditions: list[str], seeds: list[int], results: dict) -> str:
+    """Per site: its test AUC when it was among the training sites, against its external AUC when held out."""
+    from cxrkit.metrics.intervals import delong_interval
+
+    lines = ["| site | condition | seeds | test images per seed | AUC trained with the site, mean (SD) | same, test images of all seeds "
+             "together (95% CI) | AUC held out (leave-one-site-out), mean | held out - with |", "|" + "---|" * 8]
+    for c in conditions:
+        runs = [json.loads(d.read_text()) for s in seeds
+                if (d := out / "runs" / f"pooled_{c.replace('+', '_')}_s{s}" / "done.json").is_file()]
+        if not runs:
+            continue
+        for site in SITES:
+            per = [r["per_site"][site] for r in runs]
+            a = np.array([x["auc"] for x in per])
+            auc, ci = delong_interval(np.concatenate([x["y"] for x in per]), np.concatenate([x["p"] for x in per]))
+            ext = [results[(site, c, s)]["external"]["auc"] for s in seeds if (site, c, s) in results]
+            held = f"{np.mean(ext):.3f}" if ext else "-"
+            gap = f"{np.mean(ext) - a.mean():+.3f}" if ext else "-"
+            sd = f" ({a.std(ddof=1):.3f})" if len(a) > 1 else ""
+            lines.append(f"| {site} | {c} | {len(a)} | {np.mean([x['n'] for x in per]):.0f} | {a.mean():.3f}{sd} | "
+                         f"{auc:.3f} ({ci[0]:.3f}-{ci[1]:.3f}) | {held} | {gap} |")
+    return "\n".join(lines)
 
 
 def stress_column(run: Run, external: Path, seed: int) -> dict:
@@ -275,10 +330,13 @@ def main() -> None:
     ap.add_argument("--holdout", default=",".join(SITES))
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--summary-only", action="store_true", help="print the tables of finished runs, train nothing")
+    ap.add_argument("--pooled", action="store_true",
+                    help="also train one model per condition and seed on all three sites and score each site's own test images: "
+                         "what each site's AUC is when it is not held out (the reference for the external figures)")
     ap.add_argument("--adabn", action="store_true", help="also measure each run after AdaBN on the held-out site's images (`cxrkit adapt`)")
     a = ap.parse_args()
     out = Path(a.out)
-    conditions, seeds, holdouts = a.conditions.split(","), [int(s) for s in a.seeds.split(",")], a.holdout.split(",")
+    conditions, seeds, holdouts = a.conditions.split(","), [int(s) for s in a.seeds.split(",")], [h for h in a.holdout.split(",") if h]
     folders = site_folders(Path(a.shared), out)
     results = {}
     for s in seeds:  # seed-major: every condition gets a paired comparison on each seed as early as possible
@@ -300,7 +358,24 @@ def main() -> None:
                 results[(h, c, s)] = r
                 print(f"{h} {c} seed {s}: internal {r['internal']['auc']:.3f} external {r['external']['auc']:.3f} "
                       f"stress {r['stress']['auc']:.3f} ({r['train_seconds'] / 60:.1f} min)", flush=True)
-    print(summary(results, conditions, seeds, holdouts), flush=True)
+    if holdouts:
+        print(summary(results, conditions, seeds, holdouts), flush=True)
+    if a.pooled:
+        for s in seeds:
+            for c in conditions:
+                run_dir = out / "runs" / f"pooled_{c.replace('+', '_')}_s{s}"
+                if a.summary_only or not (run_dir / "done.json").is_file() and not claim(run_dir):
+                    continue
+                r = pooled_one(folders, run_dir, CONDITIONS[c], s, a.epochs)
+                (run_dir.parent / f"{run_dir.name}.claim").unlink(missing_ok=True)
+                print(f"pooled {c} seed {s}: " + ", ".join(f"{k} {v['auc']:.3f} (n {v['n']})" for k, v in r["per_site"].items()), flush=True)
+        if not holdouts:  # the held-out figures to compare with, from finished runs
+            for h in SITES:
+                for c in conditions:
+                    for s in seeds:
+                        if (d := out / "runs" / f"{h}_{c.replace('+', '_')}_s{s}" / "done.json").is_file():
+                            results[(h, c, s)] = json.loads(d.read_text())
+        print(pooled_summary(out, conditions, seeds, results), flush=True)
 
 
 if __name__ == "__main__":
