@@ -85,7 +85,7 @@ CONDITIONS: dict[str, dict] = {
 # Everything a condition does not name is pinned to the defaults before issue 12, so changing cxrkit's
 # defaults never changes what an old condition measures.
 PINNED = {"model": "cnn", "image_size": 128, "intensity": "none", "patience": 6, "ema_epochs": None,
-          "mixstyle": 0.0, "crop_border": False, "head_epochs": 0}
+          "mixstyle": 0.0, "crop_border": False, "head_epochs": 0, "tta": False}
 
 
 def site_folders(shared: Path, out: Path) -> dict[str, Path]:
@@ -265,6 +265,25 @@ def add_adabn(run_dir: Path, external: Path) -> dict:
     return done
 
 
+def add_tta(run_dir: Path, external: Path) -> dict:
+    """Add to done.json the internal and external AUC with test-time augmentation (``--tta``: the mean of 5 mild
+    views), the external one paired with the same model's plain AUC."""
+    done = json.loads((run_dir / "done.json").read_text())
+    if "tta" not in done:
+        run = Run.load(run_dir.parent / done.get("shared_from", run_dir.name))
+        ds, _ = load_run_dataset(run, external, progress=False)
+        idx = ds.index("all")
+        p = run.predict_arrays(np.asarray(ds.images[idx]), tta=True)[:, 1]
+        d = delong_paired(ds.labels[idx], p, np.array(done["p"]))
+        own, _ = load_run_dataset(run, progress=False)
+        t = own.index("test")
+        internal = binary_metrics(own.labels[t], run.predict_arrays(np.asarray(own.images[t]), tta=True)[:, 1], run.threshold)
+        done["tta"] = {"auc": d["auc_a"], "change": d["difference"], "p_value": d["p_value"], "p": p.tolist(),
+                       "internal_auc": internal["metrics"]["roc_auc"]["value"]}
+        (run_dir / "done.json").write_text(json.dumps(done))
+    return done
+
+
 def ensemble_line(results: dict, h: str, c: str, seeds: list[int]) -> str | None:
     """External AUC of the mean probability of the seeds' models (an ensemble), or None with fewer than two seeds."""
     from cxrkit.metrics.intervals import delong_interval
@@ -279,8 +298,9 @@ def ensemble_line(results: dict, h: str, c: str, seeds: list[int]) -> str | None
 def summary(results: dict, conditions: list[str], seeds: list[int], holdouts: list[str]) -> str:
     """Markdown tables: per held-out site and condition, mean (SD) over seeds, and paired DeLong vs the first condition."""
     lines = ["| held-out site | condition | seeds | internal AUC | external AUC | ext - int | stress AUC | ext sens / spec % | "
-             "vs " + conditions[0] + ": diff per seed (p) | ensemble of seeds, external AUC | external AUC after AdaBN | train min |",
-             "|" + "---|" * 12]
+             "vs " + conditions[0] + ": diff per seed (p) | ensemble of seeds, external AUC | external AUC after AdaBN | "
+             "with TTA: internal / external AUC, change per seed (p) | train min |",
+             "|" + "---|" * 13]
     for h in holdouts:
         for c in conditions:
             rs = [(s, results.get((h, c, s))) for s in seeds]
@@ -303,9 +323,12 @@ def summary(results: dict, conditions: list[str], seeds: list[int], holdouts: li
             sd = (lambda a: f" ({a.std(ddof=1):.3f})" if len(a) > 1 else "")
             minutes = np.mean([r["train_seconds"] for _, r in rs]) / 60
             ada = np.array([r["adabn"]["auc"] for _, r in rs if "adabn" in r])
+            tta = [r["tta"] for _, r in rs if "tta" in r]
+            tta_cell = (f"{np.mean([t['internal_auc'] for t in tta]):.3f} / {np.mean([t['auc'] for t in tta]):.3f}: "
+                        + ", ".join(f"{t['change']:+.3f} ({t['p_value']:.2g})" for t in tta)) if tta else "-"
             lines.append(f"| {h} | {c} | {len(rs)} | {i.mean():.3f}{sd(i)} | {e.mean():.3f}{sd(e)} | {e.mean() - i.mean():+.3f} | "
                          f"{st.mean():.3f}{sd(st)} | {sens:.0f} / {spec:.0f} | {', '.join(paired) or '-'} | "
-                         f"{ensemble_line(results, h, c, seeds) or '-'} | {f'{ada.mean():.3f}{sd(ada)}' if len(ada) else '-'} | {minutes:.1f} |")
+                         f"{ensemble_line(results, h, c, seeds) or '-'} | {f'{ada.mean():.3f}{sd(ada)}' if len(ada) else '-'} | {tta_cell} | {minutes:.1f} |")
     lines += ["", "| condition | runs | mean internal AUC | mean external AUC | mean ext - int | seed SD of external AUC (mean over sites) | mean stress AUC |",
               "|" + "---|" * 7]
     for c in conditions:
@@ -333,6 +356,7 @@ def main() -> None:
     ap.add_argument("--pooled", action="store_true",
                     help="also train one model per condition and seed on all three sites and score each site's own test images: "
                          "what each site's AUC is when it is not held out (the reference for the external figures)")
+    ap.add_argument("--tta", action="store_true", help="also measure each run with test-time augmentation (`--tta`), paired with its plain AUC")
     ap.add_argument("--adabn", action="store_true", help="also measure each run after AdaBN on the held-out site's images (`cxrkit adapt`)")
     a = ap.parse_args()
     out = Path(a.out)
@@ -346,6 +370,8 @@ def main() -> None:
                 if a.summary_only:
                     if (run_dir / "done.json").is_file():
                         results[(h, c, s)] = add_adabn(run_dir, folders[h]) if a.adabn else restress(run_dir, folders[h])
+                        if a.tta:
+                            results[(h, c, s)] = add_tta(run_dir, folders[h])
                     continue
                 tr = union(folders, [x for x in SITES if x != h], out / "data" / f"without_{h}")
                 if not (run_dir / "done.json").is_file() and not claim(run_dir):
@@ -355,6 +381,8 @@ def main() -> None:
                 (run_dir.parent / f"{run_dir.name}.claim").unlink(missing_ok=True)
                 if a.adabn:
                     r = add_adabn(run_dir, folders[h])
+                if a.tta:
+                    r = add_tta(run_dir, folders[h])
                 results[(h, c, s)] = r
                 print(f"{h} {c} seed {s}: internal {r['internal']['auc']:.3f} external {r['external']['auc']:.3f} "
                       f"stress {r['stress']['auc']:.3f} ({r['train_seconds'] / 60:.1f} min)", flush=True)

@@ -94,13 +94,23 @@ class Stop(Exception):
     pass
 
 
-def test_a_run_saved_before_weight_averaging_loads_without_it(tmp_path):
+def test_a_run_saved_before_weight_averaging_or_tta_loads_without_them(tmp_path):
     saved = tmp_path / "config.yaml"
-    saved.write_text("data: d\nmodel: cnn\n")  # written before ema_epochs existed
-    assert TrainConfig.load_saved(saved).ema_epochs is None
-    assert TrainConfig.load(saved).ema_epochs == 3.0  # a user's config file gets today's default
-    saved.write_text("data: d\nmodel: cnn\nema_epochs: null\n")
-    assert TrainConfig.load_saved(saved).ema_epochs is None
+    saved.write_text("data: d\nmodel: cnn\n")  # written before ema_epochs and tta existed
+    assert TrainConfig.load_saved(saved).ema_epochs is None and TrainConfig.load_saved(saved).tta is False
+    user = TrainConfig.load(saved)  # a user's config file gets today's defaults
+    assert user.ema_epochs == 3.0 and user.tta is True
+    saved.write_text("data: d\nmodel: cnn\nema_epochs: null\ntta: true\n")
+    assert TrainConfig.load_saved(saved).ema_epochs is None and TrainConfig.load_saved(saved).tta is True
+
+
+def test_tta_is_on_by_default_and_off_with_no_tta():
+    from cxrkit.cli import _config_from_args, build_parser
+
+    def tta(*extra: str) -> bool:
+        return _config_from_args(build_parser().parse_args(["train", "data", *extra]), "data", "out").tta
+
+    assert TrainConfig(data="d").tta and tta() and tta("--tta") and not tta("--no-tta")
 
 
 def test_averaged_weights_are_what_is_kept(tmp_path):
