@@ -116,3 +116,32 @@ def test_fractions_are_validated(tmp_path):
     src = _samples(tmp_path, n_per_class=5)
     with pytest.raises(ValueError):
         assign_splits(src.samples, src.classes, 0.6, 0.5)
+
+
+def test_split_seed_fixes_the_split_while_seed_changes_the_training(tmp_path):
+    import numpy as np
+
+    from cxrkit.config import ConfigError, TrainConfig
+    from cxrkit.data.dataset import load_dataset
+    from cxrkit.run import Run, load_run_dataset
+    from cxrkit.training import train
+
+    data = make_synthetic_dataset(tmp_path / "d", n_per_class=30, size=24, seed=5)  # unsplit: cxrkit cuts the splits
+
+    def split(seed: int) -> list[str]:
+        return [str(s) for s in load_dataset(data, 24, seed=seed, progress=False).splits]
+
+    assert split(0) != split(1)
+    runs = {}
+    for name, seed, split_seed in (("a", 0, None), ("b", 1, 0), ("c", 1, None)):
+        cfg = TrainConfig(data=str(data), out=str(tmp_path / name), model="cnn", image_size=24, epochs=1, batch_size=16,
+                          seed=seed, split_seed=split_seed, precision="32", ema_epochs=None, tta=False)
+        train(cfg, progress=False)
+        run = Run.load(tmp_path / name)
+        ds, _ = load_run_dataset(run, progress=False)  # evaluation must cut the split the run was trained on
+        runs[name] = ([str(s) for s in ds.splits], run.predict_arrays(np.asarray(ds.images[:8]))[:, 1])
+    assert runs["a"][0] == runs["b"][0] == split(0) and runs["c"][0] == split(1)
+    assert not np.allclose(runs["a"][1], runs["b"][1])  # same split, other training randomness
+    assert TrainConfig.load_saved(tmp_path / "b" / "config.yaml").data_split_seed == 0
+    with pytest.raises(ConfigError, match="split_seed"):
+        TrainConfig.from_dict({"data": "d", "split_seed": "zero"})

@@ -138,7 +138,11 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--precision", choices=PRECISIONS, default=d["precision"],
                    help="auto (default): bf16 autocast where the CPU supports bfloat16 natively (3-4x faster), else 32-bit")
     g.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes reading the cache (default %(default)s)")
-    g.add_argument("--seed", type=int, default=d["seed"])
+    g.add_argument("--seed", type=int, default=d["seed"],
+                   help="seed of the training randomness and, unless --split-seed is given, of the split (default %(default)s)")
+    g.add_argument("--split-seed", type=int, default=None, metavar="N",
+                   help="seed of the train/validation/test split (default: --seed); fix it and vary --seed to see how much "
+                        "training randomness alone moves the figures, or to train ensemble members on one split")
     g = p.add_argument_group("augmentation (training images only)")
     g.add_argument("--augment-preset", choices=list(AUGMENT_PRESETS), default=DEFAULT_PRESET,
                    help="starting values of the options below. robust: rotation, zoom and shift plus brightness 0.2, contrast 0.3, "
@@ -177,7 +181,7 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size or _defaults()["image_size"], aspect=a.aspect,
         intensity=a.intensity, crop_border=a.crop_border, positive=a.positive,
         val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, allow_leakage=a.allow_leakage, seed=a.seed,
-        epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+        split_seed=a.split_seed, epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         schedule=a.schedule, class_weights=not a.no_class_weights, threshold_rule=a.threshold_rule,
         allow_point_estimate=a.allow_point_estimate, referral=a.referral,
         precision=a.precision, workers=a.workers, pretrained=a.pretrained, freeze=a.freeze, head_epochs=a.head_epochs, backbone_lr_scale=a.backbone_lr_scale,

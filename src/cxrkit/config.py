@@ -49,6 +49,9 @@ class TrainConfig:
     group_duplicates: bool = True
     allow_leakage: bool = False
     seed: int = 0
+    # The seed of the train/validation/test split (None: ``seed``). Fixing it while ``seed`` varies keeps the split and
+    # changes only the training randomness: seed-to-seed spread on one split, or ensemble members on one split.
+    split_seed: int | None = None
     epochs: int = 20  # the length the defaults were benchmarked at
     patience: int | None = None  # None: train the whole schedule and keep the best epoch (no early stopping)
     max_minutes: float | None = None
@@ -149,6 +152,11 @@ class TrainConfig:
             return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32"
         except (AttributeError, RuntimeError):
             return "32"
+
+    @property
+    def data_split_seed(self) -> int:
+        """The seed that draws the train/validation/test split."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def dataset_options(self) -> dict:
         """Where labels and splits come from: the keyword arguments of :func:`cxrkit.data.dataset.load_dataset` beyond the image options."""

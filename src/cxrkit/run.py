@@ -492,7 +492,7 @@ def load_run_dataset(
     own = data is None or Path(data).resolve() == run.record.data_root(run.path)
     ds = load_dataset(
         data if data is not None else run.data_root(), run.preprocessing.image_size, run.preprocessing.aspect, None,
-        cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.group_pattern, cfg.cache_dir,
+        cfg.val_fraction, cfg.test_fraction, cfg.data_split_seed, cfg.group_pattern, cfg.cache_dir,
         class_names=run.classes, progress=progress, class_map=class_map,
         intensity="none" if raw_intensity else run.preprocessing.intensity, crop_border=run.preprocessing.crop_border,
         **(cfg.dataset_options() if own else {"task": cfg.task}),

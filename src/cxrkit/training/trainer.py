@@ -259,7 +259,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     copies = (lambda paths: duplicate_group_ids(paths, cfg.cache_dir, progress)) if cfg.group_duplicates else None
     ds = load_dataset(
         cfg.data, cfg.image_size, cfg.aspect, cfg.positive, cfg.val_fraction, cfg.test_fraction,
-        cfg.seed, cfg.group_pattern, cfg.cache_dir, progress=progress, intensity=cfg.intensity, crop_border=cfg.crop_border,
+        cfg.data_split_seed, cfg.group_pattern, cfg.cache_dir, progress=progress, intensity=cfg.intensity, crop_border=cfg.crop_border,
         duplicate_groups=copies, **cfg.dataset_options(),
     )
     if ds.duplicate_groups:
