@@ -766,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stress", help="does the model read the lungs? ROC-AUC under exposure, contrast, gamma, masks and resampling",
                         description="Re-evaluate a split (test by default; all images of another dataset) with each image changed: "
                                     "re-standardised to the training images' exposure, brighter/darker, more/less contrast, gamma, "
-                                    "border band masked, corners masked, down- and up-sampled. Prints each ROC-AUC (95%% CI) and its "
+                                    "border band masked, corners masked, down- and up-sampled. Prints each ROC-AUC (95% CI) and its "
                                     "paired DeLong change; a drop of 0.05 or more (p < 0.05) under a change that leaves the lungs "
                                     "alone is reported as a shortcut. For a run trained with --intensity, each change is made before the run's "
                                     "own normalisation, as a re-exposed file would reach the model. Writes RUN/stress.json. Binary runs.")
@@ -895,7 +895,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="train several models on the same split and compare them in one table",
                        description="Train each of --models on DATA with the same split, seed, preprocessing and settings; "
-                                   "write comparison.csv, comparison.md and report.html with ROC-AUC (95%% CI), paired DeLong tests "
+                                   "write comparison.csv, comparison.md and report.html with ROC-AUC (95% CI), paired DeLong tests "
                                    "against the best model, sensitivity/specificity/PPV/NPV at each model's validation-chosen "
                                    "threshold, size, training time and inference speed, and a recommendation. A model that fails "
                                    "is reported and the others go on; --resume continues an interrupted comparison.")
