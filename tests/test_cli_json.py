@@ -80,3 +80,16 @@ def test_quiet_keeps_results_and_errors_only(tiny_run, binary_data, capsys):
     assert main(["predict", str(tiny_run), str(binary_data / "nowhere"), "--quiet", "--json"]) == 2
     cap = capsys.readouterr()
     assert cap.out == "" and cap.err.startswith("error: ") and len(cap.err.strip().splitlines()) == 1
+
+
+def test_every_help_text_reads_cleanly():
+    import argparse
+
+    from cxrkit.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert len(subparsers.choices) >= 15
+    for name, sub in subparsers.choices.items():
+        text = sub.format_help()
+        assert "%%" not in text and "%(" not in text, f"cxrkit {name} --help prints a raw format sequence"
