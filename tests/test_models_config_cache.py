@@ -78,6 +78,13 @@ def test_config_round_trip_and_validation(tmp_path):
         with pytest.raises(ValueError, match=f"{where}: expected a number or text, got true"):
             TrainConfig.from_dict({**d, key: value})
     assert TrainConfig.from_dict({**d, "tta": True}).tta  # booleans where they belong
+    # a check across fields reads as its own message, not pydantic's wrapper around the whole dict
+    for key, value, message in (("seed", -1, "seed and split_seed must be whole numbers from 0"),
+                                ("split_seed", 2**32, "seed and split_seed must be whole numbers from 0"),
+                                ("weight_decay", -1.0, "weight_decay must be >= 0")):
+        with pytest.raises(ValueError) as err:
+            TrainConfig.from_dict({**d, key: value})
+        assert str(err.value).startswith(message) and "given" not in str(err.value)
 
 
 def test_cache_is_reused_and_invalidated(tmp_path):

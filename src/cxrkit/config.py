@@ -134,6 +134,8 @@ class TrainConfig:
              "val_fraction and test_fraction must each be in [0, 1) and leave images for training"),
             (self.patience is None or self.patience >= 1, "patience must be at least 1 (or left out: no early stopping)"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.seed < 2**32 and (self.split_seed is None or 0 <= self.split_seed < 2**32),
+             "seed and split_seed must be whole numbers from 0 to 2^32 - 1 (numpy and scikit-learn refuse others)"),
             (all(v >= 0 for k, v in asdict(self.augment).items() if k != "hflip"), "augment strengths must be >= 0"),
             (self.augment.erase_edges <= 1, "augment.erase_edges is a probability from 0 to 1"),
         ]
@@ -249,6 +251,8 @@ def _validated(cls: type, d: dict, prefix: str = "") -> Any:
         return TypeAdapter(cls).validate_python(d)
     except ValidationError as exc:
         e = exc.errors()[0]
+        if not e["loc"] and isinstance(e.get("ctx", {}).get("error"), ConfigError):  # a check across fields: its own message
+            raise ConfigError(str(e["ctx"]["error"])) from None
         key = prefix + ".".join(str(x) for x in e["loc"])
         got = e.get("input")
         msg = e["msg"][0].lower() + e["msg"][1:]
