@@ -191,7 +191,7 @@ def test_pretrained_file_not_safetensors(content, binary_data, tmp_path, capsys)
     assert code == 2 and err.startswith("error: ") and "\n" not in err, err
 
 
-def test_pretrained_pickle_with_code_is_refused(binary_data, tmp_path, capsys):
+def test_pretrained_pickle_with_code_is_refused(binary_data, tmp_path, capsys, recwarn):
     import pickle
 
     class Evil:
@@ -204,6 +204,7 @@ def test_pretrained_pickle_with_code_is_refused(binary_data, tmp_path, capsys):
     out = capsys.readouterr()
     assert code == 2 and "owned" not in out.out
     assert "weights_only" in out.err and "\n" not in out.err.strip()
+    assert not [w for w in recwarn if "pickle" in str(w.message)]  # torch's protocol warning would print above the error
 
 
 def test_evaluate_moved_run_without_its_data(tiny_run, tmp_path, capsys):
@@ -213,7 +214,7 @@ def test_evaluate_moved_run_without_its_data(tiny_run, tmp_path, capsys):
     assert "give the data folder explicitly" in capsys.readouterr().err
 
 
-def test_tampered_checkpoint_is_refused_on_resume(tiny_run, binary_data, tmp_path, capsys):
+def test_tampered_checkpoint_is_refused_on_resume(tiny_run, binary_data, tmp_path, capsys, recwarn):
     import pickle
 
     class Evil:
@@ -227,3 +228,4 @@ def test_tampered_checkpoint_is_refused_on_resume(tiny_run, binary_data, tmp_pat
     out = capsys.readouterr()
     assert code == 2 and "owned" not in out.out, out
     assert "cannot be resumed" in out.err and "\n" not in out.err.strip()
+    assert not [w for w in recwarn if "pickle" in str(w.message)]

@@ -4,6 +4,7 @@ into a model, adapting a 3-channel stem to grayscale and skipping a mismatched h
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise ValueError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:120]})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a file pickled with another protocol is still read safely: no warning for the user
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler refuses code objects; say so plainly
         raise ValueError(f"{path} is not a plain tensor state dict (weights_only=True refused it): {exc}") from exc
     for key in ("state_dict", "model", "model_state_dict"):
