@@ -82,6 +82,12 @@ CONDITIONS: dict[str, dict] = {
     # "ensemble of seeds" column is a same-split ensemble (seed 0 is the same computation as ema3d's seed 0).
     "lite0+robust+nostop+ema3d+split0": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0, "split_seed": 0,
                                          "augment": AUGMENT_PRESETS["robust"]},
+    # The training sites as several sources (a site per image, splits stratified by site) instead of one
+    # joined folder, and the same with every site shown as often as the largest (--site-balanced).
+    "lite0+robust+nostop+ema3d+sources": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0, "sources": True,
+                                          "augment": AUGMENT_PRESETS["robust"]},
+    "lite0+robust+nostop+ema3d+balanced": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0, "sources": True,
+                                           "site_balanced": True, "augment": AUGMENT_PRESETS["robust"]},
     "lite0+histeq+robust": {"model": "efficientnet-lite0", "intensity": "histeq", "augment": AUGMENT_PRESETS["robust"]},
 }
 
@@ -89,7 +95,7 @@ CONDITIONS: dict[str, dict] = {
 # Everything a condition does not name is pinned to the defaults before issue 12, so changing cxrkit's
 # defaults never changes what an old condition measures.
 PINNED = {"model": "cnn", "image_size": 128, "intensity": "none", "patience": 6, "ema_epochs": None,
-          "mixstyle": 0.0, "crop_border": False, "head_epochs": 0, "tta": False, "split_seed": None}
+          "mixstyle": 0.0, "crop_border": False, "head_epochs": 0, "tta": False, "split_seed": None, "site_balanced": False}
 
 
 def site_folders(shared: Path, out: Path) -> dict[str, Path]:
@@ -182,6 +188,7 @@ def pooled_one(folders: dict[str, Path], out: Path, options: dict, seed: int, ep
         return json.loads(done.read_text())
     t0 = time.perf_counter()
     sources = write_sources_file([folders[s] for s in SITES], out.parent / f"{out.name}.sources.yaml")
+    options = {k: v for k, v in options.items() if k != "sources"}  # pooled runs are several sources anyway
     cfg = TrainConfig(data=str(sources), out=str(out), seed=seed, group_pattern=GROUP, **{**PINNED, "epochs": epochs, **options})
     train(cfg, progress=False, overwrite=True)
     train_s = time.perf_counter() - t0
@@ -377,11 +384,17 @@ def main() -> None:
                         if a.tta:
                             results[(h, c, s)] = add_tta(run_dir, folders[h])
                     continue
-                tr = union(folders, [x for x in SITES if x != h], out / "data" / f"without_{h}")
+                options = dict(CONDITIONS[c])
                 if not (run_dir / "done.json").is_file() and not claim(run_dir):
                     print(f"{h} {c} seed {s}: another process is training it; skipped here", flush=True)
                     continue
-                r = run_one(tr, folders[h], run_dir, CONDITIONS[c], s, a.epochs)
+                if options.pop("sources", False):
+                    from cxrkit.data.multisite import write_sources_file
+
+                    tr = write_sources_file([folders[x] for x in SITES if x != h], run_dir.parent / f"{run_dir.name}.sources.yaml")
+                else:
+                    tr = union(folders, [x for x in SITES if x != h], out / "data" / f"without_{h}")
+                r = run_one(tr, folders[h], run_dir, options, s, a.epochs)
                 (run_dir.parent / f"{run_dir.name}.claim").unlink(missing_ok=True)
                 if a.adabn:
                     r = add_adabn(run_dir, folders[h])
