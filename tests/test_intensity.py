@@ -158,3 +158,21 @@ def test_augmentation_presets_and_explicit_options_on_the_command_line():
     assert (mixed.gamma, mixed.blur, mixed.hflip) == (0.1, 1.0, True)
     assert not config("--augment-preset", "robust", "--no-augment").enabled
     assert config("--erase-edges", "0.5").erase_edges == 0.5 and config().erase_edges == 0.0
+
+
+def test_to_unit_copies_and_accepts_read_only_arrays():
+    import warnings
+
+    import torch
+
+    from cxrkit.data.preprocess import Preprocessing
+
+    frozen = np.full((2, 4, 4), 255, np.uint8)
+    frozen.setflags(write=False)  # as a memory-mapped cache hands it over
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when wrapping a read-only array
+        unit = Preprocessing.to_unit(frozen)
+    assert unit.shape == (2, 1, 4, 4) and float(unit.max()) == 1.0
+    t = torch.full((2, 4, 4), 255.0)
+    Preprocessing.to_unit(t)
+    assert float(t.max()) == 255.0  # a float tensor given in is not scaled in place

@@ -27,8 +27,9 @@ class Preprocessing(ImageSpec):
     @staticmethod
     def to_unit(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W) -> float32 (B, 1, H, W) in [0, 1]."""
-        t = torch.as_tensor(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
-        return t.unsqueeze(1).to(torch.float32).div_(255.0)
+        # always a fresh float copy: the caller's array may be read-only (a memory map) and must never be scaled in place
+        t = torch.from_numpy(np.array(batch, dtype=np.float32)) if isinstance(batch, np.ndarray) else batch.to(torch.float32, copy=True)
+        return t.unsqueeze(1).div_(255.0)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Standardise a [0, 1] batch with the training mean and std."""
