@@ -58,7 +58,7 @@ def test_train_on_two_folders_records_sites_and_reports_per_site(two_sites, tmp_
     a, b = two_sites
     out = tmp_path / "run"
     assert main(["train", str(a), str(b), "--out", str(out), "--image-size", "32", "--epochs", "1", "--batch-size", "16",
-                 "--site-balanced", "--cache-dir", str(tmp_path / "cache")]) == 0
+                 "--cache-dir", str(tmp_path / "cache")]) == 0  # several sites: balanced by default
     assert yaml.safe_load((out / "sources.yaml").read_text())["sites"] == {"alpha": str(a.resolve()), "beta": str(b.resolve())}
     meta = json.loads((out / "meta.json").read_text())
     sites = meta["data"]["sites"]
@@ -92,3 +92,16 @@ def test_multisite_bad_inputs_are_one_line_errors(two_sites, tmp_path: Path, cap
                  "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 3 and "Traceback" not in err and "--site-balanced needs several sources" in err
+
+
+def test_site_balancing_is_automatic_unless_turned_off(tmp_path: Path):
+    from cxrkit.cli import _config_from_args, build_parser
+    from cxrkit.config import TrainConfig
+
+    def balanced(*extra: str) -> bool | None:
+        return _config_from_args(build_parser().parse_args(["train", "a", "b", *extra]), "a", "out").site_balanced
+
+    assert balanced() is None and balanced("--site-balanced") is True and balanced("--no-site-balanced") is False
+    old = tmp_path / "config.yaml"
+    old.write_text("data: d\n")  # a run saved before site balancing existed trained on the natural shares
+    assert TrainConfig.load_saved(old).site_balanced is False and TrainConfig.load(old).site_balanced is None

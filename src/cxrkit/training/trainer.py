@@ -298,7 +298,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
         factors = repeat_factors(ds.labels[train_idx])
         loss_info["oversampling"] = {"method": "repeat-factor sampling", "threshold": 0.1,
                                      "images_per_epoch": float(factors.sum()), "max_repeat": float(factors.max())}
-    if cfg.site_balanced:
+    if cfg.site_balanced or (cfg.site_balanced is None and ds.sites is not None and factors is None):
         from cxrkit.data.multisite import site_factors
 
         if ds.sites is None:
