@@ -35,9 +35,12 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _train(sources: Path, name: str, **options: str) -> dict:
     out = sources.parent / name
-    # Only what a test must shrink (epochs) is set; model, augmentation and the rest are the defaults.
+    # Only what a test must shrink (epochs) is set; model, augmentation and the rest are the defaults, except site
+    # balancing: the two planted sites are nearly the same size, and balancing them only redraws which images each
+    # epoch repeats. With 8 epochs on 96 training images that redraw alone moves these figures (histeq 0.71 against
+    # 0.8+), so the comparison is kept on the sites' natural shares, as it was measured.
     train(TrainConfig(data=str(sources), out=str(out), image_size=64, epochs=8, batch_size=16, val_fraction=0.2, test_fraction=0.3,
-                      cache_dir=str(sources.parent / "cache"), **options), progress=False)
+                      cache_dir=str(sources.parent / "cache"), site_balanced=False, **options), progress=False)
     return stress_run(out, split="test", progress=False)
 
 

@@ -298,9 +298,11 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
         factors = repeat_factors(ds.labels[train_idx])
         loss_info["oversampling"] = {"method": "repeat-factor sampling", "threshold": 0.1,
                                      "images_per_epoch": float(factors.sum()), "max_repeat": float(factors.max())}
-    if cfg.site_balanced or (cfg.site_balanced is None and ds.sites is not None and factors is None):
-        from cxrkit.data.multisite import site_factors
+    from cxrkit.data.multisite import site_factors
 
+    # default (None): balance several sources whose training shares differ; equal sites are left to plain shuffling
+    auto = cfg.site_balanced is None and ds.sites is not None and factors is None and not np.allclose(site_factors(ds.sites[train_idx]), 1)
+    if cfg.site_balanced or auto:
         if ds.sites is None:
             raise ValueError("--site-balanced needs several sources: cxrkit train SITE_A SITE_B ... (or a sources .yaml)")
         if factors is not None:
