@@ -139,7 +139,7 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (0 <= self.seed < 2**32 and (self.split_seed is None or 0 <= self.split_seed < 2**32),
              "seed and split_seed must be whole numbers from 0 to 2^32 - 1 (numpy and scikit-learn refuse others)"),
-            (all(v >= 0 for k, v in asdict(self.augment).items() if k != "hflip"), "augment strengths must be >= 0"),
+            (all(v >= 0 for k, v in asdict(self.augment).items() if k != "hflip"), "augment strengths must be numbers >= 0 (not NaN)"),
             (self.augment.erase_edges <= 1, "augment.erase_edges is a probability from 0 to 1"),
         ]
         for ok, msg in checks:
