@@ -196,14 +196,9 @@ class TrainConfig:
         """A run's own config.yaml: as :meth:`load`, with options added since the run was made set as they were then."""
         cfg = cls.load(path)
         raw = yaml.safe_load(Path(path).read_text()) or {}
-        if isinstance(raw, dict) and "group_duplicates" not in raw:
-            cfg.group_duplicates = False  # its splits were cut without grouping copies; evaluation must cut them the same way
-        if isinstance(raw, dict) and "ema_epochs" not in raw:
-            cfg.ema_epochs = None  # trained before weight averaging existed: its saved weights are the raw ones
-        if isinstance(raw, dict) and "site_balanced" not in raw:
-            cfg.site_balanced = False  # made before site balancing existed
-        if isinstance(raw, dict) and "tta" not in raw:
-            cfg.tta = False  # made before test-time augmentation existed
+        for key, then in _BEFORE_IT_EXISTED.items():
+            if isinstance(raw, dict) and key not in raw:
+                setattr(cfg, key, then)
         return cfg
 
     @classmethod
@@ -226,6 +221,15 @@ class TrainConfig:
             return cls.from_dict(d)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+
+
+# What a run saved before an option existed did, for options whose default has changed since.
+_BEFORE_IT_EXISTED = {
+    "group_duplicates": False,  # splits cut without grouping copies; evaluation must cut them the same way
+    "ema_epochs": None,  # no weight averaging: the saved weights are the raw ones
+    "site_balanced": False,  # several sources in their natural shares
+    "tta": False,  # one view per image
+}
 
 
 def _refuse_booleans(cls: type, d: dict, prefix: str) -> None:

@@ -300,14 +300,15 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
                                      "images_per_epoch": float(factors.sum()), "max_repeat": float(factors.max())}
     from cxrkit.data.multisite import site_factors
 
+    per_site = None if ds.sites is None else site_factors(ds.sites[train_idx])
     # default (None): balance several sources whose training shares differ; equal sites are left to plain shuffling
-    auto = cfg.site_balanced is None and ds.sites is not None and factors is None and not np.allclose(site_factors(ds.sites[train_idx]), 1)
+    auto = cfg.site_balanced is None and per_site is not None and factors is None and not np.allclose(per_site, 1)
     if cfg.site_balanced or auto:
-        if ds.sites is None:
+        if per_site is None:
             raise ValueError("--site-balanced needs several sources: cxrkit train SITE_A SITE_B ... (or a sources .yaml)")
         if factors is not None:
             raise ValueError("--site-balanced and --oversample exclude each other")
-        factors = site_factors(ds.sites[train_idx])
+        factors = per_site
         loss_info["site_balanced"] = {"method": "repeat sampling per site", "images_per_epoch": float(factors.sum())}
     backbone, head = split_parameters(model, cfg.model)
     groups = [{"params": head, "lr": cfg.lr, "name": "head"}]
