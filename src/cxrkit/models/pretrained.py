@@ -23,6 +23,13 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
 
 
+def load_weights_only(path: str | Path) -> object:
+    """``torch.load(weights_only=True)`` on the CPU: tensors and plain containers only, arbitrary pickle refused."""
+    with warnings.catch_warnings():  # a file pickled with another protocol is still read safely: no warning for the user
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from a ``.safetensors`` file or a torch file, never unpickling arbitrary objects."""
     path = Path(path)
@@ -37,9 +44,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise ValueError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:120]})") from None
     try:
-        with warnings.catch_warnings():  # a file pickled with another protocol is still read safely: no warning for the user
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_weights_only(path)
     except Exception as exc:  # the unpickler refuses code objects; say so plainly
         raise ValueError(f"{path} is not a plain tensor state dict (weights_only=True refused it): {exc}") from exc
     for key in ("state_dict", "model", "model_state_dict"):

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from cxrkit.models.pretrained import load_weights_only
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -79,9 +80,7 @@ def load_checkpoint(
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
         if ema is not None:
             ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        with warnings.catch_warnings():  # a replaced file pickled with another protocol: refused or read, never a warning
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            opt = torch.load(path / "optimizer.pt", weights_only=True)
+        opt = load_weights_only(path / "optimizer.pt")
         optimizer.load_state_dict(opt["optimizer"])
         if scheduler is not None and opt["scheduler"] is not None:
             scheduler.load_state_dict(opt["scheduler"])
