@@ -116,10 +116,13 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                    help="MixStyle: with probability P per batch, mix early-layer feature statistics (style: exposure, "
                         "processing) between training images, so the model learns anatomy across styles; cnn, "
                         "efficientnet-lite0, resnet18/50 (default: off)")
-    g.add_argument("--batch-size", type=bounded_int(1, 4096), default=d["batch_size"])
+    g.add_argument("--batch-size", type=bounded_int(1, 4096), default=d["batch_size"],
+                   help="training images per optimiser step, 1-4096 (default %(default)s)")
     g.add_argument("--lr", type=float, default=d["lr"], help="AdamW learning rate (default %(default)s)")
-    g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
-    g.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"])
+    g.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="AdamW weight decay (default %(default)s)")
+    g.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"],
+                   help="learning rate over the epochs: cosine decay after a one-epoch warm-up, plateau (halve it when "
+                        "validation AUC has not improved for 2 epochs) or constant (default %(default)s)")
     g.add_argument("--no-class-weights", action="store_true",
                    help="do not weight the loss by class frequency (multi-label: plain BCE instead of per-label pos_weight)")
     g.add_argument("--oversample", action="store_true",
@@ -699,6 +702,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all sub-commands."""
+    from cxrkit.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
     from cxrkit.explain.cam import METHODS as HEATMAP_METHODS
     from cxrkit.metrics.calibration import CALIBRATION_METHODS
     from cxrkit.run import ENGINES
@@ -713,11 +717,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, about 20 seconds on 2 CPU cores")
     d.add_argument("--out", default="runs/demo", help="run folder (default %(default)s)")
-    d.add_argument("--model", default="cnn")
-    d.add_argument("--epochs", type=int, default=15)
-    d.add_argument("--image-size", type=int, default=64)
-    d.add_argument("--n-per-class", type=int, default=200, help="synthetic images per class (default %(default)s)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--model", default="cnn", help="model name, as in `cxrkit models` (default %(default)s: small and fast)")
+    d.add_argument("--epochs", type=bounded_int(1, 1000), default=15, help="training epochs (default %(default)s)")
+    d.add_argument("--image-size", type=bounded_int(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=64,
+                   help=f"model input size in pixels, {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} (default %(default)s)")
+    d.add_argument("--n-per-class", type=bounded_int(20, 5000), default=200,
+                   help="synthetic images per class, 20-5000 (default %(default)s)")
+    d.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="seed of the synthetic data and the training (default %(default)s)")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a model on a dataset folder or zip",
