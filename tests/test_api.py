@@ -76,6 +76,30 @@ def test_predict_list_and_errors(tiny_run, binary_data):
         run.predict_arrays(gray / 255.0)
 
 
+def test_batch_size_tta_and_probabilities_are_checked(tiny_run):
+    run = cxrkit.load(tiny_run)
+    size = run.preprocessing.image_size
+    images = np.random.default_rng(0).integers(0, 256, (3, size, size), dtype=np.uint8)
+    # A negative batch size once gave zero rows of probabilities for three images, without an error.
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+            run.predict_arrays(images, batch_size=bad)
+        with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+            run.predict(list(images), batch_size=bad)
+    with pytest.raises(ValueError, match="tta must be True, False or None"):
+        run.predict_arrays(images, tta="no")  # a non-empty string is truthy: it would have turned TTA on
+    assert run.predict_arrays(images, batch_size=np.int64(2)).shape == (3, 2)
+    probs = run.predict_arrays(images)
+    np.testing.assert_array_equal(run.decide(probs), (probs[:, 1] >= run.threshold).astype(int))
+    # NaN >= threshold is False: a NaN row would have been decided "healthy".
+    for bad, match in (([[np.nan, np.nan]], "finite"), ([[0.2, 1.3]], "from 0 to 1"), ([0.2, 0.8], r"shape \(N, 2\)"),
+                       ([[0.1, 0.2, 0.7]], r"shape \(N, 2\)"), ([["a", "b"]], "numeric")):
+        with pytest.raises(ValueError, match=match):
+            run.decide(np.array(bad))
+        with pytest.raises(ValueError, match=match):
+            run.decision_labels(np.array(bad))
+
+
 def test_ood_warning_for_an_all_black_image(tiny_run):
     run = cxrkit.load(tiny_run)
     p = run.predict(np.zeros((64, 64), np.uint8))

@@ -117,6 +117,21 @@ def test_weights_file_not_safetensors(tiny_run, tmp_path, capsys):
     assert "not a readable safetensors file" in capsys.readouterr().err
 
 
+def test_weights_with_nan_are_refused(tiny_run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run = _copy_run(tiny_run, tmp_path)
+    state = load_file(str(run / "model.safetensors"))
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name][0] = float("nan")  # a diverged or damaged model: every probability NaN, every image "healthy"
+    save_file(state, str(run / "model.safetensors"))
+    assert main(["predict", str(run), str(_image(tmp_path))]) == 2
+    out = capsys.readouterr()
+    err = out.err.strip()
+    assert "NaN or infinite values in 1 tensor(s)" in err and name in err and "\n" not in err, err
+    assert out.out == ""
+
+
 def test_bad_calibration_file(tiny_run, tmp_path, capsys):
     run = _copy_run(tiny_run, tmp_path)
     (run / "calibration.json").write_text("{oops")

@@ -78,6 +78,11 @@ def load_weights(model: nn.Module, path: Path) -> None:
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
         raise RunError(f"{path} does not hold weights for this run's model: " + "; ".join(parts))
+    # NaN weights give NaN probabilities, and NaN >= threshold is False: every image would be called negative.
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise RunError(f"{path} holds NaN or infinite values in {len(bad)} tensor(s) (first {bad[0]}): the file is "
+                       "damaged or the training diverged; retrain or restore the file")
     model.load_state_dict(state)
 
 
@@ -110,6 +115,12 @@ def _describe(item: Any) -> str:
     if isinstance(item, np.ndarray):
         return f"array {item.shape} {item.dtype}"
     return type(item).__name__
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    # A negative batch size made range() empty: N images in, zero probabilities out, no error.
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
 
 
 def decode_input(item: Any, pre: Preprocessing, scale: float | None = None) -> np.ndarray:
@@ -335,6 +346,9 @@ class Run:
         """
         from cxrkit.data.augment import tta_views
 
+        _check_batch_size(batch_size)
+        if tta is not None and not isinstance(tta, (bool, np.bool_)):
+            raise ValueError(f"tta must be True, False or None (the run's setting), got {tta!r}")
         size = self.preprocessing.image_size
         if getattr(images, "dtype", None) != np.uint8 or getattr(images, "ndim", 0) != 3 or tuple(images.shape[1:]) != (size, size):
             raise ValueError(
@@ -365,14 +379,27 @@ class Run:
 
         return Calibration.from_dict(self.calibration_data).apply(probs)
 
+    def _checked_probs(self, probs: np.ndarray) -> np.ndarray:
+        """Refuse what cannot be this run's probabilities: a NaN would silently decide "negative"."""
+        probs = np.asarray(probs)
+        k = len(self.classes)
+        if probs.ndim != 2 or probs.shape[1] != k or not np.issubdtype(probs.dtype, np.number):
+            raise ValueError(f"probabilities must be a numeric array of shape (N, {k}) (one column per class: "
+                             f"{', '.join(self.classes)}); got {probs.dtype} {probs.shape}")
+        if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
+            raise ValueError("probabilities must be finite numbers from 0 to 1 (a NaN row is an image that was not "
+                             "classified, or a model whose weights diverged: drop or retrain, never decide on it)")
+        return probs
+
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Predicted class indices: P(positive) >= threshold for binary, the most probable class for
         multi-class; for multi-label an (N, K) 0/1 matrix, finding k present when P_k >= its threshold."""
-        return self._task.decide(probs, self.threshold, self.thresholds)
+        return self._task.decide(self._checked_probs(probs), self.threshold, self.thresholds)
 
     def decision_labels(self, probs: np.ndarray) -> list[str]:
         """The decision for each row as text: the class name, or the findings present joined by ``|``
         ("" when none is) for a multi-label run; ``refer`` inside a binary run's referral band."""
+        probs = self._checked_probs(probs)
         labels = self._task.decision_labels(probs, self.classes, self.threshold, self.thresholds)
         band = self.record.referral
         if band is not None and len(probs):
@@ -451,6 +478,7 @@ class Run:
         Returns a :class:`Prediction` for one input and a list of them for a list. The out-of-distribution check
         compares each image's brightness, contrast and border with the training images (as ``cxrkit serve`` does).
         """
+        _check_batch_size(batch_size)
         single = not isinstance(x, (list, tuple))
         items = [x] if single else list(x)
         if not items:
