@@ -201,6 +201,10 @@ class _Setup:
         return self.model if self.ema is None else self.ema.module
 
 
+class TrainingDivergedError(ValueError):
+    """Training produced no usable model (the weights became NaN or infinite): a user-facing error, not a bug."""
+
+
 @dataclass
 class _Progress:
     """Where training stands; saved in every checkpoint so a resumed run continues exactly."""
@@ -214,6 +218,7 @@ class _Progress:
     first_epoch: int = 1
     stopped_by: str = "epochs"
     interrupted: bool = False
+    diverged: str = ""  # where the weights became NaN or infinite
     seconds_before: float = 0.0
 
 
@@ -407,6 +412,11 @@ def _validate(s: _Setup, t_start: float, epoch: int) -> tuple[float, float, bool
     return val_auc, val_loss, time_up
 
 
+def _finite_weights(model: torch.nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer is finite."""
+    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+
+
 def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: EpochCallback | None, progress: bool,
          tracker: Tracker | None = None) -> None:
     """The epochs: train, validate, keep the best model, checkpoint, stop early or on time; Ctrl-C ends it cleanly."""
@@ -426,8 +436,11 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
             val_auc, val_loss, time_up = _validate(s, t_start, epoch)
             if cfg.schedule == "plateau":
                 s.scheduler.step(val_auc)
+            # NaN/inf weights (an infinite batch-norm variance still gives a finite loss): never kept, and every later
+            # epoch would be as broken, so training stops after this epoch's row.
+            broken = not np.isfinite(val_loss) or not _finite_weights(s.kept_model)
             # Ties in AUC (common once a small validation set is separated perfectly) go to the lower loss.
-            improved = np.isfinite(val_auc) and (
+            improved = not broken and np.isfinite(val_auc) and (
                 val_auc > prog.best_auc + 1e-4 or (abs(val_auc - prog.best_auc) <= 1e-4 and val_loss < prog.best_loss)
             )
             if improved:
@@ -452,6 +465,11 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
                 f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
                 f"val AUC {val_auc:.4f}  {row['train_images_per_second']:.0f} img/s{'  *best' if improved else ''}"
             )
+            if broken:
+                prog.stopped_by, prog.diverged = "diverged", f"epoch {epoch} (training loss {row['train_loss']:.3g}, validation loss {val_loss})"
+                log(f"training diverged in {prog.diverged}: stopping; lower --lr (now {cfg.lr:g})"
+                    + (f"; keeping the model of epoch {prog.best_epoch}" if prog.best_state is not None else ""))
+                break  # no checkpoint of NaN weights: the last good one stays
             stop = None
             if time_up:
                 log(f"time limit: stopping after epoch {epoch} ({cfg.max_minutes:g} minutes reached)")
@@ -597,7 +615,12 @@ def _train_and_finish(cfg: TrainConfig, ctx: Distributed, s: _Setup, prog: _Prog
     if s.mixstyle is not None:
         s.mixstyle.detach()
     if prog.best_state is None:
-        raise RuntimeError("training stopped before the first epoch finished; no model to keep")
+        if prog.diverged:
+            raise TrainingDivergedError(f"training diverged in {prog.diverged} before any epoch gave a usable model; "
+                                        f"lower the learning rate (--lr, now {s.cfg.lr:g})")
+        if prog.interrupted:
+            raise KeyboardInterrupt
+        raise TrainingDivergedError("no epoch gave a validation AUC (every validation image of one class?); no model to keep")
     if not ctx.is_main:
         teardown_distributed(ctx)
         return out
