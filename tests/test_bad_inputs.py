@@ -50,6 +50,8 @@ CONFIGS = {
     "unknown model": "model: resnet1000\n",
     "config is a list": "- lr: 0.01\n",
     "negative augmentation": "augment: {brightness: -0.5}\n",
+    "infinite learning rate": "lr: .inf\n",
+    "infinite rotation": "augment: {rotate_degrees: .inf}\n",
 }
 
 

@@ -81,7 +81,14 @@ def test_config_round_trip_and_validation(tmp_path):
     # a check across fields reads as its own message, not pydantic's wrapper around the whole dict
     for key, value, message in (("seed", -1, "seed and split_seed must be whole numbers from 0"),
                                 ("split_seed", 2**32, "seed and split_seed must be whole numbers from 0"),
-                                ("weight_decay", -1.0, "weight_decay must be >= 0")):
+                                ("weight_decay", -1.0, "weight_decay must be a finite number >= 0"),
+                                # infinite values trained on NaN weights; an empty out wrote the run into the current folder
+                                ("lr", float("inf"), "lr must be a positive finite number"),
+                                ("weight_decay", float("inf"), "weight_decay must be a finite number >= 0"),
+                                ("backbone_lr_scale", float("inf"), "backbone_lr_scale must be a positive finite number"),
+                                ("ema_epochs", float("inf"), "ema_epochs must be positive"),
+                                ("augment", {"rotate_degrees": float("inf")}, "augment strengths must be finite"),
+                                ("out", " ", "out must name the run folder")):
         with pytest.raises(ValueError) as err:
             TrainConfig.from_dict({**d, key: value})
         assert str(err.value).startswith(message) and "given" not in str(err.value)

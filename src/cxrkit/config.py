@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,8 @@ class TrainConfig:
             (bool(self.data), "data must name a dataset folder, .zip, .npz or label table's image folder"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 2, "batch_size must be at least 2 (batch norm needs two images)"),
-            (self.lr > 0, "lr must be positive"),
+            (0 < self.lr < math.inf, "lr must be a positive finite number"),
+            (bool(str(self.out).strip()), "out must name the run folder (an empty one would write the run into the current folder)"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.aspect in ASPECTS, f"aspect must be one of {', '.join(ASPECTS)}"),
@@ -125,8 +127,8 @@ class TrainConfig:
             (self.head_epochs < self.epochs or self.head_epochs == 0, "head_epochs must be fewer than epochs"),
             (not (self.head_epochs and self.freeze == "backbone"), "head_epochs (two-stage) and freeze=backbone exclude each other"),
             (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive"),
-            (self.backbone_lr_scale > 0, "backbone_lr_scale must be positive"),
-            (self.ema_epochs is None or self.ema_epochs > 0, "ema_epochs must be positive (or null: no weight averaging)"),
+            (0 < self.backbone_lr_scale < math.inf, "backbone_lr_scale must be a positive finite number"),
+            (self.ema_epochs is None or 0 < self.ema_epochs < math.inf, "ema_epochs must be positive (or null: no weight averaging)"),
             (0 <= self.mixstyle <= 1, "mixstyle must be a probability from 0 to 1"),
             (not self.mixstyle or bool(MODELS[self.model].mixstyle_layers),
              f"mixstyle is not available for {self.model}; models with it: "
@@ -136,10 +138,11 @@ class TrainConfig:
             (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
              "val_fraction and test_fraction must each be in [0, 1) and leave images for training"),
             (self.patience is None or self.patience >= 1, "patience must be at least 1 (or left out: no early stopping)"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.weight_decay < math.inf, "weight_decay must be a finite number >= 0"),
             (0 <= self.seed < 2**32 and (self.split_seed is None or 0 <= self.split_seed < 2**32),
              "seed and split_seed must be whole numbers from 0 to 2^32 - 1 (numpy and scikit-learn refuse others)"),
-            (all(v >= 0 for k, v in asdict(self.augment).items() if k != "hflip"), "augment strengths must be numbers >= 0 (not NaN)"),
+            (all(0 <= v < math.inf for k, v in asdict(self.augment).items() if k != "hflip"),
+             "augment strengths must be finite numbers >= 0 (not NaN)"),
             (self.augment.erase_edges <= 1, "augment.erase_edges is a probability from 0 to 1"),
         ]
         for ok, msg in checks:
