@@ -166,7 +166,10 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--erase-edges", type=float, default=None, metavar="P",
                    help="probability per image of blacking out a random border band (2-10%% of the side) or corner squares "
                         "(10-25%%), where collimation, markers and text differ between sites (default: " + preset % aug.erase_edges + ")")
-    g.add_argument("--hflip", action="store_true", help="random horizontal flips (off by default: the heart is on the left, and L/R markers mirror)")
+    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips (default: " + preset % ("on" if aug.hflip else "off")
+                        + "; measured in BENCHMARKS.md round 5: +0.014 external AUC across sites, but -0.13 for one "
+                          "seed of the 500-image default)")
     g.add_argument("--no-augment", action="store_true", help="turn all augmentation off")
 
 
@@ -180,7 +183,8 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         given = {"rotate_degrees": a.rotate, "scale": a.scale, "translate": a.translate, "brightness": a.brightness, "contrast": a.contrast,
                  "gamma": a.gamma, "blur": a.blur, "noise": a.noise,
                  "erase_edges": a.erase_edges}
-        aug = replace(AUGMENT_PRESETS[a.augment_preset], hflip=a.hflip, **{k: v for k, v in given.items() if v is not None})
+        given["hflip"] = a.hflip
+        aug = replace(AUGMENT_PRESETS[a.augment_preset], **{k: v for k, v in given.items() if v is not None})
     return TrainConfig(
         data=data, out=out, labels=a.labels, label_column=a.label_column, task=a.task, resplit=a.resplit, oversample=a.oversample,
         model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size or _defaults()["image_size"], aspect=a.aspect,
