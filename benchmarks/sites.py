@@ -94,8 +94,8 @@ CONDITIONS: dict[str, dict] = {
     "lite0+robust+nostop+ema3d+balanced": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0, "sources": True,
                                            "site_balanced": True, "augment": ROBUST},
     "lite0+histeq+robust": {"model": "efficientnet-lite0", "intensity": "histeq", "augment": ROBUST},
-    # Round 5, on top of the round-4 default (balanced sources): a schedule twice as long (validation AUC was still
-    # rising at epoch 20 in 8 of 9 balanced runs), and stronger geometric augmentation (positioning differs by site).
+    # Round 5, on top of the round-4 default (balanced sources): a schedule twice as long (the best validation
+    # epoch was 17 or later in 8 of 9 balanced runs), and stronger geometric augmentation (positioning differs by site).
     "lite0+robust+nostop+ema3d+balanced+long": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0, "sources": True,
                                                 "site_balanced": True, "epochs": 40, "augment": ROBUST},
     "lite0+robust+nostop+ema3d+balanced+geo": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0, "sources": True,

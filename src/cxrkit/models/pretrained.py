@@ -4,13 +4,14 @@ into a model, adapting a 3-channel stem to grayscale and skipping a mismatched h
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from cxrkit.models.torch_files import load_weights_only
 
 
 @dataclass
@@ -21,13 +22,6 @@ class LoadReport:
     adapted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
-
-
-def load_weights_only(path: str | Path) -> object:
-    """``torch.load(weights_only=True)`` on the CPU: tensors and plain containers only, arbitrary pickle refused."""
-    with warnings.catch_warnings():  # a file pickled with another protocol is still read safely: no warning for the user
-        warnings.filterwarnings("ignore", message="Detected pickle protocol")
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrkit.models.pretrained import load_weights_only
+from cxrkit.models.torch_files import load_weights_only
 
 CHECKPOINT_DIR = "checkpoint"
 
