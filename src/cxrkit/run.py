@@ -79,7 +79,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
             parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
         raise RunError(f"{path} does not hold weights for this run's model: " + "; ".join(parts))
     # NaN weights give NaN probabilities, and NaN >= threshold is False: every image would be called negative.
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    from cxrkit.models.torch_files import nonfinite_tensors
+
+    bad = nonfinite_tensors(state)
     if bad:
         raise RunError(f"{path} holds NaN or infinite values in {len(bad)} tensor(s) (first {bad[0]}): the file is "
                        "damaged or the training diverged; retrain or restore the file")

@@ -33,6 +33,7 @@ from cxrkit.metrics.thresholds import cases_needed, parse_rule, rule_confidence
 from cxrkit.models.mixstyle import MixStyle
 from cxrkit.models.pretrained import initialise
 from cxrkit.models.registry import MODELS, build_model, count_parameters, split_parameters
+from cxrkit.models.torch_files import nonfinite_tensors
 from cxrkit.record import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -412,11 +413,6 @@ def _validate(s: _Setup, t_start: float, epoch: int) -> tuple[float, float, bool
     return val_auc, val_loss, time_up
 
 
-def _finite_weights(model: torch.nn.Module) -> bool:
-    """Whether every floating-point parameter and buffer is finite."""
-    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
-
-
 def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: EpochCallback | None, progress: bool,
          tracker: Tracker | None = None) -> None:
     """The epochs: train, validate, keep the best model, checkpoint, stop early or on time; Ctrl-C ends it cleanly."""
@@ -438,7 +434,7 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
                 s.scheduler.step(val_auc)
             # NaN/inf weights (an infinite batch-norm variance still gives a finite loss): never kept, and every later
             # epoch would be as broken, so training stops after this epoch's row.
-            broken = not np.isfinite(val_loss) or not _finite_weights(s.kept_model)
+            broken = not np.isfinite(val_loss) or bool(nonfinite_tensors(s.kept_model.state_dict()))
             # Ties in AUC (common once a small validation set is separated perfectly) go to the lower loss.
             improved = not broken and np.isfinite(val_auc) and (
                 val_auc > prog.best_auc + 1e-4 or (abs(val_auc - prog.best_auc) <= 1e-4 and val_loss < prog.best_loss)
