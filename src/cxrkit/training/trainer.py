@@ -616,7 +616,8 @@ def _train_and_finish(cfg: TrainConfig, ctx: Distributed, s: _Setup, prog: _Prog
                                         f"lower the learning rate (--lr, now {s.cfg.lr:g})")
         if prog.interrupted:
             raise KeyboardInterrupt
-        raise TrainingDivergedError("no epoch gave a validation AUC (every validation image of one class?); no model to keep")
+        # not a divergence: every epoch's validation AUC was undefined
+        raise ValueError("no epoch gave a validation AUC (every validation image of one class?); no model to keep")
     if not ctx.is_main:
         teardown_distributed(ctx)
         return out
