@@ -1,4 +1,4 @@
-"""Options measured for other hospitals (benchmarks/sites.py): MixStyle and a moving average of the weights.
+"""Options measured for other hospitals (benchmarks/sites.py): MixStyle, mixup and a moving average of the weights.
 
 MixStyle must change feature statistics only, only while training, and leave the saved network plain;
 the moving average must be what is validated and saved (resuming both: tests/test_resume.py)."""
@@ -116,7 +116,7 @@ def test_tta_is_on_by_default_and_off_with_no_tta():
 def test_averaged_weights_are_what_is_kept(tmp_path):
     data = make_synthetic_dataset(tmp_path / "d", n_per_class=30, size=24, seed=2, signal=1.0)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "full"), model="cnn", image_size=24, epochs=4, batch_size=16,
-                      lr=2e-3, seed=0, precision="32", ema_epochs=1.0, mixstyle=0.5, augment={"rotate_degrees": 0})
+                      lr=2e-3, seed=0, precision="32", ema_epochs=1.0, mixstyle=0.5, mixup=0.4, augment={"rotate_degrees": 0})
 
     def after_first(epoch: int, auc: float) -> None:
         raise Stop
@@ -137,4 +137,38 @@ def test_averaged_weights_are_what_is_kept(tmp_path):
     assert meta["weight_average"]["asked"] == 1.0 and meta["weight_average"]["epochs"] == pytest.approx(0.6)
     assert meta["weight_average"]["decay"] == pytest.approx(1 - 1 / 1.8) and meta["weight_average"]["debiased"]
     assert meta["mixstyle"]["layers"] == ["features.3", "features.10", "features.17"]
+    assert meta["mixup"] == {"alpha": 0.4}
+    assert json.loads((train(replace(cfg, out=str(tmp_path / "plain"), epochs=1, mixup=0.0), progress=False, finish=False)
+                       / "meta.json").read_text())["training"]["mixup"] is None
+
+
+def test_mixup_blends_images_and_losses_with_one_weight():
+    import numpy as np
+
+    from cxrkit.tasks import get_task
+    from cxrkit.training.trainer import _loss, _mixup
+
+    x = torch.arange(4 * 9, dtype=torch.float32).view(4, 1, 3, 3)
+    same, none = _mixup(x, 0.0, np.random.default_rng(0), torch.Generator().manual_seed(0))
+    assert same is x and none is None
+    mixed, (lam, perm) = _mixup(x, 0.4, np.random.default_rng(0), torch.Generator().manual_seed(0))
+    assert lam == pytest.approx(np.random.default_rng(0).beta(0.4, 0.4)) and 0 < lam < 1
+    assert sorted(perm.tolist()) == [0, 1, 2, 3] and perm.tolist() != [0, 1, 2, 3]
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[perm])
+
+    class S:  # the two fields of the training setup the loss reads
+        task = get_task("binary")
+        criterion = torch.nn.BCEWithLogitsLoss()
+
+    logits, y = torch.tensor([[2.0], [-1.0], [0.5], [-3.0]]), torch.tensor([1, 0, 0, 1])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    want = lam * bce(logits[:, 0], y.float()) + (1 - lam) * bce(logits[:, 0], y[perm].float())
+    assert _loss(S, logits, y, (lam, perm)).item() == pytest.approx(want.item())
+    assert _loss(S, logits, y, None).item() == pytest.approx(bce(logits[:, 0], y.float()).item())
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 11.0, float("inf"), float("nan")])
+def test_mixup_alpha_out_of_range_is_refused(alpha):
+    with pytest.raises(ConfigError, match="mixup must be the Beta"):
+        TrainConfig(data="d", mixup=alpha)
 

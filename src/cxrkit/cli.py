@@ -116,6 +116,9 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                    help="MixStyle: with probability P per batch, mix early-layer feature statistics (style: exposure, "
                         "processing) between training images, so the model learns anatomy across styles; cnn, "
                         "efficientnet-lite0, resnet18/50 (default: off)")
+    g.add_argument("--mixup", type=float, default=d["mixup"], metavar="ALPHA",
+                   help="mixup: train on blends of two images (weight ~ Beta(ALPHA, ALPHA) per batch) and the same blend "
+                        "of their losses; 0.2-0.4 is usual (default: off)")
     g.add_argument("--batch-size", type=bounded_int(1, 4096), default=d["batch_size"],
                    help="training images per optimiser step, 1-4096 (default %(default)s)")
     g.add_argument("--lr", type=float, default=d["lr"], help="AdamW learning rate (default %(default)s)")
@@ -194,7 +197,7 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         schedule=a.schedule, class_weights=not a.no_class_weights, threshold_rule=a.threshold_rule,
         allow_point_estimate=a.allow_point_estimate, referral=a.referral,
         precision=a.precision, workers=a.workers, pretrained=a.pretrained, freeze=a.freeze, head_epochs=a.head_epochs, backbone_lr_scale=a.backbone_lr_scale,
-        ema_epochs=a.ema_epochs or None, mixstyle=a.mixstyle, tta=a.tta, cache_dir=a.cache_dir, augment=aug, site_balanced=a.site_balanced,
+        ema_epochs=a.ema_epochs or None, mixstyle=a.mixstyle, mixup=a.mixup, tta=a.tta, cache_dir=a.cache_dir, augment=aug, site_balanced=a.site_balanced,
     )
 
 

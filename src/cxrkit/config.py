@@ -81,6 +81,9 @@ class TrainConfig:
     ema_epochs: float | None = 3.0
     # MixStyle: probability per batch and early layer of mixing feature statistics between images (0: off).
     mixstyle: float = 0.0
+    # Mixup (Zhang et al. 2018): train on convex blends of two images and of their losses, with the weight drawn from
+    # Beta(mixup, mixup) per batch (0: off).
+    mixup: float = 0.0
     # Test-time augmentation: the mean of 5 mild views for the threshold, evaluation and prediction. External AUC
     # 0.780 vs 0.772, better in 7 of 9 paired leave-one-site-out runs (14 of 18 with the round-2 model), for 5x the
     # inference time (13 -> 63 ms per 128-px image on one thread); BENCHMARKS.md, round 4.
@@ -133,6 +136,7 @@ class TrainConfig:
             (not self.mixstyle or bool(MODELS[self.model].mixstyle_layers),
              f"mixstyle is not available for {self.model}; models with it: "
              + ", ".join(n for n, m in MODELS.items() if m.mixstyle_layers)),
+            (0 <= self.mixup <= 10, "mixup must be the Beta distribution's alpha, from 0 (off) to 10 (0.2-0.4 is usual)"),
             (self.width is None or self.width >= 1, "width must be at least 1"),
             (self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,

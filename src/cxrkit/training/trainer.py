@@ -378,12 +378,13 @@ def _train_epoch(s: _Setup, epoch: int, head_only: bool, progress: bool) -> tupl
         if len(yb) < 2:  # batch norm cannot train on one image; it is seen again next epoch
             continue
         x = augment_batch(s.pre.to_unit(xb), cfg.augment, s.aug_gen)
+        x, mix = _mixup(x, cfg.mixup, s.rng, s.aug_gen)
         x = s.pre.normalize(x).to(s.ctx.device)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(s.ctx.device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16"):
             logits = s.train_model(x)
-        loss = s.task.loss(s.criterion, logits.float(), yb.to(s.ctx.device))
+        loss = _loss(s, logits.float(), yb.to(s.ctx.device), mix)
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         s.optimizer.step()
@@ -394,6 +395,23 @@ def _train_epoch(s: _Setup, epoch: int, head_only: bool, progress: bool) -> tupl
         losses.append(loss.item())
         batch_bar.set_postfix(loss=f"{np.mean(losses):.4f}")
     return losses, time.perf_counter() - t0
+
+
+def _mixup(x: torch.Tensor, alpha: float, rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, tuple | None]:
+    """Blend each image with another of the batch (weight lam ~ Beta(alpha, alpha)); ``(x, None)`` when off."""
+    if not alpha:
+        return x, None
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], generator=gen)
+    return lam * x + (1.0 - lam) * x[perm], (lam, perm)
+
+
+def _loss(s: _Setup, logits: torch.Tensor, y: torch.Tensor, mix: tuple | None) -> torch.Tensor:
+    """The task's loss; with mixup, the same blend of the losses against both images' labels."""
+    if mix is None:
+        return s.task.loss(s.criterion, logits, y)
+    lam, perm = mix
+    return lam * s.task.loss(s.criterion, logits, y) + (1.0 - lam) * s.task.loss(s.criterion, logits, y[perm.to(y.device)])
 
 
 def _validate(s: _Setup, t_start: float, epoch: int) -> tuple[float, float, bool]:
@@ -539,6 +557,7 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
             "weight_average": None if s.ema is None else {
                 "method": "exponential moving average", "epochs": window, "asked": cfg.ema_epochs,
                 "decay": ema_decay(window, s.steps_per_epoch), "debiased": True},
+            "mixup": {"alpha": cfg.mixup} if cfg.mixup else None,
             "mixstyle": {"p": cfg.mixstyle, "alpha": 0.1, "layers": list(MODELS[cfg.model].mixstyle_layers)} if cfg.mixstyle else None,
             "torch": torch.__version__,
             "python": platform.python_version(),
