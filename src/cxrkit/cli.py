@@ -171,8 +171,8 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                         "(10-25%%), where collimation, markers and text differ between sites (default: " + preset % aug.erase_edges + ")")
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips (default: " + preset % ("on" if aug.hflip else "off")
-                        + "; BENCHMARKS.md round 5: +0.014 external AUC across sites, but on one folder of 500 "
-                          "images -0.13 for seed 0 and 4x the seed spread)")
+                        + "; BENCHMARKS.md round 6: on 500 images over 8 seeds, +0.011 AUC at another site on average, "
+                          "but one seed lost 0.13 and the seed spread tripled)")
     g.add_argument("--no-augment", action="store_true", help="turn all augmentation off")
 
 
