@@ -43,7 +43,7 @@ def _add_device_option(p: argparse.ArgumentParser, what: str) -> None:
 
 def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) -> None:
 
-    from cxrkit.config import FREEZE_CHOICES, PRECISIONS, SCHEDULES, TASK_CHOICES
+    from cxrkit.config import FREEZE_CHOICES, KEEP_CHOICES, PRECISIONS, SCHEDULES, TASK_CHOICES
     from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
     from cxrkit.data.intensity import INTENSITY_MODES
     from cxrkit.data.spec import ASPECTS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
@@ -107,6 +107,8 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                    help="stop when validation AUC has not improved for this many epochs (default: no early stopping; the "
                         "whole cosine schedule runs and the best epoch is kept, since on small validation sets early stopping "
                         "cut the weakest seeds short in benchmarks/sites.py)")
+    g.add_argument("--keep", choices=KEEP_CHOICES, default=d["keep"],
+                   help="which epoch's weights the run keeps: the best on validation, or the last (default %(default)s)")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this much wall-clock time")
     g.add_argument("--ema-epochs", type=float, default=d["ema_epochs"], metavar="N",
                    help="validate, keep and save a moving average of the weights over about N epochs (at most 15%% of "
@@ -193,7 +195,7 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size or _defaults()["image_size"], aspect=a.aspect,
         intensity=a.intensity, crop_border=a.crop_border, positive=a.positive,
         val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, allow_leakage=a.allow_leakage, seed=a.seed,
-        split_seed=a.split_seed, epochs=a.epochs, patience=a.patience, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+        split_seed=a.split_seed, epochs=a.epochs, patience=a.patience, keep=a.keep, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         schedule=a.schedule, class_weights=not a.no_class_weights, threshold_rule=a.threshold_rule,
         allow_point_estimate=a.allow_point_estimate, referral=a.referral,
         precision=a.precision, workers=a.workers, pretrained=a.pretrained, freeze=a.freeze, head_epochs=a.head_epochs, backbone_lr_scale=a.backbone_lr_scale,

@@ -15,6 +15,7 @@ from cxrkit.data.spec import ASPECTS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 TASK_CHOICES = ("auto", "binary", "multiclass", "multilabel")
 SCHEDULES = ("cosine", "plateau", "constant")
+KEEP_CHOICES = ("best", "last")
 PRECISIONS = ("auto", "32", "bf16")
 FREEZE_CHOICES = ("none", "backbone")
 
@@ -54,7 +55,10 @@ class TrainConfig:
     # changes only the training randomness: seed-to-seed spread on one split, or ensemble members on one split.
     split_seed: int | None = None
     epochs: int = 20  # the length the defaults were benchmarked at
-    patience: int | None = None  # None: train the whole schedule and keep the best epoch (no early stopping)
+    patience: int | None = None  # None: train the whole schedule (no early stopping)
+    # Which epoch's weights the run keeps: the one with the best validation AUC, or the last one. On a validation split
+    # of ~75 images the best epoch can be an early, half-trained one (BENCHMARKS.md, round 6).
+    keep: str = "best"
     max_minutes: float | None = None
     batch_size: int = 32
     lr: float = 1e-3
@@ -119,6 +123,7 @@ class TrainConfig:
             (self.batch_size >= 2, "batch_size must be at least 2 (batch norm needs two images)"),
             (0 < self.lr < math.inf, "lr must be a positive finite number"),
             (bool(str(self.out).strip()), "out must name the run folder (an empty one would write the run into the current folder)"),
+            (self.keep in KEEP_CHOICES, f"keep must be one of {', '.join(KEEP_CHOICES)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.aspect in ASPECTS, f"aspect must be one of {', '.join(ASPECTS)}"),

@@ -508,6 +508,28 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
         prog.interrupted = True
         log("interrupted: keeping the best model so far and finishing the run")
     prog.seconds_before = time.perf_counter() - t_start
+    if cfg.keep == "last":
+        _keep_last_epoch(s, prog, log)
+
+
+def _keep_last_epoch(s: _Setup, prog: _Progress, log: Callable[[str], None]) -> None:
+    """``keep: last``: the weights after the final epoch replace the best validation epoch's.
+
+    Not after an interruption (the weights are mid-epoch) or a divergence (they are NaN): the best epoch stays, and
+    the log says so. After a resume of a finished run the restored checkpoint holds the last epoch's weights.
+    """
+    if not prog.history or prog.best_epoch == prog.history[-1]["epoch"]:
+        return
+    last = prog.history[-1]
+    if prog.interrupted or prog.diverged or not np.isfinite(last["val_auc"]):
+        log(f"keep last: epoch {last['epoch']} is not usable ({'interrupted' if prog.interrupted else 'diverged' if prog.diverged else 'no validation AUC'}); "
+            f"keeping epoch {prog.best_epoch}, the best on validation")
+        return
+    prog.best_epoch, prog.best_auc, prog.best_loss = last["epoch"], last["val_auc"], last["val_loss"]
+    prog.best_state = copy.deepcopy(s.kept_model.state_dict())
+    if s.ctx.is_main:
+        save_weights(s.kept_model, s.out / MODEL_FILE)
+    log(f"keep last: keeping epoch {prog.best_epoch} (validation AUC {prog.best_auc:.4f}), not the best on validation")
 
 
 def _record(s: _Setup, prog: _Progress) -> RunMeta:
@@ -543,6 +565,7 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
         training={
             "epochs_run": len(prog.history),
             "best_epoch": prog.best_epoch,
+            "keep": cfg.keep,
             "best_val_auc": prog.best_auc,
             "interrupted": prog.interrupted,
             "stopped_by": "interrupted" if prog.interrupted else prog.stopped_by,
@@ -579,7 +602,7 @@ def train(
 
     ``device``: ``auto`` trains on a CUDA GPU when PyTorch sees one, ``cpu`` keeps to the CPU, ``cuda[:N]`` requires a GPU.
 
-    Writes config.yaml, model.safetensors (best validation AUC), meta.json, history.csv,
+    Writes config.yaml, model.safetensors (the best validation AUC's epoch, or the last with ``keep: last``), meta.json, history.csv,
     splits.csv and skipped.csv. Test images are never looked at. Ctrl-C stops training early and
     keeps the best model so far. An existing run in ``cfg.out`` is an error unless ``overwrite``.
 
