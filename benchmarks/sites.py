@@ -104,6 +104,13 @@ CONDITIONS: dict[str, dict] = {
     # Horizontal flips (a mirrored chest keeps its TB signs; the heart changes side, which no site's label depends on).
     "lite0+robust+nostop+ema3d+balanced+hflip": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0, "sources": True,
                                                  "site_balanced": True, "augment": replace(ROBUST, hflip=True)},
+    # Round 6: the last epoch kept instead of the best on validation (measured from the runs' final checkpoints: the
+    # training is the same computation), without and with flips.
+    "lite0+robust+nostop+ema3d+balanced+last": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0, "sources": True,
+                                                "site_balanced": True, "keep": "last", "augment": ROBUST},
+    "lite0+robust+nostop+ema3d+balanced+hflip+last": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0,
+                                                      "sources": True, "site_balanced": True, "keep": "last",
+                                                      "augment": replace(ROBUST, hflip=True)},
     # Round 6: mixup (alpha 0.4; blends of two images, often from two sites, and of their labels) on the round-4 default.
     "lite0+robust+nostop+ema3d+balanced+mixup": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0, "sources": True,
                                                  "site_balanced": True, "mixup": 0.4, "augment": ROBUST},
@@ -113,7 +120,7 @@ CONDITIONS: dict[str, dict] = {
 # Everything a condition does not name is pinned to the defaults before issue 12, so changing cxrkit's
 # defaults never changes what an old condition measures.
 PINNED = {"model": "cnn", "image_size": 128, "intensity": "none", "patience": 6, "ema_epochs": None,
-          "mixstyle": 0.0, "mixup": 0.0, "crop_border": False, "head_epochs": 0, "tta": False, "split_seed": None, "site_balanced": False}
+          "mixstyle": 0.0, "mixup": 0.0, "keep": "best", "crop_border": False, "head_epochs": 0, "tta": False, "split_seed": None, "site_balanced": False}
 
 
 def site_folders(shared: Path, out: Path) -> dict[str, Path]:

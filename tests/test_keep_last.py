@@ -1,4 +1,5 @@
-"""``keep: last`` keeps the final epoch's weights instead of the best on validation (BENCHMARKS.md, round 6).
+"""``keep: last`` (and the default, ``auto``, without early stopping) keeps the final epoch's weights instead of the
+best on validation (BENCHMARKS.md, round 6).
 
 Validation AUCs are forced to fall epoch by epoch, so "best" and "last" must disagree: the best is epoch 1."""
 
@@ -37,8 +38,8 @@ def test_keep_last_keeps_the_final_weights_and_best_the_best_epoch(tmp_path, fal
     data = make_synthetic_dataset(tmp_path / "d", n_per_class=20, size=24, seed=2, signal=1.0)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "best"), model="simple_cnn", image_size=24, epochs=4, batch_size=16,
                       lr=2e-3, seed=0, precision="32", ema_epochs=None, augment={"rotate_degrees": 0})
-    best = train(cfg, progress=False, finish=False)
-    last = train(replace(cfg, out=str(tmp_path / "last"), keep="last"), progress=False, finish=False)
+    best = train(replace(cfg, keep="best"), progress=False, finish=False)
+    last = train(replace(cfg, out=str(tmp_path / "last")), progress=False, finish=False)  # the default, auto: no patience -> last
 
     assert (_meta(best)["best_epoch"], _meta(best)["keep"]) == (1, "best")
     m = _meta(last)
@@ -50,7 +51,7 @@ def test_keep_last_keeps_the_final_weights_and_best_the_best_epoch(tmp_path, fal
     first = load_file(str(best / "model.safetensors"))  # same seed: epoch 1 of both runs is the same computation
     assert any(not torch.equal(kept[k], first[k]) for k in kept if kept[k].is_floating_point())
     # a finished run resumed keeps the last epoch again (the checkpoint holds its weights)
-    again = train(replace(cfg, out=str(last), keep="last"), progress=False, resume=True, finish=False)
+    again = train(replace(cfg, out=str(last)), progress=False, resume=True, finish=False)
     assert _meta(again)["best_epoch"] == 4
     assert all(torch.equal(kept[k], v) for k, v in load_file(str(again / "model.safetensors")).items())
 
@@ -68,13 +69,16 @@ def test_keep_last_after_an_interruption_keeps_the_best_epoch(tmp_path, falling_
     # the interruption came between epochs, after epoch 2's checkpoint: its weights are whole, but the run was cut short,
     # so the rule for an interrupted run holds (the best epoch), and the log says why
     assert _meta(run)["interrupted"] and _meta(run)["best_epoch"] == 1
-    assert "keep last: epoch 2 is not usable (interrupted); keeping epoch 1" in capsys.readouterr().out
+    assert "keeping the last epoch: epoch 2 is not usable (interrupted); keeping epoch 1" in capsys.readouterr().out
 
 
 def test_keep_is_validated_and_on_the_command_line():
-    with pytest.raises(ConfigError, match="keep must be one of best, last"):
+    with pytest.raises(ConfigError, match="keep must be one of auto, best, last"):
         TrainConfig(data="d", keep="worst")
-    assert TrainConfig(data="d").keep == "best"
+    # auto: the last epoch of a whole schedule, the best one when early stopping ends the run
+    assert TrainConfig(data="d").keep == "auto" and TrainConfig(data="d").resolved_keep() == "last"
+    assert TrainConfig(data="d", patience=3).resolved_keep() == "best"
+    assert TrainConfig(data="d", patience=3, keep="last").resolved_keep() == "last"
     args = build_parser().parse_args(["train", "data", "--keep", "last"])
     assert _config_from_args(args, "data", "out").keep == "last"
     with pytest.raises(SystemExit):

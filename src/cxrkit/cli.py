@@ -105,10 +105,12 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--epochs", type=int, default=d["epochs"], help="maximum epochs (default %(default)s)")
     g.add_argument("--patience", type=int, default=d["patience"],
                    help="stop when validation AUC has not improved for this many epochs (default: no early stopping; the "
-                        "whole cosine schedule runs and the best epoch is kept, since on small validation sets early stopping "
+                        "whole cosine schedule runs and, with --keep auto, its last epoch is kept, since on small validation sets early stopping "
                         "cut the weakest seeds short in benchmarks/sites.py)")
     g.add_argument("--keep", choices=KEEP_CHOICES, default=d["keep"],
-                   help="which epoch's weights the run keeps: the best on validation, or the last (default %(default)s)")
+                   help="which epoch's weights the run keeps: best (on validation), last, or auto: the last when the whole "
+                        "schedule runs, the best with --patience (default %(default)s; on small validation sets the best "
+                        "epoch can be an early, half-trained one: BENCHMARKS.md round 6)")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this much wall-clock time")
     g.add_argument("--ema-epochs", type=float, default=d["ema_epochs"], metavar="N",
                    help="validate, keep and save a moving average of the weights over about N epochs (at most 15%% of "

@@ -15,7 +15,7 @@ from cxrkit.data.spec import ASPECTS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 TASK_CHOICES = ("auto", "binary", "multiclass", "multilabel")
 SCHEDULES = ("cosine", "plateau", "constant")
-KEEP_CHOICES = ("best", "last")
+KEEP_CHOICES = ("auto", "best", "last")
 PRECISIONS = ("auto", "32", "bf16")
 FREEZE_CHOICES = ("none", "backbone")
 
@@ -56,9 +56,10 @@ class TrainConfig:
     split_seed: int | None = None
     epochs: int = 20  # the length the defaults were benchmarked at
     patience: int | None = None  # None: train the whole schedule (no early stopping)
-    # Which epoch's weights the run keeps: the one with the best validation AUC, or the last one. On a validation split
-    # of ~75 images the best epoch can be an early, half-trained one (BENCHMARKS.md, round 6).
-    keep: str = "best"
+    # Which epoch's weights the run keeps: the best on validation, the last, or auto: the last when the whole schedule
+    # runs (no patience), the best with early stopping. On a ~75-image validation split the "best" epoch can be an early,
+    # half-trained one: keeping the last raised the other-site AUC and lowered its seed spread (BENCHMARKS.md, round 6).
+    keep: str = "auto"
     max_minutes: float | None = None
     batch_size: int = 32
     lr: float = 1e-3
@@ -157,6 +158,12 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+    def resolved_keep(self) -> str:
+        """``best`` or ``last``: ``auto`` keeps the last epoch of a full schedule and the best one with early stopping."""
+        if self.keep != "auto":
+            return self.keep
+        return "best" if self.patience is not None else "last"
 
     def resolved_precision(self) -> str:
         """``bf16`` when asked, or when ``auto`` and the CPU has native bfloat16 (measured 3-4x faster

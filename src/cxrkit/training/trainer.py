@@ -508,12 +508,12 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
         prog.interrupted = True
         log("interrupted: keeping the best model so far and finishing the run")
     prog.seconds_before = time.perf_counter() - t_start
-    if cfg.keep == "last":
+    if cfg.resolved_keep() == "last":
         _keep_last_epoch(s, prog, log)
 
 
 def _keep_last_epoch(s: _Setup, prog: _Progress, log: Callable[[str], None]) -> None:
-    """``keep: last``: the weights after the final epoch replace the best validation epoch's.
+    """``keep: last`` (or ``auto`` without early stopping): the weights after the final epoch replace the best validation epoch's.
 
     Not after an interruption (the weights are mid-epoch) or a divergence (they are NaN): the best epoch stays, and
     the log says so. After a resume of a finished run the restored checkpoint holds the last epoch's weights.
@@ -522,14 +522,14 @@ def _keep_last_epoch(s: _Setup, prog: _Progress, log: Callable[[str], None]) -> 
         return
     last = prog.history[-1]
     if prog.interrupted or prog.diverged or not np.isfinite(last["val_auc"]):
-        log(f"keep last: epoch {last['epoch']} is not usable ({'interrupted' if prog.interrupted else 'diverged' if prog.diverged else 'no validation AUC'}); "
+        log(f"keeping the last epoch: epoch {last['epoch']} is not usable ({'interrupted' if prog.interrupted else 'diverged' if prog.diverged else 'no validation AUC'}); "
             f"keeping epoch {prog.best_epoch}, the best on validation")
         return
     prog.best_epoch, prog.best_auc, prog.best_loss = last["epoch"], last["val_auc"], last["val_loss"]
     prog.best_state = copy.deepcopy(s.kept_model.state_dict())
     if s.ctx.is_main:
         save_weights(s.kept_model, s.out / MODEL_FILE)
-    log(f"keep last: keeping epoch {prog.best_epoch} (validation AUC {prog.best_auc:.4f}), not the best on validation")
+    log(f"keeping the last epoch, {prog.best_epoch} (validation AUC {prog.best_auc:.4f}), not the best on validation (--keep best for that)")
 
 
 def _record(s: _Setup, prog: _Progress) -> RunMeta:
@@ -565,7 +565,7 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
         training={
             "epochs_run": len(prog.history),
             "best_epoch": prog.best_epoch,
-            "keep": cfg.keep,
+            "keep": cfg.resolved_keep(),
             "best_val_auc": prog.best_auc,
             "interrupted": prog.interrupted,
             "stopped_by": "interrupted" if prog.interrupted else prog.stopped_by,
