@@ -156,8 +156,9 @@ def test_augmentation_presets_and_explicit_options_on_the_command_line():
     assert (robust.gamma, robust.blur, robust.noise, robust.contrast) == (0.4, 1.0, 0.03, 0.3)
     mixed = config("--augment-preset", "robust", "--gamma", "0.1", "--hflip")
     assert (mixed.gamma, mixed.blur, mixed.hflip) == (0.1, 1.0, True)
-    # Flips: off in both presets unless asked for (BENCHMARKS.md round 5); --no-hflip is accepted and means off.
-    assert not config().hflip and not config("--no-hflip").hflip and config("--augment-preset", "mild", "--hflip").hflip
+    # Flips: on in the robust preset, the default (BENCHMARKS.md round 6), off in mild; --hflip/--no-hflip override either.
+    assert config().hflip and not config("--no-hflip").hflip and not config("--augment-preset", "mild").hflip
+    assert config("--augment-preset", "mild", "--hflip").hflip and not config("--augment-preset", "robust", "--no-hflip").hflip
     assert not config("--augment-preset", "robust", "--no-augment").enabled
     assert config("--erase-edges", "0.5").erase_edges == 0.5 and config().erase_edges == 0.0
 

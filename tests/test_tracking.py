@@ -21,7 +21,7 @@ def test_mlflow_sqlite_store(binary_data, tmp_path):
     exp = client.get_experiment_by_name("cxrkit")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "r"
-    assert run.data.params["model"] == "cnn" and run.data.params["augment.hflip"] == "False"
+    assert run.data.params["model"] == "cnn" and run.data.params["augment.hflip"] == "True"
     history = client.get_metric_history(run.info.run_id, "val_auc")
     assert [m.step for m in history] == [1, 2]
     m = run.data.metrics

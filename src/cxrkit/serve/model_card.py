@@ -93,8 +93,9 @@ def model_card(run: Run) -> dict:
         "such predictions are less reliable.",
     ]
     if "test" not in metrics:
-        limitations.append("No test-split evaluation is stored: the figures are validation figures, which chose the checkpoint "
-                           "and threshold and are therefore optimistic.")
+        chose = "the checkpoint and threshold" if run.record.training.get("keep", "best") == "best" else "the threshold"
+        limitations.append(f"No test-split evaluation is stored: the figures are validation figures, which chose {chose} "
+                           "and are therefore optimistic.")
     if not any(k.startswith("external:") for k in metrics):
         limitations.append("No external validation (a dataset from another site) is stored for this model.")
     name = dataset_name(data.get("root"))
