@@ -126,7 +126,7 @@ def test_a_saved_config_repeats_the_run(trained, tmp_path):
 
     data, run = trained
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["image_size"] == 32 and cfg["model"] == "cnn" and cfg["augment"]["hflip"] is True  # the default preset flips (BENCHMARKS.md round 6)
+    assert cfg["image_size"] == 32 and cfg["model"] == "cnn" and cfg["augment"]["hflip"] is False  # --augment-preset mild: no flips
     cfg["epochs"] = 1
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", str(data), "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "again")]) == 0
