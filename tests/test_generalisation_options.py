@@ -96,10 +96,11 @@ class Stop(Exception):
 
 def test_a_run_saved_before_weight_averaging_or_tta_loads_without_them(tmp_path):
     saved = tmp_path / "config.yaml"
-    saved.write_text("data: d\nmodel: cnn\n")  # written before ema_epochs and tta existed
-    assert TrainConfig.load_saved(saved).ema_epochs is None and TrainConfig.load_saved(saved).tta is False
+    saved.write_text("data: d\nmodel: cnn\n")  # written before ema_epochs, tta and keep existed
+    old = TrainConfig.load_saved(saved)
+    assert old.ema_epochs is None and old.tta is False and old.resolved_keep() == "best"
     user = TrainConfig.load(saved)  # a user's config file gets today's defaults
-    assert user.ema_epochs == 3.0 and user.tta is True
+    assert user.ema_epochs == 3.0 and user.tta is True and user.resolved_keep() == "last"
     saved.write_text("data: d\nmodel: cnn\nema_epochs: null\ntta: true\n")
     assert TrainConfig.load_saved(saved).ema_epochs is None and TrainConfig.load_saved(saved).tta is True
 

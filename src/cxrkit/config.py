@@ -248,6 +248,7 @@ _BEFORE_IT_EXISTED = {
     "ema_epochs": None,  # no weight averaging: the saved weights are the raw ones
     "site_balanced": False,  # several sources in their natural shares
     "tta": False,  # one view per image
+    "keep": "best",  # the best validation epoch was kept (a resumed run must keep the same way)
 }
 
 
