@@ -26,12 +26,12 @@ def _history(run) -> list[tuple[float, float, float]]:
     return [(float(r["train_loss"]), float(r["val_loss"]), float(r["val_auc"])) for r in csv.DictReader(open(run / "history.csv"))]
 
 
-# The raw weights; and a run whose checkpoint must also carry the weight average, MixStyle's random state and
-# the state mixup draws from.
+# The raw weights, best epoch kept; and a run whose checkpoint must also carry the weight average, MixStyle's random
+# state and the state mixup draws from, keeping its last epoch.
 @pytest.mark.parametrize("options", [
     {"model": "simple_cnn", "ema_epochs": None},
-    {"model": "cnn", "ema_epochs": 1.0, "mixstyle": 0.5, "mixup": 0.4, "augment": {"rotate_degrees": 0}},
-], ids=["raw-weights", "averaged-mixstyle-mixup"])
+    {"model": "cnn", "ema_epochs": 1.0, "mixstyle": 0.5, "mixup": 0.4, "keep": "last", "augment": {"rotate_degrees": 0}},
+], ids=["raw-weights", "averaged-mixstyle-mixup-last"])
 def test_interrupted_training_resumes_to_the_same_result(tmp_path, options):
     data = make_synthetic_dataset(tmp_path / "d", n_per_class=30, size=24, seed=2, signal=1.0)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "full"), image_size=24, epochs=4, patience=10,
