@@ -83,3 +83,17 @@ def test_keep_is_validated_and_on_the_command_line():
     assert _config_from_args(args, "data", "out").keep == "last"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "data", "--keep", "worst"])
+
+
+def test_the_report_says_which_epoch_was_kept_and_every_augmentation_used(tmp_path):
+    import html
+    import re
+
+    data = make_synthetic_dataset(tmp_path / "d", n_per_class=20, size=24, seed=2, signal=1.0)
+    run = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), model="simple_cnn", image_size=24, epochs=2,
+                            batch_size=16, seed=0, precision="32"), progress=False)  # default keep and augmentation
+    text = html.unescape(re.sub(r"<[^>]+>", "", (run / "report.html").read_text()))
+    assert "was kept: the last epoch (keep: last)" in text
+    # the robust preset, every part of it: gamma exp(+-0.4), blur, noise and flips, not only the affine part
+    assert "contrast ±30.0%, gamma 0.67–1.49, Gaussian blur up to 1.0 px, noise up to SD 0.03;" in text
+    assert "horizontal flip on." in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import math
 import re
 from pathlib import Path
 
@@ -148,7 +149,7 @@ def build_context(run_dir: Path) -> dict:
         "splits_present": [s for s in ("train", "val", "test") if s in counts],
         "imbalance_ratio": ratio, "history": history, "curves": _img(run_dir / "plots" / "history.png"),
         "skipped": _read_csv(run_dir / "skipped.csv"), "model_description": MODELS[meta["model"]].description if meta["model"] in MODELS else "",
-        "augment": AugmentConfig(**config["augment"]), "split_words": SPLIT_WORDS, "pct": pct,
+        "augment": AugmentConfig(**config["augment"]), "split_words": SPLIT_WORDS, "pct": pct, "e": math.e,
         "label_counts": _img(run_dir / "plots" / "label_counts.png"), "cooccurrence": _img(run_dir / "plots" / "cooccurrence.png"),
         "images": meta["data"].get("images", {}),
     }
