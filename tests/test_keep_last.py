@@ -72,6 +72,22 @@ def test_keep_last_after_an_interruption_keeps_the_best_epoch(tmp_path, falling_
     assert "keeping the last epoch: epoch 2 is not usable (interrupted); keeping epoch 1" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("keep, kept", [("auto", 1), ("last", 2)])
+def test_a_run_the_time_limit_cuts_short_keeps_the_best_epoch_unless_told_last(tmp_path, monkeypatch, keep, kept):
+    real = trainer._validate
+
+    def validate(s, t_start, epoch):  # falling validation AUC, and the clock runs out after epoch 2 of 4
+        _, loss, _ = real(s, t_start, epoch)
+        return 1.0 - 0.1 * epoch, loss, epoch >= 2
+
+    monkeypatch.setattr(trainer, "_validate", validate)
+    data = make_synthetic_dataset(tmp_path / "d", n_per_class=20, size=24, seed=2, signal=1.0)
+    run = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), model="simple_cnn", image_size=24, epochs=4, batch_size=16,
+                            seed=0, precision="32", ema_epochs=None, max_minutes=60, keep=keep), progress=False, finish=False)
+    m = _meta(run)
+    assert (m["stopped_by"], m["epochs_run"], m["best_epoch"], m["keep"]) == ("time limit", 2, kept, "best" if kept == 1 else "last")
+
+
 def test_keep_is_validated_and_on_the_command_line():
     with pytest.raises(ConfigError, match="keep must be one of auto, best, last"):
         TrainConfig(data="d", keep="worst")

@@ -109,7 +109,7 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                         "cut the weakest seeds short in benchmarks/sites.py)")
     g.add_argument("--keep", choices=KEEP_CHOICES, default=d["keep"],
                    help="which epoch's weights the run keeps: best (on validation), last, or auto: the last when the whole "
-                        "schedule runs, the best with --patience (default %(default)s; on small validation sets the best "
+                        "schedule runs, the best when --patience or --max-minutes ends it early (default %(default)s; on small validation sets the best "
                         "epoch can be an early, half-trained one: BENCHMARKS.md round 6)")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this much wall-clock time")
     g.add_argument("--ema-epochs", type=float, default=d["ema_epochs"], metavar="N",

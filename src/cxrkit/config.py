@@ -57,7 +57,7 @@ class TrainConfig:
     epochs: int = 20  # the length the defaults were benchmarked at
     patience: int | None = None  # None: train the whole schedule (no early stopping)
     # Which epoch's weights the run keeps: the best on validation, the last, or auto: the last when the whole schedule
-    # runs (no patience), the best with early stopping. On a ~75-image validation split the "best" epoch can be an early,
+    # runs (no patience, no time limit reached), the best with early stopping or when --max-minutes cuts it short. On a ~75-image validation split the "best" epoch can be an early,
     # half-trained one: keeping the last raised the other-site AUC and lowered its seed spread (BENCHMARKS.md, round 6).
     keep: str = "auto"
     max_minutes: float | None = None
@@ -160,7 +160,8 @@ class TrainConfig:
                 raise ConfigError(msg)
 
     def resolved_keep(self) -> str:
-        """``best`` or ``last``: ``auto`` keeps the last epoch of a full schedule and the best one with early stopping."""
+        """``best`` or ``last`` as configured: ``auto`` is ``last`` without early stopping, ``best`` with it (a run the
+        time limit cuts short keeps the best epoch too; ``meta.json`` records what was kept)."""
         if self.keep != "auto":
             return self.keep
         return "best" if self.patience is not None else "last"

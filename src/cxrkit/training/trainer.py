@@ -220,6 +220,7 @@ class _Progress:
     stopped_by: str = "epochs"
     interrupted: bool = False
     diverged: str = ""  # where the weights became NaN or infinite
+    keep: str = "best"  # which epoch the run kept: "best" on validation or "last"
     seconds_before: float = 0.0
 
 
@@ -508,7 +509,12 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
         prog.interrupted = True
         log("interrupted: keeping the best model so far and finishing the run")
     prog.seconds_before = time.perf_counter() - t_start
-    if cfg.resolved_keep() == "last":
+    prog.keep = cfg.resolved_keep()
+    if prog.keep == "last" and cfg.keep == "auto" and prog.stopped_by == "time limit":
+        # auto keeps the last epoch of a whole schedule; one cut short by the clock ends at a high learning rate
+        prog.keep = "best"
+        log(f"the time limit cut the schedule short: keeping epoch {prog.best_epoch}, the best on validation (--keep last for the last)")
+    if prog.keep == "last":
         _keep_last_epoch(s, prog, log)
 
 
@@ -524,6 +530,7 @@ def _keep_last_epoch(s: _Setup, prog: _Progress, log: Callable[[str], None]) -> 
     if prog.interrupted or prog.diverged or not np.isfinite(last["val_auc"]):
         log(f"keeping the last epoch: epoch {last['epoch']} is not usable ({'interrupted' if prog.interrupted else 'diverged' if prog.diverged else 'no validation AUC'}); "
             f"keeping epoch {prog.best_epoch}, the best on validation")
+        prog.keep = "best"
         return
     prog.best_epoch, prog.best_auc, prog.best_loss = last["epoch"], last["val_auc"], last["val_loss"]
     prog.best_state = copy.deepcopy(s.kept_model.state_dict())
@@ -565,7 +572,7 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
         training={
             "epochs_run": len(prog.history),
             "best_epoch": prog.best_epoch,
-            "keep": cfg.resolved_keep(),
+            "keep": prog.keep,
             "best_val_auc": prog.best_auc,
             "interrupted": prog.interrupted,
             "stopped_by": "interrupted" if prog.interrupted else prog.stopped_by,
