@@ -52,6 +52,8 @@ CONFIGS = {
     "negative augmentation": "augment: {brightness: -0.5}\n",
     "infinite learning rate": "lr: .inf\n",
     "infinite rotation": "augment: {rotate_degrees: .inf}\n",
+    "unknown kept epoch": "keep: median\n",
+    "negative mixup": "mixup: -0.2\n",
 }
 
 
