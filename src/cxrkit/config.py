@@ -57,8 +57,9 @@ class TrainConfig:
     epochs: int = 20  # the length the defaults were benchmarked at
     patience: int | None = None  # None: train the whole schedule (no early stopping)
     # Which epoch's weights the run keeps: the best on validation, the last, or auto: the last when the whole schedule
-    # runs (no patience, no time limit reached), the best with early stopping or when --max-minutes cuts it short. On a ~75-image validation split the "best" epoch can be an early,
-    # half-trained one: keeping the last raised the other-site AUC and lowered its seed spread (BENCHMARKS.md, round 6).
+    # runs (no patience, no time limit reached), the best with early stopping or when --max-minutes cuts it short.
+    # On a ~75-image validation split the "best" epoch can be an early, half-trained one: keeping the last raised the
+    # other-site AUC and lowered its seed spread (BENCHMARKS.md, round 6).
     keep: str = "auto"
     max_minutes: float | None = None
     batch_size: int = 32
