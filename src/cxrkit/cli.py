@@ -301,8 +301,9 @@ def cmd_train(a: argparse.Namespace) -> int:
           f"{t['seconds_total']:.0f} s in all, median {t['images_per_second_median']:.0f} training images/s ({t['precision']})")
     _summary(out, "val")
     print(f"\nrun written to {out}/ (report: {out / 'report.html'})")
-    chose = "the checkpoint and threshold" if t.get("keep", "best") == "best" else "the threshold"
-    print(f"validation figures chose {chose}; for an unbiased estimate run:")
+    from cxrkit.report.narrative import validation_chose
+
+    print(f"validation figures chose {validation_chose(t)}; for an unbiased estimate run:")
     print(f"  cxrkit evaluate {out} {cfg.data} --split test")
     return 0
 

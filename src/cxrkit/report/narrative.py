@@ -69,6 +69,12 @@ def dataset_name(root: str | None) -> str | None:
     return parts[-1] if parts else None
 
 
+def validation_chose(training: dict) -> str:
+    """What a run's validation split chose, from its meta.json ``training``: the threshold, and the checkpoint too
+    unless the last epoch was kept (runs saved before ``keep`` existed kept the best)."""
+    return "the checkpoint and threshold" if training.get("keep", "best") == "best" else "the threshold"
+
+
 def split_words(key: str) -> str:
     """How a metrics key reads in sentences: "test" -> "test", "external:sakha" -> "external (sakha)"."""
     if key.startswith("external:"):

@@ -6,7 +6,7 @@ Every number comes from the run's own files (meta.json, metrics.json); nothing i
 from __future__ import annotations
 
 from cxrkit.record import MODEL_FILE, read_metrics
-from cxrkit.report.narrative import dataset_name, metric_text, metric_words, split_words
+from cxrkit.report.narrative import dataset_name, metric_text, metric_words, split_words, validation_chose
 from cxrkit.run import Run
 
 HEADLINE = {"binary": ("roc_auc", "sensitivity", "specificity", "ppv", "npv"), "multiclass": ("macro_roc_auc", "accuracy", "balanced_accuracy"),
@@ -93,8 +93,8 @@ def model_card(run: Run) -> dict:
         "such predictions are less reliable.",
     ]
     if "test" not in metrics:
-        chose = "the checkpoint and threshold" if run.record.training.get("keep", "best") == "best" else "the threshold"
-        limitations.append(f"No test-split evaluation is stored: the figures are validation figures, which chose {chose} "
+        limitations.append(f"No test-split evaluation is stored: the figures are validation figures, which chose "
+                           f"{validation_chose(run.record.training)} "
                            "and are therefore optimistic.")
     if not any(k.startswith("external:") for k in metrics):
         limitations.append("No external validation (a dataset from another site) is stored for this model.")

@@ -609,7 +609,7 @@ def train(
 
     ``device``: ``auto`` trains on a CUDA GPU when PyTorch sees one, ``cpu`` keeps to the CPU, ``cuda[:N]`` requires a GPU.
 
-    Writes config.yaml, model.safetensors (the best validation AUC's epoch, or the last with ``keep: last``), meta.json, history.csv,
+    Writes config.yaml, model.safetensors (the kept epoch's: see ``TrainConfig.keep``), meta.json, history.csv,
     splits.csv and skipped.csv. Test images are never looked at. Ctrl-C stops training early and
     keeps the best model so far. An existing run in ``cfg.out`` is an error unless ``overwrite``.
 
