@@ -113,3 +113,13 @@ def test_no_import_cycles():
 def test_record_reads_runs_without_torch():
     code = "import sys, cxrkit.record; assert 'torch' not in sys.modules, 'cxrkit.record imported torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_help_loads_neither_torch_nor_sklearn():
+    # `cxrkit --help` and `cxrkit train --help` are a new user's first commands: they took 3 s of CPU when the
+    # parser imported torch and scikit-learn for a few option names.
+    code = (
+        "import sys; from cxrkit.cli import build_parser; build_parser().parse_args(['train', 'data']); "
+        "heavy = sorted(m for m in ('torch', 'sklearn', 'monai') if m in sys.modules); assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -197,7 +197,8 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
         model=model or a.model, width=a.width, dropout=a.dropout, image_size=a.image_size or _defaults()["image_size"], aspect=a.aspect,
         intensity=a.intensity, crop_border=a.crop_border, positive=a.positive,
         val_fraction=a.val_fraction, test_fraction=a.test_fraction, group_pattern=a.group_pattern, allow_leakage=a.allow_leakage, seed=a.seed,
-        split_seed=a.split_seed, epochs=a.epochs, patience=a.patience, keep=a.keep, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+        split_seed=a.split_seed, epochs=a.epochs, patience=a.patience, keep=a.keep, max_minutes=a.max_minutes,
+        batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         schedule=a.schedule, class_weights=not a.no_class_weights, threshold_rule=a.threshold_rule,
         allow_point_estimate=a.allow_point_estimate, referral=a.referral,
         precision=a.precision, workers=a.workers, pretrained=a.pretrained, freeze=a.freeze, head_epochs=a.head_epochs, backbone_lr_scale=a.backbone_lr_scale,
@@ -716,9 +717,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all sub-commands."""
     from cxrkit.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
-    from cxrkit.explain.cam import METHODS as HEATMAP_METHODS
+    from cxrkit.explain import METHODS as HEATMAP_METHODS
     from cxrkit.metrics.calibration import CALIBRATION_METHODS
-    from cxrkit.run import ENGINES
+    from cxrkit.record.files import ENGINES
 
     p = argparse.ArgumentParser(
         prog="cxrkit",

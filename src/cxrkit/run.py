@@ -33,9 +33,9 @@ from cxrkit.record import (
     read_meta,
     write_meta,
 )
+from cxrkit.record.files import ENGINES
 from cxrkit.tasks import Task, get_task
 
-ENGINES = ("auto", "torch", "onnx", "onnx-int8")
 REFER = "refer"  # the decision inside a referral band: a reader decides
 
 

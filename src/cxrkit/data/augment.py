@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch loads on first use, so that `cxrkit --help` (which reads the presets) stays fast
+    import torch
 
 
 @dataclass
@@ -66,6 +67,9 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     ``x`` is a float tensor of shape (B, 1, H, W) with values in [0, 1]; the result has the same shape.
     Geometric changes fill uncovered corners with 0 (black, like the film border).
     """
+    import torch
+    import torch.nn.functional as F
+
     if not cfg.enabled:
         return x
     b = x.shape[0]
@@ -105,6 +109,8 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
 def edge_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator) -> torch.Tensor:
     """Boolean mask (B, 1, H, W): with probability ``p`` per image, an outer band (2-10% of the side) or
     random corner squares (10-25% of the side, each corner with probability 1/2), where markers and text sit."""
+    import torch
+
     b, _, h, w = shape
     side = min(h, w)
     rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
@@ -124,6 +130,9 @@ def edge_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Ge
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur each image of (B, 1, H, W) with its own sigma (0 leaves it unchanged): one separable grouped convolution."""
+    import torch
+    import torch.nn.functional as F
+
     b = x.shape[0]
     radius = max(1, int(math.ceil(3 * float(sigma.max()))))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype)
@@ -143,6 +152,9 @@ TTA_VIEWS: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (1.05, 0.0
 
 def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
     """Deterministic views of a [0, 1] batch (B, 1, H, W) for test-time augmentation, identity first."""
+    import torch
+    import torch.nn.functional as F
+
     out = []
     for scale, tx, ty in TTA_VIEWS:
         if scale == 1.0 and tx == 0.0 and ty == 0.0:

@@ -1,1 +1,4 @@
 """Explanations: heat maps of where a model looks (``cam``) and their overlays on the radiograph (``overlay``)."""
+
+# Here, not in cam.py, so that building the CLI parser does not import torch.
+METHODS = ("gradcam", "gradcam++", "occlusion")

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrkit.explain import METHODS
 from cxrkit.models.registry import get_spec
 from cxrkit.run import Run
 
-METHODS = ("gradcam", "gradcam++", "occlusion")
 SUPPORTED_TASKS = ("binary", "multiclass")
 
 

@@ -25,6 +25,8 @@ SKIPPED_FILE = "skipped.csv"
 AUDIT_FILE = "audit.json"
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
+# What a run predicts with: its safetensors weights (torch) or the ONNX files `cxrkit export` wrote.
+ENGINES = ("auto", "torch", "onnx", "onnx-int8")
 
 # Everything training writes; a new run in the same folder removes these first.
 RUN_OUTPUTS = (META_FILE, MODEL_FILE, SHIFT_FILE, CALIBRATION_FILE, AUDIT_FILE, METRICS_FILE, PREDICTIONS_FILE,

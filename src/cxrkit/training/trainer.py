@@ -528,7 +528,8 @@ def _keep_last_epoch(s: _Setup, prog: _Progress, log: Callable[[str], None]) -> 
         return
     last = prog.history[-1]
     if prog.interrupted or prog.diverged or not np.isfinite(last["val_auc"]):
-        log(f"keeping the last epoch: epoch {last['epoch']} is not usable ({'interrupted' if prog.interrupted else 'diverged' if prog.diverged else 'no validation AUC'}); "
+        why = "interrupted" if prog.interrupted else "diverged" if prog.diverged else "no validation AUC"
+        log(f"keeping the last epoch: epoch {last['epoch']} is not usable ({why}); "
             f"keeping epoch {prog.best_epoch}, the best on validation")
         prog.keep = "best"
         return
