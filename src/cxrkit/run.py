@@ -68,8 +68,13 @@ def load_weights(model: nn.Module, path: Path) -> None:
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
+    # load_state_dict casts silently: int or bool weights where the model has floats become 0s and 1s, a constant answer.
+    kind = [k for k in own if k in state and state[k].is_floating_point() != own[k].is_floating_point()]
+    if missing or unexpected or wrong or kind:
         parts = []
+        if kind:
+            parts.append(f"{len(kind)} tensor(s) of another kind of number (first {kind[0]}: {state[kind[0]].dtype} "
+                         f"vs {own[kind[0]].dtype})")
         if wrong:
             parts.append(f"{len(wrong)} tensor(s) of another shape (first {wrong[0]}: {tuple(state[wrong[0]].shape)} "
                          f"vs {tuple(own[wrong[0]].shape)}; do the classes or image size in meta.json match?)")
