@@ -3,6 +3,7 @@ a plausible-looking answer or a raw traceback: each is now a one-line ValueError
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -34,3 +35,30 @@ def test_weights_of_integers_are_refused(dtype, tiny_run, tmp_path):
     _edit_weights(run, lambda s: {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in s.items()})
     with pytest.raises(RunError, match=rf"tensor\(s\) of another kind of number \(first .*: torch.{dtype} vs torch.float32\)"):
         cxrkit.load(run)
+
+
+CALIBRATIONS = {
+    # each of these once loaded and then changed every probability without an error
+    "negative temperature": ({"method": "temperature", "params": {"temperature": -1.0}}, "positive finite"),
+    "zero temperature": ({"method": "temperature", "params": {"temperature": 0}}, "positive finite"),
+    "decreasing isotonic map": ({"method": "isotonic", "params": {"x": [0.0, 1.0], "y": [1.0, 0.0]}}, "non-decreasing"),
+    # and these were a TypeError or KeyError at the first prediction
+    "temperature as text": ({"method": "temperature", "params": {"temperature": "1"}}, "positive finite"),
+    "params missing": ({"method": "temperature"}, "method and params"),
+    "unknown key": ({"method": "temperature", "params": {"temperature": 1.0}, "foo": 1}, "unknown keys foo"),
+    "platt without slope": ({"method": "platt", "params": {"intercept": 0.0}}, "slope and intercept"),
+}
+
+
+@pytest.mark.parametrize("name", list(CALIBRATIONS))
+def test_damaged_calibration_is_refused_at_load(name, tiny_run, tmp_path):
+    from cxrkit.cli import main
+
+    content, words = CALIBRATIONS[name]
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "calibration.json").write_text(json.dumps(content))
+    with pytest.raises(RunError, match=rf"calibration.json: .*{words}.*--remove") as exc:
+        cxrkit.load(run)
+    assert "\n" not in str(exc.value)
+    assert main(["calibrate", str(run), "--remove"]) == 0  # the way out the message names works on the damaged file
+    assert not (run / "calibration.json").exists() and cxrkit.load(run).calibration is None

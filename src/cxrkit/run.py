@@ -224,6 +224,15 @@ class Run:
         calibration = read_json(cal_file) if cal_file.is_file() else None
         if calibration is not None and not isinstance(calibration, dict):
             raise RunError(f"{cal_file} must hold a JSON object")
+        if calibration is not None:
+            from cxrkit.metrics.calibration import Calibration
+
+            try:
+                cal = Calibration.from_dict(calibration)
+            except ValueError as exc:
+                raise RunError(f"{cal_file}: {exc}; remove it with `cxrkit calibrate {path} --remove` (then fit it again)") from None
+            if cal.method != "temperature" and record.task != "binary":
+                raise RunError(f"{cal_file}: {cal.method} calibration applies to binary runs, this run is {record.task}")
         run = cls(path, record, model, Preprocessing(**record.preprocessing.to_dict()), calibration_data=calibration, device=dev)
         run.onnx = run._load_onnx("torch" if dev.type != "cpu" else engine)
         return run

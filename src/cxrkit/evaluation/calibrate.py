@@ -9,7 +9,7 @@ import numpy as np
 
 from cxrkit.evaluation.evaluate import compute_metrics, decision_analysis, store_threshold, write_evaluation
 from cxrkit.metrics.calibration import fit_calibration
-from cxrkit.record import CALIBRATION_FILE, atomic_write_json, read_metrics
+from cxrkit.record import CALIBRATION_FILE, META_FILE, atomic_write_json, read_metrics
 from cxrkit.run import Run, load_run_dataset
 
 
@@ -60,6 +60,8 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
 
 def remove_calibration(run_dir: str | Path) -> None:
     """Delete a run's calibration and restore the threshold chosen on the model's own probabilities."""
+    if (Path(run_dir) / META_FILE).is_file():  # before loading: Run.load refuses a damaged calibration.json
+        (Path(run_dir) / CALIBRATION_FILE).unlink(missing_ok=True)
     run = Run.load(run_dir)
     (run.path / CALIBRATION_FILE).unlink(missing_ok=True)
     t = dict(run.record.threshold or {})
