@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import cxrkit
@@ -62,3 +63,23 @@ def test_damaged_calibration_is_refused_at_load(name, tiny_run, tmp_path):
     assert "\n" not in str(exc.value)
     assert main(["calibrate", str(run), "--remove"]) == 0  # the way out the message names works on the damaged file
     assert not (run / "calibration.json").exists() and cxrkit.load(run).calibration is None
+
+
+def _edit_meta(run: Path, edit) -> None:
+    meta = json.loads((run / "meta.json").read_text())
+    edit(meta)
+    (run / "meta.json").write_text(json.dumps(meta))
+
+
+def test_two_finding_multilabel_prediction_has_no_single_probability(tiny_run, tmp_path):
+    import torch
+
+    run = _copy_run(tiny_run, tmp_path)
+    # The tiny cnn's one binary output becomes two independent findings (its last layer doubled).
+    _edit_weights(run, lambda s: {k: torch.cat([v, v]) if k.startswith("head.3.") else v for k, v in s.items()})
+    _edit_meta(run, lambda m: m.update(task="multilabel", classes=["effusion", "nodule"], num_outputs=2, positive_class=None,
+                                       thresholds={"effusion": {"value": 0.5}, "nodule": {"value": 0.5}},
+                                       threshold={"rule": "youden", "value": None, "per_finding": True}))
+    p = cxrkit.load(run).predict(np.full((40, 40), 128, np.uint8))
+    assert set(p.probabilities) == {"effusion", "nodule"}
+    assert p.probability is None  # was P(nodule), passed off as "P(positive)"

@@ -109,10 +109,14 @@ class Prediction:
     ood_findings: tuple[str, ...] = ()
     calibrated: bool = False
     source: str = ""
+    task: str = ""  # the run's task ("" when built by hand: a two-class result counts as binary)
 
     @property
     def probability(self) -> float | None:
         """P(positive class) for a binary run, else None."""
+        # Two findings of a multi-label run are two independent probabilities, not P(neg) and P(pos).
+        if self.task not in ("", "binary"):
+            return None
         return list(self.probabilities.values())[1] if len(self.probabilities) == 2 else None
 
 
@@ -517,7 +521,7 @@ class Run:
             findings = image_outliers(reference, image_stats(arr))
         out = [
             Prediction({c: float(probs[i, j]) for j, c in enumerate(self.classes)}, labels[i], bool(findings[i]),
-                       tuple(f["message"] for f in findings[i]), self.calibration_data is not None, _describe(items[i]))
+                       tuple(f["message"] for f in findings[i]), self.calibration_data is not None, _describe(items[i]), self.task)
             for i in range(len(items))
         ]
         return out[0] if single else out
