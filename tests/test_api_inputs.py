@@ -83,3 +83,33 @@ def test_two_finding_multilabel_prediction_has_no_single_probability(tiny_run, t
     p = cxrkit.load(run).predict(np.full((40, 40), 128, np.uint8))
     assert set(p.probabilities) == {"effusion", "nodule"}
     assert p.probability is None  # was P(nodule), passed off as "P(positive)"
+
+
+def test_scale_is_never_ignored(tiny_run):
+    run = cxrkit.load(tiny_run)
+    gray = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
+    mask = (gray > 127).astype(np.uint8)  # 0/1 values, "1 means white": was read as 0-255, a black image, and classified
+    with pytest.raises(ValueError, match=r"scale=1 applies to float arrays; a uint8 array is read as 0-255"):
+        run.predict(mask, scale=1.0)
+    with pytest.raises(ValueError, match=r"scale=4095 applies to float arrays; a uint16 array is read as a 16-bit image"):
+        run.predict(gray.astype(np.uint16) * 16, scale=4095)
+    with pytest.raises(ValueError, match="input 1 .*scale must be a positive number, got 'x'"):
+        run.predict([gray / 255.0, gray], scale="x")
+    expected = run.predict(gray).probability
+    assert run.predict(gray, scale=255).probability == pytest.approx(expected, abs=1e-6)  # the scale a uint8 array has
+    assert run.predict(mask.astype(np.float32), scale=1).probability == pytest.approx(run.predict(mask * 255).probability, abs=1e-6)
+    # a NumPy number (a.max()) is a number: it was refused as "not a positive number"
+    floats = gray.astype(np.float64)
+    assert run.predict(floats, scale=np.float64(255.0)).probability == pytest.approx(expected, abs=1e-6)
+    assert run.predict(floats, scale=np.int64(255)).probability == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="scale must be a positive number"):
+        run.predict(floats, scale=np.bool_(True))
+
+
+def test_empty_pil_image_is_refused(tiny_run):
+    from PIL import Image
+
+    run = cxrkit.load(tiny_run)
+    for size in ((0, 0), (0, 40), (40, 0)):
+        with pytest.raises(ValueError, match=rf"the image is empty \({size[0]}x{size[1]} pixels\)"):
+            run.predict(Image.new("L", size))  # was given a probability, like a black image

@@ -61,6 +61,11 @@ def test_external_evaluation_side_by_side_and_quiet_shift_check(internal_run, ca
     assert ext["n"] == 80 and ext["source_split"] == "all"  # every image of the other site, not a 15% cut
     assert ext["classes"] == ["normal", "tb"] and ext["n_positive"] == 40
     assert ext["shift"]["checked"] == 80 and not ext["shift"]["warning"], ext["shift"]["message"]
+    # The validation threshold's rates are compared with validation's, from the counts of both confusion tables.
+    moved = ext["threshold_transfer"]["rates"]
+    assert moved["sensitivity"]["counts_here"] == [ext["confusion"]["tp"], 40]
+    assert moved["specificity"]["counts_validation"] == [metrics["val"]["confusion"]["tn"], metrics["val"]["n_negative"]]
+    assert ext["threshold_transfer"]["holds"] == (not any("does not hold here" in n for n in ext["notes"]))
     html = (run / "report.html").read_text()
     assert "Internal vs external" in html and "external (site_b)" in html
     # Classes that cannot be matched fail with the fix in the message.

@@ -20,9 +20,21 @@ def array_to_grayscale(array: np.ndarray, scale: float | None = None, max_pixels
     - uint16: a 16-bit radiograph, stretched from its minimum to its maximum like a 16-bit PNG.
     - float: needs ``scale``, the value that means white (1.0 for [0, 1] images, 255 for [0, 255]);
       values must lie in [0, scale]. Without it the meaning of 1.0 is unknown, so it is an error.
+      A ``scale`` given with an integer array is refused unless it agrees (255 for uint8).
     """
     if not isinstance(array, np.ndarray):
         raise ValueError(f"expected a NumPy array, got {type(array).__name__}")
+    if scale is not None:
+        # NumPy scalars (``a.max()``) are numbers too; a bool or text is not.
+        if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        scale = float(scale)
+        # Ignored, it read a uint8 array of 0/1 values with scale=1 as a black image.
+        if (array.dtype == np.uint8 and scale != 255) or array.dtype == np.uint16:
+            meaning = "0-255" if array.dtype == np.uint8 else "a 16-bit image, stretched from its minimum to its maximum"
+            raise ValueError(f"scale={scale:g} applies to float arrays; a {array.dtype} array is read as {meaning}: leave scale "
+                             "out, or pass array.astype(np.float32) with scale=")
     a = array
     if a.ndim == 3 and a.shape[2] in (1, 3, 4):
         a = a[..., 0] if a.shape[2] == 1 else a
@@ -45,8 +57,6 @@ def array_to_grayscale(array: np.ndarray, scale: float | None = None, max_pixels
     if np.issubdtype(kind, np.floating):
         if scale is None:
             raise ValueError("a float image array needs scale=, the value that means white (1.0 for [0, 1] images, 255 for [0, 255])")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be a positive number, got {scale!r}")
         if not np.isfinite(a).all():
             raise ValueError("the image array contains NaN or infinite values")
         lo, hi = float(a.min()), float(a.max())
@@ -59,6 +69,8 @@ def array_to_grayscale(array: np.ndarray, scale: float | None = None, max_pixels
 
 def pil_to_grayscale(image: Image.Image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A Pillow image (any mode) -> 2-D uint8, by the same conversion decoded files get."""
+    if image.width < 1 or image.height < 1:  # Image.new("L", (0, 0)) was classified like a black image
+        raise ValueError(f"the image is empty ({image.width}x{image.height} pixels)")
     if image.width * image.height > max_pixels:
         raise ValueError(f"image too large ({image.width}x{image.height} pixels; the limit is {max_pixels:,})")
     return to_grayscale_array(image)

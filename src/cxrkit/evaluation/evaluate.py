@@ -11,7 +11,7 @@ from cxrkit.data.dataset import LabelledImages
 from cxrkit.evaluation.one_class import one_class_restriction
 from cxrkit.metrics.classification import binary_metrics
 from cxrkit.metrics.thresholds import GuaranteeImpossible, choose_threshold, parse_rule
-from cxrkit.record import read_history, replace_predictions, split_predictions, update_metrics
+from cxrkit.record import read_history, read_metrics, replace_predictions, split_predictions, update_metrics
 from cxrkit.record.files import PLOTS_DIR
 from cxrkit.record.meta import now
 from cxrkit.report.narrative import SPLIT_WORDS, split_words
@@ -277,6 +277,13 @@ def evaluate_run(
     if one_class:
         notes.append(one_class)
     metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence))
+    if not same_data:
+        from cxrkit.evaluation.threshold_transfer import threshold_transfer
+
+        metrics["threshold_transfer"] = threshold_transfer(read_metrics(run.path).get("val"), metrics,
+                                                           f"cxrkit evaluate {run.path} {ds.source.root} --recalibrate-on SAMPLE_DIR")
+        if metrics["threshold_transfer"] and not metrics["threshold_transfer"]["holds"]:
+            notes.append(metrics["threshold_transfer"]["message"])
     if explain and run.task_object.one_label_per_image:  # heat maps are per decided class; a multi-label decision is a set
         metrics["attention"] = _explain(run, images, ds.labels[idx], probs, key, explain, cfg.seed)
     if by or by_pattern:
