@@ -113,3 +113,23 @@ def test_empty_pil_image_is_refused(tiny_run):
     for size in ((0, 0), (0, 40), (40, 0)):
         with pytest.raises(ValueError, match=rf"the image is empty \({size[0]}x{size[1]} pixels\)"):
             run.predict(Image.new("L", size))  # was given a probability, like a black image
+
+
+def test_predict_files_checks_its_arguments(tiny_run, tmp_path):
+    from PIL import Image
+
+    run = cxrkit.load(tiny_run)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(image)
+    # batch_size=-1 gave a NaN row for every file and no error: "not classified" with no reason
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+            run.predict_files([image], batch_size=bad)
+    with pytest.raises(ValueError, match="workers must be a whole number"):
+        run.predict_files([image], workers="2")  # was a TypeError from a comparison
+    with pytest.raises(ValueError, match="paths must be a list of files, got one"):
+        run.predict_files(str(image))  # was one "file not found" per letter of the path
+    with pytest.raises(ValueError, match=r"item 1 is array \(40, 40\) uint8 \(Run.predict takes arrays"):
+        run.predict_files([image, np.zeros((40, 40), np.uint8)])  # was a TypeError from open()
+    probs, errors = run.predict_files([str(image), image], batch_size=1, workers=0)
+    assert errors == {} and np.isfinite(probs).all() and np.allclose(probs[0], probs[1])

@@ -6,6 +6,7 @@ predict`` runs. The folder's format belongs to :mod:`cxrkit.record`; this module
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -441,6 +442,17 @@ class Run:
         pydicom release the GIL for most of the work; threads, not processes, because PyTorch in
         forked workers can deadlock). ``workers=0`` decodes in the calling thread.
         """
+        # A negative batch size made range() empty: every file came back as a NaN row with no error.
+        _check_batch_size(batch_size)
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
+            raise ValueError(f"workers must be a whole number (0: decode in this thread), got {workers!r}")
+        if isinstance(paths, (str, bytes, os.PathLike)):  # a string is a list of one-letter "files"
+            raise ValueError(f"paths must be a list of files, got one: {paths!r}; use [path], or Run.predict for one image")
+        paths = list(paths)
+        bad = [i for i, p in enumerate(paths) if not isinstance(p, (str, os.PathLike))]
+        if bad:
+            raise ValueError(f"paths must be file paths; item {bad[0]} is {_describe(paths[bad[0]])} (Run.predict takes arrays, "
+                             "bytes and PIL images)")
 
         def decode(j: int) -> tuple[int, np.ndarray | None, str | None]:
             try:
