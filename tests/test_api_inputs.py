@@ -133,3 +133,17 @@ def test_predict_files_checks_its_arguments(tiny_run, tmp_path):
         run.predict_files([image, np.zeros((40, 40), np.uint8)])  # was a TypeError from open()
     probs, errors = run.predict_files([str(image), image], batch_size=1, workers=0)
     assert errors == {} and np.isfinite(probs).all() and np.allclose(probs[0], probs[1])
+
+
+def test_calibrated_must_be_a_boolean(tiny_run, tmp_path):
+    run_dir = _copy_run(tiny_run, tmp_path)
+    (run_dir / "calibration.json").write_text(json.dumps({"method": "temperature", "params": {"temperature": 3.0}}))
+    run = cxrkit.load(run_dir)
+    size = run.preprocessing.image_size
+    images = np.random.default_rng(0).integers(0, 256, (2, size, size), dtype=np.uint8)
+    raw = run.predict_arrays(images, calibrated=False)
+    assert not np.allclose(raw, run.predict_arrays(images))  # the calibration changes these probabilities
+    for bad in ("no", "false", 0, None):
+        with pytest.raises(ValueError, match="calibrated must be True or False"):
+            run.predict_arrays(images, calibrated=bad)  # "no" and "false" were truthy: calibrated probabilities came back
+    np.testing.assert_array_equal(run.predict_arrays(images, calibrated=np.bool_(False)), raw)

@@ -370,6 +370,8 @@ class Run:
         _check_batch_size(batch_size)
         if tta is not None and not isinstance(tta, (bool, np.bool_)):
             raise ValueError(f"tta must be True, False or None (the run's setting), got {tta!r}")
+        if not isinstance(calibrated, (bool, np.bool_)):  # calibrated="no" is truthy: the calibration was applied
+            raise ValueError(f"calibrated must be True or False, got {calibrated!r}")
         size = self.preprocessing.image_size
         if getattr(images, "dtype", None) != np.uint8 or getattr(images, "ndim", 0) != 3 or tuple(images.shape[1:]) != (size, size):
             raise ValueError(
