@@ -147,3 +147,15 @@ def test_calibrated_must_be_a_boolean(tiny_run, tmp_path):
         with pytest.raises(ValueError, match="calibrated must be True or False"):
             run.predict_arrays(images, calibrated=bad)  # "no" and "false" were truthy: calibrated probabilities came back
     np.testing.assert_array_equal(run.predict_arrays(images, calibrated=np.bool_(False)), raw)
+
+
+def test_train_flags_must_be_booleans(tiny_run, binary_data, tmp_path):
+    from cxrkit.config import ConfigError
+
+    run = _copy_run(tiny_run, tmp_path)
+    before = (run / "model.safetensors").read_bytes()
+    for flag in ("overwrite", "resume", "progress"):
+        with pytest.raises(ConfigError, match=f"{flag} must be True or False, got 'no'"):
+            # overwrite="no" is truthy: the run in out was deleted and trained again
+            cxrkit.train(binary_data, out=str(run), model="cnn", image_size=32, epochs=1, batch_size=16, **{flag: "no"})
+    assert (run / "model.safetensors").read_bytes() == before

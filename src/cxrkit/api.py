@@ -24,9 +24,12 @@ def train(data: str | Path, *, progress: bool = True, overwrite: bool = False, r
           **options: Any) -> Run:
     """Train on ``data`` with the options of ``cxrkit train`` (keyword names as in config.yaml, e.g. ``image_size=128``,
     ``augment={"hflip": True}``) and return the loaded run. Options are validated like a config file; ``device`` as for ``cxrkit train``."""
-    from cxrkit.config import TrainConfig
+    from cxrkit.config import ConfigError, TrainConfig
     from cxrkit.training import train as _train
 
+    for name, flag in (("progress", progress), ("overwrite", overwrite), ("resume", resume)):
+        if not isinstance(flag, bool):  # overwrite="no" is truthy: it deleted the run already in out
+            raise ConfigError(f"{name} must be True or False, got {flag!r}")
     cfg = TrainConfig.from_dict({"data": str(data), **options})
     if "image_size" not in options and not resume:
         # As on the command line: images smaller than the default train at their own size.
