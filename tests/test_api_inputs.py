@@ -159,3 +159,26 @@ def test_train_flags_must_be_booleans(tiny_run, binary_data, tmp_path):
             # overwrite="no" is truthy: the run in out was deleted and trained again
             cxrkit.train(binary_data, out=str(run), model="cnn", image_size=32, epochs=1, batch_size=16, **{flag: "no"})
     assert (run / "model.safetensors").read_bytes() == before
+
+
+EVALUATE_OPTIONS = {
+    "unknown option": ({"prevalance": 0.1}, r"unknown evaluate option\(s\) prevalance; known: .*prevalence"),  # was a TypeError
+    "heat-map method unknown": ({"explain": "gradcam+"}, "explain must be one of gradcam, gradcam"),  # silently no heat maps
+    "heat-map method True": ({"explain": True}, "explain must be one of"),
+    "prevalence as text": ({"prevalence": "0.1"}, "prevalence must be a number between 0 and 1"),  # was a TypeError
+    "prevalence 1": ({"prevalence": 1}, "prevalence must be a number between 0 and 1"),
+    "by a string": ({"by": "sex"}, r"by must be a list of strings, e.g. \['sex'\]"),  # was read as columns s, e, x
+    "by_pattern a string": ({"by_pattern": "site=^a"}, "by_pattern must be a list of strings"),
+    "class_map a string": ({"class_map": "tb"}, "class_map must map"),  # was "dictionary update sequence element #0"
+    "data a number": ({"data": 3}, "data must be a dataset path, got int"),  # was a TypeError
+    "split a number": ({"split": 1}, "split must be train, val, test or all, got 1"),
+}
+
+
+@pytest.mark.parametrize("name", list(EVALUATE_OPTIONS))
+def test_evaluate_options_are_checked_first(name, tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    options, match = EVALUATE_OPTIONS[name]
+    with pytest.raises(ValueError, match=match):
+        cxrkit.evaluate(run, **options)
+    assert not json.loads((run / "meta.json").read_text()).get("evaluations")  # nothing was evaluated or written

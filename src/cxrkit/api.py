@@ -52,5 +52,40 @@ def evaluate(run: Run | str | Path, data: str | Path | None = None, split: str |
     Further options (``prevalence``, ``class_map``, ``explain``, ``recalibrate_on``) are those of the command."""
     from cxrkit.evaluation.evaluate import evaluate_run
 
-    path = run.path if isinstance(run, Run) else Path(run)
+    _check_evaluate_options(data, split, options)
+    path = run.path if isinstance(run, Run) else run  # Run.load checks the type of a path
     return evaluate_run(path, data, split, progress=progress, **options)
+
+
+def _check_evaluate_options(data: Any, split: Any, options: dict) -> None:
+    """What the command line's parser checks, for keyword arguments: a bad one is a one-line ValueError before any work."""
+    import inspect
+    import os
+
+    from cxrkit.data.spec import is_finite_number
+    from cxrkit.evaluation.evaluate import evaluate_run
+    from cxrkit.explain import METHODS
+
+    known = [n for n in inspect.signature(evaluate_run).parameters if n not in ("run_dir", "data", "split", "progress")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:  # was a TypeError from evaluate_run's signature
+        raise ValueError(f"unknown evaluate option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if data is not None and not isinstance(data, (str, os.PathLike)):
+        raise ValueError(f"data must be a dataset path, got {type(data).__name__}")
+    if split is not None and not isinstance(split, str):
+        raise ValueError(f"split must be train, val, test or all, got {split!r}")
+    explain = options.get("explain")
+    if explain is not None and explain not in METHODS:  # an unknown method was caught and stored: no heat maps, no error
+        raise ValueError(f"explain must be one of {', '.join(METHODS)} or None, got {explain!r}")
+    prevalence = options.get("prevalence")
+    if prevalence is not None and not (is_finite_number(prevalence) and 0 < prevalence < 1):
+        raise ValueError(f"prevalence must be a number between 0 and 1 (exclusive), got {prevalence!r}")
+    for name in ("by", "by_pattern"):
+        value = options.get(name)
+        if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)):
+            # a string is a sequence: by="sex" became the columns s, e and x
+            raise ValueError(f"{name} must be a list of strings, e.g. [{str(value)!r}], got {value!r}")
+    class_map = options.get("class_map")
+    if class_map is not None and not (isinstance(class_map, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                                          for k, v in class_map.items())):
+        raise ValueError(f"class_map must map the data's class names to the run's (a dict of strings), got {class_map!r}")
