@@ -182,3 +182,11 @@ def test_evaluate_options_are_checked_first(name, tiny_run, tmp_path):
     with pytest.raises(ValueError, match=match):
         cxrkit.evaluate(run, **options)
     assert not json.loads((run / "meta.json").read_text()).get("evaluations")  # nothing was evaluated or written
+
+
+@pytest.mark.parametrize("path", [None, 3, b"runs/tiny"])
+def test_run_path_of_another_type(path):
+    with pytest.raises(RunError, match=f"the run must be a folder path \\(str or Path\\), got {type(path).__name__}"):
+        cxrkit.load(path)  # was a TypeError from pathlib
+    with pytest.raises(RunError, match="the run must be a folder path"):
+        cxrkit.evaluate(path)

@@ -201,6 +201,8 @@ class Run:
             raise RunError(str(exc)) from None
         if dev.type != "cpu" and engine in ("onnx", "onnx-int8"):
             raise RunError(f"--engine {engine} runs on the CPU; use --engine torch (or auto) with --device {device}")
+        if not isinstance(path, (str, os.PathLike)):  # Path(None) is a TypeError from pathlib
+            raise RunError(f"the run must be a folder path (str or Path), got {type(path).__name__}")
         path = Path(path)
         if not path.is_dir():
             raise RunError(f"{path} is not a directory; give the run folder `cxrkit train` wrote (it holds {META_FILE} and {MODEL_FILE})")
