@@ -190,3 +190,26 @@ def test_run_path_of_another_type(path):
         cxrkit.load(path)  # was a TypeError from pathlib
     with pytest.raises(RunError, match="the run must be a folder path"):
         cxrkit.evaluate(path)
+
+
+SHIFT_REFERENCES = {
+    "a list": (lambda r: [], "must hold an object with overall and per_class"),  # was a TypeError
+    "overall missing": (lambda r: {"per_class": r["per_class"]}, "must hold an object with overall"),  # was a KeyError
+    "text in a statistic": (lambda r: {**r, "overall": {**r["overall"], "mean": ["a"]}}, "overall.mean must be a non-empty list"),
+    "empty statistic": (lambda r: {**r, "overall": {**r["overall"], "p95": []}}, "overall.p95 must be a non-empty list"),
+    "short histogram": (lambda r: {**r, "overall": {**r["overall"], "histogram": [1.0]}}, r"overall.histogram .*\(32 of them\)"),
+    "class summary damaged": (lambda r: {**r, "per_class": {"tb": {**r["overall"], "std": None}}}, "per_class.tb.std"),
+}
+
+
+@pytest.mark.parametrize("name", list(SHIFT_REFERENCES))
+def test_damaged_shift_reference(name, tiny_run, tmp_path):
+    run_dir = _copy_run(tiny_run, tmp_path)
+    edit, match = SHIFT_REFERENCES[name]
+    ref = json.loads((run_dir / "shift_reference.json").read_text())
+    (run_dir / "shift_reference.json").write_text(json.dumps(edit(ref)))
+    with pytest.raises(RunError, match=rf"shift_reference.json: {match}.*delete it") as exc:
+        cxrkit.load(run_dir).predict(np.full((40, 40), 128, np.uint8))
+    assert "\n" not in str(exc.value)
+    (run_dir / "shift_reference.json").unlink()
+    assert not cxrkit.load(run_dir).predict(np.full((40, 40), 128, np.uint8)).ood_warning  # the way out works

@@ -435,7 +435,15 @@ class Run:
     def shift_reference(self) -> dict | None:
         """Statistics of the training images saved at training time (None for runs made before they existed)."""
         path = self.path / SHIFT_FILE
-        return read_json(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        from cxrkit.data.shift import reference_problem
+
+        ref = read_json(path)
+        problem = reference_problem(ref)
+        if problem:
+            raise RunError(f"{path}: {problem}; the file is damaged (delete it to predict without the out-of-distribution check)")
+        return ref
 
     def iter_predict(
         self, paths: list[Path], batch_size: int = 64, workers: int = 4

@@ -77,6 +77,25 @@ def build_reference(images: np.ndarray, labels: np.ndarray, class_names: list[st
     return ref
 
 
+def reference_problem(ref: object) -> str | None:
+    """What is wrong with a reference read back from JSON (None when it is usable): a damaged one was a KeyError or
+    TypeError at the first prediction."""
+
+    def numbers(v: object, length: int | None = None) -> bool:
+        return isinstance(v, list) and len(v) > 0 and (length is None or len(v) == length) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)
+
+    if not isinstance(ref, dict) or not isinstance(ref.get("overall"), dict) or not isinstance(ref.get("per_class", {}), dict):
+        return "must hold an object with overall and per_class"
+    for scope, summary in [("overall", ref["overall"]), *((f"per_class.{k}", v) for k, v in ref.get("per_class", {}).items())]:
+        if not isinstance(summary, dict):
+            return f"{scope} must be an object"
+        bad = [k for k in STATS if not numbers(summary.get(k))] + ([] if numbers(summary.get("histogram"), 32) else ["histogram"])
+        if bad:
+            return f"{scope}.{bad[0]} must be a non-empty list of finite numbers{' (32 of them)' if bad[0] == 'histogram' else ''}"
+    return None
+
+
 def _findings(ref: dict, stats: dict[str, np.ndarray], scope: str) -> list[dict]:
     out = []
     for k in STATS:
