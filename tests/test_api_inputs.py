@@ -213,3 +213,15 @@ def test_damaged_shift_reference(name, tiny_run, tmp_path):
     assert "\n" not in str(exc.value)
     (run_dir / "shift_reference.json").unlink()
     assert not cxrkit.load(run_dir).predict(np.full((40, 40), 128, np.uint8)).ood_warning  # the way out works
+
+
+@pytest.mark.parametrize("edit, match", [
+    ({"complete": "false"}, "complete must be true or false, got 'false'"),  # was read as complete: the run decided
+    ({"complete": 1}, "complete must be true or false, got 1"),
+    ({"thresholds": "0.5"}, "thresholds \\(one per finding\\) belong to multi-label runs; a binary run has null"),  # TypeError
+])
+def test_meta_flags_of_the_wrong_type(edit, match, tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    _edit_meta(run, lambda m: m.update(edit))
+    with pytest.raises(RunError, match=f"meta.json: {match}"):
+        cxrkit.load(run).predict(np.full((40, 40), 128, np.uint8))

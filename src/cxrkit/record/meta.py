@@ -93,6 +93,10 @@ class RunMeta:
             raise RunRecordError(f"tta must be true or false, got {self.tta!r}")
         if not isinstance(self.model_options, dict):
             raise RunRecordError("model_options must be an object")
+        if not isinstance(self.complete, bool):  # "false" is truthy: an unfinished run would have decided
+            raise RunRecordError(f"complete must be true or false, got {self.complete!r}")
+        if self.task != "multilabel" and self.thresholds:  # read as per-finding thresholds: a TypeError at the first prediction
+            raise RunRecordError(f"thresholds (one per finding) belong to multi-label runs; a {self.task} run has null, got {self.thresholds!r}")
         if self.complete:
             self._validate_decision()
         if self.referral is not None:
