@@ -111,6 +111,13 @@ class TrainConfig:
             parse_rule(self.threshold_rule)
         except ValueError as exc:
             raise ConfigError(f"threshold_rule: {exc}") from None
+        if self.group_pattern is not None:
+            import re
+
+            try:  # re.error is no ValueError: a bad pattern was a traceback once the dataset was read
+                re.compile(self.group_pattern)
+            except re.error as exc:
+                raise ConfigError(f"group_pattern: {self.group_pattern!r} is not a regular expression ({exc})") from None
         if self.referral is not None:
             from cxrkit.metrics.referral import parse_referral
 
