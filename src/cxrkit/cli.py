@@ -93,9 +93,10 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--backbone-lr-scale", type=float, default=d["backbone_lr_scale"],
                    help="backbone learning rate = --lr x this (discriminative learning rates; e.g. 0.1) (default %(default)s)")
     g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=d["tta"],
-                   help="test-time augmentation: average 5 views (zoom +-5%%, shift +-3%%) for the threshold, evaluation and "
-                        "prediction; on by default (external AUC +0.008 in 7 of 9 paired leave-one-site-out runs, BENCHMARKS.md), "
-                        "for 5x the prediction time; --no-tta for one view")
+                   help="test-time augmentation: average 5 views (zoom +-5%%, shift +-3%%), and their mirror images when the model "
+                        "trains with flips, for the threshold, evaluation and prediction; on by default (external AUC +0.008 in 7 of 9 "
+                        "paired leave-one-site-out runs, mirror images +0.006 more, BENCHMARKS.md), for 5x (10x) the prediction time; "
+                        "--no-tta for one view")
     g = p.add_argument_group("tracking")
     g.add_argument("--track", default=None, metavar="mlflow[:URI]|tensorboard[:DIR]",
                    help="log parameters, per-epoch figures, validation metrics with CIs, the report and the model to MLflow "
@@ -350,6 +351,14 @@ def _referral_summary(r: dict | None, classes: list[str] | None) -> None:
 
 
 def cmd_referral(a: argparse.Namespace) -> int:
+    from cxrkit.record.lock import run_lock
+
+    with run_lock(a.run, "referral"):  # meta.json is read, given the band and written back
+        return _referral(a)
+
+
+def _referral(a: argparse.Namespace) -> int:
+    """Choose or remove the referral band (the run is locked)."""
     from cxrkit.evaluation.evaluate import referral_analysis, store_referral, validation_predictions
     from cxrkit.run import Run
 

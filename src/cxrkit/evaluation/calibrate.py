@@ -10,6 +10,7 @@ import numpy as np
 from cxrkit.evaluation.evaluate import compute_metrics, decision_analysis, store_threshold, write_evaluation
 from cxrkit.metrics.calibration import fit_calibration
 from cxrkit.record import CALIBRATION_FILE, META_FILE, atomic_write_json, read_metrics
+from cxrkit.record.lock import run_lock
 from cxrkit.run import Run, load_run_dataset
 
 
@@ -21,52 +22,54 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
     ``auto`` is Platt scaling for binary runs and temperature scaling otherwise: class-weighted training
     shifts a binary model's probabilities, which a temperature cannot undo (on Kermany temperature scaling
     raised test ECE from 0.116 to 0.130 while Platt lowered it to 0.012; benchmarks/calibration_effect.py)."""
-    run = Run.load(run_dir)
-    if not run.task_object.one_label_per_image:
-        raise ValueError(f"calibration supports binary and multiclass runs; this run's task is {run.task!r}")
-    if method == "auto":
-        method = run.task_object.calibration_method
-    ds, cfg = load_run_dataset(run, data, progress)
-    idx = ds.index("val")
-    if len(idx) == 0:
-        raise ValueError(f"{ds.source.root} has no validation images to fit the calibration on")
-    images = np.asarray(ds.images[idx])
-    y = ds.labels[idx]
-    raw = run.predict_arrays(images, calibrated=False)
-    cal = fit_calibration(y, raw, method, fitted_on=f"val split of {ds.source.root}")
-    if run.task == "binary":
-        old = dict(run.record.threshold)
-        uncalibrated = old.get("uncalibrated_value", old["value"])
-        choice = store_threshold(run, y, cal.apply(raw), old["rule"])
-        choice.update(calibrated=method, uncalibrated_value=uncalibrated)
-        run.record.set_threshold(choice)
-        run.save_record()
-        cal.threshold = {"uncalibrated": uncalibrated, "calibrated": choice["value"], "rule": old["rule"]}
-    record = cal.to_dict()
-    atomic_write_json(run.path / CALIBRATION_FILE, record)
-    run = Run.load(run_dir)
-    probs = run.predict_arrays(images)
-    metrics = compute_metrics(run, y, probs, seed=cfg.seed)
-    metrics.update(decision_analysis(run, y, probs, raw, (y, probs)))
-    old_metrics = read_metrics(run.path).get("val", {})
-    if "attention" in old_metrics:
-        metrics["attention"] = old_metrics["attention"]  # heat maps do not change with calibration
-    write_evaluation(run, "val", ds, idx, probs, metrics)
-    from cxrkit.report.html import write_report
+    with run_lock(run_dir, "calibrate"):  # the threshold in meta.json and the validation results are read and rewritten
+        run = Run.load(run_dir)
+        if not run.task_object.one_label_per_image:
+            raise ValueError(f"calibration supports binary and multiclass runs; this run's task is {run.task!r}")
+        if method == "auto":
+            method = run.task_object.calibration_method
+        ds, cfg = load_run_dataset(run, data, progress)
+        idx = ds.index("val")
+        if len(idx) == 0:
+            raise ValueError(f"{ds.source.root} has no validation images to fit the calibration on")
+        images = np.asarray(ds.images[idx])
+        y = ds.labels[idx]
+        raw = run.predict_arrays(images, calibrated=False)
+        cal = fit_calibration(y, raw, method, fitted_on=f"val split of {ds.source.root}")
+        if run.task == "binary":
+            old = dict(run.record.threshold)
+            uncalibrated = old.get("uncalibrated_value", old["value"])
+            choice = store_threshold(run, y, cal.apply(raw), old["rule"])
+            choice.update(calibrated=method, uncalibrated_value=uncalibrated)
+            run.record.set_threshold(choice)
+            run.save_record()
+            cal.threshold = {"uncalibrated": uncalibrated, "calibrated": choice["value"], "rule": old["rule"]}
+        record = cal.to_dict()
+        atomic_write_json(run.path / CALIBRATION_FILE, record)
+        run = Run.load(run_dir)
+        probs = run.predict_arrays(images)
+        metrics = compute_metrics(run, y, probs, seed=cfg.seed)
+        metrics.update(decision_analysis(run, y, probs, raw, (y, probs)))
+        old_metrics = read_metrics(run.path).get("val", {})
+        if "attention" in old_metrics:
+            metrics["attention"] = old_metrics["attention"]  # heat maps do not change with calibration
+        write_evaluation(run, "val", ds, idx, probs, metrics)
+        from cxrkit.report.html import write_report
 
-    write_report(run.path)
-    return record
+        write_report(run.path)
+        return record
 
 
 def remove_calibration(run_dir: str | Path) -> None:
     """Delete a run's calibration and restore the threshold chosen on the model's own probabilities."""
-    if (Path(run_dir) / META_FILE).is_file():  # before loading: Run.load refuses a damaged calibration.json
-        (Path(run_dir) / CALIBRATION_FILE).unlink(missing_ok=True)
-    run = Run.load(run_dir)
-    (run.path / CALIBRATION_FILE).unlink(missing_ok=True)
-    t = dict(run.record.threshold or {})
-    if "uncalibrated_value" in t:
-        t["value"] = t.pop("uncalibrated_value")
-        t.pop("calibrated", None)
-        run.record.set_threshold(t)
-        run.save_record()
+    with run_lock(run_dir, "calibrate"):
+        if (Path(run_dir) / META_FILE).is_file():  # before loading: Run.load refuses a damaged calibration.json
+            (Path(run_dir) / CALIBRATION_FILE).unlink(missing_ok=True)
+        run = Run.load(run_dir)
+        (run.path / CALIBRATION_FILE).unlink(missing_ok=True)
+        t = dict(run.record.threshold or {})
+        if "uncalibrated_value" in t:
+            t["value"] = t.pop("uncalibrated_value")
+            t.pop("calibrated", None)
+            run.record.set_threshold(t)
+            run.save_record()

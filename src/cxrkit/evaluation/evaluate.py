@@ -13,6 +13,7 @@ from cxrkit.metrics.classification import binary_metrics
 from cxrkit.metrics.thresholds import GuaranteeImpossible, choose_threshold, parse_rule
 from cxrkit.record import read_history, read_metrics, replace_predictions, split_predictions, update_metrics
 from cxrkit.record.files import PLOTS_DIR
+from cxrkit.record.lock import run_lock
 from cxrkit.record.meta import now
 from cxrkit.report.narrative import SPLIT_WORDS, split_words
 from cxrkit.report.plots import (
@@ -231,87 +232,90 @@ def evaluate_run(
     tests (:mod:`cxrkit.metrics.subgroups`). ``device`` places the model (auto, cpu, cuda). Returns the metrics
     dict and writes metrics.json, predictions.csv, plots and report.html.
     """
-    run = Run.load(run_dir, device=device)
-    ds, cfg = load_run_dataset(run, data, progress, class_map)
-    trained_on = run.record.data_root(run.path)
-    same_data = trained_on is not None and ds.source.root.resolve() == trained_on
-    split = split or ("test" if same_data else "all")
-    notes = []
-    if same_data and ds.fingerprint() != run.record.data.get("fingerprint"):
-        notes.append("the dataset changed since training (files added, removed or resized); split membership may differ")
-    key = split
-    if not same_data:
-        key = f"external:{ds.source.root.name}"
-        scope = "all its images" if split == "all" else f"its {SPLIT_WORDS.get(split, split)} split"
-        notes.append(f"external data: {ds.source.root}, {scope} (trained on {run.record.data.get('root')})")
-    elif split == "all":
-        raise ValueError("--split all mixes training, validation and test images of the training data; choose test, val or train")
-    idx = ds.index(split)
-    if len(idx) == 0:
-        available = [s for s in ("train", "val", "test") if len(ds.index(s))]
-        raise ValueError(f"split {split!r} has no images in {ds.source.root}; available: {', '.join(available)}")
-    history = run.record.evaluations
-    earlier = [e for e in history if e["split"] == key and e["data"] == str(ds.source.root)]
-    if (key == "test" or not same_data) and earlier:
-        notes.append(
-            f"this {'test split' if same_data else 'external set'} was evaluated {len(earlier)} time(s) before; if the model or settings changed in between, "
-            "the test set has been used for tuning and its figures are optimistic"
-        )
-    images = np.asarray(ds.images[idx])  # one read of the memory map for the shift check and the predictions
-    reference = run.shift_reference()
-    shift = None
-    if reference is not None:
-        from cxrkit.data.shift import check_shift
+    # Locked from loading the run to its last write: metrics.json, predictions.csv and meta.json's history are read,
+    # extended and written back, and an evaluation running beside this one would otherwise lose its results or ours.
+    with run_lock(run_dir, "evaluate"):
+        run = Run.load(run_dir, device=device)
+        ds, cfg = load_run_dataset(run, data, progress, class_map)
+        trained_on = run.record.data_root(run.path)
+        same_data = trained_on is not None and ds.source.root.resolve() == trained_on
+        split = split or ("test" if same_data else "all")
+        notes = []
+        if same_data and ds.fingerprint() != run.record.data.get("fingerprint"):
+            notes.append("the dataset changed since training (files added, removed or resized); split membership may differ")
+        key = split
+        if not same_data:
+            key = f"external:{ds.source.root.name}"
+            scope = "all its images" if split == "all" else f"its {SPLIT_WORDS.get(split, split)} split"
+            notes.append(f"external data: {ds.source.root}, {scope} (trained on {run.record.data.get('root')})")
+        elif split == "all":
+            raise ValueError("--split all mixes training, validation and test images of the training data; choose test, val or train")
+        idx = ds.index(split)
+        if len(idx) == 0:
+            available = [s for s in ("train", "val", "test") if len(ds.index(s))]
+            raise ValueError(f"split {split!r} has no images in {ds.source.root}; available: {', '.join(available)}")
+        history = run.record.evaluations
+        earlier = [e for e in history if e["split"] == key and e["data"] == str(ds.source.root)]
+        if (key == "test" or not same_data) and earlier:
+            notes.append(
+                f"this {'test split' if same_data else 'external set'} was evaluated {len(earlier)} time(s) before; if the model or settings changed in between, "
+                "the test set has been used for tuning and its figures are optimistic"
+            )
+        images = np.asarray(ds.images[idx])  # one read of the memory map for the shift check and the predictions
+        reference = run.shift_reference()
+        shift = None
+        if reference is not None:
+            from cxrkit.data.shift import check_shift
 
-        shift = check_shift(reference, images, *ds.label_groups(idx))
-        if shift["warning"]:
-            notes.append("shift check: " + shift["message"])
-    if prevalence is not None and run.task != "binary":
-        raise ValueError("--prevalence applies to binary runs (a disease against normal)")
-    t0 = time.perf_counter()
-    raw_probs = run.predict_arrays(images, calibrated=False)
-    seconds = time.perf_counter() - t0
-    probs = run.apply_calibration(raw_probs)
-    metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
-    one_class = one_class_restriction(metrics)
-    if one_class:
-        notes.append(one_class)
-    metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence))
-    if not same_data:
-        from cxrkit.evaluation.threshold_transfer import threshold_transfer
+            shift = check_shift(reference, images, *ds.label_groups(idx))
+            if shift["warning"]:
+                notes.append("shift check: " + shift["message"])
+        if prevalence is not None and run.task != "binary":
+            raise ValueError("--prevalence applies to binary runs (a disease against normal)")
+        t0 = time.perf_counter()
+        raw_probs = run.predict_arrays(images, calibrated=False)
+        seconds = time.perf_counter() - t0
+        probs = run.apply_calibration(raw_probs)
+        metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
+        one_class = one_class_restriction(metrics)
+        if one_class:
+            notes.append(one_class)
+        metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence))
+        if not same_data:
+            from cxrkit.evaluation.threshold_transfer import threshold_transfer
 
-        metrics["threshold_transfer"] = threshold_transfer(read_metrics(run.path).get("val"), metrics,
-                                                           f"cxrkit evaluate {run.path} {ds.source.root} --recalibrate-on SAMPLE_DIR")
-        if metrics["threshold_transfer"] and not metrics["threshold_transfer"]["holds"]:
-            notes.append(metrics["threshold_transfer"]["message"])
-    if explain and run.task_object.one_label_per_image:  # heat maps are per decided class; a multi-label decision is a set
-        metrics["attention"] = _explain(run, images, ds.labels[idx], probs, key, explain, cfg.seed)
-    if by or by_pattern:
-        from cxrkit.evaluation.subgroups import subgroup_analysis
+            metrics["threshold_transfer"] = threshold_transfer(read_metrics(run.path).get("val"), metrics,
+                                                               f"cxrkit evaluate {run.path} {ds.source.root} --recalibrate-on SAMPLE_DIR")
+            if metrics["threshold_transfer"] and not metrics["threshold_transfer"]["holds"]:
+                notes.append(metrics["threshold_transfer"]["message"])
+        if explain and run.task_object.one_label_per_image:  # heat maps are per decided class; a multi-label decision is a set
+            metrics["attention"] = _explain(run, images, ds.labels[idx], probs, key, explain, cfg.seed)
+        if by or by_pattern:
+            from cxrkit.evaluation.subgroups import subgroup_analysis
 
-        table = Path(by_table) if by_table else (Path(cfg.labels) if same_data and cfg.labels else None)
-        metrics["subgroups"] = subgroup_analysis(run, ds.labels[idx], probs, [ds.relpaths[i] for i in idx], list(by or []), table,
-                                                 list(by_pattern or []), seed=cfg.seed,
-                                                 sites=None if ds.sites is None else [str(ds.sites[i]) for i in idx])
-    metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
-    metrics["shift"] = shift
-    metrics["source_split"] = split
-    if same_data and ds.sites is not None:
-        from cxrkit.evaluation.sites import per_site_metrics
+            table = Path(by_table) if by_table else (Path(cfg.labels) if same_data and cfg.labels else None)
+            metrics["subgroups"] = subgroup_analysis(run, ds.labels[idx], probs, [ds.relpaths[i] for i in idx], list(by or []), table,
+                                                     list(by_pattern or []), seed=cfg.seed,
+                                                     sites=None if ds.sites is None else [str(ds.sites[i]) for i in idx])
+        metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
+        metrics["shift"] = shift
+        metrics["source_split"] = split
+        if same_data and ds.sites is not None:
+            from cxrkit.evaluation.sites import per_site_metrics
 
-        metrics["per_site"] = per_site_metrics(run, ds, idx, probs, cfg.seed)
-    if recalibrate_on is not None:
-        metrics["recalibrated"] = _recalibrated(run, ds, idx, probs, recalibrate_on, class_map, progress, cfg.seed)
-        notes.append(f"threshold re-chosen on {metrics['recalibrated']['sample']} ({metrics['recalibrated']['n']} images): "
-                     f"{metrics['recalibrated']['threshold']:.3f} instead of {run.threshold:.3f}")
-    write_evaluation(run, key, ds, idx, probs, metrics, notes)
-    history.append({"split": key, "data": str(ds.source.root), "time": now()})
-    run.save_record()
-    if write_report:
-        from cxrkit.report.html import write_report as _write
+            metrics["per_site"] = per_site_metrics(run, ds, idx, probs, cfg.seed)
+        if recalibrate_on is not None:
+            metrics["recalibrated"] = _recalibrated(run, ds, idx, probs, recalibrate_on, class_map, progress, cfg.seed)
+            notes.append(f"threshold re-chosen on {metrics['recalibrated']['sample']} ({metrics['recalibrated']['n']} images): "
+                         f"{metrics['recalibrated']['threshold']:.3f} instead of {run.threshold:.3f}")
+        write_evaluation(run, key, ds, idx, probs, metrics, notes)
+        history.append({"split": key, "data": str(ds.source.root), "time": now()})
+        run.save_record()
+        if write_report:
+            from cxrkit.report.html import write_report as _write
 
-        _write(run.path)
-    return metrics
+            _write(run.path)
+        return metrics
 
 
 def _explain(run: Run, images: np.ndarray, y: np.ndarray, probs: np.ndarray, split: str, method: str, seed: int) -> dict | None:

@@ -21,6 +21,7 @@ from cxrkit.data.intensity import normalize_intensity
 from cxrkit.data.perturb import standard_perturbations
 from cxrkit.metrics.intervals import delong_interval, delong_paired
 from cxrkit.record import atomic_write_text
+from cxrkit.record.lock import run_lock
 from cxrkit.record.meta import now
 from cxrkit.run import Run, load_run_dataset
 
@@ -85,27 +86,28 @@ def verdict(rows: list[dict]) -> str:
 def stress_run(run_dir: str | Path, data: str | Path | None = None, split: str | None = None, progress: bool = True,
                class_map: dict[str, str] | None = None) -> dict:
     """Stress-test a run on a split of its dataset (default test) or on all images of another dataset; writes RUN/stress.json."""
-    run = Run.load(run_dir)
-    ds, _ = load_run_dataset(run, data, progress, class_map, raw_intensity=True)
-    trained_on = run.record.data_root(run.path)
-    same_data = trained_on is not None and ds.source.root.resolve() == trained_on
-    split = split or ("test" if same_data else "all")
-    if same_data and split == "all":
-        raise ValueError("--split all mixes training, validation and test images of the training data; choose test, val or train")
-    idx = ds.index(split)
-    if len(idx) == 0:
-        raise ValueError(f"split {split!r} has no images in {ds.source.root}")
-    key = split if same_data else f"external:{ds.source.root.name}"
-    result = stress_arrays(run, np.asarray(ds.images[idx]), ds.labels[idx])
-    result.update(split=key, data=str(ds.source.root))
-    path = Path(run_dir) / STRESS_FILE
-    stored = json.loads(path.read_text()) if path.is_file() else {}
-    stored[key] = result
-    atomic_write_text(path, json.dumps(stored, indent=2))
-    if key == "test":  # every look at the test set is recorded, as evaluate does
-        run.record.evaluations.append({"split": "stress:test", "data": str(ds.source.root), "time": now()})
-        run.save_record()
-    return result
+    with run_lock(run_dir, "stress"):  # stress.json and meta.json's history are read, extended and written back
+        run = Run.load(run_dir)
+        ds, _ = load_run_dataset(run, data, progress, class_map, raw_intensity=True)
+        trained_on = run.record.data_root(run.path)
+        same_data = trained_on is not None and ds.source.root.resolve() == trained_on
+        split = split or ("test" if same_data else "all")
+        if same_data and split == "all":
+            raise ValueError("--split all mixes training, validation and test images of the training data; choose test, val or train")
+        idx = ds.index(split)
+        if len(idx) == 0:
+            raise ValueError(f"split {split!r} has no images in {ds.source.root}")
+        key = split if same_data else f"external:{ds.source.root.name}"
+        result = stress_arrays(run, np.asarray(ds.images[idx]), ds.labels[idx])
+        result.update(split=key, data=str(ds.source.root))
+        path = Path(run_dir) / STRESS_FILE
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+        stored[key] = result
+        atomic_write_text(path, json.dumps(stored, indent=2))
+        if key == "test":  # every look at the test set is recorded, as evaluate does
+            run.record.evaluations.append({"split": "stress:test", "data": str(ds.source.root), "time": now()})
+            run.save_record()
+        return result
 
 
 def format_table(result: dict) -> str:

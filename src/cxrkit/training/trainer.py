@@ -15,6 +15,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from cxrkit.record import (
     write_meta,
 )
 from cxrkit.record.files import PLOTS_DIR
+from cxrkit.record.lock import run_lock
 from cxrkit.record.meta import now
 from cxrkit.run import probabilities, save_weights
 from cxrkit.tasks import Task, get_task
@@ -551,7 +553,7 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
         model=cfg.model, task=s.task.name, classes=list(ds.class_names), num_outputs=s.task.num_outputs(len(ds.class_names)),
         preprocessing=ImageSpec(**s.pre.to_dict()), positive_class=ds.positive,
         model_options={k: v for k, v in cfg.model_options().items() if v is not None and k != "image_size"},
-        tta=cfg.tta, complete=False, cxrkit_version=__version__, created=now(),
+        tta=cfg.tta, tta_flips=bool(cfg.tta and cfg.augment.hflip), complete=False, cxrkit_version=__version__, created=now(),
         audit={**s.audit, "allow_leakage": cfg.allow_leakage},
         data={
             "layout": ds.source.layout,
@@ -629,29 +631,34 @@ def train(
     ctx = setup_distributed(device)
     if ctx.enabled and cfg.head_epochs:
         raise ValueError("two-stage fine-tuning (--head-epochs) is not supported with several processes; use --freeze or one process")
-    if ctx.is_main:
-        prepare_run_folder(out, overwrite, resume)
-    ctx.barrier()
-    ckpt = _check_resume(cfg, out, resume)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a folder for the run")
+    # Held until the run is finished: a second training into this folder is refused (the two would overwrite each
+    # other's weights, history and checkpoints), and an evaluation of it is refused until then.
+    with run_lock(out, "train", wait=False, create=True) if ctx.is_main else nullcontext():
+        if ctx.is_main:
+            prepare_run_folder(out, overwrite, resume)
+        ctx.barrier()
+        ckpt = _check_resume(cfg, out, resume)
 
-    def log(msg: str) -> None:
-        if progress:
-            tqdm.write(msg)
+        def log(msg: str) -> None:
+            if progress:
+                tqdm.write(msg)
 
-    t0 = time.perf_counter()
-    s = _build(cfg, ctx, out, progress, log)
-    if ctx.is_main:
-        _write_run_inputs(cfg, s.ds, s.train_idx, out)
-    prog = _restore(s, ckpt, log)
-    prog.seconds_before += time.perf_counter() - t0  # data loading and the audit count towards the time limit
-    if tracker is not None and ctx.is_main:
-        tracker.start(out.name, cfg.to_dict())
-    try:
-        return _train_and_finish(cfg, ctx, s, prog, out, log, on_epoch, progress, finish, tracker)
-    except BaseException:
+        t0 = time.perf_counter()
+        s = _build(cfg, ctx, out, progress, log)
+        if ctx.is_main:
+            _write_run_inputs(cfg, s.ds, s.train_idx, out)
+        prog = _restore(s, ckpt, log)
+        prog.seconds_before += time.perf_counter() - t0  # data loading and the audit count towards the time limit
         if tracker is not None and ctx.is_main:
-            tracker.abort()
-        raise
+            tracker.start(out.name, cfg.to_dict())
+        try:
+            return _train_and_finish(cfg, ctx, s, prog, out, log, on_epoch, progress, finish, tracker)
+        except BaseException:
+            if tracker is not None and ctx.is_main:
+                tracker.abort()
+            raise
 
 
 def _train_and_finish(cfg: TrainConfig, ctx: Distributed, s: _Setup, prog: _Progress, out: Path, log: Callable[[str], None],
