@@ -218,6 +218,7 @@ def test_damaged_shift_reference(name, tiny_run, tmp_path):
 @pytest.mark.parametrize("edit, match", [
     ({"complete": "false"}, "complete must be true or false, got 'false'"),  # was read as complete: the run decided
     ({"complete": 1}, "complete must be true or false, got 1"),
+    ({"tta_flips": "yes"}, "tta_flips must be true or false, got 'yes'"),  # truthy: mirror views a threshold was not chosen on
     ({"thresholds": "0.5"}, "thresholds \\(one per finding\\) belong to multi-label runs; a binary run has null"),  # TypeError
 ])
 def test_meta_flags_of_the_wrong_type(edit, match, tiny_run, tmp_path):

@@ -152,12 +152,30 @@ def test_tta_views_and_prediction(binary_data, tmp_path):
     views = tta_views(x)
     assert len(views) == 5 and views[0] is x and all(v.shape == x.shape for v in views)
     assert not torch.allclose(views[1], x)
-    train(_cfg(binary_data, tmp_path / "r", epochs=2, tta=True), progress=False)
+    mirrored = tta_views(x, flips=True)
+    assert len(mirrored) == 10 and all(torch.equal(mirrored[5 + i], v.flip(-1)) for i, v in enumerate(views))
+    # A model trained with flips averages the five views and their mirror images.
+    train(_cfg(binary_data, tmp_path / "r", epochs=2, tta=True, augment=AugmentConfig(0, 0, 0, 0, 0, True)), progress=False)
     run = Run.load(tmp_path / "r")
-    assert run.tta
+    assert run.tta and run.tta_flips
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32), dtype=np.uint8)
-    with torch.no_grad():
-        unit = run.preprocessing.to_unit(images)
-        manual = torch.stack([torch.sigmoid(run.model(run.preprocessing.normalize(v))[:, 0]) for v in tta_views(unit)]).mean(0)
-    np.testing.assert_allclose(run.predict_arrays(images)[:, 1], manual.numpy(), atol=1e-5)
-    assert not np.allclose(run.predict_arrays(images, tta=False)[:, 1], manual.numpy(), atol=1e-6)
+
+    def manual(flips: bool) -> np.ndarray:
+        with torch.no_grad():
+            unit = run.preprocessing.to_unit(images)
+            views = tta_views(unit, flips=flips)
+            return torch.stack([torch.sigmoid(run.model(run.preprocessing.normalize(v))[:, 0]) for v in views]).mean(0).numpy()
+
+    np.testing.assert_allclose(run.predict_arrays(images)[:, 1], manual(True), atol=1e-5)
+    assert not np.allclose(run.predict_arrays(images)[:, 1], manual(False), atol=1e-6)
+    assert not np.allclose(run.predict_arrays(images, tta=False)[:, 1], manual(True), atol=1e-6)
+    # A run saved before mirror views existed chose its threshold on five views, and keeps them.
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    del meta["tta_flips"]
+    (tmp_path / "r" / "meta.json").write_text(json.dumps(meta))
+    old = Run.load(tmp_path / "r")
+    assert not old.tta_flips
+    np.testing.assert_allclose(old.predict_arrays(images)[:, 1], manual(False), atol=1e-5)
+    # Without flips in training, no mirror views.
+    train(_cfg(binary_data, tmp_path / "n", epochs=1, tta=True), progress=False)
+    assert not Run.load(tmp_path / "n").tta_flips

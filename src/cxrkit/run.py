@@ -358,12 +358,17 @@ class Run:
         """Whether predictions average test-time augmented views (chosen at training time)."""
         return self.record.tta
 
+    @property
+    def tta_flips(self) -> bool:
+        """Whether the test-time views include their mirror images (a model trained with flips, since round 7)."""
+        return self.record.tta_flips
+
     @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray, batch_size: int = 64, tta: bool | None = None, calibrated: bool = True) -> np.ndarray:
         """Probabilities (N, K) for uint8 images (N, S, S) already decoded at the run's size.
 
         ``tta`` (default: the run's setting) averages the probabilities of the views in
-        :data:`cxrkit.data.augment.TTA_VIEWS`. The run's calibration, when it has one, is applied
+        :data:`cxrkit.data.augment.TTA_VIEWS` (and their mirror images when :attr:`tta_flips`). The run's calibration, when it has one, is applied
         unless ``calibrated=False`` (the model's own probabilities, which calibration is fitted on).
         Anything else (another size, float values, colour) is refused: :meth:`predict` takes raw images.
         """
@@ -386,7 +391,7 @@ class Run:
         out = []
         for i in range(0, len(images), batch_size):
             unit = self.preprocessing.to_unit(np.asarray(images[i : i + batch_size]))
-            views = tta_views(unit) if use_tta else [unit]
+            views = tta_views(unit, flips=self.tta_flips) if use_tta else [unit]
             p = torch.stack([
                 self._task.probabilities(self.forward(self.preprocessing.normalize(v)))
                 for v in views

@@ -55,7 +55,7 @@ def onnx_metadata(run: Run) -> dict:
         "output": "logits (batch, K): binary K=1, P(positive) = sigmoid; multi-class softmax",
         "classes": run.classes, "task": run.task, "positive_class": run.meta.get("positive_class"),
         "image_size": p.image_size, "aspect": p.aspect, "intensity": p.intensity, "crop_border": p.crop_border,
-        "mean": p.mean, "std": p.std, "tta": run.tta,
+        "mean": p.mean, "std": p.std, "tta": run.tta, "tta_flips": run.tta_flips,
         "threshold": t.get("value"), "threshold_rule": t.get("rule"), "threshold_chosen_on": t.get("chosen_on"),
         "calibration": getattr(run, "calibration", None),
         "model": run.meta["model"], "run": run.path.name, "cxrkit_version": run.meta.get("cxrkit_version"),

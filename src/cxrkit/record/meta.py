@@ -58,6 +58,9 @@ class RunMeta:
     positive_class: str | None = None
     model_options: dict = field(default_factory=dict)
     tta: bool = False
+    # Mirror images of the views too; only for a model trained with flips. Absent in older runs: their thresholds
+    # were chosen on the five views, so they keep them.
+    tta_flips: bool = False
     threshold: dict | None = None
     thresholds: dict | None = None
     referral: dict | None = None  # binary runs: {"lower", "upper", "spec", ...}; between the two the decision is "refer"
@@ -91,6 +94,8 @@ class RunMeta:
             raise RunRecordError(f"positive_class {self.positive_class!r} must be the second class ({c[1]!r})")
         if not isinstance(self.tta, bool):
             raise RunRecordError(f"tta must be true or false, got {self.tta!r}")
+        if not isinstance(self.tta_flips, bool):
+            raise RunRecordError(f"tta_flips must be true or false, got {self.tta_flips!r}")
         if not isinstance(self.model_options, dict):
             raise RunRecordError("model_options must be an object")
         if not isinstance(self.complete, bool):  # "false" is truthy: an unfinished run would have decided
