@@ -6,6 +6,7 @@ predict`` runs. The folder's format belongs to :mod:`cxrkit.record`; this module
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,7 @@ from cxrkit.record import (
     read_meta,
     write_meta,
 )
-from cxrkit.record.files import ENGINES
+from cxrkit.record.files import ENGINES, replacing
 from cxrkit.tasks import Task, get_task
 
 REFER = "refer"  # the decision inside a referral band: a reader decides
@@ -45,15 +46,16 @@ class RunError(RunRecordError):
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
-    """Save a model's state dict as safetensors, atomically."""
-    import os
-
+    """Save a model's state dict as safetensors, atomically (a failed write keeps the previous file; see :func:`replacing`)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    with replacing(Path(path)) as tmp:
+        try:
+            save_file(state, str(tmp))
+        except SafetensorError as exc:  # its I/O errors (a full disk) are not OSErrors
+            raise OSError(errno.EIO, " ".join(str(exc).split())) from None
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

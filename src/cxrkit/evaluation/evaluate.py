@@ -12,7 +12,7 @@ from cxrkit.evaluation.one_class import one_class_restriction
 from cxrkit.metrics.classification import binary_metrics
 from cxrkit.metrics.thresholds import GuaranteeImpossible, choose_threshold, parse_rule
 from cxrkit.record import read_history, read_metrics, replace_predictions, split_predictions, update_metrics
-from cxrkit.record.files import PLOTS_DIR
+from cxrkit.record.files import META_FILE, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, REPORT_FILE, all_or_nothing
 from cxrkit.record.lock import run_lock
 from cxrkit.record.meta import now
 from cxrkit.report.narrative import SPLIT_WORDS, split_words
@@ -308,13 +308,15 @@ def evaluate_run(
             metrics["recalibrated"] = _recalibrated(run, ds, idx, probs, recalibrate_on, class_map, progress, cfg.seed)
             notes.append(f"threshold re-chosen on {metrics['recalibrated']['sample']} ({metrics['recalibrated']['n']} images): "
                          f"{metrics['recalibrated']['threshold']:.3f} instead of {run.threshold:.3f}")
-        write_evaluation(run, key, ds, idx, probs, metrics, notes)
-        history.append({"split": key, "data": str(ds.source.root), "time": now()})
-        run.save_record()
-        if write_report:
-            from cxrkit.report.html import write_report as _write
+        # All four or none: a full disk at predictions.csv must not leave metrics.json with results the history lacks.
+        with all_or_nothing([run.path / f for f in (METRICS_FILE, PREDICTIONS_FILE, META_FILE, REPORT_FILE)]):
+            write_evaluation(run, key, ds, idx, probs, metrics, notes)
+            history.append({"split": key, "data": str(ds.source.root), "time": now()})
+            run.save_record()
+            if write_report:
+                from cxrkit.report.html import write_report as _write
 
-            _write(run.path)
+                _write(run.path)
         return metrics
 
 

@@ -6,9 +6,12 @@ No torch: the server, the report and scripts read runs without loading a model l
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +40,76 @@ class RunRecordError(ValueError):
     """A run folder, or one of its files, is missing, unreadable or inconsistent; the message is one line."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temporary file and rename, so a crash never leaves half a file."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write its new content to; renamed over ``path`` once written whole.
+
+    A failed write (full disk, read-only folder, quota) removes the temporary file, keeps the previous ``path`` as it
+    was and raises an :class:`OSError` whose filename is ``path`` itself (not the temporary name), so the one-line
+    error says which of the run's files could not be written and why.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as exc:  # Ctrl-C mid-write too: no half file is left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
+        why = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+        kept = "the previous version is kept" if path.exists() else "nothing was written"
+        raise OSError(exc.errno, f"cannot be written ({why}); {kept}", str(path)) from None
+
+
+@contextlib.contextmanager
+def all_or_nothing(paths: list[Path]) -> Iterator[None]:
+    """Files that change together (metrics.json, predictions.csv, meta.json of one evaluation): if the body fails
+    half-way, e.g. on a full disk, each is put back as it was, not left with the new metrics but the old predictions.
+
+    The old versions are kept as hard links, so putting them back is a rename that needs no disk space. On a file
+    system without hard links each file is still written atomically, only not rolled back together.
+    """
+    kept: dict[Path, Path | None] = {}
+    try:
+        for p in map(Path, paths):
+            bak = p.with_name(p.name + f".bak-{os.getpid()}")
+            with contextlib.suppress(FileNotFoundError):
+                bak.unlink()
+            try:
+                os.link(p, bak)
+                kept[p] = bak
+            except FileNotFoundError:
+                kept[p] = None  # new: removed again on failure
+            except OSError:
+                pass  # no hard links here: this file is not rolled back
+        yield
+    except BaseException:
+        for p, bak in kept.items():
+            with contextlib.suppress(OSError):
+                if bak is None:
+                    p.unlink(missing_ok=True)
+                else:
+                    os.replace(bak, p)
+        raise
+    finally:
+        for bak in kept.values():
+            if bak is not None:
+                with contextlib.suppress(OSError):
+                    bak.unlink(missing_ok=True)
+
+
+def _write_file(path: Path, text: str, newline: str | None = None) -> None:
+    """Write ``text`` into a new file ``path`` (where a full disk shows: tests fill the disk here)."""
+    with open(path, "w", newline=newline) as f:
+        f.write(text)
+
+
+def atomic_write_text(path: Path, text: str, newline: str | None = None) -> None:
+    """Write a text file via a temporary file and rename, so a crash or a full disk never leaves half a file."""
+    with replacing(path) as tmp:
+        _write_file(tmp, text, newline)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -52,13 +119,11 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def atomic_write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
     """Write dict rows as CSV via a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fieldnames)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fieldnames)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue(), newline="")
 
 
 def read_json(path: Path, what: str | None = None) -> Any:

@@ -32,23 +32,30 @@ def save_checkpoint(
     scheduler: object | None, rng: np.random.Generator, aug_gen: torch.Generator, state: dict, ema: torch.nn.Module | None = None,
 ) -> Path:
     """Write the checkpoint of the epoch just finished (``state`` holds the JSON-able training state)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     final = out / CHECKPOINT_DIR
     tmp = out / f"{CHECKPOINT_DIR}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    if best_state is not None:
-        tensors.update({f"best.{k}": v.detach().cpu().contiguous().clone() for k, v in best_state.items()})
-    if ema is not None:
-        tensors.update({f"ema.{k}": v.detach().cpu().contiguous().clone() for k, v in ema.state_dict().items()})
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.augment"] = aug_gen.get_state()
-    save_file(tensors, str(tmp / "tensors.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler is not None else None},
-               tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "numpy_rng": rng.bit_generator.state}))
+    try:
+        tmp.mkdir(parents=True)
+        tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        if best_state is not None:
+            tensors.update({f"best.{k}": v.detach().cpu().contiguous().clone() for k, v in best_state.items()})
+        if ema is not None:
+            tensors.update({f"ema.{k}": v.detach().cpu().contiguous().clone() for k, v in ema.state_dict().items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.augment"] = aug_gen.get_state()
+        save_file(tensors, str(tmp / "tensors.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler is not None else None},
+                   tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "numpy_rng": rng.bit_generator.state}))
+    # A full disk or quota (torch.save reports it as a RuntimeError): no half checkpoint left, the previous one stays whole.
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200]
+        raise OSError(getattr(exc, "errno", None), f"cannot be written ({why}); the previous checkpoint is kept", str(final)) from None
     old = out / f"{CHECKPOINT_DIR}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():

@@ -1,0 +1,69 @@
+"""A full disk or a read-only run folder while cxrkit writes a run: a one-line error naming the file and the reason
+(exit status 2, never a traceback), and the run's files as they were: no half-written file, no temporary left over,
+no metrics.json that has results predictions.csv and meta.json lack."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import cxrkit.record.files as files_module
+from cxrkit.cli import main
+
+
+def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint", "plots"))
+    return run
+
+
+def _fail_writing(monkeypatch, name: str, code: int) -> None:
+    """Writing a file called ``name`` fails with ``code`` after half its content (a disk filling up), others are written."""
+    real = files_module._write_file
+
+    def write(path: Path, text: str, newline: str | None = None) -> None:
+        if Path(path).name.startswith(name + ".tmp-"):
+            real(path, text[: len(text) // 2], newline)
+            raise OSError(code, os.strerror(code))
+        real(path, text, newline)
+
+    monkeypatch.setattr(files_module, "_write_file", write)
+
+
+def _contents(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".cxrkit.lock"}
+
+
+@pytest.mark.parametrize("name, code", [
+    ("metrics.json", errno.ENOSPC), ("predictions.csv", errno.ENOSPC), ("meta.json", errno.ENOSPC), ("report.html", errno.EROFS),
+])
+def test_evaluate_that_cannot_write_leaves_the_run_as_it_was(name, code, tiny_run, binary_data, tmp_path, monkeypatch, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    external = tmp_path / "site2"
+    shutil.copytree(binary_data / "test", external)
+    before = _contents(run)
+    _fail_writing(monkeypatch, name, code)
+    assert main(["evaluate", str(run), str(external), "--explain", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: {run / name}: cannot be written ({os.strerror(code)})"), err
+    assert _contents(run) == before  # metrics, predictions, history and report all as before: none of them half-updated
+
+
+def test_training_on_a_full_disk_says_which_file(binary_data, tmp_path, monkeypatch, capsys):
+    from safetensors import SafetensorError
+
+    def full(state, path, *a, **k):  # safetensors reports I/O errors as its own exception, not as OSError
+        Path(path).write_bytes(b"\0" * 10)
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    out = tmp_path / "run"
+    code = main(["train", str(binary_data), "--out", str(out), "--image-size", "24", "--epochs", "1", "--model", "simple_cnn", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and err.startswith(f"error: {out / 'model.safetensors'}: cannot be written ("), err
+    assert "No space left on device" in err
+    assert not (out / "model.safetensors").exists() and not list(out.glob("*.tmp-*"))  # no half-written weights
