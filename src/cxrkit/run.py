@@ -26,6 +26,7 @@ from cxrkit.models.registry import MODELS, build_model
 from cxrkit.record import (
     CALIBRATION_FILE,
     CONFIG_FILE,
+    HISTORY_FILE,
     META_FILE,
     MODEL_FILE,
     SHIFT_FILE,
@@ -94,6 +95,24 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise RunError(f"{path} holds NaN or infinite values in {len(bad)} tensor(s) (first {bad[0]}): the file is "
                        "damaged or the training diverged; retrain or restore the file")
     model.load_state_dict(state)
+
+
+def _missing_files(path: Path) -> str:
+    """Why a folder without meta.json or model.safetensors is no usable run: not a run at all, or one whose training has
+    not finished (meta.json is written at the end; a folder copied while training ran has weights and history only)."""
+    missing = " and ".join(n for n in (META_FILE, MODEL_FILE) if not (path / n).is_file())
+    from cxrkit.training.checkpoint import CHECKPOINT_DIR
+
+    started = [n for n in (MODEL_FILE, CONFIG_FILE, HISTORY_FILE, CHECKPOINT_DIR) if (path / n).exists()]
+    if not started:
+        return f"{path} is not a cxrkit run (needs {META_FILE} and {MODEL_FILE}); train one with `cxrkit train`"
+    try:
+        epochs = len((path / HISTORY_FILE).read_text().splitlines()) - 1
+    except OSError:
+        epochs = 0
+    return (f"{path} lacks {missing}: its training has not finished (it holds {', '.join(started)}"
+            + (f"; {epochs} epoch(s) in {HISTORY_FILE}" if epochs > 0 else "") + "), or the folder was copied while it ran; "
+            f"wait for it, or finish it with `cxrkit train DATA --out {path} --resume`")
 
 
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -209,7 +228,7 @@ class Run:
         if not path.is_dir():
             raise RunError(f"{path} is not a directory; give the run folder `cxrkit train` wrote (it holds {META_FILE} and {MODEL_FILE})")
         if not (path / META_FILE).is_file() or not (path / MODEL_FILE).is_file():
-            raise RunError(f"{path} is not a cxrkit run (needs {META_FILE} and {MODEL_FILE}); train one with `cxrkit train`")
+            raise RunError(_missing_files(path))
         try:
             record = read_meta(path)
         except RunRecordError as exc:
