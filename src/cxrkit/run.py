@@ -36,7 +36,7 @@ from cxrkit.record import (
     read_meta,
     write_meta,
 )
-from cxrkit.record.files import ENGINES, replacing
+from cxrkit.record.files import CHECKPOINT_DIR, ENGINES, replacing
 from cxrkit.tasks import Task, get_task
 
 REFER = "refer"  # the decision inside a referral band: a reader decides
@@ -101,8 +101,6 @@ def _missing_files(path: Path) -> str:
     """Why a folder without meta.json or model.safetensors is no usable run: not a run at all, or one whose training has
     not finished (meta.json is written at the end; a folder copied while training ran has weights and history only)."""
     missing = " and ".join(n for n in (META_FILE, MODEL_FILE) if not (path / n).is_file())
-    from cxrkit.training.checkpoint import CHECKPOINT_DIR
-
     started = [n for n in (MODEL_FILE, CONFIG_FILE, HISTORY_FILE, CHECKPOINT_DIR) if (path / n).exists()]
     if not started:
         return f"{path} is not a cxrkit run (needs {META_FILE} and {MODEL_FILE}); train one with `cxrkit train`"

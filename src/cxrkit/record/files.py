@@ -28,6 +28,7 @@ SKIPPED_FILE = "skipped.csv"
 AUDIT_FILE = "audit.json"
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
+CHECKPOINT_DIR = "checkpoint"  # the resumable training state (cxrkit.training.checkpoint writes it)
 # What a run predicts with: its safetensors weights (torch) or the ONNX files `cxrkit export` wrote.
 ENGINES = ("auto", "torch", "onnx", "onnx-int8")
 

@@ -70,6 +70,9 @@ def run_lock(run_dir: Path | str, command: str, wait: bool = True, create: bool 
     process is writing would mix two runs), is a one-line :class:`RunBusyError` naming the other process.
     ``create`` makes the folder (training); otherwise a missing folder is left to the caller's own error.
     """
+    if not isinstance(run_dir, (str, os.PathLike)):  # not a path at all: the caller's own check says so in one line
+        yield
+        return
     run_dir = Path(run_dir)
     if create and not run_dir.exists():
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from cxrkit.models.torch_files import load_weights_only
-
-CHECKPOINT_DIR = "checkpoint"
+from cxrkit.record.files import CHECKPOINT_DIR
 
 
 def save_checkpoint(

@@ -48,12 +48,12 @@ from cxrkit.record import (
     atomic_write_text,
     write_meta,
 )
-from cxrkit.record.files import PLOTS_DIR
+from cxrkit.record.files import CHECKPOINT_DIR, PLOTS_DIR
 from cxrkit.record.lock import run_lock
 from cxrkit.record.meta import now
 from cxrkit.run import probabilities, save_weights
 from cxrkit.tasks import Task, get_task
-from cxrkit.training.checkpoint import CHECKPOINT_DIR, find_checkpoint, load_checkpoint, save_checkpoint
+from cxrkit.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from cxrkit.training.distributed import Distributed, setup_distributed, teardown_distributed
 from cxrkit.training.imbalance import class_counts, make_loss, oversampled_order, repeat_factors
 from cxrkit.training.tracking import Tracker
