@@ -171,6 +171,7 @@ def test_tta_views_and_prediction(binary_data, tmp_path):
     train(_cfg(binary_data, tmp_path / "r", epochs=2, tta=True, augment=AugmentConfig(0, 0, 0, 0, 0, True)), progress=False)
     run = Run.load(tmp_path / "r")
     assert run.tta and run.tta_flips
+    assert "average ten test-time views" in (tmp_path / "r" / "report.html").read_text()
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32), dtype=np.uint8)
 
     def manual(flips: bool) -> np.ndarray:
@@ -192,3 +193,4 @@ def test_tta_views_and_prediction(binary_data, tmp_path):
     # Without flips in training, no mirror views.
     train(_cfg(binary_data, tmp_path / "n", epochs=1, tta=True), progress=False)
     assert not Run.load(tmp_path / "n").tta_flips
+    assert "average five test-time views" in (tmp_path / "n" / "report.html").read_text()
