@@ -15,6 +15,8 @@ import numpy as np
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
+from cxrkit.data.spec import is_finite_number
+
 STATS = ("mean", "std", "p5", "p95", "border")
 WORDS = {"mean": "mean brightness", "std": "contrast (std)", "p5": "dark level (5th percentile)",
          "p95": "bright level (95th percentile)", "border": "border/corner brightness"}
@@ -83,7 +85,7 @@ def reference_problem(ref: object) -> str | None:
 
     def numbers(v: object, length: int | None = None) -> bool:
         return isinstance(v, list) and len(v) > 0 and (length is None or len(v) == length) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)
+            is_finite_number(x) for x in v)
 
     if not isinstance(ref, dict) or not isinstance(ref.get("overall"), dict) or not isinstance(ref.get("per_class", {}), dict):
         return "must hold an object with overall and per_class"

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from cxrkit.data.spec import is_finite_number
+
 CALIBRATION_METHODS = ("temperature", "platt", "isotonic")
 _EPS = 1e-7
 
@@ -136,20 +138,16 @@ class Calibration:
         if method not in CALIBRATION_METHODS:
             raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(CALIBRATION_METHODS)}")
         # A negative temperature or a decreasing isotonic map inverts every decision; zero makes them all certain.
-        if method == "temperature" and not (_finite(params.get("temperature")) and params["temperature"] > 0):
+        if method == "temperature" and not (is_finite_number(params.get("temperature")) and params["temperature"] > 0):
             raise ValueError(f"temperature must be a positive finite number, got {params.get('temperature')!r}")
-        if method == "platt" and not (_finite(params.get("slope")) and _finite(params.get("intercept"))):
+        if method == "platt" and not (is_finite_number(params.get("slope")) and is_finite_number(params.get("intercept"))):
             raise ValueError(f"platt needs finite numbers slope and intercept, got {params!r}")
         if method == "isotonic":
             x, y = params.get("x"), params.get("y")
-            ok = isinstance(x, list) and isinstance(y, list) and 0 < len(x) == len(y) and all(map(_finite, x + y))
+            ok = isinstance(x, list) and isinstance(y, list) and 0 < len(x) == len(y) and all(map(is_finite_number, x + y))
             if not ok or np.any(np.diff(x) < 0) or np.any(np.diff(y) < 0) or min(y) < 0 or max(y) > 1:
                 raise ValueError("isotonic needs lists x and y of equal length, both non-decreasing, y from 0 to 1")
         return cls(**d)
-
-
-def _finite(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
 
 
 def fit_calibration(y: np.ndarray, probs: np.ndarray, method: str = "temperature", fitted_on: str = "val") -> Calibration:
