@@ -9,6 +9,8 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,107 @@ def test_training_into_a_run_being_trained_is_refused(binary_data, tmp_path, cap
         release.set()
         first.join(120)
     assert (out / "history.csv").is_file() and (out / "meta.json").is_file()
+
+
+@contextmanager
+def _held(run: Path, command: str) -> Iterator[threading.Event]:
+    """Another holder of ``run``'s lock, as ``cxrkit COMMAND`` (a thread: flock is per open file, so it excludes this
+    thread's own lock too); set the event to release it."""
+    from cxrkit.record.lock import run_lock
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with run_lock(run, command, wait=False):
+            holding.set()
+            release.wait(120)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        yield release
+    finally:
+        release.set()
+        thread.join(30)
+
+
+def test_export_refuses_a_run_being_trained_into(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    with _held(run, "train"):
+        code = main(["export", str(run)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert f"{run} is in use: process" in err and "is training into it; run `cxrkit export` when it has finished" in err, err
+    assert not list(run.glob("model*.onnx*"))  # nothing written beside weights that are being replaced
+
+
+def test_export_waits_for_an_evaluation_of_the_run(tiny_run, tmp_path, monkeypatch, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    monkeypatch.setattr("cxrkit.record.lock.NOTICE_AFTER_S", 0.2)
+    written_while_held = []
+    with _held(run, "evaluate") as release:
+        timer = threading.Timer(1.0, lambda: (written_while_held.append((run / "model.onnx").exists()), release.set()))
+        timer.start()
+        code = main(["export", str(run)])
+        timer.join()
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "waiting for process" in err and "(cxrkit evaluate," in err, err
+    assert written_while_held == [False] and (run / "model.onnx").is_file()  # written once the evaluation had finished
+
+
+def _new_site(root: Path, n: int = 16) -> Path:
+    """Unlabelled images of another site for `cxrkit adapt` (its minimum is 16)."""
+    import numpy as np
+    from PIL import Image
+
+    from cxrkit.data.synthetic import synthetic_cxr
+
+    rng = np.random.default_rng(7)
+    root.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(synthetic_cxr(rng, 48, pattern=i % 2)).save(root / f"x{i:03d}.png")
+    return root
+
+
+def _adapt(tiny_run: Path, site: Path, out: Path) -> int:
+    return main(["adapt", str(tiny_run), str(site), "--out", str(out), "--batch-size", "16", "--overwrite"])
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".cxrkit.lock"}
+
+
+def test_adapt_overwrite_refuses_a_run_being_trained_into(tiny_run, tmp_path, capsys):
+    site = _new_site(tmp_path / "site")
+    out = tmp_path / "adapted"
+    assert _adapt(tiny_run, site, out) == 0
+    before = _files(out)
+    capsys.readouterr()
+    with _held(out, "train"):
+        code = _adapt(tiny_run, site, out)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert f"{out} is in use: process" in err and "is training into it; run `cxrkit adapt` when it has finished" in err, err
+    assert _files(out) == before  # the folder being trained into was not emptied
+
+
+def test_adapt_overwrite_waits_for_an_evaluation_of_its_output(tiny_run, tmp_path, monkeypatch, capsys):
+    site = _new_site(tmp_path / "site")
+    out = tmp_path / "adapted"
+    assert _adapt(tiny_run, site, out) == 0
+    (out / "metrics.json").write_text("{}")  # what the evaluation being waited for has written
+    monkeypatch.setattr("cxrkit.record.lock.NOTICE_AFTER_S", 0.2)
+    capsys.readouterr()
+    kept_while_held = []
+    with _held(out, "evaluate") as release:
+        timer = threading.Timer(1.0, lambda: (kept_while_held.append((out / "metrics.json").exists()), release.set()))
+        timer.start()
+        code = _adapt(tiny_run, site, out)
+        timer.join()
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "waiting for process" in err and "(cxrkit evaluate," in err, err
+    assert kept_while_held == [True]  # the folder was not emptied under the evaluation
+    assert (out / "meta.json").is_file() and not (out / "metrics.json").exists()  # then replaced by the adapted run

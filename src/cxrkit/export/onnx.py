@@ -23,6 +23,7 @@ import torch
 
 from cxrkit.models.onnx_runtime import INT8_FILE, METADATA_KEY, ONNX_FILE, OnnxModel, file_sha256
 from cxrkit.record import MODEL_FILE
+from cxrkit.record.lock import run_lock
 from cxrkit.run import Run, probabilities
 
 OPSET = 17
@@ -151,23 +152,26 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, quantize: st
     temporary name and renamed only after the parity check passes, so a failed export leaves no
     file that :meth:`Run.load` would pick up.
     """
-    run = Run.load(run_dir, engine="torch")
-    out = Path(out) if out else run.path / ONNX_FILE
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    try:
-        _export_graph(run, tmp)
-        _write_metadata(tmp, onnx_metadata(run))
-        images = sample_inputs(run)
-        diff = parity(run, tmp, images)
-        if not diff <= tolerance:
-            raise ExportError(f"ONNX export does not match PyTorch: max abs probability difference {diff:.2e} > {tolerance:.0e} "
-                              f"on {len(images)} sample images; the ONNX file was not written")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    result = {"path": str(out), "max_abs_diff": diff, "samples": len(images)}
-    if quantize == "int8":
-        result["quantized"] = {"path": str(out.with_name(INT8_FILE)), **_quantize(run, out, out.with_name(INT8_FILE))}
-    elif quantize is not None:
-        raise ValueError(f"quantize must be int8 or None, got {quantize!r}")
-    return result
+    # Locked like evaluate: the ONNX files are written into the run, and a training into this folder at the same time
+    # would replace the weights they were exported from (it is refused, an evaluation is waited for).
+    with run_lock(run_dir, "export"):
+        run = Run.load(run_dir, engine="torch")
+        out = Path(out) if out else run.path / ONNX_FILE
+        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+        try:
+            _export_graph(run, tmp)
+            _write_metadata(tmp, onnx_metadata(run))
+            images = sample_inputs(run)
+            diff = parity(run, tmp, images)
+            if not diff <= tolerance:
+                raise ExportError(f"ONNX export does not match PyTorch: max abs probability difference {diff:.2e} > {tolerance:.0e} "
+                                  f"on {len(images)} sample images; the ONNX file was not written")
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        result = {"path": str(out), "max_abs_diff": diff, "samples": len(images)}
+        if quantize == "int8":
+            result["quantized"] = {"path": str(out.with_name(INT8_FILE)), **_quantize(run, out, out.with_name(INT8_FILE))}
+        elif quantize is not None:
+            raise ValueError(f"quantize must be int8 or None, got {quantize!r}")
+        return result

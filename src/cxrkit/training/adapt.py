@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cxrkit.record import CALIBRATION_FILE, CONFIG_FILE, META_FILE, MODEL_FILE, SHIFT_FILE, read_meta, write_meta
+from cxrkit.record.lock import LOCK_FILE, run_lock
 from cxrkit.record.meta import now
 from cxrkit.run import Run, save_weights
 
@@ -60,7 +61,10 @@ def adapt_batchnorm(run: Run, images: np.ndarray, batch_size: int = 64) -> int:
 
 def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_size: int = 64, overwrite: bool = False,
               progress: bool = True) -> dict:
-    """Write a copy of a run to ``out`` whose batch-norm statistics come from the images under ``folder``."""
+    """Write a copy of a run to ``out`` whose batch-norm statistics come from the images under ``folder``.
+
+    ``out`` is locked while it is replaced (:mod:`cxrkit.record.lock`): a training into it is refused, an evaluation of it waited for.
+    """
     from cxrkit.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, is_image_file
 
     run_dir, folder, out = Path(run_dir), Path(folder), Path(out)
@@ -69,35 +73,60 @@ def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_si
         raise FileNotFoundError(f"{folder} is not a folder of images")
     if out.resolve() == run_dir.resolve():
         raise ValueError("--out must be a new folder; the source run is kept unchanged")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a folder for the adapted run")
+    if _holds_files(out) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
-    decoded, failed = [], 0
-    for p in paths:
-        try:
-            decoded.append(run.preprocessing.load(p))
-        except (ImageDecodeError, OSError, ValueError):
-            failed += 1
-    if len(decoded) < MIN_IMAGES:
-        raise ValueError(f"{len(decoded)} decodable image(s) ({' '.join(IMAGE_EXTENSIONS)}) under {folder}; AdaBN needs at least {MIN_IMAGES}")
-    rng = np.random.default_rng(0)  # mixed order: a folder sorted by class would give one-class batches
-    images = np.stack(decoded)[rng.permutation(len(decoded))]
-    layers = adapt_batchnorm(run, images, batch_size)
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in KEPT:
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, out / name)
-    save_weights(run.model, out / MODEL_FILE)
-    record = read_meta(out)
-    root = run.record.data_root(run_dir)
-    if root is not None:  # stored relative to the run folder too, which has moved; a sources file inside the run moved with it
-        record.set_data_root(out / root.relative_to(run_dir.resolve()) if root.is_relative_to(run_dir.resolve()) else root, out)
-    info = {"method": "AdaBN", "source_run": str(run_dir), "folder": str(folder), "images": len(images), "unreadable": failed,
-            "batchnorm_layers": layers, "time": now(),
-            "note": "batch-norm statistics from the new site's unlabelled images; threshold and calibration from the source run's validation split"}
-    record.extra["adapted"] = info
-    record.evaluations = []  # the adapted model has not been evaluated yet
-    write_meta(out, record)
+    # An existing --out is locked from here, like a training into it: a training there refuses us (and we it), an
+    # evaluation of it is waited for, and nobody adds results to it while its files are replaced.
+    with run_lock(out, "adapt"):
+        paths = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+        decoded, failed = [], 0
+        for p in paths:
+            try:
+                decoded.append(run.preprocessing.load(p))
+            except (ImageDecodeError, OSError, ValueError):
+                failed += 1
+        if len(decoded) < MIN_IMAGES:
+            raise ValueError(f"{len(decoded)} decodable image(s) ({' '.join(IMAGE_EXTENSIONS)}) under {folder}; AdaBN needs at least {MIN_IMAGES}")
+        rng = np.random.default_rng(0)  # mixed order: a folder sorted by class would give one-class batches
+        images = np.stack(decoded)[rng.permutation(len(decoded))]
+        layers = adapt_batchnorm(run, images, batch_size)
+        # A new --out is created and locked only now (nested: a no-op when it was locked above), so a failure above
+        # leaves no empty folder behind.
+        with run_lock(out, "adapt", create=True):
+            if _holds_files(out) and not overwrite:  # another command wrote a run there while we decoded
+                raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+            _clear(out)
+            for name in KEPT:
+                if (run_dir / name).is_file():
+                    shutil.copy2(run_dir / name, out / name)
+            save_weights(run.model, out / MODEL_FILE)
+            record = read_meta(out)
+            root = run.record.data_root(run_dir)
+            if root is not None:  # stored relative to the run folder too, which has moved; a sources file inside the run moved with it
+                record.set_data_root(out / root.relative_to(run_dir.resolve()) if root.is_relative_to(run_dir.resolve()) else root, out)
+            info = {"method": "AdaBN", "source_run": str(run_dir), "folder": str(folder), "images": len(images), "unreadable": failed,
+                    "batchnorm_layers": layers, "time": now(),
+                    "note": "batch-norm statistics from the new site's unlabelled images; threshold and calibration from the source run's validation split"}
+            record.extra["adapted"] = info
+            record.evaluations = []  # the adapted model has not been evaluated yet
+            write_meta(out, record)
     return info
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether ``folder`` holds anything besides the run lock (left by an earlier command: not a run's content)."""
+    return folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir())
+
+
+def _clear(folder: Path) -> None:
+    """Remove what ``folder`` holds except its lock file, which the lock we hold lives on (removing it would let
+    another process lock a new file of the same name at once)."""
+    for p in folder.iterdir():
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
