@@ -190,3 +190,28 @@ def test_adapt_overwrite_waits_for_an_evaluation_of_its_output(tiny_run, tmp_pat
     assert "waiting for process" in err and "(cxrkit evaluate," in err, err
     assert kept_while_held == [True]  # the folder was not emptied under the evaluation
     assert (out / "meta.json").is_file() and not (out / "metrics.json").exists()  # then replaced by the adapted run
+
+
+def test_rollback_copies_of_a_killed_evaluation_are_removed_by_the_next_one(tiny_run, tmp_path):
+    import subprocess
+
+    run = _copy_run(tiny_run, tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its id is now no process's: like an evaluation killed with kill -9 half-way through its writes
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stale = run / f"metrics.json.bak-{gone.pid}"
+        stale.write_text('{"val": "an older metrics.json"}')
+        (run / f"predictions.csv.bak-{gone.pid}").write_text("split,path\n")
+        kept = run / f"meta.json.bak-{live.pid}"
+        kept.write_text("a live process's rollback copy")
+        assert main(["evaluate", str(run), "--explain", "none"]) == 0
+        assert not list(run.glob(f"*.bak-{gone.pid}"))
+        assert kept.read_text() == "a live process's rollback copy"  # never touched while its process runs
+    finally:
+        live.kill()
+        live.wait()
+    metrics = json.loads((run / "metrics.json").read_text())  # the real files are the evaluation's, whole
+    assert {"val", "test"} <= set(metrics)
+    assert {r["split"] for r in csv.DictReader(open(run / "predictions.csv"))} == {"val", "test"}
+    assert [e["split"] for e in json.loads((run / "meta.json").read_text())["evaluations"]] == ["test"]

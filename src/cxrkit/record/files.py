@@ -11,6 +11,8 @@ import csv
 import io
 import json
 import os
+import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,10 @@ ENGINES = ("auto", "torch", "onnx", "onnx-int8")
 # Everything training writes; a new run in the same folder removes these first.
 RUN_OUTPUTS = (META_FILE, MODEL_FILE, SHIFT_FILE, CALIBRATION_FILE, AUDIT_FILE, METRICS_FILE, PREDICTIONS_FILE,
                HISTORY_FILE, SPLITS_FILE, SKIPPED_FILE, REPORT_FILE, CONFIG_FILE)
+
+
+# The rollback copies all_or_nothing makes: "<file>.bak-<pid>", beside the file.
+_BACKUP_NAME = re.compile(r"\.bak-(\d+)$")
 
 
 class RunRecordError(ValueError):
@@ -99,6 +105,43 @@ def all_or_nothing(paths: list[Path]) -> Iterator[None]:
             if bak is not None:
                 with contextlib.suppress(OSError):
                     bak.unlink(missing_ok=True)
+
+
+def remove_stale_backups(run_dir: Path) -> list[Path]:
+    """Remove the rollback copies (``NAME.bak-PID``) that a process killed during :func:`all_or_nothing` left behind.
+
+    Only those whose process is gone: a live one may still need its copies to roll back. Call it while holding the
+    run's lock, so that no other cxrkit process is between making its copies and removing them. Returns what went.
+    """
+    if os.name != "posix":  # os.kill(pid, 0) terminates the process on Windows instead of asking whether it lives
+        return []
+    removed = []
+    for p in Path(run_dir).iterdir():
+        m = _BACKUP_NAME.search(p.name)
+        if m is None or _process_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):  # best effort: a leftover that stays is harmless, it is tried again next time
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (another user's counts: it may be one of ours under sudo)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OverflowError:  # no process can have this id
+        return False
+    except OSError:  # EPERM: it exists; anything else: not sure, so keep its files
+        return True
+    return True
 
 
 def _write_file(path: Path, text: str, newline: str | None = None) -> None:
