@@ -203,6 +203,8 @@ def test_rollback_copies_of_a_killed_evaluation_are_removed_by_the_next_one(tiny
         stale = run / f"metrics.json.bak-{gone.pid}"
         stale.write_text('{"val": "an older metrics.json"}')
         (run / f"predictions.csv.bak-{gone.pid}").write_text("split,path\n")
+        (run / f"plots.bak-{gone.pid}").mkdir()  # the rollback copy of plots/ is a folder of hard links
+        (run / f"plots.bak-{gone.pid}" / "roc_test.png").write_bytes(b"an older figure")
         kept = run / f"meta.json.bak-{live.pid}"
         kept.write_text("a live process's rollback copy")
         assert main(["evaluate", str(run), "--explain", "none"]) == 0

@@ -53,6 +53,49 @@ def test_evaluate_that_cannot_write_leaves_the_run_as_it_was(name, code, tiny_ru
     assert _contents(run) == before  # metrics, predictions, history and report all as before: none of them half-updated
 
 
+def _fail_drawing(monkeypatch, name: str, code: int) -> None:
+    """Saving the figure ``name`` (in plots/) fails with ``code`` after writing part of it; other figures are saved."""
+    from matplotlib.figure import Figure
+
+    real = Figure.savefig
+
+    def savefig(self, fname, *args, **kwargs):
+        if isinstance(fname, (str, os.PathLike)) and Path(fname).name.startswith(name + ".tmp-"):
+            Path(fname).write_bytes(b"\x89PNG half a figure")
+            raise OSError(code, os.strerror(code))
+        return real(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+
+
+def _figures(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (run / "plots").iterdir()}
+
+
+@pytest.mark.parametrize("name, code, explain", [
+    ("metrics.json", errno.ENOSPC, "gradcam"),  # the heat-map figures are drawn before the metrics are written
+    ("plots/confusion_external_site2.png", errno.ENOSPC, "none"),  # a figure itself, after the ROC and PR curves
+    ("report.html", errno.EROFS, "none"),  # after every figure
+])
+def test_evaluate_that_cannot_write_leaves_the_previous_plots(name, code, explain, tiny_run, binary_data, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint"))
+    external = tmp_path / "site2"
+    shutil.copytree(binary_data / "test", external)
+    (run / "plots" / "roc_external_site2.png").write_bytes(b"an earlier evaluation's ROC curve of site2")
+    before, figures = _contents(run), _figures(run)
+    if name.startswith("plots/"):
+        _fail_drawing(monkeypatch, Path(name).name, code)
+    else:
+        _fail_writing(monkeypatch, name, code)
+    assert main(["evaluate", str(run), str(external), "--explain", explain]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: {run / name}: cannot be written ({os.strerror(code)})"), err
+    assert _figures(run) == figures  # no figure of the failed evaluation, the earlier one of site2 as it was
+    assert _contents(run) == before
+    assert not [p for p in run.rglob("*") if ".bak-" in p.name or ".tmp-" in p.name]
+
+
 def test_training_on_a_full_disk_says_which_file(binary_data, tmp_path, monkeypatch, capsys):
     from safetensors import SafetensorError
 

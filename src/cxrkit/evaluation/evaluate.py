@@ -288,28 +288,29 @@ def evaluate_run(
                                                                f"cxrkit evaluate {run.path} {ds.source.root} --recalibrate-on SAMPLE_DIR")
             if metrics["threshold_transfer"] and not metrics["threshold_transfer"]["holds"]:
                 notes.append(metrics["threshold_transfer"]["message"])
-        if explain and run.task_object.one_label_per_image:  # heat maps are per decided class; a multi-label decision is a set
-            metrics["attention"] = _explain(run, images, ds.labels[idx], probs, key, explain, cfg.seed)
-        if by or by_pattern:
-            from cxrkit.evaluation.subgroups import subgroup_analysis
+        # All or none, from the first figure drawn (the heat maps) to the report: a full disk at predictions.csv must
+        # not leave metrics.json with results the history lacks, nor plots/ with figures of an evaluation that failed.
+        with all_or_nothing([run.path / f for f in (METRICS_FILE, PREDICTIONS_FILE, META_FILE, REPORT_FILE)], [run.path / PLOTS_DIR]):
+            if explain and run.task_object.one_label_per_image:  # heat maps are per decided class; a multi-label decision is a set
+                metrics["attention"] = _explain(run, images, ds.labels[idx], probs, key, explain, cfg.seed)
+            if by or by_pattern:
+                from cxrkit.evaluation.subgroups import subgroup_analysis
 
-            table = Path(by_table) if by_table else (Path(cfg.labels) if same_data and cfg.labels else None)
-            metrics["subgroups"] = subgroup_analysis(run, ds.labels[idx], probs, [ds.relpaths[i] for i in idx], list(by or []), table,
-                                                     list(by_pattern or []), seed=cfg.seed,
-                                                     sites=None if ds.sites is None else [str(ds.sites[i]) for i in idx])
-        metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
-        metrics["shift"] = shift
-        metrics["source_split"] = split
-        if same_data and ds.sites is not None:
-            from cxrkit.evaluation.sites import per_site_metrics
+                table = Path(by_table) if by_table else (Path(cfg.labels) if same_data and cfg.labels else None)
+                metrics["subgroups"] = subgroup_analysis(run, ds.labels[idx], probs, [ds.relpaths[i] for i in idx], list(by or []), table,
+                                                         list(by_pattern or []), seed=cfg.seed,
+                                                         sites=None if ds.sites is None else [str(ds.sites[i]) for i in idx])
+            metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
+            metrics["shift"] = shift
+            metrics["source_split"] = split
+            if same_data and ds.sites is not None:
+                from cxrkit.evaluation.sites import per_site_metrics
 
-            metrics["per_site"] = per_site_metrics(run, ds, idx, probs, cfg.seed)
-        if recalibrate_on is not None:
-            metrics["recalibrated"] = _recalibrated(run, ds, idx, probs, recalibrate_on, class_map, progress, cfg.seed)
-            notes.append(f"threshold re-chosen on {metrics['recalibrated']['sample']} ({metrics['recalibrated']['n']} images): "
-                         f"{metrics['recalibrated']['threshold']:.3f} instead of {run.threshold:.3f}")
-        # All four or none: a full disk at predictions.csv must not leave metrics.json with results the history lacks.
-        with all_or_nothing([run.path / f for f in (METRICS_FILE, PREDICTIONS_FILE, META_FILE, REPORT_FILE)]):
+                metrics["per_site"] = per_site_metrics(run, ds, idx, probs, cfg.seed)
+            if recalibrate_on is not None:
+                metrics["recalibrated"] = _recalibrated(run, ds, idx, probs, recalibrate_on, class_map, progress, cfg.seed)
+                notes.append(f"threshold re-chosen on {metrics['recalibrated']['sample']} ({metrics['recalibrated']['n']} images): "
+                             f"{metrics['recalibrated']['threshold']:.3f} instead of {run.threshold:.3f}")
             write_evaluation(run, key, ds, idx, probs, metrics, notes)
             history.append({"split": key, "data": str(ds.source.root), "time": now()})
             run.save_record()

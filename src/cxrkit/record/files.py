@@ -13,7 +13,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +71,17 @@ def replacing(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def all_or_nothing(paths: list[Path]) -> Iterator[None]:
+def all_or_nothing(paths: list[Path], folders: Sequence[Path] = ()) -> Iterator[None]:
     """Files that change together (metrics.json, predictions.csv, meta.json of one evaluation): if the body fails
     half-way, e.g. on a full disk, each is put back as it was, not left with the new metrics but the old predictions.
 
-    The old versions are kept as hard links, so putting them back is a rename that needs no disk space. On a file
-    system without hard links each file is still written atomically, only not rolled back together.
+    ``folders`` (plots/) are kept whole: files the body adds to them are removed again and those it changes put back.
+    The old versions are kept as hard links (``NAME.bak-PID``, a folder's in ``FOLDER.bak-PID/``), so putting them back
+    is a rename that needs no disk space. On a file system without hard links each file is still written atomically,
+    only not rolled back together.
     """
     kept: dict[Path, Path | None] = {}
+    kept_folders: dict[Path, Path | None] = {}
     try:
         for p in map(Path, paths):
             bak = p.with_name(p.name + f".bak-{os.getpid()}")
@@ -91,6 +94,9 @@ def all_or_nothing(paths: list[Path]) -> Iterator[None]:
                 kept[p] = None  # new: removed again on failure
             except OSError:
                 pass  # no hard links here: this file is not rolled back
+        for d in map(Path, folders):
+            with contextlib.suppress(OSError):  # no hard links here: this folder is not rolled back
+                kept_folders[d] = _keep_folder(d)
         yield
     except BaseException:
         for p, bak in kept.items():
@@ -99,12 +105,48 @@ def all_or_nothing(paths: list[Path]) -> Iterator[None]:
                     p.unlink(missing_ok=True)
                 else:
                     os.replace(bak, p)
+        for d, bak in kept_folders.items():
+            with contextlib.suppress(OSError):
+                _restore_folder(d, bak)
         raise
     finally:
         for bak in kept.values():
             if bak is not None:
                 with contextlib.suppress(OSError):
                     bak.unlink(missing_ok=True)
+        for bak in kept_folders.values():
+            if bak is not None:
+                shutil.rmtree(bak, ignore_errors=True)
+
+
+def _keep_folder(folder: Path) -> Path | None:
+    """Hard links to the files in ``folder`` in a folder beside it (None: ``folder`` does not exist yet)."""
+    if not folder.is_dir():
+        return None
+    bak = folder.with_name(folder.name + f".bak-{os.getpid()}")
+    shutil.rmtree(bak, ignore_errors=True)
+    bak.mkdir()
+    try:
+        for f in folder.iterdir():
+            if f.is_file() and not f.is_symlink():
+                os.link(f, bak / f.name)
+    except BaseException:
+        shutil.rmtree(bak, ignore_errors=True)  # a partial copy would delete the files it lacks on rollback
+        raise
+    return bak
+
+
+def _restore_folder(folder: Path, bak: Path | None) -> None:
+    """Put ``folder`` back as :func:`_keep_folder` kept it: the files added since removed, the others renamed back."""
+    if bak is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for f in folder.iterdir() if folder.is_dir() else ():
+        if f.is_file() and not f.is_symlink() and not (bak / f.name).exists():
+            f.unlink(missing_ok=True)
+    folder.mkdir(exist_ok=True)
+    for f in bak.iterdir():
+        os.replace(f, folder / f.name)
 
 
 def remove_stale_backups(run_dir: Path) -> list[Path]:

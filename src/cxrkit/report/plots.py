@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from cxrkit.record.files import replacing
+
 # Perceptually uniform colour maps (Smith & van der Walt 2015): equal steps in value look like equal steps in colour,
 # and they stay readable in grey and for colour-blind readers, which jet does not.
 HEAT_CMAP = "magma"
@@ -22,8 +24,12 @@ MIN_BIN_COUNT = 10
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        # Via a temporary file: a full disk leaves the previous figure, not half a PNG, and the error names the figure.
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
 
 
