@@ -234,3 +234,49 @@ def test_group_pattern_must_be_a_regular_expression(binary_data, tmp_path):
     with pytest.raises(ConfigError, match=r"group_pattern: '\(\[' is not a regular expression \(unterminated character set"):
         cxrkit.train(binary_data, out=str(tmp_path / "r"), model="cnn", image_size=32, epochs=1, group_pattern="([", progress=False)
     assert not (tmp_path / "r" / "meta.json").exists()
+
+
+def _edit_config(run: Path, edit) -> None:
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    edit(cfg)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+@pytest.mark.parametrize("file, edit, match", [
+    # the weights load at either size (the cnn pools adaptively): predictions came silently at meta.json's size
+    ("config.yaml", {"image_size": 64}, "preprocessing.image_size 32 but .*config.yaml has image_size 64"),
+    ("meta.json", {"preprocessing.image_size": 64}, "preprocessing.image_size 64 but .*config.yaml has image_size 32"),
+    ("config.yaml", {"aspect": "squash"}, "preprocessing.aspect 'pad' but .*config.yaml has aspect 'squash'"),
+    ("config.yaml", {"intensity": "histeq"}, "preprocessing.intensity 'none' but .*config.yaml has intensity 'histeq'"),
+    ("config.yaml", {"crop_border": True}, "preprocessing.crop_border False but .*config.yaml has crop_border True"),
+    ("config.yaml", {"model": "simple_cnn"}, "model 'cnn' but .*config.yaml has model 'simple_cnn'"),
+    ("config.yaml", {"dropout": 0.3}, "model_options.dropout None but .*config.yaml has dropout 0.3"),
+    ("config.yaml", {"task": "multiclass"}, "task 'binary' but .*config.yaml has task 'multiclass'"),
+    ("meta.json", {"tta": False}, "tta False but .*config.yaml has tta True"),
+])
+def test_meta_and_config_that_disagree_are_refused(file, edit, match, tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    if file == "config.yaml":
+        _edit_config(run, lambda c: c.update(edit))
+    else:
+        def change(m: dict) -> None:
+            for key, value in edit.items():
+                *parents, last = key.split(".")
+                target = m
+                for part in parents:
+                    target = target[part]
+                target[last] = value
+
+        _edit_meta(run, change)
+    with pytest.raises(RunError, match=rf"^{run / 'meta.json'} has {match}: the run folder was edited or mixes files of two runs") as exc:
+        cxrkit.load(run)
+    assert "\n" not in str(exc.value)
+
+
+def test_config_without_the_shared_settings_still_loads(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)  # an older run's config.yaml, before these settings were recorded in it
+    _edit_config(run, lambda c: [c.pop(k) for k in ("image_size", "aspect", "intensity", "crop_border", "tta", "width", "dropout")])
+    reference = cxrkit.load(tiny_run).predict(np.full((40, 40), 128, np.uint8)).probabilities
+    assert cxrkit.load(run).predict(np.full((40, 40), 128, np.uint8)).probabilities == reference

@@ -113,6 +113,39 @@ def _missing_files(path: Path) -> str:
             f"wait for it, or finish it with `cxrkit train DATA --out {path} --resume`")
 
 
+def _check_config_agrees(path: Path, record: RunMeta) -> None:
+    """Refuse a run whose config.yaml and meta.json disagree on a setting both hold: the folder was edited or mixes two
+    runs' files, and predicting would silently use meta.json's (another image size, another model) over what was trained."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((path / CONFIG_FILE).read_text())
+        cfg = TrainConfig.from_dict(raw)
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError):
+        # Unreadable: nothing to compare with. Prediction never reads config.yaml; the commands that do (evaluate,
+        # calibrate, train --resume) say what is wrong with it.
+        return
+    pre, options = record.preprocessing, record.model_options
+    pairs = [  # (key in config.yaml, its value, key in meta.json, its value); keys a run's config.yaml lacks (older runs) are skipped
+        ("image_size", cfg.image_size, "preprocessing.image_size", pre.image_size),
+        ("aspect", cfg.aspect, "preprocessing.aspect", pre.aspect),
+        ("intensity", cfg.intensity, "preprocessing.intensity", pre.intensity),
+        ("crop_border", cfg.crop_border, "preprocessing.crop_border", pre.crop_border),
+        ("model", cfg.model, "model", record.model),
+        ("width", cfg.width, "model_options.width", options.get("width")),
+        ("dropout", cfg.dropout, "model_options.dropout", options.get("dropout")),
+        ("tta", cfg.tta, "tta", record.tta),
+    ]
+    if cfg.task != "auto":  # auto was resolved from the data into meta.json's task
+        pairs.append(("task", cfg.task, "task", record.task))
+    for key, given, meta_key, stored in pairs:
+        if key in raw and given != stored:
+            raise RunError(f"{path / META_FILE} has {meta_key} {stored!r} but {path / CONFIG_FILE} has {key} {given!r}: the run folder "
+                           "was edited or mixes files of two runs; restore the run's own files (or train it again)")
+
+
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
     """Turn model outputs into per-class probabilities, (B, K); a binary model gives [P(neg), P(pos)], a
     multi-label model one independent sigmoid probability per finding."""
@@ -208,7 +241,8 @@ class Run:
         ``engine``: ``auto`` predicts with ONNX Runtime when ``cxrkit export`` wrote model.onnx for
         these weights and with PyTorch otherwise; ``torch``, ``onnx`` and ``onnx-int8`` force one.
         The PyTorch model is loaded in every case (Grad-CAM needs its gradients). A run whose training
-        did not finish (no decision threshold yet) is refused unless ``allow_incomplete``.
+        did not finish (no decision threshold yet) is refused unless ``allow_incomplete``, and so is one whose meta.json
+        and config.yaml disagree on a setting both hold (image size, model, task...).
         ``device`` (``cpu``, ``auto``, ``cuda``, ``cuda:N``) places the PyTorch model; on a GPU ``auto`` engine
         means PyTorch (the ONNX Runtime installed with cxrkit runs on the CPU).
         """
@@ -243,6 +277,7 @@ class Run:
         except (TypeError, ValueError) as exc:
             raise RunError(f"{path / META_FILE}: cannot build model {record.model!r} with {record.model_kwargs()}: {exc}") from None
         load_weights(model, path / MODEL_FILE)
+        _check_config_agrees(path, record)
         # channels_last changes only the memory layout (same fp32 arithmetic): 1.4-3x faster CPU inference
         # measured on the Kermany runs (benchmarks in the README).
         model = model.to(dev, memory_format=torch.channels_last).eval()
