@@ -280,3 +280,36 @@ def test_config_without_the_shared_settings_still_loads(tiny_run, tmp_path):
     _edit_config(run, lambda c: [c.pop(k) for k in ("image_size", "aspect", "intensity", "crop_border", "tta", "width", "dropout")])
     reference = cxrkit.load(tiny_run).predict(np.full((40, 40), 128, np.uint8)).probabilities
     assert cxrkit.load(run).predict(np.full((40, 40), 128, np.uint8)).probabilities == reference
+
+
+def test_calibration_is_parsed_once_and_again_when_it_changes(tiny_run, tmp_path, monkeypatch):
+    from cxrkit.metrics.calibration import Calibration
+
+    run_dir = _copy_run(tiny_run, tmp_path)
+    (run_dir / "calibration.json").write_text(json.dumps({"method": "temperature", "params": {"temperature": 2.0}}))
+    run = cxrkit.load(run_dir)
+    parsed = []
+    real = Calibration.from_dict.__func__
+    monkeypatch.setattr(Calibration, "from_dict", classmethod(lambda cls, d: parsed.append(d) or real(cls, d)))
+    images = np.stack([np.full((32, 32), v, np.uint8) for v in (60, 128, 200)])
+    raw = run.predict_arrays(images, calibrated=False)
+
+    def temperature(t: float) -> np.ndarray:
+        return real(Calibration, {"method": "temperature", "params": {"temperature": t}}).apply(raw)
+
+    for _ in range(3):
+        np.testing.assert_allclose(run.predict_arrays(images), temperature(2.0))
+    assert run.predict(images[0]).calibrated
+    assert len(parsed) == 0  # parsed (and validated) once, by Run.load: not again for every prediction
+
+    run.calibration_data = {"method": "temperature", "params": {"temperature": 0.5}}  # replaced through the API
+    np.testing.assert_allclose(run.predict_arrays(images), temperature(0.5))
+    run.calibration_data["params"]["temperature"] = 3.0  # or edited in place
+    np.testing.assert_allclose(run.predict_arrays(images), temperature(3.0))
+    np.testing.assert_allclose(run.predict_arrays(images), temperature(3.0))
+    assert len(parsed) == 2
+    run.calibration_data["params"]["temperature"] = -1.0  # an edit that breaks it is refused, as before the cache
+    with pytest.raises(ValueError, match="temperature must be a positive finite number"):
+        run.predict_arrays(images)
+    run.calibration_data = None
+    np.testing.assert_allclose(run.predict_arrays(images), raw)

@@ -230,6 +230,9 @@ class Run:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _task: Task = field(init=False, repr=False)
     _model_id: str | None = field(default=None, init=False, repr=False)
+    # calibration_data parsed and validated, with the dict it was parsed from: every prediction applies it, and a changed
+    # calibration_data (replaced or edited) is parsed again. One tuple, so a thread never sees one half of another's.
+    _calibration: tuple[dict, Any] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._task = get_task(self.record.task)
@@ -285,16 +288,14 @@ class Run:
         calibration = read_json(cal_file) if cal_file.is_file() else None
         if calibration is not None and not isinstance(calibration, dict):
             raise RunError(f"{cal_file} must hold a JSON object")
+        run = cls(path, record, model, Preprocessing(**record.preprocessing.to_dict()), calibration_data=calibration, device=dev)
         if calibration is not None:
-            from cxrkit.metrics.calibration import Calibration
-
             try:
-                cal = Calibration.from_dict(calibration)
+                cal = run._parsed_calibration()
             except ValueError as exc:
                 raise RunError(f"{cal_file}: {exc}; remove it with `cxrkit calibrate {path} --remove` (then fit it again)") from None
             if cal.method != "temperature" and record.task != "binary":
                 raise RunError(f"{cal_file}: {cal.method} calibration applies to binary runs, this run is {record.task}")
-        run = cls(path, record, model, Preprocessing(**record.preprocessing.to_dict()), calibration_data=calibration, device=dev)
         run.onnx = run._load_onnx("torch" if dev.type != "cpu" else engine)
         return run
 
@@ -459,9 +460,21 @@ class Run:
         """The run's calibration (when it has one) applied to the model's own probabilities."""
         if self.calibration_data is None or not len(probs):
             return probs
-        from cxrkit.metrics.calibration import Calibration
+        return self._parsed_calibration().apply(probs)
 
-        return Calibration.from_dict(self.calibration_data).apply(probs)
+    def _parsed_calibration(self) -> Any:
+        """:attr:`calibration_data` as a validated :class:`cxrkit.metrics.calibration.Calibration`, parsed once per content."""
+        cached = self._calibration
+        if cached is None or cached[0] != self.calibration_data:
+            import copy
+
+            from cxrkit.metrics.calibration import Calibration
+
+            # Parsed from a copy: the Calibration shares its params, which an edit of calibration_data must not reach.
+            source = copy.deepcopy(self.calibration_data)
+            cached = (source, Calibration.from_dict(copy.deepcopy(source)))
+            self._calibration = cached
+        return cached[1]
 
     def _checked_probs(self, probs: np.ndarray) -> np.ndarray:
         """Refuse what cannot be this run's probabilities: a NaN would silently decide "negative"."""
