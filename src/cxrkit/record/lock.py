@@ -3,8 +3,9 @@
 `cxrkit evaluate`, `calibrate`, `stress`, `referral` and `export` read files of the run (meta.json, metrics.json,
 predictions.csv), add their part and write them back; two of them at once each write back what they read, and the
 second one silently drops the first one's results. Each such command holds the lock from loading the run to its
-last write; `cxrkit adapt --out RUN2` holds RUN2's while it replaces that folder's files. The lock is ``flock`` on a file in the run folder: the kernel releases it when the holder dies (kill -9
-included), so a crash never leaves a stale lock to clean up by hand.
+last write; `cxrkit adapt --out RUN2` holds RUN2's while it replaces that folder's files. The lock is ``flock`` on a
+file in the run folder: the kernel releases it when the holder dies (kill -9 included), so a crash never leaves a
+stale lock to clean up by hand.
 """
 
 from __future__ import annotations
