@@ -9,8 +9,12 @@ import sys
 import time
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxrkit import __version__
+
+if TYPE_CHECKING:
+    from cxrkit.record import RunMeta
 
 
 def _defaults() -> dict:
@@ -298,16 +302,33 @@ def cmd_train(a: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun only process 0 reports
         return 0
 
-    t = read_meta(out).training
+    meta = read_meta(out)
+    t = meta.training
     print(f"\ntrained {t['epochs_run']} epoch(s), kept epoch {t['best_epoch']} (validation AUC {t['best_val_auc']:.4f}); "
           f"{t['seconds_total']:.0f} s in all, median {t['images_per_second_median']:.0f} training images/s ({t['precision']})")
     _summary(out, "val")
     print(f"\nrun written to {out}/ (report: {out / 'report.html'})")
+    _next_step_after_training(out, cfg.data, meta)
+    return 0
+
+
+def _next_step_after_training(out: Path, data: str, meta: RunMeta) -> None:
+    """What validation chose and the command that gives an unbiased estimate, or why there is none in this data."""
     from cxrkit.report.narrative import validation_chose
 
-    print(f"validation figures chose {validation_chose(t)}; for an unbiased estimate run:")
-    print(f"  cxrkit evaluate {out} {cfg.data} --split test")
-    return 0
+    t = meta.training
+    chose = validation_chose(t)
+    if meta.threshold is None and meta.thresholds is None:  # multi-class: the most probable class decides, no threshold
+        chose = "the checkpoint" if t.get("keep", "best") == "best" else None
+    lead = f"validation figures chose {chose}" if chose else "validation figures are not a test result"
+    splits = (meta.data or {}).get("counts") or {}
+    if "test" in splits:
+        print(f"{lead}; for an unbiased estimate run:")
+        print(f"  cxrkit evaluate {out} {data} --split test")
+        return
+    print(f"{lead}, and {data} has no test split (only {', '.join(splits) or 'train and val'}); for an unbiased estimate run one of:")
+    print(f"  cxrkit evaluate {out} OTHER_LABELLED_DATA   # images the run has never seen")
+    print(f"  cxrkit train {data} --resplit --out {out}-resplit   # cut train/val/test from this data")
 
 
 def _decision_summary(m: dict) -> None:
