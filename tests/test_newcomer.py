@@ -49,3 +49,9 @@ def test_multiclass_run_is_not_said_to_have_a_validation_threshold(capsys):
     assert "chose the threshold" not in text
     assert text.startswith("validation figures are not a test result; for an unbiased estimate run:")
     assert "cxrkit evaluate runs/covid covid_data --split test" in text
+
+
+def test_train_says_the_epoch_auc_is_one_view_when_the_summary_averages_views(no_test_split_training):
+    _, _, text = no_test_split_training
+    kept = next(line for line in text.splitlines() if line.startswith("trained "))
+    assert "one view per image, the figures below average 10 test-time views" in kept

@@ -304,7 +304,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     meta = read_meta(out)
     t = meta.training
-    print(f"\ntrained {t['epochs_run']} epoch(s), kept epoch {t['best_epoch']} (validation AUC {t['best_val_auc']:.4f}); "
+    # The per-epoch AUC is one view per image; the summary below averages the test-time views, so the two differ.
+    views = f"; one view per image, the figures below average {10 if meta.tta_flips else 5} test-time views" if meta.tta else ""
+    print(f"\ntrained {t['epochs_run']} epoch(s), kept epoch {t['best_epoch']} (validation AUC {t['best_val_auc']:.4f}{views}); "
           f"{t['seconds_total']:.0f} s in all, median {t['images_per_second_median']:.0f} training images/s ({t['precision']})")
     _summary(out, "val")
     print(f"\nrun written to {out}/ (report: {out / 'report.html'})")
