@@ -55,3 +55,37 @@ def test_train_says_the_epoch_auc_is_one_view_when_the_summary_averages_views(no
     _, _, text = no_test_split_training
     kept = next(line for line in text.splitlines() if line.startswith("trained "))
     assert "one view per image, the figures below average 10 test-time views" in kept
+
+
+def test_predict_never_shows_a_probability_below_the_threshold_as_equal_to_it(tiny_run, binary_data, monkeypatch, capsys):
+    import cxrkit
+    from cxrkit.run import Run
+
+    run = cxrkit.load(tiny_run)
+    for image in sorted((binary_data / "test" / "tb").glob("*.png")):  # one whose P(tb) is not next to a rounding step
+        p = run.predict(str(image)).probabilities["tb"]
+        threshold = p + 0.00004
+        if f"{threshold:.3f}" == f"{p:.3f}":
+            break
+    assert f"{threshold:.3f}" == f"{p:.3f}" and threshold > p
+    monkeypatch.setattr(Run, "threshold", property(lambda self: threshold))
+    assert main(["predict", str(tiny_run), str(image)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert ": healthy  (P(tb) = " in line
+    shown_p, shown_t = line.split("P(tb) = ")[1].split("; called tb when >= ")
+    shown_t = shown_t.split(",")[0]
+    assert shown_p != shown_t and float(shown_p) < float(shown_t)
+
+
+def test_served_decision_words_never_show_a_probability_below_the_threshold_as_equal():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cxrkit.serve.app import Service
+
+    fake = SimpleNamespace(run=SimpleNamespace(task="binary", classes=["healthy", "tb"], record=SimpleNamespace(referral=None)),
+                           rule={"threshold": 0.5062486})
+    words = Service._words(fake, np.array([0.493756, 0.506244]), "healthy")
+    assert words == "healthy: the probability of tb (0.50624) is below the threshold 0.50625"
+    assert Service._words(fake, np.array([0.2, 0.8]), "tb") == "tb: the probability of tb (0.800) is at or above the threshold 0.506"

@@ -584,8 +584,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
             found = [f"{c} {probs[0, j]:.3f} (>= {t:.3f})" for j, (c, t) in enumerate(zip(run.classes, run.thresholds)) if probs[0, j] >= t]
             print(f"{paths[0]}: {', '.join(found) if found else 'no finding above its threshold'}  (thresholds chosen per finding on validation)", file=out)
         elif run.task == "binary":
+            from cxrkit.report.narrative import against_threshold
+
             pos = run.classes[1]
-            print(f"{paths[0]}: {r['prediction']}  (P({pos}) = {probs[0, 1]:.3f}; called {pos} when >= {run.threshold:.3f}, "
+            shown_p, shown_t = against_threshold(float(probs[0, 1]), float(run.threshold))
+            print(f"{paths[0]}: {r['prediction']}  (P({pos}) = {shown_p}; called {pos} when >= {shown_t}, "
                   f"rule {run.meta['threshold']['rule']} chosen on validation"
                   + (f"; probabilities {run.calibration['method']}-calibrated" if run.calibration else "") + ")", file=out)
         else:

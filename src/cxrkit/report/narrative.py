@@ -82,6 +82,15 @@ def split_words(key: str) -> str:
     return SPLIT_WORDS.get(key, key)
 
 
+def against_threshold(p: float, threshold: float, digits: int = 3) -> tuple[str, str]:
+    """A probability and its threshold as text, with up to 6 decimals so that one just below reads as below, not equal."""
+    for d in range(digits, 7):
+        a, b = f"{p:.{d}f}", f"{threshold:.{d}f}"
+        if (a == b) == (p == threshold):
+            break
+    return a, b
+
+
 def pct(x: float | None) -> str:
     """0.9234 -> '92.3%'; None -> 'n/a'."""
     return "n/a" if x is None else f"{100 * x:.1f}%"

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cxrkit import __version__
 from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from cxrkit.prediction.results import ood_findings
+from cxrkit.report.narrative import against_threshold
 from cxrkit.run import Run
 from cxrkit.serve.guard import ApiKeyGate, OwnAnswer, error_response
 from cxrkit.serve.model_card import decision_rule, model_card, model_identity
@@ -246,7 +247,8 @@ class Service:
         if self.run.task == "binary":
             pos, t = self.run.classes[1], self.rule["threshold"]
             side = "at or above" if p[1] >= t else "below"
-            return f"{label}: the probability of {pos} ({p[1]:.3f}) is {side} the threshold {t:.3f}"
+            shown_p, shown_t = against_threshold(float(p[1]), float(t))
+            return f"{label}: the probability of {pos} ({shown_p}) is {side} the threshold {shown_t}"
         j = int(np.argmax(p))
         return f"{label}: the most probable class ({p[j]:.2f})"
 
