@@ -89,3 +89,19 @@ def test_served_decision_words_never_show_a_probability_below_the_threshold_as_e
     words = Service._words(fake, np.array([0.493756, 0.506244]), "healthy")
     assert words == "healthy: the probability of tb (0.50624) is below the threshold 0.50625"
     assert Service._words(fake, np.array([0.2, 0.8]), "tb") == "tb: the probability of tb (0.800) is at or above the threshold 0.506"
+
+
+@pytest.mark.parametrize("argv, usage, hint", [
+    (["train", "data", "--image-szie", "64"], "usage: cxrkit train", "did you mean --image-size?"),
+    (["predict", "run", "x.png", "--jsn"], "usage: cxrkit predict", "did you mean --json?"),
+    (["train", "data", "--image-szie", "64", "--ephocs", "2"], "usage: cxrkit train",
+     "did you mean --image-size for --image-szie, --epochs for --ephocs?"),
+])
+def test_a_mistyped_option_gets_its_command_usage_and_the_closest_name(argv, usage, hint, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"cxrkit {argv[0]}: error: unrecognized arguments: ") and last.endswith(hint)

@@ -1088,7 +1088,9 @@ def _json_default(x):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cxrkit`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _unknown_arguments(parser, args, extras)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -1112,6 +1114,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (a bug in cxrkit; CXRKIT_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 3
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:
+    """Exit with the sub-command's usage and the closest option names: a typo is the usual cause."""
+    import difflib
+
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    sub = commands.get(getattr(args, "command", None) or "", parser)
+    known = [o for action in sub._actions for o in action.option_strings if o.startswith("--")]
+    hints = []
+    for word in extras:
+        if word.startswith("-"):
+            close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.6)
+            if close:
+                hints.append((word.split("=", 1)[0], close[0]))
+    said = hints[0][1] if len(hints) == 1 else ", ".join(f"{right} for {wrong}" for wrong, right in hints)
+    sub.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; did you mean {said}?" if hints else ""))
 
 
 def _one_line(exc: BaseException) -> str:
