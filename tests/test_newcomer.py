@@ -105,3 +105,31 @@ def test_a_mistyped_option_gets_its_command_usage_and_the_closest_name(argv, usa
     assert err.startswith(usage)
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"cxrkit {argv[0]}: error: unrecognized arguments: ") and last.endswith(hint)
+
+
+def test_multilabel_summary_gives_counts_for_best_and_worst_and_prints_the_table_it_mentions(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from cxrkit.cli import _summary
+    from cxrkit.metrics.classification import multilabel_metrics
+
+    rng = np.random.default_rng(0)
+    y = np.zeros((80, 3), dtype=int)
+    y[:30, 0] = 1  # Effusion: 30 images
+    y[30:50, 1] = 1  # Nodule: 20 images
+    y[50, 2] = 1  # Hernia: a single image, whose AUC is noise
+    probs = np.clip(0.2 * y + rng.uniform(0, 0.6, y.shape), 0, 1)
+    probs[50, 2] = 0.99
+    m = multilabel_metrics(y, probs, ["Effusion", "Nodule", "Hernia"], np.full(3, 0.5), n_bootstrap=50)
+    m.update(task="multilabel", classes=["Effusion", "Nodule", "Hernia"])
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": m}, default=float))
+    _summary(tmp_path, "test")
+    out = capsys.readouterr().out
+    assert "best Hernia 1.000 (1 image with it, no interval)" in out
+    assert "the table below gives these detection rates per finding" in out
+    table = out[out.index("the table below"):].splitlines()[1:]
+    assert table[1].split()[:2] == ["finding", "with"]
+    rows = {line.split()[0]: line.split() for line in table[2:] if line.strip()}
+    assert rows["Effusion"][1] == "30" and rows["Nodule"][1] == "20" and rows["Hernia"][1:4] == ["1", "1.000", "(no"]

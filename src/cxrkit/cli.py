@@ -223,11 +223,27 @@ def _summary(run_dir: Path, split: str) -> None:
     print(f"\n{words} split ({m['n']} images):")
     for s in text:
         print("  " + s.replace("<b>", "").replace("</b>", ""))
+    if m["task"] == "multilabel":
+        _per_finding_table(m)
     if m.get("per_site"):
         from cxrkit.evaluation.sites import site_table
 
         print(f"  per site ({words}):")
         print("\n".join(site_table(m["per_site"])))
+
+
+def _per_finding_table(m: dict) -> None:
+    """The per-finding rows the multi-label sentences refer to: images with it, ROC-AUC with its interval, detection rates."""
+    from cxrkit.report.narrative import pct
+
+    rows = m["per_label"]
+    width = max(len(k) for k in rows)
+    print(f"  {'finding':<{width}}  with it  ROC-AUC (95% CI)        sensitivity  specificity  (at its validation threshold)")
+    for k, e in sorted(rows.items(), key=lambda kv: -kv[1]["support"]):
+        auc = e["roc_auc"]
+        auc_text = "n/a" if auc["value"] is None else f"{auc['value']:.3f}" + (
+            f" ({auc['ci'][0]:.3f}-{auc['ci'][1]:.3f})" if auc["ci"] else " (no interval)")
+        print(f"  {k:<{width}}  {e['support']:>7}  {auc_text:<22}  {pct(e['sensitivity']['value']):>11}  {pct(e['specificity']['value']):>11}")
 
 
 def _given_options(a: argparse.Namespace, model: str | None = None) -> dict:

@@ -175,9 +175,15 @@ def multilabel_sentences(m: dict, split_words: str) -> list[str]:
     if auc["value"] is not None:
         per = {k: e["roc_auc"]["value"] for k, e in m["per_label"].items() if e["roc_auc"]["value"] is not None}
         best, worst = max(per, key=per.get), min(per, key=per.get)
+
+        def named(k: str) -> str:
+            # A finding's AUC from one or two images is noise; its count says so where the figure is read.
+            e = m["per_label"][k]
+            return f"<b>{escape(k)}</b> {per[k]:.3f} ({plural(e['support'], 'image')} with it{', no interval' if not e['roc_auc']['ci'] else ''})"
+
         out.append(
             f"Mean ROC-AUC over the {len(per)} findings present in the {split_words} set: {auc['value']:.3f} "
-            f"({ci_text(auc, percent=False)}); best <b>{escape(best)}</b> {per[best]:.3f}, worst <b>{escape(worst)}</b> {per[worst]:.3f}."
+            f"({ci_text(auc, percent=False)}); best {named(best)}, worst {named(worst)}."
         )
     pos, neg = mm["detection_rate_positive"], mm["detection_rate_negative"]
     out.append(
