@@ -133,3 +133,35 @@ def test_multilabel_summary_gives_counts_for_best_and_worst_and_prints_the_table
     assert table[1].split()[:2] == ["finding", "with"]
     rows = {line.split()[0]: line.split() for line in table[2:] if line.strip()}
     assert rows["Effusion"][1] == "30" and rows["Nodule"][1] == "20" and rows["Hernia"][1:4] == ["1", "1.000", "(no"]
+
+
+def test_patient_ids_are_recognised_in_file_names_without_false_alarms():
+    from cxrkit.data.splits import guess_patient_pattern
+
+    kermany = [f"person{i // 3}_{'bacteria' if i % 2 else 'virus'}_{1000 + i}.jpeg" for i in range(300)]
+    kermany += [f"IM-{i // 2:04d}-0001.jpeg" for i in range(100)] + [f"NORMAL2-IM-{i:04d}-0001.jpeg" for i in range(100)]
+    assert guess_patient_pattern(kermany) == r"(person\d+|IM-\d+)"
+    assert guess_patient_pattern([f"{i // 4:08d}_{i % 4:03d}.png" for i in range(200)]) == r"(^\d+(?=_))"  # NIH
+    assert guess_patient_pattern([f"aug0_CHNCXR_{i:04d}_{i % 2}.png" for i in range(200)]) is None  # one ID per image
+    assert guess_patient_pattern([f"h{i:03d}.jpg" for i in range(200)]) is None
+    assert guess_patient_pattern([f"{i:02d}.jpeg" for i in range(90)] * 2) is None  # covid: a number per class folder
+
+
+def test_training_warns_when_image_level_splits_scatter_patients_named_in_files(tmp_path):
+    from cxrkit.data.dataset import load_dataset
+    from cxrkit.training.trainer import _warn_about_patient_ids_in_names
+
+    data = make_synthetic_dataset(tmp_path / "kids", n_per_class=40, size=16, seed=2, classes=("NORMAL", "PNEUMONIA"))
+    for offset, c in ((0, "NORMAL"), (100, "PNEUMONIA")):
+        for i, f in enumerate(sorted((data / c).glob("*.png")), start=offset):
+            f.rename(f.with_name(f"person{i // 4}_{'virus' if i % 2 else 'bacteria'}_{i}.png"))
+    ds = load_dataset(data, 16, progress=False)
+    said: list[str] = []
+    _warn_about_patient_ids_in_names(ds, said.append)
+    assert len(said) == 1
+    assert "file names look like they carry patient IDs" in said[0]
+    assert "add --group-pattern '(person\\d+)' so each patient stays in one split" in said[0]
+    grouped = load_dataset(data, 16, progress=False, group_pattern=r"(person\d+)")
+    said.clear()
+    _warn_about_patient_ids_in_names(grouped, said.append)
+    assert said == []  # grouped by patient: no patient spans two splits any more

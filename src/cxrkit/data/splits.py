@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -28,6 +29,50 @@ def patient_ids(samples: Sequence[Sample], pattern: str | None) -> list[str]:
         m = rx.search(s.path.name) if rx else None
         ids.append((m.group(1) if m and m.groups() else m.group(0)) if m else f"__file__:{s.path}")
     return ids
+
+
+# An ID-like token in a file name: letters then digits ("person1000", "IM-0115", "patient_07"), or the leading digits
+# before an underscore as in NIH names ("00000001_000").
+_ID_TOKEN = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]+[-_]?)(\d+)(?=[-_. ])|^()(\d+)(?=_)")
+
+
+def guess_patient_pattern(names: Sequence[str]) -> str | None:
+    """A ``--group-pattern`` for file names that look like they carry patient IDs, or None.
+
+    A name shape ("person" + digits) counts when it is in at least a fifth of the files, names many different IDs
+    (at least a fifth as many as its files, so a constant prefix such as "aug0" is no patient) and at least one
+    in twenty of its files shares its ID with another file.
+    """
+    seen: dict[str, dict[str, int]] = {}
+    for name in names:
+        stem = Path(name).stem + "."
+        shapes = set()
+        for m in _ID_TOKEN.finditer(stem):
+            prefix, digits = (m.group(1), m.group(2)) if m.group(2) is not None else ("", m.group(4))
+            if prefix in shapes:
+                continue  # the first ID of a shape in a name is the patient; later ones number its images
+            shapes.add(prefix)
+            ids = seen.setdefault(prefix, {})
+            ids[digits] = ids.get(digits, 0) + 1
+    chosen = []
+    for prefix, ids in seen.items():
+        files = sum(ids.values())
+        shared = sum(n for n in ids.values() if n > 1)
+        if files >= 0.2 * len(names) and len(ids) >= 0.2 * files and shared >= 0.05 * files:
+            chosen.append(re.escape(prefix).replace("\\-", "-") + r"\d+" if prefix else r"^\d+(?=_)")
+    return f"({'|'.join(sorted(chosen, key=len, reverse=True))})" if chosen else None
+
+
+def ids_in_several_splits(names: Sequence[str], splits: Sequence[str], pattern: str) -> tuple[int, str | None]:
+    """How many IDs that ``pattern`` finds in the file names have images in more than one split, and one of them."""
+    rx = re.compile(pattern)
+    where: dict[str, set[str]] = {}
+    for name, split in zip(names, splits):
+        m = rx.search(Path(name).name)
+        if m:
+            where.setdefault(m.group(1) if m.groups() else m.group(0), set()).add(str(split))
+    spread = sorted(k for k, v in where.items() if len(v) > 1)
+    return len(spread), (spread[0] if spread else None)
 
 
 def merge_groups(a: Sequence[str], b: Sequence[str | None]) -> list[str]:

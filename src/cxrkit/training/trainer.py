@@ -258,6 +258,20 @@ def _check_guarantee_possible(cfg: TrainConfig, task: Task, y_val: np.ndarray) -
         )
 
 
+def _warn_about_patient_ids_in_names(ds: LabelledImages, log: Callable[[str], None]) -> None:
+    """Images split one by one while their names look like patient IDs: the same patient may sit in train and test."""
+    from cxrkit.data.splits import guess_patient_pattern, ids_in_several_splits
+
+    pattern = guess_patient_pattern(ds.relpaths)
+    if pattern is None:
+        return
+    n, example = ids_in_several_splits(ds.relpaths, list(ds.splits), pattern)
+    if n:
+        log(f"splits: the file names look like they carry patient IDs, and {n} of these IDs (e.g. {example}) have images in "
+            f"two splits, because the images were split one by one; if they are patients, add --group-pattern '{pattern}' "
+            "so each patient stays in one split")
+
+
 def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: Callable[[str], None]) -> _Setup:
     """Load and audit the data, then build the model, loss, optimiser and learning-rate schedule."""
     torch.manual_seed(cfg.seed)
@@ -274,6 +288,9 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     if ds.duplicate_groups:
         log(f"splits: {ds.duplicate_groups} group{'' if ds.duplicate_groups == 1 else 's'} of identical or near-identical images kept in one split each "
             "(cxrkit cut the splits, so copies were grouped like a patient's images)")
+
+    if ds.patients is None:
+        _warn_about_patient_ids_in_names(ds, log)
 
     audit = audit_before_training(ds, cfg.group_pattern, cfg.allow_leakage, out, cfg.seed, cfg.cache_dir, progress, resplit=cfg.resplit)
     for m in audit["messages"]:
