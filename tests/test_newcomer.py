@@ -165,3 +165,16 @@ def test_training_warns_when_image_level_splits_scatter_patients_named_in_files(
     said.clear()
     _warn_about_patient_ids_in_names(grouped, said.append)
     assert said == []  # grouped by patient: no patient spans two splits any more
+
+
+def test_audit_warns_about_patient_ids_in_file_names_until_a_group_pattern_is_given(tmp_path, capsys):
+    data = make_synthetic_dataset(tmp_path / "kids", n_per_class=40, size=16, seed=2, classes=("NORMAL", "PNEUMONIA"))
+    for offset, c in ((0, "NORMAL"), (100, "PNEUMONIA")):
+        for i, f in enumerate(sorted((data / c).glob("*.png")), start=offset):
+            f.rename(f.with_name(f"person{i // 4}_{'virus' if i % 2 else 'bacteria'}_{i}.png"))
+    assert main(["audit", str(data), "--out", str(tmp_path / "a1")]) == 0
+    out = capsys.readouterr().out
+    assert "POSSIBLE LEAKAGE: the file names look like they carry patient IDs" in out
+    assert "add --group-pattern '(person\\d+)'" in out
+    assert main(["audit", str(data), "--out", str(tmp_path / "a2"), "--group-pattern", r"(person\d+)"]) == 0
+    assert "POSSIBLE LEAKAGE" not in capsys.readouterr().out

@@ -19,7 +19,7 @@ from cxrkit.audit.report import save_audit
 from cxrkit.audit.shortcut import shortcut_probe
 from cxrkit.audit.split_shift import compare_splits, record_stats
 from cxrkit.data.sources import ImageFolderSource, cache_root, open_image_folder
-from cxrkit.data.splits import assign_splits, merge_groups, patient_ids
+from cxrkit.data.splits import assign_splits, guess_patient_pattern, ids_in_several_splits, merge_groups, patient_ids
 from cxrkit.record import atomic_write_text
 
 AUDIT_VERSION = 3  # 2: near duplicates within 8 bits (was 16); 3: each class compared across splits
@@ -135,7 +135,14 @@ def audit_dataset(
         if any(g is not None for g in dup):
             split_groups = merge_groups(groups or [f"__file__:{s.path}" for s in source.samples], dup)
     splits = assign_splits(source.samples, source.classes, val_fraction, test_fraction, seed, split_groups)
-    return audit_source(source, splits, groups, cache, progress, seed)
+    result = audit_source(source, splits, groups, cache, progress, seed)
+    if groups is None and not any(s.patient is not None for s in source.samples):
+        names = [s.path.name for s in source.samples]
+        pattern = guess_patient_pattern(names)
+        n, example = ids_in_several_splits(names, splits, pattern) if pattern else (0, None)
+        if n:  # not a verdict: the IDs are a guess from the names, and the user says whether they are patients
+            result["patient_ids_in_names"] = {"pattern": pattern, "ids_in_two_splits": n, "example": example}
+    return result
 
 
 def duplicate_group_ids(paths: list[Path], cache_dir: str | Path | None = None, progress: bool = True) -> list[str | None]:

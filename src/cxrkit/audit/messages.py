@@ -8,12 +8,22 @@ def count(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
+def patient_names_message(n: int, example: str, pattern: str) -> str:
+    """The warning for patient-like IDs in file names that an image-level split put in two splits."""
+    return (f"the file names look like they carry patient IDs, and {n} of these IDs (e.g. {example}) "
+            f"{'has' if n == 1 else 'have'} images in two splits, because the images were split one by one; if they are patients, "
+            f"add --group-pattern '{pattern}' so each patient stays in one split")
+
+
 def audit_messages(audit: dict) -> list[str]:
     """The audit's findings as plain sentences, most serious first."""
     out = []
     v = audit["verdict"]
     for reason in v["leakage_reasons"]:
         out.append(f"LEAKAGE: {reason}; test figures would be inflated")
+    named = audit.get("patient_ids_in_names")
+    if named:
+        out.append("POSSIBLE LEAKAGE: " + patient_names_message(named["ids_in_two_splits"], named["example"], named["pattern"]))
     p = audit["shortcut_probe"]
     if p.get("warning"):
         g = ", ".join(f"{f['feature']} (AUC {f['auc']:.2f}, {f['direction']} in {f['class']})" for f in p["giveaways"])

@@ -260,6 +260,7 @@ def _check_guarantee_possible(cfg: TrainConfig, task: Task, y_val: np.ndarray) -
 
 def _warn_about_patient_ids_in_names(ds: LabelledImages, log: Callable[[str], None]) -> None:
     """Images split one by one while their names look like patient IDs: the same patient may sit in train and test."""
+    from cxrkit.audit.messages import patient_names_message
     from cxrkit.data.splits import guess_patient_pattern, ids_in_several_splits
 
     pattern = guess_patient_pattern(ds.relpaths)
@@ -267,9 +268,7 @@ def _warn_about_patient_ids_in_names(ds: LabelledImages, log: Callable[[str], No
         return
     n, example = ids_in_several_splits(ds.relpaths, list(ds.splits), pattern)
     if n:
-        log(f"splits: the file names look like they carry patient IDs, and {n} of these IDs (e.g. {example}) have images in "
-            f"two splits, because the images were split one by one; if they are patients, add --group-pattern '{pattern}' "
-            "so each patient stays in one split")
+        log("splits: " + patient_names_message(n, example, pattern))
 
 
 def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: Callable[[str], None]) -> _Setup:
