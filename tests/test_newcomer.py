@@ -178,3 +178,12 @@ def test_audit_warns_about_patient_ids_in_file_names_until_a_group_pattern_is_gi
     assert "add --group-pattern '(person\\d+)'" in out
     assert main(["audit", str(data), "--out", str(tmp_path / "a2"), "--group-pattern", r"(person\d+)"]) == 0
     assert "POSSIBLE LEAKAGE" not in capsys.readouterr().out
+
+
+def test_a_first_audit_says_it_read_the_files_and_a_second_that_it_used_the_cache(tmp_path, capsys):
+    data = make_synthetic_dataset(tmp_path / "d", n_per_class=10, size=16, seed=4)
+    assert main(["audit", str(data), "--out", str(tmp_path / "a")]) == 0
+    first = capsys.readouterr().out
+    assert "20 files audited in " in first and "(20 read, 0 from the cache)" in first
+    assert main(["audit", str(data), "--out", str(tmp_path / "a")]) == 0
+    assert "(0 read, 20 from the cache)" in capsys.readouterr().out

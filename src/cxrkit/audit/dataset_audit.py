@@ -123,8 +123,12 @@ def audit_dataset(
     cache_dir: str | Path | None = None, progress: bool = True,
 ) -> dict:
     """Audit a dataset folder with the split cxrkit would make for training (same fractions, seed and patient grouping)."""
+    t0 = time.perf_counter()
     cache = Path(cache_dir) if cache_dir else None
     source = open_image_folder(data, cache)
+    # Every file's record is read here, once: the duplicate grouping below would otherwise read them first and the
+    # audit proper would then count them all as cached ("0 read") on a first audit.
+    _, reading = read_records([s.path for s in source.samples], cache, progress=progress)
     groups = patient_ids(source.samples, group_pattern) if group_pattern else None
     split_groups = groups
     if not any(s.split == "val" for s in source.samples):  # cxrkit cuts validation (and test): copies stay together, as in training
@@ -136,6 +140,7 @@ def audit_dataset(
             split_groups = merge_groups(groups or [f"__file__:{s.path}" for s in source.samples], dup)
     splits = assign_splits(source.samples, source.classes, val_fraction, test_fraction, seed, split_groups)
     result = audit_source(source, splits, groups, cache, progress, seed)
+    result["seconds"] = {**result["seconds"], "total": time.perf_counter() - t0, "files_computed": reading["computed"]}
     if groups is None and not any(s.patient is not None for s in source.samples):
         names = [s.path.name for s in source.samples]
         pattern = guess_patient_pattern(names)
