@@ -187,3 +187,19 @@ def test_a_first_audit_says_it_read_the_files_and_a_second_that_it_used_the_cach
     assert "20 files audited in " in first and "(20 read, 0 from the cache)" in first
     assert main(["audit", str(data), "--out", str(tmp_path / "a")]) == 0
     assert "(0 read, 20 from the cache)" in capsys.readouterr().out
+
+
+def test_multiclass_sentence_for_a_class_the_model_never_predicts():
+    import numpy as np
+
+    from cxrkit.metrics.classification import multiclass_metrics
+    from cxrkit.report.narrative import multiclass_sentences
+
+    y = np.array([0] * 10 + [1] * 10 + [2] * 10)
+    probs = np.full((30, 3), 0.1)
+    probs[np.arange(30), np.where(y == 0, 1, y)] = 0.8  # Covid images are all called Normal: Covid is never predicted
+    m = multiclass_metrics(y, probs, ["Covid", "Normal", "Viral Pneumonia"])
+    text = multiclass_sentences(m, "validation")
+    assert text[0].endswith("(sensitivity 0.0%, 95% CI 0.0–27.8%); it never says Covid.")
+    assert "n/a of the time" not in " ".join(text)
+    assert "when it says Normal it is right 50.0% of the time" in text[1]

@@ -157,10 +157,13 @@ def multiclass_sentences(m: dict, split_words: str) -> list[str]:
     for raw_name, e in m["per_class"].items():
         name = escape(raw_name)
         s = e["sensitivity"]
+        if e["ppv"]["value"] is None:  # no image was called this class, so there is no share of right calls to give
+            says = f"it never says {name}."
+        else:
+            says = f"when it says {name} it is right {pct(e['ppv']['value'])} of the time" + (f" ({ci_text(e['ppv'])})." if e["ppv"]["ci"] else ".")
         out.append(
             f"Of the {s['denominator']} <b>{name}</b> images in the {split_words} set, the model labelled {s['numerator']} as {name} "
-            f"(sensitivity {pct(s['value'])}, {ci_text(s)}); when it says {name} it is right {pct(e['ppv']['value'])} of the time"
-            + (f" ({ci_text(e['ppv'])})." if e["ppv"]["ci"] else ".")
+            f"(sensitivity {pct(s['value'])}, {ci_text(s)}); {says}"
         )
     acc = m["metrics"]["accuracy"]
     out.append(f"Overall {acc['numerator']} of {acc['denominator']} images were put in the right class: accuracy {pct(acc['value'])} ({ci_text(acc)}).")
