@@ -203,3 +203,13 @@ def test_multiclass_sentence_for_a_class_the_model_never_predicts():
     assert text[0].endswith("(sensitivity 0.0%, 95% CI 0.0–27.8%); it never says Covid.")
     assert "n/a of the time" not in " ".join(text)
     assert "when it says Normal it is right 50.0% of the time" in text[1]
+
+
+def test_a_folder_with_one_class_says_what_training_needs_and_what_it_can_do(tmp_path, capsys):
+    data = make_synthetic_dataset(tmp_path / "d", n_per_class=4, size=16, classes=("normal", "tb"))
+    for f in (data / "normal").iterdir():
+        f.unlink()
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {data}: only one class folder has images (tb/); to train you need at least 2, one folder per class "
+                   f"beside it (e.g. normal/ and tb/); a one-class folder can be evaluated: `cxrkit evaluate RUN {data}`")

@@ -172,6 +172,9 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
         for class_dir in subdirs:
             samples += [Sample(p, class_dir.name, None) for p in _images_under(class_dir, ignored)]
     classes = sorted({s.label for s in samples})
+    if len(classes) == 1 and min_classes > 1:
+        raise DatasetError(f"{root}: only one class folder has images ({classes[0]}/); to train you need at least 2, one folder per "
+                           f"class beside it (e.g. normal/ and tb/); a one-class folder can be evaluated: `cxrkit evaluate RUN {root}`")
     if len(classes) < min_classes:
         raise DatasetError(f"{root}: found {len(classes)} class folder(s) with images ({classes}); need at least {min_classes}")
     train_classes = {s.label for s in samples if s.split in (None, "train")}
