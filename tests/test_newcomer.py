@@ -213,3 +213,14 @@ def test_a_folder_with_one_class_says_what_training_needs_and_what_it_can_do(tmp
     err = capsys.readouterr().err.strip()
     assert err == (f"error: {data}: only one class folder has images (tb/); to train you need at least 2, one folder per class "
                    f"beside it (e.g. normal/ and tb/); a one-class folder can be evaluated: `cxrkit evaluate RUN {data}`")
+
+
+def test_auc_interval_prints_as_plain_numbers_like_the_readme_shows():
+    import numpy as np
+
+    from cxrkit.metrics.intervals import delong_interval
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    auc, ci = delong_interval(y, np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9]))
+    assert all(type(x) is float for x in ci) and ci[0] < auc <= ci[1]
+    assert "np." not in repr({"value": auc, "ci": list(ci)})

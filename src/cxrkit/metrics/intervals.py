@@ -105,7 +105,7 @@ def delong_interval(y_true: np.ndarray, scores: np.ndarray, confidence: float = 
     """ROC-AUC with a DeLong (normal-approximation) interval clipped to [0, 1]."""
     auc, var = delong_auc(y_true, scores)
     half = norm.ppf(0.5 + confidence / 2) * np.sqrt(var)
-    return auc, (max(0.0, auc - half), min(1.0, auc + half))
+    return auc, (float(max(0.0, auc - half)), float(min(1.0, auc + half)))  # plain floats: they are printed and compared
 
 
 def bootstrap_interval(
