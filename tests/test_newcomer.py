@@ -224,3 +224,23 @@ def test_auc_interval_prints_as_plain_numbers_like_the_readme_shows():
     auc, ci = delong_interval(y, np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9]))
     assert all(type(x) is float for x in ci) and ci[0] < auc <= ci[1]
     assert "np." not in repr({"value": auc, "ci": list(ci)})
+
+
+def test_predicting_a_folder_finds_images_without_an_extension_as_a_single_file_does(tiny_run, binary_data, tmp_path, capsys):
+    png = sorted((binary_data / "test" / "tb").glob("*.png"))[0].read_bytes()
+    folder = tmp_path / "pacs"
+    folder.mkdir()
+    (folder / "IM0001").write_bytes(png)  # how PACS exports often name files
+    (folder / "1.2.840.113619.2.55.3").write_bytes(png)  # named by UID
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "README").write_text("no extension, not an image")
+    assert main(["predict", str(tiny_run), str(folder), "--json"]) == 0
+    import json
+
+    found = sorted(Path(r["path"]).name for r in json.loads(capsys.readouterr().out)["results"])
+    assert found == ["1.2.840.113619.2.55.3", "IM0001"]
+    empty = tmp_path / "texts"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    assert main(["predict", str(tiny_run), str(empty)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"or images without an extension) under {empty}; it holds 1 other file(s), e.g. notes.txt")

@@ -534,7 +534,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if target.is_dir():
         paths = sorted(p for p in target.rglob("*") if p.is_file() and is_image_file(p))
         if not paths:
-            raise ValueError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) under {target}")
+            others = sorted(p.relative_to(target) for p in target.rglob("*") if p.is_file() and not p.name.startswith("."))
+            held = f"; it holds {len(others)} other file(s), e.g. {others[0]}" if others else "; it is empty"
+            raise ValueError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}, or images without an extension) under {target}{held}")
     elif target.is_file():
         paths = [target]
     else:

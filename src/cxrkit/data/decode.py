@@ -36,10 +36,27 @@ DRAFT_MIN_PIXELS = 16_000_000
 DRAFT_MARGIN = 4
 
 
+# Magic numbers of the formats decoded; DICOM's "DICM" sits at byte 128.
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+
+
 def is_image_file(path: Path) -> bool:
-    """Tell whether a path has a supported image extension and is not a hidden/metadata file."""
+    """Tell whether a path is a supported image by extension, or by content when it has no extension, and not hidden."""
     name = path.name
-    return not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+    if name.startswith("."):
+        return False
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    # PACS exports name DICOM files without an extension ("IM0001") or by their UID ("1.2.840.113619.2.55.3"),
+    # which would otherwise be skipped without a word; the content decides, as it does for a single file.
+    if path.suffix and not path.suffix[1:].isdigit():
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM" or head.startswith(_MAGIC)
 
 
 def to_grayscale_array(img: Image.Image) -> np.ndarray:
