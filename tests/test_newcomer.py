@@ -244,3 +244,16 @@ def test_predicting_a_folder_finds_images_without_an_extension_as_a_single_file_
     (empty / "notes.txt").write_text("x")
     assert main(["predict", str(tiny_run), str(empty)]) == 2
     assert capsys.readouterr().err.strip().endswith(f"or images without an extension) under {empty}; it holds 1 other file(s), e.g. notes.txt")
+
+
+def test_compare_says_when_the_split_cannot_tell_the_models_apart():
+    from cxrkit.experiments.compare import _indistinguishable_note
+
+    best = {"model": "pasa", "roc_auc": 0.70, "auc_difference_vs_best": 0.0}
+    cnn = {"model": "cnn", "roc_auc": 0.50, "auc_difference_vs_best": -0.20, "delong_p_vs_best": 0.444}
+    note = _indistinguishable_note([cnn, best], best, 12)
+    assert note == ("the 12 images of this split cannot tell the models apart: no ROC-AUC differs significantly from pasa's "
+                    "(smallest DeLong p = 0.44, although the gap reaches 0.200), so the ranking may be noise; a larger split "
+                    "(--val-fraction) or more data is needed to choose")
+    assert _indistinguishable_note([{**cnn, "delong_p_vs_best": 0.001}, best], best, 500) is None
+    assert _indistinguishable_note([best], best, 12) is None

@@ -234,6 +234,9 @@ def summarise(out: str | Path) -> dict:
                          "optimistic; report it as such, or confirm it on new data")
         if len(done) > 2 and binary:
             notes.append(f"{len(done) - 1} tests against the best model, not corrected for multiple comparisons")
+        tie = _indistinguishable_note(done, best, len(y))
+        if tie:
+            notes.insert(0, tie)
     failed = [r for r in rows if r["status"] != "done"]
     summary = {"split": split, "data": state["data"], "rule": RULE, "rows": rows, "best": best and best["model"],
                "recommended": recommended and recommended["model"], "notes": notes, "failed": [r["model"] for r in failed]}
@@ -245,6 +248,17 @@ def summarise(out: str | Path) -> dict:
 
     write_comparison_report(out, summary)
     return summary
+
+
+def _indistinguishable_note(done: list[dict], best: dict, n: int) -> str | None:
+    """A note when no model differs significantly from the best: then the ranking is noise, whatever the table shows."""
+    rivals = [r for r in done if r is not best and r.get("delong_p_vs_best") is not None]
+    if not rivals or min(r["delong_p_vs_best"] for r in rivals) < ALPHA:
+        return None
+    widest = min(r["auc_difference_vs_best"] for r in rivals)
+    return (f"the {n} images of this split cannot tell the models apart: no ROC-AUC differs significantly from "
+            f"{best['model']}'s (smallest DeLong p = {min(r['delong_p_vs_best'] for r in rivals):.2g}, although the gap reaches "
+            f"{-widest:.3f}), so the ranking may be noise; a larger split (--val-fraction) or more data is needed to choose")
 
 
 def _csv_value(v: object) -> object:
