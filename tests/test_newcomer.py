@@ -257,3 +257,21 @@ def test_compare_says_when_the_split_cannot_tell_the_models_apart():
                     "(--val-fraction) or more data is needed to choose")
     assert _indistinguishable_note([{**cnn, "delong_p_vs_best": 0.001}, best], best, 500) is None
     assert _indistinguishable_note([best], best, 12) is None
+
+
+def test_repeating_train_without_resume_keeps_an_unfinished_runs_checkpoint_and_says_resume(tmp_path):
+    from cxrkit.training.checkpoint import find_checkpoint
+    from cxrkit.training.trainer import prepare_run_folder
+
+    out = tmp_path / "killed"
+    (out / "checkpoint").mkdir(parents=True)
+    for name in ("state.json", "tensors.safetensors", "optimizer.pt"):  # what a run killed after an epoch leaves
+        (out / "checkpoint" / name).write_bytes(b"x")
+    (out / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(FileExistsError) as exc:
+        prepare_run_folder(out, overwrite=False)
+    assert str(exc.value) == (f"{out} already holds a run; it stopped before finishing: add --resume to continue it, "
+                              "choose another --out or pass --overwrite")
+    assert find_checkpoint(out) is not None  # --resume can still continue it
+    prepare_run_folder(out, overwrite=True)
+    assert find_checkpoint(out) is None and not (out / "model.safetensors").exists()
