@@ -275,3 +275,16 @@ def test_repeating_train_without_resume_keeps_an_unfinished_runs_checkpoint_and_
     assert find_checkpoint(out) is not None  # --resume can still continue it
     prepare_run_folder(out, overwrite=True)
     assert find_checkpoint(out) is None and not (out / "model.safetensors").exists()
+
+
+def test_a_shortcut_warning_says_how_to_check_the_trained_model():
+    from cxrkit.audit.messages import audit_messages
+
+    audit = {"verdict": {"leakage_reasons": [], "conflicting_labels": 0}, "split_shift": [], "corrupt": [],
+             "duplicates": {"exact": {"redundant_files": 0}, "near": {"redundant_files": 0}},
+             "shortcut_probe": {"warning": True, "auc": 0.95, "threshold": 0.75,
+                                "giveaways": [{"feature": "border std", "auc": 0.88, "direction": "lower", "class": "Covid"}]}}
+    (message,) = audit_messages(audit)
+    assert message.startswith("SHORTCUT: a classifier that never sees anatomy separates the classes with cross-validated AUC 0.95")
+    assert message.endswith("A model can learn these instead of the disease: after training, `cxrkit stress RUN` (binary runs) "
+                            "and the report's \"where does it look\" show whether yours did")

@@ -28,7 +28,8 @@ def audit_messages(audit: dict) -> list[str]:
     if p.get("warning"):
         g = ", ".join(f"{f['feature']} (AUC {f['auc']:.2f}, {f['direction']} in {f['class']})" for f in p["giveaways"])
         out.append(f"SHORTCUT: a classifier that never sees anatomy separates the classes with cross-validated AUC {p['auc']:.2f} "
-                   f"(> {p['threshold']}); the giveaways: {g}. A model can learn these instead of the disease")
+                   f"(> {p['threshold']}); the giveaways: {g}. A model can learn these instead of the disease: after training, "
+                   "`cxrkit stress RUN` (binary runs) and the report's \"where does it look\" show whether yours did")
     for f in audit.get("split_shift", []):
         out.append(f"SPLIT SHIFT: {f['message']}")
     if v["conflicting_labels"]:
