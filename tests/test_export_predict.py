@@ -34,13 +34,29 @@ def test_export_matches_pytorch_and_carries_metadata(tiny_run, capsys):
     np.testing.assert_array_equal(torch_run.decide(torch_run.predict_arrays(images)), ort_run.decide(ort_run.predict_arrays(images)))
 
 
-def test_parity_failure_is_loud_and_writes_nothing(tiny_run, tmp_path):
-    from cxrkit.export.onnx import ExportError, export_onnx
+def test_parity_failure_is_loud_and_writes_nothing(tiny_run, tmp_path, monkeypatch):
+    from cxrkit.export import onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "parity", lambda run, path, images: 0.5)  # as if the graph had drifted
+    target = tmp_path / "m.onnx"
+    with pytest.raises(onnx_export.ExportError, match="does not match PyTorch"):
+        onnx_export.export_onnx(tiny_run, target)
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("options, message", [({"quantize": "int4"}, "quantize must be 'int8' or None"),
+                                              ({"quantize": "INT8 "}, "quantize must be"),
+                                              ({"tolerance": -1.0}, "tolerance must be a positive number"),
+                                              ({"tolerance": float("nan")}, "tolerance must be"),
+                                              ({"tolerance": "1e-4"}, "tolerance must be")])
+def test_bad_export_options_are_refused_before_anything_is_written(tiny_run, tmp_path, options, message):
+    from cxrkit.config import ConfigError
+    from cxrkit.export.onnx import export_onnx
 
     target = tmp_path / "m.onnx"
-    with pytest.raises(ExportError, match="does not match PyTorch"):
-        export_onnx(tiny_run, target, tolerance=-1.0)  # no difference can be <= -1
-    assert not target.exists() and not list(tmp_path.iterdir())
+    with pytest.raises(ConfigError, match=message):
+        export_onnx(tiny_run, target, **options)
+    assert not list(tmp_path.iterdir())  # before: an unknown quantize raised only after model.onnx was written
 
 
 def test_stale_onnx_is_ignored_by_auto_and_refused_when_forced(tiny_run, tmp_path):

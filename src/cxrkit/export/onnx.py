@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrkit.config import ConfigError
+from cxrkit.data.spec import is_finite_number
 from cxrkit.models.onnx_runtime import INT8_FILE, METADATA_KEY, ONNX_FILE, OnnxModel, file_sha256
 from cxrkit.record import MODEL_FILE
 from cxrkit.record.lock import run_lock
@@ -152,6 +154,10 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, quantize: st
     temporary name and renamed only after the parity check passes, so a failed export leaves no
     file that :meth:`Run.load` would pick up.
     """
+    if quantize not in (None, "int8"):  # checked first: a bad value must not leave a new model.onnx behind its error
+        raise ConfigError(f"quantize must be 'int8' or None, got {quantize!r}")
+    if not is_finite_number(tolerance) or tolerance <= 0:
+        raise ConfigError(f"tolerance must be a positive number (a probability difference, e.g. 1e-4), got {tolerance!r}")
     # Locked like evaluate: the ONNX files are written into the run, and a training into this folder at the same time
     # would replace the weights they were exported from (it is refused, an evaluation is waited for).
     with run_lock(run_dir, "export"):
@@ -172,6 +178,4 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, quantize: st
         result = {"path": str(out), "max_abs_diff": diff, "samples": len(images)}
         if quantize == "int8":
             result["quantized"] = {"path": str(out.with_name(INT8_FILE)), **_quantize(run, out, out.with_name(INT8_FILE))}
-        elif quantize is not None:
-            raise ValueError(f"quantize must be int8 or None, got {quantize!r}")
         return result
