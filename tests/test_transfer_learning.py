@@ -194,3 +194,35 @@ def test_tta_views_and_prediction(binary_data, tmp_path):
     train(_cfg(binary_data, tmp_path / "n", epochs=1, tta=True), progress=False)
     assert not Run.load(tmp_path / "n").tta_flips
     assert "average five test-time views" in (tmp_path / "n" / "report.html").read_text()
+
+
+def test_pretrained_run_of_other_classes_gives_its_backbone_and_a_fresh_head(binary_data, tiny_run, tmp_path, capsys):
+    from cxrkit.data.synthetic import make_synthetic_dataset
+    from cxrkit.training.trainer import pretrained_source
+
+    source = Run.load(tiny_run)  # healthy / tb
+    other = make_synthetic_dataset(tmp_path / "kids", n_per_class=30, size=32, seed=4, classes=("NORMAL", "PNEUMONIA"))
+    # A run folder names its model.safetensors; its classes decide whether the head carries over.
+    assert pretrained_source(str(tiny_run), ["NORMAL", "PNEUMONIA"]) == (str(tiny_run / "model.safetensors"), ["healthy", "tb"])
+    assert pretrained_source(str(tiny_run), ["healthy", "tb"]) == (str(tiny_run / "model.safetensors"), None)
+    with pytest.raises(ValueError, match="folder without model.safetensors"):
+        pretrained_source(str(tmp_path), ["a", "b"])
+
+    torch.manual_seed(0)
+    fresh = build_model("cnn", 1, image_size=32)
+    fresh_head = torch.cat([p.flatten() for p in split_parameters(fresh, "cnn")[1]]).clone()
+    summary = initialise(fresh, "cnn", str(tiny_run / "model.safetensors"), keep_head=False)
+    body, head = (torch.cat([p.flatten() for p in ps]) for ps in split_parameters(fresh, "cnn"))
+    torch.testing.assert_close(body, torch.cat([p.flatten() for p in split_parameters(source.model, "cnn")[0]]))
+    torch.testing.assert_close(head, fresh_head)  # before: the TB head was copied into the pneumonia model
+    assert summary["head"] == "initial" and summary["missing"]
+
+    out = tmp_path / "pneumonia"
+    capsys.readouterr()
+    train(_cfg(other, out, epochs=1, pretrained=str(tiny_run)), progress=True)
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("pretrained:"))
+    assert "the classifier head starts afresh: the run it comes from was trained for other classes (healthy, tb)" in line
+    meta = json.loads((out / "meta.json").read_text())["training"]["pretrained"]
+    assert meta["head"] == "initial" and meta["head_classes"] == ["healthy", "tb"]
+    train(_cfg(binary_data, tmp_path / "tb_again", epochs=1, pretrained=str(tiny_run)), progress=True)
+    assert "the classifier head included" in next(s for s in capsys.readouterr().out.splitlines() if s.startswith("pretrained:"))

@@ -87,9 +87,10 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--width", type=int, default=None, help="model width (channels of the first block) for mlp, simple_cnn, cnn, pasa")
     g.add_argument("--dropout", type=float, default=None, help="dropout before the classifier, for models that have one")
     g = p.add_argument_group("transfer learning")
-    g.add_argument("--pretrained", default=None, metavar="imagenet|none|PATH",
+    g.add_argument("--pretrained", default=None, metavar="imagenet|none|PATH|RUN",
                    help="starting weights: imagenet (ships offline for efficientnet-lite0, downloaded once for MONAI models), "
-                        "none, or a state dict file (.safetensors or .pt). Default: imagenet for efficientnet-lite0, none otherwise")
+                        "none, a state dict file (.safetensors or .pt), or a cxrkit run folder (its classifier head starts afresh "
+                        "when that run had other classes). Default: imagenet for efficientnet-lite0, none otherwise")
     g.add_argument("--freeze", choices=FREEZE_CHOICES, default=d["freeze"],
                    help="backbone: train the classifier head only (linear probe) (default %(default)s)")
     g.add_argument("--head-epochs", type=int, default=d["head_epochs"],

@@ -55,7 +55,8 @@ def load_pretrained(model: nn.Module, path: str | Path, head: str | None = None)
 
 
 def load_state(
-    model: nn.Module, source: dict[str, torch.Tensor], origin: str = "the state dict", head: str | None = None
+    model: nn.Module, source: dict[str, torch.Tensor], origin: str = "the state dict", head: str | None = None,
+    drop_head: bool = False,
 ) -> LoadReport:
     """Copy compatible tensors from ``source`` into ``model`` and report what was loaded.
 
@@ -65,10 +66,13 @@ def load_state(
     whose shape still differs (a classifier head for another number of classes) are skipped and left
     at their fresh initialisation. Raises ``ValueError`` if nothing matches, or if a tensor outside the
     classifier head (the parameters under ``head``) has another shape: that file was made for another
-    architecture or width, and loading half of it would silently train a different network.
+    architecture or width, and loading half of it would silently train a different network. ``drop_head``
+    leaves the head at its initialisation even where its shape fits (a head trained for other classes).
     """
     target = model.state_dict()
     source = match_names(source, target)
+    if drop_head and head:
+        source = {k: v for k, v in source.items() if not k.startswith(head + ".")}
     report = LoadReport()
     new_state = {}
     for name, tensor in source.items():
@@ -188,12 +192,13 @@ def imagenet_state_dict(name: str, download: Callable[..., dict] | None = None) 
     return _rename_for_monai(name, state)
 
 
-def initialise(model: nn.Module, name: str, pretrained: str | None) -> dict | None:
+def initialise(model: nn.Module, name: str, pretrained: str | None, keep_head: bool = True) -> dict | None:
     """Load the starting weights a config asks for and return a summary for meta.json (None: random init).
 
     ``pretrained``: ``None`` means the model's default (ImageNet where the weights ship offline,
     i.e. efficientnet-lite0; random otherwise), ``"none"`` random initialisation, ``"imagenet"`` the
-    ImageNet weights (downloaded for MONAI backbones), anything else a local file.
+    ImageNet weights (downloaded for MONAI backbones), anything else a local file, whose classifier head is
+    copied where its shape fits unless ``keep_head`` is False. The summary's ``head`` says which happened.
     """
     from cxrkit.models.registry import get_spec
 
@@ -204,5 +209,7 @@ def initialise(model: nn.Module, name: str, pretrained: str | None) -> dict | No
     if choice == "imagenet":
         rep, source = load_state(model, imagenet_state_dict(name), f"ImageNet weights for {name}", spec.head), "imagenet"
     else:
-        rep, source = load_pretrained(model, choice, spec.head), choice
-    return {"source": source, "loaded": len(rep.loaded), "adapted": rep.adapted, "skipped": rep.skipped, "missing": rep.missing}
+        rep, source = load_state(model, read_state_dict(choice), choice, spec.head, drop_head=not keep_head), choice
+    head_loaded = bool(spec.head) and any(n.startswith(spec.head + ".") for n in rep.loaded)
+    return {"source": source, "loaded": len(rep.loaded), "adapted": rep.adapted, "skipped": rep.skipped, "missing": rep.missing,
+            "head": "loaded" if head_loaded else "initial"}

@@ -275,6 +275,30 @@ def _warn_about_patient_ids_in_names(ds: LabelledImages, log: Callable[[str], No
         log("splits: " + patient_names_message(n, example, pattern))
 
 
+def pretrained_source(pretrained: str | None, classes: list[str]) -> tuple[str | None, list[str] | None]:
+    """The weights file ``--pretrained`` names (a cxrkit run folder means its model.safetensors), and the classes of the
+    run it comes from when they differ from ``classes`` (None when they match or are unknown).
+
+    A head trained for other classes answers another question (pneumonia, not TB), so it must not carry over; a run of
+    the same classes (fine-tuning a model on local images) keeps it.
+    """
+    if pretrained is None or pretrained in ("none", "imagenet"):
+        return pretrained, None
+    path = Path(pretrained)
+    if path.is_dir():
+        if not (path / MODEL_FILE).is_file():
+            raise ValueError(f"--pretrained {path} is a folder without {MODEL_FILE}: give a finished cxrkit run folder or a "
+                             ".safetensors / .pt weights file")
+        path = path / MODEL_FILE
+    try:
+        theirs = json.loads((path.parent / META_FILE).read_text()).get("classes")
+    except (OSError, ValueError, AttributeError):
+        theirs = None  # a bare weights file: nothing says what its head was trained for
+    if not isinstance(theirs, list) or not all(isinstance(c, str) for c in theirs) or theirs == list(classes):
+        return str(path), None
+    return str(path), theirs
+
+
 def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: Callable[[str], None]) -> _Setup:
     """Load and audit the data, then build the model, loss, optimiser and learning-rate schedule."""
     torch.manual_seed(cfg.seed)
@@ -309,11 +333,20 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     pre = Preprocessing(cfg.image_size, cfg.aspect, mean, std, cfg.intensity, cfg.crop_border)
 
     model = build_model(cfg.model, task.num_outputs(k), **cfg.model_options())
-    pretrained_report = initialise(model, cfg.model, cfg.pretrained)
+    weights, other_classes = pretrained_source(cfg.pretrained, ds.class_names)
+    pretrained_report = initialise(model, cfg.model, weights, keep_head=other_classes is None)
     if pretrained_report:
         r = pretrained_report
+        if other_classes is not None:
+            head = (f"the classifier head starts afresh: the run it comes from was trained for other classes "
+                    f"({', '.join(other_classes)})")
+            r["head_classes"] = other_classes
+        elif r["head"] == "loaded":
+            head = "the classifier head included"
+        else:
+            head = "the classifier head starts afresh"
         log(f"pretrained: {r['loaded']} tensors loaded from {r['source']} ({len(r['adapted'])} adapted to grayscale), "
-            f"{len(r['skipped'])} skipped, {len(r['missing'])} of the model's left at their initial values (the classifier head at least)")
+            f"{len(r['skipped'])} skipped, {len(r['missing'])} of the model's left at their initial values; {head}")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(ctx.device)
