@@ -664,7 +664,8 @@ def cmd_audit(a: argparse.Namespace) -> int:
     audit = audit_dataset(a.data, a.group_pattern, a.val_fraction, a.test_fraction, a.seed, a.cache_dir, progress=not a.quiet)
     out = Path(a.out or f"runs/audit-{Path(a.data).name}")
     save_audit(audit, out)
-    print(f"{audit['n_files']} files audited in {audit['seconds']['total']:.1f} s ({audit['seconds']['files_computed']} read, {audit['n_files'] - audit['seconds']['files_computed']} from the cache)")
+    read = audit["seconds"]["files_computed"]
+    print(f"{audit['n_files']} files audited in {audit['seconds']['total']:.1f} s ({read} read, {audit['n_files'] - read} from the cache)")
     for m in audit_messages(audit):
         print(("  " if not m.isupper() and not m.split(":")[0].isupper() else "! ") + m)
     print(f"audit.json and audit.html written to {out}/")
