@@ -1,3 +1,4 @@
+import io
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,13 @@ def test_truncated_and_non_image_raise_clear_errors(tmp_path):
         load_grayscale(trunc, 32)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    with pytest.raises(ImageDecodeError):
+    # The name claims PNG, which cxrkit reads: the error must blame the contents, not the format.
+    with pytest.raises(ImageDecodeError, match=r"named \.png, but the contents are not a PNG image \(a damaged file, or another kind"):
         load_grayscale(text, 32)
+    with pytest.raises(ImageDecodeError, match=r"^not a supported image \(PNG, JPEG, BMP, TIFF or DICOM\)$"):
+        load_grayscale(text.rename(tmp_path / "notes.txt"), 32)
+    with pytest.raises(ImageDecodeError, match=r"^not a supported image \(PNG"):
+        load_grayscale(io.BytesIO(b"not an image either"), 32)  # bytes and uploads have no name to go by
     with pytest.raises(ImageDecodeError, match="not found"):
         load_grayscale(tmp_path / "missing.png", 32)
     empty = tmp_path / "empty.jpg"

@@ -102,6 +102,11 @@ def fit_square(gray: np.ndarray, size: int, aspect: str = "pad") -> np.ndarray:
     return np.array(canvas, dtype=np.uint8)
 
 
+# What an image file's name claims it holds, for the error when its bytes are something else.
+_IMAGE_SUFFIXES = {".png": "a PNG image", ".jpg": "a JPEG image", ".jpeg": "a JPEG image", ".bmp": "a BMP image",
+                   ".tif": "a TIFF image", ".tiff": "a TIFF image", ".dcm": "a DICOM Part 10 file", ".dicom": "a DICOM Part 10 file"}
+
+
 def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXELS, min_side: int | None = None) -> np.ndarray:
     """Decode a file (path, its bytes or an open binary file, e.g. a spooled upload) at full resolution into a 2-D uint8 array.
 
@@ -143,6 +148,10 @@ def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_
     except ImageDecodeError:
         raise
     except Image.UnidentifiedImageError as exc:
+        claimed = _IMAGE_SUFFIXES.get(Path(source).suffix.lower()) if isinstance(source, (str, Path)) else None
+        if claimed:  # "not a supported image" alone read as if PNG itself were unsupported
+            raise UnsupportedImageError(f"not a supported image: named {Path(source).suffix}, but the contents are not {claimed} "
+                                        "(a damaged file, or another kind of file renamed)") from exc
         raise UnsupportedImageError("not a supported image (PNG, JPEG, BMP, TIFF or DICOM)") from exc
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError("image too large (decompression bomb guard)") from exc
