@@ -142,14 +142,14 @@ def prepare_run_folder(out: Path, overwrite: bool, resume: bool = False) -> None
         raise FileExistsError(f"--out {out} is a file; give a folder for the run")
     if resume and find_checkpoint(out) is not None:
         return
-    if (out / META_FILE).exists() or (out / MODEL_FILE).exists():
+    holds_run = (out / META_FILE).exists() or (out / MODEL_FILE).exists()
+    if holds_run and not overwrite:
         # Refused before anything is deleted: an interrupted run's checkpoint must survive a command without --resume.
-        if not overwrite:
-            unfinished = find_checkpoint(out) is not None
-            raise FileExistsError(f"{out} already holds a run" + ("; it stopped before finishing: add --resume to continue it," if unfinished else ";")
-                                  + " choose another --out or pass --overwrite")
+        unfinished = find_checkpoint(out) is not None
+        raise FileExistsError(f"{out} already holds a run" + ("; it stopped before finishing: add --resume to continue it," if unfinished else ";")
+                              + " choose another --out or pass --overwrite")
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    if (out / META_FILE).exists() or (out / MODEL_FILE).exists():
+    if holds_run:
         for name in RUN_OUTPUTS:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / PLOTS_DIR, ignore_errors=True)
