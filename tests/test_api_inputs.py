@@ -231,7 +231,7 @@ def test_meta_flags_of_the_wrong_type(edit, match, tiny_run, tmp_path):
 def test_group_pattern_must_be_a_regular_expression(binary_data, tmp_path):
     from cxrkit.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"group_pattern: '\(\[' is not a regular expression \(unterminated character set"):
+    with pytest.raises(ConfigError, match=r"group_pattern \(--group-pattern\): '\(\[' is not a regular expression \(unterminated character set"):
         cxrkit.train(binary_data, out=str(tmp_path / "r"), model="cnn", image_size=32, epochs=1, group_pattern="([", progress=False)
     assert not (tmp_path / "r" / "meta.json").exists()
 

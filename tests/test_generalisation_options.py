@@ -62,11 +62,11 @@ def test_mixstyle_acts_only_in_training_mode_and_can_be_removed():
 
 
 def test_options_are_validated():
-    with pytest.raises(ConfigError, match="mixstyle is not available for mlp"):
+    with pytest.raises(ConfigError, match=r"mixstyle \(--mixstyle\) is not available for mlp"):
         TrainConfig(data="d", model="mlp", mixstyle=0.5)
-    with pytest.raises(ConfigError, match="mixstyle must be a probability"):
+    with pytest.raises(ConfigError, match=r"mixstyle \(--mixstyle\) must be a probability"):
         TrainConfig(data="d", mixstyle=1.5)
-    with pytest.raises(ConfigError, match="ema_epochs must be positive"):
+    with pytest.raises(ConfigError, match=r"ema_epochs \(--ema-epochs\) must be positive"):
         TrainConfig(data="d", ema_epochs=0)
 
 
@@ -170,6 +170,6 @@ def test_mixup_blends_images_and_losses_with_one_weight():
 
 @pytest.mark.parametrize("alpha", [-0.1, 11.0, float("inf"), float("nan")])
 def test_mixup_alpha_out_of_range_is_refused(alpha):
-    with pytest.raises(ConfigError, match="mixup must be the Beta"):
+    with pytest.raises(ConfigError, match=r"mixup \(--mixup\) must be the Beta"):
         TrainConfig(data="d", mixup=alpha)
 

@@ -42,7 +42,7 @@ def test_each_mode_does_what_it_says():
         assert diff < 6, mode
     with pytest.raises(ValueError, match="intensity must be one of"):
         normalize_intensity(g, "gamma")
-    with pytest.raises(ValueError, match="intensity must be one of"):
+    with pytest.raises(ValueError, match=r"intensity \(--intensity\) must be one of"):
         TrainConfig(data="d", intensity="gamma")
 
 
@@ -137,7 +137,7 @@ def test_edge_erasing_blacks_out_only_border_bands_or_corners():
     off = AugmentConfig(0, 0, 0, 0, 0, False, noise=0.05)  # off by default: other augmentations draw the same numbers as before
     assert torch.equal(augment_batch(x, off, torch.Generator().manual_seed(1)),
                        augment_batch(x, replace(off, erase_edges=0.0), torch.Generator().manual_seed(1)))
-    with pytest.raises(ConfigError, match="erase_edges is a probability"):
+    with pytest.raises(ConfigError, match=r"erase_edges \(--erase-edges\) is a probability"):
         TrainConfig(data="d", augment=AugmentConfig(erase_edges=1.5))
 
 

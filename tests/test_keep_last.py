@@ -89,7 +89,7 @@ def test_a_run_the_time_limit_cuts_short_keeps_the_best_epoch_unless_told_last(t
 
 
 def test_keep_is_validated_and_on_the_command_line():
-    with pytest.raises(ConfigError, match="keep must be one of auto, best, last"):
+    with pytest.raises(ConfigError, match=r"keep \(--keep\) must be one of auto, best, last"):
         TrainConfig(data="d", keep="worst")
     # auto: the last epoch of a whole schedule, the best one when early stopping ends the run
     assert TrainConfig(data="d").keep == "auto" and TrainConfig(data="d").resolved_keep() == "last"

@@ -74,21 +74,22 @@ def test_config_round_trip_and_validation(tmp_path):
         TrainConfig(data="d", batch_size=1)
     # YAML reads yes/on as true: a boolean where a number belongs is refused, not read as 1.0
     d.pop("learning_rate")
-    for key, value, where in (("lr", True, "lr"), ("mixstyle", True, "mixstyle"), ("augment", {"brightness": True}, "augment.brightness")):
+    for key, value, where in (("lr", True, r"lr \(--lr\)"), ("mixstyle", True, r"mixstyle \(--mixstyle\)"),
+                              ("augment", {"brightness": True}, r"augment.brightness \(--brightness\)")):
         with pytest.raises(ValueError, match=f"{where}: expected a number or text, got true"):
             TrainConfig.from_dict({**d, key: value})
     assert TrainConfig.from_dict({**d, "tta": True}).tta  # booleans where they belong
     # a check across fields reads as its own message, not pydantic's wrapper around the whole dict
-    for key, value, message in (("seed", -1, "seed and split_seed must be whole numbers from 0"),
-                                ("split_seed", 2**32, "seed and split_seed must be whole numbers from 0"),
-                                ("weight_decay", -1.0, "weight_decay must be a finite number >= 0"),
+    for key, value, message in (("seed", -1, "seed (--seed) and split_seed (--split-seed) must be whole numbers from 0"),
+                                ("split_seed", 2**32, "seed (--seed) and split_seed (--split-seed) must be whole numbers from 0"),
+                                ("weight_decay", -1.0, "weight_decay (--weight-decay) must be a finite number >= 0"),
                                 # infinite values trained on NaN weights; an empty out wrote the run into the current folder
-                                ("lr", float("inf"), "lr must be a positive finite number"),
-                                ("weight_decay", float("inf"), "weight_decay must be a finite number >= 0"),
-                                ("backbone_lr_scale", float("inf"), "backbone_lr_scale must be a positive finite number"),
-                                ("ema_epochs", float("inf"), "ema_epochs must be positive"),
+                                ("lr", float("inf"), "lr (--lr) must be a positive finite number"),
+                                ("weight_decay", float("inf"), "weight_decay (--weight-decay) must be a finite number >= 0"),
+                                ("backbone_lr_scale", float("inf"), "backbone_lr_scale (--backbone-lr-scale) must be a positive finite number"),
+                                ("ema_epochs", float("inf"), "ema_epochs (--ema-epochs) must be positive"),
                                 ("augment", {"rotate_degrees": float("inf")}, "augment strengths must be finite"),
-                                ("out", " ", "out must name the run folder")):
+                                ("out", " ", "out (--out) must name the run folder")):
         with pytest.raises(ValueError) as err:
             TrainConfig.from_dict({**d, key: value})
         assert str(err.value).startswith(message) and "given" not in str(err.value)

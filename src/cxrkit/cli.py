@@ -302,7 +302,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                              + ", ".join(f"{k} {saved.get(k)!r} (given {v!r})" for k, v in clash.items()))
         cfg = TrainConfig.from_dict({**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}})
     elif a.config:
-        cfg = TrainConfig.load(a.config)
+        cfg = TrainConfig.load(a.config, data=a.data)  # a hand-written file may leave the data to the DATA argument
         given = _given_options(a)
         d = cfg.to_dict()
         for k, v in given.items():
@@ -802,7 +802,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", nargs="+", help="dataset folder or .zip; several folders (one per site) train on their union with a site "
                                             "per image (written to OUT/sources.yaml); or a sources .yaml")
     t.add_argument("--out", default=None, help="run folder (default runs/<model>)")
-    t.add_argument("--config", default=None, help="config.yaml of an earlier run to repeat (other options are then ignored)")
+    t.add_argument("--config", default=None,
+                   help="settings from a YAML file (a run's config.yaml, best_config.yaml or your own; keys as in config.yaml, "
+                        "data: defaults to DATA); options given on the command line override it, with a note")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (its metrics and plots are deleted)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last per-epoch checkpoint with its saved config.yaml (other options "

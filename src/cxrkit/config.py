@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,37 @@ FREEZE_CHOICES = ("none", "backbone")
 
 
 class ConfigError(ValueError):
-    """A training configuration that cannot be used; the message names the key."""
+    """A training configuration that cannot be used; the message names the key, and its command-line flag when it has one.
+
+    A message that starts with config keys (``epochs must be ...``, ``val_fraction and test_fraction ...``,
+    ``augment.erase_edges: ...``) gets each key's flag added from :data:`CLI_FLAGS` (``epochs (--epochs) must be ...``),
+    so the messages themselves are written once, in config-file terms. ``flags=False`` leaves the text as it is.
+    """
+
+    def __init__(self, message: str, flags: bool = True) -> None:
+        super().__init__(with_cli_flags(message) if flags else message)
+
+
+# Keys that no `cxrkit train` option sets, and options whose name is not the key's with dashes.
+_NO_FLAG = {"data", "augment", "group_duplicates", "channels_last"}
+_RENAMED_FLAGS = {"class_weights": "--no-class-weights", "augment.rotate_degrees": "--rotate"}
+
+
+def _cli_flags() -> dict[str, str]:
+    """Config key -> the `cxrkit train` option that sets it (``batch_size`` -> ``--batch-size``)."""
+    keys = [f.name for f in fields(TrainConfig)] + [f"augment.{f.name}" for f in fields(AugmentConfig)]
+    return {k: _RENAMED_FLAGS.get(k, "--" + k.removeprefix("augment.").replace("_", "-")) for k in keys if k not in _NO_FLAG}
+
+
+def with_cli_flags(message: str) -> str:
+    """``message`` with the command-line flag after each config key it starts with; keys already followed by one are left."""
+    flags = CLI_FLAGS
+    names = "|".join(re.escape(k) for k in sorted(flags, key=len, reverse=True))
+    lead = re.match(rf"((?:{names})(?: and (?:{names}))*)(?=$|[\s:=,.])", message)
+    if not lead or message[lead.end():].startswith(" (--"):
+        return message
+    subject = re.sub(rf"\b({names})\b", lambda m: f"{m.group(1)} ({flags[m.group(1)]})", lead.group(1))
+    return subject + message[lead.end():]
 
 
 @dataclass
@@ -112,8 +143,6 @@ class TrainConfig:
         except ValueError as exc:
             raise ConfigError(f"threshold_rule: {exc}") from None
         if self.group_pattern is not None:
-            import re
-
             try:  # re.error is no ValueError: a bad pattern was a traceback once the dataset was read
                 re.compile(self.group_pattern)
             except re.error as exc:
@@ -142,7 +171,8 @@ class TrainConfig:
             (self.freeze in FREEZE_CHOICES, f"freeze must be one of {', '.join(FREEZE_CHOICES)}"),
             (self.head_epochs >= 0, "head_epochs must be >= 0"),
             (self.head_epochs < self.epochs or self.head_epochs == 0, "head_epochs must be fewer than epochs"),
-            (not (self.head_epochs and self.freeze == "backbone"), "head_epochs (two-stage) and freeze=backbone exclude each other"),
+            (not (self.head_epochs and self.freeze == "backbone"),
+             "head_epochs and freeze exclude each other: two-stage fine-tuning (head_epochs > 0) trains the backbone that freeze=backbone keeps fixed"),
             (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive"),
             (0 < self.backbone_lr_scale < math.inf, "backbone_lr_scale must be a positive finite number"),
             (self.ema_epochs is None or 0 < self.ema_epochs < math.inf, "ema_epochs must be positive (or null: no weight averaging)"),
@@ -230,8 +260,9 @@ class TrainConfig:
         return cfg
 
     @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        """Read a YAML config (``cxrkit train --config``, ``best_config.yaml``, a run's config.yaml)."""
+    def load(cls, path: str | Path, data: str | None = None) -> TrainConfig:
+        """Read a YAML config (``cxrkit train --config``, ``best_config.yaml``, a run's config.yaml); ``data``, when given,
+        stands in for a missing ``data:`` key (the DATA argument of ``cxrkit train DATA --config FILE``)."""
         path = Path(path)
         try:
             d = yaml.safe_load(path.read_text())
@@ -245,11 +276,16 @@ class TrainConfig:
             raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
         if d is None:
             raise ConfigError(f"{path} is empty; it needs at least `data: PATH`")
+        if data is not None and isinstance(d, dict) and "data" not in d:
+            d = {**d, "data": data}
         try:
             return cls.from_dict(d)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise ConfigError(f"{path}: {exc}", flags=False) from None
 
+
+# Config key -> `cxrkit train` option, for ConfigError messages (tests/test_newcomer_cli.py checks it against the parser).
+CLI_FLAGS = _cli_flags()
 
 # What a run saved before an option existed did, for options whose default has changed since.
 _BEFORE_IT_EXISTED = {
