@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,110 @@ def test_flag_errors_and_python_errors_read_the_same(binary_data, tmp_path, caps
     assert str(ConfigError(str(err.value))) == str(err.value)
     assert str(ConfigError("quantize must be 'int8'")) == "quantize must be 'int8'"
     assert re.fullmatch(r"a configuration must be a mapping.*", str(ConfigError("a configuration must be a mapping, got list")))
+
+
+# ---- predict and explain say which files of a folder they left out ------------------------------------------------
+
+
+@pytest.fixture()
+def mixed_folder(binary_data, tmp_path):
+    """Three images, a damaged .png, notes.txt, a .DS_Store and a hidden folder holding an image."""
+    import shutil
+
+    folder = tmp_path / "incoming"
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".ipynb_checkpoints").mkdir()
+    images = sorted((binary_data / "test" / "tb").glob("*.png"))[:3]
+    for p in images[:2]:
+        shutil.copy(p, folder / p.name)
+    shutil.copy(images[2], folder / "sub" / images[2].name)
+    shutil.copy(images[2], folder / ".ipynb_checkpoints" / images[2].name)
+    (folder / "broken.png").write_bytes(images[0].read_bytes()[:60])
+    (folder / "notes.txt").write_text("scanned on Monday\n")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return folder, [p.name for p in images]
+
+
+def _skipped(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("skipped")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_predict_folder_reports_skipped_files_in_one_line(tiny_run, mixed_folder, capsys):
+    import csv
+    import io
+
+    folder, names = mixed_folder
+    assert main(["predict", str(tiny_run), str(folder), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    line = _skipped(err)
+    assert line.startswith("skipped 4 files: 1 not image (notes.txt), 2 hidden (.ipynb_checkpoints/, .DS_Store), "
+                           "1 unreadable (broken.png: "), line
+    assert line.endswith("(in the error column)")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    # the CSV holds the images and the unreadable one with its reason, never the non-image files
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(["broken.png", *names])
+    assert [bool(r["error"]) for r in rows if r["path"].endswith("broken.png")] == [True]
+    assert all(r["prob_tb"] for r in rows if not r["path"].endswith("broken.png"))
+
+
+def test_batch_prediction_to_csv_and_json_report_skipped_files(tiny_run, mixed_folder, tmp_path, capsys):
+    import csv
+    import json
+
+    folder, names = mixed_folder
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(tiny_run), str(folder), "--out", str(out), "--quiet"]) == 0
+    line = _skipped(capsys.readouterr().err)
+    assert line.startswith("skipped 4 files: 1 not image (notes.txt)") and line.endswith(f"(in {out}'s error column)")
+    with open(out, newline="") as f:
+        assert sorted(Path(r["path"]).name for r in csv.DictReader(f)) == sorted(["broken.png", *names])
+    assert main(["predict", str(tiny_run), str(folder), "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["skipped_files"] == {"not_images": ["notes.txt"], "hidden": [".ipynb_checkpoints/", ".DS_Store"]}
+    assert len(doc["results"]) == 4 and _skipped(captured.err).startswith("skipped 4 files")
+
+
+def test_predict_says_nothing_when_nothing_is_skipped(tiny_run, binary_data, capsys):
+    assert main(["predict", str(tiny_run), str(binary_data / "test" / "tb"), "--quiet"]) == 0
+    assert "skipped" not in capsys.readouterr().err
+
+
+# ---- explain: --device, --quiet, progress and skipped files like predict ------------------------------------------
+
+
+def test_explain_device_quiet_progress_and_skipped_files(tiny_run, mixed_folder, tmp_path, capsys, monkeypatch):
+    import cxrkit.explain.export as export
+
+    folder, names = mixed_folder
+    bars = []
+
+    class Bar:  # records what the progress bar is told (tqdm draws nothing without a terminal)
+        def __init__(self, total, disable=None, **kw):
+            self.total, self.disable, self.done = total, disable, 0
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            self.done += n
+
+    monkeypatch.setattr(export, "tqdm", Bar)
+    out = tmp_path / "maps"
+    assert main(["explain", str(tiny_run), str(folder), "--out", str(out), "--device", "cpu"]) == 0
+    std, err = capsys.readouterr()
+    assert "3 image(s) explained with gradcam" in std
+    assert _skipped(err).startswith("skipped 4 files: 1 not image (notes.txt), 2 hidden (.ipynb_checkpoints/, .DS_Store), 1 unreadable (broken.png")
+    assert len(list(out.glob("*.png"))) == 3 * 2  # one overlay per image and class
+    assert bars[-1].total == 4 and bars[-1].done == 4 and bars[-1].disable is None
+    assert main(["explain", str(tiny_run), str(folder), "--out", str(out), "--quiet"]) == 0
+    std, err = capsys.readouterr()
+    assert std == "" and bars[-1].disable is True and _skipped(err)
+    assert main(["explain", str(tiny_run), str(folder), "--out", str(out), "--device", "gpu"]) == 2
+    assert capsys.readouterr().err.strip() == "error: device must be auto, cpu, cuda or cuda:N, got 'gpu'"

@@ -350,15 +350,27 @@ def _next_step_after_training(out: Path, data: str, meta: RunMeta) -> None:
     print(f"  cxrkit train {data} --resplit --out {out}-resplit   # cut train/val/test from this data")
 
 
+def _calibration_figures(c: dict) -> str:
+    """``ECE 0.0412 (0.0213-0.0871; chance alone up to 0.0600), Brier 0.1010 (...)``: the intervals, and the ECE a
+    perfectly calibrated model reaches by chance on this many images, when the evaluation computed them."""
+    def one(name: str, key: str) -> str:
+        ci = c.get(f"{key}_ci")
+        chance = c.get("ece_if_calibrated") if key == "ece" else None
+        inside = "; ".join(x for x in (ci and f"{ci[0]:.4f}-{ci[1]:.4f}", chance and f"chance alone up to {chance['p95']:.4f}") if x)
+        return f"{name} {c[key]:.4f}" + (f" ({inside})" if inside else "")
+
+    return f"{one('ECE', 'ece')}, {one('Brier', 'brier')}"
+
+
 def _decision_summary(m: dict) -> None:
     """Calibration, the WHO triage check, the screening sentences and the attention flag of an evaluation."""
     from cxrkit.report.narrative import screening_sentences
 
     cal = m.get("calibration")
     if cal:
-        line = f"  calibration: ECE {cal['model']['ece']:.4f}, Brier {cal['model']['brier']:.4f}"
+        line = f"  calibration: {_calibration_figures(cal['model'])}"
         if "calibrated" in cal:
-            line += f"; after {cal['method']} calibration ECE {cal['calibrated']['ece']:.4f}, Brier {cal['calibrated']['brier']:.4f}"
+            line += f"; after {cal['method']} calibration {_calibration_figures(cal['calibrated'])}"
         print(line)
     w = m.get("who_triage")
     if w:
@@ -527,21 +539,13 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from cxrkit.data.decode import IMAGE_EXTENSIONS, is_image_file
+    from cxrkit.prediction.files import find_images, skipped_line
     from cxrkit.run import Run
 
     run = Run.load(a.run, engine=a.engine, device=a.device)
     target = Path(a.path)
-    if target.is_dir():
-        paths = sorted(p for p in target.rglob("*") if p.is_file() and is_image_file(p))
-        if not paths:
-            others = sorted(p.relative_to(target) for p in target.rglob("*") if p.is_file() and not p.name.startswith("."))
-            held = f"; it holds {len(others)} other file(s), e.g. {others[0]}" if others else "; it is empty"
-            raise ValueError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}, or images without an extension) under {target}{held}")
-    elif target.is_file():
-        paths = [target]
-    else:
-        raise FileNotFoundError(f"{target} does not exist")
+    found = find_images(target)
+    paths = found.paths
     shard = _shard(a.shard)
     if shard:
         if not a.out:
@@ -565,9 +569,16 @@ def cmd_predict(a: argparse.Namespace) -> int:
         print(f"{s['total']} image(s): {s['skipped']} already in {a.out}, {s['predicted']} predicted in {s['seconds']:.1f} s{rate} "
               f"with {run.engine}; {s['errors']} unreadable; written to {a.out}")
         ood_line = ood_summary(s["ood"], s["total"])
+        unreadable = s["unreadable"]
     else:
         results = predict_results(run, paths, a.batch_size, a.workers, progress=len(paths) > 1 and not a.quiet, on_batch=collect)
         ood_line = ood_summary(sum(r["ood_warning"] for r in results), len(results)) if len(paths) > 1 else None
+        unreadable = [(r["path"], r["error"]) for r in results if r["error"]]
+    if target.is_dir():  # a single file's error is its own line below
+        where = f" (in {a.out}'s error column)" if a.out else " (in the error column)" if not a.json else ""
+        skipped = skipped_line(found, unreadable, where)
+        if skipped:
+            print(skipped, file=sys.stderr)
     shift = check_stats(reference, merge_stats(batches)) if reference and batches else None
     if shift:
         if shift["warning"]:
@@ -576,7 +587,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if ood_line:
         print(ood_line, file=sys.stderr)
     if a.out:
-        a.result = {"model": _identity(run), "out": str(a.out), "summary": s, "shift_warning": shift["message"] if shift and shift["warning"] else None}
+        a.result = {"model": _identity(run), "out": str(a.out), "summary": {k: v for k, v in s.items() if k != "unreadable"},
+                    "skipped_files": found.skipped(), "shift_warning": shift["message"] if shift and shift["warning"] else None}
         return 0
     import numpy as np
 
@@ -587,7 +599,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     rows = [result_row(run, p, probs[i] if r["probabilities"] else None, r["decision"], r["error"], r["ood_findings"])
             for i, (p, r) in enumerate(zip(paths, results))]
     if a.json:
-        a.result = {"model": _identity(run), "results": [_json_row(r) for r in rows],
+        a.result = {"model": _identity(run), "results": [_json_row(r) for r in rows], "skipped_files": found.skipped(),
                     "shift_warning": shift["message"] if shift and shift["warning"] else None}
         return 1 if len(paths) == 1 and rows[0]["error"] else 0
     out = _result_stream()
@@ -675,15 +687,21 @@ def cmd_audit(a: argparse.Namespace) -> int:
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
-    from cxrkit.explain.export import explain_files, image_files
+    from cxrkit.explain.export import explain_files
+    from cxrkit.prediction.files import find_images, skipped_line
     from cxrkit.run import Run
 
-    run = Run.load(a.run)
-    paths = image_files(a.path)
-    rows = explain_files(run, paths, a.out, a.method)
+    run = Run.load(a.run, device=a.device)
+    found = find_images(a.path)
+    rows = explain_files(run, found.paths, a.out, a.method, progress=len(found.paths) > 1 and not a.quiet)
     bad = [r for r in rows if r["error"]]
-    for r in bad:
-        print(f"{r['path']}: could not be read: {r['error']}", file=sys.stderr)
+    if Path(a.path).is_dir():
+        skipped = skipped_line(found, [(r["path"], r["error"]) for r in bad])
+        if skipped:
+            print(skipped, file=sys.stderr)
+    else:
+        for r in bad:
+            print(f"{r['path']}: could not be read: {r['error']}", file=sys.stderr)
     print(f"{len(rows) - len(bad)} image(s) explained with {a.method}, one overlay per class ({', '.join(run.classes)}), written to {a.out}/")
     return 0 if len(bad) < len(rows) else 1
 
@@ -970,6 +988,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("path", help="an image file or a folder of images")
     x.add_argument("--out", required=True, help="folder for the overlay PNGs")
     x.add_argument("--method", choices=HEATMAP_METHODS, default="gradcam", help="heat-map method (default %(default)s)")
+    _add_device_option(x, "run the model's predictions on (the heat maps use a CPU copy of it, as in evaluate)")
+    _output_options(x, json_output=False)
     x.set_defaults(func=cmd_explain)
 
     c = sub.add_parser("compare", help="train several models on the same split and compare them in one table",

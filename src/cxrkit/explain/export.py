@@ -6,61 +6,60 @@ import re
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from cxrkit.data.decode import ImageDecodeError, is_image_file
+from cxrkit.data.decode import ImageDecodeError
 from cxrkit.explain.cam import heatmaps
 from cxrkit.explain.overlay import overlay_png
 from cxrkit.run import Run
-
-
-def image_files(target: str | Path) -> list[Path]:
-    """One image file, or every image file under a folder (sorted)."""
-    target = Path(target)
-    if target.is_dir():
-        paths = sorted(p for p in target.rglob("*") if p.is_file() and is_image_file(p))
-        if not paths:
-            raise ValueError(f"no image files (.png .jpg .jpeg .bmp .tif .tiff) under {target}")
-        return paths
-    if target.is_file():
-        return [target]
-    raise FileNotFoundError(f"{target} does not exist")
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def explain_files(run: Run, paths: list[Path], out: str | Path, method: str = "gradcam", batch_size: int = 16) -> list[dict]:
+def explain_files(run: Run, paths: list[Path], out: str | Path, method: str = "gradcam", batch_size: int = 16,
+                  progress: bool = False) -> list[dict]:
     """Write ``<out>/<image stem>_<class>.png`` overlays for every class of the run; returns one row per image
-    with its probabilities, decision and written files (or the decode error)."""
+    with its probabilities, decision and written files (or the decode error). ``progress`` shows a bar per image
+    (occlusion makes about 400 forward passes per image, so a folder can take minutes)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     stems: dict[str, int] = {}
-    for start in range(0, len(paths), batch_size):
-        batch, kept = [], []
-        for p in paths[start : start + batch_size]:
-            try:
-                batch.append(run.preprocessing.load(p))
-                kept.append(p)
-            except ImageDecodeError as exc:
-                rows.append({"path": str(p), "error": str(exc), "files": []})
-        if not batch:
-            continue
-        images = np.stack(batch)
-        probs = run.predict_arrays(images, tta=False)
-        decisions = run.decide(probs)
-        maps = {c: heatmaps(run, images, class_index=c, method=method) for c in range(len(run.classes))}
-        for j, p in enumerate(kept):
-            stem = _safe(p.stem)
-            stems[stem] = stems.get(stem, 0) + 1
-            if stems[stem] > 1:  # same file name in two sub-folders
-                stem = f"{stem}-{stems[stem]}"
-            files = []
-            for c, name in enumerate(run.classes):
-                f = out / f"{stem}_{_safe(name)}.png"
-                f.write_bytes(overlay_png(images[j], maps[c][j]))
-                files.append(str(f))
-            rows.append({"path": str(p), "prediction": run.classes[decisions[j]], "files": files, "error": "",
-                         **{f"prob_{c}": float(probs[j, i]) for i, c in enumerate(run.classes)}})
+    with tqdm(total=len(paths), desc=f"explaining ({method})", unit="img", disable=not progress or None) as bar:
+        for start in range(0, len(paths), batch_size):
+            rows += _explain_batch(run, paths[start : start + batch_size], out, method, stems)
+            bar.update(len(paths[start : start + batch_size]))
+    return rows
+
+
+def _explain_batch(run: Run, paths: list[Path], out: Path, method: str, stems: dict[str, int]) -> list[dict]:
+    """Overlays for one batch of files; ``stems`` counts the file names written so far (same name in two sub-folders)."""
+    rows: list[dict] = []
+    batch, kept = [], []
+    for p in paths:
+        try:
+            batch.append(run.preprocessing.load(p))
+            kept.append(p)
+        except ImageDecodeError as exc:
+            rows.append({"path": str(p), "error": str(exc), "files": []})
+    if not batch:
+        return rows
+    images = np.stack(batch)
+    probs = run.predict_arrays(images, tta=False)
+    decisions = run.decide(probs)
+    maps = {c: heatmaps(run, images, class_index=c, method=method) for c in range(len(run.classes))}
+    for j, p in enumerate(kept):
+        stem = _safe(p.stem)
+        stems[stem] = stems.get(stem, 0) + 1
+        if stems[stem] > 1:  # same file name in two sub-folders
+            stem = f"{stem}-{stems[stem]}"
+        files = []
+        for c, name in enumerate(run.classes):
+            f = out / f"{stem}_{_safe(name)}.png"
+            f.write_bytes(overlay_png(images[j], maps[c][j]))
+            files.append(str(f))
+        rows.append({"path": str(p), "prediction": run.classes[decisions[j]], "files": files, "error": "",
+                     **{f"prob_{c}": float(probs[j, i]) for i, c in enumerate(run.classes)}})
     return rows

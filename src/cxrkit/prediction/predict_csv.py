@@ -69,7 +69,8 @@ def predict_to_csv(
 ) -> dict:
     """Classify ``paths`` into ``out`` (resuming an earlier run of the same command); returns counts.
 
-    Returns ``{"total", "skipped" (already done), "predicted", "errors", "ood" (flagged out of distribution), "seconds"}``.
+    Returns ``{"total", "skipped" (already done), "predicted", "errors", "ood" (flagged out of distribution), "seconds",
+    "unreadable"}``; ``unreadable`` lists (path, reason) of the files that could not be decoded (their rows carry the reason).
     """
     out = Path(out)
     fields = csv_fields(run)
@@ -100,4 +101,5 @@ def predict_to_csv(
                 last = time.perf_counter()
     save()
     return {"total": len(paths), "skipped": len(paths) - len(todo), "predicted": len(todo) - n_errors, "errors": n_errors,
-            "ood": sum(1 for p in paths if rows.get(str(p), {}).get("ood_warning")), "seconds": time.perf_counter() - t0}
+            "ood": sum(1 for p in paths if rows.get(str(p), {}).get("ood_warning")), "seconds": time.perf_counter() - t0,
+            "unreadable": [(str(p), rows[str(p)]["error"]) for p in todo if rows.get(str(p), {}).get("error")]}
