@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxrkit.cli import main
-from cxrkit.metrics.calibration import Calibration, brier_score, expected_calibration_error, fit_calibration
+from cxrkit.metrics.calibration import Calibration, brier_score, calibration_summary, ece_if_calibrated, expected_calibration_error, fit_calibration
 from cxrkit.metrics.decision_curve import net_benefit
 from cxrkit.metrics.operating_points import operating_points, ppv_npv_at_prevalence, screening_outcomes, who_triage_check
 from cxrkit.run import Run
@@ -34,6 +34,44 @@ def test_calibration_reduces_ece_of_an_overconfident_model(method):
         assert cal.params["temperature"] == pytest.approx(3.0, rel=0.15)  # the planted over-confidence
     again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
     assert np.allclose(again.apply(p_test), cal.apply(p_test))
+
+
+def test_calibration_summary_has_bootstrap_intervals_that_shrink_with_more_images():
+    y_small, p_small = _overconfident(60, 3)
+    y_big, p_big = _overconfident(2000, 3)
+    small, big = calibration_summary(y_small, p_small), calibration_summary(y_big, p_big)
+    for s in (small, big):
+        for key in ("ece", "brier"):
+            lo, hi = s[f"{key}_ci"]
+            assert lo <= s[key] <= hi and lo < hi, (key, s)
+    width = {n: s["ece_ci"][1] - s["ece_ci"][0] for n, s in (("small", small), ("big", big))}
+    assert width["small"] > 3 * width["big"], width  # sqrt(2000/60) ~ 5.8
+    # the over-confident model's ECE is well above zero on 2000 images, and the interval says so
+    assert big["ece_ci"][0] > 0.08
+    same = calibration_summary(y_small, p_small)
+    assert same["ece_ci"] == small["ece_ci"]  # seeded: the same figures on every run
+    bare = calibration_summary(y_small, p_small, n_bootstrap=0)
+    assert bare["ece_ci"] is None and bare["brier_ci"] is None and bare["ece_if_calibrated"] is None and bare["ece"] == small["ece"]
+
+
+def test_ece_chance_level_matches_a_perfectly_calibrated_model():
+    rng = np.random.default_rng(5)
+    t = rng.normal(0, 1.5, 60)
+    p = 1 / (1 + np.exp(-t))
+    probs = np.stack([1 - p, p], axis=1)
+    chance = ece_if_calibrated(probs)
+    # direct simulation: outcomes drawn from the probabilities themselves
+    direct = [expected_calibration_error((rng.random(60) < p).astype(int), probs) for _ in range(400)]
+    assert chance["median"] == pytest.approx(np.median(direct), abs=0.015)
+    assert 0.08 < chance["median"] < chance["p95"] < 0.25  # far from zero on 60 images
+    assert ece_if_calibrated(np.repeat(probs, 10, axis=0))["median"] < chance["median"] / 2.5  # ~1/sqrt(n)
+    # an over-confident model's ECE on 2000 images is far above what chance gives it
+    y_big, p_big = _overconfident(2000, 3)
+    s = calibration_summary(y_big, p_big)
+    assert s["ece"] > 2 * s["ece_if_calibrated"]["p95"]
+    # multi-class: top-label confidence, outcomes drawn per class
+    q = rng.dirichlet([1, 1, 1], 500)
+    assert 0 < ece_if_calibrated(q)["median"] < 0.1
 
 
 def test_temperature_scaling_multiclass_keeps_the_argmax():
@@ -129,6 +167,8 @@ def test_calibrate_stores_the_map_and_keeps_decisions_consistent(trained):
     assert main(["evaluate", str(run_dir), "--prevalence", "0.05"]) == 0
     m = json.loads((run_dir / "metrics.json").read_text())["test"]
     assert "calibrated" in m["calibration"] and m["calibration"]["calibrated"]["ece"] >= 0
+    for c in (m["calibration"]["model"], m["calibration"]["calibrated"]):
+        assert c["ece_ci"][0] <= c["ece"] <= c["ece_ci"][1] and c["brier_ci"][0] <= c["brier"] <= c["brier_ci"][1]
     s = m["screening"]
     sens, spec = m["metrics"]["sensitivity"]["value"], m["metrics"]["specificity"]["value"]
     assert s["ppv"]["value"] == pytest.approx(ppv_npv_at_prevalence(sens, spec, 0.05)[0])
