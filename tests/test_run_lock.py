@@ -219,3 +219,78 @@ def test_rollback_copies_of_a_killed_evaluation_are_removed_by_the_next_one(tiny
     assert {"val", "test"} <= set(metrics)
     assert {r["split"] for r in csv.DictReader(open(run / "predictions.csv"))} == {"val", "test"}
     assert [e["split"] for e in json.loads((run / "meta.json").read_text())["evaluations"]] == ["test"]
+
+
+def test_adapt_refuses_a_source_run_being_trained_into(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    site = _new_site(tmp_path / "site")
+    out = tmp_path / "adapted"
+    with _held(run, "train"):
+        started = time.monotonic()
+        code = main(["adapt", str(run), str(site), "--out", str(out), "--batch-size", "16"])
+        waited = time.monotonic() - started
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert f"{run} is in use: process" in err and "is training into it; run `cxrkit adapt` when it has finished" in err, err
+    assert waited < 30  # refused at once: the holder would have kept it for 120 s
+    assert not out.exists()  # no copy of weights that are being replaced
+
+
+def test_adapt_waits_for_a_calibration_of_its_source(tiny_run, tmp_path, monkeypatch, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    site = _new_site(tmp_path / "site")
+    out = tmp_path / "adapted"
+    monkeypatch.setattr("cxrkit.record.lock.NOTICE_AFTER_S", 0.2)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["threshold"]["value"] != 0.125
+
+    def calibrated(release: threading.Event) -> None:  # the calibration's last write, the re-chosen threshold, then it ends
+        meta["threshold"]["value"] = 0.125
+        (run / "meta.json").write_text(json.dumps(meta))
+        release.set()
+
+    with _held(run, "calibrate") as release:
+        timer = threading.Timer(1.0, calibrated, [release])
+        timer.start()
+        code = main(["adapt", str(run), str(site), "--out", str(out), "--batch-size", "16"])
+        timer.join()
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "waiting for process" in err and "(cxrkit calibrate," in err, err
+    assert json.loads((out / "meta.json").read_text())["threshold"]["value"] == 0.125  # the source as the calibration left it
+
+
+def test_adapt_into_its_own_source_is_refused_without_waiting(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    site = _new_site(tmp_path / "site")
+    alias = tmp_path / "alias"
+    alias.symlink_to(run, target_is_directory=True)
+    before = _files(run)
+    with _held(run, "evaluate"):  # a wait here would last the holder's 120 s; two locks on one folder would wait for ever
+        started = time.monotonic()
+        code = main(["adapt", str(run), str(site), "--out", str(alias), "--batch-size", "16", "--overwrite"])
+        waited = time.monotonic() - started
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "--out must be a new folder" in err, err
+    assert waited < 30 and _files(run) == before
+
+
+def test_adapt_reads_a_source_it_cannot_lock(tiny_run, tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    run = _copy_run(tiny_run, tmp_path)
+    (run / ".cxrkit.lock").unlink(missing_ok=True)
+    site = _new_site(tmp_path / "site")
+    out = tmp_path / "adapted"
+    real_open = os.open
+
+    def read_only_source(path, flags, *args, **kwargs):  # the source folder is on a read-only mount (or another user's)
+        if Path(path).parent == run and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_source)
+    code = main(["adapt", str(run), str(site), "--out", str(out), "--batch-size", "16"])
+    assert code == 0, capsys.readouterr().err  # adapt only reads the source: nothing there needs writing
+    assert (out / "model.safetensors").is_file() and not (run / ".cxrkit.lock").exists()

@@ -62,7 +62,7 @@ def _busy(fd: int) -> str | None:
 
 
 @contextmanager
-def run_lock(run_dir: Path | str, command: str, wait: bool = True, create: bool = False) -> Iterator[None]:
+def run_lock(run_dir: Path | str, command: str, wait: bool = True, create: bool = False, read_only: bool = False) -> Iterator[None]:
     """Hold ``run_dir``'s lock for the body; ``command`` (``evaluate``, ``train``...) is what another process is told.
 
     A short update (evaluate, calibrate, ...) that finds the run busy waits, and says so after a moment: both results
@@ -70,6 +70,8 @@ def run_lock(run_dir: Path | str, command: str, wait: bool = True, create: bool 
     last hours and replaces the run's files: that, and ``wait=False`` (training itself: starting over a run that another
     process is writing would mix two runs), is a one-line :class:`RunBusyError` naming the other process.
     ``create`` makes the folder (training); otherwise a missing folder is left to the caller's own error.
+    ``read_only``: the caller only reads the run (the source of ``cxrkit adapt``), so a folder where no lock file can
+    be made (a read-only mount, another user's folder) is read unlocked instead of refused.
     """
     if not isinstance(run_dir, (str, os.PathLike)):  # not a path at all: the caller's own check says so in one line
         yield
@@ -89,17 +91,10 @@ def run_lock(run_dir: Path | str, command: str, wait: bool = True, create: bool 
     if fcntl is None or not run_dir.is_dir():
         yield
         return
-    path = run_dir / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError:
-        if not path.is_file():
-            raise _not_writable(run_dir, command, errno.EACCES) from None
-        fd = os.open(path, os.O_RDONLY)  # another user's lock file: flock works on a read-only descriptor too
-    except OSError as exc:
-        if exc.errno not in (errno.EROFS, errno.EACCES, errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise _not_writable(run_dir, command, exc.errno) from None
+    fd = _open_lock_file(run_dir / LOCK_FILE, run_dir, command, read_only)
+    if fd is None:
+        yield
+        return
     try:
         other = _busy(fd)
         if other is not None and (not wait or other == "train"):
@@ -126,6 +121,25 @@ def run_lock(run_dir: Path | str, command: str, wait: bool = True, create: bool 
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _open_lock_file(path: Path, run_dir: Path, command: str, read_only: bool) -> int | None:
+    """A descriptor on the run's lock file; None when a reader (``read_only``) finds none and cannot make one."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        code = errno.EACCES
+        if path.is_file():
+            return os.open(path, os.O_RDONLY)  # another user's lock file: flock works on a read-only descriptor too
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.ENOSPC, errno.EDQUOT):
+            raise
+        code = exc.errno
+        if read_only and path.is_file():
+            return os.open(path, os.O_RDONLY)
+    if read_only:  # no lock file and none can be made here: read unlocked, as predict and serve read every run
+        return None
+    raise _not_writable(run_dir, command, code)
 
 
 def _write_holder(fd: int, command: str | None) -> None:

@@ -9,6 +9,7 @@ validation split (``evaluate --recalibrate-on`` re-chooses it with a labelled sa
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -63,20 +64,28 @@ def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_si
               progress: bool = True) -> dict:
     """Write a copy of a run to ``out`` whose batch-norm statistics come from the images under ``folder``.
 
-    ``out`` is locked while it is replaced (:mod:`cxrkit.record.lock`): a training into it is refused, an evaluation of it waited for.
+    Both folders are locked (:mod:`cxrkit.record.lock`), never at once: the source while its weights and files are
+    read (a training into it is refused, a calibration of it waited for), then ``out`` while it is replaced (a training
+    into it is refused, an evaluation of it waited for).
     """
     from cxrkit.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, is_image_file
 
     run_dir, folder, out = Path(run_dir), Path(folder), Path(out)
-    run = Run.load(run_dir, engine="torch")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder of images")
-    if out.resolve() == run_dir.resolve():
+    if out.resolve() == run_dir.resolve():  # also through a symbolic link: checked before either lock is taken
         raise ValueError("--out must be a new folder; the source run is kept unchanged")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; give a folder for the adapted run")
     if _holds_files(out) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of images")
+    # The source is read whole under its lock and released before --out is locked: a calibration rewriting it half-way
+    # would give weights and files of two versions, and holding both locks could wait for ever on an adapt the other
+    # way round (RUN2 -> RUN). A source we cannot write is read unlocked, as predict reads it.
+    with run_lock(run_dir, "adapt", read_only=True):
+        run = Run.load(run_dir, engine="torch")
+        kept = {name: ((run_dir / name).read_bytes(), (run_dir / name).stat()) for name in KEPT if (run_dir / name).is_file()}
+        root = run.record.data_root(run_dir)
     # An existing --out is locked from here, like a training into it: a training there refuses us (and we it), an
     # evaluation of it is waited for, and nobody adds results to it while its files are replaced.
     with run_lock(out, "adapt"):
@@ -98,12 +107,11 @@ def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_si
             if _holds_files(out) and not overwrite:  # another command wrote a run there while we decoded
                 raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
             _clear(out)
-            for name in KEPT:
-                if (run_dir / name).is_file():
-                    shutil.copy2(run_dir / name, out / name)
+            for name, (data, st) in kept.items():
+                (out / name).write_bytes(data)
+                os.utime(out / name, ns=(st.st_atime_ns, st.st_mtime_ns))
             save_weights(run.model, out / MODEL_FILE)
             record = read_meta(out)
-            root = run.record.data_root(run_dir)
             if root is not None:  # stored relative to the run folder too, which has moved; a sources file inside the run moved with it
                 record.set_data_root(out / root.relative_to(run_dir.resolve()) if root.is_relative_to(run_dir.resolve()) else root, out)
             info = {"method": "AdaBN", "source_run": str(run_dir), "folder": str(folder), "images": len(images), "unreadable": failed,
