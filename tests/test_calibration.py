@@ -169,6 +169,10 @@ def test_calibrate_stores_the_map_and_keeps_decisions_consistent(trained):
     assert "calibrated" in m["calibration"] and m["calibration"]["calibrated"]["ece"] >= 0
     for c in (m["calibration"]["model"], m["calibration"]["calibrated"]):
         assert c["ece_ci"][0] <= c["ece"] <= c["ece_ci"][1] and c["brier_ci"][0] <= c["brier"] <= c["brier_ci"][1]
+    ts = m["threshold_spread"]  # the run's rule re-applied to resamples of its validation split
+    n_val = len(ds.index("val"))
+    assert ts["n_val"]["positive"] + ts["n_val"]["negative"] == n_val and ts["rule"] == run.meta["threshold"]["rule"]
+    assert 0 <= ts["threshold"][0] <= ts["threshold"][1] <= 1 and ts["sensitivity"][0] <= ts["sensitivity"][1]
     s = m["screening"]
     sens, spec = m["metrics"]["sensitivity"]["value"], m["metrics"]["specificity"]["value"]
     assert s["ppv"]["value"] == pytest.approx(ppv_npv_at_prevalence(sens, spec, 0.05)[0])
@@ -176,7 +180,8 @@ def test_calibrate_stores_the_map_and_keeps_decisions_consistent(trained):
     assert len(m["operating_points"]) == 6 and m["who_triage"]["verdict"] in ("pass", "pass (point estimates)", "fail")
     assert m["attention"]["n"] == 30 and 0 <= m["attention"]["mean_share"]["lung"] <= 1
     html = (run_dir / "report.html").read_text()
-    for words in ("1,000 people screened", "Operating points", "Decision curve", "Where does the model look", "after temperature calibration"):
+    for words in ("1,000 people screened", "another validation sample of that size",
+                  "Operating points", "Decision curve", "Where does the model look", "after temperature calibration"):
         assert words in html, words
     assert main(["calibrate", str(run_dir), "--remove"]) == 0
     assert Run.load(run_dir).calibration is None and Run.load(run_dir).threshold == pytest.approx(old_threshold)

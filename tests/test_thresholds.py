@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cxrkit.metrics.thresholds import choose_threshold, parse_rule
+from cxrkit.metrics.thresholds import choose_threshold, parse_rule, threshold_spread
 
 Y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
 P = np.array([0.05, 0.1, 0.2, 0.35, 0.6, 0.3, 0.55, 0.7, 0.8, 0.9])
@@ -103,3 +103,36 @@ def test_train_refuses_a_guarantee_its_validation_split_cannot_give(binary_data,
     err = capsys.readouterr().err
     assert code == 2 and "needs at least 59 positive validation images" in err
     assert not (tmp_path / "r" / "model.safetensors").exists()  # refused before any training time was spent
+
+
+def _scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n negatives and n positives whose logits differ by 1.5 standard deviations (AUC about 0.86)."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.zeros(n), np.ones(n)].astype(int)
+    return y, 1 / (1 + np.exp(-rng.normal(1.5 * y, 1)))
+
+
+def test_threshold_spread_shows_how_much_a_small_validation_split_moves_the_operating_point():
+    y_test, p_test = _scores(500, 0)
+    small = threshold_spread(*_scores(24, 1), "youden", y_test, p_test)
+    big = threshold_spread(*_scores(1000, 2), "youden", y_test, p_test)
+    assert small["n_val"] == {"positive": 24, "negative": 24} and small["resamples"] == 1000 and small["failed_resamples"] == 0
+    width = {k: (small[k][1] - small[k][0], big[k][1] - big[k][0]) for k in ("threshold", "sensitivity", "specificity")}
+    for k, (w_small, w_big) in width.items():
+        assert w_small > 1.5 * w_big > 0, (k, width)
+    assert width["sensitivity"][0] > 0.2  # 24 cases a class: test sensitivity can move by more than 20 points
+    # the ranges are the rule's thresholds applied to the evaluated scores: their ends are attained sensitivities
+    lo, hi = small["threshold"]
+    assert (p_test[y_test == 1] >= hi).mean() == pytest.approx(small["sensitivity"][0], abs=0.03)
+    assert (p_test[y_test == 1] >= lo).mean() == pytest.approx(small["sensitivity"][1], abs=0.03)
+    assert threshold_spread(*_scores(24, 1), "youden", y_test, p_test) == small  # seeded
+
+
+def test_threshold_spread_is_none_for_a_fixed_threshold_and_counts_impossible_guarantees():
+    y_test, p_test = _scores(200, 0)
+    assert threshold_spread(*_scores(50, 1), "0.5", y_test, p_test) is None
+    assert threshold_spread(np.zeros(10, int), np.linspace(0, 1, 10), "youden", y_test, p_test) is None
+    # sensitivity >= 0.90 at 95% confidence needs at least 29 positives: no resample of 20 can prove it
+    assert threshold_spread(*_scores(20, 1), "sensitivity:0.90@0.95", y_test, p_test) is None
+    g = threshold_spread(*_scores(400, 1), "sensitivity:0.90@0.95", y_test, p_test)
+    assert g["failed_resamples"] < 500 and g["sensitivity"][0] > 0.85

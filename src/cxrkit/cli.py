@@ -356,15 +356,15 @@ def _calibration_figures(c: dict) -> str:
     def one(name: str, key: str) -> str:
         ci = c.get(f"{key}_ci")
         chance = c.get("ece_if_calibrated") if key == "ece" else None
-        inside = "; ".join(x for x in (ci and f"{ci[0]:.4f}-{ci[1]:.4f}", chance and f"chance alone up to {chance['p95']:.4f}") if x)
+        inside = "; ".join(x for x in (ci and f"{ci[0]:.4f}-{ci[1]:.4f}", chance and f"a calibrated model scores up to {chance['p95']:.4f} here by chance") if x)
         return f"{name} {c[key]:.4f}" + (f" ({inside})" if inside else "")
 
     return f"{one('ECE', 'ece')}, {one('Brier', 'brier')}"
 
 
 def _decision_summary(m: dict) -> None:
-    """Calibration, the WHO triage check, the screening sentences and the attention flag of an evaluation."""
-    from cxrkit.report.narrative import screening_sentences
+    """Calibration, the threshold's spread, the WHO triage check, the screening sentences and the attention flag of an evaluation."""
+    from cxrkit.report.narrative import screening_sentences, threshold_spread_sentence
 
     cal = m.get("calibration")
     if cal:
@@ -372,6 +372,9 @@ def _decision_summary(m: dict) -> None:
         if "calibrated" in cal:
             line += f"; after {cal['method']} calibration {_calibration_figures(cal['calibrated'])}"
         print(line)
+    sentence = threshold_spread_sentence(m.get("threshold_spread"), m.get("threshold"), m["classes"])
+    if sentence:
+        print("  " + sentence)
     w = m.get("who_triage")
     if w:
         se, sp = w["sensitivity"], w["specificity"]

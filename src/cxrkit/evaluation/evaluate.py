@@ -116,11 +116,12 @@ def validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
 
 def decision_analysis(
     run: Run, y: np.ndarray, probs: np.ndarray, raw_probs: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None,
-    prevalence: float | None = None,
+    prevalence: float | None = None, spread: bool = False,
 ) -> dict:
     """Calibration (of the model's own and of the calibrated probabilities), and for binary runs the operating
     points chosen on validation, the WHO TB-triage check, the decision curve and, with ``prevalence``, what the
-    run's threshold means per 1,000 people screened."""
+    run's threshold means per 1,000 people screened. ``spread`` (``y`` is not the validation split itself) adds how
+    far the threshold and this split's sensitivity and specificity move with another validation sample."""
     from cxrkit.metrics.calibration import calibration_summary
     from cxrkit.metrics.decision_curve import net_benefit
     from cxrkit.metrics.operating_points import operating_point, operating_points, screening_outcomes, who_triage_check
@@ -136,6 +137,11 @@ def decision_analysis(
     if val is not None and len(np.unique(val[0])) == 2:
         out["operating_points"] = operating_points(val[0], val[1][:, 1], y, probs[:, 1])
         out["who_triage"] = who_triage_check(val[0], val[1][:, 1], y, probs[:, 1])
+        rule = (run.record.threshold or {}).get("rule")
+        if spread and rule:
+            from cxrkit.metrics.thresholds import threshold_spread
+
+            out["threshold_spread"] = threshold_spread(val[0], val[1][:, 1], rule, y, probs[:, 1])
     out["decision_curve"] = net_benefit(y, probs[:, 1], prevalence=prevalence)
     if run.record.referral is not None:
         out["referral"] = referral_analysis(run, y, probs)
@@ -280,7 +286,8 @@ def evaluate_run(
         one_class = one_class_restriction(metrics)
         if one_class:
             notes.append(one_class)
-        metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence))
+        metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence,
+                                         spread=not (same_data and split == "val")))
         if not same_data:
             from cxrkit.evaluation.threshold_transfer import threshold_transfer
 

@@ -174,3 +174,49 @@ def choose_threshold(
     spec_v = float((~pred[neg]).mean()) if neg.any() else float("nan")
     return ThresholdChoice(value=value, rule=rule, chosen_on=chosen_on, sensitivity=sens, specificity=spec_v,
                            kind="guaranteed" if guarantee else "point", guarantee=guarantee)
+
+
+def threshold_spread(
+    y_val: np.ndarray, p_val: np.ndarray, rule: str, y_eval: np.ndarray, p_eval: np.ndarray,
+    n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+) -> dict | None:
+    """How much the operating point owes to which validation images there happened to be.
+
+    ``rule`` is re-applied to stratified bootstrap resamples of the validation split (same size, same class counts);
+    returns the central ``confidence`` range of the thresholds it picks and of the evaluated split's sensitivity and
+    specificity at those thresholds, beside the validation class counts. On a few dozen validation images a Youden
+    threshold can move from 0.1 to 0.6 between equally likely samples, and sensitivity on test with it: the Wilson
+    interval of the test sensitivity does not show this, because it holds the threshold fixed. None for a fixed
+    threshold (nothing is chosen) or when the validation split lacks a class.
+    """
+    kind, _ = parse_rule(rule)
+    y_val, p_val = np.asarray(y_val).astype(int), np.asarray(p_val, dtype=np.float64)
+    y_eval, p_eval = np.asarray(y_eval).astype(int), np.asarray(p_eval, dtype=np.float64)
+    if kind == "fixed" or len(np.unique(y_val)) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y_val == c) for c in (0, 1)]
+    pos, neg = y_eval == 1, y_eval == 0
+    values, sens, spec, failed = [], [], [], 0
+    for _ in range(n_resamples):
+        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+        try:
+            t = choose_threshold(y_val[idx], p_val[idx], rule).value
+        except GuaranteeImpossible:  # a resample with more misses cannot prove the target: counted, not hidden
+            failed += 1
+            continue
+        values.append(t)
+        pred = p_eval >= t
+        sens.append(pred[pos].mean() if pos.any() else np.nan)
+        spec.append((~pred[neg]).mean() if neg.any() else np.nan)
+    if len(values) < n_resamples / 2:
+        return None
+    q = [100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2]
+
+    def span(v: list) -> list[float] | None:
+        v = np.asarray(v, dtype=float)
+        return None if np.isnan(v).all() else [float(x) for x in np.nanpercentile(v, q)]
+
+    return {"rule": rule, "n_val": {"positive": len(groups[1]), "negative": len(groups[0])}, "resamples": n_resamples,
+            "failed_resamples": failed, "confidence": confidence, "threshold": span(values), "sensitivity": span(sens),
+            "specificity": span(spec)}

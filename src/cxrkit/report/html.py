@@ -28,6 +28,7 @@ from cxrkit.report.narrative import (
     plural,
     screening_sentences,
     split_words,
+    threshold_spread_sentence,
 )
 from cxrkit.report.plots import MIN_BIN_COUNT
 
@@ -117,6 +118,7 @@ def build_context(run_dir: Path) -> dict:
             "reliability": _img(run_dir / "plots" / f"reliability_{fname}.png"), "decision": _img(run_dir / "plots" / f"decision_{fname}.png"),
             "attention_img": _img(run_dir / "plots" / f"attention_{fname}.png"), "gallery": _img(run_dir / "plots" / f"gallery_{fname}.png"),
             "screening": screening_sentences(m["screening"], m["classes"][1]) if m.get("screening") else [],
+            "threshold_spread": threshold_spread_sentence(m.get("threshold_spread"), m.get("threshold"), m["classes"]),
             "subgroups": _subgroups(run_dir, m.get("subgroups") or {}, fname),
             "risk_coverage": _img(run_dir / "plots" / f"risk_coverage_{fname}.png"),
         })

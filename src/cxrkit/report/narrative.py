@@ -218,3 +218,21 @@ def screening_sentences(s: dict, positive: str) -> list[str]:
         "sensitivity and specificity.",
     ]
     return out
+
+
+def threshold_spread_sentence(spread: dict | None, threshold: float | None, classes: list[str]) -> str | None:
+    """How far another validation sample of the same size would move the threshold and this split's sensitivity and
+    specificity (from :func:`cxrkit.metrics.thresholds.threshold_spread`); None when there is no spread to tell."""
+    if not spread or not spread.get("threshold") or threshold is None:
+        return None
+    n, t, se, sp = spread["n_val"], spread["threshold"], spread["sensitivity"], spread["specificity"]
+    moved = [f"{what} {pct(r[0])}–{pct(r[1])}" for what, r in (("sensitivity", se), ("specificity", sp)) if r]
+    text = (f"The threshold {threshold:.3f} ({escape(spread['rule'])}) was chosen on {n['positive'] + n['negative']} validation images "
+            f"({n['positive']} {escape(classes[1])}, {n['negative']} {escape(classes[0])}); another validation sample of that size "
+            f"would have chosen {t[0]:.3f}–{t[1]:.3f}")
+    if moved:
+        text += ", giving " + " and ".join(moved) + " here"
+    text += f" (the central {spread['confidence']:.0%} of {spread['resamples']:,} bootstrap resamples of validation; the intervals above hold the threshold fixed)"
+    if spread.get("failed_resamples"):
+        text += f"; in {spread['failed_resamples']} of them no threshold met the guarantee"
+    return text + "."
