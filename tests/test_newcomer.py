@@ -145,6 +145,17 @@ def test_patient_ids_are_recognised_in_file_names_without_false_alarms():
     assert guess_patient_pattern([f"aug0_CHNCXR_{i:04d}_{i % 2}.png" for i in range(200)]) is None  # one ID per image
     assert guess_patient_pattern([f"h{i:03d}.jpg" for i in range(200)]) is None
     assert guess_patient_pattern([f"{i:02d}.jpeg" for i in range(90)] * 2) is None  # covid: a number per class folder
+    # a counter that restarts in every class folder: the same number in normal/ and tb/ is two people
+    counters = [f"image_{i:03d}.png" for i in range(150)] + [f"image_{i:03d}.png" for i in range(120)]
+    labels = ["normal"] * 150 + ["tb"] * 120
+    assert guess_patient_pattern(counters) == r"(image_\d+)"  # without the classes it looks like 120 patients
+    assert guess_patient_pattern(counters, labels) is None
+    # real patient IDs keep a patient's images in one class, so the classes confirm them
+    kermany_labels = ["pneumonia"] * 300 + ["normal"] * 200
+    assert guess_patient_pattern(kermany, kermany_labels) == r"(person\d+|IM-\d+)"
+    # a few patients with images in both classes (follow-up after treatment) do not hide the rest
+    mixed = [f"patient{i // 2}_{i % 2}.png" for i in range(200)]
+    assert guess_patient_pattern(mixed, ["tb" if i < 100 or i % 20 == 1 else "normal" for i in range(200)]) == r"(patient\d+)"
 
 
 def test_training_warns_when_image_level_splits_scatter_patients_named_in_files(tmp_path):
@@ -165,6 +176,21 @@ def test_training_warns_when_image_level_splits_scatter_patients_named_in_files(
     said.clear()
     _warn_about_patient_ids_in_names(grouped, said.append)
     assert said == []  # grouped by patient: no patient spans two splits any more
+
+
+def test_a_counter_restarting_in_each_class_folder_is_not_taken_for_patient_ids(tmp_path, capsys):
+    from cxrkit.data.dataset import load_dataset
+    from cxrkit.training.trainer import _warn_about_patient_ids_in_names
+
+    data = make_synthetic_dataset(tmp_path / "counted", n_per_class=40, size=16, seed=2, classes=("normal", "tb"))
+    for c in ("normal", "tb"):
+        for i, f in enumerate(sorted((data / c).glob("*.png"))):
+            f.rename(f.with_name(f"img_{i}.png"))  # normal/img_0.png ... and tb/img_0.png ...
+    said: list[str] = []
+    _warn_about_patient_ids_in_names(load_dataset(data, 16, progress=False), said.append)
+    assert said == []
+    assert main(["audit", str(data), "--out", str(tmp_path / "a")]) == 0
+    assert "patient IDs" not in capsys.readouterr().out
 
 
 def test_audit_warns_about_patient_ids_in_file_names_until_a_group_pattern_is_given(tmp_path, capsys):

@@ -143,7 +143,8 @@ def audit_dataset(
     result["seconds"] = {**result["seconds"], "total": time.perf_counter() - t0, "files_computed": reading["computed"]}
     if groups is None and not any(s.patient is not None for s in source.samples):
         names = [s.path.name for s in source.samples]
-        pattern = guess_patient_pattern(names)
+        single_label = all(s.findings is None for s in source.samples)  # a patient's findings differ from visit to visit
+        pattern = guess_patient_pattern(names, [s.label for s in source.samples] if single_label else None)
         n, example = ids_in_several_splits(names, splits, pattern) if pattern else (0, None)
         if n:  # not a verdict: the IDs are a guess from the names, and the user says whether they are patients
             result["patient_ids_in_names"] = {"pattern": pattern, "ids_in_two_splits": n, "example": example}

@@ -36,15 +36,18 @@ def patient_ids(samples: Sequence[Sample], pattern: str | None) -> list[str]:
 _ID_TOKEN = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]+[-_]?)(\d+)(?=[-_. ])|^()(\d+)(?=_)")
 
 
-def guess_patient_pattern(names: Sequence[str]) -> str | None:
+def guess_patient_pattern(names: Sequence[str], labels: Sequence[str] | None = None) -> str | None:
     """A ``--group-pattern`` for file names that look like they carry patient IDs, or None.
 
     A name shape ("person" + digits) counts when it is in at least a fifth of the files, names many different IDs
     (at least a fifth as many as its files, so a constant prefix such as "aug0" is no patient) and at least one
-    in twenty of its files shares its ID with another file.
+    in twenty of its files shares its ID with another file. With ``labels`` (each file's class), a shape whose
+    shared IDs are shared only across classes, never within one (``normal/img_7.png`` and ``tb/img_7.png``), is
+    a counter that restarts in every class folder, not a patient.
     """
     seen: dict[str, dict[str, int]] = {}
-    for name in names:
+    classes_of: dict[str, dict[str, list[str]]] = {}
+    for i, name in enumerate(names):
         stem = Path(name).stem + "."
         shapes = set()
         for m in _ID_TOKEN.finditer(stem):
@@ -54,10 +57,17 @@ def guess_patient_pattern(names: Sequence[str]) -> str | None:
             shapes.add(prefix)
             ids = seen.setdefault(prefix, {})
             ids[digits] = ids.get(digits, 0) + 1
+            if labels is not None:
+                classes_of.setdefault(prefix, {}).setdefault(digits, []).append(labels[i])
     chosen = []
     for prefix, ids in seen.items():
         files = sum(ids.values())
         shared = sum(n for n in ids.values() if n > 1)
+        if labels is not None and shared:
+            # files of one ID that share a class: a patient's images do, a per-class counter's never
+            within = sum(len(c) - len(set(c)) for c in classes_of[prefix].values())
+            if within < 0.05 * shared:
+                continue
         if files >= 0.2 * len(names) and len(ids) >= 0.2 * files and shared >= 0.05 * files:
             chosen.append(re.escape(prefix).replace("\\-", "-") + r"\d+" if prefix else r"^\d+(?=_)")
     return f"({'|'.join(sorted(chosen, key=len, reverse=True))})" if chosen else None

@@ -48,7 +48,7 @@ from cxrkit.record import (
     atomic_write_text,
     write_meta,
 )
-from cxrkit.record.files import CHECKPOINT_DIR, PLOTS_DIR
+from cxrkit.record.files import CHECKPOINT_DIR, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, REPORT_FILE, all_or_nothing
 from cxrkit.record.lock import run_lock
 from cxrkit.record.meta import now
 from cxrkit.run import probabilities, save_weights
@@ -267,7 +267,7 @@ def _warn_about_patient_ids_in_names(ds: LabelledImages, log: Callable[[str], No
     from cxrkit.audit.messages import patient_names_message
     from cxrkit.data.splits import guess_patient_pattern, ids_in_several_splits
 
-    pattern = guess_patient_pattern(ds.relpaths)
+    pattern = guess_patient_pattern(ds.relpaths, None if ds.multilabel else [ds.class_names[y] for y in ds.labels])
     if pattern is None:
         return
     n, example = ids_in_several_splits(ds.relpaths, list(ds.splits), pattern)
@@ -738,8 +738,15 @@ def _train_and_finish(cfg: TrainConfig, ctx: Distributed, s: _Setup, prog: _Prog
     if finish:
         from cxrkit.evaluation.evaluate import finish_training
 
-        val_metrics = finish_training(out, s.ds, cfg.threshold_rule, cfg.seed, allow_point_estimate=cfg.allow_point_estimate,
-                                      referral=cfg.referral)
+        # All or nothing from the threshold to the report: a failure half-way (a full disk, Ctrl-C) leaves the run as
+        # written above, unfinished and finished by --resume, not a threshold whose validation results were never written.
+        try:
+            with all_or_nothing([out / f for f in (META_FILE, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE)], [out / PLOTS_DIR]):
+                val_metrics = finish_training(out, s.ds, cfg.threshold_rule, cfg.seed, allow_point_estimate=cfg.allow_point_estimate,
+                                              referral=cfg.referral)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{exc.strerror or exc}; the trained model is kept without a threshold: finish it by running the "
+                                     "same `cxrkit train` command again with --resume", exc.filename) from None
     if tracker is not None:
         from cxrkit.training.tracking import headline_metrics
 
