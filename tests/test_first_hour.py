@@ -153,3 +153,31 @@ def test_explain_device_quiet_progress_and_skipped_files(tiny_run, mixed_folder,
     assert std == "" and bars[-1].disable is True and _skipped(err)
     assert main(["explain", str(tiny_run), str(folder), "--out", str(out), "--device", "gpu"]) == 2
     assert capsys.readouterr().err.strip() == "error: device must be auto, cpu, cuda or cuda:N, got 'gpu'"
+
+
+# ---- train says after its first epoch how long the rest will take -------------------------------------------------
+
+
+def test_time_estimate_words():
+    from cxrkit.training.trainer import duration_text, time_estimate
+
+    assert [duration_text(s) for s in (0.4, 45, 200, 300, 800, 5400)] == ["0 s", "45 s", "3 min 20 s", "5 min", "13 min", "1 h 30 min"]
+    assert time_estimate(2.0, 14, 5, None, 2.0) is None  # 28 s left: nothing to plan around
+    assert time_estimate(12.0, 0, 5, None, 12.0) is None  # the last epoch
+    assert time_estimate(12.0, 14, 5, None, 12.0) == ("this epoch took 12 s: the other 14 epochs take about 2 min 48 s "
+                                                       "(sooner if validation AUC stops improving for 5 epochs), then the final evaluation")
+    capped = time_estimate(40.0, 29, None, 10, 40.0)
+    assert capped == "this epoch took 40 s: the other 29 epochs take about 19 min, so --max-minutes 10 stops training after about 10 min, then the final evaluation"
+    assert "max-minutes" not in time_estimate(40.0, 29, None, 60, 40.0)  # the cap is not reached
+
+
+def test_train_prints_the_estimate_once_after_its_first_epoch(binary_data, tmp_path, capsys, monkeypatch):
+    import cxrkit.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "ESTIMATE_FROM_S", 0.0)  # the tiny run is fast; the rule is the same
+    assert main(["train", str(binary_data), "--out", str(tmp_path / "r"), "--model", "cnn", "--image-size", "32", "--epochs", "3",
+                 "--pretrained", "none"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("this epoch took")]
+    assert len(lines) == 1 and "the other 2 epochs take about" in lines[0], out
+    assert out.index("epoch   1/3") < out.index("this epoch took") < out.index("epoch   2/3")

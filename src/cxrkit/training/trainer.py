@@ -487,6 +487,36 @@ def _validate(s: _Setup, t_start: float, epoch: int) -> tuple[float, float, bool
     return val_auc, val_loss, time_up
 
 
+# The first epoch's duration is announced as an estimate for the rest only when the rest is long enough to plan around.
+ESTIMATE_FROM_S = 60.0
+
+
+def duration_text(seconds: float) -> str:
+    """45 -> '45 s', 200 -> '3 min 20 s', 5400 -> '1 h 30 min'."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s" if seconds < 600 and seconds % 60 else f"{round(seconds / 60)} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min"
+
+
+def time_estimate(epoch_seconds: float, epochs_left: int, patience: int | None, max_minutes: float | None,
+                  elapsed: float) -> str | None:
+    """One line after the first epoch: how long the remaining epochs take at its pace (None when that is short)."""
+    rest = epoch_seconds * epochs_left
+    if epochs_left < 1 or rest < ESTIMATE_FROM_S:
+        return None
+    capped = bool(max_minutes) and elapsed + rest > 60 * max_minutes
+    line = f"this epoch took {duration_text(epoch_seconds)}: the other {epochs_left} epochs take about {duration_text(rest)}"
+    if capped:
+        line += f", so --max-minutes {max_minutes:g} stops training after about {duration_text(60 * max_minutes)}"
+    if patience is not None:
+        line += f" (sooner if validation AUC stops improving for {patience} epochs)"
+    return line + ", then the final evaluation"
+
+
 def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: EpochCallback | None, progress: bool,
          tracker: Tracker | None = None) -> None:
     """The epochs: train, validate, keep the best model, checkpoint, stop early or on time; Ctrl-C ends it cleanly."""
@@ -501,6 +531,7 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
                 if epoch > 1:
                     prog.bad_epochs = 0  # stage two starts: give the full network its own patience
                     log(f"stage 2: training all layers (backbone learning rate {cfg.lr * cfg.backbone_lr_scale:g})")
+            t0 = time.perf_counter()
             losses, train_seconds = _train_epoch(s, epoch, head_only, progress)
             t1 = time.perf_counter()
             val_auc, val_loss, time_up = _validate(s, t_start, epoch)
@@ -535,6 +566,11 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
                 f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
                 f"val AUC {val_auc:.4f}  {row['train_images_per_second']:.0f} img/s{'  *best' if improved else ''}"
             )
+            if epoch == prog.first_epoch and not broken:
+                estimate = time_estimate(time.perf_counter() - t0, cfg.epochs - epoch, cfg.patience, cfg.max_minutes,
+                                         time.perf_counter() - t_start)
+                if estimate:
+                    log(estimate)
             if broken:
                 prog.stopped_by, prog.diverged = "diverged", f"epoch {epoch} (training loss {row['train_loss']:.3g}, validation loss {val_loss})"
                 log(f"training diverged in {prog.diverged}: stopping; lower --lr (now {cfg.lr:g})"
