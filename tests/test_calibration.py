@@ -8,7 +8,8 @@ import pytest
 from cxrkit.cli import main
 from cxrkit.metrics.calibration import Calibration, brier_score, calibration_summary, ece_if_calibrated, expected_calibration_error, fit_calibration
 from cxrkit.metrics.decision_curve import net_benefit
-from cxrkit.metrics.operating_points import operating_points, ppv_npv_at_prevalence, screening_outcomes, who_triage_check
+from cxrkit.metrics.intervals import wilson_interval
+from cxrkit.metrics.operating_points import cases_to_confirm, operating_points, ppv_npv_at_prevalence, screening_outcomes, who_triage_check
 from cxrkit.run import Run
 
 
@@ -126,6 +127,31 @@ def test_operating_points_are_chosen_on_validation_and_reported_on_the_other_spl
     assert r["sensitivity"]["value"] == 0.75 and r["ppv"]["value"] == 0.75 and r["sensitivity"]["ci"][0] < 0.75
     w = who_triage_check(y_val, p_val, y_ev, p_ev)
     assert w["verdict"] == "fail"  # 75% sensitivity on the evaluated split
+
+
+def test_cases_to_confirm_a_rate_that_only_its_point_estimate_meets():
+    for rate, target in ((0.925, 0.90), (0.95, 0.90), (0.80, 0.70), (0.99, 0.90)):
+        n = cases_to_confirm(rate, target)
+        assert wilson_interval(round(rate * n), n)[0] >= target > wilson_interval(round(rate * (n - 1)), n - 1)[0], (rate, n)
+    assert cases_to_confirm(0.925, 0.90) == 548 and cases_to_confirm(0.95, 0.90) == 127
+    assert cases_to_confirm(0.90, 0.90) is None and cases_to_confirm(0.85, 0.90) is None  # no number of cases proves it
+    assert cases_to_confirm(0.9001, 0.90) is None  # more than the limit
+
+
+def test_who_check_says_how_many_cases_would_confirm_a_point_estimate_pass():
+    from cxrkit.report.narrative import cases_to_confirm_sentence
+
+    # validation separates perfectly; on the evaluated split 37 of 40 positives and 38 of 40 negatives are right
+    y_val, p_val = np.r_[np.zeros(40), np.ones(40)].astype(int), np.r_[np.full(40, 0.2), np.full(40, 0.8)]
+    y_ev = np.r_[np.zeros(40), np.ones(40)].astype(int)
+    p_ev = np.r_[np.full(38, 0.1), np.full(2, 0.9), np.full(3, 0.1), np.full(37, 0.9)]
+    w = who_triage_check(y_val, p_val, y_ev, p_ev)
+    assert w["verdict"] == "pass (point estimates)" and w["sensitivity"]["value"] == 0.925
+    assert w["cases_to_confirm"] == {"positive": 548, "negative": None}  # specificity 95% (83.5-98.6) is already proven
+    assert cases_to_confirm_sentence(w, ["healthy", "tb"]) == (
+        "To prove the targets at the rates measured here, the lower 95% bounds need about 548 tb images (this split has 40) "
+        "for sensitivity ≥ 90.0%.")
+    assert cases_to_confirm_sentence({"verdict": "fail"}, ["healthy", "tb"]) is None
 
 
 def test_net_benefit_on_hand_cases():

@@ -364,7 +364,7 @@ def _calibration_figures(c: dict) -> str:
 
 def _decision_summary(m: dict) -> None:
     """Calibration, the threshold's spread, the WHO triage check, the screening sentences and the attention flag of an evaluation."""
-    from cxrkit.report.narrative import screening_sentences, threshold_spread_sentence
+    from cxrkit.report.narrative import cases_to_confirm_sentence, screening_sentences, threshold_spread_sentence
 
     cal = m.get("calibration")
     if cal:
@@ -381,6 +381,9 @@ def _decision_summary(m: dict) -> None:
         print(f"  WHO TB-triage target (sensitivity >= 90% with specificity >= 70%) at the validation threshold for 90% sensitivity "
               f"({w['threshold']:.3f}): sensitivity {100 * se['value']:.1f}% (95% CI {100 * se['ci'][0]:.1f}-{100 * se['ci'][1]:.1f}), "
               f"specificity {100 * sp['value']:.1f}% ({100 * sp['ci'][0]:.1f}-{100 * sp['ci'][1]:.1f}): {w['verdict'].upper()}")
+        confirm = cases_to_confirm_sentence(w, m["classes"])
+        if confirm:
+            print("    " + confirm)
     if m.get("screening"):
         for s in screening_sentences(m["screening"], m["classes"][1]):
             print("  " + s.replace("<b>", "").replace("</b>", ""))

@@ -52,7 +52,40 @@ def who_triage_check(y_val: np.ndarray, p_val: np.ndarray, y_eval: np.ndarray, p
     meets = ok and sens["value"] >= WHO_TRIAGE["sensitivity"] and spec["value"] >= WHO_TRIAGE["specificity"]
     sure = meets and sens["ci"][0] >= WHO_TRIAGE["sensitivity"] and spec["ci"][0] >= WHO_TRIAGE["specificity"]
     verdict = "pass" if sure else "pass (point estimates)" if meets else "fail"
-    return {**op, "targets": WHO_TRIAGE, "verdict": verdict}
+    out = {**op, "targets": WHO_TRIAGE, "verdict": verdict}
+    if verdict == "pass (point estimates)":
+        out["cases_to_confirm"] = {
+            "positive": cases_to_confirm(sens["value"], WHO_TRIAGE["sensitivity"]) if sens["ci"][0] < WHO_TRIAGE["sensitivity"] else None,
+            "negative": cases_to_confirm(spec["value"], WHO_TRIAGE["specificity"]) if spec["ci"][0] < WHO_TRIAGE["specificity"] else None,
+        }
+    return out
+
+
+def cases_to_confirm(rate: float, target: float, confidence: float = 0.95, limit: int = 100_000) -> int | None:
+    """The fewest cases on which a measured ``rate`` would have a Wilson lower bound of at least ``target``.
+
+    A point estimate above the target on a small test set does not prove it; this says how many cases an
+    evaluation needs for the same rate to prove it. None when the rate does not exceed the target (no number
+    of cases can) or more than ``limit`` would be needed.
+    """
+    from cxrkit.metrics.intervals import wilson_interval
+
+    if rate <= target:
+        return None
+
+    def proven(n: int) -> bool:
+        return wilson_interval(round(rate * n), n, confidence)[0] >= target
+
+    hi = 1
+    while not proven(hi):  # the bound rises with n at a fixed rate (up to the rounding of rate * n)
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = hi // 2
+    while lo + 1 < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if proven(mid) else (mid, hi)
+    return hi
 
 
 def ppv_npv_at_prevalence(sensitivity: float, specificity: float, prevalence: float) -> tuple[float, float]:

@@ -20,6 +20,7 @@ from cxrkit.report.narrative import (
     SCORE_KEYS,
     SPLIT_WORDS,
     binary_sentences,
+    cases_to_confirm_sentence,
     ci_text,
     metric_words,
     multiclass_sentences,
@@ -119,6 +120,7 @@ def build_context(run_dir: Path) -> dict:
             "attention_img": _img(run_dir / "plots" / f"attention_{fname}.png"), "gallery": _img(run_dir / "plots" / f"gallery_{fname}.png"),
             "screening": screening_sentences(m["screening"], m["classes"][1]) if m.get("screening") else [],
             "threshold_spread": threshold_spread_sentence(m.get("threshold_spread"), m.get("threshold"), m["classes"]),
+            "cases_to_confirm": cases_to_confirm_sentence(m.get("who_triage"), m["classes"]),
             "subgroups": _subgroups(run_dir, m.get("subgroups") or {}, fname),
             "risk_coverage": _img(run_dir / "plots" / f"risk_coverage_{fname}.png"),
         })

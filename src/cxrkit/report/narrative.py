@@ -236,3 +236,20 @@ def threshold_spread_sentence(spread: dict | None, threshold: float | None, clas
     if spread.get("failed_resamples"):
         text += f"; in {spread['failed_resamples']} of them no threshold met the guarantee"
     return text + "."
+
+
+def cases_to_confirm_sentence(who: dict | None, classes: list[str]) -> str | None:
+    """How many cases would prove the WHO targets at the measured rates, when only the point estimates meet them."""
+    need = (who or {}).get("cases_to_confirm")
+    if not need:
+        return None
+    parts = []
+    for key, metric, cls in (("positive", "sensitivity", classes[1]), ("negative", "specificity", classes[0])):
+        if who[metric]["ci"][0] >= who["targets"][metric]:
+            continue
+        have = who[metric]["denominator"]
+        if need[key] is None:
+            parts.append(f"no number of {escape(cls)} images proves {metric} ≥ {pct(who['targets'][metric])} at {pct(who[metric]['value'])}")
+        else:
+            parts.append(f"about {need[key]:,} {escape(cls)} images (this split has {have:,}) for {metric} ≥ {pct(who['targets'][metric])}")
+    return ("To prove the targets at the rates measured here, the lower 95% bounds need " + " and ".join(parts) + ".") if parts else None
