@@ -5,6 +5,7 @@ no metrics.json that has results predictions.csv and meta.json lack."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from pathlib import Path
@@ -110,3 +111,73 @@ def test_training_on_a_full_disk_says_which_file(binary_data, tmp_path, monkeypa
     assert code == 2 and "\n" not in err and err.startswith(f"error: {out / 'model.safetensors'}: cannot be written ("), err
     assert "No space left on device" in err
     assert not (out / "model.safetensors").exists() and not list(out.glob("*.tmp-*"))  # no half-written weights
+
+
+def _run_with_plots(tiny_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint", "model*.onnx*"))
+    return run
+
+
+@pytest.mark.parametrize("name, code", [
+    ("calibration.json", errno.ENOSPC),  # the second write: meta.json has the calibrated threshold by then
+    ("metrics.json", errno.ENOSPC), ("report.html", errno.EROFS),
+])
+def test_calibrate_that_cannot_write_leaves_the_run_as_it_was(name, code, tiny_run, tmp_path, monkeypatch, capsys):
+    run = _run_with_plots(tiny_run, tmp_path)
+    before, figures = _contents(run), _figures(run)
+    assert "calibration.json" not in before
+    _fail_writing(monkeypatch, name, code)
+    assert main(["calibrate", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: {run / name}: cannot be written ({os.strerror(code)})"), err
+    assert _contents(run) == before  # not a calibrated threshold without its calibration.json, nor the reverse
+    assert _figures(run) == figures
+    assert not [p for p in run.rglob("*") if ".bak-" in p.name or ".tmp-" in p.name]
+
+
+def test_calibrate_interrupted_in_the_report_leaves_the_run_as_it_was(tiny_run, tmp_path, monkeypatch, capsys):
+    run = _run_with_plots(tiny_run, tmp_path)
+    before, figures = _contents(run), _figures(run)
+
+    def interrupted(run_dir):  # Ctrl-C while the report renders: every other file is written by then
+        assert (Path(run_dir) / "calibration.json").is_file()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cxrkit.report.html.write_report", interrupted)
+    assert main(["calibrate", str(run)]) == 130
+    assert _contents(run) == before and _figures(run) == figures
+
+
+def test_calibrate_remove_that_cannot_write_keeps_the_calibration(tiny_run, tmp_path, monkeypatch, capsys):
+    run = _run_with_plots(tiny_run, tmp_path)
+    assert main(["calibrate", str(run)]) == 0
+    before = _contents(run)
+    assert "calibration.json" in before and "uncalibrated_value" in before["meta.json"].decode()
+    _fail_writing(monkeypatch, "meta.json", errno.ENOSPC)
+    assert main(["calibrate", str(run), "--remove"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: {run / 'meta.json'}: cannot be written"), err
+    assert _contents(run) == before  # calibration.json not deleted under a threshold chosen on calibrated probabilities
+
+
+def test_training_that_cannot_write_its_results_can_be_finished_with_resume(binary_data, tmp_path, monkeypatch, capsys):
+    from cxrkit.run import Run, RunError
+
+    out = tmp_path / "run"
+    args = ["train", str(binary_data), "--out", str(out), "--image-size", "24", "--epochs", "1", "--model", "simple_cnn", "--quiet"]
+    with monkeypatch.context() as m:
+        _fail_writing(m, "metrics.json", errno.ENOSPC)  # the second write of the end of training: the threshold is chosen by then
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: {out / 'metrics.json'}: cannot be written ({os.strerror(errno.ENOSPC)})"), err
+    assert "--resume" in err, err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["complete"] is False and (meta.get("threshold") or {}).get("value") is None  # no threshold without its validation results
+    assert not (out / "metrics.json").exists() and not (out / "predictions.csv").exists() and not (out / "report.html").exists()
+    with pytest.raises(RunError, match="incomplete"):
+        Run.load(out)
+    assert not [p for p in out.rglob("*") if ".bak-" in p.name or ".tmp-" in p.name]
+    assert main([*args, "--resume"]) == 0, capsys.readouterr().err
+    run = Run.load(out)
+    assert run.threshold is not None and "val" in json.loads((out / "metrics.json").read_text())

@@ -10,6 +10,7 @@ import numpy as np
 from cxrkit.evaluation.evaluate import compute_metrics, decision_analysis, store_threshold, write_evaluation
 from cxrkit.metrics.calibration import fit_calibration
 from cxrkit.record import CALIBRATION_FILE, META_FILE, atomic_write_json, read_metrics
+from cxrkit.record.files import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, REPORT_FILE, all_or_nothing
 from cxrkit.record.lock import run_lock
 from cxrkit.run import Run, load_run_dataset
 
@@ -36,33 +37,38 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
         y = ds.labels[idx]
         raw = run.predict_arrays(images, calibrated=False)
         cal = fit_calibration(y, raw, method, fitted_on=f"val split of {ds.source.root}")
-        if run.task == "binary":
-            old = dict(run.record.threshold)
-            uncalibrated = old.get("uncalibrated_value", old["value"])
-            choice = store_threshold(run, y, cal.apply(raw), old["rule"])
-            choice.update(calibrated=method, uncalibrated_value=uncalibrated)
-            run.record.set_threshold(choice)
-            run.save_record()
-            cal.threshold = {"uncalibrated": uncalibrated, "calibrated": choice["value"], "rule": old["rule"]}
-        record = cal.to_dict()
-        atomic_write_json(run.path / CALIBRATION_FILE, record)
-        run = Run.load(run_dir)
-        probs = run.predict_arrays(images)
-        metrics = compute_metrics(run, y, probs, seed=cfg.seed)
-        metrics.update(decision_analysis(run, y, probs, raw, (y, probs)))
-        old_metrics = read_metrics(run.path).get("val", {})
-        if "attention" in old_metrics:
-            metrics["attention"] = old_metrics["attention"]  # heat maps do not change with calibration
-        write_evaluation(run, "val", ds, idx, probs, metrics)
-        from cxrkit.report.html import write_report
+        # All or nothing, from the threshold in meta.json to the report: a failure half-way (a full disk, Ctrl-C) must
+        # not leave a threshold chosen on calibrated probabilities without calibration.json, nor the reverse.
+        files = [run.path / f for f in (META_FILE, CALIBRATION_FILE, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE)]
+        with all_or_nothing(files, [run.path / PLOTS_DIR]):
+            if run.task == "binary":
+                old = dict(run.record.threshold)
+                uncalibrated = old.get("uncalibrated_value", old["value"])
+                choice = store_threshold(run, y, cal.apply(raw), old["rule"])
+                choice.update(calibrated=method, uncalibrated_value=uncalibrated)
+                run.record.set_threshold(choice)
+                run.save_record()
+                cal.threshold = {"uncalibrated": uncalibrated, "calibrated": choice["value"], "rule": old["rule"]}
+            record = cal.to_dict()
+            atomic_write_json(run.path / CALIBRATION_FILE, record)
+            run = Run.load(run_dir)
+            probs = run.predict_arrays(images)
+            metrics = compute_metrics(run, y, probs, seed=cfg.seed)
+            metrics.update(decision_analysis(run, y, probs, raw, (y, probs)))
+            old_metrics = read_metrics(run.path).get("val", {})
+            if "attention" in old_metrics:
+                metrics["attention"] = old_metrics["attention"]  # heat maps do not change with calibration
+            write_evaluation(run, "val", ds, idx, probs, metrics)
+            from cxrkit.report.html import write_report
 
-        write_report(run.path)
+            write_report(run.path)
         return record
 
 
 def remove_calibration(run_dir: str | Path) -> None:
     """Delete a run's calibration and restore the threshold chosen on the model's own probabilities."""
-    with run_lock(run_dir, "calibrate"):
+    # Both files or neither: calibration.json deleted under a threshold chosen on calibrated probabilities would decide wrongly.
+    with run_lock(run_dir, "calibrate"), all_or_nothing([Path(run_dir) / CALIBRATION_FILE, Path(run_dir) / META_FILE]):
         if (Path(run_dir) / META_FILE).is_file():  # before loading: Run.load refuses a damaged calibration.json
             (Path(run_dir) / CALIBRATION_FILE).unlink(missing_ok=True)
         run = Run.load(run_dir)
