@@ -75,6 +75,43 @@ def test_external_evaluation_side_by_side_and_quiet_shift_check(internal_run, ca
     assert main(["evaluate", str(run), str(odd), "--class-map", "sick=tb"]) == 0
 
 
+def test_external_data_that_holds_the_runs_own_images_is_called_out(internal_run, tmp_path, capsys):
+    import shutil
+    import zipfile
+
+    root, data, run = internal_run
+    # "another hospital" that is really a zip of some of the training data plus 10 new images, renamed
+    copied = sorted(data.rglob("*.png"))
+    new = make_synthetic_dataset(tmp_path / "new", n_per_class=5, size=48, seed=11, classes=("normal", "tb"), signal=1.0)
+    folder = tmp_path / "hospital_b"
+    for i, p in enumerate(copied[::4]):
+        (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / p.parent.name / f"scan_{i}.png")
+    for p in new.rglob("*.png"):
+        shutil.copy(p, folder / p.parent.name / f"new_{p.name}")
+    archive = tmp_path / "hospital_b.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in folder.rglob("*.png"):
+            zf.write(p, p.relative_to(folder).as_posix())
+    splits = {r.split(",")[0]: r.split(",")[2] for r in (run / "splits.csv").read_text().splitlines()[1:]}
+    expected = {}
+    for p in copied[::4]:
+        s = splits[p.relative_to(data).as_posix()]
+        expected[s] = expected.get(s, 0) + 1
+    assert main(["evaluate", str(run), str(archive)]) == 0
+    captured = capsys.readouterr()
+    ext = json.loads((run / "metrics.json").read_text())["external:hospital_b.zip"]  # named as the user named it
+    n_copied = len(copied[::4])
+    assert ext["training_overlap"] == {"identical": n_copied, "of": n_copied + 10, "by_split": expected}
+    assert f"{n_copied} of these {n_copied + 10} images are identical to images of this run's own splits" in captured.out
+    assert f"({expected['train']} it was trained on" in captured.out and "this is not independent data" in captured.out
+    assert f"external data: {archive}" in captured.out and "cache" not in captured.out.split("external data:")[1].split("\n")[0]
+    # a folder of new images only: nothing said
+    assert main(["evaluate", str(run), str(new)]) == 0
+    assert "identical" not in capsys.readouterr().out
+    assert "training_overlap" not in json.loads((run / "metrics.json").read_text())["external:new"]
+
+
 def test_shift_check_fires_on_brightened_images_and_one_brightened_class(internal_run, capsys):
     root, data, run = internal_run
     bright = _brighten(data, root / "bright", 45)

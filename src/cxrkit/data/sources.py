@@ -51,6 +51,12 @@ class ImageFolderSource:
     classes: list[str]
     layout: str  # "split/class" or "class"
     ignored_files: list[Path] = field(default_factory=list)
+    given: Path | None = None  # what the user named when it is not ``root``: a .zip, extracted under ``root``
+
+    @property
+    def shown(self) -> Path:
+        """The dataset as the user named it (``data.zip``, not the cache folder it was extracted to)."""
+        return self.given or self.root
 
     @property
     def given_splits(self) -> list[str]:
@@ -138,9 +144,11 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
     root = Path(root).expanduser()
     if not root.exists():
         raise DatasetError(f"dataset path {root} does not exist")
+    given = None
     if root.is_file():
         if root.suffix.lower() != ".zip":
             raise DatasetError(f"{root} is a file; give a folder of class folders or a .zip of one")
+        given = root.resolve()
         root = extract_zip(root, cache_dir)
     root = root.resolve()
     subdirs = _visible_dirs(root)
@@ -181,7 +189,7 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
     missing = [c for c in classes if c not in train_classes]
     if missing:
         raise DatasetError(f"{root}: classes {missing} have no training images")
-    return ImageFolderSource(root=root, samples=samples, classes=classes, layout=layout, ignored_files=ignored)
+    return ImageFolderSource(root=root, samples=samples, classes=classes, layout=layout, ignored_files=ignored, given=given)
 
 
 def canonical_name(name: str) -> str:

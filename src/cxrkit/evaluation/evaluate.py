@@ -114,6 +114,32 @@ def validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
     return (y, probs) if len(y) else None
 
 
+def training_overlap(run_dir: Path, images: np.ndarray) -> dict | None:
+    """How many of ``images`` are identical (decoded pixels) to images of the run's own splits, as a note; None when
+    none is, or when the run predates the hashes in splits.csv. External data that holds training images is not
+    external: the model has memorised them, and its figures there are optimistic."""
+    from cxrkit.data.identity import pixel_hashes
+    from cxrkit.record.files import SPLITS_FILE, read_csv_rows
+
+    known: dict[str, str] = {}  # pixel hash -> split; an image in several splits counts where it matters most
+    for r in sorted(read_csv_rows(Path(run_dir) / SPLITS_FILE), key=lambda r: {"train": 0, "val": 1}.get(r.get("split"), 2), reverse=True):
+        if r.get("pixels"):
+            known[r["pixels"]] = r.get("split", "")
+    if not known:
+        return None
+    found = [known.get(h) for h in pixel_hashes(images)]
+    counts = {s: found.count(s) for s in ("train", "val", "test") if found.count(s)}
+    if not counts:
+        return None
+    n = sum(counts.values())
+    words = {"train": "was trained on", "val": "chose its best epoch and threshold on", "test": "was tested on"}
+    parts = ", ".join(f"{c} it {words[s]}" for s, c in counts.items())
+    message = (f"{n} of these {len(images)} images are identical to images of this run's own splits ({parts}): this is not "
+               "independent data, and the figures below are optimistic" + (" (the model has learned its training images)" if "train" in counts else "")
+               + "; evaluate on images from another source, or remove the copies")
+    return {"identical": n, "of": len(images), "by_split": counts, "message": message}
+
+
 def decision_analysis(
     run: Run, y: np.ndarray, probs: np.ndarray, raw_probs: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None,
     prevalence: float | None = None, spread: bool = False,
@@ -251,15 +277,15 @@ def evaluate_run(
             notes.append("the dataset changed since training (files added, removed or resized); split membership may differ")
         key = split
         if not same_data:
-            key = f"external:{ds.source.root.name}"
+            key = f"external:{ds.source.shown.name}"
             scope = "all its images" if split == "all" else f"its {SPLIT_WORDS.get(split, split)} split"
-            notes.append(f"external data: {ds.source.root}, {scope} (trained on {run.record.data.get('root')})")
+            notes.append(f"external data: {ds.source.shown}, {scope} (trained on {run.record.data.get('root')})")
         elif split == "all":
             raise ValueError("--split all mixes training, validation and test images of the training data; choose test, val or train")
         idx = ds.index(split)
         if len(idx) == 0:
             available = [s for s in ("train", "val", "test") if len(ds.index(s))]
-            raise ValueError(f"split {split!r} has no images in {ds.source.root}; available: {', '.join(available)}")
+            raise ValueError(f"split {split!r} has no images in {ds.source.shown}; available: {', '.join(available)}")
         history = run.record.evaluations
         earlier = [e for e in history if e["split"] == key and e["data"] == str(ds.source.root)]
         if (key == "test" or not same_data) and earlier:
@@ -268,6 +294,9 @@ def evaluate_run(
                 "the test set has been used for tuning and its figures are optimistic"
             )
         images = np.asarray(ds.images[idx])  # one read of the memory map for the shift check and the predictions
+        overlap = None if same_data else training_overlap(run.path, images)
+        if overlap:
+            notes.append(overlap["message"])
         reference = run.shift_reference()
         shift = None
         if reference is not None:
@@ -283,6 +312,8 @@ def evaluate_run(
         seconds = time.perf_counter() - t0
         probs = run.apply_calibration(raw_probs)
         metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
+        if overlap:
+            metrics["training_overlap"] = {k: v for k, v in overlap.items() if k != "message"}
         one_class = one_class_restriction(metrics)
         if one_class:
             notes.append(one_class)
@@ -292,7 +323,7 @@ def evaluate_run(
             from cxrkit.evaluation.threshold_transfer import threshold_transfer
 
             metrics["threshold_transfer"] = threshold_transfer(read_metrics(run.path).get("val"), metrics,
-                                                               f"cxrkit evaluate {run.path} {ds.source.root} --recalibrate-on SAMPLE_DIR")
+                                                               f"cxrkit evaluate {run.path} {ds.source.shown} --recalibrate-on SAMPLE_DIR")
             if metrics["threshold_transfer"] and not metrics["threshold_transfer"]["holds"]:
                 notes.append(metrics["threshold_transfer"]["message"])
         # All or none, from the first figure drawn (the heat maps) to the report: a full disk at predictions.csv must

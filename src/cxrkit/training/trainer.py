@@ -107,6 +107,7 @@ def predict_index(
 
 def _write_run_inputs(cfg: TrainConfig, ds: LabelledImages, train_idx: np.ndarray, out: Path) -> None:
     """config.yaml, the shift reference, splits.csv and skipped.csv: what the run was trained from."""
+    from cxrkit.data.identity import pixel_hashes
     from cxrkit.data.shift import build_reference
 
     cfg.save(out / CONFIG_FILE)
@@ -116,11 +117,14 @@ def _write_run_inputs(cfg: TrainConfig, ds: LabelledImages, train_idx: np.ndarra
                                                        *ds.label_groups(train_idx[ds.sites[train_idx] == site]), cfg.seed)["overall"]
                                  for site in np.unique(ds.sites[train_idx])}
     atomic_write_text(out / SHIFT_FILE, json.dumps(reference))
+    # The pixels' hash lets `cxrkit evaluate` on other data find the images this run has already seen (a copy, a zip).
+    hashes = pixel_hashes(ds.images)
     atomic_write_csv(
         out / "splits.csv",
-        [{"path": rel, "label": ds.label_text(i), "split": ds.splits[i], "decoded": bool(ds.cache.ok[i])}
+        [{"path": rel, "label": ds.label_text(i), "split": ds.splits[i], "decoded": bool(ds.cache.ok[i]),
+          "pixels": hashes[i] if ds.cache.ok[i] else ""}
          for i, rel in enumerate(ds.relpaths)],
-        ["path", "label", "split", "decoded"],
+        ["path", "label", "split", "decoded", "pixels"],
     )
     atomic_write_csv(out / "skipped.csv", [dict(zip(("path", "split", "reason"), s)) for s in ds.skipped()], ["path", "split", "reason"])
 
