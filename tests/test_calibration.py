@@ -211,3 +211,18 @@ def test_calibrate_stores_the_map_and_keeps_decisions_consistent(trained):
         assert words in html, words
     assert main(["calibrate", str(run_dir), "--remove"]) == 0
     assert Run.load(run_dir).calibration is None and Run.load(run_dir).threshold == pytest.approx(old_threshold)
+
+
+@pytest.mark.parametrize("y, probs, message", [
+    ([0, 1, 0, 1, 1], np.full((6, 2), 0.5), "one class index per row"),
+    ([0, 1], [[0.5, 0.5], [np.nan, 0.2]], "must be finite; 1 row"),
+    ([0, 2], [[0.5, 0.5], [0.8, 0.2]], r"class indices 0\.\.1"),
+    ([0, 1], [[2.0, -1.0], [3.0, 0.2]], "not logits"),
+    ([0.5, 1], [[0.5, 0.5], [0.8, 0.2]], "class indices"),
+])
+def test_calibration_measures_refuse_inputs_that_would_give_a_plausible_number(y, probs, message):
+    for measure in (calibration_summary, brier_score, expected_calibration_error, fit_calibration):
+        with pytest.raises(ValueError, match=message):
+            measure(np.asarray(y), np.asarray(probs))
+    with pytest.raises(ValueError, match="rate must be in"):
+        cases_to_confirm(float("nan"), 0.9)

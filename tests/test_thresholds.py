@@ -136,3 +136,13 @@ def test_threshold_spread_is_none_for_a_fixed_threshold_and_counts_impossible_gu
     assert threshold_spread(*_scores(20, 1), "sensitivity:0.90@0.95", y_test, p_test) is None
     g = threshold_spread(*_scores(400, 1), "sensitivity:0.90@0.95", y_test, p_test)
     assert g["failed_resamples"] < 500 and g["sensitivity"][0] > 0.85
+
+
+def test_threshold_spread_refuses_mismatched_or_broken_inputs():
+    y, p = np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.8])
+    with pytest.raises(ValueError, match="validation labels and probabilities must be 1-D and of the same length"):
+        threshold_spread(y, p[:3], "youden", y, p)
+    with pytest.raises(ValueError, match="evaluated labels must be 0 or 1 and probabilities finite"):
+        threshold_spread(y, p, "youden", y, np.array([0.1, np.nan, 0.2, 0.8]))
+    with pytest.raises(ValueError, match="evaluated labels must be 0 or 1"):
+        threshold_spread(y, p, "youden", np.array([0, 2, 0, 1]), p)

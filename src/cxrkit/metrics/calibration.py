@@ -29,13 +29,34 @@ def _as_2d(probs: np.ndarray) -> np.ndarray:
     return probs
 
 
+def _probabilities(probs: np.ndarray) -> np.ndarray:
+    """(N, K) probabilities that are finite, in [0, 1] and sum to 1 per row: logits or NaNs would give a plausible ECE."""
+    probs = _as_2d(probs)
+    if not np.isfinite(probs).all():
+        raise ValueError(f"probabilities must be finite; {int((~np.isfinite(probs)).any(axis=1).sum())} row(s) are not")
+    if probs.size and (probs.min() < -1e-6 or probs.max() > 1 + 1e-6 or np.abs(probs.sum(axis=1) - 1).max() > 1e-3):
+        raise ValueError("probabilities must lie in [0, 1] and each row sum to 1 (softmax outputs, not logits)")
+    return probs
+
+
+def _labelled(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validated class indices and probabilities of the same images."""
+    probs = _probabilities(probs)
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(probs):
+        raise ValueError(f"labels must be one class index per row of probabilities: got {y.shape} labels for {len(probs)} rows")
+    if len(y) and (not np.issubdtype(y.dtype, np.number) or np.any(y != np.round(y)) or y.min() < 0 or y.max() >= probs.shape[1]):
+        raise ValueError(f"labels must be class indices 0..{probs.shape[1] - 1}")
+    return y.astype(int), probs
+
+
 def reliability_bins(y: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> dict:
     """Per equal-width bin: mean predicted probability, observed frequency and count.
 
     Binary (K = 2): P(positive) against the share of positives. Multi-class: the top-label confidence
     against the share of correct top labels.
     """
-    probs, y = _as_2d(probs), np.asarray(y).astype(int)
+    y, probs = _labelled(y, probs)
     if probs.shape[1] == 2:
         conf, hit = probs[:, 1], (y == 1).astype(float)
     else:
@@ -63,7 +84,7 @@ def expected_calibration_error(y: np.ndarray, probs: np.ndarray, n_bins: int = 1
 def brier_score(y: np.ndarray, probs: np.ndarray) -> float:
     """Brier score: mean squared error of the probabilities against the outcome (binary: P(positive) vs 0/1;
     multi-class: summed over classes, as Brier 1950 defined it). 0 is perfect."""
-    probs, y = _as_2d(probs), np.asarray(y).astype(int)
+    y, probs = _labelled(y, probs)
     if probs.shape[1] == 2:
         return float(np.mean((probs[:, 1] - (y == 1)) ** 2))
     onehot = np.eye(probs.shape[1])[y]
@@ -78,7 +99,7 @@ def ece_if_calibrated(probs: np.ndarray, n_bins: int = 10, n_draws: int = 1000, 
     on 60 images and 0.04 on 600. Returns ``{"median", "p95"}`` over ``n_draws`` such draws; an observed ECE above
     ``p95`` is miscalibration that chance alone rarely produces.
     """
-    probs = _as_2d(probs)
+    probs = _probabilities(probs)
     rng = np.random.default_rng(seed)
     cum = np.cumsum(probs / probs.sum(1, keepdims=True), axis=1)
     values = []
@@ -99,7 +120,7 @@ def calibration_summary(
     """
     from cxrkit.metrics.intervals import bootstrap_interval
 
-    y, probs = np.asarray(y).astype(int), _as_2d(probs)
+    y, probs = _labelled(y, probs)
     ece_ci = brier_ci = chance = None
     if n_bootstrap > 0 and len(y) >= 2:
         ece_ci = bootstrap_interval(lambda a, b: expected_calibration_error(a, b, n_bins), y, probs, n_bootstrap, confidence, seed)
@@ -187,7 +208,7 @@ class Calibration:
 
 def fit_calibration(y: np.ndarray, probs: np.ndarray, method: str = "temperature", fitted_on: str = "val") -> Calibration:
     """Fit ``method`` on labelled (validation) predictions; raises ValueError for a method the task does not allow."""
-    probs, y = _as_2d(probs), np.asarray(y).astype(int)
+    y, probs = _labelled(y, probs)
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
     binary = probs.shape[1] == 2

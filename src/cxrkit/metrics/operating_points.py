@@ -70,6 +70,8 @@ def cases_to_confirm(rate: float, target: float, confidence: float = 0.95, limit
     """
     from cxrkit.metrics.intervals import wilson_interval
 
+    if not (0 <= rate <= 1 and 0 < target < 1):  # NaN fails both
+        raise ValueError(f"rate must be in [0, 1] and target in (0, 1); got {rate} and {target}")
     if rate <= target:
         return None
 
