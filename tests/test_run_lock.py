@@ -294,3 +294,32 @@ def test_adapt_reads_a_source_it_cannot_lock(tiny_run, tmp_path, monkeypatch, ca
     code = main(["adapt", str(run), str(site), "--out", str(out), "--batch-size", "16"])
     assert code == 0, capsys.readouterr().err  # adapt only reads the source: nothing there needs writing
     assert (out / "model.safetensors").is_file() and not (run / ".cxrkit.lock").exists()
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_command(tiny_run, tmp_path):
+    import os
+    import subprocess
+
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "plots").mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its id is now no process's: like a writer killed with kill -9 before renaming its temporary file
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stale = [run / f"metrics.json.tmp-{gone.pid}", run / "plots" / f"roc_test.png.tmp-{gone.pid}",
+                 run / f"model.onnx.tmp-{gone.pid}", run / f"model.int8.onnx.pre-{gone.pid}"]
+        for p in stale:
+            p.write_bytes(b"half a file")
+        (run / f"checkpoint.tmp-{gone.pid}").mkdir()  # a checkpoint is written as a temporary folder
+        (run / f"checkpoint.tmp-{gone.pid}" / "tensors.safetensors").write_bytes(b"half the tensors")
+        kept = [run / f"model.onnx.tmp-{os.getpid()}", run / f"history.csv.tmp-{live.pid}", run / "plots" / f"pr_test.png.tmp-{live.pid}",
+                run / "notes.tmp-draft"]  # live writers' files, and a name that is no process's
+        for p in kept:
+            p.write_bytes(b"being written")
+        assert main(["evaluate", str(run), "--explain", "none"]) == 0
+        assert not [p for p in stale if p.exists()] and not (run / f"checkpoint.tmp-{gone.pid}").exists()
+        assert [p.read_bytes() for p in kept] == [b"being written"] * len(kept)  # never touched while their process runs
+    finally:
+        live.kill()
+        live.wait()
+    assert {"val", "test"} <= set(json.loads((run / "metrics.json").read_text()))

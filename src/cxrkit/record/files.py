@@ -39,8 +39,10 @@ RUN_OUTPUTS = (META_FILE, MODEL_FILE, SHIFT_FILE, CALIBRATION_FILE, AUDIT_FILE, 
                HISTORY_FILE, SPLITS_FILE, SKIPPED_FILE, REPORT_FILE, CONFIG_FILE)
 
 
-# The rollback copies all_or_nothing makes: "<file>.bak-<pid>", beside the file.
-_BACKUP_NAME = re.compile(r"\.bak-(\d+)$")
+# What a writer leaves beside a run's files until it finishes, named after its process id: all_or_nothing's rollback
+# copies ("<file>.bak-<pid>"), replacing()'s and the checkpoint's temporary file or folder ("<name>.tmp-<pid>"), and the
+# ONNX quantiser's pre-processed graph ("<name>.pre-<pid>").
+_LEFTOVER_NAME = re.compile(r"\.(?:bak|tmp|pre)-(\d+)$")
 
 
 class RunRecordError(ValueError):
@@ -149,25 +151,31 @@ def _restore_folder(folder: Path, bak: Path | None) -> None:
         os.replace(f, folder / f.name)
 
 
-def remove_stale_backups(run_dir: Path) -> list[Path]:
-    """Remove the rollback copies (``NAME.bak-PID``) that a process killed during :func:`all_or_nothing` left behind.
+def remove_stale_leftovers(run_dir: Path) -> list[Path]:
+    """Remove what a writer killed half-way (``kill -9``, a power cut) left in the run folder and its plots/ for good:
+    rollback copies of :func:`all_or_nothing` (``NAME.bak-PID``) and temporary files or folders (``NAME.tmp-PID``).
 
-    Only those whose process is gone: a live one may still need its copies to roll back. Call it while holding the
-    run's lock, so that no other cxrkit process is between making its copies and removing them. Returns what went.
+    Only those whose process is gone from this machine: a live one may still rename its temporary file or need its
+    copies to roll back. Call it while holding the run's lock, so that no other cxrkit process is writing the run
+    (processes on other machines are told apart by the lock alone). Returns what went.
     """
     if os.name != "posix":  # os.kill(pid, 0) terminates the process on Windows instead of asking whether it lives
         return []
     removed = []
-    for p in Path(run_dir).iterdir():
-        m = _BACKUP_NAME.search(p.name)
-        if m is None or _process_alive(int(m.group(1))):
+    run_dir = Path(run_dir)
+    for folder in (run_dir, run_dir / PLOTS_DIR):
+        if not folder.is_dir():
             continue
-        with contextlib.suppress(OSError):  # best effort: a leftover that stays is harmless, it is tried again next time
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-            removed.append(p)
+        for p in folder.iterdir():
+            m = _LEFTOVER_NAME.search(p.name)
+            if m is None or _process_alive(int(m.group(1))):
+                continue
+            with contextlib.suppress(OSError):  # best effort: a leftover that stays is harmless, it is tried again next time
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                removed.append(p)
     return removed
 
 

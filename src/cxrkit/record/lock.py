@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cxrkit.record.files import RunRecordError, remove_stale_backups
+from cxrkit.record.files import RunRecordError, remove_stale_leftovers
 
 try:
     import fcntl
@@ -111,9 +111,9 @@ def run_lock(run_dir: Path | str, command: str, wait: bool = True, create: bool 
         _write_holder(fd, command)
         held[key] = 1
         try:
-            # Rollback copies of an update killed half-way (kill -9) would stay for good. With the lock held no other
-            # update is between making and removing its copies; those of a live process are kept all the same.
-            remove_stale_backups(run_dir)
+            # Rollback copies and temporary files of a writer killed half-way (kill -9) would stay for good. With the
+            # lock held no other update is writing; those of a live process are kept all the same.
+            remove_stale_leftovers(run_dir)
             yield
         finally:
             del held[key]
