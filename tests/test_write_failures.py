@@ -181,3 +181,77 @@ def test_training_that_cannot_write_its_results_can_be_finished_with_resume(bina
     assert main([*args, "--resume"]) == 0, capsys.readouterr().err
     run = Run.load(out)
     assert run.threshold is not None and "val" in json.loads((out / "metrics.json").read_text())
+
+
+# ---- kill -9 in the middle of an all-or-nothing update: the next command finishes the rollback ---------------------
+
+_KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from cxrkit.record.files import all_or_nothing, atomic_write_text as write
+run = Path(sys.argv[1])
+with all_or_nothing([run / "meta.json", run / "metrics.json", run / "report.html"], [run / "plots"]):
+    write(run / "meta.json", "NEW meta")          # written as cxrkit writes: a new file renamed over the old
+    write(run / "report.html", "NEW report")      # a file the update creates
+    write(run / "plots" / "roc.png", "NEW roc")   # a changed plot
+    write(run / "plots" / "extra.png", "NEW")     # a plot the update adds
+    if sys.argv[2] == "kill-inside":
+        os.kill(os.getpid(), signal.SIGKILL)
+    # the update is complete once the body ends; a kill while the rollback links are being removed keeps it
+    import cxrkit.record.files as f
+    f.shutil.rmtree = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _run_folder(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    (run / "plots").mkdir(parents=True)
+    (run / "meta.json").write_text("OLD meta")
+    (run / "metrics.json").write_text("OLD metrics")
+    (run / "plots" / "roc.png").write_text("OLD roc")
+    (run / "plots" / "pr.png").write_text("OLD pr")
+    return run
+
+
+def _killed(run: Path, where: str, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "writer.py"
+    script.write_text(_KILLED_WRITER)
+    proc = subprocess.run([sys.executable, str(script), str(run), where], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def _state(run: Path) -> dict:
+    return {p.relative_to(run).as_posix(): p.read_text() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".cxrkit.lock"}
+
+
+def test_an_update_killed_half_way_is_rolled_back_by_the_next_command(tmp_path, capsys):
+    from cxrkit.record.lock import run_lock
+
+    run = _run_folder(tmp_path)
+    before = _state(run)
+    _killed(run, "kill-inside", tmp_path)
+    left = _state(run)
+    assert left["meta.json"] == "NEW meta" and any(name.startswith(".cxrkit-update-") for name in left)  # half-new, journal
+    with run_lock(run, "evaluate"):
+        assert _state(run) == before  # every file and plot as before the update, nothing added, no leftovers
+    assert "was cut off before it ended; its files were put back as they were before it" in capsys.readouterr().err
+    with run_lock(run, "evaluate"):
+        pass
+    assert _state(run) == before and "cut off" not in capsys.readouterr().err  # done once
+
+
+def test_an_update_killed_after_it_ended_is_kept(tmp_path, capsys):
+    from cxrkit.record.lock import run_lock
+
+    run = _run_folder(tmp_path)
+    _killed(run, "kill-after", tmp_path)
+    assert any(".bak-" in name for name in _state(run))  # its rollback links were still there
+    with run_lock(run, "evaluate"):
+        state = _state(run)
+    assert state == {"meta.json": "NEW meta", "metrics.json": "OLD metrics", "report.html": "NEW report",
+                     "plots/extra.png": "NEW", "plots/pr.png": "OLD pr", "plots/roc.png": "NEW roc"}
+    assert "cut off" not in capsys.readouterr().err

@@ -84,6 +84,7 @@ def all_or_nothing(paths: list[Path], folders: Sequence[Path] = ()) -> Iterator[
     """
     kept: dict[Path, Path | None] = {}
     kept_folders: dict[Path, Path | None] = {}
+    journal: Path | None = None
     try:
         for p in map(Path, paths):
             bak = p.with_name(p.name + f".bak-{os.getpid()}")
@@ -99,7 +100,9 @@ def all_or_nothing(paths: list[Path], folders: Sequence[Path] = ()) -> Iterator[
         for d in map(Path, folders):
             with contextlib.suppress(OSError):  # no hard links here: this folder is not rolled back
                 kept_folders[d] = _keep_folder(d)
+        journal = _write_journal(kept, kept_folders)
         yield
+        _drop_journal(journal)  # the update is whole from here on: a kill after this keeps it
     except BaseException:
         for p, bak in kept.items():
             with contextlib.suppress(OSError):
@@ -110,6 +113,7 @@ def all_or_nothing(paths: list[Path], folders: Sequence[Path] = ()) -> Iterator[
         for d, bak in kept_folders.items():
             with contextlib.suppress(OSError):
                 _restore_folder(d, bak)
+        _drop_journal(journal)
         raise
     finally:
         for bak in kept.values():
@@ -119,6 +123,76 @@ def all_or_nothing(paths: list[Path], folders: Sequence[Path] = ()) -> Iterator[
         for bak in kept_folders.values():
             if bak is not None:
                 shutil.rmtree(bak, ignore_errors=True)
+
+
+# An update in progress: what all_or_nothing kept, so that the next command can finish the rollback of a writer that
+# was killed (kill -9, power cut) between its first change and the end. Its presence means "not done".
+_JOURNAL_NAME = re.compile(r"^\.cxrkit-update-(\d+)\.json$")
+
+
+def _write_journal(kept: dict[Path, Path | None], kept_folders: dict[Path, Path | None]) -> Path | None:
+    """Write the journal of an all_or_nothing update into the run folder (None when nothing is kept to roll back)."""
+    where = next(iter(kept or kept_folders), None)
+    if where is None:
+        return None
+    journal = where.parent / f".cxrkit-update-{os.getpid()}.json"
+    record = {
+        "files": {p.name: ("kept" if bak is not None else "new") for p, bak in kept.items()},
+        "folders": {d.name: (sorted(f.name for f in bak.iterdir()) if bak is not None else None) for d, bak in kept_folders.items()},
+    }
+    try:
+        atomic_write_text(journal, json.dumps(record))
+    except OSError:
+        return None  # the update still rolls back in this process; only a kill -9 would not be undone
+    return journal
+
+
+def _drop_journal(journal: Path | None) -> None:
+    if journal is not None:
+        with contextlib.suppress(OSError):
+            journal.unlink(missing_ok=True)
+
+
+def roll_back_interrupted_updates(run_dir: Path) -> list[int]:
+    """Finish the rollback of every all_or_nothing update whose process died before it ended; returns their process ids.
+
+    Each kept file goes back from its ``NAME.bak-PID`` link, each file the update created is removed, and a kept folder
+    gets back exactly the files it had. Every step can be repeated, so a rollback that is itself cut off is finished by
+    the next call. Call it while holding the run's lock, before :func:`remove_stale_leftovers` deletes the links.
+    """
+    done = []
+    run_dir = Path(run_dir)
+    if os.name != "posix" or not run_dir.is_dir():
+        return done
+    for journal in sorted(run_dir.iterdir()):
+        m = _JOURNAL_NAME.match(journal.name)
+        if m is None or _process_alive(int(m.group(1))):
+            continue
+        pid = m.group(1)
+        try:
+            record = json.loads(journal.read_text())
+            for name, state in record["files"].items():
+                p, bak = run_dir / Path(name).name, run_dir / f"{Path(name).name}.bak-{pid}"
+                if state == "new":
+                    p.unlink(missing_ok=True)
+                elif bak.exists():
+                    os.replace(bak, p)
+            for name, names in record["folders"].items():
+                folder, bak = run_dir / Path(name).name, run_dir / f"{Path(name).name}.bak-{pid}"
+                if names is None:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    continue
+                folder.mkdir(exist_ok=True)
+                for f in folder.iterdir():
+                    if f.is_file() and f.name not in names:
+                        f.unlink(missing_ok=True)
+                for f in bak.iterdir() if bak.is_dir() else ():
+                    os.replace(f, folder / f.name)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # tried again by the next command; the leftovers stay until then
+        journal.unlink(missing_ok=True)
+        done.append(int(pid))
+    return done
 
 
 def _keep_folder(folder: Path) -> Path | None:

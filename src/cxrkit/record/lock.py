@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cxrkit.record.files import RunRecordError, remove_stale_leftovers
+from cxrkit.record.files import RunRecordError, remove_stale_leftovers, roll_back_interrupted_updates
 
 try:
     import fcntl
@@ -113,6 +113,9 @@ def run_lock(run_dir: Path | str, command: str, wait: bool = True, create: bool 
         try:
             # Rollback copies and temporary files of a writer killed half-way (kill -9) would stay for good. With the
             # lock held no other update is writing; those of a live process are kept all the same.
+            for pid in roll_back_interrupted_updates(run_dir):
+                print(f"note: an update of {run_dir} by process {pid} was cut off before it ended; its files were put back "
+                      "as they were before it", file=sys.stderr, flush=True)
             remove_stale_leftovers(run_dir)
             yield
         finally:
