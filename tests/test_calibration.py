@@ -211,6 +211,16 @@ def test_calibrate_stores_the_map_and_keeps_decisions_consistent(trained):
         assert words in html, words
     assert main(["calibrate", str(run_dir), "--remove"]) == 0
     assert Run.load(run_dir).calibration is None and Run.load(run_dir).threshold == pytest.approx(old_threshold)
+    # the stored validation predictions are the model's own again (later evaluations choose operating points on them)
+    from cxrkit.evaluation.evaluate import validation_predictions
+
+    _, stored = validation_predictions(Run.load(run_dir))
+    assert np.allclose(stored, raw, atol=1e-5)
+    after = json.loads((run_dir / "metrics.json").read_text())
+    assert "calibrated" not in after["val"]["calibration"]
+    assert any("a calibration that has since been removed" in n for n in after["test"]["notes"])
+    html = (run_dir / "report.html").read_text()
+    assert "a calibration that has since been removed" in html  # the test figures were made with it, and say so
 
 
 @pytest.mark.parametrize("y, probs, message", [

@@ -530,8 +530,9 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     from cxrkit.evaluation.calibrate import calibrate_run, remove_calibration
 
     if a.remove:
-        remove_calibration(a.run)
-        print(f"calibration removed from {a.run}; predictions use the model's own probabilities and the original threshold")
+        remove_calibration(a.run, a.data)
+        print(f"calibration removed from {a.run}; predictions use the model's own probabilities and the original threshold, "
+              "and the validation results were re-scored with them")
         return 0
     c = calibrate_run(a.run, a.data, a.method)
     b, f = c["before"], c["after"]
@@ -903,7 +904,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto (default): platt for binary runs, temperature for multi-class; temperature: one scalar on the logits; "
                          "platt: logistic regression on the logit (also undoes the shift of class-weighted training); "
                          "isotonic: monotone steps, needs a few hundred validation images")
-    ca.add_argument("--remove", action="store_true", help="delete the run's calibration and restore its original threshold")
+    ca.add_argument("--remove", action="store_true", help="delete the run's calibration, restore its original threshold and re-score "
+                    "the validation split without it (needs the run's data, or DATA)")
     ca.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="classify one image or every image under a folder")

@@ -9,7 +9,7 @@ import numpy as np
 
 from cxrkit.evaluation.evaluate import compute_metrics, decision_analysis, store_threshold, write_evaluation
 from cxrkit.metrics.calibration import fit_calibration
-from cxrkit.record import CALIBRATION_FILE, META_FILE, atomic_write_json, read_metrics
+from cxrkit.record import CALIBRATION_FILE, META_FILE, atomic_write_json, read_metrics, update_metrics
 from cxrkit.record.files import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, REPORT_FILE, all_or_nothing
 from cxrkit.record.lock import run_lock
 from cxrkit.run import Run, load_run_dataset
@@ -25,6 +25,7 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
     raised test ECE from 0.116 to 0.130 while Platt lowered it to 0.012; benchmarks/calibration_effect.py)."""
     with run_lock(run_dir, "calibrate"):  # the threshold in meta.json and the validation results are read and rewritten
         run = Run.load(run_dir)
+        had_calibration = run.calibration is not None
         if not run.task_object.one_label_per_image:
             raise ValueError(f"calibration supports binary and multiclass runs; this run's task is {run.task!r}")
         if method == "auto":
@@ -51,31 +52,59 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
                 cal.threshold = {"uncalibrated": uncalibrated, "calibrated": choice["value"], "rule": old["rule"]}
             record = cal.to_dict()
             atomic_write_json(run.path / CALIBRATION_FILE, record)
-            run = Run.load(run_dir)
-            probs = run.predict_arrays(images)
-            metrics = compute_metrics(run, y, probs, seed=cfg.seed)
-            metrics.update(decision_analysis(run, y, probs, raw, (y, probs)))
-            old_metrics = read_metrics(run.path).get("val", {})
-            if "attention" in old_metrics:
-                metrics["attention"] = old_metrics["attention"]  # heat maps do not change with calibration
-            write_evaluation(run, "val", ds, idx, probs, metrics)
-            from cxrkit.report.html import write_report
-
-            write_report(run.path)
+            _rescore_validation(Run.load(run_dir), ds, idx, images, raw, cfg.seed,
+                                f"evaluated {'with a calibration that has since been replaced' if had_calibration else 'before the run was calibrated'}; "
+                                "run `cxrkit evaluate` again for figures with its calibration")
         return record
 
 
-def remove_calibration(run_dir: str | Path) -> None:
-    """Delete a run's calibration and restore the threshold chosen on the model's own probabilities."""
-    # Both files or neither: calibration.json deleted under a threshold chosen on calibrated probabilities would decide wrongly.
-    with run_lock(run_dir, "calibrate"), all_or_nothing([Path(run_dir) / CALIBRATION_FILE, Path(run_dir) / META_FILE]):
-        if (Path(run_dir) / META_FILE).is_file():  # before loading: Run.load refuses a damaged calibration.json
-            (Path(run_dir) / CALIBRATION_FILE).unlink(missing_ok=True)
-        run = Run.load(run_dir)
-        (run.path / CALIBRATION_FILE).unlink(missing_ok=True)
-        t = dict(run.record.threshold or {})
-        if "uncalibrated_value" in t:
-            t["value"] = t.pop("uncalibrated_value")
-            t.pop("calibrated", None)
-            run.record.set_threshold(t)
-            run.save_record()
+def _rescore_validation(run: Run, ds, idx: np.ndarray, images: np.ndarray, raw: np.ndarray, seed: int, stale_note: str) -> None:
+    """Rewrite the validation results and the report with the run's probabilities as they now are (calibrated or not).
+
+    Validation predictions feed later evaluations (operating points, the WHO check, the threshold's spread), so they
+    must be on the scale the run now predicts on. The other splits were scored with the calibration as it was: each
+    gets ``stale_note`` rather than a silent mix of two scales.
+    """
+    y = ds.labels[idx]
+    probs = run.apply_calibration(raw)
+    metrics = compute_metrics(run, y, probs, seed=seed)
+    metrics.update(decision_analysis(run, y, probs, raw, (y, probs)))
+    old = read_metrics(run.path)
+    if "attention" in old.get("val", {}):
+        metrics["attention"] = old["val"]["attention"]  # heat maps do not change with calibration
+    write_evaluation(run, "val", ds, idx, probs, metrics)
+    for split, m in old.items():
+        if split not in ("val", "train") and isinstance(m, dict) and stale_note not in m.get("notes", []):
+            update_metrics(run.path, split, {**m, "notes": [*m.get("notes", []), stale_note]})
+    from cxrkit.report.html import write_report
+
+    write_report(run.path)
+
+
+def remove_calibration(run_dir: str | Path, data: str | Path | None = None, progress: bool = True) -> None:
+    """Delete a run's calibration, restore the threshold chosen on the model's own probabilities and re-score the
+    validation split with them (its stored predictions were calibrated; later evaluations choose operating points on them)."""
+    with run_lock(run_dir, "calibrate"):
+        files = [Path(run_dir) / f for f in (META_FILE, CALIBRATION_FILE, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE)]
+        # All or nothing: calibration.json deleted under a threshold chosen on calibrated probabilities, or validation
+        # results left on the calibrated scale, would decide wrongly.
+        with all_or_nothing(files, [Path(run_dir) / PLOTS_DIR]):
+            if (Path(run_dir) / META_FILE).is_file():  # before loading: Run.load refuses a damaged calibration.json
+                (Path(run_dir) / CALIBRATION_FILE).unlink(missing_ok=True)
+            run = Run.load(run_dir)
+            t = dict(run.record.threshold or {})
+            if "uncalibrated_value" in t:
+                t["value"] = t.pop("uncalibrated_value")
+                t.pop("calibrated", None)
+                run.record.set_threshold(t)
+                run.save_record()
+                run = Run.load(run_dir)
+            if not read_metrics(run.path).get("val"):
+                return  # never evaluated: nothing on the calibrated scale to re-score
+            ds, cfg = load_run_dataset(run, data, progress)
+            idx = ds.index("val")
+            if len(idx) == 0:
+                return
+            images = np.asarray(ds.images[idx])
+            _rescore_validation(run, ds, idx, images, run.predict_arrays(images, calibrated=False), cfg.seed,
+                                "evaluated with a calibration that has since been removed; run `cxrkit evaluate` again for figures without it")
