@@ -527,6 +527,9 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
     cfg, out = s.cfg, s.out
     t_start = time.perf_counter() - prog.seconds_before
     epoch_bar = tqdm(range(prog.first_epoch, cfg.epochs + 1), desc=f"training {cfg.model}", unit="epoch", disable=not progress or None)
+    # The estimate comes from an epoch that trains all layers: a head-only one (--head-epochs) skips the backbone's
+    # backward pass and takes a fraction of the time of the epochs after it (6.8 s against 28 s for a resnet18).
+    estimate_after = max(prog.first_epoch, cfg.head_epochs + 1)
     try:
         for epoch in epoch_bar:
             head_only = cfg.freeze == "backbone" or epoch <= cfg.head_epochs
@@ -570,7 +573,7 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
                 f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
                 f"val AUC {val_auc:.4f}  {row['train_images_per_second']:.0f} img/s{'  *best' if improved else ''}"
             )
-            if epoch == prog.first_epoch and not broken:
+            if epoch == estimate_after and not broken:
                 estimate = time_estimate(time.perf_counter() - t0, cfg.epochs - epoch, cfg.patience, cfg.max_minutes,
                                          time.perf_counter() - t_start)
                 if estimate:
