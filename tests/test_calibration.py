@@ -223,6 +223,20 @@ def test_calibrate_stores_the_map_and_keeps_decisions_consistent(trained):
     assert "a calibration that has since been removed" in html  # the test figures were made with it, and say so
 
 
+def test_calibrate_remove_on_a_run_never_calibrated_changes_nothing(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint"))
+    assert main(["evaluate", str(run), "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".cxrkit.lock"}
+    capsys.readouterr()
+    assert main(["calibrate", str(run), "--remove"]) == 0
+    assert capsys.readouterr().out.strip() == f"{run} has no calibration; nothing removed"
+    # the test figures were never made with a calibration: no note may say they were
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".cxrkit.lock"} == before
+
+
 @pytest.mark.parametrize("y, probs, message", [
     ([0, 1, 0, 1, 1], np.full((6, 2), 0.5), "one class index per row"),
     ([0, 1], [[0.5, 0.5], [np.nan, 0.2]], "must be finite; 1 row"),

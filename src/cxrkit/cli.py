@@ -530,7 +530,9 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     from cxrkit.evaluation.calibrate import calibrate_run, remove_calibration
 
     if a.remove:
-        remove_calibration(a.run, a.data)
+        if not remove_calibration(a.run, a.data):
+            print(f"{a.run} has no calibration; nothing removed")
+            return 0
         print(f"calibration removed from {a.run}; predictions use the model's own probabilities and the original threshold, "
               "and the validation results were re-scored with them")
         return 0

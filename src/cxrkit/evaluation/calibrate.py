@@ -81,10 +81,12 @@ def _rescore_validation(run: Run, ds, idx: np.ndarray, images: np.ndarray, raw: 
     write_report(run.path)
 
 
-def remove_calibration(run_dir: str | Path, data: str | Path | None = None, progress: bool = True) -> None:
+def remove_calibration(run_dir: str | Path, data: str | Path | None = None, progress: bool = True) -> bool:
     """Delete a run's calibration, restore the threshold chosen on the model's own probabilities and re-score the
-    validation split with them (its stored predictions were calibrated; later evaluations choose operating points on them)."""
+    validation split with them (its stored predictions were calibrated; later evaluations choose operating points on them).
+    False, with nothing changed, for a run that has no calibration."""
     with run_lock(run_dir, "calibrate"):
+        had = (Path(run_dir) / CALIBRATION_FILE).exists()
         files = [Path(run_dir) / f for f in (META_FILE, CALIBRATION_FILE, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE)]
         # All or nothing: calibration.json deleted under a threshold chosen on calibrated probabilities, or validation
         # results left on the calibrated scale, would decide wrongly.
@@ -93,6 +95,8 @@ def remove_calibration(run_dir: str | Path, data: str | Path | None = None, prog
                 (Path(run_dir) / CALIBRATION_FILE).unlink(missing_ok=True)
             run = Run.load(run_dir)
             t = dict(run.record.threshold or {})
+            if not had and "uncalibrated_value" not in t:
+                return False  # never calibrated: nothing to restore, and no split was scored with a calibration
             if "uncalibrated_value" in t:
                 t["value"] = t.pop("uncalibrated_value")
                 t.pop("calibrated", None)
@@ -100,11 +104,12 @@ def remove_calibration(run_dir: str | Path, data: str | Path | None = None, prog
                 run.save_record()
                 run = Run.load(run_dir)
             if not read_metrics(run.path).get("val"):
-                return  # never evaluated: nothing on the calibrated scale to re-score
+                return True  # never evaluated: nothing on the calibrated scale to re-score
             ds, cfg = load_run_dataset(run, data, progress)
             idx = ds.index("val")
             if len(idx) == 0:
-                return
+                return True
             images = np.asarray(ds.images[idx])
             _rescore_validation(run, ds, idx, images, run.predict_arrays(images, calibrated=False), cfg.seed,
                                 "evaluated with a calibration that has since been removed; run `cxrkit evaluate` again for figures without it")
+    return True
