@@ -55,6 +55,29 @@ def test_calibration_summary_has_bootstrap_intervals_that_shrink_with_more_image
     assert bare["ece_ci"] is None and bare["brier_ci"] is None and bare["ece_if_calibrated"] is None and bare["ece"] == small["ece"]
 
 
+def test_calibration_summary_checks_its_images_once_and_resamples_the_plain_measures(monkeypatch):
+    import cxrkit.metrics.calibration as calibration
+    from cxrkit.metrics.intervals import bootstrap_interval
+
+    y, p = _overconfident(300, 4)
+    q = np.random.default_rng(4).dirichlet([1, 1, 1], 300)
+    yq = np.array([np.random.default_rng(i).choice(3, p=row) for i, row in enumerate(q)])
+    checks = []
+    real = calibration._probabilities
+    monkeypatch.setattr(calibration, "_probabilities", lambda probs: checks.append(1) or real(probs))
+    for labels, probs in ((y, p), (yq, q)):
+        checks.clear()
+        s = calibration_summary(labels, probs, n_bootstrap=200)
+        # each resample picks rows of figures computed once: checking 100,000 images in each of 1,000 resamples took a minute
+        assert len(checks) < 10, len(checks)
+        assert s["ece_ci"] == pytest.approx(list(bootstrap_interval(expected_calibration_error, labels, probs, 200, 0.95, 0)), abs=1e-12)
+        assert s["brier_ci"] == pytest.approx(list(bootstrap_interval(brier_score, labels, probs, 200, 0.95, 0)), abs=1e-12)
+        rng, cum = np.random.default_rng(0), np.cumsum(probs, axis=1)
+        draws = [expected_calibration_error(np.minimum((rng.random((len(probs), 1)) > cum).sum(1), probs.shape[1] - 1), probs)
+                 for _ in range(200)]
+        assert s["ece_if_calibrated"]["median"] == pytest.approx(np.median(draws), abs=1e-12)
+
+
 def test_ece_chance_level_matches_a_perfectly_calibrated_model():
     rng = np.random.default_rng(5)
     t = rng.normal(0, 1.5, 60)
