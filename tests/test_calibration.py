@@ -70,12 +70,22 @@ def test_calibration_summary_checks_its_images_once_and_resamples_the_plain_meas
         s = calibration_summary(labels, probs, n_bootstrap=200)
         # each resample picks rows of figures computed once: checking 100,000 images in each of 1,000 resamples took a minute
         assert len(checks) < 10, len(checks)
-        assert s["ece_ci"] == pytest.approx(list(bootstrap_interval(expected_calibration_error, labels, probs, 200, 0.95, 0)), abs=1e-12)
-        assert s["brier_ci"] == pytest.approx(list(bootstrap_interval(brier_score, labels, probs, 200, 0.95, 0)), abs=1e-12)
+        assert s["ece_ci"] == pytest.approx(list(bootstrap_interval(expected_calibration_error, labels, probs, 200, 0.95, 0, stratified=False)), abs=1e-12)
+        assert s["brier_ci"] == pytest.approx(list(bootstrap_interval(brier_score, labels, probs, 200, 0.95, 0, stratified=False)), abs=1e-12)
         rng, cum = np.random.default_rng(0), np.cumsum(probs, axis=1)
         draws = [expected_calibration_error(np.minimum((rng.random((len(probs), 1)) > cum).sum(1), probs.shape[1] - 1), probs)
                  for _ in range(200)]
         assert s["ece_if_calibrated"]["median"] == pytest.approx(np.median(draws), abs=1e-12)
+
+
+def test_calibration_intervals_let_the_class_shares_vary():
+    # every image predicted 0.3 and 30 of 100 positive: perfectly calibrated here, but another 100 images from the same
+    # population would show 20-40 positives; resampling within each class would hold the 30 fixed (a zero-width interval)
+    y = np.r_[np.ones(30), np.zeros(70)].astype(int)
+    p = np.full(100, 0.3)
+    s = calibration_summary(y, np.stack([1 - p, p], axis=1))
+    assert s["ece"] == pytest.approx(0) and s["ece_ci"][0] == pytest.approx(0) and 0.06 < s["ece_ci"][1] < 0.15
+    assert s["brier_ci"][1] - s["brier_ci"][0] > 0.04
 
 
 def test_ece_chance_level_matches_a_perfectly_calibrated_model():

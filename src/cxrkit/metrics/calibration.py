@@ -133,7 +133,7 @@ def ece_if_calibrated(probs: np.ndarray, n_bins: int = 10, n_draws: int = 1000, 
 def calibration_summary(
     y: np.ndarray, probs: np.ndarray, n_bins: int = 10, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
 ) -> dict:
-    """ECE and Brier score with stratified-bootstrap intervals, what ECE chance alone gives, and the reliability bins.
+    """ECE and Brier score with bootstrap intervals, the ECE chance alone gives, and the reliability bins.
 
     The intervals matter because ECE on a few dozen images swings widely: a 0.03 against a 0.08 on a small
     test split is often no difference at all; and ``ece_if_calibrated`` because ECE is biased upwards on small
@@ -150,8 +150,10 @@ def calibration_summary(
         which, miss = _bin_of(conf, n_bins), hit - conf
         error = (probs[:, 1] - hit) ** 2 if probs.shape[1] == 2 else np.sum((probs - np.eye(probs.shape[1])[y]) ** 2, axis=1)
         rows = np.arange(len(y))
-        ece_ci = bootstrap_interval(lambda _, r: _binned_ece(which[r], miss[r], n_bins), y, rows, n_bootstrap, confidence, seed)
-        brier_ci = bootstrap_interval(lambda _, r: float(error[r].mean()), y, rows, n_bootstrap, confidence, seed)
+        # Not stratified: a calibration error lies in how often each class occurs at a predicted probability, which
+        # fixed class counts would hold still (a model predicting 0.3 for every image got a zero-width interval).
+        ece_ci = bootstrap_interval(lambda _, r: _binned_ece(which[r], miss[r], n_bins), y, rows, n_bootstrap, confidence, seed, stratified=False)
+        brier_ci = bootstrap_interval(lambda _, r: float(error[r].mean()), y, rows, n_bootstrap, confidence, seed, stratified=False)
         chance = ece_if_calibrated(probs, n_bins, n_bootstrap, seed)
     return {"ece": expected_calibration_error(y, probs, n_bins), "ece_ci": None if ece_ci is None else list(ece_ci),
             "ece_if_calibrated": chance, "brier": brier_score(y, probs), "brier_ci": None if brier_ci is None else list(brier_ci),

@@ -115,16 +115,19 @@ def bootstrap_interval(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    stratified: bool = True,
 ) -> tuple[float, float] | None:
     """Percentile interval of ``statistic(y_true, y_score)`` over bootstrap resamples stratified by class.
 
     Stratifying keeps every resample's class counts equal to the original, so statistics that need
-    both classes (AUCs) are always defined. Resamples where the statistic is NaN are dropped; None
-    if fewer than half are defined.
+    both classes (AUCs) are always defined. ``stratified=False`` resamples images regardless of class: for
+    statistics whose uncertainty lies in the class shares themselves (calibration: with the counts fixed, a model
+    predicting 0.3 for every image would get a zero-width ECE interval). Resamples where the statistic is NaN are
+    dropped; None if fewer than half are defined.
     """
     y_true = np.asarray(y_true)
     rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(y_true == c) for c in np.unique(y_true)]
+    groups = [np.flatnonzero(y_true == c) for c in np.unique(y_true)] if stratified else [np.arange(len(y_true))]
     values = []
     for _ in range(n_resamples):
         idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
