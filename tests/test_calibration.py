@@ -186,6 +186,10 @@ def test_who_check_says_how_many_cases_would_confirm_a_point_estimate_pass():
         "To prove the targets at the rates measured here, the lower 95% bounds need about 554 tb images (this split has 40) "
         "for sensitivity ≥ 90.0%.")
     assert cases_to_confirm_sentence({"verdict": "fail"}, ["healthy", "tb"]) is None
+    close = {**w, "sensitivity": {**w["sensitivity"], "value": 0.9005}, "cases_to_confirm": {"positive": None, "negative": None}}
+    assert "more than 100,000 tb images for sensitivity ≥ 90.0%" in cases_to_confirm_sentence(close, ["healthy", "tb"])
+    equal = {**close, "sensitivity": {**w["sensitivity"], "value": 0.9}}
+    assert "(sensitivity 90.0% only equals its target)" in cases_to_confirm_sentence(equal, ["healthy", "tb"])
 
 
 def test_net_benefit_on_hand_cases():

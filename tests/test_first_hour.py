@@ -192,5 +192,5 @@ def test_train_estimates_from_the_first_epoch_that_trains_all_layers(binary_data
                  "--head-epochs", "1", "--pretrained", "none"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("this epoch took")]
-    assert len(lines) == 1 and "the other 1 epochs take about" in lines[0], out
+    assert len(lines) == 1 and "the last epoch takes about" in lines[0], out
     assert out.index("epoch   2/3") < out.index("this epoch took") < out.index("epoch   3/3")

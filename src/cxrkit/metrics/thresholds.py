@@ -14,6 +14,7 @@ many would be needed, and ``allow_point_estimate`` falls back to the plain rule,
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -104,6 +105,15 @@ def clopper_pearson_lower(successes: np.ndarray | int, n: int, confidence: float
     return np.where(x > 0, lower, 0.0)
 
 
+@functools.lru_cache(maxsize=8)
+def _lower_bounds(n: int, confidence: float) -> np.ndarray:
+    """:func:`clopper_pearson_lower` of 0..n successes out of n, computed once per (n, confidence): the bootstrap
+    of :func:`threshold_spread` asks for the same n a thousand times (38 s for 20,000 validation images, uncached)."""
+    table = clopper_pearson_lower(np.arange(n + 1), n, confidence)
+    table.flags.writeable = False
+    return table
+
+
 def cases_needed(target: float, confidence: float) -> int:
     """The fewest cases that can guarantee ``target`` at ``confidence`` (all of them correct): (1 - c)^(1/n) >= target."""
     return int(np.ceil(np.log(1 - confidence) / np.log(target)))
@@ -141,7 +151,7 @@ def choose_threshold(
             n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
             n = n_pos if kind == "sensitivity" else n_neg
             rate = tpr if kind == "sensitivity" else spec
-            lower = clopper_pearson_lower(np.rint(rate * n), n, confidence)
+            lower = _lower_bounds(n, confidence)[np.rint(rate * n).astype(int)]
             ok = np.flatnonzero(lower >= target - 1e-12)
             if len(ok) == 0:
                 point = rule.split("@")[0]

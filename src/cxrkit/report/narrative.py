@@ -229,7 +229,7 @@ def threshold_spread_sentence(spread: dict | None, threshold: float | None, clas
     moved = [f"{what} {pct(r[0])}–{pct(r[1])}" for what, r in (("sensitivity", se), ("specificity", sp)) if r]
     text = (f"The threshold {threshold:.3f} ({escape(spread['rule'])}) was chosen on {n['positive'] + n['negative']} validation images "
             f"({n['positive']} {escape(classes[1])}, {n['negative']} {escape(classes[0])}); another validation sample of that size "
-            f"would have chosen {t[0]:.3f}–{t[1]:.3f}")
+            f"would have chosen {'–'.join(against_threshold(t[0], t[1]))}")
     if moved:
         text += ", giving " + " and ".join(moved) + " here"
     text += f" (the central {spread['confidence']:.0%} of {spread['resamples']:,} bootstrap resamples of validation; the intervals above hold the threshold fixed)"
@@ -249,7 +249,9 @@ def cases_to_confirm_sentence(who: dict | None, classes: list[str]) -> str | Non
             continue
         have = who[metric]["denominator"]
         if need[key] is None:
-            parts.append(f"no number of {escape(cls)} images proves {metric} ≥ {pct(who['targets'][metric])} at {pct(who[metric]['value'])}")
+            beyond = who[metric]["value"] > who["targets"][metric]  # proven only by more cases than cases_to_confirm counts to
+            parts.append(f"more than 100,000 {escape(cls)} images for {metric} ≥ {pct(who['targets'][metric])}" if beyond else
+                         f"more {escape(cls)} images than any number ({metric} {pct(who[metric]['value'])} only equals its target)")
         else:
             parts.append(f"about {need[key]:,} {escape(cls)} images (this split has {have:,}) for {metric} ≥ {pct(who['targets'][metric])}")
     return ("To prove the targets at the rates measured here, the lower 95% bounds need " + " and ".join(parts) + ".") if parts else None

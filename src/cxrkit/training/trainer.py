@@ -513,7 +513,8 @@ def time_estimate(epoch_seconds: float, epochs_left: int, patience: int | None, 
     if epochs_left < 1 or rest < ESTIMATE_FROM_S:
         return None
     capped = bool(max_minutes) and elapsed + rest > 60 * max_minutes
-    line = f"this epoch took {duration_text(epoch_seconds)}: the other {epochs_left} epochs take about {duration_text(rest)}"
+    others = "the last epoch takes" if epochs_left == 1 else f"the other {epochs_left} epochs take"
+    line = f"this epoch took {duration_text(epoch_seconds)}: {others} about {duration_text(rest)}"
     if capped:
         line += f", so --max-minutes {max_minutes:g} stops training after about {duration_text(60 * max_minutes)}"
     if patience is not None:
