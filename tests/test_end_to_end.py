@@ -162,7 +162,7 @@ def test_same_seed_gives_same_model(binary_data, tmp_path):
 def test_multiclass_end_to_end(tmp_path):
     data = make_synthetic_dataset(tmp_path / "covid", n_per_class=40, size=48, seed=2,
                                   classes=("Normal", "Covid", "Viral Pneumonia"), signal=1.5)
-    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), model="cnn", image_size=32, epochs=8, patience=8,
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), model="cnn", image_size=32, epochs=12, patience=12,
                       batch_size=16, lr=3e-3)
     out = train(cfg, progress=False)
     meta = json.loads((out / "meta.json").read_text())
