@@ -119,12 +119,9 @@ def training_overlap(run_dir: Path, images: np.ndarray) -> dict | None:
     none is, or when the run predates the hashes in splits.csv. External data that holds training images is not
     external: the model has memorised them, and its figures there are optimistic."""
     from cxrkit.data.identity import pixel_hashes
-    from cxrkit.record.files import SPLITS_FILE, read_csv_rows
+    from cxrkit.record.files import read_split_hashes
 
-    known: dict[str, str] = {}  # pixel hash -> split; an image in several splits counts where it matters most
-    for r in sorted(read_csv_rows(Path(run_dir) / SPLITS_FILE), key=lambda r: {"train": 0, "val": 1}.get(r.get("split"), 2), reverse=True):
-        if r.get("pixels"):
-            known[r["pixels"]] = r.get("split", "")
+    known = read_split_hashes(run_dir)
     if not known:
         return None
     found = [known.get(h) for h in pixel_hashes(images)]

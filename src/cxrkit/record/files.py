@@ -380,6 +380,17 @@ def read_splits(run_dir: Path) -> dict[str, str]:
     return {r["path"]: r["split"] for r in read_csv_rows(path)} if path.is_file() else {}
 
 
+def read_split_hashes(run_dir: Path) -> dict[str, str]:
+    """splits.csv as {pixel hash: split}; an image in several splits counts as train, else val, else test. Empty for a
+    run trained before splits.csv recorded the hashes."""
+    rank = {"train": 0, "val": 1}
+    out: dict[str, str] = {}
+    for r in sorted(read_csv_rows(Path(run_dir) / SPLITS_FILE), key=lambda r: rank.get(r.get("split"), 2), reverse=True):
+        if r.get("pixels"):
+            out[r["pixels"]] = r.get("split", "")
+    return out
+
+
 def read_history(run_dir: Path) -> list[dict]:
     """history.csv as one dict per epoch, numbers as floats (the ``stage`` column stays text)."""
     return [{k: (v if k == "stage" else float(v)) for k, v in r.items()} for r in read_csv_rows(Path(run_dir) / HISTORY_FILE)]
