@@ -120,17 +120,25 @@ def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
 
 
-def _images_under(folder: Path, ignored: list[Path]) -> list[Path]:
-    found = []
+def walk_images(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """Every file under ``folder``, sorted, as (images, other files, hidden): names starting with ``.`` and folders
+    starting with ``__`` (``__MACOSX``) are hidden and not entered; the one folder walk of training, evaluation,
+    prediction and explanation, so that they all read the same files of a folder."""
+    images, others, hidden = [], [], []
     for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        hidden += [here / d for d in sorted(dirnames) if d.startswith((".", "__"))]
         dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
         for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if is_image_file(p):
-                found.append(p)
-            elif not name.startswith("."):
-                ignored.append(p)
-    return found
+            p = here / name
+            (hidden if name.startswith(".") else images if is_image_file(p) else others).append(p)
+    return images, others, hidden
+
+
+def _images_under(folder: Path, ignored: list[Path]) -> list[Path]:
+    images, others, _ = walk_images(folder)
+    ignored += others
+    return images
 
 
 def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_classes: int = 2) -> ImageFolderSource:

@@ -6,11 +6,11 @@ names starting with ``.`` and folders starting with ``__`` (``__MACOSX``) are no
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxrkit.data.decode import IMAGE_EXTENSIONS, is_image_file
+from cxrkit.data.decode import IMAGE_EXTENSIONS
+from cxrkit.data.sources import walk_images
 
 SHOWN_NAMES = 3  # examples named per kind of skipped file; the count says how many there are
 
@@ -46,21 +46,10 @@ def find_images(target: str | Path) -> ImageFiles:
         return ImageFiles(target.parent, [target])
     if not target.is_dir():
         raise FileNotFoundError(f"{target} does not exist")
-    found = ImageFiles(target, [])
-    for dirpath, dirnames, filenames in os.walk(target):
-        here = Path(dirpath)
-        for d in sorted(dirnames):
-            if d.startswith((".", "__")):
-                found.hidden.append(found.relative(here / d) + "/")
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
-        for name in sorted(filenames):
-            p = here / name
-            if name.startswith("."):
-                found.hidden.append(found.relative(p))
-            elif is_image_file(p):
-                found.paths.append(p)
-            else:
-                found.not_images.append(found.relative(p))
+    images, others, hidden = walk_images(target)
+    found = ImageFiles(target, images, [], [])
+    found.not_images = [found.relative(p) for p in others]
+    found.hidden = [found.relative(p) + ("/" if p.is_dir() else "") for p in hidden]
     found.paths.sort()
     if not found.paths:
         held = (f"; it holds {len(found.not_images)} other file(s), e.g. {found.not_images[0]}" if found.not_images
