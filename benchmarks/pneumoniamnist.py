@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=28)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--intensity", default="auto", help="TrainConfig.intensity (auto: what the default command picks)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_pneumoniamnist"))
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,7 @@ def main() -> None:
     with np.load(a.npz) as z:
         np.savez(held, train_images=z["train_images"], train_labels=z["train_labels"], test_images=z["val_images"], test_labels=z["val_labels"])
     cfg = TrainConfig(data=str(held), out=str(a.out / "run"), model=a.model, image_size=a.image_size, epochs=a.epochs, patience=8,
+                      intensity=a.intensity,
                       batch_size=64, lr=2e-3, seed=a.seed, augment=AugmentConfig(rotate_degrees=10, scale=0.1, translate=0.06,
                                                                                    brightness=0.1, contrast=0.1, hflip=False))
     t0 = time.perf_counter()
@@ -58,7 +60,8 @@ def main() -> None:
     acc05 = float(((p >= 0.5) == y).mean())
     mm = m["metrics"]
     auc = mm["roc_auc"]
-    print(f"\nPneumoniaMNIST balanced copy, {a.model} at {a.image_size} px, {minutes:.1f} min on CPU; evaluated once on the file's "
+    print(f"\nPneumoniaMNIST balanced copy, {a.model} at {a.image_size} px, --intensity {a.intensity}, seed {a.seed}, {minutes:.1f} min on CPU; "
+          f"evaluated once on the file's "
           f"val split ({m['n']} images, {m['n_positive']} pneumonia)")
     print(f"  ROC-AUC {auc['value']:.4f} (95% CI {auc['ci'][0]:.4f}-{auc['ci'][1]:.4f})")
     print(f"  accuracy at threshold 0.5 (MedMNIST's convention): {100 * acc05:.1f}%")

@@ -66,3 +66,5 @@ def test_audit_and_train_report_the_split_level_shift(shifted_data: Path, tmp_pa
     assert "test/healthy images are brighter than train/healthy" in printed.out + printed.err
     meta = json.loads((out / "meta.json").read_text())
     assert any("SPLIT SHIFT: test/healthy" in m for m in meta["audit"]["messages"])
+    # Only test images differ in exposure: --intensity auto decides on train and validation images, so it keeps them as they are.
+    assert meta["preprocessing"]["intensity"] == "none" and meta["audit"]["exposure"]["intensity"] == "none"

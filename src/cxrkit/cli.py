@@ -47,9 +47,8 @@ def _add_device_option(p: argparse.ArgumentParser, what: str) -> None:
 
 def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) -> None:
 
-    from cxrkit.config import FREEZE_CHOICES, KEEP_CHOICES, PRECISIONS, SCHEDULES, TASK_CHOICES
+    from cxrkit.config import FREEZE_CHOICES, INTENSITY_CHOICES, KEEP_CHOICES, PRECISIONS, SCHEDULES, TASK_CHOICES
     from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
-    from cxrkit.data.intensity import INTENSITY_MODES
     from cxrkit.data.spec import ASPECTS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
     d, aug = _defaults(), AUGMENT_PRESETS[DEFAULT_PRESET]
@@ -59,9 +58,10 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                         "when smaller, e.g. 28 for a 28-px MedMNIST file)")
     g.add_argument("--aspect", choices=ASPECTS, default=d["aspect"],
                    help="pad: keep aspect ratio, letterbox with black (default); squash: stretch to a square")
-    g.add_argument("--intensity", choices=INTENSITY_MODES, default=d["intensity"],
+    g.add_argument("--intensity", choices=INTENSITY_CHOICES, default=d["intensity"],
                    help="per-image intensity normalisation at decode time, kept for evaluate/predict: zscore, percentile "
-                        "(1-99%% stretch), histeq (histogram equalisation) or clahe (adaptive) (default %(default)s)")
+                        "(1-99%% stretch), histeq (histogram equalisation), clahe (adaptive) or none; auto (the default) is none "
+                        "unless brightness and contrast alone tell the training classes apart (an exposure shortcut), then histeq")
     g.add_argument("--crop-border", action="store_true", help="remove uniform outer bands (collimation, frames) before resizing")
     g.add_argument("--positive", default=None, help="positive (disease) class of a binary task; default: the class not named normal/healthy/negative")
     g.add_argument("--val-fraction", type=float, default=d["val_fraction"], help="share held out for validation when no val/ folder exists (default %(default)s)")

@@ -131,7 +131,6 @@ def _check_config_agrees(path: Path, record: RunMeta) -> None:
     pairs = [  # (key in config.yaml, its value, key in meta.json, its value); keys a run's config.yaml lacks (older runs) are skipped
         ("image_size", cfg.image_size, "preprocessing.image_size", pre.image_size),
         ("aspect", cfg.aspect, "preprocessing.aspect", pre.aspect),
-        ("intensity", cfg.intensity, "preprocessing.intensity", pre.intensity),
         ("crop_border", cfg.crop_border, "preprocessing.crop_border", pre.crop_border),
         ("model", cfg.model, "model", record.model),
         ("width", cfg.width, "model_options.width", options.get("width")),
@@ -140,6 +139,8 @@ def _check_config_agrees(path: Path, record: RunMeta) -> None:
     ]
     if cfg.task != "auto":  # auto was resolved from the data into meta.json's task
         pairs.append(("task", cfg.task, "task", record.task))
+    if cfg.intensity != "auto":  # auto was resolved by the exposure probe into meta.json's preprocessing
+        pairs.append(("intensity", cfg.intensity, "preprocessing.intensity", pre.intensity))
     for key, given, meta_key, stored in pairs:
         if key in raw and given != stored:
             raise RunError(f"{path / META_FILE} has {meta_key} {stored!r} but {path / CONFIG_FILE} has {key} {given!r}: the run folder "

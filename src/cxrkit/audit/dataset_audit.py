@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.audit.duplicates import clusters, duplicate_report, near_pairs
+from cxrkit.audit.exposure import exposure_probe
 from cxrkit.audit.features import FEATURES_VERSION, read_records
 from cxrkit.audit.messages import audit_messages, count
 from cxrkit.audit.report import save_audit
@@ -22,7 +23,7 @@ from cxrkit.data.sources import ImageFolderSource, cache_root, open_image_folder
 from cxrkit.data.splits import assign_splits, guess_patient_pattern, ids_in_several_splits, merge_groups, patient_ids
 from cxrkit.record import atomic_write_text
 
-AUDIT_VERSION = 3  # 2: near duplicates within 8 bits (was 16); 3: each class compared across splits
+AUDIT_VERSION = 4  # 2: near duplicates within 8 bits (was 16); 3: each class compared across splits; 4: exposure probe
 SPLITS = ("train", "val", "test")
 
 
@@ -86,7 +87,10 @@ def audit_source(
     corrupt = [{"path": relpaths[i], "split": splits[i], "reason": records[i]["error"]} for i, r in enumerate(records) if r["error"]]
     class_index = {c: i for i, c in enumerate(group_names)}
     probe = shortcut_probe([records[i] for i in ok], np.array([class_index[groups_of[i]] for i in ok]), group_names, seed=seed)
-    across = compare_splits(record_stats(records), np.array([class_index[g] for g in groups_of]), np.array(splits), group_names)
+    stats, class_of = record_stats(records), np.array([class_index[g] for g in groups_of])
+    across = compare_splits(stats, class_of, np.array(splits), group_names)
+    sites = [smp.site for smp in source.samples]
+    exposure = exposure_probe(stats["mean"], stats["std"], class_of, group_names, np.array(sites) if any(sites) else None, seed)
     leaks = []
     if dup["exact"]["across_splits"]:
         leaks.append(f"{count(dup['exact']['across_splits'], 'group')} of byte-identical images span two splits")
@@ -95,12 +99,12 @@ def audit_source(
         leaks.append(f"{count(near_only, 'group')} of near-identical images (resized or re-encoded copies) span two splits")
     if patients and sum(patients["shared"].values()):
         leaks.append(f"{count(sum(patients['shared'].values()), 'patient ID')} appear in two splits ({patients['shared']})")
-    verdict = {"leakage": bool(leaks), "leakage_reasons": leaks, "shortcut": probe["warning"],
+    verdict = {"leakage": bool(leaks), "leakage_reasons": leaks, "shortcut": probe["warning"], "exposure": exposure["warning"],
                "conflicting_labels": dup["exact"]["across_classes"] + dup["near"]["across_classes"]}
     result = {
         "version": AUDIT_VERSION, "root": str(source.root), "classes": source.classes, "n_files": len(paths), "n_decoded": len(ok),
         "class_balance": balance, "properties": per_class_properties(records, groups_of, group_names), "duplicates": dup,
-        "patients": patients, "corrupt": corrupt, "shortcut_probe": probe, "split_shift": across, "verdict": verdict,
+        "patients": patients, "corrupt": corrupt, "shortcut_probe": probe, "exposure_probe": exposure, "split_shift": across, "verdict": verdict,
         "seconds": {"features": timing["seconds"], "total": time.perf_counter() - t0, "files_computed": timing["computed"]},
     }
     store.parent.mkdir(parents=True, exist_ok=True)

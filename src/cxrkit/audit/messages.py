@@ -30,6 +30,10 @@ def audit_messages(audit: dict) -> list[str]:
         out.append(f"SHORTCUT: a classifier that never sees anatomy separates the classes with cross-validated AUC {p['auc']:.2f} "
                    f"(> {p['threshold']}); the giveaways: {g}. A model can learn these instead of the disease: after training, "
                    "`cxrkit stress RUN` (binary runs) and the report's \"where does it look\" show whether yours did")
+    e = audit.get("exposure_probe") or {}  # audits saved before the exposure probe have none
+    if e.get("warning"):
+        out.append(f"EXPOSURE SHORTCUT: {e['message']}. `cxrkit train` histogram-equalises each image when it finds this in the "
+                   "training images (--intensity auto, the default); `cxrkit stress RUN` measures whether a model relies on exposure")
     for f in audit.get("split_shift", []):
         out.append(f"SPLIT SHIFT: {f['message']}")
     if v["conflicting_labels"]:
@@ -42,4 +46,6 @@ def audit_messages(audit: dict) -> list[str]:
         out.append(f"{count(len(audit['corrupt']), 'file')} cannot be decoded")
     if p.get("auc") is not None and not p["warning"]:
         out.append(f"shortcut probe: AUC {p['auc']:.2f} from non-anatomical features (threshold {p['threshold']}), no strong shortcut found")
+    if e.get("auc") is not None and not e["warning"]:
+        out.append(f"exposure probe: {e['message']}")
     return out

@@ -303,6 +303,17 @@ def pretrained_source(pretrained: str | None, classes: list[str]) -> tuple[str |
     return str(path), theirs
 
 
+def _choose_intensity(ds: LabelledImages, seed: int) -> tuple[str, dict]:
+    """``--intensity auto``: the exposure probe on the training and validation images (never the test split)."""
+    from cxrkit.audit.exposure import choose_intensity
+
+    if ds.multilabel:
+        return "none", {"asked": "auto", "intensity": "none", "auc": None,
+                        "message": "exposure probe not run for a multi-label task; images kept as they are (--intensity none)"}
+    index = np.concatenate([ds.index("train"), ds.index("val")])
+    return choose_intensity(ds.images, ds.labels, ds.class_names, index, ds.sites, np.asarray(ds.cache.ok), seed)
+
+
 def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: Callable[[str], None]) -> _Setup:
     """Load and audit the data, then build the model, loss, optimiser and learning-rate schedule."""
     torch.manual_seed(cfg.seed)
@@ -311,11 +322,24 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     from cxrkit.audit.dataset_audit import audit_before_training, duplicate_group_ids
 
     copies = (lambda paths: duplicate_group_ids(paths, cfg.cache_dir, progress)) if cfg.group_duplicates else None
-    ds = load_dataset(
-        cfg.data, cfg.image_size, cfg.aspect, cfg.positive, cfg.val_fraction, cfg.test_fraction,
-        cfg.data_split_seed, cfg.group_pattern, cfg.cache_dir, progress=progress, intensity=cfg.intensity, crop_border=cfg.crop_border,
-        duplicate_groups=copies, **cfg.dataset_options(),
-    )
+
+    def load(intensity: str) -> LabelledImages:
+        return load_dataset(
+            cfg.data, cfg.image_size, cfg.aspect, cfg.positive, cfg.val_fraction, cfg.test_fraction,
+            cfg.data_split_seed, cfg.group_pattern, cfg.cache_dir, progress=progress, intensity=intensity, crop_border=cfg.crop_border,
+            duplicate_groups=copies, **cfg.dataset_options(),
+        )
+
+    intensity, exposure = cfg.intensity, None
+    ds = load("none" if intensity == "auto" else intensity)
+    if cfg.intensity == "auto":
+        intensity, exposure = _choose_intensity(ds, cfg.seed)
+        log(f"intensity: {exposure['message']}")
+        if intensity != "none":
+            splits = ds.splits
+            ds = load(intensity)
+            if not np.array_equal(ds.splits, splits):  # the split depends on files and seeds only; checked, not assumed
+                raise RuntimeError("the splits changed when the images were decoded again with --intensity histeq")
     if ds.duplicate_groups:
         log(f"splits: {ds.duplicate_groups} group{'' if ds.duplicate_groups == 1 else 's'} of identical or near-identical images kept in one split each "
             "(cxrkit cut the splits, so copies were grouped like a patient's images)")
@@ -324,6 +348,8 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
         _warn_about_patient_ids_in_names(ds, log)
 
     audit = audit_before_training(ds, cfg.group_pattern, cfg.allow_leakage, out, cfg.seed, cfg.cache_dir, progress, resplit=cfg.resplit)
+    if exposure is not None:
+        audit["exposure"] = exposure
     for m in audit["messages"]:
         log(f"audit: {m}")
     train_idx, val_idx = ds.index("train"), ds.index("val")
@@ -334,7 +360,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     if cfg.referral and task.name != "binary":
         raise ValueError("--referral needs a binary task (one disease against normal)")
     mean, std = intensity_stats(ds.images, train_idx)
-    pre = Preprocessing(cfg.image_size, cfg.aspect, mean, std, cfg.intensity, cfg.crop_border)
+    pre = Preprocessing(cfg.image_size, cfg.aspect, mean, std, intensity, cfg.crop_border)
 
     model = build_model(cfg.model, task.num_outputs(k), **cfg.model_options())
     weights, other_classes = pretrained_source(cfg.pretrained, ds.class_names)
