@@ -9,6 +9,13 @@ import pytest
 
 from cxrkit.data.synthetic import make_synthetic_dataset
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite runs as two worker processes (pyproject addopts) on CI's two cores: one PyTorch thread each, or the two
+    # would fight over the cores and run slower together than one alone.
+    import torch
+
+    torch.set_num_threads(1)
+
 # The project's real datasets sit beside the repository; CXRKIT_SHARED_DATA points elsewhere.
 SHARED_DATA = Path(os.environ.get("CXRKIT_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 

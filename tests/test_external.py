@@ -149,7 +149,10 @@ def test_recalibrate_on_a_sample_of_the_new_site(internal_run, capsys):
 
         rows = [x for x in csv.DictReader(f) if x["split"] == "external:site_d"]
     tp = sum(x["true"] == "tb" and float(x["prob_tb"]) >= r["threshold"] for x in rows)
-    assert r["confusion"]["tp"] == tp
+    # predictions.csv holds 6 decimals: a probability within 5e-7 of the threshold may sit on either side of it there
+    # (this 4-epoch model's probabilities can crowd within 1e-4 of one another).
+    near = sum(x["true"] == "tb" and abs(float(x["prob_tb"]) - r["threshold"]) <= 5e-7 for x in rows)
+    assert tp - near <= r["confusion"]["tp"] <= tp + near
     assert "re-chosen on" in (run / "report.html").read_text()
     assert "at the re-chosen threshold" in capsys.readouterr().out
     # The sample must be other images than the evaluated ones.

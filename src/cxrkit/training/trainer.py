@@ -351,7 +351,8 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     if exposure is not None:
         audit["exposure"] = exposure
     for m in audit["messages"]:
-        log(f"audit: {m}")
+        if not (exposure is not None and m.startswith("exposure probe:")):  # the intensity line above said it, for train+val
+            log(f"audit: {m}")
     train_idx, val_idx = ds.index("train"), ds.index("val")
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise ValueError("training needs images in both the train and the validation split")
