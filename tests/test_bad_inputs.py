@@ -73,6 +73,15 @@ def test_missing_config_file(binary_data, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_no_validation_images_is_refused_before_the_audit(binary_data, tmp_path, capsys):
+    # binary_data has train/ and test/ folders only: --val-fraction 0 leaves nothing to validate on.
+    assert main(["train", str(binary_data), "--val-fraction", "0", "--out", str(tmp_path / "out"), "--image-size", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: training needs validation images (for the kept epoch, the threshold and calibration) and there are none: "
+                   "give --val-fraction above 0, or a val/ folder")
+    assert not (tmp_path / "out" / "audit.json").exists()  # refused before the audit read every file
+
+
 # ---- tampered run folders: `cxrkit predict RUN IMAGE` --------------------------------------------------------------
 RUNS = {
     "std 0": (lambda m: m["preprocessing"].update(std=0), "std"),
@@ -87,6 +96,7 @@ RUNS = {
     "unknown model": (lambda m: m.update(model="resnet1000"), "unknown model"),
     "preprocessing missing": (lambda m: m.pop("preprocessing"), "preprocessing"),
     "unknown intensity mode": (lambda m: m["preprocessing"].update(intensity="magic"), "intensity"),
+    "intensity auto, never resolved": (lambda m: m["preprocessing"].update(intensity="auto"), "intensity"),
     "num_outputs wrong": (lambda m: m.update(num_outputs=5), "num_outputs"),
     "model width changed": (lambda m: m["model_options"].update(width=64), "weights"),
 }

@@ -303,6 +303,18 @@ def pretrained_source(pretrained: str | None, classes: list[str]) -> tuple[str |
     return str(path), theirs
 
 
+def _check_splits_for_training(ds: LabelledImages, cfg: TrainConfig) -> None:
+    """Refuse, before the audit and the exposure probe, a split with no training or no validation images."""
+    empty = [s for s in ("train", "val") if len(ds.index(s)) == 0]
+    if not empty:
+        return
+    if empty == ["val"]:
+        raise ValueError("training needs validation images (for the kept epoch, the threshold and calibration) and there are none: "
+                         + ("give --val-fraction above 0, or a val/ folder" if cfg.val_fraction == 0 else "give a val/ folder or more images"))
+    raise ValueError(f"training needs training images and there are none after the {' and '.join(s for s in ('val', 'test') if len(ds.index(s)))} "
+                     "split(s) took theirs: lower --val-fraction / --test-fraction, or add images")
+
+
 def _choose_intensity(ds: LabelledImages, seed: int) -> tuple[str, dict]:
     """``--intensity auto``: the exposure probe on the training and validation images (never the test split)."""
     from cxrkit.audit.exposure import choose_intensity
@@ -332,6 +344,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
 
     intensity, exposure = cfg.intensity, None
     ds = load("none" if intensity == "auto" else intensity)
+    _check_splits_for_training(ds, cfg)
     if cfg.intensity == "auto":
         intensity, exposure = _choose_intensity(ds, cfg.seed)
         log(f"intensity: {exposure['message']}")
@@ -354,8 +367,6 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
         if not (exposure is not None and m.startswith("exposure probe:")):  # the intensity line above said it, for train+val
             log(f"audit: {m}")
     train_idx, val_idx = ds.index("train"), ds.index("val")
-    if len(val_idx) == 0 or len(train_idx) == 0:
-        raise ValueError("training needs images in both the train and the validation split")
     task, k = get_task(ds.task), len(ds.class_names)
     _check_guarantee_possible(cfg, task, ds.labels[val_idx])
     if cfg.referral and task.name != "binary":
