@@ -44,3 +44,15 @@ def tiny_run(binary_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
                       lr=3e-3, cache_dir=str(tmp_path_factory.mktemp("tiny-cache")), augment=AugmentConfig())
     train(cfg)
     return out
+
+
+def record_weights(run: Path) -> None:
+    """Write model.safetensors' SHA-256 into meta.json, as a training that wrote these weights would: for tests of the
+    checks behind that hash (damaged, integer or NaN weights in a run whose record is otherwise consistent)."""
+    import json
+
+    from cxrkit.record import file_sha256
+
+    meta = json.loads((run / "meta.json").read_text())
+    meta["weights_sha256"] = file_sha256(run / "model.safetensors")
+    (run / "meta.json").write_text(json.dumps(meta))

@@ -13,6 +13,8 @@ import pytest
 import cxrkit
 from cxrkit.run import RunError
 
+from .conftest import record_weights
+
 
 def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
     run = tmp_path / "run"
@@ -25,6 +27,7 @@ def _edit_weights(run: Path, edit) -> None:
 
     state = load_file(str(run / "model.safetensors"))
     save_file(edit(state), str(run / "model.safetensors"))
+    record_weights(run)
 
 
 @pytest.mark.parametrize("dtype", ["int32", "bool"])

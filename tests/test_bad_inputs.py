@@ -13,6 +13,8 @@ from PIL import Image
 
 from cxrkit.cli import main
 
+from .conftest import record_weights
+
 
 def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
     run = tmp_path / "run"
@@ -97,6 +99,7 @@ RUNS = {
     "preprocessing missing": (lambda m: m.pop("preprocessing"), "preprocessing"),
     "unknown intensity mode": (lambda m: m["preprocessing"].update(intensity="magic"), "intensity"),
     "intensity auto, never resolved": (lambda m: m["preprocessing"].update(intensity="auto"), "intensity"),
+    "weights hash not a hash": (lambda m: m.update(weights_sha256="abc123"), "weights_sha256"),
     "num_outputs wrong": (lambda m: m.update(num_outputs=5), "num_outputs"),
     "model width changed": (lambda m: m["model_options"].update(width=64), "weights"),
 }
@@ -127,8 +130,25 @@ def test_unreadable_meta(content, word, tiny_run, tmp_path, capsys):
 def test_weights_file_not_safetensors(tiny_run, tmp_path, capsys):
     run = _copy_run(tiny_run, tmp_path)
     (run / "model.safetensors").write_bytes(b"\x80\x04 pickled? no: just junk" * 10)
+    record_weights(run)
     assert main(["predict", str(run), str(_image(tmp_path))]) == 2
     assert "not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_weights_from_another_training_are_refused(tiny_run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run = _copy_run(tiny_run, tmp_path)
+    assert len(json.loads((run / "meta.json").read_text())["weights_sha256"]) == 64  # training recorded it
+    # Same architecture, other numbers: what a folder holds while a training rewrites it, or after a copy of weights alone.
+    state = load_file(str(run / "model.safetensors"))
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, str(run / "model.safetensors"))
+    assert main(["predict", str(run), str(_image(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.safetensors is not the weights file" in err and "was written with (SHA-256" in err and "\n" not in err, err
+    # A run written before the hash was recorded has nothing to compare: it loads as before.
+    _edit_meta(run, lambda m: m.pop("weights_sha256"))
+    assert main(["predict", str(run), str(_image(tmp_path))]) == 0
 
 
 def test_weights_with_nan_are_refused(tiny_run, tmp_path, capsys):
@@ -139,6 +159,7 @@ def test_weights_with_nan_are_refused(tiny_run, tmp_path, capsys):
     name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
     state[name][0] = float("nan")  # a diverged or damaged model: every probability NaN, every image "healthy"
     save_file(state, str(run / "model.safetensors"))
+    record_weights(run)
     assert main(["predict", str(run), str(_image(tmp_path))]) == 2
     out = capsys.readouterr()
     err = out.err.strip()

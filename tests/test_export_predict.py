@@ -9,6 +9,8 @@ import pytest
 from cxrkit.cli import main
 from cxrkit.run import Run, RunError
 
+from .conftest import record_weights
+
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
@@ -70,6 +72,7 @@ def test_stale_onnx_is_ignored_by_auto_and_refused_when_forced(tiny_run, tmp_pat
 
     state = load_file(str(weights))
     save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, str(weights))  # "retrained"
+    record_weights(copy)  # as the retraining's meta.json would
     assert Run.load(copy).onnx is None
     with pytest.raises(RunError, match="other weights"):
         Run.load(copy, engine="onnx")

@@ -59,13 +59,24 @@ def save_weights(model: nn.Module, path: Path) -> None:
             raise OSError(errno.EIO, " ".join(str(exc).split())) from None
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load safetensors weights into ``model`` (no pickle); a damaged file or one for another model is a :class:`RunError`."""
+def load_weights(model: nn.Module, path: Path, sha256: str | None = None) -> None:
+    """Load safetensors weights into ``model`` (no pickle); a damaged file, one for another model or, when ``sha256``
+    is given, any other file than the one it names is a :class:`RunError`."""
+    import hashlib
+
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_bytes
 
     try:
-        state = load_file(str(path))
+        data = Path(path).read_bytes()  # read once: the bytes checked are the bytes loaded, even while the file is replaced
+    except OSError as exc:
+        raise RunError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise RunError(f"{path} is not the weights file {Path(path).parent / META_FILE} was written with (SHA-256 "
+                       f"{hashlib.sha256(data).hexdigest()[:12]}…, recorded {sha256[:12]}…): a training is rewriting the run, or "
+                       "the file was replaced; wait for the training to finish, or copy whole run folders, never the weights alone")
+    try:
+        state = load_bytes(data)
     except (SafetensorError, OSError, ValueError) as exc:
         raise RunError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
     own = model.state_dict()
@@ -280,7 +291,7 @@ class Run:
             model = build_model(record.model, record.num_outputs, **record.model_kwargs())
         except (TypeError, ValueError) as exc:
             raise RunError(f"{path / META_FILE}: cannot build model {record.model!r} with {record.model_kwargs()}: {exc}") from None
-        load_weights(model, path / MODEL_FILE)
+        load_weights(model, path / MODEL_FILE, record.weights_sha256)
         _check_config_agrees(path, record)
         # channels_last changes only the memory layout (same fp32 arithmetic): 1.4-3x faster CPU inference
         # measured on the Kermany runs (benchmarks in the README).
@@ -326,7 +337,8 @@ class Run:
 
     def _load_onnx(self, engine: str):
         """The ONNX Runtime model the engine asks for, or None for PyTorch."""
-        from cxrkit.models.onnx_runtime import INT8_FILE, ONNX_FILE, OnnxModel, file_sha256, read_metadata
+        from cxrkit.models.onnx_runtime import INT8_FILE, ONNX_FILE, OnnxModel, read_metadata
+        from cxrkit.record import file_sha256
 
         if engine not in ENGINES:
             raise RunError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")

@@ -23,8 +23,8 @@ import torch
 
 from cxrkit.config import ConfigError
 from cxrkit.data.spec import is_finite_number
-from cxrkit.models.onnx_runtime import INT8_FILE, METADATA_KEY, ONNX_FILE, OnnxModel, file_sha256
-from cxrkit.record import MODEL_FILE
+from cxrkit.models.onnx_runtime import INT8_FILE, METADATA_KEY, ONNX_FILE, OnnxModel
+from cxrkit.record import MODEL_FILE, file_sha256
 from cxrkit.record.lock import run_lock
 from cxrkit.run import Run, probabilities
 

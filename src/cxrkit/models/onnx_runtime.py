@@ -7,7 +7,6 @@ around it (decoding, normalisation, test-time views, probabilities, calibration,
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,15 +16,6 @@ import torch
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 METADATA_KEY = "cxrkit"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_metadata(path: Path) -> dict:

@@ -16,6 +16,7 @@ from cxrkit.record.files import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
+    file_sha256,
     read_history,
     read_json,
     read_metrics,
@@ -30,6 +31,6 @@ from cxrkit.record.meta import TASKS, RunMeta, read_meta, write_meta
 __all__ = [
     "CALIBRATION_FILE", "CONFIG_FILE", "HISTORY_FILE", "META_FILE", "METRICS_FILE", "MODEL_FILE", "PREDICTIONS_FILE", "RUN_OUTPUTS",
     "SHIFT_FILE", "MAX_IMAGE_SIZE", "TASKS", "ImageSpec", "RunMeta", "RunRecordError", "atomic_write_csv", "atomic_write_json",
-    "atomic_write_text", "read_history", "read_json", "read_meta", "read_metrics", "read_predictions", "replace_predictions",
+    "atomic_write_text", "file_sha256", "read_history", "read_json", "read_meta", "read_metrics", "read_predictions", "replace_predictions",
     "split_metrics", "split_predictions", "update_metrics", "write_meta",
 ]

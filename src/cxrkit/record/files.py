@@ -394,3 +394,14 @@ def read_split_hashes(run_dir: Path) -> dict[str, str]:
 def read_history(run_dir: Path) -> list[dict]:
     """history.csv as one dict per epoch, numbers as floats (the ``stage`` column stays text)."""
     return [{k: (v if k == "stage" else float(v)) for k, v in r.items()} for r in read_csv_rows(Path(run_dir) / HISTORY_FILE)]
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

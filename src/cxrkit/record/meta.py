@@ -65,6 +65,10 @@ class RunMeta:
     thresholds: dict | None = None
     referral: dict | None = None  # binary runs: {"lower", "upper", "spec", ...}; between the two the decision is "refer"
     complete: bool = False
+    # SHA-256 of model.safetensors as written with this meta.json: weights from another training (a folder being
+    # rewritten, a file copied over) are refused instead of used with this run's threshold and preprocessing.
+    # Absent in runs written before it: nothing to check.
+    weights_sha256: str | None = None
     schema_version: int = SCHEMA_VERSION
     cxrkit_version: str | None = None
     created: str | None = None
@@ -98,6 +102,9 @@ class RunMeta:
             raise RunRecordError(f"tta_flips must be true or false, got {self.tta_flips!r}")
         if not isinstance(self.model_options, dict):
             raise RunRecordError("model_options must be an object")
+        w = self.weights_sha256
+        if w is not None and not (isinstance(w, str) and len(w) == 64 and all(ch in "0123456789abcdef" for ch in w)):
+            raise RunRecordError(f"weights_sha256 must be the 64 hex digits of model.safetensors' SHA-256, got {w!r}")
         if not isinstance(self.complete, bool):  # "false" is truthy: an unfinished run would have decided
             raise RunRecordError(f"complete must be true or false, got {self.complete!r}")
         if self.task != "multilabel" and self.thresholds:  # read as per-finding thresholds: a TypeError at the first prediction

@@ -15,7 +15,7 @@ HEADLINE = {"binary": ("roc_auc", "sensitivity", "specificity", "ppv", "npv"), "
 
 def model_identity(run: Run) -> dict:
     """Model id (the run's folder name) and version (the first 12 hex digits of the weights' SHA-256)."""
-    from cxrkit.models.onnx_runtime import file_sha256
+    from cxrkit.record import file_sha256
 
     return {"id": run.path.name, "version": file_sha256(run.path / MODEL_FILE)[:12], "architecture": run.meta["model"],
             "created": run.meta.get("created"), "cxrkit_version": run.meta.get("cxrkit_version")}

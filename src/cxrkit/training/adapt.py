@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrkit.record import CALIBRATION_FILE, CONFIG_FILE, META_FILE, MODEL_FILE, SHIFT_FILE, read_meta, write_meta
+from cxrkit.record import CALIBRATION_FILE, CONFIG_FILE, META_FILE, MODEL_FILE, SHIFT_FILE, file_sha256, read_meta, write_meta
 from cxrkit.record.lock import LOCK_FILE, run_lock
 from cxrkit.record.meta import now
 from cxrkit.run import Run, save_weights
@@ -119,6 +119,7 @@ def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_si
                     "note": "batch-norm statistics from the new site's unlabelled images; threshold and calibration from the source run's validation split"}
             record.extra["adapted"] = info
             record.evaluations = []  # the adapted model has not been evaluated yet
+            record.weights_sha256 = file_sha256(out / MODEL_FILE)
             write_meta(out, record)
     return info
 

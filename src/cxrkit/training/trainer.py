@@ -46,6 +46,7 @@ from cxrkit.record import (
     RunMeta,
     atomic_write_csv,
     atomic_write_text,
+    file_sha256,
     write_meta,
 )
 from cxrkit.record.files import CHECKPOINT_DIR, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, REPORT_FILE, all_or_nothing
@@ -815,7 +816,9 @@ def _train_and_finish(cfg: TrainConfig, ctx: Distributed, s: _Setup, prog: _Prog
         return out
     s.model.load_state_dict(prog.best_state)
     s.model = s.model.cpu()
-    write_meta(out, _record(s, prog))
+    record = _record(s, prog)
+    record.weights_sha256 = file_sha256(out / MODEL_FILE)  # the file the epochs left: the kept epoch's weights
+    write_meta(out, record)
     val_metrics: dict = {}
     if finish:
         from cxrkit.evaluation.evaluate import finish_training
