@@ -8,7 +8,6 @@ positive), never a made-up 0 or 1.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score
 
 from cxrkit.metrics.intervals import bootstrap_interval, delong_interval, wilson_interval
 
@@ -90,6 +89,7 @@ def binary_metrics(
     Sensitivity, specificity, PPV, NPV and accuracy get Wilson intervals; ROC-AUC a DeLong interval;
     PR-AUC (average precision), F1 and balanced accuracy a stratified bootstrap interval.
     """
+    from sklearn.metrics import average_precision_score, balanced_accuracy_score  # imported here: predict and serve never need scikit-learn
     y = np.asarray(y_true).astype(int)
     prob = np.asarray(prob, dtype=np.float64)
     pred = (prob >= threshold).astype(int)
@@ -139,6 +139,7 @@ def multiclass_metrics(
     Per class, one-vs-rest: sensitivity, specificity, PPV, NPV (Wilson), F1 and ROC-AUC (DeLong).
     ``confusion[i][j]`` counts cases of true class i predicted as class j.
     """
+    from sklearn.metrics import balanced_accuracy_score, f1_score  # imported here: predict and serve never need scikit-learn
     y = np.asarray(y_true).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
     k = len(classes)
