@@ -316,15 +316,16 @@ def _check_splits_for_training(ds: LabelledImages, cfg: TrainConfig) -> None:
                      "split(s) took theirs: lower --val-fraction / --test-fraction, or add images")
 
 
-def _choose_intensity(ds: LabelledImages, seed: int) -> tuple[str, dict]:
-    """``--intensity auto``: the exposure probe on the training and validation images (never the test split)."""
+def _choose_intensity(ds: LabelledImages) -> tuple[str, dict]:
+    """``--intensity auto``: the exposure probe on the training and validation images (never the test split), with its
+    own fixed cross-validation seed, so that training seeds on the same split decide alike."""
     from cxrkit.audit.exposure import choose_intensity
 
     if ds.multilabel:
         return "none", {"asked": "auto", "intensity": "none", "auc": None,
                         "message": "exposure probe not run for a multi-label task; images kept as they are (--intensity none)"}
     index = np.concatenate([ds.index("train"), ds.index("val")])
-    return choose_intensity(ds.images, ds.labels, ds.class_names, index, ds.sites, np.asarray(ds.cache.ok), seed)
+    return choose_intensity(ds.images, ds.labels, ds.class_names, index, ds.sites, np.asarray(ds.cache.ok))
 
 
 def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: Callable[[str], None]) -> _Setup:
@@ -347,7 +348,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     ds = load("none" if intensity == "auto" else intensity)
     _check_splits_for_training(ds, cfg)
     if cfg.intensity == "auto":
-        intensity, exposure = _choose_intensity(ds, cfg.seed)
+        intensity, exposure = _choose_intensity(ds)
         log(f"intensity: {exposure['message']}")
         if intensity != "none":
             splits = ds.splits
