@@ -8,7 +8,7 @@ the ones `benchmarks/sites.py` trains on (two sites as a sources file), plus all
 planted rows are the synthetic sites of tests/test_robust_default.py (one class 0.18 brighter at one site)
 and the same two sites without the offset.
 
-    python benchmarks/exposure_probe.py [--shared ../shared/data] [--out runs/exposure_probe] [--size 128]
+    python benchmarks/exposure_probe.py [--shared ../shared/data] [--out runs/exposure_probe] [--sizes 128,224]
 """
 
 from __future__ import annotations
@@ -56,23 +56,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     ap.add_argument("--out", type=Path, default=Path("runs/exposure_probe"))
-    ap.add_argument("--size", type=int, default=128, help="decode size (the 500-image default trains at 128)")
+    ap.add_argument("--sizes", default="128,224", help="decode sizes, one column each (training's default: 224, or the images' own size when smaller)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    print("| data | images (train+val) | largest AUC of brightness and contrast | where | --intensity auto picks | seconds |")
-    print("|---|---|---|---|---|---|")
+    sizes = [int(x) for x in a.sizes.split(",")]
+    print("| data | images (train+val) | " + " | ".join(f"largest AUC at {z} px: where, auto picks" for z in sizes) + " | seconds |")
+    print("|---|---|" + "---|" * len(sizes) + "---|")
     for name, data in datasets(a.shared, a.out).items():
         t0 = time.perf_counter()
-        size = 64 if "planted" in name or "nothing planted" in name else 28 if name.startswith("pneumoniamnist") else a.size
-        ds = load_dataset(data, size, cache_dir=a.out / "cache", progress=False)
-        if ds.multilabel:
-            continue
-        index = np.concatenate([ds.index("train"), ds.index("val")])
-        mode, r = choose_intensity(ds.images, ds.labels, ds.class_names, index, ds.sites, np.asarray(ds.cache.ok))
-        where = "none checked" if r["auc"] is None else f"{r['class']}" + (f" at {r['site']}" if r["site"] else ", all images")
-        auc = "—" if r["auc"] is None else f"{r['auc']:.3f}"
-        print(f"| {name} | {len(index)} | {auc} | {where} | {mode} | {time.perf_counter() - t0:.0f} |", flush=True)
-
+        cells, n = [], 0
+        for size in sizes:
+            size = 64 if "planted" in name or "nothing planted" in name else 28 if name.startswith("pneumoniamnist") else size
+            ds = load_dataset(data, size, cache_dir=a.out / "cache", progress=False)
+            if ds.multilabel:
+                break
+            index = np.concatenate([ds.index("train"), ds.index("val")])
+            mode, r = choose_intensity(ds.images, ds.labels, ds.class_names, index, ds.sites, np.asarray(ds.cache.ok))
+            where = "none checked" if r["auc"] is None else f"{r['class']}" + (f" at {r['site']}" if r["site"] else ", all images")
+            cells.append(("—" if r["auc"] is None else f"{r['auc']:.3f}") + f": {where}, **{mode}**")
+            n = len(index)
+        if cells:
+            print(f"| {name} | {n} | {' | '.join(cells)} | {time.perf_counter() - t0:.0f} |", flush=True)
 
 if __name__ == "__main__":
     main()
