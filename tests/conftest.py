@@ -56,3 +56,15 @@ def record_weights(run: Path) -> None:
     meta = json.loads((run / "meta.json").read_text())
     meta["weights_sha256"] = file_sha256(run / "model.safetensors")
     (run / "meta.json").write_text(json.dumps(meta))
+
+
+def record_calibration(run: Path) -> None:
+    """Write calibration.json's SHA-256 into meta.json, as `cxrkit calibrate` would: for tests of the checks behind that
+    hash (a damaged or hand-written calibration in a run whose record otherwise names it)."""
+    import json
+
+    from cxrkit.record import file_sha256
+
+    meta = json.loads((run / "meta.json").read_text())
+    meta["calibration_sha256"] = file_sha256(run / "calibration.json")
+    (run / "meta.json").write_text(json.dumps(meta))

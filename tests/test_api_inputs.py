@@ -13,7 +13,7 @@ import pytest
 import cxrkit
 from cxrkit.run import RunError
 
-from .conftest import record_weights
+from .conftest import record_calibration, record_weights
 
 
 def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
@@ -61,6 +61,7 @@ def test_damaged_calibration_is_refused_at_load(name, tiny_run, tmp_path):
     content, words = CALIBRATIONS[name]
     run = _copy_run(tiny_run, tmp_path)
     (run / "calibration.json").write_text(json.dumps(content))
+    record_calibration(run)
     with pytest.raises(RunError, match=rf"calibration.json: .*{words}.*--remove") as exc:
         cxrkit.load(run)
     assert "\n" not in str(exc.value)
@@ -141,6 +142,7 @@ def test_predict_files_checks_its_arguments(tiny_run, tmp_path):
 def test_calibrated_must_be_a_boolean(tiny_run, tmp_path):
     run_dir = _copy_run(tiny_run, tmp_path)
     (run_dir / "calibration.json").write_text(json.dumps({"method": "temperature", "params": {"temperature": 3.0}}))
+    record_calibration(run_dir)
     run = cxrkit.load(run_dir)
     size = run.preprocessing.image_size
     images = np.random.default_rng(0).integers(0, 256, (2, size, size), dtype=np.uint8)
@@ -290,6 +292,7 @@ def test_calibration_is_parsed_once_and_again_when_it_changes(tiny_run, tmp_path
 
     run_dir = _copy_run(tiny_run, tmp_path)
     (run_dir / "calibration.json").write_text(json.dumps({"method": "temperature", "params": {"temperature": 2.0}}))
+    record_calibration(run_dir)
     run = cxrkit.load(run_dir)
     parsed = []
     real = Calibration.from_dict.__func__

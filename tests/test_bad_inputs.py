@@ -13,7 +13,7 @@ from PIL import Image
 
 from cxrkit.cli import main
 
-from .conftest import record_weights
+from .conftest import record_calibration, record_weights
 
 
 def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
@@ -100,6 +100,7 @@ RUNS = {
     "unknown intensity mode": (lambda m: m["preprocessing"].update(intensity="magic"), "intensity"),
     "intensity auto, never resolved": (lambda m: m["preprocessing"].update(intensity="auto"), "intensity"),
     "weights hash not a hash": (lambda m: m.update(weights_sha256="abc123"), "weights_sha256"),
+    "calibration hash not a hash": (lambda m: m.update(calibration_sha256="uncalibrated"), "calibration_sha256"),
     "num_outputs wrong": (lambda m: m.update(num_outputs=5), "num_outputs"),
     "model width changed": (lambda m: m["model_options"].update(width=64), "weights"),
 }
@@ -151,6 +152,28 @@ def test_weights_from_another_training_are_refused(tiny_run, tmp_path, capsys):
     assert main(["predict", str(run), str(_image(tmp_path))]) == 0
 
 
+def test_a_calibration_the_record_does_not_name_is_refused(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    assert json.loads((run / "meta.json").read_text())["calibration_sha256"] == "none"  # training recorded: uncalibrated
+    # A calibration.json without the meta.json that names it: what a reader sees between calibrate's two writes.
+    (run / "calibration.json").write_text(json.dumps({"method": "temperature", "params": {"temperature": 3.0}}))
+    assert main(["predict", str(run), str(_image(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "calibration.json is there but" in err and "records no calibration" in err and "\n" not in err, err
+    # Calibrated for real, then the file swapped for another one: refused as well.
+    (run / "calibration.json").unlink()
+    assert main(["calibrate", str(run)]) == 0
+    assert len(json.loads((run / "meta.json").read_text())["calibration_sha256"]) == 64
+    (run / "calibration.json").write_text(json.dumps({"method": "temperature", "params": {"temperature": 3.0}}))
+    capsys.readouterr()
+    assert main(["predict", str(run), str(_image(tmp_path))]) == 2
+    assert "calibration.json is not the calibration it was written with" in capsys.readouterr().err
+    # The way out the message names: --remove deletes it, records "none", and the run predicts uncalibrated again.
+    assert main(["calibrate", str(run), "--remove"]) == 0
+    assert json.loads((run / "meta.json").read_text())["calibration_sha256"] == "none"
+    assert main(["predict", str(run), str(_image(tmp_path))]) == 0
+
+
 def test_weights_with_nan_are_refused(tiny_run, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
@@ -170,6 +193,7 @@ def test_weights_with_nan_are_refused(tiny_run, tmp_path, capsys):
 def test_bad_calibration_file(tiny_run, tmp_path, capsys):
     run = _copy_run(tiny_run, tmp_path)
     (run / "calibration.json").write_text("{oops")
+    record_calibration(run)
     assert main(["predict", str(run), str(_image(tmp_path))]) == 2
     assert "calibration.json is not valid JSON" in capsys.readouterr().err
 

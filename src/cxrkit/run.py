@@ -7,6 +7,7 @@ predict`` runs. The folder's format belongs to :mod:`cxrkit.record`; this module
 from __future__ import annotations
 
 import errno
+import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,32 @@ def save_weights(model: nn.Module, path: Path) -> None:
             save_file(state, str(tmp))
         except SafetensorError as exc:  # its I/O errors (a full disk) are not OSErrors
             raise OSError(errno.EIO, " ".join(str(exc).split())) from None
+
+
+def _read_calibration(path: Path, sha256: str | None) -> Any:
+    """calibration.json's content (None when absent), read once and checked against meta.json's record of it."""
+    import hashlib
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = None
+    except OSError as exc:
+        raise RunError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    if sha256 is not None:
+        if data is not None and sha256 == "none":
+            raise RunError(f"{path} is there but {path.parent / META_FILE} records no calibration: a `cxrkit calibrate` is writing it, "
+                           f"or it was copied in; run the command again, or remove it with `cxrkit calibrate {path.parent} --remove`")
+        if sha256 != "none" and (data is None or hashlib.sha256(data).hexdigest() != sha256):
+            what = "is missing" if data is None else "is not the calibration it was written with"
+            raise RunError(f"{path} {what} ({path.parent / META_FILE} records SHA-256 {sha256[:12]}…): a `cxrkit calibrate` may be "
+                           f"updating the run; run the command again, or `cxrkit calibrate {path.parent} --remove` and calibrate again")
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is not valid JSON ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
 
 
 def load_weights(model: nn.Module, path: Path, sha256: str | None = None) -> None:
@@ -297,7 +324,7 @@ class Run:
         # measured on the Kermany runs (benchmarks in the README).
         model = model.to(dev, memory_format=torch.channels_last).eval()
         cal_file = path / CALIBRATION_FILE
-        calibration = read_json(cal_file) if cal_file.is_file() else None
+        calibration = _read_calibration(cal_file, record.calibration_sha256)
         if calibration is not None and not isinstance(calibration, dict):
             raise RunError(f"{cal_file} must hold a JSON object")
         run = cls(path, record, model, Preprocessing(**record.preprocessing.to_dict()), calibration_data=calibration, device=dev)

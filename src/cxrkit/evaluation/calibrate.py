@@ -9,7 +9,7 @@ import numpy as np
 
 from cxrkit.evaluation.evaluate import compute_metrics, decision_analysis, store_threshold, write_evaluation
 from cxrkit.metrics.calibration import fit_calibration
-from cxrkit.record import CALIBRATION_FILE, META_FILE, atomic_write_json, read_metrics, update_metrics
+from cxrkit.record import CALIBRATION_FILE, META_FILE, atomic_write_json, file_sha256, read_meta, read_metrics, update_metrics, write_meta
 from cxrkit.record.files import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, REPORT_FILE, all_or_nothing
 from cxrkit.record.lock import run_lock
 from cxrkit.run import Run, load_run_dataset
@@ -48,10 +48,13 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
                 choice = store_threshold(run, y, cal.apply(raw), old["rule"])
                 choice.update(calibrated=method, uncalibrated_value=uncalibrated)
                 run.record.set_threshold(choice)
-                run.save_record()
                 cal.threshold = {"uncalibrated": uncalibrated, "calibrated": choice["value"], "rule": old["rule"]}
             record = cal.to_dict()
             atomic_write_json(run.path / CALIBRATION_FILE, record)
+            # meta.json after calibration.json, naming it by its hash: a reader that loads between the two writes sees
+            # the old meta.json with a calibration it does not name and is refused, never a threshold on the wrong scale.
+            run.record.calibration_sha256 = file_sha256(run.path / CALIBRATION_FILE)
+            run.save_record()
             _rescore_validation(Run.load(run_dir), ds, idx, images, raw, cfg.seed,
                                 f"evaluated {'with a calibration that has since been replaced' if had_calibration else 'before the run was calibrated'}; "
                                 "run `cxrkit evaluate` again for figures with its calibration")
@@ -93,6 +96,10 @@ def remove_calibration(run_dir: str | Path, data: str | Path | None = None, prog
         with all_or_nothing(files, [Path(run_dir) / PLOTS_DIR]):
             if (Path(run_dir) / META_FILE).is_file():  # before loading: Run.load refuses a damaged calibration.json
                 (Path(run_dir) / CALIBRATION_FILE).unlink(missing_ok=True)
+                meta = read_meta(run_dir)
+                if meta.calibration_sha256 not in (None, "none"):  # runs written before the record keep having none
+                    meta.calibration_sha256 = "none"
+                    write_meta(run_dir, meta)
             run = Run.load(run_dir)
             t = dict(run.record.threshold or {})
             if not had and "uncalibrated_value" not in t:

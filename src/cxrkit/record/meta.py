@@ -69,6 +69,10 @@ class RunMeta:
     # rewritten, a file copied over) are refused instead of used with this run's threshold and preprocessing.
     # Absent in runs written before it: nothing to check.
     weights_sha256: str | None = None
+    # Likewise for calibration.json: its SHA-256, or "none" for a run without one (a calibration.json beside it is then
+    # refused). A reader that loads while `cxrkit calibrate` swaps the two files cannot pair a threshold chosen on one
+    # probability scale with a calibration to another. Absent in runs written before it: nothing to check.
+    calibration_sha256: str | None = None
     schema_version: int = SCHEMA_VERSION
     cxrkit_version: str | None = None
     created: str | None = None
@@ -105,6 +109,9 @@ class RunMeta:
         w = self.weights_sha256
         if w is not None and not (isinstance(w, str) and len(w) == 64 and all(ch in "0123456789abcdef" for ch in w)):
             raise RunRecordError(f"weights_sha256 must be the 64 hex digits of model.safetensors' SHA-256, got {w!r}")
+        c = self.calibration_sha256
+        if c is not None and c != "none" and not (isinstance(c, str) and len(c) == 64 and all(ch in "0123456789abcdef" for ch in c)):
+            raise RunRecordError(f"calibration_sha256 must be \"none\" or the 64 hex digits of calibration.json's SHA-256, got {c!r}")
         if not isinstance(self.complete, bool):  # "false" is truthy: an unfinished run would have decided
             raise RunRecordError(f"complete must be true or false, got {self.complete!r}")
         if self.task != "multilabel" and self.thresholds:  # read as per-finding thresholds: a TypeError at the first prediction

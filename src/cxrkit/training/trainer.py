@@ -819,6 +819,7 @@ def _train_and_finish(cfg: TrainConfig, ctx: Distributed, s: _Setup, prog: _Prog
     s.model = s.model.cpu()
     record = _record(s, prog)
     record.weights_sha256 = file_sha256(out / MODEL_FILE)  # the file the epochs left: the kept epoch's weights
+    record.calibration_sha256 = "none"  # a new model is uncalibrated (train clears an old calibration.json from the folder)
     write_meta(out, record)
     val_metrics: dict = {}
     if finish:
