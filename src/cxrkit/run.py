@@ -362,10 +362,16 @@ class Run:
                            "give the data folder explicitly")
         return root
 
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights this run loaded: meta.json's record (checked against the bytes at load), or for runs
+        written before it the file's."""
+        from cxrkit.record import file_sha256
+
+        return self.record.weights_sha256 or file_sha256(self.path / MODEL_FILE)
+
     def _load_onnx(self, engine: str):
         """The ONNX Runtime model the engine asks for, or None for PyTorch."""
         from cxrkit.models.onnx_runtime import INT8_FILE, ONNX_FILE, OnnxModel, read_metadata
-        from cxrkit.record import file_sha256
 
         if engine not in ENGINES:
             raise RunError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -383,7 +389,7 @@ class Run:
             if engine == "auto":
                 return None
             raise RunError("the onnx engine needs onnxruntime: pip install onnxruntime") from exc
-        if read_metadata(file).get("weights_sha256") != file_sha256(self.path / MODEL_FILE):
+        if read_metadata(file).get("weights_sha256") != self.weights_sha256():
             if engine == "auto":
                 return None  # the weights changed after export: the ONNX file is stale, PyTorch is right
             raise RunError(f"{file} was exported from other weights than {MODEL_FILE}; export again")

@@ -24,7 +24,6 @@ import torch
 from cxrkit.config import ConfigError
 from cxrkit.data.spec import is_finite_number
 from cxrkit.models.onnx_runtime import INT8_FILE, METADATA_KEY, ONNX_FILE, OnnxModel
-from cxrkit.record import MODEL_FILE, file_sha256
 from cxrkit.record.lock import run_lock
 from cxrkit.run import Run, probabilities
 
@@ -62,7 +61,7 @@ def onnx_metadata(run: Run) -> dict:
         "threshold": t.get("value"), "threshold_rule": t.get("rule"), "threshold_chosen_on": t.get("chosen_on"),
         "calibration": getattr(run, "calibration", None),
         "model": run.meta["model"], "run": run.path.name, "cxrkit_version": run.meta.get("cxrkit_version"),
-        "weights_sha256": file_sha256(run.path / MODEL_FILE),
+        "weights_sha256": run.weights_sha256(),
     }
 
 

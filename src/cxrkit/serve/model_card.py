@@ -5,7 +5,7 @@ Every number comes from the run's own files (meta.json, metrics.json); nothing i
 
 from __future__ import annotations
 
-from cxrkit.record import MODEL_FILE, read_metrics
+from cxrkit.record import read_metrics
 from cxrkit.report.narrative import dataset_name, metric_text, metric_words, split_words, validation_chose
 from cxrkit.run import Run
 
@@ -15,9 +15,7 @@ HEADLINE = {"binary": ("roc_auc", "sensitivity", "specificity", "ppv", "npv"), "
 
 def model_identity(run: Run) -> dict:
     """Model id (the run's folder name) and version (the first 12 hex digits of the weights' SHA-256)."""
-    from cxrkit.record import file_sha256
-
-    return {"id": run.path.name, "version": file_sha256(run.path / MODEL_FILE)[:12], "architecture": run.meta["model"],
+    return {"id": run.path.name, "version": run.weights_sha256()[:12], "architecture": run.meta["model"],
             "created": run.meta.get("created"), "cxrkit_version": run.meta.get("cxrkit_version")}
 
 
