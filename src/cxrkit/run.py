@@ -7,7 +7,6 @@ predict`` runs. The folder's format belongs to :mod:`cxrkit.record`; this module
 from __future__ import annotations
 
 import errno
-import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ from cxrkit.record import (
     read_meta,
     write_meta,
 )
-from cxrkit.record.files import CHECKPOINT_DIR, ENGINES, replacing
+from cxrkit.record.files import CHECKPOINT_DIR, ENGINES, parse_json, replacing
 from cxrkit.tasks import Task, get_task
 
 REFER = "refer"  # the decision inside a referral band: a reader decides
@@ -81,9 +80,9 @@ def _read_calibration(path: Path, sha256: str | None) -> Any:
     if data is None:
         return None
     try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path} is not valid JSON ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+        return parse_json(data, path)
+    except RunRecordError as exc:
+        raise RunError(str(exc)) from None
 
 
 def load_weights(model: nn.Module, path: Path, sha256: str | None = None) -> None:
@@ -98,9 +97,10 @@ def load_weights(model: nn.Module, path: Path, sha256: str | None = None) -> Non
         data = Path(path).read_bytes()  # read once: the bytes checked are the bytes loaded, even while the file is replaced
     except OSError as exc:
         raise RunError(f"{path} cannot be read ({exc.strerror or exc})") from None
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+    actual = hashlib.sha256(data).hexdigest() if sha256 is not None else None
+    if actual != sha256:
         raise RunError(f"{path} is not the weights file {Path(path).parent / META_FILE} was written with (SHA-256 "
-                       f"{hashlib.sha256(data).hexdigest()[:12]}…, recorded {sha256[:12]}…): a training is rewriting the run, or "
+                       f"{actual[:12]}…, recorded {sha256[:12]}…): a training is rewriting the run, or "
                        "the file was replaced; wait for the training to finish, or copy whole run folders, never the weights alone")
     try:
         state = load_bytes(data)

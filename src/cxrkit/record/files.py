@@ -298,13 +298,20 @@ def read_json(path: Path, what: str | None = None) -> Any:
     """Parse a JSON file, or raise :class:`RunRecordError` naming the file and the problem."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise RunRecordError(f"{path} does not exist{f' ({what})' if what else ''}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunRecordError(f"{path} is not valid JSON ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
     except OSError as exc:
         raise RunRecordError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    return parse_json(data, path)
+
+
+def parse_json(data: bytes, path: Path) -> Any:
+    """Parse the bytes read from ``path``, or raise :class:`RunRecordError` naming the file and the problem."""
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunRecordError(f"{path} is not valid JSON ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
 
 
 def read_metrics(run_dir: Path) -> dict:

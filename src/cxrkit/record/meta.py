@@ -42,6 +42,10 @@ def _check_threshold(t: Any, where: str) -> None:
         raise RunRecordError(f"{where} must be a finite number in [0, 1], got {value!r}")
 
 
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(ch in "0123456789abcdef" for ch in value)
+
+
 @dataclass
 class RunMeta:
     """The validated content of meta.json.
@@ -106,12 +110,11 @@ class RunMeta:
             raise RunRecordError(f"tta_flips must be true or false, got {self.tta_flips!r}")
         if not isinstance(self.model_options, dict):
             raise RunRecordError("model_options must be an object")
-        w = self.weights_sha256
-        if w is not None and not (isinstance(w, str) and len(w) == 64 and all(ch in "0123456789abcdef" for ch in w)):
-            raise RunRecordError(f"weights_sha256 must be the 64 hex digits of model.safetensors' SHA-256, got {w!r}")
-        c = self.calibration_sha256
-        if c is not None and c != "none" and not (isinstance(c, str) and len(c) == 64 and all(ch in "0123456789abcdef" for ch in c)):
-            raise RunRecordError(f"calibration_sha256 must be \"none\" or the 64 hex digits of calibration.json's SHA-256, got {c!r}")
+        if self.weights_sha256 is not None and not _is_sha256(self.weights_sha256):
+            raise RunRecordError(f"weights_sha256 must be the 64 hex digits of model.safetensors' SHA-256, got {self.weights_sha256!r}")
+        if self.calibration_sha256 not in (None, "none") and not _is_sha256(self.calibration_sha256):
+            raise RunRecordError("calibration_sha256 must be \"none\" or the 64 hex digits of calibration.json's SHA-256, "
+                                 f"got {self.calibration_sha256!r}")
         if not isinstance(self.complete, bool):  # "false" is truthy: an unfinished run would have decided
             raise RunRecordError(f"complete must be true or false, got {self.complete!r}")
         if self.task != "multilabel" and self.thresholds:  # read as per-finding thresholds: a TypeError at the first prediction
