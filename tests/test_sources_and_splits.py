@@ -1,3 +1,4 @@
+import shutil
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -49,6 +50,36 @@ def test_bad_layouts_give_clear_errors(tmp_path):
     bad_zip.write_bytes(b"PK not really")
     with pytest.raises(DatasetError, match="not a readable zip"):
         open_image_folder(bad_zip, cache_dir=tmp_path / "c")
+
+
+def test_zips_that_cannot_be_extracted_are_refused_before_writing(tmp_path, monkeypatch):
+    root = make_synthetic_dataset(tmp_path / "d", n_per_class=3, size=16)
+    locked = tmp_path / "locked.zip"
+    with zipfile.ZipFile(locked, "w") as zf:
+        for p in sorted(root.rglob("*.png")):
+            zf.write(p, p.relative_to(root))
+    # Mark every member encrypted (bit 0 of the flags in local and central headers), as `zip -P` does:
+    # extracting it asked for a password and was an "unexpected RuntimeError".
+    raw = bytearray(locked.read_bytes())
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = raw.find(signature)
+        while at >= 0:
+            raw[at + flags_at] |= 0x1
+            at = raw.find(signature, at + 4)
+    locked.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match=r"password-protected \(6 file"):
+        open_image_folder(locked, cache_dir=tmp_path / "c")
+    plain = tmp_path / "plain.zip"
+    with zipfile.ZipFile(plain, "w") as zf:
+        for p in sorted(root.rglob("*.png")):
+            zf.write(p, p.relative_to(root))
+    total = sum(p.stat().st_size for p in root.rglob("*.png"))
+    monkeypatch.setattr("cxrkit.data.sources.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - total + 1, total - 1))
+    with pytest.raises(DatasetError, match="uncompressed but the cache .* free"):
+        open_image_folder(plain, cache_dir=tmp_path / "c")
+    assert not list((tmp_path / "c" / "zips").iterdir())  # nothing half-extracted left in the cache
+    monkeypatch.undo()
+    assert len(open_image_folder(plain, cache_dir=tmp_path / "c").samples) == 6
 
 
 @pytest.mark.parametrize(

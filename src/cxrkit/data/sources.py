@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,17 +104,38 @@ def extract_zip(zip_path: Path, cache_dir: Path | None = None) -> Path:
         try:
             with zipfile.ZipFile(zip_path) as zf:
                 # zipfile strips absolute paths and ".." components, so members cannot escape tmp.
-                members = [m for m in zf.namelist() if not m.startswith("__MACOSX/")]
+                members = [m for m in zf.infolist() if not m.filename.startswith("__MACOSX/")]
+                _check_extractable(zip_path, members, tmp)
                 zf.extractall(tmp, members=members)
-        except zipfile.BadZipFile as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise DatasetError(f"{zip_path} is not a readable zip archive: {exc}") from exc
+        except (RuntimeError, NotImplementedError) as exc:  # a password, or a method zipfile lacks (Deflate64, LZMA variants)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DatasetError(f"{zip_path} cannot be extracted: {exc}; re-create it unencrypted with plain deflate "
+                               f"(e.g. `zip -r data.zip folder/`) or give the folder itself") from exc
+        except BaseException:  # a full disk or Ctrl-C: no half-extracted folder left in the cache
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         tmp.rename(dest)
     entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
     while len(entries) == 1 and entries[0].is_dir() and entries[0].name.lower() not in SPLIT_ALIASES:
         dest = entries[0]
         entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
     return dest
+
+
+def _check_extractable(zip_path: Path, members: list[zipfile.ZipInfo], dest: Path) -> None:
+    """Refuse a password-protected archive, or one whose contents would not fit on the cache's disk, before writing any of it."""
+    locked = [m.filename for m in members if m.flag_bits & 0x1]
+    if locked:
+        raise DatasetError(f"{zip_path} is password-protected ({len(locked)} file(s), e.g. {locked[0]}); "
+                           f"extract it yourself and give the folder, or re-create it without a password")
+    total = sum(m.file_size for m in members)
+    free = shutil.disk_usage(dest).free
+    if total > free:
+        raise DatasetError(f"{zip_path} holds {total / 1e9:.1f} GB uncompressed but the cache at {dest.parent} has {free / 1e9:.1f} GB free; "
+                           f"extract it yourself somewhere larger and give that folder, or set CXRKIT_CACHE to a larger disk")
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
