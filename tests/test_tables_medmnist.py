@@ -90,6 +90,11 @@ def test_table_errors_are_actionable(tmp_path):
         open_label_table(root / "Data_Entry_2017.csv", root, label_column="nope")
     with pytest.raises(DatasetError, match="several labels"):
         load_dataset(root, 16, labels=root / "Data_Entry_2017.csv", task="binary", label_column="Finding Labels", progress=False)
+    elsewhere = tmp_path / "elsewhere.png"  # an absolute path outside the root: was pathlib's "is not in the subpath" error at training
+    _png(elsewhere, 100)
+    outside = [dict(r) for r in rows] + [{**rows[0], "Image Index": str(elsewhere)}]
+    with pytest.raises(DatasetError, match=r"1 image path\(s\) in .* are outside the image root .*elsewhere.png.*--labels outside.csv"):
+        open_label_table(_write_csv(tmp_path / "outside.csv", outside), root)
 
 
 def test_generic_tables_onehot_and_single_label(tmp_path):

@@ -147,6 +147,11 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
         shown = ", ".join(names[i] for i in missing[:5])
         raise DatasetError(f"{len(missing)} of {len(rows)} images listed in {table} are not under {root} (e.g. {shown}); "
                            "give the folder that holds them as DATA, or remove their rows")
+    outside = [i for i, p in enumerate(paths) if not p.is_relative_to(root)]
+    if outside:  # an absolute path elsewhere: the run records paths relative to the root (was pathlib's "is not in the subpath" error)
+        raise DatasetError(f"{len(outside)} image path(s) in {table} are outside the image root {root} (e.g. row {outside[0] + 2}: "
+                           f"{names[outside[0]]}); give a folder that holds every listed image as DATA with --labels {table.name}, "
+                           "or write the paths relative to it")
     not_images = [names[i] for i, p in enumerate(paths) if not is_image_file(p) and p.suffix.lower() != ".dcm"]
     if not_images:
         raise DatasetError(f"{len(not_images)} entries of {table} are not image files (e.g. {not_images[0]})")
