@@ -110,6 +110,28 @@ def test_scale_is_never_ignored(tiny_run):
         run.predict(floats, scale=np.bool_(True))
 
 
+def test_scale_with_a_file_or_pil_image_is_refused(tiny_run, tmp_path):
+    from PIL import Image
+
+    run = cxrkit.load(tiny_run)
+    dim = np.random.default_rng(0).uniform(0, 0.5, (40, 40)).astype(np.float32)  # a dark image: 1.0 would be white
+    twelve_bit = (dim * 4095).astype(np.uint16)
+    png = tmp_path / "twelve_bit.png"
+    Image.fromarray(twelve_bit).save(png)
+    as_array = run.predict(dim, scale=1.0).probability
+    # Each was stretched from its minimum to its maximum, scale ignored: another probability than the array's, no error.
+    for item, what in ((Image.fromarray(dim), "a PIL image"), (png, "a file"), (str(png), "a file"), (png.read_bytes(), "a file")):
+        with pytest.raises(ValueError, match=rf"^scale=1.0 applies to NumPy float arrays; {what} is decoded as its file says"):
+            run.predict(item, scale=1.0)
+    with pytest.raises(ValueError, match=r"^scale=4095 applies to NumPy float arrays; a file"):
+        run.predict(png, scale=4095)
+    with pytest.raises(ValueError, match=r"^input 1 \(.*twelve_bit.png\): scale=1.0 applies to NumPy float arrays"):
+        run.predict([dim, png], scale=1.0)
+    assert run.predict([dim], scale=1.0)[0].probability == pytest.approx(as_array, abs=1e-6)
+    assert run.predict(twelve_bit.astype(np.float32), scale=4095).probability == pytest.approx(as_array, abs=1e-4)
+    assert np.isfinite(run.predict(png).probability)  # without scale a file is read as before
+
+
 def test_empty_pil_image_is_refused(tiny_run):
     from PIL import Image
 

@@ -232,23 +232,26 @@ def decode_input(item: Any, pre: Preprocessing, scale: float | None = None) -> n
     Every kind goes through the same steps as a file read by ``cxrkit predict``: full-resolution grayscale,
     border crop, intensity normalisation, resizing. Anything that cannot be an image is a ``ValueError``.
     """
+    from PIL import Image
+
     from cxrkit.data.arrays import array_to_grayscale, pil_to_grayscale
     from cxrkit.data.decode import prepare_grayscale
 
     spec = (pre.image_size, pre.aspect, pre.intensity, pre.crop_border)
+    if scale is not None and isinstance(item, (str, Path, bytes, bytearray, memoryview, Image.Image)):
+        # Ignored, it gave a 16-bit or float image the stretch from its minimum to its maximum, not the white asked for:
+        # another probability than the same pixels as an array with this scale.
+        what = "a PIL image" if isinstance(item, Image.Image) else "a file"
+        raise ValueError(f"scale={scale!r} applies to NumPy float arrays; {what} is decoded as its file says (16-bit and float "
+                         "images stretched from their minimum to their maximum): leave scale out, or pass its pixels as a float array")
     if isinstance(item, (str, Path)):
         return pre.load(Path(item))
     if isinstance(item, (bytes, bytearray, memoryview)):
         return pre.load(bytes(item))
     if isinstance(item, np.ndarray):
         return prepare_grayscale(array_to_grayscale(item, scale), *spec)
-    try:
-        from PIL import Image
-
-        if isinstance(item, Image.Image):
-            return prepare_grayscale(pil_to_grayscale(item), *spec)
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        pass
+    if isinstance(item, Image.Image):
+        return prepare_grayscale(pil_to_grayscale(item), *spec)
     if isinstance(item, torch.Tensor):
         raise ValueError("pass a NumPy array (tensor.numpy()), with scale= for float values")
     raise ValueError(f"cannot predict on a {type(item).__name__}: give a file path, bytes, a PIL image or a NumPy array")
@@ -636,7 +639,8 @@ class Run:
     def predict(self, x: Any, scale: float | None = None, batch_size: int = 64) -> Prediction | list[Prediction]:
         """Classify one input or a list of them; see :func:`decode_input` for what an input may be.
 
-        A float array needs ``scale``, the value that means white (1.0 for [0, 1] images, 255 for [0, 255]).
+        A float array needs ``scale``, the value that means white (1.0 for [0, 1] images, 255 for [0, 255]); a path, bytes or
+        PIL image refuses it (it is decoded as its file says).
         Returns a :class:`Prediction` for one input and a list of them for a list. The out-of-distribution check
         compares each image's brightness, contrast and border with the training images (as ``cxrkit serve`` does).
         """
