@@ -176,3 +176,37 @@ def test_fuzzed_uploads_never_give_a_server_error(client, sample_png):
 
     assert hypothesis is not None
     check()
+
+
+def _multipart(*parts: tuple[str, str, bytes], boundary: bytes = b"zz") -> bytes:
+    """A multipart body by hand (field, filename, data) without its closing boundary, to cut or extend it as a broken client would."""
+    return b"".join(b"--" + boundary + f'\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n\r\n'.encode() + data + b"\r\n"
+                    for field, name, data in parts)
+
+
+def _post_raw(client, body, boundary: str = "zz"):
+    return client.post("/v1/predict", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+
+
+def test_a_cut_off_upload_is_refused_not_answered_for_its_first_file(client, sample_png):
+    two = _multipart(("files", "one.png", sample_png), ("files", "two.png", sample_png))
+    for body in (two, two[:-40], _multipart(("files", "one.png", sample_png)) + b'--zz\r\nContent-Disposition: form-data; name="files"'):
+        r = _post_raw(client, body)  # before: 200 with one.png's result alone, two.png dropped
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == "malformed_multipart" and "ends before its closing boundary --zz--" in err["message"]
+    r = _post_raw(client, _multipart(("files", "one.png", sample_png)) + b"--zz--\r\n" + _multipart(("files", "two.png", sample_png)) + b"--zz--\r\n")
+    assert r.status_code == 400 and "a part follows the closing boundary --zz--" in r.json()["error"]["message"]
+
+
+def test_the_closing_boundary_is_found_across_chunks(client, sample_png):
+    body = _multipart(("files", "a.png", sample_png), boundary=b"q-7") + b"--q-7--\r\n"
+
+    def trickle():  # the closing boundary split over several chunks
+        for i in range(0, len(body), 5):
+            yield body[i:i + 5]
+
+    r = _post_raw(client, trickle(), boundary='"q-7"')
+    assert r.status_code == 200 and [x["file"] for x in r.json()["results"]] == ["a.png"]
+    assert _post_raw(client, body + b"\r\nclosing words\r\n", boundary="q-7").status_code == 200  # an epilogue without a part is allowed
+

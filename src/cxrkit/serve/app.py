@@ -102,6 +102,60 @@ class BodyLimit:
         await self.app(scope, limited, own.send)
 
 
+class CompleteMultipart:
+    """ASGI middleware: a multipart body must reach its closing boundary, and no part may follow it; else 400.
+
+    Starlette's parser returns the parts it has when the body stops early and skips whatever follows the closing
+    boundary, so an upload cut off in its second file (or a Content-Length shorter than the body) was answered
+    200 for the first file alone, the rest dropped without a word.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        boundary = _multipart_boundary(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if not boundary:  # not a multipart body (or no boundary, which the parser refuses itself)
+            await self.app(scope, receive, send)
+            return
+        close, delimiter = b"\r\n--" + boundary + b"--", b"--" + boundary
+        keep = len(close) - 1
+        tail, closed, own = b"\r\n", False, OwnAnswer(scope, receive, send)  # the CRLF lets a body that opens with the close match
+
+        def refuse(message: str) -> ApiError:
+            own.response = error_response(400, "malformed_multipart", message)
+            return ApiError(400, "malformed_multipart", message)
+
+        async def checked():
+            nonlocal tail, closed
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            data = tail + message.get("body", b"")
+            if not closed and (at := data.find(close)) >= 0:
+                closed, data = True, data[at + len(close):]
+            if closed and delimiter in data:
+                raise refuse(f"a part follows the closing boundary --{boundary.decode('latin-1')}--; it would be ignored: send every file before it")
+            tail = data[-keep:]
+            if not message.get("more_body", False) and not closed:
+                raise refuse(f"the body ends before its closing boundary --{boundary.decode('latin-1')}--: the upload was cut off "
+                             "(or Content-Length is shorter than the body), so its last file is incomplete")
+            return message
+
+        await self.app(scope, checked, own.send)
+
+
+def _multipart_boundary(scope) -> bytes | None:
+    """The boundary of a multipart/form-data request, read as Starlette reads it (first Content-Type header); None for other bodies."""
+    from python_multipart.multipart import parse_options_header
+
+    ctype = next((v for k, v in scope.get("headers") or [] if k == b"content-type"), None)
+    if ctype is None:
+        return None
+    kind, params = parse_options_header(ctype)
+    return (params.get(b"boundary") or None) if kind == b"multipart/form-data" else None
+
+
 def _sniff(data: bytes) -> str:
     """The format by magic number (informational; the decoder sniffs again and decides)."""
     if data[128:132] == b"DICM":
@@ -302,6 +356,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
                               f"({service.identity['architecture']}, version {service.identity['version']}). Not a medical device.")
     app.state.service = service
     add_offline_docs(app)
+    app.add_middleware(CompleteMultipart)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(ApiKeyGate, api_key=api_key)  # outside the body limit: no key, no body read
     if cors_origins:
