@@ -210,3 +210,12 @@ def test_the_closing_boundary_is_found_across_chunks(client, sample_png):
     assert r.status_code == 200 and [x["file"] for x in r.json()["results"]] == ["a.png"]
     assert _post_raw(client, body + b"\r\nclosing words\r\n", boundary="q-7").status_code == 200  # an epilogue without a part is allowed
 
+
+def test_an_image_under_another_field_name_is_refused(client, sample_png):
+    r = client.post("/v1/predict", files=[("files", ("a.png", sample_png)), ("file", ("b.png", sample_png))])
+    assert r.status_code == 400, r.text  # before: 200 with a.png's result alone
+    err = r.json()["error"]
+    assert err["code"] == "unexpected_field" and "'file'" in err["message"] and "'files'" in err["message"]
+    r = client.post("/v1/predict", files=[("files", ("a.png", sample_png))], data={"explain": "true"})
+    assert r.status_code == 400 and "explain and preview are query parameters" in r.json()["error"]["message"]
+

@@ -391,9 +391,14 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
         return {**service.card, "auth_required": api_key is not None}
 
     @app.post("/v1/predict", summary="classify one or more uploaded radiographs (PNG, JPEG, BMP, TIFF or DICOM)")
-    async def predict(files: list[UploadFile] = File(..., description="one or more image files"),
+    async def predict(request: Request, files: list[UploadFile] = File(..., description="one or more image files"),
                       explain: bool = Query(False, description="add a Grad-CAM overlay (PNG, base64) per image"),
                       preview: bool = Query(False, description="add the image as the model sees it (PNG, base64)")) -> dict:
+        # FastAPI reads only 'files': an image sent under another name would go unanswered beside the others' results.
+        others = sorted({name for name in (await request.form()).keys() if name != "files"})  # the form FastAPI parsed, cached
+        if others:
+            raise ApiError(400, "unexpected_field", f"form field{'s' if len(others) > 1 else ''} {', '.join(map(repr, others))} "
+                                                    "not read: send every image as a 'files' part (explain and preview are query parameters)")
         if len(files) > limits.max_files:
             raise ApiError(400, "too_many_files", f"{len(files)} files; at most {limits.max_files} per request")
         # Starlette spooled each file to a temporary file past 1 MB; decoding reads from there, never a whole copy in memory.
