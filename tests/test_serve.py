@@ -219,3 +219,7 @@ def test_an_image_under_another_field_name_is_refused(client, sample_png):
     r = client.post("/v1/predict", files=[("files", ("a.png", sample_png))], data={"explain": "true"})
     assert r.status_code == 400 and "explain and preview are query parameters" in r.json()["error"]["message"]
 
+
+def test_method_not_allowed_names_the_allowed_methods(client):
+    r = client.put("/v1/predict")
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"]["code"] == "http_error"

@@ -375,7 +375,9 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, "http_error", str(exc.detail))
+        response = error_response(exc.status_code, "http_error", str(exc.detail))
+        response.headers.update(exc.headers or {})  # a 405 must name the methods allowed (Allow)
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
