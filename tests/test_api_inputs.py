@@ -341,3 +341,32 @@ def test_calibration_is_parsed_once_and_again_when_it_changes(tiny_run, tmp_path
         run.predict_arrays(images)
     run.calibration_data = None
     np.testing.assert_allclose(run.predict_arrays(images), raw)
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["hash in meta.json", "older run without it"])
+def test_model_id_names_the_weights_loaded_not_the_file_now(recorded, tiny_run, tmp_path):
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    from cxrkit.prediction.predict_csv import predict_to_csv
+
+    run_dir = _copy_run(tiny_run, tmp_path)
+    if not recorded:
+        _edit_meta(run_dir, lambda m: m.pop("weights_sha256"))
+    original = cxrkit.load(tiny_run)
+    run = cxrkit.load(run_dir)
+    # A training --overwrite (or a copy) rewrites the weights after this run was loaded and before its first prediction.
+    state = load_file(str(run_dir / "model.safetensors"))
+    save_file({k: v * 1.5 if v.is_floating_point() else v for k, v in state.items()}, str(run_dir / "model.safetensors"))
+    if recorded:
+        record_weights(run_dir)  # the training finished: its meta.json names the new weights
+    assert run.weights_sha256() == original.weights_sha256()
+    # The id was the new file's: rows predicted with the old weights were stamped as the new model's, so a resumed CSV
+    # took them for its own and mixed two models' results.
+    assert run.model_id == original.model_id
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(image)
+    out = tmp_path / "p.csv"
+    predict_to_csv(run, [image], out, progress=False)
+    with pytest.raises(ValueError, match="holds predictions of another model"):
+        predict_to_csv(cxrkit.load(run_dir), [image], out, progress=False)

@@ -85,9 +85,9 @@ def _read_calibration(path: Path, sha256: str | None) -> Any:
         raise RunError(str(exc)) from None
 
 
-def load_weights(model: nn.Module, path: Path, sha256: str | None = None) -> None:
+def load_weights(model: nn.Module, path: Path, sha256: str | None = None) -> Any:
     """Load safetensors weights into ``model`` (no pickle); a damaged file, one for another model or, when ``sha256``
-    is given, any other file than the one it names is a :class:`RunError`."""
+    is given, any other file than the one it names is a :class:`RunError`. Returns the SHA-256 hash object of the bytes loaded."""
     import hashlib
 
     from safetensors import SafetensorError
@@ -97,8 +97,9 @@ def load_weights(model: nn.Module, path: Path, sha256: str | None = None) -> Non
         data = Path(path).read_bytes()  # read once: the bytes checked are the bytes loaded, even while the file is replaced
     except OSError as exc:
         raise RunError(f"{path} cannot be read ({exc.strerror or exc})") from None
-    actual = hashlib.sha256(data).hexdigest() if sha256 is not None else None
-    if actual != sha256:
+    loaded = hashlib.sha256(data)
+    actual = loaded.hexdigest()
+    if sha256 is not None and actual != sha256:
         raise RunError(f"{path} is not the weights file {Path(path).parent / META_FILE} was written with (SHA-256 "
                        f"{actual[:12]}…, recorded {sha256[:12]}…): a training is rewriting the run, or "
                        "the file was replaced; wait for the training to finish, or copy whole run folders, never the weights alone")
@@ -133,6 +134,7 @@ def load_weights(model: nn.Module, path: Path, sha256: str | None = None) -> Non
         raise RunError(f"{path} holds NaN or infinite values in {len(bad)} tensor(s) (first {bad[0]}): the file is "
                        "damaged or the training diverged; retrain or restore the file")
     model.load_state_dict(state)
+    return loaded
 
 
 def _missing_files(path: Path) -> str:
@@ -272,6 +274,9 @@ class Run:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _task: Task = field(init=False, repr=False)
     _model_id: str | None = field(default=None, init=False, repr=False)
+    # SHA-256 of the weight bytes loaded (a hashlib object, copied to extend): what the run names as its weights, even if
+    # model.safetensors is rewritten after the load (None for a Run built by hand: the file is hashed).
+    _weights_hash: Any = field(default=None, init=False, repr=False)
     # calibration_data parsed and validated, with the dict it was parsed from: every prediction applies it, and a changed
     # calibration_data (replaced or edited) is parsed again. One tuple, so a thread never sees one half of another's.
     _calibration: tuple[dict, Any] | None = field(default=None, init=False, repr=False)
@@ -321,7 +326,7 @@ class Run:
             model = build_model(record.model, record.num_outputs, **record.model_kwargs())
         except (TypeError, ValueError) as exc:
             raise RunError(f"{path / META_FILE}: cannot build model {record.model!r} with {record.model_kwargs()}: {exc}") from None
-        load_weights(model, path / MODEL_FILE, record.weights_sha256)
+        weights_hash = load_weights(model, path / MODEL_FILE, record.weights_sha256)
         _check_config_agrees(path, record)
         # channels_last changes only the memory layout (same fp32 arithmetic): 1.4-3x faster CPU inference
         # measured on the Kermany runs (benchmarks in the README).
@@ -331,6 +336,7 @@ class Run:
         if calibration is not None and not isinstance(calibration, dict):
             raise RunError(f"{cal_file} must hold a JSON object")
         run = cls(path, record, model, Preprocessing(**record.preprocessing.to_dict()), calibration_data=calibration, device=dev)
+        run._weights_hash = weights_hash
         if calibration is not None:
             try:
                 cal = run._parsed_calibration()
@@ -366,10 +372,11 @@ class Run:
         return root
 
     def weights_sha256(self) -> str:
-        """SHA-256 of the weights this run loaded: meta.json's record (checked against the bytes at load), or for runs
-        written before it the file's."""
+        """SHA-256 of the weights this run loaded (meta.json's record, checked against them at load, when it has one)."""
         from cxrkit.record import file_sha256
 
+        if self._weights_hash is not None:
+            return self._weights_hash.hexdigest()
         return self.record.weights_sha256 or file_sha256(self.path / MODEL_FILE)
 
     def _load_onnx(self, engine: str):
@@ -405,10 +412,13 @@ class Run:
         import json
 
         if self._model_id is None:
-            h = hashlib.sha256()
-            with open(self.path / MODEL_FILE, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            # From the bytes loaded: the file read again named the weights of a training that rewrote it since, so a
+            # resumed prediction CSV took rows of two models for one.
+            h = self._weights_hash.copy() if self._weights_hash is not None else hashlib.sha256()
+            if self._weights_hash is None:
+                with open(self.path / MODEL_FILE, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
             decision = {"threshold": self.record.threshold, "thresholds": self.record.thresholds, "calibration": self.calibration_data}
             h.update(json.dumps(decision, sort_keys=True).encode())
             self._model_id = h.hexdigest()[:12]
