@@ -54,6 +54,30 @@ def test_site_with_split_folders_mixed_with_one_without(two_sites, tmp_path: Pat
         assert ((ds.sites == site) & (ds.splits == "val")).sum() >= 4
 
 
+def test_copies_of_one_image_at_two_sites_stay_in_one_split(two_sites, tmp_path: Path):
+    # A dataset re-packaged from another (public TB sets include Shenzhen's images): each site is cut on its own,
+    # so the same image could be train at one site and test at the other; the audit then refused to train with
+    # advice about split folders that do not exist.
+    import shutil
+
+    from cxrkit.audit.dataset_audit import duplicate_group_ids
+
+    a, _ = two_sites
+    copy = tmp_path / "repackaged"
+    shutil.copytree(a, copy)
+    src = tmp_path / "sources.yaml"
+    src.write_text(yaml.safe_dump({"sites": {"alpha": str(a), "copy": str(copy)}}))
+    ds = load_dataset(src, 32, cache_dir=tmp_path / "cache", progress=False,
+                      duplicate_groups=lambda paths: duplicate_group_ids(paths, tmp_path / "cache", False))
+    assert ds.duplicate_groups >= 60  # every alpha image has its copy
+    names = [r.split("/", 1)[1] for r in ds.relpaths]
+    split_of: dict[str, set] = {}
+    for n, sp in zip(names, ds.splits):
+        split_of.setdefault(n, set()).add(sp)
+    assert all(len(v) == 1 for v in split_of.values())
+    assert {"train", "val", "test"} <= {sp for v in split_of.values() for sp in v}
+
+
 def test_train_on_two_folders_records_sites_and_reports_per_site(two_sites, tmp_path: Path, capsys: pytest.CaptureFixture):
     a, b = two_sites
     out = tmp_path / "run"

@@ -176,3 +176,11 @@ def test_split_seed_fixes_the_split_while_seed_changes_the_training(tmp_path):
     assert TrainConfig.load_saved(tmp_path / "b" / "config.yaml").data_split_seed == 0
     with pytest.raises(ConfigError, match="split_seed"):
         TrainConfig.from_dict({"data": "d", "split_seed": "zero"})
+
+
+def test_too_few_images_to_hold_every_class_out_is_a_clear_error(tmp_path):
+    # 3 images per class: a 15% test cut is 1 image, which cannot hold both classes (was scikit-learn's
+    # "The test_size = 1 should be greater or equal to the number of classes = 2").
+    src = open_image_folder(make_synthetic_dataset(tmp_path / "d", n_per_class=3, size=16))
+    with pytest.raises(ValueError, match="only 6 images: a held-out split of 1 cannot hold each of the 2 classes"):
+        assign_splits(src.samples, src.classes)

@@ -160,6 +160,9 @@ def _cut(
     if groups is None:
         counts = np.bincount(labels[idx])
         stratify = labels[idx] if counts[counts > 0].min() >= 2 else None
+        if stratify is not None and n_held < (counts > 0).sum():  # was scikit-learn's "test_size = 1 should be greater or equal ..."
+            raise ValueError(f"only {len(idx)} images: a held-out split of {n_held} cannot hold each of the {(counts > 0).sum()} classes; "
+                             "add images, or give val/ and test/ folders")
         rest, held = train_test_split(idx, test_size=n_held, random_state=seed, stratify=stratify)
         return np.sort(rest), np.sort(held)
     # Group-aware: k folds with k ~ 1/fraction, keep one fold, so no patient straddles the cut.
@@ -196,6 +199,26 @@ def _multilabel_splits(
     return splits
 
 
+def _keep_groups_across_sites(samples: Sequence[Sample], groups: Sequence[str], out: np.ndarray) -> None:
+    """Move every cut image of a group (a patient, or copies of one image) that spans sites into one split.
+
+    Each site is cut on its own, so the same image in two sites' folders (datasets re-packaged from one another)
+    could land in train at one and in test at the other. The group follows a split given on disk (a member in a
+    val/ or test/ folder) or else its first image's; only images cxrkit placed itself move.
+    """
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    for idx in members.values():
+        if len({out[i] for i in idx}) < 2:
+            continue
+        given = [samples[i].split for i in idx if samples[i].split in ("val", "test")]
+        target = given[0] if given else out[idx[0]]
+        for i in idx:
+            if samples[i].split in (None, "train"):
+                out[i] = target
+
+
 def assign_splits(
     samples: Sequence[Sample],
     classes: Sequence[str],
@@ -229,6 +252,8 @@ def assign_splits(
             sub = [samples[i] for i in idx]
             sub_groups = [groups[i] for i in idx] if groups is not None else None
             out[idx] = assign_splits([replace(x, site=None) for x in sub], classes, val_fraction, test_fraction, seed + 101 * k, sub_groups)
+        if groups is not None:
+            _keep_groups_across_sites(samples, groups, out)
         return list(out)
     class_index = {c: i for i, c in enumerate(classes)}
     labels = np.array([class_index[s.label] for s in samples])
