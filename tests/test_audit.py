@@ -105,3 +105,32 @@ def test_the_demo_dataset_does_not_look_like_it_leaks(tmp_path):
     audit = audit_dataset(data, cache_dir=tmp_path / "cache", progress=False)
     assert not audit["verdict"]["leakage"], audit["verdict"]["leakage_reasons"]
     assert audit["duplicates"]["near"]["clusters"] == 0
+
+
+def test_audit_reads_what_train_reads_tables_sites_and_arrays(clean_data, tmp_path, capsys):
+    # `cxrkit audit table.csv` said "is a file; give a folder"; train reads tables, sources files and several folders.
+    import csv
+
+    files = sorted(clean_data.rglob("*.png"))
+    with open(tmp_path / "table.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "patient_id", "split"])
+        for i, p in enumerate(files):  # patients of two images each; the given split puts some patients in two splits
+            w.writerow([p.relative_to(clean_data).as_posix(), p.parent.name, f"p{i // 2}", ["train", "train", "val", "test"][i % 4]])
+    shutil.copy(tmp_path / "table.csv", clean_data.parent / "clean_table.csv")
+    audit = audit_dataset(clean_data, cache_dir=tmp_path / "c", progress=False, labels=tmp_path / "table.csv")
+    assert audit["patients"]["ids"] == 40 and audit["patients"]["shared"]["val-test"] == 20  # the table's own patient IDs
+    assert audit["verdict"]["leakage"]
+    resplit = audit_dataset(clean_data, cache_dir=tmp_path / "c", progress=False, labels=tmp_path / "table.csv", resplit=True)
+    assert not resplit["verdict"]["leakage"] and sum(resplit["patients"]["shared"].values()) == 0
+    assert main(["audit", str(clean_data.parent / "clean_table.csv"), "--out", str(tmp_path / "a1"), "--cache-dir", str(tmp_path / "c"),
+                 "--strict", "--quiet"]) == 1
+    assert main(["audit", str(clean_data), str(clean_data), "--out", str(tmp_path / "a2"), "--cache-dir", str(tmp_path / "c"),
+                 "--quiet"]) == 0  # the same folder twice: two sites of copies, each copy kept in one split
+    two = json.loads((tmp_path / "a2" / "audit.json").read_text())
+    assert two["n_files"] == 160 and two["duplicates"]["exact"]["across_splits"] == 0
+    assert (tmp_path / "a2" / "sources.yaml").is_file()
+    np.savez(tmp_path / "arrays.npz", train_images=np.zeros((8, 28, 28), np.uint8), train_labels=np.arange(8).reshape(-1, 1) % 2)
+    capsys.readouterr()
+    assert main(["audit", str(tmp_path / "arrays.npz"), "--out", str(tmp_path / "a3")]) == 2
+    assert "holds its images as arrays in one file" in capsys.readouterr().err

@@ -677,13 +677,25 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+def _task_choices() -> tuple[str, ...]:
+    from cxrkit.config import TASK_CHOICES
+
+    return TASK_CHOICES
+
+
 def cmd_audit(a: argparse.Namespace) -> int:
     from cxrkit.audit.dataset_audit import audit_dataset
     from cxrkit.audit.messages import audit_messages
     from cxrkit.audit.report import save_audit
 
-    audit = audit_dataset(a.data, a.group_pattern, a.val_fraction, a.test_fraction, a.seed, a.cache_dir, progress=not a.quiet)
-    out = Path(a.out or f"runs/audit-{Path(a.data).name}")
+    out = Path(a.out or f"runs/audit-{'+'.join(Path(d).stem for d in a.data)}")
+    data = a.data[0]
+    if len(a.data) > 1:  # several sites, as `cxrkit train A B` reads them: one sources file, kept beside the audit
+        from cxrkit.data.multisite import write_sources_file
+
+        data = write_sources_file(a.data, out / "sources.yaml")
+    audit = audit_dataset(data, a.group_pattern, a.val_fraction, a.test_fraction, a.seed, a.cache_dir, progress=not a.quiet,
+                          labels=a.labels, label_column=a.label_column, task=a.task, resplit=a.resplit)
     save_audit(audit, out)
     read = audit["seconds"]["files_computed"]
     print(f"{audit['n_files']} files audited in {audit['seconds']['total']:.1f} s ({read} read, {audit['n_files'] - read} from the cache)")
@@ -978,7 +990,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--group-pattern); corrupt files; and a shortcut probe, a classifier on non-anatomical features "
                                     "only (warns above AUC 0.75 and names the giveaways). Writes audit.json and audit.html. "
                                     "File properties are cached, so a second audit is fast.")
-    au.add_argument("data", help="dataset folder or .zip")
+    au.add_argument("data", nargs="+", help="dataset folder, .zip, label table (.csv) or sources YAML, as for train; several folders "
+                                            "(one per site) are audited as their union, with the per-site split training would cut")
     au.add_argument("--out", default=None, help="folder for audit.json and audit.html (default runs/audit-<dataset name>)")
     au.add_argument("--strict", action="store_true", help="exit with status 1 when leakage or a strong shortcut is found")
     au.add_argument("--group-pattern", default=None, metavar="REGEX", help="regex extracting a patient ID from file names (as for train)")
@@ -986,6 +999,11 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--test-fraction", type=float, default=_defaults()["test_fraction"], help="as for train (default %(default)s)")
     au.add_argument("--seed", type=int, default=0, help="split seed, as for train (default %(default)s)")
     au.add_argument("--cache-dir", default=None, help="cache folder (default $CXRKIT_CACHE or ~/.cache/cxrkit)")
+    au.add_argument("--labels", default=None, metavar="FILE.csv", help="label table for the images under DATA, as for train")
+    au.add_argument("--label-column", default=None, help="the table's label column, when it cannot be told, as for train")
+    au.add_argument("--task", choices=_task_choices(), default=_defaults()["task"], help="as for train (default %(default)s)")
+    au.add_argument("--resplit", action="store_true", help="ignore the splits the data gives and audit the patient-level ones "
+                                                           "train --resplit would cut")
     _output_options(au)
     au.set_defaults(func=cmd_audit)
 

@@ -19,8 +19,8 @@ from cxrkit.audit.messages import audit_messages, count
 from cxrkit.audit.report import save_audit
 from cxrkit.audit.shortcut import shortcut_probe
 from cxrkit.audit.split_shift import compare_splits, record_stats
-from cxrkit.data.sources import ImageFolderSource, cache_root, open_image_folder
-from cxrkit.data.splits import assign_splits, guess_patient_pattern, ids_in_several_splits, merge_groups, patient_ids
+from cxrkit.data.sources import DatasetError, ImageFolderSource, cache_root
+from cxrkit.data.splits import guess_patient_pattern, ids_in_several_splits, patient_ids
 from cxrkit.record import atomic_write_text
 
 AUDIT_VERSION = 4  # 2: near duplicates within 8 bits (was 16); 3: each class compared across splits; 4: exposure probe
@@ -124,28 +124,34 @@ def _audit_key(source: ImageFolderSource, splits: list[str], groups: list[str] |
 
 def audit_dataset(
     data: str | Path, group_pattern: str | None = None, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
-    cache_dir: str | Path | None = None, progress: bool = True,
+    cache_dir: str | Path | None = None, progress: bool = True, labels: str | Path | None = None, label_column: str | None = None,
+    task: str = "auto", resplit: bool = False,
 ) -> dict:
-    """Audit a dataset folder with the split cxrkit would make for training (same fractions, seed and patient grouping)."""
+    """Audit a dataset (folder, zip, label table or sources file) with the split cxrkit would make for training: the same
+    fractions, seed, patient IDs and grouping of copies, cut by the same code as :func:`cxrkit.data.dataset.load_dataset`."""
+    from cxrkit.data.dataset import plan_dataset
+
     t0 = time.perf_counter()
     cache = Path(cache_dir) if cache_dir else None
-    source = open_image_folder(data, cache)
-    # Every file's record is read here, once: the duplicate grouping below would otherwise read them first and the
-    # audit proper would then count them all as cached ("0 read") on a first audit.
-    _, reading = read_records([s.path for s in source.samples], cache, progress=progress)
-    groups = patient_ids(source.samples, group_pattern) if group_pattern else None
-    split_groups = groups
-    if not any(s.split == "val" for s in source.samples):  # cxrkit cuts validation (and test): copies stay together, as in training
-        pool = [i for i, s in enumerate(source.samples) if s.split in (None, "train")]
-        dup: list[str | None] = [None] * len(source.samples)
-        for i, g in zip(pool, duplicate_group_ids([source.samples[i].path for i in pool], cache, progress)):
-            dup[i] = g
-        if any(g is not None for g in dup):
-            split_groups = merge_groups(groups or [f"__file__:{s.path}" for s in source.samples], dup)
-    splits = assign_splits(source.samples, source.classes, val_fraction, test_fraction, seed, split_groups)
-    result = audit_source(source, splits, groups, cache, progress, seed)
-    result["seconds"] = {**result["seconds"], "total": time.perf_counter() - t0, "files_computed": reading["computed"]}
-    if groups is None and not any(s.patient is not None for s in source.samples):
+    computed = 0
+
+    def copies(paths: list[Path]) -> list[str | None]:
+        # Every file's record is read once: counted here, then the grouping and the audit proper find it cached.
+        nonlocal computed
+        computed += read_records(list(paths), cache, progress=progress)[1]["computed"]
+        return duplicate_group_ids(paths, cache, progress)
+
+    if labels is None and Path(data).suffix.lower() == ".npz":
+        raise DatasetError(f"{data} holds its images as arrays in one file: there are no per-file formats, sizes, bytes or patients "
+                           "to audit (its own train/val/test splits are used as given)")
+    plan = plan_dataset(data, None, val_fraction, test_fraction, seed, group_pattern, cache, labels=labels, label_column=label_column,
+                        task=task, resplit=resplit, duplicate_groups=copies)
+    source = plan.source
+    computed += read_records([s.path for s in source.samples], cache, progress=progress)[1]["computed"]
+    splits = [str(s) for s in plan.splits]
+    result = audit_source(source, splits, plan.patients, cache, progress, seed)
+    result["seconds"] = {**result["seconds"], "total": time.perf_counter() - t0, "files_computed": computed}
+    if plan.patients is None:
         names = [s.path.name for s in source.samples]
         single_label = all(s.findings is None for s in source.samples)  # a patient's findings differ from visit to visit
         pattern = guess_patient_pattern(names, [s.label for s in source.samples] if single_label else None)

@@ -177,10 +177,22 @@ def _multilabel_matrix(source: ImageFolderSource, names: list[str]) -> np.ndarra
     return y
 
 
-def load_dataset(
+@dataclass
+class DatasetPlan:
+    """A dataset's images, labels and splits before any decoding: what training and the audit both cut the same way."""
+
+    source: ImageFolderSource
+    samples: list
+    labels: np.ndarray
+    splits: np.ndarray
+    class_names: list[str]
+    positive: str | None
+    patients: list[str] | None
+    duplicate_groups: int
+
+
+def plan_dataset(
     data: str | Path,
-    image_size: int,
-    aspect: str = "pad",
     positive: str | None = None,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
@@ -188,26 +200,14 @@ def load_dataset(
     group_pattern: str | None = None,
     cache_dir: str | Path | None = None,
     class_names: list[str] | None = None,
-    progress: bool = True,
     class_map: dict[str, str] | None = None,
-    intensity: str = "none",
-    crop_border: bool = False,
     labels: str | Path | None = None,
     label_column: str | None = None,
     task: str = "auto",
     resplit: bool = False,
-    cache_workers: int | None = None,
     duplicate_groups: Callable[[list[Path]], list[str | None]] | None = None,
-) -> LabelledImages:
-    """Find, label, split and decode (through the cache) every image of a dataset.
-
-    ``class_names`` forces the class order of an existing run (evaluation); the dataset's classes are
-    then matched to them by :func:`match_classes` (``class_map`` for names that differ). ``labels`` is a
-    CSV label table (see :mod:`cxrkit.data.tables`); ``task`` forces binary, multiclass or multilabel;
-    ``resplit`` ignores the splits the source gives and makes patient-level ones. ``duplicate_groups`` maps image
-    files to a group ID for copies (or None): when cxrkit cuts the splits itself, each group is kept in one split like
-    a patient's images, so the cut never puts a copy on both sides.
-    """
+) -> DatasetPlan:
+    """Find, label and split every image of a dataset without decoding any (arguments as for :func:`load_dataset`)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}")
     cache = Path(cache_dir) if cache_dir else None
@@ -263,6 +263,44 @@ def load_dataset(
         splits = np.array(assign_splits(strata, strata_names, val_fraction, test_fraction, seed, split_groups))
         index = {c: i for i, c in enumerate(names)}
         y = np.array([index[mapping[s.label]] for s in samples], dtype=np.int64)
+    return DatasetPlan(source, samples, y, splits, names, pos, groups, n_dup)
+
+
+def load_dataset(
+    data: str | Path,
+    image_size: int,
+    aspect: str = "pad",
+    positive: str | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    group_pattern: str | None = None,
+    cache_dir: str | Path | None = None,
+    class_names: list[str] | None = None,
+    progress: bool = True,
+    class_map: dict[str, str] | None = None,
+    intensity: str = "none",
+    crop_border: bool = False,
+    labels: str | Path | None = None,
+    label_column: str | None = None,
+    task: str = "auto",
+    resplit: bool = False,
+    cache_workers: int | None = None,
+    duplicate_groups: Callable[[list[Path]], list[str | None]] | None = None,
+) -> LabelledImages:
+    """Find, label, split and decode (through the cache) every image of a dataset.
+
+    ``class_names`` forces the class order of an existing run (evaluation); the dataset's classes are
+    then matched to them by :func:`match_classes` (``class_map`` for names that differ). ``labels`` is a
+    CSV label table (see :mod:`cxrkit.data.tables`); ``task`` forces binary, multiclass or multilabel;
+    ``resplit`` ignores the splits the source gives and makes patient-level ones. ``duplicate_groups`` maps image
+    files to a group ID for copies (or None): when cxrkit cuts the splits itself, each group is kept in one split like
+    a patient's images, so the cut never puts a copy on both sides.
+    """
+    plan = plan_dataset(data, positive, val_fraction, test_fraction, seed, group_pattern, cache_dir, class_names, class_map, labels,
+                        label_column, task, resplit, duplicate_groups)
+    source, samples = plan.source, plan.samples
+    cache = Path(cache_dir) if cache_dir else None
     if isinstance(source, ArraySource):
         cached = load_cached_arrays(source, image_size, aspect, cache, progress=progress, intensity=intensity, crop_border=crop_border)
     else:
@@ -271,14 +309,14 @@ def load_dataset(
     return LabelledImages(
         source=source,
         relpaths=[source.relpath(s.path) for s in samples],
-        labels=y,
-        splits=splits,
+        labels=plan.labels,
+        splits=plan.splits,
         cache=cached,
-        class_names=names,
-        positive=pos,
+        class_names=plan.class_names,
+        positive=plan.positive,
         multilabel=source.multilabel,
-        patients=groups,
-        duplicate_groups=n_dup,
+        patients=plan.patients,
+        duplicate_groups=plan.duplicate_groups,
     )
 
 
