@@ -199,6 +199,12 @@ EVALUATE_OPTIONS = {
     "class_map a string": ({"class_map": "tb"}, "class_map must map"),  # was "dictionary update sequence element #0"
     "data a number": ({"data": 3}, "data must be a dataset path, got int"),  # was a TypeError
     "split a number": ({"split": 1}, "split must be train, val, test or all, got 1"),
+    # a TypeError from pathlib after the whole evaluation had run
+    "recalibrate_on a number": ({"data": "elsewhere", "recalibrate_on": 3}, "recalibrate_on must be a path, got int"),
+    "by_table a number": ({"by": ["sex"], "by_table": 3}, "by_table must be a path, got int"),
+    "by_table without by": ({"by_table": "table.csv"}, r"by_table names the table of the by= columns; give by=\[...\] too"),  # ignored
+    "write_report as text": ({"write_report": "no"}, "write_report must be True or False, got 'no'"),  # truthy: written
+    "progress as text": ({"progress": "no"}, "progress must be True or False, got 'no'"),
 }
 
 

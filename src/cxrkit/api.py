@@ -52,12 +52,12 @@ def evaluate(run: Run | str | Path, data: str | Path | None = None, split: str |
     Further options (``prevalence``, ``class_map``, ``explain``, ``recalibrate_on``) are those of the command."""
     from cxrkit.evaluation.evaluate import evaluate_run
 
-    _check_evaluate_options(data, split, options)
+    _check_evaluate_options(data, split, progress, options)
     path = run.path if isinstance(run, Run) else run  # Run.load checks the type of a path
     return evaluate_run(path, data, split, progress=progress, **options)
 
 
-def _check_evaluate_options(data: Any, split: Any, options: dict) -> None:
+def _check_evaluate_options(data: Any, split: Any, progress: Any, options: dict) -> None:
     """What the command line's parser checks, for keyword arguments: a bad one is a one-line ValueError before any work."""
     import inspect
     import os
@@ -74,6 +74,17 @@ def _check_evaluate_options(data: Any, split: Any, options: dict) -> None:
         raise ValueError(f"data must be a dataset path, got {type(data).__name__}")
     if split is not None and not isinstance(split, str):
         raise ValueError(f"split must be train, val, test or all, got {split!r}")
+    for name, flag in (("progress", progress), ("write_report", options.get("write_report", True))):
+        if not isinstance(flag, bool):  # write_report="no" is truthy: the report was written
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
+    for name in ("recalibrate_on", "by_table"):
+        value = options.get(name)
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            # was a TypeError from pathlib after the whole evaluation had run
+            raise ValueError(f"{name} must be a path, got {type(value).__name__}")
+    if options.get("by_table") is not None and not options.get("by"):
+        # by_table only names where by's columns are: alone it was ignored, and no subgroup figures came back
+        raise ValueError("by_table names the table of the by= columns; give by=[...] too (by_pattern reads file names, not the table)")
     explain = options.get("explain")
     if explain is not None and explain not in METHODS:  # an unknown method was caught and stored: no heat maps, no error
         raise ValueError(f"explain must be one of {', '.join(METHODS)} or None, got {explain!r}")
