@@ -149,3 +149,65 @@ def test_page_docs_and_report_offline(server, tiny_run, tmp_path, width):
     assert not [u for u in blocked if "/docs" in u or "swagger" in u or "cdn" in u], blocked
     assert all(p.stat().st_size > 10_000 for p in shots.values())
     _keep_shots(shots)
+
+
+def _multilabel_answer(png_b64: str) -> dict:
+    """A /v1/predict answer of a multi-label run: one threshold per finding, no positive class."""
+    return {"model": {"id": "ml", "version": "0123456789ab", "engine": "torch"},
+            "results": [{"file": "x.png", "bytes": 10, "format": "png", "probabilities": {"effusion": 0.7, "nodule": 0.1},
+                         "decision": {"threshold": {"effusion": 0.3, "nodule": 0.6}, "rule": "per-finding thresholds", "chosen_on": "val",
+                                      "positive_class": None, "label": "effusion",
+                                      "words": "findings above their thresholds: effusion (0.70 >= 0.30)", "rule_words": "each finding"},
+                         "calibrated": False, "ood_warning": False, "ood_findings": [], "image_png": png_b64}]}
+
+
+def test_page_shows_every_answer_and_every_failure(server, tmp_path):
+    """Answers the page once mishandled: a multi-label result (a threshold per finding), a proxy's HTML error page, and an
+    unreachable service for the model card and the sample; each is shown to the user, none is a silent failure."""
+    import base64
+    import csv
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    from cxrkit.data.synthetic import synthetic_cxr
+    from cxrkit.serve.app import _png_bytes
+
+    png = _png_bytes(synthetic_cxr(__import__("numpy").random.default_rng(0), 32))
+    image = tmp_path / "x.png"
+    image.write_bytes(png)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
+        page = browser.new_page(accept_downloads=True)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.route("**/v1/model", lambda r: r.abort())  # the service is unreachable
+        page.goto(server + "/")
+        page.wait_for_selector("#model-card [role=alert]")
+        assert "The model card could not be loaded" in page.inner_text("#model-card")
+
+        page.route("**/v1/predict*", lambda r: r.fulfill(status=200, content_type="application/json",
+                                                          body=json.dumps(_multilabel_answer(base64.b64encode(png).decode()))))
+        page.set_input_files("#files", str(image))
+        page.wait_for_selector("#results .result .decision")
+        shown = page.inner_text("#results .result")
+        assert "thresholds effusion 0.300, nodule 0.600" in shown and "effusion (0.70 >= 0.30)" in shown
+        with page.expect_download() as dl:
+            page.click("#download-csv")
+        row = next(csv.DictReader(open(dl.value.path(), newline="")))
+        assert row["threshold"] == "effusion=0.3; nodule=0.6" and row["error"] == ""
+
+        page.unroute("**/v1/predict*")
+        page.route("**/v1/predict*", lambda r: r.fulfill(status=413, content_type="text/html", body="<html>413 Request Entity Too Large</html>"))
+        page.set_input_files("#files", [])  # choosing the same file again is no change
+        page.set_input_files("#files", str(image))
+        page.wait_for_selector("#results .result.error")
+        assert "HTTP 413" in page.inner_text("#results .result.error") and "not the service's JSON" in page.inner_text("#results .result.error")
+        assert "1 not classified" in page.inner_text("#status")
+
+        page.route("**/v1/sample.png", lambda r: r.abort())
+        page.get_by_role("button", name="Try a synthetic sample image").click()
+        page.wait_for_function("document.querySelector('#status').textContent.includes('could not be loaded')")
+        assert "The synthetic sample could not be loaded" in page.inner_text("#results")
+        browser.close()
+    assert not errors, errors

@@ -15,6 +15,15 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// The answer's JSON, or an error saying what came back: a proxy in front of the service may answer an HTML page (413, 502).
+async function readJson(res) {
+  let data = null;
+  try { data = await res.json(); } catch (_) { /* not JSON: reported below */ }
+  if (res.ok && data) return data;
+  if (data && data.error) throw new Error(data.error.message);
+  throw new Error(`HTTP ${res.status}${res.statusText ? " " + res.statusText : ""}${data ? "" : ": the server's answer is not the service's JSON"}`);
+}
+
 async function predictOne(file) {
   const explain = $("explain").checked;
   const body = new FormData();
@@ -25,9 +34,15 @@ async function predictOne(file) {
     note = "Heat maps are not available on this server.";
     res = await fetch("/v1/predict?preview=true", { method: "POST", body, headers: headers() });
   }
-  const data = await res.json();
-  if (!res.ok) throw new Error(data.error ? data.error.message : `HTTP ${res.status}`);
+  const data = await readJson(res);
   return { result: data.results[0], model: data.model, note };
+}
+
+// A binary run has one threshold, a multi-label run one per finding ({finding: threshold}), a multiclass run none.
+function thresholdText(t) {
+  if (typeof t === "number") return ` (threshold ${t.toFixed(3)})`;
+  if (t && typeof t === "object") return ` (thresholds ${Object.entries(t).map(([c, v]) => `${c} ${Number(v).toFixed(3)}`).join(", ")})`;
+  return "";
 }
 
 function showResult(file, { result, model, note }) {
@@ -40,8 +55,7 @@ function showResult(file, { result, model, note }) {
   const probs = el("ul", { class: "probabilities" });
   for (const [c, p] of Object.entries(result.probabilities)) probs.append(el("li", {}, `P(${c}) = ${p.toFixed(3)}`));
   facts.append(probs);
-  facts.append(el("p", {}, `Rule: ${result.decision.rule}` +
-    (result.decision.threshold !== null ? ` (threshold ${result.decision.threshold.toFixed(3)})` : "") +
+  facts.append(el("p", {}, `Rule: ${result.decision.rule}` + thresholdText(result.decision.threshold) +
     `; probabilities ${result.calibrated ? "calibrated" : "not calibrated"}; model ${model.id} v${model.version}`));
   if (result.ood_warning) facts.append(el("p", { class: "ood", role: "alert" },
     "This image looks unlike the training images: " + result.ood_findings.join("; ")));
@@ -61,6 +75,7 @@ function showResult(file, { result, model, note }) {
 
 async function handleFiles(files) {
   const list = Array.from(files);
+  let failed = 0;
   for (const [i, file] of list.entries()) {
     statusLine.textContent = `Classifying ${file.name} (${i + 1} of ${list.length})…`;
     try {
@@ -68,17 +83,26 @@ async function handleFiles(files) {
       showResult(file, out);
       recordRow(file, out, null);
     } catch (err) {
+      failed += 1;
       $("results").prepend(el("li", { class: "result error", role: "alert" }, `${file.name}: ${err.message}`));
       recordRow(file, null, err.message);
     }
   }
-  statusLine.textContent = `Done: ${list.length} file${list.length === 1 ? "" : "s"}.`;
+  statusLine.textContent = `Done: ${list.length} file${list.length === 1 ? "" : "s"}${failed ? `, ${failed} not classified (see below)` : ""}.`;
 }
 
 async function loadSample() {
   statusLine.textContent = "Loading the synthetic sample…";
-  const res = await fetch("/v1/sample.png", { headers: headers() });
-  const blob = await res.blob();
+  let blob;
+  try {
+    const res = await fetch("/v1/sample.png", { headers: headers() });
+    if (!res.ok) await readJson(res);  // throws the service's reason (a missing API key, say)
+    blob = await res.blob();
+  } catch (err) {
+    $("results").prepend(el("li", { class: "result error", role: "alert" }, `The synthetic sample could not be loaded: ${err.message}`));
+    statusLine.textContent = "The synthetic sample could not be loaded.";
+    return;
+  }
   await handleFiles([new File([blob], "synthetic-sample.png", { type: "image/png" })]);
 }
 
@@ -110,12 +134,17 @@ function downloadCsv() {
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
 
+// A multi-label run's thresholds ({finding: threshold}) as "finding=threshold; …", not "[object Object]".
+function csvThreshold(t) {
+  return t && typeof t === "object" ? Object.entries(t).map(([c, v]) => `${c}=${v}`).join("; ") : t;
+}
+
 function recordRow(file, out, error) {
   if (error) rows.push({ file: file.name, error });
   else {
     const { result, model } = out;
     rows.push({ file: file.name, words: result.decision.words, label: result.decision.label, probabilities: result.probabilities,
-      threshold: result.decision.threshold, rule: result.decision.rule, calibrated: result.calibrated, ood: result.ood_warning,
+      threshold: csvThreshold(result.decision.threshold), rule: result.decision.rule, calibrated: result.calibrated, ood: result.ood_warning,
       error: "", modelId: model.id, modelVersion: model.version });
   }
   $("download-csv").hidden = false;
@@ -131,9 +160,13 @@ function cell(entry) {
 
 async function loadCard() {
   const box = $("model-card");
-  const res = await fetch("/v1/model", { headers: headers() });
-  const card = await res.json();
-  if (!res.ok) { box.textContent = card.error ? card.error.message : `HTTP ${res.status}`; return; }
+  let card;
+  try {
+    card = await readJson(await fetch("/v1/model", { headers: headers() }));
+  } catch (err) {
+    box.replaceChildren(el("p", { role: "alert" }, `The model card could not be loaded: ${err.message}`));
+    return;
+  }
   $("model-name").textContent = `${card.model.id} (${card.model.architecture}, v${card.model.version})`;
   box.replaceChildren();
   box.append(el("p", {}, card.intended_use));
