@@ -223,3 +223,13 @@ def test_an_image_under_another_field_name_is_refused(client, sample_png):
 def test_method_not_allowed_names_the_allowed_methods(client):
     r = client.put("/v1/predict")
     assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"]["code"] == "http_error"
+
+
+def test_validation_errors_say_which_part_of_the_request_is_wrong(client, sample_png):
+    r = client.post("/v1/predict?explain=maybe", files=[("files", ("a.png", sample_png))])
+    assert r.status_code == 422  # before: "expected multipart/form-data with one or more 'files' (query.explain: ...)"
+    assert r.json()["error"]["message"].startswith("invalid query parameter (explain='maybe': Input should be a valid boolean")
+    r = client.post("/v1/predict", data={"files": "not a file"}, files=[("x", ("", b""))])
+    assert r.status_code == 422 and "a 'files' part is not a file" in r.json()["error"]["message"], r.text
+    r = client.post("/v1/predict", json={"files": "aGVsbG8="})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("expected multipart/form-data with one or more 'files'")

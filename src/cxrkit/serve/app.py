@@ -307,6 +307,17 @@ class Service:
         return f"{label}: the most probable class ({p[j]:.2f})"
 
 
+def _validation_message(errors) -> str:
+    """FastAPI's validation errors in words: a bad query parameter is named as such, not blamed on the body."""
+    query = [f"{'.'.join(str(x) for x in e['loc'][1:])}={e.get('input')!r}: {e.get('msg')}" for e in errors if e.get("loc", ())[:1] == ("query",)]
+    if query:
+        return f"invalid query parameter ({'; '.join(query)}); explain and preview take true or false"
+    if any(e.get("loc", ())[:2] == ("body", "files") and len(e["loc"]) > 2 for e in errors):
+        return "a 'files' part is not a file: give each part a filename in its Content-Disposition (curl -F files=@image.png)"
+    where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in errors)
+    return f"expected multipart/form-data with one or more 'files' ({where})"
+
+
 def _static(name: str) -> bytes:
     return resources.files("cxrkit.serve").joinpath("static", name).read_bytes()
 
@@ -370,8 +381,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-        return error_response(422, "invalid_request", f"expected multipart/form-data with one or more 'files' ({where})")
+        return error_response(422, "invalid_request", _validation_message(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
