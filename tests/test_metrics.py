@@ -128,3 +128,15 @@ def test_perfect_separation_flags_the_degenerate_auc_interval():
     assert auc["value"] == 1.0 and auc["ci"] == [1.0, 1.0] and "perfectly separated" in auc["note"]
     assert "note" not in m["metrics"]["sensitivity"]  # Wilson stays informative: 3/3 -> 43.9%-100%
     assert m["metrics"]["sensitivity"]["ci"][0] == pytest.approx(0.4385, abs=1e-4)
+
+
+def test_a_constant_score_is_not_called_perfectly_separated():
+    # A diverged model that scores everything 0.0: AUC 0.500 (0.500-0.500) was explained as "perfectly separated".
+    from cxrkit.report.narrative import binary_sentences
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    m = binary_metrics(y, np.zeros(9), 0.5, n_bootstrap=100)
+    auc = m["metrics"]["roc_auc"]
+    assert auc["value"] == 0.5 and auc["ci"] == [0.5, 0.5] and "every case got the same score" in auc["note"]
+    text = " ".join(binary_sentences({**m, "classes": ["normal", "tb"]}, "the validation set"))
+    assert "does not tell the classes apart at all" in text and "perfectly separated" not in text

@@ -25,12 +25,16 @@ def proportion(successes: int, n: int, confidence: float = 0.95) -> dict:
 
 
 DEGENERATE_NOTE = "zero-width interval: the sample is perfectly separated, so the method sees no variance; the true uncertainty is larger"
+TIED_NOTE = "zero-width interval: every case got the same score, so the model does not rank these cases at all"
 
 
 def _entry(value: float | None, ci: tuple[float, float] | None, method: str) -> dict:
     e = {"value": None if value is None or not np.isfinite(value) else float(value), "ci": list(ci) if ci else None, "method": method}
     if ci and ci[1] - ci[0] < 1e-12:
-        e["note"] = DEGENERATE_NOTE
+        # DeLong's and the bootstrap's variance is zero for a perfect ranking (AUC 0 or 1) and for a constant score (0.5, all tied):
+        # a diverged or collapsed model's 0.500 (0.500-0.500) was explained as "perfectly separated".
+        separated = e["value"] is not None and (e["value"] <= 1e-9 or e["value"] >= 1 - 1e-9)
+        e["note"] = DEGENERATE_NOTE if separated else TIED_NOTE
     return e
 
 

@@ -32,6 +32,18 @@ METRIC_WORDS = {
 SCORE_KEYS = frozenset({"roc_auc", "pr_auc", "macro_roc_auc", "mean_roc_auc"})
 
 
+def _zero_width_text(note: str | None) -> str:
+    """What a zero-width AUC interval means, for the sentence after the AUC ("" when the interval has width)."""
+    from cxrkit.metrics.classification import DEGENERATE_NOTE, TIED_NOTE
+
+    if note == TIED_NOTE:
+        return (" Every image got the same score: the model does not tell the classes apart at all on this set "
+                "(a model that collapsed or diverged in training gives one output for everything).")
+    if note == DEGENERATE_NOTE:
+        return " The interval has zero width only because these cases happen to be perfectly separated; on more cases the AUC may well be lower."
+    return ""
+
+
 def metric_words(key: str) -> str:
     """The words for a metrics key ('ppv' -> 'positive predictive value (PPV)'); unknown keys get their underscores dropped."""
     return METRIC_WORDS.get(key, key.replace("_", " "))
@@ -140,8 +152,7 @@ def binary_sentences(m: dict, split_words: str) -> list[str]:
         out.append(
             f"ROC-AUC {mm['roc_auc']['value']:.3f} ({ci_text(mm['roc_auc'], percent=False)}): the chance that a random {pos} image "
             f"gets a higher score than a random {neg} image, whatever threshold is used."
-            + (" The interval has zero width only because these cases happen to be perfectly separated; "
-               "on more cases the AUC may well be lower." if "note" in mm["roc_auc"] else "")
+            + _zero_width_text(mm["roc_auc"].get("note"))
         )
     prevalence = p / (p + n) if p + n else 0
     out.append(
