@@ -159,6 +159,11 @@ def test_predict_files_checks_its_arguments(tiny_run, tmp_path):
         run.predict_files([image, np.zeros((40, 40), np.uint8)])  # was a TypeError from open()
     probs, errors = run.predict_files([str(image), image], batch_size=1, workers=0)
     assert errors == {} and np.isfinite(probs).all() and np.allclose(probs[0], probs[1])
+    # a generator was a TypeError (no len()), and on_batch=3 one after the first batch had been classified
+    from_generator, _ = run.predict_files((p for p in [image, image]), workers=0)
+    np.testing.assert_allclose(from_generator, probs, atol=1e-6)
+    with pytest.raises(ValueError, match="on_batch must be a function of a uint8 batch, or None; got int"):
+        run.predict_files([image], on_batch=3)
 
 
 def test_calibrated_must_be_a_boolean(tiny_run, tmp_path):

@@ -634,6 +634,10 @@ class Run:
 
         ``on_batch`` receives each decoded uint8 batch (the shift check collects statistics there).
         """
+        if on_batch is not None and not callable(on_batch):  # was a TypeError after the first batch had been classified
+            raise ValueError(f"on_batch must be a function of a uint8 batch, or None; got {type(on_batch).__name__}")
+        if not isinstance(paths, (str, bytes, os.PathLike)):  # iter_predict refuses one path
+            paths = list(paths)  # a generator has no len(): was a TypeError
         probs = np.full((len(paths), len(self.classes)), np.nan)
         errors: dict[int, str] = {}
         with tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress or None) as bar:
