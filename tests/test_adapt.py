@@ -58,3 +58,15 @@ def test_adapt_bad_inputs_are_one_line_errors(tiny_run: Path, tmp_path: Path, ca
     assert main(["adapt", str(tiny_run), str(tmp_path / "few"), "--out", str(tiny_run)]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 3 and "Traceback" not in err and "at least 16" in err
+
+
+@pytest.mark.parametrize("size", ["1", "0", "-3"])
+def test_adapt_refuses_a_batch_size_that_estimates_nothing(size: str, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    # A batch of one has no variance and is skipped, and a batch size of 0 or below made no batch at all: every layer was left
+    # with reset statistics (mean 0, variance 1) and the command said they had been re-estimated on the images.
+    site = _new_site(tmp_path / "site", n=16)
+    with pytest.raises(SystemExit) as exit_:
+        main(["adapt", str(tiny_run), str(site), "--out", str(tmp_path / "adapted"), "--batch-size", size])
+    assert exit_.value.code == 2
+    assert f"argument --batch-size: {size} is outside 2-4096" in capsys.readouterr().err
+    assert not (tmp_path / "adapted").exists()

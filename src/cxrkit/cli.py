@@ -902,7 +902,9 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("run", help="run folder written by `cxrkit train`")
     ad.add_argument("folder", help="folder of unlabelled images from the new site (searched recursively)")
     ad.add_argument("--out", required=True, help="folder for the adapted run (the source run is not changed)")
-    ad.add_argument("--batch-size", type=int, default=64, help="images per batch-norm batch (default %(default)s)")
+    # At least 2: a batch of one has no variance and is skipped, so --batch-size 1 (or 0, or a negative one, which made no
+    # batch at all) left every layer with reset statistics (mean 0, variance 1) and still said they were re-estimated.
+    ad.add_argument("--batch-size", type=bounded_int(2, 4096), default=64, help="images per batch-norm batch, 2-4096 (default %(default)s)")
     ad.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ad.set_defaults(func=cmd_adapt)
 
