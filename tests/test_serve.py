@@ -233,3 +233,13 @@ def test_validation_errors_say_which_part_of_the_request_is_wrong(client, sample
     assert r.status_code == 422 and "a 'files' part is not a file" in r.json()["error"]["message"], r.text
     r = client.post("/v1/predict", json={"files": "aGVsbG8="})
     assert r.status_code == 422 and r.json()["error"]["message"].startswith("expected multipart/form-data with one or more 'files'")
+
+
+def test_probabilities_next_to_the_threshold_compare_as_the_decision_does(client, sample_png, monkeypatch):
+    run = client.app.state.service.run
+    t = np.float32(run.threshold)
+    for p in (np.nextafter(t, np.float32(0)), t, np.nextafter(t, np.float32(1))):  # just below, at and just above the threshold
+        monkeypatch.setattr(run, "predict_arrays", lambda images, p=p: np.array([[1 - p, p]] * len(images), dtype=np.float32))
+        res = post(client, ("a.png", sample_png)).json()["results"][0]
+        shown, threshold = res["probabilities"]["tb"], res["decision"]["threshold"]
+        assert (shown >= threshold) == (res["decision"]["label"] == "tb"), (shown, threshold, res["decision"]["label"])  # before: rounded

@@ -274,7 +274,8 @@ class Service:
             label = labels[i]
             result = {
                 "file": name, "bytes": _size(data), "format": _sniff(_head(data)),
-                "probabilities": {c: round(float(probs[i, j]), 6) for j, c in enumerate(self.run.classes)},
+                # Unrounded: rounded to 6 decimals, a probability within 5e-7 of the threshold read as on the other side of it.
+                "probabilities": {c: float(probs[i, j]) for j, c in enumerate(self.run.classes)},
                 "decision": {**{k: v for k, v in self.rule.items() if k != "words"}, "label": label,
                              "words": self._words(probs[i], label), "rule_words": self.rule["words"]},
                 "calibrated": getattr(self.run, "calibration", None) is not None,
