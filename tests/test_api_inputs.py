@@ -381,3 +381,20 @@ def test_model_id_names_the_weights_loaded_not_the_file_now(recorded, tiny_run, 
     predict_to_csv(run, [image], out, progress=False)
     with pytest.raises(ValueError, match="holds predictions of another model"):
         predict_to_csv(cxrkit.load(run_dir), [image], out, progress=False)
+
+
+def test_train_resume_continues_with_the_runs_own_settings(tiny_run, binary_data, tmp_path):
+    from cxrkit.config import ConfigError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)  # with its checkpoint
+    before = (run_dir / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match=r"^resume=True continues .* with its own settings, which differ: model 'cnn' \(given 'mlp'\)$"):
+        cxrkit.train(binary_data, out=str(run_dir), resume=True, progress=False, model="mlp")
+    with pytest.raises(ConfigError, match=r"^data must be a dataset path .* got list; several sites"):
+        cxrkit.train([binary_data, binary_data], out=str(tmp_path / "two"), progress=False)  # was "dataset path [...] does not exist"
+    # Was refused, "these differ: batch_size, epochs, image_size, ...": the defaults, not the run's config.yaml, were compared
+    # with the run (the same call that trained it, plus resume=True, was refused when it had chosen the image size).
+    run = cxrkit.train(binary_data, out=str(run_dir), resume=True, progress=False, threshold_rule="sensitivity:0.9")
+    assert run.preprocessing.image_size == 32 and run.record.model == "cnn" and run.record.threshold["rule"] == "sensitivity:0.9"
+    assert (run_dir / "model.safetensors").read_bytes() == before  # the finished run's weights, not a new training

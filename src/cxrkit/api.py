@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+from cxrkit.record import CONFIG_FILE
 from cxrkit.run import Run
 
 
@@ -23,15 +25,33 @@ def load(path: str | Path, engine: str = "auto", device: str = "cpu") -> Run:
 def train(data: str | Path, *, progress: bool = True, overwrite: bool = False, resume: bool = False, device: str = "auto",
           **options: Any) -> Run:
     """Train on ``data`` with the options of ``cxrkit train`` (keyword names as in config.yaml, e.g. ``image_size=128``,
-    ``augment={"hflip": True}``) and return the loaded run. Options are validated like a config file; ``device`` as for ``cxrkit train``."""
+    ``augment={"hflip": True}``) and return the loaded run. Options are validated like a config file; ``device`` as for ``cxrkit train``.
+    ``resume=True`` continues the run in ``out`` with its own config.yaml; options given must agree with it (except the threshold rule)."""
     from cxrkit.config import ConfigError, TrainConfig
     from cxrkit.training import train as _train
 
     for name, flag in (("progress", progress), ("overwrite", overwrite), ("resume", resume)):
         if not isinstance(flag, bool):  # overwrite="no" is truthy: it deleted the run already in out
             raise ConfigError(f"{name} must be True or False, got {flag!r}")
+    if not isinstance(data, (str, os.PathLike)):  # str() of a list of folders was "dataset path ['a', 'b'] does not exist"
+        raise ConfigError(f"data must be a dataset path (a folder, a .zip or a sources .yaml naming one folder per site), "
+                          f"got {type(data).__name__}; several sites: write them in a sources .yaml, or run `cxrkit train A B`")
     cfg = TrainConfig.from_dict({"data": str(data), **options})
-    if "image_size" not in options and not resume:
+    saved_file = Path(cfg.out) / CONFIG_FILE
+    if resume and saved_file.is_file():
+        # As on the command line: a resumed run continues with its own config.yaml. Built from the defaults instead, the
+        # very call that trained it plus resume=True was refused (the image size it had chosen from the data differed).
+        from cxrkit.training.trainer import RESUME_MAY_CHANGE
+
+        saved, given = TrainConfig.load_saved(saved_file).to_dict(), cfg.to_dict()
+        clash = [k for k in options if k not in RESUME_MAY_CHANGE and given[k] != saved[k]]
+        if clash:
+            raise ConfigError(f"resume=True continues {cfg.out} with its own settings, which differ: "
+                              + ", ".join(f"{k} {saved[k]!r} (given {given[k]!r})" for k in clash))
+        if Path(saved["data"]).resolve() != Path(cfg.data).resolve() and not Path(cfg.data).exists():
+            raise ConfigError(f"{cfg.out} was trained on {saved['data']}, and {cfg.data} does not exist; resume=True continues the same run")
+        cfg = TrainConfig.from_dict({**saved, **{k: given[k] for k in options if k in RESUME_MAY_CHANGE}, "data": cfg.data, "out": cfg.out})
+    elif "image_size" not in options:
         # As on the command line: images smaller than the default train at their own size.
         from cxrkit.data.dataset import native_image_size
         from cxrkit.data.spec import MIN_IMAGE_SIZE
@@ -60,7 +80,6 @@ def evaluate(run: Run | str | Path, data: str | Path | None = None, split: str |
 def _check_evaluate_options(data: Any, split: Any, progress: Any, options: dict) -> None:
     """What the command line's parser checks, for keyword arguments: a bad one is a one-line ValueError before any work."""
     import inspect
-    import os
 
     from cxrkit.data.spec import is_finite_number
     from cxrkit.evaluation.evaluate import evaluate_run
