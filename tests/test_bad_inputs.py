@@ -277,7 +277,8 @@ def test_pretrained_pickle_with_code_is_refused(binary_data, tmp_path, capsys, r
     code = main(["train", str(binary_data), "--out", str(tmp_path / "o"), "--image-size", "32", "--epochs", "1", "--pretrained", str(bad)])
     out = capsys.readouterr()
     assert code == 2 and "owned" not in out.out
-    assert "weights_only" in out.err and "\n" not in out.err.strip()
+    assert "pickled objects other than tensors, which could run code" in out.err and "\n" not in out.err.strip()
+    assert "weights_only` set to `False`" not in out.err  # torch's advice to load it unsafely is not passed on
     assert not [w for w in recwarn if "pickle" in str(w.message)]  # torch's protocol warning would print above the error
 
 
@@ -302,4 +303,5 @@ def test_tampered_checkpoint_is_refused_on_resume(tiny_run, binary_data, tmp_pat
     out = capsys.readouterr()
     assert code == 2 and "owned" not in out.out, out
     assert "cannot be resumed" in out.err and "\n" not in out.err.strip()
+    assert "optimizer.pt: it holds pickled objects other than tensors, which could run code" in out.err and "weights_only` set" not in out.err
     assert not [w for w in recwarn if "pickle" in str(w.message)]

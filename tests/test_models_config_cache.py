@@ -53,8 +53,12 @@ def test_pretrained_rgb_stem_is_summed_and_mismatched_head_skipped(tmp_path):
 def test_pretrained_refuses_pickled_code_and_foreign_weights(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"w": torch.zeros(1), "cb": print}, evil)  # a callable needs full unpickling
-    with pytest.raises(ValueError, match="weights_only"):
+    with pytest.raises(ValueError, match="pickled print object, which could run code"):
         read_state_dict(evil)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")  # was "... (weights_only=True refused it): " and nothing after
+    with pytest.raises(ValueError, match="empty or cut short"):
+        read_state_dict(empty)
     foreign = tmp_path / "foreign.pt"
     torch.save({"totally.other.layer": torch.zeros(3)}, foreign)
     with pytest.raises(ValueError, match="no tensor"):

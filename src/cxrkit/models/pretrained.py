@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cxrkit.models.torch_files import load_weights_only
+from cxrkit.models.torch_files import load_weights_only, refusal_reason
 
 
 @dataclass
@@ -40,7 +40,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = load_weights_only(path)
     except Exception as exc:  # the unpickler refuses code objects; say so plainly
-        raise ValueError(f"{path} is not a plain tensor state dict (weights_only=True refused it): {exc}") from exc
+        raise ValueError(f"{path} is not a plain tensor state dict: {refusal_reason(exc)}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

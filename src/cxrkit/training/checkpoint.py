@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrkit.models.torch_files import load_weights_only
+from cxrkit.models.torch_files import load_weights_only, refusal_reason
 from cxrkit.record.files import CHECKPOINT_DIR
 
 
@@ -86,7 +86,10 @@ def load_checkpoint(
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
         if ema is not None:
             ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        opt = load_weights_only(path / "optimizer.pt")
+        try:
+            opt = load_weights_only(path / "optimizer.pt")
+        except Exception as exc:
+            raise ValueError(f"optimizer.pt: {refusal_reason(exc)}") from None
         optimizer.load_state_dict(opt["optimizer"])
         if scheduler is not None and opt["scheduler"] is not None:
             scheduler.load_state_dict(opt["scheduler"])
