@@ -88,8 +88,11 @@ def test_overlay_png_is_a_png_of_the_image_size():
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_explain_command_writes_one_overlay_per_class(square_run, tmp_path):
+def test_explain_command_writes_one_overlay_per_class(square_run, tmp_path, capsys):
     data, run = square_run
     assert main(["explain", str(run.path), str(data / "test" / "square"), "--out", str(tmp_path / "x")]) == 0
     written = sorted(p.name for p in (tmp_path / "x").rglob("*.png"))
     assert len(written) == 6 * 2 and "0_normal.png" in written and "0_square.png" in written
+    (tmp_path / "afile").write_text("x")
+    assert main(["explain", str(run.path), str(data / "test" / "square"), "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file; give a folder for the overlays" in capsys.readouterr().err

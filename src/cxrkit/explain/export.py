@@ -24,6 +24,8 @@ def explain_files(run: Run, paths: list[Path], out: str | Path, method: str = "g
     with its probabilities, decision and written files (or the decode error). ``progress`` shows a bar per image
     (occlusion makes about 400 forward passes per image, so a folder can take minutes)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():  # was "afile: File exists" from mkdir
+        raise FileExistsError(f"--out {out} is a file; give a folder for the overlays")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     stems: dict[str, int] = {}
