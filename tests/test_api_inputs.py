@@ -181,6 +181,23 @@ def test_calibrated_must_be_a_boolean(tiny_run, tmp_path):
     np.testing.assert_array_equal(run.predict_arrays(images, calibrated=np.bool_(False)), raw)
 
 
+def test_apply_calibration_checks_its_probabilities(tiny_run, tmp_path):
+    run_dir = _copy_run(tiny_run, tmp_path)
+    (run_dir / "calibration.json").write_text(json.dumps({"method": "temperature", "params": {"temperature": 2.0}}))
+    record_calibration(run_dir)
+    run = cxrkit.load(run_dir)
+    assert run.apply_calibration([[0.2, 0.8]]) == pytest.approx(np.array([[1 / 3, 2 / 3]]))
+    # each came back as plausible probabilities: logits (2.0 -> 0.9997), a NaN row, three columns for a two-class run
+    for probs in ([[-1.0, 2.0]], [[np.nan, np.nan]]):
+        with pytest.raises(ValueError, match="probabilities must be finite numbers from 0 to 1"):
+            run.apply_calibration(np.array(probs))
+    for probs in (np.array([[0.2, 0.3, 0.5]]), np.array([[0.2, 0.8j]])):
+        with pytest.raises(ValueError, match=r"probabilities must be a numeric array of shape \(N, 2\)"):
+            run.apply_calibration(probs)
+    with pytest.raises(ValueError, match=r"probabilities must be a numeric array of shape \(N, 2\)"):
+        run.decide(np.array([[0.2, 0.8j]]))  # complex numbers were compared with the threshold
+
+
 def test_train_flags_must_be_booleans(tiny_run, binary_data, tmp_path):
     from cxrkit.config import ConfigError
 

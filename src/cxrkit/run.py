@@ -517,6 +517,8 @@ class Run:
 
     def apply_calibration(self, probs: np.ndarray) -> np.ndarray:
         """The run's calibration (when it has one) applied to the model's own probabilities."""
+        # Checked like decide's: logits, a NaN row or another run's column count came back as plausible probabilities.
+        probs = self._checked_probs(probs)
         if self.calibration_data is None or not len(probs):
             return probs
         return self._parsed_calibration().apply(probs)
@@ -539,7 +541,7 @@ class Run:
         """Refuse what cannot be this run's probabilities: a NaN would silently decide "negative"."""
         probs = np.asarray(probs)
         k = len(self.classes)
-        if probs.ndim != 2 or probs.shape[1] != k or not np.issubdtype(probs.dtype, np.number):
+        if probs.ndim != 2 or probs.shape[1] != k or not np.issubdtype(probs.dtype, np.number) or np.iscomplexobj(probs):
             raise ValueError(f"probabilities must be a numeric array of shape (N, {k}) (one column per class: "
                              f"{', '.join(self.classes)}); got {probs.dtype} {probs.shape}")
         if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
