@@ -288,3 +288,35 @@ def test_calibration_measures_refuse_inputs_that_would_give_a_plausible_number(y
             measure(np.asarray(y), np.asarray(probs))
     with pytest.raises(ValueError, match="rate must be in"):
         cases_to_confirm(float("nan"), 0.9)
+
+
+@pytest.mark.parametrize("method, message", [("platt", "has slope -"), ("platt", "is flat"), ("isotonic", "is flat")])
+def test_calibrate_refuses_a_map_that_would_reverse_or_erase_the_ranking(method, message, tiny_run, tmp_path, monkeypatch, capsys):
+    # A model whose validation probabilities run against the labels got a negative Platt slope: calibration.json turned every
+    # ranking round (the likeliest image became the least likely) and predict called the opposite class. Probabilities that
+    # do not rank the cases gave a flat map, one probability (and one decision) for every image.
+    import shutil
+
+    import cxrkit.evaluation.calibrate as calibrate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint"))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".cxrkit.lock"}
+    seen = {}
+    load = calibrate.load_run_dataset
+
+    def remember(*args, **kwargs):
+        ds, cfg = load(*args, **kwargs)
+        seen["y"] = ds.labels[ds.index("val")]
+        return ds, cfg
+
+    def against_the_labels(self, images, *args, **kwargs):
+        p = np.where(seen["y"] == 1, 0.3, 0.7) if "slope" in message else np.full(len(images), 0.4)
+        return np.stack([1 - p, p], axis=1)
+
+    monkeypatch.setattr(calibrate, "load_run_dataset", remember)
+    monkeypatch.setattr(Run, "predict_arrays", against_the_labels)
+    assert main(["calibrate", str(run), "--method", method]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {method} calibration on ") and message in err and "nothing was changed" in err and "\n" not in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".cxrkit.lock"} == before

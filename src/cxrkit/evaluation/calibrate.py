@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.evaluation.evaluate import compute_metrics, decision_analysis, store_threshold, write_evaluation
-from cxrkit.metrics.calibration import fit_calibration
+from cxrkit.metrics.calibration import Calibration, fit_calibration
 from cxrkit.record import CALIBRATION_FILE, META_FILE, atomic_write_json, file_sha256, read_meta, read_metrics, update_metrics, write_meta
 from cxrkit.record.files import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, REPORT_FILE, all_or_nothing
 from cxrkit.record.lock import run_lock
@@ -38,6 +38,7 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
         y = ds.labels[idx]
         raw = run.predict_arrays(images, calibrated=False)
         cal = fit_calibration(y, raw, method, fitted_on=f"val split of {ds.source.root}")
+        _refuse_inverting_map(cal)
         # All or nothing, from the threshold in meta.json to the report: a failure half-way (a full disk, Ctrl-C) must
         # not leave a threshold chosen on calibrated probabilities without calibration.json, nor the reverse.
         files = [run.path / f for f in (META_FILE, CALIBRATION_FILE, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE)]
@@ -59,6 +60,22 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
                                 f"evaluated {'with a calibration that has since been replaced' if had_calibration else 'before the run was calibrated'}; "
                                 "run `cxrkit evaluate` again for figures with its calibration")
         return record
+
+
+def _refuse_inverting_map(cal: Calibration) -> None:
+    """Refuse a fitted map that reverses or erases the model's ranking of images: it would decide against the model."""
+    # A model whose validation probabilities fall as the disease becomes likelier (AUC under 0.5: it learned nothing, or
+    # a few validation images say so by chance) gets a negative Platt slope, and the map turns every ranking around:
+    # the image the model finds likeliest becomes the least likely. A flat isotonic map gives every image one probability.
+    p = cal.params
+    if cal.method == "platt" and p["slope"] < 0:
+        raise ValueError(f"platt calibration on {cal.n} validation images has slope {p['slope']:.3g}: the model's validation "
+                         "probabilities fall as the disease becomes likelier, so the map would reverse its decisions; nothing was "
+                         "changed. Retrain the model (or validate on more images) before calibrating")
+    if (cal.method == "platt" and p["slope"] == 0) or (cal.method == "isotonic" and min(p["y"]) == max(p["y"])):
+        raise ValueError(f"{cal.method} calibration on {cal.n} validation images is flat (every image would get one probability): "
+                         "the model's validation probabilities do not rank the cases; nothing was changed. Retrain the model "
+                         "(or validate on more images) before calibrating")
 
 
 def _rescore_validation(run: Run, ds, idx: np.ndarray, images: np.ndarray, raw: np.ndarray, seed: int, stale_note: str) -> None:
