@@ -243,3 +243,12 @@ def test_probabilities_next_to_the_threshold_compare_as_the_decision_does(client
         res = post(client, ("a.png", sample_png)).json()["results"][0]
         shown, threshold = res["probabilities"]["tb"], res["decision"]["threshold"]
         assert (shown >= threshold) == (res["decision"]["label"] == "tb"), (shown, threshold, res["decision"]["label"])  # before: rounded
+
+
+def test_a_decoder_error_on_a_damaged_file_is_a_422_not_a_500(client, sample_png, tmp_path):
+    dcm = write_dicom(tmp_path / "x.dcm", ramp(64)).read_bytes()
+    at = dcm.find(b"\x02\x00\x10\x00UI")  # the transfer syntax's value representation, damaged: pydicom raises NotImplementedError
+    r = post(client, ("good.png", sample_png), ("bad.dcm", dcm[:at + 4] + b"ZZ" + dcm[at + 6:]))
+    assert r.status_code == 422, r.text  # before: 500 internal_error
+    err = r.json()["error"]
+    assert err["code"] == "undecodable_image" and err["file"] == "bad.dcm" and "Unknown Value Representation 'ZZ'" in err["message"]

@@ -253,6 +253,9 @@ class Service:
             raise ApiError(422, "undecodable_image", str(exc), name) from exc
         except (MemoryError, RecursionError) as exc:  # hostile files can exhaust a decoder; refuse them, do not crash
             raise ApiError(422, "undecodable_image", f"cannot decode image: {type(exc).__name__}", name) from exc
+        except Exception as exc:  # Pillow's and pydicom's parsers raise more than their documented errors on damaged files
+            log.warning("decoder raised %s on upload %r", type(exc).__name__, name, exc_info=True)
+            raise ApiError(422, "undecodable_image", f"cannot decode image: damaged or unusual file ({type(exc).__name__}: {exc})", name) from exc
 
     def predict(self, uploads: list[tuple[str, bytes | BinaryIO]], explain: bool, preview: bool) -> dict:
         """Decode every upload (all must be valid), classify them in one batch, describe each result."""
