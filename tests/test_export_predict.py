@@ -61,6 +61,30 @@ def test_bad_export_options_are_refused_before_anything_is_written(tiny_run, tmp
     assert not list(tmp_path.iterdir())  # before: an unknown quantize raised only after model.onnx was written
 
 
+@pytest.mark.parametrize("target, message", [("meta.json", "does not end in .onnx"), ("model.safetensors", "does not end in .onnx"),
+                                             ("plots", "is a folder"), ("missing/m.onnx", "does not exist")])
+def test_export_out_that_must_not_be_replaced_is_refused_first(target, message, tiny_run, tmp_path, capsys):
+    # --out RUN/meta.json (or the weights) was replaced by the ONNX graph, destroying the run, with "predict and serve now
+    # use it"; a folder or a missing folder failed only after the export, naming the temporary file.
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint", "model.onnx", "model.int8.onnx"))
+    (run / "plots").mkdir(exist_ok=True)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".cxrkit.lock"}
+    assert main(["export", str(run), "--out", str(run / target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {run / target}") or err.startswith(f"error: {run / 'missing'} does not exist"), err
+    assert message in err and "\n" not in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".cxrkit.lock"} == before
+
+
+def test_export_elsewhere_says_predict_does_not_use_it(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "copy.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert f"not used by predict and serve, which read {tiny_run / 'model.onnx'}" in out and "now use it" not in out
+
+
 def test_stale_onnx_is_ignored_by_auto_and_refused_when_forced(tiny_run, tmp_path):
     import shutil
 

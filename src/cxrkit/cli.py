@@ -645,16 +645,20 @@ def cmd_export(a: argparse.Namespace) -> int:
     from cxrkit.export.onnx import export_onnx
 
     r = export_onnx(a.run, a.out, quantize=a.quantize)
+    # Only the files in the run folder are what predict and serve pick up: a copy elsewhere is not used by them.
+    used = "predict and serve now use it (--engine torch to opt out)" if r["used_by_run"] else \
+        f"not used by predict and serve, which read {Path(a.run) / 'model.onnx'} (the default --out)"
     print(f"wrote {r['path']}: ONNX Runtime matches PyTorch on {r['samples']} sample images "
-          f"(max abs probability difference {r['max_abs_diff']:.1e}); predict and serve now use it (--engine torch to opt out)")
+          f"(max abs probability difference {r['max_abs_diff']:.1e}); {used}")
     q = r.get("quantized")
     if q:
+        int8_use = "used only with --engine onnx-int8" if r["used_by_run"] else "not used by predict and serve"
         if q.get("auc_fp32") is not None and q.get("auc_int8") is not None:
             print(f"wrote {q['path']}: validation ROC-AUC {q['auc_fp32']:.4f} -> {q['auc_int8']:.4f} int8 "
                   f"(change {q['auc_change']:+.4f}, n={q['n']}; max abs probability difference {q['max_abs_prob_diff']:.1e}); "
-                  "used only with --engine onnx-int8")
+                  f"{int8_use}")
         else:
-            print(f"wrote {q['path']}: {q.get('note', 'AUC cost not measured')}; used only with --engine onnx-int8")
+            print(f"wrote {q['path']}: {q.get('note', 'AUC cost not measured')}; {int8_use}")
     return 0
 
 

@@ -145,11 +145,24 @@ def _quantize(run: Run, src: Path, dst: Path) -> dict:
     return report
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an ``out`` the export cannot or must not replace, before any work: it is renamed over whatever is there."""
+    # A run's own files (meta.json, model.safetensors...) were replaced by the ONNX graph, which destroyed the run, and
+    # a folder or a missing one failed only after the export, naming the temporary file.
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give the ONNX file to write, e.g. {out / ONNX_FILE}")
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"{out} does not end in .onnx; export writes an ONNX file and never replaces another kind of file "
+                         f"(predict and serve use RUN/{ONNX_FILE}, the default)")
+    if not out.parent.is_dir():
+        raise ValueError(f"{out.parent} does not exist (the folder of {out}); create it first or give another file")
+
+
 def export_onnx(run_dir: str | Path, out: str | Path | None = None, quantize: str | None = None,
                 tolerance: float = PARITY_TOLERANCE) -> dict:
     """Write model.onnx (and with ``quantize="int8"`` model.int8.onnx) into the run; raise :class:`ExportError` on a parity failure.
 
-    Returns ``{"path", "max_abs_diff", "samples", "quantized"?}``. The file is written under a
+    Returns ``{"path", "max_abs_diff", "samples", "used_by_run", "quantized"?}``. The file is written under a
     temporary name and renamed only after the parity check passes, so a failed export leaves no
     file that :meth:`Run.load` would pick up.
     """
@@ -157,6 +170,8 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, quantize: st
         raise ConfigError(f"quantize must be 'int8' or None, got {quantize!r}")
     if not is_finite_number(tolerance) or tolerance <= 0:
         raise ConfigError(f"tolerance must be a positive number (a probability difference, e.g. 1e-4), got {tolerance!r}")
+    if out is not None:
+        _check_out(Path(out))
     # Locked like evaluate: the ONNX files are written into the run, and a training into this folder at the same time
     # would replace the weights they were exported from (it is refused, an evaluation is waited for).
     with run_lock(run_dir, "export"):
@@ -174,7 +189,8 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, quantize: st
             os.replace(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
-        result = {"path": str(out), "max_abs_diff": diff, "samples": len(images)}
+        # Only RUN/model.onnx is what predict and serve pick up; a copy elsewhere is for other ONNX consumers.
+        result = {"path": str(out), "max_abs_diff": diff, "samples": len(images), "used_by_run": out.resolve() == (run.path / ONNX_FILE).resolve()}
         if quantize == "int8":
             result["quantized"] = {"path": str(out.with_name(INT8_FILE)), **_quantize(run, out, out.with_name(INT8_FILE))}
         return result
