@@ -199,8 +199,7 @@ def test_page_shows_every_answer_and_every_failure(server, tmp_path):
 
         page.unroute("**/v1/predict*")
         page.route("**/v1/predict*", lambda r: r.fulfill(status=413, content_type="text/html", body="<html>413 Request Entity Too Large</html>"))
-        page.set_input_files("#files", [])  # choosing the same file again is no change
-        page.set_input_files("#files", str(image))
+        page.set_input_files("#files", str(image))  # the same file again: classified again, not ignored
         page.wait_for_selector("#results .result.error")
         assert "HTTP 413" in page.inner_text("#results .result.error") and "not the service's JSON" in page.inner_text("#results .result.error")
         assert "1 not classified" in page.inner_text("#status")

@@ -195,7 +195,11 @@ drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " "
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); handleFiles(e.dataTransfer.files); });
-$("files").addEventListener("change", (e) => handleFiles(e.target.files));
+$("files").addEventListener("change", (e) => {
+  const files = Array.from(e.target.files);
+  e.target.value = "";  // else choosing the same file again is no change, and nothing happens
+  handleFiles(files);
+});
 $("sample-button").addEventListener("click", loadSample);
 $("download-csv").addEventListener("click", downloadCsv);
 $("api-key").addEventListener("change", loadCard);
