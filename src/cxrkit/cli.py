@@ -273,12 +273,25 @@ def _native_size(cfg):
     return _replace(cfg, image_size=size)
 
 
+def _refuse_out_inside(out: str | Path, inputs: list[str], written: str) -> None:
+    """Refuse an --out folder inside a folder of input images: what is written there would be read as more images."""
+    # A run inside its class folder (DATA/tb/run) had its plots read as tb images by the next evaluate, and explain's
+    # overlays in the folder it explained became test images of that class: figures on other images, with no error.
+    where = os.path.realpath(out)  # realpath, not Path.resolve: a symbolic-link loop is no RuntimeError here
+    for d in inputs:
+        root = os.path.realpath(d)
+        if os.path.isdir(root) and (where == root or where.startswith(root.rstrip(os.sep) + os.sep)):
+            raise ValueError(f"--out {out} is inside {d}: the {written} written there would be read as images of {d} the next "
+                             "time it is read; choose an --out outside it")
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from cxrkit.config import TrainConfig
     from cxrkit.record import CONFIG_FILE, read_meta
     from cxrkit.training import train
 
     out_dir = Path(a.out or f"runs/{a.model}")
+    _refuse_out_inside(out_dir, a.data, "run's plots")
     if len(a.data) > 1 and not (a.resume and (out_dir / CONFIG_FILE).is_file()):
         from cxrkit.data.multisite import write_sources_file
 
@@ -716,6 +729,7 @@ def cmd_explain(a: argparse.Namespace) -> int:
     from cxrkit.prediction.files import find_images, skipped_line
     from cxrkit.run import Run
 
+    _refuse_out_inside(a.out, [a.path], "overlay PNGs")
     run = Run.load(a.run, device=a.device)
     found = find_images(a.path)
     rows = explain_files(run, found.paths, a.out, a.method, progress=len(found.paths) > 1 and not a.quiet)
@@ -734,6 +748,7 @@ def cmd_explain(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from cxrkit.experiments.compare import compare, parse_models
 
+    _refuse_out_inside(a.out, [a.data], "runs' plots")
     models = parse_models(a.models, a.image_size or _defaults()["image_size"])
     base = _config_from_args(a, a.data, a.out, model=models[0][1])
     from cxrkit.training.tracking import make_tracker

@@ -1,0 +1,41 @@
+"""Where commands write: an output folder inside a folder of input images is refused before anything is written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cxrkit.cli import main
+
+
+def _class_layout(binary_data: Path, root: Path) -> Path:
+    """<root>/<class>/ images (no split folders), where a stray folder of PNGs under a class would be read as that class."""
+    for cls in ("healthy", "tb"):
+        shutil.copytree(binary_data / "train" / cls, root / cls)
+    return root
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_a_run_inside_its_data_folder_is_refused(command, binary_data, tmp_path, capsys):
+    # DATA/tb/run: the run's plots (PNG) were read as tb images by the next `cxrkit evaluate`, which scored them as test images.
+    data = _class_layout(binary_data, tmp_path / "data")
+    out = data / "tb" / "run"
+    args = ["--model", "mlp"] if command == "train" else ["--models", "mlp,simple_cnn"]
+    code = main([command, str(data), *args, "--out", str(out), "--epochs", "1", "--image-size", "16"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith(f"error: --out {out} is inside {data}: the ") and "\n" not in err
+    assert err.endswith(f"plots written there would be read as images of {data} the next time it is read; choose an --out outside it")
+    assert not out.exists() and sorted(p.name for p in data.iterdir()) == ["healthy", "tb"]
+
+
+def test_explain_overlays_inside_the_explained_folder_are_refused(tiny_run, binary_data, tmp_path, capsys):
+    # The overlays of test/tb/ written to test/tb/cam/ became 14 more tb test images of that dataset for the next evaluate.
+    images = tmp_path / "tb"
+    shutil.copytree(binary_data / "test" / "tb", images)
+    assert main(["explain", str(tiny_run), str(images), "--out", str(images / "cam")]) == 2
+    assert "is inside" in capsys.readouterr().err
+    assert not (images / "cam").exists()
+    assert main(["explain", str(tiny_run), str(images / sorted(p.name for p in images.iterdir())[0]), "--out", str(tmp_path / "cam"), "--quiet"]) == 0
