@@ -45,6 +45,46 @@ def test_jpeg_decodes(tmp_path):
     assert out.shape == (20, 20)
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_orientation_is_applied_as_viewers_do(tmp_path, suffix):
+    # A portrait phone photo of a film is stored on its side with orientation 6 ("turn 90 degrees clockwise to view"):
+    # every viewer shows it upright, and it was read on its side, so the model saw another image than the user.
+    from cxrkit.audit.features import image_record
+    from cxrkit.data.decode import read_grayscale
+
+    upright = np.zeros((60, 40), np.uint8)  # portrait: 60 rows, 40 columns, bright top band (the apices)
+    upright[:10] = 255
+    stored = np.rot90(upright, k=1).copy()  # 40 x 60, as a phone writes it; viewers turn it clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    p = _save(Image.fromarray(stored), tmp_path / f"phone{suffix}", exif=exif, **({"quality": 100} if suffix == ".jpg" else {}))
+    got = read_grayscale(p)
+    assert got.shape == (60, 40)
+    assert got[:10].mean() > 200 and got[20:].mean() < 30  # the bright band on top, as shown
+    rec = image_record(p)
+    assert (rec["width"], rec["height"]) == (40, 60)
+    from cxrkit.data.arrays import pil_to_grayscale
+
+    with Image.open(p) as opened:  # the same file handed over as a PIL image (Run.predict) gives the same pixels
+        np.testing.assert_array_equal(pil_to_grayscale(opened), got)
+    plain = _save(Image.fromarray(upright), tmp_path / f"plain{suffix}")  # no tag: as stored
+    assert read_grayscale(plain).shape == (60, 40)
+
+
+def test_tiff_orientation_is_pillows_and_a_grayscale_one_is_refused(tmp_path):
+    from cxrkit.data.decode import UnsupportedImageError, read_grayscale
+
+    upright = np.zeros((60, 40), np.uint8)
+    upright[:10] = 255
+    stored = np.rot90(upright, k=1).copy()
+    colour = _save(Image.fromarray(np.stack([stored] * 3, -1)), tmp_path / "c.tiff", tiffinfo={274: 6})
+    got = read_grayscale(colour)  # Pillow turns a colour TIFF itself: not turned twice
+    assert got.shape == (60, 40) and got[:10].mean() > 200 and got[20:].mean() < 30
+    gray = _save(Image.fromarray(stored), tmp_path / "g.tiff", tiffinfo={274: 6})
+    with pytest.raises(UnsupportedImageError, match="grayscale TIFF with an orientation tag"):  # Pillow scrambles its pixels
+        read_grayscale(gray)
+
+
 def test_truncated_and_non_image_raise_clear_errors(tmp_path):
     good = tmp_path / "good.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(good)

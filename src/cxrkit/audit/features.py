@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
-from cxrkit.data.decode import MAX_PIXELS, to_grayscale_array
+from cxrkit.data.decode import MAX_PIXELS, orientation, to_grayscale_array, upright
 from cxrkit.data.sources import cache_root
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2  # 2: images turned by their EXIF orientation
 THUMB = 128  # statistics are computed on a thumbnail: properties of the file, not fine anatomy
 HASH_SIZE = 16  # 256-bit pHash: 64 bits leave unrelated chest films (all alike in layout) too close together
 CORNER = 0.15
@@ -45,8 +45,11 @@ def image_record(path: str | Path) -> dict:
                        channels=len(img.getbands()), bit_depth=BIT_DEPTH.get(img.mode, 8))
             if img.width * img.height > MAX_PIXELS:
                 raise ValueError(f"image too large ({img.width}x{img.height} pixels)")
+            turn = orientation(img)
             img.draft(img.mode, (2 * THUMB, 2 * THUMB))  # JPEG: decode at reduced scale, several times faster
             img.load()
+            img = upright(img, turn)  # as the model reads it: corners and sizes of the image as shown
+            rec.update(width=img.width, height=img.height)
             colour = img.mode in ("RGB", "RGBA")
             if colour:
                 rgb = np.asarray(img.convert("RGB").resize((THUMB, THUMB)), dtype=np.int16)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from cxrkit.data.decode import MAX_PIXELS, to_grayscale_array
+from cxrkit.data.decode import MAX_PIXELS, orientation, to_grayscale_array, upright
 
 
 def array_to_grayscale(array: np.ndarray, scale: float | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -73,4 +73,4 @@ def pil_to_grayscale(image: Image.Image, max_pixels: int = MAX_PIXELS) -> np.nda
         raise ValueError(f"the image is empty ({image.width}x{image.height} pixels)")
     if image.width * image.height > max_pixels:
         raise ValueError(f"image too large ({image.width}x{image.height} pixels; the limit is {max_pixels:,})")
-    return to_grayscale_array(image)
+    return to_grayscale_array(upright(image, orientation(image)))  # Image.open(path) must give what the path gives

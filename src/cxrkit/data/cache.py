@@ -34,7 +34,7 @@ from cxrkit.data.decode import ImageDecodeError, load_grayscale
 from cxrkit.data.medmnist import ArraySource, fit_array
 from cxrkit.data.sources import cache_root
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: images turned by their EXIF orientation
 _PARALLEL_MIN = 64  # below this, starting worker processes costs more than it saves
 CHUNK = 64  # images per work item and per progress record
 

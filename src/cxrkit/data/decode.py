@@ -59,6 +59,35 @@ def is_image_file(path: Path) -> bool:
     return head[128:132] == b"DICM" or head.startswith(_MAGIC)
 
 
+# EXIF orientation -> the transpose that shows the image as viewers do (TIFF/EXIF tag 274).
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def orientation(img: Image.Image) -> int:
+    """The turn :func:`upright` still has to make to an opened (not yet loaded) image: its EXIF orientation, 1 for none."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block: the pixels as stored, as before
+        return 1
+    if value not in _ORIENTATION:
+        return 1
+    if img.format == "TIFF":
+        # Pillow's TIFF reader turns colour images itself, but returns scrambled pixels for a grayscale one with the tag
+        # (Pillow 13: rows of the RGBA-oriented read laid out as one channel), which would be a plausible-looking wrong image.
+        if img.mode not in ("RGB", "RGBA"):
+            raise UnsupportedImageError(f"a grayscale TIFF with an orientation tag ({value}) cannot be decoded faithfully; "
+                                        "save it without the tag, or as PNG")
+        return 1
+    return value
+
+
+def upright(img: Image.Image, turn: int) -> Image.Image:
+    """The image as every viewer shows it, given its :func:`orientation`: phone photos of films and some exports are stored
+    on their side with a tag saying how to turn them (read as stored, the model saw a portrait film sideways)."""
+    return img if turn not in _ORIENTATION else img.transpose(_ORIENTATION[turn])
+
+
 def to_grayscale_array(img: Image.Image) -> np.ndarray:
     """Convert a Pillow image of any mode (L, RGB, RGBA, P, I;16, I, F, 1) to a 2-D uint8 array.
 
@@ -138,13 +167,14 @@ def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=PIL_FORMATS) as img:  # type: ignore[arg-type]
             if img.width * img.height > max_pixels:
                 raise ImageTooLargeError(f"image too large ({img.width}x{img.height} pixels; the limit is {max_pixels:,})")
+            turn = orientation(img)
             if min_side and img.format == "JPEG" and img.width * img.height > DRAFT_MIN_PIXELS:
                 f = min_side / max(img.width, img.height)
                 img.draft("L", (max(1, int(np.ceil(img.width * f))), max(1, int(np.ceil(img.height * f)))))
             img.load()
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
-            return to_grayscale_array(img)
+            return to_grayscale_array(upright(img, turn))
     except ImageDecodeError:
         raise
     except Image.UnidentifiedImageError as exc:
