@@ -291,7 +291,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     from cxrkit.training import train
 
     out_dir = Path(a.out or f"runs/{a.model}")
-    _refuse_out_inside(out_dir, a.data, "run's plots")
+    if not a.labels:  # a label table names its images: other files under DATA are never read
+        _refuse_out_inside(out_dir, a.data, "run's plots")
     if len(a.data) > 1 and not (a.resume and (out_dir / CONFIG_FILE).is_file()):
         from cxrkit.data.multisite import write_sources_file
 
@@ -748,7 +749,8 @@ def cmd_explain(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from cxrkit.experiments.compare import compare, parse_models
 
-    _refuse_out_inside(a.out, [a.data], "runs' plots")
+    if not a.labels:  # a label table names its images: other files under DATA are never read
+        _refuse_out_inside(a.out, [a.data], "runs' plots")
     models = parse_models(a.models, a.image_size or _defaults()["image_size"])
     base = _config_from_args(a, a.data, a.out, model=models[0][1])
     from cxrkit.training.tracking import make_tracker
