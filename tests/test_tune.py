@@ -53,3 +53,28 @@ def test_tune_persists_resumes_and_writes_a_trainable_config(binary_data, tmp_pa
         assert "evaluations" not in meta.read_text()
     # Same study name with other settings is refused rather than mixed.
     assert main(["tune", str(binary_data), "--model", "pasa", "--out", str(out), "--storage", db, "--trials", "4", "--lr", "5e-3"]) == 2
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--timeout-minutes", "0"], "timeout_minutes must be a positive number of minutes (or left out), got 0.0"),
+    (["--timeout-minutes", "nan"], "timeout_minutes must be a positive number"),
+    (["--image-sizes", "0,64"], "image sizes must be whole numbers from 16 to 1024, got 0"),
+    (["--image-sizes", "64,abc"], "--image-sizes '64,abc': write comma-separated whole numbers, e.g. 64,96,128"),
+    (["--image-sizes", ","], "image sizes: give at least one"),
+])
+def test_tune_options_that_can_never_finish_a_trial_are_refused_first(options, message, binary_data, tmp_path, capsys):
+    # These ran no trial (or failed every one, each with a traceback in Optuna's log) and then said "no trial completed
+    # yet; run the same command again to continue", which never would.
+    out = tmp_path / "tune"
+    assert main(["tune", str(binary_data), "--model", "mlp", "--out", str(out), *options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("trials", ["0", "-1"])
+def test_tune_needs_at_least_one_trial(trials, binary_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["tune", str(binary_data), "--model", "mlp", "--out", str(tmp_path / "tune"), "--trials", trials])
+    assert exit_.value.code == 2 and f"argument --trials: {trials} is outside 1-1000000" in capsys.readouterr().err
+    assert not (tmp_path / "tune").exists()

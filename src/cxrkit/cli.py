@@ -768,7 +768,10 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
     out = a.out or f"runs/tune-{a.model}"
     base = _config_from_args(a, a.data, out)
-    sizes = [int(x) for x in a.image_sizes.split(",")] if a.image_sizes else None
+    try:
+        sizes = [int(x) for x in a.image_sizes.split(",") if x.strip()] if a.image_sizes else None
+    except ValueError:
+        raise ValueError(f"--image-sizes {a.image_sizes!r}: write comma-separated whole numbers, e.g. 64,96,128") from None
     from cxrkit.training.tracking import make_tracker
 
     make_tracker(a.track)
@@ -1065,7 +1068,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "model has them). Stored in SQLite: running the command again continues the study, and "
                                     "several processes can share one --storage. Writes best_config.yaml for `cxrkit train --config`.")
     tu.add_argument("data", help="dataset folder or .zip")
-    tu.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default %(default)s)")
+    tu.add_argument("--trials", type=bounded_int(1, 1_000_000), default=20, help="finished trials the study should hold (default %(default)s)")
     tu.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/study.db)")
     tu.add_argument("--study-name", default=None, help="study name in the storage (default cxrkit-MODEL)")
     tu.add_argument("--out", default=None, help="folder for trials, trials.csv and best_config.yaml (default runs/tune-MODEL)")

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from cxrkit.config import TrainConfig
 from cxrkit.data.augment import AugmentConfig
+from cxrkit.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, is_finite_number
 from cxrkit.models.registry import get_spec
 from cxrkit.record import MODEL_FILE, atomic_write_csv, read_meta
 
@@ -49,6 +50,21 @@ def suggest_config(trial, base: TrainConfig, image_sizes: list[int], out: Path) 
     return replace(base, **changes)
 
 
+def _check_options(trials: int, image_sizes: list[int] | None, timeout_minutes: float | None) -> None:
+    """Refuse options that can never finish a trial, before the study starts."""
+    # --trials 0 or -1 and --timeout-minutes 0 or below ran no trial and said "run the same command again to continue",
+    # which never would; an image size out of range failed every trial, each with a traceback in Optuna's log.
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be a whole number of at least 1 (the finished trials the study should hold), got {trials!r}")
+    if timeout_minutes is not None and not (is_finite_number(timeout_minutes) and timeout_minutes > 0):
+        raise ValueError(f"timeout_minutes must be a positive number of minutes (or left out), got {timeout_minutes!r}")
+    for size in image_sizes or []:
+        if isinstance(size, bool) or not isinstance(size, int) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image sizes must be whole numbers from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {size!r}")
+    if image_sizes is not None and not image_sizes:
+        raise ValueError("image sizes: give at least one (or leave them out for 1/2, 3/4 and all of the image size)")
+
+
 def tune(
     data: str, base: TrainConfig, trials: int, out: str | Path, storage: str | None = None, study_name: str | None = None,
     image_sizes: list[int] | None = None, timeout_minutes: float | None = None, progress: bool = True, track: str | None = None,
@@ -64,6 +80,7 @@ def tune(
     from cxrkit.data.sources import open_image_folder
     from cxrkit.training import train
 
+    _check_options(trials, image_sizes, timeout_minutes)
     open_image_folder(data, Path(base.cache_dir) if base.cache_dir else None)  # fail once on a bad dataset, not once per trial
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
