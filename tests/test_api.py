@@ -69,6 +69,10 @@ def test_predict_list_and_errors(tiny_run, binary_data):
         run.predict(gray.astype(np.int64))
     with pytest.raises(ValueError, match="input 1"):
         run.predict([path, "no/such/file.png"])
+    with pytest.raises(ValueError, match=r"^no/such/file.png: file not found$"):
+        run.predict("no/such/file.png")  # was "file not found", naming no file
+    with pytest.raises(ValueError, match=rf"^{binary_data}: cannot read file: .*Is a directory"):
+        run.predict(binary_data)
     with pytest.raises(ValueError, match="cannot predict on a dict"):
         run.predict({"image": 1})
     # The low-level array entry point takes only what the run itself decoded.

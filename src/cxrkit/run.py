@@ -670,7 +670,8 @@ class Run:
             try:
                 images.append(decode_input(item, self.preprocessing, scale))
             except ValueError as exc:
-                where = "" if single else f"input {i} ({_describe(item)}): "
+                # a path names itself: "file not found" alone did not say which of a notebook's files
+                where = f"input {i} ({_describe(item)}): " if not single else f"{item}: " if isinstance(item, (str, Path)) else ""
                 raise ValueError(f"{where}{exc}") from None
         arr = np.stack(images)
         probs = self.predict_arrays(arr, batch_size)
