@@ -123,6 +123,33 @@ def test_cache_is_reused_and_invalidated(tmp_path):
     assert not changed.hit and changed.images[3].max() == 250
 
 
+
+@pytest.mark.parametrize("damage", ["truncated images", "bad status", "wrong shape"])
+def test_a_damaged_cache_store_is_rebuilt_with_a_note(tmp_path, capsys, damage):
+    # A store is derived data: a truncated images.npy stopped every training with numpy's "mmap length is greater than file size".
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((20, 30), 40 * i, np.uint8)).save(paths[-1])
+    first = load_cached(paths, 16, cache_dir=tmp_path / "c", progress=False)
+    store = tmp_path / "c" / "images" / first.key
+    expected = np.array(first.images)
+    del first
+    if damage == "truncated images":
+        with open(store / "images.npy", "r+b") as f:
+            f.truncate(400)
+    elif damage == "bad status":
+        (store / "status.json").write_text("{bad")
+    else:
+        np.save(store / "images.npy", np.zeros((5, 8, 8), np.uint8))
+    capsys.readouterr()
+    again = load_cached(paths, 16, cache_dir=tmp_path / "c", progress=False)
+    assert not again.hit and again.key == store.name
+    np.testing.assert_array_equal(again.images, expected)
+    assert f"note: the image cache {store} is damaged" in capsys.readouterr().err
+    assert load_cached(paths, 16, cache_dir=tmp_path / "c", progress=False).hit  # and whole again
+
+
 def test_augmentation_is_seeded_shape_preserving_and_can_be_off():
     x = torch.rand(4, 1, 32, 32)
     cfg = AugmentConfig()

@@ -156,6 +156,25 @@ def _open_store(store: Path, n: int, key: str, hit: bool, t0: float) -> CachedIm
     return CachedImages(images, ok, errors, key, hit, time.perf_counter() - t0)
 
 
+def _open_finished(store: Path, n: int, size: int, key: str, t0: float, discard: bool) -> CachedImages | None:
+    """The finished store, or None when there is none; a damaged one (a truncated images.npy, an unreadable status.json,
+    another shape) is removed with a note when ``discard`` (the caller holds the build lock and rebuilds it), else left
+    for the locked check. It is derived data: training was stopped by numpy's "mmap length is greater than file size"."""
+    if not (store / "status.json").exists():
+        return None
+    try:
+        cached = _open_store(store, n, key, True, t0)
+        if cached.images.shape != (n, size, size) or cached.images.dtype != np.uint8 or not all(0 <= i < n for i in cached.errors):
+            raise ValueError(f"it holds {cached.images.shape} {cached.images.dtype} images, not ({n}, {size}, {size}) uint8")
+        return cached
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        if discard:
+            print(f"note: the image cache {store} is damaged ({' '.join(str(exc).split())[:120]}); decoding the images again",
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(store, ignore_errors=True)
+        return None
+
+
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
 
@@ -230,11 +249,11 @@ def load_cached(
     key = cache_key(paths, size, aspect, intensity, crop_border)
     root = cache_dir or cache_root()
     store = root / "images" / key
-    if (store / "status.json").exists():
-        return _open_store(store, len(paths), key, True, t0)
+    if (found := _open_finished(store, len(paths), size, key, t0, discard=False)) is not None:
+        return found
     with _BuildLock(root / "images" / f"{key}.lock"):
-        if (store / "status.json").exists():  # built by another process while this one waited
-            return _open_store(store, len(paths), key, True, t0)
+        if (found := _open_finished(store, len(paths), size, key, t0, discard=True)) is not None:  # built while this one waited
+            return found
         tmp = store.with_name(key + ".partial")
         part = _PartialStore(tmp, len(paths), size, chunk)
         jobs = [(str(tmp / "images.npy"), i, [str(p) for p in paths[i : i + chunk]], size, aspect, intensity, crop_border)
@@ -280,11 +299,11 @@ def load_cached_arrays(
     n = len(source.rows)
     root = cache_dir or cache_root()
     store = root / "images" / key
-    if (store / "status.json").exists():
-        return _open_store(store, n, key, True, t0)
+    if (found := _open_finished(store, n, size, key, t0, discard=False)) is not None:
+        return found
     with _BuildLock(root / "images" / f"{key}.lock"):
-        if (store / "status.json").exists():
-            return _open_store(store, n, key, True, t0)
+        if (found := _open_finished(store, n, size, key, t0, discard=True)) is not None:
+            return found
         tmp = store.with_name(key + ".partial")
         part = _PartialStore(tmp, n, size, chunk)
         arr = open_memmap(tmp / "images.npy", mode="r+")
