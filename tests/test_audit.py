@@ -134,3 +134,19 @@ def test_audit_reads_what_train_reads_tables_sites_and_arrays(clean_data, tmp_pa
     capsys.readouterr()
     assert main(["audit", str(tmp_path / "arrays.npz"), "--out", str(tmp_path / "a3")]) == 2
     assert "holds its images as arrays in one file" in capsys.readouterr().err
+
+
+def test_damaged_audit_caches_are_computed_again_with_a_note(clean_data, tmp_path, capsys):
+    # Derived data: a truncated features or result cache stopped every audit and training with the JSON parser's message.
+    first = audit_dataset(clean_data, cache_dir=tmp_path / "c", progress=False)
+    stores = sorted((tmp_path / "c" / "audit").glob("*.json"))
+    assert [p.name.split("-")[0] for p in stores] == ["features", "result"]
+    for p in stores:
+        p.write_text('{"trunc')
+    capsys.readouterr()
+    again = audit_dataset(clean_data, cache_dir=tmp_path / "c", progress=False)
+    err = capsys.readouterr().err
+    assert all(f"note: the audit cache {p} is damaged" in err for p in stores)
+    assert again["seconds"]["files_computed"] == 80 and again["verdict"] == first["verdict"]
+    assert again["shortcut_probe"]["auc"] == first["shortcut_probe"]["auc"]
+    assert audit_dataset(clean_data, cache_dir=tmp_path / "c", progress=False)["seconds"]["cached"]

@@ -14,7 +14,7 @@ import numpy as np
 
 from cxrkit.audit.duplicates import clusters, duplicate_report, near_pairs
 from cxrkit.audit.exposure import exposure_probe
-from cxrkit.audit.features import FEATURES_VERSION, read_records
+from cxrkit.audit.features import FEATURES_VERSION, read_cache_json, read_records
 from cxrkit.audit.messages import audit_messages, count
 from cxrkit.audit.report import save_audit
 from cxrkit.audit.shortcut import shortcut_probe
@@ -63,8 +63,8 @@ def audit_source(
     t0 = time.perf_counter()
     key = _audit_key(source, splits, groups)
     store = (cache_dir or cache_root()) / "audit" / f"result-{key}.json"
-    if store.is_file():
-        cached = json.loads(store.read_text())
+    cached = read_cache_json(store)
+    if cached is not None:
         cached["seconds"] = {"features": 0.0, "total": time.perf_counter() - t0, "files_computed": 0, "cached": True}
         return cached
     paths = [s.path for s in source.samples]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -88,6 +89,23 @@ def _stamp(path: Path) -> str:
     return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
+def read_cache_json(path: Path) -> dict | None:
+    """A JSON cache file of the audit, or None when it is missing or damaged (then removed with a note: it is derived data,
+    and a truncated one stopped every audit and training with the JSON parser's message)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return data
+        problem = f"a {type(data).__name__}, not an object"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        problem = " ".join(str(exc).split())[:120]
+    print(f"note: the audit cache {path} is damaged ({problem}); computing it again", file=sys.stderr, flush=True)
+    path.unlink(missing_ok=True)
+    return None
+
+
 def read_records(paths: list[Path], cache_dir: Path | None = None, workers: int | None = None, progress: bool = True) -> tuple[list[dict], dict]:
     """Records for ``paths`` in order, reusing those cached for unchanged files; returns (records, timing info)."""
     import time
@@ -96,7 +114,7 @@ def read_records(paths: list[Path], cache_dir: Path | None = None, workers: int 
 
     t0 = time.perf_counter()
     store = (cache_dir or cache_root()) / "audit" / f"features-v{FEATURES_VERSION}.json"
-    cache: dict = json.loads(store.read_text()) if store.is_file() else {}
+    cache: dict = read_cache_json(store) or {}
     stamps = [_stamp(p) for p in paths]
     todo = [i for i, s in enumerate(stamps) if s not in cache]
     if todo:
