@@ -114,3 +114,32 @@ def test_truncated_and_non_image_files(tmp_path):
         load_grayscale(b"%!PS-Adobe-3.0 EPSF-3.0\n" + b"x" * 200, 32)
     with pytest.raises(ImageDecodeError, match="empty"):
         load_grayscale(b"", 32)
+
+
+def test_damaged_headers_are_one_files_decode_error(tmp_path):
+    # Fuzzed uploads raised errors the readers did not expect (Pillow's TypeError "Missing dimensions", pydicom's
+    # NotImplementedError for an unknown value representation): `predict FOLDER` stopped at that one file with
+    # "unexpected TypeError ... a bug in cxrkit" instead of listing it as unreadable.
+    import io
+    import struct
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    frames = [Image.fromarray(np.zeros((8, 8), np.uint8))] * 2
+    frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])
+    tif = bytearray(buf.getvalue())
+    first = struct.unpack("<I", tif[4:8])[0]
+    n = struct.unpack("<H", tif[first : first + 2])[0]
+    second = struct.unpack("<I", tif[first + 2 + 12 * n : first + 6 + 12 * n])[0]
+    assert struct.unpack("<H", tif[second + 2 : second + 4])[0] == 256  # the second frame's first entry is ImageWidth
+    tif[second + 2 : second + 4] = struct.pack("<H", 0x7777)  # now an unknown tag: that frame has no width
+    (tmp_path / "nodim.tif").write_bytes(bytes(tif))
+    with pytest.raises(ImageDecodeError, match=r"damaged file \(TypeError: Missing dimensions\)"):
+        read_grayscale(tmp_path / "nodim.tif")
+    dcm = bytearray(write_dicom(tmp_path / "ok.dcm", ramp()).read_bytes())
+    at = dcm.find(b"UL", 132)  # the file meta's group length, (0002,0000) UL
+    dcm[at : at + 2] = b"GL"
+    (tmp_path / "vr.dcm").write_bytes(bytes(dcm))
+    with pytest.raises(ImageDecodeError, match=r"damaged header \(NotImplementedError: Unknown Value Representation 'GL'"):
+        read_grayscale(tmp_path / "vr.dcm")

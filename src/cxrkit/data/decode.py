@@ -7,6 +7,8 @@ so a radiograph is preprocessed the same way wherever it is read.
 from __future__ import annotations
 
 import io
+import struct
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,6 +20,8 @@ from cxrkit.data.errors import ImageDecodeError, ImageTooLargeError, Unsupported
 from cxrkit.data.intensity import crop_borders, normalize_intensity
 from cxrkit.data.stretch import STRETCH_ROWS, stretch_to_uint8
 
+# A damaged EXIF block is the file's problem, reported in its one line of error (or ignored where the pixels are fine).
+warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
 # Truncated files must fail loudly so they can be skipped and listed, not half-decoded into grey bars.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -67,7 +71,9 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
 def orientation(img: Image.Image) -> int:
     """The turn :func:`upright` still has to make to an opened (not yet loaded) image: its EXIF orientation, 1 for none."""
     try:
-        value = img.getexif().get(0x0112, 1)
+        with warnings.catch_warnings():  # "Corrupt EXIF data" would print above the one line the file gets
+            warnings.simplefilter("ignore")
+            value = img.getexif().get(0x0112, 1)
     except Exception:  # a malformed EXIF block: the pixels as stored, as before
         return 1
     if value not in _ORIENTATION:
@@ -187,6 +193,10 @@ def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_
         raise ImageTooLargeError("image too large (decompression bomb guard)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+    except (TypeError, KeyError, IndexError, struct.error, ZeroDivisionError, NotImplementedError) as exc:
+        # Pillow's plugins raise these on damaged headers (a TIFF's missing dimensions, an unknown tag type): one file's
+        # problem, which stopped a whole predict folder or training cache build as "unexpected TypeError ... a bug in cxrkit".
+        raise ImageDecodeError(f"cannot decode image: damaged file ({type(exc).__name__}: {exc})") from exc
 
 
 def load_grayscale(

@@ -33,6 +33,22 @@ def is_dicom_bytes(head: bytes) -> bool:
 
 
 def read_dicom(source: str | Path | bytes | BinaryIO, max_pixels: int) -> np.ndarray:
+    """Decode the first frame of a DICOM image as a 2-D uint8 array (display orientation, MONOCHROME2); see :func:`_read_dicom`."""
+    import struct
+
+    from pydicom.errors import BytesLengthException
+
+    try:
+        return _read_dicom(source, max_pixels)
+    except ImageDecodeError:
+        raise
+    except (BytesLengthException, NotImplementedError, struct.error, KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
+        # pydicom parses elements lazily, so a damaged header (an unknown value representation, a length past the end)
+        # raises when an element is first read: one file's problem, which stopped a whole predict folder.
+        raise ImageDecodeError(f"cannot read DICOM file: damaged header ({type(exc).__name__}: {' '.join(str(exc).split())[:150]})") from exc
+
+
+def _read_dicom(source: str | Path | bytes | BinaryIO, max_pixels: int) -> np.ndarray:
     """Decode the first frame of a DICOM image as a 2-D uint8 array (display orientation, MONOCHROME2).
 
     Raises :class:`UnsupportedImageError` for DICOM files without pixel data or with a photometric
