@@ -39,6 +39,19 @@ def test_sixteen_bit_is_stretched_to_full_range(tmp_path):
     assert np.all(np.diff(out[0].astype(int)) >= 0)
 
 
+def test_a_float_image_with_one_nan_pixel_is_refused(tmp_path):
+    # nanmin/nanmax skipped it and the uint8 cast turned it black: a plausible image with a hole, without a word.
+    from cxrkit.data.decode import read_grayscale
+
+    arr = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    Image.fromarray(arr, "F").save(tmp_path / "ok.tiff")
+    assert read_grayscale(tmp_path / "ok.tiff").max() == 255
+    arr[5, 7] = np.nan
+    Image.fromarray(arr, "F").save(tmp_path / "nan.tiff")
+    with pytest.raises(ImageDecodeError, match="non-finite values"):
+        read_grayscale(tmp_path / "nan.tiff")
+
+
 def test_jpeg_decodes(tmp_path):
     p = _save(Image.fromarray(np.full((40, 30), 100, np.uint8)), tmp_path / "a.jpg", quality=95)
     out = load_grayscale(p, 20)

@@ -23,9 +23,11 @@ def stretch_to_uint8(blocks: Callable[[], Iterator[tuple[int, np.ndarray]]], sha
     """
     lo, hi = np.inf, -np.inf
     for _, block in blocks():
-        lo, hi = min(lo, float(np.nanmin(block))), max(hi, float(np.nanmax(block)))
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        raise ImageDecodeError("image contains non-finite values")
+        # min/max, not nanmin/nanmax: one NaN pixel would otherwise pass, and the uint8 cast makes it 0 (black) without a word.
+        b_lo, b_hi = float(np.min(block)), float(np.max(block))
+        if not np.isfinite(b_lo) or not np.isfinite(b_hi):
+            raise ImageDecodeError("image contains non-finite values (NaN or infinity)")
+        lo, hi = min(lo, b_lo), max(hi, b_hi)
     out = np.zeros(shape, dtype=np.uint8)
     if hi <= lo:
         return out
