@@ -82,6 +82,9 @@ def predict_to_csv(
     def save() -> None:
         atomic_write_csv(out, [rows[k] for k in order if k in rows], fields)
 
+    # Written once before any work: a folder that does not exist (or cannot be written) failed at the first checkpoint,
+    # after its 30 s of predictions (all of a smaller job's) were done and thrown away.
+    save()
     t0 = last = time.perf_counter()
     n_errors = 0
     reference = run.shift_reference()
