@@ -140,3 +140,21 @@ def test_a_constant_score_is_not_called_perfectly_separated():
     assert auc["value"] == 0.5 and auc["ci"] == [0.5, 0.5] and "every case got the same score" in auc["note"]
     text = " ".join(binary_sentences({**m, "classes": ["normal", "tb"]}, "the validation set"))
     assert "does not tell the classes apart at all" in text and "perfectly separated" not in text
+
+
+def test_a_class_without_images_is_said_to_be_missing_not_measured():
+    # A validation split with no covid images: the sentence read "Of the 0 covid images ... (sensitivity n/a, )" and the
+    # macro AUC of 1.0 over the two classes present read as the three-class model's.
+    from cxrkit.report.narrative import multiclass_sentences
+
+    y = np.array([1, 1, 1, 2, 2, 2])
+    p = np.array([[0.1, 0.6, 0.3]] * 3 + [[0.1, 0.4, 0.5]] * 3)
+    m = multiclass_metrics(y, p, ["covid", "normal", "tb"], n_bootstrap=50)
+    macro = m["metrics"]["macro_roc_auc"]
+    assert macro["value"] == 1.0 and macro["missing_classes"] == ["covid"]
+    assert macro["note"].startswith("averaged over the 2 of 3 classes present: no covid images here; zero-width")
+    text = multiclass_sentences(m, "validation")
+    assert text[0] == "The validation set has no <b>covid</b> images, so how well the model finds covid is not measured here; it never says covid."
+    assert "n/a, )" not in " ".join(text)
+    full = multiclass_metrics(np.array([0, 1, 2] * 3), np.eye(3)[[0, 1, 2] * 3] * 0.8 + 0.05, ["covid", "normal", "tb"], n_bootstrap=50)
+    assert "missing_classes" not in full["metrics"]["macro_roc_auc"]

@@ -199,6 +199,13 @@ def multiclass_metrics(
             "bootstrap",
         ),
     }
+    missing = [classes[c] for c in range(k) if c not in present]
+    if missing:  # a macro figure over fewer classes than the model has reads as the model's; say which ones it leaves out
+        for key in ("balanced_accuracy", "macro_f1", "macro_roc_auc"):
+            said = overall[key].get("note")
+            overall[key]["missing_classes"] = missing
+            overall[key]["note"] = (f"averaged over the {len(present)} of {k} classes present: no {', '.join(missing)} images here"
+                                    + (f"; {said}" if said else ""))
     return {"task": "multiclass", "classes": list(classes), "n": len(y), "confusion": cm.tolist(), "metrics": overall, "per_class": per_class}
 
 

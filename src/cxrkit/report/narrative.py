@@ -172,6 +172,9 @@ def multiclass_sentences(m: dict, split_words: str) -> list[str]:
             says = f"it never says {name}."
         else:
             says = f"when it says {name} it is right {pct(e['ppv']['value'])} of the time" + (f" ({ci_text(e['ppv'])})." if e["ppv"]["ci"] else ".")
+        if not s["denominator"]:  # was "Of the 0 covid images ..., the model labelled 0 as covid (sensitivity n/a, )"
+            out.append(f"The {split_words} set has no <b>{name}</b> images, so how well the model finds {name} is not measured here; {says}")
+            continue
         out.append(
             f"Of the {s['denominator']} <b>{name}</b> images in the {split_words} set, the model labelled {s['numerator']} as {name} "
             f"(sensitivity {pct(s['value'])}, {ci_text(s)}); {says}"
