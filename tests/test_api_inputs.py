@@ -4,6 +4,7 @@ a plausible-looking answer or a raw traceback: each is now a one-line ValueError
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -120,10 +121,13 @@ def test_scale_with_a_file_or_pil_image_is_refused(tiny_run, tmp_path):
     Image.fromarray(twelve_bit).save(png)
     as_array = run.predict(dim, scale=1.0).probability
     # Each was stretched from its minimum to its maximum, scale ignored: another probability than the array's, no error.
-    for item, what in ((Image.fromarray(dim), "a PIL image"), (png, "a file"), (str(png), "a file"), (png.read_bytes(), "a file")):
-        with pytest.raises(ValueError, match=rf"^scale=1.0 applies to NumPy float arrays; {what} is decoded as its file says"):
+    refused = "scale=1.0 applies to NumPy float arrays; "
+    for item, message in ((Image.fromarray(dim), refused + "a PIL image is read as its mode says"),
+                          (png.read_bytes(), refused + "a file is read as its format says"),
+                          (png, f"{png}: {refused}a file is read as its format says"), (str(png), f"{png}: {refused}a file")):
+        with pytest.raises(ValueError, match="^" + re.escape(message)):
             run.predict(item, scale=1.0)
-    with pytest.raises(ValueError, match=r"^scale=4095 applies to NumPy float arrays; a file"):
+    with pytest.raises(ValueError, match=r"scale=4095 applies to NumPy float arrays; a file"):
         run.predict(png, scale=4095)
     with pytest.raises(ValueError, match=r"^input 1 \(.*twelve_bit.png\): scale=1.0 applies to NumPy float arrays"):
         run.predict([dim, png], scale=1.0)

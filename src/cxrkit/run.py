@@ -243,9 +243,9 @@ def decode_input(item: Any, pre: Preprocessing, scale: float | None = None) -> n
     if scale is not None and isinstance(item, (str, Path, bytes, bytearray, memoryview, Image.Image)):
         # Ignored, it gave a 16-bit or float image the stretch from its minimum to its maximum, not the white asked for:
         # another probability than the same pixels as an array with this scale.
-        what = "a PIL image" if isinstance(item, Image.Image) else "a file"
-        raise ValueError(f"scale={scale!r} applies to NumPy float arrays; {what} is decoded as its file says (16-bit and float "
-                         "images stretched from their minimum to their maximum): leave scale out, or pass its pixels as a float array")
+        what = "a PIL image is read as its mode says" if isinstance(item, Image.Image) else "a file is read as its format says"
+        raise ValueError(f"scale={scale!r} applies to NumPy float arrays; {what} (16-bit and float images stretched from their "
+                         "minimum to their maximum): leave scale out, or pass its pixels as a float array")
     if isinstance(item, (str, Path)):
         return pre.load(Path(item))
     if isinstance(item, (bytes, bytearray, memoryview)):
