@@ -84,6 +84,19 @@ def test_no_validation_images_is_refused_before_the_audit(binary_data, tmp_path,
     assert not (tmp_path / "out" / "audit.json").exists()  # refused before the audit read every file
 
 
+def test_a_validation_folder_of_one_class_is_refused_before_training(binary_data, tmp_path, capsys):
+    # It trained every epoch and then stopped with "no epoch gave a validation AUC (every validation image of one class?)".
+    data = tmp_path / "d"
+    shutil.copytree(binary_data / "train", data / "train")
+    (data / "val" / "healthy").mkdir(parents=True)
+    for p in sorted((data / "train" / "healthy").glob("*.png"))[:6]:
+        p.rename(data / "val" / "healthy" / p.name)
+    assert main(["train", str(data), "--out", str(tmp_path / "out"), "--image-size", "32", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the val/ folder has no tb images, and choosing the kept epoch and the threshold needs every class")
+    assert not (tmp_path / "out" / "audit.json").exists()
+
+
 # ---- tampered run folders: `cxrkit predict RUN IMAGE` --------------------------------------------------------------
 RUNS = {
     "std 0": (lambda m: m["preprocessing"].update(std=0), "std"),
@@ -305,3 +318,19 @@ def test_tampered_checkpoint_is_refused_on_resume(tiny_run, binary_data, tmp_pat
     assert "cannot be resumed" in out.err and "\n" not in out.err.strip()
     assert "optimizer.pt: it holds pickled objects other than tensors, which could run code" in out.err and "weights_only` set" not in out.err
     assert not [w for w in recwarn if "pickle" in str(w.message)]
+
+
+def test_a_multiclass_validation_split_without_a_class_is_named():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cxrkit.training.trainer import _check_validation_classes
+
+    labels, splits = np.array([0, 1, 2, 1, 2, 1]), np.array(["train", "train", "train", "val", "val", "val"])
+    ds = SimpleNamespace(multilabel=False, labels=labels, class_names=["covid", "normal", "tb"],
+                         index=lambda s: np.flatnonzero(splits == s), source=SimpleNamespace(samples=[SimpleNamespace(split=None)] * 6))
+    said: list[str] = []
+    _check_validation_classes(ds, said.append)
+    assert said == ["warning: the validation split cxrkit cut has no covid images: the kept epoch is chosen on the other classes, "
+                    "and how well the model finds covid is not checked before the test split"]

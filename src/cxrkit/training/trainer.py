@@ -304,16 +304,34 @@ def pretrained_source(pretrained: str | None, classes: list[str]) -> tuple[str |
     return str(path), theirs
 
 
-def _check_splits_for_training(ds: LabelledImages, cfg: TrainConfig) -> None:
+def _check_splits_for_training(ds: LabelledImages, cfg: TrainConfig, log: Callable[[str], None]) -> None:
     """Refuse, before the audit and the exposure probe, a split with no training or no validation images."""
     empty = [s for s in ("train", "val") if len(ds.index(s)) == 0]
     if not empty:
+        _check_validation_classes(ds, log)
         return
     if empty == ["val"]:
         raise ValueError("training needs validation images (for the kept epoch, the threshold and calibration) and there are none: "
                          + ("give --val-fraction above 0, or a val/ folder" if cfg.val_fraction == 0 else "give a val/ folder or more images"))
     raise ValueError(f"training needs training images and there are none after the {' and '.join(s for s in ('val', 'test') if len(ds.index(s)))} "
                      "split(s) took theirs: lower --val-fraction / --test-fraction, or add images")
+
+
+def _check_validation_classes(ds: LabelledImages, log: Callable[[str], None]) -> None:
+    """Refuse a validation split with fewer than two classes before training (was an error after the last epoch: "no epoch gave
+    a validation AUC"), and say which classes a multi-class validation split lacks (their threshold and AUC go unchecked)."""
+    if ds.multilabel:
+        return
+    present = set(np.unique(ds.labels[ds.index("val")]).tolist())
+    missing = [c for i, c in enumerate(ds.class_names) if i not in present]
+    if not missing:
+        return
+    where = "the val/ folder" if any(s.split == "val" for s in ds.source.samples) else "the validation split cxrkit cut"
+    if len(present) < 2:
+        raise ValueError(f"{where} has no {' or '.join(missing)} images, and choosing the kept epoch and the threshold needs every class "
+                         "there: add such images to val/, or remove val/ so cxrkit cuts a stratified validation split")
+    log(f"warning: {where} has no {', '.join(missing)} images: the kept epoch is chosen on the other classes, and how well the model "
+        f"finds {', '.join(missing)} is not checked before the test split")
 
 
 def _choose_intensity(ds: LabelledImages) -> tuple[str, dict]:
@@ -346,7 +364,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
 
     intensity, exposure = cfg.intensity, None
     ds = load("none" if intensity == "auto" else intensity)
-    _check_splits_for_training(ds, cfg)
+    _check_splits_for_training(ds, cfg, log)
     if cfg.intensity == "auto":
         intensity, exposure = _choose_intensity(ds)
         log(f"intensity: {exposure['message']}")
