@@ -314,8 +314,11 @@ def evaluate_run(
         one_class = one_class_restriction(metrics)
         if one_class:
             notes.append(one_class)
-        metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, validation_predictions(run), prevalence,
-                                         spread=not (same_data and split == "val")))
+        # The validation split itself: its fresh predictions are the validation predictions (as training and calibrate
+        # pass them); the stored rows are about to be replaced, and damaged ones must not stop their own rewrite.
+        own_val = same_data and split == "val" and run.task != "multilabel"
+        val = (ds.labels[idx], probs) if own_val else validation_predictions(run)
+        metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, val, prevalence, spread=not (same_data and split == "val")))
         if not same_data:
             from cxrkit.evaluation.threshold_transfer import threshold_transfer
 

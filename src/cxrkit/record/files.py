@@ -322,7 +322,29 @@ def read_metrics(run_dir: Path) -> dict:
     data = read_json(path)
     if not isinstance(data, dict):
         raise RunRecordError(f"{path} must hold a JSON object of splits, got {type(data).__name__}")
+    for split, m in data.items():
+        # Every reader (the report, the model card, the command's summary) takes these as given: a damaged entry was an
+        # "unexpected TypeError" blamed on cxrkit. The numbers themselves are as the evaluation wrote them.
+        problem = _split_metrics_problem(m)
+        if problem:
+            raise RunRecordError(f"{path}: the {split!r} results are damaged ({problem}); remove that entry (or the file) and run "
+                                 f"`cxrkit evaluate` again for the splits you need")
     return data
+
+
+def _split_metrics_problem(m: Any) -> str | None:
+    """What makes one split's entry of metrics.json unreadable, or None."""
+    if not isinstance(m, dict):
+        return f"an object was expected, got {type(m).__name__}"
+    if m.get("task") not in ("binary", "multiclass", "multilabel"):
+        return f"task must be binary, multiclass or multilabel, got {m.get('task')!r}"
+    if not isinstance(m.get("classes"), list) or not all(isinstance(c, str) for c in m["classes"]):
+        return f"classes must be a list of names, got {m.get('classes')!r}"
+    if not isinstance(m.get("metrics"), dict) or not all(isinstance(e, dict) for e in m["metrics"].values()):
+        return "metrics must be an object of {value, ci} entries"
+    if isinstance(m.get("n"), bool) or not isinstance(m.get("n"), int):
+        return f"n must be the number of images, got {m.get('n')!r}"
+    return None
 
 
 def split_metrics(run_dir: Path, split: str) -> dict:
@@ -346,13 +368,21 @@ def read_csv_rows(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:  # the bare codec message named no file
+        raise RunRecordError(f"{path} is not a readable CSV file ({type(exc).__name__}: {' '.join(str(exc).split())}); restore it "
+                             "from a copy of the run, or train again") from None
 
 
 def read_predictions(run_dir: Path, split: str | None = None) -> list[dict]:
     """Rows of predictions.csv (split, path, true, prob_<class>..., pred), all or those of one split."""
-    rows = read_csv_rows(Path(run_dir) / PREDICTIONS_FILE)
+    path = Path(run_dir) / PREDICTIONS_FILE
+    rows = read_csv_rows(path)
+    if rows and not {"split", "path", "true"} <= set(rows[0]):
+        raise RunRecordError(f"{path} lacks its split, path and true columns (it has {', '.join(map(str, rows[0]))}); restore it, "
+                             "or delete it and run `cxrkit evaluate` again for each split you need")
     return rows if split is None else [r for r in rows if r["split"] == split]
 
 
@@ -370,8 +400,14 @@ def split_predictions(run_dir: Path, split: str, classes: list[str], multilabel:
         else:
             y = np.array([classes.index(r["true"]) for r in rows], dtype=int)
         probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]).reshape(len(rows), len(classes))
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:  # TypeError: a row cut short has None in its last cells
         raise RunRecordError(f"{Path(run_dir) / PREDICTIONS_FILE} does not match the run's classes ({exc})") from None
+    bad = ~(np.isfinite(probs) & (probs >= 0) & (probs <= 1)).all(axis=1)
+    if bad.any():  # float() reads "nan", "inf" and 1.5 alike: a referral band or threshold chosen on them would be silently off
+        first = int(np.argmax(bad))
+        raise RunRecordError(f"{Path(run_dir) / PREDICTIONS_FILE}: {int(bad.sum())} {split} row(s) hold probabilities that are not numbers "
+                             f"from 0 to 1 (first {rows[first]['path']}: {probs[first].tolist()}); restore the file, or run "
+                             f"`cxrkit evaluate --split {split}` to write those rows again")
     return [r["path"] for r in rows], y, probs
 
 
@@ -384,7 +420,13 @@ def replace_predictions(run_dir: Path, split: str, rows: list[dict], classes: li
 def read_splits(run_dir: Path) -> dict[str, str]:
     """splits.csv as {path relative to the data root: split}; empty when the run has none."""
     path = Path(run_dir) / SPLITS_FILE
-    return {r["path"]: r["split"] for r in read_csv_rows(path)} if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    rows = read_csv_rows(path)
+    try:
+        return {r["path"]: r["split"] for r in rows}
+    except KeyError as exc:
+        raise RunRecordError(f"{path} lacks its {exc.args[0]} column; restore it from a copy of the run, or train again") from None
 
 
 def read_split_hashes(run_dir: Path) -> dict[str, str]:
@@ -400,7 +442,12 @@ def read_split_hashes(run_dir: Path) -> dict[str, str]:
 
 def read_history(run_dir: Path) -> list[dict]:
     """history.csv as one dict per epoch, numbers as floats (the ``stage`` column stays text)."""
-    return [{k: (v if k == "stage" else float(v)) for k, v in r.items()} for r in read_csv_rows(Path(run_dir) / HISTORY_FILE)]
+    path = Path(run_dir) / HISTORY_FILE
+    rows = read_csv_rows(path)
+    try:
+        return [{k: (v if k == "stage" else float(v)) for k, v in r.items()} for r in rows]
+    except (ValueError, TypeError) as exc:  # a cell that is no number, or a row cut short (None)
+        raise RunRecordError(f"{path} holds a value that is not a number ({exc}); restore it from a copy of the run, or train again") from None
 
 
 def file_sha256(path: Path) -> str:

@@ -110,6 +110,16 @@ class RunMeta:
             raise RunRecordError(f"tta_flips must be true or false, got {self.tta_flips!r}")
         if not isinstance(self.model_options, dict):
             raise RunRecordError("model_options must be an object")
+        # Provenance is kept as written, but its shape is what the report, evaluate and the model card read it by: a list
+        # or a string here was an "unexpected TypeError" in them, blamed on cxrkit.
+        for name in ("data", "training", "audit"):
+            if not isinstance(getattr(self, name), dict):
+                raise RunRecordError(f"{name} must be an object, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.evaluations, list) or not all(isinstance(e, dict) for e in self.evaluations):
+            raise RunRecordError(f"evaluations must be a list of objects, got {self.evaluations!r}")
+        for key in ("root", "root_from_run"):
+            if not isinstance(self.data.get(key), (str, type(None))):
+                raise RunRecordError(f"data.{key} must be the data folder's path, got {self.data[key]!r}")
         if self.weights_sha256 is not None and not _is_sha256(self.weights_sha256):
             raise RunRecordError(f"weights_sha256 must be the 64 hex digits of model.safetensors' SHA-256, got {self.weights_sha256!r}")
         if self.calibration_sha256 not in (None, "none") and not _is_sha256(self.calibration_sha256):

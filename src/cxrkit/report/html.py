@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import csv
 import math
 import re
 from pathlib import Path
@@ -14,7 +13,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from cxrkit.data.augment import AugmentConfig
 from cxrkit.models.registry import MODELS
 from cxrkit.record import CALIBRATION_FILE, CONFIG_FILE, atomic_write_text, read_json, read_meta, read_metrics
-from cxrkit.record.files import AUDIT_FILE, REPORT_FILE
+from cxrkit.record.files import AUDIT_FILE, REPORT_FILE, RunRecordError, read_csv_rows
 from cxrkit.report.narrative import (
     METRIC_WORDS,
     SCORE_KEYS,
@@ -47,10 +46,7 @@ def _img(path: Path) -> str | None:
 
 
 def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv_rows(path) if path.is_file() else []
 
 
 def _metric_rows(metrics: dict) -> list[dict]:
@@ -136,7 +132,13 @@ def build_context(run_dir: Path) -> dict:
     if audit is not None:
         from cxrkit.audit.report import audit_figures
 
-        audit_figs = audit_figures(audit)
+        try:  # the audit is the training's record of its data; a damaged one must not stop the report as a cxrkit bug
+            if not isinstance(audit, dict):
+                raise TypeError(f"a JSON object was expected, got {type(audit).__name__}")
+            audit_figs = audit_figures(audit)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RunRecordError(f"{run_dir / AUDIT_FILE} is damaged ({type(exc).__name__}: {exc}); restore it, or delete it to "
+                                 "write the report without the audit section") from None
     toc = [{"id": "summary", "title": "Summary"}] if evaluations else []
     if side_by_side:
         toc.append({"id": "internal-vs-external", "title": "Internal vs external"})

@@ -1,0 +1,95 @@
+"""A run folder whose records were edited or damaged: every command that reads them answers with one line naming the
+file (exit status 2), never an 'unexpected' error blamed on cxrkit and never a figure computed from the damage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cxrkit.cli import main
+
+
+def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint", "plots", "report.html", "*.onnx"))
+    return run
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "unexpected" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"val": "x"}', "the 'val' results are damaged (an object was expected, got str)"),
+    ('{"test": {}}', "the 'test' results are damaged (task must be binary, multiclass or multilabel, got None)"),
+    ('{"test": {"task": "binary", "classes": ["healthy", "tb"], "metrics": {"roc_auc": 0.9}, "n": 10}}',
+     "the 'test' results are damaged (metrics must be an object of {value, ci} entries)"),
+])
+def test_a_damaged_metrics_entry_is_named(content, problem, tiny_run, tmp_path, capsys):
+    # These were "unexpected TypeError/KeyError ... (a bug in cxrkit)" from the report, exit status 3.
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "metrics.json").write_text(content)
+    assert main(["evaluate", str(run), "--split", "val", "--explain", "none"]) == 2
+    assert _one_line_error(capsys) == (f"error: {run / 'metrics.json'}: {problem}; remove that entry (or the file) and run "
+                                       "`cxrkit evaluate` again for the splits you need")
+    assert (run / "metrics.json").read_text() == content
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda m: m.update(data="x"), "data must be an object, got str"),
+    (lambda m: m.update(training=[]), "training must be an object, got list"),
+    (lambda m: m.update(evaluations="x"), "evaluations must be a list of objects, got 'x'"),
+    (lambda m: m["data"].update(root=5, root_from_run=None), "data.root must be the data folder's path, got 5"),
+])
+def test_meta_provenance_of_the_wrong_shape_is_refused_at_load(edit, problem, tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    meta = json.loads((run / "meta.json").read_text())
+    edit(meta)
+    (run / "meta.json").write_text(json.dumps(meta))
+    assert main(["evaluate", str(run), "--split", "val", "--explain", "none"]) == 2
+    assert _one_line_error(capsys) == f"error: {run / 'meta.json'}: {problem}"
+
+
+@pytest.mark.parametrize("content, why", [("[]", "TypeError: a JSON object was expected, got list"), ("{}", "KeyError: 'classes'")])
+def test_a_damaged_audit_is_named_and_the_evaluation_rolled_back(content, why, tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "audit.json").write_text(content)
+    before = (run / "metrics.json").read_bytes()
+    assert main(["evaluate", str(run), "--split", "val", "--explain", "none"]) == 2
+    assert _one_line_error(capsys) == (f"error: {run / 'audit.json'} is damaged ({why}); restore it, or delete it to write the "
+                                       "report without the audit section")
+    assert (run / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["history.csv", "skipped.csv", "predictions.csv", "splits.csv"])
+def test_a_csv_record_that_is_not_text_is_named(name, tiny_run, tmp_path, capsys):
+    # Was "error: 'utf-8' codec can't decode byte 0xff in position 0": no word of which file.
+    run = _copy_run(tiny_run, tmp_path)
+    (run / name).write_bytes(b"\xff\xfe\x00")
+    assert main(["evaluate", str(run), "--split", "val", "--explain", "none"]) == 2
+    assert _one_line_error(capsys).startswith(f"error: {run / name} is not a readable CSV file (UnicodeDecodeError: ")
+
+
+@pytest.mark.parametrize("value", ["nan", "1.5", "-0.2"])
+def test_validation_probabilities_outside_0_1_are_refused_and_evaluate_rewrites_them(value, tiny_run, tmp_path, capsys):
+    # float() reads nan and 1.5 alike: referral chose its band on them and exited 0, and evaluate said "Input contains NaN."
+    run = _copy_run(tiny_run, tmp_path)
+    lines = (run / "predictions.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    i = next(i for i, line in enumerate(lines) if line.startswith("val,"))
+    row = lines[i].split(",")
+    row[header.index("prob_tb")] = value
+    lines[i] = ",".join(row)
+    (run / "predictions.csv").write_text("\n".join(lines) + "\n")
+    assert main(["referral", str(run)]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith(f"error: {run / 'predictions.csv'}: 1 val row(s) hold probabilities that are not numbers from 0 to 1 (first {row[1]}: ")
+    assert "referral" not in json.loads((run / "meta.json").read_text())
+    # The command the message names writes the validation rows again, and the band can then be chosen.
+    assert main(["evaluate", str(run), "--split", "val", "--explain", "none", "--quiet"]) == 0
+    assert main(["referral", str(run)]) == 0
