@@ -184,3 +184,32 @@ def test_too_few_images_to_hold_every_class_out_is_a_clear_error(tmp_path):
     src = open_image_folder(make_synthetic_dataset(tmp_path / "d", n_per_class=3, size=16))
     with pytest.raises(ValueError, match="only 6 images: a held-out split of 1 cannot hold each of the 2 classes"):
         assign_splits(src.samples, src.classes)
+
+
+def test_linked_sub_folders_are_read_loops_are_not_and_a_file_reached_twice_is_refused(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "d", n_per_class=4, size=16)
+    more = make_synthetic_dataset(tmp_path / "more", n_per_class=3, size=16, classes=("tb", "x"))
+    (root / "tb" / "more").symlink_to(more / "tb")  # a linked sub-folder: its 3 images were silently left out
+    (root / "tb" / "loop").symlink_to(root / "tb")  # a loop: its files are the folder's own
+    src = open_image_folder(root)
+    assert Counter(s.label for s in src.samples) == {"healthy": 4, "tb": 7}
+    (root / "tb2").symlink_to(root / "tb")  # the same images as a second class
+    with pytest.raises(DatasetError, match=r"tb/tb_0000.png and .*tb2/tb_0000.png are the same file \(reached through a link\)"):
+        open_image_folder(root)
+
+
+def test_a_folder_that_cannot_be_read_is_an_error_not_left_out(tmp_path, monkeypatch):
+    import os
+
+    root = make_synthetic_dataset(tmp_path / "d", n_per_class=4, size=16, classes=("covid", "healthy", "tb"))
+    real_scandir = os.scandir
+
+    def scandir(path):  # what chmod 000 does for a user other than root (the tests may run as root)
+        if Path(path).name == "covid":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr("cxrkit.data.sources.os.scandir", scandir)
+    # The whole covid class was left out without a word: a two-class model from a three-class dataset.
+    with pytest.raises(DatasetError, match=r"the folder .*covid cannot be read \(Permission denied\), so its images would be left out"):
+        open_image_folder(root)

@@ -147,18 +147,58 @@ def walk_images(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
     starting with ``__`` (``__MACOSX``) are hidden and not entered; the one folder walk of training, evaluation,
     prediction and explanation, so that they all read the same files of a folder."""
     images, others, hidden = [], [], []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        here = Path(dirpath)
-        hidden += [here / d for d in sorted(dirnames) if d.startswith((".", "__"))]
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
-        for name in sorted(filenames):
-            p = here / name
-            (hidden if name.startswith(".") else images if is_image_file(p) else others).append(p)
+    _walk(Path(folder), images, others, hidden, None)
     return images, others, hidden
 
 
-def _images_under(folder: Path, ignored: list[Path]) -> list[Path]:
-    images, others, _ = walk_images(folder)
+def _walk(folder: Path, images: list[Path], others: list[Path], hidden: list[Path], reals: dict[str, Path] | None) -> None:
+    """Depth-first, sorted walk of ``folder`` into the three lists (``reals``: each image's real path -> its path here).
+
+    Linked sub-folders are entered like others (they were silently left out, unlike a linked class folder); a link back
+    to a folder above it (a loop) is not, its files are listed once already. A folder that cannot be read is an error:
+    leaving its images out without a word would train on part of a class (or none of it).
+    """
+    stack = [(folder, os.path.realpath(folder))]
+    while stack:
+        here, real = stack.pop()
+        try:
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise DatasetError(f"the folder {here} cannot be read ({exc.strerror or exc}), so its images would be left out; "
+                               "make it readable, or move it out of the dataset") from None
+        subdirs = []
+        for e in entries:
+            p = here / e.name
+            try:
+                is_dir = e.is_dir()
+            except OSError:  # a link cxrkit may not follow: listed as a file, whose reading then fails and is reported
+                is_dir = False
+            if is_dir:
+                if e.name.startswith((".", "__")):
+                    hidden.append(p)
+                else:
+                    subdirs.append(e)
+            elif e.name.startswith("."):
+                hidden.append(p)
+            elif is_image_file(p):
+                images.append(p)
+                if reals is not None:  # the same file reached twice through links would be two images, maybe of two classes
+                    key = os.path.realpath(p) if e.is_symlink() else os.path.join(real, e.name)
+                    if reals.setdefault(key, p) != p:
+                        raise DatasetError(f"{reals[key]} and {p} are the same file (reached through a link), so it would be "
+                                           "counted twice; remove the link that makes the second name")
+            else:
+                others.append(p)
+        for e in reversed(subdirs):  # pushed in reverse: popped, and so listed, in name order
+            sub = os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)
+            if not Path(real).is_relative_to(sub):
+                stack.append((here / e.name, sub))
+
+
+def _images_under(folder: Path, ignored: list[Path], reals: dict[str, Path] | None = None) -> list[Path]:
+    images, others, _ = [], [], []
+    _walk(folder, images, others, [], reals)
     ignored += others
     return images
 
@@ -186,6 +226,7 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
         raise DatasetError(f"{root} has no sub-folders; expected <root>/<class>/ or <root>/<split>/<class>/")
     ignored: list[Path] = []
     samples: list[Sample] = []
+    reals: dict[str, Path] = {}
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES]
     if split_dirs:
         layout = "split/class"
@@ -202,13 +243,13 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
                 raise DatasetError(f"{root} has two folders for the {split} split: {seen[split].name} and {d.name}")
             seen[split] = d
             for class_dir in _visible_dirs(d):
-                samples += [Sample(p, class_dir.name, split) for p in _images_under(class_dir, ignored)]
+                samples += [Sample(p, class_dir.name, split) for p in _images_under(class_dir, ignored, reals)]
         if "train" not in seen:
             raise DatasetError(f"{root} has split folders but no train/ folder")
     else:
         layout = "class"
         for class_dir in subdirs:
-            samples += [Sample(p, class_dir.name, None) for p in _images_under(class_dir, ignored)]
+            samples += [Sample(p, class_dir.name, None) for p in _images_under(class_dir, ignored, reals)]
     classes = sorted({s.label for s in samples})
     if len(classes) == 1 and min_classes > 1:
         raise DatasetError(f"{root}: only one class folder has images ({classes[0]}/); to train you need at least 2, one folder per "
