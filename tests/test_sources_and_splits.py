@@ -213,3 +213,31 @@ def test_a_folder_that_cannot_be_read_is_an_error_not_left_out(tmp_path, monkeyp
     # The whole covid class was left out without a word: a two-class model from a three-class dataset.
     with pytest.raises(DatasetError, match=r"the folder .*covid cannot be read \(Permission denied\), so its images would be left out"):
         open_image_folder(root)
+
+
+@pytest.mark.parametrize("names, says", [
+    (("Normal", "normal", "tb"), "'Normal' and 'normal' differ only in case"),
+    (("tb", "tb ", "normal"), "'tb' and 'tb ' differ only in spaces around them"),
+    (("e\u0301panchement", "\xe9panchement", "normal"),
+     r"are one name written in two Unicode forms \('e\\u0301panchement' and '\\xe9panchement', e.g. from a Mac and from Linux\)"),
+])
+def test_class_folders_that_differ_only_in_case_spaces_or_unicode_form_are_refused(tmp_path, names, says):
+    # They were two classes of one finding, each with half its images.
+    root = make_synthetic_dataset(tmp_path / "d", n_per_class=3, size=16, classes=names)
+    with pytest.raises(DatasetError, match=f"class folders {says}, so they would be two classes"):
+        open_image_folder(root)
+    split = make_synthetic_dataset(tmp_path / "s", n_per_class=4, size=16, classes=names[1:], splits={"train": 1.0})
+    shutil.copytree(split / "train" / names[1], split / "test" / names[0])  # train/normal, test/Normal
+    shutil.copytree(split / "train" / names[2], split / "test" / names[2])
+    with pytest.raises(DatasetError, match="differ only in|two Unicode forms"):
+        open_image_folder(split)
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_when_the_data_are_read(tmp_path):
+    import os
+
+    root = make_synthetic_dataset(tmp_path / "d", n_per_class=4, size=16)
+    shutil.copy(root / "tb" / "tb_0000.png", os.fsencode(root / "tb") + b"/caf\xe9.png")
+    # Training ran to the end and then failed writing splits.csv with "'utf-8' codec can't encode character '\udce9' ...".
+    with pytest.raises(DatasetError, match=r"the name b'tb/caf\\xe9.png' is not UTF-8 text .* rename it"):
+        open_image_folder(root)

@@ -6,8 +6,10 @@ import hashlib
 import os
 import re
 import shutil
+import unicodedata
 import zipfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -250,7 +252,9 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
         layout = "class"
         for class_dir in subdirs:
             samples += [Sample(p, class_dir.name, None) for p in _images_under(class_dir, ignored, reals)]
+    _check_names_are_utf8(root, [s.path for s in samples])
     classes = sorted({s.label for s in samples})
+    one_spelling(classes, f"{root}: class folders")
     if len(classes) == 1 and min_classes > 1:
         raise DatasetError(f"{root}: only one class folder has images ({classes[0]}/); to train you need at least 2, one folder per "
                            f"class beside it (e.g. normal/ and tb/); a one-class folder can be evaluated: `cxrkit evaluate RUN {root}`")
@@ -261,6 +265,40 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
     if missing:
         raise DatasetError(f"{root}: classes {missing} have no training images")
     return ImageFolderSource(root=root, samples=samples, classes=classes, layout=layout, ignored_files=ignored, given=given)
+
+
+def _check_names_are_utf8(root: Path, paths: list[Path]) -> None:
+    """Refuse a file name that is not UTF-8 (a Latin-1 name from an old system): the run's CSV files could not name it."""
+    for p in paths:
+        rel = str(p.relative_to(root))
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DatasetError(f"{root}: the name {os.fsencode(rel)!r} is not UTF-8 text (written by a system using another encoding, "
+                               "e.g. Latin-1), so the run's files could not record it; rename it (e.g. `convmv -f latin1 -t utf8 -r "
+                               "--notest DATA`)") from None
+
+
+def label_key(name: str) -> str:
+    """What two spellings of one class or finding name share: their case, surrounding spaces and Unicode form aside."""
+    return unicodedata.normalize("NFC", name).strip().casefold()
+
+
+def one_spelling(names: Iterable[str], what: str) -> None:
+    """Refuse two names of ``what`` that differ only in case, surrounding spaces or Unicode form ('TB' and 'tb'): they would
+    be two classes that are one."""
+    first: dict[str, str] = {}
+    for name in names:
+        other = first.setdefault(label_key(name), name)
+        if other == name:
+            continue
+        if unicodedata.normalize("NFC", other) == unicodedata.normalize("NFC", name):
+            how = f"are one name written in two Unicode forms ({ascii(other)} and {ascii(name)}, e.g. from a Mac and from Linux)"
+        elif other.strip() == name.strip():
+            how = f"{other!r} and {name!r} differ only in spaces around them"
+        else:
+            how = f"{other!r} and {name!r} differ only in case"
+        raise DatasetError(f"{what} {how}, so they would be two classes; write each class one way")
 
 
 def canonical_name(name: str) -> str:
