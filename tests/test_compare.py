@@ -59,7 +59,8 @@ def test_delong_paired_matches_the_reference_and_holds_its_size():
 
 def test_parse_models():
     assert parse_models("cnn, pasa,resnet18:128", 224) == [("cnn", "cnn", 224), ("pasa", "pasa", 224), ("resnet18:128", "resnet18", 128)]
-    for bad, msg in [("cnn", "at least two"), ("cnn,vgg", "unknown model"), ("cnn,cnn", "twice"), ("cnn,pasa:big", "NAME:IMAGE_SIZE")]:
+    for bad, msg in [("cnn", "at least two"), ("cnn,vgg", "unknown model"), ("cnn,cnn", "twice"), ("cnn,pasa:big", "NAME:IMAGE_SIZE"),
+                     ("cnn:0,pasa", "'cnn:0': the image size must be from 16 to 1024"), ("cnn,pasa:99999", "from 16 to 1024")]:
         with pytest.raises(ValueError, match=msg):
             parse_models(bad, 64)
 

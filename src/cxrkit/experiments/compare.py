@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cxrkit.config import TrainConfig
+from cxrkit.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from cxrkit.evaluation.speed import inference_ms_per_image
 from cxrkit.metrics.intervals import delong_paired
 from cxrkit.models.registry import get_spec
@@ -51,6 +52,8 @@ def parse_models(spec: str, image_size: int) -> list[tuple[str, str, int]]:
         get_spec(name)  # unknown names fail before anything trains
         if size and not size.isdigit():
             raise ValueError(f"bad model entry {item!r}: write NAME or NAME:IMAGE_SIZE, e.g. resnet18:128")
+        if size and not MIN_IMAGE_SIZE <= int(size) <= MAX_IMAGE_SIZE:  # else the other models trained and this one failed after them
+            raise ValueError(f"bad model entry {item!r}: the image size must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}")
         label = item if size else name
         if label in seen:
             raise ValueError(f"model {label} is listed twice")
