@@ -39,3 +39,12 @@ def test_explain_overlays_inside_the_explained_folder_are_refused(tiny_run, bina
     assert "is inside" in capsys.readouterr().err
     assert not (images / "cam").exists()
     assert main(["explain", str(tiny_run), str(images / sorted(p.name for p in images.iterdir())[0]), "--out", str(tmp_path / "cam"), "--quiet"]) == 0
+
+
+def test_a_config_files_out_inside_the_data_folder_is_refused(binary_data, tmp_path, capsys):
+    data = _class_layout(binary_data, tmp_path / "data")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: mlp\nepochs: 1\nimage_size: 16\nout: {data / 'tb' / 'run'}\n")
+    assert main(["train", str(data), "--config", str(config)]) == 2
+    assert f"error: out (in {config}) {data / 'tb' / 'run'} is inside {data}" in capsys.readouterr().err
+    assert sorted(p.name for p in (data / "tb").iterdir() if not p.is_file()) == []

@@ -273,7 +273,7 @@ def _native_size(cfg):
     return _replace(cfg, image_size=size)
 
 
-def _refuse_out_inside(out: str | Path, inputs: list[str], written: str) -> None:
+def _refuse_out_inside(out: str | Path, inputs: list[str], written: str, name: str = "--out") -> None:
     """Refuse an --out folder inside a folder of input images: what is written there would be read as more images."""
     # A run inside its class folder (DATA/tb/run) had its plots read as tb images by the next evaluate, and explain's
     # overlays in the folder it explained became test images of that class: figures on other images, with no error.
@@ -281,7 +281,7 @@ def _refuse_out_inside(out: str | Path, inputs: list[str], written: str) -> None
     for d in inputs:
         root = os.path.realpath(d)
         if os.path.isdir(root) and (where == root or where.startswith(root.rstrip(os.sep) + os.sep)):
-            raise ValueError(f"--out {out} is inside {d}: the {written} written there would be read as images of {d} the next "
+            raise ValueError(f"{name} {out} is inside {d}: the {written} written there would be read as images of {d} the next "
                              "time it is read; choose an --out outside it")
 
 
@@ -327,6 +327,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = _config_from_args(a, a.data, str(out_dir))
         if a.image_size is None:
             cfg = _native_size(cfg)
+    if not cfg.labels:  # the out of a --config file, which the check above did not see
+        _refuse_out_inside(cfg.out, [cfg.data], "run's plots", f"out (in {a.config})" if a.config and not a.out else "--out")
     from cxrkit.training.tracking import make_tracker
 
     out = train(cfg, progress=not a.quiet, overwrite=a.overwrite, resume=a.resume, tracker=make_tracker(a.track), device=a.device)
