@@ -111,6 +111,17 @@ def test_scale_is_never_ignored(tiny_run):
         run.predict(floats, scale=np.bool_(True))
 
 
+def test_byte_order_masks_and_masked_arrays(tiny_run):
+    run = cxrkit.load(tiny_run)
+    a = (np.arange(40 * 40).reshape(40, 40) * 37 % 4096).astype(np.uint16)
+    # big-endian uint16 (raw and FITS readers give it) is the same image: was "must be uint8, uint16 or float, got >u2"
+    assert run.predict(a.astype(">u2")).probability == run.predict(a).probability
+    with pytest.raises(ValueError, match=r"masked array's mask would be ignored; pass array.filled"):
+        run.predict(np.ma.masked_array(a, a > 2000))  # the hidden pixels' values went to the model
+    with pytest.raises(ValueError, match=r"got bool; for a 0/1 image pass array.astype\(np.float32\) with scale=1"):
+        run.predict(a > 2000)  # the advice was .astype(np.uint8): a 0/1, all but black image
+
+
 def test_scale_with_a_file_or_pil_image_is_refused(tiny_run, tmp_path):
     from PIL import Image
 

@@ -24,6 +24,10 @@ def array_to_grayscale(array: np.ndarray, scale: float | None = None, max_pixels
     """
     if not isinstance(array, np.ndarray):
         raise ValueError(f"expected a NumPy array, got {type(array).__name__}")
+    if isinstance(array, np.ma.MaskedArray):  # its mask was ignored: the hidden pixels' values went to the model
+        raise ValueError("a masked array's mask would be ignored; pass array.filled(VALUE) to say what the masked pixels are")
+    if not array.dtype.isnative:  # big-endian '>u2' (from a raw or FITS reader) is the same image: was "must be ... uint16, got >u2"
+        array = array.astype(array.dtype.newbyteorder("="))
     if scale is not None:
         # NumPy scalars (``a.max()``) are numbers too; a bool or text is not.
         if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)) \
@@ -64,6 +68,8 @@ def array_to_grayscale(array: np.ndarray, scale: float | None = None, max_pixels
             raise ValueError(f"float values must lie in [0, scale={scale:g}], got {lo:g} to {hi:g}; pass the right scale")
         as_uint8 = np.clip(np.rint(a.astype(np.float64) * (255.0 / scale)), 0, 255).astype(np.uint8)
         return array_to_grayscale(as_uint8)
+    if kind == np.bool_:  # .astype(np.uint8) of a mask is 0/1: an all but black image
+        raise ValueError("image arrays must be uint8, uint16 or float, got bool; for a 0/1 image pass array.astype(np.float32) with scale=1")
     raise ValueError(f"image arrays must be uint8, uint16 or float, got {kind}; convert with .astype(np.uint8) if values are 0-255")
 
 
