@@ -291,8 +291,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     from cxrkit.training import train
 
     out_dir = Path(a.out or f"runs/{a.model}")
-    if not a.labels:  # a label table names its images: other files under DATA are never read
-        _refuse_out_inside(out_dir, a.data, "run's plots")
+    if not a.labels and not a.config:  # a label table names its images: other files under DATA are never read (a --config
+        _refuse_out_inside(out_dir, a.data, "run's plots")  # file may give one: its settings are checked below)
     if len(a.data) > 1 and not (a.resume and (out_dir / CONFIG_FILE).is_file()):
         from cxrkit.data.multisite import write_sources_file
 
