@@ -54,7 +54,8 @@ def read_finished(out: Path, fields: list[str], model_id: str | None = None) -> 
 def result_row(run: Run, path: Path, probs: np.ndarray | None, decision: str | None, error: str = "", ood: list[str] | None = None) -> dict:
     """One CSV row: probabilities, the decision as text (:meth:`Run.decision_labels`) and the out-of-distribution findings, or empty cells and the error."""
     row = {"path": str(path)}
-    row.update({f"prob_{c}": "" if probs is None else f"{probs[j]:.6f}" for j, c in enumerate(run.classes)})
+    # Unrounded (shortest exact text): at 6 decimals a probability within 5e-7 of the threshold read as the other side of the decision beside it.
+    row.update({f"prob_{c}": "" if probs is None else repr(float(probs[j])) for j, c in enumerate(run.classes)})
     row["prediction"] = decision or ""
     row["error"] = error
     row["ood_warning"] = "yes" if ood else ""
