@@ -112,6 +112,80 @@ def test_generic_tables_onehot_and_single_label(tmp_path):
     assert ds.patients is None
 
 
+def _images(root: Path, n: int = 8) -> list[str]:
+    for i in range(n):
+        _png(root / "img" / f"a{i}.png", 20 * i)
+    return [f"img/a{i}.png" for i in range(n)]
+
+
+@pytest.mark.parametrize("text, says", [
+    # a row cut short was "unexpected AttributeError: 'NoneType' object has no attribute 'strip'"
+    (b"path,label\nimg/a0.png\n", r"line 2 of .*t.csv has 1 values but its header names 2 columns \(path, label\)"),
+    # a longer row (an unquoted comma in a path) had its extra value dropped without a word
+    (b"path,label\nimg/a0.png,tb,normal\n", "line 2 of .*t.csv has 3 values but its header names 2 columns"),
+    # two columns of one name: the labels were read from the last one
+    (b"path,label,Label\nimg/a0.png,tb,normal\n", "t.csv has two columns named 'label' and 'Label'; rename or remove one"),
+    # the codec's and csv's own messages named no file (the second was "unexpected Error ... a bug in cxrkit")
+    ("path,label\nimg/a0.png,tuberculos\xe9\n".encode("latin-1"), r"t.csv is not UTF-8 text \(line 2 has the byte 0xe9\); save it as 'CSV UTF-8'"),
+    (b"path,label\nimg/a0.png,\"" + b"x" * 200_000 + b"\"\n", "line 2 of .*t.csv cannot be read as CSV: field larger than field limit"),
+    (b"\npath,label\nimg/a0.png,tb\n", "t.csv: its first line is empty; it must name the columns"),
+], ids=["short-row", "long-row", "two-label-columns", "latin-1", "huge-field", "empty-header"])
+def test_table_defects_that_would_shift_drop_or_misread_values_are_one_line_errors(tmp_path, text, says):
+    _images(tmp_path)
+    (tmp_path / "t.csv").write_bytes(text)
+    with pytest.raises(DatasetError, match=says):
+        open_label_table(tmp_path / "t.csv", tmp_path)
+
+
+def test_a_semicolon_or_tab_separated_table_is_read(tmp_path):
+    paths = _images(tmp_path)
+    for sep in ";\t":  # a spreadsheet in a European locale: was "has no image column ... columns are ['path;label']"
+        (tmp_path / "t.csv").write_text(f"path{sep}label\n" + "".join(f"{p}{sep}{'tb' if i % 2 else 'normal'}\n" for i, p in enumerate(paths)))
+        src = open_label_table(tmp_path / "t.csv", tmp_path)
+        assert src.classes == ["normal", "tb"] and src.samples[1].label == "tb"
+
+
+def test_a_label_written_two_ways_is_one_class_or_refused(tmp_path):
+    paths = _images(tmp_path)
+
+    def table(labels: list[str], column: str = "label") -> Path:
+        return _write_csv(tmp_path / "t.csv", [{"path": p, column: v} for p, v in zip(paths, labels)])
+
+    # a spreadsheet's 1.0 beside 1 was a third class
+    assert open_label_table(table(["0", "1", "1.0", "0.0"] * 2), tmp_path).classes == ["0", "1"]
+    with pytest.raises(DatasetError, match="labels 'TB' and 'tb' differ only in case, so they would be two classes"):
+        open_label_table(table(["normal", "TB", "tb", "normal"] * 2), tmp_path)
+    with pytest.raises(DatasetError, match="labels 'TB' and 'tb' differ only in case"):  # findings: two findings
+        open_label_table(table(["TB|Effusion", "tb", "No Finding", "Effusion"] * 2, "findings"), tmp_path)
+    with pytest.raises(DatasetError, match=r"line 3 of .*t.csv has an empty label \('nan'\)"):  # pandas' NaN was a class 'nan'
+        open_label_table(table(["normal", "nan", "tb", "normal"] * 2), tmp_path)
+    with pytest.raises(DatasetError, match=r"line 2 of .*t.csv has a label with a line break"):  # 't\nb' was a class beside 'tb'
+        open_label_table(table(["t\nb", "tb", "normal", "normal"] * 2), tmp_path)
+    # A finding column with one blank (or CheXpert's -1) was silently no label column: a finding went missing.
+    rows = [{"path": p, "cardio": i % 2, "effusion": "" if i == 3 else int(i % 3 == 0)} for i, p in enumerate(paths)]
+    with pytest.raises(DatasetError, match="column 'effusion' of the table holds 0/1 labels but line 5 has ''"):
+        open_label_table(_write_csv(tmp_path / "t.csv", rows), tmp_path)
+
+
+def test_each_table_row_names_one_file(tmp_path):
+    paths = _images(tmp_path)
+    _png(tmp_path / "other" / "a9.png", 9)
+    rows = [{"path": p, "label": "tb" if i % 2 else "normal"} for i, p in enumerate(paths)]
+    # A path whose folder is wrong was looked up by its file name anywhere: another image, with this row's label.
+    with pytest.raises(DatasetError, match="1 of 9 images listed in .* are not under .*e.g. old/a9.png"):
+        open_label_table(_write_csv(tmp_path / "t.csv", [*rows, {"path": "old/a9.png", "label": "tb"}]), tmp_path)
+    _png(tmp_path / "more" / "a0.png", 9)  # a bare name in two folders: the first found was taken
+    with pytest.raises(DatasetError, match=r"line 2 of .*t.csv names a0.png, which is in 2 folders .*img/a0.png, more/a0.png"):
+        open_label_table(_write_csv(tmp_path / "t.csv", [{**rows[0], "path": "a0.png"}, *rows[1:]]), tmp_path)
+    # './img/a0.png' and 'img/x/../a0.png' are img/a0.png: listed twice; '..' out of the root is outside it
+    for alias in ("./img/a0.png", "img//a0.png", "img/x/../a0.png"):
+        with pytest.raises(DatasetError, match=r"lists img/a0.png twice \(lines 2 and 10\)"):
+            open_label_table(_write_csv(tmp_path / "t.csv", [*rows, {"path": alias, "label": "tb"}]), tmp_path)
+    _png(tmp_path.parent / "outside.png", 9)
+    with pytest.raises(DatasetError, match="outside the image root"):
+        open_label_table(_write_csv(tmp_path / "t.csv", [*rows, {"path": "img/../../outside.png", "label": "tb"}]), tmp_path)
+
+
 def _npz(path: Path, k: int, n: int = 40, size: int = 28) -> Path:
     rng = np.random.default_rng(0)
     arrays = {}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrkit.data.decode import is_image_file
-from cxrkit.data.sources import NEGATIVE_NAMES, SPLIT_ALIASES, DatasetError, ImageFolderSource, Sample, canonical_name
+from cxrkit.data.sources import NEGATIVE_NAMES, SPLIT_ALIASES, DatasetError, ImageFolderSource, Sample, canonical_name, one_spelling
 
 NIH_FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
@@ -30,6 +30,9 @@ FINDINGS_COLUMNS = ("finding_labels", "findings", "labels")
 CLASS_COLUMNS = ("label", "class")
 PATIENT_COLUMNS = ("patient_id", "patient")
 NIH_SPLIT_LISTS = {"test_list.txt": "test", "train_val_list.txt": "train"}
+ONE_ZERO = ("0", "1", "0.0", "1.0")
+# What spreadsheets and pandas write for a value that is missing: never a class or a finding.
+MISSING_VALUES = {"nan", "na", "n/a", "#n/a", "null"}
 # Columns that are never label columns even when they hold only 0 and 1.
 META_COLUMNS = {"patient_age", "age", "patient_gender", "sex", "gender", "view_position", "follow_up", "split"}
 
@@ -47,14 +50,14 @@ class TableSource(ImageFolderSource):
     split_lists: tuple[str, ...] = ()
 
 
-def _find_by_name(root: Path, names: set[str]) -> dict[str, Path]:
-    """Map file names to paths for images anywhere under ``root`` (NIH spreads them over images_0xx/)."""
-    found: dict[str, Path] = {}
+def _find_by_name(root: Path, names: set[str]) -> dict[str, list[Path]]:
+    """Map file names to every path of that name anywhere under ``root`` (NIH spreads them over images_0xx/)."""
+    found: dict[str, list[Path]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in filenames:
-            if f in names and f not in found:
-                found[f] = Path(dirpath) / f
+            if f in names:
+                found.setdefault(f, []).append(Path(dirpath) / f)
     return found
 
 
@@ -73,7 +76,58 @@ def _split_lists(table: Path, root: Path) -> tuple[dict[str, str], list[str]]:
     return out, used
 
 
-def _choose_label_column(header: dict[str, str], rows: list[dict], label_column: str | None, task: str) -> tuple[str, list[str]]:
+def _read_table(table: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
+    """The table's column names, its rows as dicts and each row's line number; every defect that would shift, drop or
+    misread a value is a one-line error naming the table and the line."""
+    rows, lines = [], []
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as f:
+            first = f.readline()
+            f.seek(0)
+            # A spreadsheet set to a European locale separates with ';' (or exports tabs): one column named 'path;label' said nothing.
+            reader = csv.reader(f, delimiter=next((d for d in ";\t" if d in first), ",") if "," not in first else ",")
+            fields = next(reader, [])
+            if not any(c.strip() for c in fields):
+                raise DatasetError(f"{table}: its first line is empty; it must name the columns (e.g. path,label)")
+            named = max(j for j, c in enumerate(fields) if c.strip()) + 1  # unnamed columns at the end ("path,label,") may be left out
+            start = reader.line_num + 1  # the line a row starts on (a quoted value may span lines)
+            for values in reader:
+                if not any(v.strip() for v in values):
+                    start = reader.line_num + 1
+                    continue  # a blank line (or one of empty cells, as spreadsheets leave at the end): no row
+                if len(values) < named or any(v.strip() for v in values[len(fields):]):
+                    # A row cut short lacks a value (was AttributeError: 'NoneType' ...); a longer one shifted its values or
+                    # holds one its header does not name (e.g. a path with an unquoted comma), and its extra values were dropped.
+                    raise DatasetError(f"line {start} of {table} has {len(values)} values but its header names {named} "
+                                       f"columns ({', '.join(fields[:named])}); quote values holding a comma, and give every row every column")
+                rows.append(dict(zip(fields, values + [""] * (len(fields) - len(values)))))
+                lines.append(start)
+                start = reader.line_num + 1
+    except UnicodeDecodeError:
+        data = table.read_bytes()  # the decoder's offset counts from its last buffer, not from the file's start
+        try:
+            data.decode("utf-8")
+            at = 0
+        except UnicodeDecodeError as exc:
+            at = exc.start
+        line = data[:at].count(b"\n") + 1
+        raise DatasetError(f"{table} is not UTF-8 text (line {line} has the byte 0x{data[at]:02x}); save it as "
+                           "'CSV UTF-8' (or give the table, not another file)") from None
+    except csv.Error as exc:  # a NUL byte, a field over csv's size limit: was "unexpected Error ... a bug in cxrkit"
+        raise DatasetError(f"line {reader.line_num} of {table} cannot be read as CSV: {exc}") from None
+    column_at: dict[str, int] = {}
+    for j, c in enumerate(fields):
+        if c.strip() and column_at.setdefault(_norm(c), j) != j:
+            # csv.DictReader kept the last of two same-named columns: labels were read from whichever came last.
+            other = fields[column_at[_norm(c)]]
+            raise DatasetError(f"{table} has two columns named {other!r}{'' if other == c else f' and {c!r}'}; rename or remove one")
+    if not rows:
+        raise DatasetError(f"{table} has no rows")
+    return fields, rows, lines
+
+
+def _choose_label_column(header: dict[str, str], rows: list[dict], label_column: str | None, task: str,
+                         lines: list[int]) -> tuple[str, list[str]]:
     """Return ('findings'|'class', [column]) or ('onehot', [columns])."""
     if label_column is not None:
         col = header.get(_norm(label_column))
@@ -90,7 +144,18 @@ def _choose_label_column(header: dict[str, str], rows: list[dict], label_column:
         if name in header:
             return ("findings" if task == "multilabel" else "class"), [header[name]]
     skip = set(PATH_COLUMNS) | set(PATIENT_COLUMNS) | META_COLUMNS
-    onehot = [col for key, col in header.items() if key not in skip and rows and all(r[col].strip() in ("0", "1", "0.0", "1.0") for r in rows)]
+    onehot = []
+    for key, col in header.items():
+        if key in skip:
+            continue
+        values = [r[col].strip().lower() for r in rows]
+        if all(v in ONE_ZERO for v in values):
+            onehot.append(col)
+        elif any(v in ONE_ZERO for v in values) and all(v in ONE_ZERO or v in MISSING_VALUES or v in ("", "-1", "-1.0") for v in values):
+            # A finding column with a blank, NaN or -1 (CheXpert's "uncertain") in it was silently not a label column at all.
+            i = next(i for i, v in enumerate(values) if v not in ONE_ZERO)
+            raise DatasetError(f"column {col!r} of the table holds 0/1 labels but line {lines[i]} has {rows[i][col]!r}; write 0 or 1 in "
+                               "every row (map blanks and -1 'uncertain' yourself), or remove the column")
     if onehot:
         return "onehot", onehot
     raise DatasetError(
@@ -120,28 +185,32 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
     if not root.is_dir():
         raise DatasetError(f"image root {root} is not a folder")
     root = root.resolve()
-    with open(table, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        fields = reader.fieldnames or []
-    if not rows:
-        raise DatasetError(f"{table} has no rows")
-    header = {_norm(c): c for c in fields}
+    fields, rows, lines = _read_table(table)
+    header = {_norm(c): c for c in fields if c.strip()}
     path_col = next((header[c] for c in PATH_COLUMNS if c in header), None)
     if path_col is None:
         raise DatasetError(f"{table} has no image column; expected one of {', '.join(PATH_COLUMNS)} (NIH: 'Image Index'); columns are {fields}")
-    kind, label_cols = _choose_label_column(header, rows, label_column, task)
+    kind, label_cols = _choose_label_column(header, rows, label_column, task, lines)
     patient_col = next((header[c] for c in PATIENT_COLUMNS if c in header), None)
     split_col = header.get("split")
     nih = "image_index" in header and "finding_labels" in header
 
     names = [r[path_col].strip() for r in rows]
-    paths = [root / n for n in names]
+    if not all(names):
+        raise DatasetError(f"line {lines[names.index('')]} of {table} names no image (its {path_col!r} is empty)")
+    # One spelling per file ('./a/b.png', 'a//b.png' and 'a/x/../b.png' are a/b.png), so a file listed twice is caught and a '..'
+    # that leaves the root is seen.
+    paths = [Path(os.path.normpath(root / n)) for n in names]
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
-    if missing:
-        by_name = _find_by_name(root, {Path(names[i]).name for i in missing})
-        for i in missing:
-            paths[i] = by_name.get(Path(names[i]).name, paths[i])
+    bare = [i for i in missing if "/" not in os.path.normpath(names[i])]
+    if bare:  # a file name alone (NIH's Image Index) is looked for anywhere under the root; a path names its folder
+        by_name = _find_by_name(root, {names[i] for i in bare})
+        for i in bare:
+            found = by_name.get(os.path.normpath(names[i]), [])
+            if len(found) > 1:
+                raise DatasetError(f"line {lines[i]} of {table} names {names[i]}, which is in {len(found)} folders under {root} "
+                                   f"({', '.join(str(f.relative_to(root)) for f in found[:3])}); write its folder in the table")
+            paths[i] = found[0] if found else paths[i]
         missing = [i for i in missing if not paths[i].is_file()]
     if missing:
         shown = ", ".join(names[i] for i in missing[:5])
@@ -149,7 +218,7 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
                            "give the folder that holds them as DATA, or remove their rows")
     outside = [i for i, p in enumerate(paths) if not p.is_relative_to(root)]
     if outside:  # an absolute path elsewhere: the run records paths relative to the root (was pathlib's "is not in the subpath" error)
-        raise DatasetError(f"{len(outside)} image path(s) in {table} are outside the image root {root} (e.g. row {outside[0] + 2}: "
+        raise DatasetError(f"{len(outside)} image path(s) in {table} are outside the image root {root} (e.g. line {lines[outside[0]]}: "
                            f"{names[outside[0]]}); give a folder that holds every listed image as DATA with --labels {table.name}, "
                            "or write the paths relative to it")
     not_images = [names[i] for i, p in enumerate(paths) if not is_image_file(p) and p.suffix.lower() != ".dcm"]
@@ -158,16 +227,15 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
 
     lists, used_lists = _split_lists(table, root)
     samples = []
-    seen: set[Path] = set()
+    seen: dict[Path, int] = {}
     for i, (r, p) in enumerate(zip(rows, paths)):
-        if p in seen:
-            raise DatasetError(f"{table} lists {names[i]} twice (row {i + 2})")
-        seen.add(p)
+        if seen.setdefault(p, i) != i:
+            raise DatasetError(f"{table} lists {p.relative_to(root).as_posix()} twice (lines {lines[seen[p]]} and {lines[i]})")
         split = None
         if split_col and r[split_col].strip():
             raw = r[split_col].strip().lower()
             if raw not in SPLIT_ALIASES:
-                raise DatasetError(f"row {i + 2} of {table}: split {r[split_col]!r} is not one of train, val(id), test")
+                raise DatasetError(f"line {lines[i]} of {table}: split {r[split_col]!r} is not one of train, val(id), test")
             split = SPLIT_ALIASES[raw]
         elif p.name in lists:
             split = lists[p.name]
@@ -177,17 +245,24 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
             samples.append(Sample(p, "|".join(found) or "No Finding", split, found, patient))
         elif kind == "findings":
             found = _findings(r[label_cols[0]])
+            if any(f.lower() in MISSING_VALUES for f in found):
+                raise DatasetError(f"line {lines[i]} of {table} has no findings but {r[label_cols[0]]!r} (a missing value); "
+                                   "write 'No Finding' for an image without findings")
             if nih:
                 unknown = [f for f in found if f not in NIH_FINDINGS]
                 if unknown:
-                    raise DatasetError(f"row {i + 2} of {table}: unknown finding(s) {unknown}; NIH findings are {', '.join(NIH_FINDINGS)} and No Finding")
+                    raise DatasetError(f"line {lines[i]} of {table}: unknown finding(s) {unknown}; NIH findings are {', '.join(NIH_FINDINGS)} and No Finding")
             samples.append(Sample(p, "|".join(found) or "No Finding", split, found, patient))
         else:
             value = r[label_cols[0]].strip()
-            if not value:
-                raise DatasetError(f"row {i + 2} of {table} has an empty label in column {label_cols[0]!r}")
+            if not value or value.lower() in MISSING_VALUES:  # 'nan' was a class of its own
+                raise DatasetError(f"line {lines[i]} of {table} has an empty label ({value!r}) in column {label_cols[0]!r}")
+            if any(c in value for c in "\r\n\t"):  # a quoted cell spanning lines: a class 't\nb' beside 'tb'
+                raise DatasetError(f"line {lines[i]} of {table} has a label with a line break or tab in it ({value!r})")
+            if re.fullmatch(r"[+-]?\d+\.0*", value):  # 1.0 (a spreadsheet's number) is the class 1, not a class of its own
+                value = str(int(float(value)))
             if "|" in value:
-                raise DatasetError(f"row {i + 2} of {table} has several labels ({value!r}); use --task multilabel")
+                raise DatasetError(f"line {lines[i]} of {table} has several labels ({value!r}); use --task multilabel")
             samples.append(Sample(p, value, split, None, patient))
     if kind == "onehot":
         classes = list(label_cols)
@@ -195,6 +270,7 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
         classes = sorted({f for s in samples for f in (s.findings or ())})
     else:
         classes = sorted({s.label for s in samples})
+    one_spelling(classes, f"{table}: labels")  # 'TB' and 'tb' were two classes (or findings), each with part of the images
     if len(classes) < (1 if kind != "class" else 2):
         raise DatasetError(f"{table}: found {len(classes)} label(s) ({classes}); need at least {1 if kind != 'class' else 2}")
     return TableSource(
