@@ -131,3 +131,23 @@ def test_compare_table_failure_and_resume(binary_data, tmp_path, monkeypatch, ca
     assert {m: e["status"] for m, e in state["models"].items()} == {"pasa": "done", "cnn": "done", "mlp": "done"}
     # Resuming with other settings is refused.
     assert main([*args[:-1], "4e-3", "--resume"]) == 2
+
+
+def test_runs_trained_on_other_data_are_not_paired(tiny_run, tmp_path):
+    # A comparison resumed after images were replaced under the same names: same validation paths and labels, so the
+    # DeLong test paired predictions on different images without a word. The dataset fingerprints tell them apart.
+    import shutil
+
+    from cxrkit.experiments.compare import STATE_FILE, summarise
+
+    out = tmp_path / "cmp"
+    for name in ("a", "b"):
+        shutil.copytree(tiny_run, out / name, ignore=shutil.ignore_patterns("checkpoint", "plots", "report.html", "*.onnx"))
+    row = {"status": "done", "roc_auc": 0.6, "sensitivity": 0.5, "specificity": 0.5, "parameters_total": 10, "inference_ms_batch1": 1.0}
+    state = {"split": "val", "data": "d", "order": ["a", "b"], "models": {m: {**row, "run": m} for m in ("a", "b")}}
+    (out / STATE_FILE).write_text(json.dumps(state))
+    meta = json.loads((out / "b" / "meta.json").read_text())
+    meta["data"]["fingerprint"] = "0123456789abcdef"
+    (out / "b" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="b was trained on other data than a .*the comparison is not paired"):
+        summarise(out)

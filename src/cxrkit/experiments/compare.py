@@ -204,6 +204,7 @@ def summarise(out: str | Path) -> dict:
     done = [r for r in rows if r["status"] == "done" and r.get("roc_auc") is not None]
     best, recommended, curves, notes = None, None, [], []
     if done:
+        _check_same_data(out, done)
         best = max(done, key=lambda r: r["roc_auc"])
         preds = {r["model"]: _read_split(out / r["run"], split) for r in done}
         paths_best, y, p_best = preds[best["model"]]
@@ -251,6 +252,19 @@ def summarise(out: str | Path) -> dict:
 
     write_comparison_report(out, summary)
     return summary
+
+
+def _check_same_data(out: Path, done: list[dict]) -> None:
+    """Refuse to pair runs trained on other data: a comparison resumed after images were replaced under the same names
+    has the same validation paths and labels, so the paired test would compare predictions on different images."""
+    prints = {r["model"]: read_meta(out / r["run"]).data.get("fingerprint") for r in done}
+    known = {m: f for m, f in prints.items() if f}
+    if len(set(known.values())) > 1:
+        first, *_ = known
+        other = next(m for m, f in known.items() if f != known[first])
+        raise ValueError(f"{other} was trained on other data than {first} (dataset fingerprint {known[other]} vs {known[first]}: "
+                         "images added, removed, relabelled or resized since); the comparison is not paired. Start it again "
+                         "with --overwrite")
 
 
 def _indistinguishable_note(done: list[dict], best: dict, n: int) -> str | None:
