@@ -129,3 +129,40 @@ def test_site_balancing_is_automatic_unless_turned_off(tmp_path: Path):
     old = tmp_path / "config.yaml"
     old.write_text("data: d\n")  # a run saved before site balancing existed trained on the natural shares
     assert TrainConfig.load_saved(old).site_balanced is False and TrainConfig.load(old).site_balanced is None
+
+
+@pytest.mark.parametrize("text, says", [
+    # PyYAML kept the last of two equal keys: site alpha was dropped without a word
+    ("sites:\n  alpha: {a}\n  alpha: {b}\n", r"is not valid YAML \(line 3\): the key 'alpha' is given twice"),
+    ("sites:\n  1: {a}\n  '1': {b}\n", "two sites are named '1'"),  # str(1) == '1': the same
+    # the same folder twice: every image in two sites, possibly train at one and test at the other
+    ("sites:\n  a: {a}\n  b: {a}/\n", r"site a \(.*alpha\) is the same folder as site b"),
+    ("sites:\n  a: {a}\n  b: {a}/..\n", r"site a \(.*alpha\) is inside site b"),
+    # '/' in a site name made every image path 'a/b/...', and reading it back was "unexpected KeyError: 'a'"
+    ("sites:\n  a/b: {a}\n  c: {b}\n", "the site name 'a/b' cannot be a folder name in the run's image paths"),
+    ("sites:\n  '..': {a}\n  c: {b}\n", "the site name '..' cannot be"),
+    ("sites:\n  a: {a}\n  b:\n", "site b: expected a folder, got nothing"),  # was 'dataset path .../None does not exist'
+    # nested aliases: the folder's text was a 200-MB error line ("File name too long: '[[[['x', ...")
+    ("x: &x [a, a, a, a, a, a, a, a]\ny: &y [*x, *x, *x, *x, *x, *x, *x, *x]\nz: &z [*y, *y, *y, *y, *y, *y, *y, *y]\n"
+     "sites: {{a: {a}, b: *z}}\n", "site b: expected a folder, got list"),
+])
+def test_sources_files_that_would_drop_double_or_break_a_site_are_refused(two_sites, tmp_path: Path, text: str, says: str):
+    from cxrkit.data.sources import DatasetError
+
+    a, b = two_sites
+    src = tmp_path / "sources.yaml"
+    src.write_text(text.format(a=a, b=b))
+    with pytest.raises(DatasetError, match=says):
+        load_dataset(src, 32, cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_a_list_of_sites_with_two_folders_of_one_name_keeps_both(two_sites, tmp_path: Path):
+    import shutil
+
+    a, _ = two_sites
+    for where in ("x", "y"):
+        shutil.copytree(a, tmp_path / where / "data")
+    src = tmp_path / "sources.yaml"
+    src.write_text("sites:\n  - x/data\n  - y/data\n")  # both sites were named 'data': the first was dropped
+    ds = load_dataset(src, 32, cache_dir=tmp_path / "cache", progress=False)
+    assert sorted(set(ds.sites)) == ["data", "data_2"] and len(ds.relpaths) == 120

@@ -54,22 +54,70 @@ def write_sources_file(roots: list[str | Path], path: Path) -> Path:
     return path
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (it kept the last: a site silently dropped)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 - PyYAML's signature
+        seen = set()
+        for key_node, _ in node.value:
+            k = self.construct_object(key_node, deep=True)
+            if isinstance(k, str | int) and k in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {k!r} is given twice", key_node.start_mark)
+            if isinstance(k, str | int):
+                seen.add(k)
+        return super().construct_mapping(node, deep)
+
+
+def _site_name_error(name: object) -> str | None:
+    """Why ``name`` cannot name a site (it is the first folder of every image path of the run), or None."""
+    if not isinstance(name, str | int) or isinstance(name, bool):
+        return f"a site name must be text, not {type(name).__name__}"
+    text = str(name)
+    if not text.strip() or text in (".", "..") or any(c in text for c in "/\\") or not text.isprintable():
+        return f"the site name {text!r} cannot be a folder name in the run's image paths (no '/', '\\', '.', '..', line breaks or blanks)"
+    return None
+
+
 def read_sources_file(path: str | Path) -> dict[str, Path]:
     """Site name -> dataset folder, from a sources YAML (``sites:`` a mapping, or a list of folders)."""
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path} is not UTF-8 text; a sources file is YAML (sites: {{name: folder}})") from None
     except yaml.YAMLError as exc:
-        raise DatasetError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise DatasetError(f"{path} is not valid YAML{where}: {str(exc).splitlines()[0]}") from exc
     sites = doc.get("sites") if isinstance(doc, dict) else None
     if isinstance(sites, list):
-        sites = {site_name(path.parent / str(p)): p for p in sites}
+        bad = next((p for p in sites if not isinstance(p, str)), None)
+        if bad is not None:  # its text could be a billion characters (nested aliases)
+            raise DatasetError(f"{path}: 'sites:' lists a {type(bad).__name__} where a folder was expected")
+        named: dict[str, str] = {}
+        for folder in sites:  # two folders called data/ are data and data_2, as `cxrkit train A B` names them (one was dropped)
+            name, k = site_name(path.parent / folder), 2
+            while name in named:
+                name, k = f"{site_name(path.parent / folder)}_{k}", k + 1
+            named[name] = folder
+        sites = named
     if not isinstance(sites, dict) or len(sites) < 1:
         raise DatasetError(f"{path}: expected 'sites:' with a name: folder mapping (or a list of folders)")
-    out = {}
+    out: dict[str, Path] = {}
     for name, folder in sites.items():
-        p = Path(str(folder)).expanduser()
+        why = _site_name_error(name)
+        if why:
+            raise DatasetError(f"{path}: {why}")
+        if str(name) in out:  # 1 and '1'
+            raise DatasetError(f"{path}: two sites are named {str(name)!r}")
+        if not isinstance(folder, str) or not folder.strip():
+            raise DatasetError(f"{path}: site {name}: expected a folder, got {type(folder).__name__ if folder is not None else 'nothing'}")
+        p = Path(folder).expanduser()
         out[str(name)] = (p if p.is_absolute() else path.parent / p).resolve()
+    for a, b in ((a, b) for a in out for b in out if a != b):
+        if out[a].is_relative_to(out[b]):  # each image would be in both sites, and could be in train at one and test at the other
+            raise DatasetError(f"{path}: site {a} ({out[a]}) is {'the same folder as' if out[a] == out[b] else 'inside'} site {b}"
+                               f" ({out[b]}); give each site its own folder")
     return out
 
 
