@@ -39,6 +39,21 @@ def bounded_int(lo: int, hi: int):
     return parse
 
 
+def bounded_float(lo: float, hi: float):
+    """An argparse type: a number from ``lo`` to ``hi`` (not NaN), else a one-line usage error (exit status 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not lo <= value <= hi:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"{text} is outside {lo:g}-{hi:g}")
+        return value
+
+    return parse
+
+
 def _add_device_option(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
                    help=f"where to {what}: auto (default) takes a CUDA GPU when PyTorch sees one, else the CPU; cuda fails "
@@ -986,7 +1001,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "?explain=true, a Grad-CAM overlay. GET /v1/model gives the model card, GET /healthz liveness.")
     sv.add_argument("run", help="run folder")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
-    sv.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    # 1-65535: a port outside was accepted, the model loaded and "serving on http://127.0.0.1:99999/" printed before the
+    # bind failed with a traceback (exit 3).
+    sv.add_argument("--port", type=bounded_int(1, 65535), default=8000, help="port, 1-65535 (default %(default)s)")
     key = sv.add_mutually_exclusive_group()
     key.add_argument("--api-key", default=None,
                      help="require this key as X-API-Key on /v1/* (default: $CXRKIT_API_KEY; none when unset); visible to other "
@@ -994,7 +1011,8 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--api-key-file", default=None, metavar="FILE", help="read the key from the first line of FILE (e.g. a mounted secret)")
     sv.add_argument("--engine", choices=ENGINES, default="auto",
                     help="auto (default): ONNX Runtime when model.onnx matches the weights, else PyTorch")
-    sv.add_argument("--max-upload-mb", type=float, default=50, help="largest file accepted, in MiB (default %(default)s)")
+    sv.add_argument("--max-upload-mb", type=bounded_float(0.001, 1024), default=50,
+                    help="largest file accepted, in MiB, 0.001-1024 (default %(default)s)")
     sv.add_argument("--max-files", type=bounded_int(1, 256), default=16, help="most files per request (default %(default)s)")
     sv.add_argument("--max-pixels", type=bounded_int(4096, 200_000_000), default=40_000_000,
                     help="largest image in pixels, checked before decoding (default %(default)s)")
