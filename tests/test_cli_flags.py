@@ -16,6 +16,10 @@ from cxrkit.cli import main
     (["serve", "RUN", "--max-upload-mb", "nan"], "argument --max-upload-mb: nan is outside 0.001-1024"),
     (["serve", "RUN", "--max-upload-mb", "-1"], "argument --max-upload-mb: -1 is outside 0.001-1024"),
     (["serve", "RUN", "--max-upload-mb", "lots"], "argument --max-upload-mb: 'lots' is not a number"),
+    # Was "unexpected error: missing ), unterminated subpattern at position 0 (a bug in cxrkit)", exit 3.
+    (["audit", "DATA", "--group-pattern", "("], "argument --group-pattern: '(' is not a regular expression "
+                                                "(missing ), unterminated subpattern at position 0)"),
+    (["audit", "DATA", "--seed", "-1"], "argument --seed: -1 is outside 0-4294967295"),
 ])
 def test_out_of_range_flags_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:

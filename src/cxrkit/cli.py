@@ -54,6 +54,17 @@ def bounded_float(lo: float, hi: float):
     return parse
 
 
+def regex(text: str) -> str:
+    """An argparse type: a regular expression that compiles (re.error is no ValueError: it was an 'unexpected error')."""
+    import re
+
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression ({exc})") from None
+    return text
+
+
 def _add_device_option(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
                    help=f"where to {what}: auto (default) takes a CUDA GPU when PyTorch sees one, else the CPU; cuda fails "
@@ -1040,10 +1051,11 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(one per site) are audited as their union, with the per-site split training would cut")
     au.add_argument("--out", default=None, help="folder for audit.json and audit.html (default runs/audit-<dataset name>)")
     au.add_argument("--strict", action="store_true", help="exit with status 1 when leakage or a strong shortcut is found")
-    au.add_argument("--group-pattern", default=None, metavar="REGEX", help="regex extracting a patient ID from file names (as for train)")
+    au.add_argument("--group-pattern", type=regex, default=None, metavar="REGEX",
+                    help="regex extracting a patient ID from file names (as for train)")
     au.add_argument("--val-fraction", type=float, default=_defaults()["val_fraction"], help="as for train (default %(default)s)")
     au.add_argument("--test-fraction", type=float, default=_defaults()["test_fraction"], help="as for train (default %(default)s)")
-    au.add_argument("--seed", type=int, default=0, help="split seed, as for train (default %(default)s)")
+    au.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="split seed, as for train (default %(default)s)")
     au.add_argument("--cache-dir", default=None, help="cache folder (default $CXRKIT_CACHE or ~/.cache/cxrkit)")
     au.add_argument("--labels", default=None, metavar="FILE.csv", help="label table for the images under DATA, as for train")
     au.add_argument("--label-column", default=None, help="the table's label column, when it cannot be told, as for train")
