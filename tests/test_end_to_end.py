@@ -162,8 +162,10 @@ def test_same_seed_gives_same_model(binary_data, tmp_path):
 def test_multiclass_end_to_end(tmp_path):
     data = make_synthetic_dataset(tmp_path / "covid", n_per_class=40, size=48, seed=2,
                                   classes=("Normal", "Covid", "Viral Pneumonia"), signal=1.5)
+    # precision 32: on a CPU with native bf16 and one thread (a pytest-xdist worker) bf16 autocast gave macro AUC 0.60 on this split
+    # (float32: 0.85 with one thread, 0.81 with two; bf16 with two: 0.81); the test is about the multi-class path, not about bf16.
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), model="cnn", image_size=32, epochs=12, patience=12,
-                      batch_size=16, lr=3e-3)
+                      batch_size=16, lr=3e-3, precision="32")
     out = train(cfg, progress=False)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["task"] == "multiclass" and meta["threshold"] is None
