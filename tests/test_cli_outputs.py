@@ -48,3 +48,21 @@ def test_a_config_files_out_inside_the_data_folder_is_refused(binary_data, tmp_p
     assert main(["train", str(data), "--config", str(config)]) == 2
     assert f"error: out (in {config}) {data / 'tb' / 'run'} is inside {data}" in capsys.readouterr().err
     assert sorted(p.name for p in (data / "tb").iterdir() if not p.is_file()) == []
+
+
+def test_audit_out_that_cannot_be_made_fails_before_reading_the_images(binary_data, tmp_path, monkeypatch, capsys):
+    # The audit read every image and only then found that --out could not be written.
+    import cxrkit.audit.dataset_audit as dataset_audit
+
+    calls = []
+    monkeypatch.setattr(dataset_audit, "audit_dataset", lambda *a, **k: calls.append(a))
+    (tmp_path / "afile").write_text("x")
+    assert main(["audit", str(binary_data), "--out", str(tmp_path / "afile" / "audit")]) == 2
+    assert "Not a directory" in capsys.readouterr().err and calls == []
+
+
+def test_a_failed_audit_leaves_no_empty_output_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["audit", str(tmp_path / "empty"), "--out", str(tmp_path / "new" / "audit")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "new").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import sys
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING
 from cxrkit import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from cxrkit.record import RunMeta
 
 
@@ -729,20 +732,45 @@ def _task_choices() -> tuple[str, ...]:
     return TASK_CHOICES
 
 
+@contextlib.contextmanager
+def _output_folder(out: Path) -> Iterator[None]:
+    """Make ``out`` and check that a file can be created in it before the work that fills it; when the work fails, the
+    folders made here are removed again if nothing was written into them."""
+    made, p = [], Path(out)
+    while not os.path.lexists(p) and p != p.parent:
+        made.append(p)
+        p = p.parent
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import tempfile
+
+        with tempfile.TemporaryFile(dir=out):  # a read-only or full file system says so now
+            pass
+        yield
+    except BaseException:
+        for d in made:  # deepest first; a folder the work wrote into stays
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def cmd_audit(a: argparse.Namespace) -> int:
     from cxrkit.audit.dataset_audit import audit_dataset
     from cxrkit.audit.messages import audit_messages
     from cxrkit.audit.report import save_audit
 
     out = Path(a.out or f"runs/audit-{'+'.join(Path(d).stem for d in a.data)}")
-    data = a.data[0]
-    if len(a.data) > 1:  # several sites, as `cxrkit train A B` reads them: one sources file, kept beside the audit
-        from cxrkit.data.multisite import write_sources_file
+    with _output_folder(out):  # an --out that cannot be written failed only after every image had been read
+        data = a.data[0]
+        if len(a.data) > 1:  # several sites, as `cxrkit train A B` reads them: one sources file, kept beside the audit
+            from cxrkit.data.multisite import write_sources_file
 
-        data = write_sources_file(a.data, out / "sources.yaml")
-    audit = audit_dataset(data, a.group_pattern, a.val_fraction, a.test_fraction, a.seed, a.cache_dir, progress=not a.quiet,
-                          labels=a.labels, label_column=a.label_column, task=a.task, resplit=a.resplit)
-    save_audit(audit, out)
+            data = write_sources_file(a.data, out / "sources.yaml")
+        audit = audit_dataset(data, a.group_pattern, a.val_fraction, a.test_fraction, a.seed, a.cache_dir, progress=not a.quiet,
+                              labels=a.labels, label_column=a.label_column, task=a.task, resplit=a.resplit)
+        save_audit(audit, out)
     read = audit["seconds"]["files_computed"]
     print(f"{audit['n_files']} files audited in {audit['seconds']['total']:.1f} s ({read} read, {audit['n_files'] - read} from the cache)")
     for m in audit_messages(audit):
