@@ -213,6 +213,59 @@ def test_medmnist_binary_and_multilabel(tmp_path):
         load_dataset(tmp_path / "x.npz", 28, progress=False)
 
 
+def _mutated_npz(path: Path, change) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, m in (("train", 20), ("val", 6), ("test", 6)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (m, 8, 8), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.arange(m).reshape(-1, 1) % 2
+    change(arrays)
+    np.savez(path, **arrays)
+    return path
+
+
+def _set(key: str, value) -> callable:
+    def change(arrays: dict) -> None:
+        arrays[key] = value(arrays[key]) if callable(value) else value
+    return change
+
+
+@pytest.mark.parametrize("change, says", [
+    # a float label was truncated to a class (0.5 -> class 0); NaN and strings failed inside numpy
+    (_set("train_labels", lambda y: y + 0.5), r"train_labels\[0, 0\] is 0.5; labels are class indices"),
+    (_set("train_labels", lambda y: np.where(y == 0, np.nan, y)), r"train_labels\[0, 0\] is nan"),
+    (_set("train_labels", lambda y: y.astype(str)), "train_labels holds <U21 values"),
+    # a 7 in val_labels made eight classes, five of them without any image
+    (_set("val_labels", lambda y: np.where(y == 1, 7, y)), "labels run from 0 to 7 but train_labels has no image of class 2, 3, 4, 5, 6"),
+    # 2**62 became a list of 2**62 class names: the command never returned
+    (_set("train_labels", lambda y: y.astype(np.int64) << 62), r"train_labels\[1, 0\] is 4611686018427387904"),
+    (_set("train_labels", lambda y: y.reshape(-1, 1, 1)), r"train_labels has the shape \(20, 1, 1\)"),
+    # float images in 0..1 were cast to black; int64 ones wrapped at 256; other shapes failed during training
+    (_set("train_images", lambda x: x.astype(np.float32) / 255), "train_images holds float32 values; MedMNIST images are uint8"),
+    (_set("train_images", lambda x: x[..., None, None]), r"train_images has the shape \(20, 8, 8, 1, 1\)"),
+    (_set("train_labels", np.array([[None]] * 20, dtype=object)), "train_labels holds Python objects"),
+    (lambda a: a.pop("val_labels"), "has val_images but no val_labels"),  # the given val split was dropped without a word
+    (_set("train_images", lambda x: x[:0]), "train_images has 0 images but train_labels has 20 rows"),
+], ids=["float-label", "nan-label", "text-label", "val-label-7", "huge-label", "3d-labels", "float-images", "5d-images", "object-labels",
+        "no-val-labels", "no-train-images"])
+def test_medmnist_arrays_that_would_be_misread_are_refused(tmp_path, change, says):
+    with pytest.raises(DatasetError, match=says):
+        load_dataset(_mutated_npz(tmp_path / "x.npz", change), 8, progress=False)
+
+
+def test_medmnist_multilabel_values_and_empty_splits(tmp_path):
+    def multilabel(arrays: dict) -> None:
+        for split in ("train", "val", "test"):
+            arrays[f"{split}_labels"] = (np.arange(len(arrays[f"{split}_images"]) * 3).reshape(-1, 3) % 2).astype(np.uint8)
+        arrays["train_labels"][0, 0] = 2  # was read as "present", like a 1
+
+    with pytest.raises(DatasetError, match="train_labels holds 2; multi-label rows hold 0 or 1 per finding"):
+        load_dataset(_mutated_npz(tmp_path / "m.npz", multilabel), 8, progress=False)
+    empty_val = _mutated_npz(tmp_path / "e.npz", lambda a: a.update(val_images=a["val_images"][:0], val_labels=a["val_labels"][:0]))
+    ds = load_dataset(empty_val, 8, progress=False)  # was numpy's "zero-size array to reduction operation maximum"
+    assert ds.source.given_splits == ["train", "test"] and ds.image_counts() == {"train": 17, "val": 3, "test": 6}
+
+
 def test_iterative_stratification_keeps_patients_together_and_prevalence():
     rng = np.random.default_rng(0)
     sizes = rng.geometric(0.3, 800)
