@@ -66,3 +66,14 @@ def test_a_failed_audit_leaves_no_empty_output_folder(tmp_path, capsys):
     assert main(["audit", str(tmp_path / "empty"), "--out", str(tmp_path / "new" / "audit")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert not (tmp_path / "new").exists()
+
+
+def test_adapt_out_that_cannot_be_made_fails_before_decoding(tmp_path, monkeypatch, capsys):
+    # adapt decodes every image of the new site before it makes --out, and only then found it could not.
+    import cxrkit.training.adapt as adapt
+
+    calls = []
+    monkeypatch.setattr(adapt, "adapt_run", lambda *a, **k: calls.append(a))
+    (tmp_path / "afile").write_text("x")
+    assert main(["adapt", "RUN", str(tmp_path), "--out", str(tmp_path / "afile" / "adapted")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'afile'}: Not a directory" and calls == []

@@ -547,9 +547,24 @@ def cmd_stress(a: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(out: Path) -> None:
+    """Fail now if ``out`` cannot be made: its nearest existing folder must take a new file (nothing is left behind)."""
+    p = Path(out)
+    while not os.path.lexists(p) and p != p.parent:
+        p = p.parent
+    if p.is_dir():
+        import tempfile
+
+        with tempfile.TemporaryFile(dir=p):  # a read-only, foreign or full place says so now, not after the long work
+            pass
+    elif os.path.lexists(p) and p != Path(out):
+        raise NotADirectoryError(20, "Not a directory", str(p))
+
+
 def cmd_adapt(a: argparse.Namespace) -> int:
     from cxrkit.training.adapt import adapt_run
 
+    _check_writable(Path(a.out))  # adapt makes --out only after decoding every image of the new site
     info = adapt_run(a.run, a.folder, a.out, a.batch_size, overwrite=a.overwrite)
     print(f"{info['batchnorm_layers']} batch-norm layer(s) re-estimated on {info['images']} image(s) of {a.folder}"
           + (f" ({info['unreadable']} unreadable)" if info["unreadable"] else "") + f"; adapted run written to {a.out}/")
