@@ -241,3 +241,16 @@ def test_a_file_name_that_is_not_utf8_is_refused_when_the_data_are_read(tmp_path
     # Training ran to the end and then failed writing splits.csv with "'utf-8' codec can't encode character '\udce9' ...".
     with pytest.raises(DatasetError, match=r"the name b'tb/caf\\xe9.png' is not UTF-8 text .* rename it"):
         open_image_folder(root)
+
+
+def test_a_group_pattern_group_left_out_of_a_match_is_not_one_shared_patient(tmp_path):
+    from cxrkit.data.sources import Sample
+    from cxrkit.data.splits import ids_in_several_splits
+
+    samples = [Sample(Path(f"tb/{n}"), "tb") for n in ("patient1_a.png", "patient1_b.png", "scan_7.png", "scan_8.png", "other.png")]
+    # The second alternative's files had the first group's None as their ID: one patient, and sorting the IDs then failed
+    # with "'<' not supported between instances of 'NoneType' and 'str'" (a bug in cxrkit).
+    assert patient_ids(samples, r"patient(\d+)|scan_(\d+)")[:4] == ["1", "1", "7", "8"]
+    ids = patient_ids(samples, r"(?:patient(\d+))?")  # an empty match is no ID: every such file was the patient ''
+    assert ids[:2] == ["1", "1"] and len(set(ids[2:])) == 3 and all(i.startswith("__file__:") for i in ids[2:])
+    assert ids_in_several_splits([s.path.name for s in samples], ["train", "test", "train", "test", "val"], r"patient(\d+)|scan_(\d+)") == (1, "1")

@@ -26,9 +26,17 @@ def patient_ids(samples: Sequence[Sample], pattern: str | None) -> list[str]:
         if s.patient is not None:
             ids.append(s.patient)
             continue
-        m = rx.search(s.path.name) if rx else None
-        ids.append((m.group(1) if m and m.groups() else m.group(0)) if m else f"__file__:{s.path}")
+        found = _match_id(rx, s.path.name) if rx else None
+        ids.append(found if found is not None else f"__file__:{s.path}")
     return ids
+
+
+def _match_id(rx: re.Pattern, name: str) -> str | None:
+    """The ID ``rx`` finds in a file name: its first group that took part in the match, else the whole match; None when
+    there is none or it is empty (an optional group left out was None, one patient shared by every such file)."""
+    m = rx.search(name)
+    found = next((g for g in m.groups() if g is not None), m.group(0)) if m else None
+    return found or None
 
 
 # An ID-like token in a file name: letters then digits ("person1000", "IM-0115", "patient_07"), or the leading digits
@@ -78,9 +86,9 @@ def ids_in_several_splits(names: Sequence[str], splits: Sequence[str], pattern: 
     rx = re.compile(pattern)
     where: dict[str, set[str]] = {}
     for name, split in zip(names, splits):
-        m = rx.search(Path(name).name)
-        if m:
-            where.setdefault(m.group(1) if m.groups() else m.group(0), set()).add(str(split))
+        found = _match_id(rx, Path(name).name)
+        if found is not None:
+            where.setdefault(found, set()).add(str(split))
     spread = sorted(k for k, v in where.items() if len(v) > 1)
     return len(spread), (spread[0] if spread else None)
 
