@@ -271,7 +271,7 @@ class TrainConfig:
         stands in for a missing ``data:`` key (the DATA argument of ``cxrkit train DATA --config FILE``)."""
         path = Path(path)
         try:
-            d = yaml.safe_load(path.read_text())
+            d = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
         except FileNotFoundError:
             raise ConfigError(f"{path} does not exist") from None
         except (OSError, UnicodeDecodeError) as exc:
@@ -288,6 +288,30 @@ class TrainConfig:
             return cls.from_dict(d)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}", flags=False) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key given twice in one mapping: PyYAML keeps the last one silently, so
+    ``epochs: 1`` near the top and ``epochs: 50`` further down trained 50 epochs without a word."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: its keys may be overridden, as YAML means
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            twice = key in seen
+        except TypeError:  # an unhashable key: construct_mapping says so below
+            continue
+        if twice:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 # Config key -> `cxrkit train` option, for ConfigError messages (tests/test_newcomer_cli.py checks it against the parser).
