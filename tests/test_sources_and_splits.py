@@ -254,3 +254,14 @@ def test_a_group_pattern_group_left_out_of_a_match_is_not_one_shared_patient(tmp
     ids = patient_ids(samples, r"(?:patient(\d+))?")  # an empty match is no ID: every such file was the patient ''
     assert ids[:2] == ["1", "1"] and len(set(ids[2:])) == 3 and all(i.startswith("__file__:") for i in ids[2:])
     assert ids_in_several_splits([s.path.name for s in samples], ["train", "test", "train", "test", "val"], r"patient(\d+)|scan_(\d+)") == (1, "1")
+
+
+def test_a_zip_written_with_windows_separators_has_its_folders(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "d", n_per_class=4, size=16)
+    zpath = tmp_path / "win.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:  # as PowerShell 5's Compress-Archive writes them: 'healthy\healthy_0000.png'
+        for p in sorted(root.rglob("*.png")):
+            zf.write(p, str(p.relative_to(root)).replace("/", "\\"))
+    # Extracted as 8 files named 'healthy\healthy_0000.png' at the top: "<cache folder> has no sub-folders".
+    src = open_image_folder(zpath, cache_dir=tmp_path / "c")
+    assert src.classes == ["healthy", "tb"] and src.relpath(src.samples[0].path) == "healthy/healthy_0000.png"

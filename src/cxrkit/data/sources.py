@@ -97,7 +97,13 @@ def extract_zip(zip_path: Path, cache_dir: Path | None = None) -> Path:
     finished one. A single top-level folder inside the archive is descended into.
     """
     st = zip_path.stat()
-    key = hashlib.sha1(f"{zip_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    stamp = f"{zip_path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:  # an archive with Windows separators was once extracted as flat files: a new key, not that unusable folder
+        with zipfile.ZipFile(zip_path) as zf:
+            stamp += "|/" if any("\\" in n for n in zf.namelist()) else ""
+    except (zipfile.BadZipFile, OSError, EOFError):
+        pass  # said when it is extracted
+    key = hashlib.sha1(stamp.encode()).hexdigest()[:16]
     dest = (cache_dir or cache_root()) / "zips" / f"{zip_path.stem}-{key}"
     if not dest.exists():
         tmp = dest.with_name(dest.name + ".partial")
@@ -106,7 +112,10 @@ def extract_zip(zip_path: Path, cache_dir: Path | None = None) -> Path:
         try:
             with zipfile.ZipFile(zip_path) as zf:
                 # zipfile strips absolute paths and ".." components, so members cannot escape tmp.
-                members = [m for m in zf.infolist() if not m.filename.startswith("__MACOSX/")]
+                members = zf.infolist()
+                for m in members:  # Windows tools (PowerShell 5's Compress-Archive) write 'normal\\a.png': one file, no folders
+                    m.filename = m.filename.replace("\\", "/")
+                members = [m for m in members if not m.filename.startswith("__MACOSX/")]
                 _check_extractable(zip_path, members, tmp)
                 zf.extractall(tmp, members=members)
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
@@ -225,7 +234,7 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
     root = root.resolve()
     subdirs = _visible_dirs(root)
     if not subdirs:
-        raise DatasetError(f"{root} has no sub-folders; expected <root>/<class>/ or <root>/<split>/<class>/")
+        raise DatasetError(f"{given or root} has no sub-folders; expected <root>/<class>/ or <root>/<split>/<class>/")
     ignored: list[Path] = []
     samples: list[Sample] = []
     reals: dict[str, Path] = {}
