@@ -93,3 +93,15 @@ def test_validation_probabilities_outside_0_1_are_refused_and_evaluate_rewrites_
     # The command the message names writes the validation rows again, and the band can then be chosen.
     assert main(["evaluate", str(run), "--split", "val", "--explain", "none", "--quiet"]) == 0
     assert main(["referral", str(run)]) == 0
+
+
+def test_a_preprocessing_step_this_version_does_not_know_is_refused(tiny_run, tmp_path, capsys):
+    # An unknown key in meta.json's preprocessing (a step of a newer cxrkit, or an edit) was dropped without a word, so every
+    # image was prepared otherwise than in training and predict answered as usual.
+    run = _copy_run(tiny_run, tmp_path)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["preprocessing"]["gamma"] = 2.0
+    (run / "meta.json").write_text(json.dumps(meta))
+    image = next(Path(meta["data"]["root"]).glob("test/tb/*.png"))
+    assert main(["predict", str(run), str(image)]) == 2
+    assert _one_line_error(capsys).startswith(f"error: {run / 'meta.json'}: preprocessing.gamma is not a preprocessing step this cxrkit knows (")

@@ -29,6 +29,10 @@ def image_spec_from_dict(d: Any, where: str = "preprocessing") -> ImageSpec:
     missing = [n for n in ("image_size", "aspect", "mean", "std") if n not in d]
     if missing:
         raise RunRecordError(f"{where} lacks {', '.join(missing)}")
+    unknown = sorted(str(k) for k in d if k not in names)
+    if unknown:  # a step this version cannot repeat was dropped without a word: every image prepared otherwise than in training
+        raise RunRecordError(f"{where}.{unknown[0]} is not a preprocessing step this cxrkit knows ({', '.join(sorted(names))}): the "
+                             "run was written by another version, or meta.json was edited; predict with the cxrkit that trained it")
     spec = ImageSpec(**{k: v for k, v in d.items() if k in names})
     bad = spec.problems()
     if bad:
