@@ -156,6 +156,13 @@ def test_sources_files_that_would_drop_double_or_break_a_site_are_refused(two_si
         load_dataset(src, 32, cache_dir=tmp_path / "cache", progress=False)
 
 
+def test_training_on_one_folder_twice_is_refused_before_the_run_folder_is_made(two_sites, tmp_path: Path, capsys: pytest.CaptureFixture):
+    a, _ = two_sites
+    # Every image was in two sites (and could be train at one, test at the other).
+    assert main(["train", str(a), f"{a}/", "--out", str(tmp_path / "run"), "--epochs", "1"]) == 2
+    assert "site alpha (" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def test_a_list_of_sites_with_two_folders_of_one_name_keeps_both(two_sites, tmp_path: Path):
     import shutil
 

@@ -49,6 +49,7 @@ def write_sources_file(roots: list[str | Path], path: Path) -> Path:
         while name in sites:
             name, k = f"{site_name(root)}_{k}", k + 1
         sites[name] = str(root.resolve())
+    _check_apart({k: Path(v) for k, v in sites.items()})  # before the run folder is made
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"sites": sites}, sort_keys=False))
     return path
@@ -114,11 +115,17 @@ def read_sources_file(path: str | Path) -> dict[str, Path]:
             raise DatasetError(f"{path}: site {name}: expected a folder, got {type(folder).__name__ if folder is not None else 'nothing'}")
         p = Path(folder).expanduser()
         out[str(name)] = (p if p.is_absolute() else path.parent / p).resolve()
-    for a, b in ((a, b) for a in out for b in out if a != b):
-        if out[a].is_relative_to(out[b]):  # each image would be in both sites, and could be in train at one and test at the other
-            raise DatasetError(f"{path}: site {a} ({out[a]}) is {'the same folder as' if out[a] == out[b] else 'inside'} site {b}"
-                               f" ({out[b]}); give each site its own folder")
+    _check_apart(out, f"{path}: ")
     return out
+
+
+def _check_apart(roots: dict[str, Path], where: str = "") -> None:
+    """Refuse two sites of one folder, or one inside another: each image would be in both, possibly train at one and test
+    at the other."""
+    for a, b in ((a, b) for a in roots for b in roots if a != b):
+        if roots[a].is_relative_to(roots[b]):
+            raise DatasetError(f"{where}site {a} ({roots[a]}) is {'the same folder as' if roots[a] == roots[b] else 'inside'} site {b}"
+                               f" ({roots[b]}); give each site its own folder")
 
 
 @dataclass
