@@ -97,6 +97,18 @@ def test_table_errors_are_actionable(tmp_path):
         open_label_table(_write_csv(tmp_path / "outside.csv", outside), root)
 
 
+def test_an_image_in_both_nih_split_lists_is_refused(tmp_path):
+    root = make_nih(tmp_path / "nih", n_patients=10)
+    first_test = (root / "test_list.txt").read_text().split()[0]
+    with open(root / "train_val_list.txt", "a") as f:
+        f.write(first_test + "\n")  # it was a test image without a word
+    with pytest.raises(DatasetError, match=f"{first_test} is in both .*test_list.txt and .*train_val_list.txt"):
+        open_label_table(root / "Data_Entry_2017.csv", root)
+    (root / "train_val_list.txt").write_bytes(b"caf\xe9.png\n")  # was the codec's message, naming no file
+    with pytest.raises(DatasetError, match="train_val_list.txt is not UTF-8 text"):
+        open_label_table(root / "Data_Entry_2017.csv", root)
+
+
 def test_generic_tables_onehot_and_single_label(tmp_path):
     for i in range(12):
         _png(tmp_path / "img" / f"a{i}.png", 10 * i)

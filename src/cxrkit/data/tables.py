@@ -69,8 +69,13 @@ def _split_lists(table: Path, root: Path) -> tuple[dict[str, str], list[str]]:
         for folder in dict.fromkeys((table.parent, root)):
             p = folder / fname
             if p.is_file():
-                for line in p.read_text().split():
-                    out.setdefault(line.strip(), split)
+                try:
+                    names = p.read_text(encoding="utf-8").split()
+                except UnicodeDecodeError:
+                    raise DatasetError(f"{p} is not UTF-8 text; NIH's split lists name one image file per line") from None
+                for name in names:
+                    if out.setdefault(name, split) != split:  # test_list.txt won without a word
+                        raise DatasetError(f"{name} is in both {used[0]} and {p}; an image belongs to one split")
                 used.append(str(p))
                 break
     return out, used
