@@ -236,11 +236,27 @@ def test_class_folders_that_differ_only_in_case_spaces_or_unicode_form_are_refus
 def test_a_file_name_that_is_not_utf8_is_refused_when_the_data_are_read(tmp_path):
     import os
 
+    import numpy as np
+
+    from cxrkit.data.dataset import load_dataset
+
     root = make_synthetic_dataset(tmp_path / "d", n_per_class=4, size=16)
     shutil.copy(root / "tb" / "tb_0000.png", os.fsencode(root / "tb") + b"/caf\xe9.png")
     # Training ran to the end and then failed writing splits.csv with "'utf-8' codec can't encode character '\udce9' ...".
     with pytest.raises(DatasetError, match=r"the name b'tb/caf\\xe9.png' is not UTF-8 text .* rename it"):
         open_image_folder(root)
+    # A dataset (or table, or .npz) in such a folder failed in the cache's key, before any image was read, the same way.
+    latin = Path(os.fsdecode(os.fsencode(tmp_path) + b"/donn\xe9es"))
+    shutil.copytree(root, latin / "d")
+    (latin / "d" / "tb" / os.fsdecode(b"caf\xe9.png")).unlink()
+    with pytest.raises(DatasetError, match=r"the name b'.*/donn\\xe9es/d' is not UTF-8 text"):
+        open_image_folder(latin / "d")
+    (latin / "t.csv").write_text("path,label\nd/tb/tb_0000.png,tb\nd/healthy/healthy_0000.png,healthy\n")
+    with pytest.raises(DatasetError, match=r"the name b'.*/donn\\xe9es' is not UTF-8 text"):
+        load_dataset(latin, 16, labels=latin / "t.csv", progress=False)
+    np.savez(latin / "x.npz", train_images=np.zeros((2, 4, 4), np.uint8), train_labels=np.array([[0], [1]]))
+    with pytest.raises(DatasetError, match=r"the name b'.*/donn\\xe9es/x.npz' is not UTF-8 text"):
+        load_dataset(latin / "x.npz", 16, progress=False)
 
 
 def test_a_group_pattern_group_left_out_of_a_match_is_not_one_shared_patient(tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 
 from cxrkit.data.decode import fit_square
 from cxrkit.data.intensity import crop_borders, normalize_intensity
-from cxrkit.data.sources import DatasetError, ImageFolderSource, Sample
+from cxrkit.data.sources import DatasetError, ImageFolderSource, Sample, check_utf8
 
 # Label names from medmnist.info.INFO (v2/v3) for the chest X-ray datasets.
 MEDMNIST_LABELS = {
@@ -121,6 +121,7 @@ def open_medmnist(path: str | Path) -> ArraySource:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DatasetError(f"{path} does not exist")
+    check_utf8(path.resolve())
     try:
         headers = _array_headers(path)
         with np.load(path) as z:

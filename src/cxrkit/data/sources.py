@@ -225,6 +225,7 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
     root = Path(root).expanduser()
     if not root.exists():
         raise DatasetError(f"dataset path {root} does not exist")
+    check_utf8(root.resolve())
     given = None
     if root.is_file():
         if root.suffix.lower() != ".zip":
@@ -261,7 +262,8 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
         layout = "class"
         for class_dir in subdirs:
             samples += [Sample(p, class_dir.name, None) for p in _images_under(class_dir, ignored, reals)]
-    _check_names_are_utf8(root, [s.path for s in samples])
+    for smp in samples:
+        check_utf8(smp.path.relative_to(root), f"{root}: ")
     classes = sorted({s.label for s in samples})
     one_spelling(classes, f"{root}: class folders")
     if len(classes) == 1 and min_classes > 1:
@@ -276,16 +278,16 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
     return ImageFolderSource(root=root, samples=samples, classes=classes, layout=layout, ignored_files=ignored, given=given)
 
 
-def _check_names_are_utf8(root: Path, paths: list[Path]) -> None:
-    """Refuse a file name that is not UTF-8 (a Latin-1 name from an old system): the run's CSV files could not name it."""
-    for p in paths:
-        rel = str(p.relative_to(root))
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            raise DatasetError(f"{root}: the name {os.fsencode(rel)!r} is not UTF-8 text (written by a system using another encoding, "
-                               "e.g. Latin-1), so the run's files could not record it; rename it (e.g. `convmv -f latin1 -t utf8 -r "
-                               "--notest DATA`)") from None
+def check_utf8(path: str | Path, where: str = "") -> None:
+    """Refuse a name that is not UTF-8 text (Latin-1 from an old system): the cache's keys and the run's files could not
+    record it, and training stopped at the first of them with "'utf-8' codec can't encode character '\\udce9'"."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetError(f"{where}the name {os.fsencode(text)!r} is not UTF-8 text (written by a system using another encoding, "
+                           "e.g. Latin-1), so the run's files could not record it; rename it (e.g. `convmv -f latin1 -t utf8 -r --notest "
+                           "FOLDER`)") from None
 
 
 def label_key(name: str) -> str:

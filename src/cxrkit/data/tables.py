@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrkit.data.decode import is_image_file
-from cxrkit.data.sources import NEGATIVE_NAMES, SPLIT_ALIASES, DatasetError, ImageFolderSource, Sample, canonical_name, one_spelling
+from cxrkit.data.sources import NEGATIVE_NAMES, SPLIT_ALIASES, DatasetError, ImageFolderSource, Sample, canonical_name, check_utf8, one_spelling
 
 NIH_FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
@@ -190,6 +190,8 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
     if not root.is_dir():
         raise DatasetError(f"image root {root} is not a folder")
     root = root.resolve()
+    check_utf8(root)
+    check_utf8(table.resolve())
     fields, rows, lines = _read_table(table)
     header = {_norm(c): c for c in fields if c.strip()}
     path_col = next((header[c] for c in PATH_COLUMNS if c in header), None)
