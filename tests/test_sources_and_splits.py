@@ -281,3 +281,14 @@ def test_a_zip_written_with_windows_separators_has_its_folders(tmp_path):
     # Extracted as 8 files named 'healthy\healthy_0000.png' at the top: "<cache folder> has no sub-folders".
     src = open_image_folder(zpath, cache_dir=tmp_path / "c")
     assert src.classes == ["healthy", "tb"] and src.relpath(src.samples[0].path) == "healthy/healthy_0000.png"
+
+
+def test_an_external_set_of_a_test_folder_alone_can_be_evaluated(tmp_path):
+    from cxrkit.data.dataset import load_dataset
+
+    ext = make_synthetic_dataset(tmp_path / "ext", n_per_class=4, size=16, splits={"test": 1.0})
+    with pytest.raises(DatasetError, match="has split folders but no train/ folder"):  # training needs one
+        open_image_folder(ext)
+    # Evaluating a model needs none: `cxrkit evaluate RUN EXT` was refused the same way.
+    ds = load_dataset(ext, 16, class_names=["healthy", "tb"], progress=False)
+    assert ds.image_counts() == {"test": 8} and ds.counts()["test"] == {"healthy": 4, "tb": 4}

@@ -256,7 +256,7 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
             seen[split] = d
             for class_dir in _visible_dirs(d):
                 samples += [Sample(p, class_dir.name, split) for p in _images_under(class_dir, ignored, reals)]
-        if "train" not in seen:
+        if "train" not in seen and min_classes > 1:  # evaluating a model needs no training images: an external test/ is enough
             raise DatasetError(f"{root} has split folders but no train/ folder")
     else:
         layout = "class"
@@ -273,7 +273,7 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
         raise DatasetError(f"{root}: found {len(classes)} class folder(s) with images ({classes}); need at least {min_classes}")
     train_classes = {s.label for s in samples if s.split in (None, "train")}
     missing = [c for c in classes if c not in train_classes]
-    if missing:
+    if missing and min_classes > 1:
         raise DatasetError(f"{root}: classes {missing} have no training images")
     return ImageFolderSource(root=root, samples=samples, classes=classes, layout=layout, ignored_files=ignored, given=given)
 
