@@ -117,7 +117,8 @@ def test_audit_reads_what_train_reads_tables_sites_and_arrays(clean_data, tmp_pa
         w.writerow(["path", "label", "patient_id", "split"])
         for i, p in enumerate(files):  # patients of two images each; the given split puts some patients in two splits
             w.writerow([p.relative_to(clean_data).as_posix(), p.parent.name, f"p{i // 2}", ["train", "train", "val", "test"][i % 4]])
-    shutil.copy(tmp_path / "table.csv", clean_data.parent / "clean_table.csv")
+    table = (tmp_path / "table.csv").read_text().replace("healthy/", f"{clean_data.name}/healthy/").replace("tb/", f"{clean_data.name}/tb/")
+    (clean_data.parent / "clean_table.csv").write_text(table)  # DATA.csv: paths relative to the table's folder
     audit = audit_dataset(clean_data, cache_dir=tmp_path / "c", progress=False, labels=tmp_path / "table.csv")
     assert audit["patients"]["ids"] == 40 and audit["patients"]["shared"]["val-test"] == 20  # the table's own patient IDs
     assert audit["verdict"]["leakage"]
@@ -125,8 +126,9 @@ def test_audit_reads_what_train_reads_tables_sites_and_arrays(clean_data, tmp_pa
     assert not resplit["verdict"]["leakage"] and sum(resplit["patients"]["shared"].values()) == 0
     assert main(["audit", str(clean_data.parent / "clean_table.csv"), "--out", str(tmp_path / "a1"), "--cache-dir", str(tmp_path / "c"),
                  "--strict", "--quiet"]) == 1
-    assert main(["audit", str(clean_data), str(clean_data), "--out", str(tmp_path / "a2"), "--cache-dir", str(tmp_path / "c"),
-                 "--quiet"]) == 0  # the same folder twice: two sites of copies, each copy kept in one split
+    shutil.copytree(clean_data, tmp_path / "repackaged")
+    assert main(["audit", str(clean_data), str(tmp_path / "repackaged"), "--out", str(tmp_path / "a2"), "--cache-dir", str(tmp_path / "c"),
+                 "--quiet"]) == 0  # a copy of the folder as a second site: each image and its copy kept in one split
     two = json.loads((tmp_path / "a2" / "audit.json").read_text())
     assert two["n_files"] == 160 and two["duplicates"]["exact"]["across_splits"] == 0
     assert (tmp_path / "a2" / "sources.yaml").is_file()
