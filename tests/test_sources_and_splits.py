@@ -292,3 +292,18 @@ def test_an_external_set_of_a_test_folder_alone_can_be_evaluated(tmp_path):
     # Evaluating a model needs none: `cxrkit evaluate RUN EXT` was refused the same way.
     ds = load_dataset(ext, 16, class_names=["healthy", "tb"], progress=False)
     assert ds.image_counts() == {"test": 8} and ds.counts()["test"] == {"healthy": 4, "tb": 4}
+
+
+def test_a_class_folder_of_images_in_formats_cxrkit_does_not_read_is_refused(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "d", n_per_class=4, size=16, classes=("covid", "healthy", "tb"))
+    for p in (root / "covid").iterdir():
+        p.rename(p.with_suffix(".webp"))
+    # The class vanished: a two-class model trained from a three-class dataset, said only in the report's
+    # "4 non-image files in the class folders were ignored".
+    with pytest.raises(DatasetError, match=r"the class folder .*covid holds 4 image\(s\) in a format cxrkit does not read \(e.g. covid_0000.webp\)"):
+        open_image_folder(root)
+    (root / "covid" / "covid_0000.webp").rename(root / "covid" / "covid_0000.png")
+    assert open_image_folder(root).classes == ["covid", "healthy", "tb"]  # with one image it reads, the rest are counted as ignored
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("x")  # a folder of other files is no class, as before
+    assert open_image_folder(root).classes == ["covid", "healthy", "tb"]

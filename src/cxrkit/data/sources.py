@@ -207,9 +207,17 @@ def _walk(folder: Path, images: list[Path], others: list[Path], hidden: list[Pat
                 stack.append((here / e.name, sub))
 
 
+# Image formats cxrkit does not read: a class folder of nothing else would vanish from the classes without a word.
+UNREAD_IMAGE_SUFFIXES = (".webp", ".gif", ".jfif", ".jp2", ".j2k", ".heic", ".heif", ".avif", ".nii", ".gz", ".pgm", ".ppm")
+
+
 def _images_under(folder: Path, ignored: list[Path], reals: dict[str, Path] | None = None) -> list[Path]:
-    images, others, _ = [], [], []
+    images, others = [], []
     _walk(folder, images, others, [], reals)
+    unread = [p for p in others if p.suffix.lower() in UNREAD_IMAGE_SUFFIXES]
+    if unread and not images:
+        raise DatasetError(f"the class folder {folder} holds {len(unread)} image(s) in a format cxrkit does not read (e.g. {unread[0].name}) "
+                           "and none it reads (PNG, JPEG, BMP, TIFF, DICOM), so the class would be left out; convert them, or move the folder out")
     ignored += others
     return images
 
