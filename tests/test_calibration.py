@@ -320,3 +320,19 @@ def test_calibrate_refuses_a_map_that_would_reverse_or_erase_the_ranking(method,
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {method} calibration on ") and message in err and "nothing was changed" in err and "\n" not in err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".cxrkit.lock"} == before
+
+
+def test_platt_fits_probabilities_that_differ_only_in_the_fourth_decimal():
+    # A barely trained model (validation AUC 0.61, probabilities 0.49571-0.49590): L-BFGS on the raw logit stopped at its
+    # starting point, slope 0, and every calibrated probability became 0.5 -- one decision for every image.
+    from cxrkit.metrics.calibration import fit_calibration
+    from cxrkit.metrics.classification import rank_auc
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    p1 = 0.4957 + 1e-4 * (0.5 * y + 0.7 * rng.random(40))
+    cal = fit_calibration(y, np.stack([1 - p1, p1], axis=1), "platt")
+    assert cal.params["slope"] > 1000
+    after = cal.apply(np.stack([1 - p1, p1], axis=1))[:, 1]
+    assert after.max() - after.min() > 0.5 and rank_auc(y, after) == pytest.approx(rank_auc(y, p1))
+    assert cal.after["brier"] < cal.before["brier"]

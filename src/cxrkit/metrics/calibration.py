@@ -264,8 +264,13 @@ def fit_calibration(y: np.ndarray, probs: np.ndarray, method: str = "temperature
     elif method == "platt":
         from sklearn.linear_model import LogisticRegression
 
-        lr = LogisticRegression(C=1e6).fit(_logit(probs[:, 1])[:, None], y)  # (almost) unpenalised, as Platt fitted it
-        params = {"slope": float(lr.coef_[0, 0]), "intercept": float(lr.intercept_[0])}
+        z = _logit(probs[:, 1])
+        # Fitted on the standardised logit and mapped back: on probabilities that differ only in the fourth decimal (a
+        # barely trained model) L-BFGS stopped at its starting point, slope 0, and every calibrated probability was 0.5.
+        mu, sd = float(z.mean()), float(z.std())
+        lr = LogisticRegression(C=1e6).fit(((z - mu) / (sd or 1.0))[:, None], y)  # (almost) unpenalised, as Platt fitted it
+        slope = float(lr.coef_[0, 0]) / (sd or 1.0)
+        params = {"slope": slope, "intercept": float(lr.intercept_[0]) - slope * mu}
     else:
         from sklearn.isotonic import IsotonicRegression
 
