@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -299,6 +300,11 @@ def test_repeating_train_without_resume_keeps_an_unfinished_runs_checkpoint_and_
     assert str(exc.value) == (f"{out} already holds a run; it stopped before finishing: add --resume to continue it, "
                               "choose another --out or pass --overwrite")
     assert find_checkpoint(out) is not None  # --resume can still continue it
+    for meta, finished in (({"complete": True}, True), ({"complete": False}, False), ({"task": "multiclass"}, True),
+                           ({"task": "binary", "threshold": {"value": 0.4}}, True), ({"task": "binary", "threshold": None}, False)):
+        (out / "meta.json").write_text(json.dumps(meta))  # a finished run keeps its checkpoint too: it was told to --resume
+        with pytest.raises(FileExistsError, match="stopped before finishing" if not finished else r"holds a run; choose another"):
+            prepare_run_folder(out, overwrite=False)
     prepare_run_folder(out, overwrite=True)
     assert find_checkpoint(out) is None and not (out / "model.safetensors").exists()
 

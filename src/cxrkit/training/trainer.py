@@ -150,7 +150,7 @@ def prepare_run_folder(out: Path, overwrite: bool, resume: bool = False) -> None
     holds_run = (out / META_FILE).exists() or (out / MODEL_FILE).exists()
     if holds_run and not overwrite:
         # Refused before anything is deleted: an interrupted run's checkpoint must survive a command without --resume.
-        unfinished = find_checkpoint(out) is not None
+        unfinished = find_checkpoint(out) is not None and not _finished(out)  # a finished run keeps its checkpoint too
         raise FileExistsError(f"{out} already holds a run" + ("; it stopped before finishing: add --resume to continue it," if unfinished else ";")
                               + " choose another --out or pass --overwrite")
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
@@ -159,6 +159,20 @@ def prepare_run_folder(out: Path, overwrite: bool, resume: bool = False) -> None
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / PLOTS_DIR, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _finished(out: Path) -> bool:
+    """Whether ``out`` holds a run whose meta.json says it finished (a damaged meta.json says nothing: not finished)."""
+    try:
+        meta = json.loads((out / META_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict):
+        return False
+    if "complete" in meta:
+        return meta["complete"] is True
+    # Runs written before the flag, read as cxrkit.record.meta reads them: complete once a threshold was stored.
+    return meta.get("task") == "multiclass" or bool(meta.get("thresholds") or ((meta.get("threshold") or {}).get("value") is not None))
 
 
 def _set_backbone_trainable(backbone: list[torch.nn.Parameter], trainable: bool) -> None:
