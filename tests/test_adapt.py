@@ -70,3 +70,16 @@ def test_adapt_refuses_a_batch_size_that_estimates_nothing(size: str, tiny_run: 
     assert exit_.value.code == 2
     assert f"argument --batch-size: {size} is outside 2-4096" in capsys.readouterr().err
     assert not (tmp_path / "adapted").exists()
+
+
+def test_adapt_run_checks_batch_size_and_link_loops_from_python(tiny_run: Path, tmp_path: Path):
+    from cxrkit.training.adapt import adapt_run
+
+    site = _new_site(tmp_path / "site", n=16)
+    for size in (1, 0, 2.5, True):  # the command line's parser checked it; the function left every layer at reset statistics
+        with pytest.raises(ValueError, match="batch_size must be an integer from 2 to 4096"):
+            adapt_run(tiny_run, site, tmp_path / "adapted", batch_size=size)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(ValueError, match="symbolic link loop"):  # was "unexpected RuntimeError" from Path.resolve
+        adapt_run(tiny_run, site, tmp_path / "loop")
+    assert not (tmp_path / "adapted").exists()

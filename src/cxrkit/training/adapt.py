@@ -71,7 +71,14 @@ def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_si
     from cxrkit.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, is_image_file
 
     run_dir, folder, out = Path(run_dir), Path(folder), Path(out)
-    if out.resolve() == run_dir.resolve():  # also through a symbolic link: checked before either lock is taken
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 2 <= batch_size <= 4096:
+        # A batch of one has no variance and is skipped: every batch-norm layer kept its reset statistics, said to be re-estimated.
+        raise ValueError(f"batch_size must be an integer from 2 to 4096, got {batch_size!r}")
+    try:
+        same = out.resolve() == run_dir.resolve()
+    except RuntimeError as exc:  # a symbolic link loop: was "unexpected RuntimeError"
+        raise ValueError(f"{run_dir} or {out} is a symbolic link loop") from exc
+    if same:  # also through a symbolic link: checked before either lock is taken
         raise ValueError("--out must be a new folder; the source run is kept unchanged")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; give a folder for the adapted run")
