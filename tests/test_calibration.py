@@ -290,7 +290,7 @@ def test_calibration_measures_refuse_inputs_that_would_give_a_plausible_number(y
         cases_to_confirm(float("nan"), 0.9)
 
 
-@pytest.mark.parametrize("method, message", [("platt", "has slope -"), ("isotonic", "is flat")])
+@pytest.mark.parametrize("method, message", [("platt", "has slope -"), ("isotonic", "is flat"), ("platt", "is flat")])
 def test_calibrate_refuses_a_map_that_would_reverse_or_erase_the_ranking(method, message, tiny_run, tmp_path, monkeypatch, capsys):
     # A model whose validation probabilities run against the labels got a negative Platt slope: calibration.json turned every
     # ranking round (the likeliest image became the least likely) and predict called the opposite class. Probabilities that

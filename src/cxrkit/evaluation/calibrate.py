@@ -67,14 +67,14 @@ def _refuse_inverting_map(cal: Calibration) -> None:
     # A model whose validation probabilities fall as the disease becomes likelier (AUC under 0.5: it learned nothing, or
     # a few validation images say so by chance) gets a negative Platt slope, and the map turns every ranking around:
     # the image the model finds likeliest becomes the least likely. A flat isotonic map gives every image one probability.
-    # A Platt slope of exactly 0 is not refused here: the unscaled fit in fit_calibration stops at 0 on probabilities
-    # that differ only in the fourth decimal (the tests' tiny runs), which is to be mended in that fit.
+    # fit_calibration fits Platt on the standardised logit, so a slope of exactly 0 now means probabilities that are all
+    # the same (it meant an unscaled fit stopped at its start on ones that differ only in the fourth decimal).
     p = cal.params
     if cal.method == "platt" and p["slope"] < 0:
         raise ValueError(f"platt calibration on {cal.n} validation images has slope {p['slope']:.3g}: the model's validation "
                          "probabilities fall as the disease becomes likelier, so the map would reverse its decisions; nothing was "
                          "changed. Retrain the model (or validate on more images) before calibrating")
-    if cal.method == "isotonic" and min(p["y"]) == max(p["y"]):
+    if (cal.method == "platt" and p["slope"] == 0) or (cal.method == "isotonic" and min(p["y"]) == max(p["y"])):
         raise ValueError(f"{cal.method} calibration on {cal.n} validation images is flat (every image would get one probability): "
                          "the model's validation probabilities do not rank the cases; nothing was changed. Retrain the model "
                          "(or validate on more images) before calibrating")
