@@ -218,6 +218,7 @@ def test_a_folder_that_cannot_be_read_is_an_error_not_left_out(tmp_path, monkeyp
 @pytest.mark.parametrize("names, says", [
     (("Normal", "normal", "tb"), "'Normal' and 'normal' differ only in case"),
     (("tb", "tb ", "normal"), "'tb' and 'tb ' differ only in spaces around them"),
+    (("Viral Pneumonia", "viral_pneumonia", "normal"), "'Viral Pneumonia' and 'viral_pneumonia' differ only in case or in the spaces, '_' or '-' between words"),
     (("e\u0301panchement", "\xe9panchement", "normal"),
      r"are one name written in two Unicode forms \('e\\u0301panchement' and '\\xe9panchement', e.g. from a Mac and from Linux\)"),
 ])

@@ -299,13 +299,14 @@ def check_utf8(path: str | Path, where: str = "") -> None:
 
 
 def label_key(name: str) -> str:
-    """What two spellings of one class or finding name share: their case, surrounding spaces and Unicode form aside."""
-    return unicodedata.normalize("NFC", name).strip().casefold()
+    """What two spellings of one class or finding name share: their case, spaces, '_' or '-' between words and Unicode form
+    aside ('Pleural_Thickening' is 'pleural thickening')."""
+    return re.sub(r"[\s_\-]+", " ", unicodedata.normalize("NFC", name)).strip().casefold()
 
 
 def one_spelling(names: Iterable[str], what: str) -> None:
-    """Refuse two names of ``what`` that differ only in case, surrounding spaces or Unicode form ('TB' and 'tb'): they would
-    be two classes that are one."""
+    """Refuse two names of ``what`` that :func:`label_key` makes one ('TB' and 'tb', 'Viral Pneumonia' and 'viral_pneumonia'):
+    they would be two classes that are one."""
     first: dict[str, str] = {}
     for name in names:
         other = first.setdefault(label_key(name), name)
@@ -315,8 +316,10 @@ def one_spelling(names: Iterable[str], what: str) -> None:
             how = f"are one name written in two Unicode forms ({ascii(other)} and {ascii(name)}, e.g. from a Mac and from Linux)"
         elif other.strip() == name.strip():
             how = f"{other!r} and {name!r} differ only in spaces around them"
-        else:
+        elif other.casefold() == name.casefold():
             how = f"{other!r} and {name!r} differ only in case"
+        else:
+            how = f"{other!r} and {name!r} differ only in case or in the spaces, '_' or '-' between words"
         raise DatasetError(f"{what} {how}, so they would be two classes; write each class one way")
 
 
