@@ -271,7 +271,8 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
         for class_dir in subdirs:
             samples += [Sample(p, class_dir.name, None) for p in _images_under(class_dir, ignored, reals)]
     for smp in samples:
-        check_utf8(smp.path.relative_to(root), f"{root}: ")
+        if not str(smp.path).isascii():  # the common case costs no encoding
+            check_utf8(smp.path.relative_to(root), f"{root}: ")
     classes = sorted({s.label for s in samples})
     one_spelling(classes, f"{root}: class folders")
     if len(classes) == 1 and min_classes > 1:
