@@ -334,3 +334,12 @@ def test_a_multiclass_validation_split_without_a_class_is_named():
     _check_validation_classes(ds, said.append)
     assert said == ["warning: the validation split cxrkit cut has no covid images: the kept epoch is chosen on the other classes, "
                     "and how well the model finds covid is not checked before the test split"]
+
+
+def test_a_pretrained_name_that_is_no_file_is_refused_before_the_data_is_read(binary_data, tmp_path, capsys):
+    # --pretrained imagenett (a typo) loaded and audited the data first, then failed with "weights file imagenett not found".
+    assert main(["train", str(binary_data), "--out", str(tmp_path / "o"), "--pretrained", "imagenett"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("error: --pretrained imagenett: no such weights file or run folder; give imagenet, none, a .safetensors / .pt "
+                   "file or a finished cxrkit run folder")
+    assert not (tmp_path / "o").exists()

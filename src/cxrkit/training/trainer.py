@@ -797,6 +797,10 @@ def train(
     (:mod:`cxrkit.training.tracking`) receives the configuration, every epoch, the validation metrics and the files.
     """
     out = Path(cfg.out)
+    if cfg.pretrained not in (None, "none", "imagenet") and not Path(cfg.pretrained).exists():
+        # A typo (imagenett) was found only after the data had been loaded and audited (minutes on a large set).
+        raise FileNotFoundError(f"--pretrained {cfg.pretrained}: no such weights file or run folder; give imagenet, none, a "
+                                ".safetensors / .pt file or a finished cxrkit run folder")
     ctx = setup_distributed(device)
     if ctx.enabled and cfg.head_epochs:
         raise ValueError("two-stage fine-tuning (--head-epochs) is not supported with several processes; use --freeze or one process")
