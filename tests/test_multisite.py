@@ -163,6 +163,15 @@ def test_training_on_one_folder_twice_is_refused_before_the_run_folder_is_made(t
     assert "site alpha (" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+def test_a_merge_key_in_a_sources_file_is_read(two_sites, tmp_path: Path):
+    from cxrkit.data.multisite import read_sources_file
+
+    a, b = two_sites
+    src = tmp_path / "sources.yaml"  # the duplicate-key check read '<<' as a key: "could not determine a constructor"
+    src.write_text(f"common: &c\n  alpha: {a}\nsites:\n  <<: *c\n  beta: {b}\n")
+    assert read_sources_file(src) == {"alpha": a.resolve(), "beta": b.resolve()}
+
+
 def test_a_list_of_sites_with_two_folders_of_one_name_keeps_both(two_sites, tmp_path: Path):
     import shutil
 

@@ -61,6 +61,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 - PyYAML's signature
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden, as YAML means
+                continue
             k = self.construct_object(key_node, deep=True)
             if isinstance(k, str | int) and k in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"the key {k!r} is given twice", key_node.start_mark)
