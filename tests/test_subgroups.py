@@ -78,3 +78,5 @@ def test_evaluate_by_table_column_and_file_name_pattern(tiny_run, binary_data, t
     assert "Subgroups: does it work equally for everyone?" in report and "By patient sex" in report
     assert main(["evaluate", str(run), "--by", "height", "--by-table", str(table)]) == 2
     assert "no column 'height'" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--by-table", str(table)]) == 2  # alone it was ignored without a word
+    assert "--by-table names the table of the --by columns; give --by COLUMN too" in capsys.readouterr().err

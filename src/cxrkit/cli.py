@@ -519,6 +519,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from cxrkit.evaluation.evaluate import evaluate_run, parse_class_map
 
     by = [c.strip() for c in (a.by or "").split(",") if c.strip()]
+    if a.by_table and not by:  # it only says where --by's columns are: alone it was ignored without a word
+        raise ValueError("--by-table names the table of the --by columns; give --by COLUMN too (--by-pattern reads file names, not the table)")
     m = evaluate_run(a.run, a.data, a.split, class_map=parse_class_map(a.class_map), recalibrate_on=a.recalibrate_on,
                      prevalence=a.prevalence, explain=None if a.explain == "none" else a.explain, by=by, by_table=a.by_table,
                      by_pattern=a.by_pattern, device=a.device)
