@@ -173,6 +173,10 @@ def test_a_label_written_two_ways_is_one_class_or_refused(tmp_path):
         open_label_table(table(["normal", "nan", "tb", "normal"] * 2), tmp_path)
     with pytest.raises(DatasetError, match=r"line 2 of .*t.csv has a label with a line break"):  # 't\nb' was a class beside 'tb'
         open_label_table(table(["t\nb", "tb", "normal", "normal"] * 2), tmp_path)
+    # 1.00 (a spreadsheet's fixed decimals) is 1: such a column was silently no label column, a finding gone missing
+    rows = [{"path": p, "cardio": i % 2, "effusion": f"{int(i % 3 == 0)}.00"} for i, p in enumerate(paths)]
+    src = open_label_table(_write_csv(tmp_path / "t.csv", rows), tmp_path)
+    assert src.classes == ["cardio", "effusion"] and src.samples[3].findings == ("cardio", "effusion")
     # A finding column with one blank (or CheXpert's -1) was silently no label column: a finding went missing.
     rows = [{"path": p, "cardio": i % 2, "effusion": "" if i == 3 else int(i % 3 == 0)} for i, p in enumerate(paths)]
     with pytest.raises(DatasetError, match="column 'effusion' of the table holds 0/1 labels but line 5 has ''"):

@@ -30,11 +30,17 @@ FINDINGS_COLUMNS = ("finding_labels", "findings", "labels")
 CLASS_COLUMNS = ("label", "class")
 PATIENT_COLUMNS = ("patient_id", "patient")
 NIH_SPLIT_LISTS = {"test_list.txt": "test", "train_val_list.txt": "train"}
-ONE_ZERO = ("0", "1", "0.0", "1.0")
+_NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
 # What spreadsheets and pandas write for a value that is missing: never a class or a finding.
 MISSING_VALUES = {"nan", "na", "n/a", "#n/a", "null"}
 # Columns that are never label columns even when they hold only 0 and 1.
 META_COLUMNS = {"patient_age", "age", "patient_gender", "sex", "gender", "view_position", "follow_up", "split"}
+
+
+def _zero_one(value: str) -> int | None:
+    """0 or 1 for a cell that holds that number in any spelling (0, 1, 1.0, 1.00, +1), else None."""
+    v = value.strip()
+    return int(float(v)) if _NUMBER.fullmatch(v) and float(v) in (0.0, 1.0) else None
 
 
 def _norm(name: str) -> str:
@@ -154,11 +160,12 @@ def _choose_label_column(header: dict[str, str], rows: list[dict], label_column:
         if key in skip:
             continue
         values = [r[col].strip().lower() for r in rows]
-        if all(v in ONE_ZERO for v in values):
+        bits = [_zero_one(v) for v in values]
+        if all(b is not None for b in bits):
             onehot.append(col)
-        elif any(v in ONE_ZERO for v in values) and all(v in ONE_ZERO or v in MISSING_VALUES or v in ("", "-1", "-1.0") for v in values):
+        elif any(b is not None for b in bits) and all(b is not None or v in MISSING_VALUES or v in ("", "-1", "-1.0") for v, b in zip(values, bits)):
             # A finding column with a blank, NaN or -1 (CheXpert's "uncertain") in it was silently not a label column at all.
-            i = next(i for i, v in enumerate(values) if v not in ONE_ZERO)
+            i = bits.index(None)
             raise DatasetError(f"column {col!r} of the table holds 0/1 labels but line {lines[i]} has {rows[i][col]!r}; write 0 or 1 in "
                                "every row (map blanks and -1 'uncertain' yourself), or remove the column")
     if onehot:
@@ -248,7 +255,7 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
             split = lists[p.name]
         patient = r[patient_col].strip() if patient_col and r[patient_col].strip() else None
         if kind == "onehot":
-            found = tuple(c for c in label_cols if r[c].strip() in ("1", "1.0"))
+            found = tuple(c for c in label_cols if _zero_one(r[c]) == 1)
             samples.append(Sample(p, "|".join(found) or "No Finding", split, found, patient))
         elif kind == "findings":
             found = _findings(r[label_cols[0]])
@@ -267,7 +274,7 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
             if any(c in value for c in "\r\n\t"):  # a quoted cell spanning lines: a class 't\nb' beside 'tb'
                 raise DatasetError(f"line {lines[i]} of {table} has a label with a line break or tab in it ({value!r})")
             if re.fullmatch(r"[+-]?\d+\.0*", value):  # 1.0 (a spreadsheet's number) is the class 1, not a class of its own
-                value = str(int(float(value)))
+                value = str(int(value.split(".")[0]))
             if "|" in value:
                 raise DatasetError(f"line {lines[i]} of {table} has several labels ({value!r}); use --task multilabel")
             samples.append(Sample(p, value, split, None, patient))
