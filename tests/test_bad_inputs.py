@@ -343,3 +343,14 @@ def test_a_pretrained_name_that_is_no_file_is_refused_before_the_data_is_read(bi
     assert err == ("error: --pretrained imagenett: no such weights file or run folder; give imagenet, none, a .safetensors / .pt "
                    "file or a finished cxrkit run folder")
     assert not (tmp_path / "o").exists()
+
+
+def test_class_names_swapped_in_meta_are_refused(tiny_run, tmp_path, capsys):
+    # weights_sha256 binds the weights to meta.json, not meta.json's class order: swapped by hand, every decision flipped.
+    run = _copy_run(tiny_run, tmp_path)
+    assert main(["predict", str(run), str(_image(tmp_path))]) == 0
+    _edit_meta(run, lambda m: m.update(classes=m["classes"][::-1], positive_class=m["classes"][0]))
+    capsys.readouterr()
+    assert main(["predict", str(run), str(_image(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "meta.json names the classes ['tb', 'healthy'], but" in err and "was trained for ['healthy', 'tb'] (in that order)" in err

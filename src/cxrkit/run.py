@@ -46,15 +46,23 @@ class RunError(RunRecordError):
     """Raised when a run folder is missing, incomplete or inconsistent (a one-line message)."""
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
-    """Save a model's state dict as safetensors, atomically (a failed write keeps the previous file; see :func:`replacing`)."""
+# The safetensors header's metadata key for the class names, in output order, that the weights were trained for.
+WEIGHTS_CLASSES_KEY = "cxrkit_classes"
+
+
+def save_weights(model: nn.Module, path: Path, classes: list[str] | None = None) -> None:
+    """Save a model's state dict as safetensors, atomically (a failed write keeps the previous file; see :func:`replacing`),
+    with ``classes`` (its outputs' names, in order) in the file's header."""
+    import json
+
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {WEIGHTS_CLASSES_KEY: json.dumps(list(classes))} if classes is not None else None
     with replacing(Path(path)) as tmp:
         try:
-            save_file(state, str(tmp))
+            save_file(state, str(tmp), metadata=metadata)
         except SafetensorError as exc:  # its I/O errors (a full disk) are not OSErrors
             raise OSError(errno.EIO, " ".join(str(exc).split())) from None
 
@@ -85,9 +93,23 @@ def _read_calibration(path: Path, sha256: str | None) -> Any:
         raise RunError(str(exc)) from None
 
 
-def load_weights(model: nn.Module, path: Path, sha256: str | None = None) -> Any:
-    """Load safetensors weights into ``model`` (no pickle); a damaged file, one for another model or, when ``sha256``
-    is given, any other file than the one it names is a :class:`RunError`. Returns the SHA-256 hash object of the bytes loaded."""
+def _weights_classes(data: bytes) -> list[str] | None:
+    """The class names a training stored in a safetensors file's header (None: not recorded, or a header the loader reports)."""
+    import json
+
+    try:
+        size = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+        classes = json.loads(meta[WEIGHTS_CLASSES_KEY]) if WEIGHTS_CLASSES_KEY in meta else None
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
+        return None
+    return classes if isinstance(classes, list) and all(isinstance(c, str) for c in classes) else None
+
+
+def load_weights(model: nn.Module, path: Path, sha256: str | None = None, classes: list[str] | None = None) -> Any:
+    """Load safetensors weights into ``model`` (no pickle); a damaged file, one for another model, when ``sha256`` is given
+    any other file than the one it names, and when ``classes`` is given weights whose header records other class names (or
+    another order) are a :class:`RunError`. Returns the SHA-256 hash object of the bytes loaded."""
     import hashlib
 
     from safetensors import SafetensorError
@@ -103,6 +125,11 @@ def load_weights(model: nn.Module, path: Path, sha256: str | None = None) -> Any
         raise RunError(f"{path} is not the weights file {Path(path).parent / META_FILE} was written with (SHA-256 "
                        f"{actual[:12]}…, recorded {sha256[:12]}…): a training is rewriting the run, or "
                        "the file was replaced; wait for the training to finish, or copy whole run folders, never the weights alone")
+    stored = _weights_classes(data) if classes is not None else None
+    if stored is not None and stored != list(classes):
+        # The weights' hash binds them to meta.json, but not meta.json's class names: swapped by hand, every decision was flipped.
+        raise RunError(f"{Path(path).parent / META_FILE} names the classes {list(classes)}, but {path} was trained for {stored} "
+                       "(in that order): meta.json's classes were edited, or the weights come from another run; restore them")
     try:
         state = load_bytes(data)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -326,7 +353,7 @@ class Run:
             model = build_model(record.model, record.num_outputs, **record.model_kwargs())
         except (TypeError, ValueError) as exc:
             raise RunError(f"{path / META_FILE}: cannot build model {record.model!r} with {record.model_kwargs()}: {exc}") from None
-        weights_hash = load_weights(model, path / MODEL_FILE, record.weights_sha256)
+        weights_hash = load_weights(model, path / MODEL_FILE, record.weights_sha256, record.classes)
         _check_config_agrees(path, record)
         # channels_last changes only the memory layout (same fp32 arithmetic): 1.4-3x faster CPU inference
         # measured on the Kermany runs (benchmarks in the README).

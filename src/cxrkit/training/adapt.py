@@ -117,7 +117,7 @@ def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_si
             for name, (data, st) in kept.items():
                 (out / name).write_bytes(data)
                 os.utime(out / name, ns=(st.st_atime_ns, st.st_mtime_ns))
-            save_weights(run.model, out / MODEL_FILE)
+            save_weights(run.model, out / MODEL_FILE, run.classes)
             record = read_meta(out)
             if root is not None:  # stored relative to the run folder too, which has moved; a sources file inside the run moved with it
                 record.set_data_root(out / root.relative_to(run_dir.resolve()) if root.is_relative_to(run_dir.resolve()) else root, out)

@@ -628,7 +628,7 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
                 prog.best_auc, prog.best_loss, prog.best_epoch, prog.bad_epochs = val_auc, val_loss, epoch, 0
                 prog.best_state = copy.deepcopy(s.kept_model.state_dict())
                 if s.ctx.is_main:
-                    save_weights(s.kept_model, out / MODEL_FILE)
+                    save_weights(s.kept_model, out / MODEL_FILE, s.ds.class_names)
             else:
                 prog.bad_epochs += 1
             row = {
@@ -707,7 +707,7 @@ def _keep_last_epoch(s: _Setup, prog: _Progress, log: Callable[[str], None]) -> 
     prog.best_epoch, prog.best_auc, prog.best_loss = last["epoch"], last["val_auc"], last["val_loss"]
     prog.best_state = copy.deepcopy(s.kept_model.state_dict())
     if s.ctx.is_main:
-        save_weights(s.kept_model, s.out / MODEL_FILE)
+        save_weights(s.kept_model, s.out / MODEL_FILE, s.ds.class_names)
     log(f"keeping the last epoch, {prog.best_epoch} (validation AUC {prog.best_auc:.4f}), not the best on validation (--keep best for that)")
 
 
