@@ -178,7 +178,7 @@ def _walk(folder: Path, images: list[Path], others: list[Path], hidden: list[Pat
         except OSError as exc:
             raise DatasetError(f"the folder {here} cannot be read ({exc.strerror or exc}), so its images would be left out; "
                                "make it readable, or move it out of the dataset") from None
-        subdirs = []
+        subdirs, hidden_files = [], []
         for e in entries:
             p = here / e.name
             try:
@@ -187,11 +187,11 @@ def _walk(folder: Path, images: list[Path], others: list[Path], hidden: list[Pat
                 is_dir = False
             if is_dir:
                 if e.name.startswith((".", "__")):
-                    hidden.append(p)
+                    hidden.append(p)  # a folder's hidden sub-folders before its hidden files, as os.walk listed them
                 else:
                     subdirs.append(e)
             elif e.name.startswith("."):
-                hidden.append(p)
+                hidden_files.append(p)
             elif is_image_file(p):
                 images.append(p)
                 if reals is not None:  # the same file reached twice through links would be two images, maybe of two classes
@@ -201,6 +201,7 @@ def _walk(folder: Path, images: list[Path], others: list[Path], hidden: list[Pat
                                            "counted twice; remove the link that makes the second name")
             else:
                 others.append(p)
+        hidden += hidden_files
         for e in reversed(subdirs):  # pushed in reverse: popped, and so listed, in name order
             sub = os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)
             if not Path(real).is_relative_to(sub):
