@@ -73,7 +73,11 @@ def predict_to_csv(
     Returns ``{"total", "skipped" (already done), "predicted", "errors", "ood" (flagged out of distribution), "seconds",
     "unreadable"}``; ``unreadable`` lists (path, reason) of the files that could not be decoded (their rows carry the reason).
     """
+    from cxrkit.data.sources import check_utf8
+
     out = Path(out)
+    for p in paths:  # the CSV could not record such a name: it failed at the end, after every prediction, with the codec's message
+        check_utf8(p, "predict --out: ")
     fields = csv_fields(run)
     earlier = read_finished(out, fields, run.model_id)
     rows = {k: r for k, r in earlier.items() if not r["error"]}
