@@ -354,3 +354,18 @@ def test_class_names_swapped_in_meta_are_refused(tiny_run, tmp_path, capsys):
     assert main(["predict", str(run), str(_image(tmp_path))]) == 2
     err = capsys.readouterr().err.strip()
     assert "meta.json names the classes ['tb', 'healthy'], but" in err and "was trained for ['healthy', 'tb'] (in that order)" in err
+
+
+def test_images_in_formats_not_read_are_named_at_training():
+    from types import SimpleNamespace
+
+    from cxrkit.training.trainer import _note_unread_images
+
+    said: list[str] = []
+    ds = SimpleNamespace(source=SimpleNamespace(ignored_files=[Path("d/tb/notes.txt"), Path("d/tb/a.WEBP"), Path("d/tb/b.gif")]))
+    _note_unread_images(ds, said.append)  # only the report counted them, as "non-image files"
+    assert said == ["note: 2 image(s) in a format cxrkit does not read were left out (e.g. d/tb/a.WEBP); convert them to PNG (or JPEG) "
+                    "to train on them"]
+    said.clear()
+    _note_unread_images(SimpleNamespace(source=SimpleNamespace(ignored_files=[Path("d/tb/notes.txt")])), said.append)
+    assert said == []

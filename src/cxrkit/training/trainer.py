@@ -331,6 +331,16 @@ def _check_splits_for_training(ds: LabelledImages, cfg: TrainConfig, log: Callab
                      "split(s) took theirs: lower --val-fraction / --test-fraction, or add images")
 
 
+def _note_unread_images(ds: LabelledImages, log: Callable[[str], None]) -> None:
+    """Say when images in formats cxrkit does not read (.webp, .gif ...) were left out of a class: only the report counted them."""
+    from cxrkit.data.sources import UNREAD_IMAGE_SUFFIXES
+
+    unread = [p for p in getattr(ds.source, "ignored_files", []) if Path(p).suffix.lower() in UNREAD_IMAGE_SUFFIXES]
+    if unread:
+        log(f"note: {len(unread)} image(s) in a format cxrkit does not read were left out (e.g. {unread[0]}); "
+            "convert them to PNG (or JPEG) to train on them")
+
+
 def _check_validation_classes(ds: LabelledImages, log: Callable[[str], None]) -> None:
     """Refuse a validation split with fewer than two classes before training (was an error after the last epoch: "no epoch gave
     a validation AUC"), and say which classes a multi-class validation split lacks (their threshold and AUC go unchecked)."""
@@ -379,6 +389,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     intensity, exposure = cfg.intensity, None
     ds = load("none" if intensity == "auto" else intensity)
     _check_splits_for_training(ds, cfg, log)
+    _note_unread_images(ds, log)
     if cfg.intensity == "auto":
         intensity, exposure = _choose_intensity(ds)
         log(f"intensity: {exposure['message']}")
