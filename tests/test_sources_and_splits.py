@@ -308,3 +308,14 @@ def test_a_class_folder_of_images_in_formats_cxrkit_does_not_read_is_refused(tmp
     (root / "notes").mkdir()
     (root / "notes" / "readme.txt").write_text("x")  # a folder of other files is no class, as before
     assert open_image_folder(root).classes == ["covid", "healthy", "tb"]
+
+
+def test_a_small_class_cut_by_patient_prints_no_scikit_learn_warning(tmp_path):
+    import warnings
+
+    src = open_image_folder(make_synthetic_dataset(tmp_path / "d", n_per_class=20, size=16, classes=("a", "b", "c")))
+    samples = [s for s in src.samples if s.label != "c"] + [s for s in src.samples if s.label == "c"][:3]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = assign_splits(samples, ["a", "b", "c"], groups=[f"p{i}" for i in range(len(samples))])
+    assert len(splits) == 43 and not [w for w in caught if "least populated" in str(w.message)]

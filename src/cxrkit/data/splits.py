@@ -4,6 +4,7 @@ data), seeded, and by patient when IDs exist."""
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -179,7 +180,11 @@ def _cut(
     if n_groups < n_splits:
         raise ValueError(f"only {n_groups} patients; too few for a {fraction:.0%} patient-level split")
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    rest, held = next(iter(sgkf.split(idx, labels[idx], groups[idx])))
+    with warnings.catch_warnings():
+        # "The least populated class in y has only 3 members" printed scikit-learn's source line above cxrkit's output; what it
+        # means for training (a class missing from validation) is said by train itself.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        rest, held = next(iter(sgkf.split(idx, labels[idx], groups[idx])))
     return np.sort(idx[rest]), np.sort(idx[held])
 
 
