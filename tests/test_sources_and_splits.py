@@ -319,3 +319,22 @@ def test_a_small_class_cut_by_patient_prints_no_scikit_learn_warning(tmp_path):
         warnings.simplefilter("always")
         splits = assign_splits(samples, ["a", "b", "c"], groups=[f"p{i}" for i in range(len(samples))])
     assert len(splits) == 43 and not [w for w in caught if "least populated" in str(w.message)]
+
+
+def test_images_outside_any_class_folder_are_listed_as_unlabelled(tmp_path):
+    # They were left out and counted nowhere; train now names them.
+    from types import SimpleNamespace
+
+    from cxrkit.training.trainer import _note_unread_images
+
+    root = make_synthetic_dataset(tmp_path / "d", n_per_class=10, size=16, splits={"train": 0.8, "test": 0.2})
+    png = next((root / "train" / "tb").glob("*.png")).read_bytes()
+    (root / "stray.png").write_bytes(png)
+    (root / "train" / "also.png").write_bytes(png)
+    (root / "README.md").write_text("not an image")
+    src = open_image_folder(root)
+    assert [p.name for p in src.unlabelled_images] == ["stray.png", "also.png"] and len(src.samples) == 20
+    said: list[str] = []
+    _note_unread_images(SimpleNamespace(source=src), said.append)
+    assert said == [f"note: 2 image(s) outside any class folder were left out, having no label (e.g. {root / 'stray.png'}); "
+                    "move each into its class folder to train on it"]

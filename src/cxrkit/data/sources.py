@@ -55,6 +55,8 @@ class ImageFolderSource:
     layout: str  # "split/class" or "class"
     ignored_files: list[Path] = field(default_factory=list)
     given: Path | None = None  # what the user named when it is not ``root``: a .zip, extracted under ``root``
+    # Images lying in the root or in a split folder, outside any class folder: they have no label and are left out.
+    unlabelled_images: list[Path] = field(default_factory=list)
 
     @property
     def shown(self) -> Path:
@@ -271,6 +273,8 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
         layout = "class"
         for class_dir in subdirs:
             samples += [Sample(p, class_dir.name, None) for p in _images_under(class_dir, ignored, reals)]
+    unlabelled = [p for d in [root, *split_dirs] for p in sorted(d.iterdir())
+                  if not p.name.startswith(".") and p.is_file() and is_image_file(p)]
     for smp in samples:
         if not str(smp.path).isascii():  # the common case costs no encoding
             check_utf8(smp.path.relative_to(root), f"{root}: ")
@@ -285,7 +289,8 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
     missing = [c for c in classes if c not in train_classes]
     if missing and min_classes > 1:
         raise DatasetError(f"{root}: classes {missing} have no training images")
-    return ImageFolderSource(root=root, samples=samples, classes=classes, layout=layout, ignored_files=ignored, given=given)
+    return ImageFolderSource(root=root, samples=samples, classes=classes, layout=layout, ignored_files=ignored, given=given,
+                             unlabelled_images=unlabelled)
 
 
 def check_utf8(path: str | Path, where: str = "") -> None:
