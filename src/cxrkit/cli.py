@@ -743,12 +743,6 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
-def _task_choices() -> tuple[str, ...]:
-    from cxrkit.config import TASK_CHOICES
-
-    return TASK_CHOICES
-
-
 @contextlib.contextmanager
 def _output_folder(out: Path) -> Iterator[None]:
     """Make ``out`` and check that a file can be created in it before the work that fills it; when the work fails, the
@@ -1104,7 +1098,9 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--cache-dir", default=None, help="cache folder (default $CXRKIT_CACHE or ~/.cache/cxrkit)")
     au.add_argument("--labels", default=None, metavar="FILE.csv", help="label table for the images under DATA, as for train")
     au.add_argument("--label-column", default=None, help="the table's label column, when it cannot be told, as for train")
-    au.add_argument("--task", choices=_task_choices(), default=_defaults()["task"], help="as for train (default %(default)s)")
+    from cxrkit.config import TASK_CHOICES
+
+    au.add_argument("--task", choices=TASK_CHOICES, default=_defaults()["task"], help="as for train (default %(default)s)")
     au.add_argument("--resplit", action="store_true", help="ignore the splits the data gives and audit the patient-level ones "
                                                            "train --resplit would cut")
     _output_options(au)
