@@ -334,6 +334,13 @@ def test_a_multiclass_validation_split_without_a_class_is_named():
     _check_validation_classes(ds, said.append)
     assert said == ["warning: the validation split cxrkit cut has no covid images: the kept epoch is chosen on the other classes, "
                     "and how well the model finds covid is not checked before the test split"]
+    ds.source = SimpleNamespace(samples=[SimpleNamespace(split="val")] * 6)  # a val/ folder, ignored under --resplit
+    said.clear()
+    _check_validation_classes(ds, said.append)
+    assert said[0].startswith("warning: the val/ folder has no covid images")
+    said.clear()
+    _check_validation_classes(ds, said.append, cut=True)
+    assert said[0].startswith("warning: the validation split cxrkit cut has no covid images")
 
 
 def test_a_pretrained_name_that_is_no_file_is_refused_before_the_data_is_read(binary_data, tmp_path, capsys):

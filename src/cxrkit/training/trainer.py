@@ -322,7 +322,7 @@ def _check_splits_for_training(ds: LabelledImages, cfg: TrainConfig, log: Callab
     """Refuse, before the audit and the exposure probe, a split with no training or no validation images."""
     empty = [s for s in ("train", "val") if len(ds.index(s)) == 0]
     if not empty:
-        _check_validation_classes(ds, log)
+        _check_validation_classes(ds, log, cut=cfg.resplit)
         return
     if empty == ["val"]:
         raise ValueError("training needs validation images (for the kept epoch, the threshold and calibration) and there are none: "
@@ -346,7 +346,7 @@ def _note_unread_images(ds: LabelledImages, log: Callable[[str], None]) -> None:
             "move each into its class folder to train on it")
 
 
-def _check_validation_classes(ds: LabelledImages, log: Callable[[str], None]) -> None:
+def _check_validation_classes(ds: LabelledImages, log: Callable[[str], None], cut: bool = False) -> None:
     """Refuse a validation split with fewer than two classes before training (was an error after the last epoch: "no epoch gave
     a validation AUC"), and say which classes a multi-class validation split lacks (their threshold and AUC go unchecked)."""
     if ds.multilabel:
@@ -355,7 +355,8 @@ def _check_validation_classes(ds: LabelledImages, log: Callable[[str], None]) ->
     missing = [c for i, c in enumerate(ds.class_names) if i not in present]
     if not missing:
         return
-    where = "the val/ folder" if any(s.split == "val" for s in ds.source.samples) else "the validation split cxrkit cut"
+    given = not cut and any(s.split == "val" for s in ds.source.samples)  # --resplit (cut) ignores a given val/ folder
+    where = "the val/ folder" if given else "the validation split cxrkit cut"
     if len(present) < 2:
         raise ValueError(f"{where} has no {' or '.join(missing)} images, and choosing the kept epoch and the threshold needs every class "
                          "there: add such images to val/, or remove val/ so cxrkit cuts a stratified validation split")
