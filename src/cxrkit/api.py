@@ -37,20 +37,13 @@ def train(data: str | Path, *, progress: bool = True, overwrite: bool = False, r
         raise ConfigError(f"data must be a dataset path (a folder, a .zip or a sources .yaml naming one folder per site), "
                           f"got {type(data).__name__}; several sites: write them in a sources .yaml, or run `cxrkit train A B`")
     cfg = TrainConfig.from_dict({"data": str(data), **options})
-    saved_file = Path(cfg.out) / CONFIG_FILE
-    if resume and saved_file.is_file():
+    if resume and (Path(cfg.out) / CONFIG_FILE).is_file():
         # As on the command line: a resumed run continues with its own config.yaml. Built from the defaults instead, the
         # very call that trained it plus resume=True was refused (the image size it had chosen from the data differed).
-        from cxrkit.training.trainer import RESUME_MAY_CHANGE
+        from cxrkit.training.trainer import resumed_config
 
-        saved, given = TrainConfig.load_saved(saved_file).to_dict(), cfg.to_dict()
-        clash = [k for k in options if k not in RESUME_MAY_CHANGE and given[k] != saved[k]]
-        if clash:
-            raise ConfigError(f"resume=True continues {cfg.out} with its own settings, which differ: "
-                              + ", ".join(f"{k} {saved[k]!r} (given {given[k]!r})" for k in clash))
-        if Path(saved["data"]).resolve() != Path(cfg.data).resolve() and not Path(cfg.data).exists():
-            raise ConfigError(f"{cfg.out} was trained on {saved['data']}, and {cfg.data} does not exist; resume=True continues the same run")
-        cfg = TrainConfig.from_dict({**saved, **{k: given[k] for k in options if k in RESUME_MAY_CHANGE}, "data": cfg.data, "out": cfg.out})
+        given = cfg.to_dict()  # the options as validated, compared with the run's own
+        cfg = resumed_config(Path(cfg.out), cfg.data, {k: given[k] for k in options}, "resume=True")
     elif "image_size" not in options:
         # As on the command line: images smaller than the default train at their own size.
         from cxrkit.data.dataset import native_image_size

@@ -332,18 +332,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.data = [str(out_dir / "sources.yaml")]
     a.data = a.data[0]
     if a.resume and (out_dir / CONFIG_FILE).is_file():
-        cfg = TrainConfig.load_saved(out_dir / CONFIG_FILE)  # the run's own settings
-        if Path(cfg.data).resolve() != Path(a.data).resolve() and not Path(a.data).exists():
-            raise ValueError(f"{out_dir} was trained on {cfg.data}, and {a.data} does not exist; --resume continues the same run")
-        cfg.data, cfg.out = a.data, str(out_dir)  # where the data and the run folder are now
-        from cxrkit.training.trainer import RESUME_MAY_CHANGE
+        from cxrkit.training.trainer import resumed_config
 
-        saved, given = cfg.to_dict(), _given_options(a)
-        clash = {k: v for k, v in given.items() if saved.get(k) != v and k not in RESUME_MAY_CHANGE}
-        if clash:
-            raise ValueError(f"--resume continues {out_dir} with its own settings, which differ: "
-                             + ", ".join(f"{k} {saved.get(k)!r} (given {v!r})" for k, v in clash.items()))
-        cfg = TrainConfig.from_dict({**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}})
+        cfg = resumed_config(out_dir, a.data, _given_options(a), "--resume")  # the run's own settings
     elif a.config:
         cfg = TrainConfig.load(a.config, data=a.data)  # a hand-written file may leave the data to the DATA argument
         given = _given_options(a)

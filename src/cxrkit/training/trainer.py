@@ -265,6 +265,23 @@ def _check_resume(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
 RESUME_MAY_CHANGE = ("out", "threshold_rule", "allow_point_estimate", "referral")
 
 
+def resumed_config(out: Path, data: str, given: dict, how: str) -> TrainConfig:
+    """The settings a resumed run continues with: its own config.yaml, with the data and the run folder where they are now
+    and the options that may change (:data:`RESUME_MAY_CHANGE`) from ``given``; any other option in ``given`` must agree
+    with the run's. ``how`` names the caller's way of asking (``--resume``, ``resume=True``) in the errors."""
+    from cxrkit.config import ConfigError
+
+    saved = TrainConfig.load_saved(Path(out) / CONFIG_FILE).to_dict()
+    if Path(saved["data"]).resolve() != Path(data).resolve() and not Path(data).exists():
+        raise ConfigError(f"{out} was trained on {saved['data']}, and {data} does not exist; {how} continues the same run")
+    saved.update(data=str(data), out=str(out))
+    clash = {k: v for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v}
+    if clash:
+        raise ConfigError(f"{how} continues {out} with its own settings, which differ: "
+                          + ", ".join(f"{k} {saved.get(k)!r} (given {v!r})" for k, v in clash.items()))
+    return TrainConfig.from_dict({**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}})
+
+
 def _check_guarantee_possible(cfg: TrainConfig, task: Task, y_val: np.ndarray) -> None:
     """Refuse before training when the validation split is too small for the guaranteed threshold rule asked for."""
     confidence = rule_confidence(cfg.threshold_rule)
