@@ -131,6 +131,22 @@ PINNED = {"model": "cnn", "image_size": 128, "intensity": "none", "patience": 6,
           "mixstyle": 0.0, "mixup": 0.0, "keep": "best", "crop_border": False, "head_epochs": 0, "tta": False, "split_seed": None, "site_balanced": False}
 
 
+# A condition name may end in "+fp32" or "+bf16": the same options with the training precision fixed. Without it the
+# precision is cxrkit's default, "auto" (bf16 where the CPU has native bfloat16, else float32), so the same condition can
+# compute differently on two machines; done.json records what a run used.
+PRECISION_SUFFIXES = {"+fp32": "32", "+bf16": "bf16"}
+
+
+def condition_options(name: str) -> dict:
+    """The TrainConfig options of a condition, with a "+fp32"/"+bf16" suffix read as a fixed precision."""
+    for suffix, precision in PRECISION_SUFFIXES.items():
+        if name.endswith(suffix) and name[: -len(suffix)] in CONDITIONS:
+            return {**CONDITIONS[name[: -len(suffix)]], "precision": precision}
+    if name not in CONDITIONS:
+        raise SystemExit(f"unknown condition {name!r}: choose from {', '.join(CONDITIONS)}, each optionally ending in +fp32 or +bf16")
+    return dict(CONDITIONS[name])
+
+
 def site_folders(shared: Path, out: Path) -> dict[str, Path]:
     """One folder of links per site, classes ``normal`` and ``tb``."""
     sm, sakha = shared / "tb_shenzhen_montgomery_128" / "train", shared / "tb_sakha_datacamp_224" / "train"
@@ -203,8 +219,9 @@ def run_one(train_data: Path, external: Path, out: Path, options: dict, seed: in
     idx = ds.index("all")
     images, y = np.asarray(ds.images[idx]), ds.labels[idx]
     raw = run.predict_arrays(images)[:, 1]
-    result = {"internal": internal, "external": _fig(ext),
-              "train_seconds": train_s, "epochs_run": json.loads((out / "meta.json").read_text())["training"]["epochs_run"],
+    training = json.loads((out / "meta.json").read_text())["training"]
+    result = {"internal": internal, "external": _fig(ext), "precision": training.get("precision"),
+              "train_seconds": train_s, "epochs_run": training["epochs_run"],
               "paths": list(np.array(ds.relpaths)[idx]), "y": y.tolist(), "p": raw.tolist()}
     result.update(stress_column(run, external, seed))
     done.write_text(json.dumps(result))
@@ -392,7 +409,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared/data"))
     ap.add_argument("--out", default="runs/sites")
-    ap.add_argument("--conditions", default="baseline,robust", help="comma-separated: " + ", ".join(CONDITIONS))
+    ap.add_argument("--conditions", default="baseline,robust", help="comma-separated: " + ", ".join(CONDITIONS)
+                    + "; any of them ending in +fp32 or +bf16 fixes the training precision (default: cxrkit's auto)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--holdout", default=",".join(SITES))
     ap.add_argument("--epochs", type=int, default=20)
@@ -405,6 +423,8 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     conditions, seeds, holdouts = a.conditions.split(","), [int(s) for s in a.seeds.split(",")], [h for h in a.holdout.split(",") if h]
+    for c in conditions:
+        condition_options(c)  # an unknown name stops here, before any training
     folders = site_folders(Path(a.shared), out)
     results = {}
     for s in seeds:  # seed-major: every condition gets a paired comparison on each seed as early as possible
@@ -417,7 +437,7 @@ def main() -> None:
                         if a.tta:
                             results[(h, c, s)] = add_tta(run_dir, folders[h])
                     continue
-                options = dict(CONDITIONS[c])
+                options = condition_options(c)
                 if not (run_dir / "done.json").is_file() and not claim(run_dir):
                     print(f"{h} {c} seed {s}: another process is training it; skipped here", flush=True)
                     continue
@@ -444,7 +464,7 @@ def main() -> None:
                 run_dir = out / "runs" / f"pooled_{c.replace('+', '_')}_s{s}"
                 if a.summary_only or not (run_dir / "done.json").is_file() and not claim(run_dir):
                     continue
-                r = pooled_one(folders, run_dir, CONDITIONS[c], s, a.epochs)
+                r = pooled_one(folders, run_dir, condition_options(c), s, a.epochs)
                 (run_dir.parent / f"{run_dir.name}.claim").unlink(missing_ok=True)
                 print(f"pooled {c} seed {s}: " + ", ".join(f"{k} {v['auc']:.3f} (n {v['n']})" for k, v in r["per_site"].items()), flush=True)
         if not holdouts:  # the held-out figures to compare with, from finished runs
