@@ -183,8 +183,9 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--allow-point-estimate", action="store_true",
                    help="when a guaranteed rule (X@C) is impossible with the validation cases at hand, use the point rule X instead of stopping")
     g.add_argument("--precision", choices=PRECISIONS, default=d["precision"],
-                   help="auto (default): bf16 autocast where the CPU supports bfloat16 natively, else 32-bit. bf16 was 0.012 higher in "
-                        "mean external AUC across sites (BENCHMARKS.md); its speed depends on the model: cnn 1.7x faster at 224 px, "
+                   help="auto (default): bf16 autocast where the training device computes bfloat16 natively (a CPU with AVX512-BF16/AMX, "
+                        "a GPU from Ampere on), else 32-bit. bf16 was 0.012 higher in mean external AUC across sites (BENCHMARKS.md); "
+                        "its speed depends on the model: cnn 1.7x faster at 224 px, "
                         "efficientnet-lite0 1.15x at 224 px and 0.9x at 128 px")
     g.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes reading the cache (default %(default)s)")
     g.add_argument("--seed", type=int, default=d["seed"],

@@ -6,13 +6,16 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from cxrkit.data.augment import AugmentConfig, default_augment
 from cxrkit.data.intensity import INTENSITY_MODES
 from cxrkit.data.spec import ASPECTS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+
+if TYPE_CHECKING:
+    import torch
 
 # auto: histogram equalisation when brightness and contrast alone tell the training classes apart (cxrkit.audit.exposure), else none.
 INTENSITY_CHOICES = ("auto", *INTENSITY_MODES)
@@ -210,20 +213,29 @@ class TrainConfig:
             return self.keep
         return "best" if self.patience is not None else "last"
 
-    def resolved_precision(self) -> str:
-        """``bf16`` when asked, or when ``auto`` and the CPU has native bfloat16; otherwise ``32``.
+    def resolved_precision(self, device: torch.device | str | None = None) -> str:
+        """``bf16`` when asked, or when ``auto`` and the device computes bfloat16 natively; otherwise ``32``.
 
-        Kept by a leave-one-site-out benchmark (3 sites x 3 seeds, BENCHMARKS.md round 10): mean external AUC 0.805 with
-        bf16 against 0.793 in float32. Not for speed alone: bf16 trains the cnn 1.7x faster at 224 px, but
-        efficientnet-lite0 only 1.15x at 224 px and slower at 128 px (benchmarks/cpu_speed.py)."""
-        if self.precision != "auto":
-            return self.precision
+        ``device`` is where training runs (the CPU when omitted). On a CUDA device ``auto`` follows the GPU
+        (``torch.cuda.is_bf16_supported``: Ampere and newer), not the host CPU; an explicit ``bf16`` on a GPU without
+        bfloat16 is refused here rather than by autocast in the middle of the first step. Other devices (MPS) train in
+        float32 under ``auto``. Kept by a leave-one-site-out benchmark on a CPU (3 sites x 3 seeds, BENCHMARKS.md
+        round 10): mean external AUC 0.805 with bf16 against 0.793 in float32. Not for speed alone: bf16 trains the cnn
+        1.7x faster at 224 px, but efficientnet-lite0 only 1.15x at 224 px and slower at 128 px (benchmarks/cpu_speed.py)."""
         import torch
 
-        try:
-            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32"
-        except (AttributeError, RuntimeError):
-            return "32"
+        kind = torch.device(device).type if device is not None else "cpu"
+        if kind == "cuda":
+            native = _cuda_bf16(torch.device(device))
+            if self.precision == "bf16" and not native:
+                raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(torch.device(device))} has no bfloat16 support; use --precision 32 (or auto)")
+        elif kind == "cpu":
+            native = _cpu_bf16()
+        else:
+            native = False
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if native else "32"
 
     @property
     def data_split_seed(self) -> int:
@@ -380,3 +392,21 @@ def _check_types(obj: Any, prefix: str = "") -> None:
         ok = isinstance(v, _SCALARS[want]) and (want is bool or not isinstance(v, bool))
         if not ok:
             raise ConfigError(f"{prefix}{f.name} must be {'a number' if want is float else want.__name__}, got {v!r}")
+
+
+def _cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _cuda_bf16(device: torch.device) -> bool:
+    """Whether a CUDA device computes bfloat16 natively (compute capability 8.0 and newer)."""
+    import torch
+
+    with torch.cuda.device(device):
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))

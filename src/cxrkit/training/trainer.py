@@ -507,7 +507,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
 
         train_model = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
     return _Setup(cfg, ctx, out, ds, audit, train_idx, val_idx, task, counts, pre, model, train_model, pretrained_report, criterion,
-                  loss_info, factors, backbone, MODELS[cfg.model].head, optimizer, scheduler, steps_per_epoch, cfg.resolved_precision(),
+                  loss_info, factors, backbone, MODELS[cfg.model].head, optimizer, scheduler, steps_per_epoch, cfg.resolved_precision(ctx.device),
                   rng, aug_gen, ema, mixstyle)
 
 
@@ -836,6 +836,7 @@ def train(
         raise FileNotFoundError(f"--pretrained {cfg.pretrained}: no such weights file or run folder; give imagenet, none, a "
                                 ".safetensors / .pt file or a finished cxrkit run folder")
     ctx = setup_distributed(device)
+    cfg.resolved_precision(ctx.device)  # --precision bf16 on a GPU without bfloat16: refused before the data is loaded
     if ctx.enabled and cfg.head_epochs:
         raise ValueError("two-stage fine-tuning (--head-epochs) is not supported with several processes; use --freeze or one process")
     if out.exists() and not out.is_dir():
