@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -36,7 +37,10 @@ def server(tiny_run):
 def _get(port: int, path: str = "/healthz") -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        return s.recv(65536).decode("latin-1")
+        answer = b""
+        while chunk := s.recv(65536):  # head and body may come in separate segments; the server then closes
+            answer += chunk
+        return answer.decode("latin-1")
 
 
 def _closed_by_server(s: socket.socket, within: float) -> bool:
@@ -55,7 +59,10 @@ def test_slow_headers_are_cut_and_the_cap_answers_503(server):
         for s in slow:
             s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")  # headers never finished
         time.sleep(0.2)
-        assert _get(server).startswith("HTTP/1.1 503")  # 4 open connections: the cap
+        busy = _get(server)  # 4 open connections: the cap
+        head, _, body = busy.partition("\r\n\r\n")
+        assert head.startswith("HTTP/1.1 503") and "content-type: application/json" in head.lower() and "retry-after: 1" in head.lower()
+        assert json.loads(body)["error"]["code"] == "server_busy"  # the API's error, not uvicorn's plain "Service Unavailable"
         t0 = time.monotonic()
         assert all(_closed_by_server(s, 5) for s in slow)
         assert time.monotonic() - t0 < 4
@@ -76,3 +83,16 @@ def test_a_stalled_body_gets_408(server):
         assert time.monotonic() - t0 < 5
         text = answer.decode("latin-1")
         assert text.startswith("HTTP/1.1 408") and "request_timeout" in text
+
+
+@pytest.mark.parametrize("request_bytes", [b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"])
+def test_a_request_that_is_not_http_gets_a_json_400(server, request_bytes):
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as s:
+        s.sendall(request_bytes)
+        answer = b""
+        while chunk := s.recv(65536):  # then the server closes
+            answer += chunk
+    head, _, body = answer.decode("latin-1").partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 400") and "content-type: application/json" in head.lower()
+    assert json.loads(body) == {"error": {"code": "bad_http_request", "message": "not a valid HTTP/1.1 request", "file": None}}
+    assert _get(server).startswith("HTTP/1.1 200")

@@ -8,19 +8,23 @@ file descriptor, and enough of them stop the server from accepting ``/healthz``.
   response), else the connection is closed: :func:`guarded_h11`, uvicorn's h11 protocol with that timer;
 - the body may pause at most ``body_timeout`` seconds between chunks, else 408 and close
   (:class:`cxrkit.serve.guard.BodyTimeout`);
-- past ``max_connections`` open connections (uvicorn's ``limit_concurrency``) requests are answered 503;
+- past ``max_connections`` open connections (uvicorn's ``limit_concurrency`` count) requests are answered 503;
 - idle keep-alive connections close after ``keep_alive`` seconds (uvicorn's ``timeout_keep_alive``).
+
+The 503 and the 400 for a request that is not HTTP are the API's JSON error (``{"error": {...}}``), like every
+other refusal; uvicorn's own are plain text, which a client parsing the API's errors cannot read.
 """
 
 from __future__ import annotations
 
+import json
 import resource
 from dataclasses import dataclass
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from cxrkit.serve.guard import BodyTimeout
+from cxrkit.serve.guard import BodyTimeout, error_response
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,35 @@ def guarded_h11(header_timeout: float) -> type[H11Protocol]:
 
     class HeaderTimeoutH11(H11Protocol):
         _header_timer = None
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            # The cap is checked here instead of by uvicorn, whose 503 is plain text: same count, JSON answer.
+            self._cap, self.limit_concurrency = self.limit_concurrency, None
+            if self._cap is not None:
+                self.app = self._capped(self.app)
+
+        def _capped(self, app):
+            async def capped(scope, receive, send) -> None:
+                # uvicorn counts before the request's task exists; by now it is in self.tasks, hence the - 1
+                if scope["type"] == "http" and (len(self.connections) >= self._cap or len(self.tasks) - 1 >= self._cap):
+                    self.logger.warning("Exceeded concurrency limit.")
+                    response = error_response(503, "server_busy", f"the server has reached its limit of {self._cap} open connections; "
+                                                                  "retry in a moment")
+                    response.headers["Connection"] = "close"
+                    response.headers["Retry-After"] = "1"
+                    await response(scope, receive, send)
+                    return
+                await app(scope, receive, send)
+
+            return capped
+
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"error": {"code": "bad_http_request", "message": "not a valid HTTP/1.1 request", "file": None}}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
 
         def _arm(self) -> None:
             self._disarm()
