@@ -119,6 +119,10 @@ CONDITIONS: dict[str, dict] = {
     "lite0+histeq+robust+nostop+ema3d+balanced+hflip+last": {"patience": 1000, "model": "efficientnet-lite0", "intensity": "histeq",
                                                              "ema_epochs": 3.0, "sources": True, "site_balanced": True, "keep": "last",
                                                              "augment": replace(ROBUST, hflip=True)},
+    # Round 11: GIN random-convolution augmentation (--random-conv 0.5) on the round-7 default.
+    "lite0+robust+nostop+ema3d+balanced+hflip+last+gin": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0,
+                                                          "sources": True, "site_balanced": True, "keep": "last",
+                                                          "augment": replace(ROBUST, hflip=True, random_conv=0.5)},
     # Round 6: mixup (alpha 0.4; blends of two images, often from two sites, and of their labels) on the round-4 default.
     "lite0+robust+nostop+ema3d+balanced+mixup": {"patience": 1000, "model": "efficientnet-lite0", "ema_epochs": 3.0, "sources": True,
                                                  "site_balanced": True, "mixup": 0.4, "augment": ROBUST},

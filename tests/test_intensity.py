@@ -141,6 +141,34 @@ def test_edge_erasing_blacks_out_only_border_bands_or_corners():
         TrainConfig(data="d", augment=AugmentConfig(erase_edges=1.5))
 
 
+def test_random_convolution_changes_texture_and_curve_but_keeps_shapes_polarity_and_range():
+    import torch
+
+    from cxrkit.config import ConfigError
+    from cxrkit.data.augment import augment_batch
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(64, 1, 32, 32, generator=g) * 0.2 + torch.linspace(0.1, 0.7, 32).view(1, 1, 1, 32)).clamp(0, 1)
+    cfg = AugmentConfig(0, 0, 0, 0, 0, False, random_conv=1.0)
+    y = augment_batch(x, cfg, torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    change = (y - x).abs().flatten(1).mean(1)
+    assert (change > 0).float().mean() > 0.95 and change.max() > 0.05  # a real change, and images differ in how much
+    xc, yc = x - x.mean((2, 3), keepdim=True), y - y.mean((2, 3), keepdim=True)
+    corr = (xc * yc).flatten(1).sum(1) / (xc.flatten(1).norm(dim=1) * yc.flatten(1).norm(dim=1))
+    assert corr.min() > 0  # polarity kept: never an inverted film
+    assert (y.mean((1, 2, 3)) - x.mean((1, 2, 3))).abs().max() < 0.1  # brought back to each image's own level
+    half = augment_batch(x, replace(cfg, random_conv=0.5), torch.Generator().manual_seed(2))
+    touched = (half != x).flatten(1).any(1).float().mean()
+    assert 0.3 < touched < 0.7  # about half the images
+    assert torch.equal(augment_batch(x, cfg, torch.Generator().manual_seed(1)), y)  # seeded
+    off = AugmentConfig(0, 0, 0, 0, 0, False, noise=0.05)  # off by default: other augmentations draw the same numbers as before
+    assert torch.equal(augment_batch(x, off, torch.Generator().manual_seed(3)),
+                       augment_batch(x, replace(off, random_conv=0.0), torch.Generator().manual_seed(3)))
+    with pytest.raises(ConfigError, match=r"random_conv \(--random-conv\) is a probability"):
+        TrainConfig(data="d", augment=AugmentConfig(random_conv=1.5))
+
+
 def test_augmentation_presets_and_explicit_options_on_the_command_line():
     from cxrkit.cli import _config_from_args, build_parser
     from cxrkit.data.augment import AUGMENT_PRESETS, DEFAULT_PRESET
@@ -161,6 +189,7 @@ def test_augmentation_presets_and_explicit_options_on_the_command_line():
     assert config("--augment-preset", "mild", "--hflip").hflip and not config("--augment-preset", "robust", "--no-hflip").hflip
     assert not config("--augment-preset", "robust", "--no-augment").enabled
     assert config("--erase-edges", "0.5").erase_edges == 0.5 and config().erase_edges == 0.0
+    assert config("--random-conv", "0.5").random_conv == 0.5 and config().random_conv == 0.0
 
 
 def test_to_unit_copies_and_accepts_read_only_arrays():

@@ -211,6 +211,9 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--erase-edges", type=float, default=None, metavar="P",
                    help="probability per image of blacking out a random border band (2-10%% of the side) or corner squares "
                         "(10-25%%), where collimation, markers and text differ between sites (default: " + preset % aug.erase_edges + ")")
+    g.add_argument("--random-conv", type=float, default=None, metavar="P",
+                   help="probability per image of mixing it with a random shallow convolutional network's output (GIN, Ouyang et al. "
+                        "2022): new intensity curves and textures, shapes kept (default: " + preset % aug.random_conv + ")")
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips (default: " + preset % ("on" if aug.hflip else "off")
                         + "; BENCHMARKS.md round 6: with the last epoch kept, +0.020 AUC at held-out sites, higher in 9 of 9 "
@@ -227,7 +230,7 @@ def _config_from_args(a: argparse.Namespace, data: str, out: str, model: str | N
     else:
         given = {"rotate_degrees": a.rotate, "scale": a.scale, "translate": a.translate, "brightness": a.brightness, "contrast": a.contrast,
                  "gamma": a.gamma, "blur": a.blur, "noise": a.noise,
-                 "erase_edges": a.erase_edges}
+                 "erase_edges": a.erase_edges, "random_conv": a.random_conv}
         given["hflip"] = a.hflip
         aug = replace(AUGMENT_PRESETS[a.augment_preset], **{k: v for k, v in given.items() if v is not None})
     return TrainConfig(

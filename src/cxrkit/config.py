@@ -201,6 +201,7 @@ class TrainConfig:
             (all(0 <= v < math.inf for k, v in asdict(self.augment).items() if k != "hflip"),
              "augment strengths must be finite numbers >= 0 (not NaN)"),
             (self.augment.erase_edges <= 1, "augment.erase_edges is a probability from 0 to 1"),
+            (self.augment.random_conv <= 1, "augment.random_conv is a probability from 0 to 1"),
         ]
         for ok, msg in checks:
             if not ok:

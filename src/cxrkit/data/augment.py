@@ -32,12 +32,13 @@ class AugmentConfig:
     blur: float = 0.0  # maximum Gaussian blur sigma in pixels
     noise: float = 0.0  # maximum standard deviation of added Gaussian noise (0-1 scale)
     erase_edges: float = 0.0  # probability per image of blacking out a random border band or corner squares
+    random_conv: float = 0.0  # probability per image of passing through a random shallow convolutional network (GIN)
 
     @property
     def enabled(self) -> bool:
         """Whether any augmentation is active."""
         return any((self.rotate_degrees, self.scale, self.translate, self.brightness, self.contrast, self.hflip,
-                    self.gamma, self.blur, self.noise, self.erase_edges))
+                    self.gamma, self.blur, self.noise, self.erase_edges, self.random_conv))
 
 
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
@@ -88,6 +89,8 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     if cfg.rotate_degrees or cfg.scale or cfg.translate or cfg.hflip:
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if cfg.random_conv:  # another site's processing curve and texture (unsharp masking, look-up tables)
+        x = random_conv(x, cfg.random_conv, generator)
     if cfg.contrast or cfg.brightness:
         c = uniform(1.0 - cfg.contrast, 1.0 + cfg.contrast).view(b, 1, 1, 1).to(x.dtype)
         br = uniform(-cfg.brightness, cfg.brightness).view(b, 1, 1, 1).to(x.dtype)
@@ -104,6 +107,43 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     if cfg.erase_edges:  # collimation, film edges and corner markers differ between sites: teach the model to do without them
         x = x.masked_fill(edge_mask(x.shape, cfg.erase_edges, generator), 0.0)
     return x
+
+
+def random_conv(x: torch.Tensor, p: float, generator: torch.Generator, layers: int = 4, width: int = 2) -> torch.Tensor:
+    """With probability ``p`` per image, mix it with the output of a freshly drawn random shallow network (GIN).
+
+    Global Intensity Non-linear augmentation (Ouyang et al., "Causality-inspired single-source domain generalization
+    for medical image segmentation", IEEE TMI 2022): ``layers`` convolutions of 1x1 or 3x3 with N(0, 1) weights and
+    biases and leaky ReLUs between them, drawn anew for every image, change the intensity curve and local texture
+    while keeping the shapes. The output is brought to the image's own mean and standard deviation, turned to keep
+    the radiograph's polarity (bone bright; an inverted film is not a site difference), mixed with the image by a
+    weight drawn from U(0, 1), and clipped to [0, 1]. ``x``: (B, 1, H, W) in [0, 1]."""
+    import torch
+    import torch.nn.functional as F
+
+    b, _, h, w = x.shape
+    apply = torch.rand(b, generator=generator) < p
+    y = x.reshape(1, b, h, w)
+    c_in = 1
+    for i in range(layers):
+        k = 3 if torch.rand(1, generator=generator).item() < 0.5 else 1
+        c_out = 1 if i == layers - 1 else width
+        weight = torch.randn(b * c_out, c_in, k, k, generator=generator).to(x.dtype)
+        bias = torch.randn(b * c_out, generator=generator).to(x.dtype)
+        if k > 1:
+            y = F.pad(y, (1, 1, 1, 1), mode="reflect")
+        y = F.conv2d(y, weight, bias, groups=b)
+        if i < layers - 1:
+            y = F.leaky_relu(y, 0.2)
+        c_in = c_out
+    y = y.reshape(b, 1, h, w)
+    mean, sd = x.mean(dim=(2, 3), keepdim=True), x.std(dim=(2, 3), keepdim=True)
+    z = (y - y.mean(dim=(2, 3), keepdim=True)) / y.std(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+    sign = torch.where(((z * (x - mean)).mean(dim=(2, 3), keepdim=True)) < 0, -1.0, 1.0).to(x.dtype)
+    z = sign * z * sd + mean
+    alpha = torch.rand(b, 1, 1, 1, generator=generator).to(x.dtype)
+    mixed = (alpha * z + (1 - alpha) * x).clamp(0.0, 1.0)
+    return torch.where(apply.view(b, 1, 1, 1), mixed, x)
 
 
 def edge_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator) -> torch.Tensor:
