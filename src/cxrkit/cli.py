@@ -868,6 +868,44 @@ def cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(a: argparse.Namespace) -> int:
+    from cxrkit.evaluation.study_plan import plan_for_run
+    from cxrkit.metrics.sample_size import plan_study
+
+    given = {"sensitivity": a.sensitivity, "specificity": a.specificity, "auc": a.auc}
+    if a.run is not None:
+        plan = plan_for_run(a.run, a.half_width, a.prevalence, a.split, a.confidence, a.point_estimates, **given)
+    else:
+        if a.split is not None or a.point_estimates:
+            raise ValueError(f"{'--split' if a.split is not None else '--point-estimates'} reads a run's stored figures; give the run folder too")
+        if a.prevalence is None:
+            raise ValueError("--prevalence is needed without a run: the share of images with the disease at the site to be studied")
+        plan = plan_study(a.prevalence, a.half_width, confidence=a.confidence, **given)
+    a.result = plan
+    out = _result_stream()
+    conf = f"{a.confidence:.0%}".replace(".0%", "%")
+    print(f"validation study for {conf} intervals of at most ±{plan['half_width']:.3g} at prevalence {plan['prevalence']:.3g}", file=out)
+    print(f"  {'figure':<13}{'anticipated':>12}  {'needs':<17}{'images':>9}  (with / without the disease)", file=out)
+    for r in plan["requirements"]:
+        print(f"  {r['metric']:<13}{r['anticipated']:>12.3f}  {r['needed_cases']:>7,} {r['cases']:<9}{r['images']:>9,}  "
+              f"({r['positives']:,} / {r['negatives']:,})", file=out)
+    print(f"needed: {plan['images']:,} images, {plan['positives']:,} with the disease and {plan['negatives']:,} without "
+          f"(set by {plan['binding']})", file=out)
+    src = plan.get("from_run")
+    if src:
+        print(f"anticipated figures from {src['run']}'s {src['split']} split ({src['n']} images, {src['n_positive']} with the disease), "
+              f"{src['anticipated_from_run']}" + ("" if src["anticipated_from_run"] == "point estimates" else " (--point-estimates for the point values)")
+              + ("; the prevalence too: a screening site's is often far lower, pass --prevalence" if src["prevalence_from_run"] else ""))
+        for name, why in src["skipped"].items():
+            print(f"  {name}: {why}")
+        if src["current_half_widths"]:
+            print("  that split's 95% intervals are " + ", ".join(f"±{w:.3f} ({k})" for k, w in src["current_half_widths"].items()))
+        if src["split"] != "test":
+            print("  (validation figures chose the threshold and the kept epoch: optimistic; a new site will likely score lower)")
+    print("anticipated values are estimates: a lower sensitivity or specificity closer to 0.5, or a lower AUC, needs more images")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     import shutil
 
@@ -1156,6 +1194,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rule-out and rule-in targets: npv:X or sensitivity:X, and ppv:X or specificity:X (default %(default)s)")
     rf.add_argument("--remove", action="store_true", help="remove the band")
     rf.set_defaults(func=cmd_referral)
+
+    pl = sub.add_parser("plan", help="how many images a validation study needs for intervals of a given width",
+                        description="Sample size of a validation study at a new site: the images (and how many with the disease) "
+                                    "needed for the 95%% intervals cxrkit reports to be at most ±HALF_WIDTH: Wilson intervals for "
+                                    "sensitivity and specificity, Hanley-McNeil for ROC-AUC. Anticipated figures come from a run's "
+                                    "stored evaluation (test split, else validation) or from the options.")
+    pl.add_argument("run", nargs="?", default=None, help="a binary run folder whose stored figures are the anticipated ones (optional)")
+    pl.add_argument("--half-width", type=float, default=0.05, metavar="D",
+                    help="the widest acceptable interval half-width, e.g. 0.05 for ±5 points (default %(default)s)")
+    pl.add_argument("--prevalence", type=float, default=None, metavar="P",
+                    help="share of images with the disease at the site to be studied (default: the run's split's share)")
+    pl.add_argument("--sensitivity", type=float, default=None, help="anticipated sensitivity (default: the run's)")
+    pl.add_argument("--specificity", type=float, default=None, help="anticipated specificity (default: the run's)")
+    pl.add_argument("--auc", type=float, default=None, help="anticipated ROC-AUC (default: the run's)")
+    pl.add_argument("--split", default=None, help="the run's stored evaluation to read: test (default when stored), val, external:NAME")
+    pl.add_argument("--confidence", type=float, default=0.95, help="interval confidence level (default %(default)s)")
+    pl.add_argument("--point-estimates", action="store_true",
+                    help="take the run's point estimates as the anticipated figures; by default each is the end of its stored interval "
+                         "that needs the most images (nearest 0.5 for sensitivity and specificity, the lower end for ROC-AUC)")
+    _output_options(pl)
+    pl.set_defaults(func=cmd_plan)
 
     m = sub.add_parser("models", help="list the available models with parameter counts")
     _output_options(m)
