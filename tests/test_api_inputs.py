@@ -282,7 +282,27 @@ def test_damaged_shift_reference(name, tiny_run, tmp_path):
         cxrkit.load(run_dir).predict(np.full((40, 40), 128, np.uint8))
     assert "\n" not in str(exc.value)
     (run_dir / "shift_reference.json").unlink()
-    assert not cxrkit.load(run_dir).predict(np.full((40, 40), 128, np.uint8)).ood_warning  # the way out works
+    # the way out works, and the answer says the check was not made rather than that the image passed it
+    assert cxrkit.load(run_dir).predict(np.full((40, 40), 128, np.uint8)).ood_warning is None
+
+
+def test_a_shift_reference_from_another_run_is_refused(tiny_run, tmp_path):
+    run_dir = _copy_run(tiny_run, tmp_path)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert len(meta["shift_reference_sha256"]) == 64  # training records it
+    ref = json.loads((run_dir / "shift_reference.json").read_text())
+    ref["overall"]["mean"] = [v + 0.2 for v in ref["overall"]["mean"]]  # a valid reference of brighter training images
+    (run_dir / "shift_reference.json").write_text(json.dumps(ref))
+    with pytest.raises(RunError, match=r"shift_reference.json is not the file .*meta.json was written with .*copied from another run") as exc:
+        cxrkit.load(run_dir).predict(np.full((40, 40), 128, np.uint8))
+    assert "\n" not in str(exc.value)
+    meta.pop("shift_reference_sha256")  # a run written before the hash: nothing to check it against
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    assert cxrkit.load(run_dir).predict(np.full((40, 40), 128, np.uint8)).ood_warning in (True, False)
+    meta["shift_reference_sha256"] = "abc"
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(RunError, match="shift_reference_sha256 must be the 64 hex digits"):
+        cxrkit.load(run_dir)
 
 
 @pytest.mark.parametrize("edit, match", [

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cxrkit.cli import main
@@ -68,3 +69,41 @@ def test_broken_dicom_is_reported_in_one_line(tiny_run, tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith(f"{broken}: could not be read")
+
+
+def test_a_run_without_its_shift_reference_says_the_check_was_not_made(tiny_run, binary_data, tmp_path, capsys):
+    """Every answer said ood_warning False (in range) for a run whose shift_reference.json was missing: no check passed as a clean one."""
+    import json
+    import shutil
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("checkpoint", "plots", "report.html"))
+    (run_dir / "shift_reference.json").unlink()
+    files = _odd_images(tmp_path / "odd", binary_data)
+
+    results = predict_results(Run.load(run_dir, engine="torch"), sorted(files.values()), workers=0)
+    assert [r["ood_warning"] for r in results] == [None, None, None]  # the all-black image too: not checked, not passed
+
+    assert main(["predict", str(run_dir), str(tmp_path / "odd"), "--engine", "torch"]) == 0
+    out = capsys.readouterr()
+    assert [r["ood_warning"] for r in csv.DictReader(io.StringIO(out.out))] == ["unchecked"] * 3
+    assert "has no shift_reference.json" in out.err and "no out-of-distribution check was made" in out.err
+    csv_out = tmp_path / "preds.csv"
+    assert main(["predict", str(run_dir), str(tmp_path / "odd"), "--engine", "torch", "--out", str(csv_out)]) == 0
+    err = capsys.readouterr().err
+    assert "lie outside" not in err and "has no shift_reference.json" in err  # "unchecked" is not counted as out of range
+    with open(csv_out, newline="") as f:
+        assert [r["ood_warning"] for r in csv.DictReader(f)] == ["unchecked"] * 3
+
+    assert main(["evaluate", str(run_dir), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "shift check: the run has no shift_reference.json" in json.dumps(doc)
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from cxrkit.serve.app import create_app
+
+    with TestClient(create_app(run_dir, engine="torch", api_key="")) as client:
+        r = client.post("/v1/predict", files=[("files", ("black.png", files["black.png"].read_bytes(), "image/png"))])
+        assert r.status_code == 200 and r.json()["results"][0]["ood_warning"] is None
+        assert any("no shift_reference.json" in x for x in client.get("/v1/model").json()["limitations"])

@@ -73,7 +73,8 @@ def test_several_files_and_dicom_by_content(client, tmp_path, sample_png):
     assert r.status_code == 200
     res = r.json()["results"]
     assert [x["file"] for x in res] == ["a.png", "scan.bin", "b.png"] and res[1]["format"] == "dicom"
-    assert res[0]["probabilities"] == res[2]["probabilities"]
+    # the same image twice in one batch; equal to the last bit only on some thread counts (OMP_NUM_THREADS=1: 3e-8 apart)
+    assert res[0]["probabilities"] == pytest.approx(res[2]["probabilities"], abs=1e-6)
     assert all(abs(sum(x["probabilities"].values()) - 1) < 1e-5 for x in res)
 
 

@@ -640,7 +640,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         unreadable = s["unreadable"]
     else:
         results = predict_results(run, paths, a.batch_size, a.workers, progress=len(paths) > 1 and not a.quiet, on_batch=collect)
-        ood_line = ood_summary(sum(r["ood_warning"] for r in results), len(results)) if len(paths) > 1 else None
+        ood_line = ood_summary(sum(1 for r in results if r["ood_warning"]), len(results)) if len(paths) > 1 else None
         unreadable = [(r["path"], r["error"]) for r in results if r["error"]]
     if target.is_dir():  # a single file's error is its own line below
         where = f" (in {a.out}'s error column)" if a.out else " (in the error column)" if not a.json else ""
@@ -654,6 +654,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
                   file=sys.stderr)
     if ood_line:
         print(ood_line, file=sys.stderr)
+    if reference is None:
+        from cxrkit.run import NO_SHIFT_REFERENCE
+
+        print(f"note: {a.run} has no {NO_SHIFT_REFERENCE}", file=sys.stderr)
     if a.out:
         a.result = {"model": _identity(run), "out": str(a.out), "summary": {k: v for k, v in s.items() if k != "unreadable"},
                     "skipped_files": found.skipped(), "shift_warning": shift["message"] if shift and shift["warning"] else None}
@@ -664,7 +668,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     probs = np.array([[np.nan] * len(run.classes) if r["probabilities"] is None else [r["probabilities"][c] for c in run.classes]
                       for r in results])
-    rows = [result_row(run, p, probs[i] if r["probabilities"] else None, r["decision"], r["error"], r["ood_findings"])
+    rows = [result_row(run, p, probs[i] if r["probabilities"] else None, r["decision"], r["error"], r["ood_findings"], reference is not None)
             for i, (p, r) in enumerate(zip(paths, results))]
     if a.json:
         a.result = {"model": _identity(run), "results": [_json_row(r) for r in rows], "skipped_files": found.skipped(),
@@ -676,7 +680,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         if r["error"]:
             print(f"{paths[0]}: could not be read: {r['error']}", file=sys.stderr)
             return 1
-        if r["ood_warning"]:
+        if r["ood_warning"] == "yes":
             print(f"warning: {paths[0]} lies outside the training images' range ({r['ood_findings']}); the prediction is less "
                   "reliable than the run's metrics suggest", file=sys.stderr)
         if run.task == "multilabel":
@@ -1197,7 +1201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="how many images a validation study needs for intervals of a given width",
                         description="Sample size of a validation study at a new site: the images (and how many with the disease) "
-                                    "needed for the 95%% intervals cxrkit reports to be at most ±HALF_WIDTH: Wilson intervals for "
+                                    "needed for the 95% intervals cxrkit reports to be at most ±HALF_WIDTH: Wilson intervals for "
                                     "sensitivity and specificity, Hanley-McNeil for ROC-AUC. Anticipated figures come from a run's "
                                     "stored evaluation (test split, else validation) or from the options.")
     pl.add_argument("run", nargs="?", default=None, help="a binary run folder whose stored figures are the anticipated ones (optional)")

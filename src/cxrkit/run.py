@@ -220,13 +220,18 @@ def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
     return get_task(task).probabilities(logits)
 
 
+# What predict, evaluate and serve say about a run without the training images' statistics.
+NO_SHIFT_REFERENCE = (f"{SHIFT_FILE} (the training images' statistics), so no out-of-distribution check was made: "
+                      "images unlike the training set are not flagged")
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One image's result: probabilities per class, the decision in words and the out-of-distribution check."""
 
     probabilities: dict[str, float]
     decision: str
-    ood_warning: bool = False
+    ood_warning: bool | None = False  # None: not checked (the run has no shift_reference.json)
     ood_findings: tuple[str, ...] = ()
     calibrated: bool = False
     source: str = ""
@@ -593,16 +598,22 @@ class Run:
         return labels
 
     def shift_reference(self) -> dict | None:
-        """Statistics of the training images saved at training time (None for runs made before they existed)."""
+        """Statistics of the training images saved at training time; None when the run has none (made before they
+        existed, or the file was deleted), and predictions then say their out-of-distribution check was not made."""
         path = self.path / SHIFT_FILE
         if not path.is_file():
             return None
         from cxrkit.data.shift import reference_problem
+        from cxrkit.record import file_sha256
 
         ref = read_json(path)
         problem = reference_problem(ref)
         if problem:
             raise RunError(f"{path}: {problem}; the file is damaged (delete it to predict without the out-of-distribution check)")
+        recorded = self.record.shift_reference_sha256
+        if recorded is not None and file_sha256(path) != recorded:
+            raise RunError(f"{path} is not the file {self.path / META_FILE} was written with (SHA-256 {recorded[:12]}…): copied from another "
+                           "run? Restore this run's own, or delete it to predict without the out-of-distribution check")
         return ref
 
     def iter_predict(
@@ -710,7 +721,7 @@ class Run:
 
             findings = image_outliers(reference, image_stats(arr))
         out = [
-            Prediction({c: float(probs[i, j]) for j, c in enumerate(self.classes)}, labels[i], bool(findings[i]),
+            Prediction({c: float(probs[i, j]) for j, c in enumerate(self.classes)}, labels[i], None if reference is None else bool(findings[i]),
                        tuple(f["message"] for f in findings[i]), self.calibration_data is not None, _describe(items[i]), self.task)
             for i in range(len(items))
         ]

@@ -303,6 +303,10 @@ def evaluate_run(
             shift = check_shift(reference, images, *ds.label_groups(idx))
             if shift["warning"]:
                 notes.append("shift check: " + shift["message"])
+        else:
+            from cxrkit.run import NO_SHIFT_REFERENCE
+
+            notes.append(f"shift check: the run has no {NO_SHIFT_REFERENCE}")
         if prevalence is not None and run.task != "binary":
             raise ValueError("--prevalence applies to binary runs (a disease against normal)")
         t0 = time.perf_counter()

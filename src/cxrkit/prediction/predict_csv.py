@@ -51,14 +51,17 @@ def read_finished(out: Path, fields: list[str], model_id: str | None = None) -> 
     return rows
 
 
-def result_row(run: Run, path: Path, probs: np.ndarray | None, decision: str | None, error: str = "", ood: list[str] | None = None) -> dict:
-    """One CSV row: probabilities, the decision as text (:meth:`Run.decision_labels`) and the out-of-distribution findings, or empty cells and the error."""
+def result_row(run: Run, path: Path, probs: np.ndarray | None, decision: str | None, error: str = "", ood: list[str] | None = None,
+               checked: bool = True) -> dict:
+    """One CSV row: probabilities, the decision as text (:meth:`Run.decision_labels`) and the out-of-distribution findings, or empty cells and the error.
+
+    ``checked=False`` (the run has no shift reference) writes ``unchecked`` in the ``ood_warning`` column of a predicted image."""
     row = {"path": str(path)}
     # Unrounded (shortest exact text): at 6 decimals a probability within 5e-7 of the threshold read as the other side of the decision beside it.
     row.update({f"prob_{c}": "" if probs is None else repr(float(probs[j])) for j, c in enumerate(run.classes)})
     row["prediction"] = decision or ""
     row["error"] = error
-    row["ood_warning"] = "yes" if ood else ""
+    row["ood_warning"] = "yes" if ood else "" if checked or probs is None else "unchecked"
     row["ood_findings"] = "; ".join(ood or [])
     row["model"] = run.model_id
     return row
@@ -97,7 +100,7 @@ def predict_to_csv(
         for where, probs, images, errors in run.iter_predict(todo, batch_size, workers):
             decisions = run.decision_labels(probs) if len(where) else []
             for k, (j, found) in enumerate(zip(where, ood_findings(reference, images))):
-                rows[str(todo[j])] = result_row(run, todo[j], probs[k], decisions[k], ood=found)
+                rows[str(todo[j])] = result_row(run, todo[j], probs[k], decisions[k], ood=found, checked=reference is not None)
             for j, err in errors.items():
                 rows[str(todo[j])] = result_row(run, todo[j], None, None, err)
             n_errors += len(errors)
@@ -109,5 +112,5 @@ def predict_to_csv(
                 last = time.perf_counter()
     save()
     return {"total": len(paths), "skipped": len(paths) - len(todo), "predicted": len(todo) - n_errors, "errors": n_errors,
-            "ood": sum(1 for p in paths if rows.get(str(p), {}).get("ood_warning")), "seconds": time.perf_counter() - t0,
+            "ood": sum(1 for p in paths if rows.get(str(p), {}).get("ood_warning") == "yes"), "seconds": time.perf_counter() - t0,
             "unreadable": [(str(p), rows[str(p)]["error"]) for p in todo if rows.get(str(p), {}).get("error")]}

@@ -29,6 +29,7 @@ def predict_results(run: Run, paths: list[Path], batch_size: int = 32, workers: 
     """Classify files; per file ``{"path", "probabilities", "decision", "error", "ood_warning", "ood_findings"}``.
 
     A file that cannot be decoded has ``probabilities`` and ``decision`` None and the reason in ``error``.
+    ``ood_warning`` is None for every image when the run has no shift reference: not checked, rather than a clean bill.
     ``on_batch`` receives each decoded uint8 batch (the whole-folder shift check collects statistics there).
     """
     reference = run.shift_reference()
@@ -42,7 +43,7 @@ def predict_results(run: Run, paths: list[Path], batch_size: int = 32, workers: 
         decisions = run.decision_labels(probs) if len(where) else []
         for k, (j, found) in enumerate(zip(where, ood_findings(reference, images))):
             results[j].update(probabilities={c: float(probs[k, i]) for i, c in enumerate(run.classes)}, decision=decisions[k],
-                              ood_warning=bool(found), ood_findings=found)
+                              ood_warning=None if reference is None else bool(found), ood_findings=found)
         for j, err in errors.items():
             results[j]["error"] = err
     bar.close()

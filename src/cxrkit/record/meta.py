@@ -81,6 +81,10 @@ class RunMeta:
     # refused). A reader that loads while `cxrkit calibrate` swaps the two files cannot pair a threshold chosen on one
     # probability scale with a calibration to another. Absent in runs written before it: nothing to check.
     calibration_sha256: str | None = None
+    # Likewise for shift_reference.json, the training images' statistics behind every out-of-distribution warning: one
+    # copied from another run would judge images against the wrong training set without a word. Absent (None) in runs
+    # written before it: nothing to check.
+    shift_reference_sha256: str | None = None
     schema_version: int = SCHEMA_VERSION
     cxrkit_version: str | None = None
     created: str | None = None
@@ -129,6 +133,9 @@ class RunMeta:
         if self.calibration_sha256 not in (None, "none") and not _is_sha256(self.calibration_sha256):
             raise RunRecordError("calibration_sha256 must be \"none\" or the 64 hex digits of calibration.json's SHA-256, "
                                  f"got {self.calibration_sha256!r}")
+        if self.shift_reference_sha256 is not None and not _is_sha256(self.shift_reference_sha256):
+            raise RunRecordError("shift_reference_sha256 must be the 64 hex digits of shift_reference.json's SHA-256, "
+                                 f"got {self.shift_reference_sha256!r}")
         if not isinstance(self.complete, bool):  # "false" is truthy: an unfinished run would have decided
             raise RunRecordError(f"complete must be true or false, got {self.complete!r}")
         if self.task != "multilabel" and self.thresholds:  # read as per-finding thresholds: a TypeError at the first prediction

@@ -282,7 +282,7 @@ class Service:
                 "decision": {**{k: v for k, v in self.rule.items() if k != "words"}, "label": label,
                              "words": self._words(probs[i], label), "rule_words": self.rule["words"]},
                 "calibrated": getattr(self.run, "calibration", None) is not None,
-                "ood_warning": bool(outliers[i]),
+                "ood_warning": None if self.reference is None else bool(outliers[i]),  # None: not checked
                 "ood_findings": outliers[i],
             }
             if preview:

@@ -5,9 +5,9 @@ Every number comes from the run's own files (meta.json, metrics.json); nothing i
 
 from __future__ import annotations
 
-from cxrkit.record import read_metrics
+from cxrkit.record import SHIFT_FILE, read_metrics
 from cxrkit.report.narrative import dataset_name, metric_text, metric_words, split_words, validation_chose
-from cxrkit.run import Run
+from cxrkit.run import NO_SHIFT_REFERENCE, Run
 
 HEADLINE = {"binary": ("roc_auc", "sensitivity", "specificity", "ppv", "npv"), "multiclass": ("macro_roc_auc", "accuracy", "balanced_accuracy"),
             "multilabel": ("mean_roc_auc", "detection_rate_positive", "detection_rate_negative")}
@@ -88,7 +88,8 @@ def model_card(run: Run) -> dict:
         "Probabilities are " + ("calibrated on validation data." if getattr(run, "calibration", None) is not None
                                 else "the model's own, not calibrated: read them as scores, not as risks."),
         "Each response carries an out-of-distribution warning when an image's intensity statistics fall outside the training range; "
-        "such predictions are less reliable.",
+        "such predictions are less reliable." if (run.path / SHIFT_FILE).is_file() else
+        "This run has no " + NO_SHIFT_REFERENCE + " (ood_warning is null in every response).",
     ]
     if "test" not in metrics:
         limitations.append(f"No test-split evaluation is stored: the figures are validation figures, which chose "

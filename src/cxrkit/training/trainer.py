@@ -891,6 +891,7 @@ def _train_and_finish(cfg: TrainConfig, ctx: Distributed, s: _Setup, prog: _Prog
     record = _record(s, prog)
     record.weights_sha256 = file_sha256(out / MODEL_FILE)  # the file the epochs left: the kept epoch's weights
     record.calibration_sha256 = "none"  # a new model is uncalibrated (train clears an old calibration.json from the folder)
+    record.shift_reference_sha256 = file_sha256(out / SHIFT_FILE)  # written with config.yaml before the first epoch
     write_meta(out, record)
     val_metrics: dict = {}
     if finish:

@@ -59,6 +59,8 @@ function showResult(file, { result, model, note }) {
     `; probabilities ${result.calibrated ? "calibrated" : "not calibrated"}; model ${model.id} v${model.version}`));
   if (result.ood_warning) facts.append(el("p", { class: "ood", role: "alert" },
     "This image looks unlike the training images: " + result.ood_findings.join("; ")));
+  else if (result.ood_warning === null) facts.append(el("p", { class: "ood" },
+    "Not checked against the training images: this model has no record of them, so an unusual image is not flagged."));
   if (result.overlay_png) {
     const id = `overlay-${Math.random().toString(36).slice(2)}`;
     const toggle = el("input", { type: "checkbox", id, class: "overlay-toggle" });
