@@ -22,7 +22,7 @@ def machine(monkeypatch):
         asked.append(including_emulation)
         return flags["gpu"]
 
-    monkeypatch.setattr(config, "_cpu_bf16", lambda: flags["cpu"])
+    monkeypatch.setattr(config, "cpu_bf16", lambda: flags["cpu"])
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", gpu_bf16)
     monkeypatch.setattr(torch.cuda, "device", lambda device: nullcontext())
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
@@ -75,3 +75,22 @@ def test_train_refuses_before_reading_the_data(machine, monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="has no bfloat16 support"):
         trainer.train(cfg, progress=False)
     assert loaded == [] and not (tmp_path / "run").exists()
+
+
+def test_bf16_on_a_cpu_without_it_warns_that_it_is_emulated(machine, monkeypatch, binary_data, tmp_path, capsys):
+    import cxrkit.training.trainer as trainer
+
+    class Built(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Built
+
+    monkeypatch.setattr(trainer, "_restore", stop)  # the model is built and the precision known: enough
+    base = {"data": str(binary_data), "model": "simple_cnn", "image_size": 32, "epochs": 1, "cache_dir": str(tmp_path / "cache")}
+    for precision, cpu, warned in (("bf16", False, True), ("bf16", True, False), ("32", False, False), ("auto", False, False)):
+        machine["cpu"] = cpu
+        with pytest.raises(Built):
+            trainer.train(TrainConfig(**base, out=str(tmp_path / f"run-{precision}-{cpu}"), precision=precision), progress=True)
+        out = capsys.readouterr().out
+        assert ("emulated, about 10x slower" in out) is warned, (precision, cpu)

@@ -231,7 +231,7 @@ class TrainConfig:
             if self.precision == "bf16" and not native:
                 raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(torch.device(device))} has no bfloat16 support; use --precision 32 (or auto)")
         elif kind == "cpu":
-            native = _cpu_bf16()
+            native = cpu_bf16()
         else:
             native = False
         if self.precision != "auto":
@@ -395,7 +395,7 @@ def _check_types(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{f.name} must be {'a number' if want is float else want.__name__}, got {v!r}")
 
 
-def _cpu_bf16() -> bool:
+def cpu_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
     import torch
 

@@ -457,6 +457,12 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
             head = "the classifier head starts afresh"
         log(f"pretrained: {r['loaded']} tensors loaded from {r['source']} ({len(r['adapted'])} adapted to grayscale), "
             f"{len(r['skipped'])} skipped, {len(r['missing'])} of the model's left at their initial values; {head}")
+    if cfg.precision == "bf16" and ctx.device.type == "cpu":
+        from cxrkit.config import cpu_bf16
+
+        if not cpu_bf16():  # measured: 10-11x slower than float32 for efficientnet-lite0 and cnn at 128 px (benchmarks/cpu_speed.py)
+            log("warning: --precision bf16 on a CPU without native bfloat16 (AVX512-BF16 or AMX): emulated, about 10x slower than "
+                "--precision 32 on this machine; --precision auto chooses 32 here")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(ctx.device)
