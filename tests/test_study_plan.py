@@ -82,7 +82,7 @@ def _fake_run(path, split="test", task="binary", n=40, pos=10, sens=(1.0, (0.72,
     path.mkdir()
     (path / "meta.json").write_text("{}")
     metrics = {k: {"value": v, "ci": list(ci), "method": "x"} for k, (v, ci) in {"sensitivity": sens, "specificity": spec, "roc_auc": auc}.items()}
-    (path / "metrics.json").write_text(json.dumps({split: {"task": task, "classes": ["healthy", "tb"], "n": n, "n_positive": pos,
+    (path / "metrics.json").write_text(json.dumps({split: {"task": task, "split": split, "classes": ["healthy", "tb"], "n": n, "n_positive": pos,
                                                           "metrics": metrics}}))
     return path
 
@@ -133,3 +133,18 @@ def test_the_command_prints_the_plan_and_its_json(tmp_path, capsys):
     assert main(["plan", "--prevalence", "0.1", "--sensitivity", "0.9", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["images"] == 1410 and doc["binding"] == "sensitivity"
+
+
+def test_evaluate_points_to_plan_when_its_intervals_are_wide(tmp_path, capsys):
+    from cxrkit.cli import _plan_hint
+
+    run = _fake_run(tmp_path / "run", split="external:sakha", n=45, pos=20, sens=(0.85, (0.64, 0.95)))
+    m = json.loads((run / "metrics.json").read_text())["external:sakha"]
+    _plan_hint(str(run), m)
+    hint = capsys.readouterr().out
+    assert "on 45 images (20 tb) the sensitivity interval is ±0.15" in hint and "--split external:sakha" in hint
+    command = hint.split("`")[1].split()[1:]  # the command it prints runs as printed
+    assert main([*command[:-1], "0.05"]) == 0 and "needed:" in capsys.readouterr().out
+    narrow = {**m, "metrics": {k: {"value": 0.9, "ci": [0.87, 0.93]} for k in ("sensitivity", "specificity", "roc_auc")}}
+    _plan_hint(str(run), narrow)
+    assert capsys.readouterr().out == ""  # ±0.03: nothing to say

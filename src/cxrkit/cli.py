@@ -512,6 +512,19 @@ def _subgroup_summary(subgroups: dict) -> None:
                 print(f"  {r['missing']} image(s) have no value for {name} and are left out")
 
 
+def _plan_hint(run: str, m: dict) -> None:
+    """A binary evaluation whose intervals are wider than ±0.1: how to find the images that would narrow them."""
+    if m.get("task") != "binary":
+        return
+    widths = {k: (e["ci"][1] - e["ci"][0]) / 2 for k in ("sensitivity", "specificity", "roc_auc")
+              if (e := (m.get("metrics") or {}).get(k)) and e.get("ci") and None not in e["ci"]}
+    if not widths or max(widths.values()) <= 0.1:
+        return
+    k = max(widths, key=widths.get)
+    print(f"note: on {m['n']} images ({m['n_positive']} {m['classes'][1]}) the {k} interval is ±{widths[k]:.2f}; "
+          f"`cxrkit plan {run} --split {m['split']} --prevalence P` gives the images a study needs for ±0.05")
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from cxrkit.evaluation.evaluate import evaluate_run, parse_class_map
 
@@ -529,6 +542,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         print(f"  at the re-chosen threshold {m['recalibrated']['threshold']:.3f}: sensitivity {100 * r['sensitivity']['value']:.1f}%, "
               f"specificity {100 * r['specificity']['value']:.1f}%")
     _decision_summary(m)
+    _plan_hint(a.run, m)
     _subgroup_summary(m.get("subgroups") or {})
     _referral_summary(m.get("referral"), m.get("classes"))
     print(f"\nmetrics.json, predictions.csv and report.html updated in {a.run}/")
