@@ -17,7 +17,7 @@ PROTECTED_PREFIX = "/v1/"
 
 
 def error_response(status: int, code: str, message: str, file: str | None = None) -> JSONResponse:
-    """The API's error body, ``{"error": {"code", "message", "file"}}``, with a 4xx status."""
+    """The API's error body, ``{"error": {"code", "message", "file"}}``, with its status (4xx, or 503 when the server is full)."""
     return JSONResponse({"error": {"code": code, "message": message, "file": file}}, status_code=status)
 
 
