@@ -130,6 +130,10 @@ def test_the_command_prints_the_plan_and_its_json(tmp_path, capsys):
     assert main(["plan", str(run), "--prevalence", "0.02"]) == 0
     out = capsys.readouterr().out
     assert "needed:" in out and "interval ends nearest chance" in out and "optimistic" in out  # validation figures
+    ext = _fake_run(tmp_path / "ext", split="external:sakha")
+    assert main(["plan", str(ext), "--split", "external:sakha", "--prevalence", "0.1", "--confidence", "0.975"]) == 0
+    out = capsys.readouterr().out
+    assert "97.5% intervals" in out and "optimistic" not in out  # another site's figures are not validation figures
     assert main(["plan", "--prevalence", "0.1", "--sensitivity", "0.9", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["images"] == 1410 and doc["binding"] == "sensitivity"

@@ -901,7 +901,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
         plan = plan_study(a.prevalence, a.half_width, confidence=a.confidence, **given)
     a.result = plan
     out = _result_stream()
-    conf = f"{a.confidence:.0%}".replace(".0%", "%")
+    conf = f"{a.confidence * 100:g}%"
     print(f"validation study for {conf} intervals of at most ±{plan['half_width']:.3g} at prevalence {plan['prevalence']:.3g}", file=out)
     print(f"  {'figure':<13}{'anticipated':>12}  {'needs':<17}{'images':>9}  (with / without the disease)", file=out)
     for r in plan["requirements"]:
@@ -918,7 +918,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
             print(f"  {name}: {why}")
         if src["current_half_widths"]:
             print("  that split's 95% intervals are " + ", ".join(f"±{w:.3f} ({k})" for k, w in src["current_half_widths"].items()))
-        if src["split"] != "test":
+        if src["split"] == "val":
             print("  (validation figures chose the threshold and the kept epoch: optimistic; a new site will likely score lower)")
     print("anticipated values are estimates: a lower sensitivity or specificity closer to 0.5, or a lower AUC, needs more images")
     return 0
