@@ -197,6 +197,14 @@ def test_page_shows_every_answer_and_every_failure(server, tmp_path):
         row = next(csv.DictReader(open(dl.value.path(), newline="")))
         assert row["threshold"] == "effusion=0.3; nodule=0.6" and row["error"] == ""
 
+        # a run without its training images' statistics answers ood_warning null: said, not shown as a clean image
+        unchecked = _multilabel_answer(base64.b64encode(png).decode())
+        unchecked["results"][0]["ood_warning"] = None
+        page.unroute("**/v1/predict*")
+        page.route("**/v1/predict*", lambda r: r.fulfill(status=200, content_type="application/json", body=json.dumps(unchecked)))
+        page.set_input_files("#files", str(image))
+        page.wait_for_function("document.querySelector('#results').innerText.includes('Not checked against the training images')")
+
         page.unroute("**/v1/predict*")
         page.route("**/v1/predict*", lambda r: r.fulfill(status=413, content_type="text/html", body="<html>413 Request Entity Too Large</html>"))
         page.set_input_files("#files", str(image))  # the same file again: classified again, not ignored
