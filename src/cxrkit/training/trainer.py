@@ -457,7 +457,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
             head = "the classifier head starts afresh"
         log(f"pretrained: {r['loaded']} tensors loaded from {r['source']} ({len(r['adapted'])} adapted to grayscale), "
             f"{len(r['skipped'])} skipped, {len(r['missing'])} of the model's left at their initial values; {head}")
-    if cfg.precision == "bf16" and ctx.device.type == "cpu":
+    if cfg.precision == "bf16" and ctx.device.type == "cpu" and ctx.is_main:  # one warning, not one per process
         from cxrkit.config import cpu_bf16
 
         if not cpu_bf16():  # measured: 10-11x slower than float32 for efficientnet-lite0 and cnn at 128 px (benchmarks/cpu_speed.py)
