@@ -18,8 +18,12 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
         return None
     if not 0 <= successes <= n:
         raise ValueError(f"successes={successes} outside [0, n={n}]")
+    return wilson_bounds(successes / n, n, confidence)
+
+
+def wilson_bounds(p: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson interval, clipped to [0, 1], when ``n`` cases show the proportion ``p`` (``n`` > 0; ``p`` need not be a count / n)."""
     z = norm.ppf(0.5 + confidence / 2)
-    p = successes / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom

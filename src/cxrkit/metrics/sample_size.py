@@ -18,35 +18,38 @@ a screening population with 2% TB needs fifty images for every positive.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from scipy.stats import norm
 
+from cxrkit.metrics.intervals import wilson_bounds
+
 
 def wilson_width(p: float, n: int, confidence: float = 0.95) -> float:
     """Width of the Wilson interval when ``n`` cases show the proportion ``p`` (clipped to [0, 1] as reported)."""
-    z = norm.ppf(0.5 + confidence / 2)
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return min(1.0, centre + half) - max(0.0, centre - half)
+    lo, hi = wilson_bounds(p, n, confidence)
+    return hi - lo
+
+
+def _smallest(enough: Callable[[int], bool], start: int) -> int:
+    """The smallest n >= ``start`` for which ``enough(n)`` holds, for a condition that stays true once it holds:
+    doubling until it does, then bisecting."""
+    hi = start
+    while not enough(hi):
+        hi *= 2
+    lo = hi // 2 if hi > start else start - 1  # enough(lo) is false, or lo is below the range
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return hi
 
 
 def cases_for_proportion(p: float, half_width: float, confidence: float = 0.95) -> int:
     """The fewest cases whose Wilson interval at the proportion ``p`` is at most ``2 * half_width`` wide."""
     _check_unit("the anticipated proportion", p, closed=True)
     _check_half_width(half_width)
-    hi = 1
-    while wilson_width(p, hi, confidence) > 2 * half_width:
-        hi *= 2
-    lo = hi // 2 if hi > 1 else 0  # wilson_width(p, lo) > 2d (or lo == 0); the width falls as n grows
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if wilson_width(p, mid, confidence) <= 2 * half_width:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return _smallest(lambda n: wilson_width(p, n, confidence) <= 2 * half_width, 1)
 
 
 def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
@@ -70,14 +73,8 @@ def images_for_auc(auc: float, prevalence: float, half_width: float, confidence:
     def narrow_enough(total: int) -> bool:
         return z * auc_standard_error(auc, *split(total)) <= half_width
 
-    hi = 2
-    while not narrow_enough(hi):
-        hi *= 2
-    lo = hi // 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if narrow_enough(mid) else (mid, hi)
-    return (hi, *split(hi))
+    total = _smallest(narrow_enough, 2)
+    return (total, *split(total))
 
 
 @dataclass(frozen=True)
@@ -127,14 +124,16 @@ def plan_study(prevalence: float, half_width: float, sensitivity: float | None =
             "images": binding.images, "positives": binding.positives, "negatives": binding.negatives}
 
 
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_unit(what: str, value: float, closed: bool, low: float = 0.0) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not (low <= value <= 1 if closed else low < value < 1):
+    if not _finite_number(value) or not (low <= value <= 1 if closed else low < value < 1):
         bounds = f"from {low:g} to 1" if closed else f"strictly between {low:g} and 1"
         raise ValueError(f"{what} must be a number {bounds}, got {value!r}")
 
 
 def _check_half_width(half_width: float) -> None:
-    ok = isinstance(half_width, (int, float)) and not isinstance(half_width, bool) and math.isfinite(half_width)
-    if not ok or not 0.005 <= half_width <= 0.5:
+    if not _finite_number(half_width) or not 0.005 <= half_width <= 0.5:
         raise ValueError(f"the interval half-width must be from 0.005 to 0.5 (0.05 is ± 5 points), got {half_width!r}")
