@@ -17,7 +17,6 @@ other refusal; uvicorn's own are plain text, which a client parsing the API's er
 
 from __future__ import annotations
 
-import json
 import resource
 from dataclasses import dataclass
 
@@ -74,8 +73,9 @@ def guarded_h11(header_timeout: float) -> type[H11Protocol]:
             return capped
 
         def send_400_response(self, msg: str) -> None:
-            body = json.dumps({"error": {"code": "bad_http_request", "message": "not a valid HTTP/1.1 request", "file": None}}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+            # Below ASGI here, so the API's error response is written out by hand: its body and headers, plus close.
+            response = error_response(400, "bad_http_request", "not a valid HTTP/1.1 request")
+            body, headers = response.body, [*response.raw_headers, (b"connection", b"close")]
             for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body), h11.EndOfMessage()):
                 self.transport.write(self.conn.send(event))
             self.transport.close()
