@@ -115,7 +115,6 @@ def test_gamma_blur_and_noise_augmentation():
 def test_edge_erasing_blacks_out_only_border_bands_or_corners():
     import torch
 
-    from cxrkit.config import ConfigError
     from cxrkit.data.augment import augment_batch
 
     x = torch.full((200, 1, 40, 40), 0.6)
@@ -134,17 +133,11 @@ def test_edge_erasing_blacks_out_only_border_bands_or_corners():
         width = int(m[20].int().argmin())
         assert 1 <= width <= 4 and m[20, -width:].all() and not m[20, width:-width].any()
     assert torch.equal(augment_batch(x, cfg, torch.Generator().manual_seed(0)), y)  # seeded
-    off = AugmentConfig(0, 0, 0, 0, 0, False, noise=0.05)  # off by default: other augmentations draw the same numbers as before
-    assert torch.equal(augment_batch(x, off, torch.Generator().manual_seed(1)),
-                       augment_batch(x, replace(off, erase_edges=0.0), torch.Generator().manual_seed(1)))
-    with pytest.raises(ConfigError, match=r"erase_edges \(--erase-edges\) is a probability"):
-        TrainConfig(data="d", augment=AugmentConfig(erase_edges=1.5))
 
 
 def test_random_convolution_changes_texture_and_curve_but_keeps_shapes_polarity_and_range():
     import torch
 
-    from cxrkit.config import ConfigError
     from cxrkit.data.augment import augment_batch
 
     g = torch.Generator().manual_seed(0)
@@ -162,11 +155,21 @@ def test_random_convolution_changes_texture_and_curve_but_keeps_shapes_polarity_
     touched = (half != x).flatten(1).any(1).float().mean()
     assert 0.3 < touched < 0.7  # about half the images
     assert torch.equal(augment_batch(x, cfg, torch.Generator().manual_seed(1)), y)  # seeded
+
+
+@pytest.mark.parametrize(("option", "flag"), [("erase_edges", "--erase-edges"), ("random_conv", "--random-conv")])
+def test_a_probability_augmentation_is_off_by_default_and_refused_above_one(option, flag):
+    import torch
+
+    from cxrkit.config import ConfigError
+    from cxrkit.data.augment import augment_batch
+
+    x = torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     off = AugmentConfig(0, 0, 0, 0, 0, False, noise=0.05)  # off by default: other augmentations draw the same numbers as before
-    assert torch.equal(augment_batch(x, off, torch.Generator().manual_seed(3)),
-                       augment_batch(x, replace(off, random_conv=0.0), torch.Generator().manual_seed(3)))
-    with pytest.raises(ConfigError, match=r"random_conv \(--random-conv\) is a probability"):
-        TrainConfig(data="d", augment=AugmentConfig(random_conv=1.5))
+    assert torch.equal(augment_batch(x, off, torch.Generator().manual_seed(1)),
+                       augment_batch(x, replace(off, **{option: 0.0}), torch.Generator().manual_seed(1)))
+    with pytest.raises(ConfigError, match=rf"{option} \({flag}\) is a probability"):
+        TrainConfig(data="d", augment=AugmentConfig(**{option: 1.5}))
 
 
 def test_augmentation_presets_and_explicit_options_on_the_command_line():
