@@ -62,7 +62,7 @@ def evaluate(run: Run | str | Path, data: str | Path | None = None, split: str |
              **options: Any) -> dict:
     """Evaluate a run on a split of its own data (default ``test``) or on another dataset (default: all its images);
     writes metrics.json, predictions.csv and the report like ``cxrkit evaluate`` and returns that split's metrics.
-    Further options (``prevalence``, ``class_map``, ``explain``, ``recalibrate_on``) are those of the command."""
+    Further options (``prevalence``, ``class_map``, ``explain``, ``recalibrate_on``, ``readers``) are those of the command."""
     from cxrkit.evaluation.evaluate import evaluate_run
 
     _check_evaluate_options(data, split, progress, options)
@@ -89,7 +89,7 @@ def _check_evaluate_options(data: Any, split: Any, progress: Any, options: dict)
     for name, flag in (("progress", progress), ("write_report", options.get("write_report", True))):
         if not isinstance(flag, bool):  # write_report="no" is truthy: the report was written
             raise ValueError(f"{name} must be True or False, got {flag!r}")
-    for name in ("recalibrate_on", "by_table"):
+    for name in ("recalibrate_on", "by_table", "readers"):
         value = options.get(name)
         if value is not None and not isinstance(value, (str, os.PathLike)):
             # was a TypeError from pathlib after the whole evaluation had run
@@ -103,7 +103,7 @@ def _check_evaluate_options(data: Any, split: Any, progress: Any, options: dict)
     prevalence = options.get("prevalence")
     if prevalence is not None and not (is_finite_number(prevalence) and 0 < prevalence < 1):
         raise ValueError(f"prevalence must be a number between 0 and 1 (exclusive), got {prevalence!r}")
-    for name in ("by", "by_pattern"):
+    for name in ("by", "by_pattern", "reader_columns"):
         value = options.get(name)
         if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)):
             # a string is a sequence: by="sex" became the columns s, e and x

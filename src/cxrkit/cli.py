@@ -512,6 +512,16 @@ def _subgroup_summary(subgroups: dict) -> None:
                 print(f"  {r['missing']} image(s) have no value for {name} and are left out")
 
 
+def _reader_summary(readers: dict | None) -> None:
+    """Per reader: the model against the reader on the same images, in sentences."""
+    from cxrkit.report.narrative import reader_sentences
+
+    for name, r in ((readers or {}).get("readers") or {}).items():
+        print(f"\nagainst reader {name} ({r['read']} images, {r['positives']} with the disease):")
+        for sentence in reader_sentences(r):
+            print("  " + sentence)
+
+
 def _plan_hint(run: str, m: dict) -> None:
     """A binary evaluation whose intervals are wider than ±0.1: how to find the images that would narrow them."""
     if m.get("task") != "binary":
@@ -533,7 +543,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         raise ValueError("--by-table names the table of the --by columns; give --by COLUMN too (--by-pattern reads file names, not the table)")
     m = evaluate_run(a.run, a.data, a.split, class_map=parse_class_map(a.class_map), recalibrate_on=a.recalibrate_on,
                      prevalence=a.prevalence, explain=None if a.explain == "none" else a.explain, by=by, by_table=a.by_table,
-                     by_pattern=a.by_pattern, device=a.device)
+                     by_pattern=a.by_pattern, device=a.device, readers=a.readers,
+                     reader_columns=[c.strip() for c in (a.reader_columns or "").split(",") if c.strip()] or None)
     for n in m.get("notes", []):
         print(f"note: {n}")
     _summary(Path(a.run), m["split"])
@@ -545,6 +556,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     _plan_hint(a.run, m)
     _subgroup_summary(m.get("subgroups") or {})
     _referral_summary(m.get("referral"), m.get("classes"))
+    _reader_summary(m.get("readers"))
     print(f"\nmetrics.json, predictions.csv and report.html updated in {a.run}/")
     a.result = {"run": str(a.run), "split": m["split"], "metrics": m}
     return 0
@@ -1021,6 +1033,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table holding the --by columns (default: the run's own --labels table); images matched by path or file name")
     e.add_argument("--by-pattern", action="append", default=None, metavar="NAME=REGEX",
                    help="subgroups from file names: the first capture group of REGEX, e.g. 'site=^(CHNCXR|MCUCXR)' (repeatable)")
+    e.add_argument("--readers", default=None, metavar="READS.csv",
+                   help="human readers' calls on the same images (binary runs): a path column and one column per reader holding its call "
+                        "(the class names, 0/1 or negative/positive; blank where not read). Each reader's sensitivity and specificity "
+                        "against the model's at its threshold on the same images (paired: Newcombe interval of the difference, McNemar "
+                        "test), and the model at the reader's own specificity and sensitivity")
+    e.add_argument("--reader-columns", default=None, metavar="COLUMN[,COLUMN]",
+                   help="the reader columns of --readers (default: every column but the path, label, patient and image facts)")
     _add_device_option(e, "run the model on")
     _output_options(e)
     e.set_defaults(func=cmd_evaluate)

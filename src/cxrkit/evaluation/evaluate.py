@@ -213,7 +213,10 @@ def write_evaluation(
         m = metrics["metrics"]
         if m["roc_auc"]["value"] is not None:
             sens, spec, ppv = m["sensitivity"]["value"], m["specificity"]["value"], m["ppv"]["value"]
-            plot_roc(y, probs[:, 1], (1 - spec, sens), m["roc_auc"]["value"], f"ROC, {words} (n={len(y)})", plots / f"roc_{fname}.png")
+            readers = {name: (1 - r["specificity"]["reader"]["value"], r["sensitivity"]["reader"]["value"])
+                       for name, r in (metrics.get("readers") or {}).get("readers", {}).items()
+                       if r["specificity"]["reader"]["value"] is not None and r["sensitivity"]["reader"]["value"] is not None}
+            plot_roc(y, probs[:, 1], (1 - spec, sens), m["roc_auc"]["value"], f"ROC, {words} (n={len(y)})", plots / f"roc_{fname}.png", readers)
             plot_pr(y, probs[:, 1], (sens, ppv), m["pr_auc"]["value"], f"Precision-recall, {words}", plots / f"pr_{fname}.png")
         c = metrics["confusion"]
         cm = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
@@ -245,7 +248,7 @@ def evaluate_run(
     run_dir: str | Path, data: str | Path | None = None, split: str | None = None, progress: bool = True, write_report: bool = True,
     class_map: dict[str, str] | None = None, recalibrate_on: str | Path | None = None, prevalence: float | None = None,
     explain: str | None = "gradcam", by: list[str] | None = None, by_table: str | Path | None = None, by_pattern: list[str] | None = None,
-    device: str = "cpu",
+    device: str = "cpu", readers: str | Path | None = None, reader_columns: list[str] | None = None,
 ) -> dict:
     """Evaluate a trained run on one split of its dataset, or on another dataset (external validation).
 
@@ -259,7 +262,9 @@ def evaluate_run(
     for a screening population with that share of disease. ``explain`` (a heat-map method, or None) adds
     the gallery and the "where does it look" figure. ``by`` (columns of ``by_table``, by default the run's own
     label table) and ``by_pattern`` (``NAME=REGEX`` on file names) add per-subgroup figures with heterogeneity
-    tests (:mod:`cxrkit.metrics.subgroups`). ``device`` places the model (auto, cpu, cuda). Returns the metrics
+    tests (:mod:`cxrkit.metrics.subgroups`). ``readers`` (binary): a CSV of human readers' calls on these images, one
+    column per reader (``reader_columns`` names them), compared with the model on the same images
+    (:mod:`cxrkit.metrics.readers`). ``device`` places the model (auto, cpu, cuda). Returns the metrics
     dict and writes metrics.json, predictions.csv, plots and report.html.
     """
     # Locked from loading the run to its last write: metrics.json, predictions.csv and meta.json's history are read,
@@ -309,6 +314,14 @@ def evaluate_run(
             notes.append(f"shift check: the run has no {NO_SHIFT_REFERENCE}")
         if prevalence is not None and run.task != "binary":
             raise ValueError("--prevalence applies to binary runs (a disease against normal)")
+        if readers is not None and run.task != "binary":
+            raise ValueError(f"--readers compares a binary run (a disease against normal) with readers' calls; this run is {run.task}")
+        if reader_columns and readers is None:
+            raise ValueError("--reader-columns names columns of a --readers table; give the table too")
+        if readers is not None:  # read before the model runs: a table that does not fit these images says so at once
+            from cxrkit.evaluation.readers import read_calls, reader_comparison
+
+            calls = read_calls(readers, run.classes, [ds.relpaths[i] for i in idx], reader_columns)
         t0 = time.perf_counter()
         raw_probs = run.predict_arrays(images, calibrated=False)
         seconds = time.perf_counter() - t0
@@ -331,6 +344,9 @@ def evaluate_run(
                                                                f"cxrkit evaluate {run.path} {ds.source.shown} --recalibrate-on SAMPLE_DIR")
             if metrics["threshold_transfer"] and not metrics["threshold_transfer"]["holds"]:
                 notes.append(metrics["threshold_transfer"]["message"])
+        if readers is not None:
+            metrics["readers"] = reader_comparison(run, ds.labels[idx], probs, readers, *calls, seed=cfg.seed)
+            notes.extend(metrics["readers"].pop("notes"))
         # All or none, from the first figure drawn (the heat maps) to the report: a full disk at predictions.csv must
         # not leave metrics.json with results the history lacks, nor plots/ with figures of an evaluation that failed.
         with all_or_nothing([run.path / f for f in (METRICS_FILE, PREDICTIONS_FILE, META_FILE, REPORT_FILE)], [run.path / PLOTS_DIR]):

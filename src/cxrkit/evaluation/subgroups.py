@@ -5,48 +5,23 @@ of :mod:`cxrkit.metrics.subgroups`.
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
 import numpy as np
 
-from cxrkit.data.tables import PATH_COLUMNS
+from cxrkit.evaluation.image_table import match_rows, norm_column, read_image_table
 from cxrkit.metrics.subgroups import AGE_BANDS, bin_numeric, binary_subgroups, multilabel_subgroups
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[\s_\-]+", "_", name.strip().lower())
 
 
 def read_table_column(table: Path, column: str, relpaths: list[str]) -> list[str | None]:
     """The ``column`` value of each image (matched by its path under the image root, else by file name)."""
-    try:
-        with open(table, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = {_norm(c): c for c in reader.fieldnames or []}
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"cannot read the subgroup table {table}: {exc}") from None
-    key = fields.get(_norm(column))
+    fields, rows = read_image_table(table, "subgroup")
+    key = fields.get(norm_column(column))
     if key is None:
         raise ValueError(f"{table} has no column {column!r}; its columns: {', '.join(fields.values())}")
-    path_cols = [fields[c] for c in PATH_COLUMNS if c in fields]
-    if not path_cols:
-        raise ValueError(f"{table} needs a column naming each image ({', '.join(PATH_COLUMNS)}) to match images to subgroups")
-    by_path: dict[str, str] = {}
-    for r in rows:
-        value = (r.get(key) or "").strip()
-        for c in path_cols:
-            name = (r.get(c) or "").strip().replace("\\", "/")
-            if name:
-                by_path.setdefault(name, value)
-                by_path.setdefault(Path(name).name, value)
-    out: list[str | None] = []
-    for rel in relpaths:
-        v = by_path.get(rel, by_path.get(Path(rel).name))
-        out.append(v if v else None)
-    return out
+    matched, _ = match_rows(table, fields, rows, [key], relpaths)
+    return [((r.get(key) or "").strip() or None) if r is not None else None for r in matched]
 
 
 def pattern_groups(spec: str, relpaths: list[str]) -> tuple[str, list[str | None]]:
@@ -73,7 +48,7 @@ def binned(column: str, values: list[str | None], bands: tuple[float, ...] | Non
     if not numeric or len(set(present)) <= 6:
         return values, None
     if bands is None:
-        if "age" in _norm(column).split("_"):
+        if "age" in norm_column(column).split("_"):
             bands = AGE_BANDS
         else:
             x = np.array([float(v.strip().rstrip("Yy")) for v in present])
@@ -89,7 +64,7 @@ def subgroup_analysis(run, y: np.ndarray, probs: np.ndarray, relpaths: list[str]
         raise ValueError("subgroup analysis covers binary and multi-label runs (multi-class decisions have no single threshold to compare)")
     columns: list[tuple[str, list[str | None], str | None]] = []
     for col in by:
-        if _norm(col) == "site" and sites is not None and table is None:
+        if norm_column(col) == "site" and sites is not None and table is None:
             columns.append(("site", list(sites), None))
             continue
         if table is None:

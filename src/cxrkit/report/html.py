@@ -26,6 +26,7 @@ from cxrkit.report.narrative import (
     multilabel_sentences,
     pct,
     plural,
+    reader_sentences,
     screening_sentences,
     split_words,
     threshold_spread_sentence,
@@ -118,6 +119,7 @@ def build_context(run_dir: Path) -> dict:
             "threshold_spread": threshold_spread_sentence(m.get("threshold_spread"), m.get("threshold"), m["classes"]),
             "cases_to_confirm": cases_to_confirm_sentence(m.get("who_triage"), m["classes"]),
             "subgroups": _subgroups(run_dir, m.get("subgroups") or {}, fname),
+            "readers": [{"name": name, "r": r, "sentences": reader_sentences(r)} for name, r in ((m.get("readers") or {}).get("readers") or {}).items()],
             "risk_coverage": _img(run_dir / "plots" / f"risk_coverage_{fname}.png"),
         })
     internal = next((e for e in evaluations if e["split"] in ("test", "val")), None)

@@ -269,3 +269,39 @@ def cases_to_confirm_sentence(who: dict | None, classes: list[str]) -> str | Non
         else:
             parts.append(f"about {need[key]:,} {escape(cls)} images (this split has {have:,}) for {metric} ≥ {pct(who['targets'][metric])}")
     return ("To prove the targets at the rates measured here, the lower 95% bounds need " + " and ".join(parts) + ".") if parts else None
+
+
+def _points(x: float) -> str:
+    """0.079 -> '+7.9'; a difference in percentage points with its sign."""
+    return f"{100 * x:+.1f}".replace("-", "−")
+
+
+def reader_sentences(r: dict) -> list[str]:
+    """The model against one reader on the same images (from :func:`cxrkit.metrics.readers.compare_with_reader`)."""
+    out = []
+    for key, missed, found in (("sensitivity", "missed", "found"), ("specificity", "flagged", "cleared")):
+        e = r[key]
+        if e["model"]["value"] is None:
+            continue
+        d = e["difference"]
+        more, fewer = d["discordant"]
+        out.append(f"{key.capitalize()}: the model {pct(e['model']['value'])} ({ci_text(e['model'])}), the reader {pct(e['reader']['value'])} "
+                   f"({ci_text(e['reader'])}). The model {found} {more} that the reader {missed} and {missed} {fewer} that the reader "
+                   f"{found}: model − reader {_points(d['value'])} points (95% CI {_points(d['ci'][0])} to {_points(d['ci'][1])}; "
+                   f"McNemar p = {d['p_value']:.2g}).")
+    out.append(f"They agree on {pct(r['agreement']['value'])} of the images ({ci_text(r['agreement'])}).")
+    at_spec, at_sens = r.get("sensitivity_at_reader_specificity"), r.get("specificity_at_reader_sensitivity")
+    if at_spec and at_sens:
+        a, b = at_spec["difference"], at_sens["difference"]
+        out.append(f"Set as specific as the reader ({pct(r['specificity']['reader']['value'])}), the model would find {pct(at_spec['value'])} "
+                   f"of cases ({_points(a['value'])} points against the reader, 95% CI {_points(a['ci'][0])} to {_points(a['ci'][1])}); "
+                   f"set as sensitive ({pct(r['sensitivity']['reader']['value'])}), it would clear {pct(at_sens['value'])} of the images "
+                   f"without the disease ({_points(b['value'])}, {_points(b['ci'][0])} to {_points(b['ci'][1])}). Both thresholds are "
+                   "chosen on these images: they place the reader against the model's ROC curve, they are not thresholds to deploy.")
+        if a["ci"][0] > 0 and b["ci"][0] > 0:
+            out.append("The reader's operating point lies below the model's ROC curve: at the reader's own trade-off the model does better.")
+        elif a["ci"][1] < 0 and b["ci"][1] < 0:
+            out.append("The reader's operating point lies above the model's ROC curve: at the reader's own trade-off the reader does better.")
+        else:
+            out.append("At the reader's own trade-off these images cannot tell the model and the reader apart (the intervals include no difference).")
+    return out

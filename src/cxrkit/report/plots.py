@@ -48,14 +48,17 @@ def plot_history(history: list[dict], best_epoch: int, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_roc(y: np.ndarray, score: np.ndarray, point: tuple[float, float] | None, auc: float, title: str, path: Path) -> Path:
-    """ROC curve; ``point`` is the operating point as (1 - specificity, sensitivity)."""
+def plot_roc(y: np.ndarray, score: np.ndarray, point: tuple[float, float] | None, auc: float, title: str, path: Path,
+             readers: dict[str, tuple[float, float]] | None = None) -> Path:
+    """ROC curve; ``point`` is the operating point as (1 - specificity, sensitivity), ``readers`` human readers' points likewise."""
     fpr, tpr, _ = roc_curve(y, score)
     fig, ax = plt.subplots(figsize=(4.4, 4.2))
     ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
     if point is not None:
         ax.plot(*point, "o", ms=9, color="C3", label="operating point")
+    for i, (name, (x, y_)) in enumerate((readers or {}).items()):
+        ax.plot(x, y_, "^sDvP"[i % 5], ms=8, color="black", mfc="none" if i % 2 else "black", ls="none", label=f"reader {name}"[:30])
     ax.set_xlabel("1 - specificity (false positive rate)"), ax.set_ylabel("sensitivity (true positive rate)")
     ax.set_title(title, fontsize=10), ax.legend(loc="lower right"), ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -1,0 +1,117 @@
+"""A binary model against human readers on the same images: each one's sensitivity and specificity, the paired
+difference with Newcombe's interval and McNemar's exact test, and where the reader's point lies against the
+model's ROC curve (the model's sensitivity at the reader's specificity, and its specificity at the reader's
+sensitivity, with stratified bootstrap intervals of the difference).
+
+References: Newcombe, R. G. (1998), Statistics in Medicine 17:2635-2650 (method 10, the interval for a
+difference of paired proportions); McNemar, Q. (1947), Psychometrika 12:153-157.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import binomtest
+
+from cxrkit.metrics.classification import proportion
+from cxrkit.metrics.intervals import wilson_interval
+
+BOOTSTRAP_REPLICATES = 2000
+
+
+def paired_difference(both: int, first_only: int, second_only: int, neither: int, confidence: float = 0.95) -> dict:
+    """The difference of two proportions measured on the same cases, (first − second) = (first_only − second_only) / n,
+    with Newcombe's (1998, method 10) interval and McNemar's exact two-sided p-value on the discordant cases."""
+    counts = (both, first_only, second_only, neither)
+    if any(int(c) != c or c < 0 for c in counts):
+        raise ValueError(f"paired counts must be whole numbers >= 0, got {counts}")
+    n = both + first_only + second_only + neither
+    if n == 0:
+        return {"value": None, "ci": None, "method": "newcombe", "p_value": None, "discordant": [0, 0]}
+    p1, p2 = (both + first_only) / n, (both + second_only) / n
+    l1, u1 = wilson_interval(both + first_only, n, confidence)
+    l2, u2 = wilson_interval(both + second_only, n, confidence)
+    # The correlation of the two proportions, with Newcombe's continuity correction of the cross product.
+    margins = (both + first_only) * (second_only + neither) * (both + second_only) * (first_only + neither)
+    cross = both * neither - first_only * second_only
+    cross = cross - n / 2 if cross > n / 2 else (0.0 if cross >= 0 else cross)
+    phi = cross / np.sqrt(margins) if margins > 0 else 0.0
+    d = p1 - p2
+    lower = d - np.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    upper = d + np.sqrt(max((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2, 0.0))
+    discordant = first_only + second_only
+    p = 1.0 if discordant == 0 else float(binomtest(min(first_only, second_only), discordant, 0.5).pvalue)
+    return {"value": float(d), "ci": [float(max(-1.0, lower)), float(min(1.0, upper))], "method": "newcombe",
+            "p_value": p, "discordant": [int(first_only), int(second_only)]}
+
+
+def _paired_table(first: np.ndarray, second: np.ndarray) -> tuple[int, int, int, int]:
+    return (int(np.sum(first & second)), int(np.sum(first & ~second)), int(np.sum(~first & second)), int(np.sum(~first & ~second)))
+
+
+def sensitivity_at_false_positives(pos: np.ndarray, neg_sorted_desc: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """The model's highest sensitivity with at most ``allowed`` false positives (positive if score >= threshold):
+    every threshold above the ``allowed + 1``-th highest negative score; ties stay on the safe side."""
+    allowed = np.asarray(allowed)
+    n_neg = neg_sorted_desc.shape[-1]
+    k = np.minimum(allowed, n_neg - 1)
+    bar = np.take_along_axis(neg_sorted_desc, k[..., None], axis=-1) if neg_sorted_desc.ndim > 1 else neg_sorted_desc[k][..., None]
+    sens = np.mean(pos > bar, axis=-1)
+    return np.where(allowed >= n_neg, 1.0, sens)
+
+
+def _matched(y: np.ndarray, score: np.ndarray, reader: np.ndarray, seed: int, replicates: int, confidence: float) -> dict:
+    """The model's sensitivity at the reader's specificity and its specificity at the reader's sensitivity on these images,
+    and the bootstrap intervals (positives and negatives resampled apart, the reader's calls with their images)."""
+    pos, neg = score[y == 1], score[y == 0]
+    r_pos, r_neg = reader[y == 1], reader[y == 0]
+
+    def figures(pos, neg, r_pos, r_neg):
+        # At the reader's specificity: no more false positives than the reader. At its sensitivity: no fewer true
+        # positives, i.e. the mirror problem with the classes and the score's sign swapped.
+        sens = sensitivity_at_false_positives(pos, -np.sort(-neg, axis=-1), r_neg.sum(axis=-1))
+        spec = sensitivity_at_false_positives(-neg, -np.sort(pos, axis=-1), (~r_pos).sum(axis=-1))
+        return sens - r_pos.mean(axis=-1), spec - (~r_neg).mean(axis=-1), sens, spec
+
+    d_sens, d_spec, sens, spec = figures(pos, neg, r_pos, r_neg)
+    rng = np.random.default_rng(seed)
+    boot_sens, boot_spec = [], []
+    chunk = max(1, 4_000_000 // max(len(score), 1))
+    for start in range(0, replicates, chunk):
+        b = min(chunk, replicates - start)
+        ip = rng.integers(0, len(pos), size=(b, len(pos)))
+        ineg = rng.integers(0, len(neg), size=(b, len(neg)))
+        ds, dp, _, _ = figures(pos[ip], neg[ineg], r_pos[ip], r_neg[ineg])
+        boot_sens.append(ds)
+        boot_spec.append(dp)
+    alpha = (1 - confidence) / 2
+    out = {}
+    for name, value, diff, boot in (("sensitivity_at_reader_specificity", sens, d_sens, boot_sens),
+                                    ("specificity_at_reader_sensitivity", spec, d_spec, boot_spec)):
+        lo, hi = np.quantile(np.concatenate(boot), [alpha, 1 - alpha])
+        out[name] = {"value": float(value), "difference": {"value": float(diff), "ci": [float(lo), float(hi)],
+                                                           "method": f"stratified bootstrap ({replicates})"}}
+    return out
+
+
+def compare_with_reader(y: np.ndarray, score: np.ndarray, threshold: float, reader: np.ndarray, seed: int = 0,
+                        replicates: int = BOOTSTRAP_REPLICATES, confidence: float = 0.95) -> dict:
+    """The model (positive if ``score`` >= ``threshold``) against one reader's calls (True = positive) on the same images:
+    both sensitivities and specificities (Wilson), the paired differences model − reader (Newcombe, McNemar), their
+    agreement, and the model at the reader's own sensitivity and specificity (descriptive: those thresholds are
+    chosen on these images)."""
+    y = np.asarray(y).astype(int)
+    score = np.asarray(score, dtype=float)
+    reader = np.asarray(reader, dtype=bool)
+    if not (len(y) == len(score) == len(reader)):
+        raise ValueError(f"labels, scores and the reader's calls differ in length ({len(y)}, {len(score)}, {len(reader)})")
+    model = score >= threshold
+    out: dict = {"n": int(len(y)), "positives": int(y.sum()), "negatives": int((y == 0).sum())}
+    for name, rows, called in (("sensitivity", y == 1, True), ("specificity", y == 0, False)):
+        m, r = model[rows] == called, reader[rows] == called
+        out[name] = {"model": proportion(int(m.sum()), int(rows.sum()), confidence), "reader": proportion(int(r.sum()), int(rows.sum()), confidence),
+                     "difference": paired_difference(*_paired_table(m, r), confidence=confidence)}
+    agree = int(np.sum(model == reader))
+    out["agreement"] = proportion(agree, len(y), confidence)
+    if out["positives"] and out["negatives"]:
+        out.update(_matched(y, score, reader, seed, replicates, confidence))
+    return out

@@ -1,0 +1,130 @@
+"""`cxrkit evaluate --readers`: a binary run against human readers on the same images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cxrkit.evaluation.readers import read_calls
+from cxrkit.metrics.readers import compare_with_reader, paired_difference, sensitivity_at_false_positives
+
+
+def test_paired_difference_matches_newcombes_method_10_and_mcnemar():
+    # The paired 2x2 table of Cavo et al. (2012) as in Fagerland, Lydersen & Laake, "Statistical analysis of contingency
+    # tables" (2017), chapter 8: Newcombe's square-and-add interval -0.0621 (-0.1186 to -0.0046).
+    d = paired_difference(59, 6, 16, 80)
+    assert d["value"] == pytest.approx(-10 / 161)
+    assert d["ci"] == pytest.approx([-0.1186, -0.0046], abs=1e-4)
+    assert d["discordant"] == [6, 16]
+    assert d["p_value"] == pytest.approx(0.0525, abs=1e-4)  # exact binomial on the 22 discordant pairs
+    same = paired_difference(12, 0, 0, 8)
+    assert same["value"] == 0 and same["p_value"] == 1.0 and same["ci"][0] < 0 < same["ci"][1]
+    with pytest.raises(ValueError, match="whole numbers"):
+        paired_difference(1, -1, 0, 0)
+
+
+def test_sensitivity_at_false_positives_keeps_ties_on_the_safe_side():
+    neg = np.array([0.9, 0.5, 0.5, 0.1])  # sorted high to low
+    pos = np.array([0.95, 0.9, 0.6, 0.5, 0.2])
+    # No false positive allowed: only scores above 0.9 are called positive (0.9 itself would flag the 0.9 negative).
+    assert sensitivity_at_false_positives(pos, neg, np.array(0)) == pytest.approx(1 / 5)
+    # One allowed: above 0.5, since a threshold at 0.5 flags both tied negatives.
+    assert sensitivity_at_false_positives(pos, neg, np.array(1)) == pytest.approx(3 / 5)
+    assert sensitivity_at_false_positives(pos, neg, np.array(2)) == pytest.approx(3 / 5)
+    assert sensitivity_at_false_positives(pos, neg, np.array(3)) == 1.0  # above 0.1: the three higher negatives flagged
+    assert sensitivity_at_false_positives(pos, neg, np.array(4)) == 1.0
+
+
+def test_a_reader_who_calls_as_the_model_does_differs_by_nothing_and_a_worse_one_is_found_worse():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(150), np.zeros(250)].astype(int)
+    score = 1 / (1 + np.exp(-rng.normal(2.0 * y - 1.0, 1.0)))
+    same = compare_with_reader(y, score, 0.5, score >= 0.5)
+    for k in ("sensitivity", "specificity"):
+        assert same[k]["difference"]["value"] == 0 and same[k]["difference"]["discordant"] == [0, 0]
+        assert same[k]["model"]["value"] == same[k]["reader"]["value"]
+    assert same["agreement"]["value"] == 1.0
+    # The model's own point lies on its curve: at that specificity (or sensitivity) the best threshold does as well or a
+    # little better (it may sit between the threshold and the next case).
+    for k in ("sensitivity_at_reader_specificity", "specificity_at_reader_sensitivity"):
+        assert 0 <= same[k]["difference"]["value"] < 0.05
+    # A reader who reads the same disease with more noise sits under the model's curve: both matched differences positive.
+    noisy = rng.normal(2.0 * y - 1.0, 3.0) > 0
+    worse = compare_with_reader(y, score, 0.5, noisy, seed=1)
+    assert worse["sensitivity_at_reader_specificity"]["difference"]["ci"][0] > 0
+    assert worse["specificity_at_reader_sensitivity"]["difference"]["ci"][0] > 0
+    # The counts behind the figures are the paired table: model-only and reader-only correct cases among the positives.
+    m, r = score[y == 1] >= 0.5, noisy[y == 1]
+    assert worse["sensitivity"]["difference"]["discordant"] == [int(np.sum(m & ~r)), int(np.sum(~m & r))]
+    assert worse["sensitivity"]["reader"]["numerator"] == int(r.sum())
+
+
+def _table(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_read_calls_parses_calls_matches_images_and_refuses_what_it_cannot_read(tmp_path):
+    classes = ["healthy", "tb"]
+    rel = ["test/tb/a.png", "test/healthy/b.png", "test/tb/c.png", "other/c.png"]
+    t = _table(tmp_path / "r.csv", ["path", "label", "Reader 1", "R2"],
+               [["test/tb/a.png", "tb", "TB", "1"], ["b.png", "healthy", "positive", ""], ["test/tb/c.png", "tb", "no", "NA"],
+                ["other/c.png", "healthy", "healthy", "0"], ["gone.png", "tb", "tb", "1"]])
+    calls, unmatched = read_calls(t, classes, rel)
+    assert list(calls) == ["Reader 1", "R2"]  # the label column is not a reader
+    assert calls["Reader 1"] == [True, True, False, False]
+    assert calls["R2"] == [True, None, None, False]  # blank and NA: not read
+    assert unmatched == 1
+    only, _ = read_calls(t, classes, rel, ["r2"])
+    assert list(only) == ["R2"]
+    # Two paths share the file name c.png: an image listed only by that name cannot be told apart, so it is not matched.
+    amb = _table(tmp_path / "amb.csv", ["path", "R"], [["x/c.png", "tb"], ["y/c.png", "healthy"], ["a.png", "tb"]])
+    assert read_calls(amb, classes, ["z/c.png", "test/tb/a.png"])[0]["R"] == [None, True]
+    bad = _table(tmp_path / "bad.csv", ["path", "R"], [["test/tb/a.png", "maybe"]])
+    with pytest.raises(ValueError, match="'maybe' is not a call; write healthy or tb"):
+        read_calls(bad, classes, rel)
+    twice = _table(tmp_path / "twice.csv", ["path", "R"], [["test/tb/a.png", "tb"], ["test/tb/a.png", "healthy"]])
+    with pytest.raises(ValueError, match="lists test/tb/a.png twice with different values"):
+        read_calls(twice, classes, rel)
+    none = _table(tmp_path / "none.csv", ["path", "label"], [["test/tb/a.png", "tb"]])
+    with pytest.raises(ValueError, match="has no reader column"):
+        read_calls(none, classes, rel)
+    elsewhere = _table(tmp_path / "elsewhere.csv", ["path", "R"], [["q.png", "tb"]])
+    with pytest.raises(ValueError, match="no call on any of the 4 evaluated images"):
+        read_calls(elsewhere, classes, rel)
+    with pytest.raises(ValueError, match="needs a column naming each image"):
+        read_calls(_table(tmp_path / "nopath.csv", ["R"], [["tb"]]), classes, rel)
+
+
+def test_evaluate_with_readers_writes_figures_notes_and_the_report(tiny_run, binary_data, tmp_path, capsys):
+    from cxrkit.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    files = sorted(p.relative_to(binary_data).as_posix() for p in (binary_data / "test").rglob("*.png"))
+    truth = [f.split("/")[1] for f in files]
+    flipped = {"tb": "healthy", "healthy": "tb"}
+    table = _table(tmp_path / "reads.csv", ["path", "A", "B"],
+                   [[f, flipped[t] if i % 5 == 0 else t, "" if i % 3 == 0 else t] for i, (f, t) in enumerate(zip(files, truth))])
+    code = main(["evaluate", str(run), "--readers", str(table), "--explain", "none"])
+    out = capsys.readouterr().out
+    assert code == 0 and "against reader A (30 images" in out and "McNemar p" in out
+    assert f"reader B read 20 of the {len(files)} evaluated images" in out
+    r = json.loads((run / "metrics.json").read_text())["test"]["readers"]["readers"]
+    wrong = sum(1 for i in range(len(files)) if i % 5 == 0)
+    assert r["A"]["agreement"]["denominator"] == 30 and r["B"]["read"] == 20
+    a_correct = r["A"]["sensitivity"]["reader"]["numerator"] + r["A"]["specificity"]["reader"]["numerator"]
+    assert a_correct == 30 - wrong
+    preds = [row for row in csv.DictReader(open(run / "predictions.csv")) if row["split"] == "test"]
+    model_pos = sum(row["pred"] == "tb" and row["true"] == "tb" for row in preds)
+    assert r["A"]["sensitivity"]["model"]["numerator"] == model_pos  # the model's figures are its own predictions at its threshold
+    assert "Against the readers" in (run / "report.html").read_text()
+    assert main(["evaluate", str(run), "--reader-columns", "A"]) == 2
+    assert "--reader-columns names columns of a --readers table" in capsys.readouterr().err
