@@ -123,6 +123,29 @@ def test_truncated_and_non_image_raise_clear_errors(tmp_path):
         load_grayscale(empty, 32)
 
 
+def test_a_png_whose_pixel_data_is_damaged_is_refused_not_decoded_in_part(tmp_path):
+    import struct
+
+    from cxrkit.data.arrays import pil_to_grayscale
+    from cxrkit.data.decode import read_grayscale
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)).save(good)
+    data = bytearray(good.read_bytes())
+    i = data.find(b"IDAT")
+    n = struct.unpack(">I", data[i - 4:i])[0]
+    data[i + 4 + int(n * 0.9)] ^= 0xFF  # one byte late in the stream: Pillow filled 93 rows, then failed inside getexif
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ImageDecodeError, match="cannot decode image"):
+        read_grayscale(bad)
+    with pytest.raises(ImageDecodeError, match="cannot decode image"):
+        load_grayscale(bytes(data), 32)
+    with pytest.raises(ValueError, match="cannot decode image"):  # Run.predict(Image.open(path)): as the path is answered
+        pil_to_grayscale(Image.open(bad))
+    assert read_grayscale(good).shape == (96, 96)
+
+
 def test_pad_keeps_aspect_and_squash_fills():
     tall = np.full((100, 50), 200, np.uint8)
     padded = fit_square(tall, 40, "pad")

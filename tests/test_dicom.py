@@ -143,3 +143,27 @@ def test_damaged_headers_are_one_files_decode_error(tmp_path):
     (tmp_path / "vr.dcm").write_bytes(bytes(dcm))
     with pytest.raises(ImageDecodeError, match=r"damaged header \(NotImplementedError: Unknown Value Representation 'GL'"):
         read_grayscale(tmp_path / "vr.dcm")
+
+
+def test_headers_that_do_not_describe_the_pixels_are_refused(tmp_path):
+    # Each of these was decoded into a plausible image and classified: part of the image (Rows too small), 16-bit data read
+    # as 8-bit, an empty pixel element ("len() of NoneType"), and display settings that make every pixel one grey.
+    image = ramp(32)
+    too_few_rows = write_dicom(tmp_path / "rows.dcm", image, Rows=16)
+    with pytest.raises(ImageDecodeError, match="pixel data holds 2,048 bytes, but 32x16 pixels .* need 1,024: the header does not describe"):
+        read_grayscale(too_few_rows)
+    eight = write_dicom(tmp_path / "bits.dcm", image, BitsAllocated=8, BitsStored=8, HighBit=7)
+    with pytest.raises(ImageDecodeError, match="at 8 bits need 1,024"):
+        read_grayscale(eight)
+    empty = write_dicom(tmp_path / "empty.dcm", image, PixelData=b"")
+    with pytest.raises(UnsupportedImageError, match="pixel data element is empty"):
+        read_grayscale(empty)
+    flat = write_dicom(tmp_path / "slope.dcm", image, RescaleSlope=0, RescaleIntercept=0)
+    with pytest.raises(ImageDecodeError, match="rescale slope 0.* one grey level"):
+        read_grayscale(flat)
+    dark = write_dicom(tmp_path / "window.dcm", image, WindowCenter=100000, WindowWidth=10)
+    with pytest.raises(ImageDecodeError, match="one grey level"):
+        read_grayscale(dark)
+    assert read_grayscale(write_dicom(tmp_path / "ok.dcm", image)).shape == (32, 32)
+    odd = ramp(31)[:31, :31]  # an odd byte count of 8-bit data is padded by one byte: still its own size
+    assert read_grayscale(write_dicom(tmp_path / "odd.dcm", odd.astype(np.uint8) // 16, bits=8)).shape == (31, 31)

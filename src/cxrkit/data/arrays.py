@@ -79,4 +79,7 @@ def pil_to_grayscale(image: Image.Image, max_pixels: int = MAX_PIXELS) -> np.nda
         raise ValueError(f"the image is empty ({image.width}x{image.height} pixels)")
     if image.width * image.height > max_pixels:
         raise ValueError(f"image too large ({image.width}x{image.height} pixels; the limit is {max_pixels:,})")
-    return to_grayscale_array(upright(image, orientation(image)))  # Image.open(path) must give what the path gives
+    try:
+        return to_grayscale_array(upright(image, orientation(image)))  # Image.open(path) must give what the path gives
+    except (OSError, SyntaxError, EOFError) as exc:  # Image.open of a damaged file loads here: as the same file's bytes are answered
+        raise ValueError(f"cannot decode image: {exc}") from exc

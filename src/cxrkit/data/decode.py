@@ -69,7 +69,13 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
 
 
 def orientation(img: Image.Image) -> int:
-    """The turn :func:`upright` still has to make to an opened (not yet loaded) image: its EXIF orientation, 1 for none."""
+    """The turn :func:`upright` still has to make to an opened (not yet loaded) image: its EXIF orientation, 1 for none.
+    Loads a PNG (its EXIF may follow the pixels); other formats' EXIF is read from the header, before any ``draft``."""
+    if img.format == "PNG":
+        # Reading a PNG's EXIF loads its pixels. A damaged pixel stream failed inside getexif, was taken below for a bad EXIF
+        # block, and the next load() returned the part-filled image: a half-black radiograph classified without a word.
+        # (A TIFF must not be loaded first: loading drops the orientation tag the check below needs.)
+        img.load()
     try:
         with warnings.catch_warnings():  # "Corrupt EXIF data" would print above the one line the file gets
             warnings.simplefilter("ignore")

@@ -76,6 +76,7 @@ def _read_dicom(source: str | Path | bytes | BinaryIO, max_pixels: int) -> np.nd
         raise UnsupportedImageError("DICOM image has no rows or columns")
     if rows * cols > max_pixels:
         raise ImageTooLargeError(f"image too large ({cols}x{rows} pixels; the limit is {max_pixels:,})")
+    _check_native_length(ds, rows, cols)
     try:
         # pixel_array decodes every frame; index=0 keeps memory bounded for multi-frame files.
         arr = ds.pixel_array if int(ds.get("NumberOfFrames", 1) or 1) == 1 else pydicom.pixels.pixel_array(ds, index=0)
@@ -99,4 +100,32 @@ def _read_dicom(source: str | Path | bytes | BinaryIO, max_pixels: int) -> np.nd
         out = stretch_to_uint8(blocks, arr.shape[:2])
     except ImageDecodeError as exc:
         raise ImageDecodeError(f"DICOM {exc}") from exc
+    if out.min() == out.max() and arr.min() != arr.max():
+        # A rescale slope of 0 or a window outside the stored values turns a real image into one grey level, which was
+        # classified like any other image.
+        raise ImageDecodeError(f"DICOM display settings (rescale slope {ds.get('RescaleSlope', 1)}, window centre/width "
+                               f"{ds.get('WindowCenter', 'none')}/{ds.get('WindowWidth', 'none')}) turn the stored values "
+                               f"{arr.min()}-{arr.max()} into one grey level: the header does not describe a viewable image")
     return 255 - out if photometric == "MONOCHROME1" else out
+
+
+def _check_native_length(ds, rows: int, cols: int) -> None:
+    """Uncompressed pixel data must be as long as the header says (plus one byte of padding): with more, pydicom read the
+    first Rows x Columns values and dropped the rest without a word, so a header with the wrong Rows gave part of the image."""
+    data = ds.get("PixelData")
+    if not data:  # an empty element: len(None) in pydicom was the one-line error
+        raise UnsupportedImageError("DICOM file has no image (its pixel data element is empty)")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        native = syntax is not None and syntax.is_transfer_syntax and not syntax.is_compressed
+    except (ValueError, AttributeError):  # an unknown UID: its decoder decides
+        native = False
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if not native or bits <= 0:
+        return
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    expected = (rows * cols * frames * samples * bits + 7) // 8
+    if len(data) > expected + 1:
+        raise ImageDecodeError(f"DICOM pixel data holds {len(data):,} bytes, but {cols}x{rows} pixels x {frames} frame(s) x {samples} "
+                               f"sample(s) at {bits} bits need {expected:,}: the header does not describe the image")
