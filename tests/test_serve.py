@@ -236,6 +236,28 @@ def test_validation_errors_say_which_part_of_the_request_is_wrong(client, sample
     assert r.status_code == 422 and r.json()["error"]["message"].startswith("expected multipart/form-data with one or more 'files'")
 
 
+def test_unknown_or_repeated_query_parameters_head_probes_and_cors_refusals(client, tiny_run, sample_png):
+    # ?explian=true was ignored, and the answer came back without heat maps and without a word.
+    r = client.post("/v1/predict?explian=true", files=[("files", ("a.png", sample_png))])
+    assert r.status_code == 422 and r.json()["error"]["message"] == "unknown query parameter 'explian'; known: explain, preview (true or false)"
+    r = client.post("/v1/predict?explain=true&explain=false", files=[("files", ("a.png", sample_png))])
+    assert r.status_code == 422 and "'explain' given more than once" in r.json()["error"]["message"]
+    assert client.post("/v1/predict?preview=false", files=[("files", ("a.png", sample_png))]).status_code == 200
+    for path in ("/healthz", "/"):  # load balancers probe with HEAD: it was a 405
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b""
+    from fastapi.testclient import TestClient
+
+    from cxrkit.serve.app import create_app
+
+    with TestClient(create_app(tiny_run, engine="torch", api_key="", cors_origins=["http://good.example"])) as c:
+        ask = {"Access-Control-Request-Method": "POST"}
+        ok = c.options("/v1/predict", headers={"Origin": "http://good.example", **ask})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://good.example"
+        bad = c.options("/v1/predict", headers={"Origin": "http://evil.example", **ask})
+        assert bad.status_code == 400 and bad.json()["error"] == {"code": "cors_refused", "message": "Disallowed CORS origin", "file": None}
+
+
 def test_probabilities_next_to_the_threshold_compare_as_the_decision_does(client, sample_png, monkeypatch):
     run = client.app.state.service.run
     t = np.float32(run.threshold)

@@ -7,6 +7,7 @@ so a radiograph is preprocessed the same way wherever it is read.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -196,7 +197,9 @@ def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_
                                         "(a damaged file, or another kind of file renamed)") from exc
         raise UnsupportedImageError("not a supported image (PNG, JPEG, BMP, TIFF or DICOM)") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError("image too large (decompression bomb guard)") from exc
+        found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow's refusal names the size, and its own limit, not cxrkit's
+        size = f"{int(found.group(1)):,} pixels" if found else "decompression bomb guard"
+        raise ImageTooLargeError(f"image too large ({size}; the limit is {max_pixels:,})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
     except (TypeError, KeyError, IndexError, struct.error, ZeroDivisionError, NotImplementedError) as exc:

@@ -28,6 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from cxrkit import __version__
 from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
@@ -311,6 +312,18 @@ class Service:
         return f"{label}: the most probable class ({p[j]:.2f})"
 
 
+class JsonCORS(CORSMiddleware):
+    """Starlette's CORS middleware, with its refusal of a preflight (a plain-text 400) in the API's JSON error shape."""
+
+    def preflight_response(self, request_headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        refused = error_response(response.status_code, "cors_refused", response.body.decode(errors="replace"))
+        refused.headers.update({k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")})
+        return refused
+
+
 def _validation_message(errors) -> str:
     """FastAPI's validation errors in words: a bad query parameter is named as such, not blamed on the body."""
     query = [f"{'.'.join(str(x) for x in e['loc'][1:])}={e.get('input')!r}: {e.get('msg')}" for e in errors if e.get("loc", ())[:1] == ("query",)]
@@ -375,9 +388,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(ApiKeyGate, api_key=api_key)  # outside the body limit: no key, no body read
     if cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Authorization"])
+        app.add_middleware(JsonCORS, allow_origins=cors_origins, allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Authorization"])
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -398,7 +409,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
         log.exception("unexpected error on %s", request.url.path)
         return error_response(500, "internal_error", "unexpected server error; it has been logged")
 
-    @app.get("/healthz", summary="liveness: the model is loaded")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="liveness: the model is loaded")  # load balancers probe with HEAD
     async def healthz() -> dict:
         return {"status": "ok", "model": service.identity["id"], "version": service.identity["version"], "engine": service.run.engine}
 
@@ -410,6 +421,15 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
     async def predict(request: Request, files: list[UploadFile] = File(..., description="one or more image files"),
                       explain: bool = Query(False, description="add a Grad-CAM overlay (PNG, base64) per image"),
                       preview: bool = Query(False, description="add the image as the model sees it (PNG, base64)")) -> dict:
+        # A misspelt ?explian=true was ignored and the answer came without its heat maps; a repeated one took its last value.
+        params = request.query_params
+        unknown = sorted(set(params) - {"explain", "preview"})
+        if unknown:
+            raise ApiError(422, "invalid_request", f"unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                                                   "known: explain, preview (true or false)")
+        repeated = sorted(k for k in set(params) if len(params.getlist(k)) > 1)
+        if repeated:
+            raise ApiError(422, "invalid_request", f"query parameter {', '.join(map(repr, repeated))} given more than once; give it once")
         # FastAPI reads only 'files': an image sent under another name would go unanswered beside the others' results.
         others = sorted({name for name in (await request.form()).keys() if name != "files"})  # the form FastAPI parsed, cached
         if others:
@@ -434,7 +454,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
 
         return Response(_png_bytes(synthetic_cxr(np.random.default_rng(7), 256, pattern=1)), media_type="image/png")
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(_static("index.html"))
 
