@@ -170,6 +170,10 @@ def test_predict_files_checks_its_arguments(tiny_run, tmp_path):
         run.predict_files([image], workers="2")  # was a TypeError from a comparison
     with pytest.raises(ValueError, match="paths must be a list of files, got one"):
         run.predict_files(str(image))  # was one "file not found" per letter of the path
+    with pytest.raises(ValueError, match="paths must be a list of files, got one: PosixPath"):
+        run.predict_files(tmp_path)  # a folder as a Path was a TypeError from len()
+    with pytest.raises(ValueError, match="paths must be a list of file paths, got int"):
+        run.predict_files(3)
     with pytest.raises(ValueError, match=r"item 1 is array \(40, 40\) uint8 \(Run.predict takes arrays"):
         run.predict_files([image, np.zeros((40, 40), np.uint8)])  # was a TypeError from open()
     probs, errors = run.predict_files([str(image), image], batch_size=1, workers=0)
@@ -179,6 +183,9 @@ def test_predict_files_checks_its_arguments(tiny_run, tmp_path):
     np.testing.assert_allclose(from_generator, probs, atol=1e-6)
     with pytest.raises(ValueError, match="on_batch must be a function of a uint8 batch, or None; got int"):
         run.predict_files([image], on_batch=3)
+    from cxrkit.prediction.results import predict_results  # documented for batches: a generator was a TypeError
+
+    assert [r["probabilities"]["tb"] for r in predict_results(run, (p for p in [image]), workers=0)] == pytest.approx([probs[0, 1]])
 
 
 def test_calibrated_must_be_a_boolean(tiny_run, tmp_path):
@@ -433,6 +440,27 @@ def test_model_id_names_the_weights_loaded_not_the_file_now(recorded, tiny_run, 
     predict_to_csv(run, [image], out, progress=False)
     with pytest.raises(ValueError, match="holds predictions of another model"):
         predict_to_csv(cxrkit.load(run_dir), [image], out, progress=False)
+
+
+
+def test_model_id_follows_a_threshold_or_calibration_set_on_the_loaded_run(tiny_run, tmp_path):
+    from PIL import Image
+
+    from cxrkit.prediction.predict_csv import predict_to_csv
+
+    run = cxrkit.load(_copy_run(tiny_run, tmp_path))
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(image)
+    out = tmp_path / "p.csv"
+    predict_to_csv(run, [image], out, progress=False)
+    before = run.model_id
+    run.record.set_threshold({**run.record.threshold, "value": 0.99})
+    # The id was computed once: rows decided at 0.99 were stamped with the id of the rule that decided the first ones.
+    assert run.model_id != before
+    with pytest.raises(ValueError, match="holds predictions of another model"):
+        predict_to_csv(run, [image], out, progress=False)
+    run.record.set_threshold({**run.record.threshold, "value": cxrkit.load(tiny_run).threshold})
+    assert run.model_id == before
 
 
 def test_train_resume_continues_with_the_runs_own_settings(tiny_run, binary_data, tmp_path):

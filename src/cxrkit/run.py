@@ -291,6 +291,21 @@ def decode_input(item: Any, pre: Preprocessing, scale: float | None = None) -> n
     raise ValueError(f"cannot predict on a {type(item).__name__}: give a file path, bytes, a PIL image or a NumPy array")
 
 
+def path_list(paths: Any) -> list:
+    """``paths`` (a list, tuple or generator of file paths) as a list; one path, or an item that is not a path, is a ValueError."""
+    if isinstance(paths, (str, bytes, os.PathLike)):  # a string is a list of one-letter "files"
+        raise ValueError(f"paths must be a list of files, got one: {paths!r}; use [path], or Run.predict for one image")
+    try:
+        paths = list(paths)
+    except TypeError:
+        raise ValueError(f"paths must be a list of file paths, got {_describe(paths)}") from None
+    bad = [i for i, p in enumerate(paths) if not isinstance(p, (str, os.PathLike))]
+    if bad:
+        raise ValueError(f"paths must be file paths; item {bad[0]} is {_describe(paths[bad[0]])} (Run.predict takes arrays, "
+                         "bytes and PIL images)")
+    return paths
+
+
 @dataclass
 class Run:
     """A loaded run: its validated record, model in eval mode and its preprocessing."""
@@ -305,7 +320,7 @@ class Run:
     # Where the PyTorch model runs (ONNX Runtime runs on the CPU); see :meth:`load`.
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _task: Task = field(init=False, repr=False)
-    _model_id: str | None = field(default=None, init=False, repr=False)
+    _model_id: tuple[str, str] | None = field(default=None, init=False, repr=False)  # (decision, id)
     # SHA-256 of the weight bytes loaded (a hashlib object, copied to extend): what the run names as its weights, even if
     # model.safetensors is rewritten after the load (None for a Run built by hand: the file is hashed).
     _weights_hash: Any = field(default=None, init=False, repr=False)
@@ -443,7 +458,11 @@ class Run:
         import hashlib
         import json
 
-        if self._model_id is None:
+        # Recomputed when the decision changes: set_threshold or new calibration data on a loaded run kept the old id, and a
+        # resumed prediction CSV stamped rows of two decision rules with one.
+        decision = json.dumps({"threshold": self.record.threshold, "thresholds": self.record.thresholds, "calibration": self.calibration_data},
+                              sort_keys=True)
+        if self._model_id is None or self._model_id[0] != decision:
             # From the bytes loaded: the file read again named the weights of a training that rewrote it since, so a
             # resumed prediction CSV took rows of two models for one.
             h = self._weights_hash.copy() if self._weights_hash is not None else hashlib.sha256()
@@ -451,10 +470,9 @@ class Run:
                 with open(self.path / MODEL_FILE, "rb") as f:
                     for chunk in iter(lambda: f.read(1 << 20), b""):
                         h.update(chunk)
-            decision = {"threshold": self.record.threshold, "thresholds": self.record.thresholds, "calibration": self.calibration_data}
-            h.update(json.dumps(decision, sort_keys=True).encode())
-            self._model_id = h.hexdigest()[:12]
-        return self._model_id
+            h.update(decision.encode())
+            self._model_id = (decision, h.hexdigest()[:12])
+        return self._model_id[1]
 
     @property
     def engine(self) -> str:
@@ -629,13 +647,7 @@ class Run:
         _check_batch_size(batch_size)
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
             raise ValueError(f"workers must be a whole number (0: decode in this thread), got {workers!r}")
-        if isinstance(paths, (str, bytes, os.PathLike)):  # a string is a list of one-letter "files"
-            raise ValueError(f"paths must be a list of files, got one: {paths!r}; use [path], or Run.predict for one image")
-        paths = list(paths)
-        bad = [i for i, p in enumerate(paths) if not isinstance(p, (str, os.PathLike))]
-        if bad:
-            raise ValueError(f"paths must be file paths; item {bad[0]} is {_describe(paths[bad[0]])} (Run.predict takes arrays, "
-                             "bytes and PIL images)")
+        paths = path_list(paths)
 
         def decode(j: int) -> tuple[int, np.ndarray | None, str | None]:
             try:
@@ -676,8 +688,7 @@ class Run:
         """
         if on_batch is not None and not callable(on_batch):  # was a TypeError after the first batch had been classified
             raise ValueError(f"on_batch must be a function of a uint8 batch, or None; got {type(on_batch).__name__}")
-        if not isinstance(paths, (str, bytes, os.PathLike)):  # iter_predict refuses one path
-            paths = list(paths)  # a generator has no len(): was a TypeError
+        paths = path_list(paths)  # a generator has no len(), and one Path none either: both were a TypeError
         probs = np.full((len(paths), len(self.classes)), np.nan)
         errors: dict[int, str] = {}
         with tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress or None) as bar:

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cxrkit.data.shift import image_outliers, image_stats
-from cxrkit.run import Run
+from cxrkit.run import Run, path_list
 
 
 def ood_findings(reference: dict | None, images: np.ndarray) -> list[list[str]]:
@@ -32,6 +32,7 @@ def predict_results(run: Run, paths: list[Path], batch_size: int = 32, workers: 
     ``ood_warning`` is None for every image when the run has no shift reference: not checked, rather than a clean bill.
     ``on_batch`` receives each decoded uint8 batch (the whole-folder shift check collects statistics there).
     """
+    paths = path_list(paths)  # a generator was a TypeError at len()
     reference = run.shift_reference()
     results: list[dict] = [{"path": str(p), "probabilities": None, "decision": None, "error": "", "ood_warning": False, "ood_findings": []}
                            for p in paths]
