@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -57,6 +58,10 @@ def test_cli_flags_a_single_image_and_each_image_of_a_folder(tiny_run, binary_da
     assert "2 of 3 image(s)" in capsys.readouterr().err
     with open(csv_out, newline="") as f:
         assert sorted(r["ood_warning"] for r in csv.DictReader(f)) == ["", "yes", "yes"]
+    # --json says it as Python does: an in-range image was null there, which the docs give for "not checked"
+    assert main(["predict", str(tiny_run), str(tmp_path / "odd"), "--engine", "torch", "--json"]) == 0
+    rows = {Path(r["path"]).name: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert [rows[n]["ood_warning"] for n in ("black.png", "normal.png", "one_pixel.png")] == [True, False, True]
 
 
 def test_broken_dicom_is_reported_in_one_line(tiny_run, tmp_path):
@@ -93,6 +98,8 @@ def test_a_run_without_its_shift_reference_says_the_check_was_not_made(tiny_run,
     assert "lie outside" not in err and "has no shift_reference.json" in err  # "unchecked" is not counted as out of range
     with open(csv_out, newline="") as f:
         assert [r["ood_warning"] for r in csv.DictReader(f)] == ["unchecked"] * 3
+    assert main(["predict", str(run_dir), str(tmp_path / "odd"), "--engine", "torch", "--json"]) == 0
+    assert [r["ood_warning"] for r in json.loads(capsys.readouterr().out)["results"]] == [None] * 3
 
     assert main(["evaluate", str(run_dir), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)

@@ -1284,10 +1284,13 @@ def _identity(run) -> dict:
 
 
 def _json_row(row: dict) -> dict:
-    """A prediction row with numbers as numbers and empty cells as null."""
+    """A prediction row with numbers as numbers, empty cells as null, and ``ood_warning`` as in Python: true, false, or null
+    when not checked (no shift reference, or the file was not decoded)."""
     out = {}
     for k, v in row.items():
-        if isinstance(v, str) and v == "":
+        if k == "ood_warning":  # the CSV's "yes" / "" / "unchecked": an in-range image was null, read as "not checked"
+            v = True if v == "yes" else None if v == "unchecked" or not row.get("prediction") else False
+        elif isinstance(v, str) and v == "":
             v = None
         elif isinstance(v, str) and k.startswith("prob_"):
             try:
