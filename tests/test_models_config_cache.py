@@ -88,7 +88,13 @@ def test_config_round_trip_and_validation(tmp_path):
                                 ("split_seed", 2**32, "seed (--seed) and split_seed (--split-seed) must be whole numbers from 0"),
                                 ("weight_decay", -1.0, "weight_decay (--weight-decay) must be a finite number >= 0"),
                                 # infinite values trained on NaN weights; an empty out wrote the run into the current folder
-                                ("lr", float("inf"), "lr (--lr) must be a positive finite number"),
+                                ("lr", float("inf"), "lr (--lr) must be a positive number up to 10"),
+                                ("lr", 1e39, "lr (--lr) must be a positive number up to 10"),  # a RuntimeError from the optimiser
+                                # strengths that draw a zero or negative zoom, inverted or all-white images trained without a word
+                                ("augment", {"scale": 5.0}, "augment.scale (--scale) must be below 1"),
+                                ("augment", {"contrast": 5.0}, "augment.contrast (--contrast) must be at most 1"),
+                                ("augment", {"brightness": 10.0}, "augment.brightness (--brightness) must be at most 1"),
+                                ("augment", {"translate": 1.0}, "augment.translate (--translate) must be below 1"),
                                 ("weight_decay", float("inf"), "weight_decay (--weight-decay) must be a finite number >= 0"),
                                 ("backbone_lr_scale", float("inf"), "backbone_lr_scale (--backbone-lr-scale) must be a positive finite number"),
                                 ("ema_epochs", float("inf"), "ema_epochs (--ema-epochs) must be positive"),
@@ -97,6 +103,7 @@ def test_config_round_trip_and_validation(tmp_path):
         with pytest.raises(ValueError) as err:
             TrainConfig.from_dict({**d, key: value})
         assert str(err.value).startswith(message) and "given" not in str(err.value)
+    assert TrainConfig.from_dict({**d, "group_pattern": ""}).group_pattern is None  # read as no pattern: stored as none
 
 
 def test_cache_is_reused_and_invalidated(tmp_path):

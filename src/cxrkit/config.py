@@ -151,6 +151,8 @@ class TrainConfig:
             parse_rule(self.threshold_rule)
         except ValueError as exc:
             raise ConfigError(f"threshold_rule: {exc}") from None
+        if self.group_pattern == "":  # no pattern, as the code reads it; stored as null, not as '' in config.yaml
+            self.group_pattern = None
         if self.group_pattern is not None:
             try:  # re.error is no ValueError: a bad pattern was a traceback once the dataset was read
                 re.compile(self.group_pattern)
@@ -168,7 +170,7 @@ class TrainConfig:
             (bool(self.data), "data must name a dataset folder, .zip, .npz or label table's image folder"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 2, "batch_size must be at least 2 (batch norm needs two images)"),
-            (0 < self.lr < math.inf, "lr must be a positive finite number"),
+            (0 < self.lr <= 10, "lr must be a positive number up to 10 (1e-3 is usual; larger ones overflow or diverge)"),
             (bool(str(self.out).strip()), "out must name the run folder (an empty one would write the run into the current folder)"),
             (self.keep in KEEP_CHOICES, f"keep must be one of {', '.join(KEEP_CHOICES)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
@@ -200,6 +202,14 @@ class TrainConfig:
              "seed and split_seed must be whole numbers from 0 to 2^32 - 1 (numpy and scikit-learn refuse others)"),
             (all(0 <= v < math.inf for k, v in asdict(self.augment).items() if k != "hflip"),
              "augment strengths must be finite numbers >= 0 (not NaN)"),
+            # Each strength is the half-width of a range around "unchanged": beyond these the range holds a zero or negative
+            # zoom (scale), an inverted image (contrast), an all-black or all-white one (brightness), or an image moved off
+            # the frame (translate); all trained without a word.
+            (self.augment.scale < 1, "augment.scale must be below 1: zoom is drawn from 1 - scale to 1 + scale (0.1 is usual)"),
+            (self.augment.contrast <= 1, "augment.contrast must be at most 1: contrast is scaled by 1 - c to 1 + c, and below 0 the image inverts"),
+            (self.augment.brightness <= 1, "augment.brightness must be at most 1 (the whole intensity range; 0.1-0.2 is usual)"),
+            (self.augment.translate < 1, "augment.translate must be below 1 (a share of the image; 0.05 is usual)"),
+            (self.augment.rotate_degrees <= 180, "augment.rotate_degrees must be at most 180"),
             (self.augment.erase_edges <= 1, "augment.erase_edges is a probability from 0 to 1"),
             (self.augment.random_conv <= 1, "augment.random_conv is a probability from 0 to 1"),
         ]
