@@ -70,6 +70,10 @@ def test_a_damaged_audit_is_named_and_the_evaluation_rolled_back(content, why, t
 def test_a_csv_record_that_is_not_text_is_named(name, tiny_run, tmp_path, capsys):
     # Was "error: 'utf-8' codec can't decode byte 0xff in position 0": no word of which file.
     run = _copy_run(tiny_run, tmp_path)
+    if name == "splits.csv":  # a run from before splits.csv's hash; with it, the changed file is refused first (below)
+        meta = json.loads((run / "meta.json").read_text())
+        meta.pop("splits_sha256")
+        (run / "meta.json").write_text(json.dumps(meta))
     (run / name).write_bytes(b"\xff\xfe\x00")
     assert main(["evaluate", str(run), "--split", "val", "--explain", "none"]) == 2
     assert _one_line_error(capsys).startswith(f"error: {run / name} is not a readable CSV file (UnicodeDecodeError: ")
@@ -105,3 +109,42 @@ def test_a_preprocessing_step_this_version_does_not_know_is_refused(tiny_run, tm
     image = next(Path(meta["data"]["root"]).glob("test/tb/*.png"))
     assert main(["predict", str(run), str(image)]) == 2
     assert _one_line_error(capsys).startswith(f"error: {run / 'meta.json'}: preprocessing.gamma is not a preprocessing step this cxrkit knows (")
+
+
+def test_splits_moved_between_train_and_test_are_refused(tiny_run, tmp_path, capsys):
+    # Test rows relabelled train and train rows test: evaluate scored the model on images it was trained on, as the test result.
+    run = _copy_run(tiny_run, tmp_path)
+    lines = (run / "splits.csv").read_text().splitlines()
+    swap = {"test": "train", "train": "test"}
+    rows = [lines[0]] + [",".join(swap.get(c, c) if i == 2 else c for i, c in enumerate(line.split(","))) for line in lines[1:]]
+    (run / "splits.csv").write_text("\n".join(rows) + "\n")
+    before = (run / "metrics.json").read_bytes()
+    assert main(["evaluate", str(run), "--explain", "none"]) == 2
+    assert _one_line_error(capsys).startswith(f"error: {run / 'splits.csv'} is not the file {run / 'meta.json'} was written with")
+    assert (run / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("key, value", [("preprocessing.std", 0.5), ("preprocessing.mean", 0.6), ("tta_flips", True), ("tta", False)])
+def test_meta_json_inputs_that_differ_from_the_weights_header_are_refused(key, value, tiny_run, tmp_path, capsys):
+    # std 0.20 -> 0.5 in meta.json turned every healthy test image into a tb call, with no error or warning.
+    run = _copy_run(tiny_run, tmp_path)
+    meta = json.loads((run / "meta.json").read_text())
+    *path, last = key.split(".")
+    target = meta
+    for k in path:
+        target = target[k]
+    if target[last] == value:
+        value = not value if isinstance(value, bool) else value / 2
+    target[last] = value
+    (run / "meta.json").write_text(json.dumps(meta))
+    image = next(Path(meta["data"]["root"]).glob("test/tb/*.png"))
+    assert main(["predict", str(run), str(image)]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith(f"error: {run / 'meta.json'} has {key} {value!r} (the weights: ") and "meta.json was edited" in err
+
+
+def test_a_class_map_on_the_runs_own_data_is_refused(tiny_run, tmp_path, capsys):
+    # healthy=tb,tb=healthy relabelled the run's own test split: ROC-AUC 0.016 stored as its test result.
+    run = _copy_run(tiny_run, tmp_path)
+    assert main(["evaluate", str(run), "--class-map", "healthy=tb,tb=healthy", "--explain", "none"]) == 2
+    assert "--class-map matches another dataset's class names to the model's" in _one_line_error(capsys)

@@ -46,20 +46,32 @@ class RunError(RunRecordError):
     """Raised when a run folder is missing, incomplete or inconsistent (a one-line message)."""
 
 
-# The safetensors header's metadata key for the class names, in output order, that the weights were trained for.
+# The safetensors header's metadata keys: the class names, in output order, that the weights were trained for, and the
+# inputs they were trained on (preprocessing, test-time views).
 WEIGHTS_CLASSES_KEY = "cxrkit_classes"
+WEIGHTS_INPUTS_KEY = "cxrkit_inputs"
 
 
-def save_weights(model: nn.Module, path: Path, classes: list[str] | None = None) -> None:
+def weights_inputs(preprocessing: Any, tta: bool, tta_flips: bool) -> dict:
+    """What the weights expect of their inputs, as recorded in their header: the preprocessing and the test-time views."""
+    return {"preprocessing": preprocessing.to_dict(), "tta": bool(tta), "tta_flips": bool(tta_flips)}
+
+
+def save_weights(model: nn.Module, path: Path, classes: list[str] | None = None, inputs: dict | None = None) -> None:
     """Save a model's state dict as safetensors, atomically (a failed write keeps the previous file; see :func:`replacing`),
-    with ``classes`` (its outputs' names, in order) in the file's header."""
+    with ``classes`` (its outputs' names, in order) and ``inputs`` (:func:`weights_inputs`) in the file's header."""
     import json
 
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {WEIGHTS_CLASSES_KEY: json.dumps(list(classes))} if classes is not None else None
+    metadata = {}
+    if classes is not None:
+        metadata[WEIGHTS_CLASSES_KEY] = json.dumps(list(classes))
+    if inputs is not None:
+        metadata[WEIGHTS_INPUTS_KEY] = json.dumps(inputs, sort_keys=True)
+    metadata = metadata or None
     with replacing(Path(path)) as tmp:
         try:
             save_file(state, str(tmp), metadata=metadata)
@@ -93,23 +105,45 @@ def _read_calibration(path: Path, sha256: str | None) -> Any:
         raise RunError(str(exc)) from None
 
 
-def _weights_classes(data: bytes) -> list[str] | None:
-    """The class names a training stored in a safetensors file's header (None: not recorded, or a header the loader reports)."""
+def _weights_header(data: bytes) -> tuple[list[str] | None, dict | None]:
+    """The class names and the inputs recorded in a safetensors file's header (None where absent or unreadable)."""
     import json
 
     try:
         size = int.from_bytes(data[:8], "little")
         meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
-        classes = json.loads(meta[WEIGHTS_CLASSES_KEY]) if WEIGHTS_CLASSES_KEY in meta else None
     except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
-        return None
-    return classes if isinstance(classes, list) and all(isinstance(c, str) for c in classes) else None
+        return None, None
+    try:
+        classes = json.loads(meta[WEIGHTS_CLASSES_KEY]) if WEIGHTS_CLASSES_KEY in meta else None
+    except (ValueError, TypeError):
+        classes = None
+    try:
+        inputs = json.loads(meta[WEIGHTS_INPUTS_KEY]) if WEIGHTS_INPUTS_KEY in meta else None
+    except (ValueError, TypeError):
+        inputs = None
+    return (classes if isinstance(classes, list) and all(isinstance(c, str) for c in classes) else None,
+            inputs if isinstance(inputs, dict) else None)
 
 
-def load_weights(model: nn.Module, path: Path, sha256: str | None = None, classes: list[str] | None = None) -> Any:
+def _input_differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
+    """``key: meta.json's value vs the weights'`` for every recorded input that differs."""
+    out = []
+    for key in sorted(set(stored) | set(given)):
+        a, b = given.get(key), stored.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _input_differences(b, a, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} (the weights: {b!r})")
+    return out
+
+
+def load_weights(model: nn.Module, path: Path, sha256: str | None = None, classes: list[str] | None = None,
+                 inputs: dict | None = None) -> Any:
     """Load safetensors weights into ``model`` (no pickle); a damaged file, one for another model, when ``sha256`` is given
-    any other file than the one it names, and when ``classes`` is given weights whose header records other class names (or
-    another order) are a :class:`RunError`. Returns the SHA-256 hash object of the bytes loaded."""
+    any other file than the one it names, and when ``classes`` or ``inputs`` are given weights whose header records other
+    class names (or another order) or other inputs (:func:`weights_inputs`) are a :class:`RunError`. Returns the SHA-256
+    hash object of the bytes loaded."""
     import hashlib
 
     from safetensors import SafetensorError
@@ -125,11 +159,16 @@ def load_weights(model: nn.Module, path: Path, sha256: str | None = None, classe
         raise RunError(f"{path} is not the weights file {Path(path).parent / META_FILE} was written with (SHA-256 "
                        f"{actual[:12]}…, recorded {sha256[:12]}…): a training is rewriting the run, or "
                        "the file was replaced; wait for the training to finish, or copy whole run folders, never the weights alone")
-    stored = _weights_classes(data) if classes is not None else None
-    if stored is not None and stored != list(classes):
+    stored, stored_inputs = _weights_header(data)
+    if classes is not None and stored is not None and stored != list(classes):
         # The weights' hash binds them to meta.json, but not meta.json's class names: swapped by hand, every decision was flipped.
         raise RunError(f"{Path(path).parent / META_FILE} names the classes {list(classes)}, but {path} was trained for {stored} "
                        "(in that order): meta.json's classes were edited, or the weights come from another run; restore them")
+    differ = _input_differences(stored_inputs, inputs) if inputs is not None and stored_inputs is not None else []
+    if differ:
+        # Nor its preprocessing: a std edited from 0.20 to 0.5 turned every healthy test image into a tb call.
+        raise RunError(f"{Path(path).parent / META_FILE} has {'; '.join(differ)}: meta.json was edited, or the weights come from "
+                       "another run; restore them")
     try:
         state = load_bytes(data)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -373,7 +412,8 @@ class Run:
             model = build_model(record.model, record.num_outputs, **record.model_kwargs())
         except (TypeError, ValueError) as exc:
             raise RunError(f"{path / META_FILE}: cannot build model {record.model!r} with {record.model_kwargs()}: {exc}") from None
-        weights_hash = load_weights(model, path / MODEL_FILE, record.weights_sha256, record.classes)
+        weights_hash = load_weights(model, path / MODEL_FILE, record.weights_sha256, record.classes,
+                                    weights_inputs(record.preprocessing, record.tta, record.tta_flips))
         _check_config_agrees(path, record)
         # channels_last changes only the memory layout (same fp32 arithmetic): 1.4-3x faster CPU inference
         # measured on the Kermany runs (benchmarks in the README).
@@ -446,11 +486,23 @@ class Run:
             if engine == "auto":
                 return None
             raise RunError("the onnx engine needs onnxruntime: pip install onnxruntime") from exc
-        if read_metadata(file).get("weights_sha256") != self.weights_sha256():
-            if engine == "auto":
-                return None  # the weights changed after export: the ONNX file is stale, PyTorch is right
-            raise RunError(f"{file} was exported from other weights than {MODEL_FILE}; export again")
-        return OnnxModel(file)
+        from cxrkit.record import file_sha256
+
+        recorded = (self.record.onnx_sha256 or {}).get(file.name)
+        try:
+            if file.stat().st_size == 0:
+                problem = f"{file} is empty"
+            elif recorded is not None and file_sha256(file) != recorded:
+                problem = f"{file} is not the file `cxrkit export` wrote (SHA-256 differs from {META_FILE}'s record): changed or damaged since"
+            elif read_metadata(file).get("weights_sha256") != self.weights_sha256():
+                problem = f"{file} was exported from other weights than {MODEL_FILE}"  # the weights changed after export: stale
+            else:
+                return OnnxModel(file)
+        except Exception as exc:  # noqa: BLE001  protobuf's DecodeError, ONNX Runtime's own errors: a damaged file
+            problem = f"{file} is not a readable ONNX file ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+        if engine == "auto":
+            return None  # PyTorch computes what the export should have: its answers are right
+        raise RunError(f"{problem}; export again: cxrkit export {self.path} --format onnx{' --quantize int8' if engine == 'onnx-int8' else ''}")
 
     @property
     def model_id(self) -> str:
@@ -750,6 +802,10 @@ def load_run_dataset(
 
     cfg = run.config()
     own = data is None or Path(data).resolve() == run.record.data_root(run.path)
+    if own and class_map and any(k != v for k, v in class_map.items()):
+        # A map on the run's own data relabelled its test split (healthy=tb,tb=healthy scored AUC 0.016 as the test result)
+        raise ValueError("--class-map matches another dataset's class names to the model's; the run's own data already has the "
+                         f"model's classes ({', '.join(run.classes)})")
     ds = load_dataset(
         data if data is not None else run.data_root(), run.preprocessing.image_size, run.preprocessing.aspect, None,
         cfg.val_fraction, cfg.test_fraction, cfg.data_split_seed, cfg.group_pattern, cfg.cache_dir,
@@ -762,8 +818,13 @@ def load_run_dataset(
         # above this one), and splits cut by a rule that may since have changed (e.g. per-site cuts), stay as trained.
         from dataclasses import replace
 
-        from cxrkit.record.files import read_splits
+        from cxrkit.record import file_sha256
+        from cxrkit.record.files import SPLITS_FILE, read_splits
 
+        recorded = run.record.splits_sha256
+        if recorded is not None and file_sha256(run.path / SPLITS_FILE) != recorded:
+            raise RunError(f"{run.path / SPLITS_FILE} is not the file {run.path / META_FILE} was written with (SHA-256 {recorded[:12]}…): "
+                           "edited, or copied from another run? Its test split may hold training images; restore this run's own")
         given = read_splits(run.path)
         if given:
             ds = replace(ds, splits=np.array([given.get(rel, s) for rel, s in zip(ds.relpaths, ds.splits)]))

@@ -85,6 +85,12 @@ class RunMeta:
     # copied from another run would judge images against the wrong training set without a word. Absent (None) in runs
     # written before it: nothing to check.
     shift_reference_sha256: str | None = None
+    # Likewise for splits.csv, which says which images are the test split: rows moved from train to test had the model
+    # scored on images it was trained on, reported as test figures. Absent (None) in runs written before it.
+    splits_sha256: str | None = None
+    # {file name: SHA-256} of the ONNX files `cxrkit export` wrote into the run: a graph changed since (an optimiser, an
+    # edit, damage) kept its metadata, so it passed as this model's export. Absent for runs exported before it.
+    onnx_sha256: dict | None = None
     schema_version: int = SCHEMA_VERSION
     cxrkit_version: str | None = None
     created: str | None = None
@@ -136,6 +142,11 @@ class RunMeta:
         if self.shift_reference_sha256 is not None and not _is_sha256(self.shift_reference_sha256):
             raise RunRecordError("shift_reference_sha256 must be the 64 hex digits of shift_reference.json's SHA-256, "
                                  f"got {self.shift_reference_sha256!r}")
+        if self.splits_sha256 is not None and not _is_sha256(self.splits_sha256):
+            raise RunRecordError(f"splits_sha256 must be the 64 hex digits of splits.csv's SHA-256, got {self.splits_sha256!r}")
+        if self.onnx_sha256 is not None and not (isinstance(self.onnx_sha256, dict) and all(
+                isinstance(k, str) and _is_sha256(v) for k, v in self.onnx_sha256.items())):
+            raise RunRecordError(f"onnx_sha256 must map ONNX file names to the 64 hex digits of their SHA-256, got {self.onnx_sha256!r}")
         if not isinstance(self.complete, bool):  # "false" is truthy: an unfinished run would have decided
             raise RunRecordError(f"complete must be true or false, got {self.complete!r}")
         if self.task != "multilabel" and self.thresholds:  # read as per-finding thresholds: a TypeError at the first prediction

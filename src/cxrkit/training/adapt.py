@@ -20,7 +20,7 @@ from torch import nn
 from cxrkit.record import CALIBRATION_FILE, CONFIG_FILE, META_FILE, MODEL_FILE, SHIFT_FILE, file_sha256, read_meta, write_meta
 from cxrkit.record.lock import LOCK_FILE, run_lock
 from cxrkit.record.meta import now
-from cxrkit.run import Run, save_weights
+from cxrkit.run import Run, save_weights, weights_inputs
 
 MIN_IMAGES = 16  # fewer images give batch statistics too noisy to replace the training ones
 # What an adapted run keeps from its source; plots, metrics and ONNX files describe the old weights.
@@ -117,7 +117,7 @@ def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_si
             for name, (data, st) in kept.items():
                 (out / name).write_bytes(data)
                 os.utime(out / name, ns=(st.st_atime_ns, st.st_mtime_ns))
-            save_weights(run.model, out / MODEL_FILE, run.classes)
+            save_weights(run.model, out / MODEL_FILE, run.classes, weights_inputs(run.record.preprocessing, run.record.tta, run.record.tta_flips))
             record = read_meta(out)
             if root is not None:  # stored relative to the run folder too, which has moved; a sources file inside the run moved with it
                 record.set_data_root(out / root.relative_to(run_dir.resolve()) if root.is_relative_to(run_dir.resolve()) else root, out)

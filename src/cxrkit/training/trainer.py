@@ -49,10 +49,10 @@ from cxrkit.record import (
     file_sha256,
     write_meta,
 )
-from cxrkit.record.files import CHECKPOINT_DIR, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, REPORT_FILE, all_or_nothing
+from cxrkit.record.files import CHECKPOINT_DIR, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, REPORT_FILE, SPLITS_FILE, all_or_nothing
 from cxrkit.record.lock import run_lock
 from cxrkit.record.meta import now
-from cxrkit.run import probabilities, save_weights
+from cxrkit.run import probabilities, save_weights, weights_inputs
 from cxrkit.tasks import Task, get_task
 from cxrkit.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from cxrkit.training.distributed import Distributed, setup_distributed, teardown_distributed
@@ -106,6 +106,11 @@ def predict_index(
     return torch.cat(probs).numpy(), torch.cat(logits)
 
 
+def _inputs(s) -> dict:
+    """The inputs recorded in the weights' header, as meta.json will record them (see ``_record``)."""
+    return weights_inputs(ImageSpec(**s.pre.to_dict()), s.cfg.tta, bool(s.cfg.tta and s.cfg.augment.hflip))
+
+
 def _write_run_inputs(cfg: TrainConfig, ds: LabelledImages, train_idx: np.ndarray, out: Path) -> None:
     """config.yaml, the shift reference, splits.csv and skipped.csv: what the run was trained from."""
     from cxrkit.data.identity import pixel_hashes
@@ -121,7 +126,7 @@ def _write_run_inputs(cfg: TrainConfig, ds: LabelledImages, train_idx: np.ndarra
     # The pixels' hash lets `cxrkit evaluate` on other data find the images this run has already seen (a copy, a zip).
     hashes = pixel_hashes(ds.images)
     atomic_write_csv(
-        out / "splits.csv",
+        out / SPLITS_FILE,
         [{"path": rel, "label": ds.label_text(i), "split": ds.splits[i], "decoded": bool(ds.cache.ok[i]),
           "pixels": hashes[i] if ds.cache.ok[i] else ""}
          for i, rel in enumerate(ds.relpaths)],
@@ -668,7 +673,7 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
                 prog.best_auc, prog.best_loss, prog.best_epoch, prog.bad_epochs = val_auc, val_loss, epoch, 0
                 prog.best_state = copy.deepcopy(s.kept_model.state_dict())
                 if s.ctx.is_main:
-                    save_weights(s.kept_model, out / MODEL_FILE, s.ds.class_names)
+                    save_weights(s.kept_model, out / MODEL_FILE, s.ds.class_names, _inputs(s))
             else:
                 prog.bad_epochs += 1
             row = {
@@ -747,7 +752,7 @@ def _keep_last_epoch(s: _Setup, prog: _Progress, log: Callable[[str], None]) -> 
     prog.best_epoch, prog.best_auc, prog.best_loss = last["epoch"], last["val_auc"], last["val_loss"]
     prog.best_state = copy.deepcopy(s.kept_model.state_dict())
     if s.ctx.is_main:
-        save_weights(s.kept_model, s.out / MODEL_FILE, s.ds.class_names)
+        save_weights(s.kept_model, s.out / MODEL_FILE, s.ds.class_names, _inputs(s))
     log(f"keeping the last epoch, {prog.best_epoch} (validation AUC {prog.best_auc:.4f}), not the best on validation (--keep best for that)")
 
 
@@ -898,6 +903,7 @@ def _train_and_finish(cfg: TrainConfig, ctx: Distributed, s: _Setup, prog: _Prog
     record.weights_sha256 = file_sha256(out / MODEL_FILE)  # the file the epochs left: the kept epoch's weights
     record.calibration_sha256 = "none"  # a new model is uncalibrated (train clears an old calibration.json from the folder)
     record.shift_reference_sha256 = file_sha256(out / SHIFT_FILE)  # written with config.yaml before the first epoch
+    record.splits_sha256 = file_sha256(out / SPLITS_FILE)  # likewise
     write_meta(out, record)
     val_metrics: dict = {}
     if finish:
