@@ -104,6 +104,37 @@ def test_stale_onnx_is_ignored_by_auto_and_refused_when_forced(tiny_run, tmp_pat
         Run.load(copy, engine="onnx-int8")
 
 
+def test_an_onnx_file_changed_or_damaged_after_export_is_not_used(tiny_run, tmp_path):
+    import shutil
+
+    from onnx import numpy_helper
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    assert main(["export", str(copy)]) == 0
+    assert set(json.loads((copy / "meta.json").read_text())["onnx_sha256"]) == {"model.onnx"}
+    assert Run.load(copy).onnx is not None
+    # Weights halved with the metadata left as exported (an optimiser, an edit): it was used, and healthy images came back tb.
+    model = onnx.load(str(copy / "model.onnx"))
+    init = next(i for i in model.graph.initializer if numpy_helper.to_array(i).ndim == 4)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 0.5, init.name))
+    onnx.save(model, str(copy / "model.onnx"))
+    assert Run.load(copy).onnx is None  # auto: PyTorch answers
+    with pytest.raises(RunError, match="model.onnx is not the file `cxrkit export` wrote"):
+        Run.load(copy, engine="onnx")
+    # Damaged bytes were an "unexpected DecodeError ... a bug in cxrkit" even with --engine auto; an empty file "other weights".
+    meta = json.loads((copy / "meta.json").read_text())
+    meta.pop("onnx_sha256")  # as a run exported before the hash
+    (copy / "meta.json").write_text(json.dumps(meta))
+    (copy / "model.onnx").write_bytes(b"not a graph" * 50)
+    assert Run.load(copy).onnx is None
+    with pytest.raises(RunError, match="model.onnx is not a readable ONNX file"):
+        Run.load(copy, engine="onnx")
+    (copy / "model.onnx").write_bytes(b"")
+    with pytest.raises(RunError, match="model.onnx is empty; export again"):
+        Run.load(copy, engine="onnx")
+
+
 def test_int8_export_reports_its_auc_cost(tiny_run, tmp_path, capsys):
     import shutil
 

@@ -24,6 +24,7 @@ import torch
 from cxrkit.config import ConfigError
 from cxrkit.data.spec import is_finite_number
 from cxrkit.models.onnx_runtime import INT8_FILE, METADATA_KEY, ONNX_FILE, OnnxModel
+from cxrkit.record import file_sha256
 from cxrkit.record.lock import run_lock
 from cxrkit.run import Run, probabilities
 
@@ -193,4 +194,10 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, quantize: st
         result = {"path": str(out), "max_abs_diff": diff, "samples": len(images), "used_by_run": out.resolve() == (run.path / ONNX_FILE).resolve()}
         if quantize == "int8":
             result["quantized"] = {"path": str(out.with_name(INT8_FILE)), **_quantize(run, out, out.with_name(INT8_FILE))}
+        if result["used_by_run"]:  # the files predict and serve will load: meta.json names them by hash
+            written = {ONNX_FILE: file_sha256(out)}
+            if quantize == "int8":
+                written[INT8_FILE] = file_sha256(out.with_name(INT8_FILE))
+            run.record.onnx_sha256 = {**(run.record.onnx_sha256 or {}), **written}
+            run.save_record()
         return result
