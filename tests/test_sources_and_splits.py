@@ -52,6 +52,30 @@ def test_bad_layouts_give_clear_errors(tmp_path):
         open_image_folder(bad_zip, cache_dir=tmp_path / "c")
 
 
+def test_class_folders_holding_another_level_of_the_layout_are_refused(tmp_path):
+    # hospA/{normal,tb} and hospB/{normal,tb}: the classes were hospA and hospB, a hospital classifier trained without a word.
+    wrapped = tmp_path / "wrapped"
+    for site in ("hospA", "hospB"):
+        make_synthetic_dataset(wrapped / site, n_per_class=3, size=16, classes=("normal", "tb"))
+    with pytest.raises(DatasetError, match=r"hospA/, hospB/ each hold the same folders \(normal/, tb/\).*every image under hospA/ would be labelled hospA"):
+        open_image_folder(wrapped)
+    assert open_image_folder(wrapped / "hospA").classes == ["normal", "tb"]
+    # A folder named like another class (or a split) inside a class folder: its tb images were labelled normal.
+    nested = make_synthetic_dataset(tmp_path / "nested", n_per_class=3, size=16, classes=("normal", "tb"))
+    shutil.copytree(nested / "tb", nested / "normal" / "tb")
+    with pytest.raises(DatasetError, match=r"normal/tb is named like a class but lies inside the class folder normal/"):
+        open_image_folder(nested)
+    shutil.move(str(nested / "normal" / "tb"), str(nested / "normal" / "test"))
+    with pytest.raises(DatasetError, match=r"normal/test is named like a split"):
+        open_image_folder(nested)
+    # Per-patient sub-folders (other names in every class) stay what they were: parts of their class.
+    shutil.rmtree(nested / "normal" / "test")
+    for cls in ("normal", "tb"):
+        (nested / cls / f"patient_{cls}").mkdir()
+        shutil.copy(next((nested / cls).glob("*.png")), nested / cls / f"patient_{cls}" / "x.png")
+    assert Counter(smp.label for smp in open_image_folder(nested).samples) == {"normal": 4, "tb": 4}
+
+
 def test_zips_that_cannot_be_extracted_are_refused_before_writing(tmp_path, monkeypatch):
     root = make_synthetic_dataset(tmp_path / "d", n_per_class=3, size=16)
     locked = tmp_path / "locked.zip"

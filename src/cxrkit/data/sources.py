@@ -225,6 +225,29 @@ def _images_under(folder: Path, ignored: list[Path], reals: dict[str, Path] | No
     return images
 
 
+def _check_nesting(found: dict[Path, list[Path]]) -> None:
+    """Refuse class folders whose sub-folders look like another level of the layout, not parts of one class: a sub-folder
+    named like a class or a split (``normal/tb/``), or the same two or more sub-folders in every class folder
+    (``hospA/{normal,tb}`` and ``hospB/{normal,tb}``). Every image under a class folder takes its name, so these trained a
+    hospital (or a split) classifier, or labelled tb images normal, without a word."""
+    classes = {label_key(d.name) for d in found}
+    inner: dict[Path, set[str]] = {}
+    for d, images in found.items():
+        inner[d] = {p.relative_to(d).parts[0] for p in images if len(p.relative_to(d).parts) > 1}
+        odd = sorted(n for n in inner[d] if label_key(n) in classes or n.lower() in SPLIT_ALIASES)
+        if odd:
+            kind = "a split" if odd[0].lower() in SPLIT_ALIASES else "a class"
+            raise DatasetError(f"{d / odd[0]} is named like {kind} but lies inside the class folder {d.name}/, so its images would be "
+                               f"labelled {d.name}; move it out, or point cxrkit at the level whose sub-folders are the classes")
+    shared = [d for d in found if len(inner[d]) >= 2 and sum(inner[e] == inner[d] for e in found) >= 2]
+    if shared:
+        names = ", ".join(f"{n}/" for n in sorted(inner[shared[0]]))
+        raise DatasetError(f"{', '.join(d.name + '/' for d in shared[:3])} each hold the same folders ({names}), which look like another "
+                           f"level (the classes inside sites, or images beside masks), not parts of one class: every image under "
+                           f"{shared[0].name}/ would be labelled {shared[0].name}. Point cxrkit at the folder whose sub-folders are the "
+                           f"classes (several sites: `cxrkit train {shared[0].name} {shared[1].name}` on those folders), or move the other folders out")
+
+
 def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_classes: int = 2) -> ImageFolderSource:
     """Read a dataset folder (or zip) whose class names are folder names.
 
@@ -265,14 +288,16 @@ def open_image_folder(root: str | Path, cache_dir: Path | None = None, min_class
             if split in seen:
                 raise DatasetError(f"{root} has two folders for the {split} split: {seen[split].name} and {d.name}")
             seen[split] = d
-            for class_dir in _visible_dirs(d):
-                samples += [Sample(p, class_dir.name, split) for p in _images_under(class_dir, ignored, reals)]
+            found = {class_dir: _images_under(class_dir, ignored, reals) for class_dir in _visible_dirs(d)}
+            _check_nesting(found)
+            samples += [Sample(p, class_dir.name, split) for class_dir, images in found.items() for p in images]
         if "train" not in seen and min_classes > 1:  # evaluating a model needs no training images: an external test/ is enough
             raise DatasetError(f"{root} has split folders but no train/ folder")
     else:
         layout = "class"
-        for class_dir in subdirs:
-            samples += [Sample(p, class_dir.name, None) for p in _images_under(class_dir, ignored, reals)]
+        found = {class_dir: _images_under(class_dir, ignored, reals) for class_dir in subdirs}
+        _check_nesting(found)
+        samples += [Sample(p, class_dir.name, None) for class_dir, images in found.items() for p in images]
     unlabelled = [p for d in [root, *split_dirs] for p in sorted(d.iterdir())
                   if not p.name.startswith(".") and p.is_file() and is_image_file(p)]
     for smp in samples:
