@@ -122,6 +122,10 @@ def test_generic_tables_onehot_and_single_label(tmp_path):
     ds = load_dataset(_write_csv(tmp_path / "single.csv", single), 16, progress=False)
     assert ds.task == "binary" and ds.class_names == ["normal", "tb"] and (ds.splits[9:] == "val").all()
     assert ds.patients is None
+    # NaN, NA, null or blank patient IDs (pandas writes NaN for a missing one) are no ID: they were one "patient" holding all those images
+    missing = [{**row, "patient_id": ["NaN", "nan", "NA", "null", "", "p1"][i % 6]} for i, row in enumerate(onehot)]
+    patients = [smp.patient for smp in open_label_table(_write_csv(tmp_path / "nan.csv", missing), tmp_path).samples]
+    assert patients == [None, None, None, None, None, "p1"] * 2
 
 
 def _images(root: Path, n: int = 8) -> list[str]:

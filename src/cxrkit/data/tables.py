@@ -253,7 +253,9 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
             split = SPLIT_ALIASES[raw]
         elif p.name in lists:
             split = lists[p.name]
-        patient = r[patient_col].strip() if patient_col and r[patient_col].strip() else None
+        patient = r[patient_col].strip() if patient_col else None
+        if not patient or patient.lower() in MISSING_VALUES:  # NaN from pandas was one "patient" holding every image without an ID
+            patient = None
         if kind == "onehot":
             found = tuple(c for c in label_cols if _zero_one(r[c]) == 1)
             samples.append(Sample(p, "|".join(found) or "No Finding", split, found, patient))
