@@ -156,6 +156,19 @@ def test_sources_files_that_would_drop_double_or_break_a_site_are_refused(two_si
         load_dataset(src, 32, cache_dir=tmp_path / "cache", progress=False)
 
 
+def test_a_site_with_other_classes_is_refused_without_a_flag_that_does_not_exist(two_sites, tmp_path: Path):
+    from cxrkit.data.sources import DatasetError
+
+    a, _ = two_sites
+    other = make_synthetic_site(tmp_path / "gamma", n_per_class=4, size=40, seed=3, classes=("normal", "pneumonia"))
+    src = tmp_path / "sources.yaml"
+    src.write_text(yaml.safe_dump({"sites": {"alpha": str(a), "gamma": str(other)}}))
+    # was match_classes' advice to pass --class-map, which train and audit do not have
+    with pytest.raises(DatasetError, match=r"site gamma \(.*\) has the classes \['normal', 'pneumonia'\], which do not match the first site's") as err:
+        load_dataset(src, 32, cache_dir=tmp_path / "cache", progress=False)
+    assert "--class-map" not in str(err.value)
+
+
 def test_training_on_one_folder_twice_is_refused_before_the_run_folder_is_made(two_sites, tmp_path: Path, capsys: pytest.CaptureFixture):
     a, _ = two_sites
     # Every image was in two sites (and could be train at one, test at the other).

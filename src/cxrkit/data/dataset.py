@@ -134,10 +134,11 @@ def match_classes(dataset_classes: list[str], model_classes: list[str], class_ma
         else:
             unmatched.append(c)
     if unmatched:
-        example = f"{unmatched[0]}={model_classes[-1]}"
+        # No guess in the example: "0=tb" or "normal=tb", built from the last model class, inverted the labels when copied.
         raise DatasetError(
             f"dataset classes {unmatched} cannot be matched to the model's classes {model_classes}; "
-            f"say which is which with --class-map DATASET_CLASS=MODEL_CLASS (e.g. --class-map {example})"
+            f"say which is which with --class-map DATASET_CLASS=MODEL_CLASS, one pair per dataset class "
+            f"(e.g. --class-map {unmatched[0]}=<{' or '.join(model_classes)}>)"
         )
     return mapping
 

@@ -169,8 +169,10 @@ def open_sites(path: str | Path, match_classes: Callable[[list[str], list[str]],
         else:
             try:
                 mapping = match_classes(src.classes, classes)
-            except DatasetError as exc:
-                raise DatasetError(f"site {site} ({root}): {exc}") from exc
+            except DatasetError:
+                # match_classes' advice names --class-map, which training and the audit do not have: sites share class names
+                raise DatasetError(f"site {site} ({root}) has the classes {src.classes}, which do not match the first site's {classes}; "
+                                   "every site needs the same class folders (rename or move out the others)") from None
         roots[site] = src.root  # resolved (a zip is extracted)
         samples += [replace(s, label=mapping[s.label], site=site) for s in src.samples]
         layouts.add(src.layout)
