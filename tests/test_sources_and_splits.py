@@ -76,6 +76,20 @@ def test_class_folders_holding_another_level_of_the_layout_are_refused(tmp_path)
     assert Counter(smp.label for smp in open_image_folder(nested).samples) == {"normal": 4, "tb": 4}
 
 
+@pytest.mark.parametrize("name", ["/abs/evil.png", "../../evil.png", "tb/../../evil.png", "C:/x/evil.png", "..\\evil.png"])
+def test_zip_members_with_absolute_or_climbing_paths_are_refused(name, tmp_path):
+    # zipfile strips them and extracts inside the cache: '/abs/evil.png' became a third class 'abs', 'tb/../../x.png' a tb image.
+    src = make_synthetic_dataset(tmp_path / "d", n_per_class=2, size=16)
+    archive = tmp_path / "d.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(src.rglob("*.png")):
+            zf.write(f, f.relative_to(src).as_posix())
+        zf.writestr(name, (next(src.rglob("*.png"))).read_bytes())
+    with pytest.raises(DatasetError, match="paths that are absolute or climb out with '..' are not a dataset's files"):
+        open_image_folder(archive, cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "zips").iterdir())  # nothing left half-extracted
+
+
 def test_zips_that_cannot_be_extracted_are_refused_before_writing(tmp_path, monkeypatch):
     root = make_synthetic_dataset(tmp_path / "d", n_per_class=3, size=16)
     locked = tmp_path / "locked.zip"

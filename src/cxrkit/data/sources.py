@@ -113,11 +113,18 @@ def extract_zip(zip_path: Path, cache_dir: Path | None = None) -> Path:
         tmp.mkdir(parents=True)
         try:
             with zipfile.ZipFile(zip_path) as zf:
-                # zipfile strips absolute paths and ".." components, so members cannot escape tmp.
                 members = zf.infolist()
                 for m in members:  # Windows tools (PowerShell 5's Compress-Archive) write 'normal\\a.png': one file, no folders
                     m.filename = m.filename.replace("\\", "/")
                 members = [m for m in members if not m.filename.startswith("__MACOSX/")]
+                # zipfile would strip an absolute path or '..' and extract the member inside tmp anyway: '/abs/x.png' became a
+                # class 'abs', and 'tb/../../x.png' an image of tb. Such an archive was not made from a dataset folder.
+                unsafe = [m.filename for m in members if m.filename.startswith("/") or ".." in m.filename.split("/")
+                          or re.match(r"^[A-Za-z]:", m.filename)]
+                if unsafe:
+                    raise DatasetError(f"{zip_path} holds {unsafe[0]!r}{f' and {len(unsafe) - 1} more' if len(unsafe) > 1 else ''}: "
+                                       "paths that are absolute or climb out with '..' are not a dataset's files; "
+                                       "re-create the archive from the dataset folder (e.g. `zip -r data.zip folder/`)")
                 _check_extractable(zip_path, members, tmp)
                 zf.extractall(tmp, members=members)
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
