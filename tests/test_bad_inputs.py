@@ -372,7 +372,7 @@ def test_images_in_formats_not_read_are_named_at_training():
     ds = SimpleNamespace(source=SimpleNamespace(ignored_files=[Path("d/tb/notes.txt"), Path("d/tb/a.WEBP"), Path("d/tb/b.gif")]))
     _note_unread_images(ds, said.append)  # only the report counted them, as "non-image files"
     assert said == ["note: 2 image(s) in a format cxrkit does not read were left out (e.g. d/tb/a.WEBP); convert them to PNG (or JPEG) "
-                    "to train on them"]
+                    "to use them"]
     said.clear()
     _note_unread_images(SimpleNamespace(source=SimpleNamespace(ignored_files=[Path("d/tb/notes.txt")])), said.append)
     assert said == []

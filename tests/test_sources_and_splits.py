@@ -375,4 +375,4 @@ def test_images_outside_any_class_folder_are_listed_as_unlabelled(tmp_path):
     said: list[str] = []
     _note_unread_images(SimpleNamespace(source=src), said.append)
     assert said == [f"note: 2 image(s) outside any class folder were left out, having no label (e.g. {root / 'stray.png'}); "
-                    "move each into its class folder to train on it"]
+                    "move each into its class folder to use it"]

@@ -26,7 +26,7 @@ warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarn
 # Truncated files must fail loudly so they can be skipped and listed, not half-decoded into grey bars.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")  # .jfif: Windows saves JPEGs so
 # Pillow is asked for these formats only: the file's content decides, and formats with risky or
 # external decoders (EPS through Ghostscript, for one) are never tried.
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
@@ -145,7 +145,7 @@ def fit_square(gray: np.ndarray, size: int, aspect: str = "pad") -> np.ndarray:
 
 
 # What an image file's name claims it holds, for the error when its bytes are something else.
-_IMAGE_SUFFIXES = {".png": "a PNG image", ".jpg": "a JPEG image", ".jpeg": "a JPEG image", ".bmp": "a BMP image",
+_IMAGE_SUFFIXES = {".png": "a PNG image", ".jpg": "a JPEG image", ".jpeg": "a JPEG image", ".jfif": "a JPEG image", ".jpe": "a JPEG image", ".bmp": "a BMP image",
                    ".tif": "a TIFF image", ".tiff": "a TIFF image", ".dcm": "a DICOM Part 10 file", ".dicom": "a DICOM Part 10 file"}
 
 

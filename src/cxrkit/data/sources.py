@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cxrkit.data.decode import is_image_file
 
@@ -218,7 +219,22 @@ def _walk(folder: Path, images: list[Path], others: list[Path], hidden: list[Pat
 
 
 # Image formats cxrkit does not read: a class folder of nothing else would vanish from the classes without a word.
-UNREAD_IMAGE_SUFFIXES = (".webp", ".gif", ".jfif", ".jp2", ".j2k", ".heic", ".heif", ".avif", ".nii", ".gz", ".pgm", ".ppm")
+UNREAD_IMAGE_SUFFIXES = (".webp", ".gif", ".jp2", ".j2k", ".heic", ".heif", ".avif", ".nii", ".gz", ".pgm", ".ppm")
+
+
+def left_out_notes(source: Any) -> list[str]:
+    """Sentences about images a dataset source left out: in formats cxrkit does not read (.webp, .gif ...), or lying outside
+    any class folder (no label)."""
+    unread = [p for p in getattr(source, "ignored_files", []) if Path(p).suffix.lower() in UNREAD_IMAGE_SUFFIXES]
+    loose = getattr(source, "unlabelled_images", [])
+    out = []
+    if unread:
+        out.append(f"{len(unread)} image(s) in a format cxrkit does not read were left out (e.g. {unread[0]}); convert them to PNG "
+                   "(or JPEG) to use them")
+    if loose:
+        out.append(f"{len(loose)} image(s) outside any class folder were left out, having no label (e.g. {loose[0]}); move each "
+                   "into its class folder to use it")
+    return out
 
 
 def _images_under(folder: Path, ignored: list[Path], reals: dict[str, Path] | None = None) -> list[Path]:

@@ -275,7 +275,9 @@ def evaluate_run(
         trained_on = run.record.data_root(run.path)
         same_data = trained_on is not None and ds.source.root.resolve() == trained_on
         split = split or ("test" if same_data else "all")
-        notes = []
+        from cxrkit.data.sources import left_out_notes
+
+        notes = list(left_out_notes(ds.source))  # 10 .webp of 30 images were left out, and the prevalence shown was wrong
         if same_data and ds.fingerprint() != run.record.data.get("fingerprint"):
             notes.append("the dataset changed since training (files added, removed or resized); split membership may differ")
         key = split

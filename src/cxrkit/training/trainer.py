@@ -354,18 +354,12 @@ def _check_splits_for_training(ds: LabelledImages, cfg: TrainConfig, log: Callab
 
 
 def _note_unread_images(ds: LabelledImages, log: Callable[[str], None]) -> None:
-    """Say when images were left out: in formats cxrkit does not read (.webp, .gif ...; only the report counted them), or lying
-    outside any class folder (not counted anywhere)."""
-    from cxrkit.data.sources import UNREAD_IMAGE_SUFFIXES
+    """Say when images were left out (only the report counted those in formats cxrkit does not read; those outside any class
+    folder were counted nowhere)."""
+    from cxrkit.data.sources import left_out_notes
 
-    unread = [p for p in getattr(ds.source, "ignored_files", []) if Path(p).suffix.lower() in UNREAD_IMAGE_SUFFIXES]
-    if unread:
-        log(f"note: {len(unread)} image(s) in a format cxrkit does not read were left out (e.g. {unread[0]}); "
-            "convert them to PNG (or JPEG) to train on them")
-    loose = getattr(ds.source, "unlabelled_images", [])
-    if loose:  # they were left out without a word
-        log(f"note: {len(loose)} image(s) outside any class folder were left out, having no label (e.g. {loose[0]}); "
-            "move each into its class folder to train on it")
+    for sentence in left_out_notes(ds.source):
+        log(f"note: {sentence}")
 
 
 def _check_validation_classes(ds: LabelledImages, log: Callable[[str], None], cut: bool = False) -> None:
