@@ -24,6 +24,23 @@ def test_shortcut_probe_is_quiet_on_a_clean_set(clean_data):
     probe = audit["shortcut_probe"]
     assert probe["auc"] < 0.75 and not probe["warning"] and not audit["verdict"]["shortcut"]
     assert audit["properties"]["tb"]["mode"] == {"L": 40}
+    assert audit["left_out"] == []
+
+
+def test_images_in_formats_cxrkit_does_not_read_are_counted_by_the_audit(clean_data, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from cxrkit.audit.messages import audit_messages
+
+    data = tmp_path / "d"
+    shutil.copytree(clean_data, data)
+    Image.open(next((data / "tb").glob("*.png"))).save(data / "tb" / "scan.webp")
+    audit = audit_dataset(data, progress=False)  # "80 files audited", and the .webp named nowhere
+    assert audit["left_out"] == [f"1 image(s) in a format cxrkit does not read were left out (e.g. {data / 'tb' / 'scan.webp'}); "
+                                 "convert them to PNG (or JPEG) to use them"]
+    assert audit["left_out"][0] in audit_messages(audit)
 
 
 def test_shortcut_probe_flags_rgb_with_a_corner_marker(clean_data, tmp_path):

@@ -151,6 +151,9 @@ def audit_dataset(
     splits = [str(s) for s in plan.splits]
     result = audit_source(source, splits, plan.patients, cache, progress, seed)
     result["seconds"] = {**result["seconds"], "total": time.perf_counter() - t0, "files_computed": computed}
+    from cxrkit.data.sources import left_out_notes
+
+    result["left_out"] = left_out_notes(source)  # 24 .webp files were neither audited nor named
     if plan.patients is None:
         names = [s.path.name for s in source.samples]
         single_label = all(s.findings is None for s in source.samples)  # a patient's findings differ from visit to visit

@@ -44,6 +44,7 @@ def audit_messages(audit: dict) -> list[str]:
                    f"{count(d['near']['clusters'], 'group')} of near-identical images ({d['near']['redundant_files']} redundant)")
     if audit["corrupt"]:
         out.append(f"{count(len(audit['corrupt']), 'file')} cannot be decoded")
+    out += audit.get("left_out", [])  # audits saved before it have none
     if p.get("auc") is not None and not p["warning"]:
         out.append(f"shortcut probe: AUC {p['auc']:.2f} from non-anatomical features (threshold {p['threshold']}), no strong shortcut found")
     if e.get("auc") is not None and not e["warning"]:
