@@ -23,6 +23,12 @@ def test_resolve_device(monkeypatch):
         resolve_device("cuda")
     with pytest.raises(ValueError, match="auto, cpu, cuda"):
         resolve_device("tpu")
+    # torch.device objects were passed through: "cuda" without a GPU was torch's AssertionError, "meta" failed at the first prediction
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match="sees no CUDA GPU"):
+        resolve_device(torch.device("cuda"))
+    with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N .* got device\\(type='meta'\\)"):
+        resolve_device(torch.device("meta"))
     assert setup_distributed("cpu").device == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -30,6 +36,9 @@ def test_resolve_device(monkeypatch):
     assert setup_distributed("cpu").device == torch.device("cpu")  # cpu stays cpu on a GPU machine
     with pytest.raises(ValueError, match="1 CUDA device"):
         resolve_device("cuda:3")
+    assert resolve_device(torch.device("cuda", 0)) == torch.device("cuda:0")
+    with pytest.raises(ValueError, match="1 CUDA device"):
+        resolve_device(torch.device("cuda", 3))
 
 
 def test_cpu_device_on_every_inference_command(tiny_run, binary_data, tmp_path, capsys):

@@ -10,7 +10,16 @@ DEVICES = ("auto", "cpu", "cuda")
 def resolve_device(name: str | torch.device) -> torch.device:
     """The torch device for ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a ValueError saying why when CUDA is asked for and absent."""
     if isinstance(name, torch.device):
-        return name
+        # Passed through unchecked, torch.device("cuda") on a CPU-only build was an AssertionError from torch, and "meta" (no
+        # data) loaded and then failed at the first prediction.
+        if name.type == "mps":
+            if not torch.backends.mps.is_available():
+                raise ValueError("device mps: PyTorch sees no Apple GPU (MPS); use cpu")
+            return name
+        if name.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N (or an available torch.device of those, or mps), got {name!r}")
+        if name.type == "cpu":
+            return name
     text = str(name).strip().lower()
     if text == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
