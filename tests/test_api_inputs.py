@@ -293,6 +293,15 @@ def test_damaged_shift_reference(name, tiny_run, tmp_path):
     assert cxrkit.load(run_dir).predict(np.full((40, 40), 128, np.uint8)).ood_warning is None
 
 
+def test_a_shift_reference_that_is_not_json_is_a_run_error_at_load(tiny_run, tmp_path):
+    run_dir = _copy_run(tiny_run, tmp_path)
+    (run_dir / "shift_reference.json").write_text("{not json")
+    # It was a RunRecordError (which `except cxrkit.RunError` missed) and only at the first prediction: serve started, then
+    # answered every request with it.
+    with pytest.raises(RunError, match=r"shift_reference.json .*delete it to predict without the out-of-distribution check"):
+        cxrkit.load(run_dir)
+
+
 def test_a_shift_reference_from_another_run_is_refused(tiny_run, tmp_path):
     run_dir = _copy_run(tiny_run, tmp_path)
     meta = json.loads((run_dir / "meta.json").read_text())

@@ -360,6 +360,7 @@ class Run:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _task: Task = field(init=False, repr=False)
     _model_id: tuple[str, str] | None = field(default=None, init=False, repr=False)  # (decision, id)
+    _shift_cache: tuple | None = field(default=None, init=False, repr=False)  # (the shift reference or None,) once read
     # SHA-256 of the weight bytes loaded (a hashlib object, copied to extend): what the run names as its weights, even if
     # model.safetensors is rewritten after the load (None for a Run built by hand: the file is hashed).
     _weights_hash: Any = field(default=None, init=False, repr=False)
@@ -432,6 +433,8 @@ class Run:
             if cal.method != "temperature" and record.task != "binary":
                 raise RunError(f"{cal_file}: {cal.method} calibration applies to binary runs, this run is {record.task}")
         run.onnx = run._load_onnx("torch" if dev.type != "cpu" else engine)
+        if record.complete:
+            run.shift_reference()  # a damaged one is said now, not as an error on every prediction of a server that started
         return run
 
     @property
@@ -670,13 +673,21 @@ class Run:
     def shift_reference(self) -> dict | None:
         """Statistics of the training images saved at training time; None when the run has none (made before they
         existed, or the file was deleted), and predictions then say their out-of-distribution check was not made."""
+        if self._shift_cache is not None:  # checked when the run was loaded; the file is bound to meta.json by its hash
+            return self._shift_cache[0]
         path = self.path / SHIFT_FILE
         if not path.is_file():
+            self._shift_cache = (None,)
             return None
         from cxrkit.data.shift import reference_problem
         from cxrkit.record import file_sha256
 
-        ref = read_json(path)
+        try:
+            ref = read_json(path)
+        except RunError:
+            raise
+        except RunRecordError as exc:  # a RunError like every other problem of a run folder (Python code catches that)
+            raise RunError(f"{exc}; delete it to predict without the out-of-distribution check") from None
         problem = reference_problem(ref)
         if problem:
             raise RunError(f"{path}: {problem}; the file is damaged (delete it to predict without the out-of-distribution check)")
@@ -684,6 +695,7 @@ class Run:
         if recorded is not None and file_sha256(path) != recorded:
             raise RunError(f"{path} is not the file {self.path / META_FILE} was written with (SHA-256 {recorded[:12]}…): copied from another "
                            "run? Restore this run's own, or delete it to predict without the out-of-distribution check")
+        self._shift_cache = (ref,)
         return ref
 
     def iter_predict(
