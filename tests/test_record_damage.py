@@ -148,3 +148,18 @@ def test_a_class_map_on_the_runs_own_data_is_refused(tiny_run, tmp_path, capsys)
     run = _copy_run(tiny_run, tmp_path)
     assert main(["evaluate", str(run), "--class-map", "healthy=tb,tb=healthy", "--explain", "none"]) == 2
     assert "--class-map matches another dataset's class names to the model's" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "meta.json"])
+def test_a_run_file_that_is_a_folder_or_a_dangling_link_is_named_as_such(name, tiny_run, tmp_path, capsys):
+    # Was "RUN lacks model.safetensors: its training has not finished (it holds model.safetensors, ...)".
+    run = _copy_run(tiny_run, tmp_path)
+    image = next(Path(json.loads((run / "meta.json").read_text())["data"]["root"]).glob("test/tb/*.png"))
+    (run / name).unlink()
+    (run / name).mkdir()
+    assert main(["predict", str(run), str(image)]) == 2
+    assert _one_line_error(capsys) == f"error: {run / name} is a folder, not the run's {name}; restore the file from a copy of the run"
+    (run / name).rmdir()
+    (run / name).symlink_to(run / "nowhere")
+    assert main(["predict", str(run), str(image)]) == 2
+    assert _one_line_error(capsys).startswith(f"error: {run / name} is a link to nothing (or a loop), not the run's {name}")

@@ -206,8 +206,12 @@ def load_weights(model: nn.Module, path: Path, sha256: str | None = None, classe
 def _missing_files(path: Path) -> str:
     """Why a folder without meta.json or model.safetensors is no usable run: not a run at all, or one whose training has
     not finished (meta.json is written at the end; a folder copied while training ran has weights and history only)."""
+    for name in (META_FILE, MODEL_FILE):  # a folder or a link loop of that name: "lacks it ... it holds it" said nothing
+        if os.path.lexists(path / name) and not (path / name).is_file():
+            kind = "a folder" if (path / name).is_dir() else "a link to nothing (or a loop)" if (path / name).is_symlink() else "not a file"
+            return f"{path / name} is {kind}, not the run's {name}; restore the file from a copy of the run"
     missing = " and ".join(n for n in (META_FILE, MODEL_FILE) if not (path / n).is_file())
-    started = [n for n in (MODEL_FILE, CONFIG_FILE, HISTORY_FILE, CHECKPOINT_DIR) if (path / n).exists()]
+    started = [n for n in (MODEL_FILE, CONFIG_FILE, HISTORY_FILE, CHECKPOINT_DIR) if (path / n).is_file() or (path / n).is_dir()]
     if not started:
         return f"{path} is not a cxrkit run (needs {META_FILE} and {MODEL_FILE}); train one with `cxrkit train`"
     try:
