@@ -95,6 +95,17 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys):
     assert d.shape == (2, 3) and d[1].sum() == 0 and run.decision_labels(probs)[1] == ""
     m = evaluate_run(out, progress=False)
     assert m["split"] == "test" and m["task"] == "multilabel" and m["metrics"]["mean_roc_auc"]["value"] > 0.6
+    # Another site's table that never names haze: it was scored absent on every image, with no word that it was never annotated.
+    ext = make_synthetic_multilabel(tmp_path / "other_site", n_patients=30, size=40, seed=9, signal=1.5)
+    rows = list(csv.DictReader(open(ext)))
+    with open(ext, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            kept = [x for x in r["findings"].split("|") if x != "haze"]
+            w.writerow({**r, "findings": "|".join(kept) or "No Finding"})
+    m_ext = evaluate_run(out, ext, progress=False, write_report=False)
+    assert any(n.startswith("no image of ") and " has haze: these findings cannot be measured here" in n for n in m_ext["notes"]), m_ext["notes"]
     html = (out / "report.html").read_text()
     assert "Accuracy is meaningless here" in html and "Label counts per split" not in html  # title is inside the PNG
     assert (out / "plots" / "label_counts.png").is_file() and (out / "plots" / "cooccurrence.png").is_file()

@@ -279,7 +279,7 @@ def evaluate_run(
 
         notes = list(left_out_notes(ds.source))  # 10 .webp of 30 images were left out, and the prevalence shown was wrong
         if same_data and ds.fingerprint() != run.record.data.get("fingerprint"):
-            notes.append("the dataset changed since training (files added, removed or resized); split membership may differ")
+            notes.append("the dataset changed since training (files added, removed, resized or relabelled); split membership may differ")
         key = split
         if not same_data:
             key = f"external:{ds.source.shown.name}"
@@ -298,6 +298,12 @@ def evaluate_run(
                 f"this {'test split' if same_data else 'external set'} was evaluated {len(earlier)} time(s) before; if the model or settings changed in between, "
                 "the test set has been used for tuning and its figures are optimistic"
             )
+        if run.task == "multilabel" and not same_data:
+            unnamed = [c for c, k in zip(run.classes, np.asarray(ds.labels[idx]).sum(axis=0)) if k == 0]
+            if unnamed:  # each was counted as absent on every image, and its 100% specificity went into the summary
+                notes.append(f"no image of {ds.source.shown} has {', '.join(unnamed)}: these findings cannot be measured here (no ROC-AUC or "
+                             "sensitivity), and if its readers did not look for them, their 'absent' is not known; their specificity is "
+                             "counted in the figures over all findings")
         images = np.asarray(ds.images[idx])  # one read of the memory map for the shift check and the predictions
         overlap = None if same_data else training_overlap(run.path, images)
         if overlap:
