@@ -97,6 +97,35 @@ def test_a_validation_folder_of_one_class_is_refused_before_training(binary_data
     assert not (tmp_path / "out" / "audit.json").exists()
 
 
+def test_a_table_whose_val_rows_lack_a_class_or_any_finding_is_refused_naming_the_table(binary_data, tmp_path, capsys):
+    import csv
+
+    files = sorted(binary_data.glob("train/*/*.png"))
+    rows = [{"path": f.relative_to(binary_data).as_posix(), "label": f.parent.name,
+             "split": "val" if f.parent.name == "healthy" and i % 5 == 0 else "train"} for i, f in enumerate(files)]
+    table = tmp_path / "t.csv"
+    with open(table, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["train", str(binary_data), "--labels", str(table), "--out", str(tmp_path / "out"), "--image-size", "32"]) == 2
+    # was "the val/ folder has no tb images ... remove val/", a folder that does not exist
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the table's val rows have no tb images") and "leave the split column empty" in err, err
+    # Multi-label: validation rows without any finding trained every epoch, then "no epoch gave a validation AUC".
+    findings = [{"path": r["path"], "finding_labels": "Effusion" if r["label"] == "tb" else "No Finding",
+                 "split": r["split"]} for r in rows]
+    ml = tmp_path / "ml.csv"
+    with open(ml, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "finding_labels", "split"])
+        w.writeheader()
+        w.writerows(findings)
+    assert main(["train", str(binary_data), "--labels", str(ml), "--task", "multilabel", "--out", str(tmp_path / "out2"),
+                 "--image-size", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the table's val rows have ") and "none with a finding" in err, err
+
+
 # ---- tampered run folders: `cxrkit predict RUN IMAGE` --------------------------------------------------------------
 RUNS = {
     "std 0": (lambda m: m["preprocessing"].update(std=0), "std"),

@@ -365,18 +365,35 @@ def _note_unread_images(ds: LabelledImages, log: Callable[[str], None]) -> None:
 def _check_validation_classes(ds: LabelledImages, log: Callable[[str], None], cut: bool = False) -> None:
     """Refuse a validation split with fewer than two classes before training (was an error after the last epoch: "no epoch gave
     a validation AUC"), and say which classes a multi-class validation split lacks (their threshold and AUC go unchecked)."""
+    given = not cut and any(s.split == "val" for s in ds.source.samples)  # --resplit (cut) ignores a given val/ folder
+    layout = str(getattr(ds.source, "layout", ""))
+    if not given:
+        where = "the validation split cxrkit cut"
+    elif "table" in layout:  # "remove val/" named a folder that does not exist: the split is the table's column
+        where = "the table's val rows"
+    elif "npz" in layout:
+        where = "the file's val arrays"
+    else:
+        where = "the val/ folder"
+    has = "have" if where.endswith(("rows", "arrays")) else "has"
     if ds.multilabel:
+        y_val = ds.labels[ds.index("val")]
+        if len(y_val) and not y_val.any():  # was "no epoch gave a validation AUC" after the last epoch
+            raise ValueError(f"{where} {has} {len(y_val)} image(s) and none with a finding, and choosing the kept epoch and the "
+                             "thresholds needs images with findings there; add some, or give more patients so the cut can hold them")
         return
     present = set(np.unique(ds.labels[ds.index("val")]).tolist())
     missing = [c for i, c in enumerate(ds.class_names) if i not in present]
     if not missing:
         return
-    given = not cut and any(s.split == "val" for s in ds.source.samples)  # --resplit (cut) ignores a given val/ folder
-    where = "the val/ folder" if given else "the validation split cxrkit cut"
     if len(present) < 2:
-        raise ValueError(f"{where} has no {' or '.join(missing)} images, and choosing the kept epoch and the threshold needs every class "
-                         "there: add such images to val/, or remove val/ so cxrkit cuts a stratified validation split")
-    log(f"warning: {where} has no {', '.join(missing)} images: the kept epoch is chosen on the other classes, and how well the model "
+        fix = ("add such rows, or leave the split column empty so cxrkit cuts a stratified validation split" if "table" in where else
+               "add such images, or leave them out so cxrkit cuts a stratified validation split" if "npz" in where else
+               "add such images to val/, or remove val/ so cxrkit cuts a stratified validation split" if "folder" in where else
+               "add images of that class, or give a larger --val-fraction")
+        raise ValueError(f"{where} {has} no {' or '.join(missing)} images, and choosing the kept epoch and the threshold needs every class "
+                         f"there: {fix}")
+    log(f"warning: {where} {has} no {', '.join(missing)} images: the kept epoch is chosen on the other classes, and how well the model "
         f"finds {', '.join(missing)} is not checked before the test split")
 
 
