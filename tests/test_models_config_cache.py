@@ -88,8 +88,8 @@ def test_config_round_trip_and_validation(tmp_path):
                                 ("split_seed", 2**32, "seed (--seed) and split_seed (--split-seed) must be whole numbers from 0"),
                                 ("weight_decay", -1.0, "weight_decay (--weight-decay) must be a finite number >= 0"),
                                 # infinite values trained on NaN weights; an empty out wrote the run into the current folder
-                                ("lr", float("inf"), "lr (--lr) must be a positive number up to 10"),
-                                ("lr", 1e39, "lr (--lr) must be a positive number up to 10"),  # a RuntimeError from the optimiser
+                                ("lr", float("inf"), "lr (--lr) must be a positive number up to 1e6"),
+                                ("lr", 1e39, "lr (--lr) must be a positive number up to 1e6"),  # a RuntimeError from the optimiser
                                 # strengths that draw a zero or negative zoom, inverted or all-white images trained without a word
                                 ("augment", {"scale": 5.0}, "augment.scale (--scale) must be below 1"),
                                 ("augment", {"contrast": 5.0}, "augment.contrast (--contrast) must be at most 1"),

@@ -124,7 +124,8 @@ def test_splits_moved_between_train_and_test_are_refused(tiny_run, tmp_path, cap
     assert (run / "metrics.json").read_bytes() == before
 
 
-@pytest.mark.parametrize("key, value", [("preprocessing.std", 0.5), ("preprocessing.mean", 0.6), ("tta_flips", True), ("tta", False)])
+@pytest.mark.parametrize("key, value", [("preprocessing.std", 0.5), ("preprocessing.mean", 0.6), ("tta_flips", True),
+                                        ("preprocessing.intensity", "clahe")])
 def test_meta_json_inputs_that_differ_from_the_weights_header_are_refused(key, value, tiny_run, tmp_path, capsys):
     # std 0.20 -> 0.5 in meta.json turned every healthy test image into a tb call, with no error or warning.
     run = _copy_run(tiny_run, tmp_path)

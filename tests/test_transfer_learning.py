@@ -184,8 +184,15 @@ def test_tta_views_and_prediction(binary_data, tmp_path):
     assert not np.allclose(run.predict_arrays(images)[:, 1], manual(False), atol=1e-6)
     assert not np.allclose(run.predict_arrays(images, tta=False)[:, 1], manual(True), atol=1e-6)
     # A run saved before mirror views existed chose its threshold on five views, and keeps them.
+    from safetensors.torch import load_file, save_file
+
+    from cxrkit.record import file_sha256
+
+    weights = tmp_path / "r" / "model.safetensors"
+    save_file(load_file(str(weights)), str(weights))  # as written then: no inputs in the weights' header either
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
     del meta["tta_flips"]
+    meta["weights_sha256"] = file_sha256(weights)
     (tmp_path / "r" / "meta.json").write_text(json.dumps(meta))
     old = Run.load(tmp_path / "r")
     assert not old.tta_flips

@@ -170,7 +170,7 @@ class TrainConfig:
             (bool(self.data), "data must name a dataset folder, .zip, .npz or label table's image folder"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 2, "batch_size must be at least 2 (batch norm needs two images)"),
-            (0 < self.lr <= 10, "lr must be a positive number up to 10 (1e-3 is usual; larger ones overflow or diverge)"),
+            (0 < self.lr <= 1e6, "lr must be a positive number up to 1e6 (1e-3 is usual; larger ones overflow, and large ones diverge)"),
             (bool(str(self.out).strip()), "out must name the run folder (an empty one would write the run into the current folder)"),
             (self.keep in KEEP_CHOICES, f"keep must be one of {', '.join(KEEP_CHOICES)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),

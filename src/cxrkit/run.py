@@ -417,9 +417,9 @@ class Run:
             model = build_model(record.model, record.num_outputs, **record.model_kwargs())
         except (TypeError, ValueError) as exc:
             raise RunError(f"{path / META_FILE}: cannot build model {record.model!r} with {record.model_kwargs()}: {exc}") from None
+        _check_config_agrees(path, record)  # first: when meta.json was edited, config.yaml names the setting in both files
         weights_hash = load_weights(model, path / MODEL_FILE, record.weights_sha256, record.classes,
                                     weights_inputs(record.preprocessing, record.tta, record.tta_flips))
-        _check_config_agrees(path, record)
         # channels_last changes only the memory layout (same fp32 arithmetic): 1.4-3x faster CPU inference
         # measured on the Kermany runs (benchmarks in the README).
         model = model.to(dev, memory_format=torch.channels_last).eval()
