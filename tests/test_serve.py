@@ -107,7 +107,7 @@ def test_bad_inputs_are_4xx_json(client, sample_png, tmp_path, name, data, statu
 
 
 def test_request_shape_errors(client, sample_png):
-    assert client.post("/v1/predict", data={"x": "1"}).status_code == 422
+    assert client.post("/v1/predict", data={"x": "1"}).status_code == 415  # a url-encoded form cannot carry files
     r = client.post("/v1/predict", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=zz"})
     assert r.status_code == 400 and "error" in r.json()
     r = post(client, *[(f"{i}.png", sample_png) for i in range(5)])
@@ -232,8 +232,22 @@ def test_validation_errors_say_which_part_of_the_request_is_wrong(client, sample
     assert r.json()["error"]["message"].startswith("invalid query parameter (explain='maybe': Input should be a valid boolean")
     r = client.post("/v1/predict", data={"files": "not a file"}, files=[("x", ("", b""))])
     assert r.status_code == 422 and "a 'files' part is not a file" in r.json()["error"]["message"], r.text
-    r = client.post("/v1/predict", json={"files": "aGVsbG8="})
-    assert r.status_code == 422 and r.json()["error"]["message"].startswith("expected multipart/form-data with one or more 'files'")
+    r = client.post("/v1/predict", json={"files": "aGVsbG8="})  # was 422 "body.files: Field required"
+    assert r.status_code == 415 and r.json()["error"]["message"] == ("send multipart/form-data with one or more 'files' parts "
+                                                                     "(curl -F files=@image.png), not application/json")
+    r = client.post("/v1/predict", content=sample_png, headers={"Content-Type": "image/png"})
+    assert r.status_code == 415 and r.json()["error"]["message"].endswith("not image/png")
+    r = client.post("/v1/predict", data={"other": "x"}, files=[("other_file", ("a.png", sample_png))])
+    assert r.status_code in (400, 422)  # multipart without 'files': still about the form, not the media type
+    import gzip
+
+    body = _multipart(("files", "a.png", sample_png)) + b"--zz--\r\n"
+    r = client.post("/v1/predict", content=gzip.compress(body), headers={"Content-Type": "multipart/form-data; boundary=zz",
+                                                                          "Content-Encoding": "gzip"})
+    assert r.status_code == 415 and "Content-Encoding: gzip" in r.json()["error"]["message"]  # was "Invalid multipart data."
+    many = _multipart(*[("files", f"{i}.png", b"x") for i in range(1001)]) + b"--zz--\r\n"
+    r = client.post("/v1/predict", content=many, headers={"Content-Type": "multipart/form-data; boundary=zz"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_files" and "more than 1000 files; at most " in r.json()["error"]["message"]
 
 
 def test_unknown_or_repeated_query_parameters_head_probes_and_cors_refusals(client, tiny_run, sample_png):

@@ -119,6 +119,12 @@ class CompleteMultipart:
         if not boundary:  # not a multipart body (or no boundary, which the parser refuses itself)
             await self.app(scope, receive, send)
             return
+        encoding = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"content-encoding"), "identity")
+        if encoding.strip().lower() not in ("", "identity"):  # compressed: no boundary to find, and "Invalid multipart data." said nothing
+            response = error_response(415, "unsupported_media_type", f"compressed request bodies (Content-Encoding: {encoding}) are not "
+                                                                     "read; send the files as they are")
+            await response(scope, receive, send)
+            return
         close, delimiter = b"\r\n--" + boundary + b"--", b"--" + boundary
         keep = len(close) - 1
         tail, closed, own = b"\r\n", False, OwnAnswer(scope, receive, send)  # the CRLF lets a body that opens with the close match
@@ -396,11 +402,18 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and kind != "multipart/form-data":  # JSON or a raw image/png body: "body.files: Field required"
+            return error_response(415, "unsupported_media_type", f"send multipart/form-data with one or more 'files' parts (curl -F "
+                                                                 f"files=@image.png), not {kind or 'a body without a Content-Type'}")
         return error_response(422, "invalid_request", _validation_message(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        response = error_response(exc.status_code, "http_error", str(exc.detail))
+        detail = str(exc.detail)
+        if "Maximum number of files" in detail:  # Starlette's own cap (1000), not the service's
+            return error_response(400, "too_many_files", f"more than 1000 files; at most {limits.max_files} per request")
+        response = error_response(exc.status_code, "http_error", detail)
         response.headers.update(exc.headers or {})  # a 405 must name the methods allowed (Allow)
         return response
 
