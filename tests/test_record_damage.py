@@ -90,13 +90,34 @@ def test_validation_probabilities_outside_0_1_are_refused_and_evaluate_rewrites_
     row[header.index("prob_tb")] = value
     lines[i] = ",".join(row)
     (run / "predictions.csv").write_text("\n".join(lines) + "\n")
-    assert main(["referral", str(run)]) == 2
+    assert main(["evaluate", str(run), "--explain", "none"]) == 2  # its operating points are chosen on the validation rows
     err = _one_line_error(capsys)
     assert err.startswith(f"error: {run / 'predictions.csv'}: 1 val row(s) hold probabilities that are not numbers from 0 to 1 (first {row[1]}: ")
-    assert "referral" not in json.loads((run / "meta.json").read_text())
-    # The command the message names writes the validation rows again, and the band can then be chosen.
+    # The command the message names writes the validation rows again, and the test split can then be evaluated.
     assert main(["evaluate", str(run), "--split", "val", "--explain", "none", "--quiet"]) == 0
+    assert main(["evaluate", str(run), "--explain", "none", "--quiet"]) == 0
+
+
+def test_referral_chooses_its_band_on_the_validation_images_not_on_edited_rows(tiny_run, tmp_path, capsys):
+    # Rows edited to 0.99 for every tb image and 0.01 for the others gave a band with 100% NPV and PPV, printed and stored.
+    intact = _copy_run(tiny_run, tmp_path)
+    assert main(["referral", str(intact)]) == 0
+    expected = json.loads((intact / "meta.json").read_text())["referral"]
+    run = tmp_path / "edited"
+    shutil.copytree(intact, run)
+    lines = (run / "predictions.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    for i, line in enumerate(lines):
+        row = line.split(",")
+        if row[0] == "val":
+            tb = row[header.index("true")] == "tb"
+            row[header.index("prob_tb")], row[header.index("prob_healthy")] = ("0.99", "0.01") if tb else ("0.01", "0.99")
+            lines[i] = ",".join(row)
+    (run / "predictions.csv").write_text("\n".join(lines) + "\n")
     assert main(["referral", str(run)]) == 0
+    assert "chosen on " in capsys.readouterr().out
+    band = json.loads((run / "meta.json").read_text())["referral"]
+    assert (band["lower"], band["upper"]) == (expected["lower"], expected["upper"])
 
 
 def test_a_preprocessing_step_this_version_does_not_know_is_refused(tiny_run, tmp_path, capsys):

@@ -114,6 +114,23 @@ def validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
     return (y, probs) if len(y) else None
 
 
+def fresh_validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
+    """Labels and this model's probabilities of the validation split, predicted now from the images (None when the training
+    data is not at hand, or for a multi-label run)."""
+    from cxrkit.data.sources import DatasetError
+
+    if run.task == "multilabel":
+        return None
+    try:
+        ds, _ = load_run_dataset(run, progress=False)
+    except (DatasetError, OSError):
+        return None
+    idx = ds.index("val")
+    if not len(idx):
+        return None
+    return ds.labels[idx], run.predict_arrays(np.asarray(ds.images[idx]))
+
+
 def training_overlap(run_dir: Path, images: np.ndarray) -> dict | None:
     """How many of ``images`` are identical (decoded pixels) to images of the run's own splits, as a note; None when
     none is, or when the run predates the hashes in splits.csv. External data that holds training images is not
