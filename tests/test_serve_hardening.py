@@ -48,6 +48,16 @@ def test_the_key_is_checked_before_the_body_is_read(keyed_app):
     assert status == 400 and asked >= 1  # the right key: the (junk) body is read and refused as multipart
 
 
+def test_both_body_lengths_are_refused_and_a_trailing_slash_is_not_redirected(keyed_app):
+    # Content-Length with Transfer-Encoding: chunked was accepted (request smuggling behind a proxy that reads the other one).
+    status, asked = _call(keyed_app, "/v1/predict", [(b"transfer-encoding", b"chunked"), (b"x-api-key", b"s3cret")])
+    assert (status, asked) == (400, 0)
+    with TestClient(keyed_app) as c:
+        # /v1/predict/ was a 307 to a Location built from the request's Host header
+        r = c.post("/v1/predict/", headers={"X-API-Key": "s3cret", "Host": "evil.example"}, follow_redirects=False)
+        assert r.status_code == 404 and "location" not in r.headers and r.json()["error"]["code"] == "http_error"
+
+
 def test_every_v1_route_needs_the_key(keyed_app):
     with TestClient(keyed_app) as c:
         for path in ("/v1/model", "/v1/sample.png"):

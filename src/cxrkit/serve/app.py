@@ -35,7 +35,7 @@ from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, Unsupported
 from cxrkit.prediction.results import ood_findings
 from cxrkit.report.narrative import against_threshold
 from cxrkit.run import Run
-from cxrkit.serve.guard import ApiKeyGate, OwnAnswer, error_response
+from cxrkit.serve.guard import ApiKeyGate, OneBodyLength, OwnAnswer, error_response
 from cxrkit.serve.model_card import decision_rule, model_card, model_identity
 
 log = logging.getLogger("cxrkit.serve")
@@ -385,7 +385,8 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
     # An explicit empty key turns auth off even when the environment variable is set (tests, local use).
     api_key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV)) or None
     service = Service(Run.load(run_dir, engine=engine, device=device), limits)
-    app = FastAPI(title="cxrkit", version=__version__, docs_url=None, redoc_url=None,  # /docs is served offline below
+    # redirect_slashes off: /v1/predict/ was a 307 whose Location was built from the request's own Host header.
+    app = FastAPI(title="cxrkit", version=__version__, docs_url=None, redoc_url=None, redirect_slashes=False,  # /docs: offline, below
                   description=f"Chest X-ray classification with model {service.identity['id']} "
                               f"({service.identity['architecture']}, version {service.identity['version']}). Not a medical device.")
     app.state.service = service
@@ -393,6 +394,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
     app.add_middleware(CompleteMultipart)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(ApiKeyGate, api_key=api_key)  # outside the body limit: no key, no body read
+    app.add_middleware(OneBodyLength)  # outermost: an ambiguous body length is refused before anything reads it
     if cors_origins:
         app.add_middleware(JsonCORS, allow_origins=cors_origins, allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Authorization"])
 

@@ -90,6 +90,23 @@ class ApiKeyGate:
         await self.app(scope, receive, send)
 
 
+class OneBodyLength:
+    """ASGI middleware: a request that gives both Content-Length and Transfer-Encoding is refused (400) and closed.
+
+    RFC 9112 (6.3) lets Transfer-Encoding win but calls such a message a likely request-smuggling attempt, to be handled as
+    an error: a proxy in front that reads the other header would see other requests in the same bytes."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        names = {k.lower() for k, _ in scope.get("headers") or []} if scope["type"] == "http" else set()
+        if b"content-length" in names and b"transfer-encoding" in names:
+            await _closing(400, "bad_http_request", "a request may give Content-Length or Transfer-Encoding, not both")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class BodyTimeout:
     """ASGI middleware: a request whose next body chunk takes longer than ``seconds`` to arrive is answered 408 and closed.
 
