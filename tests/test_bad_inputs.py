@@ -144,7 +144,7 @@ RUNS = {
     "weights hash not a hash": (lambda m: m.update(weights_sha256="abc123"), "weights_sha256"),
     "calibration hash not a hash": (lambda m: m.update(calibration_sha256="uncalibrated"), "calibration_sha256"),
     "num_outputs wrong": (lambda m: m.update(num_outputs=5), "num_outputs"),
-    "model width changed": (lambda m: m["model_options"].update(width=64), "weights"),
+    "model width changed": (lambda m: m["model_options"].update(width=64), "model_options.width 64 but"),  # config.yaml says otherwise
 }
 
 
