@@ -68,8 +68,18 @@ def test_class_folders_holding_another_level_of_the_layout_are_refused(tmp_path)
     shutil.move(str(nested / "normal" / "tb"), str(nested / "normal" / "test"))
     with pytest.raises(DatasetError, match=r"normal/test is named like a split"):
         open_image_folder(nested)
-    # Per-patient sub-folders (other names in every class) stay what they were: parts of their class.
     shutil.rmtree(nested / "normal" / "test")
+    shutil.copytree(nested / "tb", nested / "tb" / "masks")
+    with pytest.raises(DatasetError, match=r"tb/masks lies inside the class folder tb/, so its masks would be read as radiographs"):
+        open_image_folder(nested)
+    shutil.rmtree(nested / "tb" / "masks")
+    # Sites inside classes (normal/{siteA,siteB}, tb/{siteA,siteB}) are the dataset's own organisation: allowed.
+    sites = tmp_path / "sites_in_classes"
+    for cls in ("normal", "tb"):
+        for site in ("siteA", "siteB"):
+            shutil.copytree(nested / cls, sites / cls / site)
+    assert Counter(smp.label for smp in open_image_folder(sites).samples) == {"normal": 6, "tb": 6}
+    # Per-patient sub-folders (other names in every class) stay what they were: parts of their class.
     for cls in ("normal", "tb"):
         (nested / cls / f"patient_{cls}").mkdir()
         shutil.copy(next((nested / cls).glob("*.png")), nested / cls / f"patient_{cls}" / "x.png")

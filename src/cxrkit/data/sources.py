@@ -250,9 +250,9 @@ def _images_under(folder: Path, ignored: list[Path], reals: dict[str, Path] | No
 
 def _check_nesting(found: dict[Path, list[Path]]) -> None:
     """Refuse class folders whose sub-folders look like another level of the layout, not parts of one class: a sub-folder
-    named like a class or a split (``normal/tb/``), or the same two or more sub-folders in every class folder
-    (``hospA/{normal,tb}`` and ``hospB/{normal,tb}``). Every image under a class folder takes its name, so these trained a
-    hospital (or a split) classifier, or labelled tb images normal, without a word."""
+    named like a class or a split (``normal/tb/``), a mask folder (``COVID/masks/``), or classes inside sites (``hospA/{normal,tb}``
+    and ``hospB/{normal,tb}``). Every image under a class folder takes its name, so these trained a hospital (or a split)
+    classifier, read masks as radiographs, or labelled tb images normal, without a word."""
     classes = {label_key(d.name) for d in found}
     inner: dict[Path, set[str]] = {}
     for d, images in found.items():
@@ -262,11 +262,19 @@ def _check_nesting(found: dict[Path, list[Path]]) -> None:
             kind = "a split" if odd[0].lower() in SPLIT_ALIASES else "a class"
             raise DatasetError(f"{d / odd[0]} is named like {kind} but lies inside the class folder {d.name}/, so its images would be "
                                f"labelled {d.name}; move it out, or point cxrkit at the level whose sub-folders are the classes")
-    shared = [d for d in found if len(inner[d]) >= 2 and sum(inner[e] == inner[d] for e in found) >= 2]
+        masks = sorted(n for n in inner[d] if "mask" in n.lower() or "segmentation" in n.lower())
+        if masks:
+            raise DatasetError(f"{d / masks[0]} lies inside the class folder {d.name}/, so its masks would be read as radiographs of "
+                               f"{d.name}; move the mask folders out of the dataset")
+    # Sites inside classes (normal/{siteA,siteB}, tb/{siteA,siteB}) are a dataset's own organisation; classes inside sites
+    # (hospA/{normal,tb}) are not: told apart by a class name that says "normal" inside, and none outside.
+    outer_negative = any(canonical_name(d.name) in NEGATIVE_NAMES for d in found)
+    shared = [d for d in found if len(inner[d]) >= 2 and sum(inner[e] == inner[d] for e in found) >= 2
+              and any(canonical_name(n) in NEGATIVE_NAMES for n in inner[d]) and not outer_negative]
     if shared:
         names = ", ".join(f"{n}/" for n in sorted(inner[shared[0]]))
         raise DatasetError(f"{', '.join(d.name + '/' for d in shared[:3])} each hold the same folders ({names}), which look like another "
-                           f"level (the classes inside sites, or images beside masks), not parts of one class: every image under "
+                           f"level (the classes inside sites), not parts of one class: every image under "
                            f"{shared[0].name}/ would be labelled {shared[0].name}. Point cxrkit at the folder whose sub-folders are the "
                            f"classes (several sites: `cxrkit train {shared[0].name} {shared[1].name}` on those folders), or move the other folders out")
 
