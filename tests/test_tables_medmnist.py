@@ -228,6 +228,15 @@ def test_medmnist_binary_and_multilabel(tmp_path):
     np.testing.assert_array_equal(chest.labels[:40], np.load(tmp_path / "chestmnist.npz")["train_labels"])
     other = load_dataset(_npz(tmp_path / "mystery.npz", 3), 28, progress=False)
     assert other.class_names == ["label_0", "label_1", "label_2"]
+    # One-hot rows (Keras' to_categorical) are one class per image: they were read as two findings, label_0 and label_1.
+    onehot = _npz(tmp_path / "pneumoniamnist_onehot.npz", 1)
+    arrays = dict(np.load(onehot))
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_labels"] = np.eye(2, dtype=np.uint8)[arrays[f"{split}_labels"][:, 0]]
+    np.savez(onehot, **arrays)
+    one = load_dataset(onehot, 32, progress=False)
+    assert one.task == "binary" and one.class_names == ["normal", "pneumonia"]
+    np.testing.assert_array_equal(one.labels, pneu.labels)
     with pytest.raises(DatasetError, match="not a MedMNIST file"):
         np.savez(tmp_path / "x.npz", images=np.zeros((2, 4, 4)))
         load_dataset(tmp_path / "x.npz", 28, progress=False)

@@ -159,6 +159,11 @@ def open_medmnist(path: str | Path) -> ArraySource:
         bad = next(((s, y) for s, y in labels.items() if y.max() > 1), None)
         if bad:  # a 2 was read as a finding present, like a 1
             raise DatasetError(f"{path}: {bad[0]}_labels holds {int(bad[1].max())}; multi-label rows hold 0 or 1 per finding")
+    if multilabel and not (known and known[0] == "multilabel") and all((y.sum(axis=1) == 1).all() for y in labels.values()):
+        # One 1 in every row is one class per image written one-hot (Keras' to_categorical): it was read as K findings named
+        # label_0 ... with a multi-label model, not as the classes they are.
+        labels = {s: y.argmax(axis=1).reshape(-1, 1) for s, y in labels.items()}
+        k, multilabel = 1, False
     if known and (known[0] == "multilabel") == multilabel and (k == len(known[1]) or not multilabel):
         names = known[1]
     elif multilabel:
