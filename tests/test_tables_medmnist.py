@@ -126,6 +126,10 @@ def test_generic_tables_onehot_and_single_label(tmp_path):
     missing = [{**row, "patient_id": ["NaN", "nan", "NA", "null", "", "p1"][i % 6]} for i, row in enumerate(onehot)]
     patients = [smp.patient for smp in open_label_table(_write_csv(tmp_path / "nan.csv", missing), tmp_path).samples]
     assert patients == [None, None, None, None, None, "p1"] * 2
+    # A table written on Windows names img\\a0.png: refused as missing, although a zip's '\\' separators are read as folders.
+    windows = [{**row, "path": row["path"].replace("/", "\\")} for row in onehot]
+    assert [smp.path for smp in open_label_table(_write_csv(tmp_path / "win.csv", windows), tmp_path).samples] == \
+        [smp.path for smp in open_label_table(_write_csv(tmp_path / "unix.csv", onehot), tmp_path).samples]
 
 
 def _images(root: Path, n: int = 8) -> list[str]:

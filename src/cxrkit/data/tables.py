@@ -215,6 +215,10 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
     # One spelling per file ('./a/b.png', 'a//b.png' and 'a/x/../b.png' are a/b.png), so a file listed twice is caught and a '..'
     # that leaves the root is seen.
     paths = [Path(os.path.normpath(root / n)) for n in names]
+    for i, n in enumerate(names):  # a table written on Windows ('sub\\x.png'): its folders, as in a zip from there
+        if "\\" in n and not paths[i].is_file():
+            names[i] = n.replace("\\", "/")
+            paths[i] = Path(os.path.normpath(root / names[i]))
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     bare = [i for i in missing if "/" not in os.path.normpath(names[i])]
     if bare:  # a file name alone (NIH's Image Index) is looked for anywhere under the root; a path names its folder
