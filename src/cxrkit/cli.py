@@ -940,6 +940,40 @@ def cmd_plan(a: argparse.Namespace) -> int:
     return 0
 
 
+def _check_demo_folder(out: Path, data: Path, overwrite: bool) -> None:
+    """Refuse to let the demo delete or overwrite what it did not write: a user's files in OUT/data are never deleted, and
+    another run or other files in OUT need --overwrite (an earlier demo in OUT is replaced, so the README's command reruns)."""
+    import yaml
+
+    from cxrkit.data.synthetic import is_demo_dataset
+    from cxrkit.record import CONFIG_FILE
+    from cxrkit.record.lock import LOCK_FILE
+
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a folder for the demo")
+    if not out.is_dir():
+        return
+    if (data.exists() or data.is_symlink()) and not is_demo_dataset(data):
+        raise FileExistsError(f"{data} holds files that `cxrkit demo` did not write, and the demo would replace it; "
+                              "nothing was deleted: choose another --out")
+    entries = {p.name for p in out.iterdir()}
+    if overwrite or not entries:
+        return
+    if (out / CONFIG_FILE).is_file():
+        try:
+            trained_on = yaml.safe_load((out / CONFIG_FILE).read_text()).get("data")
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            trained_on = None
+        on = Path(str(trained_on))
+        earlier_demo = "data" in entries and on.name == "data" and (not on.is_absolute() or on.resolve() == data.resolve())
+        what = "a run"
+    else:  # a demo stopped before training wrote its config: only its data, cache and lock
+        earlier_demo = entries <= {"data", "cache", LOCK_FILE}
+        what = "files"
+    if not earlier_demo:
+        raise FileExistsError(f"{out} already holds {what} that `cxrkit demo` did not write; choose another --out or pass --overwrite")
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     import shutil
 
@@ -952,6 +986,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     out = Path(a.out)
     data = out / "data"
     t0 = time.perf_counter()
+    _check_demo_folder(out, data, a.overwrite)
     if data.exists():
         shutil.rmtree(data)
     print(f"making a synthetic chest X-ray dataset in {data}/ (train/ and test/, classes healthy and tb) ...")
@@ -992,6 +1027,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-per-class", type=bounded_int(20, 5000), default=200,
                    help="synthetic images per class, 20-5000 (default %(default)s)")
     d.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="seed of the synthetic data and the training (default %(default)s)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace a run or other files in --out that an earlier demo did not write (an OUT/data folder of your own "
+                        "is never deleted); an earlier demo in --out is replaced without it")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a model on a dataset folder or zip",

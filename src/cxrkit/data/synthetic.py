@@ -8,6 +8,7 @@ bright spot" is not enough to tell them apart.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,25 @@ def make_synthetic_site(
             img = synthetic_cxr(rng, size, pattern=min(ci, 1), signal=signal).astype(np.float32) + 255 * exposure[ci]
             Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)).save(root / cls / f"{root.name}_{cls}_{k:04d}.png")
     return root
+
+
+_DEMO_FILE = re.compile(r"(train|test)/(healthy|tb)/\2_\d{4,}\.png")
+
+
+def is_demo_dataset(root: str | Path) -> bool:
+    """Whether ``root`` holds only what ``cxrkit demo`` writes there (``{train,test}/{healthy,tb}/<class>_NNNN.png``), so
+    that a later demo may replace it: a user's own images in that folder are never deleted."""
+    root = Path(root)
+    if root.is_symlink() or not root.is_dir():
+        return False
+    for path in root.rglob("*"):
+        if path.is_symlink():
+            return False
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir():
+            if not re.fullmatch(r"(train|test)(/(healthy|tb))?", rel):
+                return False
+        elif not _DEMO_FILE.fullmatch(rel):
+            return False
+    return True
+
