@@ -145,7 +145,10 @@ def test_page_and_sample_are_served(client):
     assert "fetch(" in client.get("/static/app.js").text
     sample = client.get("/v1/sample.png")
     assert sample.headers["content-type"] == "image/png" and Image.open(io.BytesIO(sample.content)).size == (256, 256)
-    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+    schema = client.get("/openapi.json").json()
+    assert "/v1/predict" in schema["paths"] and set(schema["paths"]["/healthz"]) == {"get"}
+    ids = [op["operationId"] for ops in schema["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))  # code generators refuse a schema whose operations share an id
 
 
 def test_explain_adds_an_overlay(client, sample_png):
