@@ -336,3 +336,26 @@ def test_platt_fits_probabilities_that_differ_only_in_the_fourth_decimal():
     after = cal.apply(np.stack([1 - p1, p1], axis=1))[:, 1]
     assert after.max() - after.min() > 0.5 and rank_auc(y, after) == pytest.approx(rank_auc(y, p1))
     assert cal.after["brier"] < cal.before["brier"]
+
+
+@pytest.mark.parametrize("method", ["temperature", "platt", "isotonic"])
+def test_calibration_refuses_images_the_model_never_gets_wrong(method):
+    # 48 perfectly separated validation images: Platt's slope ran off (65 of 208 test probabilities became exactly 1.0, tied,
+    # and the test AUC fell from 0.984 to 0.938) and isotonic jumped from 0 to 1 (AUC 0.912), without a word.
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 24)
+    p1 = np.where(y == 1, rng.uniform(0.6, 0.99, 48), rng.uniform(0.01, 0.4, 48))
+    with pytest.raises(ValueError, match="cannot be fitted on the 48 images .* nothing was changed"):
+        fit_calibration(y, np.stack([1 - p1, p1], axis=1), method)
+    p1[0] = 0.7  # one negative the model gets wrong: there is something to fit
+    cal = fit_calibration(y, np.stack([1 - p1, p1], axis=1), method)
+    assert cal.n == 48 and cal.after["brier"] <= cal.before["brier"] + 1e-9
+
+
+def test_temperature_refuses_a_multiclass_split_without_a_wrong_top_class():
+    y = np.array([0, 1, 2, 0, 1, 2])
+    p = np.full((6, 3), 0.2) + 0.4 * np.eye(3)[y]
+    with pytest.raises(ValueError, match="top class is right for every one"):
+        fit_calibration(y, p, "temperature")
+    p[0] = [0.3, 0.5, 0.2]
+    assert fit_calibration(y, p, "temperature").params["temperature"] > 0

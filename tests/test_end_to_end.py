@@ -159,7 +159,7 @@ def test_same_seed_gives_same_model(binary_data, tmp_path):
     assert m1["val"]["metrics"]["roc_auc"] == m2["val"]["metrics"]["roc_auc"]
 
 
-def test_multiclass_end_to_end(tmp_path):
+def test_multiclass_end_to_end(tmp_path, capsys):
     data = make_synthetic_dataset(tmp_path / "covid", n_per_class=40, size=48, seed=2,
                                   classes=("Normal", "Covid", "Viral Pneumonia"), signal=1.5)
     # precision 32: on a CPU with native bf16 and one thread (a pytest-xdist worker) bf16 autocast gave macro AUC 0.60 on this split
@@ -177,6 +177,11 @@ def test_multiclass_end_to_end(tmp_path):
     assert np.array(m["confusion"]).sum() == 18
     assert m["metrics"]["macro_roc_auc"]["value"] > 0.7
     assert "One vs rest" in (out / "report.html").read_text() or "one vs rest" in (out / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["calibrate", str(out)]) == 0  # it crashed (rc 3) printing a threshold that multi-class runs do not have
+    said = capsys.readouterr().out
+    assert said.startswith("temperature calibration fitted on ") and "threshold" not in said
+    assert Run.load(out).calibration["method"] == "temperature"
 
 
 def test_ctrl_c_keeps_the_best_model_and_finishes_the_run(binary_data, tmp_path, monkeypatch):

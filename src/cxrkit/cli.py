@@ -629,7 +629,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     b, f = c["before"], c["after"]
     print(f"{c['method']} calibration fitted on {c['n']} validation images: ECE {b['ece']:.4f} -> {f['ece']:.4f}, "
           f"Brier {b['brier']:.4f} -> {f['brier']:.4f} (validation; run `cxrkit evaluate` for the test split)")
-    if "threshold" in c:
+    if c.get("threshold"):  # binary runs: a multi-class run decides by its top class
         t = c["threshold"]
         print(f"threshold re-chosen on calibrated validation probabilities with rule {t['rule']}: {t['uncalibrated']:.4f} -> {t['calibrated']:.4f}")
     print(f"calibration.json written to {a.run}/; predict, evaluate and serve now apply it")

@@ -235,6 +235,23 @@ class Calibration:
         return cls(**d)
 
 
+def _refuse_separated(y: np.ndarray, probs: np.ndarray, method: str, fitted_on: str) -> None:
+    """Refuse a fit that images the model never gets wrong cannot pin down: it would make the model certain."""
+    # With no overlap between the classes' probabilities (Platt, isotonic) or no wrong top label (temperature) the best
+    # fit is a step: Platt's slope and 1/T grow without bound, isotonic jumps from 0 to 1. On 48 separated validation
+    # images Platt set 65 of 208 test probabilities to exactly 1.0, which tied them and lowered the test AUC 0.984 -> 0.938.
+    if method == "temperature":
+        degenerate = bool(np.all(probs.argmax(axis=1) == y))
+        why = "the model's top class is right for every one of them"
+    else:
+        degenerate = bool(probs[y == 0, 1].max() < probs[y == 1, 1].min())
+        why = "every positive image has a higher probability than every negative one"
+    if degenerate:
+        raise ValueError(f"{method} calibration cannot be fitted on the {len(y)} images of the {fitted_on}: {why}, so they cannot "
+                         "say how sure the model should be, and the fitted map would make it certain (probabilities of 0 and 1); "
+                         "nothing was changed. Calibrate on a larger validation set that holds images the model gets wrong")
+
+
 def fit_calibration(y: np.ndarray, probs: np.ndarray, method: str = "temperature", fitted_on: str = "val") -> Calibration:
     """Fit ``method`` on labelled (validation) predictions; raises ValueError for a method the task does not allow."""
     y, probs = _labelled(y, probs)
@@ -245,6 +262,7 @@ def fit_calibration(y: np.ndarray, probs: np.ndarray, method: str = "temperature
         raise ValueError(f"{method} calibration applies to binary runs; use temperature for multi-class runs")
     if len(np.unique(y)) < 2:
         raise ValueError(f"calibration needs both outcomes in the {fitted_on} split")
+    _refuse_separated(y, probs, method, fitted_on)
     if method == "temperature":
         from scipy.optimize import minimize_scalar
 
