@@ -41,6 +41,14 @@ def test_explain_overlays_inside_the_explained_folder_are_refused(tiny_run, bina
     assert main(["explain", str(tiny_run), str(images / sorted(p.name for p in images.iterdir())[0]), "--out", str(tmp_path / "cam"), "--quiet"]) == 0
 
 
+def test_explaining_one_image_of_the_runs_data_into_its_class_folder_is_refused(tiny_run, binary_data, capsys):
+    # explain DATA/test/tb/x.png --out DATA/test/tb/cam: the overlays became tb test images of the run's own data.
+    folder = binary_data / "test" / "tb"
+    image = sorted(folder.iterdir())[0]
+    assert main(["explain", str(tiny_run), str(image), "--out", str(folder / "cam")]) == 2
+    assert "is inside" in capsys.readouterr().err and not (folder / "cam").exists()
+
+
 def test_a_config_files_out_inside_the_data_folder_is_refused(binary_data, tmp_path, capsys):
     data = _class_layout(binary_data, tmp_path / "data")
     config = tmp_path / "c.yaml"

@@ -826,10 +826,13 @@ def cmd_audit(a: argparse.Namespace) -> int:
 def cmd_explain(a: argparse.Namespace) -> int:
     from cxrkit.explain.export import explain_files
     from cxrkit.prediction.files import find_images, skipped_line
-    from cxrkit.run import Run
+    from cxrkit.run import Run, RunError
 
     _refuse_out_inside(a.out, [a.path], "overlay PNGs")
     run = Run.load(a.run, device=a.device)
+    # One image of the run's own data explained into its class folder made the overlays more images of that class.
+    with contextlib.suppress(RunError):
+        _refuse_out_inside(a.out, [str(run.data_root())], "overlay PNGs")
     found = find_images(a.path)
     rows = explain_files(run, found.paths, a.out, a.method, progress=len(found.paths) > 1 and not a.quiet)
     bad = [r for r in rows if r["error"]]
