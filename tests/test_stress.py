@@ -78,3 +78,26 @@ def test_stress_bad_inputs_are_one_line_errors(shortcut_run: Path, tmp_path: Pat
     assert main(["stress", str(shortcut_run), "--split", "all"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 2 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("intensity", ["none", "zscore"])
+def test_stress_on_copies_of_the_runs_own_images_says_so(intensity: str, tmp_path: Path, capsys: pytest.CaptureFixture):
+    # "Another" folder holding the run's own images gave a stress table with no word that the model had seen them (evaluate
+    # said so). With a per-image normalisation the raw images stress reads hash differently, so they are read as trained.
+    import json
+    import shutil
+
+    from cxrkit.config import TrainConfig
+    from cxrkit.training import train
+
+    data = _exposure_shortcut_data(tmp_path / "site", n=24, size=24)
+    run = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), model="mlp", image_size=16, epochs=1, intensity=intensity),
+                progress=False)
+    other = tmp_path / "other"
+    for cls in ("healthy", "tb"):
+        shutil.copytree(data / cls, other / cls)
+    capsys.readouterr()
+    assert main(["stress", str(run), str(other)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("note: 48 of these 48 images are identical to images of this run's own splits (")
+    assert json.loads((run / "stress.json").read_text())["external:other"]["training_overlap"]["identical"] == 48

@@ -19,6 +19,7 @@ import numpy as np
 
 from cxrkit.data.intensity import normalize_intensity
 from cxrkit.data.perturb import standard_perturbations
+from cxrkit.evaluation.evaluate import training_overlap
 from cxrkit.metrics.intervals import delong_interval, delong_paired
 from cxrkit.record import atomic_write_text
 from cxrkit.record.lock import run_lock
@@ -98,8 +99,14 @@ def stress_run(run_dir: str | Path, data: str | Path | None = None, split: str |
         if len(idx) == 0:
             raise ValueError(f"split {split!r} has no images in {ds.source.root}")
         key = split if same_data else f"external:{ds.source.root.name}"
-        result = stress_arrays(run, np.asarray(ds.images[idx]), ds.labels[idx])
+        images = np.asarray(ds.images[idx])
+        result = stress_arrays(run, images, ds.labels[idx])
         result.update(split=key, data=str(ds.source.root))
+        # Copies of the run's own images in "another" dataset made a memorised set look robust, without a word.
+        overlap = None if same_data else training_overlap(run.path, _as_trained(run, data, class_map, images, idx))
+        if overlap:
+            result["training_overlap"] = {k: v for k, v in overlap.items() if k != "message"}
+            result["notes"] = [overlap["message"]]
         path = Path(run_dir) / STRESS_FILE
         stored = json.loads(path.read_text()) if path.is_file() else {}
         stored[key] = result
@@ -108,6 +115,14 @@ def stress_run(run_dir: str | Path, data: str | Path | None = None, split: str |
             run.record.evaluations.append({"split": "stress:test", "data": str(ds.source.root), "time": now()})
             run.save_record()
         return result
+
+
+def _as_trained(run: Run, data, class_map: dict[str, str] | None, raw: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``raw`` as the run's splits were hashed: its intensity normalisation runs before the resize, so it is read again."""
+    if run.preprocessing.intensity == "none":
+        return raw
+    ds, _ = load_run_dataset(run, data, progress=False, class_map=class_map)
+    return np.asarray(ds.images[idx])
 
 
 def format_table(result: dict) -> str:
@@ -119,4 +134,4 @@ def format_table(result: dict) -> str:
         lines.append(f"{r['name']:<18} {r['auc']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f})      {r['change']:+12.3f} {r['p_value']:8.2g}  "
                      f"{'yes' if r['touches_anatomy'] else 'no'}{'  <- shortcut' if r['shortcut'] else ''}")
     lines.append(result["verdict"])
-    return "\n".join(lines)
+    return "\n".join([f"note: {n}" for n in result.get("notes", [])] + lines)
