@@ -85,3 +85,15 @@ def test_adapt_out_that_cannot_be_made_fails_before_decoding(tmp_path, monkeypat
     (tmp_path / "afile").write_text("x")
     assert main(["adapt", "RUN", str(tmp_path), "--out", str(tmp_path / "afile" / "adapted")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'afile'}: Not a directory" and calls == []
+
+
+def test_a_reader_that_closes_the_pipe_stops_the_command_quietly():
+    # `cxrkit models | head -1` ended with "error: [Errno 32] Broken pipe" and status 2, as if the command had failed.
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "import sys; from cxrkit.cli import main; sys.exit(main(['models']))"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait() == 141 and err == b""

@@ -1411,6 +1411,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ValueError) as exc:  # bad input: data, configs, run folders, weights, options
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError as exc:
+        if _stdout_gone():  # `cxrkit ... | head`: the reader has all it wanted; stop quietly, as Unix tools do
+            return 141
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     except OSError as exc:  # a missing, unreadable or misplaced file or folder
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
@@ -1441,6 +1446,22 @@ def _unknown_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace
                 hints.append((word.split("=", 1)[0], close[0]))
     said = hints[0][1] if len(hints) == 1 else ", ".join(f"{right} for {wrong}" for wrong, right in hints)
     sub.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; did you mean {said}?" if hints else ""))
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output's reader has closed the pipe; if so it is pointed at /dev/null, so the exit flush is quiet."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()  # the failed write may have emptied the buffer, so a flush would not tell
+        poller.register(fd, select.POLLOUT)
+        gone = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is not a file
+        return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return gone
 
 
 def _one_line(exc: BaseException) -> str:
