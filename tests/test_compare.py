@@ -131,6 +131,36 @@ def test_compare_table_failure_and_resume(binary_data, tmp_path, monkeypatch, ca
     assert {m: e["status"] for m, e in state["models"].items()} == {"pasa": "done", "cnn": "done", "mlp": "done"}
     # Resuming with other settings is refused.
     assert main([*args[:-1], "4e-3", "--resume"]) == 2
+    # A changed image size trains every model again: the finished runs were kept and reported as the new size.
+    calls.clear()
+    resized = [*args[:args.index("--image-size") + 1], "40", *args[args.index("--image-size") + 2:]]
+    assert main([*resized, "--resume"]) == 0
+    assert calls == ["pasa", "cnn", "mlp"]
+    assert {json.loads((out / m / "meta.json").read_text())["preprocessing"]["image_size"] for m in ("pasa", "cnn", "mlp")} == {40}
+
+
+def test_compare_and_tune_follow_the_images_native_size(binary_data, tmp_path, monkeypatch, capsys):
+    # Without --image-size train uses small images at their own size, but compare and tune trained the 48-px images at 224 px.
+    import cxrkit.experiments.tune as tune
+
+    sizes = []
+
+    def record(cfg, **kw):
+        sizes.append(cfg.image_size)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(cxrkit.training, "train", record)
+    assert main(["compare", str(binary_data), "--models", "mlp,pasa", "--out", str(tmp_path / "cmp")]) == 1
+    assert sizes == [48, 48] and "the images are 48 px" in capsys.readouterr().err
+    seen = []
+
+    def study(data, base, *args, **kwargs):
+        seen.append(base.image_size)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(tune, "tune", study)
+    assert main(["tune", str(binary_data), "--out", str(tmp_path / "tune")]) == 2
+    assert seen == [48]
 
 
 def test_runs_trained_on_other_data_are_not_paired(tiny_run, tmp_path):

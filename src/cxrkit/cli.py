@@ -852,8 +852,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
     if not a.labels:  # a label table names its images: other files under DATA are never read
         _refuse_out_inside(a.out, [a.data], "runs' plots")
-    models = parse_models(a.models, a.image_size or _defaults()["image_size"])
-    base = _config_from_args(a, a.data, a.out, model=models[0][1])
+    base = _config_from_args(a, a.data, a.out, model=parse_models(a.models, _defaults()["image_size"])[0][1])
+    if a.image_size is None:  # as train does: small images compare at their own size (an mlp trained at 224 px on 96 px images)
+        base = _native_size(base)
+    models = parse_models(a.models, base.image_size)
     from cxrkit.training.tracking import make_tracker
 
     make_tracker(a.track)  # a missing tracking library is an error before the first model trains
@@ -869,6 +871,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
     out = a.out or f"runs/tune-{a.model}"
     base = _config_from_args(a, a.data, out)
+    if a.image_size is None and not a.image_sizes:  # as train does: small images are tuned at their own size
+        base = _native_size(base)
     try:
         sizes = [int(x) for x in a.image_sizes.split(",") if x.strip()] if a.image_sizes else None
     except ValueError:

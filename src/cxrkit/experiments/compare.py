@@ -158,8 +158,12 @@ def compare(
         run_dir = _run_dir(out, label)
         done = state["models"].get(label, {})
         if resume and done.get("status") == "done" and (run_dir / META_FILE).exists():
-            log(f"[{i}/{len(models)}] {label}: finished earlier, skipped")
-            continue
+            trained_at = read_meta(run_dir).preprocessing.image_size
+            if trained_at == size:
+                log(f"[{i}/{len(models)}] {label}: finished earlier, skipped")
+                continue
+            # A changed --image-size on --resume kept the old run and reported it as the model at the new size.
+            log(f"[{i}/{len(models)}] {label}: finished earlier at {trained_at} px, now asked at {size} px: trained again")
         log(f"\n[{i}/{len(models)}] {label} ({size} px) -> {run_dir}")
         t0 = time.perf_counter()
         try:
