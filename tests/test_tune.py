@@ -78,3 +78,12 @@ def test_tune_needs_at_least_one_trial(trials, binary_data, tmp_path, capsys):
         main(["tune", str(binary_data), "--model", "mlp", "--out", str(tmp_path / "tune"), "--trials", trials])
     assert exit_.value.code == 2 and f"argument --trials: {trials} is outside 1-1000000" in capsys.readouterr().err
     assert not (tmp_path / "tune").exists()
+
+
+@pytest.mark.parametrize("url, why", [("notadb://x", "Can't load plugin"), ("sqlite:////no/such/folder/x.db", "unable to open database file"),
+                                      ("postgresql://u:secret@localhost/x", "DB access module"), ("garbage", "Could not parse")])
+def test_a_storage_url_that_cannot_be_opened_is_one_line(url, why, binary_data, tmp_path, capsys):
+    # Each was "error: unexpected ...: (a bug in cxrkit ...)", status 3; a password in the URL is not printed.
+    assert main(["tune", str(binary_data), "--storage", url, "--trials", "1", "--out", str(tmp_path / "t"), "--image-size", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: --storage ") and why in err and "secret" not in err and "unexpected" not in err

@@ -65,6 +65,33 @@ def _check_options(trials: int, image_sizes: list[int] | None, timeout_minutes: 
         raise ValueError("image sizes: give at least one (or leave them out for 1/2, 3/4 and all of the image size)")
 
 
+def _shown(url: str) -> str:
+    """A database URL as it may be printed: its password hidden."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return url
+
+
+def _open_study(optuna, study_name: str, storage: str, seed: int):
+    """The study named ``study_name`` in ``storage``; a URL that cannot be opened is a ValueError that says which and why."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.create_study(
+            study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
+        )
+    except (SQLAlchemyError, ImportError) as exc:  # an unknown scheme, a missing driver, an unreachable server or file
+        why = " ".join(str(exc).split("(Background on this error")[0].split())
+        raise ValueError(f"--storage {_shown(storage)} cannot be opened ({why}); give a database URL Optuna can use, e.g. "
+                         "sqlite:///study.db, or postgresql://user@host/db with its driver installed") from None
+
+
 def tune(
     data: str, base: TrainConfig, trials: int, out: str | Path, storage: str | None = None, study_name: str | None = None,
     image_sizes: list[int] | None = None, timeout_minutes: float | None = None, progress: bool = True, track: str | None = None,
@@ -88,11 +115,7 @@ def tune(
     study_name = study_name or f"cxrkit-{base.model}"
     sizes = image_sizes or default_image_sizes(base.image_size)
     base = replace(base, data=str(data))
-    study = optuna.create_study(
-        study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=base.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
-    )
+    study = _open_study(optuna, study_name, storage, base.seed)
     previous = study.user_attrs.get("base")
     mine = {k: v for k, v in base.to_dict().items() if k not in ("out",)}
     if previous is not None and previous != json.loads(json.dumps(mine)):
