@@ -867,16 +867,17 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_tune(a: argparse.Namespace) -> int:
-    from cxrkit.experiments.tune import tune
+    from cxrkit.experiments.tune import check_options, tune
 
     out = a.out or f"runs/tune-{a.model}"
     base = _config_from_args(a, a.data, out)
-    if a.image_size is None and not a.image_sizes:  # as train does: small images are tuned at their own size
-        base = _native_size(base)
     try:
         sizes = [int(x) for x in a.image_sizes.split(",") if x.strip()] if a.image_sizes else None
     except ValueError:
         raise ValueError(f"--image-sizes {a.image_sizes!r}: write comma-separated whole numbers, e.g. 64,96,128") from None
+    check_options(a.trials, sizes, a.timeout_minutes)  # before the images are read for their size
+    if a.image_size is None and not a.image_sizes:  # as train does: small images are tuned at their own size
+        base = _native_size(base)
     from cxrkit.training.tracking import make_tracker
 
     make_tracker(a.track)

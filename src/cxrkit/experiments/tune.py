@@ -50,7 +50,7 @@ def suggest_config(trial, base: TrainConfig, image_sizes: list[int], out: Path) 
     return replace(base, **changes)
 
 
-def _check_options(trials: int, image_sizes: list[int] | None, timeout_minutes: float | None) -> None:
+def check_options(trials: int, image_sizes: list[int] | None, timeout_minutes: float | None) -> None:
     """Refuse options that can never finish a trial, before the study starts."""
     # --trials 0 or -1 and --timeout-minutes 0 or below ran no trial and said "run the same command again to continue",
     # which never would; an image size out of range failed every trial, each with a traceback in Optuna's log.
@@ -107,7 +107,7 @@ def tune(
     from cxrkit.data.sources import open_image_folder
     from cxrkit.training import train
 
-    _check_options(trials, image_sizes, timeout_minutes)
+    check_options(trials, image_sizes, timeout_minutes)
     open_image_folder(data, Path(base.cache_dir) if base.cache_dir else None)  # fail once on a bad dataset, not once per trial
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
