@@ -109,6 +109,18 @@ def test_a_run_that_may_be_at_chance_plans_no_auc_and_says_why(tmp_path):
     assert "reaches chance" in plan["from_run"]["skipped"]["roc_auc"]
 
 
+def test_a_perfect_auc_plans_the_rest_and_a_given_chance_auc_is_refused(tmp_path):
+    # A stored AUC of 1 with interval [1, 1] stopped the whole plan ("strictly between 0.5 and 1, got 1.0"); --auc 0.5 given
+    # by the user was skipped with "give --auc to plan for one anyway".
+    run = _fake_run(tmp_path / "run", auc=(1.0, (1.0, 1.0)))
+    plan = plan_for_run(run, 0.05, prevalence=0.1)
+    assert [r["metric"] for r in plan["requirements"]] == ["sensitivity", "specificity"]
+    assert "ROC-AUC is 1 with no width" in plan["from_run"]["skipped"]["roc_auc"]
+    assert {r["metric"]: r["anticipated"] for r in plan_for_run(run, 0.05, prevalence=0.1, auc=0.9)["requirements"]}["roc_auc"] == 0.9
+    with pytest.raises(ValueError, match="strictly between 0.5 and 1, got 0.5"):
+        plan_for_run(run, 0.05, prevalence=0.1, auc=0.5)
+
+
 @pytest.mark.parametrize(("make", "args", "message"), [
     (lambda p: p.mkdir(), [], "is not a run folder"),
     (lambda p: _fake_run(p, task="multiclass"), [], "is a multiclass run; study planning covers binary runs"),

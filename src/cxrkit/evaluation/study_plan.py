@@ -68,10 +68,16 @@ def plan_for_run(run_dir: str | Path, half_width: float, prevalence: float | Non
             f = figures[name]
             anticipated[key] = f["value"] if point_estimates else conservative(name, f["value"], f["ci"])
     skipped = {}
-    if anticipated["auc"] is not None and anticipated["auc"] <= 0.5:
+    auc_from_run = given.get("auc") is None  # a value the user gave is checked by plan_study like any other
+    if auc_from_run and anticipated["auc"] is not None and anticipated["auc"] <= 0.5:
         # a model that may be at chance has no AUC interval to plan for; its sensitivity and specificity still do
         skipped["roc_auc"] = (f"the {stored['split']} split's ROC-AUC interval reaches chance (0.5): the model may not rank at all, "
                               "so no AUC precision can be planned; give --auc to plan for one anyway")
+        anticipated["auc"] = None
+    elif auc_from_run and anticipated["auc"] is not None and anticipated["auc"] >= 1:
+        # a split ranked perfectly has an interval of [1, 1]: no variance to plan from (it stopped the whole plan)
+        skipped["roc_auc"] = (f"the {stored['split']} split's ROC-AUC is 1 with no width to its interval ({stored['n']} images ranked "
+                              "without a mistake), so it says nothing about the AUC a new site will see; give --auc, e.g. 0.9, to plan for one")
         anticipated["auc"] = None
     if all(v is None for v in anticipated.values()):
         raise ValueError(f"{run_dir}'s {stored['split']} split has no figure to plan for" + (f": {skipped['roc_auc']}" if skipped else ""))
