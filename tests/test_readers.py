@@ -103,6 +103,48 @@ def test_read_calls_parses_calls_matches_images_and_refuses_what_it_cannot_read(
         read_calls(_table(tmp_path / "nopath.csv", ["R"], [["tb"]]), classes, rel)
 
 
+def test_read_calls_refuses_tables_whose_rows_or_columns_are_ambiguous(tmp_path):
+    classes = ["healthy", "tb"]
+    rel = ["test/tb/a.png", "test/healthy/b.png"]
+    # A repeated column name kept only its last column: the first reader's calls were dropped without a word.
+    with pytest.raises(ValueError, match="names a column twice"):
+        read_calls(_table(tmp_path / "dup.csv", ["path", "R", "R"], [["test/tb/a.png", "tb", "healthy"]]), classes, rel)
+    with pytest.raises(ValueError, match="as 'Reader A' and 'reader_a'"):
+        read_calls(_table(tmp_path / "dup2.csv", ["path", "Reader A", "reader_a"], [["test/tb/a.png", "tb", "tb"]]), classes, rel)
+    # An unquoted comma shifts the row: its last value belongs to no column.
+    with pytest.raises(ValueError, match=r"line 3, has more values than the header has columns \(2\)"):
+        read_calls(_table(tmp_path / "long.csv", ["path", "R"], [["test/tb/a.png", "tb"], ["test/healthy/b.png", "healthy", "tb"]]), classes, rel)
+    # tb/0001.png and healthy/0001.png are both evaluated: a row naming 0001.png is neither's.
+    same = ["test/tb/0001.png", "test/healthy/0001.png", "test/tb/a.png"]
+    t = _table(tmp_path / "name.csv", ["path", "R"], [["0001.png", "tb"], ["a.png", "tb"]])
+    assert read_calls(t, classes, same)[0]["R"] == [None, None, True]
+    # One image under two spellings of its path with different calls: which one stands is unknown.
+    with pytest.raises(ValueError, match="lists test/tb/a.png as test/tb/a.png and as a.png with different values"):
+        read_calls(_table(tmp_path / "spell.csv", ["path", "R"], [["test/tb/a.png", "tb"], ["a.png", "healthy"]]), classes, rel)
+    agree = _table(tmp_path / "agree.csv", ["path", "R"], [["test/tb/a.png", "tb"], ["tb/a.png", "tb"]])
+    assert read_calls(agree, classes, rel)[0]["R"] == [True, None]
+    # The truth under another name is not a reader who is never wrong.
+    truth = _table(tmp_path / "truth.csv", ["path", "Diagnosis", "Ground truth", "R"], [["test/tb/a.png", "tb", "tb", "healthy"]])
+    assert list(read_calls(truth, classes, rel)[0]) == ["R"]
+
+
+def test_reader_sentences_give_each_matched_comparison_its_own_verdict_when_only_one_is_clear():
+    from cxrkit.report.narrative import reader_sentences
+
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(60), np.zeros(140)].astype(int)
+    score = 1 / (1 + np.exp(-rng.normal(8.0 * y - 4.0, 1.0)))  # near-perfectly separated: the model is as good as it gets
+    # A reader who finds every case (sensitivity 1) and flags a fifth of the healthy: matched at the reader's sensitivity
+    # the model clears clearly more; matched at the reader's specificity both find all, so no difference can show.
+    calls = (y == 1) | (rng.random(200) < 0.2)
+    r = compare_with_reader(y, score, 0.5, calls, seed=0)
+    a, b = r["sensitivity_at_reader_specificity"]["difference"], r["specificity_at_reader_sensitivity"]["difference"]
+    assert a["ci"][0] <= 0 <= a["ci"][1] and b["ci"][0] > 0
+    text = " ".join(reader_sentences(r))
+    assert "As specific as the reader, these images cannot tell them apart; as sensitive as the reader, the model does better" in text
+    assert "cannot tell the model and the reader apart" not in text
+
+
 def test_evaluate_with_readers_writes_figures_notes_and_the_report(tiny_run, binary_data, tmp_path, capsys):
     from cxrkit.cli import main
 

@@ -13,7 +13,9 @@ from cxrkit.evaluation.image_table import match_rows, norm_column, read_image_ta
 from cxrkit.metrics.readers import compare_with_reader
 
 # Columns of a label table that are not a reader's calls (the labels themselves, the patient, the image's own facts).
-NOT_READERS = {*PATH_COLUMNS, *CLASS_COLUMNS, *FINDINGS_COLUMNS, *PATIENT_COLUMNS, *META_COLUMNS, "site"}
+# A column naming the truth under another name ("diagnosis") was compared as a reader who is never wrong.
+TRUTH_COLUMNS = {"diagnosis", "ground_truth", "truth", "target", "outcome", "reference", "reference_standard", "gold_standard"}
+NOT_READERS = {*PATH_COLUMNS, *CLASS_COLUMNS, *FINDINGS_COLUMNS, *PATIENT_COLUMNS, *META_COLUMNS, *TRUTH_COLUMNS, "site"}
 POSITIVE_WORDS = {"1", "1.0", "positive", "pos", "yes", "true"}
 NEGATIVE_WORDS = {"0", "0.0", "negative", "neg", "no", "false"}
 

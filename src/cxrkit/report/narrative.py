@@ -298,10 +298,15 @@ def reader_sentences(r: dict) -> list[str]:
                    f"set as sensitive ({pct(r['sensitivity']['reader']['value'])}), it would clear {pct(at_sens['value'])} of the images "
                    f"without the disease ({_points(b['value'])}, {_points(b['ci'][0])} to {_points(b['ci'][1])}). Both thresholds are "
                    "chosen on these images: they place the reader against the model's ROC curve, they are not thresholds to deploy.")
-        if a["ci"][0] > 0 and b["ci"][0] > 0:
+        side = [1 if d["ci"][0] > 0 else -1 if d["ci"][1] < 0 else 0 for d in (a, b)]
+        if side == [1, 1]:
             out.append("The reader's operating point lies below the model's ROC curve: at the reader's own trade-off the model does better.")
-        elif a["ci"][1] < 0 and b["ci"][1] < 0:
+        elif side == [-1, -1]:
             out.append("The reader's operating point lies above the model's ROC curve: at the reader's own trade-off the reader does better.")
-        else:
+        elif side == [0, 0]:
             out.append("At the reader's own trade-off these images cannot tell the model and the reader apart (the intervals include no difference).")
+        else:  # one comparison clear, the other not (e.g. both at 100% sensitivity): a verdict on both hid the clear one
+            said = {1: "the model does better", -1: "the reader does better", 0: "these images cannot tell them apart"}
+            out.append(f"As specific as the reader, {said[side[0]]}; as sensitive as the reader, {said[side[1]]} "
+                       "(by whether each interval includes no difference).")
     return out
