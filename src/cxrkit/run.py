@@ -32,7 +32,6 @@ from cxrkit.record import (
     SHIFT_FILE,
     RunMeta,
     RunRecordError,
-    read_json,
     read_meta,
     write_meta,
 )
@@ -493,18 +492,19 @@ class Run:
             if engine == "auto":
                 return None
             raise RunError("the onnx engine needs onnxruntime: pip install onnxruntime") from exc
-        from cxrkit.record import file_sha256
+        import hashlib
 
         recorded = (self.record.onnx_sha256 or {}).get(file.name)
         try:
-            if file.stat().st_size == 0:
+            data = file.read_bytes()  # once: the file checked is the file run, even when an export replaces it meanwhile
+            if not data:
                 problem = f"{file} is empty"
-            elif recorded is not None and file_sha256(file) != recorded:
+            elif recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
                 problem = f"{file} is not the file `cxrkit export` wrote (SHA-256 differs from {META_FILE}'s record): changed or damaged since"
-            elif read_metadata(file).get("weights_sha256") != self.weights_sha256():
+            elif read_metadata(data).get("weights_sha256") != self.weights_sha256():
                 problem = f"{file} was exported from other weights than {MODEL_FILE}"  # the weights changed after export: stale
             else:
-                return OnnxModel(file)
+                return OnnxModel(file, data=data)
         except Exception as exc:  # noqa: BLE001  protobuf's DecodeError, ONNX Runtime's own errors: a damaged file
             problem = f"{file} is not a readable ONNX file ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
         if engine == "auto":
@@ -683,20 +683,22 @@ class Run:
         if not path.is_file():
             self._shift_cache = (None,)
             return None
+        import hashlib
+
         from cxrkit.data.shift import reference_problem
-        from cxrkit.record import file_sha256
 
         try:
-            ref = read_json(path)
-        except RunError:
-            raise
+            data = path.read_bytes()  # once: the bytes hashed are the bytes parsed
+            ref = parse_json(data, path)
+        except OSError as exc:
+            raise RunError(f"{path} cannot be read: {exc.strerror or exc}; delete it to predict without the out-of-distribution check") from None
         except RunRecordError as exc:  # a RunError like every other problem of a run folder (Python code catches that)
             raise RunError(f"{exc}; delete it to predict without the out-of-distribution check") from None
         problem = reference_problem(ref)
         if problem:
             raise RunError(f"{path}: {problem}; the file is damaged (delete it to predict without the out-of-distribution check)")
         recorded = self.record.shift_reference_sha256
-        if recorded is not None and file_sha256(path) != recorded:
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
             raise RunError(f"{path} is not the file {self.path / META_FILE} was written with (SHA-256 {recorded[:12]}…): copied from another "
                            "run? Restore this run's own, or delete it to predict without the out-of-distribution check")
         self._shift_cache = (ref,)

@@ -18,11 +18,11 @@ INT8_FILE = "model.int8.onnx"
 METADATA_KEY = "cxrkit"
 
 
-def read_metadata(path: Path) -> dict:
-    """The cxrkit metadata stored in an exported ONNX file (empty when there is none)."""
+def read_metadata(path: Path | bytes) -> dict:
+    """The cxrkit metadata stored in an exported ONNX file, or in its bytes (empty when there is none)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = onnx.load_model_from_string(path) if isinstance(path, bytes) else onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     return json.loads(props[METADATA_KEY]) if METADATA_KEY in props else {}
 
@@ -30,7 +30,8 @@ def read_metadata(path: Path) -> dict:
 class OnnxModel:
     """Callable like the PyTorch model: a float tensor (B, 1, S, S) in, a logits tensor (B, K) out."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, data: bytes | None = None) -> None:
+        """``data``: the file's bytes when the caller already read (and checked) them, so the session runs what was checked."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -40,7 +41,7 @@ class OnnxModel:
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         # No busy-waiting between runs: spinning threads would take the cores that decode the next images.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(data if data is not None else str(self.path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
