@@ -57,10 +57,19 @@ def plot_roc(y: np.ndarray, score: np.ndarray, point: tuple[float, float] | None
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
     if point is not None:
         ax.plot(*point, "o", ms=9, color="C3", label="operating point")
-    for i, (name, (x, y_)) in enumerate((readers or {}).items()):
-        ax.plot(x, y_, "^sDvP"[i % 5], ms=8, color="black", mfc="none" if i % 2 else "black", ls="none", label=f"reader {name}"[:30])
-    ax.set_xlabel("1 - specificity (false positive rate)"), ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_title(title, fontsize=10), ax.legend(loc="lower right"), ax.grid(alpha=0.3)
+    readers = readers or {}
+    for i, (name, (x, y_)) in enumerate(readers.items()):
+        # Ten marker looks (five shapes, filled or hollow), then colours: twelve readers in black had two pairs alike.
+        ax.plot(x, y_, "^sDvP"[i % 5], ms=8, color="black" if i < 10 else f"C{(i - 10) % 10}", mfc="none" if i % 2 else None,
+                ls="none", label=f"reader {name}"[:30])
+    ax.set_xlabel("1 \u2212 specificity (false positive rate)"), ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_title(title, fontsize=10), ax.grid(alpha=0.3)
+    if len(readers) > 3:  # inside the axes a long legend covered the curve and the readers' own points
+        cols = 1 + (len(readers) + 2) // 16
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, ncol=cols, borderaxespad=0)
+        fig.set_size_inches(4.4 + 1.9 * cols, max(4.2, 0.19 * (len(readers) + 3) / cols + 1.2))
+    else:
+        ax.legend(loc="lower right")
     return _save(fig, path)
 
 
@@ -72,7 +81,7 @@ def plot_roc_one_vs_rest(y: np.ndarray, probs: np.ndarray, classes: list[str], a
             fpr, tpr, _ = roc_curve(y == c, probs[:, c])
             ax.plot(fpr, tpr, lw=2, label=f"{name} (AUC {aucs[name]:.3f})")
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
-    ax.set_xlabel("1 - specificity"), ax.set_ylabel("sensitivity"), ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("1 \u2212 specificity"), ax.set_ylabel("sensitivity"), ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=10), ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -116,7 +125,7 @@ def plot_roc_overlay(curves: list[tuple[str, np.ndarray, np.ndarray, tuple[float
         if point is not None:
             ax.plot(*point, "o", ms=7, color=color, markeredgecolor="black")
     ax.plot([0, 1], [0, 1], ls=":", color="grey")
-    ax.set_xlabel("1 - specificity (false positive rate)"), ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_xlabel("1 \u2212 specificity (false positive rate)"), ax.set_ylabel("sensitivity (true positive rate)")
     ax.set_title(title, fontsize=10), ax.legend(loc="lower right", fontsize=8), ax.grid(alpha=0.3)
     return _save(fig, path)
 
