@@ -79,3 +79,72 @@ def test_api_key_file(tmp_path, tiny_run, capsys):
     with pytest.raises(SystemExit) as exc:  # one or the other, not both
         main(["serve", str(tiny_run), "--api-key", "a", "--api-key-file", str(f)])
     assert exc.value.code == 2
+
+
+def test_head_works_wherever_get_does_and_the_schema_names_the_key(keyed_app, tiny_run):
+    with TestClient(keyed_app) as c:
+        for path in ("/v1/model", "/v1/sample.png"):
+            r = c.head(path, headers={"X-API-Key": "s3cret"})  # was 405
+            assert r.status_code == 200 and r.content == b"" and int(r.headers["content-length"]) > 0
+            assert c.head(path).status_code == 401
+        schema = c.get("/openapi.json").json()
+    # /docs offers to send the key: "Try it out" on /v1/ could only get 401.
+    assert schema["components"]["securitySchemes"]["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert schema["paths"]["/v1/predict"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": []}]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+    assert not any(op.get("operationId", "").endswith("_head") for ops in schema["paths"].values() for op in ops.values())
+    with TestClient(create_app(tiny_run, engine="torch", api_key="")) as c:
+        assert "securitySchemes" not in c.get("/openapi.json").json().get("components", {})
+
+
+def test_a_key_with_surrounding_whitespace_is_the_key_and_one_that_cannot_be_sent_is_refused(tiny_run, monkeypatch):
+    monkeypatch.setenv("CXRKIT_API_KEY", "s3cret\n")  # `echo s3cret > secret`: every client was locked out
+    with TestClient(create_app(tiny_run, engine="torch")) as c:
+        assert c.get("/v1/model", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.get("/v1/model", headers={"X-API-Key": "other"}).status_code == 401
+    for key, words in (("  ", "only whitespace"), ("a\nb", "control character")):
+        with pytest.raises(ValueError, match=words):
+            create_app(tiny_run, engine="torch", api_key=key)
+
+
+@pytest.fixture
+def banner(monkeypatch, capsys):
+    """Run `cxrkit serve` up to the point where it would serve; returns (exit status, stdout, stderr)."""
+    import cxrkit.serve.server as server
+
+    monkeypatch.setattr(server, "serve", lambda app, host, port, limits, sock=None: sock.close())
+
+    def run(*args: str) -> tuple[int, str, str]:
+        rc = main(["serve", *args])
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+
+    return run
+
+
+def test_the_banner_says_what_the_server_enforces_and_where(banner, tiny_run, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("CXRKIT_API_KEY", "s3cret")
+    rc, out, _ = banner(str(tiny_run), "--api-key", "", "--port", "18901")
+    assert rc == 0 and "no API key" in out and "API key required" not in out  # '' turns the variable's key off; it said "required"
+    rc, out, err = banner(str(tiny_run), "--port", "18902")
+    assert rc == 0 and "API key required" in out and "warning" not in err
+    monkeypatch.delenv("CXRKIT_API_KEY")
+    rc, out, err = banner(str(tiny_run), "--host", "0.0.0.0", "--port", "18903")
+    assert rc == 0 and "warning: listening on 0.0.0.0" in err and "no API key" in err
+    rc, out, err = banner(str(tiny_run), "--host", "", "--port", "18904")  # --host "$HOST" with HOST unset: every interface
+    assert rc == 2 and "--host is empty" in err and "serving" not in out
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        rc, out, err = banner(str(tiny_run), "--port", str(taken.getsockname()[1]))
+    assert rc == 2 and "cannot listen on http://127.0.0.1:" in err and "serving" not in out  # it said "serving" and then failed
+    if socket.has_ipv6:
+        try:
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", 0))
+        except OSError:
+            return
+        rc, out, _ = banner(str(tiny_run), "--host", "::1", "--port", "18905")
+        assert rc == 0 and "on http://[::1]:18905/" in out

@@ -54,12 +54,16 @@ def _closed_by_server(s: socket.socket, within: float) -> bool:
 
 
 def test_slow_headers_are_cut_and_the_cap_answers_503(server):
-    slow = [socket.create_connection(("127.0.0.1", server), timeout=10) for _ in range(4)]
+    slow = [socket.create_connection(("127.0.0.1", server), timeout=10) for _ in range(3)]
     try:
         for s in slow:
             s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")  # headers never finished
         time.sleep(0.2)
-        busy = _get(server)  # 4 open connections: the cap
+        assert _get(server).startswith("HTTP/1.1 200")  # the 4th of 4 allowed is served (it was refused: --max-connections 1 served none)
+        slow.append(socket.create_connection(("127.0.0.1", server), timeout=10))
+        slow[3].sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.2)
+        busy = _get(server)  # 5 open connections: past the cap
         head, _, body = busy.partition("\r\n\r\n")
         assert head.startswith("HTTP/1.1 503") and "content-type: application/json" in head.lower() and "retry-after: 1" in head.lower()
         assert json.loads(body)["error"]["code"] == "server_busy"  # the API's error, not uvicorn's plain "Service Unavailable"
@@ -83,6 +87,27 @@ def test_a_stalled_body_gets_408(server):
         assert time.monotonic() - t0 < 5
         text = answer.decode("latin-1")
         assert text.startswith("HTTP/1.1 408") and "request_timeout" in text
+
+
+def test_a_trickled_body_gets_408_once_it_falls_below_the_minimum_rate(server):
+    # A byte every 0.3 s never pauses for the 1 s body timeout: only the rate (500 bytes/s after that second) ends it.
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as s:
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n")
+        t0, answer = time.monotonic(), b""
+        s.settimeout(0.3)
+        while time.monotonic() - t0 < 8:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                s.sendall(b"x")  # inside the file part: the multipart parser takes it
+                continue
+            if not chunk:
+                break
+            answer += chunk
+        text = answer.decode("latin-1")
+        assert text.startswith("HTTP/1.1 408") and "slower than 500 bytes per second" in text
+        assert 0.9 < time.monotonic() - t0 < 4
 
 
 @pytest.mark.parametrize("request_bytes", [b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"])

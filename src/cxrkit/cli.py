@@ -756,21 +756,28 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from cxrkit.serve.app import Limits, create_app
-    from cxrkit.serve.server import ConnectionLimits, serve
+    from cxrkit.serve.app import Limits, create_app, resolve_api_key
+    from cxrkit.serve.server import ConnectionLimits, is_loopback, listen, serve, url
 
     limits = Limits(max_file_bytes=int(a.max_upload_mb * 1024 * 1024), max_files=a.max_files, max_pixels=a.max_pixels, max_decodes=a.max_decodes)
-    connection_limits = ConnectionLimits(header_timeout=a.header_timeout, body_timeout=a.body_timeout, max_connections=a.max_connections)
+    connection_limits = ConnectionLimits(header_timeout=a.header_timeout, body_timeout=a.body_timeout, max_connections=a.max_connections,
+                                         body_min_rate=a.body_min_rate)
     api_key = a.api_key
     if a.api_key_file:
         from cxrkit.serve.guard import read_api_key_file
 
         api_key = read_api_key_file(a.api_key_file)
-    app = create_app(a.run, engine=a.engine, api_key=api_key, limits=limits, cors_origins=a.cors_origin, device=a.device)
+    api_key = resolve_api_key(api_key)  # once: the banner says what the server enforces ('' turns an environment key off)
+    app = create_app(a.run, engine=a.engine, api_key=api_key or "", limits=limits, cors_origins=a.cors_origin, device=a.device)
+    # Bound before the banner: a port in use (or an unknown host) printed "serving on ..." and then failed.
+    sock = listen(a.host, a.port)
     svc = app.state.service
-    print(f"serving {svc.identity['id']} (version {svc.identity['version']}, {svc.run.engine} on {svc.run.device}) on http://{a.host}:{a.port}/ "
-          f"(API docs at /docs{'; API key required' if (api_key or os.environ.get('CXRKIT_API_KEY')) else ''})")
-    serve(app, a.host, a.port, connection_limits)
+    print(f"serving {svc.identity['id']} (version {svc.identity['version']}, {svc.run.engine} on {svc.run.device}) on {url(a.host, a.port)} "
+          f"(API docs at /docs; {'API key required' if api_key else 'no API key'})")
+    if api_key is None and not is_loopback(a.host):
+        print(f"warning: listening on {a.host}, reachable from other machines, with no API key: anyone who can reach this port can "
+              "use the model; set --api-key-file or $CXRKIT_API_KEY", file=sys.stderr)
+    serve(app, a.host, a.port, connection_limits, sock=sock)
     return 0
 
 
@@ -1172,7 +1179,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "probabilities, the decision at the run's threshold, an out-of-distribution warning and, with "
                                     "?explain=true, a Grad-CAM overlay. GET /v1/model gives the model card, GET /healthz liveness.")
     sv.add_argument("run", help="run folder")
-    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default %(default)s: this machine only; 0.0.0.0 every interface, with a warning "
+                         "when no API key is set)")
     # 1-65535: a port outside was accepted, the model loaded and "serving on http://127.0.0.1:99999/" printed before the
     # bind failed with a traceback (exit 3).
     sv.add_argument("--port", type=bounded_int(1, 65535), default=8000, help="port, 1-65535 (default %(default)s)")
@@ -1194,7 +1203,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--header-timeout", type=float, default=10, metavar="SECONDS",
                     help="close a connection whose request headers are not complete in this time (default %(default)s)")
     sv.add_argument("--body-timeout", type=float, default=30, metavar="SECONDS",
-                    help="answer 408 and close when the request body pauses this long (default %(default)s)")
+                    help="answer 408 and close when the request body pauses this long, or has not arrived this long after the request "
+                         "began plus a second per --body-min-rate bytes (default %(default)s)")
+    sv.add_argument("--body-min-rate", type=bounded_float(1, 1e9), default=500, metavar="BYTES_PER_S",
+                    help="slowest average upload accepted once --body-timeout has passed: a client trickling a byte every few "
+                         "seconds held its connection for ever (default %(default)s, as Apache's mod_reqtimeout)")
     sv.add_argument("--max-connections", type=bounded_int(1, 1_000_000), default=4096,
                     help="open connections past which requests are answered 503 (default %(default)s)")
     sv.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",

@@ -27,15 +27,17 @@ from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from cxrkit import __version__
 from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from cxrkit.data.dicom import is_dicom_bytes
 from cxrkit.prediction.results import ood_findings
 from cxrkit.report.narrative import against_threshold
 from cxrkit.run import Run
-from cxrkit.serve.guard import ApiKeyGate, OneBodyLength, OwnAnswer, error_response
+from cxrkit.serve.guard import PROTECTED_PREFIX, ApiKeyGate, OneBodyLength, OwnAnswer, error_response
 from cxrkit.serve.model_card import decision_rule, model_card, model_identity
 
 log = logging.getLogger("cxrkit.serve")
@@ -165,7 +167,7 @@ def _multipart_boundary(scope) -> bytes | None:
 
 def _sniff(data: bytes) -> str:
     """The format by magic number (informational; the decoder sniffs again and decides)."""
-    if data[128:132] == b"DICM":
+    if is_dicom_bytes(data):
         return "dicom"
     for magic, name in ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpeg"), (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff")):
         if data.startswith(magic):
@@ -373,6 +375,22 @@ def add_offline_docs(app: FastAPI) -> None:
         return Response((folder / name).read_bytes(), media_type=SWAGGER_TYPES[name], headers={"Cache-Control": "max-age=86400"})
 
 
+def resolve_api_key(api_key: str | None) -> str | None:
+    """The key the server requires: ``api_key``, else ``$CXRKIT_API_KEY``, surrounding whitespace removed; None for no key.
+
+    An explicit empty key turns auth off even when the environment variable is set (tests, local use). The client's key is
+    stripped too, so a key kept with its trailing newline (``echo key > secret``) locked every client out."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    if not key:
+        return None
+    where = "--api-key" if api_key is not None else f"${API_KEY_ENV}"
+    if not key.strip():
+        raise ValueError(f"{where} is only whitespace; give a key, or an empty one for no key")
+    if any(ord(c) < 32 or ord(c) == 127 for c in key.strip()):
+        raise ValueError(f"{where} holds a control character (a line break?), which no client can send in a header; give the key on one line")
+    return key.strip()
+
+
 def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = None, limits: Limits | None = None,
                cors_origins: list[str] | None = None, device: str = "cpu") -> FastAPI:
     """The FastAPI app serving the run in ``run_dir``; the model is loaded here, once.
@@ -382,8 +400,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
     ``cors_origins`` names the origins allowed to call the API from a browser.
     """
     limits = limits or Limits()
-    # An explicit empty key turns auth off even when the environment variable is set (tests, local use).
-    api_key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV)) or None
+    api_key = resolve_api_key(api_key)
     service = Service(Run.load(run_dir, engine=engine, device=device), limits)
     # redirect_slashes off: /v1/predict/ was a 307 whose Location was built from the request's own Host header.
     app = FastAPI(title="cxrkit", version=__version__, docs_url=None, redoc_url=None, redirect_slashes=False,  # /docs: offline, below
@@ -482,4 +499,31 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
             raise ApiError(404, "not_found", f"no static file {name}")
         return Response(_static(name), media_type=STATIC_TYPES[name])
 
+    # HEAD wherever GET is (RFC 9110 9.3.2): a HEAD on /v1/model was 405. Left out of the schema, as for /healthz.
+    for route in list(app.routes):
+        if isinstance(route, APIRoute) and "GET" in route.methods and "HEAD" not in route.methods and route.path != "/healthz":
+            app.add_api_route(route.path, route.endpoint, methods=["HEAD"], include_in_schema=False, response_class=route.response_class)
+    if api_key is not None:
+        _declare_api_key(app)
     return app
+
+
+def _declare_api_key(app: FastAPI) -> None:
+    """Name the key in the OpenAPI schema, so that /docs offers to send it: the check itself is a middleware, which FastAPI
+    cannot see, and "Try it out" on /v1/ got 401 with no way to give the key."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "Bearer": {"type": "http", "scheme": "bearer"}}
+            for path, operations in schema.get("paths", {}).items():
+                if path.startswith(PROTECTED_PREFIX):
+                    for op in operations.values():
+                        op["security"] = [{"ApiKey": []}, {"Bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -108,31 +108,41 @@ class OneBodyLength:
 
 
 class BodyTimeout:
-    """ASGI middleware: a request whose next body chunk takes longer than ``seconds`` to arrive is answered 408 and closed.
+    """ASGI middleware: a request whose next body chunk takes longer than ``seconds`` to arrive, or whose body arrives slower
+    than ``min_rate`` bytes per second once ``seconds`` have passed, is answered 408 and closed.
 
     Uvicorn times out idle keep-alive connections but not a client that sent its headers and then trickles
-    (or never sends) the body; each such request would hold a connection, a task and a spooled upload.
+    (or never sends) the body; each such request would hold a connection, a task and a spooled upload. A limit on
+    pauses alone let a client sending one byte every few seconds hold a connection for ever, so the body also has a
+    deadline: ``seconds`` plus one second per ``min_rate`` bytes received (Apache mod_reqtimeout's MinRate).
     """
 
-    def __init__(self, app, seconds: float) -> None:
-        self.app, self.seconds = app, seconds
+    def __init__(self, app, seconds: float, min_rate: float | None = None) -> None:
+        self.app, self.seconds, self.min_rate = app, seconds, min_rate
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or not self.seconds:
             await self.app(scope, receive, send)
             return
-        own, body_done = OwnAnswer(scope, receive, send), False
-        message = f"no request data for {self.seconds:g} s; the request was closed"
+        own, body_done, received = OwnAnswer(scope, receive, send), False, 0
+        start = asyncio.get_running_loop().time()
 
         async def timed_receive():
-            nonlocal body_done
+            nonlocal body_done, received
             if body_done:  # after the body, receive() waits for a disconnect, however long the answer takes
                 return await receive()
+            wait, message = self.seconds, f"no request data for {self.seconds:g} s; the request was closed"
+            if self.min_rate:
+                left = start + self.seconds + received / self.min_rate - asyncio.get_running_loop().time()
+                if left < wait:
+                    wait = max(left, 0.0)
+                    message = f"the request body arrived slower than {self.min_rate:g} bytes per second; the request was closed"
             try:
-                msg = await asyncio.wait_for(receive(), self.seconds)
+                msg = await asyncio.wait_for(receive(), wait)
             except TimeoutError:
                 own.response = _closing(408, "request_timeout", message)
                 raise BodyTimeoutError(message) from None
+            received += len(msg.get("body", b""))
             body_done = msg["type"] != "http.request" or not msg.get("more_body", False)
             return msg
 

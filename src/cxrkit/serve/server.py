@@ -6,8 +6,9 @@ file descriptor, and enough of them stop the server from accepting ``/healthz``.
 
 - headers must be complete within ``header_timeout`` seconds of the connection opening (or of the previous
   response), else the connection is closed: :func:`guarded_h11`, uvicorn's h11 protocol with that timer;
-- the body may pause at most ``body_timeout`` seconds between chunks, else 408 and close
-  (:class:`cxrkit.serve.guard.BodyTimeout`);
+- the body may pause at most ``body_timeout`` seconds between chunks, and must arrive within ``body_timeout`` seconds
+  plus one second per ``body_min_rate`` bytes received, else 408 and close (:class:`cxrkit.serve.guard.BodyTimeout`;
+  the rule of Apache's mod_reqtimeout: a client trickling a byte every few seconds held its connection for ever);
 - past ``max_connections`` open connections (uvicorn's ``limit_concurrency`` count) requests are answered 503;
 - idle keep-alive connections close after ``keep_alive`` seconds (uvicorn's ``timeout_keep_alive``).
 
@@ -18,6 +19,7 @@ other refusal; uvicorn's own are plain text, which a client parsing the API's er
 from __future__ import annotations
 
 import resource
+import socket
 from dataclasses import dataclass
 
 import h11
@@ -34,12 +36,15 @@ class ConnectionLimits:
     body_timeout: float = 30.0
     keep_alive: float = 5.0
     max_connections: int = 4096
+    body_min_rate: float = 500.0  # bytes per second, on average, once the first body_timeout seconds have passed
 
     def __post_init__(self) -> None:
         for name in ("header_timeout", "body_timeout", "keep_alive"):
             value = getattr(self, name)
             if not 0.1 <= value <= 3600:
                 raise ValueError(f"{name} must be from 0.1 to 3600 seconds, got {value!r}")
+        if not 1 <= self.body_min_rate <= 1e9:
+            raise ValueError(f"body_min_rate must be from 1 to 1e9 bytes per second, got {self.body_min_rate!r}")
         if not 1 <= self.max_connections <= 1_000_000:
             raise ValueError(f"max_connections must be from 1 to 1,000,000, got {self.max_connections!r}")
 
@@ -59,8 +64,9 @@ def guarded_h11(header_timeout: float) -> type[H11Protocol]:
 
         def _capped(self, app):
             async def capped(scope, receive, send) -> None:
-                # uvicorn counts before the request's task exists; by now it is in self.tasks, hence the - 1
-                if scope["type"] == "http" and (len(self.connections) >= self._cap or len(self.tasks) - 1 >= self._cap):
+                # Both counts include this request (its connection, its task): N allowed means the (N+1)th is refused. uvicorn's
+                # own test (>=) refused the Nth, so --max-connections 1 refused every request.
+                if scope["type"] == "http" and (len(self.connections) > self._cap or len(self.tasks) > self._cap):
                     self.logger.warning("Exceeded concurrency limit.")
                     response = error_response(503, "server_busy", f"the server has reached its limit of {self._cap} open connections; "
                                                                   "retry in a moment")
@@ -130,13 +136,51 @@ def uvicorn_config(app, host: str, port: int, limits: ConnectionLimits | None = 
     import uvicorn
 
     limits = limits or ConnectionLimits()
-    return uvicorn.Config(BodyTimeout(app, limits.body_timeout), host=host, port=port, log_level=log_level,
+    return uvicorn.Config(BodyTimeout(app, limits.body_timeout, limits.body_min_rate), host=host, port=port, log_level=log_level,
                           http=guarded_h11(limits.header_timeout), timeout_keep_alive=limits.keep_alive,
                           limit_concurrency=limits.max_connections)
 
 
-def serve(app, host: str, port: int, limits: ConnectionLimits | None = None, log_level: str = "warning") -> None:
-    """Serve ``app`` until interrupted."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port``, or a ValueError naming the address and why it cannot be used.
+
+    Bound before the server starts so that the command says "serving" only once it is, and refuses an empty host, which
+    the operating system reads as every interface (``--host "$HOST"`` with HOST unset opened the API to the network)."""
+    if not host.strip():
+        raise ValueError("--host is empty; give an address: 127.0.0.1 for this machine only, 0.0.0.0 for every interface")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(f"--host {host}: not an address of this machine ({getattr(exc, 'strerror', None) or exc})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait for TIME_WAIT
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot listen on {url(host, port)}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def url(host: str, port: int) -> str:
+    """The address as a URL (an IPv6 address in brackets: http://[::1]:8000/)."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() in ("localhost", "ip6-localhost")
+
+
+def serve(app, host: str, port: int, limits: ConnectionLimits | None = None, log_level: str = "warning",
+          sock: socket.socket | None = None) -> None:
+    """Serve ``app`` until interrupted, on ``sock`` when given (from :func:`listen`), else on a socket bound here."""
     import uvicorn
 
     limits = limits or ConnectionLimits()
@@ -144,4 +188,4 @@ def serve(app, host: str, port: int, limits: ConnectionLimits | None = None, log
     if soft < limits.max_connections + 64:
         raise ValueError(f"--max-connections {limits.max_connections} needs more open files than this process may have ({soft}); "
                          "lower it or raise `ulimit -n`")
-    uvicorn.Server(uvicorn_config(app, host, port, limits, log_level)).run()
+    uvicorn.Server(uvicorn_config(app, host, port, limits, log_level)).run(sockets=[sock or listen(host, port)])
