@@ -156,3 +156,25 @@ def test_pad_keeps_aspect_and_squash_fills():
     assert squashed.min() == 200
     with pytest.raises(ValueError):
         fit_square(tall, 40, "crop")
+
+
+def test_a_png_is_a_png_whatever_its_bytes_128_to_131_say_and_a_damaged_header_is_damaged(tmp_path):
+    from PIL import PngImagePlugin
+
+    from cxrkit.data.decode import UnsupportedImageError, is_image_file, read_grayscale
+
+    a = np.random.default_rng(0).integers(0, 255, (40, 48), dtype=np.uint8)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("c", "x" * 85 + "DICM" + "x" * 40)  # the text starts at byte 43: "DICM" lands at 128, DICOM's marker
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG", pnginfo=info)
+    data = buf.getvalue()
+    assert data[128:132] == b"DICM"
+    assert np.array_equal(read_grayscale(data), a)  # it was refused as "DICOM file has no image"
+    (tmp_path / "IM0001").write_bytes(data)
+    assert is_image_file(tmp_path / "IM0001")
+    bad = bytearray(data)
+    bad[30] ^= 0xFF  # the IHDR chunk's CRC: a damaged PNG, not another kind of file
+    with pytest.raises(ImageDecodeError, match="starts as a PNG but its header is damaged") as exc:
+        read_grayscale(bytes(bad))
+    assert not isinstance(exc.value, UnsupportedImageError)

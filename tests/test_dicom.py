@@ -167,3 +167,13 @@ def test_headers_that_do_not_describe_the_pixels_are_refused(tmp_path):
     assert read_grayscale(write_dicom(tmp_path / "ok.dcm", image)).shape == (32, 32)
     odd = ramp(31)[:31, :31]  # an odd byte count of 8-bit data is padded by one byte: still its own size
     assert read_grayscale(write_dicom(tmp_path / "odd.dcm", odd.astype(np.uint8) // 16, bits=8)).shape == (31, 31)
+
+
+def test_a_dicom_whose_header_is_junk_is_called_damaged_not_answered_with_pydicoms_text():
+    import tempfile
+
+    with tempfile.SpooledTemporaryFile() as f:  # as the server holds an upload
+        f.write(b"\0" * 128 + b"DICM" + b"\xff" * 500)
+        f.seek(0)
+        with pytest.raises(ImageDecodeError, match=r"^cannot read DICOM file: damaged header \(pydicom: TypeError"):
+            read_grayscale(f)

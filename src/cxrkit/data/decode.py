@@ -42,7 +42,8 @@ DRAFT_MARGIN = 4
 
 
 # Magic numbers of the formats decoded; DICOM's "DICM" sits at byte 128.
-_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+_MAGIC_NAMES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+_MAGIC = (*(m for m, _ in _MAGIC_NAMES), b"BM")
 
 
 def is_image_file(path: Path) -> bool:
@@ -61,7 +62,7 @@ def is_image_file(path: Path) -> bool:
             head = f.read(132)
     except OSError:
         return False
-    return head[128:132] == b"DICM" or head.startswith(_MAGIC)
+    return is_dicom_bytes(head) or head.startswith(_MAGIC)
 
 
 # EXIF orientation -> the transpose that shows the image as viewers do (TIFF/EXIF tag 274).
@@ -191,6 +192,9 @@ def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_
     except ImageDecodeError:
         raise
     except Image.UnidentifiedImageError as exc:
+        started = next((name for magic, name in _MAGIC_NAMES if head.startswith(magic)), None)
+        if started:  # a PNG with a damaged header chunk is a damaged PNG (422), not "not an image" (415)
+            raise ImageDecodeError(f"cannot decode image: it starts as a {started} but its header is damaged") from exc
         claimed = _IMAGE_SUFFIXES.get(Path(source).suffix.lower()) if isinstance(source, (str, Path)) else None
         if claimed:  # "not a supported image" alone read as if PNG itself were unsupported
             raise UnsupportedImageError(f"not a supported image: named {Path(source).suffix}, but the contents are not {claimed} "

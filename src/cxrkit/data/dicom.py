@@ -27,9 +27,15 @@ DICOM_MAGIC = b"DICM"
 MAGIC_OFFSET = 128
 
 
+# A file that opens as one of these is that format, whatever its bytes 128-131 say: a PNG whose text chunk put "DICM"
+# there was refused as a DICOM without pixels. TIFF is not among them: TIFF/DICOM dual-personality files are made on
+# purpose, and their DICOM part carries the pixel values as acquired.
+NOT_DICOM_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")
+
+
 def is_dicom_bytes(head: bytes) -> bool:
-    """Tell whether the first 132 bytes of a file are a DICOM Part 10 preamble and prefix."""
-    return head[MAGIC_OFFSET : MAGIC_OFFSET + 4] == DICOM_MAGIC
+    """Tell whether the first 132 bytes of a file are a DICOM Part 10 preamble and prefix (and not a PNG, JPEG or BMP header)."""
+    return head[MAGIC_OFFSET : MAGIC_OFFSET + 4] == DICOM_MAGIC and not head.startswith(NOT_DICOM_MAGIC)
 
 
 def read_dicom(source: str | Path | bytes | BinaryIO, max_pixels: int) -> np.ndarray:
@@ -63,8 +69,11 @@ def _read_dicom(source: str | Path | bytes | BinaryIO, max_pixels: int) -> np.nd
     fp = io.BytesIO(source) if isinstance(source, bytes) else source if hasattr(source, "read") else str(source)
     try:
         ds = pydicom.dcmread(fp)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+    except (InvalidDicomError, EOFError, OSError) as exc:
         raise ImageDecodeError(f"cannot read DICOM file: {exc}") from exc
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:  # pydicom's own text read as cxrkit's bug
+        raise ImageDecodeError(f"cannot read DICOM file: damaged header (pydicom: {type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())[:150]})") from exc
     if "PixelData" not in ds:
         kind = getattr(ds, "Modality", None) or getattr(ds, "SOPClassUID", None) or "unknown"
         raise UnsupportedImageError(f"DICOM file has no image (no pixel data; modality/SOP class {kind})")
