@@ -85,7 +85,7 @@ def test_two_finding_multilabel_prediction_has_no_single_probability(tiny_run, t
     _edit_meta(run, lambda m: m.update(task="multilabel", classes=["effusion", "nodule"], num_outputs=2, positive_class=None,
                                        thresholds={"effusion": {"value": 0.5}, "nodule": {"value": 0.5}},
                                        threshold={"rule": "youden", "value": None, "per_finding": True}))
-    p = cxrkit.load(run).predict(np.full((40, 40), 128, np.uint8))
+    p = cxrkit.load(run).predict(np.tile(np.arange(108, 148, dtype=np.uint8), (40, 1)))
     assert set(p.probabilities) == {"effusion", "nodule"}
     assert p.probability is None  # was P(nodule), passed off as "P(positive)"
 
@@ -286,11 +286,11 @@ def test_damaged_shift_reference(name, tiny_run, tmp_path):
     ref = json.loads((run_dir / "shift_reference.json").read_text())
     (run_dir / "shift_reference.json").write_text(json.dumps(edit(ref)))
     with pytest.raises(RunError, match=rf"shift_reference.json: {match}.*delete it") as exc:
-        cxrkit.load(run_dir).predict(np.full((40, 40), 128, np.uint8))
+        cxrkit.load(run_dir).predict(np.tile(np.arange(108, 148, dtype=np.uint8), (40, 1)))
     assert "\n" not in str(exc.value)
     (run_dir / "shift_reference.json").unlink()
     # the way out works, and the answer says the check was not made rather than that the image passed it
-    assert cxrkit.load(run_dir).predict(np.full((40, 40), 128, np.uint8)).ood_warning is None
+    assert cxrkit.load(run_dir).predict(np.tile(np.arange(108, 148, dtype=np.uint8), (40, 1))).ood_warning is None
 
 
 def test_a_shift_reference_that_is_not_json_is_a_run_error_at_load(tiny_run, tmp_path):
@@ -310,11 +310,11 @@ def test_a_shift_reference_from_another_run_is_refused(tiny_run, tmp_path):
     ref["overall"]["mean"] = [v + 0.2 for v in ref["overall"]["mean"]]  # a valid reference of brighter training images
     (run_dir / "shift_reference.json").write_text(json.dumps(ref))
     with pytest.raises(RunError, match=r"shift_reference.json is not the file .*meta.json was written with .*copied from another run") as exc:
-        cxrkit.load(run_dir).predict(np.full((40, 40), 128, np.uint8))
+        cxrkit.load(run_dir).predict(np.tile(np.arange(108, 148, dtype=np.uint8), (40, 1)))
     assert "\n" not in str(exc.value)
     meta.pop("shift_reference_sha256")  # a run written before the hash: nothing to check it against
     (run_dir / "meta.json").write_text(json.dumps(meta))
-    assert cxrkit.load(run_dir).predict(np.full((40, 40), 128, np.uint8)).ood_warning in (True, False)
+    assert cxrkit.load(run_dir).predict(np.tile(np.arange(108, 148, dtype=np.uint8), (40, 1))).ood_warning in (True, False)
     meta["shift_reference_sha256"] = "abc"
     (run_dir / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(RunError, match="shift_reference_sha256 must be the 64 hex digits"):
@@ -331,7 +331,7 @@ def test_meta_flags_of_the_wrong_type(edit, match, tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path)
     _edit_meta(run, lambda m: m.update(edit))
     with pytest.raises(RunError, match=f"meta.json: {match}"):
-        cxrkit.load(run).predict(np.full((40, 40), 128, np.uint8))
+        cxrkit.load(run).predict(np.tile(np.arange(108, 148, dtype=np.uint8), (40, 1)))
 
 
 def test_group_pattern_must_be_a_regular_expression(binary_data, tmp_path):
@@ -384,8 +384,8 @@ def test_meta_and_config_that_disagree_are_refused(file, edit, match, tiny_run, 
 def test_config_without_the_shared_settings_still_loads(tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path)  # an older run's config.yaml, before these settings were recorded in it
     _edit_config(run, lambda c: [c.pop(k) for k in ("image_size", "aspect", "intensity", "crop_border", "tta", "width", "dropout")])
-    reference = cxrkit.load(tiny_run).predict(np.full((40, 40), 128, np.uint8)).probabilities
-    assert cxrkit.load(run).predict(np.full((40, 40), 128, np.uint8)).probabilities == reference
+    reference = cxrkit.load(tiny_run).predict(np.tile(np.arange(108, 148, dtype=np.uint8), (40, 1))).probabilities
+    assert cxrkit.load(run).predict(np.tile(np.arange(108, 148, dtype=np.uint8), (40, 1))).probabilities == reference
 
 
 def test_calibration_is_parsed_once_and_again_when_it_changes(tiny_run, tmp_path, monkeypatch):
@@ -398,7 +398,7 @@ def test_calibration_is_parsed_once_and_again_when_it_changes(tiny_run, tmp_path
     parsed = []
     real = Calibration.from_dict.__func__
     monkeypatch.setattr(Calibration, "from_dict", classmethod(lambda cls, d: parsed.append(d) or real(cls, d)))
-    images = np.stack([np.full((32, 32), v, np.uint8) for v in (60, 128, 200)])
+    images = np.stack([v + np.tile(np.arange(32, dtype=np.uint8), (32, 1)) for v in (40, 110, 200)])
     raw = run.predict_arrays(images, calibrated=False)
 
     def temperature(t: float) -> np.ndarray:

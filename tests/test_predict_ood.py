@@ -23,8 +23,9 @@ from .test_dicom import ramp, write_dicom
 
 def _odd_images(folder: Path, binary_data: Path) -> dict[str, Path]:
     folder.mkdir()
-    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "black.png")
-    Image.fromarray(np.full((1, 1), 120, np.uint8)).save(folder / "one_pixel.png")
+    ramp = np.tile(np.arange(16, dtype=np.uint8).repeat(4), (64, 1))  # not one grey level: a blank image is refused, not flagged
+    Image.fromarray(ramp).save(folder / "black.png")
+    Image.fromarray(240 + ramp).save(folder / "white.png")
     normal = sorted((binary_data / "test" / "healthy").glob("*.png"))[0]
     (folder / "normal.png").write_bytes(normal.read_bytes())
     return {p.name: p for p in folder.iterdir()}
@@ -33,7 +34,7 @@ def _odd_images(folder: Path, binary_data: Path) -> dict[str, Path]:
 def test_python_api_flags_each_odd_image(tiny_run, binary_data, tmp_path):
     files = _odd_images(tmp_path / "odd", binary_data)
     results = {Path(r["path"]).name: r for r in predict_results(Run.load(tiny_run, engine="torch"), sorted(files.values()), workers=0)}
-    assert results["black.png"]["ood_warning"] and results["one_pixel.png"]["ood_warning"]
+    assert results["black.png"]["ood_warning"] and results["white.png"]["ood_warning"]
     assert any("brightness" in f for f in results["black.png"]["ood_findings"])
     assert not results["normal.png"]["ood_warning"] and results["normal.png"]["ood_findings"] == []
     assert abs(sum(results["normal.png"]["probabilities"].values()) - 1) < 1e-5 and results["normal.png"]["decision"]
@@ -50,7 +51,7 @@ def test_cli_flags_a_single_image_and_each_image_of_a_folder(tiny_run, binary_da
     assert main(["predict", str(tiny_run), str(tmp_path / "odd"), "--engine", "torch"]) == 0
     out = capsys.readouterr()
     rows = {Path(r["path"]).name: r for r in csv.DictReader(io.StringIO(out.out))}
-    assert [rows[n]["ood_warning"] for n in ("black.png", "normal.png", "one_pixel.png")] == ["yes", "", "yes"]
+    assert [rows[n]["ood_warning"] for n in ("black.png", "normal.png", "white.png")] == ["yes", "", "yes"]
     assert "2 of 3 image(s) lie outside" in out.err
 
     csv_out = tmp_path / "preds.csv"
@@ -61,7 +62,7 @@ def test_cli_flags_a_single_image_and_each_image_of_a_folder(tiny_run, binary_da
     # --json says it as Python does: an in-range image was null there, which the docs give for "not checked"
     assert main(["predict", str(tiny_run), str(tmp_path / "odd"), "--engine", "torch", "--json"]) == 0
     rows = {Path(r["path"]).name: r for r in json.loads(capsys.readouterr().out)["results"]}
-    assert [rows[n]["ood_warning"] for n in ("black.png", "normal.png", "one_pixel.png")] == [True, False, True]
+    assert [rows[n]["ood_warning"] for n in ("black.png", "normal.png", "white.png")] == [True, False, True]
 
 
 def test_broken_dicom_is_reported_in_one_line(tiny_run, tmp_path):
@@ -86,7 +87,7 @@ def test_a_run_without_its_shift_reference_says_the_check_was_not_made(tiny_run,
     files = _odd_images(tmp_path / "odd", binary_data)
 
     results = predict_results(Run.load(run_dir, engine="torch"), sorted(files.values()), workers=0)
-    assert [r["ood_warning"] for r in results] == [None, None, None]  # the all-black image too: not checked, not passed
+    assert [r["ood_warning"] for r in results] == [None, None, None]  # the nearly black image too: not checked, not passed
 
     assert main(["predict", str(run_dir), str(tmp_path / "odd"), "--engine", "torch"]) == 0
     out = capsys.readouterr()
@@ -114,3 +115,35 @@ def test_a_run_without_its_shift_reference_says_the_check_was_not_made(tiny_run,
         r = client.post("/v1/predict", files=[("files", ("black.png", files["black.png"].read_bytes(), "image/png"))])
         assert r.status_code == 200 and r.json()["results"][0]["ood_warning"] is None
         assert any("no shift_reference.json" in x for x in client.get("/v1/model").json()["limitations"])
+
+
+def test_a_blank_or_tiny_image_is_refused_not_classified(tiny_run, tmp_path, capsys):
+    """A 1x1 pixel or all-black image was resized to the model's input and given a confident diagnosis beside an OOD flag."""
+    import cxrkit
+    from cxrkit.data.errors import UnusableImageError
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "black.png")
+    Image.fromarray(np.full((1, 1), 120, np.uint8)).save(folder / "one_pixel.png")
+    Image.fromarray(np.tile(np.arange(200, dtype=np.uint8), (4, 1))).save(folder / "strip.png")  # 200x4: no radiograph
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint8), (64, 1))).save(folder / "ramp.png")
+    assert main(["predict", str(tiny_run), str(folder), "--engine", "torch", "--json"]) == 0  # a folder's errors are its rows
+    rows = {Path(r["path"]).name: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert rows["ramp.png"]["prediction"] and rows["ramp.png"]["error"] is None
+    assert "blank (every pixel is 0)" in rows["black.png"]["error"] and rows["black.png"]["prediction"] is None
+    assert "1x1 pixels: too small" in rows["one_pixel.png"]["error"]
+    assert "200x4 pixels: too small" in rows["strip.png"]["error"]
+    run = cxrkit.load(tiny_run)
+    with pytest.raises(UnusableImageError, match="blank"):
+        run.predict(np.full((40, 40), 128, np.uint8))
+    with pytest.raises(UnusableImageError, match="blank"):
+        run.predict(Image.new("L", (40, 40), 30))
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from cxrkit.serve.app import create_app
+
+    with TestClient(create_app(tiny_run, engine="torch", api_key="")) as client:
+        r = client.post("/v1/predict", files=[("files", ("black.png", (folder / "black.png").read_bytes(), "image/png"))])
+        assert r.status_code == 422 and r.json()["error"]["code"] == "unusable_image" and r.json()["error"]["file"] == "black.png"

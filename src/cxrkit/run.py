@@ -311,7 +311,7 @@ def decode_input(item: Any, pre: Preprocessing, scale: float | None = None) -> n
     from PIL import Image
 
     from cxrkit.data.arrays import array_to_grayscale, pil_to_grayscale
-    from cxrkit.data.decode import prepare_grayscale
+    from cxrkit.data.decode import check_usable, prepare_grayscale
 
     spec = (pre.image_size, pre.aspect, pre.intensity, pre.crop_border)
     if scale is not None and isinstance(item, (str, Path, bytes, bytearray, memoryview, Image.Image)):
@@ -325,9 +325,9 @@ def decode_input(item: Any, pre: Preprocessing, scale: float | None = None) -> n
     if isinstance(item, (bytes, bytearray, memoryview)):
         return pre.load(bytes(item))
     if isinstance(item, np.ndarray):
-        return prepare_grayscale(array_to_grayscale(item, scale), *spec)
+        return prepare_grayscale(check_usable(array_to_grayscale(item, scale)), *spec)
     if isinstance(item, Image.Image):
-        return prepare_grayscale(pil_to_grayscale(item), *spec)
+        return prepare_grayscale(check_usable(pil_to_grayscale(item)), *spec)
     if isinstance(item, torch.Tensor):
         raise ValueError("pass a NumPy array (tensor.numpy()), with scale= for float values")
     raise ValueError(f"cannot predict on a {type(item).__name__}: give a file path, bytes, a PIL image or a NumPy array")
@@ -791,7 +791,8 @@ class Run:
             except ValueError as exc:
                 # a path names itself: "file not found" alone did not say which of a notebook's files
                 where = f"input {i} ({_describe(item)}): " if not single else f"{item}: " if isinstance(item, (str, Path)) else ""
-                raise ValueError(f"{where}{exc}") from None
+                # Of its own kind when it is an image's problem: code can tell a blank image from a missing file.
+                raise (type(exc) if isinstance(exc, ImageDecodeError) else ValueError)(f"{where}{exc}") from None
         arr = np.stack(images)
         probs = self.predict_arrays(arr, batch_size)
         labels = self.decision_labels(probs)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from cxrkit.data.dicom import is_dicom_bytes, read_dicom
-from cxrkit.data.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from cxrkit.data.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError, UnusableImageError
 from cxrkit.data.intensity import crop_borders, normalize_intensity
 from cxrkit.data.stretch import STRETCH_ROWS, stretch_to_uint8
 
@@ -210,6 +210,21 @@ def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_
         # Pillow's plugins raise these on damaged headers (a TIFF's missing dimensions, an unknown tag type): one file's
         # problem, which stopped a whole predict folder or training cache build as "unexpected TypeError ... a bug in cxrkit".
         raise ImageDecodeError(f"cannot decode image: damaged file ({type(exc).__name__}: {exc})") from exc
+
+
+# Smaller than any radiograph: a 1x1 or 1x5000 image was resized to the model's input and given a confident diagnosis.
+MIN_SIDE = 16
+
+
+def check_usable(gray: np.ndarray) -> np.ndarray:
+    """``gray`` (a decoded full-resolution image) when a model can read something in it; :class:`UnusableImageError` when it is
+    a single grey level (blank, all black) or has a side under :data:`MIN_SIDE` pixels. For prediction: training data is audited."""
+    if min(gray.shape[:2]) < MIN_SIDE:
+        raise UnusableImageError(f"image is {gray.shape[1]}x{gray.shape[0]} pixels: too small to be a radiograph "
+                                 f"(each side needs at least {MIN_SIDE}); no prediction made")
+    if gray.min() == gray.max():
+        raise UnusableImageError(f"image is blank (every pixel is {int(gray.min())}): nothing to classify; no prediction made")
+    return gray
 
 
 def load_grayscale(

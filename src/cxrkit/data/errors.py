@@ -11,3 +11,7 @@ class UnsupportedImageError(ImageDecodeError):
 
 class ImageTooLargeError(ImageDecodeError):
     """Raised when an image has more pixels than allowed (decompression-bomb guard)."""
+
+
+class UnusableImageError(ImageDecodeError):
+    """Raised when an image decodes but holds nothing a model can read: one grey level, or a side of a few pixels."""

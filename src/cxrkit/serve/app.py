@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from cxrkit import __version__
-from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError, UnusableImageError
 from cxrkit.data.dicom import is_dicom_bytes
 from cxrkit.prediction.results import ood_findings
 from cxrkit.report.narrative import against_threshold
@@ -258,6 +258,8 @@ class Service:
             raise ApiError(413, "too_many_pixels", str(exc), name) from exc
         except UnsupportedImageError as exc:
             raise ApiError(415, "unsupported_image", str(exc), name) from exc
+        except UnusableImageError as exc:
+            raise ApiError(422, "unusable_image", str(exc), name) from exc
         except ImageDecodeError as exc:
             raise ApiError(422, "undecodable_image", str(exc), name) from exc
         except (MemoryError, RecursionError) as exc:  # hostile files can exhaust a decoder; refuse them, do not crash
