@@ -147,3 +147,19 @@ def test_a_blank_or_tiny_image_is_refused_not_classified(tiny_run, tmp_path, cap
     with TestClient(create_app(tiny_run, engine="torch", api_key="")) as client:
         r = client.post("/v1/predict", files=[("files", ("black.png", (folder / "black.png").read_bytes(), "image/png"))])
         assert r.status_code == 422 and r.json()["error"]["code"] == "unusable_image" and r.json()["error"]["file"] == "black.png"
+
+
+def test_no_training_image_is_outside_the_training_range_and_the_message_shows_the_difference():
+    """Every training image that set a bound (min or max) was flagged: the reference is stored to 5 decimals."""
+    from cxrkit.data.shift import build_reference, image_outliers, image_stats
+
+    rng = np.random.default_rng(0)
+    images = np.clip(rng.normal(rng.uniform(60, 190, (120, 1, 1)), rng.uniform(20, 60, (120, 1, 1)), (120, 32, 32)), 0, 255).astype(np.uint8)
+    ref = json.loads(json.dumps(build_reference(images, np.arange(120) % 2, ["a", "b"])))  # as stored and read back
+    assert image_outliers(ref, image_stats(images)) == [[] for _ in range(120)]
+    hi = float(np.max(ref["overall"]["mean"]))
+    brighter = images[int(np.argmax(image_stats(images)["mean"]))].astype(int) + 1  # one grey level: 1/255 brighter
+    (found,) = image_outliers(ref, image_stats(np.clip(brighter, 0, 255).astype(np.uint8)[None]))
+    message = next(f["message"] for f in found if f["statistic"] == "mean")
+    shown, top = message.split(" is outside")[0].split()[-1], message.split("-")[-1]
+    assert float(shown) > hi and shown != top

@@ -60,6 +60,10 @@ def _select(stats: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, np.ndarr
     return _with_histogram({k: stats[k][sel] for k in (*STATS, "counts")})
 
 
+# Half a unit of the 5 decimals the reference's per-image values are stored with, plus float32 noise.
+ROUNDING = 1e-5
+
+
 def _summary(stats: dict[str, np.ndarray], seed: int) -> dict:
     rng = np.random.default_rng(seed)
     n = len(stats["mean"])
@@ -175,8 +179,10 @@ def image_outliers(ref: dict, stats: dict[str, np.ndarray]) -> list[list[dict]]:
         for k in STATS:
             lo, hi = float(np.min(overall[k])), float(np.max(overall[k]))
             v = float(stats[k][i])
-            if v < lo or v > hi:
-                found.append({"statistic": k, "value": round(v, 3), "training_range": [round(lo, 3), round(hi, 3)],
-                              "message": f"{WORDS[k]} {v:.3f} is outside the training range {lo:.3f}-{hi:.3f}"})
+            # The reference keeps 5 decimals: the training image that set a bound lay a rounding step outside it and was flagged.
+            if v < lo - ROUNDING or v > hi + ROUNDING:
+                d = next((d for d in range(3, 7) if f"{v:.{d}f}" not in (f"{lo:.{d}f}", f"{hi:.{d}f}")), 6)  # never "0.639 outside 0.288-0.639"
+                found.append({"statistic": k, "value": round(v, d), "training_range": [round(lo, d), round(hi, d)],
+                              "message": f"{WORDS[k]} {v:.{d}f} is outside the training range {lo:.{d}f}-{hi:.{d}f}"})
         out.append(found)
     return out
