@@ -92,6 +92,17 @@ def test_the_audit_names_an_exposure_shortcut(tmp_path: Path):
     plain = audit_dataset(tmp_path / "plain", cache_dir=tmp_path / "cache", progress=False)
     assert not plain["verdict"]["exposure"]
     assert any(m.startswith("exposure probe: brightness and contrast alone do not tell") for m in audit_messages(plain))
+    assert "below the 0.75 that flags a shortcut" in plain["exposure_probe"]["message"]  # "AUC 0.75" read as at the threshold
+    # In a training whose --intensity auto (training + validation only) found no shortcut, the audit's finding on every image
+    # says so, instead of "`cxrkit train` histogram-equalises" beside "images kept as they are".
+    said = audit_messages({**audit, "intensity_choice": {"intensity": "none", "auc": 0.712}})
+    shortcut = next(m for m in said if "EXPOSURE SHORTCUT" in m)
+    assert shortcut.startswith("EXPOSURE SHORTCUT on all the images, test split included: brightness and contrast alone tell tb")
+    assert "alone the probe's AUC is 0.712" in shortcut and "histogram-equalises" not in shortcut
+    assert "histogram-equalises" in next(m for m in audit_messages({**audit, "intensity_choice": {"intensity": "histeq", "auc": 0.95}})
+                                         if "EXPOSURE SHORTCUT" in m)
+    assert any(m.startswith("exposure probe (all images, test split included): ")
+               for m in audit_messages({**plain, "intensity_choice": {"intensity": "none", "auc": 0.6}}))
 
 
 def test_auto_is_the_default_and_only_a_training_choice():

@@ -198,9 +198,11 @@ def _leakage_advice(source: ImageFolderSource, resplit: bool) -> str:
 
 
 def audit_before_training(ds: object, group_pattern: str | None, allow_leakage: bool, out: Path, seed: int = 0,
-                          cache_dir: str | Path | None = None, progress: bool = True, resplit: bool = False) -> dict:
+                          cache_dir: str | Path | None = None, progress: bool = True, resplit: bool = False,
+                          intensity_choice: dict | None = None) -> dict:
     """Audit a loaded dataset (:class:`cxrkit.data.dataset.LabelledImages`) with its training split, write
-    ``audit.json`` into the run folder and refuse leaking splits unless ``allow_leakage``; returns the summary for meta.json."""
+    ``audit.json`` into the run folder and refuse leaking splits unless ``allow_leakage``; returns the summary for meta.json.
+    ``intensity_choice``: what ``--intensity auto`` decided, so the audit's exposure finding is said against it."""
     source = ds.source
     if not all(Path(smp.path).is_file() for smp in source.samples[:50]):
         # Arrays (MedMNIST .npz) have no files whose format, size or bytes could be audited.
@@ -219,6 +221,8 @@ def audit_before_training(ds: object, group_pattern: str | None, allow_leakage: 
                  for k, v in image_stats(ds.images).items()}
         stats["counts"] = stats["counts"] * ok[:, None]
         audit["split_shift"] = compare_splits(stats, ds.labels, ds.splits, ds.class_names)
+    if intensity_choice is not None:
+        audit["intensity_choice"] = intensity_choice
     save_audit(audit, out, html=False)
     v = audit["verdict"]
     if v["leakage"] and not allow_leakage:

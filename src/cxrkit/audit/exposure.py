@@ -72,9 +72,10 @@ def exposure_probe(mean: np.ndarray, std: np.ndarray, labels: np.ndarray, class_
     warning = top["auc"] >= STRONG_SHORTCUT_AUC
     what = f"{class_names[1]} from {class_names[0]}" if len(class_names) == 2 else f"{top['class']} from the other classes"
     where = f" at site {top['site']}" if top["site"] is not None else ""
-    message = (f"brightness and contrast alone tell {what}{where} (cross-validated AUC {top['auc']:.2f}): the classes differ in "
+    message = (f"brightness and contrast alone tell {what}{where} (cross-validated AUC {top['auc']:.3f}): the classes differ in "
                "exposure, from the disease itself or from how they were imaged, and a model can learn exposure instead of anatomy" if warning else
-               f"brightness and contrast alone do not tell the classes apart (largest cross-validated AUC {top['auc']:.2f})")
+               f"brightness and contrast alone do not tell the classes apart (largest cross-validated AUC {top['auc']:.3f}, "
+               f"below the {STRONG_SHORTCUT_AUC} that flags a shortcut)")
     return {"auc": top["auc"], "warning": bool(warning), "class": top["class"], "site": top["site"], "checks": checks, "message": message}
 
 

@@ -31,7 +31,14 @@ def audit_messages(audit: dict) -> list[str]:
                    f"(> {p['threshold']}); the giveaways: {g}. A model can learn these instead of the disease: after training, "
                    "`cxrkit stress RUN` (binary runs) and the report's \"where does it look\" show whether yours did")
     e = audit.get("exposure_probe") or {}  # audits saved before the exposure probe have none
-    if e.get("warning"):
+    chosen = audit.get("intensity_choice") or {}  # a training's --intensity auto, decided on training + validation only
+    if e.get("warning") and chosen.get("intensity") == "none" and chosen.get("auc") is not None:
+        # Said alone, beside "intensity: ... do not tell the classes apart; images kept as they are", it read as a contradiction.
+        out.append(f"EXPOSURE SHORTCUT on all the images, test split included: {e['message']}. On the training and validation images "
+                   f"alone the probe's AUC is {chosen['auc']:.3f}, below the shortcut threshold, so --intensity auto kept the images as "
+                   "they are: the test split's exposure differs from theirs, and its figures may partly reflect exposure; `cxrkit stress "
+                   "RUN` measures whether the model relies on it (or train with --intensity histeq)")
+    elif e.get("warning"):
         out.append(f"EXPOSURE SHORTCUT: {e['message']}. `cxrkit train` histogram-equalises each image when it finds this in the "
                    "training images (--intensity auto, the default); `cxrkit stress RUN` measures whether a model relies on exposure")
     for f in audit.get("split_shift", []):
@@ -48,5 +55,5 @@ def audit_messages(audit: dict) -> list[str]:
     if p.get("auc") is not None and not p["warning"]:
         out.append(f"shortcut probe: AUC {p['auc']:.2f} from non-anatomical features (threshold {p['threshold']}), no strong shortcut found")
     if e.get("auc") is not None and not e["warning"]:
-        out.append(f"exposure probe: {e['message']}")
+        out.append(f"exposure probe{' (all images, test split included)' if chosen else ''}: {e['message']}")
     return out

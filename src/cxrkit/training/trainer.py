@@ -431,7 +431,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     _note_unread_images(ds, log)
     if cfg.intensity == "auto":
         intensity, exposure = _choose_intensity(ds)
-        log(f"intensity: {exposure['message']}")
+        log(f"intensity (exposure probe on the training and validation images): {exposure['message']}")
         if intensity != "none":
             splits = ds.splits
             ds = load(intensity)
@@ -444,12 +444,12 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     if ds.patients is None:
         _warn_about_patient_ids_in_names(ds, log)
 
-    audit = audit_before_training(ds, cfg.group_pattern, cfg.allow_leakage, out, cfg.seed, cfg.cache_dir, progress, resplit=cfg.resplit)
+    audit = audit_before_training(ds, cfg.group_pattern, cfg.allow_leakage, out, cfg.seed, cfg.cache_dir, progress, resplit=cfg.resplit,
+                                  intensity_choice=exposure)
     if exposure is not None:
         audit["exposure"] = exposure
     for m in audit["messages"]:
-        if not (exposure is not None and m.startswith("exposure probe:")):  # the intensity line above said it, for train+val
-            log(f"audit: {m}")
+        log(f"audit: {m}")
     train_idx, val_idx = ds.index("train"), ds.index("val")
     task, k = get_task(ds.task), len(ds.class_names)
     _check_guarantee_possible(cfg, task, ds.labels[val_idx])
