@@ -470,6 +470,10 @@ def test_model_id_follows_a_threshold_or_calibration_set_on_the_loaded_run(tiny_
         predict_to_csv(run, [image], out, progress=False)
     run.record.set_threshold({**run.record.threshold, "value": cxrkit.load(tiny_run).threshold})
     assert run.model_id == before
+    run.record.referral = {"lower": 0.1, "upper": 0.9}  # a band added later: images in it are "refer", so another decision rule
+    assert run.model_id != before
+    run.record.referral = None
+    assert run.model_id == before
 
 
 def test_train_resume_continues_with_the_runs_own_settings(tiny_run, binary_data, tmp_path):

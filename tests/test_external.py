@@ -28,6 +28,9 @@ def test_class_matching():
     assert parse_class_map("healthy=normal, TB=tb") == {"healthy": "normal", "TB": "tb"}
     with pytest.raises(ValueError, match="DATASET_CLASS=MODEL_CLASS"):
         parse_class_map("healthy:normal")
+    with pytest.raises(ValueError, match=r"maps 'normal' twice \(normal=healthy and normal=tb\)"):
+        parse_class_map("normal=healthy,normal=tb")  # the last one won: every normal image was counted as tb
+    assert parse_class_map("normal=healthy, normal=healthy") == {"normal": "healthy"}
 
 
 def _brighten(src: Path, dst: Path, amount: int, only_class: str | None = None) -> Path:

@@ -513,14 +513,16 @@ class Run:
 
     @property
     def model_id(self) -> str:
-        """12 hex digits that change when the weights, the decision threshold(s) or the calibration change."""
+        """12 hex digits that change when the weights, the decision threshold(s), the referral band or the calibration change."""
         import hashlib
         import json
 
         # Recomputed when the decision changes: set_threshold or new calibration data on a loaded run kept the old id, and a
         # resumed prediction CSV stamped rows of two decision rules with one.
-        decision = json.dumps({"threshold": self.record.threshold, "thresholds": self.record.thresholds, "calibration": self.calibration_data},
-                              sort_keys=True)
+        # The referral band too: a resumed prediction CSV kept rows decided without the band a `cxrkit referral` added since.
+        band = self.record.referral
+        decision = json.dumps({"threshold": self.record.threshold, "thresholds": self.record.thresholds, "calibration": self.calibration_data,
+                               **({"referral": [band.get("lower"), band.get("upper")]} if band else {})}, sort_keys=True)
         if self._model_id is None or self._model_id[0] != decision:
             # From the bytes loaded: the file read again named the weights of a training that rewrote it since, so a
             # resumed prediction CSV took rows of two models for one.

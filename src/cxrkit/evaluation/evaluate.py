@@ -41,6 +41,9 @@ def parse_class_map(text: str | None) -> dict[str, str] | None:
         src, sep, dst = item.partition("=")
         if not sep or not src.strip() or not dst.strip():
             raise ValueError(f"bad --class-map entry {item!r}: write DATASET_CLASS=MODEL_CLASS, comma-separated")
+        if src.strip() in out and out[src.strip()] != dst.strip():  # the last one won: every image of that class took the other label
+            raise ValueError(f"--class-map maps {src.strip()!r} twice ({src.strip()}={out[src.strip()]} and {src.strip()}={dst.strip()}); "
+                             "give each dataset class once")
         out[src.strip()] = dst.strip()
     return out
 
