@@ -29,6 +29,24 @@ def test_merge_keys_may_still_be_overridden(tmp_path):
     assert (cfg.augment.rotate_degrees, cfg.augment.blur) == (5.0, 0.5)
 
 
+def test_an_augment_section_changes_only_the_strengths_it_names(tmp_path):
+    from dataclasses import asdict, replace
+
+    from cxrkit.data.augment import AugmentConfig, default_augment
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: d\naugment:\n  rotate_degrees: 5\n")
+    # The keys left out took the old mild preset's values: flips, gamma, blur and noise were turned off without a word.
+    assert TrainConfig.load(path).augment == replace(default_augment(), rotate_degrees=5.0)
+    assert TrainConfig(data="d", augment={"blur": 0.5}).augment == replace(default_augment(), blur=0.5)
+    # A run saved before a strength existed trained without it: its own config keeps it off, whatever today's default.
+    saved = {k: v for k, v in asdict(default_augment()).items() if k not in ("gamma", "noise")}
+    run_config = tmp_path / "config.yaml"
+    run_config.write_text("data: d\naugment:\n" + "".join(f"  {k}: {v}\n" for k, v in saved.items()))
+    old = TrainConfig.load_saved(run_config).augment
+    assert (old.gamma, old.noise) == (AugmentConfig().gamma, AugmentConfig().noise) == (0.0, 0.0) and old.blur == default_augment().blur
+
+
 def test_train_with_a_duplicated_key_writes_nothing(binary_data, tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("model: mlp\nepochs: 1\nepochs: 50\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,7 +139,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
-            self.augment = _validated(AugmentConfig, self.augment, "augment.")
+            self.augment = _validated(AugmentConfig, _over_default(self.augment), "augment.")
         _check_types(self)
         _check_types(self.augment, "augment.")
         from cxrkit.metrics.thresholds import parse_rule
@@ -278,7 +278,7 @@ class TrainConfig:
             raise ConfigError(f"a configuration must be a mapping of keys to values, got {type(d).__name__}")
         d = dict(d)
         if isinstance(d.get("augment"), dict):
-            d["augment"] = _validated(AugmentConfig, d["augment"], "augment.")
+            d["augment"] = _validated(AugmentConfig, _over_default(d["augment"]), "augment.")
         return _validated(cls, d)
 
     @classmethod
@@ -289,6 +289,9 @@ class TrainConfig:
         for key, then in _BEFORE_IT_EXISTED.items():
             if isinstance(raw, dict) and key not in raw:
                 setattr(cfg, key, then)
+        given = raw.get("augment") if isinstance(raw, dict) else None
+        if isinstance(given, dict):  # a strength added since (gamma, blur, ...) was off then: the dataclass's value, not the preset's
+            cfg.augment = replace(cfg.augment, **{f.name: f.default for f in fields(AugmentConfig) if f.name not in given})
         return cfg
 
     @classmethod
@@ -362,6 +365,12 @@ def _refuse_booleans(cls: type, d: dict, prefix: str) -> None:
         if isinstance(v, bool) and "bool" not in str(hints.get(k, "bool")):
             raise ConfigError(f"{prefix}{k}: expected a number or text, got {str(v).lower()} "
                               "(YAML reads yes/no/on/off as true/false)")
+
+
+def _over_default(augment: dict) -> dict:
+    """An ``augment:`` section over the default preset: the keys it leaves out keep the default's strengths. They took the
+    dataclass's (the old mild preset's), so ``augment: {rotate_degrees: 5}`` turned flips, gamma, blur and noise off unsaid."""
+    return {**asdict(default_augment()), **augment}
 
 
 def _validated(cls: type, d: dict, prefix: str = "") -> Any:
