@@ -181,3 +181,21 @@ def test_runs_trained_on_other_data_are_not_paired(tiny_run, tmp_path):
     (out / "b" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="b was trained on other data than a .*the comparison is not paired"):
         summarise(out)
+
+
+def test_compare_never_replaces_runs_it_did_not_start(tiny_run, binary_data, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(cxrkit.training, "train", lambda cfg, **kw: calls.append(cfg.model))
+    # --out is a training run: its report.html was replaced by the comparison's and model runs were put inside it.
+    assert main(["compare", str(binary_data), "--models", "pasa,mlp", "--out", str(tiny_run), *FAST]) == 2
+    assert "is a training run; give the comparison a folder of its own" in capsys.readouterr().err and calls == []
+    # A run of the user's under a model's name was replaced (a 15-epoch run by a 1-epoch one) without a word.
+    out = tmp_path / "cmp"
+    (out / "pasa").mkdir(parents=True)
+    (out / "pasa" / "model.safetensors").write_bytes(b"weights")
+    assert main(["compare", str(binary_data), "--models", "pasa,mlp", "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "already holds pasa, which this comparison would replace" in err and calls == []
+    assert (out / "pasa" / "model.safetensors").read_bytes() == b"weights"
+    assert main(["compare", str(binary_data), "--models", "pasa,mlp", "--out", str(out), *FAST, "--resume"]) == 2  # not its own either
+    assert calls == []

@@ -140,7 +140,17 @@ def compare(
     state_path = out / STATE_FILE
     if state_path.exists() and not (resume or overwrite):
         raise FileExistsError(f"{out} already holds a comparison; pass --resume to continue it or --overwrite to start again")
+    if (out / META_FILE).exists():  # its report.html was replaced by the comparison's, and model runs were added inside it
+        raise FileExistsError(f"{out} is a training run; give the comparison a folder of its own (--out)")
     state = json.loads(state_path.read_text()) if (state_path.exists() and resume) else {}
+    if not overwrite:
+        # Runs in --out that this comparison did not start were replaced without a word (a 15-epoch run by a 1-epoch one).
+        ours = {m.get("run") for m in state.get("models", {}).values()}
+        theirs = [d.name for d in (_run_dir(out, label) for label, _, _ in models)
+                  if d.name not in ours and d.is_dir() and any(d.iterdir())]
+        if theirs:
+            raise FileExistsError(f"{out} already holds {', '.join(theirs)}, which this comparison would replace; choose another --out "
+                                  "or pass --overwrite")
     settings = _comparable(replace(base, data=str(data)))
     if state and (state.get("settings") != settings or state.get("split") != split):
         raise ValueError(f"{out} was started with other settings or split; --resume needs the same options (or use --overwrite)")
@@ -165,6 +175,8 @@ def compare(
             # A changed --image-size on --resume kept the old run and reported it as the model at the new size.
             log(f"[{i}/{len(models)}] {label}: finished earlier at {trained_at} px, now asked at {size} px: trained again")
         log(f"\n[{i}/{len(models)}] {label} ({size} px) -> {run_dir}")
+        state["models"][label] = {"status": "started", "run": run_dir.name}  # ours from now: --resume may replace it after a crash
+        _save_state(out, state)
         t0 = time.perf_counter()
         try:
             from cxrkit.training import train
