@@ -185,3 +185,25 @@ def test_a_run_file_that_is_a_folder_or_a_dangling_link_is_named_as_such(name, t
     (run / name).symlink_to(run / "nowhere")
     assert main(["predict", str(run), str(image)]) == 2
     assert _one_line_error(capsys).startswith(f"error: {run / name} is a link to nothing (or a loop), not the run's {name}")
+
+
+def test_a_relative_cache_dir_is_found_where_the_training_ran_and_config_errors_name_the_file_once(tmp_path, monkeypatch):
+    from cxrkit.run import training_cache_dir
+
+    # Trained from /work as `--out runs/demo --cache-dir runs/demo/cache`: evaluate from elsewhere built the cache there.
+    work = tmp_path / "work"
+    (work / "runs" / "demo").mkdir(parents=True)
+    assert training_cache_dir("runs/demo/cache", "runs/demo", work / "runs" / "demo") == str(work / "runs/demo/cache")
+    monkeypatch.chdir(tmp_path)
+    assert training_cache_dir("c", "runs/demo", Path("work/runs/demo")) == str(work / "c")  # the run named from anywhere
+    assert training_cache_dir("c", "other/run", work / "runs" / "demo") is None  # moved: the default cache, not ./c
+    assert training_cache_dir("c", str(work / "runs" / "demo"), work / "runs" / "demo") is None
+    assert training_cache_dir("c", "../x", work / "x") is None
+
+
+def test_a_config_error_names_the_file_once(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text() + "foo: 1\n")
+    assert main(["evaluate", str(run), "--split", "val"]) == 2
+    err = _one_line_error(capsys)
+    assert "unknown config keys: foo" in err and err.count("config.yaml") == 1, err
