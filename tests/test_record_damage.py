@@ -41,6 +41,31 @@ def test_a_damaged_metrics_entry_is_named(content, problem, tiny_run, tmp_path, 
 
 
 @pytest.mark.parametrize("edit, problem", [
+    (lambda m: m["metrics"]["sensitivity"].update(ci=[None, None]), "metrics.sensitivity.ci must be null or [low, high], got [None, None]"),
+    (lambda m: m["metrics"]["roc_auc"].update(ci=[0.5]), "metrics.roc_auc.ci must be null or [low, high], got [0.5]"),
+    (lambda m: m["metrics"]["sensitivity"].update(value="x"), "metrics.sensitivity.value must be a number or null, got 'x'"),
+    (lambda m: m.update(n_positive="24"), "n_positive must be a number of images, got '24'"),
+    (lambda m: m.update(confusion="x"), "confusion must hold the counts tp, fp, tn and fn, got 'x'"),
+    (lambda m: m.update(calibration="x"), "calibration must be an object, got str"),
+    (lambda m: m.update(operating_points="x"), "operating_points must be a list, got str"),
+])
+def test_a_damaged_figure_in_metrics_is_named_before_any_work(edit, problem, tiny_run, tmp_path, capsys):
+    # Each was "unexpected TypeError ... (a bug in cxrkit)" after the whole evaluation had run, or in `cxrkit plan`.
+    run = _copy_run(tiny_run, tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    edit(metrics["val"])
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    expected = (f"error: {run / 'metrics.json'}: the 'val' results are damaged ({problem}); remove that entry (or the file) and run "
+                "`cxrkit evaluate` again for the splits you need")
+    assert main(["evaluate", str(run), "--split", "val", "--explain", "none"]) == 2
+    assert _one_line_error(capsys) == expected
+    assert main(["plan", str(run), "--split", "val"]) == 2
+    assert _one_line_error(capsys) == expected
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda m: m.update(schema_version=99), "the run was written by a newer cxrkit (record schema 99; this one reads up to 2): upgrade cxrkit (pip install -U cxrkit)"),
+    (lambda m: m.update(schema_version="2"), "schema_version must be a whole number, got '2'"),
     (lambda m: m.update(data="x"), "data must be an object, got str"),
     (lambda m: m.update(training=[]), "training must be an object, got list"),
     (lambda m: m.update(evaluations="x"), "evaluations must be a list of objects, got 'x'"),

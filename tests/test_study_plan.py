@@ -121,6 +121,20 @@ def test_a_perfect_auc_plans_the_rest_and_a_given_chance_auc_is_refused(tmp_path
         plan_for_run(run, 0.05, prevalence=0.1, auc=0.5)
 
 
+def test_a_figure_the_run_does_not_hold_is_named_not_left_out_unsaid(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text())
+    del metrics["test"]["metrics"]["roc_auc"]
+    metrics["test"]["metrics"]["sensitivity"] = {"value": None, "ci": None, "note": "no images with the disease"}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    plan = plan_for_run(run, 0.05, prevalence=0.1)
+    assert [r["metric"] for r in plan["requirements"]] == ["specificity"]
+    skipped = plan["from_run"]["skipped"]
+    assert skipped["roc_auc"] == "the test split has no roc-auc figure (none is stored); give --auc to plan for one"
+    assert skipped["sensitivity"] == "the test split has no sensitivity figure (no images with the disease); give --sensitivity to plan for one"
+    assert "sensitivity" not in plan_for_run(run, 0.05, prevalence=0.1, sensitivity=0.9)["from_run"]["skipped"]
+
+
 @pytest.mark.parametrize(("make", "args", "message"), [
     (lambda p: p.mkdir(), [], "is not a run folder"),
     (lambda p: _fake_run(p, task="multiclass"), [], "is a multiclass run; study planning covers binary runs"),

@@ -12,7 +12,8 @@ FIGURES = ("sensitivity", "specificity", "roc_auc")
 def stored_figures(run_dir: str | Path, split: str | None = None) -> dict:
     """A binary run's stored sensitivity, specificity and ROC-AUC (value and interval) on ``split`` (test, else validation).
 
-    Returns ``{"split", "n", "n_positive", "figures": {name: {"value", "ci"}}}``; a ValueError names what is missing."""
+    Returns ``{"split", "n", "n_positive", "figures": {name: {"value", "ci"}}, "entries"}`` (``entries``: the split's stored
+    metrics, for the note of a figure with no value); a ValueError names what is missing."""
     from cxrkit.record import read_metrics
     from cxrkit.record.files import RunRecordError
 
@@ -38,7 +39,7 @@ def stored_figures(run_dir: str | Path, split: str | None = None) -> dict:
         entry = (m.get("metrics") or {}).get(name) or {}
         if isinstance(entry.get("value"), (int, float)):
             figures[name] = {"value": float(entry["value"]), "ci": entry.get("ci")}
-    return {"split": split, "n": m.get("n"), "n_positive": m.get("n_positive"), "figures": figures}
+    return {"split": split, "n": m.get("n"), "n_positive": m.get("n_positive"), "figures": figures, "entries": m.get("metrics") or {}}
 
 
 def conservative(name: str, value: float, ci: list | None) -> float:
@@ -79,6 +80,11 @@ def plan_for_run(run_dir: str | Path, half_width: float, prevalence: float | Non
         skipped["roc_auc"] = (f"the {stored['split']} split's ROC-AUC is 1 with no width to its interval ({stored['n']} images ranked "
                               "without a mistake), so it says nothing about the AUC a new site will see; give --auc, e.g. 0.9, to plan for one")
         anticipated["auc"] = None
+    for key, name in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("auc", "roc_auc")):
+        if anticipated[key] is None and name not in figures and name not in skipped:  # it was left out of the plan without a word
+            why = (m.get("note") if isinstance(m := stored["entries"].get(name), dict) else None) or "none is stored"
+            flag = "--auc" if key == "auc" else f"--{key}"
+            skipped[name] = f"the {stored['split']} split has no {name.replace('_', '-')} figure ({why}); give {flag} to plan for one"
     if all(v is None for v in anticipated.values()):
         raise ValueError(f"{run_dir}'s {stored['split']} split has no figure to plan for" + (f": {skipped['roc_auc']}" if skipped else ""))
     prevalence_from_run = prevalence is None

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -344,7 +345,30 @@ def _split_metrics_problem(m: Any) -> str | None:
         return "metrics must be an object of {value, ci} entries"
     if isinstance(m.get("n"), bool) or not isinstance(m.get("n"), int):
         return f"n must be the number of images, got {m.get('n')!r}"
+    # The entries every reader formats (the summary, the report, plan): a damaged one was a TypeError after the whole
+    # evaluation had run, or a plan that left the figure out without a word.
+    for name, e in m["metrics"].items():
+        if "value" in e and e["value"] is not None and not _is_number(e["value"]):
+            return f"metrics.{name}.value must be a number or null, got {e['value']!r}"
+        ci = e.get("ci")
+        if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(map(_is_number, ci)) and ci[0] <= ci[1]):
+            return f"metrics.{name}.ci must be null or [low, high], got {ci!r}"
+    for key in ("n_positive", "n_negative"):
+        if key in m and (isinstance(m[key], bool) or not isinstance(m[key], int) or m[key] < 0):
+            return f"{key} must be a number of images, got {m[key]!r}"
+    if m["task"] == "binary" and "confusion" in m and not (
+            isinstance(m["confusion"], dict) and all(isinstance(m["confusion"].get(k), int) for k in ("tp", "fp", "tn", "fn"))):
+        return f"confusion must hold the counts tp, fp, tn and fn, got {m['confusion']!r}"[:200]
+    for key, kind in (("calibration", dict), ("operating_points", list), ("who_triage", dict)):
+        if m.get(key) is not None and not isinstance(m[key], kind):
+            return f"{key} must be {'an object' if kind is dict else 'a list'}, got {type(m[key]).__name__}"
+    if "threshold" in m and m["threshold"] is not None and not _is_number(m["threshold"]):
+        return f"threshold must be a number, got {m['threshold']!r}"
     return None
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def split_metrics(run_dir: Path, split: str) -> dict:

@@ -118,6 +118,11 @@ class RunMeta:
             raise RunRecordError(f"num_outputs must be {expected} for a {self.task} run with {len(c)} classes, got {self.num_outputs!r}")
         if self.task == "binary" and self.positive_class is not None and self.positive_class != c[1]:
             raise RunRecordError(f"positive_class {self.positive_class!r} must be the second class ({c[1]!r})")
+        if isinstance(self.schema_version, bool) or not isinstance(self.schema_version, int) or self.schema_version < 1:
+            raise RunRecordError(f"schema_version must be a whole number, got {self.schema_version!r}")
+        if self.schema_version > SCHEMA_VERSION:  # its fields may mean what this version cannot know: it loaded without a word
+            raise RunRecordError(f"the run was written by a newer cxrkit (record schema {self.schema_version}; this one reads up to "
+                                 f"{SCHEMA_VERSION}): upgrade cxrkit (pip install -U cxrkit)")
         if not isinstance(self.tta, bool):
             raise RunRecordError(f"tta must be true or false, got {self.tta!r}")
         if not isinstance(self.tta_flips, bool):
