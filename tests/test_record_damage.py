@@ -64,7 +64,8 @@ def test_a_damaged_figure_in_metrics_is_named_before_any_work(edit, problem, tin
 
 
 @pytest.mark.parametrize("edit, problem", [
-    (lambda m: m.update(schema_version=99), "the run was written by a newer cxrkit (record schema 99; this one reads up to 2): upgrade cxrkit (pip install -U cxrkit)"),
+    (lambda m: m.update(schema_version=99),
+     "the run was written by a newer cxrkit (record schema 99; this one reads up to 2): upgrade cxrkit (pip install -U cxrkit)"),
     (lambda m: m.update(schema_version="2"), "schema_version must be a whole number, got '2'"),
     (lambda m: m.update(data="x"), "data must be an object, got str"),
     (lambda m: m.update(training=[]), "training must be an object, got list"),
