@@ -75,7 +75,15 @@ def test_quiet_keeps_results_and_errors_only(tiny_run, binary_data, capsys):
 
     assert main(["audit", str(binary_data), "--quiet", "--out", str(binary_data.parent / "audit-quiet")]) == 0
     cap = capsys.readouterr()
-    assert cap.out == "" and "%|" not in cap.err
+    audit = json.loads((binary_data.parent / "audit-quiet" / "audit.json").read_text())
+    # The findings are the result: --quiet printed nothing at all ("only results", the help said).
+    assert [line[2:] for line in cap.out.splitlines()] == audit["messages"] and "%|" not in cap.err and "written to" not in cap.out
+
+    run = binary_data.parent / "quiet-run"
+    shutil.copytree(tiny_run, run, dirs_exist_ok=True)
+    assert main(["evaluate", str(run), "--split", "val", "--explain", "none", "--quiet"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.lstrip().startswith("validation split (") and "ROC-AUC" in cap.out and "updated in" not in cap.out
 
     assert main(["predict", str(tiny_run), str(binary_data / "nowhere"), "--quiet", "--json"]) == 2
     cap = capsys.readouterr()

@@ -256,30 +256,32 @@ def _summary(run_dir: Path, split: str) -> None:
 
     words = split_words(split)
     text = SENTENCES[m["task"]](m, words)
-    print(f"\n{words} split ({m['n']} images):")
+    out = _result_stream()  # the figures are the result: --quiet printed nothing at all for train and evaluate
+    print(f"\n{words} split ({m['n']} images):", file=out)
     for s in text:
-        print("  " + s.replace("<b>", "").replace("</b>", ""))
+        print("  " + s.replace("<b>", "").replace("</b>", ""), file=out)
     if m["task"] == "multilabel":
-        _per_finding_table(m)
+        _per_finding_table(m, out)
     if m.get("per_site"):
         from cxrkit.evaluation.sites import site_table
 
-        print(f"  per site ({words}):")
-        print("\n".join(site_table(m["per_site"])))
+        print(f"  per site ({words}):", file=out)
+        print("\n".join(site_table(m["per_site"])), file=out)
 
 
-def _per_finding_table(m: dict) -> None:
+def _per_finding_table(m: dict, out=None) -> None:
     """The per-finding rows the multi-label sentences refer to: images with it, ROC-AUC with its interval, detection rates."""
     from cxrkit.report.narrative import pct
 
     rows = m["per_label"]
     width = max(len(k) for k in rows)
-    print(f"  {'finding':<{width}}  with it  ROC-AUC (95% CI)        sensitivity  specificity  (at its validation threshold)")
+    print(f"  {'finding':<{width}}  with it  ROC-AUC (95% CI)        sensitivity  specificity  (at its validation threshold)", file=out)
     for k, e in sorted(rows.items(), key=lambda kv: -kv[1]["support"]):
         auc = e["roc_auc"]
         auc_text = "n/a" if auc["value"] is None else f"{auc['value']:.3f}" + (
             f" ({auc['ci'][0]:.3f}-{auc['ci'][1]:.3f})" if auc["ci"] else " (no interval)")
-        print(f"  {k:<{width}}  {e['support']:>7}  {auc_text:<22}  {pct(e['sensitivity']['value']):>11}  {pct(e['specificity']['value']):>11}")
+        print(f"  {k:<{width}}  {e['support']:>7}  {auc_text:<22}  {pct(e['sensitivity']['value']):>11}  {pct(e['specificity']['value']):>11}",
+              file=out)
 
 
 def _given_options(a: argparse.Namespace, model: str | None = None) -> dict:
@@ -822,8 +824,8 @@ def cmd_audit(a: argparse.Namespace) -> int:
         save_audit(audit, out)
     read = audit["seconds"]["files_computed"]
     print(f"{audit['n_files']} files audited in {audit['seconds']['total']:.1f} s ({read} read, {audit['n_files'] - read} from the cache)")
-    for m in audit_messages(audit):
-        print(("  " if not m.isupper() and not m.split(":")[0].isupper() else "! ") + m)
+    for m in audit_messages(audit):  # the findings are the result (--quiet keeps them)
+        print(("  " if not m.isupper() and not m.split(":")[0].isupper() else "! ") + m, file=_result_stream())
     print(f"audit.json and audit.html written to {out}/")
     v = audit["verdict"]
     a.result = {"out": str(out), "messages": audit_messages(audit), "audit": audit}
@@ -1327,7 +1329,8 @@ def _output_options(p: argparse.ArgumentParser, json_output: bool = True) -> Non
     if json_output:
         p.add_argument("--json", action="store_true",
                        help="print one JSON document on stdout and nothing else (messages go to stderr); for scripts and pipelines")
-    p.add_argument("--quiet", action="store_true", help="no progress bars and no messages; only results (and errors, on stderr)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars and no messages; only results (the figures, findings or predictions; errors on stderr)")
 
 
 # The real stdout while a command runs with its chatter redirected (--json, --quiet); results are written here.
