@@ -147,3 +147,25 @@ def test_model_card_speaks_words_and_percentages(tiny_run):
     assert val["ppv"]["name"] == "positive predictive value (PPV)" and val["ppv"]["text"].endswith("%)")
     assert 0 <= val["ppv"]["value"] <= 1  # programs still get fractions
     assert card["training_data"]["dataset"] == "tb0"  # the binary_data fixture's folder, not "data"
+
+
+def test_the_data_paragraph_names_the_layout_the_table_and_the_zip(evaluated_run, tmp_path):
+    import json
+
+    from cxrkit.report.html import render_report
+
+    html = render_report(evaluated_run)
+    assert "(layout <code>&lt;root&gt;/&lt;split&gt;/&lt;class&gt;/</code>), classes taken from folder names" in html  # "<root>/split>/<class>/"
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    meta = json.loads((run / "meta.json").read_text())
+    # A run trained from a label table was described as folders: "<root>/table>/", "classes taken from folder names".
+    meta["data"].update(layout="table", table="/data/labels.csv", label_column="finding", given_splits=[])
+    (run / "meta.json").write_text(json.dumps(meta))
+    html = render_report(run)
+    assert "labels from column <code>finding</code> of the table <code>/data/labels.csv</code>" in html
+    assert "folder names" not in html and "the table gives no split, so" in html and "no test folder" not in html
+    meta["data"].update(layout="class", given="/data/xrays.zip", table=None, label_column=None)
+    (run / "meta.json").write_text(json.dumps(meta))
+    html = render_report(run)  # the zip the user named, not the cache folder it was extracted to
+    assert "Images from <code>/data/xrays.zip</code> (extracted to <code>" in html

@@ -782,6 +782,10 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
         audit={**s.audit, "allow_leakage": cfg.allow_leakage},
         data={
             "layout": ds.source.layout,
+            # What the user named, for the report: a .zip (root is where it was extracted) and a label table.
+            "given": str(ds.source.given) if getattr(ds.source, "given", None) else None,
+            "table": str(ds.source.table) if getattr(ds.source, "table", None) else None,
+            "label_column": getattr(ds.source, "label_column", None),
             "given_splits": ds.source.given_splits,
             "fingerprint": ds.fingerprint(),
             "train_fingerprint": ds.fingerprint("train"),
