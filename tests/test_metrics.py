@@ -158,3 +158,17 @@ def test_a_class_without_images_is_said_to_be_missing_not_measured():
     assert "n/a, )" not in " ".join(text)
     full = multiclass_metrics(np.array([0, 1, 2] * 3), np.eye(3)[[0, 1, 2] * 3] * 0.8 + 0.05, ["covid", "normal", "tb"], n_bootstrap=50)
     assert "missing_classes" not in full["metrics"]["macro_roc_auc"]
+
+
+def test_multiclass_balanced_accuracy_when_the_model_predicts_a_class_the_split_lacks_says_nothing():
+    """scikit-learn's warning ("y_pred contains classes not in y_true") was printed into `cxrkit train`'s output."""
+    import warnings
+
+    from cxrkit.metrics.classification import multiclass_metrics
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.eye(3)[[0, 2, 0, 1, 1, 2]] * 0.8 + 0.2 / 3  # class 2 predicted twice, never true
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = multiclass_metrics(y, probs, ["a", "b", "c"], n_bootstrap=50)
+    assert m["metrics"]["balanced_accuracy"]["value"] == pytest.approx((2 / 3 + 2 / 3) / 2)  # mean recall over the classes present

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.spatial.distance import jensenshannon
-from scipy.stats import ks_2samp
 
-from cxrkit.data.shift import JS_MAX, KS_D, KS_P, MIN_IMAGES, STATS, WORDS
+from cxrkit.data.shift import JS_MAX, KS_D, KS_P, MIN_IMAGES, STATS, WORDS, ks_test
 
 # What a larger value of each statistic means, for the sentence.
 MORE = {"mean": "brighter", "std": "higher in contrast", "p5": "lighter in the darks", "p95": "lighter in the brights",
@@ -45,7 +44,7 @@ def compare_splits(stats: dict[str, np.ndarray], labels: np.ndarray, splits: np.
                 a, b = a[np.isfinite(a)], b[np.isfinite(b)]  # undecodable files
                 if min(len(a), len(b)) < MIN_IMAGES:
                     continue
-                t = ks_2samp(a, b)
+                t = ks_test(a, b)
                 if t.statistic >= KS_D and t.pvalue < KS_P:
                     found.append({"statistic": k, "ks_d": round(float(t.statistic), 3), "p_value": float(t.pvalue),
                                   "train_median": round(float(np.median(a)), 3), "split_median": round(float(np.median(b)), 3)})
