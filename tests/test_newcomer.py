@@ -320,3 +320,24 @@ def test_a_shortcut_warning_says_how_to_check_the_trained_model():
     assert message.startswith("SHORTCUT: a classifier that never sees anatomy separates the classes with cross-validated AUC 0.95")
     assert message.endswith("A model can learn these instead of the disease: after training, `cxrkit stress RUN` (binary runs) "
                             "and the report's \"where does it look\" show whether yours did")
+
+
+def test_patients_across_the_datas_own_splits_get_advice_that_can_fix_them(tmp_path, capsys):
+    import shutil
+
+    flat = make_synthetic_dataset(tmp_path / "flat", n_per_class=40, size=16, seed=2, classes=("NORMAL", "PNEUMONIA"))
+    data = tmp_path / "kids"
+    for offset, c in ((0, "NORMAL"), (100, "PNEUMONIA")):
+        for i, f in enumerate(sorted((flat / c).glob("*.png")), start=offset):
+            split = "val" if i % 4 == 3 and i < offset + 8 else "train"  # person0 and person1 (or 25, 26) in train and val
+            (data / split / c).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, data / split / c / f"person{i // 4}_{i}.png")
+    assert main(["audit", str(data), "--out", str(tmp_path / "a1")]) == 0
+    out = capsys.readouterr().out
+    # "add --group-pattern" changed nothing: the folders give the splits, cxrkit did not cut them
+    assert "images in two of the splits the data gives; if they are patients, add --resplit --group-pattern '(person\\d+)'" in out
+    assert main(["audit", str(data), "--out", str(tmp_path / "a2"), "--group-pattern", r"(person\d+)"]) == 0
+    out = capsys.readouterr().out
+    # was "1 patient ID appear in two splits ({'train-val': 1, ...}); test figures would be inflated"
+    assert ("LEAKAGE: 4 patient IDs appear in two splits (train and val: 4); validation figures (which chose the kept epoch and "
+            "the threshold) would be inflated\n") in out

@@ -98,7 +98,11 @@ def audit_source(
     if near_only > 0:
         leaks.append(f"{count(near_only, 'group')} of near-identical images (resized or re-encoded copies) span two splits")
     if patients and sum(patients["shared"].values()):
-        leaks.append(f"{count(sum(patients['shared'].values()), 'patient ID')} appear in two splits ({patients['shared']})")
+        shared = {pair: n for pair, n in patients["shared"].items() if n}
+        total = sum(shared.values())
+        where = ", ".join(f"{pair.replace('-', ' and ')}: {n}" for pair, n in shared.items())  # the raw dict was printed
+        hit = "validation figures (which chose the kept epoch and the threshold)" if set(shared) == {"train-val"} else "test figures"
+        leaks.append(f"{count(total, 'patient ID')} {'appears' if total == 1 else 'appear'} in two splits ({where}); {hit} would be inflated")
     verdict = {"leakage": bool(leaks), "leakage_reasons": leaks, "shortcut": probe["warning"], "exposure": exposure["warning"],
                "conflicting_labels": dup["exact"]["across_classes"] + dup["near"]["across_classes"]}
     result = {
@@ -160,7 +164,8 @@ def audit_dataset(
         pattern = guess_patient_pattern(names, [s.label for s in source.samples] if single_label else None)
         n, example = ids_in_several_splits(names, splits, pattern) if pattern else (0, None)
         if n:  # not a verdict: the IDs are a guess from the names, and the user says whether they are patients
-            result["patient_ids_in_names"] = {"pattern": pattern, "ids_in_two_splits": n, "example": example}
+            result["patient_ids_in_names"] = {"pattern": pattern, "ids_in_two_splits": n, "example": example,
+                                              "splits_given": bool(source.given_splits) and not resplit}
     return result
 
 

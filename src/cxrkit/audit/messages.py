@@ -8,10 +8,15 @@ def count(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
-def patient_names_message(n: int, example: str, pattern: str) -> str:
-    """The warning for patient-like IDs in file names that an image-level split put in two splits."""
+def patient_names_message(n: int, example: str, pattern: str, splits_given: bool = False) -> str:
+    """The warning for patient-like IDs in file names that an image-level split (``splits_given``: the data's own) put in two splits."""
+    has = "has" if n == 1 else "have"
+    if splits_given:  # --group-pattern alone changes nothing here: cxrkit did not cut these splits
+        return (f"the file names look like they carry patient IDs, and {n} of these IDs (e.g. {example}) {has} images in two of "
+                f"the splits the data gives; if they are patients, add --resplit --group-pattern '{pattern}' so cxrkit cuts "
+                "patient-level splits itself, or move those images so each patient sits in one split")
     return (f"the file names look like they carry patient IDs, and {n} of these IDs (e.g. {example}) "
-            f"{'has' if n == 1 else 'have'} images in two splits, because the images were split one by one; if they are patients, "
+            f"{has} images in two splits, because the images were split one by one; if they are patients, "
             f"add --group-pattern '{pattern}' so each patient stays in one split")
 
 
@@ -20,10 +25,11 @@ def audit_messages(audit: dict) -> list[str]:
     out = []
     v = audit["verdict"]
     for reason in v["leakage_reasons"]:
-        out.append(f"LEAKAGE: {reason}; test figures would be inflated")
+        out.append(f"LEAKAGE: {reason}" + ("" if reason.endswith("inflated") else "; test figures would be inflated"))
     named = audit.get("patient_ids_in_names")
     if named:
-        out.append("POSSIBLE LEAKAGE: " + patient_names_message(named["ids_in_two_splits"], named["example"], named["pattern"]))
+        out.append("POSSIBLE LEAKAGE: " + patient_names_message(named["ids_in_two_splits"], named["example"], named["pattern"],
+                                                                named.get("splits_given", False)))
     p = audit["shortcut_probe"]
     if p.get("warning"):
         g = ", ".join(f"{f['feature']} (AUC {f['auc']:.2f}, {f['direction']} in {f['class']})" for f in p["giveaways"])

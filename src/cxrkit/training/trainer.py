@@ -303,7 +303,7 @@ def _check_guarantee_possible(cfg: TrainConfig, task: Task, y_val: np.ndarray) -
         )
 
 
-def _warn_about_patient_ids_in_names(ds: LabelledImages, log: Callable[[str], None]) -> None:
+def _warn_about_patient_ids_in_names(ds: LabelledImages, log: Callable[[str], None], splits_given: bool = False) -> None:
     """Images split one by one while their names look like patient IDs: the same patient may sit in train and test."""
     from cxrkit.audit.messages import patient_names_message
     from cxrkit.data.splits import guess_patient_pattern, ids_in_several_splits
@@ -313,7 +313,7 @@ def _warn_about_patient_ids_in_names(ds: LabelledImages, log: Callable[[str], No
         return
     n, example = ids_in_several_splits(ds.relpaths, list(ds.splits), pattern)
     if n:
-        log("splits: " + patient_names_message(n, example, pattern))
+        log("splits: " + patient_names_message(n, example, pattern, splits_given))
 
 
 def pretrained_source(pretrained: str | None, classes: list[str]) -> tuple[str | None, list[str] | None]:
@@ -442,7 +442,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
             "(cxrkit cut the splits, so copies were grouped like a patient's images)")
 
     if ds.patients is None:
-        _warn_about_patient_ids_in_names(ds, log)
+        _warn_about_patient_ids_in_names(ds, log, bool(ds.source.given_splits) and not cfg.resplit)
 
     audit = audit_before_training(ds, cfg.group_pattern, cfg.allow_leakage, out, cfg.seed, cfg.cache_dir, progress, resplit=cfg.resplit,
                                   intensity_choice=exposure)
