@@ -69,6 +69,14 @@ def test_class_folders_holding_another_level_of_the_layout_are_refused(tmp_path)
     with pytest.raises(DatasetError, match=r"normal/test is named like a split"):
         open_image_folder(nested)
     shutil.rmtree(nested / "normal" / "test")
+    # Kaggle's wrapper folder (kaggle/chest_xray/{train,test}/...): the hint named "the level whose sub-folders are the
+    # classes", read as chest_xray/train, which loses the test folder.
+    kaggle = tmp_path / "kaggle"
+    for split in ("train", "test"):
+        make_synthetic_dataset(kaggle / "chest_xray" / split, n_per_class=3, size=16, classes=("NORMAL", "PNEUMONIA"))
+    with pytest.raises(DatasetError, match=r"point cxrkit at .*kaggle/chest_xray, the folder that holds the split folders$"):
+        open_image_folder(kaggle)
+    assert open_image_folder(kaggle / "chest_xray").given_splits == ["train", "test"]
     shutil.copytree(nested / "tb", nested / "tb" / "masks")
     with pytest.raises(DatasetError, match=r"tb/masks lies inside the class folder tb/, so its masks would be read as radiographs"):
         open_image_folder(nested)

@@ -258,6 +258,12 @@ def _check_nesting(found: dict[Path, list[Path]]) -> None:
     for d, images in found.items():
         inner[d] = {p.relative_to(d).parts[0] for p in images if len(p.relative_to(d).parts) > 1}
         odd = sorted(n for n in inner[d] if label_key(n) in classes or n.lower() in SPLIT_ALIASES)
+        wrapper = len([n for n in inner[d] if n.lower() in SPLIT_ALIASES]) >= 2 or len(found) == 1
+        if odd and odd[0].lower() in SPLIT_ALIASES and wrapper:
+            # A wrapper folder (Kaggle's chest_xray/{train,val,test}/...): "the level whose sub-folders are the classes" was
+            # read as chest_xray/train, which loses the val and test folders.
+            raise DatasetError(f"{d / odd[0]} is named like a split but lies inside {d.name}/, which would be taken for a class: "
+                               f"point cxrkit at {d}, the folder that holds the split folders")
         if odd:
             kind = "a split" if odd[0].lower() in SPLIT_ALIASES else "a class"
             raise DatasetError(f"{d / odd[0]} is named like {kind} but lies inside the class folder {d.name}/, so its images would be "
