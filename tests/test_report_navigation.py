@@ -169,3 +169,24 @@ def test_the_data_paragraph_names_the_layout_the_table_and_the_zip(evaluated_run
     (run / "meta.json").write_text(json.dumps(meta))
     html = render_report(run)  # the zip the user named, not the cache folder it was extracted to
     assert "Images from <code>/data/xrays.zip</code> (extracted to <code>" in html
+
+
+def test_the_report_does_not_claim_averaging_or_an_epoch_choice_that_did_not_happen(evaluated_run, tmp_path):
+    import json
+
+    from cxrkit.report.html import render_report
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["training"].update(keep="last", weight_average={"epochs": 0.3, "decay": 0.0})
+    (run / "meta.json").write_text(json.dumps(meta))
+    html = render_report(run)
+    # "an exponential moving average ... (decay 0.0000 per step), not the last step's weights": decay 0 is the last step's
+    assert "so the saved weights are the last step's" in html and "decay 0.0000" not in html
+    assert "chose the best epoch" not in html and "split chose the decision threshold, so its figures are optimistic" in html
+    meta["training"].update(keep="best", weight_average={"epochs": 2, "decay": 0.9}, best_epoch=meta["training"].get("best_epoch", 1))
+    (run / "meta.json").write_text(json.dumps(meta))
+    html = render_report(run)
+    assert "over about 2 epochs (decay 0.9000 per step), not the last step's weights" in html
+    assert "split chose the kept epoch and the decision threshold" in html
