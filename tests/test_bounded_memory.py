@@ -72,14 +72,16 @@ def test_decodes_at_once_are_capped_across_requests(tiny_run, monkeypatch):
 
     monkeypatch.setattr(type(service.run.preprocessing), "load", lambda self, data, max_pixels: slow_load(data, max_pixels))
     buf = io.BytesIO()
-    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(buf, format="PNG")
+    Image.fromarray(np.tile(np.arange(60, 100, dtype=np.uint8), (40, 1))).save(buf, format="PNG")  # a blank image is refused
     png = buf.getvalue()
-    threads = [threading.Thread(target=service.predict, args=([("a.png", png), ("b.png", io.BytesIO(png))], False, False)) for _ in range(3)]
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(service.predict([("a.png", png), ("b.png", io.BytesIO(png))], False, False)))
+               for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert most == 1
+    assert most == 1 and len(answers) == 3  # every request answered, one decode at a time
 
 
 @pytest.mark.parametrize("field, value", [("max_files", 0), ("max_decodes", 0), ("max_pixels", -1), ("max_file_bytes", 10**12)])
