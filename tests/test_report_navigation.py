@@ -156,6 +156,10 @@ def test_the_data_paragraph_names_the_layout_the_table_and_the_zip(evaluated_run
 
     html = render_report(evaluated_run)
     assert "(layout <code>&lt;root&gt;/&lt;split&gt;/&lt;class&gt;/</code>), classes taken from folder names" in html  # "<root>/split>/<class>/"
+    # The repeat command was refused as printed: its config's out is the run itself, which already holds a run.
+    repeat = re.search(r"<code>(cxrkit train [^<]*)</code> repeats the run", html).group(1)
+    config_path, out = repeat.split(" --config ")[1].split(" --out ")
+    assert out == config_path.removesuffix("/config.yaml") + "-repeat"
     run = tmp_path / "run"
     shutil.copytree(evaluated_run, run)
     meta = json.loads((run / "meta.json").read_text())
