@@ -362,7 +362,8 @@ def test_a_multiclass_validation_split_without_a_class_is_named():
     said: list[str] = []
     _check_validation_classes(ds, said.append)
     assert said == ["warning: the validation split cxrkit cut has no covid images: the kept epoch is chosen on the other classes, "
-                    "and how well the model finds covid is not checked before the test split"]
+                    "and how well the model finds covid is not checked before the test split (class covid has only 1 image in all: "
+                    "neither validation nor test can measure it; add images of it, or remove it)"]
     ds.source = SimpleNamespace(samples=[SimpleNamespace(split="val")] * 6)  # a val/ folder, ignored under --resplit
     said.clear()
     _check_validation_classes(ds, said.append)
@@ -370,6 +371,12 @@ def test_a_multiclass_validation_split_without_a_class_is_named():
     said.clear()
     _check_validation_classes(ds, said.append, cut=True)
     assert said[0].startswith("warning: the validation split cxrkit cut has no covid images")
+    # Binary with one tb image: "give a larger --val-fraction" cannot put one image in three splits.
+    labels, splits = np.array([0, 0, 0, 1, 0, 0]), np.array(["train", "train", "train", "train", "val", "val"])
+    ds = SimpleNamespace(multilabel=False, labels=labels, class_names=["normal", "tb"], index=lambda s: np.flatnonzero(splits == s),
+                         source=SimpleNamespace(samples=[SimpleNamespace(split=None)] * 6))
+    with pytest.raises(ValueError, match=r"no tb images.*class tb has only 1 image in all: add images of it \(at least 3"):
+        _check_validation_classes(ds, said.append)
 
 
 def test_a_pretrained_name_that_is_no_file_is_refused_before_the_data_is_read(binary_data, tmp_path, capsys):

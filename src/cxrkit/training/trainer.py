@@ -386,15 +386,21 @@ def _check_validation_classes(ds: LabelledImages, log: Callable[[str], None], cu
     missing = [c for i, c in enumerate(ds.class_names) if i not in present]
     if not missing:
         return
+    totals = {c: int((ds.labels == i).sum()) for i, c in enumerate(ds.class_names)}
+    # A class of 1 or 2 images cannot be in training, validation and test at once: "a larger --val-fraction" cannot help.
+    scarce = [c for c in missing if totals[c] < 3 and not given]
+    few = "; ".join(f"class {c} has only {totals[c]} image{'' if totals[c] == 1 else 's'} in all" for c in scarce)
     if len(present) < 2:
         fix = ("add such rows, or leave the split column empty so cxrkit cuts a stratified validation split" if "table" in where else
                "add such images, or leave them out so cxrkit cuts a stratified validation split" if "npz" in where else
                "add such images to val/, or remove val/ so cxrkit cuts a stratified validation split" if "folder" in where else
+               f"{few}: add images of it (at least 3, far more for a useful model) or remove it" if scarce else
                "add images of that class, or give a larger --val-fraction")
         raise ValueError(f"{where} {has} no {' or '.join(missing)} images, and choosing the kept epoch and the threshold needs every class "
                          f"there: {fix}")
     log(f"warning: {where} {has} no {', '.join(missing)} images: the kept epoch is chosen on the other classes, and how well the model "
-        f"finds {', '.join(missing)} is not checked before the test split")
+        f"finds {', '.join(missing)} is not checked before the test split"
+        + (f" ({few}: neither validation nor test can measure it; add images of it, or remove it)" if scarce else ""))
 
 
 def _choose_intensity(ds: LabelledImages) -> tuple[str, dict]:
