@@ -93,6 +93,25 @@ def test_explain_command_writes_one_overlay_per_class(square_run, tmp_path, caps
     assert main(["explain", str(run.path), str(data / "test" / "square"), "--out", str(tmp_path / "x")]) == 0
     written = sorted(p.name for p in (tmp_path / "x").rglob("*.png"))
     assert len(written) == 6 * 2 and "0_normal.png" in written and "0_square.png" in written
+    out = capsys.readouterr().out
+    # An all-zero map's overlay is the image alone: counted and said, it looked like a missing explanation.
+    from cxrkit.explain.cam import heatmaps
+    from cxrkit.run import Run
+
+    loaded = Run.load(run.path)
+    images = np.stack([loaded.preprocessing.load(p) for p in sorted((data / "test" / "square").glob("*.png"))])
+    zero = sum(int(not np.any(heatmaps(loaded, images, class_index=c)[i] > 0)) for c in range(2) for i in range(len(images)))
+    assert (f"note: {zero} of 6 x 2 overlay(s) show no heat" in out) == (zero > 0) and (zero > 0 or "no heat" not in out)
+    import cxrkit.explain.export as export
+
+    real = export.heatmaps
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(export, "heatmaps", lambda r, x, class_index, method: real(r, x, class_index, method) * (class_index == 1))
+    try:
+        rows = export.explain_files(loaded, sorted((data / "test" / "square").glob("*.png")), tmp_path / "y")
+    finally:
+        monkey.undo()
+    assert [r["no_heat"] for r in rows] == [["normal"]] * 6
     (tmp_path / "afile").write_text("x")
     assert main(["explain", str(run.path), str(data / "test" / "square"), "--out", str(tmp_path / "afile")]) == 2
     assert "is a file; give a folder for the overlays" in capsys.readouterr().err

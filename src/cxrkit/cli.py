@@ -853,6 +853,10 @@ def cmd_explain(a: argparse.Namespace) -> int:
         for r in bad:
             print(f"{r['path']}: could not be read: {r['error']}", file=sys.stderr)
     print(f"{len(rows) - len(bad)} image(s) explained with {a.method}, one overlay per class ({', '.join(run.classes)}), written to {a.out}/")
+    blank = sum(len(r.get("no_heat") or []) for r in rows)
+    if blank:  # such an overlay looks like the input image: half of them, on a two-class run, without a word
+        print(f"note: {blank} of {len(rows) - len(bad)} x {len(run.classes)} overlay(s) show no heat: nothing in that image raised that "
+              f"class's score ({a.method} is zero everywhere; usually the class the model did not choose), so they show the image alone")
     return 0 if len(bad) < len(rows) else 1
 
 

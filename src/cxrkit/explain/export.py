@@ -21,7 +21,8 @@ def _safe(name: str) -> str:
 def explain_files(run: Run, paths: list[Path], out: str | Path, method: str = "gradcam", batch_size: int = 16,
                   progress: bool = False) -> list[dict]:
     """Write ``<out>/<image stem>_<class>.png`` overlays for every class of the run; returns one row per image
-    with its probabilities, decision and written files (or the decode error). ``progress`` shows a bar per image
+    with its probabilities, decision, written files and ``no_heat`` (the classes whose map is zero everywhere), or the decode
+    error. ``progress`` shows a bar per image
     (occlusion makes about 400 forward passes per image, so a folder can take minutes)."""
     out = Path(out)
     if out.exists() and not out.is_dir():  # was "afile: File exists" from mkdir
@@ -57,11 +58,13 @@ def _explain_batch(run: Run, paths: list[Path], out: Path, method: str, stems: d
         stems[stem] = stems.get(stem, 0) + 1
         if stems[stem] > 1:  # same file name in two sub-folders
             stem = f"{stem}-{stems[stem]}"
-        files = []
+        files, no_heat = [], []
         for c, name in enumerate(run.classes):
             f = out / f"{stem}_{_safe(name)}.png"
             f.write_bytes(overlay_png(images[j], maps[c][j]))
             files.append(str(f))
-        rows.append({"path": str(p), "prediction": run.classes[decisions[j]], "files": files, "error": "",
+            if not np.any(maps[c][j] > 0):  # the overlay is the image alone: nothing in it raised that class's score
+                no_heat.append(name)
+        rows.append({"path": str(p), "prediction": run.classes[decisions[j]], "files": files, "error": "", "no_heat": no_heat,
                      **{f"prob_{c}": float(probs[j, i]) for i, c in enumerate(run.classes)}})
     return rows
