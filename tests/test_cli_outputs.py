@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -97,3 +98,20 @@ def test_a_reader_that_closes_the_pipe_stops_the_command_quietly():
     p.stdout.close()
     err = p.stderr.read()
     assert p.wait() == 141 and err == b""
+
+
+def test_the_who_tb_target_is_a_reference_line_for_another_disease_and_intervals_use_a_dash(tiny_run, capsys):
+    import json
+
+    from cxrkit.cli import _decision_summary
+
+    m = json.loads((tiny_run / "metrics.json").read_text())["val"]
+    if not m.get("who_triage"):
+        pytest.skip("this evaluation has no WHO check")
+    _decision_summary(m)
+    out = capsys.readouterr().out
+    assert "WHO TB-triage target" in out and "reference line" not in out  # the tiny run's classes are healthy / tb
+    _decision_summary({**m, "classes": ["normal", "pneumonia"]})
+    out = capsys.readouterr().out
+    assert "(a target set for TB; for pneumonia read it as a reference line)" in out
+    assert re.search(r"ECE [0-9.]+ \(95% CI [0-9.]+–[0-9.]+", out) or "ECE" not in out

@@ -395,12 +395,13 @@ def _next_step_after_training(out: Path, data: str, meta: RunMeta) -> None:
 
 
 def _calibration_figures(c: dict) -> str:
-    """``ECE 0.0412 (0.0213-0.0871; chance alone up to 0.0600), Brier 0.1010 (...)``: the intervals, and the ECE a
+    """``ECE 0.0412 (95% CI 0.0213–0.0871; chance alone up to 0.0600), Brier 0.1010 (...)``: the intervals, and the ECE a
     perfectly calibrated model reaches by chance on this many images, when the evaluation computed them."""
     def one(name: str, key: str) -> str:
         ci = c.get(f"{key}_ci")
         chance = c.get("ece_if_calibrated") if key == "ece" else None
-        inside = "; ".join(x for x in (ci and f"{ci[0]:.4f}-{ci[1]:.4f}", chance and f"a calibrated model scores up to {chance['p95']:.4f} here by chance") if x)
+        inside = "; ".join(x for x in (ci and f"95% CI {ci[0]:.4f}–{ci[1]:.4f}",
+                                       chance and f"a calibrated model scores up to {chance['p95']:.4f} here by chance") if x)
         return f"{name} {c[key]:.4f}" + (f" ({inside})" if inside else "")
 
     return f"{one('ECE', 'ece')}, {one('Brier', 'brier')}"
@@ -422,9 +423,11 @@ def _decision_summary(m: dict) -> None:
     w = m.get("who_triage")
     if w:
         se, sp = w["sensitivity"], w["specificity"]
+        pos = str(m["classes"][1])
+        other = "" if "tb" in pos.lower() or "tuberc" in pos.lower() else f" (a target set for TB; for {pos} read it as a reference line)"
         print(f"  WHO TB-triage target (sensitivity >= 90% with specificity >= 70%) at the validation threshold for 90% sensitivity "
-              f"({w['threshold']:.3f}): sensitivity {100 * se['value']:.1f}% (95% CI {100 * se['ci'][0]:.1f}-{100 * se['ci'][1]:.1f}), "
-              f"specificity {100 * sp['value']:.1f}% ({100 * sp['ci'][0]:.1f}-{100 * sp['ci'][1]:.1f}): {w['verdict'].upper()}")
+              f"({w['threshold']:.3f}): sensitivity {100 * se['value']:.1f}% (95% CI {100 * se['ci'][0]:.1f}–{100 * se['ci'][1]:.1f}), "
+              f"specificity {100 * sp['value']:.1f}% ({100 * sp['ci'][0]:.1f}–{100 * sp['ci'][1]:.1f}): {w['verdict'].upper()}{other}")
         confirm = cases_to_confirm_sentence(w, m["classes"])
         if confirm:
             print("    " + confirm)
@@ -533,7 +536,8 @@ def _plan_hint(run: str, m: dict) -> None:
     if m.get("task") != "binary":
         return
     widths = {k: (e["ci"][1] - e["ci"][0]) / 2 for k in ("sensitivity", "specificity", "roc_auc")
-              if (e := (m.get("metrics") or {}).get(k)) and e.get("ci") and None not in e["ci"]}
+              if (e := (m.get("metrics") or {}).get(k)) and e.get("ci") and None not in e["ci"]
+              and not (k == "roc_auc" and e["ci"][0] <= 0.5)}  # plan cannot plan an AUC that may be at chance: it said so after this hint
     if not widths or max(widths.values()) <= 0.1:
         return
     k = max(widths, key=widths.get)
