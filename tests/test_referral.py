@@ -24,6 +24,12 @@ def test_thresholds_by_hand():
     assert o["decided_share"]["value"] == 0.5 and o["npv_ruled_out"]["value"] == 1 and o["ppv_ruled_in"]["value"] == 1
     assert o["positives_missed"]["value"] == 0 and per_thousand(o) == {"ruled_out": 300, "ruled_in": 200, "referred": 500,
                                                                        "missed": 0, "false_alarms": 0}
+    # 3 of 3 ruled out correctly is 100%, but its Wilson lower bound (43.9%) does not establish 0.99: said, not implied.
+    assert band["unsupported"] == [
+        "npv 0.99 is met on validation (100.0%) but its 95% lower bound is 43.9%: 3 validation images cannot establish it",
+        "ppv 0.99 is met on validation (100.0%) but its 95% lower bound is 34.2%: 2 validation images cannot establish it"]
+    big = np.r_[np.zeros(2000), np.ones(2000)].astype(int)
+    assert choose_referral(big, np.r_[np.linspace(0, 0.4, 2000), np.linspace(0.6, 1, 2000)], "npv:0.9,ppv:0.9")["unsupported"] == []
     s = choose_referral(y, prob, "sensitivity:0.75,specificity:0.80")
     assert s["lower"] <= s["upper"]
     assert (prob[y == 1] >= s["lower"]).mean() >= 0.75 and (prob[y == 0] < s["upper"]).mean() >= 0.80

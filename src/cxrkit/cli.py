@@ -448,9 +448,9 @@ def _referral_summary(r: dict | None, classes: list[str] | None) -> None:
     pos = classes[1] if classes else "positive"
 
     def ci(e: dict) -> str:
-        return f"{100 * e['value']:.1f}% ({100 * e['ci'][0]:.1f}-{100 * e['ci'][1]:.1f})" if e["value"] is not None else "n/a"
+        return f"{100 * e['value']:.1f}% ({100 * e['ci'][0]:.1f}–{100 * e['ci'][1]:.1f})" if e["value"] is not None else "n/a"
 
-    print(f"  referral band {b['spec']} ({b['lower']:.3f}-{b['upper']:.3f}): decided alone {ci(o['decided_share'])}; "
+    print(f"  referral band {b['spec']} ({b['lower']:.3f}–{b['upper']:.3f}): decided alone {ci(o['decided_share'])}; "
           f"ruled out {o['ruled_out']} (NPV {ci(o['npv_ruled_out'])}), ruled in {o['ruled_in']} (PPV {ci(o['ppv_ruled_in'])}), referred {o['referred']}")
     print(f"  per 1,000 people like these: {k['referred']} read by a radiologist, {k['missed']} with {pos} cleared without a reader")
 
@@ -484,6 +484,8 @@ def _referral(a: argparse.Namespace) -> int:
     r = referral_analysis(run, *val)
     print(f"referral band chosen on {len(val[0])} {where}: rule out below {band['lower']:.3f}, rule in at or above {band['upper']:.3f}")
     _referral_summary(r, run.classes)
+    for line in band.get("unsupported") or []:
+        print(f"warning: {line}", file=sys.stderr)
     print("validation figures (optimistic); run `cxrkit evaluate` for the test split. predict, evaluate and serve now say 'refer' in the band")
     return 0
 

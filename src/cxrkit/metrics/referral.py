@@ -81,7 +81,19 @@ def choose_referral(y: np.ndarray, prob: np.ndarray, spec: str) -> dict:
         lower = upper = (lower + upper) / 2
         note = "the rule-out and rule-in regions overlap on validation data: no case needs a reader at these targets"
     achieved = referral_outcomes(y, prob, lower, upper)
-    return {"spec": spec, "lower": lower, "upper": min(upper, 1.0 + 1e-9), "chosen_on": "val", "note": note,
+    c = achieved["confusion_decided"]
+    npos, nneg = int((y == 1).sum()), int((y == 0).sum())
+    reached = {"npv": achieved["npv_ruled_out"], "ppv": achieved["ppv_ruled_in"],
+               "sensitivity": proportion(npos - c["fn"], npos), "specificity": proportion(nneg - c["fp"], nneg)}
+    unsupported = []
+    for side in ("lower", "upper"):
+        kind, target = rules[side]
+        e = reached[kind]
+        # Met on the point estimate only: "NPV 100% (86.2-100%)" for a 0.99 target printed as if it were established.
+        if e["value"] is not None and e["ci"][0] < target:
+            unsupported.append(f"{kind} {target:g} is met on validation ({100 * e['value']:.1f}%) but its 95% lower bound is "
+                               f"{100 * e['ci'][0]:.1f}%: {e['denominator']} validation images cannot establish it")
+    return {"spec": spec, "lower": lower, "upper": min(upper, 1.0 + 1e-9), "chosen_on": "val", "note": note, "unsupported": unsupported,
             "validation": {k: achieved[k] for k in ("decided_share", "npv_ruled_out", "ppv_ruled_in", "referred")}}
 
 
