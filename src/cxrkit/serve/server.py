@@ -149,7 +149,9 @@ def listen(host: str, port: int) -> socket.socket:
     if not host.strip():
         raise ValueError("--host is empty; give an address: 127.0.0.1 for this machine only, 0.0.0.0 for every interface")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        # IPv4 first for a name ("localhost" may list ::1 first): clients reach 127.0.0.1, as uvicorn's own bind allowed
+        family, kind, proto, _, address = sorted(found, key=lambda a: a[0] != socket.AF_INET)[0]
     except (socket.gaierror, UnicodeError) as exc:
         raise ValueError(f"--host {host}: not an address of this machine ({getattr(exc, 'strerror', None) or exc})") from None
     sock = socket.socket(family, kind, proto)
