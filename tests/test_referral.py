@@ -30,6 +30,11 @@ def test_thresholds_by_hand():
         "ppv 0.99 is met on validation (100.0%) but its 95% lower bound is 34.2%: 2 validation images cannot establish it"]
     big = np.r_[np.zeros(2000), np.ones(2000)].astype(int)
     assert choose_referral(big, np.r_[np.linspace(0, 0.4, 2000), np.linspace(0.6, 1, 2000)], "npv:0.9,ppv:0.9")["unsupported"] == []
+    # Given the run's threshold, the band contains it: beside it (0.30-0.80 against 0.85), an image at 0.82 was counted as
+    # ruled in while predict, evaluate and serve, deciding by the threshold outside the band, called it negative.
+    wide = choose_referral(y, prob, "npv:0.99,ppv:0.99", threshold=0.85)
+    assert (wide["lower"], wide["upper"]) == (0.30, 0.85) and "widened to contain the decision threshold 0.850" in wide["note"]
+    assert choose_referral(y, prob, "npv:0.99,ppv:0.99", threshold=0.5)["note"] is None
     s = choose_referral(y, prob, "sensitivity:0.75,specificity:0.80")
     assert s["lower"] <= s["upper"]
     assert (prob[y == 1] >= s["lower"]).mean() >= 0.75 and (prob[y == 0] < s["upper"]).mean() >= 0.80

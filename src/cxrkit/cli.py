@@ -484,6 +484,8 @@ def _referral(a: argparse.Namespace) -> int:
     r = referral_analysis(run, *val)
     print(f"referral band chosen on {len(val[0])} {where}: rule out below {band['lower']:.3f}, rule in at or above {band['upper']:.3f}")
     _referral_summary(r, run.classes)
+    if band.get("note"):
+        print(f"note: {band['note']}")
     for line in band.get("unsupported") or []:
         print(f"warning: {line}", file=sys.stderr)
     print("validation figures (optimistic); run `cxrkit evaluate` for the test split. predict, evaluate and serve now say 'refer' in the band")

@@ -62,7 +62,7 @@ def store_referral(run: Run, y_val: np.ndarray, probs_val: np.ndarray, spec: str
 
     if run.task != "binary":
         raise ValueError("a referral band needs a binary run (one disease against normal)")
-    band = choose_referral(y_val, probs_val[:, 1], spec)
+    band = choose_referral(y_val, probs_val[:, 1], spec, threshold=run.threshold)
     run.record.referral = band
     run.save_record()
     return band

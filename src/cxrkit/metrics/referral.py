@@ -46,8 +46,9 @@ def parse_referral(spec: str) -> dict[str, tuple[str, float]]:
     return out
 
 
-def choose_referral(y: np.ndarray, prob: np.ndarray, spec: str) -> dict:
-    """The two thresholds of ``spec`` chosen on (validation) labels ``y`` and P(positive) ``prob``."""
+def choose_referral(y: np.ndarray, prob: np.ndarray, spec: str, threshold: float | None = None) -> dict:
+    """The two thresholds of ``spec`` chosen on (validation) labels ``y`` and P(positive) ``prob``; with the run's decision
+    ``threshold``, the band is widened to contain it, so that outside the band the run's own decision is the band's."""
     rules = parse_referral(spec)
     y = np.asarray(y).astype(int)
     prob = np.asarray(prob, dtype=np.float64)
@@ -80,6 +81,11 @@ def choose_referral(y: np.ndarray, prob: np.ndarray, spec: str) -> dict:
     if lower > upper:  # the two regions overlap: every case is decided; split at the midpoint of the overlap
         lower = upper = (lower + upper) / 2
         note = "the rule-out and rule-in regions overlap on validation data: no case needs a reader at these targets"
+    if threshold is not None and not lower <= threshold <= upper:
+        # Outside the band predict, evaluate and serve decide by the threshold: a band beside it (0.175 against 0.188) counted
+        # an image at 0.183 as ruled in while every command called it negative.
+        lower, upper = min(lower, threshold), max(upper, threshold)
+        note = (f"{note}; " if note else "") + f"the band was widened to contain the decision threshold {threshold:.3f}"
     achieved = referral_outcomes(y, prob, lower, upper)
     c = achieved["confusion_decided"]
     npos, nneg = int((y == 1).sum()), int((y == 0).sum())
