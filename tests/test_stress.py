@@ -101,3 +101,15 @@ def test_stress_on_copies_of_the_runs_own_images_says_so(intensity: str, tmp_pat
     text = capsys.readouterr().out
     assert text.startswith("note: 48 of these 48 images are identical to images of this run's own splits (")
     assert json.loads((run / "stress.json").read_text())["external:other"]["training_overlap"]["identical"] == 48
+
+
+def test_the_verdict_never_contradicts_its_own_table():
+    from cxrkit.evaluation.stress import verdict
+
+    row = {"name": "corners masked", "touches_anatomy": False, "shortcut": False}
+    big = verdict([{**row, "change": -0.12, "p_value": 0.09}])
+    # "no change ... lowered ROC-AUC by 0.05 or more (largest drop: corners masked, -0.120)" contradicted itself
+    assert big.startswith("no shortcut found: no change that leaves the lungs alone lowered ROC-AUC by 0.05 or more with p < 0.05;")
+    assert "corners masked (-0.120, p=0.09), is not significant on these images" in big
+    assert verdict([{**row, "change": 0.0, "p_value": 1.0}]).endswith("with p < 0.05 (none lowered it)")  # was "largest drop: +0.000"
+    assert verdict([{**row, "change": -0.02, "p_value": 0.4}]).endswith("(largest drop: corners masked, -0.020)")

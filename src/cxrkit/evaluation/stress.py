@@ -75,8 +75,13 @@ def verdict(rows: list[dict]) -> str:
     bad = [r for r in rows if r["shortcut"]]
     if not bad:
         worst = min((r for r in rows if not r["touches_anatomy"]), key=lambda r: r["change"])
-        return (f"no shortcut found: no change that leaves the lungs alone lowered ROC-AUC by {SHORTCUT_DROP} or more "
-                f"(largest drop: {worst['name']}, {worst['change']:+.3f})")
+        said = f"no shortcut found: no change that leaves the lungs alone lowered ROC-AUC by {SHORTCUT_DROP} or more with p < 0.05"
+        if worst["change"] >= 0:  # "largest drop: darker, +0.000"
+            return f"{said} (none lowered it)"
+        if worst["change"] <= -SHORTCUT_DROP:  # a drop of 0.12 beside "no change lowered it by 0.05" read as a contradiction
+            return (f"{said}; the largest, {worst['name']} ({worst['change']:+.3f}, p={worst['p_value']:.2g}), is not significant on "
+                    "these images: more test images would tell whether the model relies on it")
+        return f"{said} (largest drop: {worst['name']}, {worst['change']:+.3f})"
     names = ", ".join(f"{r['name']} ({r['change']:+.3f}, p={r['p_value']:.2g})" for r in bad)
     return (f"SHORTCUT: ROC-AUC drops under changes that leave the anatomy in place: {names}. The model reads exposure, "
             "borders or markers as well as the lungs, so its figures will not carry over to a site with other exposure or "
