@@ -115,3 +115,13 @@ def test_explain_command_writes_one_overlay_per_class(square_run, tmp_path, caps
     (tmp_path / "afile").write_text("x")
     assert main(["explain", str(run.path), str(data / "test" / "square"), "--out", str(tmp_path / "afile")]) == 2
     assert "is a file; give a folder for the overlays" in capsys.readouterr().err
+
+
+def test_blank_heat_maps_are_left_out_of_the_attention_shares_and_counted():
+    from cxrkit.explain.attention import attention_summary, region_masks
+
+    outside = (~region_masks(32)["lung"]).astype(float)
+    heat = np.stack([outside, outside, np.zeros((32, 32)), np.zeros((32, 32))])  # two maps outside the lungs, two blank
+    s = attention_summary(heat)
+    # Blank maps counted as "not mostly outside": 50% instead of the 100% of the maps that have heat.
+    assert s["share_mostly_outside"] == 1.0 and s["with_heat"] == 2 and s["n"] == 4

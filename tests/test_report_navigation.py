@@ -194,3 +194,20 @@ def test_the_report_does_not_claim_averaging_or_an_epoch_choice_that_did_not_hap
     html = render_report(run)
     assert "over about 2 epochs (decay 0.9000 per step), not the last step's weights" in html
     assert "split chose the kept epoch and the decision threshold" in html
+
+
+def test_the_attention_sentence_says_how_many_maps_were_blank(evaluated_run, tmp_path):
+    import json
+
+    from cxrkit.report.html import render_report
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    att = metrics["test"].get("attention")
+    if not att or att.get("error"):
+        pytest.skip("no heat maps in this evaluation")
+    metrics["test"]["attention"] = {**att, "no_heat": 3}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    said = f"3 of them show no heat at all (nothing in the image raised the score), so the shares below are of the other {att['n'] - 3}"
+    assert said in render_report(run)

@@ -37,9 +37,10 @@ def attention_summary(heat: np.ndarray) -> dict:
     masks = region_masks(heat.shape[-1])
     mean = {k: float(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in shares.items()}
     inside = mean["lung"]
+    with_heat = np.isfinite(shares["lung"])  # a map that is zero everywhere has no shares: it counted as "not mostly outside"
     return {
-        "n": int(len(heat)), "mean_share": mean, "area": {k: float(m.mean()) for k, m in masks.items()},
-        "share_mostly_outside": float(np.nanmean(shares["lung"] < MOSTLY_OUTSIDE)) if inside is not None else None,
+        "n": int(len(heat)), "with_heat": int(with_heat.sum()), "mean_share": mean, "area": {k: float(m.mean()) for k, m in masks.items()},
+        "share_mostly_outside": float(np.mean(shares["lung"][with_heat] < MOSTLY_OUTSIDE)) if inside is not None else None,
         "flag": inside is not None and inside < MOSTLY_OUTSIDE, "lung_box": LUNG_BOX,
     }
 
