@@ -341,3 +341,23 @@ def test_patients_across_the_datas_own_splits_get_advice_that_can_fix_them(tmp_p
     # was "1 patient ID appear in two splits ({'train-val': 1, ...}); test figures would be inflated"
     assert ("LEAKAGE: 4 patient IDs appear in two splits (train and val: 4); validation figures (which chose the kept epoch and "
             "the threshold) would be inflated\n") in out
+
+
+def test_a_group_pattern_that_finds_no_id_is_refused_and_a_threshold_rule_needs_a_threshold(tmp_path, capsys):
+    from cxrkit.data.splits import patient_ids
+
+    data = make_synthetic_dataset(tmp_path / "d", n_per_class=12, size=16, seed=1, classes=("normal", "tb"))
+    # Every image kept its own ID: an image-level split, recorded in meta.json as split by patient.
+    assert main(["train", str(data), "--out", str(tmp_path / "r"), "--group-pattern", r"zzz(\d+)", "--epochs", "1",
+                 "--image-size", "16", "--model", "mlp"]) == 2
+    err = capsys.readouterr().err
+    assert "--group-pattern 'zzz(\\d+)' finds no patient ID in any of the 24 file names" in err
+    assert not (tmp_path / "r" / "meta.json").exists()
+    from types import SimpleNamespace
+
+    one = [SimpleNamespace(patient=None, path=tmp_path / "p00012_3.png"), SimpleNamespace(patient=None, path=tmp_path / "x.png")]
+    assert patient_ids(one, r"(p\d+)_")[0] == "p00012"  # some names without an ID are fine: they stay apart
+    three = make_synthetic_dataset(tmp_path / "three", n_per_class=10, size=16, seed=1, classes=("covid", "normal", "viral"))
+    assert main(["train", str(three), "--out", str(tmp_path / "m"), "--threshold-rule", "sensitivity:0.9", "--epochs", "1",
+                 "--image-size", "16", "--model", "mlp"]) == 2
+    assert "--threshold-rule sensitivity:0.9 needs a binary or multi-label task" in capsys.readouterr().err

@@ -22,13 +22,19 @@ def patient_ids(samples: Sequence[Sample], pattern: str | None) -> list[str]:
     Images with neither keep their own path as ID, so they are never grouped by accident.
     """
     rx = re.compile(pattern) if pattern else None
-    ids = []
+    ids, named, matched = [], [], 0
     for s in samples:
         if s.patient is not None:
             ids.append(s.patient)
             continue
         found = _match_id(rx, s.path.name) if rx else None
+        named.append(s.path.name)
+        matched += found is not None
         ids.append(found if found is not None else f"__file__:{s.path}")
+    if rx is not None and named and not matched:
+        # Every image kept its own ID: an image-level split, recorded as one by patient ('zzz(\d+)' on p00012_3.png).
+        raise ValueError(f"--group-pattern '{pattern}' finds no patient ID in any of the {len(named)} file names (e.g. {named[0]}); "
+                         "give a regular expression whose first group is the ID, e.g. '(p\\d+)_'")
     return ids
 
 

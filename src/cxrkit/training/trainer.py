@@ -461,6 +461,9 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     _check_guarantee_possible(cfg, task, ds.labels[val_idx])
     if cfg.referral and task.name != "binary":
         raise ValueError("--referral needs a binary task (one disease against normal)")
+    if task.name == "multiclass" and cfg.threshold_rule != "youden":  # it was kept in config.yaml and applied to nothing
+        raise ValueError(f"--threshold-rule {cfg.threshold_rule} needs a binary or multi-label task; a multi-class run calls the most "
+                         "probable class, with no threshold to choose")
     mean, std = intensity_stats(ds.images, train_idx)
     pre = Preprocessing(cfg.image_size, cfg.aspect, mean, std, intensity, cfg.crop_border)
 
