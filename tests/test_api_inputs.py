@@ -491,3 +491,21 @@ def test_train_resume_continues_with_the_runs_own_settings(tiny_run, binary_data
     run = cxrkit.train(binary_data, out=str(run_dir), resume=True, progress=False, threshold_rule="sensitivity:0.9")
     assert run.preprocessing.image_size == 32 and run.record.model == "cnn" and run.record.threshold["rule"] == "sensitivity:0.9"
     assert (run_dir / "model.safetensors").read_bytes() == before  # the finished run's weights, not a new training
+
+
+def test_identical_weights_make_identical_files_in_every_process(tmp_path):
+    """The safetensors writer keeps the header's metadata in a hash map: identical runs wrote files whose SHA-256 (the
+    run's weights id) differed from process to process."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from pathlib import Path; from cxrkit.run import save_weights; torch.manual_seed(0); "
+            "save_weights(torch.nn.Linear(3, 2), Path(sys.argv[1]), classes=['a', 'b'], inputs={'image_size': 32, 'tta': True})")
+    files = [tmp_path / f"w{i}.safetensors" for i in range(3)]
+    for f in files:
+        subprocess.run([sys.executable, "-c", code, str(f)], check=True, timeout=120)
+    assert len({f.read_bytes() for f in files}) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(files[0]), "pt") as f:
+        assert f.metadata()["cxrkit_classes"] == '["a", "b"]' and sorted(f.keys()) == ["bias", "weight"]

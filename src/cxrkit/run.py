@@ -76,6 +76,22 @@ def save_weights(model: nn.Module, path: Path, classes: list[str] | None = None,
             save_file(state, str(tmp), metadata=metadata)
         except SafetensorError as exc:  # its I/O errors (a full disk) are not OSErrors
             raise OSError(errno.EIO, " ".join(str(exc).split())) from None
+        _canonical_header(Path(tmp))
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys: the writer keeps the metadata in a hash map, so two runs
+    with identical tensors wrote files whose bytes (and SHA-256, the run's weights id) differed."""
+    import json
+
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(text) > n:  # never longer than the writer's compact header; if it were, the data would have to move
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))  # the same length: the tensors' offsets (from the header's end) stay valid
 
 
 def _read_calibration(path: Path, sha256: str | None) -> Any:
