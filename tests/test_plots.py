@@ -33,3 +33,13 @@ def test_roc_with_few_readers_keeps_its_legend_inside(monkeypatch, tmp_path):
     ax = fig.axes[0]
     fig.canvas.draw()
     assert ax.get_legend().get_window_extent().x1 <= ax.get_window_extent().x1
+
+
+def test_a_class_name_in_another_script_prints_no_glyph_warnings(tmp_path):
+    import warnings
+
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plots.plot_roc(np.r_[np.ones(10), np.zeros(10)], rng.random(20), None, 0.5, "结核 tuberculose", tmp_path / "roc.png")
+    assert not [w for w in caught if "Glyph" in str(w.message)] and (tmp_path / "roc.png").stat().st_size > 0

@@ -1073,8 +1073,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "data: defaults to DATA); options given on the command line override it, with a note")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (its metrics and plots are deleted)")
     t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last per-epoch checkpoint with its saved config.yaml (other options "
-                        "are ignored); starts a new run when there is none, so the same command suits preemptible jobs")
+                   help="continue the run in --out from its last per-epoch checkpoint with its saved config.yaml (an option that "
+                        "differs from it is refused, except --threshold-rule, --allow-point-estimate and --referral); starts a new run when there is "
+                        "none, so the same command suits preemptible jobs")
     _add_device_option(t, "train on")
     _add_train_options(t)
     _output_options(t, json_output=False)

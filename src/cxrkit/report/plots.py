@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -23,11 +24,14 @@ MIN_BIN_COUNT = 10
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
     try:
-        # Via a temporary file: a full disk leaves the previous figure, not half a PNG, and the error names the figure.
-        with replacing(path) as tmp:
-            fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+        with warnings.catch_warnings():
+            # A class named in another script (结核) drew empty boxes and printed a warning per glyph into the training log.
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+            fig.tight_layout()
+            # Via a temporary file: a full disk leaves the previous figure, not half a PNG, and the error names the figure.
+            with replacing(path) as tmp:
+                fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
     return path
