@@ -87,3 +87,22 @@ def test_interrupted_cache_build_resumes(tmp_path, monkeypatch):
     monkeypatch.undo()
     parallel = load_cached(paths, 16, cache_dir=tmp_path / "p", progress=False, workers=2, chunk=16)
     np.testing.assert_array_equal(np.asarray(parallel.images), np.asarray(reference.images))
+
+
+def test_resume_of_a_run_that_never_reached_a_checkpoint_starts_afresh(tmp_path):
+    """The disk filled before the first checkpoint: every message advised --resume, which was refused ('already holds a run')."""
+    import json
+
+    from cxrkit.training.trainer import prepare_run_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"epoch 1")
+    (out / "history.csv").write_text("epoch\n1\n")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        prepare_run_folder(out, overwrite=False)
+    prepare_run_folder(out, overwrite=False, resume=True)
+    assert not (out / "model.safetensors").exists()
+    (out / "meta.json").write_text(json.dumps({"complete": True}))  # a finished run is never replaced by --resume
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        prepare_run_folder(out, overwrite=False, resume=True)

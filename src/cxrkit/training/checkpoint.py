@@ -54,7 +54,8 @@ def save_checkpoint(
     except (OSError, RuntimeError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         why = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200]
-        raise OSError(getattr(exc, "errno", None), f"cannot be written ({why}); the previous checkpoint is kept", str(final)) from None
+        kept = "the previous checkpoint is kept" if final.exists() else "no earlier checkpoint exists, so --resume starts the run afresh"
+        raise OSError(getattr(exc, "errno", None), f"cannot be written ({why}); {kept}", str(final)) from None
     old = out / f"{CHECKPOINT_DIR}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():

@@ -153,7 +153,9 @@ def prepare_run_folder(out: Path, overwrite: bool, resume: bool = False) -> None
     if resume and find_checkpoint(out) is not None:
         return
     holds_run = (out / META_FILE).exists() or (out / MODEL_FILE).exists()
-    if holds_run and not overwrite:
+    # An unfinished run without a checkpoint (the disk filled before the first one) has nothing to continue: --resume, as
+    # every message advises, starts it afresh. It was refused with "already holds a run".
+    if holds_run and not overwrite and not (resume and not _finished(out)):
         # Refused before anything is deleted: an interrupted run's checkpoint must survive a command without --resume.
         unfinished = find_checkpoint(out) is not None and not _finished(out)  # a finished run keeps its checkpoint too
         raise FileExistsError(f"{out} already holds a run" + ("; it stopped before finishing: add --resume to continue it," if unfinished else ";")
