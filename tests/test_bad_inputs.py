@@ -412,3 +412,20 @@ def test_images_in_formats_not_read_are_named_at_training():
     said.clear()
     _note_unread_images(SimpleNamespace(source=SimpleNamespace(ignored_files=[Path("d/tb/notes.txt")])), said.append)
     assert said == []
+
+
+def test_a_test_split_without_a_class_is_said_at_training():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cxrkit.training.trainer import _check_splits_for_training
+
+    labels = np.array([0] * 8 + [1, 1] + [0] * 3 + [1] + [0] * 4)
+    splits = np.array(["train"] * 10 + ["val"] * 4 + ["test"] * 4)
+    ds = SimpleNamespace(multilabel=False, labels=labels, class_names=["normal", "tb"], index=lambda s: np.flatnonzero(splits == s),
+                         source=SimpleNamespace(samples=[SimpleNamespace(split=None)] * len(labels)))
+    said: list[str] = []
+    _check_splits_for_training(ds, SimpleNamespace(resplit=False, val_fraction=0.15), said.append)
+    assert said == ["warning: the test split has no tb images: its figures cannot measure how the model finds tb (no sensitivity, "
+                    "no ROC-AUC); add images of that class"]

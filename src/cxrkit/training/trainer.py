@@ -347,6 +347,13 @@ def _check_splits_for_training(ds: LabelledImages, cfg: TrainConfig, log: Callab
     empty = [s for s in ("train", "val") if len(ds.index(s)) == 0]
     if not empty:
         _check_validation_classes(ds, log, cut=cfg.resplit)
+        test = ds.index("test")
+        if len(test) and not ds.multilabel:
+            # Said only by evaluate, after training ("no tb images, so ROC-AUC cannot be measured"): 3 tb images of 63 left none there.
+            lacking = [c for i, c in enumerate(ds.class_names) if not (ds.labels[test] == i).any()]
+            if lacking:
+                log(f"warning: the test split has no {' or '.join(lacking)} images: its figures cannot measure how the model finds "
+                    f"{' or '.join(lacking)} (no sensitivity, no ROC-AUC); add images of {'that class' if len(lacking) == 1 else 'those classes'}")
         return
     if empty == ["val"]:
         raise ValueError("training needs validation images (for the kept epoch, the threshold and calibration) and there are none: "
