@@ -394,3 +394,14 @@ def test_images_outside_any_class_folder_are_listed_as_unlabelled(tmp_path):
     _note_unread_images(SimpleNamespace(source=src), said.append)
     assert said == [f"note: 2 image(s) outside any class folder were left out, having no label (e.g. {root / 'stray.png'}); "
                     "move each into its class folder to use it"]
+
+
+def test_too_few_groups_names_copies_as_well_as_patients():
+    import numpy as np
+
+    from cxrkit.data.splits import _cut
+
+    idx, labels = np.arange(80), np.repeat([0, 1], 40)
+    # 80 byte-identical images are one group of copies: the error said "only 1 patients" though no IDs were given
+    with pytest.raises(ValueError, match=r"only 1 patient\(s\) or group\(s\) of identical copies among 80 images"):
+        _cut(idx, labels, np.zeros(80, dtype=int).astype(str), 12, seed=0)

@@ -184,7 +184,9 @@ def _cut(
     n_splits = max(2, round(1.0 / fraction))
     n_groups = len(np.unique(groups[idx]))
     if n_groups < n_splits:
-        raise ValueError(f"only {n_groups} patients; too few for a {fraction:.0%} patient-level split")
+        # Copies of one image are kept together like a patient's: 80 identical images were "only 1 patients".
+        raise ValueError(f"only {n_groups} patient(s) or group(s) of identical copies among {len(idx)} images; too few for a "
+                         f"{fraction:.0%} patient-level split (`cxrkit audit` lists the copies)")
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # "The least populated class in y has only 3 members" printed scikit-learn's source line above cxrkit's output; what it
@@ -210,7 +212,8 @@ def _multilabel_splits(
     fractions[0] = 1.0 - sum(fractions[1:])
     g = groups[pool] if groups is not None else pool.astype(str)
     if len(np.unique(g)) < len(names):
-        raise ValueError(f"only {len(np.unique(g))} patients; too few for a patient-level split into {', '.join(names)}")
+        raise ValueError(f"only {len(np.unique(g))} patient(s) or group(s) of identical copies among {len(pool)} images; too few for a "
+                         f"patient-level split into {', '.join(names)} (`cxrkit audit` lists the copies)")
     yp = y[pool]
     # "No finding" joins the labels being stratified, so images without findings are spread in proportion too.
     fold = iterative_stratification(np.hstack([yp, yp.sum(axis=1, keepdims=True) == 0]), g, fractions, seed)
