@@ -178,3 +178,14 @@ def test_a_png_is_a_png_whatever_its_bytes_128_to_131_say_and_a_damaged_header_i
     with pytest.raises(ImageDecodeError, match="starts as a PNG but its header is damaged") as exc:
         read_grayscale(bytes(bad))
     assert not isinstance(exc.value, UnsupportedImageError)
+
+
+def test_one_magic_table_decides_format_for_decoder_dicom_check_and_server():
+    from cxrkit.data.magic import sniff_format
+
+    dicm = b"\x00" * 128 + b"DICM"
+    assert sniff_format(dicm) == "dicom"
+    assert sniff_format(b"\x89PNG\r\n\x1a\n" + dicm[8:]) == "png"  # a PNG's text chunk cannot make it a DICOM
+    assert sniff_format(b"II*\x00" + dicm[4:]) == "dicom"  # TIFF/DICOM dual-personality files are read as DICOM
+    assert sniff_format(b"BMI,age,sex\n") == "bmp" and sniff_format(b"BMI,age,sex\n", strong_only=True) is None
+    assert sniff_format(b"%PDF-1.4") is None

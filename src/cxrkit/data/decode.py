@@ -16,9 +16,10 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile
 
-from cxrkit.data.dicom import is_dicom_bytes, read_dicom
+from cxrkit.data.dicom import read_dicom
 from cxrkit.data.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError, UnusableImageError
 from cxrkit.data.intensity import crop_borders, normalize_intensity
+from cxrkit.data.magic import is_dicom_bytes, sniff_format
 from cxrkit.data.stretch import STRETCH_ROWS, stretch_to_uint8
 
 # A damaged EXIF block is the file's problem, reported in its one line of error (or ignored where the pixels are fine).
@@ -42,10 +43,6 @@ DRAFT_MARGIN = 4
 
 
 # Magic numbers of the formats decoded; DICOM's "DICM" sits at byte 128.
-_MAGIC_NAMES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
-_MAGIC = (*(m for m, _ in _MAGIC_NAMES), b"BM")
-
-
 def is_image_file(path: Path) -> bool:
     """Tell whether a path is a supported image by extension, or by content when it has no extension, and not hidden."""
     name = path.name
@@ -62,7 +59,7 @@ def is_image_file(path: Path) -> bool:
             head = f.read(132)
     except OSError:
         return False
-    return is_dicom_bytes(head) or head.startswith(_MAGIC)
+    return sniff_format(head) is not None
 
 
 # EXIF orientation -> the transpose that shows the image as viewers do (TIFF/EXIF tag 274).
@@ -192,9 +189,9 @@ def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_
     except ImageDecodeError:
         raise
     except Image.UnidentifiedImageError as exc:
-        started = next((name for magic, name in _MAGIC_NAMES if head.startswith(magic)), None)
+        started = sniff_format(head, strong_only=True)
         if started:  # a PNG with a damaged header chunk is a damaged PNG (422), not "not an image" (415)
-            raise ImageDecodeError(f"cannot decode image: it starts as a {started} but its header is damaged") from exc
+            raise ImageDecodeError(f"cannot decode image: it starts as a {started.upper()} but its header is damaged") from exc
         claimed = _IMAGE_SUFFIXES.get(Path(source).suffix.lower()) if isinstance(source, (str, Path)) else None
         if claimed:  # "not a supported image" alone read as if PNG itself were unsupported
             raise UnsupportedImageError(f"not a supported image: named {Path(source).suffix}, but the contents are not {claimed} "

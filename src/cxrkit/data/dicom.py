@@ -23,20 +23,6 @@ from cxrkit.data.stretch import STRETCH_ROWS, stretch_to_uint8
 # cxrkit reports a file that cannot be read with one line of its own, so these are not shown.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
-DICOM_MAGIC = b"DICM"
-MAGIC_OFFSET = 128
-
-
-# A file that opens as one of these is that format, whatever its bytes 128-131 say: a PNG whose text chunk put "DICM"
-# there was refused as a DICOM without pixels. TIFF is not among them: TIFF/DICOM dual-personality files are made on
-# purpose, and their DICOM part carries the pixel values as acquired.
-NOT_DICOM_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")
-
-
-def is_dicom_bytes(head: bytes) -> bool:
-    """Tell whether the first 132 bytes of a file are a DICOM Part 10 preamble and prefix (and not a PNG, JPEG or BMP header)."""
-    return head[MAGIC_OFFSET : MAGIC_OFFSET + 4] == DICOM_MAGIC and not head.startswith(NOT_DICOM_MAGIC)
-
 
 def read_dicom(source: str | Path | bytes | BinaryIO, max_pixels: int) -> np.ndarray:
     """Decode the first frame of a DICOM image as a 2-D uint8 array (display orientation, MONOCHROME2); see :func:`_read_dicom`."""

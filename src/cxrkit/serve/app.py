@@ -33,7 +33,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from cxrkit import __version__
 from cxrkit.data.decode import ImageDecodeError, ImageTooLargeError, UnsupportedImageError, UnusableImageError
-from cxrkit.data.dicom import is_dicom_bytes
+from cxrkit.data.magic import sniff_format
 from cxrkit.prediction.results import ood_findings
 from cxrkit.report.narrative import against_threshold
 from cxrkit.run import Run
@@ -165,16 +165,6 @@ def _multipart_boundary(scope) -> bytes | None:
     return (params.get(b"boundary") or None) if kind == b"multipart/form-data" else None
 
 
-def _sniff(data: bytes) -> str:
-    """The format by magic number (informational; the decoder sniffs again and decides)."""
-    if is_dicom_bytes(data):
-        return "dicom"
-    for magic, name in ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpeg"), (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff")):
-        if data.startswith(magic):
-            return name
-    return "unknown"
-
-
 def _libc_malloc_trim():
     import ctypes
     import ctypes.util
@@ -287,7 +277,7 @@ class Service:
         for i, (name, data) in enumerate(uploads):
             label = labels[i]
             result = {
-                "file": name, "bytes": _size(data), "format": _sniff(_head(data)),
+                "file": name, "bytes": _size(data), "format": sniff_format(_head(data)) or "unknown",
                 # Unrounded: rounded to 6 decimals, a probability within 5e-7 of the threshold read as on the other side of it.
                 "probabilities": {c: float(probs[i, j]) for j, c in enumerate(self.run.classes)},
                 "decision": {**{k: v for k, v in self.rule.items() if k != "words"}, "label": label,
