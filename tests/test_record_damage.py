@@ -214,7 +214,7 @@ def test_a_run_file_that_is_a_folder_or_a_dangling_link_is_named_as_such(name, t
 
 
 def test_a_relative_cache_dir_is_found_where_the_training_ran_and_config_errors_name_the_file_once(tmp_path, monkeypatch):
-    from cxrkit.run import training_cache_dir
+    from cxrkit.config import training_cache_dir
 
     # Trained from /work as `--out runs/demo --cache-dir runs/demo/cache`: evaluate from elsewhere built the cache there.
     work = tmp_path / "work"
@@ -225,6 +225,27 @@ def test_a_relative_cache_dir_is_found_where_the_training_ran_and_config_errors_
     assert training_cache_dir("c", "other/run", work / "runs" / "demo") is None  # moved: the default cache, not ./c
     assert training_cache_dir("c", str(work / "runs" / "demo"), work / "runs" / "demo") is None
     assert training_cache_dir("c", "../x", work / "x") is None
+
+
+def test_resume_from_another_folder_finds_a_relative_cache_dir_where_the_training_ran(tiny_run, tmp_path, monkeypatch):
+    import yaml
+
+    from cxrkit.config import ConfigError
+    from cxrkit.training.trainer import resumed_config
+
+    # Only Run.config resolved it: `train --resume` from elsewhere built a second cache of the images in that folder.
+    work = tmp_path / "work"
+    run = work / "runs" / "demo"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint", "plots", "report.html", "*.onnx"))
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "out": "runs/demo", "cache_dir": "c"}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert resumed_config(run, saved["data"], {}, "--resume").cache_dir == str(work / "c")
+    with pytest.raises(ConfigError, match="cache_dir"):  # ./c from here is another folder than the run's
+        resumed_config(run, saved["data"], {"cache_dir": "c"}, "--resume")
+    monkeypatch.chdir(work)
+    assert resumed_config(Path("runs/demo"), saved["data"], {"cache_dir": "c"}, "--resume").cache_dir == str(work / "c")
 
 
 def test_a_config_error_names_the_file_once(tiny_run, tmp_path, capsys):

@@ -292,6 +292,8 @@ class TrainConfig:
         given = raw.get("augment") if isinstance(raw, dict) else None
         if isinstance(given, dict):  # a strength added since (gamma, blur, ...) was off then: the dataclass's value, not the preset's
             cfg.augment = replace(cfg.augment, **{f.name: f.default for f in fields(AugmentConfig) if f.name not in given})
+        if cfg.cache_dir and not Path(cfg.cache_dir).is_absolute():
+            cfg.cache_dir = training_cache_dir(cfg.cache_dir, cfg.out, Path(path).parent)
         return cfg
 
     @classmethod
@@ -430,3 +432,14 @@ def _cuda_bf16(device: torch.device) -> bool:
 
     with torch.cuda.device(device):
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+def training_cache_dir(cache_dir: str, out: str | None, run_path: Path) -> str | None:
+    """A relative ``cache_dir`` of a run's config, where the training found it: relative to the folder the training ran in,
+    which is the run folder less its relative ``out`` (``runs/demo`` at ``/work/runs/demo``: ``/work``). None (the default
+    cache) when that cannot be told: relative to wherever a later command ran, evaluate built a second cache of the images there."""
+    parts = Path(out).parts if out and not Path(out).is_absolute() else ()
+    here = Path(run_path).resolve().parts
+    if parts and ".." not in parts and len(here) > len(parts) and here[-len(parts):] == parts:
+        return str(Path(*here[: -len(parts)]) / cache_dir)
+    return None

@@ -349,17 +349,6 @@ def decode_input(item: Any, pre: Preprocessing, scale: float | None = None) -> n
     raise ValueError(f"cannot predict on a {type(item).__name__}: give a file path, bytes, a PIL image or a NumPy array")
 
 
-def training_cache_dir(cache_dir: str, out: str | None, run_path: Path) -> str | None:
-    """A relative ``cache_dir`` of a run's config, where the training found it: relative to the folder the training ran in,
-    which is the run folder less its relative ``out`` (``runs/demo`` at ``/work/runs/demo``: ``/work``). None (the default
-    cache) when that cannot be told: relative to wherever a later command ran, evaluate built a second cache of the images there."""
-    parts = Path(out).parts if out and not Path(out).is_absolute() else ()
-    here = Path(run_path).resolve().parts
-    if parts and ".." not in parts and len(here) > len(parts) and here[-len(parts):] == parts:
-        return str(Path(*here[: -len(parts)]) / cache_dir)
-    return None
-
-
 def path_list(paths: Any) -> list:
     """``paths`` (a list, tuple or generator of file paths) as a list; one path, or an item that is not a path, is a ValueError."""
     if isinstance(paths, (str, bytes, os.PathLike)):  # a string is a list of one-letter "files"
@@ -483,8 +472,6 @@ class Run:
         except (ConfigError, OSError) as exc:
             said = str(exc)  # the config's own errors name the file already: it was said twice
             raise RunError(said if str(self.path / CONFIG_FILE) in said else f"{self.path / CONFIG_FILE}: {said}") from None
-        if cfg.cache_dir and not Path(cfg.cache_dir).is_absolute():
-            cfg.cache_dir = training_cache_dir(cfg.cache_dir, cfg.out, self.path)
         return cfg
 
     def data_root(self) -> Path:

@@ -282,6 +282,8 @@ def resumed_config(out: Path, data: str, given: dict, how: str) -> TrainConfig:
     if Path(saved["data"]).resolve() != Path(data).resolve() and not Path(data).exists():
         raise ConfigError(f"{out} was trained on {saved['data']}, and {data} does not exist; {how} continues the same run")
     saved.update(data=str(data), out=str(out))
+    if given.get("cache_dir") and not Path(given["cache_dir"]).is_absolute():  # given again from here; config.yaml's is resolved
+        given = {**given, "cache_dir": str(Path(given["cache_dir"]).resolve())}
     clash = {k: v for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v}
     if clash:
         raise ConfigError(f"{how} continues {out} with its own settings, which differ: "
