@@ -97,3 +97,15 @@ def test_the_http_api_answers_refer_inside_the_band(tiny_run, binary_data, tmp_p
     client = TestClient(create_app(run_dir))
     r = client.post("/v1/predict", files=[("files", (path.name, path.read_bytes(), "image/png"))]).json()["results"][0]
     assert r["decision"]["label"] == "refer" and "refer to a reader" in r["decision"]["words"]
+
+
+def test_referral_summary_prints_its_intervals_as_every_other_figure(capsys):
+    from cxrkit.cli import _referral_summary
+
+    e = lambda v, lo, hi: {"value": v, "ci": [lo, hi]}  # noqa: E731
+    _referral_summary({"band": {"spec": "npv>=0.95", "lower": 0.1, "upper": 0.6},
+                       "outcomes": {"decided_share": e(0.5, 0.4, 0.6), "ruled_out": 30, "ruled_in": 20, "referred": 50,
+                                    "npv_ruled_out": e(0.96, 0.83, 0.99), "ppv_ruled_in": {"value": None, "ci": None}},
+                       "per_1000": {"referred": 500, "missed": 4}}, ["healthy", "tb"])
+    out = capsys.readouterr().out
+    assert "decided alone 50.0% (95% CI 40.0–60.0%)" in out and "(NPV 96.0% (95% CI 83.0–99.0%))" in out and "(PPV n/a)" in out

@@ -409,7 +409,7 @@ def _calibration_figures(c: dict) -> str:
 
 def _decision_summary(m: dict) -> None:
     """Calibration, the threshold's spread, the WHO triage check, the screening sentences and the attention flag of an evaluation."""
-    from cxrkit.report.narrative import cases_to_confirm_sentence, screening_sentences, threshold_spread_sentence
+    from cxrkit.report.narrative import cases_to_confirm_sentence, metric_text, screening_sentences, threshold_spread_sentence
 
     cal = m.get("calibration")
     if cal:
@@ -426,8 +426,8 @@ def _decision_summary(m: dict) -> None:
         pos = str(m["classes"][1])
         other = "" if "tb" in pos.lower() or "tuberc" in pos.lower() else f" (a target set for TB; for {pos} read it as a reference line)"
         print(f"  WHO TB-triage target (sensitivity >= 90% with specificity >= 70%) at the validation threshold for 90% sensitivity "
-              f"({w['threshold']:.3f}): sensitivity {100 * se['value']:.1f}% (95% CI {100 * se['ci'][0]:.1f}–{100 * se['ci'][1]:.1f}), "
-              f"specificity {100 * sp['value']:.1f}% ({100 * sp['ci'][0]:.1f}–{100 * sp['ci'][1]:.1f}): {w['verdict'].upper()}{other}")
+              f"({w['threshold']:.3f}): sensitivity {metric_text('sensitivity', se)}, specificity {metric_text('specificity', sp)}: "
+              f"{w['verdict'].upper()}{other}")
         confirm = cases_to_confirm_sentence(w, m["classes"])
         if confirm:
             print("    " + confirm)
@@ -442,16 +442,15 @@ def _decision_summary(m: dict) -> None:
 
 def _referral_summary(r: dict | None, classes: list[str] | None) -> None:
     """The referral band's decided share and the accuracy of the decided cases."""
+    from cxrkit.report.narrative import metric_text
+
     if not r:
         return
     o, k, b = r["outcomes"], r["per_1000"], r["band"]
     pos = classes[1] if classes else "positive"
-
-    def ci(e: dict) -> str:
-        return f"{100 * e['value']:.1f}% ({100 * e['ci'][0]:.1f}–{100 * e['ci'][1]:.1f})" if e["value"] is not None else "n/a"
-
-    print(f"  referral band {b['spec']} ({b['lower']:.3f}–{b['upper']:.3f}): decided alone {ci(o['decided_share'])}; "
-          f"ruled out {o['ruled_out']} (NPV {ci(o['npv_ruled_out'])}), ruled in {o['ruled_in']} (PPV {ci(o['ppv_ruled_in'])}), referred {o['referred']}")
+    print(f"  referral band {b['spec']} ({b['lower']:.3f}–{b['upper']:.3f}): decided alone {metric_text('share', o['decided_share'])}; "
+          f"ruled out {o['ruled_out']} (NPV {metric_text('npv', o['npv_ruled_out'])}), "
+          f"ruled in {o['ruled_in']} (PPV {metric_text('ppv', o['ppv_ruled_in'])}), referred {o['referred']}")
     print(f"  per 1,000 people like these: {k['referred']} read by a radiologist, {k['missed']} with {pos} cleared without a reader")
 
 

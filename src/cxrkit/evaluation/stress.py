@@ -24,6 +24,7 @@ from cxrkit.metrics.intervals import delong_interval, delong_paired
 from cxrkit.record import atomic_write_text
 from cxrkit.record.lock import run_lock
 from cxrkit.record.meta import now
+from cxrkit.report.narrative import ci_text
 from cxrkit.run import Run, load_run_dataset
 
 SHORTCUT_DROP = 0.05  # the issue's tolerance: a robust model's stressed AUC stays within 0.05
@@ -133,10 +134,10 @@ def _as_trained(run: Run, data, class_map: dict[str, str] | None, raw: np.ndarra
 def format_table(result: dict) -> str:
     """The stress result as a plain-text table and verdict."""
     lines = [f"{result['split']}: {result['n']} images ({result['positives']} positive), ROC-AUC {result['auc']:.3f} "
-             f"(95% CI {result['ci'][0]:.3f}-{result['ci'][1]:.3f})",
+             f"({ci_text(result, percent=False)})",
              f"{'change':<18} {'ROC-AUC (95% CI)':<24} {'vs unchanged':>12} {'p':>8}  touches lungs"]
     for r in result["perturbations"]:
-        lines.append(f"{r['name']:<18} {r['auc']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f})      {r['change']:+12.3f} {r['p_value']:8.2g}  "
+        lines.append(f"{r['name']:<18} {r['auc']:.3f} ({r['ci'][0]:.3f}–{r['ci'][1]:.3f})      {r['change']:+12.3f} {r['p_value']:8.2g}  "
                      f"{'yes' if r['touches_anatomy'] else 'no'}{'  <- shortcut' if r['shortcut'] else ''}")
     lines.append(result["verdict"])
     return "\n".join([f"note: {n}" for n in result.get("notes", [])] + lines)
