@@ -429,3 +429,39 @@ def test_a_test_split_without_a_class_is_said_at_training():
     _check_splits_for_training(ds, SimpleNamespace(resplit=False, val_fraction=0.15), said.append)
     assert said == ["warning: the test split has no tb images: its figures cannot measure how the model finds tb (no sensitivity, "
                     "no ROC-AUC); add images of that class"]
+
+
+def test_blank_and_tiny_images_are_left_out_of_training_and_named_by_the_audit(binary_data, tmp_path):
+    # predict refused them, while training learned from them and evaluate scored them: a model measured on images it refuses.
+    from cxrkit.audit.dataset_audit import audit_dataset
+    from cxrkit.audit.messages import audit_messages
+    from cxrkit.data.dataset import load_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(binary_data, data)
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(data / "train" / "healthy" / "blank.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8), dtype=np.uint8)).save(data / "test" / "tb" / "tiny.png")
+    ds = load_dataset(data, 32, progress=False)
+    skipped = {path: reason for path, _, reason in ds.skipped()}
+    assert skipped == {"train/healthy/blank.png": "image is blank (every pixel is 0): nothing to classify",
+                       "test/tb/tiny.png": "image is 8x8 pixels: too small to be a radiograph (each side needs at least 16)"}
+    assert sum(ds.image_counts().values()) == 120
+    audit = audit_dataset(data, progress=False)
+    assert {c["path"] for c in audit["corrupt"] if c["unusable"]} == set(skipped) and audit["n_decoded"] == 120
+    said = [m for m in audit_messages(audit) if "blank" in m]
+    assert len(said) == 1 and said[0].startswith("2 images are blank (one grey level) or too small to be a radiograph: left out of training")
+
+
+def test_a_blank_image_in_a_medmnist_file_is_left_out(tmp_path):
+    from cxrkit.data.dataset import load_dataset
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, m in (("train", 20), ("val", 6), ("test", 6)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (m, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.arange(m).reshape(-1, 1) % 2
+    arrays["test_images"][2] = 7
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    ds = load_dataset(tmp_path / "pneumoniamnist.npz", 16, progress=False)
+    assert [(split, reason) for _, split, reason in ds.skipped()] == [("test", "image is blank (every pixel is 7): nothing to classify")]
+    assert ds.image_counts() == {"train": 20, "val": 6, "test": 5}

@@ -250,7 +250,7 @@ def _mutated_npz(path: Path, change) -> Path:
     rng = np.random.default_rng(0)
     arrays = {}
     for split, m in (("train", 20), ("val", 6), ("test", 6)):
-        arrays[f"{split}_images"] = rng.integers(0, 255, (m, 8, 8), dtype=np.uint8)
+        arrays[f"{split}_images"] = rng.integers(0, 255, (m, 16, 16), dtype=np.uint8)  # a side under 16 px is refused
         arrays[f"{split}_labels"] = np.arange(m).reshape(-1, 1) % 2
     change(arrays)
     np.savez(path, **arrays)
@@ -275,7 +275,7 @@ def _set(key: str, value) -> callable:
     (_set("train_labels", lambda y: y.reshape(-1, 1, 1)), r"train_labels has the shape \(20, 1, 1\)"),
     # float images in 0..1 were cast to black; int64 ones wrapped at 256; other shapes failed during training
     (_set("train_images", lambda x: x.astype(np.float32) / 255), "train_images holds float32 values; MedMNIST images are uint8"),
-    (_set("train_images", lambda x: x[..., None, None]), r"train_images has the shape \(20, 8, 8, 1, 1\)"),
+    (_set("train_images", lambda x: x[..., None, None]), r"train_images has the shape \(20, 16, 16, 1, 1\)"),
     (_set("train_labels", np.array([[None]] * 20, dtype=object)), "train_labels holds Python objects"),
     (lambda a: a.pop("val_labels"), "has val_images but no val_labels"),  # the given val split was dropped without a word
     (_set("train_images", lambda x: x[:0]), "train_images has 0 images but train_labels has 20 rows"),

@@ -84,7 +84,8 @@ def audit_source(
         shared = {f"{a}-{b}": sorted(by_split[a] & by_split[b]) for a, b in (("train", "val"), ("train", "test"), ("val", "test"))}
         patients = {"ids": len(set(named)), "files_with_id": len(named), "files_without_id": len(groups) - len(named),
                     "shared": {k: len(v) for k, v in shared.items()}, "examples": {k: v[:10] for k, v in shared.items() if v}}
-    corrupt = [{"path": relpaths[i], "split": splits[i], "reason": records[i]["error"]} for i, r in enumerate(records) if r["error"]]
+    corrupt = [{"path": relpaths[i], "split": splits[i], "reason": r["error"], "unusable": bool(r.get("unusable"))}
+               for i, r in enumerate(records) if r["error"]]
     class_index = {c: i for i, c in enumerate(group_names)}
     probe = shortcut_probe([records[i] for i in ok], np.array([class_index[groups_of[i]] for i in ok]), group_names, seed=seed)
     stats, class_of = record_stats(records), np.array([class_index[g] for g in groups_of])

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
-from cxrkit.data.decode import MAX_PIXELS, orientation, to_grayscale_array, upright
+from cxrkit.data.decode import MAX_PIXELS, UnusableImageError, check_usable, orientation, to_grayscale_array, upright
 from cxrkit.data.sources import cache_root
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-FEATURES_VERSION = 2  # 2: images turned by their EXIF orientation
+FEATURES_VERSION = 3  # 2: images turned by their EXIF orientation; 3: blank and tiny images are errors, as training refuses them
 THUMB = 128  # statistics are computed on a thumbnail: properties of the file, not fine anatomy
 HASH_SIZE = 16  # 256-bit pHash: 64 bits leave unrelated chest films (all alike in layout) too close together
 CORNER = 0.15
@@ -60,6 +60,11 @@ def image_record(path: str | Path) -> dict:
             gray = to_grayscale_array(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         rec["error"] = f"cannot decode: {exc}"
+        return rec
+    try:
+        check_usable(gray)
+    except UnusableImageError as exc:  # decodes, but training leaves it out: the audit must not count it as a usable image
+        rec["error"], rec["unusable"] = f"{exc} (left out of training and evaluation)", True
         return rec
     pil = Image.fromarray(gray)
     rec["phash"] = str(imagehash.phash(pil, hash_size=HASH_SIZE))

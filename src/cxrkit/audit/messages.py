@@ -56,7 +56,12 @@ def audit_messages(audit: dict) -> list[str]:
         out.append(f"duplicates: {count(d['exact']['clusters'], 'group')} of byte-identical files ({d['exact']['redundant_files']} redundant), "
                    f"{count(d['near']['clusters'], 'group')} of near-identical images ({d['near']['redundant_files']} redundant)")
     if audit["corrupt"]:
-        out.append(f"{count(len(audit['corrupt']), 'file')} cannot be decoded")
+        blank = sum(bool(c.get("unusable")) for c in audit["corrupt"])
+        broken = len(audit["corrupt"]) - blank
+        out += [f"{count(broken, 'file')} cannot be decoded"] if broken else []
+        out += [f"{count(blank, 'image')} {'is' if blank == 1 else 'are'} blank (one grey level) or too small to be a radiograph: "
+                f"left out of training and evaluation, e.g. {next(c['path'] for c in audit['corrupt'] if c.get('unusable'))}"
+                ] if blank else []
     out += audit.get("left_out", [])  # audits saved before it have none
     if p.get("auc") is not None and not p["warning"]:
         out.append(f"shortcut probe: AUC {p['auc']:.2f} from non-anatomical features (threshold {p['threshold']}), no strong shortcut found")

@@ -30,11 +30,11 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
-from cxrkit.data.decode import ImageDecodeError, load_grayscale
-from cxrkit.data.medmnist import ArraySource, fit_array
+from cxrkit.data.decode import ImageDecodeError, UnusableImageError, check_usable, load_grayscale, prepare_grayscale
+from cxrkit.data.medmnist import ArraySource
 from cxrkit.data.sources import cache_root
 
-CACHE_FORMAT = 2  # 2: images turned by their EXIF orientation
+CACHE_FORMAT = 3  # 2: images turned by their EXIF orientation; 3: blank and tiny images refused, as prediction refuses them
 _PARALLEL_MIN = 64  # below this, starting worker processes costs more than it saves
 CHUNK = 64  # images per work item and per progress record
 
@@ -311,6 +311,7 @@ def load_cached_arrays(
         try:
             with np.load(source.npz) as z:
                 for start in tqdm(part.starts, desc="resizing images", unit="chunk", disable=not progress or None, leave=False):
+                    errors: dict[int, str] = {}
                     for i in range(start, min(start + chunk, n)):
                         split, row = source.rows[i]
                         if split not in loaded:
@@ -318,12 +319,15 @@ def load_cached_arrays(
                             loaded[split] = z[f"{split}_images"]
                         img = loaded[split][row]
                         gray = img if img.ndim == 2 else img[..., :3].mean(axis=2).round().astype(np.uint8)
-                        arr[i] = fit_array(gray, size, aspect, intensity, crop_border)
+                        try:
+                            arr[i] = prepare_grayscale(check_usable(gray), size, aspect, intensity, crop_border)
+                        except UnusableImageError as exc:
+                            arr[i], errors[i] = 0, str(exc)
                     arr.flush()
-                    part.record(start, {})
+                    part.record(start, errors)
         finally:
             part.close()
             del arr
-        _finish(tmp, store, {"errors": {}, "n": n, "size": size, "aspect": aspect, "intensity": intensity,
+        _finish(tmp, store, {"errors": part.errors(), "n": n, "size": size, "aspect": aspect, "intensity": intensity,
                              "crop_border": crop_border, "source": str(source.npz)})
     return _open_store(store, n, key, False, t0)

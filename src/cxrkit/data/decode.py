@@ -215,12 +215,13 @@ MIN_SIDE = 16
 
 def check_usable(gray: np.ndarray) -> np.ndarray:
     """``gray`` (a decoded full-resolution image) when a model can read something in it; :class:`UnusableImageError` when it is
-    a single grey level (blank, all black) or has a side under :data:`MIN_SIDE` pixels. For prediction: training data is audited."""
+    a single grey level (blank, all black) or has a side under :data:`MIN_SIDE` pixels. Training, evaluation and prediction
+    all refuse them: a model trained or scored on blank frames is measured on images it would refuse to read."""
     if min(gray.shape[:2]) < MIN_SIDE:
         raise UnusableImageError(f"image is {gray.shape[1]}x{gray.shape[0]} pixels: too small to be a radiograph "
-                                 f"(each side needs at least {MIN_SIDE}); no prediction made")
+                                 f"(each side needs at least {MIN_SIDE})")
     if gray.min() == gray.max():
-        raise UnusableImageError(f"image is blank (every pixel is {int(gray.min())}): nothing to classify; no prediction made")
+        raise UnusableImageError(f"image is blank (every pixel is {int(gray.min())}): nothing to classify")
     return gray
 
 
@@ -235,9 +236,9 @@ def load_grayscale(
     :data:`DRAFT_MIN_PIXELS`, at the reduced scale it was decoded at).
 
     Raises :class:`ImageDecodeError` with a readable reason for missing, empty, truncated,
-    oversized or non-image files.
+    oversized or non-image files, and its :class:`UnusableImageError` for blank or tiny ones (:func:`check_usable`).
     """
-    gray = read_grayscale(source, max_pixels, min_side=DRAFT_MARGIN * size)
+    gray = check_usable(read_grayscale(source, max_pixels, min_side=DRAFT_MARGIN * size))
     return prepare_grayscale(gray, size, aspect, intensity, crop_border)
 
 

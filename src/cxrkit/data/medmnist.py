@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrkit.data.decode import fit_square
-from cxrkit.data.intensity import crop_borders, normalize_intensity
 from cxrkit.data.sources import DatasetError, ImageFolderSource, Sample, check_utf8
 
 # Label names from medmnist.info.INFO (v2/v3) for the chest X-ray datasets.
@@ -61,13 +59,6 @@ class ArraySource(ImageFolderSource):
             with np.load(self.npz) as z:
                 self._stamps[split] = [zlib.crc32(np.ascontiguousarray(img).tobytes()) for img in z[f"{split}_images"]]
         return self._stamps[split][int(row)]
-
-
-def fit_array(gray: np.ndarray, size: int, aspect: str = "pad", intensity: str = "none", crop_border: bool = False) -> np.ndarray:
-    """The decode pipeline of :func:`cxrkit.data.decode.load_grayscale` for an image already in memory."""
-    if crop_border:
-        gray = crop_borders(gray)
-    return fit_square(normalize_intensity(gray, intensity), size, aspect)
 
 
 def medmnist_kind(path: Path) -> tuple[str, list[str]] | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrkit.data.decode import DRAFT_MARGIN, MAX_PIXELS, check_usable, prepare_grayscale, read_grayscale
+from cxrkit.data.decode import MAX_PIXELS, load_grayscale
 from cxrkit.data.spec import ImageSpec
 
 
@@ -22,9 +22,8 @@ class Preprocessing(ImageSpec):
 
     def load(self, source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         """Decode one file (path or bytes) to a uint8 ``image_size`` x ``image_size`` array, with the run's cropping and intensity
-        normalisation; a blank or tiny image is an :class:`~cxrkit.data.errors.UnusableImageError` (prediction refuses it)."""
-        gray = check_usable(read_grayscale(source, max_pixels, min_side=DRAFT_MARGIN * self.image_size))
-        return prepare_grayscale(gray, self.image_size, self.aspect, self.intensity, self.crop_border)
+        normalisation; a blank or tiny image is an :class:`~cxrkit.data.errors.UnusableImageError`."""
+        return load_grayscale(source, self.image_size, self.aspect, self.intensity, self.crop_border, max_pixels)
 
     @staticmethod
     def to_unit(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
