@@ -177,3 +177,21 @@ def test_a_dicom_whose_header_is_junk_is_called_damaged_not_answered_with_pydico
         f.seek(0)
         with pytest.raises(ImageDecodeError, match=r"^cannot read DICOM file: damaged header \(pydicom: TypeError"):
             read_grayscale(f)
+
+
+def test_the_audit_reads_an_all_dicom_dataset_as_training_does(tmp_path):
+    # The audit opened files with Pillow alone: every DICOM was "cannot decode", and the shortcut probe then failed on no
+    # records at all ("unexpected TypeError" from audit and train), while training itself read the same files.
+    from cxrkit.audit.dataset_audit import audit_dataset
+    from cxrkit.audit.features import image_record
+
+    rng = np.random.default_rng(0)
+    for cls, top in (("healthy", 3000), ("tb", 4095)):
+        for i in range(12):
+            write_dicom((tmp_path / "data" / cls).mkdir(parents=True, exist_ok=True) or tmp_path / "data" / cls / f"{i}.dcm",
+                        rng.integers(0, top, (32, 32)).astype(np.uint16))
+    rec = image_record(tmp_path / "data" / "tb" / "0.dcm")
+    assert rec["error"] is None and (rec["format"], rec["mode"], rec["bit_depth"], rec["width"]) == ("DICOM", "I;16", 12, 32)
+    np.testing.assert_allclose(rec["mean"], read_grayscale(tmp_path / "data" / "tb" / "0.dcm", 10**8).mean() / 255, atol=0.01)
+    audit = audit_dataset(tmp_path / "data", progress=False)
+    assert audit["n_decoded"] == 24 and audit["corrupt"] == [] and audit["shortcut_probe"]["auc"] is not None

@@ -118,6 +118,15 @@ def audit_source(
     return result
 
 
+def _refuse_if_none_usable(paths: list[Path], records: list[dict]) -> None:
+    """Stop with the reason when not one file is a usable image: the splits were refused as "only 1 group of copies" (junk
+    files are byte-identical) or training found "no training images after the split", neither of which says why."""
+    if records and all(r["error"] for r in records):
+        blank = sum(bool(r.get("unusable")) for r in records)
+        why = ", ".join(f"{n} {what}" for n, what in ((blank, "blank or tiny"), (len(records) - blank, "unreadable")) if n)
+        raise DatasetError(f"none of the {len(records)} files is a usable image ({why}); e.g. {paths[0]}: {records[0]['error']}")
+
+
 def _audit_key(source: ImageFolderSource, splits: list[str], groups: list[str] | None) -> str:
     """Changes with any file's content stamp, the split or patient assignment, or the audit's version."""
     h = hashlib.sha256(f"audit-v{AUDIT_VERSION}-features-v{FEATURES_VERSION}".encode())
@@ -152,7 +161,9 @@ def audit_dataset(
     plan = plan_dataset(data, None, val_fraction, test_fraction, seed, group_pattern, cache, labels=labels, label_column=label_column,
                         task=task, resplit=resplit, duplicate_groups=copies)
     source = plan.source
-    computed += read_records([s.path for s in source.samples], cache, progress=progress)[1]["computed"]
+    records, timing = read_records([s.path for s in source.samples], cache, progress=progress)
+    computed += timing["computed"]
+    _refuse_if_none_usable([s.path for s in source.samples], records)
     splits = [str(s) for s in plan.splits]
     result = audit_source(source, splits, plan.patients, cache, progress, seed)
     result["seconds"] = {**result["seconds"], "total": time.perf_counter() - t0, "files_computed": computed}
@@ -177,6 +188,7 @@ def duplicate_group_ids(paths: list[Path], cache_dir: str | Path | None = None, 
     lands in the same split as a patient's images would; the features are the audit's own, cached per file.
     """
     records, _ = read_records(list(paths), Path(cache_dir) if cache_dir else None, progress=progress)
+    _refuse_if_none_usable(paths, records)
     by_sha: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         if r.get("sha1"):

@@ -8,6 +8,7 @@ resizing and re-encoding, so copies saved at another size or JPEG quality still 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sys
@@ -18,10 +19,12 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from cxrkit.data.decode import MAX_PIXELS, UnusableImageError, check_usable, orientation, to_grayscale_array, upright
+from cxrkit.data.dicom import read_dicom
+from cxrkit.data.magic import is_dicom_bytes
 from cxrkit.data.sources import cache_root
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-FEATURES_VERSION = 3  # 2: images turned by their EXIF orientation; 3: blank and tiny images are errors, as training refuses them
+FEATURES_VERSION = 4  # 2: images turned by their EXIF orientation; 3: blank and tiny images are errors, as training refuses them; 4: DICOM read
 THUMB = 128  # statistics are computed on a thumbnail: properties of the file, not fine anatomy
 HASH_SIZE = 16  # 256-bit pHash: 64 bits leave unrelated chest films (all alike in layout) too close together
 CORNER = 0.15
@@ -35,29 +38,14 @@ def _corner_slices(s: int) -> list[tuple[slice, slice]]:
 
 def image_record(path: str | Path) -> dict:
     """Properties of one file; ``error`` holds the reason when it cannot be decoded."""
-    import imagehash
-
     path = Path(path)
     data = path.read_bytes()
     rec: dict = {"bytes": len(data), "sha1": hashlib.sha1(data).hexdigest(), "error": None}
     try:
-        with Image.open(path) as img:
-            rec.update(format=img.format or path.suffix.lstrip(".").upper(), mode=img.mode, width=img.width, height=img.height,
-                       channels=len(img.getbands()), bit_depth=BIT_DEPTH.get(img.mode, 8))
-            if img.width * img.height > MAX_PIXELS:
-                raise ValueError(f"image too large ({img.width}x{img.height} pixels)")
-            turn = orientation(img)
-            img.draft(img.mode, (2 * THUMB, 2 * THUMB))  # JPEG: decode at reduced scale, several times faster
-            img.load()
-            img = upright(img, turn)  # as the model reads it: corners and sizes of the image as shown
-            rec.update(width=img.width, height=img.height)
-            colour = img.mode in ("RGB", "RGBA")
-            if colour:
-                rgb = np.asarray(img.convert("RGB").resize((THUMB, THUMB)), dtype=np.int16)
-                rec["channel_difference"] = float(np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean() / 255)
-            else:
-                rec["channel_difference"] = 0.0
-            gray = to_grayscale_array(img)
+        if is_dicom_bytes(data[:132]):
+            gray = _dicom_gray(data, rec)
+        else:
+            gray = _pillow_gray(path, rec)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         rec["error"] = f"cannot decode: {exc}"
         return rec
@@ -66,6 +54,47 @@ def image_record(path: str | Path) -> dict:
     except UnusableImageError as exc:  # decodes, but training leaves it out: the audit must not count it as a usable image
         rec["error"], rec["unusable"] = f"{exc} (left out of training and evaluation)", True
         return rec
+    return _statistics(gray, rec)
+
+
+def _dicom_gray(data: bytes, rec: dict) -> np.ndarray:
+    """A DICOM file read as training reads it (Pillow cannot open one: an all-DICOM dataset had no usable record at all)."""
+    import pydicom
+
+    gray = read_dicom(data, MAX_PIXELS)
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    bits = int(ds.get("BitsStored", 8) or 8)
+    rgb = str(ds.get("PhotometricInterpretation", "")).upper() == "RGB"
+    rec.update(format="DICOM", mode="RGB" if rgb else ("I;16" if bits > 8 else "L"), width=int(gray.shape[1]), height=int(gray.shape[0]),
+               channels=3 if rgb else 1, bit_depth=bits, channel_difference=0.0)
+    return gray
+
+
+def _pillow_gray(path: Path, rec: dict) -> np.ndarray:
+    """A PNG, JPEG, BMP or TIFF read at thumbnail scale, upright; its format, mode, size and colour spread go into ``rec``."""
+    with Image.open(path) as img:
+        rec.update(format=img.format or path.suffix.lstrip(".").upper(), mode=img.mode, width=img.width, height=img.height,
+                   channels=len(img.getbands()), bit_depth=BIT_DEPTH.get(img.mode, 8))
+        if img.width * img.height > MAX_PIXELS:
+            raise ValueError(f"image too large ({img.width}x{img.height} pixels)")
+        turn = orientation(img)
+        img.draft(img.mode, (2 * THUMB, 2 * THUMB))  # JPEG: decode at reduced scale, several times faster
+        img.load()
+        img = upright(img, turn)  # as the model reads it: corners and sizes of the image as shown
+        rec.update(width=img.width, height=img.height)
+        colour = img.mode in ("RGB", "RGBA")
+        if colour:
+            rgb = np.asarray(img.convert("RGB").resize((THUMB, THUMB)), dtype=np.int16)
+            rec["channel_difference"] = float(np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean() / 255)
+        else:
+            rec["channel_difference"] = 0.0
+        return to_grayscale_array(img)
+
+
+def _statistics(gray: np.ndarray, rec: dict) -> dict:
+    """``rec`` with the perceptual hash and the intensity, border and corner statistics of a decoded image."""
+    import imagehash
+
     pil = Image.fromarray(gray)
     rec["phash"] = str(imagehash.phash(pil, hash_size=HASH_SIZE))
     g = np.asarray(pil.resize((THUMB, THUMB), Image.Resampling.BILINEAR), dtype=np.float64) / 255

@@ -44,10 +44,10 @@ def shortcut_probe(records: list[dict], labels: np.ndarray, class_names: list[st
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     x, names = probe_features(records)
-    y = np.asarray(labels)
+    y = np.asarray(labels, dtype=np.int64)  # no decodable image at all is an empty float array, which bincount refused
     k = len(class_names)
     counts = np.bincount(y, minlength=k)
-    n_folds = int(min(folds, counts[counts > 0].min()))
+    n_folds = int(min(folds, counts[counts > 0].min())) if counts.any() else 0
     if n_folds < 2 or (counts > 0).sum() < 2:
         return {"auc": None, "warning": False, "reason": "too few images per class for cross-validation", "features": []}
     # A random forest on one thread: no scaling needed, and gradient boosting's OpenMP threads measured 60 s

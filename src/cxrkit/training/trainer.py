@@ -346,6 +346,9 @@ def pretrained_source(pretrained: str | None, classes: list[str]) -> tuple[str |
 
 def _check_splits_for_training(ds: LabelledImages, cfg: TrainConfig, log: Callable[[str], None]) -> None:
     """Refuse, before the audit and the exposure probe, a split with no training or no validation images."""
+    if len(ds.relpaths) and not np.asarray(ds.cache.ok).any():  # said as "no training images after the split", which is not why
+        path, _, reason = ds.skipped()[0]
+        raise ValueError(f"none of the {len(ds.relpaths)} images can be used (each is listed with its reason in skipped.csv); e.g. {path}: {reason}")
     empty = [s for s in ("train", "val") if len(ds.index(s)) == 0]
     if not empty:
         _check_validation_classes(ds, log, cut=cfg.resplit)
