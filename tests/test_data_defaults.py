@@ -119,3 +119,25 @@ def test_python_api_follows_the_native_size_too(binary_data, tmp_path):
 
     run = cxrkit.train(binary_data, out=str(tmp_path / "r"), model="mlp", epochs=1, batch_size=16, progress=False)
     assert run.preprocessing.image_size == 48  # the fixture's images are 48 px
+
+
+def test_a_class_named_as_another_ones_absence_is_the_negative_class():
+    from cxrkit.data.sources import choose_positive_class, positive_is_guessed
+
+    # The second name alphabetically made "No_Effusion" the disease: every sensitivity was the healthy images' share.
+    for negative, positive in (("No_Effusion", "Effusion"), ("Non-COVID", "COVID"), ("No Cardiomegaly", "Cardiomegaly"),
+                               ("without tb", "tb"), ("normal", "Pneumonia")):
+        assert choose_positive_class([positive, negative]) == positive and not positive_is_guessed([negative, positive])
+    assert choose_positive_class(["a", "b"]) == "b" and positive_is_guessed(["a", "b"])
+    assert choose_positive_class(["nonTB", "TB"]) == "nonTB" and positive_is_guessed(["nonTB", "TB"])  # no word boundary: a guess
+
+
+def test_training_says_when_the_positive_class_is_a_guess(binary_data, tmp_path, capsys):
+    data = tmp_path / "d"
+    for split in ("train", "test"):
+        for old, new in (("healthy", "site_a"), ("tb", "site_b")):
+            shutil.copytree(binary_data / split / old, data / split / new)
+    assert main(["train", str(data), "--out", str(tmp_path / "r"), "--epochs", "1", "--image-size", "32", "--model", "cnn"]) == 0
+    out = capsys.readouterr()
+    assert ("note: site_b is taken as the positive (disease) class, the second name alphabetically: neither name says normal, "
+            "healthy or no finding. If site_a is the disease, train again with --positive site_a") in out.out + out.err

@@ -401,7 +401,8 @@ def choose_positive_class(classes: list[str], positive: str | None = None) -> st
     """Pick the positive (disease) class of a binary task.
 
     An explicit ``positive`` must match a class name (case-insensitively). Otherwise the class that
-    is not called normal/healthy/negative/no finding wins; failing that, the second alphabetically.
+    is not called normal/healthy/negative/no finding wins; then the one not named as another's absence ("No_Effusion",
+    "Non-COVID"); failing that, the second alphabetically (:func:`positive_is_guessed`: training then says so).
     """
     if len(classes) != 2:
         raise ValueError(f"a positive class applies to binary tasks; got {len(classes)} classes")
@@ -410,7 +411,19 @@ def choose_positive_class(classes: list[str], positive: str | None = None) -> st
         if not matches:
             raise DatasetError(f"--positive {positive!r} is not a class; classes are {classes}")
         return matches[0]
-    negatives = [c for c in classes if canonical_name(c) in NEGATIVE_NAMES]
-    if len(negatives) == 1:
-        return next(c for c in classes if c != negatives[0])
+    for says_negative in (lambda c: canonical_name(c) in NEGATIVE_NAMES, _negated):
+        negatives = [c for c in classes if says_negative(c)]
+        if len(negatives) == 1:
+            return next(c for c in classes if c != negatives[0])
     return sorted(classes)[1]
+
+
+def _negated(name: str) -> bool:
+    """A class named as the absence of another ("No_Effusion", "Non-COVID", "without TB"): the second alphabetically made
+    "No_Effusion" the disease class, and every sensitivity was then the healthy images' share."""
+    return re.match(r"(no|non|not|without)[ \-]", canonical_name(name)) is not None
+
+
+def positive_is_guessed(classes: list[str]) -> bool:
+    """True when neither rule of :func:`choose_positive_class` names the negative class, so it fell back to the alphabet."""
+    return len(classes) == 2 and not any(sum(map(says, classes)) == 1 for says in (lambda c: canonical_name(c) in NEGATIVE_NAMES, _negated))

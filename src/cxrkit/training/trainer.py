@@ -30,6 +30,7 @@ from cxrkit.config import TrainConfig
 from cxrkit.data.augment import augment_batch
 from cxrkit.data.dataset import LabelledImages, load_dataset
 from cxrkit.data.preprocess import Preprocessing, intensity_stats
+from cxrkit.data.sources import positive_is_guessed
 from cxrkit.metrics.thresholds import cases_needed, parse_rule, rule_confidence
 from cxrkit.models.mixstyle import MixStyle
 from cxrkit.models.pretrained import initialise
@@ -449,6 +450,10 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     ds = load("none" if intensity == "auto" else intensity)
     _check_splits_for_training(ds, cfg, log)
     _note_unread_images(ds, log)
+    if cfg.positive is None and not ds.multilabel and positive_is_guessed(ds.class_names):
+        # Every sensitivity, PPV and threshold rule is about this class: a guess is said, not kept silent.
+        log(f"note: {ds.positive} is taken as the positive (disease) class, the second name alphabetically: neither name says "
+            f"normal, healthy or no finding. If {ds.class_names[0]} is the disease, train again with --positive {ds.class_names[0]}")
     if cfg.intensity == "auto":
         intensity, exposure = _choose_intensity(ds)
         log(f"intensity (exposure probe on the training and validation images): {exposure['message']}")
