@@ -157,6 +157,38 @@ def test_table_defects_that_would_shift_drop_or_misread_values_are_one_line_erro
         open_label_table(tmp_path / "t.csv", tmp_path)
 
 
+@pytest.mark.parametrize("haze, says", [
+    (["0", "1", "2", "0", "1", "0", "1", "0", "1", "0"], r"column 'haze' of the table holds 0/1 labels but line 4 has '2'"),
+    (["0", "1", "0.5", "0", "1", "0", "1", "0", "1", "0"], r"column 'haze' of the table holds 0/1 labels but line 4 has '0.5'"),
+    (["yes", "no"] * 5, r"column 'haze' of the table holds yes/no values beside the 0/1 label columns \(opacity\)"),
+], ids=["stray-2", "half", "yes-no"])
+def test_a_finding_column_with_other_values_is_refused_not_dropped(tmp_path, haze, says):
+    # The column vanished from the task without a word: classes ['opacity'], and the haze labels were never read.
+    paths = _images(tmp_path, 10)
+    rows = [{"path": p, "opacity": i % 2, "haze": h} for i, (p, h) in enumerate(zip(paths, haze))]
+    with pytest.raises(DatasetError, match=says):
+        open_label_table(_write_csv(tmp_path / "t.csv", rows), tmp_path)
+
+
+def test_a_no_finding_column_is_the_absence_of_findings_and_one_name_per_row_is_a_class(tmp_path):
+    paths = _images(tmp_path, 9)
+    # "No Finding" was read as a finding: every image had "any finding", and the task learned it as a disease.
+    rows = [{"path": p, "No Finding": int(i % 3 == 0), "Effusion": int(i % 3 == 1), "Cardiomegaly": int(i % 3 == 2)} for i, p in enumerate(paths)]
+    src = open_label_table(_write_csv(tmp_path / "onehot.csv", rows), tmp_path)
+    assert src.classes == ["Effusion", "Cardiomegaly"] and [s.findings for s in src.samples[:3]] == [(), ("Effusion",), ("Cardiomegaly",)]
+    rows[0]["Effusion"] = 1
+    with pytest.raises(DatasetError, match=r"line 2 of .*: 'No Finding' is 1 but the findings marked 1 are Effusion; a row holds either"):
+        open_label_table(_write_csv(tmp_path / "both.csv", rows), tmp_path)
+    # A `labels` column of one name per row: "normal" was dropped as no finding, and three classes trained as two findings.
+    single = [{"path": p, "labels": ("normal", "tb", "pneumonia")[i % 3]} for i, p in enumerate(paths)]
+    src = open_label_table(_write_csv(tmp_path / "single.csv", single), tmp_path)
+    assert not src.multilabel and src.classes == ["normal", "pneumonia", "tb"]
+    assert open_label_table(_write_csv(tmp_path / "single.csv", single), tmp_path, task="multilabel").classes == ["pneumonia", "tb"]
+    # 01 and 1 were two classes of a three-class task
+    numbers = [{"path": p, "label": ("0", "01", "1.0")[i % 3]} for i, p in enumerate(paths)]
+    assert open_label_table(_write_csv(tmp_path / "n.csv", numbers), tmp_path).classes == ["0", "1"]
+
+
 def test_a_semicolon_or_tab_separated_table_is_read(tmp_path):
     paths = _images(tmp_path)
     for sep in ";\t":  # a spreadsheet in a European locale: was "has no image column ... columns are ['path;label']"

@@ -33,6 +33,7 @@ NIH_SPLIT_LISTS = {"test_list.txt": "test", "train_val_list.txt": "train"}
 _NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
 # What spreadsheets and pandas write for a value that is missing: never a class or a finding.
 MISSING_VALUES = {"nan", "na", "n/a", "#n/a", "null"}
+_YES_NO = {"yes", "no", "y", "n", "true", "false"}
 # Columns that are never label columns even when they hold only 0 and 1.
 META_COLUMNS = {"patient_age", "age", "patient_gender", "sex", "gender", "view_position", "follow_up", "split"}
 
@@ -150,12 +151,16 @@ def _choose_label_column(header: dict[str, str], rows: list[dict], label_column:
         return kind, [col]
     for name in FINDINGS_COLUMNS:
         if name in header:
-            return ("class" if task in ("binary", "multiclass") else "findings"), [header[name]]
+            col = header[name]
+            # One name per row and no '|' anywhere ("normal", "tb", "pneumonia") is a class column, as --label-column reads it:
+            # as findings, "normal" was dropped as no finding and a three-class table trained as two findings.
+            single = task == "auto" and name != "finding_labels" and not any("|" in r[col] for r in rows)
+            return ("class" if task in ("binary", "multiclass") or single else "findings"), [col]
     for name in CLASS_COLUMNS:
         if name in header:
             return ("findings" if task == "multilabel" else "class"), [header[name]]
     skip = set(PATH_COLUMNS) | set(PATIENT_COLUMNS) | META_COLUMNS
-    onehot = []
+    onehot, yes_no = [], []
     for key, col in header.items():
         if key in skip:
             continue
@@ -163,11 +168,19 @@ def _choose_label_column(header: dict[str, str], rows: list[dict], label_column:
         bits = [_zero_one(v) for v in values]
         if all(b is not None for b in bits):
             onehot.append(col)
-        elif any(b is not None for b in bits) and all(b is not None or v in MISSING_VALUES or v in ("", "-1", "-1.0") for v, b in zip(values, bits)):
-            # A finding column with a blank, NaN or -1 (CheXpert's "uncertain") in it was silently not a label column at all.
+        elif any(b is not None for b in bits) and (
+                all(b is not None or v in MISSING_VALUES or v in ("", "-1", "-1.0") for v, b in zip(values, bits))
+                or sum(b is not None for b in bits) >= 0.8 * len(bits)):
+            # A finding column with a blank, NaN, -1 (CheXpert's "uncertain"), or a stray 2 or 0.5 in it was silently not a
+            # label column at all: the finding vanished from the task.
             i = bits.index(None)
             raise DatasetError(f"column {col!r} of the table holds 0/1 labels but line {lines[i]} has {rows[i][col]!r}; write 0 or 1 in "
                                "every row (map blanks and -1 'uncertain' yourself), or remove the column")
+        elif values and all(v in _YES_NO for v in values):
+            yes_no.append(col)
+    if onehot and yes_no:  # read as a finding or dropped, either way a guess about a label column
+        raise DatasetError(f"column {yes_no[0]!r} of the table holds yes/no values beside the 0/1 label columns ({', '.join(onehot)}); "
+                           "write it as 0/1 if it is a finding, or remove it")
     if onehot:
         return "onehot", onehot
     raise DatasetError(
@@ -205,6 +218,10 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
     if path_col is None:
         raise DatasetError(f"{table} has no image column; expected one of {', '.join(PATH_COLUMNS)} (NIH: 'Image Index'); columns are {fields}")
     kind, label_cols = _choose_label_column(header, rows, label_column, task, lines)
+    none_col = None
+    if kind == "onehot":  # a "No Finding" column is the absence of every finding, not a finding of its own
+        none_col = next((c for c in label_cols if canonical_name(c) in NEGATIVE_NAMES), None)
+        label_cols = [c for c in label_cols if c != none_col]
     patient_col = next((header[c] for c in PATIENT_COLUMNS if c in header), None)
     split_col = header.get("split")
     nih = "image_index" in header and "finding_labels" in header
@@ -262,6 +279,9 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
             patient = None
         if kind == "onehot":
             found = tuple(c for c in label_cols if _zero_one(r[c]) == 1)
+            if none_col is not None and (_zero_one(r[none_col]) == 1) == bool(found):
+                raise DatasetError(f"line {lines[i]} of {table}: {none_col!r} is {r[none_col].strip()} but the findings marked 1 are "
+                                   f"{', '.join(found) or 'none'}; a row holds either {none_col} or findings")
             samples.append(Sample(p, "|".join(found) or "No Finding", split, found, patient))
         elif kind == "findings":
             found = _findings(r[label_cols[0]])
@@ -279,7 +299,7 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
                 raise DatasetError(f"line {lines[i]} of {table} has an empty label ({value!r}) in column {label_cols[0]!r}")
             if any(c in value for c in "\r\n\t"):  # a quoted cell spanning lines: a class 't\nb' beside 'tb'
                 raise DatasetError(f"line {lines[i]} of {table} has a label with a line break or tab in it ({value!r})")
-            if re.fullmatch(r"[+-]?\d+\.0*", value):  # 1.0 (a spreadsheet's number) is the class 1, not a class of its own
+            if re.fullmatch(r"[+-]?\d+(\.0*)?", value):  # 1.0 or 01 (a spreadsheet's number) is the class 1, not a class of its own
                 value = str(int(value.split(".")[0]))
             if "|" in value:
                 raise DatasetError(f"line {lines[i]} of {table} has several labels ({value!r}); use --task multilabel")
