@@ -408,12 +408,12 @@ def test_images_in_formats_not_read_are_named_at_training():
     from cxrkit.training.trainer import _note_unread_images
 
     said: list[str] = []
-    ds = SimpleNamespace(source=SimpleNamespace(ignored_files=[Path("d/tb/notes.txt"), Path("d/tb/a.WEBP"), Path("d/tb/b.gif")]))
+    ds = SimpleNamespace(source=SimpleNamespace(ignored_files=[Path("d/tb/notes.txt"), Path("d/tb/a.WEBP"), Path("d/tb/b.gif")]), skipped=list)
     _note_unread_images(ds, said.append)  # only the report counted them, as "non-image files"
     assert said == ["note: 2 image(s) in a format cxrkit does not read were left out (e.g. d/tb/a.WEBP); convert them to PNG (or JPEG) "
                     "to use them"]
     said.clear()
-    _note_unread_images(SimpleNamespace(source=SimpleNamespace(ignored_files=[Path("d/tb/notes.txt")])), said.append)
+    _note_unread_images(SimpleNamespace(source=SimpleNamespace(ignored_files=[Path("d/tb/notes.txt")]), skipped=list), said.append)
     assert said == []
 
 
@@ -469,3 +469,29 @@ def test_a_blank_image_in_a_medmnist_file_is_left_out(tmp_path):
     ds = load_dataset(tmp_path / "pneumoniamnist.npz", 16, progress=False)
     assert [(split, reason) for _, split, reason in ds.skipped()] == [("test", "image is blank (every pixel is 7): nothing to classify")]
     assert ds.image_counts() == {"train": 20, "val": 6, "test": 5}
+
+
+def test_a_link_to_nothing_or_a_link_loop_is_one_skipped_file_not_the_end_of_training(binary_data, tmp_path):
+    # One dangling link stopped train, audit and evaluate ("No such file or directory" from a cache key's stat), a loop raised
+    # "unexpected RuntimeError", and unreadable files were one "group of byte-identical copies" leaking across splits.
+    from cxrkit.audit.dataset_audit import audit_before_training, audit_dataset
+    from cxrkit.data.dataset import load_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(binary_data, data)
+    (data / "test" / "tb" / "dangling.png").symlink_to("nowhere.png")
+    (data / "train" / "tb" / "loop1.png").symlink_to("loop2.png")
+    (data / "train" / "tb" / "loop2.png").symlink_to("loop1.png")
+    ds = load_dataset(data, 32, progress=False)
+    assert {p: r.split(":")[0] for p, _, r in ds.skipped()} == {"test/tb/dangling.png": "file not found", "train/tb/loop1.png": "cannot read file",
+                                                                 "train/tb/loop2.png": "cannot read file"}
+    audit = audit_dataset(data, progress=False)
+    assert audit["n_decoded"] == 120 and len(audit["corrupt"]) == 3 and audit["duplicates"]["exact"]["clusters"] == 0
+    summary = audit_before_training(ds, None, False, tmp_path / "run", progress=False)
+    assert not summary.get("skipped") and not summary["leakage"]  # one link among the first 50 files skipped the audit as "arrays"
+    from cxrkit.training.trainer import _note_unread_images
+
+    said: list[str] = []
+    _note_unread_images(ds, said.append)  # skipped.csv listed them, but training said nothing
+    assert said == ["note: 3 image(s) could not be used and were left out (e.g. test/tb/dangling.png: file not found); skipped.csv in "
+                    "the run lists them all"]

@@ -391,7 +391,7 @@ def test_images_outside_any_class_folder_are_listed_as_unlabelled(tmp_path):
     src = open_image_folder(root)
     assert [p.name for p in src.unlabelled_images] == ["stray.png", "also.png"] and len(src.samples) == 20
     said: list[str] = []
-    _note_unread_images(SimpleNamespace(source=src), said.append)
+    _note_unread_images(SimpleNamespace(source=src, skipped=list), said.append)
     assert said == [f"note: 2 image(s) outside any class folder were left out, having no label (e.g. {root / 'stray.png'}); "
                     "move each into its class folder to use it"]
 

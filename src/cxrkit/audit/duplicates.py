@@ -63,7 +63,8 @@ def duplicate_report(records: list[dict], splits: list[str], labels: list[str], 
     n = len(records)
     by_sha: dict[str, list[int]] = {}
     for i, r in enumerate(records):
-        by_sha.setdefault(r["sha1"], []).append(i)
+        if r.get("sha1"):  # a file that could not be read has no bytes to compare: those were one "group of copies"
+            by_sha.setdefault(r["sha1"], []).append(i)
     exact = [g for g in by_sha.values() if len(g) > 1]
     exact_pairs = [(g[0], j, 0) for g in exact for j in g[1:]]
     near = near_pairs([r.get("phash") for r in records])

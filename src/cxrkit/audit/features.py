@@ -21,7 +21,7 @@ from PIL import Image, ImageFile
 from cxrkit.data.decode import MAX_PIXELS, UnusableImageError, check_usable, orientation, to_grayscale_array, upright
 from cxrkit.data.dicom import read_dicom
 from cxrkit.data.magic import is_dicom_bytes
-from cxrkit.data.sources import cache_root
+from cxrkit.data.sources import cache_root, file_stamp
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 FEATURES_VERSION = 4  # 2: images turned by their EXIF orientation; 3: blank and tiny images are errors, as training refuses them; 4: DICOM read
@@ -39,7 +39,10 @@ def _corner_slices(s: int) -> list[tuple[slice, slice]]:
 def image_record(path: str | Path) -> dict:
     """Properties of one file; ``error`` holds the reason when it cannot be decoded."""
     path = Path(path)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # a link to nothing, or a file made unreadable: one file's problem
+        return {"bytes": 0, "sha1": None, "error": f"cannot read: {exc.strerror or exc}"}
     rec: dict = {"bytes": len(data), "sha1": hashlib.sha1(data).hexdigest(), "error": None}
     try:
         if is_dicom_bytes(data[:132]):
@@ -119,8 +122,7 @@ def _records(paths: list[str]) -> list[dict]:
 
 
 def _stamp(path: Path) -> str:
-    st = os.stat(path)
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{os.path.realpath(path)}|{file_stamp(path)}"  # realpath: Path.resolve raises on a link loop
 
 
 def read_cache_json(path: Path) -> dict | None:

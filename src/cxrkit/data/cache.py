@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from cxrkit.data.decode import ImageDecodeError, UnusableImageError, check_usable, load_grayscale, prepare_grayscale
 from cxrkit.data.medmnist import ArraySource
-from cxrkit.data.sources import cache_root
+from cxrkit.data.sources import cache_root, file_stamp
 
 CACHE_FORMAT = 3  # 2: images turned by their EXIF orientation; 3: blank and tiny images refused, as prediction refuses them
 _PARALLEL_MIN = 64  # below this, starting worker processes costs more than it saves
@@ -56,8 +56,7 @@ def cache_key(paths: list[Path], size: int, aspect: str, intensity: str = "none"
     options = "" if intensity == "none" and not crop_border else f"|{intensity}|{int(crop_border)}|2"  # old "none" keys stay valid
     h = hashlib.sha256(f"cxrkit-cache-v{CACHE_FORMAT}|{size}|{aspect}{options}{'|' + extra if extra else ''}".encode())
     for p in paths:
-        st = os.stat(p)
-        h.update(f"\n{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(f"\n{os.path.realpath(p)}|{file_stamp(p)}".encode())  # realpath: Path.resolve raises on a link loop
     return h.hexdigest()[:24]
 
 

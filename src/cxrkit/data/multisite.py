@@ -147,7 +147,10 @@ class MultiSiteSource(ImageFolderSource):
     def content_stamp(self, rel: str) -> int:
         """Byte size of the image (``rel`` as :meth:`relpath` writes it)."""
         site, _, inner = rel.partition("/")
-        return (self.site_roots[site] / inner).stat().st_size
+        try:
+            return (self.site_roots[site] / inner).stat().st_size
+        except OSError:  # a link to nothing: its reading fails and is reported
+            return -1
 
 
 def open_sites(path: str | Path, match_classes: Callable[[list[str], list[str]], dict[str, str]],

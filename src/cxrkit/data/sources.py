@@ -81,7 +81,20 @@ class ImageFolderSource:
 
     def content_stamp(self, rel: str) -> int:
         """A number that changes when an image's file changes: its byte size."""
-        return (self.root / rel).stat().st_size
+        try:
+            return (self.root / rel).stat().st_size
+        except OSError:  # a link to nothing: its reading fails and is reported
+            return -1
+
+
+def file_stamp(path: str | Path) -> str:
+    """``size|mtime_ns`` of a file, for cache keys; ``missing`` for a link to nothing, whose reading then fails and is reported
+    (the stat itself stopped a whole training, audit or evaluation at one dangling link)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}|{st.st_mtime_ns}"
 
 
 def cache_root() -> Path:

@@ -375,6 +375,10 @@ def _note_unread_images(ds: LabelledImages, log: Callable[[str], None]) -> None:
 
     for sentence in left_out_notes(ds.source):
         log(f"note: {sentence}")
+    skipped = ds.skipped()
+    if skipped:  # listed in skipped.csv and counted in the report, but training itself said nothing
+        path, _, reason = skipped[0]
+        log(f"note: {len(skipped)} image(s) could not be used and were left out (e.g. {path}: {reason}); skipped.csv in the run lists them all")
 
 
 def _check_validation_classes(ds: LabelledImages, log: Callable[[str], None], cut: bool = False) -> None:
