@@ -254,3 +254,31 @@ def test_a_config_error_names_the_file_once(tiny_run, tmp_path, capsys):
     assert main(["evaluate", str(run), "--split", "val"]) == 2
     err = _one_line_error(capsys)
     assert "unknown config keys: foo" in err and err.count("config.yaml") == 1, err
+
+
+def test_a_runs_label_table_is_its_own_from_any_folder_and_after_a_move(binary_data, tmp_path, monkeypatch):
+    # config.yaml keeps --labels as typed ("t.csv"): evaluate from another folder read that folder's t.csv, a different table,
+    # and reported its figures; from / it said the run's table did not exist.
+    import csv
+
+    from cxrkit.run import Run, RunError
+
+    work = tmp_path / "work"
+    shutil.copytree(binary_data, work / "data")
+    with open(work / "data" / "t.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows([p.relative_to(work / "data").as_posix(), p.parent.name] for p in sorted((work / "data").rglob("*.png")))
+    monkeypatch.chdir(work)
+    assert main(["train", "data", "--labels", "data/t.csv", "--out", "runs/t", "--epochs", "1", "--image-size", "32", "--model", "cnn",
+                 "--quiet"]) == 0
+    (tmp_path / "other" / "data").mkdir(parents=True)
+    (tmp_path / "other" / "data" / "t.csv").write_text("path,label\n")
+    for here in (tmp_path / "other", Path("/")):
+        monkeypatch.chdir(here)
+        assert Run.load(work / "runs" / "t").config().labels == str(work / "data" / "t.csv")
+    shutil.move(work, tmp_path / "moved")  # run, data and table together
+    assert Run.load(tmp_path / "moved" / "runs" / "t").config().labels == str(tmp_path / "moved" / "data" / "t.csv")
+    (tmp_path / "moved" / "data" / "t.csv").unlink()
+    with pytest.raises(RunError, match=r"the label table of .* \(.*t.csv\) is not where it was"):
+        Run.load(tmp_path / "moved" / "runs" / "t").config()

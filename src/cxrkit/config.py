@@ -294,6 +294,9 @@ class TrainConfig:
             cfg.augment = replace(cfg.augment, **{f.name: f.default for f in fields(AugmentConfig) if f.name not in given})
         if cfg.cache_dir and not Path(cfg.cache_dir).is_absolute():
             cfg.cache_dir = training_cache_dir(cfg.cache_dir, cfg.out, Path(path).parent)
+        if cfg.labels and not Path(cfg.labels).is_absolute():
+            # As typed, relative to where the training ran: read from the current folder, evaluate scored another table there
+            cfg.labels = training_cache_dir(cfg.labels, cfg.out, Path(path).parent) or cfg.labels
         return cfg
 
     @classmethod

@@ -472,7 +472,23 @@ class Run:
         except (ConfigError, OSError) as exc:
             said = str(exc)  # the config's own errors name the file already: it was said twice
             raise RunError(said if str(self.path / CONFIG_FILE) in said else f"{self.path / CONFIG_FILE}: {said}") from None
+        if cfg.labels and not Path(cfg.labels).is_file():
+            cfg.labels = str(self._label_table(cfg.labels))
         return cfg
+
+    def _label_table(self, given: str) -> Path:
+        """The run's label table when config.yaml's path no longer names it: meta.json's absolute path, or the same place
+        under the data folder for a run moved together with its data."""
+        table, root = self.record.data.get("table"), self.record.data.get("root")
+        candidates = [Path(table)] if table else []
+        now = self.record.data_root(self.path)
+        if table and root and now is not None and Path(table).is_relative_to(root):
+            candidates.append(now / Path(table).relative_to(root))
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise RunError(f"the label table of {self.path} ({table or given}) is not where it was; put it back, or give the data "
+                           "and its table explicitly")
+        return found
 
     def data_root(self) -> Path:
         """Where the training data is now (works for a run moved together with its data)."""

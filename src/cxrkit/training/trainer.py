@@ -283,8 +283,9 @@ def resumed_config(out: Path, data: str, given: dict, how: str) -> TrainConfig:
     if Path(saved["data"]).resolve() != Path(data).resolve() and not Path(data).exists():
         raise ConfigError(f"{out} was trained on {saved['data']}, and {data} does not exist; {how} continues the same run")
     saved.update(data=str(data), out=str(out))
-    if given.get("cache_dir") and not Path(given["cache_dir"]).is_absolute():  # given again from here; config.yaml's is resolved
-        given = {**given, "cache_dir": str(Path(given["cache_dir"]).resolve())}
+    for key in ("cache_dir", "labels"):  # given again from here; config.yaml's are resolved where the training ran
+        if given.get(key) and not Path(given[key]).is_absolute() and Path(saved.get(key) or "").is_absolute():
+            given = {**given, key: str(Path(given[key]).resolve())}
     clash = {k: v for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v}
     if clash:
         raise ConfigError(f"{how} continues {out} with its own settings, which differ: "
