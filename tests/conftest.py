@@ -70,3 +70,16 @@ def record_calibration(run: Path) -> None:
     meta = json.loads((run / "meta.json").read_text())
     meta["calibration_sha256"] = file_sha256(run / "calibration.json")
     (run / "meta.json").write_text(json.dumps(meta))
+
+
+def record_decision(run: Path) -> None:
+    """Seal meta.json's decision rule as cxrkit's own writes do: for tests that set a threshold or band by hand to stand for
+    one cxrkit chose (a hand edit that is not sealed is refused)."""
+    import json
+
+    from cxrkit.record.meta import RunMeta
+
+    meta = json.loads((run / "meta.json").read_text())
+    meta.pop("decision_sha256", None)
+    meta["decision_sha256"] = RunMeta.from_dict(meta).decision_digest()
+    (run / "meta.json").write_text(json.dumps(meta))

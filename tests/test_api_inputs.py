@@ -14,7 +14,7 @@ import pytest
 import cxrkit
 from cxrkit.run import RunError
 
-from .conftest import record_calibration, record_weights
+from .conftest import record_calibration, record_decision, record_weights
 
 
 def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
@@ -85,6 +85,7 @@ def test_two_finding_multilabel_prediction_has_no_single_probability(tiny_run, t
     _edit_meta(run, lambda m: m.update(task="multilabel", classes=["effusion", "nodule"], num_outputs=2, positive_class=None,
                                        thresholds={"effusion": {"value": 0.5}, "nodule": {"value": 0.5}},
                                        threshold={"rule": "youden", "value": None, "per_finding": True}))
+    record_decision(run)
     p = cxrkit.load(run).predict(np.tile(np.arange(108, 148, dtype=np.uint8), (40, 1)))
     assert set(p.probabilities) == {"effusion", "nodule"}
     assert p.probability is None  # was P(nodule), passed off as "P(positive)"

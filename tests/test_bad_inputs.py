@@ -13,7 +13,7 @@ from PIL import Image
 
 from cxrkit.cli import main
 
-from .conftest import record_calibration, record_weights
+from .conftest import record_calibration, record_decision, record_weights
 
 
 def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
@@ -133,7 +133,10 @@ RUNS = {
     "task regression": (lambda m: m.update(task="regression"), "task"),
     "threshold NaN": (lambda m: m["threshold"].update(value=float("nan")), "threshold"),
     "threshold above 1": (lambda m: m["threshold"].update(value=3.0), "threshold"),
-    "threshold null (training crashed)": (lambda m: m.update(threshold=None, complete=False), "incomplete"),
+    "threshold null (training crashed)": (lambda m: m.update(threshold=None, complete=False, decision_sha256=None), "incomplete"),
+    # Used by every command, and still described as chosen on validation: a real tb case at 0.59 was called healthy.
+    "threshold edited by hand": (lambda m: m["threshold"].update(value=0.9), "decision rule (threshold 0.9) is not the one cxrkit chose"),
+    "referral band edited by hand": (lambda m: m.update(referral={"lower": 0.1, "upper": 0.2}), "referral band 0.1-0.2) is not the one"),
     "image_size 100000": (lambda m: m["preprocessing"].update(image_size=100000), "image_size"),
     "three classes for a binary run": (lambda m: m.update(classes=["a", "b", "c"]), "classes"),
     "duplicate class names": (lambda m: m.update(classes=["a", "a"]), "classes"),
@@ -270,6 +273,7 @@ def test_predict_out_of_another_model_is_not_resumed(tiny_run, tmp_path, capsys)
     assert main(["predict", str(tiny_run), str(img), "--out", str(out)]) == 0
     other = _copy_run(tiny_run, tmp_path)
     _edit_meta(other, lambda m: m["threshold"].update(value=0.123))  # another decision rule is another model
+    record_decision(other)  # as cxrkit calibrate would have chosen and sealed it
     assert main(["predict", str(other), str(img), "--out", str(out)]) == 2
     assert "another model" in capsys.readouterr().err
     assert main(["predict", str(tiny_run), str(img), "--out", str(out)]) == 0  # the same model resumes

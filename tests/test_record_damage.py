@@ -282,3 +282,19 @@ def test_a_runs_label_table_is_its_own_from_any_folder_and_after_a_move(binary_d
     (tmp_path / "moved" / "data" / "t.csv").unlink()
     with pytest.raises(RunError, match=r"the label table of .* \(.*t.csv\) is not where it was"):
         Run.load(tmp_path / "moved" / "runs" / "t").config()
+
+
+def test_run_records_are_strict_json_and_a_hand_edited_threshold_is_refused(tiny_run, tmp_path):
+    from cxrkit.record.files import RunRecordError
+    from cxrkit.record.meta import read_meta, write_meta
+
+    run = _copy_run(tiny_run, tmp_path)
+    meta = read_meta(run)
+    meta.threshold = {**meta.threshold, "sensitivity": float("nan")}  # a finding without validation positives wrote a bare NaN
+    write_meta(run, meta)
+    strict = json.loads((run / "meta.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in meta.json"))
+    assert strict["threshold"]["sensitivity"] is None and read_meta(run).threshold_value == meta.threshold_value
+    strict["threshold"]["value"] = 0.9
+    (run / "meta.json").write_text(json.dumps(strict))
+    with pytest.raises(RunRecordError, match=r"its decision rule \(threshold 0.9\) is not the one cxrkit chose and recorded"):
+        read_meta(run)

@@ -10,6 +10,8 @@ import pytest
 
 from cxrkit.metrics.referral import choose_referral, parse_referral, per_thousand, referral_outcomes, risk_coverage
 
+from .conftest import record_decision
+
 
 def test_thresholds_by_hand():
     # Ten validation cases, sorted by score; 1 = disease.
@@ -93,6 +95,7 @@ def test_the_http_api_answers_refer_inside_the_band(tiny_run, binary_data, tmp_p
     meta = json.loads((run_dir / "meta.json").read_text())
     meta["referral"] = {"spec": "test", "lower": max(0.0, p - 0.01), "upper": min(1.0, p + 0.01)}  # a band around this image
     (run_dir / "meta.json").write_text(json.dumps(meta))
+    record_decision(run_dir)
     assert main(["predict", str(run_dir), str(path)]) == 0
     client = TestClient(create_app(run_dir))
     r = client.post("/v1/predict", files=[("files", (path.name, path.read_bytes(), "image/png"))]).json()["results"][0]

@@ -281,9 +281,20 @@ def atomic_write_text(path: Path, text: str, newline: str | None = None) -> None
         _write_file(tmp, text, newline)
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with NaN and infinities as None: JSON has no such numbers, and strict parsers refused a run's bare ``NaN``."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (indented, so a person can read it)."""
-    atomic_write_text(path, json.dumps(data, indent=2))
+    """Write JSON atomically (indented, so a person can read it; NaN as null)."""
+    atomic_write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False))
 
 
 def atomic_write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:

@@ -7,6 +7,8 @@ a NaN or a wrong decision; provenance (data, training, audit, evaluations) is ke
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field, fields
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrkit.data.spec import ImageSpec, is_finite_number
-from cxrkit.record.files import META_FILE, RunRecordError, atomic_write_json, read_json
+from cxrkit.record.files import META_FILE, RunRecordError, atomic_write_json, json_safe, read_json
 
 SCHEMA_VERSION = 2
 TASKS = ("binary", "multiclass", "multilabel")
@@ -91,6 +93,10 @@ class RunMeta:
     # {file name: SHA-256} of the ONNX files `cxrkit export` wrote into the run: a graph changed since (an optimiser, an
     # edit, damage) kept its metadata, so it passed as this model's export. Absent for runs exported before it.
     onnx_sha256: dict | None = None
+    # SHA-256 of the decision rule as cxrkit last wrote it (threshold, per-finding thresholds, referral band): a threshold
+    # edited by hand from 0.188 to 0.9 was used by every command, and still described as "chosen on validation". Absent in
+    # runs written before it: nothing to check.
+    decision_sha256: str | None = None
     schema_version: int = SCHEMA_VERSION
     cxrkit_version: str | None = None
     created: str | None = None
@@ -165,7 +171,19 @@ class RunMeta:
             if not isinstance(r, dict) or not all(is_finite_number(r.get(k)) for k in ("lower", "upper")) \
                     or not 0 <= r["lower"] <= r["upper"] <= 1 + 1e-6:
                 raise RunRecordError(f"referral must hold finite thresholds 0 <= lower <= upper <= 1, got {r!r}")
+        if self.decision_sha256 is not None and self.decision_sha256 != self.decision_digest():
+            r, t = self.referral, self.threshold_value
+            parts = ([f"threshold {t}"] if t is not None else ["per-finding thresholds"] if self.thresholds else []) + (
+                [f"referral band {r.get('lower')}-{r.get('upper')}"] if isinstance(r, dict) else [])
+            raise RunRecordError(f"its decision rule ({', '.join(parts) or 'no threshold'}) is not the one cxrkit chose and recorded "
+                                 "(decision_sha256): meta.json was edited by hand. Restore the file; `cxrkit calibrate` chooses a "
+                                 "threshold on validation again, `cxrkit referral` a referral band")
         return self
+
+    def decision_digest(self) -> str:
+        """SHA-256 of the decision rule: threshold, per-finding thresholds and referral band, as JSON with sorted keys."""
+        rule = {"threshold": self.threshold, "thresholds": self.thresholds, "referral": self.referral}
+        return hashlib.sha256(json.dumps(json_safe(rule), sort_keys=True).encode()).hexdigest()
 
     def _validate_decision(self) -> None:
         if self.task == "binary":
@@ -280,7 +298,9 @@ def read_meta(run_dir: Path | str) -> RunMeta:
 
 def write_meta(run_dir: Path | str, meta: RunMeta) -> None:
     """Validate and write ``run_dir/meta.json`` atomically."""
+    meta.decision_sha256 = None  # validated as read; sealed again as written (a rule changed by cxrkit gets its new digest)
     meta.validate()
+    meta.decision_sha256 = meta.decision_digest()
     atomic_write_json(Path(run_dir) / META_FILE, meta.to_dict())
 
 
