@@ -83,3 +83,67 @@ def test_adapt_run_checks_batch_size_and_link_loops_from_python(tiny_run: Path, 
     with pytest.raises(ValueError, match="symbolic link loop"):  # was "unexpected RuntimeError" from Path.resolve
         adapt_run(tiny_run, site, tmp_path / "loop")
     assert not (tmp_path / "adapted").exists()
+
+
+def test_adabn_pools_statistics_over_images_not_batches(tiny_run: Path, tmp_path: Path):
+    # 34 images in batches of 16: the old cumulative average gave the last 2 images the weight of 16, and 33 dropped one.
+    from cxrkit.training.adapt import adapt_batchnorm
+
+    site = _new_site(tmp_path / "site", n=34)
+    run = Run.load(tiny_run, engine="torch")
+    images = np.stack([run.preprocessing.load(p) for p in sorted(site.iterdir())])
+    first = batchnorm_layers(run.model)[0]
+    seen = []
+    handle = first.register_forward_hook(lambda m, inp, outp: seen.append(inp[0].detach().double()))
+    with torch.no_grad():
+        run.model(run.preprocessing(images).contiguous(memory_format=torch.channels_last))
+    handle.remove()
+    pooled = seen[0].transpose(0, 1).reshape(seen[0].shape[1], -1)
+    adapt_batchnorm(run, images, batch_size=16)
+    torch.testing.assert_close(first.running_mean.double(), pooled.mean(dim=1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first.running_var.double(), pooled.var(dim=1), atol=1e-5, rtol=1e-4)
+
+
+def test_adapt_overwrite_replaces_only_run_files_and_never_takes_the_source_or_the_images(tiny_run: Path, tmp_path: Path,
+                                                                                           capsys: pytest.CaptureFixture):
+    # --overwrite emptied --out: the source run inside it, a dataset given as --out, anything else a user kept there.
+    import shutil
+
+    site = _new_site(tmp_path / "site")
+    shutil.copytree(tiny_run, tmp_path / "box" / "r")
+    for out, holds in ((tmp_path / "box", "the source run"), (tmp_path, "the source run"), (site, "the images to adapt on")):
+        source = tmp_path / "box" / "r" if holds == "the source run" else tiny_run
+        assert main(["adapt", str(source), str(site), "--out", str(out), "--overwrite"]) == 2
+        assert f"holds {holds}" in capsys.readouterr().err
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "keep.txt").write_text("mine")
+    (out / "model.onnx").write_text("an old export")
+    assert main(["adapt", str(tiny_run), str(site), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "notes" / "keep.txt").read_text() == "mine" and not (out / "model.onnx").exists() and (out / "meta.json").is_file()
+    assert len(list(site.iterdir())) == 32 and (tmp_path / "box" / "r" / "meta.json").is_file()
+
+
+def test_an_adapted_run_names_itself_in_its_config_and_keeps_no_export_of_the_old_weights(tiny_run: Path, tmp_path: Path):
+    import json
+    import shutil
+
+    import yaml
+
+    source = tmp_path / "src"
+    shutil.copytree(tiny_run, source)
+    assert main(["export", str(source)]) == 0 and json.loads((source / "meta.json").read_text())["onnx_sha256"]
+    out = tmp_path / "adapted"
+    assert main(["adapt", str(source), str(_new_site(tmp_path / "site")), "--out", str(out)]) == 0
+    # The report's "cxrkit calibrate ..." and "evaluate ..." commands named the source run (config.yaml's out).
+    assert yaml.safe_load((out / "config.yaml").read_text())["out"] == str(out)
+    assert json.loads((out / "meta.json").read_text())["onnx_sha256"] is None and not list(out.glob("*.onnx"))
+    assert Run.load(out).config().cache_dir == Run.load(source).config().cache_dir
+    # Neither the report nor the model card said the model was adapted; the report described the source's training alone.
+    from cxrkit.serve.model_card import model_card
+
+    assert any(s.startswith(f"Adapted (AdaBN) from {source}: batch-norm statistics re-estimated on 32 unlabelled images")
+               for s in model_card(Run.load(out))["limitations"])
+    assert main(["evaluate", str(out), "--split", "val"]) == 0
+    html = (out / "report.html").read_text()
+    assert "Adapted to another site (AdaBN).</b> This run is <code>" + str(source) in html and f"cxrkit calibrate {source}" not in html

@@ -50,6 +50,10 @@ def _metric_summary(m: dict) -> dict:
             # "name" and "text" are for people (the web page shows them); value/ci95 stay 0-1 fractions for programs.
             out[k] = {"value": entry.get("value"), "ci95": entry.get("ci"), "method": entry.get("method"),
                       "name": metric_words(k), "text": metric_text(k, entry)}
+    if m.get("findings_in_mean_auc") is not None and "mean_roc_auc" in out:
+        # validation averaged 2 findings and test 3, both called "mean AUC over findings"
+        out["mean_roc_auc"]["over"] = m["findings_in_mean_auc"]
+        out["mean_roc_auc"]["name"] += f" (over {len(m['findings_in_mean_auc'])} of {len(m.get('classes') or [])} findings)"
     if m.get("shift"):
         out["shift_check"] = m["shift"].get("message")
     if m.get("subgroups"):
@@ -80,10 +84,14 @@ def model_card(run: Run) -> dict:
     metrics = read_metrics(run.path)
     data = run.meta.get("data", {})
     counts = data.get("counts", {})
-    train_n = sum(counts.get("train", {}).values()) if counts else None
+    # Images, not counts summed over classes: a multi-label run's counts are per-finding positives (122 for 160 images).
+    train_n = (data.get("images") or {}).get("train") or (sum(counts.get("train", {}).values()) if counts and run.task != "multilabel" else None)
+    sites = sorted(data.get("sites") or {})
+    source = (f"{len(sites)} sites ({', '.join(sites)})" if len(sites) > 1 else f"one dataset ({dataset_name(data.get('root')) or 'unknown'})")
+    adapted = run.meta.get("adapted")
     limitations = [
         "Research software, not a certified medical device: every decision needs review by a qualified reader.",
-        f"Trained on {train_n} images of one dataset ({dataset_name(data.get('root')) or 'unknown'}); images from "
+        f"Trained on {train_n if train_n is not None else 'an unrecorded number of'} images of {source}; images from "
         "other hospitals, devices, projections (lateral, AP supine) or age groups may be classified worse than the metrics below.",
         "Probabilities are " + ("calibrated on validation data." if getattr(run, "calibration", None) is not None
                                 else "the model's own, not calibrated: read them as scores, not as risks."),
@@ -97,14 +105,26 @@ def model_card(run: Run) -> dict:
                            "and are therefore optimistic.")
     if not any(k.startswith("external:") for k in metrics):
         limitations.append("No external validation (a dataset from another site) is stored for this model.")
+    if isinstance(adapted, dict):  # the weights are the source run's, with batch-norm statistics of another site's images
+        limitations.append(f"Adapted ({adapted.get('method', 'AdaBN')}) from {adapted.get('source_run')}: batch-norm statistics "
+                           f"re-estimated on {adapted.get('images')} unlabelled images of {adapted.get('folder')}; the weights, the "
+                           "threshold and any calibration are the source run's, chosen on its validation split.")
+    if run.task == "multilabel":
+        flagged = list(run.classes)
+    else:  # classes[1:] took "normal" for a multi-class run whose first class is covid, and left it out
+        from cxrkit.data.sources import NEGATIVE_NAMES, canonical_name
+
+        flagged = [run.record.positive_class] if run.task == "binary" and run.record.positive_class else [
+            c for c in run.classes if canonical_name(c) not in NEGATIVE_NAMES]
     name = dataset_name(data.get("root"))
     return {
         "model": {**model_identity(run), "task": run.task, "classes": run.classes, "engine": run.engine,
                   "input": {"image_size": run.preprocessing.image_size, "aspect": run.preprocessing.aspect,
                             "intensity": run.preprocessing.intensity, "crop_border": run.preprocessing.crop_border}},
-        "intended_use": (f"Triage support: flag frontal chest radiographs for {' / '.join(run.classes[1:])} for priority review by a "
+        "intended_use": (f"Triage support: flag frontal chest radiographs for {' / '.join(flagged)} for priority review by a "
                          "clinician. Not for use without human review, and not for ruling disease out."),
-        "training_data": {"dataset": name, "layout": data.get("layout"),
+        "training_data": {"dataset": name, "layout": data.get("layout"), "images": data.get("images"), "sites": sites or None,
+                          "adapted": adapted if isinstance(adapted, dict) else None,
                           "counts": counts, "skipped_files": data.get("skipped")},
         "decision": {**decision_rule(run), "calibrated": getattr(run, "calibration", None) is not None},
         "metrics": {split: {**_metric_summary(m), "split_name": split_words(split)} for split, m in metrics.items()},

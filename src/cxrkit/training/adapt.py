@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrkit.record import CALIBRATION_FILE, CONFIG_FILE, META_FILE, MODEL_FILE, SHIFT_FILE, file_sha256, read_meta, write_meta
+from cxrkit.record import CALIBRATION_FILE, CONFIG_FILE, META_FILE, MODEL_FILE, RUN_OUTPUTS, SHIFT_FILE, file_sha256, read_meta, write_meta
+from cxrkit.record.files import CHECKPOINT_DIR, PLOTS_DIR, atomic_write_text
 from cxrkit.record.lock import LOCK_FILE, run_lock
 from cxrkit.record.meta import now
 from cxrkit.run import Run, save_weights, weights_inputs
@@ -34,29 +35,46 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @torch.no_grad()
 def adapt_batchnorm(run: Run, images: np.ndarray, batch_size: int = 64) -> int:
-    """Replace the running mean and variance of every batch-norm layer of ``run.model`` by their average over
-    ``images`` (uint8, decoded at the run's size); returns how many layers changed."""
+    """Replace the running mean and variance of every batch-norm layer of ``run.model`` by the mean and variance of its
+    inputs pooled over all ``images`` (uint8, decoded at the run's size); returns how many layers changed.
+
+    The layers normalise each batch by its own statistics while the images pass (AdaBN's forward), and each layer's
+    inputs are summed over every image. PyTorch's cumulative average (momentum None) weighs batches, not images: the
+    2 images of a last batch counted as much as the 64 of a full one, and a last batch of one was dropped."""
     layers = batchnorm_layers(run.model)
     if not layers:
         raise ValueError(f"model {run.record.model} has no batch-norm layers; AdaBN has nothing to adapt")
     model = run.model
     model.eval()
-    momenta = [m.momentum for m in layers]
+    sums: dict[int, list] = {id(m): [0, 0.0, 0.0] for m in layers}
+
+    def pool(layer: nn.Module, inputs: tuple) -> None:
+        x = inputs[0].detach().to(torch.float64)
+        dims = [d for d in range(x.dim()) if d != 1]  # every axis but the channels
+        s = sums[id(layer)]
+        s[0] += x.numel() // x.shape[1]
+        s[1] = s[1] + x.sum(dims)
+        s[2] = s[2] + (x * x).sum(dims)
+
+    hooks = [m.register_forward_pre_hook(pool) for m in layers]
     for m in layers:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all batches, not an exponential one
         m.train()  # only the batch-norm layers: dropout stays off
     try:
-        for i in range(0, len(images), batch_size):
-            batch = images[i : i + batch_size]
-            if len(batch) < 2:  # a single image has no batch variance
-                continue
-            x = run.preprocessing(np.asarray(batch))
-            model(x.contiguous(memory_format=torch.channels_last))
+        # Nearly equal batches: none of one image, which has no batch variance to normalise by.
+        for batch in np.array_split(images, -(-len(images) // batch_size)):
+            model(run.preprocessing(np.asarray(batch)).contiguous(memory_format=torch.channels_last))
     finally:
-        for m, mom in zip(layers, momenta):
-            m.momentum = mom
+        for h in hooks:
+            h.remove()
         model.eval()
+    for m in layers:
+        n, total, squares = sums[id(m)]
+        mean = total / n
+        var = (squares / n - mean * mean).clamp_min(0) * (n / (n - 1))  # unbiased, as PyTorch stores it
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_(var.to(m.running_var.dtype))
+        if m.num_batches_tracked is not None:
+            m.num_batches_tracked.fill_(-(-len(images) // batch_size))
     return len(layers)
 
 
@@ -80,6 +98,9 @@ def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_si
         raise ValueError(f"{run_dir} or {out} is a symbolic link loop") from exc
     if same:  # also through a symbolic link: checked before either lock is taken
         raise ValueError("--out must be a new folder; the source run is kept unchanged")
+    for inside, what in ((run_dir, "the source run"), (folder, "the images to adapt on")):
+        if inside.resolve().is_relative_to(out.resolve()):  # a run's files (plots/*.png) written among them; --overwrite cleared them
+            raise ValueError(f"--out {out} holds {what} ({inside}); give the adapted run a folder of its own")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; give a folder for the adapted run")
     if _holds_files(out) and not overwrite:
@@ -92,6 +113,8 @@ def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_si
     with run_lock(run_dir, "adapt", read_only=True):
         run = Run.load(run_dir, engine="torch")
         kept = {name: ((run_dir / name).read_bytes(), (run_dir / name).stat()) for name in KEPT if (run_dir / name).is_file()}
+        # Relative paths in config.yaml are resolved against its out, which changes: they are stored as found from the source.
+        found = run.config() if CONFIG_FILE in kept else None
         root = run.record.data_root(run_dir)
     # An existing --out is locked from here, like a training into it: a training there refuses us (and we it), an
     # evaluation of it is waited for, and nobody adds results to it while its files are replaced.
@@ -117,6 +140,13 @@ def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_si
             for name, (data, st) in kept.items():
                 (out / name).write_bytes(data)
                 os.utime(out / name, ns=(st.st_atime_ns, st.st_mtime_ns))
+            if CONFIG_FILE in kept:  # its out named the source run, so the report's commands calibrated and evaluated that one
+                import yaml
+
+                cfg = yaml.safe_load(kept[CONFIG_FILE][0])
+                if isinstance(cfg, dict) and found is not None:
+                    paths = {k: getattr(found, k) for k in ("cache_dir", "labels") if cfg.get(k)}
+                    atomic_write_text(out / CONFIG_FILE, yaml.safe_dump({**cfg, **paths, "out": str(out)}, sort_keys=False))
             save_weights(run.model, out / MODEL_FILE, run.classes, weights_inputs(run.record.preprocessing, run.record.tta, run.record.tta_flips))
             record = read_meta(out)
             if root is not None:  # stored relative to the run folder too, which has moved; a sources file inside the run moved with it
@@ -127,6 +157,7 @@ def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_si
             record.extra["adapted"] = info
             record.evaluations = []  # the adapted model has not been evaluated yet
             record.weights_sha256 = file_sha256(out / MODEL_FILE)
+            record.onnx_sha256 = None  # the source's export is of the old weights, and is not copied
             write_meta(out, record)
     return info
 
@@ -137,12 +168,12 @@ def _holds_files(folder: Path) -> bool:
 
 
 def _clear(folder: Path) -> None:
-    """Remove what ``folder`` holds except its lock file, which the lock we hold lives on (removing it would let
-    another process lock a new file of the same name at once)."""
-    for p in folder.iterdir():
-        if p.name == LOCK_FILE:
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
+    """Remove the run files ``folder`` holds, as ``train --overwrite`` does: everything in it went, the source run and a
+    dataset beside it included. Its lock file stays (removing it would let another process lock a new file of the same
+    name at once)."""
+    for name in {*RUN_OUTPUTS, *KEPT}:
+        (folder / name).unlink(missing_ok=True)
+    for p in folder.glob("*.onnx"):
+        p.unlink()
+    for name in (PLOTS_DIR, CHECKPOINT_DIR):
+        shutil.rmtree(folder / name, ignore_errors=True)
