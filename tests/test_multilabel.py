@@ -130,6 +130,11 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys):
     assert res["decision"]["label"] == expected
     assert ("no finding above" in res["decision"]["words"]) == (expected == "")
     assert set(card["decision"]["threshold"]) == set(meta["classes"]) and card["decision"]["rule"] == "per-finding thresholds"
+    # The card said "Trained on 122 images" (positives summed over findings) and flagged all findings but the first.
+    assert f"Trained on {meta['data']['images']['train']} images of one dataset" in card["limitations"][1]
+    assert all(c in card["intended_use"] for c in meta["classes"])
+    test_auc = card["metrics"]["test"]["mean_roc_auc"]
+    assert test_auc["over"] == m["findings_in_mean_auc"] and f"(over {len(m['findings_in_mean_auc'])} of 3 findings)" in test_auc["name"]
     assert np.allclose(p, run.predict_arrays(run.preprocessing.load(image)[None])[0], atol=1e-6)
 
 
