@@ -163,3 +163,17 @@ def test_no_training_image_is_outside_the_training_range_and_the_message_shows_t
     message = next(f["message"] for f in found if f["statistic"] == "mean")
     shown, top = message.split(" is outside")[0].split()[-1], message.split("-")[-1]
     assert float(shown) > hi and shown != top
+
+
+def test_a_runs_own_images_do_not_differ_from_its_training_data_when_their_statistics_tie():
+    # Histogram-equalised images share their 95th percentile (243/255 = 0.952941...): against the stored 0.95294 every
+    # incoming value sorted above every reference value, and the run's own test split "differed, KS D 0.92".
+    from cxrkit.data.intensity import normalize_intensity
+    from cxrkit.data.shift import build_reference, check_shift
+
+    rng = np.random.default_rng(0)
+    images = np.stack([normalize_intensity(np.clip(rng.normal(rng.uniform(60, 190), 40, (32, 32)), 0, 255).astype(np.uint8), "histeq")
+                       for _ in range(80)])
+    ref = json.loads(json.dumps(build_reference(images, np.arange(80) % 2, ["a", "b"])))  # as stored and read back
+    result = check_shift(ref, images, np.arange(80) % 2, ["a", "b"])
+    assert not result["warning"], result["message"]
