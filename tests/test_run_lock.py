@@ -18,6 +18,8 @@ import pytest
 import cxrkit.evaluation.evaluate as evaluate_module
 from cxrkit.cli import main
 
+from .conftest import record_decision
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="runs are locked with flock, which Windows lacks")
 
 
@@ -247,6 +249,7 @@ def test_adapt_waits_for_a_calibration_of_its_source(tiny_run, tmp_path, monkeyp
     def calibrated(release: threading.Event) -> None:  # the calibration's last write, the re-chosen threshold, then it ends
         meta["threshold"]["value"] = 0.125
         (run / "meta.json").write_text(json.dumps(meta))
+        record_decision(run)  # sealed, as cxrkit calibrate writes it
         release.set()
 
     with _held(run, "calibrate") as release:
