@@ -158,3 +158,22 @@ def test_sharded_prediction_covers_the_folder_once(ml_table, tmp_path):
     rows = [r["path"] for k in range(3) for r in csv.DictReader(open(tmp_path / f"p.shard{k}-of-3.csv"))]
     assert sorted(rows) == sorted(str(p) for p in folder.glob("*.png")) and len(set(rows)) == len(rows)
     assert main(["predict", str(out), str(folder), "--shard", "3/3", "--out", str(tmp_path / "x.csv")]) == 2
+
+
+def test_a_finding_without_validation_positives_is_said_to_use_an_unchosen_default():
+    # Its 0.5 was described as "at its validation threshold" everywhere: a finding with test AUC 1.000 found 0% of the time.
+    from types import SimpleNamespace
+
+    from cxrkit.evaluation.evaluate import store_thresholds, unchosen_threshold_notes
+
+    stored = {}
+    run = SimpleNamespace(task="multilabel", classes=["alpha", "gamma"], save_record=lambda: None,
+                          record=SimpleNamespace(set_thresholds=lambda t, rule: stored.update(t)))
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]] * 5)
+    probs = np.column_stack([y[:, 0] * 0.6 + 0.2, np.linspace(0.1, 0.9, 20)])
+    store_thresholds(run, y, probs, "youden")
+    assert stored["gamma"]["unchosen"] is True and "unchosen" not in stored["alpha"] and stored["gamma"]["value"] == 0.5
+    run.record.thresholds = stored
+    (note,) = unchosen_threshold_notes(run)
+    assert note.startswith("gamma: no threshold could be chosen on validation (no positive or no negative validation image), so its "
+                           "decisions use an unchosen 0.5")

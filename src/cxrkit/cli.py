@@ -370,6 +370,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     print(f"\ntrained {t['epochs_run']} epoch(s), kept epoch {t['best_epoch']} (validation AUC {t['best_val_auc']:.4f}{views}); "
           f"{t['seconds_total']:.0f} s in all, median {t['images_per_second_median']:.0f} training images/s ({t['precision']})")
     _summary(out, "val")
+    from cxrkit.record import read_metrics
+
+    for n in (read_metrics(out).get("val") or {}).get("notes", []):  # written with the validation figures, said only in files
+        print(f"warning: {n}", file=_result_stream())
     print(f"\nrun written to {out}/ (report: {out / 'report.html'})")
     _next_step_after_training(out, cfg.data, meta)
     return 0

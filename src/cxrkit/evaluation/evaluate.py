@@ -80,6 +80,20 @@ def referral_analysis(run: Run, y: np.ndarray, probs: np.ndarray) -> dict | None
     return {"band": band, "outcomes": out, "per_1000": per_thousand(out), "risk_coverage": risk_coverage(y, probs[:, 1], run.threshold)}
 
 
+def unchosen_threshold_notes(run: Run) -> list[str]:
+    """One sentence per finding whose threshold is the 0.5 default because validation could not choose one: every table
+    and page said "at its validation threshold" (a finding with AUC 1.000 on test was found 0% of the time)."""
+    if run.task != "multilabel" or not run.record.thresholds:
+        return []
+    unchosen = [name for name, t in run.record.thresholds.items() if t.get("unchosen") or str(t.get("rule", "")).startswith("0.5 (validation has")]
+    if not unchosen:
+        return []
+    return [f"{', '.join(unchosen)}: no threshold could be chosen on validation (no positive or no negative validation image), so "
+            f"{'its' if len(unchosen) == 1 else 'their'} decisions use an unchosen 0.5 and {'its' if len(unchosen) == 1 else 'their'} "
+            "sensitivity and specificity (and the pooled detection rates) are at that default; add validation images with and without "
+            f"{'it' if len(unchosen) == 1 else 'them'}"]
+
+
 def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str, allow_point_estimate: bool = False) -> dict:
     """Choose one threshold per finding of a multi-label run on validation predictions; save them in meta.json.
 
@@ -94,6 +108,7 @@ def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: s
         else:
             fallback = choose_threshold(yc, probs_val[:, c], "0.5", chosen_on="val").to_dict()
             fallback["rule"] = f"0.5 (validation has {'no positive' if yc.sum() == 0 else 'no negative'} {name} image; {rule} impossible)"
+            fallback["unchosen"] = True
             out[name] = fallback
     run.record.set_thresholds(out, rule)
     run.save_record()
@@ -360,6 +375,7 @@ def evaluate_run(
         one_class = one_class_restriction(metrics)
         if one_class:
             notes.append(one_class)
+        notes.extend(unchosen_threshold_notes(run))
         # The validation split itself: its fresh predictions are the validation predictions (as training and calibrate
         # pass them); the stored rows are about to be replaced, and damaged ones must not stop their own rewrite.
         own_val = same_data and split == "val" and run.task != "multilabel"
@@ -478,7 +494,7 @@ def finish_training(
         metrics["per_site"] = per_site_metrics(run, ds, idx, probs, seed)
     if explain and run.task_object.one_label_per_image:  # heat maps are per decided class; a multi-label decision is a set
         metrics["attention"] = _explain(run, images, ds.labels[idx], probs, "val", explain, seed)
-    write_evaluation(run, "val", ds, idx, probs, metrics)
+    write_evaluation(run, "val", ds, idx, probs, metrics, unchosen_threshold_notes(run))
     history = [{k: v for k, v in r.items() if k != "stage"} for r in read_history(run.path)]
     plot_history(history, run.record.training["best_epoch"], run.path / PLOTS_DIR / "history.png")
     write_report(run.path)
