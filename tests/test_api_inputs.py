@@ -510,3 +510,19 @@ def test_identical_weights_make_identical_files_in_every_process(tmp_path):
 
     with safe_open(str(files[0]), "pt") as f:
         assert f.metadata()["cxrkit_classes"] == '["a", "b"]' and sorted(f.keys()) == ["bias", "weight"]
+
+
+def test_referral_on_a_multilabel_run_says_it_needs_a_binary_run(tiny_run, tmp_path, capsys):
+    import torch
+
+    from cxrkit.cli import main
+
+    run = _copy_run(tiny_run, tmp_path)
+    _edit_weights(run, lambda s: {k: torch.cat([v, v]) if k.startswith("head.3.") else v for k, v in s.items()})
+    _edit_meta(run, lambda m: m.update(task="multilabel", classes=["effusion", "nodule"], num_outputs=2, positive_class=None,
+                                       thresholds={"effusion": {"value": 0.5}, "nodule": {"value": 0.5}},
+                                       threshold={"rule": "youden", "value": None, "per_finding": True}))
+    record_decision(run)
+    # Was "has no validation predictions in predictions.csv to choose the band on, and its training data is not at hand".
+    assert main(["referral", str(run), "npv:0.98"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: a referral band needs a binary run (one disease against normal); {run} is a multilabel run"

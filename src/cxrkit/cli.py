@@ -476,6 +476,8 @@ def _referral(a: argparse.Namespace) -> int:
         run.save_record()
         print(f"referral band removed from {a.run}; decisions use the single threshold again")
         return 0
+    if run.task != "binary":  # was "has no validation predictions ... not at hand", with both at hand
+        raise ValueError(f"a referral band needs a binary run (one disease against normal); {a.run} is a {run.task} run")
     # The validation images predicted again when the data is at hand: predictions.csv is not bound to the weights, and rows
     # edited there (0.99 for every tb image) gave a band with 100% NPV and PPV, printed and stored.
     val, where = fresh_validation_predictions(run), "validation images"
