@@ -179,6 +179,9 @@ def test_a_no_finding_column_is_the_absence_of_findings_and_one_name_per_row_is_
     rows[0]["Effusion"] = 1
     with pytest.raises(DatasetError, match=r"line 2 of .*: 'No Finding' is 1 but the findings marked 1 are Effusion; a row holds either"):
         open_label_table(_write_csv(tmp_path / "both.csv", rows), tmp_path)
+    both = [{"path": p, "findings": ("Effusion|No Finding" if i == 4 else "Effusion|Cardiomegaly")} for i, p in enumerate(paths)]
+    with pytest.raises(DatasetError, match=r"line 6 of .* has 'Effusion\|No Finding': a finding and 'No Finding' together"):
+        open_label_table(_write_csv(tmp_path / "both2.csv", both), tmp_path)
     # A `labels` column of one name per row: "normal" was dropped as no finding, and three classes trained as two findings.
     single = [{"path": p, "labels": ("normal", "tb", "pneumonia")[i % 3]} for i, p in enumerate(paths)]
     src = open_label_table(_write_csv(tmp_path / "single.csv", single), tmp_path)

@@ -285,6 +285,9 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
             samples.append(Sample(p, "|".join(found) or "No Finding", split, found, patient))
         elif kind == "findings":
             found = _findings(r[label_cols[0]])
+            if found and any(canonical_name(p) in NEGATIVE_NAMES for p in r[label_cols[0]].split("|")):
+                raise DatasetError(f"line {lines[i]} of {table} has {r[label_cols[0]]!r}: a finding and 'No Finding' together; a row "
+                                   "holds either No Finding or findings")
             if any(f.lower() in MISSING_VALUES for f in found):
                 raise DatasetError(f"line {lines[i]} of {table} has no findings but {r[label_cols[0]]!r} (a missing value); "
                                    "write 'No Finding' for an image without findings")
