@@ -51,14 +51,14 @@ def test_cli_flags_a_single_image_and_each_image_of_a_folder(tiny_run, binary_da
     assert main(["predict", str(tiny_run), str(tmp_path / "odd"), "--engine", "torch"]) == 0
     out = capsys.readouterr()
     rows = {Path(r["path"]).name: r for r in csv.DictReader(io.StringIO(out.out))}
-    assert [rows[n]["ood_warning"] for n in ("black.png", "normal.png", "white.png")] == ["yes", "", "yes"]
+    assert [rows[n]["ood_warning"] for n in ("black.png", "normal.png", "white.png")] == ["yes", "no", "yes"]
     assert "2 of 3 image(s) lie outside" in out.err
 
     csv_out = tmp_path / "preds.csv"
     assert main(["predict", str(tiny_run), str(tmp_path / "odd"), "--engine", "torch", "--out", str(csv_out)]) == 0
     assert "2 of 3 image(s)" in capsys.readouterr().err
     with open(csv_out, newline="") as f:
-        assert sorted(r["ood_warning"] for r in csv.DictReader(f)) == ["", "yes", "yes"]
+        assert sorted(r["ood_warning"] for r in csv.DictReader(f)) == ["no", "yes", "yes"]
     # --json says it as Python does: an in-range image was null there, which the docs give for "not checked"
     assert main(["predict", str(tiny_run), str(tmp_path / "odd"), "--engine", "torch", "--json"]) == 0
     rows = {Path(r["path"]).name: r for r in json.loads(capsys.readouterr().out)["results"]}

@@ -55,13 +55,15 @@ def result_row(run: Run, path: Path, probs: np.ndarray | None, decision: str | N
                checked: bool = True) -> dict:
     """One CSV row: probabilities, the decision as text (:meth:`Run.decision_labels`) and the out-of-distribution findings, or empty cells and the error.
 
-    ``checked=False`` (the run has no shift reference) writes ``unchecked`` in the ``ood_warning`` column of a predicted image."""
+    ``ood_warning`` of a predicted image is ``yes``, ``no``, or ``unchecked`` (``checked=False``: the run has no shift reference);
+    empty for a file that could not be read."""
     row = {"path": str(path)}
     # Unrounded (shortest exact text): at 6 decimals a probability within 5e-7 of the threshold read as the other side of the decision beside it.
     row.update({f"prob_{c}": "" if probs is None else repr(float(probs[j])) for j, c in enumerate(run.classes)})
     row["prediction"] = decision or ""
     row["error"] = error
-    row["ood_warning"] = "yes" if ood else "" if checked or probs is None else "unchecked"
+    # "no" for an image checked and in range: a blank cell read as "not checked" beside JSON's false
+    row["ood_warning"] = "" if probs is None else "yes" if ood else "no" if checked else "unchecked"
     row["ood_findings"] = "; ".join(ood or [])
     row["model"] = run.model_id
     return row
