@@ -195,3 +195,27 @@ def test_the_audit_reads_an_all_dicom_dataset_as_training_does(tmp_path):
     np.testing.assert_allclose(rec["mean"], read_grayscale(tmp_path / "data" / "tb" / "0.dcm", 10**8).mean() / 255, atol=0.01)
     audit = audit_dataset(tmp_path / "data", progress=False)
     assert audit["n_decoded"] == 24 and audit["corrupt"] == [] and audit["shortcut_probe"]["auc"] is not None
+
+
+def test_padding_presentation_lut_and_frames_are_read_as_viewers_read_them(tmp_path):
+    # Padding at 65535 was stretched with the image (the anatomy came out 241-255), a Presentation LUT Shape INVERSE was
+    # ignored (the image read as its own negative), and a two-frame file was classified by its first frame without a word.
+    img = ramp(top=4000)
+    padded = img.copy()
+    padded[:, :6] = 65535
+    out = read_grayscale(write_dicom(tmp_path / "pad.dcm", padded, PixelPaddingValue=65535), 10**8)
+    np.testing.assert_array_equal(out[:, 6:], read_grayscale(write_dicom(tmp_path / "nopad.dcm", img[:, 6:]), 10**8))
+    assert (out[:, :6] == 0).all()
+    inverse = read_grayscale(write_dicom(tmp_path / "inv.dcm", img, PresentationLUTShape="INVERSE"), 10**8)
+    np.testing.assert_array_equal(inverse, 255 - read_grayscale(write_dicom(tmp_path / "id.dcm", img), 10**8))
+    mono1 = read_grayscale(write_dicom(tmp_path / "m1.dcm", img, photometric="MONOCHROME1", PresentationLUTShape="INVERSE"), 10**8)
+    np.testing.assert_array_equal(mono1, inverse)  # INVERSE is MONOCHROME1's usual companion, not a second inversion
+    two = np.concatenate([img, img])
+    path = write_dicom(tmp_path / "two.dcm", two, NumberOfFrames=2)
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.Rows = 32
+    ds.save_as(path)
+    with pytest.raises(UnsupportedImageError, match="DICOM file holds 2 frames"):
+        read_grayscale(path, 10**8)

@@ -72,9 +72,11 @@ def _read_dicom(source: str | Path | bytes | BinaryIO, max_pixels: int) -> np.nd
     if rows * cols > max_pixels:
         raise ImageTooLargeError(f"image too large ({cols}x{rows} pixels; the limit is {max_pixels:,})")
     _check_native_length(ds, rows, cols)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:  # its first frame was classified without a word; a series is not one radiograph
+        raise UnsupportedImageError(f"DICOM file holds {frames} frames (a series or a cine, not one radiograph); export the frame to classify")
     try:
-        # pixel_array decodes every frame; index=0 keeps memory bounded for multi-frame files.
-        arr = ds.pixel_array if int(ds.get("NumberOfFrames", 1) or 1) == 1 else pydicom.pixels.pixel_array(ds, index=0)
+        arr = ds.pixel_array
     except Exception as exc:  # pydicom raises RuntimeError/NotImplementedError/ValueError/... depending on the decoder
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", syntax) or "unknown"
@@ -91,8 +93,9 @@ def _read_dicom(source: str | Path | bytes | BinaryIO, max_pixels: int) -> np.nd
             else:
                 yield y, np.asarray(apply_voi_lut(apply_modality_lut(part, ds), ds), dtype=np.float64)
 
+    pad = _padding(ds, arr) if photometric != "RGB" else None
     try:
-        out = stretch_to_uint8(blocks, arr.shape[:2])
+        out = stretch_to_uint8(blocks, arr.shape[:2], pad)
     except ImageDecodeError as exc:
         raise ImageDecodeError(f"DICOM {exc}") from exc
     if out.min() == out.max() and arr.min() != arr.max():
@@ -101,7 +104,28 @@ def _read_dicom(source: str | Path | bytes | BinaryIO, max_pixels: int) -> np.nd
         raise ImageDecodeError(f"DICOM display settings (rescale slope {ds.get('RescaleSlope', 1)}, window centre/width "
                                f"{ds.get('WindowCenter', 'none')}/{ds.get('WindowWidth', 'none')}) turn the stored values "
                                f"{arr.min()}-{arr.max()} into one grey level: the header does not describe a viewable image")
-    return 255 - out if photometric == "MONOCHROME1" else out
+    # MONOCHROME1 shows low values white; a Presentation LUT Shape INVERSE asks the same of a MONOCHROME2 image (and is the
+    # usual companion of MONOCHROME1, not a second inversion). Ignored, such an image was read as its own negative.
+    if photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":
+        out = 255 - out
+        if pad is not None:
+            out[pad] = 0  # padding is outside the image: black, as viewers show it
+    return out
+
+
+def _padding(ds, arr: np.ndarray) -> np.ndarray | None:
+    """Where the stored values are Pixel Padding Value (or within its range to Pixel Padding Range Limit): the area outside
+    the exposed image. Stretched with the rest, a pad at 65535 squeezed the anatomy into the top 15 grey levels."""
+    value = ds.get("PixelPaddingValue")
+    if value is None or not isinstance(value, (int, float)):
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    bits = int(ds.get("BitsStored", 0) or 0)
+    if 0 < bits < 32 and not int(ds.get("PixelRepresentation", 0) or 0):  # pydicom keeps the stored bits only: 65535 reads 4095
+        value, limit = value & ((1 << bits) - 1), (limit & ((1 << bits) - 1) if isinstance(limit, int) else limit)
+    lo, hi = (min(value, limit), max(value, limit)) if isinstance(limit, (int, float)) else (value, value)
+    pad = (arr >= lo) & (arr <= hi)
+    return pad if pad.any() and not pad.all() else None
 
 
 def _check_native_length(ds, rows: int, cols: int) -> None:
