@@ -378,3 +378,19 @@ def test_shared_pneumoniamnist_npz():
     ds = load_dataset(_shared("pneumoniamnist_28_balanced.npz"), 28, progress=False)
     assert ds.task == "binary" and ds.positive == "pneumonia"
     assert ds.counts() == {"train": {"normal": 1214, "pneumonia": 1214}, "val": {"normal": 135, "pneumonia": 135}}
+
+
+def test_medmnist_colour_images_become_grey_as_their_png_files_would(tmp_path):
+    from cxrkit.data.decode import read_grayscale
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, m in (("train", 20), ("val", 6), ("test", 6)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (m, 28, 28, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.arange(m).reshape(-1, 1) % 2
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    ds = load_dataset(tmp_path / "pneumoniamnist.npz", 28, progress=False)
+    Image.fromarray(arrays["train_images"][0]).save(tmp_path / "first.png")
+    # The channel mean was used: up to 7 grey levels from what predict reads in the same image saved as PNG.
+    np.testing.assert_array_equal(ds.source.read([0])[0], read_grayscale(tmp_path / "first.png", 10**8))
+    np.testing.assert_array_equal(ds.images[0], read_grayscale(tmp_path / "first.png", 10**8))

@@ -31,7 +31,7 @@ from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
 from cxrkit.data.decode import ImageDecodeError, UnusableImageError, check_usable, load_grayscale, prepare_grayscale
-from cxrkit.data.medmnist import ArraySource
+from cxrkit.data.medmnist import ArraySource, array_grey
 from cxrkit.data.sources import cache_root, file_stamp
 
 CACHE_FORMAT = 3  # 2: images turned by their EXIF orientation; 3: blank and tiny images refused, as prediction refuses them
@@ -317,7 +317,7 @@ def load_cached_arrays(
                             loaded.clear()  # keep one split's array in memory at a time
                             loaded[split] = z[f"{split}_images"]
                         img = loaded[split][row]
-                        gray = img if img.ndim == 2 else img[..., :3].mean(axis=2).round().astype(np.uint8)
+                        gray = array_grey(img)
                         try:
                             arr[i] = prepare_grayscale(check_usable(gray), size, aspect, intensity, crop_border)
                         except UnusableImageError as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from cxrkit.data.sources import DatasetError, ImageFolderSource, Sample, check_utf8
 
@@ -27,6 +28,16 @@ MEDMNIST_LABELS = {
                                   "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia"]),
 }
 SPLITS = ("train", "val", "test")
+
+
+def array_grey(img: np.ndarray) -> np.ndarray:
+    """One MedMNIST image (H, W) or (H, W, 1|3|4) as 2-D uint8, with the luminance a PNG of it is read with (ITU-R 601-2,
+    alpha dropped): the channel mean differed by up to 7 grey levels, so `predict` on exported PNGs saw other pixels."""
+    if img.ndim == 2:
+        return img
+    if img.shape[2] == 1:
+        return img[..., 0]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img[..., :3]), "RGB").convert("L"))
 
 
 @dataclass
@@ -49,7 +60,7 @@ class ArraySource(ImageFolderSource):
                 arr = z[f"{split}_images"]
                 for j in sel:
                     img = arr[self.rows[indices[j]][1]]
-                    out[j] = img if img.ndim == 2 else img[..., :3].mean(axis=2).round().astype(np.uint8)
+                    out[j] = array_grey(img)
         return np.stack(out) if out else np.zeros((0, 1, 1), np.uint8)
 
     def content_stamp(self, rel: str) -> int:
