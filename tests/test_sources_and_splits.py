@@ -108,6 +108,29 @@ def test_zip_members_with_absolute_or_climbing_paths_are_refused(name, tmp_path)
     assert not list((tmp_path / "cache" / "zips").iterdir())  # nothing left half-extracted
 
 
+def test_zip_names_that_would_not_come_out_as_written_are_refused(tmp_path):
+    import warnings
+
+    src = make_synthetic_dataset(tmp_path / "d", n_per_class=2, size=16)
+    files = sorted(src.rglob("*.png"))
+    twice = tmp_path / "twice.zip"
+    with warnings.catch_warnings(), zipfile.ZipFile(twice, "w") as zf:
+        warnings.simplefilter("ignore")  # zipfile's "Duplicate name" warning
+        for f in files:
+            zf.write(f, f.relative_to(src).as_posix())
+        zf.write(files[0], files[-1].relative_to(src).as_posix())  # a healthy image under a tb image's name: one was kept
+    with pytest.raises(DatasetError, match=f"holds '{files[-1].relative_to(src).as_posix()}' twice"):
+        open_image_folder(twice, cache_dir=tmp_path / "cache")
+    # A Latin-1 name without the UTF-8 flag: zipfile reads it as cp437, and 'tuberculos\xe9' became a class 'tuberculosΘ'.
+    latin = tmp_path / "latin.zip"
+    with zipfile.ZipFile(latin, "w") as zf:
+        for f in files:
+            zf.write(f, f.relative_to(src).as_posix().replace("tb/", "tuberculosX/"))
+    latin.write_bytes(latin.read_bytes().replace(b"tuberculosX/", b"tuberculos\xe9/"))
+    with pytest.raises(DatasetError, match=r"names \d+ file\(s\) in an unstated encoding \(e.g. 'tuberculos"):
+        open_image_folder(latin, cache_dir=tmp_path / "cache")
+
+
 def test_zips_that_cannot_be_extracted_are_refused_before_writing(tmp_path, monkeypatch):
     root = make_synthetic_dataset(tmp_path / "d", n_per_class=3, size=16)
     locked = tmp_path / "locked.zip"

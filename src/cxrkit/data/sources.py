@@ -139,6 +139,7 @@ def extract_zip(zip_path: Path, cache_dir: Path | None = None) -> Path:
                     raise DatasetError(f"{zip_path} holds {unsafe[0]!r}{f' and {len(unsafe) - 1} more' if len(unsafe) > 1 else ''}: "
                                        "paths that are absolute or climb out with '..' are not a dataset's files; "
                                        "re-create the archive from the dataset folder (e.g. `zip -r data.zip folder/`)")
+                _check_names(zip_path, members)
                 _check_extractable(zip_path, members, tmp)
                 zf.extractall(tmp, members=members)
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
@@ -157,6 +158,23 @@ def extract_zip(zip_path: Path, cache_dir: Path | None = None) -> Path:
         dest = entries[0]
         entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
     return dest
+
+
+def _check_names(zip_path: Path, members: list[zipfile.ZipInfo]) -> None:
+    """Refuse names that would not come out as written: one name twice (the second file silently replaced the first, a tb
+    image by a healthy one), and non-ASCII names without the archive's UTF-8 flag (decoded as cp437: 'tuberculosé' became
+    a class 'tuberculosΘ')."""
+    seen: set[str] = set()
+    for m in members:
+        name = m.filename.rstrip("/")
+        if name in seen and not m.is_dir():
+            raise DatasetError(f"{zip_path} holds {name!r} twice: extracting it keeps one of the two files; re-create the archive "
+                               "from the dataset folder (e.g. `zip -r data.zip folder/`)")
+        seen.add(name)
+    guessed = [m.filename for m in members if not m.flag_bits & 0x800 and not m.filename.isascii()]
+    if guessed:
+        raise DatasetError(f"{zip_path} names {len(guessed)} file(s) in an unstated encoding (e.g. {guessed[0]!r}, read as cp437): "
+                           "re-create it with UTF-8 names (`zip -r`, 7-Zip or Python's zipfile write them), or give the folder itself")
 
 
 def _check_extractable(zip_path: Path, members: list[zipfile.ZipInfo], dest: Path) -> None:
