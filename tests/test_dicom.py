@@ -81,8 +81,10 @@ def test_rescale_slope_and_intercept_keep_the_window_in_output_units(tmp_path):
 
 def test_eight_bit_dicom_keeps_its_values(tmp_path):
     pixels = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))
-    out = read_grayscale(write_dicom(tmp_path / "b.dcm", pixels, bits=8))
-    np.testing.assert_array_equal(out, np.round(pixels * (255 / 248)).astype(np.uint8))  # 0..248 stretched to 0..255
+    out = read_grayscale(write_dicom(tmp_path / "b.dcm", pixels, bits=8), 10**8)
+    np.testing.assert_array_equal(out, pixels)  # as an 8-bit PNG of them: 0..248 was stretched to 0..255
+    windowed = read_grayscale(write_dicom(tmp_path / "w.dcm", pixels, bits=8, WindowCenter=128, WindowWidth=256), 10**8)
+    assert windowed.min() == 0 and windowed.max() == 255  # a window is a display mapping: stretched as before
 
 
 def test_non_image_dicom_is_a_clear_error(tmp_path):

@@ -94,10 +94,22 @@ def _read_dicom(source: str | Path | bytes | BinaryIO, max_pixels: int) -> np.nd
                 yield y, np.asarray(apply_voi_lut(apply_modality_lut(part, ds), ds), dtype=np.float64)
 
     pad = _padding(ds, arr) if photometric != "RGB" else None
-    try:
-        out = stretch_to_uint8(blocks, arr.shape[:2], pad)
-    except ImageDecodeError as exc:
-        raise ImageDecodeError(f"DICOM {exc}") from exc
+    if _display_values(ds, arr):
+        # 8-bit values with no rescale and no window are display values already, as in an 8-bit PNG; stretched, the same
+        # pixels saved as DICOM and as PNG were two images to the model.
+        if photometric == "RGB":
+            from PIL import Image
+
+            out = np.asarray(Image.fromarray(np.ascontiguousarray(arr[..., :3]), "RGB").convert("L"))
+        else:
+            out = np.array(arr, dtype=np.uint8)
+            if pad is not None:
+                out[pad] = 0
+    else:
+        try:
+            out = stretch_to_uint8(blocks, arr.shape[:2], pad)
+        except ImageDecodeError as exc:
+            raise ImageDecodeError(f"DICOM {exc}") from exc
     if out.min() == out.max() and arr.min() != arr.max():
         # A rescale slope of 0 or a window outside the stored values turns a real image into one grey level, which was
         # classified like any other image.
@@ -111,6 +123,15 @@ def _read_dicom(source: str | Path | bytes | BinaryIO, max_pixels: int) -> np.nd
         if pad is not None:
             out[pad] = 0  # padding is outside the image: black, as viewers show it
     return out
+
+
+def _display_values(ds, arr: np.ndarray) -> bool:
+    """Whether the stored values are shown as they are: unsigned 8-bit, no modality rescale, no VOI window or LUT."""
+    if arr.dtype != np.uint8 or int(ds.get("PixelRepresentation", 0) or 0):
+        return False
+    if float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0:
+        return False
+    return not any(k in ds for k in ("ModalityLUTSequence", "VOILUTSequence", "WindowCenter", "WindowWidth"))
 
 
 def _padding(ds, arr: np.ndarray) -> np.ndarray | None:
