@@ -68,3 +68,17 @@ def test_audit_and_train_report_the_split_level_shift(shifted_data: Path, tmp_pa
     assert any("SPLIT SHIFT: test/healthy" in m for m in meta["audit"]["messages"])
     # Only test images differ in exposure: --intensity auto decides on train and validation images, so it keeps them as they are.
     assert meta["preprocessing"]["intensity"] == "none" and meta["audit"]["exposure"]["intensity"] == "none"
+
+
+def test_a_split_shift_needs_a_difference_a_reader_could_see():
+    # Histogram-equalised images have nearly constant statistics: "test/tb images are lower in contrast than train/tb
+    # (contrast (std) 0.29 vs 0.29, KS D 0.82)" was a finding.
+    from cxrkit.audit.split_shift import compare_splits
+
+    rng = np.random.default_rng(0)
+    labels, splits = np.zeros(80, int), np.array(["train"] * 60 + ["test"] * 20)
+    tiny = {"std": np.r_[0.288 + rng.normal(0, 0.0002, 60), 0.2885 + rng.normal(0, 0.0002, 20)]}
+    assert compare_splits(tiny, labels, splits, ["tb"]) == []
+    real = {"std": np.r_[0.288 + rng.normal(0, 0.01, 60), 0.24 + rng.normal(0, 0.01, 20)]}
+    (found,) = compare_splits(real, labels, splits, ["tb"])
+    assert found["message"].startswith("test/tb images are lower in contrast than train/tb (contrast (std) 0.24 vs 0.29")
