@@ -169,3 +169,16 @@ def test_damaged_audit_caches_are_computed_again_with_a_note(clean_data, tmp_pat
     assert again["seconds"]["files_computed"] == 80 and again["verdict"] == first["verdict"]
     assert again["shortcut_probe"]["auc"] == first["shortcut_probe"]["auc"]
     assert audit_dataset(clean_data, cache_dir=tmp_path / "c", progress=False)["seconds"]["cached"]
+
+
+def test_the_exposure_advice_for_a_multilabel_task_is_what_training_does():
+    # It promised that `cxrkit train` histogram-equalises, two lines before training said it keeps multi-label images as they are.
+    from cxrkit.audit.messages import audit_messages
+
+    base = {"verdict": {"conflicting_labels": 0, "leakage": False, "leakage_reasons": []}, "shortcut_probe": {"auc": None, "warning": False},
+            "duplicates": {"exact": {"redundant_files": 0}, "near": {"redundant_files": 0}}, "corrupt": [],
+            "exposure_probe": {"warning": True, "auc": 0.9, "message": "brightness and contrast alone tell the classes apart"}}
+    (multi,) = [m for m in audit_messages({**base, "multilabel": True}) if m.startswith("EXPOSURE")]
+    assert "train with --intensity histeq" in multi and "histogram-equalises each image" not in multi
+    (single,) = [m for m in audit_messages(base) if m.startswith("EXPOSURE")]
+    assert "histogram-equalises each image when it finds this" in single

@@ -109,7 +109,8 @@ def audit_source(
     verdict = {"leakage": bool(leaks), "leakage_reasons": leaks, "shortcut": probe["warning"], "exposure": exposure["warning"],
                "conflicting_labels": dup["exact"]["across_classes"] + dup["near"]["across_classes"]}
     result = {
-        "version": AUDIT_VERSION, "root": str(source.root), "classes": source.classes, "n_files": len(paths), "n_decoded": len(ok),
+        "version": AUDIT_VERSION, "root": str(source.root), "classes": source.classes, "multilabel": bool(source.multilabel),
+        "n_files": len(paths), "n_decoded": len(ok),
         "class_balance": balance, "properties": per_class_properties(records, groups_of, group_names), "duplicates": dup,
         "patients": patients, "corrupt": corrupt, "shortcut_probe": probe, "exposure_probe": exposure, "split_shift": across, "verdict": verdict,
         "seconds": {"features": timing["seconds"], "total": time.perf_counter() - t0, "files_computed": timing["computed"]},

@@ -44,6 +44,9 @@ def audit_messages(audit: dict) -> list[str]:
                    f"alone the probe's AUC is {chosen['auc']:.3f}, below the shortcut threshold, so --intensity auto kept the images as "
                    "they are: the test split's exposure differs from theirs, and its figures may partly reflect exposure; `cxrkit stress "
                    "RUN` measures whether the model relies on it (or train with --intensity histeq)")
+    elif e.get("warning") and audit.get("multilabel"):  # --intensity auto decides nothing for multi-label tasks
+        out.append(f"EXPOSURE SHORTCUT: {e['message']}. For a multi-label task `cxrkit train` keeps the images as they are unless "
+                   "told otherwise: train with --intensity histeq to take exposure away from the model")
     elif e.get("warning"):
         out.append(f"EXPOSURE SHORTCUT: {e['message']}. `cxrkit train` histogram-equalises each image when it finds this in the "
                    "training images (--intensity auto, the default); `cxrkit stress RUN` measures whether a model relies on exposure")
