@@ -113,3 +113,10 @@ def test_the_verdict_never_contradicts_its_own_table():
     assert "corners masked (-0.120, p=0.09), is not significant on these images" in big
     assert verdict([{**row, "change": 0.0, "p_value": 1.0}]).endswith("with p < 0.05 (none lowered it)")  # was "largest drop: +0.000"
     assert verdict([{**row, "change": -0.02, "p_value": 0.4}]).endswith("(largest drop: corners masked, -0.020)")
+
+
+def test_p_values_are_shown_as_they_compare_with_005():
+    from cxrkit.evaluation.stress import p_text
+
+    # 0.0496 was "p=0.05" beside a verdict that counted it below 0.05.
+    assert [p_text(p) for p in (0.0496, 0.04999, 0.0004, 0.05, 0.123)] == ["0.0496", "<0.05", "<0.001", "0.05", "0.12"]

@@ -612,7 +612,8 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     info = adapt_run(a.run, a.folder, a.out, a.batch_size, overwrite=a.overwrite)
     print(f"{info['batchnorm_layers']} batch-norm layer(s) re-estimated on {info['images']} image(s) of {a.folder}"
           + (f" ({info['unreadable']} unreadable)" if info["unreadable"] else "") + f"; adapted run written to {a.out}/")
-    print(f"the threshold is still the source run's; to measure the adapted model: cxrkit evaluate {a.out} LABELLED_DATA")
+    kept = "threshold is" if info.get("task") == "binary" else "thresholds are" if info.get("task") == "multilabel" else "decision rule is"
+    print(f"the {kept} still the source run's; to measure the adapted model: cxrkit evaluate {a.out} LABELLED_DATA")
     return 0
 
 

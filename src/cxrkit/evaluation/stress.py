@@ -80,10 +80,10 @@ def verdict(rows: list[dict]) -> str:
         if worst["change"] >= 0:  # "largest drop: darker, +0.000"
             return f"{said} (none lowered it)"
         if worst["change"] <= -SHORTCUT_DROP:  # a drop of 0.12 beside "no change lowered it by 0.05" read as a contradiction
-            return (f"{said}; the largest, {worst['name']} ({worst['change']:+.3f}, p={worst['p_value']:.2g}), is not significant on "
+            return (f"{said}; the largest, {worst['name']} ({worst['change']:+.3f}, p={p_text(worst['p_value'])}), is not significant on "
                     "these images: more test images would tell whether the model relies on it")
         return f"{said} (largest drop: {worst['name']}, {worst['change']:+.3f})"
-    names = ", ".join(f"{r['name']} ({r['change']:+.3f}, p={r['p_value']:.2g})" for r in bad)
+    names = ", ".join(f"{r['name']} ({r['change']:+.3f}, p={p_text(r['p_value'])})" for r in bad)
     return (f"SHORTCUT: ROC-AUC drops under changes that leave the anatomy in place: {names}. The model reads exposure, "
             "borders or markers as well as the lungs, so its figures will not carry over to a site with other exposure or "
             "markers; consider --crop-border, per-image --intensity normalisation or the robust augmentation preset (the "
@@ -131,13 +131,21 @@ def _as_trained(run: Run, data, class_map: dict[str, str] | None, raw: np.ndarra
     return np.asarray(ds.images[idx])
 
 
+def p_text(p: float) -> str:
+    """A p-value as read against 0.05: 0.0496 was shown as "p=0.05" beside a verdict that called it below 0.05."""
+    if p < 0.001:
+        return "<0.001"
+    text = f"{p:.3g}" if p < 0.1 else f"{p:.2f}"
+    return "<0.05" if p < 0.05 and float(text) >= 0.05 else text
+
+
 def format_table(result: dict) -> str:
     """The stress result as a plain-text table and verdict."""
     lines = [f"{result['split']}: {result['n']} images ({result['positives']} positive), ROC-AUC {result['auc']:.3f} "
              f"({ci_text(result, percent=False)})",
              f"{'change':<18} {'ROC-AUC (95% CI)':<24} {'vs unchanged':>12} {'p':>8}  touches lungs"]
     for r in result["perturbations"]:
-        lines.append(f"{r['name']:<18} {r['auc']:.3f} ({r['ci'][0]:.3f}–{r['ci'][1]:.3f})      {r['change']:+12.3f} {r['p_value']:8.2g}  "
+        lines.append(f"{r['name']:<18} {r['auc']:.3f} ({r['ci'][0]:.3f}–{r['ci'][1]:.3f})      {r['change']:+12.3f} {p_text(r['p_value']):>8}  "
                      f"{'yes' if r['touches_anatomy'] else 'no'}{'  <- shortcut' if r['shortcut'] else ''}")
     lines.append(result["verdict"])
     return "\n".join([f"note: {n}" for n in result.get("notes", [])] + lines)

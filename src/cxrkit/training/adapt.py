@@ -155,6 +155,7 @@ def adapt_run(run_dir: str | Path, folder: str | Path, out: str | Path, batch_si
                     "batchnorm_layers": layers, "time": now(),
                     "note": "batch-norm statistics from the new site's unlabelled images; threshold and calibration from the source run's validation split"}
             record.extra["adapted"] = info
+            info = {**info, "task": record.task}
             record.evaluations = []  # the adapted model has not been evaluated yet
             record.weights_sha256 = file_sha256(out / MODEL_FILE)
             record.onnx_sha256 = None  # the source's export is of the old weights, and is not copied
