@@ -106,3 +106,17 @@ def test_resume_of_a_run_that_never_reached_a_checkpoint_starts_afresh(tmp_path)
     (out / "meta.json").write_text(json.dumps({"complete": True}))  # a finished run is never replaced by --resume
     with pytest.raises(FileExistsError, match="already holds a run"):
         prepare_run_folder(out, overwrite=False, resume=True)
+
+
+def test_resume_of_a_run_killed_during_its_audit_says_it_starts_afresh(tmp_path, capsys):
+    # Only audit.json was written: --resume trained a new run without a word that nothing was being continued.
+    from cxrkit.cli import main
+    from cxrkit.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "d", n_per_class=20, size=32, seed=0)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "audit.json").write_text("{}")
+    assert main(["train", str(data), "--out", str(out), "--resume", "--epochs", "1", "--model", "cnn", "--quiet"]) == 0
+    assert (f"note: {out} has no config.yaml (it stopped before training began): --resume starts it afresh with the options "
+            "given here") in capsys.readouterr().err

@@ -344,6 +344,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
         cfg = resumed_config(out_dir, a.data, _given_options(a), "--resume")  # the run's own settings
     elif a.config:
+        if a.resume and out_dir.is_dir():
+            print(f"note: {out_dir} has no {CONFIG_FILE} (it stopped before training began): --resume starts it afresh with "
+                  f"{a.config} and the options given here", file=sys.stderr)
         cfg = TrainConfig.load(a.config, data=a.data)  # a hand-written file may leave the data to the DATA argument
         given = _given_options(a)
         d = cfg.to_dict()
@@ -352,6 +355,9 @@ def cmd_train(a: argparse.Namespace) -> int:
                 print(f"note: {k} = {v!r} from the command line overrides {d.get(k)!r} from {a.config}", file=sys.stderr)
         cfg = TrainConfig.from_dict({**d, **given, "data": a.data, "out": a.out or cfg.out})
     else:
+        if a.resume and out_dir.is_dir():  # killed during the audit: nothing trained yet, and nothing said it started again
+            print(f"note: {out_dir} has no {CONFIG_FILE} (it stopped before training began): --resume starts it afresh with the "
+                  "options given here", file=sys.stderr)
         cfg = _config_from_args(a, a.data, str(out_dir))
         if a.image_size is None:
             cfg = _native_size(cfg)
