@@ -192,6 +192,22 @@ def test_a_no_finding_column_is_the_absence_of_findings_and_one_name_per_row_is_
     assert open_label_table(_write_csv(tmp_path / "n.csv", numbers), tmp_path).classes == ["0", "1"]
 
 
+def test_images_a_table_does_not_list_are_named_as_left_out(tmp_path):
+    from cxrkit.data.sources import left_out_notes
+
+    paths = _images(tmp_path, 10)
+    (tmp_path / "runs" / "r" / "plots").mkdir(parents=True)  # a run kept beside the data: its plots are not images of the task
+    for name in ("meta.json", "config.yaml"):
+        (tmp_path / "runs" / "r" / name).write_text("{}")
+    _png(tmp_path / "runs" / "r" / "plots" / "roc.png", 5)
+    rows = [{"path": p, "label": "tb" if i % 2 else "normal"} for i, p in enumerate(paths[:8])]
+    src = open_label_table(_write_csv(tmp_path / "t.csv", rows), tmp_path)
+    # The 2 images without a row were dropped without a word.
+    assert [p.name for p in src.unlisted_images] == ["a8.png", "a9.png"]
+    assert left_out_notes(src) == [f"2 image(s) under {tmp_path.resolve()} are not listed in t.csv and were left out "
+                                   f"(e.g. {tmp_path.resolve() / 'img' / 'a8.png'}); add rows for them to use them"]
+
+
 def test_a_semicolon_or_tab_separated_table_is_read(tmp_path):
     paths = _images(tmp_path)
     for sep in ";\t":  # a spreadsheet in a European locale: was "has no image column ... columns are ['path;label']"

@@ -265,6 +265,10 @@ def left_out_notes(source: Any) -> list[str]:
     if loose:
         out.append(f"{len(loose)} image(s) outside any class folder were left out, having no label (e.g. {loose[0]}); move each "
                    "into its class folder to use it")
+    unlisted = getattr(source, "unlisted_images", [])
+    if unlisted:  # a table of part of the folder: the rest dropped without a word
+        out.append(f"{len(unlisted)} image(s) under {source.root} are not listed in {Path(source.table).name} and were left out "
+                   f"(e.g. {unlisted[0]}); add rows for them to use them")
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrkit.data.decode import is_image_file
@@ -55,6 +55,26 @@ class TableSource(ImageFolderSource):
     table: Path | None = None
     label_column: str | None = None
     split_lists: tuple[str, ...] = ()
+    unlisted_images: list[Path] = field(default_factory=list)  # images under the root that the table does not list
+
+
+def _unlisted(root: Path, listed: list[Path]) -> list[Path]:
+    """Image files under ``root`` (hidden folders aside) that no row names: left out of the task, which said nothing."""
+    from cxrkit.data.decode import IMAGE_EXTENSIONS
+
+    named = {os.path.normcase(os.path.realpath(p)) for p in listed}
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if "meta.json" in filenames and "config.yaml" in filenames:  # a cxrkit run kept beside the data: its plots are no images
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                p = os.path.join(dirpath, f)
+                if os.path.normcase(os.path.realpath(p)) not in named:
+                    out.append(Path(p))
+    return out
 
 
 def _find_by_name(root: Path, names: set[str]) -> dict[str, list[Path]]:
@@ -319,4 +339,5 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
     return TableSource(
         root=root, samples=samples, classes=classes, layout="nih table" if nih else "table", table=table.resolve(),
         label_column=label_cols[0] if len(label_cols) == 1 else None, split_lists=tuple(used_lists),
+        unlisted_images=_unlisted(root, [s.path for s in samples]),
     )
