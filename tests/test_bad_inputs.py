@@ -406,6 +406,18 @@ def test_class_names_swapped_in_meta_are_refused(tiny_run, tmp_path, capsys):
     assert "meta.json names the classes ['tb', 'healthy'], but" in err and "was trained for ['healthy', 'tb'] (in that order)" in err
 
 
+def test_patient_ids_differing_only_in_case_are_named_at_training():
+    from types import SimpleNamespace
+
+    from cxrkit.training.trainer import _note_unread_images
+
+    said: list[str] = []
+    ds = SimpleNamespace(source=SimpleNamespace(), skipped=list, patients=["P000", "p000", "P001", "P 002", "P  002", "__file__:x.png"])
+    _note_unread_images(ds, said.append)  # P000 and p000 were two patients without a word: maybe one person in train and test
+    assert said == ["note: 2 patient ID(s) differ from another only in case or spaces (e.g. P  002 and P 002); they are split as "
+                    "different patients. If they are one patient, write the IDs alike"]
+
+
 def test_images_in_formats_not_read_are_named_at_training():
     from types import SimpleNamespace
 

@@ -371,11 +371,20 @@ def _check_splits_for_training(ds: LabelledImages, cfg: TrainConfig, log: Callab
 
 def _note_unread_images(ds: LabelledImages, log: Callable[[str], None]) -> None:
     """Say when images were left out (only the report counted those in formats cxrkit does not read; those outside any class
-    folder were counted nowhere)."""
+    folder were counted nowhere), and patient IDs that may be one patient spelled two ways."""
     from cxrkit.data.sources import left_out_notes
 
     for sentence in left_out_notes(ds.source):
         log(f"note: {sentence}")
+    if getattr(ds, "patients", None) is not None:
+        ids = {str(p) for p in ds.patients if p is not None and not str(p).startswith("__file__:")}
+        spellings: dict[str, list[str]] = {}
+        for p in sorted(ids):
+            spellings.setdefault(" ".join(p.split()).casefold(), []).append(p)
+        alike = [v for v in spellings.values() if len(v) > 1]
+        if alike:  # two patients to the split, who may be one: the split can then put one person on both sides
+            log(f"note: {len(alike)} patient ID(s) differ from another only in case or spaces (e.g. {' and '.join(alike[0][:2])}); they "
+                "are split as different patients. If they are one patient, write the IDs alike")
     skipped = ds.skipped()
     if skipped:  # listed in skipped.csv and counted in the report, but training itself said nothing
         path, _, reason = skipped[0]
