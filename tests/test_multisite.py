@@ -164,9 +164,28 @@ def test_a_site_with_other_classes_is_refused_without_a_flag_that_does_not_exist
     src = tmp_path / "sources.yaml"
     src.write_text(yaml.safe_dump({"sites": {"alpha": str(a), "gamma": str(other)}}))
     # was match_classes' advice to pass --class-map, which train and audit do not have
-    with pytest.raises(DatasetError, match=r"site gamma \(.*\) has the classes \['normal', 'pneumonia'\], which do not match the first site's") as err:
+    with pytest.raises(DatasetError, match=r"site gamma \(.*\) has the classes \['normal', 'pneumonia'\], which are not among site alpha's") as err:
         load_dataset(src, 32, cache_dir=tmp_path / "cache", progress=False)
     assert "--class-map" not in str(err.value)
+
+
+def test_a_site_without_one_class_joins_the_others_and_is_warned_about(two_sites, tmp_path: Path):
+    # `cxrkit train A B` with B holding tb/ alone was refused ("only one class folder has images"), though A has both.
+    from cxrkit.training.trainer import _note_unread_images
+
+    a, _ = two_sites
+    clinic = make_synthetic_site(tmp_path / "clinic", n_per_class=12, size=40, seed=4, classes=("normal", "tb"))
+    import shutil
+
+    shutil.rmtree(clinic / "normal")
+    src = tmp_path / "sources.yaml"
+    src.write_text(yaml.safe_dump({"sites": {"clinic": str(clinic), "alpha": str(a)}}))
+    ds = load_dataset(src, 32, cache_dir=tmp_path / "cache", progress=False)
+    assert ds.class_names == ["healthy", "tb"] and (ds.sites == "clinic").sum() == 12 and set(ds.labels[ds.sites == "clinic"]) == {1}
+    said: list[str] = []
+    _note_unread_images(ds, said.append)
+    assert said == ["warning: site clinic has no healthy images: the model can learn that clinic's images are never healthy (a shortcut "
+                    "through the site), and clinic's own figures have no ROC-AUC"]
 
 
 def test_training_on_one_folder_twice_is_refused_before_the_run_folder_is_made(two_sites, tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -160,27 +160,30 @@ def open_sites(path: str | Path, match_classes: Callable[[list[str], list[str]],
     path = Path(path).resolve()
     roots = read_sources_file(path)
     samples: list[Sample] = []
-    classes: list[str] | None = None
     layouts, ignored = set(), []
-    for site, root in roots.items():
-        src = open_image_folder(root, cache_dir)
+    # A site may lack a class (a TB clinic's healthy/ folder alone): it was refused, though the sites together hold both.
+    # The classes are those of the site with the most; every other site's must be among them.
+    sources = {site: open_image_folder(root, cache_dir, min_classes=1) for site, root in roots.items()}
+    for site, src in sources.items():
         if src.multilabel:
             raise DatasetError(f"site {site}: several sources are supported for class folders, not label tables")
-        if classes is None:
-            classes = src.classes
-            mapping = {c: c for c in classes}
-        else:
-            try:
-                mapping = match_classes(src.classes, classes)
-            except DatasetError:
-                # match_classes' advice names --class-map, which training and the audit do not have: sites share class names
-                raise DatasetError(f"site {site} ({root}) has the classes {src.classes}, which do not match the first site's {classes}; "
-                                   "every site needs the same class folders (rename or move out the others)") from None
+    first = max(sources, key=lambda s: len(sources[s].classes))
+    classes = sources[first].classes
+    for site, src in sources.items():
+        root = roots[site]
+        try:
+            mapping = match_classes(src.classes, classes)
+        except DatasetError:
+            # match_classes' advice names --class-map, which training and the audit do not have: sites share class names
+            raise DatasetError(f"site {site} ({root}) has the classes {src.classes}, which are not among site {first}'s {classes}; "
+                               "every site's class folders must be named as the others' (rename or move out the others)") from None
         roots[site] = src.root  # resolved (a zip is extracted)
         samples += [replace(s, label=mapping[s.label], site=site) for s in src.samples]
         layouts.add(src.layout)
         ignored += src.ignored_files
-    return MultiSiteSource(root=path, samples=samples, classes=list(classes or []), layout="sites: " + ", ".join(sorted(layouts)),
+    if len(classes) < 2:
+        raise DatasetError(f"{path}: the sites together hold one class ({classes[0] if classes else 'none'}); training needs at least 2")
+    return MultiSiteSource(root=path, samples=samples, classes=list(classes), layout="sites: " + ", ".join(sorted(layouts)),
                            ignored_files=ignored, site_roots=dict(roots))
 
 

@@ -376,6 +376,13 @@ def _note_unread_images(ds: LabelledImages, log: Callable[[str], None]) -> None:
 
     for sentence in left_out_notes(ds.source):
         log(f"note: {sentence}")
+    sites = getattr(ds, "sites", None)
+    if sites is not None and not ds.multilabel:
+        for site in sorted(set(sites.tolist())):
+            lacking = [c for i, c in enumerate(ds.class_names) if not ((sites == site) & (ds.labels == i)).any()]
+            if lacking:  # the site itself then tells the classes apart: a shortcut the audit's probes may not see
+                log(f"warning: site {site} has no {' or '.join(lacking)} images: the model can learn that {site}'s images are never "
+                    f"{' or '.join(lacking)} (a shortcut through the site), and {site}'s own figures have no ROC-AUC")
     if getattr(ds, "patients", None) is not None:
         ids = {str(p) for p in ds.patients if p is not None and not str(p).startswith("__file__:")}
         spellings: dict[str, list[str]] = {}
