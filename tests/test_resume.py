@@ -120,3 +120,38 @@ def test_resume_of_a_run_killed_during_its_audit_says_it_starts_afresh(tmp_path,
     assert main(["train", str(data), "--out", str(out), "--resume", "--epochs", "1", "--model", "cnn", "--quiet"]) == 0
     assert (f"note: {out} has no config.yaml (it stopped before training began): --resume starts it afresh with the options "
             "given here") in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_training_with_a_message_and_resume_continues_it(tmp_path):
+    # A job scheduler's SIGTERM killed the process without a word (Ctrl-C was handled, SIGTERM was not).
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    data = make_synthetic_dataset(tmp_path / "d", n_per_class=30, size=24, seed=2)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "cxrkit", "train", str(data), "--out", str(out), "--epochs", "60", "--patience", "60", "--model",
+               "simple_cnn", "--image-size", "24", "--quiet"]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while find_checkpoint(out) is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().endswith("terminated (SIGTERM): train stopped before finishing. The training keeps its last checkpoint: the "
+                                "same command with --resume continues it."), err
+    stopped_at = len(_history(out))
+    assert find_checkpoint(out) is not None and stopped_at >= 1
+
+    def one_more(epoch: int, auc: float) -> None:
+        raise Stop(epoch)
+
+    with pytest.raises(Stop) as resumed:  # the checkpoint continues where the signal stopped it
+        train(TrainConfig.load_saved(out / "config.yaml"), progress=False, resume=True, on_epoch=one_more, finish=False)
+    assert resumed.value.args[0] in (stopped_at, stopped_at + 1)  # the signal may land between the history row and its checkpoint

@@ -1441,6 +1441,32 @@ def _json_default(x):
     raise TypeError(f"{type(x).__name__} is not JSON serialisable")
 
 
+class Terminated(BaseException):
+    """SIGTERM (a job scheduler stopping or pre-empting the job) raised where the command was, so its cleanup runs."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_stops_cleanly() -> Iterator[None]:
+    """SIGTERM ends the command through its finally blocks (locks released, partial files removed) with a message; by
+    default it killed the process without a word. Only the main thread can set a handler (a library caller's thread keeps
+    Python's default)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cxrkit`` console script."""
     parser = build_parser()
@@ -1453,7 +1479,16 @@ def main(argv: list[str] | None = None) -> int:
     from cxrkit.data.sources import DatasetError
 
     try:
-        return _run_command(args)
+        with _sigterm_stops_cleanly():
+            return _run_command(args)
+    except Terminated:
+        command = getattr(args, "command", None)
+        if command == "serve":  # uvicorn answered the requests in flight, then passed the signal on
+            print("serve stopped (SIGTERM)", file=sys.stderr)
+        else:
+            hint = " The training keeps its last checkpoint: the same command with --resume continues it." if command == "train" else ""
+            print(f"terminated (SIGTERM): {command} stopped before finishing.{hint}", file=sys.stderr)
+        return 143
     except (DatasetError, ValueError) as exc:  # bad input: data, configs, run folders, weights, options
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
