@@ -104,6 +104,16 @@ def test_train_on_two_folders_records_sites_and_reports_per_site(two_sites, tmp_
     assert main(["evaluate", str(out), "--by", "site", "--explain", "none"]) == 0
     sub = json.loads((out / "metrics.json").read_text())["test"]["subgroups"]["site"]
     assert {g["group"]: g["n"] for g in sub["groups"]} == {s: sites[s]["test"] for s in sites}
+    # Another copy of the same sources file (an adapted run keeps one, its source another) is this run's data, not a new site's.
+    from cxrkit.run import Run
+
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "sources.yaml").write_text((out / "sources.yaml").read_text())
+    (tmp_path / "copy" / "other.yaml").write_text(yaml.safe_dump({"sites": {"alpha": str(a.resolve())}}))
+    run = Run.load(out)
+    assert run.is_own_data(tmp_path / "copy" / "sources.yaml") and not run.is_own_data(tmp_path / "copy" / "other.yaml")
+    assert main(["evaluate", str(out), str(tmp_path / "copy" / "sources.yaml"), "--explain", "none"]) == 0
+    assert "test" in json.loads((out / "metrics.json").read_text()) and "external" not in capsys.readouterr().out
 
 
 def test_multisite_bad_inputs_are_one_line_errors(two_sites, tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -490,6 +490,27 @@ class Run:
                            "and its table explicitly")
         return found
 
+    def is_own_data(self, data: str | Path | None) -> bool:
+        """Whether ``data`` is the data this run was trained on: its folder, or a sources file naming the same sites (an
+        adapted run keeps a copy of its source's sources.yaml, and the source's own copy was read as another site's data)."""
+        root = self.record.data_root(self.path)
+        if data is None:
+            return True
+        if root is None:
+            return False
+        given = Path(data).resolve()
+        if given == root:
+            return True
+        if given.is_file() and root.is_file() and given.suffix.lower() in (".yaml", ".yml") and root.suffix.lower() in (".yaml", ".yml"):
+            from cxrkit.data.multisite import read_sources_file
+            from cxrkit.data.sources import DatasetError
+
+            try:
+                return read_sources_file(given) == read_sources_file(root)
+            except DatasetError:
+                return False
+        return False
+
     def data_root(self) -> Path:
         """Where the training data is now (works for a run moved together with its data)."""
         root = self.record.data_root(self.path)
@@ -856,7 +877,7 @@ def load_run_dataset(
     from cxrkit.data.dataset import load_dataset
 
     cfg = run.config()
-    own = data is None or Path(data).resolve() == run.record.data_root(run.path)
+    own = run.is_own_data(data)
     if own and class_map and any(k != v for k, v in class_map.items()):
         # A map on the run's own data relabelled its test split (healthy=tb,tb=healthy scored AUC 0.016 as the test result)
         raise ValueError("--class-map matches another dataset's class names to the model's; the run's own data already has the "

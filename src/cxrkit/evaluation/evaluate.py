@@ -308,7 +308,7 @@ def evaluate_run(
         run = Run.load(run_dir, device=device)
         ds, cfg = load_run_dataset(run, data, progress, class_map)
         trained_on = run.record.data_root(run.path)
-        same_data = trained_on is not None and ds.source.root.resolve() == trained_on
+        same_data = trained_on is not None and run.is_own_data(ds.source.root)
         split = split or ("test" if same_data else "all")
         from cxrkit.data.sources import left_out_notes
 

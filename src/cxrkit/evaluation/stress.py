@@ -97,7 +97,7 @@ def stress_run(run_dir: str | Path, data: str | Path | None = None, split: str |
         run = Run.load(run_dir)
         ds, _ = load_run_dataset(run, data, progress, class_map, raw_intensity=True)
         trained_on = run.record.data_root(run.path)
-        same_data = trained_on is not None and ds.source.root.resolve() == trained_on
+        same_data = trained_on is not None and run.is_own_data(ds.source.root)
         split = split or ("test" if same_data else "all")
         if same_data and split == "all":
             raise ValueError("--split all mixes training, validation and test images of the training data; choose test, val or train")
