@@ -165,8 +165,18 @@ def test_recalibrate_on_a_sample_of_the_new_site(internal_run, capsys):
     assert r["confusion"]["tp"] == tp
     assert "re-chosen on" in (run / "report.html").read_text()
     assert "at the re-chosen threshold" in capsys.readouterr().out
-    # The sample must be other images than the evaluated ones.
+    assert r["positives"] == 15 and "with under 20 images of a class the chosen threshold moves a lot" in " ".join(m["notes"])
+    # The sample must be other images than the evaluated ones: the same folder, or the same images renamed.
     assert main(["evaluate", str(run), str(site), "--recalibrate-on", str(site)]) == 2
+    import shutil
+
+    renamed = root / "site_d_renamed"
+    for p in sorted(site.rglob("*.png"))[:6]:
+        (renamed / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, renamed / p.parent.name / f"renamed_{p.name}")
+    capsys.readouterr()
+    assert main(["evaluate", str(run), str(site), "--recalibrate-on", str(renamed)]) == 2
+    assert "6 image(s) of the recalibration sample are identical to evaluated images (decoded pixels)" in capsys.readouterr().err
 
 
 def test_shift_message_names_the_largest_differences_first_and_counts_the_rest():

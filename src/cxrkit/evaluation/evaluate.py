@@ -412,8 +412,12 @@ def evaluate_run(
                 metrics["per_site"] = per_site_metrics(run, ds, idx, probs, cfg.seed)
             if recalibrate_on is not None:
                 metrics["recalibrated"] = _recalibrated(run, ds, idx, probs, recalibrate_on, class_map, progress, cfg.seed)
-                notes.append(f"threshold re-chosen on {metrics['recalibrated']['sample']} ({metrics['recalibrated']['n']} images): "
-                             f"{metrics['recalibrated']['threshold']:.3f} instead of {run.threshold:.3f}")
+                r = metrics["recalibrated"]
+                small = min(r["positives"], r["n"] - r["positives"]) < 20  # 2 tb and 1 healthy image chose it without a word
+                notes.append(f"threshold re-chosen on {r['sample']} ({r['n']} images, {r['positives']} {run.classes[1]}): "
+                             f"{r['threshold']:.3f} instead of {run.threshold:.3f}"
+                             + ("; with under 20 images of a class the chosen threshold moves a lot with the sample: read its "
+                                "figures as a rough guide" if small else ""))
             write_evaluation(run, key, ds, idx, probs, metrics, notes)
             history.append({"split": key, "data": str(ds.source.root), "time": now()})
             run.save_record()
@@ -445,16 +449,25 @@ def _recalibrated(
     cal, _ = load_run_dataset(run, sample, progress, class_map)
     if cal.source.root == ds.source.root:
         raise ValueError("the recalibration sample must be other images than the evaluated ones; give a separate folder")
-    evaluated = {(ds.relpaths[i], ds.file_sizes[i]) for i in idx}
+    from cxrkit.data.identity import pixel_hashes
+
+    # By decoded pixels, not name and size: the same images renamed chose the threshold and were scored at it.
+    evaluated = set(pixel_hashes(np.asarray(ds.images[idx])))
     cal_idx = cal.index("all")
-    overlap = sum((cal.relpaths[i], cal.file_sizes[i]) in evaluated for i in cal_idx)
+    overlap = sum(h in evaluated for h in pixel_hashes(np.asarray(cal.images[cal_idx])))
     if overlap:
-        raise ValueError(f"{overlap} image(s) of the recalibration sample look identical to evaluated images (same name and size)")
+        raise ValueError(f"{overlap} image(s) of the recalibration sample are identical to evaluated images (decoded pixels): a threshold "
+                         "chosen on them and scored on them is not tested; give a sample of other images")
     cal_probs = run.predict_arrays(cal.images[cal_idx])
     rule = run.record.threshold_rule
-    choice = choose_threshold(cal.labels[cal_idx], cal_probs[:, 1], rule, chosen_on=f"recalibration sample {cal.source.root.name}")
+    try:
+        choice = choose_threshold(cal.labels[cal_idx], cal_probs[:, 1], rule, chosen_on=f"recalibration sample {cal.source.root.name}")
+    except GuaranteeImpossible as exc:  # its advice named --allow-point-estimate, which evaluate does not have
+        raise GuaranteeImpossible(f"{str(exc).split('; add ')[0]}: give a larger labelled sample, or evaluate without "
+                                  "--recalibrate-on") from None
     m = binary_metrics(ds.labels[idx], probs[:, 1], choice.value, seed=seed)
-    return {"sample": str(cal.source.root), "n": len(cal_idx), "rule": rule, "threshold": choice.value,
+    return {"sample": str(cal.source.root), "n": len(cal_idx), "positives": int((cal.labels[cal_idx] == 1).sum()), "rule": rule,
+            "threshold": choice.value,
             "metrics": {k: m["metrics"][k] for k in ("sensitivity", "specificity", "ppv", "npv")}, "confusion": m["confusion"]}
 
 
