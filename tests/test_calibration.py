@@ -359,3 +359,33 @@ def test_temperature_refuses_a_multiclass_split_without_a_wrong_top_class():
         fit_calibration(y, p, "temperature")
     p[0] = [0.3, 0.5, 0.2]
     assert fit_calibration(y, p, "temperature").params["temperature"] > 0
+
+
+def test_calibrate_re_chooses_the_referral_band_and_refuses_the_runs_own_images_under_another_path(tiny_run, binary_data, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    assert main(["referral", str(run_dir), "sensitivity:0.95,specificity:0.95"]) == 0
+    before = json.loads((run_dir / "meta.json").read_text())["referral"]
+    # A copy of the training data is other data by path, and its "validation" cut holds training images: the map was fitted to them.
+    copy = tmp_path / "copy"
+    shutil.copytree(binary_data, copy)
+    from cxrkit.data.synthetic import make_synthetic_dataset
+
+    extra = make_synthetic_dataset(tmp_path / "extra", n_per_class=20, size=48, seed=5, signal=1.0)  # a larger folder: another cut
+    for p in extra.rglob("*.png"):
+        shutil.copy(p, copy / "train" / p.parent.name / f"extra_{p.name}")
+    assert main(["calibrate", str(run_dir), str(copy)]) == 2
+    assert "identical to images of this run's own splits" in capsys.readouterr().err
+    assert main(["calibrate", str(run_dir), "--method", "platt"]) == 0
+    out = capsys.readouterr().out
+    meta = json.loads((run_dir / "meta.json").read_text())
+    band, t = meta["referral"], meta["threshold"]["value"]
+    # Its bounds were left on the uncalibrated scale: 98% "decided alone" against the 37% it was chosen for.
+    assert band != before and band["spec"] == before["spec"] and band["lower"] <= t <= band["upper"]
+    assert f"referral band {band['spec']} re-chosen on the calibrated validation probabilities" in out
+    assert "(on the images it was fitted to, so optimistic" in out
+    assert main(["calibrate", str(run_dir), "--remove"]) == 0
+    restored = json.loads((run_dir / "meta.json").read_text())
+    assert restored["referral"]["lower"] == pytest.approx(before["lower"]) and restored["referral"]["upper"] == pytest.approx(before["upper"])

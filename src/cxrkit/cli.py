@@ -645,15 +645,26 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             print(f"{a.run} has no calibration; nothing removed")
             return 0
         print(f"calibration removed from {a.run}; predictions use the model's own probabilities and the original threshold, "
-              "and the validation results were re-scored with them")
+              "and the validation results (and any referral band) were re-scored and re-chosen with them")
         return 0
     c = calibrate_run(a.run, a.data, a.method)
     b, f = c["before"], c["after"]
+    # Measured on the images the map was fitted to: isotonic reaches ECE 0 there by construction.
     print(f"{c['method']} calibration fitted on {c['n']} validation images: ECE {b['ece']:.4f} -> {f['ece']:.4f}, "
-          f"Brier {b['brier']:.4f} -> {f['brier']:.4f} (validation; run `cxrkit evaluate` for the test split)")
+          f"Brier {b['brier']:.4f} -> {f['brier']:.4f} (on the images it was fitted to, so optimistic; `cxrkit evaluate` measures "
+          "it on the test split)")
+    if c["method"] == "isotonic" and c["n"] < 200:
+        print(f"warning: isotonic calibration on {c['n']} images follows their noise (it needs a few hundred); Platt scaling "
+              "(--method platt) has two parameters", file=sys.stderr)
+    if f["ece"] > b["ece"]:
+        print(f"warning: the calibrated probabilities are less calibrated than the model's own even on the images the map was fitted "
+              f"to (ECE {b['ece']:.4f} -> {f['ece']:.4f}); `cxrkit calibrate {a.run} --remove` undoes it", file=sys.stderr)
     if c.get("threshold"):  # binary runs: a multi-class run decides by its top class
         t = c["threshold"]
         print(f"threshold re-chosen on calibrated validation probabilities with rule {t['rule']}: {t['uncalibrated']:.4f} -> {t['calibrated']:.4f}")
+    if c.get("referral"):  # its bounds were on the old probability scale
+        r = c["referral"]
+        print(f"referral band {r['spec']} re-chosen on the calibrated validation probabilities: {r['lower']:.3f}-{r['upper']:.3f}")
     print(f"calibration.json written to {a.run}/; predict, evaluate and serve now apply it")
     return 0
 

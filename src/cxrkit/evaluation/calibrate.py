@@ -35,6 +35,15 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
         if len(idx) == 0:
             raise ValueError(f"{ds.source.root} has no validation images to fit the calibration on")
         images = np.asarray(ds.images[idx])
+        if not run.is_own_data(data):
+            # Another dataset's "validation" cut may hold the run's own training images: 52 of 75 were, and the map was fitted
+            # to images the model had memorised.
+            from cxrkit.evaluation.evaluate import training_overlap
+
+            overlap = training_overlap(run.path, images)
+            if overlap and set(overlap["by_split"]) & {"train", "test"}:
+                raise ValueError(f"{overlap['message'].split(': this is not')[0]}: a calibration fitted on them is fitted to images "
+                                 "the model was trained or tested on; calibrate on images from another source")
         y = ds.labels[idx]
         raw = run.predict_arrays(images, calibrated=False)
         cal = fit_calibration(y, raw, method, fitted_on=f"val split of {ds.source.root}")
@@ -42,6 +51,7 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
         # All or nothing, from the threshold in meta.json to the report: a failure half-way (a full disk, Ctrl-C) must
         # not leave a threshold chosen on calibrated probabilities without calibration.json, nor the reverse.
         files = [run.path / f for f in (META_FILE, CALIBRATION_FILE, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE)]
+        rechosen = None
         with all_or_nothing(files, [run.path / PLOTS_DIR]):
             if run.task == "binary":
                 old = dict(run.record.threshold)
@@ -50,6 +60,7 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
                 choice.update(calibrated=method, uncalibrated_value=uncalibrated)
                 run.record.set_threshold(choice)
                 cal.threshold = {"uncalibrated": uncalibrated, "calibrated": choice["value"], "rule": old["rule"]}
+                rechosen = _rechoose_referral(run, y, cal.apply(raw))
             record = cal.to_dict()
             atomic_write_json(run.path / CALIBRATION_FILE, record)
             # meta.json after calibration.json, naming it by its hash: a reader that loads between the two writes sees
@@ -59,7 +70,19 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
             _rescore_validation(Run.load(run_dir), ds, idx, images, raw, cfg.seed,
                                 f"evaluated {'with a calibration that has since been replaced' if had_calibration else 'before the run was calibrated'}; "
                                 "run `cxrkit evaluate` again for figures with its calibration")
-        return record
+        return {**record, "referral": rechosen} if rechosen else record
+
+
+def _rechoose_referral(run: Run, y: np.ndarray, probs: np.ndarray) -> dict | None:
+    """A referral band chosen again with its own rule on the probabilities the run now gives (calibrated or not): left as it
+    was, its bounds were on the old scale, and 98% of images were "decided alone" against the 37% it was chosen for."""
+    band = run.record.referral
+    if not band:
+        return None
+    from cxrkit.metrics.referral import choose_referral
+
+    run.record.referral = choose_referral(y, probs[:, 1], band["spec"], threshold=run.record.threshold_value)
+    return run.record.referral
 
 
 def _refuse_inverting_map(cal: Calibration) -> None:
@@ -129,13 +152,19 @@ def remove_calibration(run_dir: str | Path, data: str | Path | None = None, prog
                 run.record.set_threshold(t)
                 run.save_record()
                 run = Run.load(run_dir)
-            if not read_metrics(run.path).get("val"):
+            if not read_metrics(run.path).get("val") and not run.record.referral:
                 return True  # never evaluated: nothing on the calibrated scale to re-score
             ds, cfg = load_run_dataset(run, data, progress)
             idx = ds.index("val")
             if len(idx) == 0:
                 return True
             images = np.asarray(ds.images[idx])
+            if run.record.referral:  # its bounds were on the calibrated scale
+                _rechoose_referral(run, ds.labels[idx], run.predict_arrays(images, calibrated=False))
+                run.save_record()
+                run = Run.load(run_dir)
+            if not read_metrics(run.path).get("val"):
+                return True
             _rescore_validation(run, ds, idx, images, run.predict_arrays(images, calibrated=False), cfg.seed,
                                 "evaluated with a calibration that has since been removed; run `cxrkit evaluate` again for figures without it")
     return True
