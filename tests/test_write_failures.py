@@ -153,6 +153,7 @@ def test_calibrate_interrupted_in_the_report_leaves_the_run_as_it_was(tiny_run, 
 def test_calibrate_remove_that_cannot_write_keeps_the_calibration(tiny_run, tmp_path, monkeypatch, capsys):
     run = _run_with_plots(tiny_run, tmp_path)
     assert main(["calibrate", str(run)]) == 0
+    capsys.readouterr()  # the calibration's own output (a warning when it makes ECE worse) is not the removal's error
     before = _contents(run)
     assert "calibration.json" in before and "uncalibrated_value" in before["meta.json"].decode()
     _fail_writing(monkeypatch, "meta.json", errno.ENOSPC)
