@@ -76,16 +76,21 @@ def _edit_meta(run: Path, edit) -> None:
     (run / "meta.json").write_text(json.dumps(meta))
 
 
-def test_two_finding_multilabel_prediction_has_no_single_probability(tiny_run, tmp_path):
+def _two_finding_run(tiny_run: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny run whose one binary output becomes two independent findings (its last layer doubled)."""
     import torch
 
     run = _copy_run(tiny_run, tmp_path)
-    # The tiny cnn's one binary output becomes two independent findings (its last layer doubled).
     _edit_weights(run, lambda s: {k: torch.cat([v, v]) if k.startswith("head.3.") else v for k, v in s.items()})
     _edit_meta(run, lambda m: m.update(task="multilabel", classes=["effusion", "nodule"], num_outputs=2, positive_class=None,
                                        thresholds={"effusion": {"value": 0.5}, "nodule": {"value": 0.5}},
                                        threshold={"rule": "youden", "value": None, "per_finding": True}))
     record_decision(run)
+    return run
+
+
+def test_two_finding_multilabel_prediction_has_no_single_probability(tiny_run, tmp_path):
+    run = _two_finding_run(tiny_run, tmp_path)
     p = cxrkit.load(run).predict(np.tile(np.arange(108, 148, dtype=np.uint8), (40, 1)))
     assert set(p.probabilities) == {"effusion", "nodule"}
     assert p.probability is None  # was P(nodule), passed off as "P(positive)"
@@ -513,16 +518,9 @@ def test_identical_weights_make_identical_files_in_every_process(tmp_path):
 
 
 def test_referral_on_a_multilabel_run_says_it_needs_a_binary_run(tiny_run, tmp_path, capsys):
-    import torch
-
     from cxrkit.cli import main
 
-    run = _copy_run(tiny_run, tmp_path)
-    _edit_weights(run, lambda s: {k: torch.cat([v, v]) if k.startswith("head.3.") else v for k, v in s.items()})
-    _edit_meta(run, lambda m: m.update(task="multilabel", classes=["effusion", "nodule"], num_outputs=2, positive_class=None,
-                                       thresholds={"effusion": {"value": 0.5}, "nodule": {"value": 0.5}},
-                                       threshold={"rule": "youden", "value": None, "per_finding": True}))
-    record_decision(run)
+    run = _two_finding_run(tiny_run, tmp_path)
     # Was "has no validation predictions in predictions.csv to choose the band on, and its training data is not at hand".
     assert main(["referral", str(run), "npv:0.98"]) == 2
     assert capsys.readouterr().err.strip() == f"error: a referral band needs a binary run (one disease against normal); {run} is a multilabel run"

@@ -1423,24 +1423,11 @@ def _run_command(args: argparse.Namespace) -> int:
         finally:
             _RESULT_STREAM = None
     if as_json:
-        real.write(json.dumps(_finite(args.result), indent=2, default=_json_default, allow_nan=False) + "\n")
+        from cxrkit.record.files import json_safe
+
+        real.write(json.dumps(json_safe(args.result), indent=2, default=_json_default, allow_nan=False) + "\n")
         real.flush()
     return code
-
-
-def _finite(x):
-    """NaN and infinities become null: JSON has no such numbers and strict parsers refuse them."""
-    import math
-
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
-        return _finite(x.tolist())
-    return x
 
 
 def _json_default(x):

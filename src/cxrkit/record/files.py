@@ -289,6 +289,8 @@ def json_safe(data: Any) -> Any:
         return {k: json_safe(v) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
         return [json_safe(v) for v in data]
+    if hasattr(data, "tolist") and not isinstance(data, (str, bytes)):  # NumPy arrays and scalars
+        return json_safe(data.tolist())
     return data
 
 
