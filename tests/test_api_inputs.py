@@ -318,7 +318,8 @@ def test_a_shift_reference_from_another_run_is_refused(tiny_run, tmp_path):
     with pytest.raises(RunError, match=r"shift_reference.json is not the file .*meta.json was written with .*copied from another run") as exc:
         cxrkit.load(run_dir).predict(np.tile(np.arange(108, 148, dtype=np.uint8), (40, 1)))
     assert "\n" not in str(exc.value)
-    meta.pop("shift_reference_sha256")  # a run written before the hash: nothing to check it against
+    meta.pop("shift_reference_sha256")  # a run written before the hash (schema 2): nothing to check it against
+    meta["schema_version"] = 2
     (run_dir / "meta.json").write_text(json.dumps(meta))
     assert cxrkit.load(run_dir).predict(np.tile(np.arange(108, 148, dtype=np.uint8), (40, 1))).ood_warning in (True, False)
     meta["shift_reference_sha256"] = "abc"
@@ -437,7 +438,7 @@ def test_model_id_names_the_weights_loaded_not_the_file_now(recorded, tiny_run, 
 
     run_dir = _copy_run(tiny_run, tmp_path)
     if not recorded:
-        _edit_meta(run_dir, lambda m: m.pop("weights_sha256"))
+        _edit_meta(run_dir, lambda m: (m.pop("weights_sha256"), m.update(schema_version=2)))
     original = cxrkit.load(tiny_run)
     run = cxrkit.load(run_dir)
     # A training --overwrite (or a copy) rewrites the weights after this run was loaded and before its first prediction.

@@ -137,6 +137,9 @@ RUNS = {
     # Used by every command, and still described as chosen on validation: a real tb case at 0.59 was called healthy.
     "threshold edited by hand": (lambda m: m["threshold"].update(value=0.9), "decision rule (threshold 0.9) is not the one cxrkit chose"),
     "referral band edited by hand": (lambda m: m.update(referral={"lower": 0.1, "upper": 0.2}), "referral band 0.1-0.2) is not the one"),
+    # Deleting the seal after the edit switched its check off (a missing seal meant "a run from before it").
+    "threshold edited, seal deleted": (lambda m: (m["threshold"].update(value=0.9), m.pop("decision_sha256")), "decision_sha256 is missing"),
+    "splits hash deleted": (lambda m: m.pop("splits_sha256"), "splits_sha256 is missing"),
     "image_size 100000": (lambda m: m["preprocessing"].update(image_size=100000), "image_size"),
     "three classes for a binary run": (lambda m: m.update(classes=["a", "b", "c"]), "classes"),
     "duplicate class names": (lambda m: m.update(classes=["a", "a"]), "classes"),
@@ -192,8 +195,12 @@ def test_weights_from_another_training_are_refused(tiny_run, tmp_path, capsys):
     assert main(["predict", str(run), str(_image(tmp_path))]) == 2
     err = capsys.readouterr().err.strip()
     assert "model.safetensors is not the weights file" in err and "was written with (SHA-256" in err and "\n" not in err, err
-    # A run written before the hash was recorded has nothing to compare: it loads as before.
+    # The hash deleted from a run of record schema 3 (which always carries it) switches nothing off: the run is refused.
     _edit_meta(run, lambda m: m.pop("weights_sha256"))
+    assert main(["predict", str(run), str(_image(tmp_path))]) == 2
+    assert "weights_sha256 is missing" in capsys.readouterr().err
+    # A run written before the hash was recorded (schema 2) has nothing to compare: it loads as before.
+    _edit_meta(run, lambda m: m.update(schema_version=2))
     assert main(["predict", str(run), str(_image(tmp_path))]) == 0
 
 

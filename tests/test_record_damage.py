@@ -65,7 +65,7 @@ def test_a_damaged_figure_in_metrics_is_named_before_any_work(edit, problem, tin
 
 @pytest.mark.parametrize("edit, problem", [
     (lambda m: m.update(schema_version=99),
-     "the run was written by a newer cxrkit (record schema 99; this one reads up to 2): upgrade cxrkit (pip install -U cxrkit)"),
+     "the run was written by a newer cxrkit (record schema 99; this one reads up to 3): upgrade cxrkit (pip install -U cxrkit)"),
     (lambda m: m.update(schema_version="2"), "schema_version must be a whole number, got '2'"),
     (lambda m: m.update(data="x"), "data must be an object, got str"),
     (lambda m: m.update(training=[]), "training must be an object, got list"),
@@ -99,6 +99,7 @@ def test_a_csv_record_that_is_not_text_is_named(name, tiny_run, tmp_path, capsys
     if name == "splits.csv":  # a run from before splits.csv's hash; with it, the changed file is refused first (below)
         meta = json.loads((run / "meta.json").read_text())
         meta.pop("splits_sha256")
+        meta["schema_version"] = 2  # from schema 3 on, every finished run carries it
         (run / "meta.json").write_text(json.dumps(meta))
     (run / name).write_bytes(b"\xff\xfe\x00")
     assert main(["evaluate", str(run), "--split", "val", "--explain", "none"]) == 2
@@ -298,3 +299,21 @@ def test_run_records_are_strict_json_and_a_hand_edited_threshold_is_refused(tiny
     (run / "meta.json").write_text(json.dumps(strict))
     with pytest.raises(RunRecordError, match=r"its decision rule \(threshold 0.9\) is not the one cxrkit chose and recorded"):
         read_meta(run)
+
+
+def test_a_run_from_before_schema_3_is_upgraded_only_when_it_carries_every_seal(tiny_run, tmp_path):
+    from cxrkit.record.meta import SCHEMA_VERSION, read_meta, write_meta
+
+    assert SCHEMA_VERSION == 3 and read_meta(tiny_run).schema_version == 3  # training writes the current schema
+    run = _copy_run(tiny_run, tmp_path)
+    meta = json.loads((run / "meta.json").read_text())
+    meta.update(schema_version=2, splits_sha256=None)  # a run written before splits.csv had its digest
+    (run / "meta.json").write_text(json.dumps(meta))
+    write_meta(run, read_meta(run))  # what evaluate, calibrate or referral do when they add to a run
+    # Upgraded, it would be refused at its next read for the digest it never had; it keeps its schema and loads.
+    assert read_meta(run).schema_version == 2
+    meta = json.loads((run / "meta.json").read_text())
+    meta.update(splits_sha256=json.loads((tiny_run / "meta.json").read_text())["splits_sha256"])
+    (run / "meta.json").write_text(json.dumps(meta))
+    write_meta(run, read_meta(run))
+    assert read_meta(run).schema_version == 3  # with every digest it is a schema-3 run, and deleting one is refused from now on

@@ -18,8 +18,11 @@ from typing import Any
 from cxrkit.data.spec import ImageSpec, is_finite_number
 from cxrkit.record.files import META_FILE, RunRecordError, atomic_write_json, json_safe, read_json
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TASKS = ("binary", "multiclass", "multilabel")
+# The digests every finished run of record schema 3 carries. Before schema 3 a missing digest meant "written before
+# it: nothing to check", so deleting one (the decision seal after editing the threshold) switched its check off.
+SEALS_FROM_SCHEMA_3 = ("weights_sha256", "calibration_sha256", "shift_reference_sha256", "splits_sha256", "decision_sha256")
 
 
 
@@ -171,6 +174,10 @@ class RunMeta:
             if not isinstance(r, dict) or not all(is_finite_number(r.get(k)) for k in ("lower", "upper")) \
                     or not 0 <= r["lower"] <= r["upper"] <= 1 + 1e-6:
                 raise RunRecordError(f"referral must hold finite thresholds 0 <= lower <= upper <= 1, got {r!r}")
+        missing = [name for name in SEALS_FROM_SCHEMA_3 if getattr(self, name) is None] if self.complete and self.schema_version >= 3 else []
+        if missing:
+            raise RunRecordError(f"{missing[0]} is missing; cxrkit writes it into every finished run of record schema "
+                                 f"{self.schema_version}, so meta.json was edited by hand. Restore the file, or train the run again")
         if self.decision_sha256 is not None and self.decision_sha256 != self.decision_digest():
             r, t = self.referral, self.threshold_value
             parts = ([f"threshold {t}"] if t is not None else ["per-finding thresholds"] if self.thresholds else []) + (
@@ -298,9 +305,13 @@ def read_meta(run_dir: Path | str) -> RunMeta:
 
 def write_meta(run_dir: Path | str, meta: RunMeta) -> None:
     """Validate and write ``run_dir/meta.json`` atomically."""
-    meta.decision_sha256 = None  # validated as read; sealed again as written (a rule changed by cxrkit gets its new digest)
+    meta.decision_sha256 = meta.decision_digest()  # validated as read; sealed again as written (a rule cxrkit changed gets its new digest)
     meta.validate()
-    meta.decision_sha256 = meta.decision_digest()
+    # A run written before schema 3 is upgraded once it carries every digest; one that lacks a file's digest keeps its
+    # schema (and the "nothing to check" that goes with it) rather than being refused at its next read.
+    complete_seals = all(getattr(meta, name) is not None for name in SEALS_FROM_SCHEMA_3)
+    if complete_seals or not meta.complete:
+        meta.schema_version = SCHEMA_VERSION
     atomic_write_json(Path(run_dir) / META_FILE, meta.to_dict())
 
 
