@@ -1,12 +1,14 @@
 """cxrkit tune: Optuna trials on tiny data, stored in SQLite, resumed, best config reusable by train --config."""
 
 import csv
+from dataclasses import replace
 
 import optuna
 import pytest
 
 from cxrkit.cli import main
 from cxrkit.config import TrainConfig
+from cxrkit.data.augment import AUGMENT_PRESETS, AugmentConfig
 from cxrkit.experiments.tune import default_image_sizes, suggest_config
 
 
@@ -18,6 +20,19 @@ def test_search_space_follows_the_model(tmp_path):
     assert (cfg.width, cfg.dropout, cfg.image_size, cfg.batch_size) == (12, 0.2, 48, 32)
     assert cfg.augment.rotate_degrees == pytest.approx(5.0) and cfg.augment.scale == pytest.approx(0.05)
     assert cfg.out.endswith("trials/trial_000")
+    # The strength scales the augmentation given to tune (the robust default): its gamma, blur and noise were dropped.
+    robust = AUGMENT_PRESETS["robust"]
+    cfg = suggest_config(trial, replace(base, augment=robust), [32, 48, 64], tmp_path)
+    assert (cfg.augment.gamma, cfg.augment.blur, cfg.augment.noise) == pytest.approx((robust.gamma / 2, robust.blur / 2, robust.noise / 2))
+    assert cfg.augment.hflip and cfg.augment.brightness == pytest.approx(robust.brightness / 2)
+    edges = suggest_config(optuna.trial.FixedTrial({**trial.params, "augment_strength": 1.5}), replace(base, augment=AugmentConfig(erase_edges=0.8)),
+                           [32, 48, 64], tmp_path)
+    assert edges.augment.erase_edges == 1.0  # a probability stays one
+    # --no-augment: every trial trains without augmentation, and no strength is searched (it trained with some)
+    off = AugmentConfig(0, 0, 0, 0, 0, False)
+    cfg = suggest_config(optuna.trial.FixedTrial({k: v for k, v in trial.params.items() if k != "augment_strength"}),
+                         replace(base, augment=off), [32, 48, 64], tmp_path)
+    assert not cfg.augment.enabled
     assert default_image_sizes(224) == [112, 160, 224]  # 168 rounds to a multiple of 16
     assert default_image_sizes(40) == [32]  # never below 32 px
 

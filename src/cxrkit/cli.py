@@ -1310,7 +1310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tu = sub.add_parser("tune", help="search hyper-parameters with Optuna on validation AUC (never test)",
                         description="Optuna study (TPE sampler, median pruner on per-epoch validation AUC) over learning rate, "
-                                    "weight decay, batch size, augmentation strength, image size, dropout and width (where the "
+                                    "weight decay, batch size, augmentation strength (a multiple, 0-1.5, of the augmentation given: the "
+                                    "--augment-preset and its options; none searched with --no-augment), image size, dropout and width (where the "
                                     "model has them). Stored in SQLite: running the command again continues the study, and "
                                     "several processes can share one --storage. Writes best_config.yaml for `cxrkit train --config`.")
     tu.add_argument("data", help="dataset folder or .zip")
