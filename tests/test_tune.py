@@ -68,6 +68,46 @@ def test_tune_persists_resumes_and_writes_a_trainable_config(binary_data, tmp_pa
         assert "evaluations" not in meta.read_text()
     # Same study name with other settings is refused rather than mixed.
     assert main(["tune", str(binary_data), "--model", "pasa", "--out", str(out), "--storage", db, "--trials", "4", "--lr", "5e-3"]) == 2
+    # Trials keep their record, not a model's worth of weights and resumable state each.
+    assert not list(out.glob("trials/*/model.safetensors")) and not list(out.glob("trials/*/checkpoint"))
+    assert len(list(out.glob("trials/*/meta.json"))) == 3
+    # Another study (here another model's default study) in the same --out would overwrite trial_000 and trials.csv.
+    capsys.readouterr()
+    assert main(["tune", str(binary_data), "--model", "cnn", "--out", str(out), "--storage", db, "--trials", "1"]) == 2
+    assert "holds the trials of study 'cxrkit-pasa'" in capsys.readouterr().err
+    assert optuna.get_all_study_names(db) == ["cxrkit-pasa"]
+
+
+def test_a_failure_no_setting_cures_ends_the_study_in_one_line_and_ctrl_c_keeps_trials_csv(binary_data, tmp_path, monkeypatch, capsys):
+    import cxrkit.training
+    from cxrkit.audit.dataset_audit import LeakageError
+    from cxrkit.training.trainer import TrainingDivergedError
+
+    args = ["tune", str(binary_data), "--model", "pasa", "--out", str(tmp_path / "t"), "--image-sizes", "32", "--epochs", "1"]
+    raised = []
+
+    def refuse(cfg, **_):
+        raised.append(cfg.out)
+        raise LeakageError("patients 3 and 7 are in both train and test; give --allow-leakage to go on")
+
+    monkeypatch.setattr(cxrkit.training, "train", refuse)
+    assert main([*args, "--trials", "3"]) == 2
+    err = capsys.readouterr().err
+    # Was: a failed trial with Optuna's traceback, three times, then "run the same command again to continue".
+    assert len(raised) == 1 and err.strip() == "error: patients 3 and 7 are in both train and test; give --allow-leakage to go on", err
+    # A setting that fails (a diverged loss) is said in one line, and the study goes on to the next.
+    monkeypatch.setattr(cxrkit.training, "train", lambda cfg, **_: (_ for _ in ()).throw(TrainingDivergedError("training diverged in epoch 1")))
+    assert main([*args, "--trials", "2"]) == 1
+    out = capsys.readouterr()
+    assert out.err.count("trial 1 failed: training diverged in epoch 1") == 1 and "Traceback" not in out.err
+    assert "trial 2 failed" in out.err and "each one failed" in out.out
+    # Ctrl-C: no traceback, and trials.csv lists the trials that ran.
+    monkeypatch.setattr(cxrkit.training, "train", lambda cfg, **_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main([*args, "--trials", "2"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "the same command continues it" in err
+    with open(tmp_path / "t" / "trials.csv", newline="") as f:
+        assert [r["state"] for r in csv.DictReader(f)] == ["fail"] * 4
 
 
 @pytest.mark.parametrize("options, message", [

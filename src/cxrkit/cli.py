@@ -930,7 +930,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
     print(f"\nstudy {s['study']}: {s['trials']} trial(s), {s['completed']} completed, {s['pruned']} pruned, {s['failed']} failed "
           f"(all trials in {out}/trials.csv)")
     if "best_val_auc" not in s:
-        print("no trial completed yet; run the same command again to continue")
+        print("no trial completed: each one failed (the reasons are above); change the settings the trials share"
+              if s["failed"] and not s["pruned"] else "no trial completed yet; run the same command again to continue")
         return 1
     print(f"best: trial {s['best_trial']}, validation AUC {s['best_val_auc']:.4f} with {s['best_params']}")
     print(f"train it with:  cxrkit train {a.data} --config {s['config']}")
@@ -1501,7 +1502,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        hint = (": the study keeps its finished trials (listed in trials.csv); the same command continues it"
+                if getattr(args, "command", None) == "tune" else "")
+        print(f"interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - a bug, not the user's fault: one line unless asked for the traceback
         if os.environ.get("CXRKIT_DEBUG"):

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -19,7 +22,8 @@ from cxrkit.config import TrainConfig
 from cxrkit.data.augment import AugmentConfig
 from cxrkit.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, is_finite_number
 from cxrkit.models.registry import get_spec
-from cxrkit.record import MODEL_FILE, atomic_write_csv, read_meta
+from cxrkit.record import MODEL_FILE, atomic_write_csv, atomic_write_json, read_meta
+from cxrkit.record.files import CHECKPOINT_DIR
 
 PROBABILITIES = ("erase_edges", "random_conv")  # per-image probabilities: scaled, at most 1
 
@@ -27,6 +31,10 @@ PROBABILITIES = ("erase_edges", "random_conv")  # per-image probabilities: scale
 def default_image_sizes(size: int) -> list[int]:
     """Half, three quarters and all of ``size``, in multiples of 16 (at least 32)."""
     return sorted({max(32, round(size * f / 16) * 16) for f in (0.5, 0.75, 1.0)})
+
+
+class TrialFailed(Exception):
+    """One trial's settings failed to train; the study goes on with the next."""
 
 
 def scaled_augment(augment: AugmentConfig, strength: float) -> AugmentConfig:
@@ -85,6 +93,28 @@ def _shown(url: str) -> str:
         return url
 
 
+STUDY_FILE = "study.json"  # which study's trials a tune --out holds
+
+
+def _claim_folder(out: Path, study_name: str, shown_storage: str) -> Callable[[], None]:
+    """Refuse an --out that holds another study's trials: their folders (trial_000, ...), trials.csv and best_config.yaml
+    would be overwritten by this study's, and trial 0 of one read as trial 0 of the other. Returns what marks it as this
+    study's, to call once the study has opened (a storage that cannot be opened must not claim the folder)."""
+    marker = out / STUDY_FILE
+    mine = {"study": study_name, "storage": shown_storage}
+    try:
+        held = json.loads(marker.read_text())
+    except FileNotFoundError:
+        held = None
+    except (OSError, ValueError):
+        raise ValueError(f"{marker} is damaged; it says which study's trials {out} holds (give another --out)") from None
+    if held is not None and held != mine:
+        name, where = (held.get("study"), held.get("storage")) if isinstance(held, dict) else (None, None)
+        raise ValueError(f"{out} holds the trials of study {name!r} in {where}; give another --out for study {study_name!r} "
+                         f"in {mine['storage']} (or the same --study-name and --storage to continue that one)")
+    return lambda: None if held is not None else atomic_write_json(marker, mine)
+
+
 def _open_study(optuna, study_name: str, storage: str, seed: int):
     """The study named ``study_name`` in ``storage``; a URL that cannot be opened is a ValueError that says which and why."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -115,20 +145,24 @@ def tune(
 
     from cxrkit.data.sources import open_image_folder
     from cxrkit.training import train
+    from cxrkit.training.trainer import TrainingDivergedError
 
     check_options(trials, image_sizes, timeout_minutes)
     open_image_folder(data, Path(base.cache_dir) if base.cache_dir else None)  # fail once on a bad dataset, not once per trial
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    shown = _shown(storage) if storage else "study.db in this folder"  # the folder may move: its own database moves with it
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     study_name = study_name or f"cxrkit-{base.model}"
     sizes = image_sizes or default_image_sizes(base.image_size)
     base = replace(base, data=str(data))
+    claim = _claim_folder(out, study_name, shown)  # before the study is opened: opening creates it in the database
     study = _open_study(optuna, study_name, storage, base.seed)
     previous = study.user_attrs.get("base")
     mine = {k: v for k, v in base.to_dict().items() if k not in ("out",)}
     if previous is not None and previous != json.loads(json.dumps(mine)):
-        raise ValueError(f"study {study_name!r} in {storage} was started with other data or settings; choose another --study-name")
+        raise ValueError(f"study {study_name!r} in {_shown(storage)} was started with other data or settings; choose another --study-name")
+    claim()
     study.set_user_attr("base", mine)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     already = len(study.get_trials(deepcopy=False, states=finished))
@@ -151,8 +185,13 @@ def tune(
             from cxrkit.training.tracking import make_tracker
 
             train(cfg, progress=False, overwrite=True, on_epoch=report, finish=False, tracker=make_tracker(track))
+        except (TrainingDivergedError, RuntimeError) as exc:  # these settings failed (a diverged loss, memory): the study goes on
+            tqdm.write(f"trial {trial.number} failed: {' '.join(str(exc).split())}", file=sys.stderr)
+            raise TrialFailed(str(exc)) from None
         finally:
-            (Path(cfg.out) / MODEL_FILE).unlink(missing_ok=True)  # trials keep config, history and meta, not weights
+            # Trials keep config, history and meta, not weights nor the resumable training state (a model's worth each).
+            (Path(cfg.out) / MODEL_FILE).unlink(missing_ok=True)
+            shutil.rmtree(Path(cfg.out) / CHECKPOINT_DIR, ignore_errors=True)
             bar.update(1)
         meta = read_meta(cfg.out).to_dict()
         if meta["training"]["interrupted"]:
@@ -160,10 +199,17 @@ def tune(
         return float(meta["training"]["best_val_auc"])
 
     if already < trials:
-        study.optimize(
-            objective, n_trials=trials - already, timeout=None if timeout_minutes is None else 60 * timeout_minutes,
-            callbacks=[MaxTrialsCallback(trials, states=finished)], catch=(RuntimeError, ValueError),
-        )
+        # Optuna logs every failed trial with its traceback; a failure is said in one line above, or ends the study.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        try:
+            study.optimize(
+                objective, n_trials=trials - already, timeout=None if timeout_minutes is None else 60 * timeout_minutes,
+                callbacks=[MaxTrialsCallback(trials, states=finished)], catch=(TrialFailed,),
+            )
+        except BaseException:  # Ctrl-C, or an error no setting can cure (the dataset refused): trials.csv still lists what ran
+            bar.close()
+            write_results(study, out, base)
+            raise
     bar.close()
     return write_results(study, out, base)
 
