@@ -109,3 +109,17 @@ def test_auto_is_the_default_and_only_a_training_choice():
     assert TrainConfig(data="x").intensity == "auto"
     with pytest.raises(ConfigError, match=r"intensity \(--intensity\) must be one of auto, none"):
         TrainConfig(data="x", intensity="equalise")
+
+
+def test_train_quiet_drops_chatter_but_not_the_audit_warning(tmp_path: Path, capsys):
+    from cxrkit.audit.messages import is_warning
+    from cxrkit.cli import main
+
+    assert is_warning("audit: SHORTCUT: a classifier ...") and is_warning("warning: the test split has no tb images")
+    assert not is_warning("audit: shortcut probe: AUC 0.46 ..., no strong shortcut found") and not is_warning("note: SHORTCUT: x")
+    make_synthetic_site(tmp_path / "data", n_per_class=24, size=32, seed=4, exposure=(0.0, 0.2))
+    assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1", "--image-size", "32",
+                 "--intensity", "none", "--quiet"]) == 0
+    cap = capsys.readouterr()
+    # --quiet printed the figures and nothing else: a training on a shortcut the audit had named gave no word of it.
+    assert "audit: EXPOSURE SHORTCUT" in cap.err and "epoch" not in cap.err + cap.out and "shortcut probe" not in cap.err

@@ -1368,7 +1368,8 @@ def _output_options(p: argparse.ArgumentParser, json_output: bool = True) -> Non
         p.add_argument("--json", action="store_true",
                        help="print one JSON document on stdout and nothing else (messages go to stderr); for scripts and pipelines")
     p.add_argument("--quiet", action="store_true",
-                   help="no progress bars and no messages; only results (the figures, findings or predictions; errors on stderr)")
+                   help="no progress bars and no messages; only results (the figures, findings or predictions; errors, and warnings "
+                        "that the figures may be wrong, on stderr)")
 
 
 # The real stdout while a command runs with its chatter redirected (--json, --quiet); results are written here.

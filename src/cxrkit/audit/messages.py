@@ -20,6 +20,16 @@ def patient_names_message(n: int, example: str, pattern: str, splits_given: bool
             f"add --group-pattern '{pattern}' so each patient stays in one split")
 
 
+# The tags of findings that say the figures or the model may be wrong; `train --quiet` still prints them.
+WARNING_TAGS = ("LEAKAGE", "POSSIBLE LEAKAGE", "SHORTCUT", "EXPOSURE SHORTCUT", "SPLIT SHIFT")
+
+
+def is_warning(message: str) -> bool:
+    """Whether a training or audit message warns (a tagged audit finding, or "warning: ..."), rather than informs."""
+    text = message.removeprefix("audit: ")
+    return message.startswith("warning:") or any(text.startswith(f"{tag}:") for tag in WARNING_TAGS)
+
+
 def audit_messages(audit: dict) -> list[str]:
     """The audit's findings as plain sentences, most serious first."""
     out = []

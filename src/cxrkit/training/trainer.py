@@ -13,6 +13,7 @@ import json
 import math
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cxrkit import __version__
+from cxrkit.audit.messages import is_warning
 from cxrkit.config import TrainConfig
 from cxrkit.data.augment import augment_batch
 from cxrkit.data.dataset import LabelledImages, load_dataset
@@ -884,7 +886,7 @@ def _record(s: _Setup, prog: _Progress) -> RunMeta:
 
 def train(
     cfg: TrainConfig, progress: bool = True, overwrite: bool = False, on_epoch: EpochCallback | None = None,
-    finish: bool = True, resume: bool = False, tracker: Tracker | None = None, device: str = "auto",
+    finish: bool = True, resume: bool = False, tracker: Tracker | None = None, device: str = "auto", warn: bool = True,
 ) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` and write the run folder ``cfg.out``; returns its path.
 
@@ -898,7 +900,8 @@ def train(
     statistics kept); ``cfg.head_epochs`` > 0 trains the head alone for that many epochs, then all
     layers; the backbone's learning rate is ``cfg.lr * cfg.backbone_lr_scale`` (discriminative rates).
     ``on_epoch(epoch, val_auc)`` is called after every epoch (hyper-parameter search prunes there by
-    raising). ``finish=False`` skips choosing the threshold and writing the report.
+    raising). ``finish=False`` skips choosing the threshold and writing the report. Without ``progress`` nothing is printed
+    but the warnings (leakage, shortcuts, split shift, "warning: ..." lines, on stderr), unless ``warn`` is False too.
 
     Every epoch ends with a checkpoint (:mod:`cxrkit.training.checkpoint`); ``resume`` continues from the
     run folder's checkpoint, if there is one, with the same configuration, and reaches the same model
@@ -927,6 +930,8 @@ def train(
         def log(msg: str) -> None:
             if progress:
                 tqdm.write(msg)
+            elif warn and is_warning(msg):  # no progress (--quiet) drops chatter, not a warning that the figures may be wrong
+                print(msg, file=sys.stderr)
 
         t0 = time.perf_counter()
         s = _build(cfg, ctx, out, progress, log)
