@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -77,7 +78,6 @@ def _skipped(err: str) -> str:
 
 
 def test_predict_folder_reports_skipped_files_in_one_line(tiny_run, mixed_folder, capsys):
-    import csv
     import io
 
     folder, names = mixed_folder
@@ -95,7 +95,6 @@ def test_predict_folder_reports_skipped_files_in_one_line(tiny_run, mixed_folder
 
 
 def test_batch_prediction_to_csv_and_json_report_skipped_files(tiny_run, mixed_folder, tmp_path, capsys):
-    import csv
     import json
 
     folder, names = mixed_folder
@@ -147,6 +146,13 @@ def test_explain_device_quiet_progress_and_skipped_files(tiny_run, mixed_folder,
     assert "3 image(s) explained with gradcam" in std
     assert _skipped(err).startswith("skipped 4 files: 1 not image (notes.txt), 2 hidden (.ipynb_checkpoints/, .DS_Store), 1 unreadable (broken.png")
     assert len(list(out.glob("*.png"))) == 3 * 2  # one overlay per image and class
+    # The skipped line names two unreadable files; explained.csv lists every image, its overlays, or why it was not read.
+    assert f"(all in {out / 'explained.csv'})" in err
+    with open(out / "explained.csv", newline="") as f:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    assert len(rows) == 4 and rows["broken.png"]["error"] and rows["broken.png"]["overlays"] == ""
+    good = next(r for r in rows.values() if not r["error"])
+    assert good["prediction"] in ("healthy", "tb") and all((out / name).is_file() for name in good["overlays"].split(";"))
     assert bars[-1].total == 4 and bars[-1].done == 4 and bars[-1].disable is None
     assert main(["explain", str(tiny_run), str(folder), "--out", str(out), "--quiet"]) == 0
     std, err = capsys.readouterr()

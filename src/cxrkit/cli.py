@@ -864,7 +864,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
-    from cxrkit.explain.export import explain_files
+    from cxrkit.explain.export import INDEX_FILE, explain_files
     from cxrkit.prediction.files import find_images, skipped_line
     from cxrkit.run import Run, RunError
 
@@ -877,13 +877,14 @@ def cmd_explain(a: argparse.Namespace) -> int:
     rows = explain_files(run, found.paths, a.out, a.method, progress=len(found.paths) > 1 and not a.quiet)
     bad = [r for r in rows if r["error"]]
     if Path(a.path).is_dir():
-        skipped = skipped_line(found, [(r["path"], r["error"]) for r in bad])
+        skipped = skipped_line(found, [(r["path"], r["error"]) for r in bad], f" (all in {Path(a.out) / INDEX_FILE})")
         if skipped:
             print(skipped, file=sys.stderr)
     else:
         for r in bad:
             print(f"{r['path']}: could not be read: {r['error']}", file=sys.stderr)
-    print(f"{len(rows) - len(bad)} image(s) explained with {a.method}, one overlay per class ({', '.join(run.classes)}), written to {a.out}/")
+    print(f"{len(rows) - len(bad)} image(s) explained with {a.method}, one overlay per class ({', '.join(run.classes)}), "
+          f"written to {a.out}/ (listed in {INDEX_FILE})")
     blank = sum(len(r.get("no_heat") or []) for r in rows)
     if blank:  # such an overlay looks like the input image: half of them, on a two-class run, without a word
         print(f"note: {blank} of {len(rows) - len(bad)} x {len(run.classes)} overlay(s) show no heat: nothing in that image raised that "

@@ -11,7 +11,10 @@ from tqdm.auto import tqdm
 from cxrkit.data.decode import ImageDecodeError
 from cxrkit.explain.cam import heatmaps
 from cxrkit.explain.overlay import overlay_png
+from cxrkit.record import atomic_write_csv
 from cxrkit.run import Run
+
+INDEX_FILE = "explained.csv"  # one row per image: its overlays, decision and probabilities, or why it could not be read
 
 
 def _safe(name: str) -> str:
@@ -20,7 +23,8 @@ def _safe(name: str) -> str:
 
 def explain_files(run: Run, paths: list[Path], out: str | Path, method: str = "gradcam", batch_size: int = 16,
                   progress: bool = False) -> list[dict]:
-    """Write ``<out>/<image stem>_<class>.png`` overlays for every class of the run; returns one row per image
+    """Write ``<out>/<image stem>_<class>.png`` overlays for every class of the run, and ``<out>/explained.csv`` listing
+    them; returns one row per image
     with its probabilities, decision, written files and ``no_heat`` (the classes whose map is zero everywhere), or the decode
     error. ``progress`` shows a bar per image
     (occlusion makes about 400 forward passes per image, so a folder can take minutes)."""
@@ -34,6 +38,13 @@ def explain_files(run: Run, paths: list[Path], out: str | Path, method: str = "g
         for start in range(0, len(paths), batch_size):
             rows += _explain_batch(run, paths[start : start + batch_size], out, method, stems)
             bar.update(len(paths[start : start + batch_size]))
+    # Which overlay belongs to which file (two sub-folders' x.png become x_... and x-2_...), and every file that could not
+    # be read: the command's skipped line names two of them.
+    prob_cols = [f"prob_{c}" for c in run.classes]
+    atomic_write_csv(out / INDEX_FILE, [{**{k: r.get(k, "") for k in ("path", "prediction", *prob_cols, "error")},
+                                         "overlays": ";".join(Path(f).name for f in r["files"]),
+                                         "no_heat": ";".join(r.get("no_heat") or [])} for r in rows],
+                     ["path", "prediction", *prob_cols, "overlays", "no_heat", "error"])
     return rows
 
 
