@@ -211,3 +211,38 @@ def test_the_attention_sentence_says_how_many_maps_were_blank(evaluated_run, tmp
     (run / "metrics.json").write_text(json.dumps(metrics))
     said = f"3 of them show no heat at all (nothing in the image raised the score), so the shares below are of the other {att['n'] - 3}"
     assert said in render_report(run)
+
+
+def test_suggested_commands_name_the_run_by_its_full_path_and_calibrate_only_when_it_can(tiny_run, tmp_path):
+    import csv
+
+    import yaml
+
+    from cxrkit.report.html import _data_path, render_report
+
+    run = tmp_path / "work" / "runs" / "tb"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint", "plots"))
+    # config.yaml as `cxrkit train runs/tb/data --out runs/tb` from tmp_path/work wrote it: relative paths
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config.update(out="runs/tb", data="runs/tb/data")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert _data_path(config, run) == str(run.resolve() / "data")
+    html = render_report(run)
+    # "cxrkit evaluate runs/tb" worked only from the folder the training ran in
+    assert f"<code>cxrkit evaluate {run.resolve()}</code>" in html and "cxrkit evaluate runs/tb" not in html
+    assert f"cxrkit train {run.resolve() / 'data'} --config {run.resolve()}/config.yaml" in html
+    assert f"<code>cxrkit calibrate {run.resolve()}</code> fits one on the validation split" in html
+    # A validation split the model never gets wrong: calibrate refuses it, so the report does not offer it as it is.
+    with open(run / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        if r["split"] == "val":
+            p = 0.9 if r["true"] == "tb" else 0.1
+            r.update(prob_tb=str(p), prob_healthy=str(1 - p))
+    with open(run / "predictions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    html = render_report(run)
+    assert "none can be fitted on its validation split: every positive image has a higher probability than every negative one" in html
+    assert f"<code>cxrkit calibrate {run.resolve()}</code> fits" not in html

@@ -235,18 +235,23 @@ class Calibration:
         return cls(**d)
 
 
-def _refuse_separated(y: np.ndarray, probs: np.ndarray, method: str, fitted_on: str) -> None:
-    """Refuse a fit that images the model never gets wrong cannot pin down: it would make the model certain."""
+def separated(y: np.ndarray, probs: np.ndarray, method: str) -> str | None:
+    """Why ``method`` cannot be fitted on these labelled predictions (the model never gets them wrong), or None."""
     # With no overlap between the classes' probabilities (Platt, isotonic) or no wrong top label (temperature) the best
     # fit is a step: Platt's slope and 1/T grow without bound, isotonic jumps from 0 to 1. On 48 separated validation
     # images Platt set 65 of 208 test probabilities to exactly 1.0, which tied them and lowered the test AUC 0.984 -> 0.938.
+    y, probs = np.asarray(y), np.asarray(probs)
     if method == "temperature":
-        degenerate = bool(np.all(probs.argmax(axis=1) == y))
-        why = "the model's top class is right for every one of them"
-    else:
-        degenerate = bool(probs[y == 0, 1].max() < probs[y == 1, 1].min())
-        why = "every positive image has a higher probability than every negative one"
-    if degenerate:
+        return "the model's top class is right for every one of them" if np.all(probs.argmax(axis=1) == y) else None
+    if not (y == 0).any() or not (y == 1).any():
+        return None
+    return "every positive image has a higher probability than every negative one" if probs[y == 0, 1].max() < probs[y == 1, 1].min() else None
+
+
+def _refuse_separated(y: np.ndarray, probs: np.ndarray, method: str, fitted_on: str) -> None:
+    """Refuse a fit that images the model never gets wrong cannot pin down: it would make the model certain."""
+    why = separated(y, probs, method)
+    if why:
         raise ValueError(f"{method} calibration cannot be fitted on the {len(y)} images of the {fitted_on}: {why}, so they cannot "
                          "say how sure the model should be, and the fitted map would make it certain (probabilities of 0 and 1); "
                          "nothing was changed. Calibrate on a larger validation set that holds images the model gets wrong")

@@ -13,7 +13,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from cxrkit.data.augment import AugmentConfig
 from cxrkit.models.registry import MODELS
 from cxrkit.record import CALIBRATION_FILE, CONFIG_FILE, atomic_write_text, read_json, read_meta, read_metrics
-from cxrkit.record.files import AUDIT_FILE, REPORT_FILE, RunRecordError, read_csv_rows
+from cxrkit.record.files import AUDIT_FILE, REPORT_FILE, RunRecordError, read_csv_rows, split_predictions
 from cxrkit.report.narrative import (
     METRIC_WORDS,
     SCORE_KEYS,
@@ -76,6 +76,29 @@ def _subgroups(run_dir: Path, subgroups: dict, fname: str) -> list[dict]:
             out.append({"name": name, "finding": finding, "r": r,
                         "img": None if finding else _img(run_dir / "plots" / f"subgroups_{fname}_{slug}.png")})
     return out
+
+
+def _data_path(config: dict, run_dir: Path) -> str:
+    """The training data as the suggested commands should name it: config.yaml's ``data`` as typed, made absolute where the
+    training ran (``runs/demo/data`` read from another folder named nothing)."""
+    from cxrkit.config import training_cache_dir
+
+    data = config.get("data")
+    if not isinstance(data, str) or Path(data).is_absolute():
+        return str(data)
+    return training_cache_dir(data, config.get("out"), run_dir) or data
+
+
+def _why_not_calibratable(run_dir: Path, meta: dict) -> str | None:
+    """Why `cxrkit calibrate` would refuse this run's own validation split (the model never gets it wrong), or None."""
+    from cxrkit.metrics.calibration import separated
+    from cxrkit.tasks import get_task
+
+    method = get_task(meta["task"]).calibration_method
+    if not method:
+        return None
+    _, y, probs = split_predictions(run_dir, "val", meta["classes"])
+    return separated(y, probs, method) if len(y) and len(set(y.tolist())) > 1 else None
 
 
 def build_context(run_dir: Path) -> dict:
@@ -160,6 +183,9 @@ def build_context(run_dir: Path) -> dict:
         "augment": AugmentConfig(**config["augment"]), "split_words": SPLIT_WORDS, "pct": pct, "e": math.e,
         "label_counts": _img(run_dir / "plots" / "label_counts.png"), "cooccurrence": _img(run_dir / "plots" / "cooccurrence.png"),
         "images": meta["data"].get("images", {}),
+        # Commands the report suggests name the run by its full path: config.out is as typed, relative to where training ran.
+        "run_path": str(Path(run_dir).resolve()), "data_path": _data_path(config, run_dir),
+        "not_calibratable": None if calibration is not None else _why_not_calibratable(run_dir, meta),
     }
 
 
