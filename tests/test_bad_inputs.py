@@ -416,11 +416,11 @@ def test_class_names_swapped_in_meta_are_refused(tiny_run, tmp_path, capsys):
 def test_patient_ids_differing_only_in_case_are_named_at_training():
     from types import SimpleNamespace
 
-    from cxrkit.training.trainer import _note_unread_images
+    from cxrkit.training.trainer import _note_dataset_findings
 
     said: list[str] = []
     ds = SimpleNamespace(source=SimpleNamespace(), skipped=list, patients=["P000", "p000", "P001", "P 002", "P  002", "__file__:x.png"])
-    _note_unread_images(ds, said.append)  # P000 and p000 were two patients without a word: maybe one person in train and test
+    _note_dataset_findings(ds, said.append)  # P000 and p000 were two patients without a word: maybe one person in train and test
     assert said == ["note: 2 patient ID(s) differ from another only in case or spaces (e.g. P  002 and P 002); they are split as "
                     "different patients. If they are one patient, write the IDs alike"]
 
@@ -428,15 +428,15 @@ def test_patient_ids_differing_only_in_case_are_named_at_training():
 def test_images_in_formats_not_read_are_named_at_training():
     from types import SimpleNamespace
 
-    from cxrkit.training.trainer import _note_unread_images
+    from cxrkit.training.trainer import _note_dataset_findings
 
     said: list[str] = []
     ds = SimpleNamespace(source=SimpleNamespace(ignored_files=[Path("d/tb/notes.txt"), Path("d/tb/a.WEBP"), Path("d/tb/b.gif")]), skipped=list)
-    _note_unread_images(ds, said.append)  # only the report counted them, as "non-image files"
+    _note_dataset_findings(ds, said.append)  # only the report counted them, as "non-image files"
     assert said == ["note: 2 image(s) in a format cxrkit does not read were left out (e.g. d/tb/a.WEBP); convert them to PNG (or JPEG) "
                     "to use them"]
     said.clear()
-    _note_unread_images(SimpleNamespace(source=SimpleNamespace(ignored_files=[Path("d/tb/notes.txt")]), skipped=list), said.append)
+    _note_dataset_findings(SimpleNamespace(source=SimpleNamespace(ignored_files=[Path("d/tb/notes.txt")]), skipped=list), said.append)
     assert said == []
 
 
@@ -512,9 +512,9 @@ def test_a_link_to_nothing_or_a_link_loop_is_one_skipped_file_not_the_end_of_tra
     assert audit["n_decoded"] == 120 and len(audit["corrupt"]) == 3 and audit["duplicates"]["exact"]["clusters"] == 0
     summary = audit_before_training(ds, None, False, tmp_path / "run", progress=False)
     assert not summary.get("skipped") and not summary["leakage"]  # one link among the first 50 files skipped the audit as "arrays"
-    from cxrkit.training.trainer import _note_unread_images
+    from cxrkit.training.trainer import _note_dataset_findings
 
     said: list[str] = []
-    _note_unread_images(ds, said.append)  # skipped.csv listed them, but training said nothing
+    _note_dataset_findings(ds, said.append)  # skipped.csv listed them, but training said nothing
     assert said == ["note: 3 image(s) could not be used and were left out (e.g. test/tb/dangling.png: file not found); skipped.csv in "
                     "the run lists them all"]

@@ -181,7 +181,7 @@ def test_a_site_with_other_classes_is_refused_without_a_flag_that_does_not_exist
 
 def test_a_site_without_one_class_joins_the_others_and_is_warned_about(two_sites, tmp_path: Path):
     # `cxrkit train A B` with B holding tb/ alone was refused ("only one class folder has images"), though A has both.
-    from cxrkit.training.trainer import _note_unread_images
+    from cxrkit.training.trainer import _note_dataset_findings
 
     a, _ = two_sites
     clinic = make_synthetic_site(tmp_path / "clinic", n_per_class=12, size=40, seed=4, classes=("normal", "tb"))
@@ -193,7 +193,7 @@ def test_a_site_without_one_class_joins_the_others_and_is_warned_about(two_sites
     ds = load_dataset(src, 32, cache_dir=tmp_path / "cache", progress=False)
     assert ds.class_names == ["healthy", "tb"] and (ds.sites == "clinic").sum() == 12 and set(ds.labels[ds.sites == "clinic"]) == {1}
     said: list[str] = []
-    _note_unread_images(ds, said.append)
+    _note_dataset_findings(ds, said.append)
     assert said == ["warning: site clinic has no healthy images: the model can learn that clinic's images are never healthy (a shortcut "
                     "through the site), and clinic's own figures have no ROC-AUC"]
 

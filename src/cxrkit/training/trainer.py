@@ -371,9 +371,10 @@ def _check_splits_for_training(ds: LabelledImages, cfg: TrainConfig, log: Callab
                      "split(s) took theirs: lower --val-fraction / --test-fraction, or add images")
 
 
-def _note_unread_images(ds: LabelledImages, log: Callable[[str], None]) -> None:
-    """Say when images were left out (only the report counted those in formats cxrkit does not read; those outside any class
-    folder were counted nowhere), and patient IDs that may be one patient spelled two ways."""
+def _note_dataset_findings(ds: LabelledImages, log: Callable[[str], None]) -> None:
+    """Say what the dataset holds that changes what the figures mean: images left out (only the report counted those in formats
+    cxrkit does not read; those outside any class folder were counted nowhere), test splits or sites lacking a class, and patient
+    IDs that may be one patient spelled two ways."""
     from cxrkit.data.sources import left_out_notes
 
     for sentence in left_out_notes(ds.source):
@@ -472,7 +473,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
     intensity, exposure = cfg.intensity, None
     ds = load("none" if intensity == "auto" else intensity)
     _check_splits_for_training(ds, cfg, log)
-    _note_unread_images(ds, log)
+    _note_dataset_findings(ds, log)
     if cfg.positive is None and not ds.multilabel and positive_is_guessed(ds.class_names):
         # Every sensitivity, PPV and threshold rule is about this class: a guess is said, not kept silent.
         log(f"note: {ds.positive} is taken as the positive (disease) class, the second name alphabetically: neither name says "
