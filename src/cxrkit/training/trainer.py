@@ -373,7 +373,7 @@ def _check_splits_for_training(ds: LabelledImages, cfg: TrainConfig, log: Callab
 
 def _note_dataset_findings(ds: LabelledImages, log: Callable[[str], None]) -> None:
     """Say what the dataset holds that changes what the figures mean: images left out (only the report counted those in formats
-    cxrkit does not read; those outside any class folder were counted nowhere), test splits or sites lacking a class, and patient
+    cxrkit does not read; those outside any class folder were counted nowhere; unusable ones), sites lacking a class, and patient
     IDs that may be one patient spelled two ways."""
     from cxrkit.data.sources import left_out_notes
 
