@@ -49,10 +49,11 @@ def test_guaranteed_rule_holds_on_new_data_and_the_point_rule_does_not():
     short = {"point": 0, "guaranteed": 0}
     for _ in range(draws):
         y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
-        p = np.r_[rng.normal(1.5, 1, n_pos), rng.normal(0, 1, n_neg)]  # positives' scores ~ N(1.5, 1)
+        z = np.r_[rng.normal(1.5, 1, n_pos), rng.normal(0, 1, n_neg)]  # positives' log-odds ~ N(1.5, 1)
+        p = 1 / (1 + np.exp(-z))  # thresholds are chosen on probabilities
         for kind, rule in (("point", "sensitivity:0.9"), ("guaranteed", "sensitivity:0.9@0.95")):
             t = choose_threshold(y, p, rule).value
-            true_sensitivity = 1 - norm.cdf(t, loc=1.5)
+            true_sensitivity = 1 - norm.cdf(np.log(t / (1 - t)), loc=1.5)
             short[kind] += true_sensitivity < target
     assert short["guaranteed"] / draws <= 0.05
     assert 0.3 <= short["point"] / draws <= 0.7

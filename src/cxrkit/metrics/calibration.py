@@ -43,6 +43,8 @@ def _labelled(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """Validated class indices and probabilities of the same images."""
     probs = _probabilities(probs)
     y = np.asarray(y)
+    if y.dtype == bool:  # False/True are classes 0 and 1, as for every other metric
+        y = y.astype(int)
     if y.ndim != 1 or len(y) != len(probs):
         raise ValueError(f"labels must be one class index per row of probabilities: got {y.shape} labels for {len(probs)} rows")
     if len(y) and (not np.issubdtype(y.dtype, np.number) or np.any(y != np.round(y)) or y.min() < 0 or y.max() >= probs.shape[1]):

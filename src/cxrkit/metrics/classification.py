@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxrkit.metrics.inputs import binary_labels, binary_pair, checked_scores, class_pair, confidence_level, resamples, unit_number
 from cxrkit.metrics.intervals import bootstrap_interval, delong_interval, wilson_interval
 
 
@@ -40,7 +41,10 @@ def _entry(value: float | None, ci: tuple[float, float] | None, method: str) -> 
 
 def binary_confusion(y_true: np.ndarray, pred: np.ndarray) -> dict[str, int]:
     """Counts of true/false positives/negatives for 0/1 labels and 0/1 predictions."""
-    y, p = np.asarray(y_true).astype(bool), np.asarray(pred).astype(bool)
+    y = binary_labels(y_true).astype(bool)
+    p = binary_labels(pred, "predictions").astype(bool)
+    if len(p) != len(y):
+        raise ValueError(f"{len(p)} predictions for {len(y)} labels; give one per image, in the same order")
     return {"tp": int((y & p).sum()), "fp": int((~y & p).sum()), "tn": int((~y & ~p).sum()), "fn": int((y & ~p).sum())}
 
 
@@ -94,8 +98,11 @@ def binary_metrics(
     PR-AUC (average precision), F1 and balanced accuracy a stratified bootstrap interval.
     """
     from sklearn.metrics import average_precision_score, balanced_accuracy_score  # imported here: predict and serve never need scikit-learn
-    y = np.asarray(y_true).astype(int)
-    prob = np.asarray(prob, dtype=np.float64)
+    y, prob = binary_pair(y_true, prob)
+    threshold = unit_number(threshold, "threshold")
+    confidence, n_bootstrap = confidence_level(confidence), resamples(n_bootstrap)
+    if not len(y):
+        raise ValueError("no images: metrics need at least one labelled image")
     pred = (prob >= threshold).astype(int)
     cm = binary_confusion(y, pred)
     tp, fp, tn, fn = cm["tp"], cm["fp"], cm["tn"], cm["fn"]
@@ -144,8 +151,10 @@ def multiclass_metrics(
     ``confusion[i][j]`` counts cases of true class i predicted as class j.
     """
     from sklearn.metrics import f1_score  # imported here: predict and serve never need scikit-learn
-    y = np.asarray(y_true).astype(int)
-    probs = np.asarray(probs, dtype=np.float64)
+    y, probs = class_pair(y_true, probs, classes)
+    confidence, n_bootstrap = confidence_level(confidence), resamples(n_bootstrap)
+    if not len(y):
+        raise ValueError("no images: metrics need at least one labelled image")
     k = len(classes)
     pred = probs.argmax(axis=1)
     cm = np.zeros((k, k), dtype=int)
@@ -211,6 +220,24 @@ def multiclass_metrics(
     return {"task": "multiclass", "classes": list(classes), "n": len(y), "confusion": cm.tolist(), "metrics": overall, "per_class": per_class}
 
 
+def _multilabel_inputs(y_true: object, probs: object, classes: list[str], thresholds: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, K) 0/1 findings, (N, K) probabilities in [0, 1] and K thresholds, for the K ``classes``."""
+    y = np.asarray(y_true)
+    p = np.asarray(probs)
+    k = len(classes)
+    if y.ndim != 2 or p.shape != y.shape or y.shape[1] != k or not len(y):
+        raise ValueError(f"multi-label labels and probabilities must both be (images, {k}) arrays, one column per finding; "
+                         f"got {y.shape} and {p.shape}")
+    flat_y = binary_labels(y.reshape(-1), "finding labels")
+    flat_p = checked_scores(p.reshape(-1), what="probabilities")
+    t = np.asarray(thresholds, dtype=np.float64) if not np.isscalar(thresholds) else np.array([])
+    if t.shape != (k,):
+        raise ValueError(f"thresholds must give one threshold per finding ({k}), got {np.shape(thresholds)}")
+    for name, v in zip(classes, t):
+        unit_number(float(v), f"threshold of {name}")
+    return flat_y.reshape(y.shape), flat_p.reshape(y.shape), t
+
+
 def multilabel_metrics(
     y_true: np.ndarray, probs: np.ndarray, classes: list[str], thresholds: np.ndarray, n_bootstrap: int = 1000, seed: int = 0,
     confidence: float = 0.95,
@@ -224,9 +251,8 @@ def multilabel_metrics(
     over images), pooled detection rates, and label-wise accuracy beside what predicting "no finding"
     everywhere would score, to show why accuracy says nothing here.
     """
-    y = np.asarray(y_true).astype(int)
-    probs = np.asarray(probs, dtype=np.float64)
-    thresholds = np.asarray(thresholds, dtype=np.float64)
+    y, probs, thresholds = _multilabel_inputs(y_true, probs, classes, thresholds)
+    confidence, n_bootstrap = confidence_level(confidence), resamples(n_bootstrap)
     pred = (probs >= thresholds[None, :]).astype(int)
     n, k = y.shape
     per_label = {}

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import norm
 
+from cxrkit.metrics.inputs import binary_pair, checked_scores, confidence_level
+
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float] | None:
     """Wilson score interval for a binomial proportion ``successes / n``; None when ``n == 0``.
@@ -14,6 +16,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     Reference: Wilson, E. B. (1927), JASA 22:209-212. Unlike the normal approximation it stays inside
     [0, 1] and behaves at 0% and 100%, which matter for small clinical test sets.
     """
+    confidence = confidence_level(confidence)  # 95 gave (0.0, 1.0) without a word
     if n <= 0:
         return None
     if not 0 <= successes <= n:
@@ -31,20 +34,10 @@ def wilson_bounds(p: float, n: int, confidence: float = 0.95) -> tuple[float, fl
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    n = len(x)
-    ranks = np.empty(n)
-    i = 0
-    while i < n:
-        j = i
-        while j < n and xs[j] == xs[i]:
-            j += 1
-        ranks[i:j] = 0.5 * (i + j - 1) + 1
-        i = j
-    out = np.empty(n)
-    out[order] = ranks
-    return out
+    # Tied scores share their mean rank. A hand-written loop here never advanced past a NaN (NaN != NaN): it spun forever.
+    from scipy.stats import rankdata
+
+    return rankdata(x, method="average")
 
 
 def _placements(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -65,10 +58,9 @@ def delong_paired(y_true: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray
     (DeLong, DeLong & Clarke-Pearson 1988), which is what makes the test paired: two models that err
     on the same cases have correlated AUCs and a smaller standard error of their difference.
     """
-    y = np.asarray(y_true).astype(bool)
-    a, b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
-    if not (len(y) == len(a) == len(b)):
-        raise ValueError("the two score vectors and the labels must have the same length")
+    y, a = binary_pair(y_true, scores_a, probabilities=False, what="first model's")
+    b = checked_scores(scores_b, len(y), "second model's scores", probabilities=False)
+    y = y.astype(bool)
     m, n = int(y.sum()), int((~y).sum())
     if m < 2 or n < 2:
         raise ValueError("DeLong's test needs at least two positive and two negative cases")
@@ -93,8 +85,8 @@ def delong_auc(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     Uses the fast midrank algorithm of Sun & Xu (2014), IEEE Signal Processing Letters 21(11),
     for the structural components of DeLong, DeLong & Clarke-Pearson (1988), Biometrics 44:837-845.
     """
-    y = np.asarray(y_true).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
+    y, s = binary_pair(y_true, scores, probabilities=False)
+    y = y.astype(bool)
     pos, neg = s[y], s[~y]
     m, n = len(pos), len(neg)
     if m == 0 or n == 0:
@@ -107,6 +99,7 @@ def delong_auc(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
 
 def delong_interval(y_true: np.ndarray, scores: np.ndarray, confidence: float = 0.95) -> tuple[float, tuple[float, float]]:
     """ROC-AUC with a DeLong (normal-approximation) interval clipped to [0, 1]."""
+    confidence = confidence_level(confidence)
     auc, var = delong_auc(y_true, scores)
     half = norm.ppf(0.5 + confidence / 2) * np.sqrt(var)
     return auc, (float(max(0.0, auc - half)), float(min(1.0, auc + half)))  # plain floats: they are printed and compared

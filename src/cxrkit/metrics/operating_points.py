@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from cxrkit.metrics.classification import binary_confusion, proportion
+from cxrkit.metrics.inputs import binary_pair, unit_number
 from cxrkit.metrics.thresholds import choose_threshold
 
 TARGET_SENSITIVITIES = (0.85, 0.90, 0.95)
@@ -19,7 +20,8 @@ WHO_TRIAGE = {"sensitivity": 0.90, "specificity": 0.70}
 
 def operating_point(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
     """Confusion counts and sensitivity/specificity/PPV/NPV (Wilson 95% CIs) at ``threshold`` (positive if prob >= it)."""
-    c = binary_confusion(y, np.asarray(prob) >= threshold)
+    y, prob = binary_pair(y, prob)
+    c = binary_confusion(y, prob >= unit_number(threshold, "threshold"))
     tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
     return {"threshold": float(threshold), "confusion": c, "sensitivity": proportion(tp, tp + fn), "specificity": proportion(tn, tn + fp),
             "ppv": proportion(tp, tp + fp), "npv": proportion(tn, tn + fn)}
@@ -96,6 +98,7 @@ def ppv_npv_at_prevalence(sensitivity: float, specificity: float, prevalence: fl
     """PPV and NPV by Bayes' rule for a population where ``prevalence`` of people have the disease."""
     if not 0 < prevalence < 1:
         raise ValueError(f"prevalence must be between 0 and 1 (exclusive), got {prevalence}")
+    sensitivity, specificity = unit_number(sensitivity, "sensitivity"), unit_number(specificity, "specificity")  # 90 for 90%: NaN NPV
     tp, fp = sensitivity * prevalence, (1 - specificity) * (1 - prevalence)
     tn, fn = specificity * (1 - prevalence), (1 - sensitivity) * prevalence
     ppv = tp / (tp + fp) if tp + fp > 0 else float("nan")

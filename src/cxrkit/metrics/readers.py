@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from cxrkit.metrics.classification import proportion
+from cxrkit.metrics.inputs import binary_labels, binary_pair
 from cxrkit.metrics.intervals import wilson_interval
 
 BOOTSTRAP_REPLICATES = 2000
@@ -99,11 +100,14 @@ def compare_with_reader(y: np.ndarray, score: np.ndarray, threshold: float, read
     both sensitivities and specificities (Wilson), the paired differences model − reader (Newcombe, McNemar), their
     agreement, and the model at the reader's own sensitivity and specificity (descriptive: those thresholds are
     chosen on these images)."""
-    y = np.asarray(y).astype(int)
-    score = np.asarray(score, dtype=float)
-    reader = np.asarray(reader, dtype=bool)
-    if not (len(y) == len(score) == len(reader)):
+    y, score = binary_pair(y, score, probabilities=False)
+    # Calls as text ("yes"/"no"), 1/2 or NaN for an unread image were all read as positive: the reader's specificity 0.
+    reader = binary_labels(reader, "the reader's calls (True/1 = positive, False/0 = negative)").astype(bool)
+    if len(reader) != len(y):
         raise ValueError(f"labels, scores and the reader's calls differ in length ({len(y)}, {len(score)}, {len(reader)})")
+    threshold = float(threshold)
+    if not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     model = score >= threshold
     out: dict = {"n": int(len(y)), "positives": int(y.sum()), "negatives": int((y == 0).sum())}
     for name, rows, called in (("sensitivity", y == 1, True), ("specificity", y == 0, False)):

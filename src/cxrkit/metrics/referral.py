@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from cxrkit.metrics.classification import proportion
+from cxrkit.metrics.inputs import binary_pair, unit_number
 
 LOWER_RULES = ("npv", "sensitivity")
 UPPER_RULES = ("ppv", "specificity")
@@ -50,9 +51,10 @@ def choose_referral(y: np.ndarray, prob: np.ndarray, spec: str, threshold: float
     """The two thresholds of ``spec`` chosen on (validation) labels ``y`` and P(positive) ``prob``; with the run's decision
     ``threshold``, the band is widened to contain it, so that outside the band the run's own decision is the band's."""
     rules = parse_referral(spec)
-    y = np.asarray(y).astype(int)
-    prob = np.asarray(prob, dtype=np.float64)
-    if y.min() == y.max():
+    y, prob = binary_pair(y, prob)
+    if threshold is not None:
+        threshold = unit_number(threshold, "threshold")
+    if not len(y) or y.min() == y.max():
         raise ValueError("choosing a referral band needs both classes in the validation split")
     cand = np.unique(np.r_[prob, 1.0, 0.0])
     kind, target = rules["lower"]
@@ -105,8 +107,10 @@ def choose_referral(y: np.ndarray, prob: np.ndarray, spec: str, threshold: float
 
 def referral_outcomes(y: np.ndarray, prob: np.ndarray, lower: float, upper: float) -> dict:
     """What a band does on labelled data: shares ruled out, referred and ruled in, and the accuracy of the decided ones."""
-    y = np.asarray(y).astype(int)
-    prob = np.asarray(prob, dtype=np.float64)
+    y, prob = binary_pair(y, prob)
+    lower, upper = unit_number(lower, "lower threshold"), unit_number(upper, "upper threshold")
+    if lower > upper:
+        raise ValueError(f"the lower threshold {lower:g} is above the upper one {upper:g}")
     out, inn = prob < lower, prob >= upper
     refer = ~out & ~inn
     n = len(y)
@@ -128,8 +132,8 @@ def referral_outcomes(y: np.ndarray, prob: np.ndarray, lower: float, upper: floa
 def risk_coverage(y: np.ndarray, prob: np.ndarray, threshold: float, points: int = 50) -> dict:
     """Selective-classification curve: deciding only the share ``coverage`` of cases farthest from ``threshold``
     (the most confident), the error rate among them."""
-    y = np.asarray(y).astype(int)
-    prob = np.asarray(prob, dtype=np.float64)
+    y, prob = binary_pair(y, prob)
+    threshold = unit_number(threshold, "threshold")
     order = np.argsort(-np.abs(prob - threshold), kind="stable")
     wrong = ((prob >= threshold).astype(int) != y)[order]
     cum = np.cumsum(wrong)

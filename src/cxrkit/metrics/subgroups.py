@@ -18,6 +18,7 @@ import numpy as np
 from scipy.stats import chi2, chi2_contingency
 
 from cxrkit.metrics.classification import binary_confusion, proportion
+from cxrkit.metrics.inputs import binary_pair, unit_number
 from cxrkit.metrics.intervals import delong_auc, delong_interval, wilson_interval
 
 MIN_CASES = 5  # fewer positives (negatives) than this: no sensitivity (specificity, AUC) comparison for the group
@@ -72,12 +73,22 @@ def _auc_heterogeneity(aucs: list[float], variances: list[float]) -> float | Non
     return float(chi2.sf(q, len(a) - 1))
 
 
+def _group_values(groups: object, n: int) -> list[str | None]:
+    """One group name (or None: no value) per image; a list of another length, or a string, is refused."""
+    if isinstance(groups, (str, bytes)) or not hasattr(groups, "__len__"):  # "FMF" was three groups of one letter
+        raise ValueError("groups must be a list with one group name (or None) per image")
+    if len(groups) != n:  # shorter: the rest of the images were silently left out
+        raise ValueError(f"{len(groups)} group values for {n} images; give one per image, in the same order")
+    return [None if g is None or (isinstance(g, float) and np.isnan(g)) else str(g) for g in groups]
+
+
 def binary_subgroups(y: np.ndarray, prob: np.ndarray, groups: list[str | None], threshold: float, column: str,
                      confidence: float = 0.95, seed: int = 0) -> dict:
     """Per-group figures of a binary model at ``threshold``, heterogeneity tests and the largest gap (images with
     no group value are counted as ``missing`` and left out)."""
-    y = np.asarray(y).astype(int)
-    prob = np.asarray(prob, dtype=np.float64)
+    y, prob = binary_pair(y, prob)
+    threshold = unit_number(threshold, "threshold")
+    groups = _group_values(groups, len(y))
     names = sorted({g for g in groups if g is not None}, key=_natural)
     g_arr = np.array(["" if g is None else g for g in groups], dtype=object)
     rows = []

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from cxrkit.metrics.inputs import binary_pair
+
 
 @dataclass
 class ThresholdChoice:
@@ -134,13 +136,12 @@ def choose_threshold(
     """
     kind, target = parse_rule(rule)
     confidence = rule_confidence(rule)
-    y = np.asarray(y_true).astype(int)
-    prob = np.asarray(prob, dtype=np.float64)
+    y, prob = binary_pair(y_true, prob)  # probabilities on a 0-100 scale were cut to a threshold of 1.0
     guarantee = None
     if kind == "fixed":
         value = float(target)
     else:
-        if y.min() == y.max():
+        if not len(y) or y.min() == y.max():
             raise ValueError(f"choosing a threshold by {rule!r} needs both classes in the {chosen_on} split")
         fpr, tpr, thr = roc_curve(y, prob, drop_intermediate=False)
         thr = np.minimum(thr, 1.0)  # roc_curve's first threshold is +inf (nobody positive)
