@@ -476,7 +476,32 @@ def test_blank_and_tiny_images_are_left_out_of_training_and_named_by_the_audit(b
     audit = audit_dataset(data, progress=False)
     assert {c["path"] for c in audit["corrupt"] if c["unusable"]} == set(skipped) and audit["n_decoded"] == 120
     said = [m for m in audit_messages(audit) if "blank" in m]
-    assert len(said) == 1 and said[0].startswith("2 images are blank (one grey level) or too small to be a radiograph: left out of training")
+    assert len(said) == 1 and said[0].startswith("2 images are blank (one grey level, or nearly: fewer than 8 levels apart) or too small "
+                                                 "to be a radiograph: left out of training")
+
+
+def test_nearly_blank_multi_page_and_one_pixel_wide_images_are_refused(tmp_path, capsys):
+    import io
+
+    import cxrkit
+    from cxrkit.data.decode import ImageDecodeError, UnsupportedImageError, UnusableImageError, read_grayscale
+
+    rng = np.random.default_rng(0)
+    radiograph = rng.integers(40, 220, (48, 48), dtype=np.uint8)
+    # A 0-1 float image cast to uint8 (levels 0 and 1): "tb", P = 0.72, from an image with nothing in it.
+    with pytest.raises(UnusableImageError, match="nearly blank .*span 0 to 1 of 0-255.*without scaling by 255"):
+        cxrkit.data.decode.check_usable((radiograph / 255.0).round().astype(np.uint8))
+    # A two-page TIFF: page 1 was classified without a word, while a two-frame DICOM is refused.
+    pages = tmp_path / "two.tif"
+    Image.fromarray(radiograph).save(pages, save_all=True, append_images=[Image.fromarray(255 - radiograph)])
+    with pytest.raises(UnsupportedImageError, match="TIFF file holds 2 images"):
+        read_grayscale(pages)
+    # A 1 x 40000 PNG is refused from its header (it was decoded first: a 1 x 39,000,000 one took 7 s): its pixel data cut off
+    # here shows the order, "too small" and not "cannot decode".
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (40000, 1), dtype=np.uint8)).save(buf, format="PNG")
+    with pytest.raises(ImageDecodeError, match="is 1x40000 pixels: too small"):
+        read_grayscale(buf.getvalue()[: len(buf.getvalue()) // 2])
 
 
 def test_a_blank_image_in_a_medmnist_file_is_left_out(tmp_path):

@@ -24,7 +24,8 @@ from cxrkit.data.magic import is_dicom_bytes
 from cxrkit.data.sources import cache_root, file_stamp
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-FEATURES_VERSION = 4  # 2: images turned by their EXIF orientation; 3: blank and tiny images are errors, as training refuses them; 4: DICOM read
+FEATURES_VERSION = 5  # 2: images turned by their EXIF orientation; 3: blank and tiny images are errors, as training refuses them; 4: DICOM read;
+# 5: nearly blank and multi-page images are errors
 THUMB = 128  # statistics are computed on a thumbnail: properties of the file, not fine anatomy
 HASH_SIZE = 16  # 256-bit pHash: 64 bits leave unrelated chest films (all alike in layout) too close together
 CORNER = 0.15
@@ -80,6 +81,8 @@ def _pillow_gray(path: Path, rec: dict) -> np.ndarray:
                    channels=len(img.getbands()), bit_depth=BIT_DEPTH.get(img.mode, 8))
         if img.width * img.height > MAX_PIXELS:
             raise ValueError(f"image too large ({img.width}x{img.height} pixels)")
+        if getattr(img, "n_frames", 1) > 1:  # as training reads it: refused, not page 1
+            raise ValueError(f"{img.format} file holds {img.n_frames} images (pages or frames), not one radiograph")
         turn = orientation(img)
         img.draft(img.mode, (2 * THUMB, 2 * THUMB))  # JPEG: decode at reduced scale, several times faster
         img.load()

@@ -34,7 +34,8 @@ from cxrkit.data.decode import ImageDecodeError, UnusableImageError, check_usabl
 from cxrkit.data.medmnist import ArraySource, array_grey
 from cxrkit.data.sources import cache_root, file_stamp
 
-CACHE_FORMAT = 3  # 2: images turned by their EXIF orientation; 3: blank and tiny images refused, as prediction refuses them
+CACHE_FORMAT = 4  # 2: images turned by their EXIF orientation; 3: blank and tiny images refused, as prediction refuses them;
+# 4: nearly blank images (grey levels spanning under 8) and multi-page files refused
 _PARALLEL_MIN = 64  # below this, starting worker processes costs more than it saves
 CHUNK = 64  # images per work item and per progress record
 

@@ -178,13 +178,17 @@ def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=PIL_FORMATS) as img:  # type: ignore[arg-type]
             if img.width * img.height > max_pixels:
                 raise ImageTooLargeError(f"image too large ({img.width}x{img.height} pixels; the limit is {max_pixels:,})")
+            if min(img.width, img.height) < MIN_SIDE:  # refused from the header: a 1 x 39,000,000 PNG took 7 s to decode first
+                raise UnusableImageError(f"image is {img.width}x{img.height} pixels: too small to be a radiograph "
+                                         f"(each side needs at least {MIN_SIDE})")
+            if getattr(img, "n_frames", 1) > 1:  # page 1 was classified without a word (a multi-frame DICOM is refused)
+                raise UnsupportedImageError(f"{img.format} file holds {img.n_frames} images (pages or frames), not one radiograph; "
+                                            "save the one to classify as its own file")
             turn = orientation(img)
             if min_side and img.format == "JPEG" and img.width * img.height > DRAFT_MIN_PIXELS:
                 f = min_side / max(img.width, img.height)
                 img.draft("L", (max(1, int(np.ceil(img.width * f))), max(1, int(np.ceil(img.height * f)))))
             img.load()
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
             return to_grayscale_array(upright(img, turn))
     except ImageDecodeError:
         raise
@@ -211,6 +215,8 @@ def read_grayscale(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_
 
 # Smaller than any radiograph: a 1x1 or 1x5000 image was resized to the model's input and given a confident diagnosis.
 MIN_SIDE = 16
+# Fewer grey levels than any radiograph spans: a 0-1 float image cast to uint8 (levels 0 and 1) was given "tb", P = 0.72.
+MIN_GREY_RANGE = 8
 
 
 def check_usable(gray: np.ndarray) -> np.ndarray:
@@ -220,8 +226,12 @@ def check_usable(gray: np.ndarray) -> np.ndarray:
     if min(gray.shape[:2]) < MIN_SIDE:
         raise UnusableImageError(f"image is {gray.shape[1]}x{gray.shape[0]} pixels: too small to be a radiograph "
                                  f"(each side needs at least {MIN_SIDE})")
-    if gray.min() == gray.max():
-        raise UnusableImageError(f"image is blank (every pixel is {int(gray.min())}): nothing to classify")
+    lo, hi = int(gray.min()), int(gray.max())
+    if lo == hi:
+        raise UnusableImageError(f"image is blank (every pixel is {lo}): nothing to classify")
+    if hi - lo < MIN_GREY_RANGE:
+        raise UnusableImageError(f"image is nearly blank (its grey levels span {lo} to {hi} of 0-255): nothing to classify; a 0-1 "
+                                 "image converted to 8 bits without scaling by 255 looks like this")
     return gray
 
 
