@@ -72,8 +72,8 @@ def audit_messages(audit: dict) -> list[str]:
         blank = sum(bool(c.get("unusable")) for c in audit["corrupt"])
         broken = len(audit["corrupt"]) - blank
         out += [f"{count(broken, 'file')} cannot be decoded"] if broken else []
-        out += [f"{count(blank, 'image')} {'is' if blank == 1 else 'are'} blank (one grey level, or nearly: fewer than 8 levels apart) or too small to be a radiograph: "
-                f"left out of training and evaluation, e.g. {next(c['path'] for c in audit['corrupt'] if c.get('unusable'))}"
+        out += [f"{count(blank, 'image')} {'is' if blank == 1 else 'are'} blank (one grey level, or nearly: fewer than 8 levels apart) "
+                f"or too small to be a radiograph: left out of training and evaluation, e.g. {next(c['path'] for c in audit['corrupt'] if c.get('unusable'))}"
                 ] if blank else []
     out += audit.get("left_out", [])  # audits saved before it have none
     if p.get("auc") is not None and not p["warning"]:
