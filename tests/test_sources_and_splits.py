@@ -404,7 +404,7 @@ def test_images_outside_any_class_folder_are_listed_as_unlabelled(tmp_path):
     # They were left out and counted nowhere; train now names them.
     from types import SimpleNamespace
 
-    from cxrkit.training.trainer import _note_unread_images
+    from cxrkit.training.trainer import _note_dataset_findings
 
     root = make_synthetic_dataset(tmp_path / "d", n_per_class=10, size=16, splits={"train": 0.8, "test": 0.2})
     png = next((root / "train" / "tb").glob("*.png")).read_bytes()
@@ -414,7 +414,7 @@ def test_images_outside_any_class_folder_are_listed_as_unlabelled(tmp_path):
     src = open_image_folder(root)
     assert [p.name for p in src.unlabelled_images] == ["stray.png", "also.png"] and len(src.samples) == 20
     said: list[str] = []
-    _note_unread_images(SimpleNamespace(source=src, skipped=list), said.append)
+    _note_dataset_findings(SimpleNamespace(source=src, skipped=list), said.append)
     assert said == [f"note: 2 image(s) outside any class folder were left out, having no label (e.g. {root / 'stray.png'}); "
                     "move each into its class folder to use it"]
 
