@@ -28,6 +28,8 @@ def test_predict_json_one_file_and_a_folder(tiny_run, binary_data, tmp_path, cap
     one = next((binary_data / "test" / "tb").glob("*.png"))
     doc = _json(capsys, ["predict", str(tiny_run), str(one), "--json"])
     assert doc["model"]["id"] == tiny_run.name and len(doc["model"]["version"]) == 12
+    # one id for the model in one document: the rows' and the header's differed (weights alone against weights + decision rule)
+    assert {r["model"] for r in doc["results"]} == {doc["model"]["version"]}, doc["model"]
     (r,) = doc["results"]
     assert r["path"] == str(one) and r["error"] is None
     assert r["prob_healthy"] + r["prob_tb"] == pytest.approx(1, abs=1e-5) and r["prediction"] in ("healthy", "tb")

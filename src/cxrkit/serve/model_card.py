@@ -14,8 +14,11 @@ HEADLINE = {"binary": ("roc_auc", "sensitivity", "specificity", "ppv", "npv"), "
 
 
 def model_identity(run: Run) -> dict:
-    """Model id (the run's folder name) and version (the first 12 hex digits of the weights' SHA-256)."""
-    return {"id": run.path.name, "version": run.weights_sha256()[:12], "architecture": run.meta["model"],
+    """Model id (the run's folder name), version (:meth:`Run.model_id`: the weights and the decision rule, as each prediction
+    row is stamped) and the first 12 hex digits of the weights' SHA-256."""
+    # The version was the weights' hash alone: answers under two thresholds or referral bands carried one version, and
+    # predict --json's rows another id than its own header.
+    return {"id": run.path.name, "version": run.model_id, "weights": run.weights_sha256()[:12], "architecture": run.meta["model"],
             "created": run.meta.get("created"), "cxrkit_version": run.meta.get("cxrkit_version")}
 
 
