@@ -240,7 +240,7 @@ def test_train_flags_must_be_booleans(tiny_run, binary_data, tmp_path):
 
 EVALUATE_OPTIONS = {
     "unknown option": ({"prevalance": 0.1}, r"unknown evaluate option\(s\) prevalance; known: .*prevalence"),  # was a TypeError
-    "heat-map method unknown": ({"explain": "gradcam+"}, "explain must be one of gradcam, gradcam"),  # silently no heat maps
+    "heat-map method unknown": ({"explain": "gradcam+"}, "explain must be one of auto, gradcam, gradcam"),  # silently no heat maps
     "heat-map method True": ({"explain": True}, "explain must be one of"),
     "prevalence as text": ({"prevalence": "0.1"}, "prevalence must be a number between 0 and 1"),  # was a TypeError
     "prevalence 1": ({"prevalence": 1}, "prevalence must be a number between 0 and 1"),

@@ -125,3 +125,58 @@ def test_blank_heat_maps_are_left_out_of_the_attention_shares_and_counted():
     s = attention_summary(heat)
     # Blank maps counted as "not mostly outside": 50% instead of the 100% of the maps that have heat.
     assert s["share_mostly_outside"] == 1.0 and s["with_heat"] == 2 and s["n"] == 4
+
+
+def test_batched_occlusion_gives_monais_maps(square_run):
+    import torch
+    from monai.visualize import OcclusionSensitivity
+
+    from cxrkit.explain.cam import _explainer, _margins, _scale_each
+
+    _, run = square_run
+    images = np.stack([synthetic_cxr(np.random.default_rng(k), SIZE) for k in range(4)])
+    ex = _explainer(run)
+    x = run.preprocessing(images)
+    occ = OcclusionSensitivity(ex.scores, mask_size=max(8, SIZE // 6), n_batch=64, verbose=False, mode="mean_img", overlap=0.6,
+                               activate=_margins)
+    with torch.no_grad():
+        base = _margins(ex.scores(x))[:, 1]
+        monai_maps = torch.cat([occ(x[i : i + 1])[0] for i in range(len(x))])
+    expected = _scale_each((base[:, None, None, None] - monai_maps[:, 1:2]).clamp_min(0))
+    np.testing.assert_allclose(heatmaps(run, images, class_index=1, method="occlusion"), expected, atol=1e-5)
+
+
+def test_auto_is_occlusion_for_the_small_models_and_gradcam_for_the_pretrained():
+    from cxrkit.explain.cam import resolve_method
+    from cxrkit.models.registry import MODELS
+
+    class FakeRun:
+        def __init__(self, model):
+            self.meta = {"model": model}
+
+    assert {name for name, spec in MODELS.items() if spec.heatmap == "occlusion"} == {"mlp", "simple_cnn", "cnn", "pasa"}
+    assert resolve_method(FakeRun("cnn"), "auto") == "occlusion" and resolve_method(FakeRun("efficientnet-lite0"), "auto") == "gradcam"
+    assert resolve_method(FakeRun("cnn"), "gradcam") == "gradcam"
+    with pytest.raises(ExplainError, match="choose one of auto, gradcam"):
+        resolve_method(FakeRun("cnn"), "lime")
+
+
+def test_letterbox_bars_hold_no_heat_and_the_regions_are_of_the_image_itself(square_run):
+    from cxrkit.explain.attention import attention_summary, content_box, region_masks
+
+    _, run = square_run
+    rng = np.random.default_rng(5)
+    images = np.zeros((3, SIZE, SIZE), np.uint8)
+    images[:, 4:28, :] = np.stack([synthetic_cxr(rng, SIZE)[4:28] for _ in range(3)])  # a wide image letterboxed: 4-row bars
+    images[:, 4:28, :] = np.maximum(images[:, 4:28, :], 1)
+    assert content_box(images[0]) == (4, 28, 0, SIZE)
+    for method in ("gradcam", "occlusion"):
+        heat = heatmaps(run, images, method=method)
+        # a coarse Grad-CAM map spread heat over the black bars, which the report counted as "borders"
+        assert heat[:, :4].max() == 0 and heat[:, 28:].max() == 0 and np.allclose(heat.reshape(3, -1).max(1), 1)
+    # The lung box is of the image's own area: a map covering exactly it is all "lung", none on bars or borders.
+    lung = region_masks(SIZE, (4, 28, 0, SIZE))["lung"]
+    assert not lung[:4].any() and not lung[28:].any()
+    s = attention_summary(np.stack([lung.astype(float)] * 3), images)
+    assert s["mean_share"]["lung"] == pytest.approx(1.0) and s["area"]["lung"] == pytest.approx(lung.sum() / (24 * SIZE), abs=1e-9)
+    assert attention_summary(np.stack([lung.astype(float)] * 3))["area"]["lung"] < s["area"]["lung"]  # without the images: the square's

@@ -143,7 +143,7 @@ def test_explain_device_quiet_progress_and_skipped_files(tiny_run, mixed_folder,
     out = tmp_path / "maps"
     assert main(["explain", str(tiny_run), str(folder), "--out", str(out), "--device", "cpu"]) == 0
     std, err = capsys.readouterr()
-    assert "3 image(s) explained with gradcam" in std
+    assert "3 image(s) explained with occlusion" in std  # auto: the cnn's default
     assert _skipped(err).startswith("skipped 4 files: 1 not image (notes.txt), 2 hidden (.ipynb_checkpoints/, .DS_Store), 1 unreadable (broken.png")
     assert len(list(out.glob("*.png"))) == 3 * 2  # one overlay per image and class
     # The skipped line names two unreadable files; explained.csv lists every image, its overlays, or why it was not read.

@@ -76,7 +76,7 @@ def _check_evaluate_options(data: Any, split: Any, progress: Any, options: dict)
 
     from cxrkit.data.spec import is_finite_number
     from cxrkit.evaluation.evaluate import evaluate_run
-    from cxrkit.explain import METHODS
+    from cxrkit.explain import AUTO, METHODS
 
     known = [n for n in inspect.signature(evaluate_run).parameters if n not in ("run_dir", "data", "split", "progress")]
     unknown = sorted(set(options) - set(known))
@@ -98,8 +98,8 @@ def _check_evaluate_options(data: Any, split: Any, progress: Any, options: dict)
         # by_table only names where by's columns are: alone it was ignored, and no subgroup figures came back
         raise ValueError("by_table names the table of the by= columns; give by=[...] too (by_pattern reads file names, not the table)")
     explain = options.get("explain")
-    if explain is not None and explain not in METHODS:  # an unknown method was caught and stored: no heat maps, no error
-        raise ValueError(f"explain must be one of {', '.join(METHODS)} or None, got {explain!r}")
+    if explain is not None and explain not in (AUTO, *METHODS):  # an unknown method was caught and stored: no heat maps, no error
+        raise ValueError(f"explain must be one of {', '.join((AUTO, *METHODS))} or None, got {explain!r}")
     prevalence = options.get("prevalence")
     if prevalence is not None and not (is_finite_number(prevalence) and 0 < prevalence < 1):
         raise ValueError(f"prevalence must be a number between 0 and 1 (exclusive), got {prevalence!r}")

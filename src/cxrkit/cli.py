@@ -864,6 +864,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
+    from cxrkit.explain.cam import resolve_method
     from cxrkit.explain.export import INDEX_FILE, explain_files
     from cxrkit.prediction.files import find_images, skipped_line
     from cxrkit.run import Run, RunError
@@ -874,6 +875,7 @@ def cmd_explain(a: argparse.Namespace) -> int:
     with contextlib.suppress(RunError):
         _refuse_out_inside(a.out, [str(run.data_root())], "overlay PNGs")
     found = find_images(a.path)
+    a.method = resolve_method(run, a.method)  # auto: the model's own default, named in what is printed
     rows = explain_files(run, found.paths, a.out, a.method, progress=len(found.paths) > 1 and not a.quiet)
     bad = [r for r in rows if r["error"]]
     if Path(a.path).is_dir():
@@ -1120,8 +1122,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prevalence", type=float, default=None, metavar="P",
                    help="share of disease in the population the model will screen, e.g. 0.05: PPV and NPV are recomputed by "
                         "Bayes' rule and the report says what happens per 1,000 people screened (binary runs)")
-    e.add_argument("--explain", choices=[*HEATMAP_METHODS, "none"], default="gradcam",
-                   help="heat-map method for the report's gallery and 'where does it look' figure (default %(default)s)")
+    e.add_argument("--explain", choices=["auto", *HEATMAP_METHODS, "none"], default="auto",
+                   help="heat-map method for the report's gallery and 'where does it look' figure (default %(default)s: occlusion for "
+                        "the small models cnn, pasa, simple_cnn and mlp, where Grad-CAM missed a corner-marker shortcut; Grad-CAM for "
+                        "the pretrained ones)")
     e.add_argument("--by", default=None, metavar="COLUMN[,COLUMN]",
                    help="subgroup figures by label-table columns, e.g. 'Patient Gender,Patient Age,View Position': per group n, "
                         "prevalence, AUC, sensitivity, specificity, PPV, NPV with 95%% CIs, heterogeneity tests and the largest gap; "
@@ -1289,7 +1293,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run", help="run folder")
     x.add_argument("path", help="an image file or a folder of images")
     x.add_argument("--out", required=True, help="folder for the overlay PNGs")
-    x.add_argument("--method", choices=HEATMAP_METHODS, default="gradcam", help="heat-map method (default %(default)s)")
+    x.add_argument("--method", choices=["auto", *HEATMAP_METHODS], default="auto",
+                   help="heat-map method (default %(default)s: occlusion for the small models, Grad-CAM for the pretrained ones)")
     _add_device_option(x, "run the model's predictions on (the heat maps use a CPU copy of it, as in evaluate)")
     _output_options(x, json_output=False)
     x.set_defaults(func=cmd_explain)

@@ -282,7 +282,7 @@ def write_evaluation(
 def evaluate_run(
     run_dir: str | Path, data: str | Path | None = None, split: str | None = None, progress: bool = True, write_report: bool = True,
     class_map: dict[str, str] | None = None, recalibrate_on: str | Path | None = None, prevalence: float | None = None,
-    explain: str | None = "gradcam", by: list[str] | None = None, by_table: str | Path | None = None, by_pattern: list[str] | None = None,
+    explain: str | None = "auto", by: list[str] | None = None, by_table: str | Path | None = None, by_pattern: list[str] | None = None,
     device: str = "cpu", readers: str | Path | None = None, reader_columns: list[str] | None = None,
 ) -> dict:
     """Evaluate a trained run on one split of its dataset, or on another dataset (external validation).
@@ -472,7 +472,7 @@ def _recalibrated(
 
 
 def finish_training(
-    run_dir: str | Path, ds: LabelledImages, threshold_rule: str, seed: int = 0, explain: str | None = "gradcam", allow_point_estimate: bool = False,
+    run_dir: str | Path, ds: LabelledImages, threshold_rule: str, seed: int = 0, explain: str | None = "auto", allow_point_estimate: bool = False,
     referral: str | None = None,
 ) -> dict:
     """After training: choose the threshold on validation data, evaluate validation, draw curves, write the report."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.explain.attention import MAX_IMAGES, attention_summary, pick_gallery
-from cxrkit.explain.cam import heatmaps
+from cxrkit.explain.cam import heatmaps, resolve_method
 from cxrkit.report.plots import plot_attention, plot_gallery
 from cxrkit.run import Run
 
@@ -17,14 +17,16 @@ def explain_split(
 ) -> dict:
     """Heat maps for (a sample of) a split, each image explained for the class the run decided: the attention
     summary, a region figure and a gallery figure in ``plots``."""
+    method = resolve_method(run, method)
+    cap = MAX_IMAGES[method]
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(len(images), MAX_IMAGES, replace=False)) if len(images) > MAX_IMAGES else np.arange(len(images))
+    sample = np.sort(rng.choice(len(images), cap, replace=False)) if len(images) > cap else np.arange(len(images))
     # Each image is explained for the class the run decided on, so "normal" calls show what cleared them.
     decided = run.decide(probs[sample])
     heat = np.zeros((len(sample), *images.shape[1:]), dtype=np.float32)
     for c in np.unique(decided):
         heat[decided == c] = heatmaps(run, np.asarray(images[sample[decided == c]]), class_index=int(c), method=method)
-    summary = attention_summary(heat)
+    summary = attention_summary(heat, np.asarray(images[sample]))
     summary["no_heat"] = int((heat.reshape(len(heat), -1).max(1) == 0).sum())
     summary.update(method=method, sampled=len(sample) < len(images), n_split=int(len(images)))
     plot_attention(summary, heat.mean(axis=0), plots / f"attention_{fname}.png")

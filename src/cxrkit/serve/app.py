@@ -219,6 +219,9 @@ class Service:
         self.lock = threading.Lock()
         self.decode_slots = threading.BoundedSemaphore(limits.max_decodes)
         self.identity = model_identity(run)
+        from cxrkit.models.registry import get_spec
+
+        self.heatmap_method = get_spec(run.meta["model"]).heatmap  # as `cxrkit explain` and the report draw this model's maps
         self.rule = decision_rule(run)
         self.card = model_card(run)
         self.reference = run.shift_reference()
@@ -268,7 +271,7 @@ class Service:
                 from cxrkit.explain.cam import heatmaps
 
                 try:
-                    heat = heatmaps(self.run, images)
+                    heat = heatmaps(self.run, images, method=self.heatmap_method)
                 except ValueError as exc:  # the explainer refuses this model or image, with a reason
                     raise ApiError(422, "explain_failed", f"no heat map for this model: {exc}") from exc
         labels = self.run.decision_labels(probs)
@@ -292,6 +295,7 @@ class Service:
                 from cxrkit.explain.overlay import overlay_png
 
                 result["overlay_png"] = base64.b64encode(overlay_png(images[i], heat[i])).decode("ascii")
+                result["overlay_method"] = self.heatmap_method
             results.append(result)
         return {"model": {**self.identity, "engine": self.run.engine}, "results": results}
 
@@ -446,7 +450,8 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
 
     @app.post("/v1/predict", summary="classify one or more uploaded radiographs (PNG, JPEG, BMP, TIFF or DICOM)")
     async def predict(request: Request, files: list[UploadFile] = File(..., description="one or more image files"),
-                      explain: bool = Query(False, description="add a Grad-CAM overlay (PNG, base64) per image"),
+                      explain: bool = Query(False, description="add a heat-map overlay (PNG, base64) per image, and overlay_method: occlusion for "
+                                                              "the small models, Grad-CAM for the pretrained ones"),
                       preview: bool = Query(False, description="add the image as the model sees it (PNG, base64)")) -> dict:
         # A misspelt ?explian=true was ignored and the answer came without its heat maps; a repeated one took its last value.
         params = request.query_params
