@@ -525,3 +525,16 @@ def test_referral_on_a_multilabel_run_says_it_needs_a_binary_run(tiny_run, tmp_p
     # Was "has no validation predictions in predictions.csv to choose the band on, and its training data is not at hand".
     assert main(["referral", str(run), "npv:0.98"]) == 2
     assert capsys.readouterr().err.strip() == f"error: a referral band needs a binary run (one disease against normal); {run} is a multilabel run"
+
+
+def test_rows_that_are_not_probabilities_of_one_class_are_not_decided(tiny_run):
+    import cxrkit
+
+    run = cxrkit.load(tiny_run)
+    # [0.9, 0.9] was decided "tb" and [0, 0] "healthy": scores of two models, or logits squashed one by one, not one image's classes
+    for rows in ([[0.9, 0.9]], [[0.0, 0.0]]):
+        with pytest.raises(ValueError, match="summing to 1; row 0 sums to"):
+            run.decision_labels(np.array(rows))
+        with pytest.raises(ValueError, match="summing to 1"):
+            run.decide(np.array(rows))
+    assert run.decision_labels(np.array([[0.25, 0.75], [1.0, 0.0]]))[1] == "healthy"

@@ -292,3 +292,43 @@ def test_a_decoder_error_on_a_damaged_file_is_a_422_not_a_500(client, sample_png
     assert r.status_code == 422, r.text  # before: 500 internal_error
     err = r.json()["error"]
     assert err["code"] == "undecodable_image" and err["file"] == "bad.dcm" and "Unknown Value Representation 'ZZ'" in err["message"]
+
+
+def test_the_page_styles_refer_and_findings_apart_from_negatives_and_its_csv_quotes_formulas():
+    """app.js's decision style and CSV cells, run in Node (skipped without it): "refer" and a multi-label run's findings were
+    shown in the green of a negative call, and a file named =HYPERLINK(...) ran as a formula in the downloaded CSV."""
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    js = (Path(__import__("cxrkit").__file__).parent / "serve" / "static" / "app.js").read_text()
+
+    def function(name: str) -> str:
+        start = js.index(f"function {name}(")
+        return js[start : js.index("\n}\n", start) + 2]
+
+    cases = {
+        "refer": ["decisionStyle", {"label": "refer", "rule": "youden"}, "tb"],
+        "tb": ["decisionStyle", {"label": "tb", "rule": "youden"}, "tb"],
+        "healthy": ["decisionStyle", {"label": "healthy", "rule": "youden"}, "tb"],
+        "finding": ["decisionStyle", {"label": "Effusion", "rule": "per-finding thresholds"}, None],
+        "no finding": ["decisionStyle", {"label": "", "rule": "per-finding thresholds"}, None],
+        "multiclass": ["decisionStyle", {"label": "covid", "rule": "most probable class"}, None],
+    }
+    script = function("decisionStyle") + function("csvCell") + f"""
+const cases = {json.dumps(cases)};
+const out = {{}};
+for (const [k, [f, d, p]] of Object.entries(cases)) out[k] = decisionStyle(d, p);
+out.formula = csvCell('=HYPERLINK("http://x","y").png');
+out.plain = csvCell("a.png");
+out.number = csvCell(0.25);
+console.log(JSON.stringify(out));
+"""
+    got = json.loads(subprocess.run([node, "-e", script], capture_output=True, text=True, check=True).stdout)
+    assert {k: got[k] for k in cases} == {"refer": "refer", "tb": "positive", "healthy": "negative", "finding": "positive",
+                                          "no finding": "negative", "multiclass": "neutral"}
+    assert got["formula"] == '"\'=HYPERLINK(""http://x"",""y"").png"' and got["plain"] == "a.png" and got["number"] == "0.25"

@@ -713,6 +713,13 @@ class Run:
         if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
             raise ValueError("probabilities must be finite numbers from 0 to 1 (a NaN row is an image that was not "
                              "classified, or a model whose weights diverged: drop or retrain, never decide on it)")
+        if self._task.one_label_per_image and len(probs):
+            # One class per image: each row sums to 1. [0.9, 0.9] was decided "tb", [0, 0] "healthy".
+            sums = probs.sum(axis=1)
+            bad = np.flatnonzero(np.abs(sums - 1) > 1e-3)
+            if len(bad):
+                raise ValueError(f"each row must hold the probabilities of the {k} classes, summing to 1; row {bad[0]} sums to "
+                                 f"{sums[bad[0]]:.4g} ({len(bad)} such rows): pass what predict_arrays returns, not scores or logits")
         return probs
 
     def decide(self, probs: np.ndarray) -> np.ndarray:

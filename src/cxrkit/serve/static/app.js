@@ -45,13 +45,21 @@ function thresholdText(t) {
   return "";
 }
 
+// Red for the disease or a finding, amber for "refer" (a reader decides), green only for a binary run's negative class;
+// "refer" and a multi-label run's findings were shown in the green of "healthy".
+function decisionStyle(decision, pos) {
+  if (decision.label === "refer") return "refer";
+  if (pos) return decision.label === pos ? "positive" : "negative";
+  if (decision.rule === "per-finding thresholds") return decision.label ? "positive" : "negative";
+  return "neutral";
+}
+
 function showResult(file, { result, model, note }) {
   const pos = result.decision.positive_class;
   const img = el("img", { src: `data:image/png;base64,${result.image_png}`, alt: `X-ray ${file.name} as the model sees it` });
   const facts = el("div", { class: "facts" });
   facts.append(el("h3", {}, file.name));
-  const isPos = pos && result.decision.label === pos;
-  facts.append(el("p", { class: isPos ? "positive decision" : "negative decision" }, result.decision.words));
+  facts.append(el("p", { class: `${decisionStyle(result.decision, pos)} decision` }, result.decision.words));
   const probs = el("ul", { class: "probabilities" });
   for (const [c, p] of Object.entries(result.probabilities)) probs.append(el("li", {}, `P(${c}) = ${p.toFixed(3)}`));
   facts.append(probs);
@@ -112,7 +120,9 @@ async function loadSample() {
 const rows = [];
 
 function csvCell(v) {
-  const t = v === null || v === undefined ? "" : String(v);
+  let t = v === null || v === undefined ? "" : String(v);
+  // A file named =HYPERLINK(...).png would run as a formula in a spreadsheet (OWASP CSV injection): quoted as text.
+  if (/^[=+\-@\t\r]/.test(t)) t = `'${t}`;
   return /[",\n\r]/.test(t) ? `"${t.replace(/"/g, '""')}"` : t;
 }
 
