@@ -332,3 +332,18 @@ console.log(JSON.stringify(out));
     assert {k: got[k] for k in cases} == {"refer": "refer", "tb": "positive", "healthy": "negative", "finding": "positive",
                                           "no finding": "negative", "multiclass": "neutral"}
     assert got["formula"] == '"\'=HYPERLINK(""http://x"",""y"").png"' and got["plain"] == "a.png" and got["number"] == "0.25"
+
+
+@pytest.mark.parametrize("origin, words", [
+    ("http://ok.example/", "not an origin as browsers send it"),  # a trailing slash never matches a browser's Origin header
+    ("ok.example", "not an origin as browsers send it"),
+    ("null", "any sandboxed iframe or file:// page"),
+])
+def test_a_cors_origin_that_can_never_match_or_matches_any_sandbox_is_refused(origin, words, tiny_run, capsys):
+    from cxrkit.cli import main
+    from cxrkit.serve.app import check_cors_origins
+
+    assert main(["serve", str(tiny_run), "--cors-origin", origin]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --cors-origin") and words in err and "\n" not in err.strip()
+    assert check_cors_origins(["https://viewer.example.org", "http://localhost:8080", "http://[::1]:3000", "*"])

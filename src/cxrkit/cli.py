@@ -1255,7 +1255,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-connections", type=bounded_int(1, 1_000_000), default=4096,
                     help="open connections past which requests are answered 503 (default %(default)s)")
     sv.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
-                    help="allow browser calls from this origin (repeatable); CORS is off by default")
+                    help="allow browser calls from this origin, as browsers send it: scheme://host[:port], e.g. "
+                         "https://viewer.example.org (repeatable); CORS is off by default")
     _add_device_option(sv, "run the model on")
     sv.set_defaults(func=cmd_serve)
     au = sub.add_parser("audit", help="check a dataset for leakage, duplicates, corrupt files and non-anatomical shortcuts",

@@ -16,6 +16,7 @@ import base64
 import io
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from importlib import resources
@@ -387,6 +388,21 @@ def resolve_api_key(api_key: str | None) -> str | None:
     return key.strip()
 
 
+_ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+
+
+def check_cors_origins(origins: list[str] | None) -> list[str] | None:
+    """Origins as a browser sends them (``scheme://host[:port]``, or ``*``); others are refused in one line: with a trailing
+    slash or no scheme an origin never matches, so CORS silently never worked, and ``null`` let any sandboxed page in."""
+    for origin in origins or []:
+        if origin == "null":
+            raise ValueError("--cors-origin null would let any sandboxed iframe or file:// page call the API; name the page's origin")
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise ValueError(f"--cors-origin {origin!r} is not an origin as browsers send it: scheme://host[:port], without a path or a "
+                             "trailing slash, e.g. https://viewer.example.org")
+    return origins
+
+
 def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = None, limits: Limits | None = None,
                cors_origins: list[str] | None = None, device: str = "cpu") -> FastAPI:
     """The FastAPI app serving the run in ``run_dir``; the model is loaded here, once.
@@ -397,6 +413,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
     """
     limits = limits or Limits()
     api_key = resolve_api_key(api_key)
+    cors_origins = check_cors_origins(cors_origins)
     service = Service(Run.load(run_dir, engine=engine, device=device), limits)
     # redirect_slashes off: /v1/predict/ was a 307 whose Location was built from the request's own Host header.
     app = FastAPI(title="cxrkit", version=__version__, docs_url=None, redoc_url=None, redirect_slashes=False,  # /docs: offline, below
