@@ -4,6 +4,8 @@ traceback, or (a NaN score) a loop that never ended."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,33 @@ def test_valid_inputs_keep_their_figures_and_bool_labels_are_classes():
     assert delong_interval(Y, tied)[0] == pytest.approx(roc_auc_score(Y, tied))
     # "labels must be class indices 0..1" for bool labels
     assert fit_calibration(Y.astype(bool), np.c_[1 - P, P], "platt").method == "platt"
+
+
+def test_settings_of_the_interval_and_study_size_functions_are_checked():
+    from cxrkit.metrics.calibration import expected_calibration_error
+    from cxrkit.metrics.intervals import wilson_interval
+    from cxrkit.metrics.sample_size import auc_standard_error, cases_for_proportion, images_for_auc, wilson_width
+
+    for call, words in ((lambda: wilson_interval(3, 10, 95), "not 95"),  # gave (0.0, 1.0) without a word
+                        (lambda: cases_for_proportion(0.9, 0.05, 95), "not 95"),  # OverflowError
+                        (lambda: images_for_auc(0.9, 0.1, 0.05, 95), "not 95"),
+                        (lambda: wilson_width(0.5, 0), "at least 1"),  # ZeroDivisionError
+                        (lambda: auc_standard_error(0.9, 0, 10), "at least one positive"),
+                        (lambda: expected_calibration_error(Y, np.c_[1 - P, P], n_bins=0), "n_bins must be")):
+        with pytest.raises(ValueError, match=words):
+            call()
+    assert cases_for_proportion(0.9, 0.05) > 100
+
+
+def test_dataset_and_config_settings_from_python_are_checked(tmp_path):
+    from cxrkit.config import ConfigError, TrainConfig
+    from cxrkit.data.dataset import load_dataset
+
+    for kw in ({"image_size": 0}, {"image_size": -1}, {"image_size": 32, "seed": -1}):  # ZeroDivisionError, numpy's, sklearn's
+        with pytest.raises(ValueError, match="must be a whole number"):
+            load_dataset(tmp_path, progress=False, **kw)
+    assert TrainConfig(data="d", image_size=np.int64(96), lr=np.float32(0.5)).image_size == 96  # numbers from numpy are numbers
+    for kw, words in (({"data": " "}, "data must name a dataset folder"), ({"data": "d", "positive": ""}, "positive (--positive) must not be blank"),
+                      ({"data": "d", "augment": None}, "augment must be an AugmentConfig")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            TrainConfig(**kw)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
 
 from cxrkit.data.augment import AugmentConfig, default_augment
@@ -140,6 +141,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
             self.augment = _validated(AugmentConfig, _over_default(self.augment), "augment.")
+        if not isinstance(self.augment, AugmentConfig):  # None or a list: "must be called with a dataclass type or instance"
+            raise ConfigError(f"augment must be an AugmentConfig or a dict of its strengths, got {self.augment!r}")
         _check_types(self)
         _check_types(self.augment, "augment.")
         from cxrkit.metrics.thresholds import parse_rule
@@ -167,7 +170,7 @@ class TrainConfig:
                 raise ConfigError(f"referral: {exc}") from None
         checks = [
             (MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE, f"image_size must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"),
-            (bool(self.data), "data must name a dataset folder, .zip, .npz or label table's image folder"),
+            (bool(str(self.data).strip()), "data must name a dataset folder, .zip, .npz or label table's image folder"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 2, "batch_size must be at least 2 (batch norm needs two images)"),
             (0 < self.lr <= 1e6, "lr must be a positive number up to 1e6 (1e-3 is usual; larger ones overflow, and large ones diverge)"),
@@ -404,6 +407,8 @@ def _validated(cls: type, d: dict, prefix: str = "") -> Any:
 
 
 _SCALARS = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+# Left to their own checks: '' is read as no pattern (and stored as null); data and out say what they must name.
+_BLANK_MEANS_NONE = {"group_pattern", "data", "out"}
 
 
 def _check_types(obj: Any, prefix: str = "") -> None:
@@ -414,9 +419,18 @@ def _check_types(obj: Any, prefix: str = "") -> None:
         v = getattr(obj, f.name)
         if want is None or (v is None and "None" in str(f.type)):
             continue
+        if want in (int, float) and isinstance(v, (np.integer, np.floating)) and not isinstance(v, np.bool_):
+            # np.int64(128) from a notebook's array is a number: stored as Python's, so config.yaml can write it
+            if want is int and isinstance(v, np.floating) or not np.isfinite(v):
+                raise ConfigError(f"{prefix}{f.name} must be {'a whole number' if want is int else 'a finite number'}, got {v!r}")
+            v = want(v)
+            object.__setattr__(obj, f.name, v)
         ok = isinstance(v, _SCALARS[want]) and (want is bool or not isinstance(v, bool))
         if not ok:
             raise ConfigError(f"{prefix}{f.name} must be {'a number' if want is float else want.__name__}, got {v!r}")
+        if want is str and not v.strip() and f.name not in _BLANK_MEANS_NONE:
+            # data=" " or positive="" were accepted, to fail (or be ignored) later
+            raise ConfigError(f"{prefix}{f.name} must not be blank" + ("; leave it out (None) for none" if "None" in str(f.type) else ""))
 
 
 def cpu_bf16() -> bool:

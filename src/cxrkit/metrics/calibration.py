@@ -75,6 +75,8 @@ def reliability_bins(y: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> dict
 
 def expected_calibration_error(y: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:
     """ECE: the count-weighted mean |observed frequency - mean predicted probability| over equal-width bins."""
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be a whole number of bins, at least 1, got {n_bins!r}")
     y, probs = _labelled(y, probs)
     conf, hit = _confidence_and_hit(y, probs)
     return _binned_ece(_bin_of(conf, n_bins), hit - conf, n_bins)

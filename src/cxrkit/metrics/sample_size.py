@@ -21,14 +21,18 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from scipy.stats import norm
 
+from cxrkit.metrics.inputs import confidence_level
 from cxrkit.metrics.intervals import wilson_bounds
 
 
 def wilson_width(p: float, n: int, confidence: float = 0.95) -> float:
     """Width of the Wilson interval when ``n`` cases show the proportion ``p`` (clipped to [0, 1] as reported)."""
-    lo, hi = wilson_bounds(p, n, confidence)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a whole number of cases, at least 1, got {n!r}")
+    lo, hi = wilson_bounds(p, n, confidence_level(confidence))
     return hi - lo
 
 
@@ -49,11 +53,14 @@ def cases_for_proportion(p: float, half_width: float, confidence: float = 0.95) 
     """The fewest cases whose Wilson interval at the proportion ``p`` is at most ``2 * half_width`` wide."""
     _check_unit("the anticipated proportion", p, closed=True)
     _check_half_width(half_width)
+    confidence = confidence_level(confidence)  # 95 for 0.95: an OverflowError
     return _smallest(lambda n: wilson_width(p, n, confidence) <= 2 * half_width, 1)
 
 
 def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
     """Hanley and McNeil's standard error of an ROC-AUC estimated from ``positives`` and ``negatives``."""
+    if min(positives, negatives) < 1:
+        raise ValueError(f"an AUC needs at least one positive and one negative image, got {positives} and {negatives}")
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
     var = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) / (positives * negatives)
     return math.sqrt(max(var, 0.0))
@@ -64,7 +71,7 @@ def images_for_auc(auc: float, prevalence: float, half_width: float, confidence:
     _check_unit("the anticipated ROC-AUC", auc, closed=False, low=0.5)
     _check_unit("prevalence", prevalence, closed=False)
     _check_half_width(half_width)
-    z = norm.ppf(0.5 + confidence / 2)
+    z = norm.ppf(0.5 + confidence_level(confidence) / 2)
 
     def split(total: int) -> tuple[int, int]:
         pos = max(1, round(total * prevalence))
