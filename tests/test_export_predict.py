@@ -205,3 +205,29 @@ def test_parallel_decoding_gives_the_same_probabilities(tiny_run, binary_data):
     threaded, e1 = run.predict_files(paths, batch_size=6, workers=3)
     assert not e0 and not e1
     np.testing.assert_array_equal(serial, threaded)
+
+
+def test_an_interrupted_int8_export_leaves_no_temporary_file_and_a_recorded_model_onnx(tiny_run, tmp_path, monkeypatch, capsys):
+    import errno
+    import shutil
+
+    import cxrkit.export.onnx as onnx_export
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("checkpoint", "*.onnx"))
+    monkeypatch.setattr(onnx_export, "roc_auc", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))  # Ctrl-C while measuring
+    assert main(["export", str(copy), "--quantize", "int8"]) == 130
+    assert sorted(p.name for p in copy.glob("model*.onnx*")) == ["model.onnx"]  # model.int8.onnx.tmp-PID was left behind
+    # the model.onnx in place is the one its record names (it was written, the record not yet)
+    assert Run.load(copy, engine="onnx").engine == "onnxruntime (model.onnx)"
+    assert set(json.loads((copy / "meta.json").read_text())["onnx_sha256"]) == {"model.onnx"}
+    monkeypatch.undo()
+    capsys.readouterr()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx_export, "_export_graph", full)
+    assert main(["export", str(copy), "--out", str(tmp_path / "elsewhere.onnx")]) == 2
+    # was "error: No space left on device", naming no file
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'elsewhere.onnx'}: cannot be written (No space left on device)"

@@ -113,37 +113,39 @@ def _quantize(run: Run, src: Path, dst: Path) -> dict:
 
     tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
     pre = dst.with_name(dst.name + f".pre-{os.getpid()}")
-    try:
+    try:  # both removed however it ends: Ctrl-C during the AUC measurement left the quantised graph under its temporary name
         # Shape inference and graph fusion first, as ONNX Runtime recommends before quantising.
         quant_pre_process(str(src), str(pre))
         quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8)
+        pre.unlink(missing_ok=True)
+        report = {"method": "dynamic int8 (onnxruntime.quantization.quantize_dynamic, QInt8 weights)"}
+        try:
+            from cxrkit.run import load_run_dataset
+
+            ds, _ = load_run_dataset(run, progress=False)
+            idx = ds.index("val")
+            images, y = np.asarray(ds.images[idx]), ds.labels[idx]
+        except Exception as exc:  # the training data may be gone or elsewhere; quantising still works
+            report["note"] = f"validation data not available, AUC cost not measured ({exc})"
+        else:
+            fp32 = run.predict_arrays(images)
+            onnx_before = run.onnx
+            run.onnx = OnnxModel(tmp)
+            try:
+                int8 = run.predict_arrays(images)
+            finally:
+                run.onnx = onnx_before
+            a32, a8 = roc_auc(y, fp32, run.task), roc_auc(y, int8, run.task)
+            report.update(split="val", n=int(len(y)), auc_fp32=a32, auc_int8=a8,
+                          auc_change=None if a32 is None or a8 is None else a8 - a32,
+                          max_abs_prob_diff=float(np.abs(fp32 - int8).max()))
+        meta = {**onnx_metadata(run), "quantization": report}
+        _write_metadata(tmp, meta)
+        os.replace(tmp, dst)
+        return report
     finally:
         pre.unlink(missing_ok=True)
-    report = {"method": "dynamic int8 (onnxruntime.quantization.quantize_dynamic, QInt8 weights)"}
-    try:
-        from cxrkit.run import load_run_dataset
-
-        ds, _ = load_run_dataset(run, progress=False)
-        idx = ds.index("val")
-        images, y = np.asarray(ds.images[idx]), ds.labels[idx]
-    except Exception as exc:  # the training data may be gone or elsewhere; quantising still works
-        report["note"] = f"validation data not available, AUC cost not measured ({exc})"
-    else:
-        fp32 = run.predict_arrays(images)
-        onnx_before = run.onnx
-        run.onnx = OnnxModel(tmp)
-        try:
-            int8 = run.predict_arrays(images)
-        finally:
-            run.onnx = onnx_before
-        a32, a8 = roc_auc(y, fp32, run.task), roc_auc(y, int8, run.task)
-        report.update(split="val", n=int(len(y)), auc_fp32=a32, auc_int8=a8,
-                      auc_change=None if a32 is None or a8 is None else a8 - a32,
-                      max_abs_prob_diff=float(np.abs(fp32 - int8).max()))
-    meta = {**onnx_metadata(run), "quantization": report}
-    _write_metadata(tmp, meta)
-    os.replace(tmp, dst)
-    return report
+        tmp.unlink(missing_ok=True)
 
 
 def _check_out(out: Path) -> None:
@@ -188,16 +190,23 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, quantize: st
                 raise ExportError(f"ONNX export does not match PyTorch: max abs probability difference {diff:.2e} > {tolerance:.0e} "
                                   f"on {len(images)} sample images; the ONNX file was not written")
             os.replace(tmp, out)
+        except OSError as exc:  # a full disk said "No space left on device" and no more: which file
+            if exc.filename:
+                raise
+            raise OSError(exc.errno, f"cannot be written ({exc.strerror or exc})", str(out)) from None
         finally:
             tmp.unlink(missing_ok=True)
         # Only RUN/model.onnx is what predict and serve pick up; a copy elsewhere is for other ONNX consumers.
         result = {"path": str(out), "max_abs_diff": diff, "samples": len(images), "used_by_run": out.resolve() == (run.path / ONNX_FILE).resolve()}
+
+        def record(name: str, path: Path) -> None:
+            if result["used_by_run"]:  # the files predict and serve will load: meta.json names them by hash
+                run.record.onnx_sha256 = {**(run.record.onnx_sha256 or {}), name: file_sha256(path)}
+                run.save_record()
+
+        # Recorded as soon as it is in place: stopped during the quantisation, the run held a model.onnx its record did not name.
+        record(ONNX_FILE, out)
         if quantize == "int8":
             result["quantized"] = {"path": str(out.with_name(INT8_FILE)), **_quantize(run, out, out.with_name(INT8_FILE))}
-        if result["used_by_run"]:  # the files predict and serve will load: meta.json names them by hash
-            written = {ONNX_FILE: file_sha256(out)}
-            if quantize == "int8":
-                written[INT8_FILE] = file_sha256(out.with_name(INT8_FILE))
-            run.record.onnx_sha256 = {**(run.record.onnx_sha256 or {}), **written}
-            run.save_record()
+            record(INT8_FILE, out.with_name(INT8_FILE))
         return result
