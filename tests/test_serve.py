@@ -347,3 +347,9 @@ def test_a_cors_origin_that_can_never_match_or_matches_any_sandbox_is_refused(or
     err = capsys.readouterr().err
     assert err.startswith("error: --cors-origin") and words in err and "\n" not in err.strip()
     assert check_cors_origins(["https://viewer.example.org", "http://localhost:8080", "http://[::1]:3000", "*"])
+
+
+def test_a_part_header_too_long_to_parse_is_said_in_words(client, sample_png):
+    r = client.post("/v1/predict", files={"files": ("a" * 9000 + ".png", sample_png, "image/png")})
+    # was 400 {"code": "http_error", "message": "Invalid multipart data."}
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_multipart" and "over 8 KB" in r.json()["error"]["message"]

@@ -445,6 +445,10 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
         detail = str(exc.detail)
         if "Maximum number of files" in detail:  # Starlette's own cap (1000), not the service's
             return error_response(400, "too_many_files", f"more than 1000 files; at most {limits.max_files} per request")
+        if detail == "Invalid multipart data.":  # python-multipart's one word for every malformed body
+            return error_response(400, "invalid_multipart", "the multipart body could not be parsed: a part's headers over 8 KB (a very "
+                                                            "long file name), or a malformed body; send each image as a 'files' part "
+                                                            "(curl -F files=@image.png)")
         response = error_response(exc.status_code, "http_error", detail)
         response.headers.update(exc.headers or {})  # a 405 must name the methods allowed (Allow)
         return response
