@@ -128,7 +128,7 @@ def test_damaged_headers_are_one_files_decode_error(tmp_path):
     from PIL import Image
 
     buf = io.BytesIO()
-    frames = [Image.fromarray(np.zeros((8, 8), np.uint8))] * 2
+    frames = [Image.fromarray(np.zeros((32, 32), np.uint8))] * 2  # over 16 px a side: refused for its damage, not its size
     frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])
     tif = bytearray(buf.getvalue())
     first = struct.unpack("<I", tif[4:8])[0]

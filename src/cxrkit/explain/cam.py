@@ -51,7 +51,9 @@ class _Explainer:
     def __init__(self, run: Run) -> None:
         # Heat maps are computed on the CPU whatever device the run predicts on (a few images at a time).
         self.scores = _ClassScores(copy.deepcopy(run.model).cpu(), run.task == "binary").eval()
-        self.layer = _pick_layer(self.scores.net, get_spec(run.meta["model"]).cam_layers, run.preprocessing.image_size)
+        layers = get_spec(run.meta["model"]).cam_layers
+        # None for a model without convolutional blocks (mlp): occlusion only, which needs no layer.
+        self.layer = _pick_layer(self.scores.net, layers, run.preprocessing.image_size) if layers else None
         self.lock = threading.Lock()
         self._cams: dict[str, object] = {}
 
