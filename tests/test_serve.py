@@ -115,14 +115,21 @@ def test_request_shape_errors(client, sample_png):
     r = client.post("/v1/predict", content=b"x" * 10, headers={"content-length": str(10**9), "content-type": "multipart/form-data; boundary=zz"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
-    def streamed():  # chunked upload with no Content-Length: cut off once past the limit (4 x 200 kB + 64 kB)
-        yield b'--zz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
-        for _ in range(100):
-            yield b"\0" * 10_000
-        yield b"\r\n--zz--\r\n"
+    def streamed(parts: int, size: int):  # chunked upload with no Content-Length
+        for k in range(parts):
+            yield f'--zz\r\nContent-Disposition: form-data; name="files"; filename="{k}.png"\r\n\r\n'.encode()
+            for _ in range(size // 10_000):
+                yield b"\0" * 10_000
+            yield b"\r\n"
+        yield b"--zz--\r\n"
 
-    r = client.post("/v1/predict", content=streamed(), headers={"content-type": "multipart/form-data; boundary=zz"})
+    # five files under the file limit: cut off once past the request's (4 x 200 kB + 64 kB)
+    r = client.post("/v1/predict", content=streamed(5, 190_000), headers={"content-type": "multipart/form-data; boundary=zz"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    # one file far over the file limit: stopped as it streams (it was spooled to disk whole, up to the request limit, first)
+    r = client.post("/v1/predict", content=streamed(1, 800_000), headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert r.status_code == 413 and r.json()["error"] == {"code": "file_too_large", "file": None,
+                                                          "message": "a file is over the limit of 200,000 bytes; the upload was stopped there"}
     assert client.get("/nowhere").status_code == 404
     assert client.get("/static/../app.py").status_code == 404
 

@@ -106,6 +106,9 @@ class BodyLimit:
         await self.app(scope, limited, own.send)
 
 
+PART_HEADERS = 64 * 1024  # allowance for a part's boundary and headers beside its file's bytes
+
+
 class CompleteMultipart:
     """ASGI middleware: a multipart body must reach its closing boundary, and no part may follow it; else 400.
 
@@ -114,8 +117,8 @@ class CompleteMultipart:
     200 for the first file alone, the rest dropped without a word.
     """
 
-    def __init__(self, app) -> None:
-        self.app = app
+    def __init__(self, app, max_part_bytes: int | None = None) -> None:
+        self.app, self.max_part_bytes = app, max_part_bytes
 
     async def __call__(self, scope, receive, send) -> None:
         boundary = _multipart_boundary(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -136,12 +139,30 @@ class CompleteMultipart:
             own.response = error_response(400, "malformed_multipart", message)
             return ApiError(400, "malformed_multipart", message)
 
+        since = 0  # bytes since the last boundary: the part being received
+
         async def checked():
-            nonlocal tail, closed
+            nonlocal tail, closed, since
             message = await receive()
             if message["type"] != "http.request":
                 return message
-            data = tail + message.get("body", b"")
+            body = message.get("body", b"")
+            data = tail + body
+            cuts, at = [], data.find(delimiter)
+            while at >= 0:
+                cuts.append(at)
+                at = data.find(delimiter, at + len(delimiter))
+            if cuts:  # the part that ends here, the parts wholly inside this chunk, and the one it opens
+                longest = max([since + cuts[0] - len(tail), *(b - a for a, b in zip(cuts, cuts[1:])), len(data) - cuts[-1]])
+                since = len(data) - cuts[-1]
+            else:
+                since += len(body)
+                longest = since
+            if self.max_part_bytes and longest > self.max_part_bytes:
+                # Stopped as it streams: a 300 MB file was spooled to disk whole before its 413 (16 of them fit the request limit).
+                message_413 = f"a file is over the limit of {self.max_part_bytes - PART_HEADERS:,} bytes; the upload was stopped there"
+                own.response = error_response(413, "file_too_large", message_413)
+                raise ApiError(413, "file_too_large", message_413)
             if not closed and (at := data.find(close)) >= 0:
                 closed, data = True, data[at + len(close):]
             if closed and delimiter in data:
@@ -421,7 +442,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
                               f"({service.identity['architecture']}, version {service.identity['version']}). Not a medical device.")
     app.state.service = service
     add_offline_docs(app)
-    app.add_middleware(CompleteMultipart)
+    app.add_middleware(CompleteMultipart, max_part_bytes=limits.max_file_bytes + PART_HEADERS)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(ApiKeyGate, api_key=api_key)  # outside the body limit: no key, no body read
     app.add_middleware(OneBodyLength)  # outermost: an ambiguous body length is refused before anything reads it
