@@ -27,7 +27,7 @@ def explain_files(run: Run, paths: list[Path], out: str | Path, method: str = "a
     them; returns one row per image
     with its probabilities, decision, written files and ``no_heat`` (the classes whose map is zero everywhere), or the decode
     error. ``progress`` shows a bar per image
-    (occlusion makes about 400 forward passes per image, so a folder can take minutes)."""
+    (occlusion makes about 260 forward passes per image, so a folder can take minutes)."""
     out = Path(out)
     if out.exists() and not out.is_dir():  # was "afile: File exists" from mkdir
         raise FileExistsError(f"--out {out} is a file; give a folder for the overlays")
