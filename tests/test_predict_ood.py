@@ -177,3 +177,22 @@ def test_a_runs_own_images_do_not_differ_from_its_training_data_when_their_stati
     ref = json.loads(json.dumps(build_reference(images, np.arange(80) % 2, ["a", "b"])))  # as stored and read back
     result = check_shift(ref, images, np.arange(80) % 2, ["a", "b"])
     assert not result["warning"], result["message"]
+
+
+def test_a_multi_site_reference_says_which_training_site_incoming_images_resemble():
+    from cxrkit.data.shift import build_reference, check_shift
+    from cxrkit.data.synthetic import synthetic_cxr
+
+    rng = np.random.default_rng(0)
+    dark = np.stack([synthetic_cxr(rng, 48) // 2 for _ in range(60)])
+    bright = np.stack([np.clip(synthetic_cxr(rng, 48).astype(int) + 90, 0, 255).astype(np.uint8) for _ in range(60)])
+    labels = np.arange(60) % 2
+    ref = build_reference(np.concatenate([dark, bright]), np.r_[labels, labels], ["healthy", "tb"])
+    # per_site was written into shift_reference.json by every multi-site training and read by nothing
+    ref["per_site"] = {"alpha": build_reference(dark, labels, ["healthy", "tb"])["overall"],
+                       "beta": build_reference(bright, labels, ["healthy", "tb"])["overall"]}
+    incoming = np.stack([np.clip(synthetic_cxr(rng, 48).astype(int) + 90, 0, 255).astype(np.uint8) for _ in range(40)])
+    result = check_shift(ref, incoming)
+    assert result["nearest_site"] == "beta" and result["site_distance"]["beta"] < result["site_distance"]["alpha"]
+    assert "of the training sites they look most like beta (mean KS D" in result["message"]
+    assert "nearest_site" not in check_shift({k: v for k, v in ref.items() if k != "per_site"}, incoming)  # one site: nothing to say

@@ -144,19 +144,36 @@ def check_stats(ref: dict, stats: dict[str, np.ndarray]) -> dict:
 def check_shift(ref: dict, images: np.ndarray, labels: np.ndarray | None = None, class_names: list[str] | None = None) -> dict:
     """Compare incoming uint8 images (and, with labels, each class) with a training reference.
 
-    Returns ``{"checked": n, "warning": bool, "findings": [...], "message": str}``; fewer than
-    ``MIN_IMAGES`` images are too few to test and give ``checked`` with no warning.
+    Returns ``{"checked": n, "warning": bool, "findings": [...], "message": str}``, and for a run trained on several sites
+    the training site they resemble most (:func:`nearest_site`); fewer than ``MIN_IMAGES`` images are too few to test and give
+    ``checked`` with no warning.
     """
     stats = image_stats(images)
     result = check_stats(ref, stats)
+    if result["checked"] >= MIN_IMAGES:
+        result.update(nearest_site(ref, stats))
     if result["checked"] < MIN_IMAGES or labels is None or class_names is None:
-        return result
+        return {**result, "message": result["message"] + result.get("site_sentence", "")}
     findings = result["findings"]
     for c, name in enumerate(class_names):
         sel = np.flatnonzero(labels == c)
         if len(sel) >= MIN_IMAGES and name in ref.get("per_class", {}):
             findings += _findings(ref["per_class"][name], _select(stats, sel), f"class {name}")
-    return {**result, "warning": bool(findings), "findings": findings, "message": describe(findings)}
+    return {**result, "warning": bool(findings), "findings": findings, "message": describe(findings) + result.get("site_sentence", "")}
+
+
+def nearest_site(ref: dict, stats: dict[str, np.ndarray]) -> dict:
+    """For a run trained on several sites: which site's training images the incoming ones resemble most (the mean KS D over
+    the image statistics against each site's), and a sentence for the shift message. Empty for a one-site run."""
+    sites = ref.get("per_site") or {}
+    if len(sites) < 2:
+        return {}
+    distance = {site: round(float(np.mean([ks_test(np.asarray(r[k]), np.round(stats[k], 5)).statistic for k in STATS])), 3)
+                for site, r in sites.items()}
+    order = sorted(distance, key=distance.get)
+    others = ", ".join(f"{s} {distance[s]:.2f}" for s in order[1:])
+    return {"site_distance": distance, "nearest_site": order[0],
+            "site_sentence": f"; of the training sites they look most like {order[0]} (mean KS D {distance[order[0]]:.2f}; {others})"}
 
 
 def describe(findings: list[dict], limit: int = 3) -> str:
