@@ -52,6 +52,10 @@ def test_both_body_lengths_are_refused_and_a_trailing_slash_is_not_redirected(ke
     # Content-Length with Transfer-Encoding: chunked was accepted (request smuggling behind a proxy that reads the other one).
     status, asked = _call(keyed_app, "/v1/predict", [(b"transfer-encoding", b"chunked"), (b"x-api-key", b"s3cret")])
     assert (status, asked) == (400, 0)
+    # Two Host fields were answered 200 (RFC 9112 3.2: 400); one Host is fine
+    status, asked = _call(keyed_app, "/healthz", [(b"host", b"a"), (b"host", b"b")], method="GET")
+    assert (status, asked) == (400, 0)
+    assert _call(keyed_app, "/healthz", [(b"host", b"a")], method="GET")[0] == 200
     with TestClient(keyed_app) as c:
         # /v1/predict/ was a 307 to a Location built from the request's Host header
         r = c.post("/v1/predict/", headers={"X-API-Key": "s3cret", "Host": "evil.example"}, follow_redirects=False)

@@ -91,18 +91,23 @@ class ApiKeyGate:
 
 
 class OneBodyLength:
-    """ASGI middleware: a request that gives both Content-Length and Transfer-Encoding is refused (400) and closed.
+    """ASGI middleware: a request that gives both Content-Length and Transfer-Encoding, or two Host fields, is refused (400)
+    and closed.
 
     RFC 9112 (6.3) lets Transfer-Encoding win but calls such a message a likely request-smuggling attempt, to be handled as
-    an error: a proxy in front that reads the other header would see other requests in the same bytes."""
+    an error: a proxy in front that reads the other header would see other requests in the same bytes. RFC 9112 (3.2)
+    requires a 400 for more than one Host field, which h11 let through: a proxy and this server could read different hosts."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        names = {k.lower() for k, _ in scope.get("headers") or []} if scope["type"] == "http" else set()
+        names = [k.lower() for k, _ in scope.get("headers") or []] if scope["type"] == "http" else []
         if b"content-length" in names and b"transfer-encoding" in names:
             await _closing(400, "bad_http_request", "a request may give Content-Length or Transfer-Encoding, not both")(scope, receive, send)
+            return
+        if names.count(b"host") > 1:
+            await _closing(400, "bad_http_request", "a request gives one Host header field, not several")(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
