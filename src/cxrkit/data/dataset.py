@@ -298,11 +298,12 @@ def load_dataset(
     files to a group ID for copies (or None): when cxrkit cuts the splits itself, each group is kept in one split like
     a patient's images, so the cut never puts a copy on both sides.
     """
-    from cxrkit.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from cxrkit.data.spec import MAX_IMAGE_SIZE
 
-    # Checked here, as TrainConfig checks them: 0 was a ZeroDivisionError, -1 "negative dimensions", seed -1 scikit-learn's error.
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise ValueError(f"image_size must be a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {image_size!r}")
+    # Checked here: 0 was a ZeroDivisionError, -1 "negative dimensions", seed -1 scikit-learn's error. (Training asks for at
+    # least 16 px; reading a dataset at a smaller size, for an audit or a test, is allowed.)
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"image_size must be a whole number from 1 to {MAX_IMAGE_SIZE}, got {image_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be a whole number from 0 to 2**32 - 1, got {seed!r}")
     plan = plan_dataset(data, positive, val_fraction, test_fraction, seed, group_pattern, cache_dir, class_names, class_map, labels,
