@@ -153,12 +153,24 @@ def test_explain_device_quiet_progress_and_skipped_files(tiny_run, mixed_folder,
     assert len(rows) == 4 and rows["broken.png"]["error"] and rows["broken.png"]["overlays"] == ""
     good = next(r for r in rows.values() if not r["error"])
     assert good["prediction"] in ("healthy", "tb") and all((out / name).is_file() for name in good["overlays"].split(";"))
+    # the decision and probability predict gives: explain scored one view (tta=False) against a threshold chosen on the run's
+    # test-time views, and 2 of 80 demo images got the other decision than predict's
+    import cxrkit
+    from cxrkit.run import Run
+
+    same = cxrkit.load(tiny_run).predict(good["path"])
+    assert float(good["prob_tb"]) == pytest.approx(same.probabilities["tb"], abs=1e-5) and good["prediction"] == same.decision
     assert bars[-1].total == 4 and bars[-1].done == 4 and bars[-1].disable is None
     assert main(["explain", str(tiny_run), str(folder), "--out", str(out), "--quiet"]) == 0
     std, err = capsys.readouterr()
     assert std == "" and bars[-1].disable is True and _skipped(err)
     assert main(["explain", str(tiny_run), str(folder), "--out", str(out), "--device", "gpu"]) == 2
     assert capsys.readouterr().err.strip() == "error: device must be auto, cpu, cuda or cuda:N, got 'gpu'"
+    asked = []
+    real = Run.predict_arrays
+    monkeypatch.setattr(Run, "predict_arrays", lambda self, x, **kw: asked.append(kw) or real(self, x, **kw))
+    export.explain_files(Run.load(tiny_run), [Path(good["path"])], tmp_path / "again")
+    assert asked and all(kw.get("tta", None) is None for kw in asked), asked
 
 
 # ---- train says after its first epoch how long the rest will take -------------------------------------------------

@@ -61,7 +61,7 @@ def _explain_batch(run: Run, paths: list[Path], out: Path, method: str, stems: d
     if not batch:
         return rows
     images = np.stack(batch)
-    probs = run.predict_arrays(images, tta=False)
+    probs = run.predict_arrays(images)  # as predict and serve: one view against a threshold chosen on the run's views flipped 2 of 80
     decisions = run.decide(probs)
     maps = {c: heatmaps(run, images, class_index=c, method=method) for c in range(len(run.classes))}
     for j, p in enumerate(kept):
