@@ -192,3 +192,23 @@ def test_shift_message_names_the_largest_differences_first_and_counts_the_rest()
     assert "mean brightness" not in msg and "dark level" not in msg
     assert msg.endswith("2 more differences recorded")
     assert "more" not in describe(findings[:3])
+
+
+def test_two_external_sets_of_one_folder_name_keep_their_own_results(internal_run, tmp_path):
+    import shutil
+
+    from cxrkit.evaluation.evaluate import external_key
+
+    _, _, run = internal_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoint"))
+    # Two sites' test/ folders: the second evaluation replaced the first's results without a word.
+    one = make_synthetic_dataset(tmp_path / "s1" / "test", n_per_class=12, size=48, seed=3, classes=("normal", "tb"), signal=1.0)
+    two = make_synthetic_dataset(tmp_path / "s2" / "test", n_per_class=15, size=48, seed=4, classes=("normal", "tb"), signal=1.0)
+    assert main(["evaluate", str(copy), str(one), "--explain", "none"]) == 0
+    assert main(["evaluate", str(copy), str(two), "--explain", "none"]) == 0
+    assert main(["evaluate", str(copy), str(one), "--explain", "none"]) == 0  # evaluated again: its own key, replaced
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert {k for k in metrics if k.startswith("external:")} == {"external:test", "external:s2/test"}
+    assert metrics["external:test"]["n"] != metrics["external:s2/test"]["n"]
+    assert external_key({"external:test": "/a/test", "external:b/test": "/x/b/test"}, Path("/b/test"), Path("/b/test")) == "external:b/test-2"

@@ -123,6 +123,19 @@ def compute_metrics(run: Run, y: np.ndarray, probs: np.ndarray, seed: int = 0) -
     return m
 
 
+def external_key(taken: dict[str, str], shown: Path, root: Path) -> str:
+    """The results key of an external dataset: ``external:<its folder's name>``, made longer when a dataset elsewhere of the
+    same name holds that key already (``taken``: key -> data path). Two sites' ``test/`` folders shared one key, and the
+    second evaluation replaced the first's results in metrics.json, predictions.csv and the report without a word."""
+    shown, root = Path(shown), Path(root)
+    names = [shown.name, f"{shown.parent.name}/{shown.name}"] + [f"{shown.parent.name}/{shown.name}-{i}" for i in range(2, 1000)]
+    for name in names:
+        key = f"external:{name}"
+        if taken.get(key, str(root)) == str(root):
+            return key
+    raise ValueError(f"too many external datasets named {shown.name} evaluated with this run")
+
+
 def validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
     """Labels and probabilities of the validation split as stored in predictions.csv (None if absent, or
     for a multi-label run, whose rows hold sets of findings)."""
@@ -317,7 +330,7 @@ def evaluate_run(
             notes.append("the dataset changed since training (files added, removed, resized or relabelled); split membership may differ")
         key = split
         if not same_data:
-            key = f"external:{ds.source.shown.name}"
+            key = external_key({e["split"]: e["data"] for e in run.record.evaluations}, ds.source.shown, ds.source.root)
             scope = "all its images" if split == "all" else f"its {SPLIT_WORDS.get(split, split)} split"
             notes.append(f"external data: {ds.source.shown}, {scope} (trained on {run.record.data.get('root')})")
         elif split == "all":

@@ -19,7 +19,7 @@ import numpy as np
 
 from cxrkit.data.intensity import normalize_intensity
 from cxrkit.data.perturb import standard_perturbations
-from cxrkit.evaluation.evaluate import training_overlap
+from cxrkit.evaluation.evaluate import external_key, training_overlap
 from cxrkit.metrics.intervals import delong_interval, delong_paired
 from cxrkit.record import atomic_write_text
 from cxrkit.record.lock import run_lock
@@ -104,7 +104,10 @@ def stress_run(run_dir: str | Path, data: str | Path | None = None, split: str |
         idx = ds.index(split)
         if len(idx) == 0:
             raise ValueError(f"split {split!r} has no images in {ds.source.root}")
-        key = split if same_data else f"external:{ds.source.root.name}"
+        path = Path(run_dir) / STRESS_FILE
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+        key = split if same_data else external_key({k: v.get("data") for k, v in stored.items() if isinstance(v, dict)},
+                                                   ds.source.root, ds.source.root)
         images = np.asarray(ds.images[idx])
         result = stress_arrays(run, images, ds.labels[idx])
         result.update(split=key, data=str(ds.source.root))
@@ -113,8 +116,6 @@ def stress_run(run_dir: str | Path, data: str | Path | None = None, split: str |
         if overlap:
             result["training_overlap"] = {k: v for k, v in overlap.items() if k != "message"}
             result["notes"] = [overlap["message"]]
-        path = Path(run_dir) / STRESS_FILE
-        stored = json.loads(path.read_text()) if path.is_file() else {}
         stored[key] = result
         atomic_write_text(path, json.dumps(stored, indent=2))
         if key == "test":  # every look at the test set is recorded, as evaluate does
