@@ -1201,7 +1201,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "or force one (onnx-int8 needs `cxrkit export --quantize int8`)")
     pr.add_argument("--shard", default=None, metavar="K/N",
                     help="predict only every N-th image of the folder starting at K (processes share a folder this way); "
-                         "under torchrun K/N come from RANK/WORLD_SIZE. Writes OUT.shardK-of-N.csv")
+                         "under torchrun K/N come from RANK/WORLD_SIZE. Needs --out: --out preds.csv --shard 0/2 writes preds.shard0-of-2.csv")
     _add_device_option(pr, "run the model on")
     _output_options(pr)
     pr.set_defaults(func=cmd_predict)
@@ -1221,7 +1221,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve a run over HTTP: JSON API, web page at /, OpenAPI docs at /docs",
                         description="POST /v1/predict (multipart 'files': PNG, JPEG, BMP, TIFF or DICOM) answers per-class "
                                     "probabilities, the decision at the run's threshold, an out-of-distribution warning and, with "
-                                    "?explain=true, a Grad-CAM overlay. GET /v1/model gives the model card, GET /healthz liveness.")
+                                    "?explain=true, a heat-map overlay (occlusion for the small models, Grad-CAM for the pretrained ones). "
+                                    "GET /v1/model gives the model card, GET /healthz liveness.")
     sv.add_argument("run", help="run folder")
     sv.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default %(default)s: this machine only; 0.0.0.0 every interface, with a warning "

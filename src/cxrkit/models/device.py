@@ -31,7 +31,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
         raise ValueError(f"--device {name}: PyTorch sees no CUDA GPU (torch {torch.__version__}, {build}); "
-                         "use --device cpu, or install a CUDA build of PyTorch (README, GPUs)")
+                         "use --device cpu, or install a CUDA build of PyTorch (docs/scale.md, GPUs)")
     if index and int(index) >= torch.cuda.device_count():
         raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(text)
