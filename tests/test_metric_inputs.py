@@ -137,3 +137,14 @@ def test_dataset_and_config_settings_from_python_are_checked(tmp_path):
                       ({"data": "d", "augment": None}, "augment must be an AugmentConfig")):
         with pytest.raises(ConfigError, match=re.escape(words)):
             TrainConfig(**kw)
+
+
+def test_a_band_that_rules_nothing_in_is_still_a_band():
+    from cxrkit.metrics.referral import choose_referral, referral_outcomes
+
+    # the highest validation score is a healthy image: nothing can be ruled in, said by an upper threshold just above 1,
+    # which the new input check refused ("upper threshold must be a number in [0, 1], got 1.000000001")
+    band = choose_referral(np.array([0, 1, 0, 1, 0, 1]), np.array([0.95, 0.8, 0.3, 0.6, 0.1, 0.4]), "npv:0.9,ppv:0.9")
+    assert band["upper"] > 1 and referral_outcomes(np.array([0, 1]), np.array([0.2, 0.9]), band["lower"], band["upper"])["ruled_in"] == 0
+    with pytest.raises(ValueError, match="upper threshold must be a number"):
+        referral_outcomes(np.array([0, 1]), np.array([0.2, 0.9]), 0.1, 1.5)

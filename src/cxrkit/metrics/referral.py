@@ -108,7 +108,9 @@ def choose_referral(y: np.ndarray, prob: np.ndarray, spec: str, threshold: float
 def referral_outcomes(y: np.ndarray, prob: np.ndarray, lower: float, upper: float) -> dict:
     """What a band does on labelled data: shares ruled out, referred and ruled in, and the accuracy of the decided ones."""
     y, prob = binary_pair(y, prob)
-    lower, upper = unit_number(lower, "lower threshold"), unit_number(upper, "upper threshold")
+    lower = unit_number(lower, "lower threshold")
+    # An upper threshold just above 1 (1 + 1e-9) is how choose_referral says "nothing is ruled in", and runs store it.
+    unit_number(min(upper, 1.0) if isinstance(upper, (int, float)) and 1 < upper <= 1 + 1e-6 else upper, "upper threshold")
     if lower > upper:
         raise ValueError(f"the lower threshold {lower:g} is above the upper one {upper:g}")
     out, inn = prob < lower, prob >= upper
