@@ -360,3 +360,14 @@ def test_a_part_header_too_long_to_parse_is_said_in_words(client, sample_png):
     r = client.post("/v1/predict", files={"files": ("a" * 9000 + ".png", sample_png, "image/png")})
     # was 400 {"code": "http_error", "message": "Invalid multipart data."}
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_multipart" and "over 8 KB" in r.json()["error"]["message"]
+
+
+def test_heat_maps_are_drawn_outside_the_prediction_lock(client, sample_png, monkeypatch):
+    import cxrkit.explain.cam as cam
+
+    service = client.app.state.service
+    held, real = [], cam.heatmaps
+    monkeypatch.setattr(cam, "heatmaps", lambda *a, **k: held.append(service.lock.locked()) or real(*a, **k))
+    r = post(client, ("a.png", sample_png), explain="true")
+    # 16 occlusion maps inside the lock held every plain request for 4 s
+    assert r.status_code == 200 and held == [False] and r.json()["results"][0]["overlay_method"] == "occlusion"

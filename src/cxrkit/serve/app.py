@@ -289,13 +289,13 @@ class Service:
         heat = None
         with self.lock:
             probs = self.run.predict_arrays(images)
-            if explain:
-                from cxrkit.explain.cam import heatmaps
+        if explain:  # outside the prediction lock (the explainer has its own, on its own copy of the model): 16 occlusion maps
+            from cxrkit.explain.cam import heatmaps  # held every plain request for 4 s
 
-                try:
-                    heat = heatmaps(self.run, images, method=self.heatmap_method)
-                except ValueError as exc:  # the explainer refuses this model or image, with a reason
-                    raise ApiError(422, "explain_failed", f"no heat map for this model: {exc}") from exc
+            try:
+                heat = heatmaps(self.run, images, method=self.heatmap_method)
+            except ValueError as exc:  # the explainer refuses this model or image, with a reason
+                raise ApiError(422, "explain_failed", f"no heat map for this model: {exc}") from exc
         labels = self.run.decision_labels(probs)
         outliers = ood_findings(self.reference, images)
         results = []
