@@ -117,6 +117,8 @@ def test_train_quiet_drops_chatter_but_not_the_audit_warning(tmp_path: Path, cap
 
     assert is_warning("audit: SHORTCUT: a classifier ...") and is_warning("warning: the test split has no tb images")
     assert not is_warning("audit: shortcut probe: AUC 0.46 ..., no strong shortcut found") and not is_warning("note: SHORTCUT: x")
+    assert is_warning("splits: the file names look like they carry patient IDs, and 80 of these IDs have images in two splits")
+    assert not is_warning("splits: 3 groups of identical or near-identical images kept in one split each")
     make_synthetic_site(tmp_path / "data", n_per_class=24, size=32, seed=4, exposure=(0.0, 0.2))
     assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1", "--image-size", "32",
                  "--intensity", "none", "--quiet"]) == 0

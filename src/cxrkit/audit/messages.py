@@ -27,7 +27,10 @@ WARNING_TAGS = ("LEAKAGE", "POSSIBLE LEAKAGE", "SHORTCUT", "EXPOSURE SHORTCUT", 
 def is_warning(message: str) -> bool:
     """Whether a training or audit message warns (a tagged audit finding, or "warning: ..."), rather than informs."""
     text = message.removeprefix("audit: ")
-    return message.startswith("warning:") or any(text.startswith(f"{tag}:") for tag in WARNING_TAGS)
+    # the trainer's own patient-ID finding ("splits: the file names look like they carry patient IDs ...") is the audit's
+    # POSSIBLE LEAKAGE, said before the audit runs
+    return (message.startswith("warning:") or any(text.startswith(f"{tag}:") for tag in WARNING_TAGS)
+            or message.startswith("splits: the file names look like they carry patient IDs"))
 
 
 def audit_messages(audit: dict) -> list[str]:
