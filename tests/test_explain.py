@@ -180,3 +180,16 @@ def test_letterbox_bars_hold_no_heat_and_the_regions_are_of_the_image_itself(squ
     s = attention_summary(np.stack([lung.astype(float)] * 3), images)
     assert s["mean_share"]["lung"] == pytest.approx(1.0) and s["area"]["lung"] == pytest.approx(lung.sum() / (24 * SIZE), abs=1e-9)
     assert attention_summary(np.stack([lung.astype(float)] * 3))["area"]["lung"] < s["area"]["lung"]  # without the images: the square's
+
+
+def test_a_black_band_on_one_side_is_part_of_the_image_not_a_letterbox_bar():
+    from cxrkit.explain.attention import content_box
+
+    image = np.full((32, 32), 120, np.uint8)
+    image[:10] = 0  # a collimation band at the top of a square image: a shortcut a model may read, whose heat was erased
+    assert content_box(image) == (0, 32, 0, 32)
+    bars = np.zeros((32, 32), np.uint8)
+    bars[:, 6:26] = 90  # a tall image letterboxed: two equal bars left and right
+    assert content_box(bars) == (0, 32, 6, 26)
+    bars[:, 6] = 0  # a dark first column of the image itself: still a letterbox, to a pixel
+    assert content_box(bars) == (0, 32, 7, 26)

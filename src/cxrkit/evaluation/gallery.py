@@ -26,7 +26,7 @@ def explain_split(
     heat = np.zeros((len(sample), *images.shape[1:]), dtype=np.float32)
     for c in np.unique(decided):
         heat[decided == c] = heatmaps(run, np.asarray(images[sample[decided == c]]), class_index=int(c), method=method)
-    summary = attention_summary(heat, np.asarray(images[sample]))
+    summary = attention_summary(heat, np.asarray(images[sample]) if run.preprocessing.aspect == "pad" else None)  # squash: no bars
     summary["no_heat"] = int((heat.reshape(len(heat), -1).max(1) == 0).sum())
     summary.update(method=method, sampled=len(sample) < len(images), n_split=int(len(images)))
     plot_attention(summary, heat.mean(axis=0), plots / f"attention_{fname}.png")

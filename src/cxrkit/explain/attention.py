@@ -17,12 +17,23 @@ MAX_IMAGES = {"gradcam": 400, "gradcam++": 400, "occlusion": 100}
 
 
 def content_box(image: np.ndarray) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of a letterboxed image's own area: the black bars the letterbox added (rows and columns of
-    zeros at the edges) are outside it."""
+    """(top, bottom, left, right) of a letterboxed image's own area: outside it the black bars the letterbox added.
+
+    The letterbox centres the image, so its bars are two bands of zeros of equal width (to a pixel) on opposite sides, on
+    one axis. A black band on one side only (a collimation edge, a shortcut a model may read) is part of the image: taken for
+    a bar, its heat was erased and the report hid the shortcut."""
+    h, w = image.shape
     rows, cols = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
     if not len(rows):
-        return 0, image.shape[0], 0, image.shape[1]
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        return 0, h, 0, w
+    top, bottom, left, right = int(rows[0]), h - 1 - int(rows[-1]), int(cols[0]), w - 1 - int(cols[-1])
+    vertical = min(top, bottom) if abs(top - bottom) <= 1 else 0
+    horizontal = min(left, right) if abs(left - right) <= 1 else 0
+    if vertical >= horizontal and vertical > 0:
+        return top, h - bottom, 0, w
+    if horizontal > 0:
+        return 0, h, left, w - right
+    return 0, h, 0, w
 
 
 def region_masks(size: int, box: tuple[int, int, int, int] | None = None) -> dict[str, np.ndarray]:

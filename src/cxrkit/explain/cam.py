@@ -166,7 +166,7 @@ def heatmaps(run: Run, images: np.ndarray, class_index: int | None = None, metho
                     out[part] = np.concatenate([_scale_each(ex.cam(method)(x[i : i + 1], class_idx=int(c))) for i in part])
                 else:
                     out[part] = _scale_each(ex.cam(method)(x[part], class_idx=int(c)))
-    return _outside_the_letterbox_bars(out, images)
+    return _outside_the_letterbox_bars(out, images) if run.preprocessing.aspect == "pad" else out  # squash: no bars
 
 
 def _outside_the_letterbox_bars(maps: np.ndarray, images: np.ndarray) -> np.ndarray:
