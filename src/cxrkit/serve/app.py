@@ -241,9 +241,6 @@ class Service:
         self.lock = threading.Lock()
         self.decode_slots = threading.BoundedSemaphore(limits.max_decodes)
         self.identity = model_identity(run)
-        from cxrkit.models.registry import get_spec
-
-        self.heatmap_method = get_spec(run.meta["model"]).heatmap  # as `cxrkit explain` and the report draw this model's maps
         self.rule = decision_rule(run)
         self.card = model_card(run)
         self.reference = run.shift_reference()
@@ -289,11 +286,13 @@ class Service:
         heat = None
         with self.lock:
             probs = self.run.predict_arrays(images)
+        method = None
         if explain:  # outside the prediction lock (the explainer has its own, on its own copy of the model): 16 occlusion maps
-            from cxrkit.explain.cam import heatmaps  # held every plain request for 4 s
+            from cxrkit.explain.cam import heatmaps, resolve_method  # held every plain request for 4 s
 
             try:
-                heat = heatmaps(self.run, images, method=self.heatmap_method)
+                method = resolve_method(self.run, "auto")  # as `cxrkit explain` and the report draw this model's maps
+                heat = heatmaps(self.run, images, method=method)
             except ValueError as exc:  # the explainer refuses this model or image, with a reason
                 raise ApiError(422, "explain_failed", f"no heat map for this model: {exc}") from exc
         labels = self.run.decision_labels(probs)
@@ -317,7 +316,7 @@ class Service:
                 from cxrkit.explain.overlay import overlay_png
 
                 result["overlay_png"] = base64.b64encode(overlay_png(images[i], heat[i])).decode("ascii")
-                result["overlay_method"] = self.heatmap_method
+                result["overlay_method"] = method
             results.append(result)
         return {"model": {**self.identity, "engine": self.run.engine}, "results": results}
 
