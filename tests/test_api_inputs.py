@@ -108,7 +108,8 @@ def test_scale_is_never_ignored(tiny_run):
         run.predict([gray, gray], scale="x")  # a uint8 array took any scale, text included
     expected = run.predict(gray).probability
     assert run.predict(gray, scale=255).probability == pytest.approx(expected, abs=1e-6)  # the scale a uint8 array has
-    assert run.predict(mask.astype(np.float32), scale=1).probability == pytest.approx(run.predict(mask * 255).probability, abs=1e-6)
+    levels = (gray // 16).astype(np.uint8)  # 16 grey levels, 0-15 (a 0/1 mask is no radiograph: refused as nearly blank)
+    assert run.predict(levels.astype(np.float32), scale=15).probability == pytest.approx(run.predict(levels * 17).probability, abs=1e-6)
     # a NumPy number (a.max()) is a number: it was refused as "not a positive number"
     floats = gray.astype(np.float64)
     assert run.predict(floats, scale=np.float64(255.0)).probability == pytest.approx(expected, abs=1e-6)

@@ -491,6 +491,13 @@ def test_nearly_blank_multi_page_and_one_pixel_wide_images_are_refused(tmp_path,
     # A 0-1 float image cast to uint8 (levels 0 and 1): "tb", P = 0.72, from an image with nothing in it.
     with pytest.raises(UnusableImageError, match="nearly blank .*span 0 to 1 of 0-255.*without scaling by 255"):
         cxrkit.data.decode.check_usable((radiograph / 255.0).round().astype(np.uint8))
+    # The same mistake saved as 16 bits is stretched to 0 and 255 before the check: it got "tb", P 0.95.
+    from cxrkit.data.decode import load_grayscale
+
+    sixteen = io.BytesIO()
+    Image.fromarray((radiograph > 127).astype(np.uint16)).save(sixteen, format="PNG")
+    with pytest.raises(UnusableImageError, match="holds only 2 grey levels"):
+        load_grayscale(sixteen.getvalue(), 32)
     # A two-page TIFF: page 1 was classified without a word, while a two-frame DICOM is refused.
     pages = tmp_path / "two.tif"
     Image.fromarray(radiograph).save(pages, save_all=True, append_images=[Image.fromarray(255 - radiograph)])

@@ -65,7 +65,7 @@ def test_killed_build_leaves_no_orphans_and_the_next_run_finishes_it(tmp_path, s
     images.mkdir()
     for i in range(N):
         a = np.full((20, 24), i % 250, np.uint8)
-        a[0] = 255  # one grey level alone is a blank image, which the cache refuses
+        a[0] = np.linspace(0, 255, 24).astype(np.uint8)  # one grey level (or a few) is a blank image, which the cache refuses
         Image.fromarray(a).save(images / f"{i:03d}.png")
     cache_dir = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}

@@ -107,9 +107,9 @@ def test_config_round_trip_and_validation(tmp_path):
 
 
 def _not_blank(level: int) -> np.ndarray:
-    """A 20x30 image at ``level`` with one other row: one grey level alone is a blank image, which the cache refuses."""
+    """A 20x30 image at ``level`` with a ramp in its first row: one grey level (or a few) is a blank image, which the cache refuses."""
     a = np.full((20, 30), level, np.uint8)
-    a[0] = (level + 128) % 256
+    a[0] = np.linspace(0, 255, 30).astype(np.uint8)
     return a
 
 

@@ -232,6 +232,12 @@ def check_usable(gray: np.ndarray) -> np.ndarray:
     if hi - lo < MIN_GREY_RANGE:
         raise UnusableImageError(f"image is nearly blank (its grey levels span {lo} to {hi} of 0-255): nothing to classify; a 0-1 "
                                  "image converted to 8 bits without scaling by 255 looks like this")
+    levels = int(np.count_nonzero(np.bincount(gray.ravel(), minlength=256)))
+    if levels < MIN_GREY_RANGE:
+        # The same mistake in 16 bits (or a DICOM window a few values wide) is stretched to 0-255 before this check: two levels
+        # 0 and 255 passed, and a 0/1 image got "tb", P 0.95.
+        raise UnusableImageError(f"image holds only {levels} grey levels: nothing a radiograph shows; a 0-1 image saved as 16 bits "
+                                 "without scaling, a mask, or a DICOM window a few values wide looks like this")
     return gray
 
 
