@@ -92,7 +92,8 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
                         "(1-99%% stretch), histeq (histogram equalisation), clahe (adaptive) or none; auto (the default) is none "
                         "unless brightness and contrast alone tell the training classes apart (an exposure shortcut), then histeq")
     g.add_argument("--crop-border", action="store_true", help="remove uniform outer bands (collimation, frames) before resizing")
-    g.add_argument("--positive", default=None, help="positive (disease) class of a binary task; default: the class not named normal/healthy/negative")
+    g.add_argument("--positive", default=None, help="positive (disease) class of a binary task; default: the class whose name does not say normal, healthy, "
+                        "negative, no finding or an absence (No_Effusion, Non-COVID); else the second name alphabetically, said at training")
     g.add_argument("--val-fraction", type=float, default=d["val_fraction"], help="share held out for validation when no val/ folder exists (default %(default)s)")
     g.add_argument("--test-fraction", type=float, default=d["test_fraction"], help="share held out for test when no test/ folder exists (default %(default)s)")
     g.add_argument("--group-pattern", default=None, metavar="REGEX",
@@ -154,7 +155,7 @@ def _add_train_options(p: argparse.ArgumentParser, single_model: bool = True) ->
     g.add_argument("--mixstyle", type=float, default=d["mixstyle"], metavar="P",
                    help="MixStyle: with probability P per batch, mix early-layer feature statistics (style: exposure, "
                         "processing) between training images, so the model learns anatomy across styles; cnn, "
-                        "efficientnet-lite0, resnet18/50 (default: off)")
+                        "efficientnet-lite0/1/2, resnet18/50 (default: off)")
     g.add_argument("--mixup", type=float, default=d["mixup"], metavar="ALPHA",
                    help="mixup: train on blends of two images (weight ~ Beta(ALPHA, ALPHA) per batch) and the same blend "
                         "of their losses; 0.2-0.4 is usual (default: off)")
