@@ -200,3 +200,22 @@ def test_a_black_band_on_one_side_is_part_of_the_image_not_a_letterbox_bar():
     assert content_box(bars) == (0, 32, 6, 26)
     bars[:, 6] = 0  # a dark first column of the image itself: still a letterbox, to a pixel
     assert content_box(bars) == (0, 32, 7, 26)
+
+
+def test_the_attention_figure_draws_the_lung_box_in_the_images_own_area(tmp_path, monkeypatch):
+    from matplotlib.patches import Rectangle
+
+    import cxrkit.report.plots as plots
+    from cxrkit.explain.attention import attention_summary
+
+    images = np.zeros((2, 32, 32), np.uint8)
+    images[:, 8:24, :] = 100  # a wide image letterboxed: bars of 8 rows above and below
+    summary = attention_summary(np.ones((2, 32, 32)), images)
+    assert summary["image_box"] == [8, 24, 0, 32]
+    drawn = []
+    real = Rectangle.__init__
+    monkeypatch.setattr(Rectangle, "__init__", lambda self, xy, *a, **kw: drawn.append((xy, a, kw)) or real(self, xy, *a, **kw))
+    plots.plot_attention(summary, np.ones((32, 32)), tmp_path / "a.png")
+    (x, y), (w, h), _ = next(d for d in drawn if d[2].get("ls") == "--")
+    # rows 10-90% of the 16 image rows (8 + 1.6 to 8 + 14.4), not of the 32-row square (3.2 to 28.8)
+    assert (y, h) == pytest.approx((8 + 0.1 * 16, 0.8 * 16)) and (x, w) == pytest.approx((0.15 * 32, 0.7 * 32))

@@ -73,8 +73,11 @@ def attention_summary(heat: np.ndarray, images: np.ndarray | None = None) -> dic
     mean = {k: float(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in shares.items()}
     inside = mean["lung"]
     with_heat = np.isfinite(shares["lung"])  # a map that is zero everywhere has no shares: it counted as "not mostly outside"
+    # the image area the figure draws its lung box in: the median of the images' own areas (the whole square without images)
+    box = [int(v) for v in np.median(np.array([b or (0, size, 0, size) for b in boxes]), axis=0)]
     return {
         "n": int(len(heat)), "with_heat": int(with_heat.sum()), "mean_share": mean, "area": {k: float(v) for k, v in masks.items()},
+        "image_box": box,
         "share_mostly_outside": float(np.mean(shares["lung"][with_heat] < MOSTLY_OUTSIDE)) if inside is not None else None,
         "flag": inside is not None and inside < MOSTLY_OUTSIDE, "lung_box": LUNG_BOX,
     }

@@ -223,7 +223,10 @@ def plot_attention(summary: dict, mean_heat: np.ndarray, path: Path) -> Path:
     s = mean_heat.shape[-1]
     a1.imshow(mean_heat, cmap=HEAT_CMAP, vmin=0)
     top, bottom, left, right = summary["lung_box"]
-    a1.add_patch(Rectangle((left * s, top * s), (right - left) * s, (bottom - top) * s, fill=False, ec="white", lw=2, ls="--"))
+    # Of the images' own area, as the shares are counted (letterbox bars left out): it was drawn on the whole square.
+    y0, y1, x0, x1 = summary.get("image_box") or (0, s, 0, s)
+    h, w = y1 - y0, x1 - x0
+    a1.add_patch(Rectangle((x0 + left * w, y0 + top * h), (right - left) * w, (bottom - top) * h, fill=False, ec="white", lw=2, ls="--"))
     a1.set_title(f"mean heat map over {summary['n']} images", fontsize=10), a1.axis("off")
     names = ["lung", "border", "corners"]
     shares = [summary["mean_share"][k] or 0 for k in names]
