@@ -77,6 +77,12 @@ def test_class_folders_holding_another_level_of_the_layout_are_refused(tmp_path)
     with pytest.raises(DatasetError, match=r"point cxrkit at .*kaggle/chest_xray, the folder that holds the split folders$"):
         open_image_folder(kaggle)
     assert open_image_folder(kaggle / "chest_xray").given_splits == ["train", "test"]
+    # Kaggle's download proper nests it twice (chest_xray/chest_xray/...): given two levels up, the error named no folder.
+    shutil.move(str(kaggle / "chest_xray"), str(tmp_path / "inner"))
+    (kaggle / "chest_xray").mkdir()
+    shutil.move(str(tmp_path / "inner"), str(kaggle / "chest_xray" / "chest_xray"))
+    with pytest.raises(DatasetError, match=r"chest_xray/chest_xray repeats its parent's name.*point cxrkit at .*kaggle/chest_xray/chest_xray,"):
+        open_image_folder(kaggle)
     shutil.copytree(nested / "tb", nested / "tb" / "masks")
     with pytest.raises(DatasetError, match=r"tb/masks lies inside the class folder tb/, so its masks would be read as radiographs"):
         open_image_folder(nested)

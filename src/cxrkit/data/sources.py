@@ -299,6 +299,10 @@ def _check_nesting(found: dict[Path, list[Path]]) -> None:
             # read as chest_xray/train, which loses the val and test folders.
             raise DatasetError(f"{d / odd[0]} is named like a split but lies inside {d.name}/, which would be taken for a class: "
                                f"point cxrkit at {d}, the folder that holds the split folders")
+        if odd and len(found) == 1 and odd[0] == d.name:
+            # Kaggle's chest_xray/chest_xray/{train,test}/... given two levels up: said without the folder to use.
+            raise DatasetError(f"{d / odd[0]} repeats its parent's name, as a downloaded archive's wrapper folder does: point cxrkit "
+                               f"at {d / odd[0]}, or at the level inside it whose sub-folders are the splits or the classes")
         if odd:
             kind = "a split" if odd[0].lower() in SPLIT_ALIASES else "a class"
             raise DatasetError(f"{d / odd[0]} is named like {kind} but lies inside the class folder {d.name}/, so its images would be "
