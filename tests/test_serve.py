@@ -371,3 +371,15 @@ def test_heat_maps_are_drawn_outside_the_prediction_lock(client, sample_png, mon
     r = post(client, ("a.png", sample_png), explain="true")
     # 16 occlusion maps inside the lock held every plain request for 4 s
     assert r.status_code == 200 and held == [False] and r.json()["results"][0]["overlay_method"] == "occlusion"
+
+
+def test_bodies_held_at_once_across_requests_are_bounded_and_released(tiny_run, sample_png):
+    # 50 clients sending 16 files of 50 MB each had ~40 GB spooled at once
+    limits = Limits(max_file_bytes=200_000, max_files=4, max_pixels=1_000_000, max_inflight_bytes=len(sample_png) * 3)
+    with TestClient(create_app(tiny_run, engine="torch", api_key="", limits=limits)) as c:
+        r = post(c, *[(f"{i}.png", sample_png) for i in range(4)])  # one request over the whole budget: busy, to retry
+        assert r.status_code == 503 and r.json()["error"]["code"] == "busy" and r.headers["retry-after"] == "5"
+        for _ in range(3):  # what a request held is released with its answer
+            assert post(c, ("a.png", sample_png)).status_code == 200
+    with pytest.raises(ValueError, match="max_inflight_bytes must be"):
+        Limits(max_inflight_bytes=0)

@@ -793,7 +793,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from cxrkit.serve.app import Limits, create_app, resolve_api_key
     from cxrkit.serve.server import ConnectionLimits, is_loopback, listen, serve, url
 
-    limits = Limits(max_file_bytes=int(a.max_upload_mb * 1024 * 1024), max_files=a.max_files, max_pixels=a.max_pixels, max_decodes=a.max_decodes)
+    limits = Limits(max_file_bytes=int(a.max_upload_mb * 1024 * 1024), max_files=a.max_files, max_pixels=a.max_pixels, max_decodes=a.max_decodes,
+                    max_inflight_bytes=a.max_inflight_mb * 1024 * 1024)
     connection_limits = ConnectionLimits(header_timeout=a.header_timeout, body_timeout=a.body_timeout, max_connections=a.max_connections,
                                          body_min_rate=a.body_min_rate)
     api_key = a.api_key
@@ -1243,6 +1244,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-files", type=bounded_int(1, 256), default=16, help="most files per request (default %(default)s)")
     sv.add_argument("--max-pixels", type=bounded_int(4096, 200_000_000), default=40_000_000,
                     help="largest image in pixels, checked before decoding (default %(default)s)")
+    sv.add_argument("--max-inflight-mb", type=bounded_int(1, 1024 * 1024), default=2048,
+                    help="request bodies held at once across all requests, in MB (spooled to disk until answered); past it a new "
+                         "upload is answered 503 with Retry-After (default %(default)s)")
     sv.add_argument("--max-decodes", type=bounded_int(1, 64), default=1,
                     help="images decoded at once across all requests; each full-size 40 MP decode holds ~170 MB, so more "
                          "speeds up concurrent requests at that cost in memory (default %(default)s)")

@@ -54,10 +54,13 @@ class Limits:
     max_files: int = 16
     max_pixels: int = 40_000_000  # twice a 4.3k x 4.3k detector
     max_decodes: int = 1  # images decoded at once across all requests: a 40 MP 16-bit decode holds ~170 MB (measured)
+    # Request bodies held at once across all requests (spooled to disk past 1 MB until their answer): 50 clients sending 16
+    # files of 50 MB each had ~40 GB on disk. Past it a new body is answered 503, to retry.
+    max_inflight_bytes: int = 2 * 1024**3
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("max_file_bytes", 1024, 1024**3), ("max_files", 1, 256), ("max_pixels", 4096, 200_000_000),
-                             ("max_decodes", 1, 64)):
+                             ("max_decodes", 1, 64), ("max_inflight_bytes", 1024, 1024**4)):
             value = getattr(self, name)
             if not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{name} must be a whole number from {lo:,} to {hi:,}, got {value!r}")
@@ -77,10 +80,12 @@ class ApiError(Exception):
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a declared Content-Length over the limit, and an error as soon as a streamed body passes it."""
+    """ASGI middleware: 413 for a declared Content-Length over the limit, and an error as soon as a streamed body passes it;
+    503 for a body that would take the bytes held by all requests at once past ``max_inflight``."""
 
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, max_inflight: int | None = None) -> None:
+        self.app, self.max_bytes, self.max_inflight = app, max_bytes, max_inflight
+        self.inflight = 0  # one event loop: no lock needed
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -97,13 +102,23 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
+                chunk = len(message.get("body", b""))
+                if self.max_inflight and self.inflight + chunk > self.max_inflight:
+                    busy = "the server holds as many uploads as it takes at once; send the request again in a moment"
+                    own.response = error_response(503, "busy", busy)
+                    own.response.headers["Retry-After"] = "5"
+                    raise ApiError(503, "busy", busy)
+                seen += chunk
+                self.inflight += chunk
                 if seen > self.max_bytes:
                     own.response = error_response(413, "request_too_large", message_413)
                     raise ApiError(413, "request_too_large", message_413)
             return message
 
-        await self.app(scope, limited, own.send)
+        try:
+            await self.app(scope, limited, own.send)
+        finally:  # held until the answer: the spooled files live as long as the request
+            self.inflight -= seen
 
 
 PART_HEADERS = 64 * 1024  # allowance for a part's boundary and headers beside its file's bytes
@@ -442,7 +457,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
     app.state.service = service
     add_offline_docs(app)
     app.add_middleware(CompleteMultipart, max_part_bytes=limits.max_file_bytes + PART_HEADERS)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, max_inflight=limits.max_inflight_bytes)
     app.add_middleware(ApiKeyGate, api_key=api_key)  # outside the body limit: no key, no body read
     app.add_middleware(OneBodyLength)  # outermost: an ambiguous body length is refused before anything reads it
     if cors_origins:
