@@ -49,34 +49,46 @@ def region_masks(size: int, box: tuple[int, int, int, int] | None = None) -> dic
     return {"lung": lung, "corners": corners, "border": inside & ~lung & ~corners}
 
 
+REGIONS = ("lung", "corners", "border")
+
+
+def _boxes(n: int, images: np.ndarray | None) -> list[tuple[int, int, int, int] | None]:
+    return [None] * n if images is None else [content_box(im) for im in images]
+
+
+def _shares(heat: np.ndarray, boxes: list, masks: dict) -> dict[str, np.ndarray]:
+    mass = {k: np.array([(h * masks[b][k]).sum() for h, b in zip(heat, boxes)]) for k in REGIONS}
+    total = sum(mass.values())  # heat on the letterbox bars is about no part of the radiograph: left out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {k: mass[k] / total for k in REGIONS}
+
+
 def region_shares(heat: np.ndarray, images: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per image, the share of heat-map mass in each region of :func:`region_masks`, of each image's own area when the
     (letterboxed) ``images`` are given (images with no heat get NaN)."""
     heat = np.asarray(heat, dtype=np.float64)
-    size = heat.shape[-1]
-    masks = [region_masks(size, None if images is None else content_box(im)) for im in (images if images is not None else [None] * len(heat))]
-    names = ("lung", "corners", "border")
-    mass = {k: np.array([(h * m[k]).sum() for h, m in zip(heat, masks)]) for k in names}
-    total = sum(mass.values())  # heat on the letterbox bars is about no part of the radiograph: left out
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return {k: mass[k] / total for k in names}
+    boxes = _boxes(len(heat), images)
+    return _shares(heat, boxes, {b: region_masks(heat.shape[-1], b) for b in set(boxes)})
 
 
 def attention_summary(heat: np.ndarray, images: np.ndarray | None = None) -> dict:
     """Mean region shares over a split, the area each region covers (the share a uniform map would get) and the flag; with the
     letterboxed ``images``, of each image's own area."""
-    shares = region_shares(heat, images)
+    heat = np.asarray(heat, dtype=np.float64)
     size = heat.shape[-1]
-    boxes = [None] if images is None else [content_box(im) for im in images]
-    areas = [region_masks(size, b) for b in boxes]
-    masks = {k: np.mean([a[k].sum() / (a["lung"] | a["corners"] | a["border"]).sum() for a in areas]) for k in ("lung", "corners", "border")}
+    boxes = _boxes(len(heat), images)
+    areas = boxes or [None]
+    by_box = {b: region_masks(size, b) for b in set(areas)}  # once per distinct image area, for the shares and the areas
+    shares = _shares(heat, boxes, by_box)
+    fraction = {b: {k: m[k].sum() / (m["lung"] | m["corners"] | m["border"]).sum() for k in REGIONS} for b, m in by_box.items()}
+    area = {k: float(np.mean([fraction[b][k] for b in areas])) for k in REGIONS}
     mean = {k: float(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in shares.items()}
     inside = mean["lung"]
     with_heat = np.isfinite(shares["lung"])  # a map that is zero everywhere has no shares: it counted as "not mostly outside"
     # the image area the figure draws its lung box in: the median of the images' own areas (the whole square without images)
-    box = [int(v) for v in np.median(np.array([b or (0, size, 0, size) for b in boxes]), axis=0)]
+    box = [int(v) for v in np.median(np.array([b or (0, size, 0, size) for b in areas]), axis=0)]
     return {
-        "n": int(len(heat)), "with_heat": int(with_heat.sum()), "mean_share": mean, "area": {k: float(v) for k, v in masks.items()},
+        "n": int(len(heat)), "with_heat": int(with_heat.sum()), "mean_share": mean, "area": area,
         "image_box": box,
         "share_mostly_outside": float(np.mean(shares["lung"][with_heat] < MOSTLY_OUTSIDE)) if inside is not None else None,
         "flag": inside is not None and inside < MOSTLY_OUTSIDE, "lung_box": LUNG_BOX,
