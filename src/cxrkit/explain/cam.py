@@ -121,8 +121,7 @@ def resolve_method(run: Run, method: str) -> str:
 
 
 def _check(run: Run, images: np.ndarray, class_index: int | None, method: str) -> np.ndarray:
-    if method not in METHODS:
-        raise ExplainError(f"unknown heat-map method {method!r}; choose one of {', '.join(METHODS)}")
+    """The images, checked for ``method`` (already resolved: an unknown one is refused by :func:`resolve_method`)."""
     if run.task not in SUPPORTED_TASKS:
         raise ExplainError(f"heat maps support {' and '.join(SUPPORTED_TASKS)} runs; this run's task is {run.task!r}")
     images = np.asarray(images)
