@@ -172,9 +172,10 @@ def tune(
     study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials) + (1000 * os.getpid() if running else 0))
     bar = tqdm(total=trials, initial=min(already, trials), desc=f"tuning {base.model}", unit="trial", disable=not progress or None)
 
-    warned: list[int] = []
+    warned = False  # the data's warnings (leakage, shortcuts) are the same for every trial: said by this process's first one
 
     def objective(trial: optuna.Trial) -> float:
+        nonlocal warned
         cfg = suggest_config(trial, base, sizes, out)
         trial.set_user_attr("config", json.loads(json.dumps(cfg.to_dict())))
 
@@ -186,9 +187,7 @@ def tune(
         try:
             from cxrkit.training.tracking import make_tracker
 
-            # The data's warnings (leakage, shortcuts) are the same for every trial: said by this process's first one.
-            first = not warned
-            warned.append(trial.number)
+            first, warned = not warned, True
             train(cfg, progress=False, overwrite=True, on_epoch=report, finish=False, tracker=make_tracker(track), warn=first)
         except (TrainingDivergedError, RuntimeError) as exc:  # these settings failed (a diverged loss, memory): the study goes on
             tqdm.write(f"trial {trial.number} failed: {' '.join(str(exc).split())}", file=sys.stderr)
