@@ -46,6 +46,9 @@ log = logging.getLogger("cxrkit.serve")
 API_KEY_ENV = "CXRKIT_API_KEY"
 
 
+PART_HEADERS = 64 * 1024  # allowance for multipart framing (boundaries, part headers) beside the files' bytes
+
+
 @dataclass(frozen=True)
 class Limits:
     """Input limits of the service."""
@@ -68,7 +71,7 @@ class Limits:
     @property
     def max_body_bytes(self) -> int:
         """Largest request body: every file at its limit plus room for the multipart framing."""
-        return self.max_files * self.max_file_bytes + 64 * 1024
+        return self.max_files * self.max_file_bytes + PART_HEADERS
 
 
 class ApiError(Exception):
@@ -121,9 +124,6 @@ class BodyLimit:
             self.inflight -= seen
 
 
-PART_HEADERS = 64 * 1024  # allowance for a part's boundary and headers beside its file's bytes
-
-
 class CompleteMultipart:
     """ASGI middleware: a multipart body must reach its closing boundary, and no part may follow it; else 400.
 
@@ -132,8 +132,8 @@ class CompleteMultipart:
     200 for the first file alone, the rest dropped without a word.
     """
 
-    def __init__(self, app, max_part_bytes: int | None = None) -> None:
-        self.app, self.max_part_bytes = app, max_part_bytes
+    def __init__(self, app, max_file_bytes: int | None = None) -> None:
+        self.app, self.max_file_bytes = app, max_file_bytes
 
     async def __call__(self, scope, receive, send) -> None:
         boundary = _multipart_boundary(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -173,9 +173,9 @@ class CompleteMultipart:
             else:
                 since += len(body)
                 longest = since
-            if self.max_part_bytes and longest > self.max_part_bytes:
+            if self.max_file_bytes and longest > self.max_file_bytes + PART_HEADERS:
                 # Stopped as it streams: a 300 MB file was spooled to disk whole before its 413 (16 of them fit the request limit).
-                message_413 = f"a file is over the limit of {self.max_part_bytes - PART_HEADERS:,} bytes; the upload was stopped there"
+                message_413 = f"a file is over the limit of {self.max_file_bytes:,} bytes; the upload was stopped there"
                 own.response = error_response(413, "file_too_large", message_413)
                 raise ApiError(413, "file_too_large", message_413)
             if not closed and (at := data.find(close)) >= 0:
@@ -456,7 +456,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
                               f"({service.identity['architecture']}, version {service.identity['version']}). Not a medical device.")
     app.state.service = service
     add_offline_docs(app)
-    app.add_middleware(CompleteMultipart, max_part_bytes=limits.max_file_bytes + PART_HEADERS)
+    app.add_middleware(CompleteMultipart, max_file_bytes=limits.max_file_bytes)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, max_inflight=limits.max_inflight_bytes)
     app.add_middleware(ApiKeyGate, api_key=api_key)  # outside the body limit: no key, no body read
     app.add_middleware(OneBodyLength)  # outermost: an ambiguous body length is refused before anything reads it
