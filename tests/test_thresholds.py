@@ -141,9 +141,12 @@ def test_threshold_spread_is_none_for_a_fixed_threshold_and_counts_impossible_gu
 
 def test_threshold_spread_refuses_mismatched_or_broken_inputs():
     y, p = np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.8])
-    with pytest.raises(ValueError, match="validation labels and probabilities must be 1-D and of the same length"):
+    # The messages are metrics.inputs.binary_pair's, as for every other metric function.
+    with pytest.raises(ValueError, match="validation probabilities: 3 given for 4 labels"):
         threshold_spread(y, p[:3], "youden", y, p)
-    with pytest.raises(ValueError, match="evaluated labels must be 0 or 1 and probabilities finite"):
+    with pytest.raises(ValueError, match="evaluated probabilities must be finite; 1 are NaN"):
         threshold_spread(y, p, "youden", y, np.array([0.1, np.nan, 0.2, 0.8]))
-    with pytest.raises(ValueError, match="evaluated labels must be 0 or 1"):
+    with pytest.raises(ValueError, match=r"evaluated labels must be 0 \(negative\) or 1 \(positive\), got 2"):
         threshold_spread(y, p, "youden", np.array([0, 2, 0, 1]), p)
+    with pytest.raises(ValueError, match="validation probabilities must lie in"):  # a 0-100 scale: the old check let it through
+        threshold_spread(y, p * 100, "youden", y, p)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from cxrkit.data.spec import is_finite_number
+from cxrkit.metrics.inputs import class_pair
 
 CALIBRATION_METHODS = ("temperature", "platt", "isotonic")
 _EPS = 1e-7
@@ -40,16 +41,10 @@ def _probabilities(probs: np.ndarray) -> np.ndarray:
 
 
 def _labelled(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Validated class indices and probabilities of the same images."""
+    """Validated class indices and probabilities of the same images (False/True are classes 0 and 1)."""
     probs = _probabilities(probs)
     y = np.asarray(y)
-    if y.dtype == bool:  # False/True are classes 0 and 1, as for every other metric
-        y = y.astype(int)
-    if y.ndim != 1 or len(y) != len(probs):
-        raise ValueError(f"labels must be one class index per row of probabilities: got {y.shape} labels for {len(probs)} rows")
-    if len(y) and (not np.issubdtype(y.dtype, np.number) or np.any(y != np.round(y)) or y.min() < 0 or y.max() >= probs.shape[1]):
-        raise ValueError(f"labels must be class indices 0..{probs.shape[1] - 1}")
-    return y.astype(int), probs
+    return class_pair(y.astype(int) if y.dtype == bool else y, probs)
 
 
 def reliability_bins(y: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> dict:

@@ -187,16 +187,6 @@ def choose_threshold(
                            kind="guaranteed" if guarantee else "point", guarantee=guarantee)
 
 
-def _binary_pair(y: np.ndarray, p: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """0/1 labels and finite probabilities of the same images, or a one-line ValueError naming ``what`` they are."""
-    y, p = np.asarray(y), np.asarray(p, dtype=np.float64)
-    if y.ndim != 1 or p.ndim != 1 or len(y) != len(p):
-        raise ValueError(f"{what} labels and probabilities must be 1-D and of the same length; got {y.shape} and {p.shape}")
-    if not np.isin(y, (0, 1)).all() or not np.isfinite(p).all():
-        raise ValueError(f"{what} labels must be 0 or 1 and probabilities finite")
-    return y.astype(int), p
-
-
 def threshold_spread(
     y_val: np.ndarray, p_val: np.ndarray, rule: str, y_eval: np.ndarray, p_eval: np.ndarray,
     n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
@@ -211,8 +201,8 @@ def threshold_spread(
     threshold (nothing is chosen) or when the validation split lacks a class.
     """
     kind, _ = parse_rule(rule)
-    y_val, p_val = _binary_pair(y_val, p_val, "validation")
-    y_eval, p_eval = _binary_pair(y_eval, p_eval, "evaluated")
+    y_val, p_val = binary_pair(y_val, p_val, what="validation")
+    y_eval, p_eval = binary_pair(y_eval, p_eval, what="evaluated")
     if kind == "fixed" or len(np.unique(y_val)) < 2:
         return None
     rng = np.random.default_rng(seed)
