@@ -370,7 +370,9 @@ def _validation_message(errors) -> str:
     if query:
         return f"invalid query parameter ({'; '.join(query)}); explain and preview take true or false"
     if any(e.get("loc", ())[:2] == ("body", "files") and len(e["loc"]) > 2 for e in errors):
-        return "a 'files' part is not a file: give each part a filename in its Content-Disposition (curl -F files=@image.png)"
+        # python-multipart drops RFC 5987's filename*= (RFC 7578 4.2: form-data uses filename=), so such a part reads as text.
+        return ("a 'files' part is not a file: give each part a filename in its Content-Disposition (curl -F files=@image.png); "
+                "filename*= alone is not read, send filename=\"...\" (RFC 7578)")
     where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in errors)
     return f"expected multipart/form-data with one or more 'files' ({where})"
 
