@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,12 @@ def _new_site(root: Path, n: int = 32, size: int = 48) -> Path:
     return root
 
 
-def test_adapt_changes_only_batchnorm_statistics(tiny_run: Path, tmp_path: Path):
+def test_adapt_changes_only_batchnorm_statistics(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     site = _new_site(tmp_path / "site")
     out = tmp_path / "adapted"
-    assert main(["adapt", str(tiny_run), str(site), "--out", str(out), "--batch-size", "16"]) == 0
+    assert main(["adapt", str(tiny_run), str(site), "--out", str(out), "--batch-size", "16", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["images"] == 32 and doc["batchnorm_layers"] > 0 and doc["method"] == "AdaBN"
     before, after = load_file(str(tiny_run / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}

@@ -211,13 +211,15 @@ def trained(binary_data, tmp_path_factory):
     return binary_data, run
 
 
-def test_calibrate_stores_the_map_and_keeps_decisions_consistent(trained):
+def test_calibrate_stores_the_map_and_keeps_decisions_consistent(trained, capsys):
     data, run_dir = trained
     before = Run.load(run_dir)
     assert before.calibration is None
     old_threshold = before.threshold
-    assert main(["calibrate", str(run_dir), "--method", "temperature"]) == 0
+    assert main(["calibrate", str(run_dir), "--method", "temperature", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # stdout holds the JSON document alone
     run = Run.load(run_dir)
+    assert doc["method"] == "temperature" and doc["params"] == pytest.approx(run.calibration["params"]) and doc["threshold"]
     assert run.calibration["method"] == "temperature" and run.calibration["fitted_on"].startswith("val")
     assert run.meta["threshold"]["uncalibrated_value"] == pytest.approx(old_threshold)
     from cxrkit.evaluation.evaluate import load_run_dataset

@@ -71,6 +71,9 @@ def test_stress_names_an_exposure_shortcut(shortcut_run: Path, capsys: pytest.Ca
     assert rows["restandardised"]["change"] < -0.15 and rows["restandardised"]["p_value"] < 0.05
     assert "SHORTCUT" in r["verdict"] and "restandardised" in r["verdict"]
     assert "restandardised" in text and "<- shortcut" in text
+    assert main(["stress", str(shortcut_run), "--split", "val", "--json"]) == 0  # for scripts: the same result, as JSON on stdout
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["auc"] == r["auc"] and doc["verdict"] == r["verdict"] and len(doc["perturbations"]) == len(r["perturbations"])
 
 
 def test_stress_bad_inputs_are_one_line_errors(shortcut_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -592,8 +592,9 @@ def cmd_stress(a: argparse.Namespace) -> int:
     from cxrkit.evaluation.evaluate import parse_class_map
     from cxrkit.evaluation.stress import format_table, stress_run
 
-    r = stress_run(a.run, a.data, a.split, class_map=parse_class_map(a.class_map))
-    print(format_table(r))
+    r = stress_run(a.run, a.data, a.split, progress=not a.quiet, class_map=parse_class_map(a.class_map))
+    a.result = r
+    print(format_table(r), file=_result_stream())
     print(f"\nstress.json updated in {a.run}/")
     return 0
 
@@ -616,7 +617,8 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     from cxrkit.training.adapt import adapt_run
 
     _check_writable(Path(a.out))  # adapt makes --out only after decoding every image of the new site
-    info = adapt_run(a.run, a.folder, a.out, a.batch_size, overwrite=a.overwrite)
+    info = adapt_run(a.run, a.folder, a.out, a.batch_size, overwrite=a.overwrite, progress=not a.quiet)
+    a.result = info
     print(f"{info['batchnorm_layers']} batch-norm layer(s) re-estimated on {info['images']} image(s) of {a.folder}"
           + (f" ({info['unreadable']} unreadable)" if info["unreadable"] else "") + f"; adapted run written to {a.out}/")
     kept = "threshold is" if info.get("task") == "binary" else "thresholds are" if info.get("task") == "multilabel" else "decision rule is"
@@ -642,18 +644,21 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     from cxrkit.evaluation.calibrate import calibrate_run, remove_calibration
 
     if a.remove:
-        if not remove_calibration(a.run, a.data):
+        removed = remove_calibration(a.run, a.data, progress=not a.quiet)
+        a.result = {"removed": bool(removed)}
+        if not removed:
             print(f"{a.run} has no calibration; nothing removed")
             return 0
         print(f"calibration removed from {a.run}; predictions use the model's own probabilities and the original threshold, "
               "and the validation results (and any referral band) were re-scored and re-chosen with them")
         return 0
-    c = calibrate_run(a.run, a.data, a.method)
+    c = calibrate_run(a.run, a.data, a.method, progress=not a.quiet)
+    a.result = c
     b, f = c["before"], c["after"]
     # Measured on the images the map was fitted to: isotonic reaches ECE 0 there by construction.
     print(f"{c['method']} calibration fitted on {c['n']} validation images: ECE {b['ece']:.4f} -> {f['ece']:.4f}, "
           f"Brier {b['brier']:.4f} -> {f['brier']:.4f} (on the images it was fitted to, so optimistic; `cxrkit evaluate` measures "
-          "it on the test split)")
+          "it on the test split)", file=_result_stream())
     if c["method"] == "isotonic" and c["n"] < 200:
         print(f"warning: isotonic calibration on {c['n']} images follows their noise (it needs a few hundred); Platt scaling "
               "(--method platt) has two parameters", file=sys.stderr)
@@ -1159,6 +1164,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--split", choices=["test", "val", "train", "all"], default=None,
                     help="split to stress (default: test of the training data; all images of another dataset)")
     st.add_argument("--class-map", default=None, metavar="DATASET=MODEL,...", help="as for evaluate")
+    _output_options(st)
     st.set_defaults(func=cmd_stress)
 
     ad = sub.add_parser("adapt", help="AdaBN: re-estimate batch-norm statistics on unlabelled images of a new site",
@@ -1172,6 +1178,7 @@ def build_parser() -> argparse.ArgumentParser:
     # batch at all) left every layer with reset statistics (mean 0, variance 1) and still said they were re-estimated.
     ad.add_argument("--batch-size", type=bounded_int(2, 4096), default=64, help="images per batch-norm batch, 2-4096 (default %(default)s)")
     ad.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _output_options(ad)
     ad.set_defaults(func=cmd_adapt)
 
     ca = sub.add_parser("calibrate", help="fit a probability calibration on the validation split and store it in the run",
@@ -1188,6 +1195,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "isotonic: monotone steps, needs a few hundred validation images")
     ca.add_argument("--remove", action="store_true", help="delete the run's calibration, restore its original threshold and re-score "
                     "the validation split without it (needs the run's data, or DATA)")
+    _output_options(ca)
     ca.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="classify one image or every image under a folder")
