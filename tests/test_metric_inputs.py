@@ -112,12 +112,12 @@ def test_valid_inputs_keep_their_figures_and_bool_labels_are_classes():
 def test_settings_of_the_interval_and_study_size_functions_are_checked():
     from cxrkit.metrics.calibration import expected_calibration_error
     from cxrkit.metrics.intervals import wilson_interval
-    from cxrkit.metrics.sample_size import auc_standard_error, cases_for_proportion, images_for_auc, wilson_width
+    from cxrkit.metrics.sample_size import auc_standard_error, cases_for_proportion, images_for_auc, wilson_reach
 
     for call, words in ((lambda: wilson_interval(3, 10, 95), "not 95"),  # gave (0.0, 1.0) without a word
                         (lambda: cases_for_proportion(0.9, 0.05, 95), "not 95"),  # OverflowError
                         (lambda: images_for_auc(0.9, 0.1, 0.05, 95), "not 95"),
-                        (lambda: wilson_width(0.5, 0), "at least 1"),  # ZeroDivisionError
+                        (lambda: wilson_reach(0.5, 0), "at least 1"),  # ZeroDivisionError
                         (lambda: auc_standard_error(0.9, 0, 10), "at least one positive"),
                         (lambda: expected_calibration_error(Y, np.c_[1 - P, P], n_bins=0), "n_bins must be")):
         with pytest.raises(ValueError, match=words):

@@ -548,17 +548,22 @@ def _reader_summary(readers: dict | None) -> None:
 
 
 def _plan_hint(run: str, m: dict) -> None:
-    """A binary evaluation whose intervals are wider than ±0.1: how to find the images that would narrow them."""
+    """A binary evaluation whose intervals reach more than 0.1 from their estimates: how to find the images that would narrow them."""
     if m.get("task") != "binary":
         return
-    widths = {k: (e["ci"][1] - e["ci"][0]) / 2 for k in ("sensitivity", "specificity", "roc_auc")
-              if (e := (m.get("metrics") or {}).get(k)) and e.get("ci") and None not in e["ci"]
-              and not (k == "roc_auc" and e["ci"][0] <= 0.5)}  # plan cannot plan an AUC that may be at chance: it said so after this hint
-    if not widths or max(widths.values()) <= 0.1:
+    # How far each interval reaches from its estimate on its longer side (half its width said ±0.15 for 0.85 (0.64-0.95),
+    # whose lower bound is 0.21 below): the side plan's ±D bounds.
+    metrics = m.get("metrics") or {}
+    reach = {k: max(e["value"] - e["ci"][0], e["ci"][1] - e["value"]) for k in ("sensitivity", "specificity", "roc_auc")
+             if (e := metrics.get(k)) and e.get("value") is not None and e.get("ci") and None not in e["ci"]
+             and not (k == "roc_auc" and e["ci"][0] <= 0.5)}  # plan cannot plan an AUC that may be at chance: it said so after this hint
+    if not reach or max(reach.values()) <= 0.1:
         return
-    k = max(widths, key=widths.get)
-    print(f"note: on {m['n']} images ({m['n_positive']} {m['classes'][1]}) the {k} interval is ±{widths[k]:.2f}; "
-          f"`cxrkit plan {run} --split {m['split']} --prevalence P` gives the images a study needs for ±0.05")
+    k = max(reach, key=reach.get)
+    e = metrics[k]
+    print(f"note: on {m['n']} images ({m['n_positive']} {m['classes'][1]}) the {k} interval ({e['ci'][0]:.2f}-{e['ci'][1]:.2f}) reaches "
+          f"{reach[k]:.2f} from its estimate {e['value']:.2f}; `cxrkit plan {run} --split {m['split']} --prevalence P` gives the images "
+          "a study needs for ±0.05")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
