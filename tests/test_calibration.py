@@ -249,7 +249,9 @@ def test_calibrate_stores_the_map_and_keeps_decisions_consistent(trained, capsys
     for words in ("1,000 people screened", "another validation sample of that size",
                   "Operating points", "Decision curve", "Where does the model look", "after temperature calibration",
                   # the region shares explain the decided class, the gallery the positive one: the report says which is which
-                  f"(a {run.classes[0]} call shows what cleared the image)", f"the gallery shows where the evidence for <b>{run.classes[1]}</b>"):
+                  f"(a {run.classes[0]} call shows what cleared the image)", f"the gallery shows where the evidence for <b>{run.classes[1]}</b>",
+                  # the kept epoch's AUC (one view) beside a validation table of test-time views read as two AUCs of one model
+                  f"(validation AUC {run.meta['training']['best_val_auc']:.4f}, one view per image during training; the validation table above"):
         assert words in html, words
     assert main(["calibrate", str(run_dir), "--remove"]) == 0
     assert Run.load(run_dir).calibration is None and Run.load(run_dir).threshold == pytest.approx(old_threshold)
