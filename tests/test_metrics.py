@@ -142,6 +142,23 @@ def test_a_constant_score_is_not_called_perfectly_separated():
     assert "does not tell the classes apart at all" in text and "perfectly separated" not in text
 
 
+def test_one_call_for_every_image_is_not_explained_as_tied_scores():
+    # A 3-class model calling every image class 0 had balanced accuracy 0.333 (0.333-0.333) "because every case got the same
+    # score", beside per-class AUCs well above chance: its scores differed, its calls did not.
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 20)
+    logits = rng.normal(size=(60, 3)) + 1.5 * np.eye(3)[y]
+    logits[:, 0] += 10  # the top class is always 0, the ranking within each column still follows the labels
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    m = multiclass_metrics(y, probs, ["covid", "normal", "viral"], n_bootstrap=100)["metrics"]
+    for key in ("balanced_accuracy", "macro_f1"):
+        assert m[key]["ci"][0] == m[key]["ci"][1] and "made one call for every case" in m[key]["note"], key
+        assert "same score" not in m[key]["note"]
+    assert m["macro_roc_auc"]["value"] > 0.75 and "note" not in m["macro_roc_auc"]
+    b = binary_metrics(np.array([0, 0, 0, 1, 1, 1]), np.array([0.6, 0.7, 0.8, 0.7, 0.8, 0.9]), 0.5, n_bootstrap=100)["metrics"]
+    assert "made one call for every case" in b["balanced_accuracy"]["note"] and "note" not in b["roc_auc"]
+
+
 def test_a_class_without_images_is_said_to_be_missing_not_measured():
     # A validation split with no covid images: the sentence read "Of the 0 covid images ... (sensitivity n/a, )" and the
     # macro AUC of 1.0 over the two classes present read as the three-class model's.

@@ -27,11 +27,18 @@ def proportion(successes: int, n: int, confidence: float = 0.95) -> dict:
 
 DEGENERATE_NOTE = "zero-width interval: the sample is perfectly separated, so the method sees no variance; the true uncertainty is larger"
 TIED_NOTE = "zero-width interval: every case got the same score, so the model does not rank these cases at all"
+SAME_CALLS_NOTE = ("zero-width interval: every resample gave the same figure (the model made one call for every case, or every "
+                   "call was right); the true uncertainty is larger")
 
 
-def _entry(value: float | None, ci: tuple[float, float] | None, method: str) -> dict:
+def _entry(value: float | None, ci: tuple[float, float] | None, method: str, decisions: bool = False) -> dict:
+    """A figure with its interval; ``decisions``: computed from the calls, not the scores (F1, balanced accuracy)."""
     e = {"value": None if value is None or not np.isfinite(value) else float(value), "ci": list(ci) if ci else None, "method": method}
-    if ci and ci[1] - ci[0] < 1e-12:
+    if ci and ci[1] - ci[0] < 1e-12 and decisions:
+        # A model that called every image Covid got balanced accuracy 0.333 (0.333-0.333) "because every case got the same
+        # score", beside per-class AUCs of 0.93: its scores differed, its calls did not.
+        e["note"] = SAME_CALLS_NOTE
+    elif ci and ci[1] - ci[0] < 1e-12:
         # DeLong's and the bootstrap's variance is zero for a perfect ranking (AUC 0 or 1) and for a constant score (0.5, all tied):
         # a diverged or collapsed model's 0.500 (0.500-0.500) was explained as "perfectly separated".
         separated = e["value"] is not None and (e["value"] <= 1e-9 or e["value"] >= 1 - 1e-9)
@@ -116,10 +123,11 @@ def binary_metrics(
     }
     f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else float("nan")
     yb, pb = y.astype(bool), pred.astype(bool)
-    m["f1"] = _entry(f1, bootstrap_interval(_f1_from_pred, yb, pb, n_bootstrap, confidence, seed), "bootstrap")
+    m["f1"] = _entry(f1, bootstrap_interval(_f1_from_pred, yb, pb, n_bootstrap, confidence, seed), "bootstrap", decisions=True)
     bacc = balanced_accuracy_score(y, pred) if both else float("nan")
     m["balanced_accuracy"] = _entry(
-        bacc, bootstrap_interval(_balanced_accuracy_binary, yb, pb, n_bootstrap, confidence, seed) if both else None, "bootstrap"
+        bacc, bootstrap_interval(_balanced_accuracy_binary, yb, pb, n_bootstrap, confidence, seed) if both else None, "bootstrap",
+        decisions=True,
     )
     if both:
         auc, auc_ci = delong_interval(y, prob, confidence)
@@ -197,12 +205,13 @@ def multiclass_metrics(
         "balanced_accuracy": _entry(
             # Ours, not scikit-learn's: the same mean recall over the classes present, without its warning (printed into the
             # command's output) when the model predicts a class this split lacks.
-            bacc(y, pred), bootstrap_interval(bacc, y, pred, n_bootstrap, confidence, seed), "bootstrap"
+            bacc(y, pred), bootstrap_interval(bacc, y, pred, n_bootstrap, confidence, seed), "bootstrap", decisions=True
         ),
         "macro_f1": _entry(
             f1_score(y, pred, average="macro", labels=present, zero_division=0.0),
             bootstrap_interval(macro_f1, y, pred, n_bootstrap, confidence, seed),
             "bootstrap",
+            decisions=True,
         ),
         "macro_roc_auc": _entry(
             macro_auc(y, index) if len(present) > 1 else None,
