@@ -54,7 +54,7 @@ def test_train_writes_a_complete_run(trained):
     assert val_paths and all(p.startswith("train/") for p in val_paths)
 
 
-def test_evaluate_on_test_is_better_than_chance(trained, capsys):
+def test_evaluate_on_test_is_better_than_chance(trained, capsys, tmp_path):
     data, run = trained
     assert main(["evaluate", str(run), str(data), "--split", "test"]) == 0
     m = json.loads((run / "metrics.json").read_text())["test"]
@@ -77,7 +77,15 @@ def test_evaluate_on_test_is_better_than_chance(trained, capsys):
     # A second look at test is flagged.
     assert main(["evaluate", str(run), str(data), "--split", "test"]) == 0
     again = json.loads((run / "metrics.json").read_text())["test"]
-    assert any("time(s) before" in n for n in again["notes"])
+    assert any("evaluated 1 time(s) before" in n for n in again["notes"])
+    # The run and its data copied elsewhere together: the looks at test go with them (counted by the data's absolute path,
+    # the copy's first look said nothing).
+    base = tmp_path / "copied"
+    shutil.copytree(data, base / data.parent.name / data.name)
+    moved = base / run.parent.name / run.name
+    shutil.copytree(run, moved)
+    assert main(["evaluate", str(moved), "--split", "test", "--explain", "none"]) == 0
+    assert any("evaluated 2 time(s) before" in n for n in json.loads((moved / "metrics.json").read_text())["test"]["notes"])
 
 
 def test_predict_one_file_and_a_folder(trained, tmp_path, capsys):

@@ -340,7 +340,11 @@ def evaluate_run(
             available = [s for s in ("train", "val", "test") if len(ds.index(s))]
             raise ValueError(f"split {split!r} has no images in {ds.source.shown}; available: {', '.join(available)}")
         history = run.record.evaluations
-        earlier = [e for e in history if e["split"] == key and e["data"] == str(ds.source.root)]
+        # Which images were looked at, by content, not by where they lie: keyed by the folder's absolute path, a run copied or
+        # moved with its data (the demo keeps it inside the run) counted its earlier looks at test as none.
+        looked_at = ds.fingerprint(None if split == "all" else split)
+        earlier = [e for e in history if e.get("split") == key
+                   and (same_data or e.get("images") == looked_at or e.get("data") == str(ds.source.root))]
         if (key == "test" or not same_data) and earlier:
             notes.append(
                 f"this {'test split' if same_data else 'external set'} was evaluated {len(earlier)} time(s) before; if the model or settings changed in between, "
@@ -432,7 +436,7 @@ def evaluate_run(
                              + ("; with under 20 images of a class the chosen threshold moves a lot with the sample: read its "
                                 "figures as a rough guide" if small else ""))
             write_evaluation(run, key, ds, idx, probs, metrics, notes)
-            history.append({"split": key, "data": str(ds.source.root), "time": now()})
+            history.append({"split": key, "data": str(ds.source.root), "images": looked_at, "time": now()})
             run.save_record()
             if write_report:
                 from cxrkit.report.html import write_report as _write
