@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -98,6 +99,46 @@ def test_a_reader_that_closes_the_pipe_stops_the_command_quietly():
     p.stdout.close()
     err = p.stderr.read()
     assert p.wait() == 141 and err == b""
+
+
+def test_a_closed_standard_output_does_not_stop_a_training(binary_data, tmp_path):
+    # `cxrkit train ... | head -3` stopped at the first epoch line, before that epoch's checkpoint: the whole training was lost.
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = ["train", str(binary_data), "--out", str(out), "--model", "cnn", "--image-size", "32", "--epochs", "2", "--batch-size", "16"]
+    p = subprocess.Popen([sys.executable, "-c", f"import sys; from cxrkit.cli import main; sys.exit(main({args!r}))"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()  # the reader takes one line and leaves, as head does
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait() == 0, err
+    assert json.loads((out / "meta.json").read_text())["complete"] is True and (out / "report.html").is_file()
+    assert "note: standard output could not be written from some point on (Broken pipe); train went on and finished" in err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_standard_output_is_named_as_such():
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:  # "error: No space left on device" read as the disk holding the run
+        p = subprocess.run([sys.executable, "-c", "import sys; from cxrkit.cli import main; sys.exit(main(['models']))"],
+                           stdout=full, stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 2 and p.stderr.strip() == "error: standard output: No space left on device"
+
+
+def test_a_second_ctrl_c_in_train_names_resume(monkeypatch, capsys):
+    import cxrkit.cli as cli
+
+    def interrupted(a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_train", interrupted)
+    assert main(["train", "DATA"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted: the training keeps its last checkpoint; the same command with --resume continues it"
 
 
 def test_the_who_tb_target_is_a_reference_line_for_another_disease_and_intervals_use_a_dash(tiny_run, capsys):

@@ -1505,9 +1505,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from cxrkit.data.sources import DatasetError
 
+    out = _Output(sys.stdout, "standard output", keep_going=_writes_files(args))
+    err = _Output(sys.stderr, "standard error", keep_going=True)
     try:
-        with _sigterm_stops_cleanly():
-            return _run_command(args)
+        with _sigterm_stops_cleanly(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = _run_command(args)
+            out.flush()  # what is still buffered fails here, not in the interpreter's exit flush
+        if out.lost:
+            with contextlib.suppress(OSError):
+                print(f"note: standard output could not be written from some point on ({out.lost}); {args.command} went on"
+                      + (" and finished: its files are complete" if code == 0 else ""), file=sys.stderr)
+        return code
     except Terminated:
         command = getattr(args, "command", None)
         if command == "serve":  # uvicorn answered the requests in flight, then passed the signal on
@@ -1529,8 +1537,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = (": the study keeps its finished trials (listed in trials.csv); the same command continues it"
-                if getattr(args, "command", None) == "tune" else "")
+        command = getattr(args, "command", None)
+        # A second Ctrl-C while train finished the run said only "interrupted"; SIGTERM there named --resume.
+        hint = (": the study keeps its finished trials (listed in trials.csv); the same command continues it" if command == "tune" else
+                ": the training keeps its last checkpoint; the same command with --resume continues it" if command == "train" else "")
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - a bug, not the user's fault: one line unless asked for the traceback
@@ -1556,6 +1566,57 @@ def _unknown_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace
                 hints.append((word.split("=", 1)[0], close[0]))
     said = hints[0][1] if len(hints) == 1 else ", ".join(f"{right} for {wrong}" for wrong, right in hints)
     sub.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; did you mean {said}?" if hints else ""))
+
+
+# Commands whose product is files (a run folder, a CSV): a closed or full standard output (`| head`, `> /dev/full`) must not
+# stop them. `train | head` stopped the training at its first epoch line, before that epoch's checkpoint: all of it was lost.
+FILE_COMMANDS = frozenset({"demo", "train", "evaluate", "stress", "adapt", "calibrate", "export", "explain", "compare", "tune", "referral",
+                           "serve"})
+
+
+def _writes_files(args: argparse.Namespace) -> bool:
+    """Whether the command's product is files rather than what it prints (predict is, with --out)."""
+    command = getattr(args, "command", None)
+    return command in FILE_COMMANDS or (command == "predict" and bool(getattr(args, "out", None)))
+
+
+class _Output:
+    """sys.stdout or sys.stderr for the length of a command: a write that fails (reader gone, disk full) names the stream,
+    and for a command whose product is files, the stream is dropped and the command goes on (``lost`` says why)."""
+
+    def __init__(self, stream, name: str, keep_going: bool) -> None:
+        self._stream, self._name, self._keep_going, self.lost = stream, name, keep_going, None
+
+    def write(self, text: str) -> int:
+        """Write ``text``, unless the stream was lost."""
+        if self.lost is None:
+            try:
+                return self._stream.write(text)
+            except OSError as exc:
+                self._failed(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush, unless the stream was lost."""
+        if self.lost is None:
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        if not self._keep_going:
+            if exc.filename is None:
+                exc.filename = self._name  # "error: No space left on device" read as the disk of the run folder
+            raise exc
+        self.lost = exc.strerror or type(exc).__name__
+        try:  # what the stream still holds goes nowhere at exit, without "Exception ignored" on stderr
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _stdout_gone() -> bool:
