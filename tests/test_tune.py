@@ -108,6 +108,15 @@ def test_a_failure_no_setting_cures_ends_the_study_in_one_line_and_ctrl_c_keeps_
     assert "Traceback" not in err and "the same command continues it" in err
     with open(tmp_path / "t" / "trials.csv", newline="") as f:
         assert [r["state"] for r in csv.DictReader(f)] == ["fail"] * 4
+    # SIGTERM (a job scheduler): the trial was left "running" for good, counted nowhere, and every later continuation seeded
+    # its sampler with the process id as if another process shared the study.
+    from cxrkit.cli import Terminated
+
+    monkeypatch.setattr(cxrkit.training, "train", lambda cfg, **_: (_ for _ in ()).throw(Terminated()))
+    assert main([*args, "--trials", "2"]) == 143
+    assert "the same command continues it" in capsys.readouterr().err
+    with open(tmp_path / "t" / "trials.csv", newline="") as f:
+        assert [r["state"] for r in csv.DictReader(f)] == ["fail"] * 5
 
 
 @pytest.mark.parametrize("options, message", [

@@ -1521,7 +1521,8 @@ def main(argv: list[str] | None = None) -> int:
         if command == "serve":  # uvicorn answered the requests in flight, then passed the signal on
             print("serve stopped (SIGTERM)", file=sys.stderr)
         else:
-            hint = " The training keeps its last checkpoint: the same command with --resume continues it." if command == "train" else ""
+            hint = (" The training keeps its last checkpoint: the same command with --resume continues it." if command == "train" else
+                    " The study keeps its finished trials (listed in trials.csv): the same command continues it." if command == "tune" else "")
             print(f"terminated (SIGTERM): {command} stopped before finishing.{hint}", file=sys.stderr)
         return 143
     except (DatasetError, ValueError) as exc:  # bad input: data, configs, run folders, weights, options

@@ -173,9 +173,11 @@ def tune(
     bar = tqdm(total=trials, initial=min(already, trials), desc=f"tuning {base.model}", unit="trial", disable=not progress or None)
 
     warned = False  # the data's warnings (leakage, shortcuts) are the same for every trial: said by this process's first one
+    current: list[int] = []  # the number of the trial this process is running
 
     def objective(trial: optuna.Trial) -> float:
         nonlocal warned
+        current[:] = [trial.number]
         cfg = suggest_config(trial, base, sizes, out)
         trial.set_user_attr("config", json.loads(json.dumps(cfg.to_dict())))
 
@@ -212,6 +214,10 @@ def tune(
             )
         except BaseException:  # Ctrl-C, or an error no setting can cure (the dataset refused): trials.csv still lists what ran
             bar.close()
+            # Optuna closes a trial stopped by Ctrl-C or an error, not one stopped by SIGTERM (cli.Terminated): left "running"
+            # for good, it was counted nowhere and made every later continuation seed its sampler as if a process shared the study.
+            if current and current[0] in {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}:
+                study.tell(current[0], state=TrialState.FAIL)
             write_results(study, out, base)
             raise
     bar.close()
