@@ -130,6 +130,14 @@ def test_a_full_standard_output_is_named_as_such():
     assert p.returncode == 2 and p.stderr.strip() == "error: standard output: No space left on device"
 
 
+def test_a_cache_variable_naming_a_file_is_named(binary_data, tmp_path, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("CXRKIT_CACHE", str(tmp_path / "afile"))
+    assert main(["audit", str(binary_data)]) == 2  # was "error: <afile>/audit: Not a directory"
+    assert capsys.readouterr().err.strip() == (f"error: cxrkit's cache folder {tmp_path / 'afile'} (from $CXRKIT_CACHE) is a file; "
+                                               "point $CXRKIT_CACHE at a folder, or give --cache-dir")
+
+
 def test_a_second_ctrl_c_in_train_names_resume(monkeypatch, capsys):
     import cxrkit.cli as cli
 

@@ -99,10 +99,14 @@ def file_stamp(path: str | Path) -> str:
 
 def cache_root() -> Path:
     """Folder for cxrkit's caches: $CXRKIT_CACHE, else $XDG_CACHE_HOME/cxrkit, else ~/.cache/cxrkit."""
-    base = os.environ.get("CXRKIT_CACHE") or os.path.join(
+    var = "CXRKIT_CACHE" if os.environ.get("CXRKIT_CACHE") else "XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else None
+    base = Path(os.environ.get("CXRKIT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cxrkit"
-    )
-    return Path(base)
+    ))
+    if base.exists() and not base.is_dir():  # was "<file>/audit: Not a directory", naming neither the variable nor the cache
+        fix = f"point ${var} at a folder" if var else "move that file away"
+        raise ValueError(f"cxrkit's cache folder {base}{f' (from ${var})' if var else ''} is a file; {fix}, or give --cache-dir")
+    return base
 
 
 def extract_zip(zip_path: Path, cache_dir: Path | None = None) -> Path:
