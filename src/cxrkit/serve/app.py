@@ -508,8 +508,8 @@ def create_app(run_dir: str | Path, engine: str = "auto", api_key: str | None = 
 
     @app.post("/v1/predict", summary="classify one or more uploaded radiographs (PNG, JPEG, BMP, TIFF or DICOM)")
     async def predict(request: Request, files: list[UploadFile] = File(..., description="one or more image files"),
-                      explain: bool = Query(False, description="add a heat-map overlay (PNG, base64) per image, and overlay_method: occlusion for "
-                                                              "the small models, Grad-CAM for the pretrained ones"),
+                      explain: bool = Query(False, description="add a heat-map overlay (PNG, base64) per image, and overlay_method "
+                                                              "(occlusion, as in the report)"),
                       preview: bool = Query(False, description="add the image as the model sees it (PNG, base64)")) -> dict:
         # A misspelt ?explian=true was ignored and the answer came without its heat maps; a repeated one took its last value.
         params = request.query_params
