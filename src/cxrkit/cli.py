@@ -625,7 +625,7 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     info = adapt_run(a.run, a.folder, a.out, a.batch_size, overwrite=a.overwrite, progress=not a.quiet)
     a.result = info
     print(f"{info['batchnorm_layers']} batch-norm layer(s) re-estimated on {info['images']} image(s) of {a.folder}"
-          + (f" ({info['unreadable']} unreadable)" if info["unreadable"] else "") + f"; adapted run written to {a.out}/")
+          + (f" ({info['unreadable']} unreadable)" if info["unreadable"] else "") + f"; adapted run written to {a.out}/", file=_result_stream())
     kept = "threshold is" if info.get("task") == "binary" else "thresholds are" if info.get("task") == "multilabel" else "decision rule is"
     print(f"the {kept} still the source run's; to measure the adapted model: cxrkit evaluate {a.out} LABELLED_DATA")
     return 0
@@ -652,10 +652,10 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         removed = remove_calibration(a.run, a.data, progress=not a.quiet)
         a.result = {"removed": bool(removed)}
         if not removed:
-            print(f"{a.run} has no calibration; nothing removed")
+            print(f"{a.run} has no calibration; nothing removed", file=_result_stream())
             return 0
         print(f"calibration removed from {a.run}; predictions use the model's own probabilities and the original threshold, "
-              "and the validation results (and any referral band) were re-scored and re-chosen with them")
+              "and the validation results (and any referral band) were re-scored and re-chosen with them", file=_result_stream())
         return 0
     c = calibrate_run(a.run, a.data, a.method, progress=not a.quiet)
     a.result = c
