@@ -1086,7 +1086,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cxrkit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="command")
 
-    d = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, about a minute on 2 idle CPU cores")
+    d = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, about 30 s on 2 idle CPU cores")
     d.add_argument("--out", default="runs/demo", help="run folder (default %(default)s)")
     d.add_argument("--model", default="cnn", help="model name, as in `cxrkit models` (default %(default)s: small and fast)")
     d.add_argument("--epochs", type=bounded_int(1, 1000), default=15, help="training epochs (default %(default)s)")
