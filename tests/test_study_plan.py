@@ -98,7 +98,7 @@ def test_a_run_plans_from_the_ends_of_its_intervals_that_need_most_images(tmp_pa
     by = {r["metric"]: r["anticipated"] for r in plan["requirements"]}
     assert by == {"sensitivity": 0.72, "specificity": 0.74, "roc_auc": 0.8}  # not the 1.0 seen on 10 positives
     assert plan["from_run"]["split"] == "test" and not plan["from_run"]["prevalence_from_run"]
-    assert plan["from_run"]["current_half_widths"]["sensitivity"] == pytest.approx(0.14)
+    assert plan["from_run"]["current_reach"]["sensitivity"] == pytest.approx(0.28)  # 1.0 (0.72-1.0): was "±0.14", half its width
     point = plan_for_run(run, 0.05, prevalence=0.05, point_estimates=True)
     assert {r["metric"]: r["anticipated"] for r in point["requirements"]}["sensitivity"] == 1.0
     assert point["images"] < plan["images"]

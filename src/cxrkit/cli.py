@@ -1000,8 +1000,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
               + ("; the prevalence too: a screening site's is often far lower, pass --prevalence" if src["prevalence_from_run"] else ""))
         for name, why in src["skipped"].items():
             print(f"  {name}: {why}")
-        if src["current_half_widths"]:
-            print("  that split's 95% intervals are " + ", ".join(f"±{w:.3f} ({k})" for k, w in src["current_half_widths"].items()))
+        if src["current_reach"]:
+            print("  that split's 95% intervals reach " + ", ".join(f"{w:.3f} ({k})" for k, w in src["current_reach"].items())
+                  + " from their estimates")
         if src["split"] == "val":
             print("  (validation figures chose the threshold and the kept epoch: optimistic; a new site will likely score lower)")
     print("anticipated values are estimates: a lower sensitivity or specificity closer to 0.5, or a lower AUC, needs more images")

@@ -97,5 +97,8 @@ def plan_for_run(run_dir: str | Path, half_width: float, prevalence: float | Non
     plan["from_run"] = {"run": str(run_dir), "split": stored["split"], "n": stored["n"], "n_positive": stored["n_positive"],
                         "prevalence_from_run": prevalence_from_run, "anticipated_from_run": "point estimates" if point_estimates else
                         "interval ends nearest chance", "taken_from_run": [k for k, v in given.items() if v is None], "skipped": skipped,
-                        "current_half_widths": {name: (f["ci"][1] - f["ci"][0]) / 2 for name, f in figures.items() if f.get("ci")}}
+                        # how far each interval reaches from its estimate, on its longer side: the ±D the plan bounds (half
+                        # the width said ±0.14 for 1.0 (0.72-1.0), 0.28 below)
+                        "current_reach": {name: max(f["value"] - f["ci"][0], f["ci"][1] - f["value"])
+                                          for name, f in figures.items() if f.get("ci") and None not in f["ci"]}}
     return plan
