@@ -138,14 +138,29 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys):
     assert np.allclose(p, run.predict_arrays(run.preprocessing.load(image)[None])[0], atol=1e-6)
 
 
-def test_single_positive_finding_gets_no_interval():
-    y = np.zeros((30, 2), int)
-    y[:10, 0] = 1
-    y[0, 1] = 1
-    probs = np.linspace(0, 1, 60).reshape(30, 2)
-    m = multilabel_metrics(y, probs, ["a", "b"], np.array([0.5, 0.5]), n_bootstrap=50)
+@pytest.mark.parametrize("rare", [1, 2, 4])
+def test_a_finding_seen_on_few_images_gets_no_interval_and_stays_out_of_the_mean(rare):
+    # NIH test split: Pneumonia on 2 images had 0.263 (0.067-0.458), an interval excluding chance where a rank test did not
+    # (p 0.29), and three findings seen once each lifted the mean over findings from 0.558 to 0.611.
+    from cxrkit.report.narrative import multilabel_sentences
+
+    rng = np.random.default_rng(rare)
+    y = np.zeros((60, 3), int)
+    y[:20, 0] = 1
+    y[20:35, 1] = 1
+    y[:rare, 2] = 1
+    probs = np.clip(y * 0.3 + rng.random((60, 3)) * 0.7, 0, 1)
+    probs[:rare, 2] = 0.99  # a perfect score on the rare finding would lead the "best" and lift the mean
+    m = multilabel_metrics(y, probs, ["a", "b", "rare"], np.array([0.5, 0.5, 0.5]), n_bootstrap=200)
     assert m["per_label"]["a"]["roc_auc"]["ci"] is not None
-    assert m["per_label"]["b"]["roc_auc"]["ci"] is None and "one positive" in m["per_label"]["b"]["roc_auc"]["note"]
+    e = m["per_label"]["rare"]["roc_auc"]
+    assert e["value"] == pytest.approx(1.0) and e["ci"] is None and f"{rare} positive image(s) only (under 5)" in e["note"]
+    assert m["findings_in_mean_auc"] == ["a", "b"]
+    mean = m["metrics"]["mean_roc_auc"]
+    assert mean["value"] == pytest.approx(np.mean([roc_auc_score(y[:, c], probs[:, c]) for c in range(2)]))
+    text = " ".join(multilabel_sentences(m, "test"))
+    assert "Mean ROC-AUC over the 2 findings with at least 5 images" in text and "best <b>rare</b>" not in text
+    assert "Left out, seen on too few images for a figure to mean much: rare." in text
 
 
 def test_sharded_prediction_covers_the_folder_once(ml_table, tmp_path):

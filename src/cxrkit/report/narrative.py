@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from markupsafe import escape
 
+from cxrkit.metrics.classification import MIN_FINDING_CASES
+
 SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
 
 # What each metrics.json key is called wherever a person reads it (report, model card, web page).
@@ -190,7 +192,10 @@ def multilabel_sentences(m: dict, split_words: str) -> list[str]:
     out = []
     auc = mm["mean_roc_auc"]
     if auc["value"] is not None:
-        per = {k: e["roc_auc"]["value"] for k, e in m["per_label"].items() if e["roc_auc"]["value"] is not None}
+        measured = {k: e["roc_auc"]["value"] for k, e in m["per_label"].items() if e["roc_auc"]["value"] is not None}
+        # The mean, best and worst are of the findings seen on enough images: one seen once "led" with 0.966.
+        per = {k: v for k, v in measured.items() if k in m.get("findings_in_mean_auc", measured)}
+        left = [k for k in measured if k not in per]
         best, worst = max(per, key=per.get), min(per, key=per.get)
 
         def named(k: str) -> str:
@@ -199,8 +204,9 @@ def multilabel_sentences(m: dict, split_words: str) -> list[str]:
             return f"<b>{escape(k)}</b> {per[k]:.3f} ({plural(e['support'], 'image')} with it{', no interval' if not e['roc_auc']['ci'] else ''})"
 
         out.append(
-            f"Mean ROC-AUC over the {len(per)} findings present in the {split_words} set: {auc['value']:.3f} "
-            f"({ci_text(auc, percent=False)}); best {named(best)}, worst {named(worst)}."
+            f"Mean ROC-AUC over the {len(per)} findings with at least {MIN_FINDING_CASES} images with and without them in the "
+            f"{split_words} set: {auc['value']:.3f} ({ci_text(auc, percent=False)}); best {named(best)}, worst {named(worst)}."
+            + (f" Left out, seen on too few images for a figure to mean much: {', '.join(escape(k) for k in left)}." if left else "")
         )
     pos, neg = mm["detection_rate_positive"], mm["detection_rate_negative"]
     out.append(
