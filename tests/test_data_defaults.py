@@ -112,6 +112,8 @@ def test_table_leak_points_to_resplit(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--resplit" in err and "--group-pattern" not in err
     assert main([*args, "--resplit", "--out", str(tmp_path / "r2")]) == 0
+    html = (tmp_path / "r2" / "report.html").read_text()  # it said the table's own train / validation / test split was used
+    assert "the table&#39;s own splits were set aside (<code>--resplit</code>)" in html and "own train / validation / test split was used" not in html
 
 
 def test_python_api_follows_the_native_size_too(binary_data, tmp_path):

@@ -74,7 +74,7 @@ def ml_table(tmp_path_factory):
     return make_synthetic_multilabel(tmp_path_factory.mktemp("ml"), n_patients=110, size=40, seed=3, signal=1.5)
 
 
-def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys):
+def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     cfg = TrainConfig(data=str(ml_table.parent), labels=str(ml_table), out=str(out), model="simple_cnn", image_size=32, epochs=6,
                       batch_size=16, lr=3e-3, seed=0, precision="32", augment=AugmentConfig(0, 0, 0, 0, 0, False), oversample=True)
@@ -113,6 +113,19 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys):
     image = ml_table.parent / splits[0]["path"]
     assert main(["predict", str(out), str(image)]) == 0
     assert "thresholds chosen per finding" in capsys.readouterr().out
+    # A finding whose validation split had no positive decides at an unchosen 0.5: predict said "chosen on validation".
+    real_load = Run.load
+
+    def unchosen_first(*args, **kwargs):
+        run = real_load(*args, **kwargs)
+        first = run.classes[0]
+        run.record.thresholds[first] = {**run.record.thresholds[first], "unchosen": True}
+        return run
+
+    monkeypatch.setattr(Run, "load", unchosen_first)
+    assert main(["predict", str(out), str(image)]) == 0
+    assert f"(thresholds chosen per finding on validation, except {meta['classes'][0]}: 0.5)" in capsys.readouterr().out
+    monkeypatch.undo()
     preds = list(csv.DictReader(open(out / "predictions.csv")))
     assert {f"prob_{c}" for c in meta["classes"]} <= set(preds[0])
 

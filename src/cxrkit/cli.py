@@ -758,8 +758,13 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(f"warning: {paths[0]} lies outside the training images' range ({r['ood_findings']}); the prediction is less "
                   "reliable than the run's metrics suggest", file=sys.stderr)
         if run.task == "multilabel":
-            found = [f"{c} {probs[0, j]:.3f} (>= {t:.3f})" for j, (c, t) in enumerate(zip(run.classes, run.thresholds)) if probs[0, j] >= t]
-            print(f"{paths[0]}: {', '.join(found) if found else 'no finding above its threshold'}  (thresholds chosen per finding on validation)", file=out)
+            # A finding whose validation split had no positive decides at an unchosen 0.5; "chosen on validation" said otherwise.
+            unchosen = {name for name, t in run.record.thresholds.items()
+                        if t.get("unchosen") or str(t.get("rule", "")).startswith("0.5 (validation has")}
+            found = [f"{c} {probs[0, j]:.3f} (>= {t:.3f}{', unchosen' if c in unchosen else ''})"
+                     for j, (c, t) in enumerate(zip(run.classes, run.thresholds)) if probs[0, j] >= t]
+            print(f"{paths[0]}: {', '.join(found) if found else 'no finding above its threshold'}  (thresholds chosen per finding on validation"
+                  + (f", except {', '.join(sorted(unchosen))}: 0.5" if unchosen else "") + ")", file=out)
         elif run.task == "binary":
             from cxrkit.report.narrative import against_threshold
 
