@@ -138,15 +138,19 @@ def test_a_cache_variable_naming_a_file_is_named(binary_data, tmp_path, monkeypa
                                                "point $CXRKIT_CACHE at a folder, or give --cache-dir")
 
 
-def test_a_second_ctrl_c_in_train_names_resume(monkeypatch, capsys):
+def test_a_second_ctrl_c_in_train_names_resume_when_there_is_a_checkpoint(monkeypatch, capsys, tmp_path):
     import cxrkit.cli as cli
 
     def interrupted(a):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "cmd_train", interrupted)
-    assert main(["train", "DATA"]) == 130
+    (tmp_path / "run" / "checkpoint").mkdir(parents=True)
+    assert main(["train", "DATA", "--out", str(tmp_path / "run")]) == 130
     assert capsys.readouterr().err.strip() == "interrupted: the training keeps its last checkpoint; the same command with --resume continues it"
+    # Ctrl-C before the first epoch ended: no checkpoint, and the message named one
+    assert main(["train", "DATA", "--out", str(tmp_path / "fresh")]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted: no epoch finished, so nothing was kept; run the command again"
 
 
 def test_the_who_tb_target_is_a_reference_line_for_another_disease_and_intervals_use_a_dash(tiny_run, capsys):

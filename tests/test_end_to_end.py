@@ -86,6 +86,29 @@ def test_evaluate_on_test_is_better_than_chance(trained, capsys, tmp_path):
     shutil.copytree(run, moved)
     assert main(["evaluate", str(moved), "--split", "test", "--explain", "none"]) == 0
     assert any("evaluated 2 time(s) before" in n for n in json.loads((moved / "metrics.json").read_text())["test"]["notes"])
+    # An external set moved elsewhere is the same set (it was filed under a second key, its looks counted anew), and other
+    # images put where it was are another set (they were counted as its looks).
+    site = tmp_path / "siteA" / "test"
+    shutil.copytree(data / "test", site)
+
+    def external_notes() -> tuple[list, list]:
+        m = json.loads((moved / "metrics.json").read_text())
+        keys = [k for k in m if k.startswith("external:")]
+        return keys, [n for k in keys for n in m[k]["notes"] if "time(s) before" in n]
+
+    for _ in range(2):
+        assert main(["evaluate", str(moved), str(site), "--explain", "none"]) == 0
+    assert external_notes() == (["external:test"], [n for n in external_notes()[1] if "evaluated 1 time(s) before" in n])
+    (tmp_path / "siteB" / "x").mkdir(parents=True)
+    shutil.move(site, tmp_path / "siteB" / "x" / "test")
+    assert main(["evaluate", str(moved), str(tmp_path / "siteB" / "x" / "test"), "--explain", "none"]) == 0
+    keys, notes = external_notes()
+    assert keys == ["external:test"] and len(notes) == 1 and "evaluated 2 time(s) before" in notes[0]
+    shutil.copytree(data / "train", site)  # other images, at the first set's old path
+    capsys.readouterr()
+    assert main(["evaluate", str(moved), str(site), "--explain", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "external data:" in out and "time(s) before" not in out
 
 
 def test_predict_one_file_and_a_folder(trained, tmp_path, capsys):

@@ -1527,7 +1527,8 @@ def main(argv: list[str] | None = None) -> int:
         if command == "serve":  # uvicorn answered the requests in flight, then passed the signal on
             print("serve stopped (SIGTERM)", file=sys.stderr)
         else:
-            hint = (" The training keeps its last checkpoint: the same command with --resume continues it." if command == "train" else
+            hint = (" The training keeps its last checkpoint: the same command with --resume continues it." if command == "train"
+                    and _checkpoint_kept(args) else " No epoch finished, so nothing was kept." if command == "train" else
                     " The study keeps its finished trials (listed in trials.csv): the same command continues it." if command == "tune" else "")
             print(f"terminated (SIGTERM): {command} stopped before finishing.{hint}", file=sys.stderr)
         return 143
@@ -1545,9 +1546,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         command = getattr(args, "command", None)
-        # A second Ctrl-C while train finished the run said only "interrupted"; SIGTERM there named --resume.
+        # A second Ctrl-C while train finished the run said only "interrupted"; SIGTERM there named --resume. Before the first
+        # epoch's checkpoint there is nothing to resume.
+        kept = command == "train" and _checkpoint_kept(args)
         hint = (": the study keeps its finished trials (listed in trials.csv); the same command continues it" if command == "tune" else
-                ": the training keeps its last checkpoint; the same command with --resume continues it" if command == "train" else "")
+                ": the training keeps its last checkpoint; the same command with --resume continues it" if kept else
+                ": no epoch finished, so nothing was kept; run the command again" if command == "train" else "")
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - a bug, not the user's fault: one line unless asked for the traceback
@@ -1556,6 +1560,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (a bug in cxrkit; CXRKIT_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 3
+
+
+def _checkpoint_kept(args: argparse.Namespace) -> bool:
+    """Whether an interrupted train left a checkpoint in its --out folder (none before its first epoch ended)."""
+    out = Path(getattr(args, "out", None) or f"runs/{getattr(args, 'model', None)}")
+    return (out / "checkpoint").is_dir()
 
 
 def _unknown_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:

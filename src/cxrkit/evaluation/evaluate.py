@@ -329,8 +329,13 @@ def evaluate_run(
         if same_data and ds.fingerprint() != run.record.data.get("fingerprint"):
             notes.append("the dataset changed since training (files added, removed, resized or relabelled); split membership may differ")
         key = split
+        # Which images are looked at, by content, not by where they lie: keyed by the folder's absolute path, a run copied or
+        # moved with its data (the demo keeps it inside the run) counted its earlier looks at test as none, and a moved external
+        # set was filed as a new one.
+        looked_at = ds.fingerprint(None if split == "all" else split)
         if not same_data:
-            key = external_key({e["split"]: e["data"] for e in run.record.evaluations}, ds.source.shown, ds.source.root)
+            seen = [e["split"] for e in run.record.evaluations if str(e.get("split", "")).startswith("external:") and e.get("images") == looked_at]
+            key = seen[-1] if seen else external_key({e["split"]: e["data"] for e in run.record.evaluations}, ds.source.shown, ds.source.root)
             scope = "all its images" if split == "all" else f"its {SPLIT_WORDS.get(split, split)} split"
             notes.append(f"external data: {ds.source.shown}, {scope} (trained on {run.record.data.get('root')})")
         elif split == "all":
@@ -340,11 +345,9 @@ def evaluate_run(
             available = [s for s in ("train", "val", "test") if len(ds.index(s))]
             raise ValueError(f"split {split!r} has no images in {ds.source.shown}; available: {', '.join(available)}")
         history = run.record.evaluations
-        # Which images were looked at, by content, not by where they lie: keyed by the folder's absolute path, a run copied or
-        # moved with its data (the demo keeps it inside the run) counted its earlier looks at test as none.
-        looked_at = ds.fingerprint(None if split == "all" else split)
+        # Entries written before the fingerprint was stored are matched by the folder's path.
         earlier = [e for e in history if e.get("split") == key
-                   and (same_data or e.get("images") == looked_at or e.get("data") == str(ds.source.root))]
+                   and (same_data or (e["images"] == looked_at if "images" in e else e.get("data") == str(ds.source.root)))]
         if (key == "test" or not same_data) and earlier:
             notes.append(
                 f"this {'test split' if same_data else 'external set'} was evaluated {len(earlier)} time(s) before; if the model or settings changed in between, "

@@ -786,7 +786,9 @@ def _fit(s: _Setup, prog: _Progress, log: Callable[[str], None], on_epoch: Epoch
                 break
     except KeyboardInterrupt:
         prog.interrupted = True
-        log("interrupted: keeping the best model so far and finishing the run")
+        # Before the first epoch ends there is no model to keep (the command then says so and keeps nothing).
+        log("interrupted: keeping the best model so far and finishing the run" if prog.best_state is not None else
+            "interrupted before the first epoch ended: no model to keep")
     prog.seconds_before = time.perf_counter() - t_start
     prog.keep = cfg.resolved_keep()
     if prog.keep == "last" and cfg.keep == "auto" and prog.stopped_by == "time limit":
