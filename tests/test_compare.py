@@ -199,3 +199,19 @@ def test_compare_never_replaces_runs_it_did_not_start(tiny_run, binary_data, tmp
     assert (out / "pasa" / "model.safetensors").read_bytes() == b"weights"
     assert main(["compare", str(binary_data), "--models", "pasa,mlp", "--out", str(out), *FAST, "--resume"]) == 2  # not its own either
     assert calls == []
+
+
+def test_a_model_without_an_auc_is_shown_as_a_dash(tmp_path):
+    # A multi-label split with no finding seen on 5 images with it and 5 without has no mean AUC: the table's
+    # f"{None:.3f}" was a TypeError, after every model had trained.
+    from cxrkit.experiments.compare import _markdown
+    from cxrkit.report.comparison import write_comparison_report
+
+    row = {"model": "cnn", "status": "done", "roc_auc": None, "roc_auc_ci_low": None, "roc_auc_ci_high": None, "parameters_total": 1000,
+           "model_file_mb": 0.1, "epochs_run": 1, "train_minutes": 0.1, "seconds_per_epoch": 2.0, "inference_ms_batch1": 1.0,
+           "inference_ms_per_image_batch32": 0.5, "image_size": 32, "run": "runs/cnn", "parameters_trainable": 1000, "pretrained": "none",
+           "best_epoch": 1, "tp": 0, "fp": 0, "tn": 0, "fn": 0}
+    summary = {"split": "val", "data": "DATA", "rows": [row], "rule": "r", "notes": [], "recommendation": None}
+    assert "| cnn | — (—–—) |" in _markdown(summary)
+    html = write_comparison_report(tmp_path, summary).read_text()
+    assert "<td class=\"num\">—</td>" in html and "cnn" in html

@@ -194,7 +194,7 @@ def compare(
 
                 evaluate_run(run_dir, split="test", progress=progress)
             state["models"][label] = {"run": run_dir.name, **_row(run_dir, split)}
-            log(f"{label}: AUC {state['models'][label]['roc_auc']:.4f} on {split} in {time.perf_counter() - t0:.0f} s")
+            log(f"{label}: AUC {_fmt(state['models'][label]['roc_auc'], '.4f')} on {split} in {time.perf_counter() - t0:.0f} s")
         except KeyboardInterrupt:
             log(f"comparison interrupted during {label}; continue it with --resume")
             _save_state(out, state)
@@ -323,7 +323,8 @@ def _markdown(s: dict) -> str:
         if r["status"] != "done":
             lines.append(f"| {r['model']} |" + " |" * (len(head) - 2) + f" {r['status']}: {r.get('error', '')} |")
             continue
-        auc = f"{r['roc_auc']:.3f} ({_fmt(r['roc_auc_ci_low'])}–{_fmt(r['roc_auc_ci_high'])})"
+        # None: a multi-label split with no finding seen on 5 images with it and 5 without (no mean AUC)
+        auc = f"{_fmt(r['roc_auc'])} ({_fmt(r['roc_auc_ci_low'])}–{_fmt(r['roc_auc_ci_high'])})"
         cells = [r["model"], auc, _fmt(r.get("auc_difference_vs_best"), "+.3f"), _fmt(r.get("delong_p_vs_best"), ".3g"),
                  *(_fmt(r.get(k)) for k in ("sensitivity", "specificity", "ppv", "npv", "f1")),
                  f"{r['parameters_total']:,}", _fmt(r["model_file_mb"], ".2f"), str(r["epochs_run"]), _fmt(r["train_minutes"], ".1f"),
