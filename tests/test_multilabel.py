@@ -174,6 +174,9 @@ def test_a_finding_seen_on_few_images_gets_no_interval_and_stays_out_of_the_mean
     text = " ".join(multilabel_sentences(m, "test"))
     assert "Mean ROC-AUC over the 2 findings with at least 5 images" in text and "best <b>rare</b>" not in text
     assert "Left out, seen on too few images for a figure to mean much: rare." in text
+    none = multilabel_metrics(y[:, 2:], probs[:, 2:], ["rare"], np.array([0.5]), n_bootstrap=50)  # nothing to average: said so
+    assert none["metrics"]["mean_roc_auc"]["value"] is None and none["findings_in_mean_auc"] == []
+    assert multilabel_sentences(none, "test")[0] == "No mean ROC-AUC over findings: no finding has 5 images with it and without it in this split."
 
 
 def test_sharded_prediction_covers_the_folder_once(ml_table, tmp_path):

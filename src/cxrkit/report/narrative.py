@@ -208,6 +208,8 @@ def multilabel_sentences(m: dict, split_words: str) -> list[str]:
             f"{split_words} set: {auc['value']:.3f} ({ci_text(auc, percent=False)}); best {named(best)}, worst {named(worst)}."
             + (f" Left out, seen on too few images for a figure to mean much: {', '.join(escape(k) for k in left)}." if left else "")
         )
+    elif auc.get("note"):
+        out.append(f"No mean ROC-AUC over findings: {escape(auc['note'])}.")
     pos, neg = mm["detection_rate_positive"], mm["detection_rate_negative"]
     out.append(
         f"At the per-finding thresholds chosen on validation data, the model detected {pos['numerator']} of {pos['denominator']} "
