@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -329,13 +330,8 @@ def evaluate_run(
         if same_data and ds.fingerprint() != run.record.data.get("fingerprint"):
             notes.append("the dataset changed since training (files added, removed, resized or relabelled); split membership may differ")
         key = split
-        # Which images are looked at, by content, not by where they lie: keyed by the folder's absolute path, a run copied or
-        # moved with its data (the demo keeps it inside the run) counted its earlier looks at test as none, and a moved external
-        # set was filed as a new one.
-        looked_at = ds.fingerprint(None if split == "all" else split)
         if not same_data:
-            seen = [e["split"] for e in run.record.evaluations if str(e.get("split", "")).startswith("external:") and e.get("images") == looked_at]
-            key = seen[-1] if seen else external_key({e["split"]: e["data"] for e in run.record.evaluations}, ds.source.shown, ds.source.root)
+            key = external_key({e["split"]: e["data"] for e in run.record.evaluations}, ds.source.shown, ds.source.root)
             scope = "all its images" if split == "all" else f"its {SPLIT_WORDS.get(split, split)} split"
             notes.append(f"external data: {ds.source.shown}, {scope} (trained on {run.record.data.get('root')})")
         elif split == "all":
@@ -344,10 +340,18 @@ def evaluate_run(
         if len(idx) == 0:
             available = [s for s in ("train", "val", "test") if len(ds.index(s))]
             raise ValueError(f"split {split!r} has no images in {ds.source.shown}; available: {', '.join(available)}")
+        images = np.asarray(ds.images[idx])  # one read of the memory map for the looks, the shift check and the predictions
+        # Which images were looked at, by their decoded content and labels, not by where they lie: keyed by the folder's path, a
+        # run copied or moved with its data (the demo keeps it inside the run) counted its earlier looks at test as none, a moved
+        # external set counted its looks anew, and other images put at its old path were counted as its looks.
+        digest = hashlib.sha256(np.ascontiguousarray(images).data)  # no copy of the images
+        digest.update(np.ascontiguousarray(ds.labels[idx]).data)
+        looked_at = digest.hexdigest()[:16]
         history = run.record.evaluations
-        # Entries written before the fingerprint was stored are matched by the folder's path.
-        earlier = [e for e in history if e.get("split") == key
-                   and (same_data or (e["images"] == looked_at if "images" in e else e.get("data") == str(ds.source.root)))]
+        external = not same_data
+        earlier = [e for e in history if (e.get("split") == key and same_data) or (
+            external and str(e.get("split", "")).startswith("external:")
+            and (e["images"] == looked_at if "images" in e else e.get("split") == key and e.get("data") == str(ds.source.root)))]
         if (key == "test" or not same_data) and earlier:
             notes.append(
                 f"this {'test split' if same_data else 'external set'} was evaluated {len(earlier)} time(s) before; if the model or settings changed in between, "
@@ -359,7 +363,6 @@ def evaluate_run(
                 notes.append(f"no image of {ds.source.shown} has {', '.join(unnamed)}: these findings cannot be measured here (no ROC-AUC or "
                              "sensitivity), and if its readers did not look for them, their 'absent' is not known; their specificity is "
                              "counted in the figures over all findings")
-        images = np.asarray(ds.images[idx])  # one read of the memory map for the shift check and the predictions
         overlap = None if same_data else training_overlap(run.path, images)
         if overlap:
             notes.append(overlap["message"])
