@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def test_a_planted_harder_subgroup_is_flagged_and_a_clean_split_is_not():
     assert gap["metric"] == "sensitivity" and gap["lower_group"] == "b" and gap["ci"][0] > 0
     a, b = out["groups"]
     assert gap["difference"] == pytest.approx(a["sensitivity"]["value"] - b["sensitivity"]["value"])
-    assert "points lower than in a" in gap["sentence"]
+    assert re.search(r"is \d+\.\d points lower than in a \(95% CI \d+\.\d to \d+\.\d\)$", gap["sentence"]), gap["sentence"]
     # Same distribution in both halves: nothing to flag (seeded draw).
     yc, pc = _scores(rng, 300, 1.5)
     clean = binary_subgroups(yc, pc, ["a", "b"] * 300, 0.5, "site")

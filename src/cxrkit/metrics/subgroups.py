@@ -137,8 +137,10 @@ def _largest_gap(rows: list[dict], column: str, confidence: float) -> dict | Non
             best = {"metric": metric, "lower_group": lo["group"], "higher_group": hi["group"], "difference": d, "ci": list(ci),
                     "method": "Newcombe hybrid score"}
     if best is not None:
-        best["sentence"] = (f"{best['metric']} in {column} {best['lower_group']} is {100 * best['difference']:.0f} points lower than in "
-                            f"{best['higher_group']} (95% CI {100 * best['ci'][0]:.0f} to {100 * best['ci'][1]:.0f})"
+        # One decimal: a lower bound of 0.06 points printed as "0" read as an interval touching no difference, beside a claim
+        # that it excludes it.
+        best["sentence"] = (f"{best['metric']} in {column} {best['lower_group']} is {100 * best['difference']:.1f} points lower than in "
+                            f"{best['higher_group']} (95% CI {100 * best['ci'][0]:.1f} to {100 * best['ci'][1]:.1f})"
                             + ("" if best["ci"][0] > 0 else "; the interval includes no difference"))
     return best
 
