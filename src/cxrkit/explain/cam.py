@@ -51,9 +51,9 @@ class _Explainer:
     def __init__(self, run: Run) -> None:
         # Heat maps are computed on the CPU whatever device the run predicts on (a few images at a time).
         self.scores = _ClassScores(copy.deepcopy(run.model).cpu(), run.task == "binary").eval()
-        layers = get_spec(run.meta["model"]).cam_layers
-        # None for a model without convolutional blocks (mlp): occlusion only, which needs no layer.
-        self.layer, self.side = _pick_layer(self.scores.net, layers, run.preprocessing.image_size) if layers else (None, 0)
+        # Grad-CAM's layer is picked (a forward pass) when Grad-CAM is first asked for: occlusion, the default, needs none, and
+        # a model without convolutional blocks (mlp) has none.
+        self.layers, self.size, self.layer = get_spec(run.meta["model"]).cam_layers, run.preprocessing.image_size, None
         self.lock = threading.Lock()
         self._cams: dict[str, object] = {}
 
@@ -61,6 +61,9 @@ class _Explainer:
         """The MONAI CAM object for ``method``, built once."""
         if method not in self._cams:
             from monai.visualize import GradCAM, GradCAMpp
+
+            if self.layer is None:
+                self.layer = _pick_layer(self.scores.net, self.layers, self.size)
 
             cls = GradCAM if method == "gradcam" else GradCAMpp
             # MONAI's default post-processing min-max scales *and flips* the map; we normalise ourselves.
@@ -71,9 +74,9 @@ class _Explainer:
 MIN_MAP_SIDE = 7  # the classic Grad-CAM resolution (a 224-px ResNet's last block)
 
 
-def _pick_layer(model: nn.Module, candidates: tuple[str, ...], size: int) -> tuple[str, int]:
+def _pick_layer(model: nn.Module, candidates: tuple[str, ...], size: int) -> str:
     """The deepest of ``candidates`` whose output map is at least MIN_MAP_SIDE pixels wide at this image size (else the
-    shallowest), and its map's side."""
+    shallowest)."""
     modules = dict(model.named_modules())
     sides: dict[str, int] = {}
     handles = [modules[name].register_forward_hook(lambda _m, _i, o, name=name: sides.__setitem__(name, o.shape[-1]))
@@ -84,8 +87,7 @@ def _pick_layer(model: nn.Module, candidates: tuple[str, ...], size: int) -> tup
     finally:
         for h in handles:
             h.remove()
-    name = next((name for name in candidates if sides[name] >= MIN_MAP_SIDE), candidates[-1])
-    return name, sides[name]
+    return next((name for name in candidates if sides[name] >= MIN_MAP_SIDE), candidates[-1])
 
 
 _EXPLAINERS: weakref.WeakKeyDictionary[nn.Module, _Explainer] = weakref.WeakKeyDictionary()
