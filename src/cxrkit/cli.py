@@ -758,9 +758,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(f"warning: {paths[0]} lies outside the training images' range ({r['ood_findings']}); the prediction is less "
                   "reliable than the run's metrics suggest", file=sys.stderr)
         if run.task == "multilabel":
+            from cxrkit.evaluation.evaluate import unchosen_findings
+
             # A finding whose validation split had no positive decides at an unchosen 0.5; "chosen on validation" said otherwise.
-            unchosen = {name for name, t in run.record.thresholds.items()
-                        if t.get("unchosen") or str(t.get("rule", "")).startswith("0.5 (validation has")}
+            unchosen = set(unchosen_findings(run))
             found = [f"{c} {probs[0, j]:.3f} (>= {t:.3f}{', unchosen' if c in unchosen else ''})"
                      for j, (c, t) in enumerate(zip(run.classes, run.thresholds)) if probs[0, j] >= t]
             print(f"{paths[0]}: {', '.join(found) if found else 'no finding above its threshold'}  (thresholds chosen per finding on validation"

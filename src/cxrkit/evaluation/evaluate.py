@@ -81,12 +81,17 @@ def referral_analysis(run: Run, y: np.ndarray, probs: np.ndarray) -> dict | None
     return {"band": band, "outcomes": out, "per_1000": per_thousand(out), "risk_coverage": risk_coverage(y, probs[:, 1], run.threshold)}
 
 
+def unchosen_findings(run: Run) -> list[str]:
+    """The findings of a multi-label run whose threshold is the 0.5 default because validation could not choose one."""
+    if run.task != "multilabel" or not run.record.thresholds:
+        return []
+    return [name for name, t in run.record.thresholds.items() if t.get("unchosen") or str(t.get("rule", "")).startswith("0.5 (validation has")]
+
+
 def unchosen_threshold_notes(run: Run) -> list[str]:
     """One sentence per finding whose threshold is the 0.5 default because validation could not choose one: every table
     and page said "at its validation threshold" (a finding with AUC 1.000 on test was found 0% of the time)."""
-    if run.task != "multilabel" or not run.record.thresholds:
-        return []
-    unchosen = [name for name, t in run.record.thresholds.items() if t.get("unchosen") or str(t.get("rule", "")).startswith("0.5 (validation has")]
+    unchosen = unchosen_findings(run)
     if not unchosen:
         return []
     return [f"{', '.join(unchosen)}: no threshold could be chosen on validation (no positive or no negative validation image), so "
