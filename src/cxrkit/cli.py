@@ -553,8 +553,10 @@ def _plan_hint(run: str, m: dict) -> None:
         return
     # How far each interval reaches from its estimate on its longer side (half its width said ±0.15 for 0.85 (0.64-0.95),
     # whose lower bound is 0.21 below): the side plan's ±D bounds.
+    from cxrkit.metrics.sample_size import interval_reach
+
     metrics = m.get("metrics") or {}
-    reach = {k: max(e["value"] - e["ci"][0], e["ci"][1] - e["value"]) for k in ("sensitivity", "specificity", "roc_auc")
+    reach = {k: interval_reach(e["value"], *e["ci"]) for k in ("sensitivity", "specificity", "roc_auc")
              if (e := metrics.get(k)) and e.get("value") is not None and e.get("ci") and None not in e["ci"]
              and not (k == "roc_auc" and e["ci"][0] <= 0.5)}  # plan cannot plan an AUC that may be at chance: it said so after this hint
     if not reach or max(reach.values()) <= 0.1:

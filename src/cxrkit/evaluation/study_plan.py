@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cxrkit.metrics.sample_size import plan_study
+from cxrkit.metrics.sample_size import interval_reach, plan_study
 
 FIGURES = ("sensitivity", "specificity", "roc_auc")
 
@@ -99,6 +99,6 @@ def plan_for_run(run_dir: str | Path, half_width: float, prevalence: float | Non
                         "interval ends nearest chance", "taken_from_run": [k for k, v in given.items() if v is None], "skipped": skipped,
                         # how far each interval reaches from its estimate, on its longer side: the ±D the plan bounds (half
                         # the width said ±0.14 for 1.0 (0.72-1.0), 0.28 below)
-                        "current_reach": {name: max(f["value"] - f["ci"][0], f["ci"][1] - f["value"])
+                        "current_reach": {name: interval_reach(f["value"], *f["ci"])
                                           for name, f in figures.items() if f.get("ci") and None not in f["ci"]}}
     return plan

@@ -30,12 +30,17 @@ from cxrkit.metrics.inputs import confidence_level
 from cxrkit.metrics.intervals import wilson_bounds
 
 
+def interval_reach(value: float, low: float, high: float) -> float:
+    """How far an interval reaches from its estimate, on its longer side: the ±D a study plan bounds."""
+    return max(value - low, high - value)
+
+
 def wilson_reach(p: float, n: int, confidence: float = 0.95) -> float:
     """How far the Wilson interval reaches from the proportion ``p`` seen in ``n`` cases, on its longer side."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a whole number of cases, at least 1, got {n!r}")
     lo, hi = wilson_bounds(p, n, confidence_level(confidence))
-    return max(p - lo, hi - p)
+    return interval_reach(p, lo, hi)
 
 
 def _smallest(enough: Callable[[int], bool], start: int) -> int:
