@@ -95,6 +95,10 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys, monkeypat
     assert d.shape == (2, 3) and d[1].sum() == 0 and run.decision_labels(probs)[1] == ""
     m = evaluate_run(out, progress=False)
     assert m["split"] == "test" and m["task"] == "multilabel" and m["metrics"]["mean_roc_auc"]["value"] > 0.6
+    # A patient's 1-3 films are not independent: every interval counts the table's patients, and the report says so.
+    assert m["intervals_by"] == "patient" and m["n_patients"] < m["n"] and m["metrics"]["mean_roc_auc"]["method"] == "bootstrap over patients"
+    html = (out / "report.html").read_text()
+    assert f"Intervals count the {m['n_patients']} patients, not the {m['n']} images" in html
     # Another site's table that never names haze: it was scored absent on every image, with no word that it was never annotated.
     ext = make_synthetic_multilabel(tmp_path / "other_site", n_patients=30, size=40, seed=9, signal=1.5)
     rows = list(csv.DictReader(open(ext)))

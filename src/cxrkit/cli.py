@@ -252,11 +252,10 @@ def _summary(run_dir: Path, split: str) -> None:
     import json
 
     m = json.loads((run_dir / "metrics.json").read_text())[split]
-    from cxrkit.report.html import SENTENCES
-    from cxrkit.report.narrative import split_words
+    from cxrkit.report.narrative import evaluation_sentences, split_words
 
     words = split_words(split)
-    text = SENTENCES[m["task"]](m, words)
+    text = evaluation_sentences(m, words)
     out = _result_stream()  # the figures are the result: --quiet printed nothing at all for train and evaluate
     print(f"\n{words} split ({m['n']} images):", file=out)
     for s in text:

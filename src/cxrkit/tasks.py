@@ -26,9 +26,10 @@ class Task:
     calibration_method: str = "temperature"  # what ``cxrkit calibrate --method auto`` fits
 
     def metrics(self, y: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None = None,
-                thresholds: np.ndarray | None = None, seed: int = 0) -> dict:
-        """The task's metrics with confidence intervals at the run's decision rule."""
-        return multiclass_metrics(y, probs, classes, seed=seed)
+                thresholds: np.ndarray | None = None, seed: int = 0, patients: list[str] | None = None) -> dict:
+        """The task's metrics with confidence intervals at the run's decision rule; ``patients`` (one ID per image) makes the
+        intervals count patients where one has several images."""
+        return multiclass_metrics(y, probs, classes, seed=seed, patients=patients)
 
     def num_outputs(self, n_classes: int) -> int:
         """Model outputs for ``n_classes`` classes or findings."""
@@ -68,8 +69,8 @@ class BinaryTask(Task):
     calibration_method: str = "platt"
 
     def metrics(self, y: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None = None,
-                thresholds: np.ndarray | None = None, seed: int = 0) -> dict:
-        m = binary_metrics(y, probs[:, 1], threshold, seed=seed)
+                thresholds: np.ndarray | None = None, seed: int = 0, patients: list[str] | None = None) -> dict:
+        m = binary_metrics(y, probs[:, 1], threshold, seed=seed, patients=patients)
         m["classes"] = list(classes)
         return m
 
@@ -103,8 +104,8 @@ class MultilabelTask(Task):
     calibration_method: str = ""  # not offered: calibration is fitted per image label, not per finding set
 
     def metrics(self, y: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None = None,
-                thresholds: np.ndarray | None = None, seed: int = 0) -> dict:
-        return multilabel_metrics(y, probs, classes, thresholds, seed=seed)
+                thresholds: np.ndarray | None = None, seed: int = 0, patients: list[str] | None = None) -> dict:
+        return multilabel_metrics(y, probs, classes, thresholds, seed=seed, patients=patients)
 
     def probabilities(self, logits):
         import torch

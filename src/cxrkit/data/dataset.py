@@ -63,6 +63,10 @@ class LabelledImages:
             return self.labels[idx].any(axis=1).astype(np.int64), ["no finding", "any finding"]
         return self.labels[idx], self.class_names
 
+    def patients_of(self, idx: np.ndarray) -> list[str] | None:
+        """The patient IDs of images ``idx`` (for intervals that count patients), or None when the data record none."""
+        return None if self.patients is None else [self.patients[i] for i in idx]
+
     @property
     def sites(self) -> np.ndarray | None:
         """Each image's site when the data come from several sources (:mod:`cxrkit.data.multisite`), else None."""

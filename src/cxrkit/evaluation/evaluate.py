@@ -121,9 +121,9 @@ def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: s
     return out
 
 
-def compute_metrics(run: Run, y: np.ndarray, probs: np.ndarray, seed: int = 0) -> dict:
-    """Metrics for the run's task at its stored threshold(s)."""
-    m = run.task_object.metrics(y, probs, run.classes, run.threshold, run.thresholds, seed=seed)
+def compute_metrics(run: Run, y: np.ndarray, probs: np.ndarray, seed: int = 0, patients: list[str] | None = None) -> dict:
+    """Metrics for the run's task at its stored threshold(s); intervals by patient where ``patients`` shows repeat images."""
+    m = run.task_object.metrics(y, probs, run.classes, run.threshold, run.thresholds, seed=seed, patients=patients)
     if run.record.threshold_rule:
         m["threshold_rule"] = run.record.threshold_rule
     return m
@@ -397,7 +397,7 @@ def evaluate_run(
         raw_probs = run.predict_arrays(images, calibrated=False)
         seconds = time.perf_counter() - t0
         probs = run.apply_calibration(raw_probs)
-        metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed)
+        metrics = compute_metrics(run, ds.labels[idx], probs, seed=cfg.seed, patients=ds.patients_of(idx))
         if overlap:
             metrics["training_overlap"] = {k: v for k, v in overlap.items() if k != "message"}
         one_class = one_class_restriction(metrics)
@@ -493,7 +493,7 @@ def _recalibrated(
     except GuaranteeImpossible as exc:  # its advice named --allow-point-estimate, which evaluate does not have
         raise GuaranteeImpossible(f"{str(exc).split('; add ')[0]}: give a larger labelled sample, or evaluate without "
                                   "--recalibrate-on") from None
-    m = binary_metrics(ds.labels[idx], probs[:, 1], choice.value, seed=seed)
+    m = binary_metrics(ds.labels[idx], probs[:, 1], choice.value, seed=seed, patients=ds.patients_of(idx))
     return {"sample": str(cal.source.root), "n": len(cal_idx), "positives": int((cal.labels[cal_idx] == 1).sum()), "rule": rule,
             "threshold": choice.value,
             "metrics": {k: m["metrics"][k] for k in ("sensitivity", "specificity", "ppv", "npv")}, "confusion": m["confusion"]}
@@ -527,7 +527,7 @@ def finish_training(
     else:  # multi-class decides the most probable class: nothing to choose, the run is complete
         run.record.complete = True
         run.save_record()
-    metrics = compute_metrics(run, ds.labels[idx], probs, seed=seed)
+    metrics = compute_metrics(run, ds.labels[idx], probs, seed=seed, patients=ds.patients_of(idx))
     metrics.update(decision_analysis(run, ds.labels[idx], probs, probs, (ds.labels[idx], probs)))
     if ds.sites is not None:
         from cxrkit.evaluation.sites import per_site_metrics

@@ -13,10 +13,11 @@ def per_site_metrics(run: Run, ds: LabelledImages, idx: np.ndarray, probs: np.nd
     sites = ds.sites
     if sites is None or run.task == "multilabel":
         return None
-    out = {}
+    out, pats = {}, ds.patients_of(idx)
     for site in np.unique(sites[idx]):
         sel = sites[idx] == site
-        m = run.task_object.metrics(ds.labels[idx][sel], probs[sel], run.classes, run.threshold, run.thresholds, seed=seed)
+        m = run.task_object.metrics(ds.labels[idx][sel], probs[sel], run.classes, run.threshold, run.thresholds, seed=seed,
+                                    patients=None if pats is None else [pats[i] for i in np.flatnonzero(sel)])
         out[str(site)] = {"n": int(sel.sum()), "n_positive": m.get("n_positive"), "metrics": m["metrics"]}
     return out
 

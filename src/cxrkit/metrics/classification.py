@@ -3,14 +3,20 @@
 Every entry is a dict ``{"value", "ci", "method"}`` plus ``numerator``/``denominator`` for
 proportions. ``value`` and ``ci`` are None when undefined (e.g. PPV when the model never says
 positive), never a made-up 0 or 1.
+
+``patients`` (one ID per image) makes every interval count patients rather than images when a patient has several
+images (:mod:`cxrkit.metrics.intervals`): NIH ChestX-ray14 has about three films per patient, and image-level intervals
+on such a split covered a true AUC 72% of the time instead of 95% in simulation.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cxrkit.metrics.inputs import binary_labels, binary_pair, checked_scores, class_pair, confidence_level, resamples, unit_number
-from cxrkit.metrics.intervals import bootstrap_interval, delong_interval, wilson_interval
+from cxrkit.metrics.inputs import binary_labels, binary_pair, checked_scores, class_pair, confidence_level, patient_clusters, resamples, unit_number
+from cxrkit.metrics.intervals import bootstrap_interval, clustered_wilson, delong_interval, wilson_interval
+
+BY_PATIENT = "by patient"  # appended to a method's name when its interval resamples or sums patients, not images
 
 
 def proportion(successes: int, n: int, confidence: float = 0.95) -> dict:
@@ -23,6 +29,34 @@ def proportion(successes: int, n: int, confidence: float = 0.95) -> dict:
         "denominator": int(n),
         "method": "wilson",
     }
+
+
+def _share(hits: np.ndarray, among: np.ndarray, clusters: np.ndarray | None, confidence: float) -> dict:
+    """The proportion of ``hits`` among the images ``among`` selects, its interval counting patients when ``clusters`` are known."""
+    h = np.asarray(hits, dtype=bool)[among]
+    if clusters is None:
+        return proportion(int(h.sum()), len(h), confidence)
+    ci, n_eff = clustered_wilson(h, clusters[among], confidence)
+    return {"value": float(h.mean()) if len(h) else None, "ci": list(ci) if ci else None, "numerator": int(h.sum()),
+            "denominator": len(h), "patients": len(np.unique(clusters[among])), "effective_n": round(n_eff, 1),
+            "method": f"wilson {BY_PATIENT}"}
+
+
+def _auc_entry(y: np.ndarray, s: np.ndarray, clusters: np.ndarray | None, confidence: float) -> dict:
+    """ROC-AUC with its DeLong interval (Obuchowski's when patients are known)."""
+    auc, ci = delong_interval(y, s, confidence, clusters)
+    e = _entry(auc, ci, "delong" if clusters is None else f"delong {BY_PATIENT} (Obuchowski)")
+    if ci is None:
+        side = "positive" if len(np.unique(clusters[np.asarray(y) == 1])) < 2 else "negative"
+        e["note"] = f"every {side} image comes from one patient: no interval"
+    return e
+
+
+def _patients_seen(patients: object, clusters: np.ndarray | None, n: int) -> dict:
+    """The result's patient count and how its intervals were made."""
+    if patients is None:
+        return {}
+    return {"n_patients": int(clusters.max()) + 1 if clusters is not None else n, "intervals_by": "patient" if clusters is not None else "image"}
 
 
 DEGENERATE_NOTE = "zero-width interval: the sample is perfectly separated, so the method sees no variance; the true uncertainty is larger"
@@ -97,12 +131,14 @@ def _balanced_accuracy_binary(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def binary_metrics(
-    y_true: np.ndarray, prob: np.ndarray, threshold: float, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
+    y_true: np.ndarray, prob: np.ndarray, threshold: float, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95,
+    patients: object = None,
 ) -> dict:
     """Confusion matrix and diagnostic metrics of a binary model at ``threshold`` (positive if prob >= threshold).
 
     Sensitivity, specificity, PPV, NPV and accuracy get Wilson intervals; ROC-AUC a DeLong interval;
-    PR-AUC (average precision), F1 and balanced accuracy a stratified bootstrap interval.
+    PR-AUC (average precision), F1 and balanced accuracy a stratified bootstrap interval. ``patients``: one ID per
+    image; where a patient has several images, every interval counts patients (see the module's note).
     """
     from sklearn.metrics import average_precision_score, balanced_accuracy_score  # imported here: predict and serve never need scikit-learn
     y, prob = binary_pair(y_true, prob)
@@ -110,31 +146,31 @@ def binary_metrics(
     confidence, n_bootstrap = confidence_level(confidence), resamples(n_bootstrap)
     if not len(y):
         raise ValueError("no images: metrics need at least one labelled image")
+    clusters = patient_clusters(patients, len(y))
+    boot = "bootstrap" if clusters is None else f"bootstrap {BY_PATIENT}"
     pred = (prob >= threshold).astype(int)
     cm = binary_confusion(y, pred)
-    tp, fp, tn, fn = cm["tp"], cm["fp"], cm["tn"], cm["fn"]
+    tp, fp, fn = cm["tp"], cm["fp"], cm["fn"]
     both = 0 < y.sum() < len(y)
+    yb, pb = y.astype(bool), pred.astype(bool)
     m: dict[str, dict] = {
-        "sensitivity": proportion(tp, tp + fn, confidence),
-        "specificity": proportion(tn, tn + fp, confidence),
-        "ppv": proportion(tp, tp + fp, confidence),
-        "npv": proportion(tn, tn + fn, confidence),
-        "accuracy": proportion(tp + tn, len(y), confidence),
+        "sensitivity": _share(pb, yb, clusters, confidence),
+        "specificity": _share(~pb, ~yb, clusters, confidence),
+        "ppv": _share(yb, pb, clusters, confidence),
+        "npv": _share(~yb, ~pb, clusters, confidence),
+        "accuracy": _share(yb == pb, np.ones(len(y), dtype=bool), clusters, confidence),
     }
     f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else float("nan")
-    yb, pb = y.astype(bool), pred.astype(bool)
-    m["f1"] = _entry(f1, bootstrap_interval(_f1_from_pred, yb, pb, n_bootstrap, confidence, seed), "bootstrap", decisions=True)
+    m["f1"] = _entry(f1, bootstrap_interval(_f1_from_pred, yb, pb, n_bootstrap, confidence, seed, clusters=clusters), boot, decisions=True)
     bacc = balanced_accuracy_score(y, pred) if both else float("nan")
     m["balanced_accuracy"] = _entry(
-        bacc, bootstrap_interval(_balanced_accuracy_binary, yb, pb, n_bootstrap, confidence, seed) if both else None, "bootstrap",
-        decisions=True,
+        bacc, bootstrap_interval(_balanced_accuracy_binary, yb, pb, n_bootstrap, confidence, seed, clusters=clusters) if both else None,
+        boot, decisions=True,
     )
     if both:
-        auc, auc_ci = delong_interval(y, prob, confidence)
-        m["roc_auc"] = _entry(auc, auc_ci, "delong")
-        m["pr_auc"] = _entry(
-            average_precision_score(y, prob), bootstrap_interval(average_precision, y, prob, n_bootstrap, confidence, seed), "bootstrap"
-        )
+        m["roc_auc"] = _auc_entry(y, prob, clusters, confidence)
+        m["pr_auc"] = _entry(average_precision_score(y, prob),
+                             bootstrap_interval(average_precision, y, prob, n_bootstrap, confidence, seed, clusters=clusters), boot)
     else:
         m["roc_auc"] = _entry(None, None, "delong")
         m["pr_auc"] = _entry(None, None, "bootstrap")
@@ -144,19 +180,21 @@ def binary_metrics(
         "n": len(y),
         "n_positive": int(y.sum()),
         "n_negative": int(len(y) - y.sum()),
+        **_patients_seen(patients, clusters, len(y)),
         "confusion": cm,
         "metrics": m,
     }
 
 
 def multiclass_metrics(
-    y_true: np.ndarray, probs: np.ndarray, classes: list[str], n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str], n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95,
+    patients: object = None,
 ) -> dict:
     """Metrics of a multi-class model deciding by the most probable class.
 
     Overall: accuracy (Wilson), balanced accuracy, macro F1 and macro one-vs-rest ROC-AUC (bootstrap).
     Per class, one-vs-rest: sensitivity, specificity, PPV, NPV (Wilson), F1 and ROC-AUC (DeLong).
-    ``confusion[i][j]`` counts cases of true class i predicted as class j.
+    ``confusion[i][j]`` counts cases of true class i predicted as class j. ``patients``: as for :func:`binary_metrics`.
     """
     from sklearn.metrics import f1_score  # imported here: predict and serve never need scikit-learn
     y, probs = class_pair(y_true, probs, classes)
@@ -164,25 +202,26 @@ def multiclass_metrics(
     if not len(y):
         raise ValueError("no images: metrics need at least one labelled image")
     k = len(classes)
+    clusters = patient_clusters(patients, len(y))
+    boot = "bootstrap" if clusters is None else f"bootstrap {BY_PATIENT}"
     pred = probs.argmax(axis=1)
     cm = np.zeros((k, k), dtype=int)
     np.add.at(cm, (y, pred), 1)
     per_class = {}
     for c, name in enumerate(classes):
-        yc, pc = (y == c).astype(int), (pred == c).astype(int)
+        yc, pc = y == c, pred == c
         b = binary_confusion(yc, pc)
-        tp, fp, tn, fn = b["tp"], b["fp"], b["tn"], b["fn"]
+        tp, fp, fn = b["tp"], b["fp"], b["fn"]
         entry = {
             "support": int(yc.sum()),
-            "sensitivity": proportion(tp, tp + fn, confidence),
-            "specificity": proportion(tn, tn + fp, confidence),
-            "ppv": proportion(tp, tp + fp, confidence),
-            "npv": proportion(tn, tn + fn, confidence),
+            "sensitivity": _share(pc, yc, clusters, confidence),
+            "specificity": _share(~pc, ~yc, clusters, confidence),
+            "ppv": _share(yc, pc, clusters, confidence),
+            "npv": _share(~yc, ~pc, clusters, confidence),
             "f1": _entry(2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else float("nan"), None, "point"),
         }
         if 0 < yc.sum() < len(yc):
-            auc, ci = delong_interval(yc, probs[:, c], confidence)
-            entry["roc_auc"] = _entry(auc, ci, "delong")
+            entry["roc_auc"] = _auc_entry(yc.astype(int), probs[:, c], clusters, confidence)
         else:
             entry["roc_auc"] = _entry(None, None, "delong")
         per_class[name] = entry
@@ -201,22 +240,22 @@ def multiclass_metrics(
 
     index = np.arange(len(y), dtype=np.float64)
     overall = {
-        "accuracy": proportion(int((pred == y).sum()), len(y), confidence),
+        "accuracy": _share(pred == y, np.ones(len(y), dtype=bool), clusters, confidence),
         "balanced_accuracy": _entry(
             # Ours, not scikit-learn's: the same mean recall over the classes present, without its warning (printed into the
             # command's output) when the model predicts a class this split lacks.
-            bacc(y, pred), bootstrap_interval(bacc, y, pred, n_bootstrap, confidence, seed), "bootstrap", decisions=True
+            bacc(y, pred), bootstrap_interval(bacc, y, pred, n_bootstrap, confidence, seed, clusters=clusters), boot, decisions=True
         ),
         "macro_f1": _entry(
             f1_score(y, pred, average="macro", labels=present, zero_division=0.0),
-            bootstrap_interval(macro_f1, y, pred, n_bootstrap, confidence, seed),
-            "bootstrap",
+            bootstrap_interval(macro_f1, y, pred, n_bootstrap, confidence, seed, clusters=clusters),
+            boot,
             decisions=True,
         ),
         "macro_roc_auc": _entry(
             macro_auc(y, index) if len(present) > 1 else None,
-            bootstrap_interval(macro_auc, y, index, n_bootstrap, confidence, seed) if len(present) > 1 else None,
-            "bootstrap",
+            bootstrap_interval(macro_auc, y, index, n_bootstrap, confidence, seed, clusters=clusters) if len(present) > 1 else None,
+            boot,
         ),
     }
     missing = [classes[c] for c in range(k) if c not in present]
@@ -226,7 +265,8 @@ def multiclass_metrics(
             overall[key]["missing_classes"] = missing
             overall[key]["note"] = (f"averaged over the {len(present)} of {k} classes present: no {', '.join(missing)} images here"
                                     + (f"; {said}" if said else ""))
-    return {"task": "multiclass", "classes": list(classes), "n": len(y), "confusion": cm.tolist(), "metrics": overall, "per_class": per_class}
+    return {"task": "multiclass", "classes": list(classes), "n": len(y), **_patients_seen(patients, clusters, len(y)),
+            "confusion": cm.tolist(), "metrics": overall, "per_class": per_class}
 
 
 def _multilabel_inputs(y_true: object, probs: object, classes: list[str], thresholds: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -255,7 +295,7 @@ MIN_FINDING_CASES = 5
 
 def multilabel_metrics(
     y_true: np.ndarray, probs: np.ndarray, classes: list[str], thresholds: np.ndarray, n_bootstrap: int = 1000, seed: int = 0,
-    confidence: float = 0.95,
+    confidence: float = 0.95, patients: object = None,
 ) -> dict:
     """Metrics of a multi-label model: per finding, and the figures that summarise all findings.
 
@@ -265,37 +305,50 @@ def multilabel_metrics(
     identifies correctly. Overall: the mean ROC-AUC over findings with at least MIN_FINDING_CASES images with and
     without them (bootstrap over images; a resample missing a finding's positives is dropped, not averaged over fewer
     findings), pooled detection rates, and label-wise accuracy beside what predicting "no finding" everywhere would
-    score, to show why accuracy says nothing here.
+    score, to show why accuracy says nothing here. ``patients``: as for :func:`binary_metrics`; then a finding needs
+    MIN_FINDING_CASES patients with it and without it (seven images of one patient's pneumothorax are one case).
     """
     y, probs, thresholds = _multilabel_inputs(y_true, probs, classes, thresholds)
     confidence, n_bootstrap = confidence_level(confidence), resamples(n_bootstrap)
+    clusters = patient_clusters(patients, len(y))
+    boot = "bootstrap" if clusters is None else f"bootstrap {BY_PATIENT}"
     pred = (probs >= thresholds[None, :]).astype(int)
     n, k = y.shape
+    unit = "image" if clusters is None else "patient"
+
+    def cases(c: int) -> tuple[int, int]:  # images (or patients) with finding c, and without it
+        if clusters is None:
+            return int(y[:, c].sum()), int(n - y[:, c].sum())
+        return len(np.unique(clusters[y[:, c] == 1])), len(np.unique(clusters[y[:, c] == 0]))
+
     per_label = {}
     for c, name in enumerate(classes):
-        yc, pc = y[:, c], pred[:, c]
+        yc, pc = y[:, c].astype(bool), pred[:, c].astype(bool)
         b = binary_confusion(yc, pc)
-        tp, fp, tn, fn = b["tp"], b["fp"], b["tn"], b["fn"]
         entry = {
             "support": int(yc.sum()), "n_negative": int(n - yc.sum()), "threshold": float(thresholds[c]), "confusion": b,
-            "sensitivity": proportion(tp, tp + fn, confidence), "specificity": proportion(tn, tn + fp, confidence),
-            "ppv": proportion(tp, tp + fp, confidence), "npv": proportion(tn, tn + fn, confidence),
+            "sensitivity": _share(pc, yc, clusters, confidence), "specificity": _share(~pc, ~yc, clusters, confidence),
+            "ppv": _share(yc, pc, clusters, confidence), "npv": _share(~yc, ~pc, clusters, confidence),
         }
+        if clusters is not None:
+            entry["patients_with_it"] = cases(c)[0]
         if 0 < yc.sum() < n:
-            auc, ci = delong_interval(yc, probs[:, c], confidence)
-            few = min(yc.sum(), n - yc.sum()) < MIN_FINDING_CASES
-            entry["roc_auc"] = _entry(auc, None if few else ci, "delong")
+            with_it, without = cases(c)
+            few = min(with_it, without) < MIN_FINDING_CASES
+            entry["roc_auc"] = _auc_entry(yc.astype(int), probs[:, c], clusters, confidence)
             if few:  # DeLong's variance on so few cases gives a falsely narrow interval
-                entry["roc_auc"]["note"] = (f"{int(min(yc.sum(), n - yc.sum()))} {'positive' if yc.sum() <= n - yc.sum() else 'negative'} "
-                                            f"image(s) only (under {MIN_FINDING_CASES}): no interval, and not in the mean over findings; "
-                                            "this AUC is little more than chance")
-            ap_ci = bootstrap_interval(average_precision, yc, probs[:, c], n_bootstrap, confidence, seed)
-            entry["pr_auc"] = _entry(average_precision(yc, probs[:, c]), ap_ci, "bootstrap")
+                entry["roc_auc"]["ci"] = None
+                side = "positive" if with_it <= without else "negative"
+                who = f"{side} image(s)" if clusters is None else f"patient(s) {'with' if side == 'positive' else 'without'} it"
+                entry["roc_auc"]["note"] = (f"{min(with_it, without)} {who} only (under {MIN_FINDING_CASES}): no interval, and not in the mean "
+                                            "over findings; this AUC is little more than chance")
+            ap_ci = bootstrap_interval(average_precision, yc.astype(int), probs[:, c], n_bootstrap, confidence, seed, clusters=clusters)
+            entry["pr_auc"] = _entry(average_precision(yc, probs[:, c]), ap_ci, boot)
         else:
             entry["roc_auc"] = _entry(None, None, "delong")
             entry["pr_auc"] = _entry(None, None, "bootstrap")
         per_label[name] = entry
-    defined = [c for c in range(k) if MIN_FINDING_CASES <= y[:, c].sum() <= n - MIN_FINDING_CASES]
+    defined = [c for c in range(k) if min(cases(c)) >= MIN_FINDING_CASES]
 
     def mean_auc(_: np.ndarray, rows: np.ndarray) -> float:
         r = rows.astype(int)
@@ -304,23 +357,26 @@ def multilabel_metrics(
 
     rows = np.arange(n, dtype=np.float64)
     point = mean_auc(rows, rows) if defined else None
-    ci = bootstrap_interval(mean_auc, np.zeros(n), rows, n_bootstrap, confidence, seed, stratified=False) if defined else None
-    tp = int((pred & y).sum())
-    tn = int(((1 - pred) & (1 - y)).sum())
+    ci = bootstrap_interval(mean_auc, np.zeros(n), rows, n_bootstrap, confidence, seed, stratified=False,
+                            clusters=clusters) if defined else None
+    cells = None if clusters is None else np.repeat(clusters, k)  # every finding of an image belongs to its patient
+    yf, pf = y.reshape(-1).astype(bool), pred.reshape(-1).astype(bool)
+    everything, every_image = np.ones(n * k, dtype=bool), np.ones(n, dtype=bool)
     overall = {
-        "mean_roc_auc": {**_entry(point, ci, "bootstrap over images"),
-                         **({} if defined else {"note": f"no finding has {MIN_FINDING_CASES} images with it and without it in this split"})},
-        "detection_rate_positive": proportion(tp, int(y.sum()), confidence),
-        "detection_rate_negative": proportion(tn, int((1 - y).sum()), confidence),
-        "label_accuracy": proportion(int((pred == y).sum()), n * k, confidence),
-        "exact_match": proportion(int((pred == y).all(axis=1).sum()), n, confidence),
+        "mean_roc_auc": {**_entry(point, ci, f"bootstrap over {unit}s"),
+                         **({} if defined else {"note": f"no finding has {MIN_FINDING_CASES} {unit}s with it and without it in this split"})},
+        "detection_rate_positive": _share(pf, yf, cells, confidence),
+        "detection_rate_negative": _share(~pf, ~yf, cells, confidence),
+        "label_accuracy": _share(pf == yf, everything, cells, confidence),
+        "exact_match": _share((pred == y).all(axis=1), every_image, clusters, confidence),
     }
     baseline = {
-        "label_accuracy": proportion(int((y == 0).sum()), n * k, confidence),
-        "exact_match": proportion(int((y.sum(axis=1) == 0).sum()), n, confidence),
+        "label_accuracy": _share(~yf, everything, cells, confidence),
+        "exact_match": _share(y.sum(axis=1) == 0, every_image, clusters, confidence),
     }
     return {
-        "task": "multilabel", "classes": list(classes), "n": n, "n_with_finding": int((y.sum(axis=1) > 0).sum()),
+        "task": "multilabel", "classes": list(classes), "n": n, **_patients_seen(patients, clusters, n),
+        "n_with_finding": int((y.sum(axis=1) > 0).sum()),
         "labels_per_image": float(y.sum(axis=1).mean()) if n else None, "findings_in_mean_auc": [classes[c] for c in defined],
         "metrics": overall, "all_negative_baseline": baseline, "per_label": per_label,
     }

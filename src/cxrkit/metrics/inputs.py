@@ -114,3 +114,21 @@ def resamples(n: object, what: str = "n_bootstrap") -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"{what} must be a whole number of at least 1, got {n!r}")
     return int(n)
+
+
+def patient_clusters(patients: object, n: int) -> np.ndarray | None:
+    """Each image's patient as an integer code 0..P-1, or None when no patient has two images (the images are independent).
+
+    ``patients`` holds one ID per image (text or numbers), in the labels' order; None means the IDs are not known.
+    """
+    if patients is None:
+        return None
+    a = _array(patients, "patient IDs")
+    if a.ndim != 1 or len(a) != n:
+        raise ValueError(f"patient IDs must be one per image: got shape {a.shape} for {n} images")
+    if a.dtype == object and any(p is None or (isinstance(p, float) and math.isnan(p)) for p in a):
+        raise ValueError("patient IDs must name a patient for every image; some are missing (None or NaN)")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise ValueError("patient IDs must name a patient for every image; some are NaN")
+    _, codes = np.unique(a.astype(str), return_inverse=True)
+    return codes.astype(np.int64) if codes.max(initial=-1) + 1 < n else None

@@ -1,4 +1,10 @@
-"""Confidence intervals: Wilson for proportions, DeLong for ROC-AUC, stratified bootstrap for the rest."""
+"""Confidence intervals: Wilson for proportions, DeLong for ROC-AUC, stratified bootstrap for the rest.
+
+When a patient contributes several images, those images are not independent (one patient's follow-up films share their
+disease and much of their appearance), and intervals computed as if they were come out too narrow. Each method has a form
+that counts patients: Wilson with the effective sample size of the design effect, Obuchowski's clustered DeLong, and a
+bootstrap that resamples patients with all their images.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +36,33 @@ def wilson_bounds(p: float, n: int, confidence: float = 0.95) -> tuple[float, fl
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    # At 0% and 100% the bound is exact: rounding left 6.9e-18 where 0 belongs.
+    return 0.0 if p <= 0 else float(max(0.0, centre - half)), 1.0 if p >= 1 else float(min(1.0, centre + half))
+
+
+def clustered_wilson(hits: np.ndarray, clusters: np.ndarray, confidence: float = 0.95) -> tuple[tuple[float, float] | None, float]:
+    """Wilson interval of the proportion of ``hits`` (0/1, one per case) when cases come in ``clusters``; also the effective n.
+
+    The variance of the proportion is the ratio estimator's over clusters, sum_i (x_i - p m_i)^2 / n^2 (x_i hits among the
+    cluster's m_i cases); its ratio to the binomial p(1 - p)/n is the design effect, and the Wilson interval is taken at
+    n / design effect (Donner & Klar 2000, ch. 5). One case per cluster gives the plain Wilson interval. At p = 0 or 1 the
+    clusters show no variance, so the effective n is the number of clusters: the interval of patients, not of images.
+    """
+    hits = np.asarray(hits, dtype=np.float64)
+    n = len(hits)
+    if n == 0:
+        return None, 0.0
+    confidence = confidence_level(confidence)
+    _, codes = np.unique(np.asarray(clusters), return_inverse=True)
+    x, m = np.bincount(codes, weights=hits), np.bincount(codes).astype(np.float64)
+    p = float(hits.mean())
+    binomial = p * (1 - p) / n
+    if binomial <= 0:
+        n_eff = float(len(m))
+    else:
+        clustered = float(np.sum((x - p * m) ** 2)) / (n * n)
+        n_eff = n / max(1.0, clustered / binomial)  # never narrower than the independent-case interval
+    return wilson_bounds(p, n_eff, confidence), n_eff
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:
@@ -97,10 +129,50 @@ def delong_auc(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     return auc, float(sx / m + sy / n)
 
 
-def delong_interval(y_true: np.ndarray, scores: np.ndarray, confidence: float = 0.95) -> tuple[float, tuple[float, float]]:
-    """ROC-AUC with a DeLong (normal-approximation) interval clipped to [0, 1]."""
+def clustered_delong_auc(y_true: np.ndarray, scores: np.ndarray, clusters: np.ndarray) -> tuple[float, float | None]:
+    """ROC-AUC and its variance when cases come in ``clusters`` (a patient's images), or None when it cannot be estimated.
+
+    Obuchowski (1997), Biometrics 53:567-578: DeLong's placement values summed within each cluster, their spread taken over
+    clusters, plus the covariance of a cluster's positive and negative cases. One case per cluster gives DeLong's variance.
+    The variance needs positives in two clusters and negatives in two.
+    """
+    y, s = binary_pair(y_true, scores, probabilities=False)
+    y = y.astype(bool)
+    _, codes = np.unique(np.asarray(clusters), return_inverse=True)
+    if len(codes) != len(y):
+        raise ValueError(f"{len(codes)} patient IDs for {len(y)} labels; give one per image, in the same order")
+    m_total, n_total = int(y.sum()), int((~y).sum())
+    if m_total == 0 or n_total == 0:
+        raise ValueError("AUC needs at least one positive and one negative case")
+    auc, v10, v01 = _placements(s[y], s[~y])
+    k = int(codes.max()) + 1
+    m = np.bincount(codes[y], minlength=k).astype(np.float64)
+    n = np.bincount(codes[~y], minlength=k).astype(np.float64)
+    x_comp = np.bincount(codes[y], weights=v10, minlength=k) - m * auc
+    y_comp = np.bincount(codes[~y], weights=v01, minlength=k) - n * auc
+    i10, i01, i = int((m > 0).sum()), int((n > 0).sum()), int(((m + n) > 0).sum())
+    if i10 < 2 or i01 < 2:
+        return auc, None
+    s10 = i10 / ((i10 - 1) * m_total) * float(np.sum(x_comp**2))
+    s01 = i01 / ((i01 - 1) * n_total) * float(np.sum(y_comp**2))
+    s11 = i / (i - 1) * float(np.sum(x_comp * y_comp))
+    return auc, max(0.0, s10 / m_total + s01 / n_total + 2 * s11 / (m_total * n_total))
+
+
+def delong_interval(y_true: np.ndarray, scores: np.ndarray, confidence: float = 0.95,
+                    clusters: np.ndarray | None = None) -> tuple[float, tuple[float, float] | None]:
+    """ROC-AUC with a DeLong (normal-approximation) interval clipped to [0, 1]; Obuchowski's clustered form when
+    ``clusters`` (one patient code per case) are given, never narrower than DeLong's, and None when the positives or the
+    negatives all come from one patient."""
     confidence = confidence_level(confidence)
     auc, var = delong_auc(y_true, scores)
+    if clusters is not None:
+        _, clustered = clustered_delong_auc(y_true, scores, clusters)
+        if clustered is None:
+            return auc, None
+        # Never narrower than counting images: the clustered estimate falls below DeLong's when a patient's positive and
+        # negative images pull against each other, an estimate from few patients that a medical figure should not lean on.
+        var = max(var, clustered)
     half = norm.ppf(0.5 + confidence / 2) * np.sqrt(var)
     return auc, (float(max(0.0, auc - half)), float(min(1.0, auc + half)))  # plain floats: they are printed and compared
 
@@ -113,6 +185,7 @@ def bootstrap_interval(
     confidence: float = 0.95,
     seed: int = 0,
     stratified: bool = True,
+    clusters: np.ndarray | None = None,
 ) -> tuple[float, float] | None:
     """Percentile interval of ``statistic(y_true, y_score)`` over bootstrap resamples stratified by class.
 
@@ -120,14 +193,21 @@ def bootstrap_interval(
     both classes (AUCs) are always defined. ``stratified=False`` resamples images regardless of class: for
     statistics whose uncertainty lies in the class shares themselves (calibration: with the counts fixed, a model
     predicting 0.3 for every image would get a zero-width ECE interval). Resamples where the statistic is NaN are
-    dropped; None if fewer than half are defined.
+    dropped; None if fewer than half are defined. ``clusters`` (one patient code per case): resample patients with all
+    their images (stratified by the set of classes a patient's images hold), so a patient's images stay together.
     """
     y_true = np.asarray(y_true)
     rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(y_true == c) for c in np.unique(y_true)] if stratified else [np.arange(len(y_true))]
+    if clusters is not None:
+        draw = _cluster_draw(y_true, np.asarray(clusters), stratified)
+    else:
+        groups = [np.flatnonzero(y_true == c) for c in np.unique(y_true)] if stratified else [np.arange(len(y_true))]
+
+        def draw(rng: np.random.Generator) -> np.ndarray:
+            return np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
     values = []
     for _ in range(n_resamples):
-        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+        idx = draw(rng)
         v = statistic(y_true[idx], y_score[idx])
         if v is not None and np.isfinite(v):
             values.append(v)
@@ -136,3 +216,25 @@ def bootstrap_interval(
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(values, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+def _cluster_draw(y_true: np.ndarray, clusters: np.ndarray, stratified: bool) -> Callable[[np.random.Generator], np.ndarray]:
+    """A function drawing one bootstrap resample of case indices by whole clusters."""
+    _, codes = np.unique(clusters, return_inverse=True)
+    if len(codes) != len(y_true):
+        raise ValueError(f"{len(codes)} patient IDs for {len(y_true)} labels; give one per image, in the same order")
+    order = np.argsort(codes, kind="stable")
+    members = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+    if stratified:  # patients with only negatives, only positives, both (multi-class: each set of classes) drawn apart
+        kinds: dict[tuple, list[int]] = {}
+        for c, rows in enumerate(members):
+            kinds.setdefault(tuple(np.unique(y_true[rows]).tolist()), []).append(c)
+        strata = [np.array(v) for v in kinds.values()]
+    else:
+        strata = [np.arange(len(members))]
+
+    def draw(rng: np.random.Generator) -> np.ndarray:
+        chosen = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in strata])
+        return np.concatenate([members[c] for c in chosen])
+
+    return draw

@@ -18,12 +18,10 @@ from cxrkit.report.narrative import (
     METRIC_WORDS,
     SCORE_KEYS,
     SPLIT_WORDS,
-    binary_sentences,
     cases_to_confirm_sentence,
     ci_text,
+    evaluation_sentences,
     metric_words,
-    multiclass_sentences,
-    multilabel_sentences,
     pct,
     plural,
     reader_sentences,
@@ -35,9 +33,6 @@ from cxrkit.report.plots import MIN_BIN_COUNT
 
 # Table rows start with a capital; the words themselves live in narrative.METRIC_WORDS (shared with the model card).
 METRIC_LABELS = {k: v[0].upper() + v[1:] for k, v in METRIC_WORDS.items()}
-
-
-SENTENCES = {"binary": binary_sentences, "multiclass": multiclass_sentences, "multilabel": multilabel_sentences}
 
 
 def _img(path: Path) -> str | None:
@@ -113,7 +108,7 @@ def build_context(run_dir: Path) -> dict:
         m = metrics[split]
         words = split_words(split)
         fname = split.replace(":", "_")
-        sentences = SENTENCES[m["task"]](m, words)
+        sentences = evaluation_sentences(m, words)
         per_class = []
         if m["task"] == "multiclass":
             for name, e in m["per_class"].items():

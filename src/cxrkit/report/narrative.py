@@ -203,10 +203,11 @@ def multilabel_sentences(m: dict, split_words: str) -> list[str]:
             e = m["per_label"][k]
             return f"<b>{escape(k)}</b> {per[k]:.3f} ({plural(e['support'], 'image')} with it{', no interval' if not e['roc_auc']['ci'] else ''})"
 
+        unit = "patients" if m.get("intervals_by") == "patient" else "images"
         out.append(
-            f"Mean ROC-AUC over the {len(per)} findings with at least {MIN_FINDING_CASES} images with and without them in the "
+            f"Mean ROC-AUC over the {len(per)} findings with at least {MIN_FINDING_CASES} {unit} with and without them in the "
             f"{split_words} set: {auc['value']:.3f} ({ci_text(auc, percent=False)}); best {named(best)}, worst {named(worst)}."
-            + (f" Left out, seen on too few images for a figure to mean much: {', '.join(escape(k) for k in left)}." if left else "")
+            + (f" Left out, seen on too few {unit} for a figure to mean much: {', '.join(escape(k) for k in left)}." if left else "")
         )
     elif auc.get("note"):
         out.append(f"No mean ROC-AUC over findings: {escape(auc['note'])}.")
@@ -223,6 +224,20 @@ def multilabel_sentences(m: dict, split_words: str) -> list[str]:
         f"scores {pct(mm['label_accuracy']['value'])}. Judge it by the per-finding AUCs, sensitivities and specificities."
     )
     return out
+
+
+def patients_sentence(m: dict) -> str | None:
+    """Says that the intervals count patients, when some patient has several images in the evaluated set."""
+    if m.get("intervals_by") != "patient":
+        return None
+    return (f"These {m['n']} images come from {m['n_patients']} patients, some with several images; a patient's images are not "
+            "independent evidence, so every interval here counts patients, not images (wider than an image count would give).")
+
+
+def evaluation_sentences(m: dict, split_words: str) -> list[str]:
+    """The sentences of an evaluation of any task."""
+    task = {"binary": binary_sentences, "multiclass": multiclass_sentences, "multilabel": multilabel_sentences}[m["task"]]
+    return [*task(m, split_words), *filter(None, [patients_sentence(m)])]
 
 
 def screening_sentences(s: dict, positive: str) -> list[str]:
