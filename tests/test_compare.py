@@ -215,3 +215,56 @@ def test_a_model_without_an_auc_is_shown_as_a_dash(tmp_path):
     assert "| cnn | — (—–—) |" in _markdown(summary)
     html = write_comparison_report(tmp_path, summary).read_text()
     assert "<td class=\"num\">—</td>" in html and "cnn" in html
+
+
+def test_paired_tests_count_patients_when_the_run_names_them(tiny_run, tmp_path):
+    # Two films of one patient were two independent cases in compare's DeLong test, which made its p-values too small.
+    import csv
+    import shutil
+
+    from cxrkit.experiments.compare import STATE_FILE, summarise
+    from cxrkit.metrics.intervals import delong_paired
+
+    out = tmp_path / "cmp"
+    for name in ("a", "b"):
+        shutil.copytree(tiny_run, out / name, ignore=shutil.ignore_patterns("checkpoint", "plots", "report.html", "*.onnx"))
+    rows = list(csv.DictReader(open(out / "b" / "predictions.csv")))
+    cols = list(rows[0])
+    prob = [c for c in cols if c.startswith("prob_")]
+    val = [r["path"] for r in rows if r["split"] == "val"]
+    patient = {p: f"pt{i // 2}" for i, p in enumerate(val)}  # two validation films per patient
+    noise = np.random.default_rng(0).normal(0, 0.3, len(val))
+    for r in rows:  # model b: a's scores plus a quirk of each patient's, the same on both films
+        p1 = min(1.0, max(0.0, float(r[prob[1]]) + (noise[int(patient[r["path"]][2:])] if r["path"] in patient else 0)))
+        r[prob[0]], r[prob[1]] = str(1 - p1), str(p1)
+    with open(out / "b" / "predictions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows(rows)
+    row = {"status": "done", "roc_auc": 0.6, "roc_auc_ci_low": 0.5, "roc_auc_ci_high": 0.7, "sensitivity": 0.5, "specificity": 0.5,
+           "parameters_total": 10, "inference_ms_batch1": 1.0, "model_file_mb": 0.1, "epochs_run": 1, "train_minutes": 0.1,
+           "seconds_per_epoch": 2.0, "inference_ms_per_image_batch32": 0.5, "image_size": 32, "parameters_trainable": 10,
+           "pretrained": "none", "best_epoch": 1, "tp": 0, "fp": 0, "tn": 0, "fn": 0}
+    state = {"split": "val", "data": "d", "order": ["a", "b"], "models": {m: {**row, "run": m} for m in ("a", "b")}}
+    (out / STATE_FILE).write_text(json.dumps(state))
+    plain = summarise(out)
+    assert not any("patients" in n for n in plain["notes"])  # splits.csv names no patient: images are the cases
+
+    for name in ("a", "b"):
+        split_rows = list(csv.DictReader(open(out / name / "splits.csv")))
+        with open(out / name / "splits.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, [*split_rows[0], "patient"] if "patient" not in split_rows[0] else list(split_rows[0]))
+            w.writeheader()
+            w.writerows({**r, "patient": patient.get(r["path"], "")} for r in split_rows)
+    s = summarise(out)
+    assert f"the {len(val)} images come from {len(set(patient.values()))} patients" in " ".join(s["notes"])
+    from cxrkit.record import split_predictions
+
+    _, y, pa = split_predictions(out / "a", "val", ["healthy", "tb"] if "prob_tb" in cols else [c[5:] for c in prob], False)
+    _, _, pb = split_predictions(out / "b", "val", ["healthy", "tb"] if "prob_tb" in cols else [c[5:] for c in prob], False)
+    clusters = np.array([int(patient[p][2:]) for p in val])
+    got = {r["model"]: r for r in s["rows"]}
+    loser = "b" if s["best"] == "a" else "a"
+    first, second = (pa, pb) if s["best"] == "a" else (pb, pa)
+    assert got[loser]["delong_p_vs_best"] == pytest.approx(delong_paired(y, first[:, 1], second[:, 1], clusters)["p_value"])
+    assert got[loser]["delong_p_vs_best"] != pytest.approx({r["model"]: r for r in plain["rows"]}[loser]["delong_p_vs_best"])

@@ -89,6 +89,7 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys, monkeypat
     for r in splits:
         patients.setdefault(r["path"].split("/")[1].split("_")[0], set()).add(r["split"])
     assert all(len(s) == 1 for s in patients.values())
+    assert all(r["patient"] == r["path"].split("/")[1].split("_")[0] for r in splits)  # compare pairs its tests by patient
     run = Run.load(out)
     probs = np.array([[0.99, 0.0, 0.99], [0.0, 0.0, 0.0]])
     d = run.decide(probs)

@@ -18,21 +18,28 @@ def _scores(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return y, rng.normal(size=n) + y
 
 
-def _obuchowski_by_loops(y, s, c) -> float:
-    """Obuchowski's (1997) variance written out case by case, as the paper gives it (an independent check of the vectorised one)."""
+def _obuchowski_by_loops(y, s, c, s2=None) -> float:
+    """Obuchowski's (1997) variance of one AUC, or with ``s2`` the covariance of two, written out case by case as the paper
+    gives it (an independent check of the vectorised code)."""
+    s2 = s if s2 is None else s2
     pos, neg = [i for i in range(len(y)) if y[i]], [i for i in range(len(y)) if not y[i]]
-    psi = lambda a, b: 1.0 if s[a] > s[b] else 0.5 if s[a] == s[b] else 0.0  # noqa: E731
-    auc = sum(psi(i, j) for i in pos for j in neg) / (len(pos) * len(neg))
     ids = sorted(set(c))
-    x = {k: sum(sum(psi(i, j) for j in neg) / len(neg) for i in pos if c[i] == k) for k in ids}
-    z = {k: sum(sum(psi(i, j) for i in pos) / len(pos) for j in neg if c[j] == k) for k in ids}
     m = {k: sum(1 for i in pos if c[i] == k) for k in ids}
     n = {k: sum(1 for j in neg if c[j] == k) for k in ids}
+
+    def parts(sc):
+        psi = lambda a, b: 1.0 if sc[a] > sc[b] else 0.5 if sc[a] == sc[b] else 0.0  # noqa: E731
+        auc = sum(psi(i, j) for i in pos for j in neg) / (len(pos) * len(neg))
+        x = {k: sum(sum(psi(i, j) for j in neg) / len(neg) for i in pos if c[i] == k) - m[k] * auc for k in ids}
+        z = {k: sum(sum(psi(i, j) for i in pos) / len(pos) for j in neg if c[j] == k) - n[k] * auc for k in ids}
+        return x, z
+
+    (x1, z1), (x2, z2) = parts(s), parts(s2)
     i10, i01, i_all = sum(v > 0 for v in m.values()), sum(v > 0 for v in n.values()), len(ids)
     big_m, big_n = len(pos), len(neg)
-    s10 = i10 / ((i10 - 1) * big_m) * sum((x[k] - m[k] * auc) ** 2 for k in ids)
-    s01 = i01 / ((i01 - 1) * big_n) * sum((z[k] - n[k] * auc) ** 2 for k in ids)
-    s11 = i_all / (i_all - 1) * sum((x[k] - m[k] * auc) * (z[k] - n[k] * auc) for k in ids)
+    s10 = i10 / ((i10 - 1) * big_m) * sum(x1[k] * x2[k] for k in ids)
+    s01 = i01 / ((i01 - 1) * big_n) * sum(z1[k] * z2[k] for k in ids)
+    s11 = i_all / (i_all - 1) * sum(x1[k] * z2[k] + x2[k] * z1[k] for k in ids) / 2
     return s10 / big_m + s01 / big_n + 2 * s11 / (big_m * big_n)
 
 
@@ -161,3 +168,24 @@ def test_patient_ids_are_checked():
         patient_clusters([1.0, float("nan"), 1.0], 3)
     with pytest.raises(ValueError, match="one per image"):
         binary_metrics([0, 1, 1], [0.1, 0.8, 0.7], 0.5, patients=["a", "a"])
+
+
+def test_paired_delong_by_patient_matches_the_paper_and_the_unrepeated_cases():
+    from cxrkit.metrics.intervals import delong_paired
+
+    y, s = _scores(60, seed=8)
+    other = s + np.random.default_rng(9).normal(0, 0.8, 60)
+    plain = delong_paired(y, s, other)
+    assert delong_paired(y, s, other, clusters=np.arange(60))["se"] == pytest.approx(plain["se"], rel=1e-12)
+    repeated = delong_paired(np.repeat(y, 3), np.repeat(s, 3), np.repeat(other, 3), clusters=np.repeat(np.arange(60), 3))
+    assert repeated["se"] == pytest.approx(plain["se"], rel=1e-9) and repeated["p_value"] == pytest.approx(plain["p_value"], rel=1e-6)
+    assert delong_paired(np.repeat(y, 3), np.repeat(s, 3), np.repeat(other, 3))["p_value"] < plain["p_value"] / 3
+    # var(a - b) = var(a) + var(b) - 2 cov(a, b), each from Obuchowski's formulas written out; here each model reads its own
+    # patient-level quirk, so the difference is clustered and its variance is above DeLong's
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        c, y = np.repeat(np.arange(20), 3), np.repeat(rng.integers(0, 2, 20), 3)
+        a, b = (y + np.repeat(rng.normal(size=20), 3) + 0.3 * rng.normal(size=60) for _ in range(2))
+        var_d = _obuchowski_by_loops(y, a, c) + _obuchowski_by_loops(y, b, c) - 2 * _obuchowski_by_loops(y, a, c, b)
+        assert var_d > 2 * delong_paired(y, a, b)["se"] ** 2
+        assert delong_paired(y, a, b, clusters=c)["se"] ** 2 == pytest.approx(var_d, rel=1e-9)

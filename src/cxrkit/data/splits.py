@@ -14,6 +14,8 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from cxrkit.data.sources import Sample
 
+OWN_ID_PREFIX = "__file__:"  # the ID of an image whose patient is not known: its own path, so it is never grouped with another
+
 
 def patient_ids(samples: Sequence[Sample], pattern: str | None) -> list[str]:
     """Each image's patient ID: the one its source records (a table's ``Patient ID``), else the first group
@@ -30,7 +32,7 @@ def patient_ids(samples: Sequence[Sample], pattern: str | None) -> list[str]:
         found = _match_id(rx, s.path.name) if rx else None
         named.append(s.path.name)
         matched += found is not None
-        ids.append(found if found is not None else f"__file__:{s.path}")
+        ids.append(found if found is not None else f"{OWN_ID_PREFIX}{s.path}")
     if rx is not None and named and not matched:
         # Every image kept its own ID: an image-level split, recorded as one by patient ('zzz(\d+)' on p00012_3.png).
         raise ValueError(f"--group-pattern '{pattern}' finds no patient ID in any of the {len(named)} file names (e.g. {named[0]}); "

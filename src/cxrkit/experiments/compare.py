@@ -20,10 +20,13 @@ from tqdm.auto import tqdm
 
 from cxrkit.config import TrainConfig
 from cxrkit.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from cxrkit.data.splits import OWN_ID_PREFIX
 from cxrkit.evaluation.speed import inference_ms_per_image
+from cxrkit.metrics.inputs import patient_clusters
 from cxrkit.metrics.intervals import delong_paired
 from cxrkit.models.registry import get_spec
 from cxrkit.record import META_FILE, MODEL_FILE, atomic_write_csv, atomic_write_text, read_history, read_meta, split_metrics, split_predictions
+from cxrkit.record.files import read_split_patients
 from cxrkit.report.plots import plot_roc_overlay
 from cxrkit.run import Run
 
@@ -226,13 +229,17 @@ def summarise(out: str | Path) -> dict:
         paths_best, y, p_best = preds[best["model"]]
         task = read_meta(out / best["run"]).task
         binary = task == "binary"
+        clusters = _patient_clusters(out / best["run"], paths_best) if binary else None
+        if clusters is not None:
+            notes.append(f"the {len(y)} images come from {len(np.unique(clusters))} patients: the paired tests count patients "
+                         "(Obuchowski's clustered DeLong), not images")
         for r in done:
             paths, y_r, p_r = preds[r["model"]]
             if paths != paths_best or not np.array_equal(y_r, y):
                 raise ValueError(f"{r['model']} was evaluated on other cases than {best['model']}; the comparison is not paired")
             r["auc_difference_vs_best"] = r["roc_auc"] - best["roc_auc"]
             if binary and r is not best:
-                r["delong_p_vs_best"] = delong_paired(y, p_best[:, 1], p_r[:, 1])["p_value"]
+                r["delong_p_vs_best"] = delong_paired(y, p_best[:, 1], p_r[:, 1], clusters)["p_value"]
             if binary:
                 point = (1 - r["specificity"], r["sensitivity"])
                 curves.append((r["model"], y, p_r[:, 1], point, r["roc_auc"]))
@@ -268,6 +275,12 @@ def summarise(out: str | Path) -> dict:
 
     write_comparison_report(out, summary)
     return summary
+
+
+def _patient_clusters(run_dir: Path, paths: list[str]) -> np.ndarray | None:
+    """One patient code per image of ``paths`` from the run's splits.csv, or None when no patient has two of them."""
+    named = read_split_patients(run_dir)
+    return patient_clusters([named.get(p) or f"{OWN_ID_PREFIX}{p}" for p in paths], len(paths))
 
 
 def _check_same_data(out: Path, done: list[dict]) -> None:

@@ -466,6 +466,13 @@ def read_splits(run_dir: Path) -> dict[str, str]:
         raise RunRecordError(f"{path} lacks its {exc.args[0]} column; restore it from a copy of the run, or train again") from None
 
 
+def read_split_patients(run_dir: Path) -> dict[str, str]:
+    """splits.csv as {path: patient ID} for the images whose patient the data named; empty for a run trained before
+    splits.csv recorded patients."""
+    path = Path(run_dir) / SPLITS_FILE
+    return {r["path"]: r["patient"] for r in read_csv_rows(path) if r.get("patient") and r.get("path")} if path.is_file() else {}
+
+
 def read_split_hashes(run_dir: Path) -> dict[str, str]:
     """splits.csv as {pixel hash: split}; an image in several splits counts as train, else val, else test. Empty for a
     run trained before splits.csv recorded the hashes."""

@@ -118,6 +118,7 @@ def _write_run_inputs(cfg: TrainConfig, ds: LabelledImages, train_idx: np.ndarra
     """config.yaml, the shift reference, splits.csv and skipped.csv: what the run was trained from."""
     from cxrkit.data.identity import pixel_hashes
     from cxrkit.data.shift import build_reference
+    from cxrkit.data.splits import OWN_ID_PREFIX
 
     cfg.save(out / CONFIG_FILE)
     reference = build_reference(ds.images[train_idx], *ds.label_groups(train_idx), cfg.seed)
@@ -128,12 +129,14 @@ def _write_run_inputs(cfg: TrainConfig, ds: LabelledImages, train_idx: np.ndarra
     atomic_write_text(out / SHIFT_FILE, json.dumps(reference))
     # The pixels' hash lets `cxrkit evaluate` on other data find the images this run has already seen (a copy, a zip).
     hashes = pixel_hashes(ds.images)
+    # The patient lets `cxrkit compare` pair two runs' figures by patient, as evaluate does (blank: the image is its own).
+    patients = ["" if p is None or p.startswith(OWN_ID_PREFIX) else p for p in ds.patients] if ds.patients else [""] * len(ds.relpaths)
     atomic_write_csv(
         out / SPLITS_FILE,
         [{"path": rel, "label": ds.label_text(i), "split": ds.splits[i], "decoded": bool(ds.cache.ok[i]),
-          "pixels": hashes[i] if ds.cache.ok[i] else ""}
+          "pixels": hashes[i] if ds.cache.ok[i] else "", "patient": patients[i]}
          for i, rel in enumerate(ds.relpaths)],
-        ["path", "label", "split", "decoded", "pixels"],
+        ["path", "label", "split", "decoded", "pixels", "patient"],
     )
     atomic_write_csv(out / "skipped.csv", [dict(zip(("path", "split", "reason"), s)) for s in ds.skipped()], ["path", "split", "reason"])
 
