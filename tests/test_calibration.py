@@ -395,3 +395,51 @@ def test_calibrate_re_chooses_the_referral_band_and_refuses_the_runs_own_images_
     assert main(["calibrate", str(run_dir), "--remove"]) == 0
     restored = json.loads((run_dir / "meta.json").read_text())
     assert restored["referral"]["lower"] == pytest.approx(before["lower"]) and restored["referral"]["upper"] == pytest.approx(before["upper"])
+
+
+def _inflated_multilabel(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Findings at 20%, 8% and 0% whose probabilities run high, as class-weighted training leaves them."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 3)) < np.array([0.2, 0.08, 0.0])).astype(int)
+    z = 1.5 * (2 * y - 1) + rng.normal(0, 1.2, (n, 3)) + 1.5  # every finding shifted up by 1.5 on the logit
+    return y, 1 / (1 + np.exp(-z))
+
+
+def test_multilabel_calibration_maps_each_finding_and_keeps_every_decision():
+    from cxrkit.metrics.calibration import calibration_in_the_large, fit_multilabel_calibration
+    from cxrkit.metrics.classification import rank_auc
+
+    names = ["common", "rarer", "unseen"]
+    y_val, p_val = _inflated_multilabel(400, 0)
+    y_test, p_test = _inflated_multilabel(2000, 1)
+    cal = fit_multilabel_calibration(y_val, p_val, names)
+    assert cal.params["how"] == ["platt", "platt", "intercept"] and cal.params["findings"] == names
+    before = calibration_in_the_large(y_test, p_test, names)["per_finding"]
+    after = calibration_in_the_large(y_test, cal.apply(p_test), names)["per_finding"]
+    for k in ("common", "rarer"):  # mean probability 0.5-0.7 against 8-20% with the finding; calibrated, close to the share
+        assert before[k]["mean_probability"] > 2 * before[k]["share_with_it"]
+        assert abs(after[k]["mean_probability"] - after[k]["share_with_it"]) < 0.02 and after[k]["ece"] < before[k]["ece"] / 4
+    # No validation image has the third finding: its intercept alone sets its mean to half a case in 401
+    assert cal.apply(p_val)[:, 2].mean() == pytest.approx(0.5 / 401, rel=1e-3)
+    for k in range(2):  # the ranking, and so every AUC, is unchanged
+        assert rank_auc(y_test[:, k], cal.apply(p_test)[:, k]) == pytest.approx(rank_auc(y_test[:, k], p_test[:, k]))
+    mapped = cal.apply(np.full((1, 3), 0.55))[0]  # and every decision at a threshold moved through the map
+    assert np.array_equal(cal.apply(p_test) >= mapped[None, :], p_test >= 0.55)
+    assert Calibration.from_dict(cal.to_dict()).apply(p_test) == pytest.approx(cal.apply(p_test))
+
+
+def test_multilabel_calibration_never_reverses_a_finding_and_damaged_maps_are_refused():
+    from cxrkit.metrics.calibration import fit_multilabel_calibration
+
+    y, p = _inflated_multilabel(400, 2)
+    p[:, 0] = 1 - p[:, 0]  # ranked backwards on validation: Platt's slope would be negative and flip every decision
+    cal = fit_multilabel_calibration(y, p, ["a", "b", "c"])
+    assert cal.params["how"][0] == "intercept" and cal.params["slope"][0] == 1.0
+    d = cal.to_dict()
+    for bad in ({"slope": [-1.0, 1.0, 1.0]}, {"slope": [1.0, 1.0]}, {"how": ["platt", "platt", "guess"]}, {"intercept": [0.0, float("nan"), 0.0]}):
+        with pytest.raises(ValueError, match="per-finding platt map"):
+            Calibration.from_dict({**d, "params": {**d["params"], **bad}})
+    with pytest.raises(ValueError, match="0/1 labels and probabilities from 0 to 1"):
+        fit_multilabel_calibration(y, p * 3, ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"\(images, 2\) labels"):
+        fit_multilabel_calibration(y, p, ["a", "b"])

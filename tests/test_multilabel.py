@@ -157,6 +157,23 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys, monkeypat
     assert test_auc["over"] == m["findings_in_mean_auc"] and f"(over {len(m['findings_in_mean_auc'])} of 3 findings)" in test_auc["name"]
     assert np.allclose(p, run.predict_arrays(run.preprocessing.load(image)[None])[0], atol=1e-6)
 
+    # Calibration per finding: `cxrkit calibrate` refused multi-label runs, whose probabilities ran far above the findings' shares.
+    from cxrkit.evaluation.calibrate import remove_calibration
+
+    images = np.stack([run.preprocessing.load(ml_table.parent / r["path"]) for r in splits if r["split"] == "test"])
+    before_probs, before_thresholds = run.predict_arrays(images), dict(run.record.thresholds)
+    assert main(["calibrate", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "mean over findings: ECE" in said and "every decision stays as it was" in said
+    calibrated = Run.load(out)
+    assert np.array_equal(calibrated.decide(calibrated.predict_arrays(images)), run.decide(before_probs))
+    assert all(calibrated.record.thresholds[c]["uncalibrated_value"] == before_thresholds[c]["value"] for c in meta["classes"])
+    val = json.loads((out / "metrics.json").read_text())["val"]["calibration_per_finding"]
+    assert val["calibrated"]["overall"]["ece"] < val["model"]["overall"]["ece"]
+    assert remove_calibration(out)
+    restored = Run.load(out)
+    assert restored.record.thresholds == before_thresholds and np.allclose(restored.predict_arrays(images), before_probs)
+
 
 @pytest.mark.parametrize("rare", [1, 2, 4])
 def test_a_finding_seen_on_few_images_gets_no_interval_and_stays_out_of_the_mean(rare):

@@ -648,6 +648,7 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from cxrkit.evaluation.calibrate import calibrate_run, remove_calibration
+    from cxrkit.metrics.calibration import MIN_SLOPE_CASES
 
     if a.remove:
         removed = remove_calibration(a.run, a.data, progress=not a.quiet)
@@ -662,9 +663,18 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     a.result = c
     b, f = c["before"], c["after"]
     # Measured on the images the map was fitted to: isotonic reaches ECE 0 there by construction.
-    print(f"{c['method']} calibration fitted on {c['n']} validation images: ECE {b['ece']:.4f} -> {f['ece']:.4f}, "
-          f"Brier {b['brier']:.4f} -> {f['brier']:.4f} (on the images it was fitted to, so optimistic; `cxrkit evaluate` measures "
-          "it on the test split)", file=_result_stream())
+    per_finding = isinstance(c["params"].get("how"), list)
+    print(f"{c['method']} calibration fitted on {c['n']} validation images: {'mean over findings: ' if per_finding else ''}"
+          f"ECE {b['ece']:.4f} -> {f['ece']:.4f}, Brier {b['brier']:.4f} -> {f['brier']:.4f} (on the images it was fitted to, so "
+          "optimistic; `cxrkit evaluate` measures it on the test split)", file=_result_stream())
+    if per_finding:  # multi-label: one map per finding; the decisions do not change
+        how, names = c["params"]["how"], c["params"]["findings"]
+        shifted = [n for n, h in zip(names, how) if h == "intercept"]
+        print(f"  mean probability {b['mean_probability']:.3f} -> {f['mean_probability']:.3f}, against {b['share_with_it']:.3f} of "
+              f"image-finding pairs positive; {len(names) - len(shifted)} finding(s) got slope and intercept"
+              + (f", {', '.join(shifted)} the intercept only (under {MIN_SLOPE_CASES} validation images with and without it, or not "
+                 "ranked right): their ranking is kept and their mean probability moved to their validation share" if shifted else "")
+              + "; each finding's threshold moved with its map, so every decision stays as it was", file=_result_stream())
     if c["method"] == "isotonic" and c["n"] < 200:
         print(f"warning: isotonic calibration on {c['n']} images follows their noise (it needs a few hundred); Platt scaling "
               "(--method platt) has two parameters", file=sys.stderr)
@@ -766,7 +776,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
             found = [f"{c} {probs[0, j]:.3f} (>= {t:.3f}{', unchosen' if c in unchosen else ''})"
                      for j, (c, t) in enumerate(zip(run.classes, run.thresholds)) if probs[0, j] >= t]
             print(f"{paths[0]}: {', '.join(found) if found else 'no finding above its threshold'}  (thresholds chosen per finding on validation"
-                  + (f", except {', '.join(sorted(unchosen))}: 0.5" if unchosen else "") + ")", file=out)
+                  + (f", except {', '.join(sorted(unchosen))}: 0.5{' of the uncalibrated probability' if run.calibration else ''}"
+                     if unchosen else "") + ")", file=out)
         elif run.task == "binary":
             from cxrkit.report.narrative import against_threshold
 

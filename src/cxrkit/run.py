@@ -449,7 +449,12 @@ class Run:
                 cal = run._parsed_calibration()
             except ValueError as exc:
                 raise RunError(f"{cal_file}: {exc}; remove it with `cxrkit calibrate {path} --remove` (then fit it again)") from None
-            if cal.method != "temperature" and record.task != "binary":
+            if record.task == "multilabel":
+                if not cal.per_finding or cal.params.get("findings", record.classes) != record.classes or len(cal.params["slope"]) != len(record.classes):
+                    raise RunError(f"{cal_file}: a multi-label run needs one platt map per finding ({', '.join(record.classes)}), in that order")
+            elif cal.per_finding:
+                raise RunError(f"{cal_file}: a per-finding map belongs to multi-label runs, this run is {record.task}")
+            elif cal.method != "temperature" and record.task != "binary":
                 raise RunError(f"{cal_file}: {cal.method} calibration applies to binary runs, this run is {record.task}")
         run.onnx = run._load_onnx("torch" if dev.type != "cpu" else engine)
         if record.complete:

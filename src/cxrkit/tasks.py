@@ -101,7 +101,7 @@ class MultilabelTask(Task):
 
     name: str = "multilabel"
     one_label_per_image: bool = False
-    calibration_method: str = ""  # not offered: calibration is fitted per image label, not per finding set
+    calibration_method: str = "platt"  # one map per finding (metrics.calibration.fit_multilabel_calibration)
 
     def metrics(self, y: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None = None,
                 thresholds: np.ndarray | None = None, seed: int = 0, patients: list[str] | None = None) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.evaluation.evaluate import compute_metrics, decision_analysis, store_threshold, write_evaluation
-from cxrkit.metrics.calibration import Calibration, fit_calibration
+from cxrkit.metrics.calibration import Calibration, fit_calibration, fit_multilabel_calibration
 from cxrkit.record import CALIBRATION_FILE, META_FILE, atomic_write_json, file_sha256, read_meta, read_metrics, update_metrics, write_meta
 from cxrkit.record.files import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, REPORT_FILE, all_or_nothing
 from cxrkit.record.lock import run_lock
@@ -26,10 +26,10 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
     with run_lock(run_dir, "calibrate"):  # the threshold in meta.json and the validation results are read and rewritten
         run = Run.load(run_dir)
         had_calibration = run.calibration is not None
-        if not run.task_object.one_label_per_image:
-            raise ValueError(f"calibration supports binary and multiclass runs; this run's task is {run.task!r}")
         if method == "auto":
             method = run.task_object.calibration_method
+        if run.task == "multilabel" and method != "platt":
+            raise ValueError(f"a multi-label run is calibrated with one platt map per finding (--method auto or platt), not {method}")
         ds, cfg = load_run_dataset(run, data, progress)
         idx = ds.index("val")
         if len(idx) == 0:
@@ -46,8 +46,11 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
                                  "the model was trained or tested on; calibrate on images from another source")
         y = ds.labels[idx]
         raw = run.predict_arrays(images, calibrated=False)
-        cal = fit_calibration(y, raw, method, fitted_on=f"val split of {ds.source.root}")
-        _refuse_inverting_map(cal)
+        if run.task == "multilabel":
+            cal = fit_multilabel_calibration(y, raw, run.classes, fitted_on=f"val split of {ds.source.root}")
+        else:
+            cal = fit_calibration(y, raw, method, fitted_on=f"val split of {ds.source.root}")
+            _refuse_inverting_map(cal)
         # All or nothing, from the threshold in meta.json to the report: a failure half-way (a full disk, Ctrl-C) must
         # not leave a threshold chosen on calibrated probabilities without calibration.json, nor the reverse.
         files = [run.path / f for f in (META_FILE, CALIBRATION_FILE, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE)]
@@ -61,6 +64,8 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
                 run.record.set_threshold(choice)
                 cal.threshold = {"uncalibrated": uncalibrated, "calibrated": choice["value"], "rule": old["rule"]}
                 rechosen = _rechoose_referral(run, y, cal.apply(raw))
+            elif run.task == "multilabel":
+                _map_finding_thresholds(run, cal)
             record = cal.to_dict()
             atomic_write_json(run.path / CALIBRATION_FILE, record)
             # meta.json after calibration.json, naming it by its hash: a reader that loads between the two writes sees
@@ -71,6 +76,21 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
                                 f"evaluated {'with a calibration that has since been replaced' if had_calibration else 'before the run was calibrated'}; "
                                 "run `cxrkit evaluate` again for figures with its calibration")
         return {**record, "referral": rechosen} if rechosen else record
+
+
+def _map_finding_thresholds(run: Run, cal: Calibration) -> None:
+    """Move each finding's threshold through its calibration map, so that every decision stays as it was.
+
+    Re-choosing them on the calibrated probabilities would give the same split for a chosen threshold, but a finding left
+    at an unchosen 0.5 (no validation image with it) would then be called on other images without a word.
+    """
+    thresholds = {}
+    for k, name in enumerate(run.classes):
+        t = dict(run.record.thresholds[name])
+        uncalibrated = t.get("uncalibrated_value", t["value"])
+        mapped = float(cal.apply(np.full((1, len(run.classes)), uncalibrated))[0, k])
+        thresholds[name] = {**t, "value": mapped, "uncalibrated_value": uncalibrated, "calibrated": cal.params["how"][k]}
+    run.record.set_thresholds(thresholds, run.record.threshold_rule or "youden")
 
 
 def _rechoose_referral(run: Run, y: np.ndarray, probs: np.ndarray) -> dict | None:
@@ -144,12 +164,20 @@ def remove_calibration(run_dir: str | Path, data: str | Path | None = None, prog
                     write_meta(run_dir, meta)
             run = Run.load(run_dir)
             t = dict(run.record.threshold or {})
-            if not had and "uncalibrated_value" not in t:
+            per_finding = {k: dict(v) for k, v in (run.record.thresholds or {}).items()}
+            mapped = any("uncalibrated_value" in v for v in per_finding.values())
+            if not had and "uncalibrated_value" not in t and not mapped:
                 return False  # never calibrated: nothing to restore, and no split was scored with a calibration
-            if "uncalibrated_value" in t:
-                t["value"] = t.pop("uncalibrated_value")
-                t.pop("calibrated", None)
-                run.record.set_threshold(t)
+            if "uncalibrated_value" in t or mapped:
+                if mapped:
+                    for v in per_finding.values():
+                        v["value"] = v.pop("uncalibrated_value", v["value"])
+                        v.pop("calibrated", None)
+                    run.record.set_thresholds(per_finding, run.record.threshold_rule or "youden")
+                else:
+                    t["value"] = t.pop("uncalibrated_value")
+                    t.pop("calibrated", None)
+                    run.record.set_threshold(t)
                 run.save_record()
                 run = Run.load(run_dir)
             if not read_metrics(run.path).get("val") and not run.record.referral:

@@ -95,7 +95,8 @@ def unchosen_threshold_notes(run: Run) -> list[str]:
     if not unchosen:
         return []
     return [f"{', '.join(unchosen)}: no threshold could be chosen on validation (no positive or no negative validation image), so "
-            f"{'its' if len(unchosen) == 1 else 'their'} decisions use an unchosen 0.5 and {'its' if len(unchosen) == 1 else 'their'} "
+            f"{'its' if len(unchosen) == 1 else 'their'} decisions use an unchosen 0.5{' (of the uncalibrated probability)' if run.calibration else ''} "
+            f"and {'its' if len(unchosen) == 1 else 'their'} "
             "sensitivity and specificity (and the pooled detection rates) are at that default; add validation images with and without "
             f"{'it' if len(unchosen) == 1 else 'them'}"]
 
@@ -203,8 +204,15 @@ def decision_analysis(
     from cxrkit.metrics.decision_curve import net_benefit
     from cxrkit.metrics.operating_points import operating_point, operating_points, screening_outcomes, who_triage_check
 
+    if run.task == "multilabel":  # probabilities per finding; operating points are per decided class, so none here
+        from cxrkit.metrics.calibration import calibration_in_the_large
+
+        per = {"model": calibration_in_the_large(y, raw_probs, run.classes)}
+        if run.calibration is not None:
+            per["calibrated"] = calibration_in_the_large(y, probs, run.classes)
+        return {"calibration_per_finding": per}
     if not run.task_object.one_label_per_image:
-        return {}  # calibration and operating points are defined here for one label per image only
+        return {}
     out: dict = {"calibration": {"model": calibration_summary(y, raw_probs)}}
     if run.calibration is not None:
         out["calibration"]["calibrated"] = calibration_summary(y, probs)

@@ -8,6 +8,11 @@ Recalibration maps, fitted on the VALIDATION split only and stored in the run as
 ``temperature`` (one scalar dividing the logits, Guo et al. 2017; keeps the ranking and, for multi-class,
 every argmax), ``platt`` (logistic regression on the logit, Platt 1999; binary) and ``isotonic``
 (monotone step function, Zadrozny & Elkan 2002; binary, needs a few hundred validation images).
+
+Multi-label runs get one Platt map per finding (:func:`fit_multilabel_calibration`): training weights each finding's
+positives up by its negatives:positives ratio, so a finding seen on 3% of images came out at a mean probability of
+0.5. A finding with too few validation images for a slope gets its intercept only, which moves its mean probability
+to its validation share (with half a case added each side, so a finding with no validation positive is not set to 0).
 """
 
 from __future__ import annotations
@@ -187,7 +192,13 @@ class Calibration:
     threshold: dict | None = None  # binary runs: the threshold before and after, re-chosen on calibrated validation probabilities
 
     def apply(self, probs: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities (N, K), rows summing to 1."""
+        """Calibrated probabilities (N, K), rows summing to 1 (multi-label: one independent probability per finding)."""
+        if self.per_finding:
+            probs = np.asarray(probs, dtype=np.float64)
+            slope, intercept = np.asarray(self.params["slope"]), np.asarray(self.params["intercept"])
+            if probs.ndim != 2 or probs.shape[1] != len(slope):
+                raise ValueError(f"this calibration maps {len(slope)} findings; got probabilities of shape {probs.shape}")
+            return _sigmoid(slope[None, :] * _logit(probs) + intercept[None, :])
         probs = _as_2d(probs)
         if self.method == "temperature":
             t = self.params["temperature"]
@@ -204,6 +215,11 @@ class Calibration:
         else:
             raise ValueError(f"unknown calibration method {self.method!r}")
         return np.stack([1 - p, p], axis=1)
+
+    @property
+    def per_finding(self) -> bool:
+        """A multi-label map: one slope and intercept per finding."""
+        return isinstance(self.params.get("slope"), list)
 
     def to_dict(self) -> dict:
         """Plain-dict form for ``calibration.json``."""
@@ -224,7 +240,14 @@ class Calibration:
         # A negative temperature or a decreasing isotonic map inverts every decision; zero makes them all certain.
         if method == "temperature" and not (is_finite_number(params.get("temperature")) and params["temperature"] > 0):
             raise ValueError(f"temperature must be a positive finite number, got {params.get('temperature')!r}")
-        if method == "platt" and not (is_finite_number(params.get("slope")) and is_finite_number(params.get("intercept"))):
+        if method == "platt" and isinstance(params.get("slope"), list):  # multi-label: one map per finding
+            slope, intercept, how = params.get("slope"), params.get("intercept"), params.get("how")
+            ok = (isinstance(intercept, list) and isinstance(how, list) and 0 < len(slope) == len(intercept) == len(how)
+                  and all(map(is_finite_number, slope + intercept)) and all(v > 0 for v in slope)
+                  and all(h in ("platt", "intercept") for h in how))
+            if not ok:
+                raise ValueError("a per-finding platt map needs lists slope (each above 0), intercept and how, one entry per finding")
+        elif method == "platt" and not (is_finite_number(params.get("slope")) and is_finite_number(params.get("intercept"))):
             raise ValueError(f"platt needs finite numbers slope and intercept, got {params!r}")
         if method == "isotonic":
             x, y = params.get("x"), params.get("y")
@@ -256,6 +279,75 @@ def _refuse_separated(y: np.ndarray, probs: np.ndarray, method: str, fitted_on: 
                          "nothing was changed. Calibrate on a larger validation set that holds images the model gets wrong")
 
 
+# A finding's slope is fitted from this many validation images with it and without it; with fewer, its intercept only.
+MIN_SLOPE_CASES = 10
+
+
+def _platt(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Slope and intercept of a logistic regression of ``y`` on the logit ``z``."""
+    from sklearn.linear_model import LogisticRegression
+
+    # Fitted on the standardised logit and mapped back: on probabilities that differ only in the fourth decimal (a
+    # barely trained model) L-BFGS stopped at its starting point, slope 0, and every calibrated probability was 0.5.
+    mu, sd = float(z.mean()), float(z.std())
+    lr = LogisticRegression(C=1e6).fit(((z - mu) / (sd or 1.0))[:, None], y)  # (almost) unpenalised, as Platt fitted it
+    slope = float(lr.coef_[0, 0]) / (sd or 1.0)
+    return slope, float(lr.intercept_[0]) - slope * mu
+
+
+def _intercept_only(z: np.ndarray, y: np.ndarray) -> float:
+    """The shift of the logit that makes the mean probability the share with the finding, half a case added each side."""
+    from scipy.optimize import brentq
+
+    target = (y.sum() + 0.5) / (len(y) + 1)
+    return float(brentq(lambda b: float(_sigmoid(z + b).mean()) - target, -60.0, 60.0))
+
+
+def calibration_in_the_large(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    """Per finding of a multi-label split: the mean probability beside the share of images with the finding, and the
+    finding's ECE and Brier score; ``overall`` their means over the findings present."""
+    y, probs = np.asarray(y, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+    per = {}
+    for k, name in enumerate(classes):
+        two = np.stack([1 - probs[:, k], probs[:, k]], axis=1)
+        per[name] = {"mean_probability": float(probs[:, k].mean()), "share_with_it": float(y[:, k].mean()),
+                     "ece": expected_calibration_error(y[:, k].astype(int), two), "brier": brier_score(y[:, k].astype(int), two)}
+    present = [e for e in per.values() if e["share_with_it"] > 0]
+    overall = {key: float(np.mean([e[key] for e in present])) if present else None for key in ("ece", "brier")}
+    overall.update(mean_probability=float(probs.mean()), share_with_it=float(y.mean()))
+    return {"per_finding": per, "overall": overall}
+
+
+def fit_multilabel_calibration(y: np.ndarray, probs: np.ndarray, classes: list[str], fitted_on: str = "val") -> Calibration:
+    """One Platt map per finding of a multi-label run, fitted on its (validation) images.
+
+    A finding with MIN_SLOPE_CASES images with it and without it, whose images the model does not separate perfectly and
+    ranks the right way, gets slope and intercept; any other its intercept only (slope 1), which keeps its ranking and
+    moves its mean probability to its share of the images. ``params["how"]`` says which, per finding.
+    """
+    y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)
+    if y.ndim != 2 or probs.shape != y.shape or y.shape[1] != len(classes) or not len(y):
+        raise ValueError(f"multi-label calibration needs (images, {len(classes)}) labels and probabilities; got {y.shape} and {probs.shape}")
+    if not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1 or not np.isin(y, (0, 1)).all():
+        raise ValueError("multi-label calibration needs 0/1 labels and probabilities from 0 to 1")
+    slopes, intercepts, how = [], [], []
+    for k in range(len(classes)):
+        yk, z = y[:, k].astype(int), _logit(probs[:, k])
+        pos = int(yk.sum())
+        enough = min(pos, len(yk) - pos) >= MIN_SLOPE_CASES and probs[yk == 0, k].max() >= probs[yk == 1, k].min()
+        slope, intercept = _platt(z, yk) if enough else (0.0, 0.0)
+        fitted = slope > 0
+        if not fitted:  # too few cases, perfectly separated, or ranked backwards on validation: shift only, never reorder
+            slope, intercept = 1.0, _intercept_only(z, yk)
+        slopes.append(slope)
+        intercepts.append(intercept)
+        how.append("platt" if fitted else "intercept")
+    cal = Calibration("platt", {"slope": slopes, "intercept": intercepts, "how": how, "findings": list(classes)}, fitted_on, len(y))
+    cal.before = calibration_in_the_large(y, probs, classes)["overall"]
+    cal.after = calibration_in_the_large(y, cal.apply(probs), classes)["overall"]
+    return cal
+
+
 def fit_calibration(y: np.ndarray, probs: np.ndarray, method: str = "temperature", fitted_on: str = "val") -> Calibration:
     """Fit ``method`` on labelled (validation) predictions; raises ValueError for a method the task does not allow."""
     y, probs = _labelled(y, probs)
@@ -284,15 +376,8 @@ def fit_calibration(y: np.ndarray, probs: np.ndarray, method: str = "temperature
         res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
         params = {"temperature": float(np.exp(res.x))}
     elif method == "platt":
-        from sklearn.linear_model import LogisticRegression
-
-        z = _logit(probs[:, 1])
-        # Fitted on the standardised logit and mapped back: on probabilities that differ only in the fourth decimal (a
-        # barely trained model) L-BFGS stopped at its starting point, slope 0, and every calibrated probability was 0.5.
-        mu, sd = float(z.mean()), float(z.std())
-        lr = LogisticRegression(C=1e6).fit(((z - mu) / (sd or 1.0))[:, None], y)  # (almost) unpenalised, as Platt fitted it
-        slope = float(lr.coef_[0, 0]) / (sd or 1.0)
-        params = {"slope": slope, "intercept": float(lr.intercept_[0]) - slope * mu}
+        slope, intercept = _platt(_logit(probs[:, 1]), y)
+        params = {"slope": slope, "intercept": intercept}
     else:
         from sklearn.isotonic import IsotonicRegression
 

@@ -90,7 +90,7 @@ def _why_not_calibratable(run_dir: Path, meta: dict) -> str | None:
     from cxrkit.tasks import get_task
 
     method = get_task(meta["task"]).calibration_method
-    if not method:
+    if not method or meta["task"] == "multilabel":  # a finding it cannot fit gets its intercept only: never refused
         return None
     _, y, probs = split_predictions(run_dir, "val", meta["classes"])
     return separated(y, probs, method) if len(y) and len(set(y.tolist())) > 1 else None

@@ -217,6 +217,18 @@ def multilabel_sentences(m: dict, split_words: str) -> list[str]:
         f"findings present ({pct(pos['value'])}, {ci_text(pos)}) and correctly cleared {neg['numerator']} of {neg['denominator']} "
         f"findings absent ({pct(neg['value'])}, {ci_text(neg)}); the table below gives these detection rates per finding."
     )
+    cal = m.get("calibration_per_finding")
+    if cal:
+        own, after = cal["model"]["overall"], (cal.get("calibrated") or {}).get("overall")
+        said = (f"The model's own probabilities average {own['mean_probability']:.3f} against {pct(own['share_with_it'])} of "
+                f"image-finding pairs positive (mean ECE over findings {own['ece']:.3f})" if own["ece"] is not None else "")
+        if said and after:
+            out.append(f"{said}; calibrated, they average {after['mean_probability']:.3f} (mean ECE {after['ece']:.3f}).")
+        elif said and own["mean_probability"] > 2 * own["share_with_it"]:  # class-weighted training inflates rare findings
+            out.append(f"{said}: read them as scores, not chances; `cxrkit calibrate` fits a map per finding on validation images "
+                       "without changing any decision.")
+        elif said:
+            out.append(f"{said}.")
     out.append(
         f"<b>Accuracy is meaningless here.</b> {m['n'] - m['n_with_finding']} of the {m['n']} images have no finding and most "
         f"image-finding pairs are negative, so predicting \"no finding\" everywhere scores a label-wise accuracy of "
