@@ -8,7 +8,7 @@ from scipy.stats import norm
 
 from cxrkit.metrics.classification import binary_metrics, multiclass_metrics, multilabel_metrics
 from cxrkit.metrics.inputs import patient_clusters
-from cxrkit.metrics.intervals import bootstrap_interval, clustered_delong_auc, clustered_wilson, delong_auc, delong_interval, wilson_interval
+from cxrkit.metrics.intervals import clustered_delong_auc, clustered_wilson, delong_auc, delong_interval, wilson_interval
 from cxrkit.report.narrative import evaluation_sentences
 
 
@@ -57,7 +57,7 @@ def test_four_copies_of_each_image_in_one_patient_give_the_original_intervals():
     Y, S, C = np.repeat(y, 4), np.repeat(s, 4), np.repeat(np.arange(60), 4)
     assert delong_auc(Y, S)[1] == pytest.approx(delong_auc(y, s)[1] / 4, rel=0.05)  # about a quarter (n - 1 against 4n - 1)
     assert clustered_delong_auc(Y, S, C)[1] == pytest.approx(delong_auc(y, s)[1], rel=1e-10)
-    assert clustered_wilson(Y, C)[0] == pytest.approx(wilson_interval(int(y.sum()), 60))
+    assert clustered_wilson(Y, C)[0] == pytest.approx(wilson_interval(int(y.sum()), 60), rel=0.01)
     assert clustered_wilson(Y, C)[1] == pytest.approx(60)
     # All right on 40 images of 10 patients: the interval of 10 cases, not of 40.
     ci, n_eff = clustered_wilson(np.ones(40), np.repeat(np.arange(10), 4))
@@ -142,17 +142,40 @@ def test_a_finding_on_many_images_of_few_patients_stays_out_of_the_mean():
 
 
 def test_cluster_bootstrap_keeps_a_patients_images_together():
-    seen = []
-
-    def stat(yt, idx):
-        seen.append(np.sort(idx.astype(int)))
-        return float(np.mean(yt))
+    from cxrkit.metrics.intervals import _cluster_draw
 
     y = np.repeat([0, 1, 0, 1, 1], 2)
-    bootstrap_interval(stat, y, np.arange(10, dtype=float), n_resamples=20, clusters=np.repeat(np.arange(5), 2))
-    for idx in seen:  # images 2k and 2k+1 (one patient) are drawn together, as often as each other
+    draw, rng = _cluster_draw(y, np.repeat(np.arange(5), 2), stratified=True), np.random.default_rng(0)
+    for _ in range(20):
+        idx = draw(rng)  # images 2k and 2k+1 (one patient) are drawn together, as often as each other
         assert np.array_equal(np.bincount(idx, minlength=10)[0::2], np.bincount(idx, minlength=10)[1::2])
         assert (y[idx] == 1).sum() == 6  # stratified: three patients with the disease in every resample
+
+
+def test_bootstrap_by_patient_is_never_narrower_than_by_image():
+    # Every positive from one patient: resampling patients held the positives still, and F1 was 0.857 (0.857-0.857),
+    # with a note that "the model made one call for every case", beside 0.729-0.962 by image.
+    y = np.r_[np.ones(20, int), np.zeros(20, int)]
+    prob = np.r_[np.full(15, 0.9), np.full(5, 0.1), np.linspace(0.05, 0.95, 20)]
+    patients = np.r_[np.zeros(20, int), np.arange(1, 21)]
+    by_image = binary_metrics(y, prob, 0.5, n_bootstrap=300)["metrics"]
+    by_patient = binary_metrics(y, prob, 0.5, n_bootstrap=300, patients=patients)["metrics"]
+    for k in ("f1", "balanced_accuracy", "pr_auc"):
+        lo, hi = by_patient[k]["ci"]
+        assert hi - lo >= by_image[k]["ci"][1] - by_image[k]["ci"][0] - 1e-12 and hi - lo > 0.05 and "note" not in by_patient[k]
+    # one patient holds the positives: the proportion counts one case, and the AUC has no interval
+    assert by_patient["sensitivity"]["effective_n"] == 1.0 and by_patient["roc_auc"]["ci"] is None
+
+
+def test_a_dominant_patient_widens_the_interval():
+    # NIH test split: one patient held 39 of 57 positives, and sensitivity kept its image-level interval.
+    rng = np.random.default_rng(0)
+    hits = np.r_[rng.random(39) < 0.5, rng.random(18) < 0.5]
+    clusters = np.r_[np.zeros(39, int), np.arange(1, 19)]
+    ci, n_eff = clustered_wilson(hits, clusters)
+    assert n_eff == pytest.approx(57 * 57 / (39 * 39 + 18)) and ci[1] - ci[0] > 0.6
+    # 19 and 20 of 20 from one patient: both one case (was 0.764-0.991 at n 20 for 19, 0.207-1.0 for 20)
+    assert clustered_wilson(np.r_[np.ones(19), 0], np.zeros(20))[1] == clustered_wilson(np.ones(20), np.zeros(20))[1] == 1.0
 
 
 def test_patient_ids_are_checked():
@@ -162,10 +185,13 @@ def test_patient_ids_are_checked():
     assert patient_clusters([3, 4, 3], 3).tolist() == [0, 1, 0]
     with pytest.raises(ValueError, match="one per image"):
         patient_clusters(["a", "b"], 3)
-    with pytest.raises(ValueError, match="some are missing"):
-        patient_clusters(["a", None, "a"], 3)
-    with pytest.raises(ValueError, match="some are NaN"):
-        patient_clusters([1.0, float("nan"), 1.0], 3)
+    assert patient_clusters([1, 1.0, "1", 2], 4).tolist() == [0, 0, 0, 1]  # one patient, whatever the type
+    for missing in (["a", None, "a"], [1.0, float("nan"), 1.0], ["a", "nan", "a"], ["a", "  ", "a"], ["a", np.float32("nan"), "a"],
+                    np.array(["2020-01-01", "NaT", "2020-01-01"], dtype="datetime64[D]")):
+        with pytest.raises(ValueError, match="1 are missing"):  # each was one more "patient" holding every such image
+            patient_clusters(missing, 3)
+    with pytest.raises(ValueError, match="true/false"):
+        patient_clusters(np.array([True, False, True]), 3)
     with pytest.raises(ValueError, match="one per image"):
         binary_metrics([0, 1, 1], [0.1, 0.8, 0.7], 0.5, patients=["a", "a"])
 

@@ -31,7 +31,7 @@ def proportion(successes: int, n: int, confidence: float = 0.95) -> dict:
     }
 
 
-def _share(hits: np.ndarray, among: np.ndarray, clusters: np.ndarray | None, confidence: float) -> dict:
+def proportion_of(hits: np.ndarray, among: np.ndarray, clusters: np.ndarray | None = None, confidence: float = 0.95) -> dict:
     """The proportion of ``hits`` among the images ``among`` selects, its interval counting patients when ``clusters`` are known."""
     h = np.asarray(hits, dtype=bool)[among]
     if clusters is None:
@@ -154,11 +154,11 @@ def binary_metrics(
     both = 0 < y.sum() < len(y)
     yb, pb = y.astype(bool), pred.astype(bool)
     m: dict[str, dict] = {
-        "sensitivity": _share(pb, yb, clusters, confidence),
-        "specificity": _share(~pb, ~yb, clusters, confidence),
-        "ppv": _share(yb, pb, clusters, confidence),
-        "npv": _share(~yb, ~pb, clusters, confidence),
-        "accuracy": _share(yb == pb, np.ones(len(y), dtype=bool), clusters, confidence),
+        "sensitivity": proportion_of(pb, yb, clusters, confidence),
+        "specificity": proportion_of(~pb, ~yb, clusters, confidence),
+        "ppv": proportion_of(yb, pb, clusters, confidence),
+        "npv": proportion_of(~yb, ~pb, clusters, confidence),
+        "accuracy": proportion_of(yb == pb, np.ones(len(y), dtype=bool), clusters, confidence),
     }
     f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else float("nan")
     m["f1"] = _entry(f1, bootstrap_interval(_f1_from_pred, yb, pb, n_bootstrap, confidence, seed, clusters=clusters), boot, decisions=True)
@@ -214,10 +214,10 @@ def multiclass_metrics(
         tp, fp, fn = b["tp"], b["fp"], b["fn"]
         entry = {
             "support": int(yc.sum()),
-            "sensitivity": _share(pc, yc, clusters, confidence),
-            "specificity": _share(~pc, ~yc, clusters, confidence),
-            "ppv": _share(yc, pc, clusters, confidence),
-            "npv": _share(~yc, ~pc, clusters, confidence),
+            "sensitivity": proportion_of(pc, yc, clusters, confidence),
+            "specificity": proportion_of(~pc, ~yc, clusters, confidence),
+            "ppv": proportion_of(yc, pc, clusters, confidence),
+            "npv": proportion_of(~yc, ~pc, clusters, confidence),
             "f1": _entry(2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else float("nan"), None, "point"),
         }
         if 0 < yc.sum() < len(yc):
@@ -240,7 +240,7 @@ def multiclass_metrics(
 
     index = np.arange(len(y), dtype=np.float64)
     overall = {
-        "accuracy": _share(pred == y, np.ones(len(y), dtype=bool), clusters, confidence),
+        "accuracy": proportion_of(pred == y, np.ones(len(y), dtype=bool), clusters, confidence),
         "balanced_accuracy": _entry(
             # Ours, not scikit-learn's: the same mean recall over the classes present, without its warning (printed into the
             # command's output) when the model predicts a class this split lacks.
@@ -327,8 +327,8 @@ def multilabel_metrics(
         b = binary_confusion(yc, pc)
         entry = {
             "support": int(yc.sum()), "n_negative": int(n - yc.sum()), "threshold": float(thresholds[c]), "confusion": b,
-            "sensitivity": _share(pc, yc, clusters, confidence), "specificity": _share(~pc, ~yc, clusters, confidence),
-            "ppv": _share(yc, pc, clusters, confidence), "npv": _share(~yc, ~pc, clusters, confidence),
+            "sensitivity": proportion_of(pc, yc, clusters, confidence), "specificity": proportion_of(~pc, ~yc, clusters, confidence),
+            "ppv": proportion_of(yc, pc, clusters, confidence), "npv": proportion_of(~yc, ~pc, clusters, confidence),
         }
         if clusters is not None:
             entry["patients_with_it"] = cases(c)[0]
@@ -365,14 +365,14 @@ def multilabel_metrics(
     overall = {
         "mean_roc_auc": {**_entry(point, ci, f"bootstrap over {unit}s"),
                          **({} if defined else {"note": f"no finding has {MIN_FINDING_CASES} {unit}s with it and without it in this split"})},
-        "detection_rate_positive": _share(pf, yf, cells, confidence),
-        "detection_rate_negative": _share(~pf, ~yf, cells, confidence),
-        "label_accuracy": _share(pf == yf, everything, cells, confidence),
-        "exact_match": _share((pred == y).all(axis=1), every_image, clusters, confidence),
+        "detection_rate_positive": proportion_of(pf, yf, cells, confidence),
+        "detection_rate_negative": proportion_of(~pf, ~yf, cells, confidence),
+        "label_accuracy": proportion_of(pf == yf, everything, cells, confidence),
+        "exact_match": proportion_of((pred == y).all(axis=1), every_image, clusters, confidence),
     }
     baseline = {
-        "label_accuracy": _share(~yf, everything, cells, confidence),
-        "exact_match": _share(y.sum(axis=1) == 0, every_image, clusters, confidence),
+        "label_accuracy": proportion_of(~yf, everything, cells, confidence),
+        "exact_match": proportion_of(y.sum(axis=1) == 0, every_image, clusters, confidence),
     }
     return {
         "task": "multilabel", "classes": list(classes), "n": n, **_patients_seen(patients, clusters, n),

@@ -116,19 +116,46 @@ def resamples(n: object, what: str = "n_bootstrap") -> int:
     return int(n)
 
 
+_MISSING_TEXT = {"", "nan", "none", "null", "na", "n/a", "<na>", "nat"}
+
+
+def _patient_key(value: object) -> str | None:
+    """One patient ID as text (1, 1.0 and "1" are one patient); None when it names nobody (None, NaN, NaT, NA, blank)."""
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return (str(int(value)) if float(value).is_integer() else repr(float(value))) if math.isfinite(value) else None
+    try:
+        if value != value:  # NaN-like objects (pd.NA raises: it has no truth value)
+            return None
+    except (TypeError, ValueError):
+        return None
+    if isinstance(value, np.datetime64) and np.isnat(value):
+        return None
+    text = str(value).strip()
+    return None if text.lower() in _MISSING_TEXT else text
+
+
 def patient_clusters(patients: object, n: int) -> np.ndarray | None:
     """Each image's patient as an integer code 0..P-1, or None when no patient has two images (the images are independent).
 
-    ``patients`` holds one ID per image (text or numbers), in the labels' order; None means the IDs are not known.
+    ``patients`` holds one ID per image (text or numbers), in the labels' order; None means the IDs are not known. A
+    missing, blank or true/false ID is refused: counted as one patient, every image without an ID was merged into one.
     """
     if patients is None:
         return None
     a = _array(patients, "patient IDs")
     if a.ndim != 1 or len(a) != n:
         raise ValueError(f"patient IDs must be one per image: got shape {a.shape} for {n} images")
-    if a.dtype == object and any(p is None or (isinstance(p, float) and math.isnan(p)) for p in a):
-        raise ValueError("patient IDs must name a patient for every image; some are missing (None or NaN)")
-    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-        raise ValueError("patient IDs must name a patient for every image; some are NaN")
-    _, codes = np.unique(a.astype(str), return_inverse=True)
+    if a.dtype == bool:
+        raise ValueError("patient IDs must name patients, got true/false values (the labels by mistake?)")
+    # A list keeps its own values (numpy turned [1, 1.0, "1"] into the texts "1" and "1.0"); tolist gives Python values.
+    keys = [_patient_key(v) for v in (patients if isinstance(patients, (list, tuple)) else a.tolist())]
+    missing = sum(k is None for k in keys)
+    if missing:
+        raise ValueError(f"patient IDs must name a patient for every image; {missing} are missing (None, NaN or blank): give "
+                         "those images an ID of their own, or leave patients out")
+    _, codes = np.unique(np.array(keys, dtype=object).astype(str), return_inverse=True)
     return codes.astype(np.int64) if codes.max(initial=-1) + 1 < n else None
