@@ -81,3 +81,27 @@ def test_evaluate_by_table_column_and_file_name_pattern(tiny_run, binary_data, t
     assert "no column 'height'" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--by-table", str(table)]) == 2  # alone it was ignored without a word
     assert "--by-table names the table of the --by columns; give --by COLUMN too" in capsys.readouterr().err
+
+
+def test_subgroup_tests_count_patients_when_each_has_several_films():
+    # A patient's films all fall in one sex or age band: counted as independent cases, three films each made a gap
+    # between groups look far more certain than the patients behind it.
+    from cxrkit.metrics.subgroups import binary_subgroups
+
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(30, int), np.zeros(30, int), np.ones(30, int), np.zeros(30, int)]
+    prob = np.where(y == 1, rng.random(120) * 0.6 + 0.3, rng.random(120) * 0.6 + 0.1)
+    prob[:30] = np.minimum(prob[:30] + 0.15, 1.0)  # group A's positives are found more often
+    groups = ["A"] * 60 + ["B"] * 60
+    once = binary_subgroups(y, prob, groups, 0.5, "sex")
+    thrice = binary_subgroups(np.repeat(y, 3), np.repeat(prob, 3), list(np.repeat(groups, 3)), 0.5, "sex")
+    by_patient = binary_subgroups(np.repeat(y, 3), np.repeat(prob, 3), list(np.repeat(groups, 3)), 0.5, "sex",
+                                  patients=np.repeat(np.arange(120), 3))
+    for metric in ("sensitivity", "roc_auc"):
+        p1, p3, pp = (r["tests"][metric]["p_value"] for r in (once, thrice, by_patient))
+        assert p3 < p1 / 3 and pp == pytest.approx(p1, rel=0.2), (metric, p1, p3, pp)
+    assert by_patient["intervals_by"] == "patient" and "Rao-Scott" in by_patient["tests"]["sensitivity"]["test"]
+    gap, gap_once = by_patient["largest_gap"], once["largest_gap"]
+    assert gap["ci"] == pytest.approx(gap_once["ci"], abs=0.02) and gap["difference"] == pytest.approx(gap_once["difference"])
+    row = by_patient["groups"][0]
+    assert row["n_patients"] == 60 and row["sensitivity"]["ci"] == pytest.approx(once["groups"][0]["sensitivity"]["ci"], abs=0.01)

@@ -133,7 +133,7 @@ def _rescore_validation(run: Run, ds, idx: np.ndarray, images: np.ndarray, raw: 
     y = ds.labels[idx]
     probs = run.apply_calibration(raw)
     metrics = compute_metrics(run, y, probs, seed=seed, patients=ds.patients_of(idx))
-    metrics.update(decision_analysis(run, y, probs, raw, (y, probs)))
+    metrics.update(decision_analysis(run, y, probs, raw, (y, probs), patients=ds.patients_of(idx)))
     old = read_metrics(run.path)
     if "attention" in old.get("val", {}):
         metrics["attention"] = old["val"]["attention"]  # heat maps do not change with calibration

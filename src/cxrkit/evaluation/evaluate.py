@@ -94,8 +94,9 @@ def unchosen_threshold_notes(run: Run) -> list[str]:
     unchosen = unchosen_findings(run)
     if not unchosen:
         return []
+    scale = " (of the uncalibrated probability)" if getattr(run, "calibration", None) else ""
     return [f"{', '.join(unchosen)}: no threshold could be chosen on validation (no positive or no negative validation image), so "
-            f"{'its' if len(unchosen) == 1 else 'their'} decisions use an unchosen 0.5{' (of the uncalibrated probability)' if run.calibration else ''} "
+            f"{'its' if len(unchosen) == 1 else 'their'} decisions use an unchosen 0.5{scale} "
             f"and {'its' if len(unchosen) == 1 else 'their'} "
             "sensitivity and specificity (and the pooled detection rates) are at that default; add validation images with and without "
             f"{'it' if len(unchosen) == 1 else 'them'}"]
@@ -194,12 +195,13 @@ def training_overlap(run_dir: Path, images: np.ndarray) -> dict | None:
 
 def decision_analysis(
     run: Run, y: np.ndarray, probs: np.ndarray, raw_probs: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None,
-    prevalence: float | None = None, spread: bool = False,
+    prevalence: float | None = None, spread: bool = False, patients: list[str] | None = None,
 ) -> dict:
     """Calibration (of the model's own and of the calibrated probabilities), and for binary runs the operating
     points chosen on validation, the WHO TB-triage check, the decision curve and, with ``prevalence``, what the
     run's threshold means per 1,000 people screened. ``spread`` (``y`` is not the validation split itself) adds how
-    far the threshold and this split's sensitivity and specificity move with another validation sample."""
+    far the threshold and this split's sensitivity and specificity move with another validation sample. ``patients``: the
+    operating points and the WHO check count them where one has several images."""
     from cxrkit.metrics.calibration import calibration_summary
     from cxrkit.metrics.decision_curve import net_benefit
     from cxrkit.metrics.operating_points import operating_point, operating_points, screening_outcomes, who_triage_check
@@ -220,8 +222,8 @@ def decision_analysis(
     if run.task != "binary" or len(np.unique(y)) < 2:
         return out
     if val is not None and len(np.unique(val[0])) == 2:
-        out["operating_points"] = operating_points(val[0], val[1][:, 1], y, probs[:, 1])
-        out["who_triage"] = who_triage_check(val[0], val[1][:, 1], y, probs[:, 1])
+        out["operating_points"] = operating_points(val[0], val[1][:, 1], y, probs[:, 1], patients=patients)
+        out["who_triage"] = who_triage_check(val[0], val[1][:, 1], y, probs[:, 1], patients=patients)
         rule = (run.record.threshold or {}).get("rule")
         if spread and rule:
             from cxrkit.metrics.thresholds import threshold_spread
@@ -231,7 +233,7 @@ def decision_analysis(
     if run.record.referral is not None:
         out["referral"] = referral_analysis(run, y, probs)
     if prevalence is not None:
-        m = operating_point(y, probs[:, 1], run.threshold)
+        m = operating_point(y, probs[:, 1], run.threshold, patients)
         out["screening"] = screening_outcomes(m["sensitivity"], m["specificity"], prevalence)
         out["screening"]["threshold"] = run.threshold
     return out
@@ -416,7 +418,8 @@ def evaluate_run(
         # pass them); the stored rows are about to be replaced, and damaged ones must not stop their own rewrite.
         own_val = same_data and split == "val" and run.task != "multilabel"
         val = (ds.labels[idx], probs) if own_val else validation_predictions(run)
-        metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, val, prevalence, spread=not (same_data and split == "val")))
+        metrics.update(decision_analysis(run, ds.labels[idx], probs, raw_probs, val, prevalence, spread=not (same_data and split == "val"),
+                                         patients=ds.patients_of(idx)))
         if not same_data:
             from cxrkit.evaluation.threshold_transfer import threshold_transfer
 
@@ -438,7 +441,8 @@ def evaluate_run(
                 table = Path(by_table) if by_table else (Path(cfg.labels) if same_data and cfg.labels else None)
                 metrics["subgroups"] = subgroup_analysis(run, ds.labels[idx], probs, [ds.relpaths[i] for i in idx], list(by or []), table,
                                                          list(by_pattern or []), seed=cfg.seed,
-                                                         sites=None if ds.sites is None else [str(ds.sites[i]) for i in idx])
+                                                         sites=None if ds.sites is None else [str(ds.sites[i]) for i in idx],
+                                                         patients=ds.patients_of(idx))
             metrics["inference_images_per_second"] = len(idx) / seconds if seconds > 0 else None
             metrics["shift"] = shift
             metrics["source_split"] = split
@@ -536,7 +540,7 @@ def finish_training(
         run.record.complete = True
         run.save_record()
     metrics = compute_metrics(run, ds.labels[idx], probs, seed=seed, patients=ds.patients_of(idx))
-    metrics.update(decision_analysis(run, ds.labels[idx], probs, probs, (ds.labels[idx], probs)))
+    metrics.update(decision_analysis(run, ds.labels[idx], probs, probs, (ds.labels[idx], probs), patients=ds.patients_of(idx)))
     if ds.sites is not None:
         from cxrkit.evaluation.sites import per_site_metrics
 

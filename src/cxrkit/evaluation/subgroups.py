@@ -57,7 +57,7 @@ def binned(column: str, values: list[str | None], bands: tuple[float, ...] | Non
 
 
 def subgroup_analysis(run, y: np.ndarray, probs: np.ndarray, relpaths: list[str], by: list[str], table: Path | None,
-                      patterns: list[str], seed: int = 0, sites: list[str] | None = None) -> dict:
+                      patterns: list[str], seed: int = 0, sites: list[str] | None = None, patients: list[str] | None = None) -> dict:
     """{column: per-group figures and tests} for every ``--by`` column and ``--by-pattern``; ``--by site`` uses each
     image's site in a run trained on several sources (``sites``) when no table column of that name is asked for."""
     if run.task == "multiclass":
@@ -79,9 +79,9 @@ def subgroup_analysis(run, y: np.ndarray, probs: np.ndarray, relpaths: list[str]
         if all(v is None for v in values):
             raise ValueError(f"no evaluated image has a value for {name!r}; check the column or pattern")
         if run.task == "binary":
-            res = binary_subgroups(y, probs[:, 1], values, run.threshold, name, seed=seed)
+            res = binary_subgroups(y, probs[:, 1], values, run.threshold, name, seed=seed, patients=patients)
         else:
-            res = multilabel_subgroups(y, probs, run.classes, run.thresholds, values, name, seed=seed)
+            res = multilabel_subgroups(y, probs, run.classes, run.thresholds, values, name, seed=seed, patients=patients)
         res["binning"] = note
         out[name] = res
     return out

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrkit.metrics.classification import binary_confusion, proportion
-from cxrkit.metrics.inputs import binary_pair, unit_number
+from cxrkit.metrics.classification import binary_confusion, proportion_of
+from cxrkit.metrics.inputs import binary_pair, patient_clusters, unit_number
 from cxrkit.metrics.thresholds import choose_threshold
 
 TARGET_SENSITIVITIES = (0.85, 0.90, 0.95)
@@ -18,18 +18,20 @@ TARGET_SPECIFICITIES = (0.70, 0.90, 0.95)
 WHO_TRIAGE = {"sensitivity": 0.90, "specificity": 0.70}
 
 
-def operating_point(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
-    """Confusion counts and sensitivity/specificity/PPV/NPV (Wilson 95% CIs) at ``threshold`` (positive if prob >= it)."""
+def operating_point(y: np.ndarray, prob: np.ndarray, threshold: float, patients: object = None) -> dict:
+    """Confusion counts and sensitivity/specificity/PPV/NPV (Wilson 95% CIs, counting ``patients`` where one has several
+    images) at ``threshold`` (positive if prob >= it)."""
     y, prob = binary_pair(y, prob)
-    c = binary_confusion(y, prob >= unit_number(threshold, "threshold"))
-    tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
-    return {"threshold": float(threshold), "confusion": c, "sensitivity": proportion(tp, tp + fn), "specificity": proportion(tn, tn + fp),
-            "ppv": proportion(tp, tp + fp), "npv": proportion(tn, tn + fn)}
+    clusters = patient_clusters(patients, len(y))
+    called, yb = prob >= unit_number(threshold, "threshold"), y.astype(bool)
+    c = binary_confusion(y, called)
+    return {"threshold": float(threshold), "confusion": c, "sensitivity": proportion_of(called, yb, clusters),
+            "specificity": proportion_of(~called, ~yb, clusters), "ppv": proportion_of(yb, called, clusters), "npv": proportion_of(~yb, ~called, clusters)}
 
 
 def operating_points(
     y_val: np.ndarray, p_val: np.ndarray, y_eval: np.ndarray, p_eval: np.ndarray,
-    sensitivities: tuple[float, ...] = TARGET_SENSITIVITIES, specificities: tuple[float, ...] = TARGET_SPECIFICITIES,
+    sensitivities: tuple[float, ...] = TARGET_SENSITIVITIES, specificities: tuple[float, ...] = TARGET_SPECIFICITIES, patients: object = None,
 ) -> list[dict]:
     """One row per target: the threshold chosen on validation (``sensitivity:x`` / ``specificity:x`` rules of
     :func:`cxrkit.metrics.thresholds.choose_threshold`) and what it achieves on the evaluated split."""
@@ -37,18 +39,18 @@ def operating_points(
     for kind, targets in (("sensitivity", sensitivities), ("specificity", specificities)):
         for t in targets:
             choice = choose_threshold(y_val, p_val, f"{kind}:{t}", chosen_on="val")
-            row = operating_point(y_eval, p_eval, choice.value)
+            row = operating_point(y_eval, p_eval, choice.value, patients)
             row.update(target=f"{kind} ≥ {t:.0%}", rule=choice.rule, val_sensitivity=choice.sensitivity, val_specificity=choice.specificity)
             rows.append(row)
     return rows
 
 
-def who_triage_check(y_val: np.ndarray, p_val: np.ndarray, y_eval: np.ndarray, p_eval: np.ndarray) -> dict:
+def who_triage_check(y_val: np.ndarray, p_val: np.ndarray, y_eval: np.ndarray, p_eval: np.ndarray, patients: object = None) -> dict:
     """The WHO TB-triage target (sensitivity ≥ 90% with specificity ≥ 70%) at the threshold chosen on validation
     for 90% sensitivity. ``verdict``: ``pass`` when both lower 95% bounds meet the targets, ``pass (point estimates)``
     when only the estimates do, ``fail`` otherwise."""
     choice = choose_threshold(y_val, p_val, f"sensitivity:{WHO_TRIAGE['sensitivity']}", chosen_on="val")
-    op = operating_point(y_eval, p_eval, choice.value)
+    op = operating_point(y_eval, p_eval, choice.value, patients)
     sens, spec = op["sensitivity"], op["specificity"]
     ok = all(e["value"] is not None for e in (sens, spec))
     meets = ok and sens["value"] >= WHO_TRIAGE["sensitivity"] and spec["value"] >= WHO_TRIAGE["specificity"]

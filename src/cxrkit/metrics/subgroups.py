@@ -10,6 +10,10 @@ intervals, a heterogeneity test per metric, and the largest gap in words.
   out of that metric's test: their figures are shown, but they cannot say anything.
 - The largest gap: the pair of testable groups furthest apart on sensitivity or specificity, with a Newcombe
   (hybrid Wilson score) interval for the difference of two independent proportions.
+- ``patients``: where a patient has several images, every interval counts patients (as in
+  :mod:`cxrkit.metrics.classification`), the AUC test uses the clustered variances, and the chi-squared statistic is
+  divided by the groups' mean design effect (Rao & Scott 1981, first order): a patient's films all fall in one age band
+  or sex, so counted as independent they made a gap between groups look significant.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import chi2, chi2_contingency
 
-from cxrkit.metrics.classification import binary_confusion, proportion
-from cxrkit.metrics.inputs import binary_pair, unit_number
-from cxrkit.metrics.intervals import delong_auc, delong_interval, wilson_interval
+from cxrkit.metrics.classification import binary_confusion, proportion_of
+from cxrkit.metrics.inputs import binary_pair, patient_clusters, unit_number
+from cxrkit.metrics.intervals import auc_variance, delong_interval
 
 MIN_CASES = 5  # fewer positives (negatives) than this: no sensitivity (specificity, AUC) comparison for the group
 AGE_BANDS = (18, 40, 60)  # 0-17, 18-39, 40-59, 60+
@@ -46,22 +50,31 @@ def bin_numeric(values: list[str], edges: tuple[float, ...]) -> list[str | None]
     return out
 
 
-def _newcombe(x1: int, n1: int, x2: int, n2: int, confidence: float = 0.95) -> tuple[float, tuple[float, float]]:
-    """Difference p1 - p2 of two independent proportions with Newcombe's hybrid score interval (method 10)."""
-    p1, p2 = x1 / n1, x2 / n2
-    l1, u1 = wilson_interval(x1, n1, confidence)
-    l2, u2 = wilson_interval(x2, n2, confidence)
+def _newcombe(first: dict, second: dict) -> tuple[float, tuple[float, float]]:
+    """Difference p1 - p2 of two independent proportions (entries with their Wilson intervals) with Newcombe's hybrid
+    score interval (method 10)."""
+    p1, (l1, u1) = first["value"], first["ci"]
+    p2, (l2, u2) = second["value"], second["ci"]
     d = p1 - p2
     lo = d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
     hi = d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
     return d, (float(lo), float(hi))
 
 
-def _chi2_homogeneity(successes: list[int], totals: list[int]) -> float | None:
+def _chi2_homogeneity(successes: list[int], totals: list[int], design_effect: float = 1.0) -> float | None:
     table = np.array([[s, t - s] for s, t in zip(successes, totals)], dtype=float)
     if len(table) < 2 or (table.sum(axis=0) == 0).any():
         return None  # every group all-detected (or all-missed): no variation to test
-    return float(chi2_contingency(table, correction=False)[1])
+    statistic, _, dof, _ = chi2_contingency(table, correction=False)
+    return float(chi2.sf(statistic / design_effect, dof))
+
+
+def _design_effect(entries: list[dict]) -> float:
+    """The mean design effect of groups' proportions (1 when their intervals count images), weighted by their cases."""
+    n = sum(e["denominator"] for e in entries)
+    if not n:
+        return 1.0
+    return sum(e["denominator"] ** 2 / e["effective_n"] if e.get("effective_n") else e["denominator"] for e in entries) / n
 
 
 def _auc_heterogeneity(aucs: list[float], variances: list[float]) -> float | None:
@@ -83,47 +96,59 @@ def _group_values(groups: object, n: int) -> list[str | None]:
 
 
 def binary_subgroups(y: np.ndarray, prob: np.ndarray, groups: list[str | None], threshold: float, column: str,
-                     confidence: float = 0.95, seed: int = 0) -> dict:
+                     confidence: float = 0.95, seed: int = 0, patients: object = None) -> dict:
     """Per-group figures of a binary model at ``threshold``, heterogeneity tests and the largest gap (images with
-    no group value are counted as ``missing`` and left out)."""
+    no group value are counted as ``missing`` and left out); ``patients`` (one ID per image): see the module's note."""
     y, prob = binary_pair(y, prob)
     threshold = unit_number(threshold, "threshold")
     groups = _group_values(groups, len(y))
+    clusters = patient_clusters(patients, len(y))
     names = sorted({g for g in groups if g is not None}, key=_natural)
     g_arr = np.array(["" if g is None else g for g in groups], dtype=object)
     rows = []
     for name in names:
         idx = np.flatnonzero(g_arr == name)
-        yg, pg = y[idx], prob[idx]
-        cm = binary_confusion(yg, (pg >= threshold).astype(int))
+        yg, pg = y[idx].astype(bool), prob[idx]
+        cg = None if clusters is None else clusters[idx]
+        called = pg >= threshold
+        cm = binary_confusion(yg, called)
         tp, fp, tn, fn = cm["tp"], cm["fp"], cm["tn"], cm["fn"]
         pos, neg = tp + fn, tn + fp
+        units_pos, units_neg = (pos, neg) if cg is None else (len(np.unique(cg[yg])), len(np.unique(cg[~yg])))
         auc = {"value": None, "ci": None, "method": "delong"}
         if pos and neg:
-            value, ci = delong_interval(yg, pg, confidence)
-            auc = {"value": value, "ci": list(ci), "method": "delong"}
+            value, ci = delong_interval(yg, pg, confidence, cg)
+            auc = {"value": value, "ci": list(ci) if ci else None, "method": "delong" if cg is None else "delong by patient (Obuchowski)"}
         row = {"group": name, "n": len(idx), "n_positive": pos, "n_negative": neg, "prevalence": pos / len(idx), "confusion": cm,
-               "roc_auc": auc, "sensitivity": proportion(tp, pos, confidence), "specificity": proportion(tn, neg, confidence),
-               "ppv": proportion(tp, tp + fp, confidence), "npv": proportion(tn, tn + fn, confidence),
-               "too_small": {"sensitivity": pos < MIN_CASES, "specificity": neg < MIN_CASES, "roc_auc": min(pos, neg) < MIN_CASES}}
+               "roc_auc": auc, "sensitivity": proportion_of(called, yg, cg, confidence), "specificity": proportion_of(~called, ~yg, cg, confidence),
+               "ppv": proportion_of(yg, called, cg, confidence), "npv": proportion_of(~yg, ~called, cg, confidence),
+               # with patients known, a group needs MIN_CASES patients (not films) of the class a metric is about
+               "too_small": {"sensitivity": units_pos < MIN_CASES, "specificity": units_neg < MIN_CASES,
+                             "roc_auc": min(units_pos, units_neg) < MIN_CASES or auc["ci"] is None}}
+        if cg is not None:
+            row["n_patients"] = len(np.unique(cg))
         if not row["too_small"]["roc_auc"]:
-            row["auc_variance"] = delong_auc(yg, pg)[1]
+            row["auc_variance"] = auc_variance(yg, pg, cg)[1]
         rows.append(row)
     tests = {}
     for metric, cell, total in (("sensitivity", "tp", ("tp", "fn")), ("specificity", "tn", ("tn", "fp"))):
         ok = [r for r in rows if not r["too_small"][metric]]
-        p = _chi2_homogeneity([r["confusion"][cell] for r in ok], [sum(r["confusion"][k] for k in total) for r in ok])
-        tests[metric] = {"test": "chi-squared homogeneity", "groups": [r["group"] for r in ok], "p_value": p}
+        p = _chi2_homogeneity([r["confusion"][cell] for r in ok], [sum(r["confusion"][k] for k in total) for r in ok],
+                              _design_effect([r[metric] for r in ok]))
+        tests[metric] = {"test": "chi-squared homogeneity" + ("" if clusters is None else ", Rao-Scott corrected for patients"),
+                         "groups": [r["group"] for r in ok], "p_value": p}
     ok = [r for r in rows if not r["too_small"]["roc_auc"]]
-    tests["roc_auc"] = {"test": "Wald test of equal AUCs (unpaired DeLong)", "groups": [r["group"] for r in ok],
+    tests["roc_auc"] = {"test": "Wald test of equal AUCs (unpaired DeLong" + (")" if clusters is None else ", clustered by patient)"),
+                        "groups": [r["group"] for r in ok],
                         "p_value": _auc_heterogeneity([r["roc_auc"]["value"] for r in ok], [r["auc_variance"] for r in ok])}
     return {"column": column, "groups": rows, "missing": int(sum(g is None for g in groups)), "tests": tests,
-            "largest_gap": _largest_gap(rows, column, confidence), "min_cases": MIN_CASES}
+            "largest_gap": _largest_gap(rows, column), "min_cases": MIN_CASES,
+            **({} if clusters is None else {"intervals_by": "patient"})}
 
 
-def _largest_gap(rows: list[dict], column: str, confidence: float) -> dict | None:
+def _largest_gap(rows: list[dict], column: str) -> dict | None:
     best = None
-    for metric, cell, other in (("sensitivity", "tp", "fn"), ("specificity", "tn", "fp")):
+    for metric in ("sensitivity", "specificity"):
         ok = [r for r in rows if not r["too_small"][metric]]
         if len(ok) < 2:
             continue
@@ -131,8 +156,7 @@ def _largest_gap(rows: list[dict], column: str, confidence: float) -> dict | Non
         lo = min(ok, key=lambda r: r[metric]["value"])
         if hi is lo:
             continue
-        c_lo, c_hi = lo["confusion"], hi["confusion"]
-        d, ci = _newcombe(c_hi[cell], c_hi[cell] + c_hi[other], c_lo[cell], c_lo[cell] + c_lo[other], confidence)
+        d, ci = _newcombe(hi[metric], lo[metric])
         if best is None or d > best["difference"]:
             best = {"metric": metric, "lower_group": lo["group"], "higher_group": hi["group"], "difference": d, "ci": list(ci),
                     "method": "Newcombe hybrid score"}
@@ -146,10 +170,11 @@ def _largest_gap(rows: list[dict], column: str, confidence: float) -> dict | Non
 
 
 def multilabel_subgroups(y: np.ndarray, probs: np.ndarray, classes: list[str], thresholds: np.ndarray, groups: list[str | None],
-                         column: str, confidence: float = 0.95, seed: int = 0) -> dict:
+                         column: str, confidence: float = 0.95, seed: int = 0, patients: object = None) -> dict:
     """:func:`binary_subgroups` for each finding of a multi-label run, at that finding's threshold, and per group the
     mean of the per-finding AUCs over the findings the group can measure (at least one positive and one negative)."""
-    per = {c: binary_subgroups(y[:, k], probs[:, k], groups, float(thresholds[k]), column, confidence, seed) for k, c in enumerate(classes)}
+    per = {c: binary_subgroups(y[:, k], probs[:, k], groups, float(thresholds[k]), column, confidence, seed, patients)
+           for k, c in enumerate(classes)}
     names = [g["group"] for g in next(iter(per.values()))["groups"]] if per else []
     summary = []
     for i, name in enumerate(names):

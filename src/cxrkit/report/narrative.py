@@ -243,7 +243,9 @@ def patients_sentence(m: dict) -> str | None:
     if m.get("intervals_by") != "patient":
         return None
     return (f"These {m['n']} images come from {m['n_patients']} patients, some with several images; a patient's images are not "
-            "independent evidence, so every interval here counts patients, not images (wider than an image count would give).")
+            "independent evidence, so these intervals, and those of the operating points, the WHO check and the subgroups, count "
+            "patients, not images (never narrower than an image count would give); the readers' comparison, the threshold's spread "
+            "and the calibration figures still count images.")
 
 
 def evaluation_sentences(m: dict, split_words: str) -> list[str]:
