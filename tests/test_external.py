@@ -213,3 +213,34 @@ def test_two_external_sets_of_one_folder_name_keep_their_own_results(internal_ru
     assert {k for k in metrics if k.startswith("external:") and "test" in k} == {"external:test", "external:s2/test"}
     assert metrics["external:test"]["n"] != metrics["external:s2/test"]["n"]
     assert external_key({"external:test": "/a/test", "external:b/test": "/x/b/test"}, Path("/b/test"), Path("/b/test")) == "external:b/test-2"
+
+
+def test_another_sites_file_names_need_not_fit_the_runs_group_pattern(binary_data, tmp_path, capsys):
+    # A run trained with --group-pattern refused every other site whose files are named otherwise ("finds no patient ID"),
+    # though only the patient count of its intervals needs the pattern.
+    import shutil
+
+    out = tmp_path / "run"
+    assert main(["train", str(binary_data), "--out", str(out), "--image-size", "32", "--epochs", "1", "--model", "mlp",
+                 "--group-pattern", r"^([a-z]+_\d\d\d)", "--resplit", "--quiet"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["data"]["patient_ids"]
+    other = tmp_path / "other"
+    for cls in ("healthy", "tb"):
+        (other / cls).mkdir(parents=True)
+        for i, f in enumerate(sorted((binary_data / "test" / cls).glob("*.png"))):
+            shutil.copy(f, other / cls / f"scan{i}.png")
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(other), "--explain", "none", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)["metrics"]
+    assert any("finds no patient ID in these file names, so each image counts as its own patient" in n for n in m["notes"])
+    assert "intervals_by" not in m and m["n"] == 30
+    # the run's own data still uses its pattern: 10 images per patient, so the intervals count patients
+    assert main(["evaluate", str(out), "--split", "val", "--explain", "none", "--json"]) == 0
+    own = json.loads(capsys.readouterr().out)["metrics"]
+    assert own["intervals_by"] == "patient" and own["n_patients"] < own["n"]
+    # plan's counts are independent cases: "needed: 762 images" read as films left a study of repeat films too small
+    assert main(["plan", str(out), "--split", "val", "--half-width", "0.1"]) == 0
+    said = capsys.readouterr().out
+    per = own["n"] / own["n_patients"]
+    assert f"plan them as patients, one image each. That split had {per:.1f} images per patient" in said

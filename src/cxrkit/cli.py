@@ -1023,6 +1023,12 @@ def cmd_plan(a: argparse.Namespace) -> int:
                   + " from their estimates")
         if src["split"] == "val":
             print("  (validation figures chose the threshold and the kept epoch: optimistic; a new site will likely score lower)")
+        if src.get("patients"):
+            pat = src["patients"]
+            worst = max(pat["design_effect"].values(), default=pat["images_per_patient"])
+            print(f"  these counts are independent cases: plan them as patients, one image each. That split had {pat['images_per_patient']:.1f} "
+                  f"images per patient ({src['n']} from {pat['n_patients']}), and its intervals counted patients (design effect up to "
+                  f"{worst:.1f}): a study of repeat films needs about {worst:.1f}x the images")
     print("anticipated values are estimates: a lower sensitivity or specificity closer to 0.5, or a lower AUC, needs more images")
     return 0
 

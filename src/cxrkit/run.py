@@ -894,13 +894,24 @@ def load_run_dataset(
         # A map on the run's own data relabelled its test split (healthy=tb,tb=healthy scored AUC 0.016 as the test result)
         raise ValueError("--class-map matches another dataset's class names to the model's; the run's own data already has the "
                          f"model's classes ({', '.join(run.classes)})")
-    ds = load_dataset(
-        data if data is not None else run.data_root(), run.preprocessing.image_size, run.preprocessing.aspect, None,
-        cfg.val_fraction, cfg.test_fraction, cfg.data_split_seed, cfg.group_pattern, cfg.cache_dir,
-        class_names=run.classes, progress=progress, class_map=class_map,
-        intensity="none" if raw_intensity else run.preprocessing.intensity, crop_border=run.preprocessing.crop_border,
-        **(cfg.dataset_options() if own else {"task": cfg.task}),
-    )
+    def load(group_pattern: str | None) -> Any:
+        return load_dataset(
+            data if data is not None else run.data_root(), run.preprocessing.image_size, run.preprocessing.aspect, None,
+            cfg.val_fraction, cfg.test_fraction, cfg.data_split_seed, group_pattern, cfg.cache_dir,
+            class_names=run.classes, progress=progress, class_map=class_map,
+            intensity="none" if raw_intensity else run.preprocessing.intensity, crop_border=run.preprocessing.crop_border,
+            **(cfg.dataset_options() if own else {"task": cfg.task}),
+        )
+
+    try:
+        ds = load(cfg.group_pattern)
+    except ValueError as exc:
+        if own or not cfg.group_pattern or "finds no patient ID" not in str(exc):
+            raise
+        # Another site names its files otherwise: its images were refused outright, though only the patient count needs them.
+        ds = load(None)
+        ds.notes.append(f"the run's --group-pattern '{cfg.group_pattern}' finds no patient ID in these file names, so each image "
+                        "counts as its own patient here")
     if own:
         # The run's splits.csv says where each image went in training: copies grouped with the audit's hashes (a layer
         # above this one), and splits cut by a rule that may since have changed (e.g. per-site cuts), stay as trained.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -37,6 +37,7 @@ class LabelledImages:
     multilabel: bool = False
     patients: list[str] | None = None
     duplicate_groups: int = 0  # groups of identical or near-identical images kept in one split when cxrkit cut the splits
+    notes: list[str] = field(default_factory=list)  # what loading changed that the user should hear (said by evaluate)
 
     @property
     def images(self) -> np.ndarray:

@@ -341,7 +341,7 @@ def evaluate_run(
         split = split or ("test" if same_data else "all")
         from cxrkit.data.sources import left_out_notes
 
-        notes = list(left_out_notes(ds.source))  # 10 .webp of 30 images were left out, and the prevalence shown was wrong
+        notes = [*left_out_notes(ds.source), *ds.notes]  # 10 .webp of 30 images were left out, and the prevalence shown was wrong
         if same_data and ds.fingerprint() != run.record.data.get("fingerprint"):
             notes.append("the dataset changed since training (files added, removed, resized or relabelled); split membership may differ")
         key = split

@@ -39,7 +39,8 @@ def stored_figures(run_dir: str | Path, split: str | None = None) -> dict:
         entry = (m.get("metrics") or {}).get(name) or {}
         if isinstance(entry.get("value"), (int, float)):
             figures[name] = {"value": float(entry["value"]), "ci": entry.get("ci")}
-    return {"split": split, "n": m.get("n"), "n_positive": m.get("n_positive"), "figures": figures, "entries": m.get("metrics") or {}}
+    return {"split": split, "n": m.get("n"), "n_positive": m.get("n_positive"), "n_patients": m.get("n_patients") if m.get("intervals_by") == "patient" else None,
+            "figures": figures, "entries": m.get("metrics") or {}}
 
 
 def conservative(name: str, value: float, ci: list | None) -> float:
@@ -101,4 +102,12 @@ def plan_for_run(run_dir: str | Path, half_width: float, prevalence: float | Non
                         # the width said ±0.14 for 1.0 (0.72-1.0), 0.28 below)
                         "current_reach": {name: interval_reach(f["value"], *f["ci"])
                                           for name, f in figures.items() if f.get("ci") and None not in f["ci"]}}
+    if stored["n_patients"]:
+        # The plan counts independent cases. That split's images came several to a patient, and its intervals counted
+        # patients: "needed: 762 images" read as films would leave a study of repeat films far too small.
+        entries = stored["entries"]
+        plan["from_run"]["patients"] = {
+            "n_patients": stored["n_patients"], "images_per_patient": stored["n"] / stored["n_patients"],
+            "design_effect": {k: entries[k]["denominator"] / entries[k]["effective_n"] for k in ("sensitivity", "specificity")
+                              if isinstance(entries.get(k), dict) and entries[k].get("effective_n")}}
     return plan
