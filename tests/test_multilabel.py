@@ -153,6 +153,7 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys, monkeypat
     # The card said "Trained on 122 images" (positives summed over findings) and flagged all findings but the first.
     assert f"Trained on {meta['data']['images']['train']} images of one dataset" in card["limitations"][1]
     assert all(c in card["intended_use"] for c in meta["classes"])
+    assert card["metrics"]["test"]["n_patients"] == m["n_patients"] and card["metrics"]["test"]["intervals_by"] == "patient"
     test_auc = card["metrics"]["test"]["mean_roc_auc"]
     assert test_auc["over"] == m["findings_in_mean_auc"] and f"(over {len(m['findings_in_mean_auc'])} of 3 findings)" in test_auc["name"]
     assert np.allclose(p, run.predict_arrays(run.preprocessing.load(image)[None])[0], atol=1e-6)

@@ -47,6 +47,8 @@ def decision_rule(run: Run) -> dict:
 def _metric_summary(m: dict) -> dict:
     keys = HEADLINE.get(m.get("task"), ())
     out = {"n": m.get("n"), "data": m.get("data"), "split_name": None}
+    if m.get("intervals_by"):  # the intervals below count patients where one had several images
+        out.update(n_patients=m.get("n_patients"), intervals_by=m["intervals_by"])
     for k in keys:
         entry = m.get("metrics", {}).get(k)
         if entry is not None:
