@@ -77,6 +77,8 @@ def test_evaluate_by_table_column_and_file_name_pattern(tiny_run, binary_data, t
     assert len(sub["last_digit"]["groups"]) == 10
     report = (run / "report.html").read_text()
     assert "Subgroups: does it work equally for everyone?" in report and "By patient sex" in report
+    gaps = [g["largest_gap"]["sentence"] for g in sub.values() if g.get("largest_gap")]
+    assert gaps and all(g[:1].upper() + g[1:] in report and "95% CI" in g for g in gaps)  # capitalize wrote "... m (95% ci"
     assert main(["evaluate", str(run), "--by", "height", "--by-table", str(table)]) == 2
     assert "no column 'height'" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--by-table", str(table)]) == 2  # alone it was ignored without a word

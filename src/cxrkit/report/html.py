@@ -187,6 +187,8 @@ def build_context(run_dir: Path) -> dict:
 def render_report(run_dir: str | Path) -> str:
     """The report's HTML for a run folder."""
     env = Environment(loader=PackageLoader("cxrkit", "report/templates"), autoescape=select_autoescape(["html", "j2"]))
+    # Jinja's capitalize lowercases the rest: "view position PA ... (95% CI" read "view position pa ... (95% ci".
+    env.filters["first_upper"] = lambda text: text[:1].upper() + text[1:]
     return env.get_template("report.html.j2").render(**build_context(Path(run_dir)))
 
 
