@@ -215,3 +215,12 @@ def test_paired_delong_by_patient_matches_the_paper_and_the_unrepeated_cases():
         var_d = _obuchowski_by_loops(y, a, c) + _obuchowski_by_loops(y, b, c) - 2 * _obuchowski_by_loops(y, a, c, b)
         assert var_d > 2 * delong_paired(y, a, b)["se"] ** 2
         assert delong_paired(y, a, b, clusters=c)["se"] ** 2 == pytest.approx(var_d, rel=1e-9)
+
+
+def test_sentences_say_why_a_figure_has_no_interval():
+    # All 60 test images of one placeholder patient: "ROC-AUC 0.448 ():", empty brackets where the interval belongs.
+    y = np.r_[np.ones(20, int), np.zeros(20, int)]
+    prob = np.linspace(0.05, 0.95, 40)[::-1]
+    m = binary_metrics(y, prob, 0.5, n_bootstrap=50, patients=np.r_[np.zeros(20, int), np.arange(1, 21)])
+    text = " ".join(evaluation_sentences({**m, "classes": ["normal", "tb"]}, "test"))
+    assert "ROC-AUC 1.000 (no interval: every positive image comes from one patient)" in text and "()" not in text

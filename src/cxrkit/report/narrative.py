@@ -120,6 +120,13 @@ def ci_text(entry: dict, percent: bool = True) -> str:
     return f"95% CI {ci[0]:.3f}–{ci[1]:.3f}"
 
 
+def ci_words(entry: dict, percent: bool = True) -> str:
+    """:func:`ci_text` for a sentence: "no interval" where there is none (a sentence read "ROC-AUC 0.448 ():")."""
+    note = str(entry.get("note") or "")
+    why = note.removesuffix(": no interval") if note.endswith(": no interval") else ""
+    return ci_text(entry, percent) or ("no interval: " + why if why else "no interval")
+
+
 def binary_sentences(m: dict, split_words: str) -> list[str]:
     """Sentences a clinician can read for a binary evaluation."""
     neg, pos = (escape(c) for c in m["classes"])
@@ -129,12 +136,12 @@ def binary_sentences(m: dict, split_words: str) -> list[str]:
     if p:
         out.append(
             f"Of the {p} images labelled <b>{pos}</b> in the {split_words} set, the model found {c['tp']} and missed {c['fn']}: "
-            f"sensitivity {pct(mm['sensitivity']['value'])} ({ci_text(mm['sensitivity'])})."
+            f"sensitivity {pct(mm['sensitivity']['value'])} ({ci_words(mm['sensitivity'])})."
         )
     if n:
         out.append(
             f"Of the {n} images labelled <b>{neg}</b>, it correctly cleared {c['tn']} and raised {plural(c['fp'], 'false alarm')}: "
-            f"specificity {pct(mm['specificity']['value'])} ({ci_text(mm['specificity'])})."
+            f"specificity {pct(mm['specificity']['value'])} ({ci_words(mm['specificity'])})."
         )
     if not (p and n):  # a one-class set: PPV and NPV would be 0% or 100% by construction
         out.append(f"This set has {'no' if not p else 'only'} {pos} images, so ROC-AUC, PPV and NPV cannot be measured on it.")
@@ -143,16 +150,16 @@ def binary_sentences(m: dict, split_words: str) -> list[str]:
         out.append(f"The model never said {pos} on this set, so its PPV is undefined.")
     else:
         out.append(
-            f"When it says {pos} it is right {pct(mm['ppv']['value'])} of the time (PPV, {ci_text(mm['ppv'])}); "
+            f"When it says {pos} it is right {pct(mm['ppv']['value'])} of the time (PPV, {ci_words(mm['ppv'])}); "
             + (
-                f"when it says {neg} it is right {pct(mm['npv']['value'])} of the time (NPV, {ci_text(mm['npv'])})."
+                f"when it says {neg} it is right {pct(mm['npv']['value'])} of the time (NPV, {ci_words(mm['npv'])})."
                 if mm["npv"]["value"] is not None
                 else f"it never said {neg}, so NPV is undefined."
             )
         )
     if mm["roc_auc"]["value"] is not None:
         out.append(
-            f"ROC-AUC {mm['roc_auc']['value']:.3f} ({ci_text(mm['roc_auc'], percent=False)}): the chance that a random {pos} image "
+            f"ROC-AUC {mm['roc_auc']['value']:.3f} ({ci_words(mm['roc_auc'], percent=False)}): the chance that a random {pos} image "
             f"gets a higher score than a random {neg} image, whatever threshold is used."
             + _zero_width_text(mm["roc_auc"].get("note"))
         )
@@ -173,16 +180,16 @@ def multiclass_sentences(m: dict, split_words: str) -> list[str]:
         if e["ppv"]["value"] is None:  # no image was called this class, so there is no share of right calls to give
             says = f"it never says {name}."
         else:
-            says = f"when it says {name} it is right {pct(e['ppv']['value'])} of the time" + (f" ({ci_text(e['ppv'])})." if e["ppv"]["ci"] else ".")
+            says = f"when it says {name} it is right {pct(e['ppv']['value'])} of the time" + (f" ({ci_words(e['ppv'])})." if e["ppv"]["ci"] else ".")
         if not s["denominator"]:  # was "Of the 0 covid images ..., the model labelled 0 as covid (sensitivity n/a, )"
             out.append(f"The {split_words} set has no <b>{name}</b> images, so how well the model finds {name} is not measured here; {says}")
             continue
         out.append(
             f"Of the {s['denominator']} <b>{name}</b> images in the {split_words} set, the model labelled {s['numerator']} as {name} "
-            f"(sensitivity {pct(s['value'])}, {ci_text(s)}); {says}"
+            f"(sensitivity {pct(s['value'])}, {ci_words(s)}); {says}"
         )
     acc = m["metrics"]["accuracy"]
-    out.append(f"Overall {acc['numerator']} of {acc['denominator']} images were put in the right class: accuracy {pct(acc['value'])} ({ci_text(acc)}).")
+    out.append(f"Overall {acc['numerator']} of {acc['denominator']} images were put in the right class: accuracy {pct(acc['value'])} ({ci_words(acc)}).")
     return out
 
 
@@ -206,7 +213,7 @@ def multilabel_sentences(m: dict, split_words: str) -> list[str]:
         unit = "patients" if m.get("intervals_by") == "patient" else "images"
         out.append(
             f"Mean ROC-AUC over the {len(per)} findings with at least {MIN_FINDING_CASES} {unit} with and without them in the "
-            f"{split_words} set: {auc['value']:.3f} ({ci_text(auc, percent=False)}); best {named(best)}, worst {named(worst)}."
+            f"{split_words} set: {auc['value']:.3f} ({ci_words(auc, percent=False)}); best {named(best)}, worst {named(worst)}."
             + (f" Left out, seen on too few {unit} for a figure to mean much: {', '.join(escape(k) for k in left)}." if left else "")
         )
     elif auc.get("note"):
@@ -214,8 +221,8 @@ def multilabel_sentences(m: dict, split_words: str) -> list[str]:
     pos, neg = mm["detection_rate_positive"], mm["detection_rate_negative"]
     out.append(
         f"At the per-finding thresholds chosen on validation data, the model detected {pos['numerator']} of {pos['denominator']} "
-        f"findings present ({pct(pos['value'])}, {ci_text(pos)}) and correctly cleared {neg['numerator']} of {neg['denominator']} "
-        f"findings absent ({pct(neg['value'])}, {ci_text(neg)}); the table below gives these detection rates per finding."
+        f"findings present ({pct(pos['value'])}, {ci_words(pos)}) and correctly cleared {neg['numerator']} of {neg['denominator']} "
+        f"findings absent ({pct(neg['value'])}, {ci_words(neg)}); the table below gives these detection rates per finding."
     )
     cal = m.get("calibration_per_finding")
     if cal:
@@ -322,11 +329,11 @@ def reader_sentences(r: dict) -> list[str]:
             continue
         d = e["difference"]
         more, fewer = d["discordant"]
-        out.append(f"{key.capitalize()}: the model {pct(e['model']['value'])} ({ci_text(e['model'])}), the reader {pct(e['reader']['value'])} "
-                   f"({ci_text(e['reader'])}). The model {found} {more} that the reader {missed} and {missed} {fewer} that the reader "
+        out.append(f"{key.capitalize()}: the model {pct(e['model']['value'])} ({ci_words(e['model'])}), the reader {pct(e['reader']['value'])} "
+                   f"({ci_words(e['reader'])}). The model {found} {more} that the reader {missed} and {missed} {fewer} that the reader "
                    f"{found}: model − reader {_points(d['value'])} points (95% CI {_points(d['ci'][0])} to {_points(d['ci'][1])}; "
                    f"McNemar p = {d['p_value']:.2g}).")
-    out.append(f"They agree on {pct(r['agreement']['value'])} of the images ({ci_text(r['agreement'])}).")
+    out.append(f"They agree on {pct(r['agreement']['value'])} of the images ({ci_words(r['agreement'])}).")
     at_spec, at_sens = r.get("sensitivity_at_reader_specificity"), r.get("specificity_at_reader_sensitivity")
     if at_spec and at_sens:
         a, b = at_spec["difference"], at_sens["difference"]
