@@ -182,3 +182,45 @@ def test_the_exposure_advice_for_a_multilabel_task_is_what_training_does():
     assert "train with --intensity histeq" in multi and "histogram-equalises each image" not in multi
     (single,) = [m for m in audit_messages(base) if m.startswith("EXPOSURE")]
     assert "histogram-equalises each image when it finds this" in single
+
+
+@pytest.mark.parametrize("column", ["PatientID", "MRN", "subject_id", "Patient Number"])
+def test_hospital_exports_patients_under_their_own_names(clean_data, tmp_path, column):
+    # A table whose patient column read "PatientID", "MRN" or "subject_id" was cut by image without a word; an anonymised
+    # export's "ANON" was one patient holding 27 images, and blank cells were split one by one, in silence.
+    import csv
+
+    from cxrkit.audit.messages import audit_messages
+
+    files = sorted(clean_data.rglob("*.png"))
+    with open(tmp_path / "table.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", column])
+        for i, p in enumerate(files):
+            pid = "ANON" if i % 3 == 0 else "" if i % 7 == 1 else f"{i // 2:05d}" if i % 2 else str(i // 2)
+            w.writerow([p.relative_to(clean_data).as_posix(), p.parent.name, pid])
+    audit = audit_dataset(clean_data, cache_dir=tmp_path / "c", progress=False, labels=tmp_path / "table.csv")
+    pat = audit["patients"]
+    anon = sum(i % 3 == 0 for i in range(len(files)))
+    blank = sum(i % 3 != 0 and i % 7 == 1 for i in range(len(files)))
+    assert pat is not None and pat["placeholders"] == {"ANON": anon} and pat["files_without_id"] == anon + blank
+    said = " ".join(audit_messages(audit))
+    assert f"PATIENT IDS: {anon} image(s) carry a placeholder patient ID (ANON ({anon})), read as no ID" in said
+    assert f"PATIENT IDS: {anon + blank} of {len(files)} images have no patient ID (" in said
+
+
+def test_one_patient_id_holding_a_large_share_is_named(clean_data, tmp_path):
+    import csv
+
+    from cxrkit.audit.messages import audit_messages
+
+    files = sorted(clean_data.rglob("*.png"))
+    with open(tmp_path / "table.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "patient_id"])
+        for i, p in enumerate(files):
+            w.writerow([p.relative_to(clean_data).as_posix(), p.parent.name, "WARD7" if i < 20 else f"p{i}"])
+    audit = audit_dataset(clean_data, cache_dir=tmp_path / "c", progress=False, labels=tmp_path / "table.csv")
+    said = audit_messages(audit)
+    assert f"PATIENT IDS: one ID, WARD7, holds 20 of {len(files)} images (25%): they all go to one split" in " ".join(said)
+    assert not any(m.startswith("patients:") for m in said)

@@ -86,6 +86,14 @@ def audit_source(
         shared = {f"{a}-{b}": sorted(by_split[a] & by_split[b]) for a, b in (("train", "val"), ("train", "test"), ("val", "test"))}
         patients = {"ids": len(set(named)), "files_with_id": len(named), "files_without_id": len(groups) - len(named),
                     "shared": {k: len(v) for k, v in shared.items()}, "examples": {k: v[:10] for k, v in shared.items() if v}}
+        if named:  # one "patient" holding a third of the images (a placeholder, a ward) goes whole into one split
+            top, top_n = Counter(named).most_common(1)[0]
+            patients["largest"] = {"id": top, "images": top_n}
+        if patients["files_without_id"]:
+            patients["without_id_by_class"] = dict(Counter(groups_of[i] for i, g in enumerate(groups) if g.startswith("__file__:")))
+        placeholders = getattr(source, "placeholder_patient_ids", None)
+        if placeholders:
+            patients["placeholders"] = dict(placeholders)
     corrupt = [{"path": relpaths[i], "split": splits[i], "reason": r["error"], "unusable": bool(r.get("unusable"))}
                for i, r in enumerate(records) if r["error"]]
     class_index = {c: i for i, c in enumerate(group_names)}

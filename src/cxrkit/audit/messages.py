@@ -21,7 +21,7 @@ def patient_names_message(n: int, example: str, pattern: str, splits_given: bool
 
 
 # The tags of findings that say the figures or the model may be wrong; `train --quiet` still prints them.
-WARNING_TAGS = ("LEAKAGE", "POSSIBLE LEAKAGE", "SHORTCUT", "EXPOSURE SHORTCUT", "SPLIT SHIFT")
+WARNING_TAGS = ("LEAKAGE", "POSSIBLE LEAKAGE", "SHORTCUT", "EXPOSURE SHORTCUT", "SPLIT SHIFT", "PATIENT IDS")
 
 
 def is_warning(message: str) -> bool:
@@ -31,6 +31,32 @@ def is_warning(message: str) -> bool:
     # POSSIBLE LEAKAGE, said before the audit runs
     return (message.startswith("warning:") or any(text.startswith(f"{tag}:") for tag in WARNING_TAGS)
             or message.startswith("splits: the file names look like they carry patient IDs"))
+
+
+def patient_messages(audit: dict) -> list[str]:
+    """What the audit found about patient IDs: images without one, placeholders, one ID holding a large share."""
+    pat = audit.get("patients")
+    if not pat:
+        return []
+    total = pat["files_with_id"] + pat["files_without_id"]
+    out = []
+    held = pat.get("placeholders") or {}
+    if held:
+        which = ", ".join(f"{k} ({v})" for k, v in held.items())
+        out.append(f"PATIENT IDS: {sum(held.values())} image(s) carry a placeholder patient ID ({which}), read as no ID: each counts "
+                   "as its own patient")
+    if pat["files_without_id"]:
+        by = ", ".join(f"{k} {v}" for k, v in (pat.get("without_id_by_class") or {}).items())
+        out.append(f"PATIENT IDS: {pat['files_without_id']} of {total} images have no patient ID{f' ({by})' if by else ''}: they are "
+                   "split and counted one by one, so a patient among them can sit in two splits; give every image its patient's ID")
+    big = pat.get("largest")
+    if big and big["images"] >= 10 and big["images"] > 0.1 * total:
+        out.append(f"PATIENT IDS: one ID, {big['id']}, holds {big['images']} of {total} images ({100 * big['images'] / total:.0f}%): they "
+                   "all go to one split and count as one patient; if they are not one person (a placeholder, a ward), give them their own IDs")
+    if not out:
+        shared = sum((pat.get("shared") or {}).values())
+        out.append(f"patients: {pat['ids']} patient IDs on {total} images" + ("; no patient in two splits" if not shared else ""))
+    return out
 
 
 def audit_messages(audit: dict) -> list[str]:
@@ -43,6 +69,7 @@ def audit_messages(audit: dict) -> list[str]:
     if named:
         out.append("POSSIBLE LEAKAGE: " + patient_names_message(named["ids_in_two_splits"], named["example"], named["pattern"],
                                                                 named.get("splits_given", False)))
+    out += patient_messages(audit)
     p = audit["shortcut_probe"]
     if p.get("warning"):
         g = ", ".join(f"{f['feature']} (AUC {f['auc']:.2f}, {f['direction']} in {f['class']})" for f in p["giveaways"])

@@ -28,7 +28,14 @@ NIH_FINDINGS = (
 PATH_COLUMNS = ("path", "image_index", "image", "file", "filename")
 FINDINGS_COLUMNS = ("finding_labels", "findings", "labels")
 CLASS_COLUMNS = ("label", "class")
-PATIENT_COLUMNS = ("patient_id", "patient")
+# Hospital exports name the patient many ways (compared after _norm: lower case, spaces and hyphens as "_"); "PatientID",
+# "MRN" or "subject_id" were ignored without a word and the split cut by image.
+PATIENT_COLUMNS = ("patient_id", "patient", "patientid", "patient_number", "patient_no", "mrn", "subject_id", "subjectid", "subject",
+                   "participant_id", "pid")
+# What an anonymised export writes where the patient is not known: one "patient" holding every such image went whole into
+# one split (60 ANON images became the entire test set).
+PLACEHOLDER_PATIENT_IDS = {"anon", "anonymous", "anonymised", "anonymized", "unknown", "unk", "none", "redacted", "removed", "-", "--",
+                           "?", "0", "x", "xx", "xxx"}
 NIH_SPLIT_LISTS = {"test_list.txt": "test", "train_val_list.txt": "train"}
 _NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
 # What spreadsheets and pandas write for a value that is missing: never a class or a finding.
@@ -56,6 +63,7 @@ class TableSource(ImageFolderSource):
     label_column: str | None = None
     split_lists: tuple[str, ...] = ()
     unlisted_images: list[Path] = field(default_factory=list)  # images under the root that the table does not list
+    placeholder_patient_ids: dict[str, int] = field(default_factory=dict)  # "ANON" and the like: read as no ID, counted here
 
 
 def _unlisted(root: Path, listed: list[Path]) -> list[Path]:
@@ -282,6 +290,7 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
 
     lists, used_lists = _split_lists(table, root)
     samples = []
+    placeholders: dict[str, int] = {}
     seen: dict[Path, int] = {}
     for i, (r, p) in enumerate(zip(rows, paths)):
         if seen.setdefault(p, i) != i:
@@ -295,6 +304,9 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
         elif p.name in lists:
             split = lists[p.name]
         patient = r[patient_col].strip() if patient_col else None
+        if patient and patient.lower() in PLACEHOLDER_PATIENT_IDS:
+            placeholders[patient] = placeholders.get(patient, 0) + 1
+            patient = None
         if not patient or patient.lower() in MISSING_VALUES:  # NaN from pandas was one "patient" holding every image without an ID
             patient = None
         if kind == "onehot":
@@ -339,5 +351,5 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
     return TableSource(
         root=root, samples=samples, classes=classes, layout="nih table" if nih else "table", table=table.resolve(),
         label_column=label_cols[0] if len(label_cols) == 1 else None, split_lists=tuple(used_lists),
-        unlisted_images=_unlisted(root, [s.path for s in samples]),
+        unlisted_images=_unlisted(root, [s.path for s in samples]), placeholder_patient_ids=placeholders,
     )
