@@ -419,10 +419,11 @@ def test_patient_ids_differing_only_in_case_are_named_at_training():
     from cxrkit.training.trainer import _note_dataset_findings
 
     said: list[str] = []
-    ds = SimpleNamespace(source=SimpleNamespace(), skipped=list, patients=["P000", "p000", "P001", "P 002", "P  002", "__file__:x.png"])
+    ds = SimpleNamespace(source=SimpleNamespace(), skipped=list, patients=["P000", "p000", "P001", "P 002", "P  002", "__file__:x.png",
+                                                                          "38", "00000038", "0", "000"])
     _note_dataset_findings(ds, said.append)  # P000 and p000 were two patients without a word: maybe one person in train and test
-    assert said == ["note: 2 patient ID(s) differ from another only in case or spaces (e.g. P  002 and P 002); they are split as "
-                    "different patients. If they are one patient, write the IDs alike"]
+    assert said == ["note: 4 patient ID(s) differ from another only in case, spaces or leading zeros (e.g. 0 and 000); they are split "
+                    "as different patients. If they are one patient, write the IDs alike"]
 
 
 def test_images_in_formats_not_read_are_named_at_training():

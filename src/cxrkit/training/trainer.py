@@ -393,11 +393,12 @@ def _note_dataset_findings(ds: LabelledImages, log: Callable[[str], None]) -> No
         ids = {str(p) for p in ds.patients if p is not None and not str(p).startswith("__file__:")}
         spellings: dict[str, list[str]] = {}
         for p in sorted(ids):
-            spellings.setdefault(" ".join(p.split()).casefold(), []).append(p)
+            key = " ".join(p.split()).casefold()
+            spellings.setdefault(key.lstrip("0") or "0" if key.isdigit() else key, []).append(p)  # Excel drops leading zeros
         alike = [v for v in spellings.values() if len(v) > 1]
         if alike:  # two patients to the split, who may be one: the split can then put one person on both sides
-            log(f"note: {len(alike)} patient ID(s) differ from another only in case or spaces (e.g. {' and '.join(alike[0][:2])}); they "
-                "are split as different patients. If they are one patient, write the IDs alike")
+            log(f"note: {len(alike)} patient ID(s) differ from another only in case, spaces or leading zeros (e.g. {' and '.join(alike[0][:2])}); "
+                "they are split as different patients. If they are one patient, write the IDs alike")
     skipped = ds.skipped()
     if skipped:  # listed in skipped.csv and counted in the report, but training itself said nothing
         path, _, reason = skipped[0]
