@@ -224,3 +224,21 @@ def test_sentences_say_why_a_figure_has_no_interval():
     m = binary_metrics(y, prob, 0.5, n_bootstrap=50, patients=np.r_[np.zeros(20, int), np.arange(1, 21)])
     text = " ".join(evaluation_sentences({**m, "classes": ["normal", "tb"]}, "test"))
     assert "ROC-AUC 1.000 (no interval: every positive image comes from one patient)" in text and "()" not in text
+
+
+def test_images_without_a_patient_id_are_not_called_patients():
+    # "These 26 images come from 24 patients": 20 of the 24 were images whose patient nobody named.
+    from types import SimpleNamespace
+
+    from cxrkit.data.splits import OWN_ID_PREFIX
+    from cxrkit.evaluation.evaluate import compute_metrics
+    from cxrkit.tasks import get_task
+
+    y, s = _scores(26, seed=2)
+    prob = np.stack([1 - 1 / (1 + np.exp(-s)), 1 / (1 + np.exp(-s))], axis=1)
+    patients = ["a", "a", "b", "b", "c", "c"] + [f"{OWN_ID_PREFIX}img{i}.png" for i in range(20)]
+    run = SimpleNamespace(task_object=get_task("binary"), classes=["normal", "tb"], threshold=0.5, thresholds=None,
+                          record=SimpleNamespace(threshold_rule=None))
+    m = compute_metrics(run, y, prob, patients=patients)
+    assert m["n_patients"] == 23 and m["images_without_patient_id"] == 20
+    assert "from 23 patients (20 of them images without a patient ID, each counted as its own)" in " ".join(evaluation_sentences(m, "test"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.data.dataset import LabelledImages
+from cxrkit.data.splits import OWN_ID_PREFIX
 from cxrkit.evaluation.one_class import one_class_restriction
 from cxrkit.metrics.classification import binary_metrics
 from cxrkit.metrics.thresholds import GuaranteeImpossible, choose_threshold, parse_rule
@@ -126,6 +127,9 @@ def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: s
 def compute_metrics(run: Run, y: np.ndarray, probs: np.ndarray, seed: int = 0, patients: list[str] | None = None) -> dict:
     """Metrics for the run's task at its stored threshold(s); intervals by patient where ``patients`` shows repeat images."""
     m = run.task_object.metrics(y, probs, run.classes, run.threshold, run.thresholds, seed=seed, patients=patients)
+    unnamed = sum(str(p).startswith(OWN_ID_PREFIX) for p in patients or [])
+    if unnamed and m.get("intervals_by") == "patient":  # "26 images from 24 patients", 20 of them images without an ID
+        m["images_without_patient_id"] = unnamed
     if run.record.threshold_rule:
         m["threshold_rule"] = run.record.threshold_rule
     return m

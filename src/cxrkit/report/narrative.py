@@ -249,7 +249,9 @@ def patients_sentence(m: dict) -> str | None:
     """Says that the intervals count patients, when some patient has several images in the evaluated set."""
     if m.get("intervals_by") != "patient":
         return None
-    return (f"These {m['n']} images come from {m['n_patients']} patients, some with several images; a patient's images are not "
+    unnamed = m.get("images_without_patient_id")
+    who = f"{m['n_patients']} patients" + (f" ({unnamed} of them images without a patient ID, each counted as its own)" if unnamed else "")
+    return (f"These {m['n']} images come from {who}, some with several images; a patient's images are not "
             "independent evidence, so these intervals, and those of the operating points, the WHO check and the subgroups, count "
             "patients, not images (never narrower than an image count would give); the readers' comparison, the threshold's spread "
             "and the calibration figures still count images.")
