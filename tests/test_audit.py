@@ -224,3 +224,20 @@ def test_one_patient_id_holding_a_large_share_is_named(clean_data, tmp_path):
     said = audit_messages(audit)
     assert f"PATIENT IDS: one ID, WARD7, holds 20 of {len(files)} images (25%): they all go to one split" in " ".join(said)
     assert not any(m.startswith("patients:") for m in said)
+
+
+def test_the_audit_says_which_columns_became_labels_and_patients(clean_data, tmp_path, capsys):
+    # An HIV 0/1 column beside TB trained as a second finding, and nothing said which columns were read.
+    import csv
+
+    files = sorted(clean_data.rglob("*.png"))
+    with open(tmp_path / "table.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "TB", "HIV", "MRN"])
+        for i, p in enumerate(files):
+            w.writerow([p.relative_to(clean_data).as_posix(), int(p.parent.name == "tb"), i % 2, f"m{i // 2}"])
+    assert main(["audit", str(clean_data), "--labels", str(tmp_path / "table.csv"), "--out", str(tmp_path / "a"),
+                 "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert ("labels: multi-label, findings TB, HIV (from columns TB, HIV of table.csv); patients from column MRN; --label-column "
+            "names another") in out

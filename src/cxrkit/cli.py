@@ -885,6 +885,8 @@ def cmd_audit(a: argparse.Namespace) -> int:
         save_audit(audit, out)
     read = audit["seconds"]["files_computed"]
     print(f"{audit['n_files']} files audited in {audit['seconds']['total']:.1f} s ({read} read, {audit['n_files'] - read} from the cache)")
+    if audit.get("labels_from"):  # a covariate read as a finding, or the patient column missed, shows here
+        print("  " + audit["labels_from"], file=_result_stream())
     for m in audit_messages(audit):  # the findings are the result (--quiet keeps them)
         print(("  " if not m.isupper() and not m.split(":")[0].isupper() else "! ") + m, file=_result_stream())
     print(f"audit.json and audit.html written to {out}/")

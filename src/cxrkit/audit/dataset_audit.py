@@ -24,8 +24,8 @@ from cxrkit.data.splits import guess_patient_pattern, ids_in_several_splits, pat
 from cxrkit.record import atomic_write_text
 
 # 2: near duplicates within 8 bits (was 16); 3: each class compared across splits; 4: exposure probe;
-# 5: unreadable files are no copies; 6: a split shift needs a 0.02 difference
-AUDIT_VERSION = 6
+# 5: unreadable files are no copies; 6: a split shift needs a 0.02 difference; 7: patient ID findings, the label columns read
+AUDIT_VERSION = 7
 SPLITS = ("train", "val", "test")
 
 
@@ -118,6 +118,7 @@ def audit_source(
                "conflicting_labels": dup["exact"]["across_classes"] + dup["near"]["across_classes"]}
     result = {
         "version": AUDIT_VERSION, "root": str(source.root), "classes": source.classes, "multilabel": bool(source.multilabel),
+        "labels_from": source.describe() if hasattr(source, "describe") else None,
         "n_files": len(paths), "n_decoded": len(ok),
         "class_balance": balance, "properties": per_class_properties(records, groups_of, group_names), "duplicates": dup,
         "patients": patients, "corrupt": corrupt, "shortcut_probe": probe, "exposure_probe": exposure, "split_shift": across, "verdict": verdict,

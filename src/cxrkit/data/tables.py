@@ -64,6 +64,18 @@ class TableSource(ImageFolderSource):
     split_lists: tuple[str, ...] = ()
     unlisted_images: list[Path] = field(default_factory=list)  # images under the root that the table does not list
     placeholder_patient_ids: dict[str, int] = field(default_factory=dict)  # "ANON" and the like: read as no ID, counted here
+    label_columns: tuple[str, ...] = ()  # the column(s) the labels were read from
+    patient_column: str | None = None
+
+    def describe(self) -> str:
+        """Which columns the labels and patients were read from, in words: an HIV 0/1 column beside TB became a finding."""
+        cols = ", ".join(self.label_columns)
+        what = (f"multi-label, findings {', '.join(self.classes)}" if self.multilabel
+                else f"{'binary' if len(self.classes) == 2 else 'multi-class'}, classes {', '.join(self.classes)}")
+        return (f"labels: {what} (from column{'s' if len(self.label_columns) > 1 else ''} {cols} of {self.table.name if self.table else 'the table'}); "
+                + (f"patients from column {self.patient_column}" if self.patient_column else
+                   "no patient column (read under patient_id, PatientID, MRN, subject_id and the like)")
+                + ("; --label-column names another" if len(self.label_columns) > 1 else ""))
 
 
 def _unlisted(root: Path, listed: list[Path]) -> list[Path]:
@@ -352,4 +364,5 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
         root=root, samples=samples, classes=classes, layout="nih table" if nih else "table", table=table.resolve(),
         label_column=label_cols[0] if len(label_cols) == 1 else None, split_lists=tuple(used_lists),
         unlisted_images=_unlisted(root, [s.path for s in samples]), placeholder_patient_ids=placeholders,
+        label_columns=tuple(label_cols), patient_column=patient_col,
     )

@@ -476,6 +476,8 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
 
     intensity, exposure = cfg.intensity, None
     ds = load("none" if intensity == "auto" else intensity)
+    if hasattr(ds.source, "describe"):  # a label table: which columns became labels and patients
+        log(ds.source.describe())
     _check_splits_for_training(ds, cfg, log)
     _note_dataset_findings(ds, log)
     if cfg.positive is None and not ds.multilabel and positive_is_guessed(ds.class_names):
