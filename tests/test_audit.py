@@ -237,7 +237,8 @@ def test_the_audit_says_which_columns_became_labels_and_patients(clean_data, tmp
         for i, p in enumerate(files):
             w.writerow([p.relative_to(clean_data).as_posix(), int(p.parent.name == "tb"), i % 2, f"m{i // 2}"])
     assert main(["audit", str(clean_data), "--labels", str(tmp_path / "table.csv"), "--out", str(tmp_path / "a"),
-                 "--cache-dir", str(tmp_path / "c")]) == 0
+                 "--cache-dir", str(tmp_path / "c"), "--group-pattern", r"(\w+)_"]) == 0
     out = capsys.readouterr().out
+    assert "patients: --group-pattern '(\\w+)_' was not used: the label table's patient column names every image's patient" in out
     assert ("labels: multi-label, findings TB, HIV (from columns TB, HIV of table.csv); patients from column MRN; --label-column "
             "names another") in out

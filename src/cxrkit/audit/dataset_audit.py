@@ -181,6 +181,9 @@ def audit_dataset(
     from cxrkit.data.sources import left_out_notes
 
     result["left_out"] = left_out_notes(source)  # 24 .webp files were neither audited nor named
+    if group_pattern and result.get("patients") and all(s.patient is not None for s in source.samples):
+        # the table's patient column named every image, so the pattern was never asked: it was dropped without a word
+        result["patients"]["pattern_unused"] = group_pattern
     if plan.patients is None:
         names = [s.path.name for s in source.samples]
         single_label = all(s.findings is None for s in source.samples)  # a patient's findings differ from visit to visit

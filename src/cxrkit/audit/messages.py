@@ -53,7 +53,10 @@ def patient_messages(audit: dict) -> list[str]:
     if big and big["images"] >= 10 and big["images"] > 0.1 * total:
         out.append(f"PATIENT IDS: one ID, {big['id']}, holds {big['images']} of {total} images ({100 * big['images'] / total:.0f}%): they "
                    "all go to one split and count as one patient; if they are not one person (a placeholder, a ward), give them their own IDs")
-    if not out:
+    if pat.get("pattern_unused"):
+        out.append(f"patients: --group-pattern '{pat['pattern_unused']}' was not used: the label table's patient column names every "
+                   "image's patient (the pattern only names images the table leaves without an ID)")
+    if not any(m.startswith("PATIENT IDS") for m in out):
         shared = sum((pat.get("shared") or {}).values())
         out.append(f"patients: {pat['ids']} patient IDs on {total} images" + ("; no patient in two splits" if not shared else ""))
     return out
