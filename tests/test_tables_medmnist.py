@@ -79,7 +79,7 @@ def test_table_errors_are_actionable(tmp_path):
     rows = list(csv.DictReader(open(root / "Data_Entry_2017.csv")))
     bad = [dict(r) for r in rows]
     bad[0]["Finding Labels"] = "Atelectasis|Dragons"
-    with pytest.raises(DatasetError, match=r"unknown finding.*Dragons"):
+    with pytest.raises(DatasetError, match=r"unknown finding.*Dragons.*one per image, pass --label-column 'Finding Labels'"):
         open_label_table(_write_csv(tmp_path / "bad.csv", bad), root)
     missing = [dict(r) for r in rows] + [{**rows[0], "Image Index": "99999999_000.png"}]
     with pytest.raises(DatasetError, match=r"1 of \d+ images .* not under .*99999999_000.png"):

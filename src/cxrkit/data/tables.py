@@ -338,7 +338,10 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
             if nih:
                 unknown = [f for f in found if f not in NIH_FINDINGS]
                 if unknown:
-                    raise DatasetError(f"line {lines[i]} of {table}: unknown finding(s) {unknown}; NIH findings are {', '.join(NIH_FINDINGS)} and No Finding")
+                    # A table in NIH's layout with its own classes (Tuberculosis/Normal) has a fix the message did not give.
+                    raise DatasetError(f"line {lines[i]} of {table}: unknown finding(s) {unknown}; NIH findings are {', '.join(NIH_FINDINGS)} "
+                                       f"and No Finding. If {label_cols[0]!r} holds classes of your own, one per image, pass "
+                                       f"--label-column '{label_cols[0]}'")
             samples.append(Sample(p, "|".join(found) or "No Finding", split, found, patient))
         else:
             value = r[label_cols[0]].strip()
