@@ -242,3 +242,20 @@ def test_the_audit_says_which_columns_became_labels_and_patients(clean_data, tmp
     assert "patients: --group-pattern '(\\w+)_' was not used: the label table's patient column names every image's patient" in out
     assert ("labels: multi-label, findings TB, HIV (from columns TB, HIV of table.csv); patients from column MRN; --label-column "
             "names another") in out
+
+
+def test_the_report_says_how_many_images_had_no_patient_id(clean_data, tmp_path):
+    # "Images were grouped by patient ID ... so no patient appears in two splits" with half the table's patient cells blank.
+    import csv
+
+    files = sorted(clean_data.rglob("*.png"))
+    with open(tmp_path / "table.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "patient_id"])
+        for i, p in enumerate(files):
+            w.writerow([p.relative_to(clean_data).as_posix(), p.parent.name, f"p{i // 2}" if i % 2 == 0 else ""])
+    out = tmp_path / "run"
+    assert main(["train", str(clean_data), "--labels", str(tmp_path / "table.csv"), "--out", str(out), "--image-size", "32",
+                 "--epochs", "1", "--model", "mlp", "--quiet", "--cache-dir", str(tmp_path / "c")]) == 0
+    html = (out / "report.html").read_text()
+    assert f"<b>{len(files) // 2} of {len(files)} images have no patient ID</b> and were split one by one" in html
