@@ -117,6 +117,7 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys, monkeypat
     assert "Accuracy is meaningless here" in html and "Label counts per split" not in html  # title is inside the PNG
     # "ratio 18.00 : 1" was the largest finding's count over the smallest's, not how rare each finding is
     assert "each finding's images with it to those without: from 1 : " in html and "Class balance in training" not in html
+    assert "does not decide for a multi-label task (the audit&#39;s exposure probe compares" in html and "probe not run" not in html
     assert (out / "plots" / "label_counts.png").is_file() and (out / "plots" / "cooccurrence.png").is_file()
     assert (out / "plots" / "roc_test.png").is_file()
     image = ml_table.parent / splits[0]["path"]

@@ -453,7 +453,9 @@ def _choose_intensity(ds: LabelledImages) -> tuple[str, dict]:
 
     if ds.multilabel:
         return "none", {"asked": "auto", "intensity": "none", "auc": None,
-                        "message": "exposure probe not run for a multi-label task; images kept as they are (--intensity none)"}
+                        # said beside the audit's own probe (any finding against none), "not run" read as a contradiction
+                        "message": "--intensity auto does not decide for a multi-label task (the audit's exposure probe compares images "
+                                   "with any finding against those with none); images kept as they are (--intensity none)"}
     index = np.concatenate([ds.index("train"), ds.index("val")])
     return choose_intensity(ds.images, ds.labels, ds.class_names, index, ds.sites, np.asarray(ds.cache.ok))
 
