@@ -196,6 +196,8 @@ def test_a_finding_seen_on_few_images_gets_no_interval_and_stays_out_of_the_mean
     assert m["per_label"]["a"]["roc_auc"]["ci"] is not None
     e = m["per_label"]["rare"]["roc_auc"]
     assert e["value"] == pytest.approx(1.0) and e["ci"] is None and f"{rare} positive image(s) only (under 5)" in e["note"]
+    pr = m["per_label"]["rare"]["pr_auc"]  # its bootstrap resampled the negatives alone around one positive
+    assert pr["ci"] is None and pr["note"] == e["note"]
     assert m["findings_in_mean_auc"] == ["a", "b"]
     mean = m["metrics"]["mean_roc_auc"]
     assert mean["value"] == pytest.approx(np.mean([roc_auc_score(y[:, c], probs[:, c]) for c in range(2)]))

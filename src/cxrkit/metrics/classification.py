@@ -342,8 +342,13 @@ def multilabel_metrics(
                 who = f"{side} image(s)" if clusters is None else f"patient(s) {'with' if side == 'positive' else 'without'} it"
                 entry["roc_auc"]["note"] = (f"{min(with_it, without)} {who} only (under {MIN_FINDING_CASES}): no interval, and not in the mean "
                                             "over findings; this AUC is little more than chance")
-            ap_ci = bootstrap_interval(average_precision, yc.astype(int), probs[:, c], n_bootstrap, confidence, seed, clusters=clusters)
+            # As for ROC-AUC: a bootstrap holding one positive image still resamples the negatives, and gave an interval that
+            # reflected them alone.
+            ap_ci = None if few else bootstrap_interval(average_precision, yc.astype(int), probs[:, c], n_bootstrap, confidence, seed,
+                                                        clusters=clusters)
             entry["pr_auc"] = _entry(average_precision(yc, probs[:, c]), ap_ci, boot)
+            if few:
+                entry["pr_auc"]["note"] = entry["roc_auc"]["note"]
         else:
             entry["roc_auc"] = _entry(None, None, "delong")
             entry["pr_auc"] = _entry(None, None, "bootstrap")
