@@ -107,3 +107,21 @@ def test_subgroup_tests_count_patients_when_each_has_several_films():
     assert gap["ci"] == pytest.approx(gap_once["ci"], abs=0.02) and gap["difference"] == pytest.approx(gap_once["difference"])
     row = by_patient["groups"][0]
     assert row["n_patients"] == 60 and row["sensitivity"]["ci"] == pytest.approx(once["groups"][0]["sensitivity"]["ci"], abs=0.01)
+
+
+def test_multilabel_group_means_average_the_same_findings():
+    # Group A's mean took in a finding only A could measure (an easy one), B's did not: two means over different findings.
+    from cxrkit.metrics.subgroups import multilabel_subgroups
+
+    rng = np.random.default_rng(0)
+    n = 200
+    groups = ["A"] * 100 + ["B"] * 100
+    y = np.zeros((n, 2), int)
+    y[:, 0] = rng.random(n) < 0.3
+    y[:40, 1] = 1  # the second finding: 40 in A, none in B
+    probs = np.clip(0.6 * y + 0.4 * rng.random((n, 2)), 0, 1)
+    probs[:, 0] = np.clip(0.2 * y[:, 0] + 0.8 * rng.random(n), 0, 1)  # the first is hard, the second easy
+    r = multilabel_subgroups(y, probs, ["hard", "easy"], np.array([0.5, 0.5]), groups, "site")
+    a, b = r["summary"]
+    assert a["over"] == b["over"] == ["hard"] and a["findings_measured"] == b["findings_measured"] == 1
+    assert a["mean_auc"] == pytest.approx(r["per_finding"]["hard"]["groups"][0]["roc_auc"]["value"])

@@ -514,7 +514,9 @@ def _subgroup_summary(subgroups: dict) -> None:
 
     for name, sub in subgroups.items():
         if "per_finding" in sub:  # multi-label: the per-finding tables are in the report and metrics.json
-            print(f"\nsubgroups by {name} (mean of per-finding ROC-AUCs; per-finding figures in report.html and metrics.json):")
+            over = (sub["summary"] or [{}])[0].get("over")
+            print(f"\nsubgroups by {name} (mean of per-finding ROC-AUCs over the findings every group has 5 cases with and without: "
+                  f"{', '.join(over) if over else 'none'}; per-finding figures in report.html and metrics.json):")
             for g in sub["summary"]:
                 auc = "n/a" if g["mean_auc"] is None else f"{g['mean_auc']:.3f} over {g['findings_measured']} findings"
                 print(f"  {g['group'][:14]:<14}{g['n']:>6}  {auc}")

@@ -172,15 +172,18 @@ def _largest_gap(rows: list[dict], column: str) -> dict | None:
 def multilabel_subgroups(y: np.ndarray, probs: np.ndarray, classes: list[str], thresholds: np.ndarray, groups: list[str | None],
                          column: str, confidence: float = 0.95, seed: int = 0, patients: object = None) -> dict:
     """:func:`binary_subgroups` for each finding of a multi-label run, at that finding's threshold, and per group the
-    mean of the per-finding AUCs over the findings the group can measure (at least one positive and one negative)."""
+    mean of the per-finding AUCs over the findings EVERY group can measure (MIN_CASES cases with and without it): each
+    group's mean over the findings it alone could measure compared a mean of easy findings with one of hard ones."""
     per = {c: binary_subgroups(y[:, k], probs[:, k], groups, float(thresholds[k]), column, confidence, seed, patients)
            for k, c in enumerate(classes)}
     names = [g["group"] for g in next(iter(per.values()))["groups"]] if per else []
+    common = [c for c, r in per.items() if r["groups"] and not any(g["too_small"]["roc_auc"] for g in r["groups"])]
     summary = []
     for i, name in enumerate(names):
-        aucs = [r["groups"][i]["roc_auc"]["value"] for r in per.values() if r["groups"][i]["roc_auc"]["value"] is not None]
+        aucs = [per[c]["groups"][i]["roc_auc"]["value"] for c in common]
         n = next(iter(per.values()))["groups"][i]["n"]
-        summary.append({"group": name, "n": n, "mean_auc": float(np.mean(aucs)) if aucs else None, "findings_measured": len(aucs)})
+        summary.append({"group": name, "n": n, "mean_auc": float(np.mean(aucs)) if aucs else None, "findings_measured": len(aucs),
+                        "over": common})
     flagged = {c: r["largest_gap"]["sentence"] for c, r in per.items()
                if r.get("largest_gap") and r["largest_gap"]["ci"][0] > 0}
     return {"column": column, "per_finding": per, "summary": summary, "gaps_excluding_zero": flagged,
