@@ -279,12 +279,12 @@ def test_compare_says_when_the_split_cannot_tell_the_models_apart():
     from cxrkit.experiments.compare import _indistinguishable_note
 
     best = {"model": "pasa", "roc_auc": 0.70, "auc_difference_vs_best": 0.0}
-    cnn = {"model": "cnn", "roc_auc": 0.50, "auc_difference_vs_best": -0.20, "delong_p_vs_best": 0.444}
+    cnn = {"model": "cnn", "roc_auc": 0.50, "auc_difference_vs_best": -0.20, "paired_p_vs_best": 0.444}
     note = _indistinguishable_note([cnn, best], best, 12)
     assert note == ("the 12 images of this split cannot tell the models apart: no ROC-AUC differs significantly from pasa's "
-                    "(smallest DeLong p = 0.44, although the gap reaches 0.200), so the ranking may be noise; a larger split "
+                    "(smallest paired p = 0.44, although the gap reaches 0.200), so the ranking may be noise; a larger split "
                     "(--val-fraction) or more data is needed to choose")
-    assert _indistinguishable_note([{**cnn, "delong_p_vs_best": 0.001}, best], best, 500) is None
+    assert _indistinguishable_note([{**cnn, "paired_p_vs_best": 0.001}, best], best, 500) is None
     assert _indistinguishable_note([best], best, 12) is None
 
 

@@ -23,7 +23,7 @@ from cxrkit.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from cxrkit.data.splits import OWN_ID_PREFIX
 from cxrkit.evaluation.speed import inference_ms_per_image
 from cxrkit.metrics.inputs import patient_clusters
-from cxrkit.metrics.intervals import delong_paired
+from cxrkit.metrics.intervals import delong_paired, paired_bootstrap_difference
 from cxrkit.models.registry import get_spec
 from cxrkit.record import META_FILE, MODEL_FILE, atomic_write_csv, atomic_write_text, read_history, read_meta, split_metrics, split_predictions
 from cxrkit.record.files import read_split_patients
@@ -35,10 +35,12 @@ AUC_MARGIN = 0.02
 ALPHA = 0.05
 RULE = (
     f"the model with the fewest parameters whose ROC-AUC is within {AUC_MARGIN} of the best model's and not significantly "
-    f"lower (paired DeLong test, two-sided p >= {ALPHA}); ties go to the faster model at batch size 1"
+    f"lower (two-sided p >= {ALPHA}: a paired DeLong test for binary runs, a paired bootstrap of the averaged AUC otherwise); "
+    "ties go to the faster model at batch size 1"
 )
 COLUMNS = [
     "model", "status", "image_size", "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "auc_difference_vs_best", "delong_p_vs_best",
+    "paired_p_vs_best",
     "threshold", "sensitivity", "specificity", "ppv", "npv", "f1", "tp", "fp", "tn", "fn", "parameters_trainable", "parameters_total",
     "model_file_mb", "pretrained", "epochs_run", "best_epoch", "stopped_by", "train_minutes", "seconds_per_epoch",
     "train_images_per_second", "inference_ms_batch1", "inference_ms_per_image_batch32", "error",
@@ -229,25 +231,33 @@ def summarise(out: str | Path) -> dict:
         paths_best, y, p_best = preds[best["model"]]
         task = read_meta(out / best["run"]).task
         binary = task == "binary"
-        clusters = _patient_clusters(out / best["run"], paths_best) if binary else None
+        clusters = _patient_clusters(out / best["run"], paths_best)
         if clusters is not None:
             notes.append(f"the {len(y)} images come from {len(np.unique(clusters))} patients: the paired tests count patients "
-                         "(Obuchowski's clustered DeLong), not images")
+                         f"({'Obuchowski' + chr(39) + 's clustered DeLong' if binary else 'a bootstrap of whole patients'}), not images")
+        averaged = None if binary else _averaged_auc(task, y, split_metrics(out / best["run"], split))
         for r in done:
             paths, y_r, p_r = preds[r["model"]]
             if paths != paths_best or not np.array_equal(y_r, y):
                 raise ValueError(f"{r['model']} was evaluated on other cases than {best['model']}; the comparison is not paired")
             r["auc_difference_vs_best"] = r["roc_auc"] - best["roc_auc"]
             if binary and r is not best:
-                r["delong_p_vs_best"] = delong_paired(y, p_best[:, 1], p_r[:, 1], clusters)["p_value"]
+                r["delong_p_vs_best"] = r["paired_p_vs_best"] = delong_paired(y, p_best[:, 1], p_r[:, 1], clusters)["p_value"]
+            elif averaged is not None and r is not best:
+                # Multi-class and multi-label runs were ranked by their averaged AUC with no test at all: a 0.01 lead of
+                # noise chose the model.
+                test = paired_bootstrap_difference(lambda rows, a=p_best, b=p_r: averaged(rows, a) - averaged(rows, b), len(y),
+                                                   seed=0, clusters=clusters)
+                if test is not None:
+                    r["paired_p_vs_best"] = test["p_value"]
             if binary:
                 point = (1 - r["specificity"], r["sensitivity"])
                 curves.append((r["model"], y, p_r[:, 1], point, r["roc_auc"]))
         if not binary:
             what = "the mean of the per-finding AUCs" if task == "multilabel" else "the macro one-vs-rest AUC"
-            notes.append(f"{task} task: AUC is {what}; no paired test is computed for averaged AUCs, "
-                         f"so the recommendation uses the {AUC_MARGIN} AUC margin alone")
-        ok = [r for r in done if r is best or (r["auc_difference_vs_best"] >= -AUC_MARGIN and r.get("delong_p_vs_best", 1.0) >= ALPHA)]
+            notes.append(f"{task} task: AUC is {what}; each model is tested against the best by a paired bootstrap of that "
+                         "average (2,000 resamples of the same images" + (", whole patients" if clusters is not None else "") + ")")
+        ok = [r for r in done if r is best or (r["auc_difference_vs_best"] >= -AUC_MARGIN and r.get("paired_p_vs_best", 1.0) >= ALPHA)]
         recommended = min(ok, key=lambda r: (r["parameters_total"], r["inference_ms_batch1"]))
         if curves:
             plot_roc_overlay(curves, f"ROC on the {'validation' if split == 'val' else 'test'} split (n={len(y)}), "
@@ -259,7 +269,7 @@ def summarise(out: str | Path) -> dict:
         else:
             notes.append("compared on the test split: choosing a model by these figures makes the chosen model's test figure "
                          "optimistic; report it as such, or confirm it on new data")
-        if len(done) > 2 and binary:
+        if len(done) > 2:
             notes.append(f"{len(done) - 1} tests against the best model, not corrected for multiple comparisons")
         tie = _indistinguishable_note(done, best, len(y))
         if tie:
@@ -275,6 +285,27 @@ def summarise(out: str | Path) -> dict:
 
     write_comparison_report(out, summary)
     return summary
+
+
+def _averaged_auc(task: str, y: np.ndarray, best_metrics: dict):
+    """The figure a multi-class (macro one-vs-rest) or multi-label (mean over the findings in the best model's mean) run is
+    ranked by, as a function of (rows, probabilities)."""
+    from cxrkit.metrics.classification import rank_auc
+
+    if task == "multilabel":
+        names = best_metrics.get("classes") or []
+        kept = [names.index(c) for c in best_metrics.get("findings_in_mean_auc") or [] if c in names]
+        if not kept:
+            return None
+
+        def mean_over_findings(rows: np.ndarray, probs: np.ndarray) -> float:
+            return float(np.mean([rank_auc(y[rows, k], probs[rows, k]) for k in kept]))  # NaN when a resample lacks a class
+        return mean_over_findings
+    classes = np.unique(y)
+
+    def macro(rows: np.ndarray, probs: np.ndarray) -> float:
+        return float(np.mean([rank_auc(y[rows] == c, probs[rows, c]) for c in classes]))
+    return macro
 
 
 def _patient_clusters(run_dir: Path, paths: list[str]) -> np.ndarray | None:
@@ -298,12 +329,12 @@ def _check_same_data(out: Path, done: list[dict]) -> None:
 
 def _indistinguishable_note(done: list[dict], best: dict, n: int) -> str | None:
     """A note when no model differs significantly from the best: then the ranking is noise, whatever the table shows."""
-    rivals = [r for r in done if r is not best and r.get("delong_p_vs_best") is not None]
-    if not rivals or min(r["delong_p_vs_best"] for r in rivals) < ALPHA:
+    rivals = [r for r in done if r is not best and r.get("paired_p_vs_best") is not None]
+    if not rivals or min(r["paired_p_vs_best"] for r in rivals) < ALPHA:
         return None
     widest = min(r["auc_difference_vs_best"] for r in rivals)
     return (f"the {n} images of this split cannot tell the models apart: no ROC-AUC differs significantly from "
-            f"{best['model']}'s (smallest DeLong p = {min(r['delong_p_vs_best'] for r in rivals):.2g}, although the gap reaches "
+            f"{best['model']}'s (smallest paired p = {min(r['paired_p_vs_best'] for r in rivals):.2g}, although the gap reaches "
             f"{-widest:.3f}), so the ranking may be noise; a larger split (--val-fraction) or more data is needed to choose")
 
 
@@ -319,7 +350,8 @@ def _recommendation_text(rec: dict, best: dict) -> str:
                 f"came within {AUC_MARGIN} of it without a significant loss.")
     return (f"Recommended: {rec['model']} ({rec['parameters_total']:,} parameters, {rec['inference_ms_batch1']:.1f} ms per image): "
             f"ROC-AUC {rec['roc_auc']:.3f} vs the best {best['roc_auc']:.3f} ({best['model']}, {best['parameters_total']:,} parameters), "
-            f"a difference of {rec['auc_difference_vs_best']:+.3f} (DeLong p = {rec.get('delong_p_vs_best', float('nan')):.3g}).")
+            f"a difference of {rec['auc_difference_vs_best']:+.3f} ({'DeLong' if 'delong_p_vs_best' in rec else 'paired bootstrap'} "
+            f"p = {rec.get('paired_p_vs_best', float('nan')):.3g}).")
 
 
 def _fmt(v: object, spec: str = ".3f") -> str:
@@ -329,7 +361,7 @@ def _fmt(v: object, spec: str = ".3f") -> str:
 def _markdown(s: dict) -> str:
     words = "validation" if s["split"] == "val" else "test"
     lines = [f"# Model comparison on {s['data']} ({words} split)", ""]
-    head = ["model", "ROC-AUC (95% CI)", "Δ vs best", "DeLong p", "sens", "spec", "PPV", "NPV", "F1", "params", "MB", "epochs",
+    head = ["model", "ROC-AUC (95% CI)", "Δ vs best", "paired p", "sens", "spec", "PPV", "NPV", "F1", "params", "MB", "epochs",
             "train min", "s/epoch", "ms/img (b=1)", "ms/img (b=32)", "status"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in s["rows"]:
@@ -338,7 +370,7 @@ def _markdown(s: dict) -> str:
             continue
         # None: a multi-label split with no finding seen on 5 images with it and 5 without (no mean AUC)
         auc = f"{_fmt(r['roc_auc'])} ({_fmt(r['roc_auc_ci_low'])}–{_fmt(r['roc_auc_ci_high'])})"
-        cells = [r["model"], auc, _fmt(r.get("auc_difference_vs_best"), "+.3f"), _fmt(r.get("delong_p_vs_best"), ".3g"),
+        cells = [r["model"], auc, _fmt(r.get("auc_difference_vs_best"), "+.3f"), _fmt(r.get("paired_p_vs_best"), ".3g"),
                  *(_fmt(r.get(k)) for k in ("sensitivity", "specificity", "ppv", "npv", "f1")),
                  f"{r['parameters_total']:,}", _fmt(r["model_file_mb"], ".2f"), str(r["epochs_run"]), _fmt(r["train_minutes"], ".1f"),
                  _fmt(r["seconds_per_epoch"], ".1f"), _fmt(r["inference_ms_batch1"], ".2f"), _fmt(r["inference_ms_per_image_batch32"], ".2f"), "done"]

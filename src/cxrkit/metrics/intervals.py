@@ -282,3 +282,34 @@ def _cluster_draw(y_true: np.ndarray, clusters: np.ndarray, stratified: bool) ->
         return np.concatenate([members[c] for c in chosen])
 
     return draw
+
+
+def paired_bootstrap_difference(difference: Callable[[np.ndarray], float], n: int, n_resamples: int = 2000, seed: int = 0,
+                                clusters: np.ndarray | None = None, confidence: float = 0.95) -> dict | None:
+    """A paired bootstrap test of a difference between two models scored on the same ``n`` cases.
+
+    ``difference(rows)`` is model A's figure minus model B's on the cases ``rows`` (with repeats). Resamples cases, or
+    patients with all their images when ``clusters`` are given; resamples where the figure is undefined are dropped.
+    Returns the difference, its percentile interval and the two-sided p-value (twice the share of resamples on the far
+    side of zero, at least one resample's worth), or None if under half the resamples are defined.
+    """
+    confidence = confidence_level(confidence)
+    rng = np.random.default_rng(seed)
+    if clusters is not None:
+        draw = _cluster_draw(np.zeros(n), np.asarray(clusters), stratified=False)
+    else:
+        def draw(r: np.random.Generator) -> np.ndarray:
+            return r.integers(0, n, n)
+    values = []
+    for _ in range(n_resamples):
+        v = difference(draw(rng))
+        if v is not None and np.isfinite(v):
+            values.append(v)
+    if len(values) < n_resamples / 2:
+        return None
+    values = np.asarray(values)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(values, [alpha, 1 - alpha])
+    far = min((values <= 0).mean(), (values >= 0).mean())
+    return {"difference": float(difference(np.arange(n))), "ci": [float(lo), float(hi)],
+            "p_value": float(min(1.0, max(2 * far, 1 / len(values)))), "resamples": len(values)}
