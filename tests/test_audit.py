@@ -259,3 +259,14 @@ def test_the_report_says_how_many_images_had_no_patient_id(clean_data, tmp_path)
                  "--epochs", "1", "--model", "mlp", "--quiet", "--cache-dir", str(tmp_path / "c")]) == 0
     html = (out / "report.html").read_text()
     assert f"<b>{len(files) // 2} of {len(files)} images have no patient ID</b> and were split one by one" in html
+
+
+def test_a_class_that_looks_like_a_misspelling_is_named():
+    # One row read "Nromal": a three-class task with a class of one image, and the audit said nothing.
+    from cxrkit.audit.messages import label_messages
+
+    audit = {"multilabel": False, "class_balance": {"train": {"Normal": 70, "Nromal": 1, "TB": 60}, "test": {"Normal": 20, "TB": 20}}}
+    assert label_messages(audit) == ["LABELS: class 'Nromal' has 1 image(s), beside 'Normal' with 90: a misspelling? Correct the label, or "
+                                     "it trains as a class of its own"]
+    rare = {"multilabel": False, "class_balance": {"train": {"covid": 3, "normal": 90, "viral": 80}}}
+    assert label_messages(rare) == []  # a small class of its own name is no misspelling

@@ -21,7 +21,7 @@ def patient_names_message(n: int, example: str, pattern: str, splits_given: bool
 
 
 # The tags of findings that say the figures or the model may be wrong; `train --quiet` still prints them.
-WARNING_TAGS = ("LEAKAGE", "POSSIBLE LEAKAGE", "SHORTCUT", "EXPOSURE SHORTCUT", "SPLIT SHIFT", "PATIENT IDS")
+WARNING_TAGS = ("LEAKAGE", "POSSIBLE LEAKAGE", "SHORTCUT", "EXPOSURE SHORTCUT", "SPLIT SHIFT", "PATIENT IDS", "LABELS")
 
 
 def is_warning(message: str) -> bool:
@@ -62,6 +62,27 @@ def patient_messages(audit: dict) -> list[str]:
     return out
 
 
+def label_messages(audit: dict) -> list[str]:
+    """Classes so small beside a near-identical name that they look like a misspelling ("Nromal", 1 image, beside "Normal")."""
+    if audit.get("multilabel"):
+        return []
+    from difflib import get_close_matches
+
+    totals: dict[str, int] = {}
+    for counts in audit["class_balance"].values():
+        for c, n in counts.items():
+            totals[c] = totals.get(c, 0) + n
+    out = []
+    for c, n in sorted(totals.items()):
+        others = [o for o in totals if o != c and totals[o] > 5 * n]
+        twin = get_close_matches(c.casefold(), [o.casefold() for o in others], n=1, cutoff=0.7)
+        if n <= 5 and twin:
+            name = next(o for o in others if o.casefold() == twin[0])
+            out.append(f"LABELS: class {c!r} has {n} image(s), beside {name!r} with {totals[name]}: a misspelling? Correct the label, or it "
+                       "trains as a class of its own")
+    return out
+
+
 def audit_messages(audit: dict) -> list[str]:
     """The audit's findings as plain sentences, most serious first."""
     out = []
@@ -72,7 +93,7 @@ def audit_messages(audit: dict) -> list[str]:
     if named:
         out.append("POSSIBLE LEAKAGE: " + patient_names_message(named["ids_in_two_splits"], named["example"], named["pattern"],
                                                                 named.get("splits_given", False)))
-    out += patient_messages(audit)
+    out += patient_messages(audit) + label_messages(audit)
     p = audit["shortcut_probe"]
     if p.get("warning"):
         g = ", ".join(f"{f['feature']} (AUC {f['auc']:.2f}, {f['direction']} in {f['class']})" for f in p["giveaways"])
