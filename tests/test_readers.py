@@ -170,3 +170,23 @@ def test_evaluate_with_readers_writes_figures_notes_and_the_report(tiny_run, bin
     assert "Against the readers" in (run / "report.html").read_text()
     assert main(["evaluate", str(run), "--reader-columns", "A"]) == 2
     assert "--reader-columns names columns of a --readers table" in capsys.readouterr().err
+
+
+def test_reader_comparison_counts_patients_when_each_has_several_films():
+    # Three films per patient, read alike: as images, the model-reader gap looked three times as certain as the patients allow.
+    from cxrkit.metrics.readers import compare_with_reader
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 80)
+    score = np.where(y == 1, rng.random(80) * 0.6 + 0.35, rng.random(80) * 0.6 + 0.05)
+    reader = np.where(rng.random(80) < 0.8, y == 1, y == 0)
+    once = compare_with_reader(y, score, 0.5, reader, replicates=200)
+    thrice = compare_with_reader(np.repeat(y, 3), np.repeat(score, 3), 0.5, np.repeat(reader, 3), replicates=200)
+    by_patient = compare_with_reader(np.repeat(y, 3), np.repeat(score, 3), 0.5, np.repeat(reader, 3), replicates=200,
+                                     patients=np.repeat(np.arange(80), 3))
+    for k in ("sensitivity", "specificity"):
+        d1, d3, dp = once[k]["difference"], thrice[k]["difference"], by_patient[k]["difference"]
+        assert d3["p_value"] < d1["p_value"] or d1["p_value"] == 1.0
+        assert dp["p_value"] >= d3["p_value"] and dp["ci"][1] - dp["ci"][0] > 1.4 * (d3["ci"][1] - d3["ci"][0])
+        assert by_patient[k]["model"]["ci"] == pytest.approx(once[k]["model"]["ci"], abs=0.01)
+    assert by_patient["n_patients"] == 80 and by_patient["agreement"]["ci"] == pytest.approx(once["agreement"]["ci"], abs=0.01)

@@ -432,7 +432,7 @@ def evaluate_run(
             if metrics["threshold_transfer"] and not metrics["threshold_transfer"]["holds"]:
                 notes.append(metrics["threshold_transfer"]["message"])
         if readers is not None:
-            metrics["readers"] = reader_comparison(run, ds.labels[idx], probs, readers, *calls, seed=cfg.seed)
+            metrics["readers"] = reader_comparison(run, ds.labels[idx], probs, readers, *calls, seed=cfg.seed, patients=ds.patients_of(idx))
             notes.extend(metrics["readers"].pop("notes"))
         # All or none, from the first figure drawn (the heat maps) to the report: a full disk at predictions.csv must
         # not leave metrics.json with results the history lacks, nor plots/ with figures of an evaluation that failed.

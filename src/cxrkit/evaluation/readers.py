@@ -58,7 +58,7 @@ def read_calls(table: str | Path, classes: list[str], relpaths: list[str], colum
 
 
 def reader_comparison(run, y: np.ndarray, probs: np.ndarray, table: str | Path, calls: dict[str, list[bool | None]], unmatched: int,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, patients: list[str] | None = None) -> dict:
     """The binary run at its threshold against each reader's ``calls`` (from :func:`read_calls` of ``table``) on the images that
     reader read, with notes on what was not matched."""
     n = len(y)
@@ -66,7 +66,8 @@ def reader_comparison(run, y: np.ndarray, probs: np.ndarray, table: str | Path, 
     for name, per_image in calls.items():
         read = np.array([c is not None for c in per_image])
         reader = np.array([bool(c) for c in per_image])[read]
-        res = compare_with_reader(y[read], probs[read, 1], run.threshold, reader, seed=seed)
+        res = compare_with_reader(y[read], probs[read, 1], run.threshold, reader, seed=seed,
+                                  patients=None if patients is None else [p for p, k in zip(patients, read) if k])
         res["read"] = int(read.sum())
         if read.sum() < n:
             out["notes"].append(f"reader {name} read {read.sum()} of the {n} evaluated images; the comparison uses those")

@@ -4,17 +4,20 @@ model's ROC curve (the model's sensitivity at the reader's specificity, and its 
 sensitivity, with stratified bootstrap intervals of the difference).
 
 References: Newcombe, R. G. (1998), Statistics in Medicine 17:2635-2650 (method 10, the interval for a
-difference of paired proportions); McNemar, Q. (1947), Psychometrika 12:153-157.
+difference of paired proportions); McNemar, Q. (1947), Psychometrika 12:153-157. Where a patient has several images
+(``patients``), the proportions count patients (:func:`cxrkit.metrics.classification.proportion_of`), the difference
+gets the wider of Newcombe's interval and a bootstrap of whole patients, and the p-value the larger of McNemar's and
+Durkalski et al.'s clustered McNemar test (Statistics in Medicine 2003, 22:2417-2428).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, chi2
 
-from cxrkit.metrics.classification import proportion
-from cxrkit.metrics.inputs import binary_labels, binary_pair
-from cxrkit.metrics.intervals import wilson_interval
+from cxrkit.metrics.classification import proportion_of
+from cxrkit.metrics.inputs import binary_labels, binary_pair, patient_clusters
+from cxrkit.metrics.intervals import paired_bootstrap_difference, wilson_interval
 
 BOOTSTRAP_REPLICATES = 2000
 
@@ -43,6 +46,30 @@ def paired_difference(both: int, first_only: int, second_only: int, neither: int
     p = 1.0 if discordant == 0 else float(binomtest(min(first_only, second_only), discordant, 0.5).pvalue)
     return {"value": float(d), "ci": [float(max(-1.0, lower)), float(min(1.0, upper))], "method": "newcombe",
             "p_value": p, "discordant": [int(first_only), int(second_only)]}
+
+
+def clustered_paired_difference(first: np.ndarray, second: np.ndarray, clusters: np.ndarray, confidence: float = 0.95,
+                                seed: int = 0) -> dict:
+    """:func:`paired_difference` when the cases come in ``clusters``: never a narrower interval nor a smaller p-value.
+
+    The interval is the wider of Newcombe's and a percentile bootstrap of whole clusters; the p-value the larger of
+    McNemar's exact one and Durkalski's clustered McNemar statistic, (sum_i (b_i - c_i))^2 / sum_i (b_i - c_i)^2 on 1 degree
+    of freedom, where b_i and c_i count the cluster's cases only the first or only the second got right.
+    """
+    first, second = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
+    plain = paired_difference(*_paired_table(first, second), confidence=confidence)
+    if plain["value"] is None:
+        return plain
+    _, codes = np.unique(np.asarray(clusters), return_inverse=True)
+    gap = np.bincount(codes, weights=(first & ~second).astype(float)) - np.bincount(codes, weights=(~first & second).astype(float))
+    spread = float(np.sum(gap ** 2))
+    p_clustered = 1.0 if spread == 0 else float(chi2.sf(float(np.sum(gap)) ** 2 / spread, 1))
+    boot = paired_bootstrap_difference(lambda rows: float(first[rows].mean() - second[rows].mean()), len(first), 2000, seed, codes, confidence)
+    ci = plain["ci"]
+    if boot is not None and boot["ci"][1] - boot["ci"][0] > ci[1] - ci[0]:
+        ci = boot["ci"]
+    return {**plain, "ci": ci, "p_value": max(plain["p_value"], p_clustered), "method": "newcombe or patient bootstrap, the wider",
+            "test": "McNemar exact or Durkalski's clustered McNemar, the larger p"}
 
 
 def _paired_table(first: np.ndarray, second: np.ndarray) -> tuple[int, int, int, int]:
@@ -95,7 +122,7 @@ def _matched(y: np.ndarray, score: np.ndarray, reader: np.ndarray, seed: int, re
 
 
 def compare_with_reader(y: np.ndarray, score: np.ndarray, threshold: float, reader: np.ndarray, seed: int = 0,
-                        replicates: int = BOOTSTRAP_REPLICATES, confidence: float = 0.95) -> dict:
+                        replicates: int = BOOTSTRAP_REPLICATES, confidence: float = 0.95, patients: object = None) -> dict:
     """The model (positive if ``score`` >= ``threshold``) against one reader's calls (True = positive) on the same images:
     both sensitivities and specificities (Wilson), the paired differences model − reader (Newcombe, McNemar), their
     agreement, and the model at the reader's own sensitivity and specificity (descriptive: those thresholds are
@@ -109,13 +136,18 @@ def compare_with_reader(y: np.ndarray, score: np.ndarray, threshold: float, read
     if not np.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     model = score >= threshold
+    clusters = patient_clusters(patients, len(y))
     out: dict = {"n": int(len(y)), "positives": int(y.sum()), "negatives": int((y == 0).sum())}
+    if clusters is not None:
+        out["n_patients"] = int(clusters.max()) + 1
     for name, rows, called in (("sensitivity", y == 1, True), ("specificity", y == 0, False)):
         m, r = model[rows] == called, reader[rows] == called
-        out[name] = {"model": proportion(int(m.sum()), int(rows.sum()), confidence), "reader": proportion(int(r.sum()), int(rows.sum()), confidence),
-                     "difference": paired_difference(*_paired_table(m, r), confidence=confidence)}
-    agree = int(np.sum(model == reader))
-    out["agreement"] = proportion(agree, len(y), confidence)
+        every = np.ones(int(rows.sum()), dtype=bool)
+        cl = None if clusters is None else clusters[rows]
+        out[name] = {"model": proportion_of(m, every, cl, confidence), "reader": proportion_of(r, every, cl, confidence),
+                     "difference": paired_difference(*_paired_table(m, r), confidence=confidence) if cl is None
+                     else clustered_paired_difference(m, r, cl, confidence, seed)}
+    out["agreement"] = proportion_of(model == reader, np.ones(len(y), dtype=bool), clusters, confidence)
     if out["positives"] and out["negatives"]:
         out.update(_matched(y, score, reader, seed, replicates, confidence))
     return out

@@ -252,9 +252,9 @@ def patients_sentence(m: dict) -> str | None:
     unnamed = m.get("images_without_patient_id")
     who = f"{m['n_patients']} patients" + (f" ({unnamed} of them images without a patient ID, each counted as its own)" if unnamed else "")
     return (f"These {m['n']} images come from {who}, some with several images; a patient's images are not "
-            "independent evidence, so these intervals, and those of the operating points, the WHO check and the subgroups, count "
-            "patients, not images (never narrower than an image count would give); the readers' comparison, the threshold's spread "
-            "and the calibration figures still count images.")
+            "independent evidence, so these intervals, and those of the operating points, the WHO check, the subgroups and the "
+            "readers' comparison, count patients, not images (never narrower than an image count would give); the threshold's "
+            "spread, the calibration figures and the model at each reader's own sensitivity and specificity still count images.")
 
 
 def evaluation_sentences(m: dict, split_words: str) -> list[str]:
