@@ -443,3 +443,17 @@ def test_multilabel_calibration_never_reverses_a_finding_and_damaged_maps_are_re
         fit_multilabel_calibration(y, p * 3, ["a", "b", "c"])
     with pytest.raises(ValueError, match=r"\(images, 2\) labels"):
         fit_multilabel_calibration(y, p, ["a", "b"])
+
+
+def test_calibration_intervals_resample_patients():
+    # Three films per patient: resampled as images, the ECE and Brier intervals came out about half as wide.
+    rng = np.random.default_rng(1)
+    p = rng.random(120)
+    y = (rng.random(120) < p).astype(int)
+    probs = np.stack([1 - p, p], axis=1)
+    once = calibration_summary(y, probs, n_bootstrap=300)
+    images = calibration_summary(np.repeat(y, 3), np.repeat(probs, 3, axis=0), n_bootstrap=300)
+    patients = calibration_summary(np.repeat(y, 3), np.repeat(probs, 3, axis=0), n_bootstrap=300, patients=np.repeat(np.arange(120), 3))
+    width = lambda s: s["brier_ci"][1] - s["brier_ci"][0]  # noqa: E731
+    assert width(patients) > 1.4 * width(images) and width(patients) == pytest.approx(width(once), rel=0.3)
+    assert patients["ece"] == images["ece"] and patients["brier"] == images["brier"]

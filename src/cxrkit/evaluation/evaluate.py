@@ -219,9 +219,9 @@ def decision_analysis(
         return {"calibration_per_finding": per}
     if not run.task_object.one_label_per_image:
         return {}
-    out: dict = {"calibration": {"model": calibration_summary(y, raw_probs)}}
+    out: dict = {"calibration": {"model": calibration_summary(y, raw_probs, patients=patients)}}
     if run.calibration is not None:
-        out["calibration"]["calibrated"] = calibration_summary(y, probs)
+        out["calibration"]["calibrated"] = calibration_summary(y, probs, patients=patients)
         out["calibration"]["method"] = run.calibration["method"]
     if run.task != "binary" or len(np.unique(y)) < 2:
         return out

@@ -135,17 +135,21 @@ def ece_if_calibrated(probs: np.ndarray, n_bins: int = 10, n_draws: int = 1000, 
 
 
 def calibration_summary(
-    y: np.ndarray, probs: np.ndarray, n_bins: int = 10, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
+    y: np.ndarray, probs: np.ndarray, n_bins: int = 10, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95,
+    patients: object = None,
 ) -> dict:
     """ECE and Brier score with bootstrap intervals, the ECE chance alone gives, and the reliability bins.
 
     The intervals matter because ECE on a few dozen images swings widely: a 0.03 against a 0.08 on a small
     test split is often no difference at all; and ``ece_if_calibrated`` because ECE is biased upwards on small
-    sets (:func:`ece_if_calibrated`). ``n_bootstrap=0`` leaves all three out (``None``).
+    sets (:func:`ece_if_calibrated`). ``n_bootstrap=0`` leaves all three out (``None``). ``patients`` (one ID per image):
+    the intervals resample patients with all their images where one has several (never narrower than by image).
     """
+    from cxrkit.metrics.inputs import patient_clusters
     from cxrkit.metrics.intervals import bootstrap_interval
 
     y, probs = _labelled(y, probs)
+    clusters = patient_clusters(patients, len(y))
     ece_ci = brier_ci = chance = None
     if n_bootstrap > 0 and len(y) >= 2:
         # Each image's bin, outcome and squared error are computed once; a resample (its row numbers) only picks them:
@@ -156,8 +160,10 @@ def calibration_summary(
         rows = np.arange(len(y))
         # Not stratified: a calibration error lies in how often each class occurs at a predicted probability, which
         # fixed class counts would hold still (a model predicting 0.3 for every image got a zero-width interval).
-        ece_ci = bootstrap_interval(lambda _, r: _binned_ece(which[r], miss[r], n_bins), y, rows, n_bootstrap, confidence, seed, stratified=False)
-        brier_ci = bootstrap_interval(lambda _, r: float(error[r].mean()), y, rows, n_bootstrap, confidence, seed, stratified=False)
+        ece_ci = bootstrap_interval(lambda _, r: _binned_ece(which[r], miss[r], n_bins), y, rows, n_bootstrap, confidence, seed,
+                                    stratified=False, clusters=clusters)
+        brier_ci = bootstrap_interval(lambda _, r: float(error[r].mean()), y, rows, n_bootstrap, confidence, seed, stratified=False,
+                                      clusters=clusters)
         chance = ece_if_calibrated(probs, n_bins, n_bootstrap, seed)
     return {"ece": expected_calibration_error(y, probs, n_bins), "ece_ci": None if ece_ci is None else list(ece_ci),
             "ece_if_calibrated": chance, "brier": brier_score(y, probs), "brier_ci": None if brier_ci is None else list(brier_ci),
