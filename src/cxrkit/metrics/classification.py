@@ -6,7 +6,7 @@ positive), never a made-up 0 or 1.
 
 ``patients`` (one ID per image) makes every interval count patients rather than images when a patient has several
 images (:mod:`cxrkit.metrics.intervals`): NIH ChestX-ray14 has about three films per patient, and image-level intervals
-on such a split covered a true AUC 72% of the time instead of 95% in simulation.
+on such a split covered a true AUC 76% of the time instead of 95% in simulation (94% counting patients).
 """
 
 from __future__ import annotations
