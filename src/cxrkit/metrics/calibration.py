@@ -170,13 +170,22 @@ def calibration_summary(
             "bins": reliability_bins(y, probs, n_bins)}
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, _EPS, 1 - _EPS)
+# A map is FITTED on logits clipped at _EPS (a probability of 1e-30 would pull a fit about), but APPLIED to logits clipped
+# only where float64 ends: clipped at 1e-7, 298 of 400 probabilities of a confident model's rare finding became one value,
+# its AUC fell from 0.962 to 0.918, and 286 decisions at the moved threshold flipped.
+_APPLY_LOW, _APPLY_HIGH = float(np.finfo(np.float64).tiny), 1.0 - float(np.finfo(np.float64).epsneg)
+
+
+def _logit(p: np.ndarray, exact: bool = False) -> np.ndarray:
+    """log(p / (1 - p)), clipped at _EPS for fitting; ``exact``: clipped only at the ends of float64, for applying a map."""
+    p = np.clip(p, _APPLY_LOW, _APPLY_HIGH) if exact else np.clip(p, _EPS, 1 - _EPS)
     return np.log(p) - np.log1p(-p)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+    from scipy.special import expit  # no overflow warning at the logits of probabilities near 0
+
+    return expit(z)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -204,18 +213,18 @@ class Calibration:
             slope, intercept = np.asarray(self.params["slope"]), np.asarray(self.params["intercept"])
             if probs.ndim != 2 or probs.shape[1] != len(slope):
                 raise ValueError(f"this calibration maps {len(slope)} findings; got probabilities of shape {probs.shape}")
-            return _sigmoid(slope[None, :] * _logit(probs) + intercept[None, :])
+            return _sigmoid(slope[None, :] * _logit(probs, exact=True) + intercept[None, :])
         probs = _as_2d(probs)
         if self.method == "temperature":
             t = self.params["temperature"]
             if probs.shape[1] == 2:
-                p = _sigmoid(_logit(probs[:, 1]) / t)
+                p = _sigmoid(_logit(probs[:, 1], exact=True) / t)
                 return np.stack([1 - p, p], axis=1)
-            return _softmax(np.log(np.clip(probs, _EPS, 1)) / t)
+            return _softmax(np.log(np.clip(probs, _APPLY_LOW, 1)) / t)
         if probs.shape[1] != 2:
             raise ValueError(f"{self.method} calibration applies to binary runs only")
         if self.method == "platt":
-            p = _sigmoid(self.params["slope"] * _logit(probs[:, 1]) + self.params["intercept"])
+            p = _sigmoid(self.params["slope"] * _logit(probs[:, 1], exact=True) + self.params["intercept"])
         elif self.method == "isotonic":
             p = np.interp(probs[:, 1], self.params["x"], self.params["y"])
         else:
