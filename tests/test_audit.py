@@ -270,3 +270,19 @@ def test_a_class_that_looks_like_a_misspelling_is_named():
                                      "it trains as a class of its own"]
     rare = {"multilabel": False, "class_balance": {"train": {"covid": 3, "normal": 90, "viral": 80}}}
     assert label_messages(rare) == []  # a small class of its own name is no misspelling
+
+
+def test_the_audit_cache_tells_two_tables_over_the_same_images_apart(clean_data, tmp_path, capsys):
+    # Same images, labels and patients under other column names: the cached result named the first table's columns.
+    import csv
+
+    files = sorted(clean_data.rglob("*.png"))
+    for name, column in (("mrn.csv", "MRN"), ("pid.csv", "PatientID")):
+        with open(tmp_path / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", column])
+            for i, p in enumerate(files):
+                w.writerow([p.relative_to(clean_data).as_posix(), p.parent.name, f"m{i // 2}"])
+        assert main(["audit", str(clean_data), "--labels", str(tmp_path / name), "--out", str(tmp_path / name[:3]),
+                     "--cache-dir", str(tmp_path / "c")]) == 0
+        assert f"of {name}); patients from column {column}" in capsys.readouterr().out

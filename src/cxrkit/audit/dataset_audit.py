@@ -142,6 +142,8 @@ def _refuse_if_none_usable(paths: list[Path], records: list[dict]) -> None:
 def _audit_key(source: ImageFolderSource, splits: list[str], groups: list[str] | None) -> str:
     """Changes with any file's content stamp, the split or patient assignment, or the audit's version."""
     h = hashlib.sha256(f"audit-v{AUDIT_VERSION}-features-v{FEATURES_VERSION}".encode())
+    # What the result says about the source itself: another table over the same images printed the first one's columns.
+    h.update(repr((source.describe() if hasattr(source, "describe") else None, getattr(source, "placeholder_patient_ids", None))).encode())
     for i, s in enumerate(source.samples):
         h.update(f"\n{s.path}|{file_stamp(s.path)}|{s.label}|{splits[i]}|{groups[i] if groups else ''}".encode())
     return h.hexdigest()[:24]
