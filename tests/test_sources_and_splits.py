@@ -434,3 +434,14 @@ def test_too_few_groups_names_copies_as_well_as_patients():
     # 80 byte-identical images are one group of copies: the error said "only 1 patients" though no IDs were given
     with pytest.raises(ValueError, match=r"only 1 patient\(s\) or group\(s\) of identical copies among 80 images"):
         _cut(idx, labels, np.zeros(80, dtype=int).astype(str), 12, seed=0)
+
+
+def test_patient_ids_of_digits_are_one_patient_whatever_their_leading_zeros(tmp_path):
+    # A spreadsheet wrote half a table's IDs as 13 and half as 00000013: two patients, 9 of them in two splits.
+    from cxrkit.data.sources import Sample
+
+    table = [Sample(Path("a.png"), "tb", patient="00000013"), Sample(Path("b.png"), "tb", patient="13"),
+             Sample(Path("c.png"), "tb", patient="0"), Sample(Path("d.png"), "tb", patient="000"), Sample(Path("e.png"), "tb", patient="P013")]
+    assert patient_ids(table, None) == ["13", "13", "0", "0", "P013"]
+    names = [Sample(Path(n), "tb") for n in ("00000013_000.png", "13_001.png", "014_000.png")]
+    assert patient_ids(names, r"^(\d+)_") == ["13", "13", "14"]

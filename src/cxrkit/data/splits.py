@@ -27,17 +27,23 @@ def patient_ids(samples: Sequence[Sample], pattern: str | None) -> list[str]:
     ids, named, matched = [], [], 0
     for s in samples:
         if s.patient is not None:
-            ids.append(s.patient)
+            ids.append(_same_number(s.patient))
             continue
         found = _match_id(rx, s.path.name) if rx else None
         named.append(s.path.name)
         matched += found is not None
-        ids.append(found if found is not None else f"{OWN_ID_PREFIX}{s.path}")
+        ids.append(_same_number(found) if found is not None else f"{OWN_ID_PREFIX}{s.path}")
     if rx is not None and named and not matched:
         # Every image kept its own ID: an image-level split, recorded as one by patient ('zzz(\d+)' on p00012_3.png).
         raise ValueError(f"--group-pattern '{pattern}' finds no patient ID in any of the {len(named)} file names (e.g. {named[0]}); "
                          "give a regular expression whose first group is the ID, e.g. '(p\\d+)_'")
     return ids
+
+
+def _same_number(pid: str) -> str:
+    """A patient ID of digits only without its leading zeros: spreadsheets write 00000013 as 13, and the two were split as
+    two patients (9 of them in two splits of one NIH table)."""
+    return pid.lstrip("0") or "0" if pid.isdigit() else pid
 
 
 def _match_id(rx: re.Pattern, name: str) -> str | None:
