@@ -262,9 +262,16 @@ def test_calibrate_stores_the_map_and_keeps_decisions_consistent(trained, capsys
     assert np.allclose(stored, raw, atol=1e-5)
     after = json.loads((run_dir / "metrics.json").read_text())
     assert "calibrated" not in after["val"]["calibration"]
-    assert any("a calibration that has since been removed" in n for n in after["test"]["notes"])
+    removed = "evaluated with probabilities the run no longer gives (its calibration was removed since)"
+    assert any(n.startswith(removed) for n in after["test"]["notes"])
     html = (run_dir / "report.html").read_text()
-    assert "a calibration that has since been removed" in html  # the test figures were made with it, and say so
+    assert removed in html  # the test figures were made with it, and say so
+    # calibrated again: one note for the latest change, not a pile of them (one of which said "evaluated before the run was
+    # calibrated" of a split scored with a calibration)
+    assert main(["calibrate", str(run_dir), "--method", "temperature"]) == 0
+    notes = json.loads((run_dir / "metrics.json").read_text())["test"]["notes"]
+    stale = [n for n in notes if n.startswith("evaluated with probabilities the run no longer gives")]
+    assert len(stale) == 1 and "(it was calibrated since)" in stale[0]
 
 
 def test_calibrate_remove_on_a_run_never_calibrated_changes_nothing(tiny_run, tmp_path, capsys):

@@ -14,6 +14,10 @@ from cxrkit.record.files import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, REPOR
 from cxrkit.record.lock import run_lock
 from cxrkit.run import Run, load_run_dataset
 
+STALE_PREFIX = "evaluated with probabilities the run no longer gives"
+# the notes written before this one, found and replaced like it
+STALE_PREFIXES = (STALE_PREFIX, "evaluated with a calibration that has since been", "evaluated before the run was calibrated")
+
 
 def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: str = "auto", progress: bool = True) -> dict:
     """Fit ``method`` on the validation split of the run's dataset (never test), save ``calibration.json``,
@@ -25,7 +29,6 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
     raised test ECE from 0.116 to 0.130 while Platt lowered it to 0.012; benchmarks/calibration_effect.py)."""
     with run_lock(run_dir, "calibrate"):  # the threshold in meta.json and the validation results are read and rewritten
         run = Run.load(run_dir)
-        had_calibration = run.calibration is not None
         if method == "auto":
             method = run.task_object.calibration_method
         if run.task == "multilabel" and method != "platt":
@@ -73,8 +76,7 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
             run.record.calibration_sha256 = file_sha256(run.path / CALIBRATION_FILE)
             run.save_record()
             _rescore_validation(Run.load(run_dir), ds, idx, images, raw, cfg.seed,
-                                f"evaluated {'with a calibration that has since been replaced' if had_calibration else 'before the run was calibrated'}; "
-                                "run `cxrkit evaluate` again for figures with its calibration")
+                                f"{STALE_PREFIX} (it was calibrated since); run `cxrkit evaluate` again for figures with its calibration")
         return {**record, "referral": rechosen} if rechosen else record
 
 
@@ -139,8 +141,11 @@ def _rescore_validation(run: Run, ds, idx: np.ndarray, images: np.ndarray, raw: 
         metrics["attention"] = old["val"]["attention"]  # heat maps do not change with calibration
     write_evaluation(run, "val", ds, idx, probs, metrics)
     for split, m in old.items():
-        if split not in ("val", "train") and isinstance(m, dict) and stale_note not in m.get("notes", []):
-            update_metrics(run.path, split, {**m, "notes": [*m.get("notes", []), stale_note]})
+        if split not in ("val", "train") and isinstance(m, dict):
+            # One note for the latest change: three piled up after calibrate, calibrate, --remove, calibrate, and "evaluated
+            # before the run was calibrated" was false for a split scored with a calibration since removed.
+            kept = [n for n in m.get("notes", []) if not n.startswith(STALE_PREFIXES)]
+            update_metrics(run.path, split, {**m, "notes": [*kept, stale_note]})
     from cxrkit.report.html import write_report
 
     write_report(run.path)
@@ -194,5 +199,5 @@ def remove_calibration(run_dir: str | Path, data: str | Path | None = None, prog
             if not read_metrics(run.path).get("val"):
                 return True
             _rescore_validation(run, ds, idx, images, run.predict_arrays(images, calibrated=False), cfg.seed,
-                                "evaluated with a calibration that has since been removed; run `cxrkit evaluate` again for figures without it")
+                                f"{STALE_PREFIX} (its calibration was removed since); run `cxrkit evaluate` again for figures without it")
     return True
