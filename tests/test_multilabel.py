@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -152,6 +153,7 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys, monkeypat
     expected = run.decision_labels(run.predict_arrays(run.preprocessing.load(image)[None]))[0]
     assert res["decision"]["label"] == expected
     assert ("no finding above" in res["decision"]["words"]) == (expected == "")
+    assert not re.search(r"\(\d\.\d\d >= ", res["decision"]["words"])  # three decimals at least: "Edema (0.00 >= 0.00)"
     assert set(card["decision"]["threshold"]) == set(meta["classes"]) and card["decision"]["rule"] == "per-finding thresholds"
     # The card said "Trained on 122 images" (positives summed over findings) and flagged all findings but the first.
     assert f"Trained on {meta['data']['images']['train']} images of one dataset" in card["limitations"][1]

@@ -337,7 +337,9 @@ class Service:
 
     def _words(self, p: np.ndarray, label: str) -> str:
         if self.run.task == "multilabel":
-            found = [f"{c} ({p[j]:.2f} >= {t:.2f})" for j, (c, t) in enumerate(zip(self.run.classes, self.run.thresholds)) if p[j] >= t]
+            # three decimals and more where needed: a calibrated rare finding read "Edema (0.00 >= 0.00)"
+            found = [f"{c} ({' >= '.join(against_threshold(float(p[j]), float(t)))})"
+                     for j, (c, t) in enumerate(zip(self.run.classes, self.run.thresholds)) if p[j] >= t]
             return "findings above their thresholds: " + ", ".join(found) if found else "no finding above its threshold"
         band = self.run.record.referral
         if label == "refer" and band is not None:
