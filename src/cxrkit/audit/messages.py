@@ -69,7 +69,7 @@ def label_messages(audit: dict) -> list[str]:
     from difflib import get_close_matches
 
     totals: dict[str, int] = {}
-    for counts in audit["class_balance"].values():
+    for counts in (audit.get("class_balance") or {}).values():  # audits read back from older files may lack it
         for c, n in counts.items():
             totals[c] = totals.get(c, 0) + n
     out = []
