@@ -253,12 +253,16 @@ def test_the_report_says_how_many_images_had_no_patient_id(clean_data, tmp_path)
         w = csv.writer(f)
         w.writerow(["path", "label", "patient_id"])
         for i, p in enumerate(files):
-            w.writerow([p.relative_to(clean_data).as_posix(), p.parent.name, f"p{i // 2}" if i % 2 == 0 else ""])
+            w.writerow([p.relative_to(clean_data).as_posix(), p.parent.name, f"p{i // 4}" if i % 2 == 0 else ""])
     out = tmp_path / "run"
     assert main(["train", str(clean_data), "--labels", str(tmp_path / "table.csv"), "--out", str(out), "--image-size", "32",
                  "--epochs", "1", "--model", "mlp", "--quiet", "--cache-dir", str(tmp_path / "c")]) == 0
     html = (out / "report.html").read_text()
     assert f"<b>{len(files) // 2} of {len(files)} images have no patient ID</b> and were split one by one" in html
+    val = json.loads((out / "metrics.json").read_text())["val"]  # two named films per patient, the others one by one
+    assert val["intervals_by"] == "patient" and val["images_without_patient_id"] > 0
+    assert (f"Intervals count the {val['n_patients']} patients ({val['images_without_patient_id']} of them images without a patient ID, "
+            "each counted as its own)") in html
 
 
 def test_a_class_that_looks_like_a_misspelling_is_named():

@@ -515,7 +515,8 @@ def _subgroup_summary(subgroups: dict) -> None:
     for name, sub in subgroups.items():
         if "per_finding" in sub:  # multi-label: the per-finding tables are in the report and metrics.json
             over = (sub["summary"] or [{}])[0].get("over")
-            print(f"\nsubgroups by {name} (mean of per-finding ROC-AUCs over the findings every group has 5 cases with and without: "
+            unit = "patients" if any(r.get("intervals_by") == "patient" for r in sub["per_finding"].values()) else "images"
+            print(f"\nsubgroups by {name} (mean of per-finding ROC-AUCs over the findings every group has 5 {unit} with and without: "
                   f"{', '.join(over) if over else 'none'}; per-finding figures in report.html and metrics.json):")
             for g in sub["summary"]:
                 auc = "n/a" if g["mean_auc"] is None else f"{g['mean_auc']:.3f} over {g['findings_measured']} findings"
@@ -672,10 +673,11 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     if per_finding:  # multi-label: one map per finding; the decisions do not change
         how, names = c["params"]["how"], c["params"]["findings"]
         shifted = [n for n, h in zip(names, how) if h == "intercept"]
+        fitted = [n for n in names if n not in shifted]
         print(f"  mean probability {b['mean_probability']:.3f} -> {f['mean_probability']:.3f}, against {b['share_with_it']:.3f} of "
-              f"image-finding pairs positive; {len(names) - len(shifted)} finding(s) got slope and intercept"
-              + (f", {', '.join(shifted)} the intercept only (under {MIN_SLOPE_CASES} validation images with and without it, or not "
-                 "ranked right): their ranking is kept and their mean probability moved to their validation share" if shifted else "")
+              f"image-finding pairs positive; slope and intercept: {len(fitted)} finding(s){f' ({chr(44).join(fitted)})' if fitted else ''}"
+              + (f"; intercept only: {len(shifted)} ({', '.join(shifted)}: under {MIN_SLOPE_CASES} validation images with and without "
+                 "the finding, or not ranked the right way; ranking kept, mean probability moved to the validation share)" if shifted else "")
               + "; each finding's threshold moved with its map, so every decision stays as it was", file=_result_stream())
     if c["method"] == "isotonic" and c["n"] < 200:
         print(f"warning: isotonic calibration on {c['n']} images follows their noise (it needs a few hundred); Platt scaling "
