@@ -142,10 +142,10 @@ def test_a_finding_on_many_images_of_few_patients_stays_out_of_the_mean():
 
 
 def test_cluster_bootstrap_keeps_a_patients_images_together():
-    from cxrkit.metrics.intervals import _cluster_draw
+    from cxrkit.metrics.intervals import cluster_draw
 
     y = np.repeat([0, 1, 0, 1, 1], 2)
-    draw, rng = _cluster_draw(y, np.repeat(np.arange(5), 2), stratified=True), np.random.default_rng(0)
+    draw, rng = cluster_draw(y, np.repeat(np.arange(5), 2), stratified=True), np.random.default_rng(0)
     for _ in range(20):
         idx = draw(rng)  # images 2k and 2k+1 (one patient) are drawn together, as often as each other
         assert np.array_equal(np.bincount(idx, minlength=10)[0::2], np.bincount(idx, minlength=10)[1::2])

@@ -150,3 +150,21 @@ def test_threshold_spread_refuses_mismatched_or_broken_inputs():
         threshold_spread(y, p, "youden", np.array([0, 2, 0, 1]), p)
     with pytest.raises(ValueError, match="validation probabilities must lie in"):  # a 0-100 scale: the old check let it through
         threshold_spread(y, p * 100, "youden", y, p)
+
+
+def test_the_threshold_spread_resamples_validation_patients():
+    # Three validation films per patient: resampled as images, the threshold looked steadier than its patients make it.
+    from cxrkit.metrics.thresholds import threshold_spread
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 40)
+    p = np.clip(0.5 * y + 0.6 * rng.random(40), 0, 1)
+    y_eval = rng.integers(0, 2, 200)
+    p_eval = np.clip(0.5 * y_eval + 0.6 * rng.random(200), 0, 1)
+    once = threshold_spread(y, p, "youden", y_eval, p_eval, n_resamples=300)
+    images = threshold_spread(np.repeat(y, 3), np.repeat(p, 3), "youden", y_eval, p_eval, n_resamples=300)
+    patients = threshold_spread(np.repeat(y, 3), np.repeat(p, 3), "youden", y_eval, p_eval, n_resamples=300,
+                                val_patients=np.repeat(np.arange(40), 3))
+    width = lambda r: r["sensitivity"][1] - r["sensitivity"][0]  # noqa: E731
+    assert patients["by_patient"] and width(patients) > 1.3 * width(images) and width(patients) == pytest.approx(width(once), rel=0.35)
+    assert patients["n_val"] == {"positive": 3 * int(y.sum()), "negative": 3 * int((1 - y).sum())}

@@ -157,6 +157,17 @@ def validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
     return (y, probs) if len(y) else None
 
 
+def validation_patients(run: Run) -> list[str] | None:
+    """The patient of each validation row of predictions.csv, from splits.csv (None when the run names no patients)."""
+    from cxrkit.record.files import read_split_patients
+
+    named = read_split_patients(run.path)
+    if not named:
+        return None
+    paths, _, _ = split_predictions(run.path, "val", run.classes)
+    return [named.get(p) or f"{OWN_ID_PREFIX}{p}" for p in paths]
+
+
 def fresh_validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
     """Labels and this model's probabilities of the validation split, predicted now from the images (None when the training
     data is not at hand, or for a multi-label run)."""
@@ -232,7 +243,9 @@ def decision_analysis(
         if spread and rule:
             from cxrkit.metrics.thresholds import threshold_spread
 
-            out["threshold_spread"] = threshold_spread(val[0], val[1][:, 1], rule, y, probs[:, 1])
+            pats = validation_patients(run)
+            out["threshold_spread"] = threshold_spread(val[0], val[1][:, 1], rule, y, probs[:, 1],
+                                                       val_patients=pats if pats is not None and len(pats) == len(val[0]) else None)
     out["decision_curve"] = net_benefit(y, probs[:, 1], prevalence=prevalence)
     if run.record.referral is not None:
         out["referral"] = referral_analysis(run, y, probs)

@@ -232,7 +232,7 @@ def bootstrap_interval(
     if clusters is not None:
         # Never narrower than resampling images: with every positive from one patient the patients' resamples hold the
         # positives still, and F1 came out 0.857 (0.857-0.857) where images gave 0.729-0.962.
-        by_patient = _percentiles(statistic, y_true, y_score, _cluster_draw(y_true, np.asarray(clusters), stratified), n_resamples,
+        by_patient = _percentiles(statistic, y_true, y_score, cluster_draw(y_true, np.asarray(clusters), stratified), n_resamples,
                                   confidence, seed)
         by_image = bootstrap_interval(statistic, y_true, y_score, n_resamples, confidence, seed, stratified)
         known = [c for c in (by_patient, by_image) if c is not None]
@@ -262,8 +262,9 @@ def _percentiles(statistic: Callable[[np.ndarray, np.ndarray], float], y_true: n
     return float(lo), float(hi)
 
 
-def _cluster_draw(y_true: np.ndarray, clusters: np.ndarray, stratified: bool) -> Callable[[np.random.Generator], np.ndarray]:
-    """A function drawing one bootstrap resample of case indices by whole clusters."""
+def cluster_draw(y_true: np.ndarray, clusters: np.ndarray, stratified: bool) -> Callable[[np.random.Generator], np.ndarray]:
+    """A function drawing one bootstrap resample of case indices by whole clusters (stratified by the set of classes a
+    cluster holds when ``stratified``)."""
     _, codes = np.unique(clusters, return_inverse=True)
     if len(codes) != len(y_true):
         raise ValueError(f"{len(codes)} patient IDs for {len(y_true)} labels; give one per image, in the same order")
@@ -296,7 +297,7 @@ def paired_bootstrap_difference(difference: Callable[[np.ndarray], float], n: in
     confidence = confidence_level(confidence)
     rng = np.random.default_rng(seed)
     if clusters is not None:
-        draw = _cluster_draw(np.zeros(n), np.asarray(clusters), stratified=False)
+        draw = cluster_draw(np.zeros(n), np.asarray(clusters), stratified=False)
     else:
         def draw(r: np.random.Generator) -> np.ndarray:
             return r.integers(0, n, n)

@@ -189,7 +189,7 @@ def choose_threshold(
 
 def threshold_spread(
     y_val: np.ndarray, p_val: np.ndarray, rule: str, y_eval: np.ndarray, p_eval: np.ndarray,
-    n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+    n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0, val_patients: object = None,
 ) -> dict | None:
     """How much the operating point owes to which validation images there happened to be.
 
@@ -198,19 +198,46 @@ def threshold_spread(
     specificity at those thresholds, beside the validation class counts. On a few dozen validation images a Youden
     threshold can move from 0.1 to 0.6 between equally likely samples, and sensitivity on test with it: the Wilson
     interval of the test sensitivity does not show this, because it holds the threshold fixed. None for a fixed
-    threshold (nothing is chosen) or when the validation split lacks a class.
+    threshold (nothing is chosen) or when the validation split lacks a class. ``val_patients`` (one ID per validation
+    image): resample the validation patients with all their images where one has several, and keep each range the wider
+    of that and the images' one.
     """
+    from cxrkit.metrics.inputs import patient_clusters
+    from cxrkit.metrics.intervals import cluster_draw
+
     kind, _ = parse_rule(rule)
     y_val, p_val = binary_pair(y_val, p_val, what="validation")
     y_eval, p_eval = binary_pair(y_eval, p_eval, what="evaluated")
     if kind == "fixed" or len(np.unique(y_val)) < 2:
         return None
-    rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(y_val == c) for c in (0, 1)]
+
+    def by_image(rng: np.random.Generator) -> np.ndarray:
+        return np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+
+    out = _spread(by_image, y_val, p_val, rule, y_eval, p_eval, n_resamples, confidence, seed)
+    clusters = patient_clusters(val_patients, len(y_val))
+    if out is not None and clusters is not None:
+        patients = _spread(cluster_draw(y_val, clusters, True), y_val, p_val, rule, y_eval, p_eval, n_resamples, confidence, seed)
+        if patients is not None:
+            for key in ("threshold", "sensitivity", "specificity"):
+                a, b = out[key], patients[key]
+                if a is None or (b is not None and b[1] - b[0] > a[1] - a[0]):
+                    out[key] = b
+            out["by_patient"] = True
+    if out is not None:
+        out["n_val"] = {"positive": len(groups[1]), "negative": len(groups[0])}
+    return out
+
+
+def _spread(draw, y_val: np.ndarray, p_val: np.ndarray, rule: str, y_eval: np.ndarray, p_eval: np.ndarray, n_resamples: int,
+            confidence: float, seed: int) -> dict | None:
+    """The ranges of :func:`threshold_spread` over resamples of the validation split drawn by ``draw``."""
+    rng = np.random.default_rng(seed)
     pos, neg = y_eval == 1, y_eval == 0
     values, sens, spec, failed = [], [], [], 0
     for _ in range(n_resamples):
-        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+        idx = draw(rng)
         try:
             t = choose_threshold(y_val[idx], p_val[idx], rule).value
         except GuaranteeImpossible:  # a resample with more misses cannot prove the target: counted, not hidden
@@ -228,6 +255,5 @@ def threshold_spread(
         v = np.asarray(v, dtype=float)
         return None if np.isnan(v).all() else [float(x) for x in np.nanpercentile(v, q)]
 
-    return {"rule": rule, "n_val": {"positive": len(groups[1]), "negative": len(groups[0])}, "resamples": n_resamples,
-            "failed_resamples": failed, "confidence": confidence, "threshold": span(values), "sensitivity": span(sens),
-            "specificity": span(spec)}
+    return {"rule": rule, "resamples": n_resamples, "failed_resamples": failed, "confidence": confidence, "threshold": span(values),
+            "sensitivity": span(sens), "specificity": span(spec)}
