@@ -244,3 +244,26 @@ def test_another_sites_file_names_need_not_fit_the_runs_group_pattern(binary_dat
     said = capsys.readouterr().out
     per = own["n"] / own["n_patients"]
     assert f"plan them as patients, one image each. That split had {per:.1f} images per patient" in said
+
+
+def test_a_copy_of_the_test_split_evaluated_as_external_counts_as_a_look_at_test(internal_run, tmp_path, capsys):
+    # Renamed copies of the run's test images evaluated as "another site" were a fresh look at test that counted as none.
+    import shutil
+
+    root, data, run = internal_run
+    mine = tmp_path / "run"
+    shutil.copytree(run, mine)
+    assert main(["evaluate", str(mine), "--explain", "none"]) == 0  # the one honest look at test
+    splits = {r.split(",")[0]: r.split(",")[2] for r in (mine / "splits.csv").read_text().splitlines()[1:]}
+    copy = tmp_path / "site_x"
+    for i, (rel, split) in enumerate(sorted(splits.items())):
+        if split == "test":
+            (copy / Path(rel).parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(data / rel, copy / Path(rel).parent.name / f"x{i}.png")
+    capsys.readouterr()
+    assert main(["evaluate", str(mine), str(copy), "--explain", "none"]) == 0
+    out = capsys.readouterr().out
+    n = sum(s == "test" for s in splits.values())
+    looks = sum(e["split"] == "test" for e in json.loads((mine / "meta.json").read_text())["evaluations"])  # the fixture's look and ours
+    assert looks >= 1
+    assert f"its {n} copies of the run's test images make this another look at the test split, evaluated {looks} time(s) before" in out

@@ -398,6 +398,12 @@ def evaluate_run(
         overlap = None if same_data else training_overlap(run.path, images)
         if overlap:
             notes.append(overlap["message"])
+            test_looks = sum(e.get("split") == "test" for e in history)
+            if overlap["by_split"].get("test") and test_looks:
+                # a copy of the test split evaluated as "external" was a fresh look at test that counted as none
+                notes.append(f"its {overlap['by_split']['test']} copies of the run's test images make this another look at the test "
+                             f"split, evaluated {test_looks} time(s) before: if the model or settings changed in between, the test set "
+                             "has been used for tuning and its figures are optimistic")
         reference = run.shift_reference()
         shift = None
         if reference is not None:
