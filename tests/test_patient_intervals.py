@@ -242,3 +242,13 @@ def test_images_without_a_patient_id_are_not_called_patients():
     m = compute_metrics(run, y, prob, patients=patients)
     assert m["n_patients"] == 23 and m["images_without_patient_id"] == 20
     assert "from 23 patients (20 of them images without a patient ID, each counted as its own)" in " ".join(evaluation_sentences(m, "test"))
+
+
+def test_the_paired_test_falls_back_to_delong_when_one_patient_holds_every_positive():
+    from cxrkit.metrics.intervals import delong_paired
+
+    y = np.r_[np.ones(10), np.zeros(10)]
+    a = np.linspace(0, 1, 20)[::-1]
+    b = a + np.random.default_rng(0).normal(0, 0.3, 20)
+    clustered = delong_paired(y, a, b, clusters=np.r_[np.zeros(10), np.arange(1, 11)])  # was a ValueError that stopped compare
+    assert clustered["p_value"] == pytest.approx(delong_paired(y, a, b)["p_value"])
