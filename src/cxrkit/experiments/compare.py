@@ -12,6 +12,7 @@ import json
 import re
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -233,8 +234,9 @@ def summarise(out: str | Path) -> dict:
         binary = task == "binary"
         clusters = _patient_clusters(out / best["run"], paths_best)
         if clusters is not None:
+            how = "Obuchowski's clustered DeLong" if binary else "a bootstrap of whole patients"
             notes.append(f"the {len(y)} images come from {len(np.unique(clusters))} patients: the paired tests count patients "
-                         f"({'Obuchowski' + chr(39) + 's clustered DeLong' if binary else 'a bootstrap of whole patients'}), not images")
+                         f"({how}), not images")
         averaged = None if binary else _averaged_auc(task, y, split_metrics(out / best["run"], split))
         for r in done:
             paths, y_r, p_r = preds[r["model"]]
@@ -287,7 +289,7 @@ def summarise(out: str | Path) -> dict:
     return summary
 
 
-def _averaged_auc(task: str, y: np.ndarray, best_metrics: dict):
+def _averaged_auc(task: str, y: np.ndarray, best_metrics: dict) -> Callable[[np.ndarray, np.ndarray], float] | None:
     """The figure a multi-class (macro one-vs-rest) or multi-label (mean over the findings in the best model's mean) run is
     ranked by, as a function of (rows, probabilities)."""
     from cxrkit.metrics.classification import rank_auc
