@@ -316,7 +316,7 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
         elif p.name in lists:
             split = lists[p.name]
         patient = r[patient_col].strip() if patient_col else None
-        if patient and patient.lower() in PLACEHOLDER_PATIENT_IDS:
+        if patient and (patient.lower() in PLACEHOLDER_PATIENT_IDS or (patient.isdigit() and not patient.strip("0"))):  # 0, 000
             placeholders[patient] = placeholders.get(patient, 0) + 1
             patient = None
         if not patient or patient.lower() in MISSING_VALUES:  # NaN from pandas was one "patient" holding every image without an ID
