@@ -278,9 +278,16 @@ def cluster_draw(y_true: np.ndarray, clusters: np.ndarray, stratified: bool) -> 
     else:
         strata = [np.arange(len(members))]
 
+    sizes = np.array([len(m) for m in members])
+    offsets = np.r_[0, np.cumsum(sizes)[:-1]]
+    flat = np.concatenate(members)
+
     def draw(rng: np.random.Generator) -> np.ndarray:
         chosen = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in strata])
-        return np.concatenate([members[c] for c in chosen])
+        lengths = sizes[chosen]
+        # the chosen clusters' rows in one step (a Python loop over 1,000 patients per resample doubled the figures' time)
+        shift = np.repeat(offsets[chosen] - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+        return flat[shift + np.arange(int(lengths.sum()))]
 
     return draw
 
