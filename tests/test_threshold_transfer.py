@@ -47,3 +47,16 @@ def test_nothing_to_compare():
     assert threshold_transfer(_entry(1, 2, 1, 2, threshold=0.3), _entry(1, 2, 1, 2, threshold=0.5)) is None  # another threshold
     one_class = threshold_transfer(_entry(30, 37, 34, 38), _entry(0, 0, 50, 100))  # only normal images: specificity only
     assert list(one_class["rates"]) == ["specificity"] and not one_class["holds"]
+
+
+def test_repeat_films_count_as_their_patients():
+    # 80 of 100 found on validation against 60 of 100 here: moved (p 0.003) if the films are independent, not if they are
+    # four films of each of 25 patients (effective n 25 on each side).
+    from scipy.stats import fisher_exact
+
+    val, here = _entry(80, 100, 90, 100), _entry(60, 100, 90, 100)
+    assert threshold_transfer(val, here)["rates"]["sensitivity"]["moved"]
+    for e in (val, here):
+        e["metrics"]["sensitivity"]["effective_n"] = 25.0
+    r = threshold_transfer(val, here)["rates"]["sensitivity"]
+    assert r["p_value"] == pytest.approx(fisher_exact([[20, 5], [15, 10]])[1]) and not r["moved"]

@@ -3,7 +3,8 @@
 A model's ranking can travel to a new hospital while its operating point does not: the 500-image TB default
 keeps a ROC-AUC of 0.755 on Sakha-TB, yet at its validation threshold it finds 27% of the TB cases there, against
 81% on validation (BENCHMARKS.md, round 7). The AUC alone hides that, so an external evaluation compares the two
-rates with Fisher's exact test on the counts and says in words when a rate moved.
+rates with Fisher's exact test on the counts (on each side's effective number of cases where patients have several
+images) and says in words when a rate moved.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ def threshold_transfer(validation: dict[str, Any] | None, here: dict[str, Any], 
             continue
         table = [[v["numerator"], v["denominator"] - v["numerator"]], [h["numerator"], h["denominator"] - h["numerator"]]]
         p = float(fisher_exact(table)[1])
+        if v.get("effective_n") or h.get("effective_n"):
+            # Several films per patient: the counts shrunk to each side's effective number of cases (its design effect), and
+            # never a smaller p than the films give; counted as films, repeat images made a moved rate look certain.
+            def shrunk(e: dict) -> list[int]:
+                n_eff = e.get("effective_n") or e["denominator"]
+                hits = round(e["value"] * n_eff)
+                return [hits, max(round(n_eff) - hits, 0)]
+            p = max(p, float(fisher_exact([shrunk(v), shrunk(h)])[1]))
         change = h["value"] - v["value"]
         rates[name] = {"validation": v["value"], "here": h["value"], "counts_validation": [v["numerator"], v["denominator"]],
                        "counts_here": [h["numerator"], h["denominator"]], "change": change, "p_value": p,
