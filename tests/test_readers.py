@@ -190,3 +190,6 @@ def test_reader_comparison_counts_patients_when_each_has_several_films():
         assert dp["p_value"] >= d3["p_value"] and dp["ci"][1] - dp["ci"][0] > 1.4 * (d3["ci"][1] - d3["ci"][0])
         assert by_patient[k]["model"]["ci"] == pytest.approx(once[k]["model"]["ci"], abs=0.01)
     assert by_patient["n_patients"] == 80 and by_patient["agreement"]["ci"] == pytest.approx(once["agreement"]["ci"], abs=0.01)
+    for k in ("sensitivity_at_reader_specificity", "specificity_at_reader_sensitivity"):  # the model at the reader's own point too
+        wp, w3 = (r[k]["difference"]["ci"][1] - r[k]["difference"]["ci"][0] for r in (by_patient, thrice))
+        assert wp > 1.3 * w3 and by_patient[k]["difference"]["method"] == "bootstrap of patients (200)"

@@ -87,9 +87,11 @@ def sensitivity_at_false_positives(pos: np.ndarray, neg_sorted_desc: np.ndarray,
     return np.where(allowed >= n_neg, 1.0, sens)
 
 
-def _matched(y: np.ndarray, score: np.ndarray, reader: np.ndarray, seed: int, replicates: int, confidence: float) -> dict:
+def _matched(y: np.ndarray, score: np.ndarray, reader: np.ndarray, seed: int, replicates: int, confidence: float,
+             clusters: np.ndarray | None = None) -> dict:
     """The model's sensitivity at the reader's specificity and its specificity at the reader's sensitivity on these images,
-    and the bootstrap intervals (positives and negatives resampled apart, the reader's calls with their images)."""
+    and the bootstrap intervals (positives and negatives resampled apart, the reader's calls with their images; with
+    ``clusters``, each interval the wider of that and a bootstrap of whole patients)."""
     pos, neg = score[y == 1], score[y == 0]
     r_pos, r_neg = reader[y == 1], reader[y == 0]
 
@@ -112,12 +114,27 @@ def _matched(y: np.ndarray, score: np.ndarray, reader: np.ndarray, seed: int, re
         boot_sens.append(ds)
         boot_spec.append(dp)
     alpha = (1 - confidence) / 2
+    by_patient: tuple[list, list] = ([], [])
+    if clusters is not None:
+        from cxrkit.metrics.intervals import cluster_draw
+
+        draw = cluster_draw(y, clusters, stratified=True)
+        for _ in range(replicates):  # a patient's positive and negative films drawn together: sizes vary, so one at a time
+            rows = draw(rng)
+            yr = y[rows]
+            ds, dp, _, _ = figures(score[rows][yr == 1], score[rows][yr == 0], reader[rows][yr == 1], reader[rows][yr == 0])
+            by_patient[0].append(ds)
+            by_patient[1].append(dp)
     out = {}
-    for name, value, diff, boot in (("sensitivity_at_reader_specificity", sens, d_sens, boot_sens),
-                                    ("specificity_at_reader_sensitivity", spec, d_spec, boot_spec)):
+    for name, value, diff, boot, clustered in (("sensitivity_at_reader_specificity", sens, d_sens, boot_sens, by_patient[0]),
+                                               ("specificity_at_reader_sensitivity", spec, d_spec, boot_spec, by_patient[1])):
         lo, hi = np.quantile(np.concatenate(boot), [alpha, 1 - alpha])
-        out[name] = {"value": float(value), "difference": {"value": float(diff), "ci": [float(lo), float(hi)],
-                                                           "method": f"stratified bootstrap ({replicates})"}}
+        method = f"stratified bootstrap ({replicates})"
+        if clustered:
+            plo, phi = np.quantile(clustered, [alpha, 1 - alpha])
+            if phi - plo > hi - lo:
+                lo, hi, method = plo, phi, f"bootstrap of patients ({replicates})"
+        out[name] = {"value": float(value), "difference": {"value": float(diff), "ci": [float(lo), float(hi)], "method": method}}
     return out
 
 
@@ -149,5 +166,5 @@ def compare_with_reader(y: np.ndarray, score: np.ndarray, threshold: float, read
                      else clustered_paired_difference(m, r, cl, confidence, seed)}
     out["agreement"] = proportion_of(model == reader, np.ones(len(y), dtype=bool), clusters, confidence)
     if out["positives"] and out["negatives"]:
-        out.update(_matched(y, score, reader, seed, replicates, confidence))
+        out.update(_matched(y, score, reader, seed, replicates, confidence, clusters))
     return out

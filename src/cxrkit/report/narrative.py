@@ -254,8 +254,7 @@ def patients_sentence(m: dict) -> str | None:
     return (f"These {m['n']} images come from {who}, some with several images; a patient's images are not "
             "independent evidence, so these intervals, and those of the operating points, the WHO check, the subgroups and the "
             "readers' comparison, the calibration figures, the threshold's spread and its transfer to another site, count "
-            "patients, not images (never narrower than an image count would give); the model at each reader's own sensitivity "
-            "and specificity still counts images.")
+            "patients, not images (never narrower than an image count would give).")
 
 
 def evaluation_sentences(m: dict, split_words: str) -> list[str]:
