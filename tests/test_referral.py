@@ -112,3 +112,19 @@ def test_referral_summary_prints_its_intervals_as_every_other_figure(capsys):
                        "per_1000": {"referred": 500, "missed": 4}}, ["healthy", "tb"])
     out = capsys.readouterr().out
     assert "decided alone 50.0% (95% CI 40.0–60.0%)" in out and "(NPV 96.0% (95% CI 83.0–99.0%))" in out and "(PPV n/a)" in out
+
+
+def test_referral_outcomes_count_patients_where_they_have_several_films():
+    import numpy as np
+
+    from cxrkit.metrics.referral import referral_outcomes
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60)
+    p = np.clip(0.4 * y + 0.6 * rng.random(60), 0, 1)
+    once = referral_outcomes(y, p, 0.3, 0.7)
+    films = referral_outcomes(np.repeat(y, 3), np.repeat(p, 3), 0.3, 0.7)
+    patients = referral_outcomes(np.repeat(y, 3), np.repeat(p, 3), 0.3, 0.7, patients=np.repeat(np.arange(60), 3))
+    for k in ("decided_share", "npv_ruled_out", "ppv_ruled_in", "positives_missed", "error_rate_decided"):
+        assert patients[k]["ci"] == pytest.approx(once[k]["ci"], abs=0.01), k
+        assert patients[k]["numerator"] == films[k]["numerator"] and patients[k]["ci"][1] - patients[k]["ci"][0] >= films[k]["ci"][1] - films[k]["ci"][0]

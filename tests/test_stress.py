@@ -123,3 +123,24 @@ def test_p_values_are_shown_as_they_compare_with_005():
 
     # 0.0496 was "p=0.05" beside a verdict that counted it below 0.05.
     assert [p_text(p) for p in (0.0496, 0.04999, 0.0004, 0.05, 0.123)] == ["0.0496", "<0.05", "<0.001", "0.05", "0.12"]
+
+
+def test_stress_counts_patients_where_they_have_several_films(tiny_run: Path):
+    # Two films per patient: counted as images, every perturbation's interval and paired test looked twice as sure.
+    import numpy as np
+
+    from cxrkit.evaluation.stress import stress_arrays
+    from cxrkit.run import Run, load_run_dataset
+
+    run = Run.load(tiny_run)
+    ds, _ = load_run_dataset(run, progress=False, raw_intensity=True)
+    idx = ds.index("test")
+    images, y = np.repeat(np.asarray(ds.images[idx]), 2, axis=0), np.repeat(ds.labels[idx], 2)
+    once = stress_arrays(run, np.asarray(ds.images[idx]), ds.labels[idx])
+    images_only = stress_arrays(run, images, y)
+    patients = stress_arrays(run, images, y, patients=np.repeat(np.arange(len(idx)), 2))
+    assert patients["intervals_by"] == "patient" and patients["n_patients"] == len(idx)
+    assert patients["ci"] == pytest.approx(once["ci"], abs=1e-6) and (patients["ci"][1] - patients["ci"][0]) > 1.3 * (
+        images_only["ci"][1] - images_only["ci"][0])
+    for a, b in zip(patients["perturbations"], images_only["perturbations"]):  # some changes draw noise: compare like with like
+        assert a["p_value"] >= b["p_value"] - 1e-12 and (a["ci"][1] - a["ci"][0]) >= (b["ci"][1] - b["ci"][0]) - 1e-12

@@ -70,7 +70,7 @@ def store_referral(run: Run, y_val: np.ndarray, probs_val: np.ndarray, spec: str
     return band
 
 
-def referral_analysis(run: Run, y: np.ndarray, probs: np.ndarray) -> dict | None:
+def referral_analysis(run: Run, y: np.ndarray, probs: np.ndarray, patients: list[str] | None = None) -> dict | None:
     """What the run's referral band does on an evaluated split: decided share, accuracy of the decided ones,
     the risk-coverage curve and the same per 1,000 people (None when the run has no band)."""
     from cxrkit.metrics.referral import per_thousand, referral_outcomes, risk_coverage
@@ -78,7 +78,7 @@ def referral_analysis(run: Run, y: np.ndarray, probs: np.ndarray) -> dict | None
     band = run.record.referral
     if band is None or len(np.unique(y)) < 2:
         return None
-    out = referral_outcomes(y, probs[:, 1], band["lower"], band["upper"])
+    out = referral_outcomes(y, probs[:, 1], band["lower"], band["upper"], patients)
     return {"band": band, "outcomes": out, "per_1000": per_thousand(out), "risk_coverage": risk_coverage(y, probs[:, 1], run.threshold)}
 
 
@@ -248,7 +248,7 @@ def decision_analysis(
                                                        val_patients=pats if pats is not None and len(pats) == len(val[0]) else None)
     out["decision_curve"] = net_benefit(y, probs[:, 1], prevalence=prevalence)
     if run.record.referral is not None:
-        out["referral"] = referral_analysis(run, y, probs)
+        out["referral"] = referral_analysis(run, y, probs, patients)
     if prevalence is not None:
         m = operating_point(y, probs[:, 1], run.threshold, patients)
         out["screening"] = screening_outcomes(m["sensitivity"], m["specificity"], prevalence)

@@ -48,26 +48,31 @@ def normalise_as_run(run: Run, images: np.ndarray) -> np.ndarray:
     return np.stack([normalize_intensity(im, mode) for im in images]) if len(images) else images
 
 
-def stress_arrays(run: Run, images: np.ndarray, y: np.ndarray) -> dict:
+def stress_arrays(run: Run, images: np.ndarray, y: np.ndarray, patients: list[str] | None = None) -> dict:
     """AUC of a binary run on ``images`` (uint8, decoded at the run's size *without* its intensity normalisation,
-    see ``load_run_dataset(raw_intensity=True)``) and under each perturbation."""
+    see ``load_run_dataset(raw_intensity=True)``) and under each perturbation; intervals and paired tests count
+    ``patients`` where one has several images."""
+    from cxrkit.metrics.inputs import patient_clusters
+
     if run.task != "binary":
         raise ValueError("cxrkit stress needs a binary run (it compares ROC-AUCs); this run is " + run.task)
     y = np.asarray(y).astype(int)
     if y.min() == y.max():
         raise ValueError("the split has images of one class only; ROC-AUC needs both")
+    clusters = patient_clusters(patients, len(y))
     base = run.predict_arrays(normalise_as_run(run, images))[:, 1]
-    auc, ci = delong_interval(y, base)
+    auc, ci = delong_interval(y, base, clusters=clusters)
     mean, std = reference_exposure(run)
     rows = []
     for pert in standard_perturbations(mean, std):
         p = run.predict_arrays(normalise_as_run(run, pert.apply(images)))[:, 1]
-        a, c = delong_interval(y, p)
-        d = delong_paired(y, p, base)
+        a, c = delong_interval(y, p, clusters=clusters)
+        d = delong_paired(y, p, base, clusters)
         shortcut = not pert.anatomy and d["difference"] <= -SHORTCUT_DROP and d["p_value"] < 0.05
         rows.append({"name": pert.name, "description": pert.description, "touches_anatomy": pert.anatomy,
-                     "auc": a, "ci": list(c), "change": d["difference"], "p_value": d["p_value"], "shortcut": shortcut})
-    return {"n": int(len(y)), "positives": int(y.sum()), "auc": auc, "ci": list(ci),
+                     "auc": a, "ci": list(c) if c else None, "change": d["difference"], "p_value": d["p_value"], "shortcut": shortcut})
+    return {"n": int(len(y)), "positives": int(y.sum()), "auc": auc, "ci": list(ci) if ci else None,
+            **({} if clusters is None else {"n_patients": int(clusters.max()) + 1, "intervals_by": "patient"}),
             "reference": {"mean": mean, "std": std}, "perturbations": rows, "verdict": verdict(rows)}
 
 
@@ -109,7 +114,7 @@ def stress_run(run_dir: str | Path, data: str | Path | None = None, split: str |
         key = split if same_data else external_key({k: v.get("data") for k, v in stored.items() if isinstance(v, dict)},
                                                    ds.source.root, ds.source.root)
         images = np.asarray(ds.images[idx])
-        result = stress_arrays(run, images, ds.labels[idx])
+        result = stress_arrays(run, images, ds.labels[idx], ds.patients_of(idx))
         result.update(split=key, data=str(ds.source.root))
         # Copies of the run's own images in "another" dataset made a memorised set look robust, without a word.
         overlap = None if same_data else training_overlap(run.path, _as_trained(run, data, class_map, images, idx))
@@ -142,11 +147,13 @@ def p_text(p: float) -> str:
 
 def format_table(result: dict) -> str:
     """The stress result as a plain-text table and verdict."""
-    lines = [f"{result['split']}: {result['n']} images ({result['positives']} positive), ROC-AUC {result['auc']:.3f} "
-             f"({ci_text(result, percent=False)})",
+    patients = f" from {result['n_patients']} patients, intervals by patient" if result.get("intervals_by") == "patient" else ""
+    lines = [f"{result['split']}: {result['n']} images ({result['positives']} positive{patients}), ROC-AUC {result['auc']:.3f} "
+             f"({ci_text(result, percent=False) or 'no interval'})",
              f"{'change':<18} {'ROC-AUC (95% CI)':<24} {'vs unchanged':>12} {'p':>8}  touches lungs"]
     for r in result["perturbations"]:
-        lines.append(f"{r['name']:<18} {r['auc']:.3f} ({r['ci'][0]:.3f}–{r['ci'][1]:.3f})      {r['change']:+12.3f} {p_text(r['p_value']):>8}  "
+        ci = f"{r['ci'][0]:.3f}–{r['ci'][1]:.3f}" if r["ci"] else "no interval"
+        lines.append(f"{r['name']:<18} {r['auc']:.3f} ({ci})      {r['change']:+12.3f} {p_text(r['p_value']):>8}  "
                      f"{'yes' if r['touches_anatomy'] else 'no'}{'  <- shortcut' if r['shortcut'] else ''}")
     lines.append(result["verdict"])
     return "\n".join([f"note: {n}" for n in result.get("notes", [])] + lines)

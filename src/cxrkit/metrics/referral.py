@@ -105,9 +105,14 @@ def choose_referral(y: np.ndarray, prob: np.ndarray, spec: str, threshold: float
             "validation": {k: achieved[k] for k in ("decided_share", "npv_ruled_out", "ppv_ruled_in", "referred")}}
 
 
-def referral_outcomes(y: np.ndarray, prob: np.ndarray, lower: float, upper: float) -> dict:
-    """What a band does on labelled data: shares ruled out, referred and ruled in, and the accuracy of the decided ones."""
+def referral_outcomes(y: np.ndarray, prob: np.ndarray, lower: float, upper: float, patients: object = None) -> dict:
+    """What a band does on labelled data: shares ruled out, referred and ruled in, and the accuracy of the decided ones
+    (intervals counting ``patients`` where one has several images)."""
+    from cxrkit.metrics.classification import proportion_of
+    from cxrkit.metrics.inputs import patient_clusters
+
     y, prob = binary_pair(y, prob)
+    clusters = patient_clusters(patients, len(y))
     lower = unit_number(lower, "lower threshold")
     # An upper threshold just above 1 (1 + 1e-9) is how choose_referral says "nothing is ruled in", and runs store it.
     unit_number(min(upper, 1.0) if isinstance(upper, (int, float)) and 1 < upper <= 1 + 1e-6 else upper, "upper threshold")
@@ -119,14 +124,19 @@ def referral_outcomes(y: np.ndarray, prob: np.ndarray, lower: float, upper: floa
     decided = out | inn
     tp, fp = int((inn & (y == 1)).sum()), int((inn & (y == 0)).sum())
     tn, fn = int((out & (y == 0)).sum()), int((out & (y == 1)).sum())
+    pos, every = y == 1, np.ones(n, dtype=bool)
+
+    def share(hits: np.ndarray, among: np.ndarray) -> dict:
+        return proportion_of(hits, among, clusters)
+
     return {
         "n": n, "ruled_out": int(out.sum()), "ruled_in": int(inn.sum()), "referred": int(refer.sum()),
-        "decided_share": proportion(int(decided.sum()), n),
-        "npv_ruled_out": proportion(tn, tn + fn), "ppv_ruled_in": proportion(tp, tp + fp),
+        "decided_share": share(decided, every),
+        "npv_ruled_out": share(~pos, out), "ppv_ruled_in": share(pos, inn),
         # Of all positives: how many the model itself ruled in, and how many it wrongly ruled out (missed without a reader).
-        "positives_ruled_in": proportion(tp, int((y == 1).sum())), "positives_missed": proportion(fn, int((y == 1).sum())),
-        "negatives_ruled_out": proportion(tn, int((y == 0).sum())),
-        "error_rate_decided": proportion(fp + fn, int(decided.sum())),
+        "positives_ruled_in": share(inn, pos), "positives_missed": share(out, pos),
+        "negatives_ruled_out": share(out, ~pos),
+        "error_rate_decided": share((inn & ~pos) | (out & pos), decided),
         "confusion_decided": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
     }
 
