@@ -94,11 +94,14 @@ def test_evaluate_on_test_is_better_than_chance(trained, capsys, tmp_path):
     def external_notes() -> tuple[list, list]:
         m = json.loads((moved / "metrics.json").read_text())
         keys = [k for k in m if k.startswith("external:")]
-        return keys, [n for k in keys for n in m[k]["notes"] if "time(s) before" in n]
+        return keys, [n for k in keys for n in m[k]["notes"] if "this external set was evaluated" in n]
 
     for _ in range(2):
         assert main(["evaluate", str(moved), str(site), "--explain", "none"]) == 0
     assert external_notes() == (["external:test"], [n for n in external_notes()[1] if "evaluated 1 time(s) before" in n])
+    # a copy of the run's own test split: a look at test too, with the looks at test counted
+    notes = json.loads((moved / "metrics.json").read_text())["external:test"]["notes"]
+    assert any("copies of the run's test images make this another look at the test split" in n for n in notes)
     (tmp_path / "siteB" / "x").mkdir(parents=True)
     shutil.move(site, tmp_path / "siteB" / "x" / "test")
     capsys.readouterr()
