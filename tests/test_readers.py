@@ -193,3 +193,8 @@ def test_reader_comparison_counts_patients_when_each_has_several_films():
     for k in ("sensitivity_at_reader_specificity", "specificity_at_reader_sensitivity"):  # the model at the reader's own point too
         wp, w3 = (r[k]["difference"]["ci"][1] - r[k]["difference"]["ci"][0] for r in (by_patient, thrice))
         assert wp > 1.3 * w3 and by_patient[k]["difference"]["method"] == "bootstrap of patients (200)"
+    from cxrkit.report.narrative import reader_sentences
+
+    text = " ".join(reader_sentences(by_patient))  # said "McNemar p" beside Durkalski's p and a patient bootstrap's interval
+    assert "Durkalski's clustered McNemar test" in text and "McNemar p =" not in text
+    assert "McNemar p =" in " ".join(reader_sentences(once))

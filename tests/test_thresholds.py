@@ -168,3 +168,8 @@ def test_the_threshold_spread_resamples_validation_patients():
     width = lambda r: r["sensitivity"][1] - r["sensitivity"][0]  # noqa: E731
     assert patients["by_patient"] and width(patients) > 1.3 * width(images) and width(patients) == pytest.approx(width(once), rel=0.35)
     assert patients["n_val"] == {"positive": 3 * int(y.sum()), "negative": 3 * int((1 - y).sum())}
+    assert patients["failed_resamples_by_patient"] == 0
+    from cxrkit.report.narrative import threshold_spread_sentence
+
+    said = threshold_spread_sentence(patients, 0.5, ["normal", "tb"])  # it named the validation resamples, never their patients
+    assert "of its images and of its patients with all their images, the wider" in said

@@ -1180,7 +1180,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="human readers' calls on the same images (binary runs): a path column and one column per reader holding its call "
                         "(the class names, 0/1 or negative/positive; blank where not read). Each reader's sensitivity and specificity "
                         "against the model's at its threshold on the same images (paired: Newcombe interval of the difference, McNemar "
-                        "test), and the model at the reader's own specificity and sensitivity")
+                        "test; by patient where patients have several images), and the model at the reader's own specificity and sensitivity")
     e.add_argument("--reader-columns", default=None, metavar="COLUMN[,COLUMN]",
                    help="the reader columns of --readers (default: every column but the path, label, patient and image facts)")
     _add_device_option(e, "run the model on")

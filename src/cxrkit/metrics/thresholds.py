@@ -225,6 +225,7 @@ def threshold_spread(
                 if a is None or (b is not None and b[1] - b[0] > a[1] - a[0]):
                     out[key] = b
             out["by_patient"] = True
+            out["failed_resamples_by_patient"] = patients["failed_resamples"]
     if out is not None:
         out["n_val"] = {"positive": len(groups[1]), "negative": len(groups[0])}
     return out

@@ -253,8 +253,8 @@ def patients_sentence(m: dict) -> str | None:
     who = f"{m['n_patients']} patients" + (f" ({unnamed} of them images without a patient ID, each counted as its own)" if unnamed else "")
     return (f"These {m['n']} images come from {who}, some with several images; a patient's images are not "
             "independent evidence, so these intervals, and those of the operating points, the WHO check, the subgroups and the "
-            "readers' comparison, the calibration figures, the threshold's spread and its transfer to another site, count "
-            "patients, not images (never narrower than an image count would give).")
+            "readers' comparison, the calibration figures and the threshold's transfer to another site, count patients, not "
+            "images (never narrower than an image count would give).")
 
 
 def evaluation_sentences(m: dict, split_words: str) -> list[str]:
@@ -292,7 +292,9 @@ def threshold_spread_sentence(spread: dict | None, threshold: float | None, clas
             f"would have chosen {'–'.join(against_threshold(t[0], t[1]))}")
     if moved:
         text += ", giving " + " and ".join(moved) + " here"
-    text += f" (the central {spread['confidence']:.0%} of {spread['resamples']:,} bootstrap resamples of validation; the intervals above hold the threshold fixed)"
+    text += (f" (the central {spread['confidence']:.0%} of {spread['resamples']:,} bootstrap resamples of validation"
+             + (", of its images and of its patients with all their images, the wider" if spread.get("by_patient") else "")
+             + "; the intervals above hold the threshold fixed)")
     if spread.get("failed_resamples"):
         text += f"; in {spread['failed_resamples']} of them no threshold met the guarantee"
     return text + "."
@@ -334,8 +336,12 @@ def reader_sentences(r: dict) -> list[str]:
         out.append(f"{key.capitalize()}: the model {pct(e['model']['value'])} ({ci_words(e['model'])}), the reader {pct(e['reader']['value'])} "
                    f"({ci_words(e['reader'])}). The model {found} {more} that the reader {missed} and {missed} {fewer} that the reader "
                    f"{found}: model − reader {_points(d['value'])} points (95% CI {_points(d['ci'][0])} to {_points(d['ci'][1])}; "
-                   f"McNemar p = {d['p_value']:.2g}).")
+                   f"{'p = ' if d.get('test') else 'McNemar p = '}{d['p_value']:.2g}).")
     out.append(f"They agree on {pct(r['agreement']['value'])} of the images ({ci_words(r['agreement'])}).")
+    if r.get("n_patients"):  # the figures above are the patient-level ones, not Newcombe's and McNemar's alone
+        out.append(f"These {r['n']} images come from {r['n_patients']} patients: each interval of a difference is the wider of "
+                   "Newcombe's and a bootstrap of whole patients, and each p the larger of McNemar's exact test and Durkalski's "
+                   "clustered McNemar test.")
     at_spec, at_sens = r.get("sensitivity_at_reader_specificity"), r.get("specificity_at_reader_sensitivity")
     if at_spec and at_sens:
         a, b = at_spec["difference"], at_sens["difference"]
