@@ -101,7 +101,7 @@ def test_evaluate_on_test_is_better_than_chance(trained, capsys, tmp_path):
     assert external_notes() == (["external:test"], [n for n in external_notes()[1] if "evaluated 1 time(s) before" in n])
     # a copy of the run's own test split: a look at test too, with the looks at test counted
     notes = json.loads((moved / "metrics.json").read_text())["external:test"]["notes"]
-    assert any("copies of the run's test images make this another look at the test split" in n for n in notes)
+    assert any("copies of the run's test images make this a look at the test split" in n for n in notes)
     (tmp_path / "siteB" / "x").mkdir(parents=True)
     shutil.move(site, tmp_path / "siteB" / "x" / "test")
     capsys.readouterr()

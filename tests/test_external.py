@@ -266,4 +266,7 @@ def test_a_copy_of_the_test_split_evaluated_as_external_counts_as_a_look_at_test
     n = sum(s == "test" for s in splits.values())
     looks = sum(e["split"] == "test" for e in json.loads((mine / "meta.json").read_text())["evaluations"])  # the fixture's look and ours
     assert looks >= 1
-    assert f"its {n} copies of the run's test images make this another look at the test split, evaluated {looks} time(s) before" in out
+    assert f"its {n} copies of the run's test images make this a look at the test split, which was looked at {looks} time(s) before" in out
+    # ... and the next evaluation of the test split counts it (it said "evaluated 2 time(s) before", as if it had not happened)
+    assert main(["evaluate", str(mine), "--explain", "none"]) == 0
+    assert f"this test split was evaluated {looks + 1} time(s) before" in capsys.readouterr().out

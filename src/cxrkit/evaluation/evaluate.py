@@ -381,7 +381,8 @@ def evaluate_run(
         looked_at = digest.hexdigest()[:16]
         history = run.record.evaluations
         external = not same_data
-        earlier = [e for e in history if (e.get("split") == key and same_data) or (
+        # copies of the test images evaluated as another site were looks at test too (recorded with "test_copies")
+        earlier = [e for e in history if (same_data and (e.get("split") == key or (key == "test" and e.get("test_copies")))) or (
             external and str(e.get("split", "")).startswith("external:")
             and (e["images"] == looked_at if "images" in e else e.get("split") == key and e.get("data") == str(ds.source.root)))]
         if (key == "test" or not same_data) and earlier:
@@ -398,12 +399,13 @@ def evaluate_run(
         overlap = None if same_data else training_overlap(run.path, images)
         if overlap:
             notes.append(overlap["message"])
-            test_looks = sum(e.get("split") == "test" for e in history)
-            if overlap["by_split"].get("test") and test_looks:
+            test_looks = sum(e.get("split") == "test" or bool(e.get("test_copies")) for e in history)
+            if overlap["by_split"].get("test"):
                 # a copy of the test split evaluated as "external" was a fresh look at test that counted as none
-                notes.append(f"its {overlap['by_split']['test']} copies of the run's test images make this another look at the test "
-                             f"split, evaluated {test_looks} time(s) before: if the model or settings changed in between, the test set "
-                             "has been used for tuning and its figures are optimistic")
+                notes.append(f"its {overlap['by_split']['test']} copies of the run's test images make this a look at the test split"
+                             + (f", which was looked at {test_looks} time(s) before: if the model or settings changed in between, the "
+                                "test set has been used for tuning and its figures are optimistic" if test_looks else
+                                "; later evaluations of the test split count it"))
         reference = run.shift_reference()
         shift = None
         if reference is not None:
@@ -482,7 +484,8 @@ def evaluate_run(
                              + ("; with under 20 images of a class the chosen threshold moves a lot with the sample: read its "
                                 "figures as a rough guide" if small else ""))
             write_evaluation(run, key, ds, idx, probs, metrics, notes)
-            history.append({"split": key, "data": str(ds.source.root), "images": looked_at, "time": now()})
+            history.append({"split": key, "data": str(ds.source.root), "images": looked_at, "time": now(),
+                            **({"test_copies": overlap["by_split"]["test"]} if overlap and overlap["by_split"].get("test") else {})})
             run.save_record()
             if write_report:
                 from cxrkit.report.html import write_report as _write
