@@ -260,6 +260,18 @@ def test_a_copy_of_the_test_split_evaluated_as_external_counts_as_a_look_at_test
         if split == "test":
             (copy / Path(rel).parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy(data / rel, copy / Path(rel).parent.name / f"x{i}.png")
+    # a run never evaluated on test: the copies are its first look, said so, and counted by the next test evaluation
+    fresh = tmp_path / "fresh"
+    shutil.copytree(run, fresh)
+    meta = json.loads((fresh / "meta.json").read_text())
+    meta["evaluations"] = []
+    (fresh / "meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["evaluate", str(fresh), str(copy), "--explain", "none"]) == 0
+    assert "copies of the run's test images make this a look at the test split; later evaluations of the test split count it" in (
+        capsys.readouterr().out)
+    assert main(["evaluate", str(fresh), "--explain", "none"]) == 0
+    assert "this test split was evaluated 1 time(s) before" in capsys.readouterr().out
     # the looks at test so far: ours, and whatever the shared fixture run went through in this worker (copies included)
     looks = sum(e["split"] == "test" or bool(e.get("test_copies")) for e in json.loads((mine / "meta.json").read_text())["evaluations"])
     assert looks >= 1

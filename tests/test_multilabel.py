@@ -171,6 +171,7 @@ def test_multilabel_train_evaluate_predict(ml_table, tmp_path, capsys, monkeypat
     assert main(["calibrate", str(out)]) == 0
     said = capsys.readouterr().out
     assert "mean over findings: ECE" in said and "every decision stays as it was" in said
+    assert "slope and intercept: " in said and ("intercept only: " in said or "finding(s) (" in said)  # two lists, not one run-on
     calibrated = Run.load(out)
     assert np.array_equal(calibrated.decide(calibrated.predict_arrays(images)), run.decide(before_probs))
     assert all(calibrated.record.thresholds[c]["uncalibrated_value"] == before_thresholds[c]["value"] for c in meta["classes"])
