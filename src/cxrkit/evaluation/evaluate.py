@@ -157,15 +157,19 @@ def validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
     return (y, probs) if len(y) else None
 
 
-def validation_patients(run: Run) -> list[str] | None:
-    """The patient of each validation row of predictions.csv, from splits.csv (None when the run names no patients)."""
+def recorded_patients(run_dir: Path, paths: list[str]) -> list[str] | None:
+    """The patient of each of ``paths`` as the run's splits.csv records it (an unnamed image is its own patient); None when
+    the run names no patients."""
     from cxrkit.record.files import read_split_patients
 
-    named = read_split_patients(run.path)
-    if not named:
-        return None
+    named = read_split_patients(run_dir)
+    return [named.get(p) or f"{OWN_ID_PREFIX}{p}" for p in paths] if named else None
+
+
+def validation_patients(run: Run) -> list[str] | None:
+    """The patient of each validation row of predictions.csv, from splits.csv (None when the run names no patients)."""
     paths, _, _ = split_predictions(run.path, "val", run.classes)
-    return [named.get(p) or f"{OWN_ID_PREFIX}{p}" for p in paths]
+    return recorded_patients(run.path, paths)
 
 
 def fresh_validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:

@@ -21,13 +21,11 @@ from tqdm.auto import tqdm
 
 from cxrkit.config import TrainConfig
 from cxrkit.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
-from cxrkit.data.splits import OWN_ID_PREFIX
 from cxrkit.evaluation.speed import inference_ms_per_image
 from cxrkit.metrics.inputs import patient_clusters
 from cxrkit.metrics.intervals import delong_paired, paired_bootstrap_difference
 from cxrkit.models.registry import get_spec
 from cxrkit.record import META_FILE, MODEL_FILE, atomic_write_csv, atomic_write_text, read_history, read_meta, split_metrics, split_predictions
-from cxrkit.record.files import read_split_patients
 from cxrkit.report.plots import plot_roc_overlay
 from cxrkit.run import Run
 
@@ -312,8 +310,9 @@ def _averaged_auc(task: str, y: np.ndarray, best_metrics: dict) -> Callable[[np.
 
 def _patient_clusters(run_dir: Path, paths: list[str]) -> np.ndarray | None:
     """One patient code per image of ``paths`` from the run's splits.csv, or None when no patient has two of them."""
-    named = read_split_patients(run_dir)
-    return patient_clusters([named.get(p) or f"{OWN_ID_PREFIX}{p}" for p in paths], len(paths))
+    from cxrkit.evaluation.evaluate import recorded_patients
+
+    return patient_clusters(recorded_patients(run_dir, paths), len(paths))
 
 
 def _check_same_data(out: Path, done: list[dict]) -> None:
