@@ -20,7 +20,7 @@ from cxrkit.audit.shortcut import shortcut_probe
 from cxrkit.audit.split_shift import compare_splits, record_stats
 from cxrkit.data.medmnist import ArraySource
 from cxrkit.data.sources import DatasetError, ImageFolderSource, cache_root, file_stamp
-from cxrkit.data.splits import guess_patient_pattern, ids_in_several_splits, patient_ids
+from cxrkit.data.splits import OWN_ID_PREFIX, guess_patient_pattern, ids_in_several_splits, patient_ids
 from cxrkit.record import atomic_write_text
 
 # 2: near duplicates within 8 bits (was 16); 3: each class compared across splits; 4: exposure probe;
@@ -81,8 +81,8 @@ def audit_source(
     dup = duplicate_report(records, splits, labels, relpaths)
     patients = None
     if groups is not None:
-        named = [g for g in groups if not g.startswith("__file__:")]
-        by_split = {s: {g for g, sp in zip(groups, splits) if sp == s and not g.startswith("__file__:")} for s in SPLITS}
+        named = [g for g in groups if not g.startswith(OWN_ID_PREFIX)]
+        by_split = {s: {g for g, sp in zip(groups, splits) if sp == s and not g.startswith(OWN_ID_PREFIX)} for s in SPLITS}
         shared = {f"{a}-{b}": sorted(by_split[a] & by_split[b]) for a, b in (("train", "val"), ("train", "test"), ("val", "test"))}
         patients = {"ids": len(set(named)), "files_with_id": len(named), "files_without_id": len(groups) - len(named),
                     "shared": {k: len(v) for k, v in shared.items()}, "examples": {k: v[:10] for k, v in shared.items() if v}}
@@ -90,7 +90,7 @@ def audit_source(
             top, top_n = Counter(named).most_common(1)[0]
             patients["largest"] = {"id": top, "images": top_n}
         if patients["files_without_id"]:
-            patients["without_id_by_class"] = dict(Counter(groups_of[i] for i, g in enumerate(groups) if g.startswith("__file__:")))
+            patients["without_id_by_class"] = dict(Counter(groups_of[i] for i, g in enumerate(groups) if g.startswith(OWN_ID_PREFIX)))
         placeholders = getattr(source, "placeholder_patient_ids", None)
         if placeholders:
             patients["placeholders"] = dict(placeholders)

@@ -13,7 +13,7 @@ import numpy as np
 from cxrkit.data.cache import CachedImages, load_cached, load_cached_arrays
 from cxrkit.data.medmnist import ArraySource, open_medmnist
 from cxrkit.data.sources import NEGATIVE_NAMES, DatasetError, ImageFolderSource, canonical_name, choose_positive_class, open_image_folder
-from cxrkit.data.splits import assign_splits, merge_groups, patient_ids
+from cxrkit.data.splits import OWN_ID_PREFIX, assign_splits, merge_groups, patient_ids
 from cxrkit.data.tables import open_label_table
 
 
@@ -241,7 +241,7 @@ def plan_dataset(
             dup[i] = g
         n_dup = len({g for g in dup if g is not None})
         if n_dup:
-            base = groups if groups is not None else [f"__file__:{s.path}" for s in samples]
+            base = groups if groups is not None else [f"{OWN_ID_PREFIX}{s.path}" for s in samples]
             split_groups = merge_groups(base, dup)
     if source.multilabel:
         if positive is not None:

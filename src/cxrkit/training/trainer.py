@@ -33,6 +33,7 @@ from cxrkit.data.augment import augment_batch
 from cxrkit.data.dataset import LabelledImages, load_dataset
 from cxrkit.data.preprocess import Preprocessing, intensity_stats
 from cxrkit.data.sources import positive_is_guessed
+from cxrkit.data.splits import OWN_ID_PREFIX
 from cxrkit.metrics.thresholds import cases_needed, parse_rule, rule_confidence
 from cxrkit.models.mixstyle import MixStyle
 from cxrkit.models.pretrained import initialise
@@ -118,7 +119,6 @@ def _write_run_inputs(cfg: TrainConfig, ds: LabelledImages, train_idx: np.ndarra
     """config.yaml, the shift reference, splits.csv and skipped.csv: what the run was trained from."""
     from cxrkit.data.identity import pixel_hashes
     from cxrkit.data.shift import build_reference
-    from cxrkit.data.splits import OWN_ID_PREFIX
 
     cfg.save(out / CONFIG_FILE)
     reference = build_reference(ds.images[train_idx], *ds.label_groups(train_idx), cfg.seed)
@@ -390,7 +390,7 @@ def _note_dataset_findings(ds: LabelledImages, log: Callable[[str], None]) -> No
                 log(f"warning: site {site} has no {' or '.join(lacking)} images: the model can learn that {site}'s images are never "
                     f"{' or '.join(lacking)} (a shortcut through the site), and {site}'s own figures have no ROC-AUC")
     if getattr(ds, "patients", None) is not None:
-        ids = {str(p) for p in ds.patients if p is not None and not str(p).startswith("__file__:")}
+        ids = {str(p) for p in ds.patients if p is not None and not str(p).startswith(OWN_ID_PREFIX)}
         spellings: dict[str, list[str]] = {}
         for p in sorted(ids):
             key = " ".join(p.split()).casefold()
