@@ -184,21 +184,29 @@ def test_the_exposure_advice_for_a_multilabel_task_is_what_training_does():
     assert "histogram-equalises each image when it finds this" in single
 
 
+def _write_table(path, root, header: list[str], row) -> list:
+    """A label table over every PNG under ``root``: ``header`` after the path column, ``row(i, file)`` the rest of each row."""
+    import csv
+
+    files = sorted(root.rglob("*.png"))
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", *header])
+        for i, p in enumerate(files):
+            w.writerow([p.relative_to(root).as_posix(), *row(i, p)])
+    return files
+
+
 @pytest.mark.parametrize("column", ["PatientID", "MRN", "subject_id", "Patient Number"])
 def test_hospital_exports_patients_under_their_own_names(clean_data, tmp_path, column):
     # A table whose patient column read "PatientID", "MRN" or "subject_id" was cut by image without a word; an anonymised
     # export's "ANON" was one patient holding 27 images, and blank cells were split one by one, in silence.
-    import csv
-
     from cxrkit.audit.messages import audit_messages
 
-    files = sorted(clean_data.rglob("*.png"))
-    with open(tmp_path / "table.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", column])
-        for i, p in enumerate(files):
-            pid = ("ANON" if i % 6 == 0 else "000" if i % 6 == 3 else "" if i % 7 == 1 else f"{i // 2:05d}" if i % 2 else str(i // 2))
-            w.writerow([p.relative_to(clean_data).as_posix(), p.parent.name, pid])
+    def row(i: int, p) -> list:
+        return [p.parent.name, "ANON" if i % 6 == 0 else "000" if i % 6 == 3 else "" if i % 7 == 1 else f"{i // 2:05d}" if i % 2 else str(i // 2)]
+
+    files = _write_table(tmp_path / "table.csv", clean_data, ["label", column], row)
     audit = audit_dataset(clean_data, cache_dir=tmp_path / "c", progress=False, labels=tmp_path / "table.csv")
     pat = audit["patients"]
     anon = sum(i % 3 == 0 for i in range(len(files)))
@@ -211,16 +219,9 @@ def test_hospital_exports_patients_under_their_own_names(clean_data, tmp_path, c
 
 
 def test_one_patient_id_holding_a_large_share_is_named(clean_data, tmp_path):
-    import csv
-
     from cxrkit.audit.messages import audit_messages
 
-    files = sorted(clean_data.rglob("*.png"))
-    with open(tmp_path / "table.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "patient_id"])
-        for i, p in enumerate(files):
-            w.writerow([p.relative_to(clean_data).as_posix(), p.parent.name, "WARD7" if i < 20 else f"p{i}"])
+    files = _write_table(tmp_path / "table.csv", clean_data, ["label", "patient_id"], lambda i, p: [p.parent.name, "WARD7" if i < 20 else f"p{i}"])
     audit = audit_dataset(clean_data, cache_dir=tmp_path / "c", progress=False, labels=tmp_path / "table.csv")
     said = audit_messages(audit)
     assert f"PATIENT IDS: one ID, WARD7, holds 20 of {len(files)} images (25%): they all go to one split" in " ".join(said)
@@ -229,14 +230,7 @@ def test_one_patient_id_holding_a_large_share_is_named(clean_data, tmp_path):
 
 def test_the_audit_says_which_columns_became_labels_and_patients(clean_data, tmp_path, capsys):
     # An HIV 0/1 column beside TB trained as a second finding, and nothing said which columns were read.
-    import csv
-
-    files = sorted(clean_data.rglob("*.png"))
-    with open(tmp_path / "table.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "TB", "HIV", "MRN"])
-        for i, p in enumerate(files):
-            w.writerow([p.relative_to(clean_data).as_posix(), int(p.parent.name == "tb"), i % 2, f"m{i // 2}"])
+    _write_table(tmp_path / "table.csv", clean_data, ["TB", "HIV", "MRN"], lambda i, p: [int(p.parent.name == "tb"), i % 2, f"m{i // 2}"])
     assert main(["audit", str(clean_data), "--labels", str(tmp_path / "table.csv"), "--out", str(tmp_path / "a"),
                  "--cache-dir", str(tmp_path / "c"), "--group-pattern", r"(\w+)_"]) == 0
     out = capsys.readouterr().out
@@ -247,14 +241,8 @@ def test_the_audit_says_which_columns_became_labels_and_patients(clean_data, tmp
 
 def test_the_report_says_how_many_images_had_no_patient_id(clean_data, tmp_path):
     # "Images were grouped by patient ID ... so no patient appears in two splits" with half the table's patient cells blank.
-    import csv
-
-    files = sorted(clean_data.rglob("*.png"))
-    with open(tmp_path / "table.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "patient_id"])
-        for i, p in enumerate(files):
-            w.writerow([p.relative_to(clean_data).as_posix(), p.parent.name, f"p{i // 4}" if i % 2 == 0 else ""])
+    files = _write_table(tmp_path / "table.csv", clean_data, ["label", "patient_id"],
+                         lambda i, p: [p.parent.name, f"p{i // 4}" if i % 2 == 0 else ""])
     out = tmp_path / "run"
     assert main(["train", str(clean_data), "--labels", str(tmp_path / "table.csv"), "--out", str(out), "--image-size", "32",
                  "--epochs", "1", "--model", "mlp", "--quiet", "--cache-dir", str(tmp_path / "c")]) == 0
@@ -279,15 +267,8 @@ def test_a_class_that_looks_like_a_misspelling_is_named():
 
 def test_the_audit_cache_tells_two_tables_over_the_same_images_apart(clean_data, tmp_path, capsys):
     # Same images, labels and patients under other column names: the cached result named the first table's columns.
-    import csv
-
-    files = sorted(clean_data.rglob("*.png"))
     for name, column in (("mrn.csv", "MRN"), ("pid.csv", "PatientID")):
-        with open(tmp_path / name, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label", column])
-            for i, p in enumerate(files):
-                w.writerow([p.relative_to(clean_data).as_posix(), p.parent.name, f"m{i // 2}"])
+        _write_table(tmp_path / name, clean_data, ["label", column], lambda i, p: [p.parent.name, f"m{i // 2}"])
         assert main(["audit", str(clean_data), "--labels", str(tmp_path / name), "--out", str(tmp_path / name[:3]),
                      "--cache-dir", str(tmp_path / "c")]) == 0
         assert f"of {name}); patients from column {column}" in capsys.readouterr().out
