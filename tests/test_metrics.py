@@ -128,6 +128,14 @@ def test_perfect_separation_flags_the_degenerate_auc_interval():
     assert auc["value"] == 1.0 and auc["ci"] == [1.0, 1.0] and "perfectly separated" in auc["note"]
     assert "note" not in m["metrics"]["sensitivity"]  # Wilson stays informative: 3/3 -> 43.9%-100%
     assert m["metrics"]["sensitivity"]["ci"][0] == pytest.approx(0.4385, abs=1e-4)
+    from cxrkit.report.narrative import binary_sentences
+
+    assert "on more cases the AUC may well be lower" in " ".join(binary_sentences({**m, "classes": ["normal", "tb"]}, "the test set"))
+    # Separated the wrong way round: AUC 0.000 was followed by "on more cases the AUC may well be lower".
+    inverted = binary_metrics(y, np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1]), 0.5, n_bootstrap=100)
+    text = " ".join(binary_sentences({**inverted, "classes": ["normal", "tb"]}, "the test set"))
+    assert inverted["metrics"]["roc_auc"]["value"] == 0.0 and "may well be lower" not in text
+    assert "every normal image scored above every tb image. The model's outputs are inverted" in text
 
 
 def test_a_constant_score_is_not_called_perfectly_separated():

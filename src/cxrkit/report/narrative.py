@@ -34,13 +34,18 @@ METRIC_WORDS = {
 SCORE_KEYS = frozenset({"roc_auc", "pr_auc", "macro_roc_auc", "mean_roc_auc"})
 
 
-def _zero_width_text(note: str | None) -> str:
+def _zero_width_text(note: str | None, auc: float | None = None, pos: str = "positive", neg: str = "negative") -> str:
     """What a zero-width AUC interval means, for the sentence after the AUC ("" when the interval has width)."""
     from cxrkit.metrics.classification import DEGENERATE_NOTE, TIED_NOTE
 
     if note == TIED_NOTE:
         return (" Every image got the same score: the model does not tell the classes apart at all on this set "
                 "(a model that collapsed or diverged in training gives one output for everything).")
+    if note == DEGENERATE_NOTE and auc is not None and auc < 0.5:
+        # AUC 0.000 read "on more cases the AUC may well be lower": it is separated the wrong way round.
+        return (f" The interval has zero width only because these cases happen to be separated the wrong way round: every {neg} "
+                f"image scored above every {pos} image. The model's outputs are inverted on this set (classes swapped, "
+                "or a shortcut that points the other way here).")
     if note == DEGENERATE_NOTE:
         return " The interval has zero width only because these cases happen to be perfectly separated; on more cases the AUC may well be lower."
     return ""
@@ -161,7 +166,7 @@ def binary_sentences(m: dict, split_words: str) -> list[str]:
         out.append(
             f"ROC-AUC {mm['roc_auc']['value']:.3f} ({ci_words(mm['roc_auc'], percent=False)}): the chance that a random {pos} image "
             f"gets a higher score than a random {neg} image, whatever threshold is used."
-            + _zero_width_text(mm["roc_auc"].get("note"))
+            + _zero_width_text(mm["roc_auc"].get("note"), mm["roc_auc"]["value"], pos, neg)
         )
     prevalence = p / (p + n) if p + n else 0
     out.append(
