@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrkit.data.dataset import load_dataset
+from cxrkit.data.dataset import load_dataset, plan_dataset
 from cxrkit.data.sources import DatasetError
 from cxrkit.data.splits import iterative_stratification, patient_ids
 from cxrkit.data.tables import open_label_table
@@ -190,6 +190,29 @@ def test_a_no_finding_column_is_the_absence_of_findings_and_one_name_per_row_is_
     # 01 and 1 were two classes of a three-class task
     numbers = [{"path": p, "label": ("0", "01", "1.0")[i % 3]} for i, p in enumerate(paths)]
     assert open_label_table(_write_csv(tmp_path / "n.csv", numbers), tmp_path).classes == ["0", "1"]
+
+
+def test_one_zero_one_column_is_a_binary_task(tmp_path):
+    # A "tb" 0/1 column trained as a one-finding multi-label task: no PPV/NPV, calibration, referral or paired tests.
+    paths = _images(tmp_path, 8)
+    rows = [{"path": p, "tb": i % 2, "patient_id": f"p{i}"} for i, p in enumerate(paths)]
+    src = open_label_table(_write_csv(tmp_path / "tb.csv", rows), tmp_path)
+    assert not src.multilabel and src.classes == ["no tb", "tb"] and [s.label for s in src.samples[:2]] == ["no tb", "tb"]
+    assert src.describe().startswith("labels: binary, classes no tb, tb (from column tb of tb.csv)")
+    plan = plan_dataset(tmp_path, labels=tmp_path / "tb.csv", val_fraction=0.25, test_fraction=0.25)
+    assert plan.positive == "tb" and plan.class_names == ["no tb", "tb"] and list(plan.labels) == [0, 1] * 4
+    assert open_label_table(tmp_path / "tb.csv", tmp_path, task="multilabel").multilabel  # asked for: one finding
+    # With a "No Finding" column beside it, that column names the negative class, and a row must hold one of the two.
+    both = [{**r, "No Finding": 1 - r["tb"]} for r in rows]
+    assert open_label_table(_write_csv(tmp_path / "nf.csv", both), tmp_path).classes == ["No Finding", "tb"]
+    both[3]["No Finding"] = 1
+    with pytest.raises(DatasetError, match=r"line 5 of .*nf.csv: 'No Finding' and 'tb' are both 1; a row holds one of them"):
+        open_label_table(_write_csv(tmp_path / "nf.csv", both), tmp_path)
+    # Every row 1: refused for training, read (one class) for evaluating a model on an all-TB site.
+    ones = _write_csv(tmp_path / "ones.csv", [{**r, "tb": 1} for r in rows])
+    with pytest.raises(DatasetError, match=r"column 'tb' is 1 on every row; training needs images with 0 and with 1"):
+        open_label_table(ones, tmp_path)
+    assert open_label_table(ones, tmp_path, min_classes=1).classes == ["tb"]
 
 
 def test_images_a_table_does_not_list_are_named_as_left_out(tmp_path):

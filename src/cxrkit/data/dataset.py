@@ -159,11 +159,11 @@ def open_source(data: str | Path, labels: str | Path | None = None, label_column
 
     data = Path(data).expanduser()
     if labels is not None:
-        return open_label_table(labels, data, label_column, task)
+        return open_label_table(labels, data, label_column, task, min_classes)
     if is_sources_file(data):
         return open_sites(data, match_classes, cache_dir)
     if data.suffix.lower() == ".csv" and data.is_file():
-        return open_label_table(data, data.parent, label_column, task)
+        return open_label_table(data, data.parent, label_column, task, min_classes)
     if data.suffix.lower() == ".npz":
         return open_medmnist(data)
     if label_column is not None:

@@ -235,11 +235,13 @@ def _findings(text: str) -> tuple[str, ...]:
     return tuple(sorted({p for p in parts if canonical_name(p) not in NEGATIVE_NAMES}))
 
 
-def open_label_table(table: str | Path, root: str | Path | None = None, label_column: str | None = None, task: str = "auto") -> TableSource:
+def open_label_table(table: str | Path, root: str | Path | None = None, label_column: str | None = None, task: str = "auto",
+                     min_classes: int = 2) -> TableSource:
     """Read a label table and check every image it lists exists under ``root`` (default: the table's folder).
 
     ``task`` ("auto", "binary", "multiclass" or "multilabel") decides how a single label column is read:
-    multilabel splits it on ``|``; binary/multi-class take each value as one class name.
+    multilabel splits it on ``|``; binary/multi-class take each value as one class name. One 0/1 column is a binary task
+    (classes "no X" and "X"). ``min_classes=1`` accepts a table of one class, for evaluating a model on it.
     """
     table = Path(table).expanduser()
     if not table.is_file():
@@ -262,6 +264,10 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
     if kind == "onehot":  # a "No Finding" column is the absence of every finding, not a finding of its own
         none_col = next((c for c in label_cols if canonical_name(c) in NEGATIVE_NAMES), None)
         label_cols = [c for c in label_cols if c != none_col]
+        if len(label_cols) == 1 and task in ("auto", "binary"):
+            # One 0/1 column (a "tb" column) is a binary task: as a one-finding multi-label task it lost PPV/NPV, calibration,
+            # referral and the paired tests, and its classes read "tb" and "No Finding".
+            kind = "binary01"
     patient_col = next((header[c] for c in PATIENT_COLUMNS if c in header), None)
     split_col = header.get("split")
     nih = "image_index" in header and "finding_labels" in header
@@ -327,6 +333,12 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
                 raise DatasetError(f"line {lines[i]} of {table}: {none_col!r} is {r[none_col].strip()} but the findings marked 1 are "
                                    f"{', '.join(found) or 'none'}; a row holds either {none_col} or findings")
             samples.append(Sample(p, "|".join(found) or "No Finding", split, found, patient))
+        elif kind == "binary01":
+            absent = none_col or f"no {label_cols[0]}"
+            if none_col is not None and (_zero_one(r[none_col]) == 1) == (_zero_one(r[label_cols[0]]) == 1):
+                raise DatasetError(f"line {lines[i]} of {table}: {none_col!r} and {label_cols[0]!r} are both {r[none_col].strip()}; "
+                                   "a row holds one of them")
+            samples.append(Sample(p, label_cols[0] if _zero_one(r[label_cols[0]]) == 1 else absent, split, None, patient))
         elif kind == "findings":
             found = _findings(r[label_cols[0]])
             if found and any(canonical_name(p) in NEGATIVE_NAMES for p in r[label_cols[0]].split("|")):
@@ -356,13 +368,19 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
             samples.append(Sample(p, value, split, None, patient))
     if kind == "onehot":
         classes = list(label_cols)
+    elif kind == "binary01":
+        classes = sorted({s.label for s in samples}, key=lambda c: c == label_cols[0])  # the absence first, as binary tasks order them
     elif kind == "findings":
         classes = sorted({f for s in samples for f in (s.findings or ())})
     else:
         classes = sorted({s.label for s in samples})
     one_spelling(classes, f"{table}: labels")  # 'TB' and 'tb' were two classes (or findings), each with part of the images
-    if len(classes) < (1 if kind != "class" else 2):
-        raise DatasetError(f"{table}: found {len(classes)} label(s) ({classes}); need at least {1 if kind != 'class' else 2}")
+    if kind == "binary01" and len(classes) < min_classes:
+        raise DatasetError(f"{table}: column {label_cols[0]!r} is {1 if classes == label_cols else 0} on every row; training needs "
+                           "images with 0 and with 1")
+    need = 1 if kind in ("onehot", "findings") else min_classes
+    if len(classes) < need:
+        raise DatasetError(f"{table}: found {len(classes)} label(s) ({classes}); need at least {need}")
     return TableSource(
         root=root, samples=samples, classes=classes, layout="nih table" if nih else "table", table=table.resolve(),
         label_column=label_cols[0] if len(label_cols) == 1 else None, split_lists=tuple(used_lists),
