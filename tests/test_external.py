@@ -25,6 +25,11 @@ def test_class_matching():
         match_classes(["healthy", "sick"], ["normal", "tb"], {"sick": "pneumonia"})
     with pytest.raises(DatasetError, match="not classes of the dataset"):
         match_classes(["healthy", "sick"], ["normal", "tb"], {"ill": "tb"})
+    # A model of a 0/1 "tb" column ("no tb", "tb") met a normal/ folder with "cannot be matched"; "no tb" is a normal model class too.
+    assert match_classes(["normal", "tb"], ["no tb", "tb"]) == {"normal": "no tb", "tb": "tb"}
+    assert match_classes(["No_TB", "TB"], ["normal", "tb"]) == {"No_TB": "normal", "TB": "tb"}
+    with pytest.raises(DatasetError, match=r"\['non-covid'\] cannot be matched"):  # the absence of another disease is not "normal"
+        match_classes(["non-covid", "tb"], ["normal", "tb"])
     assert parse_class_map("healthy=normal, TB=tb") == {"healthy": "normal", "TB": "tb"}
     with pytest.raises(ValueError, match="DATASET_CLASS=MODEL_CLASS"):
         parse_class_map("healthy:normal")

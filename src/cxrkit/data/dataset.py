@@ -12,7 +12,7 @@ import numpy as np
 
 from cxrkit.data.cache import CachedImages, load_cached, load_cached_arrays
 from cxrkit.data.medmnist import ArraySource, open_medmnist
-from cxrkit.data.sources import NEGATIVE_NAMES, DatasetError, ImageFolderSource, canonical_name, choose_positive_class, open_image_folder
+from cxrkit.data.sources import NEGATIVE_NAMES, DatasetError, ImageFolderSource, absence_of, canonical_name, choose_positive_class, open_image_folder
 from cxrkit.data.splits import OWN_ID_PREFIX, assign_splits, merge_groups, patient_ids
 from cxrkit.data.tables import open_label_table
 
@@ -115,8 +115,8 @@ class LabelledImages:
 
 def match_classes(dataset_classes: list[str], model_classes: list[str], class_map: dict[str, str] | None = None) -> dict[str, str]:
     """Map each dataset class to a model class: ``class_map`` first, then the same name, the same name
-    ignoring case, and for binary tasks any negative-sounding name (normal/healthy/negative) to the
-    model's negative class. Raises :class:`DatasetError` listing what cannot be matched."""
+    ignoring case, and for binary tasks any negative-sounding name (normal/healthy/negative, or "no X" of the
+    model's positive class X) to the model's negative class. Raises :class:`DatasetError` listing what cannot be matched."""
     class_map = dict(class_map or {})
     bad_targets = sorted({v for v in class_map.values() if v not in model_classes})
     if bad_targets:
@@ -125,7 +125,10 @@ def match_classes(dataset_classes: list[str], model_classes: list[str], class_ma
     if unknown:
         raise DatasetError(f"--class-map names {unknown}, which are not classes of the dataset ({dataset_classes})")
     lower = {m.lower(): m for m in model_classes}
-    negative = model_classes[0] if len(model_classes) == 2 and canonical_name(model_classes[0]) in NEGATIVE_NAMES else None
+    # A model trained on a 0/1 "tb" column has the classes "no tb" and "tb": a "normal" folder is its negative class, as is a
+    # "no tb" folder for a model of "normal" and "tb" (but "Non-COVID" is not a TB model's "normal").
+    negative = (model_classes[0] if len(model_classes) == 2 and (canonical_name(model_classes[0]) in NEGATIVE_NAMES
+                                                                 or absence_of(model_classes[0], model_classes[1])) else None)
     mapping, unmatched = {}, []
     for c in dataset_classes:
         if c in class_map:
@@ -134,7 +137,7 @@ def match_classes(dataset_classes: list[str], model_classes: list[str], class_ma
             mapping[c] = c
         elif c.lower() in lower:
             mapping[c] = lower[c.lower()]
-        elif negative and canonical_name(c) in NEGATIVE_NAMES:
+        elif negative and (canonical_name(c) in NEGATIVE_NAMES or absence_of(c, model_classes[1])):
             mapping[c] = negative
         else:
             unmatched.append(c)

@@ -467,6 +467,12 @@ def _negated(name: str) -> bool:
     return re.match(r"(no|non|not|without)[ \-]", canonical_name(name)) is not None
 
 
+def absence_of(name: str, other: str) -> bool:
+    """Whether class ``name`` names the absence of class ``other`` ("no tb" of "tb", "Non-COVID" of "COVID")."""
+    m = re.match(r"(no|non|not|without)[ \-]+(.+)", canonical_name(name))
+    return m is not None and canonical_name(m.group(2)) == canonical_name(other)
+
+
 def positive_is_guessed(classes: list[str]) -> bool:
     """True when neither rule of :func:`choose_positive_class` names the negative class, so it fell back to the alphabet."""
     return len(classes) == 2 and not any(sum(map(says, classes)) == 1 for says in (lambda c: canonical_name(c) in NEGATIVE_NAMES, _negated))
