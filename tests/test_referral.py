@@ -128,3 +128,19 @@ def test_referral_outcomes_count_patients_where_they_have_several_films():
     for k in ("decided_share", "npv_ruled_out", "ppv_ruled_in", "positives_missed", "error_rate_decided"):
         assert patients[k]["ci"] == pytest.approx(once[k]["ci"], abs=0.01), k
         assert patients[k]["numerator"] == films[k]["numerator"] and patients[k]["ci"][1] - patients[k]["ci"][0] >= films[k]["ci"][1] - films[k]["ci"][0]
+
+
+def test_a_band_chosen_on_a_patients_several_films_says_what_they_cannot_establish():
+    from cxrkit.metrics.referral import choose_referral
+
+    # 60 validation patients with 3 identical films each: by image, NPV 100% on 90 ruled-out films "established" 0.95 (Wilson
+    # lower bound 95.9%); the 90 films are 30 patients, whose lower bound is 88.6%.
+    y = np.repeat(np.r_[np.zeros(30), np.ones(30)], 3).astype(int)
+    p = np.repeat(np.r_[np.linspace(0.0, 0.3, 30), np.linspace(0.7, 1.0, 30)], 3)
+    films = choose_referral(y, p, "npv:0.95,ppv:0.95")
+    patients = choose_referral(y, p, "npv:0.95,ppv:0.95", patients=np.repeat(np.arange(60), 3))
+    assert (films["lower"], films["upper"]) == (patients["lower"], patients["upper"])  # the band itself is chosen alike
+    assert films["unsupported"] == []  # 90 films ruled out, all right: Wilson lower bound 95.9%
+    assert patients["unsupported"] == [
+        "npv 0.95 is met on validation (100.0%) but its 95% lower bound is 88.6%: 90 validation images (from 30 patients) cannot establish it",
+        "ppv 0.95 is met on validation (100.0%) but its 95% lower bound is 88.6%: 90 validation images (from 30 patients) cannot establish it"]

@@ -76,6 +76,62 @@ def test_guaranteed_rule_reports_its_bound_and_prefers_the_highest_threshold():
     assert s.kind == "guaranteed" and s.guarantee["metric"] == "specificity" and s.specificity >= 0.9
 
 
+def test_a_guarantee_counts_patients_where_a_patient_has_several_images():
+    """A patient's films share much of their score: counted as independent, the guarantee held 82% of the time, not 95%."""
+    from scipy.stats import norm
+
+    from cxrkit.metrics.thresholds import choose_threshold
+
+    rng = np.random.default_rng(0)
+    sd = np.hypot(1.5, 0.5)  # the positives' log-odds: a patient effect (SD 1.5) and a film effect (SD 0.5) around 1.0
+    held = {"image": 0, "patient": 0}
+    for _ in range(200):
+        patient = np.r_[np.repeat(np.arange(40), 4), 100 + np.arange(160)]  # 40 positive patients x 4 films, 160 negatives
+        z = np.r_[np.repeat(rng.normal(0, 1.5, 40), 4) + rng.normal(1.0, 0.5, 160), rng.normal(-1, 1, 160)]
+        y, p = np.r_[np.ones(160), np.zeros(160)], 1 / (1 + np.exp(-z))
+        for by, ids in (("image", None), ("patient", patient)):
+            t = choose_threshold(y, p, "sensitivity:0.9@0.95", patients=ids).value
+            held[by] += 1 - norm.cdf(np.log(t / (1 - t)), loc=1.0, scale=sd) >= 0.9
+    assert held["image"] / 200 < 0.88 and held["patient"] / 200 >= 0.92, held
+    c = choose_threshold(y, p, "sensitivity:0.9@0.95", patients=patient)
+    assert c.guarantee["patients"] == 40 and c.guarantee["cases"] == 160 and 40 <= c.guarantee["effective_cases"] < 160
+    assert c.value <= choose_threshold(y, p, "sensitivity:0.9@0.95").value  # never less cautious than the image count
+    # One image per patient: the image-level choice exactly.
+    assert choose_threshold(y, p, "sensitivity:0.9@0.95", patients=np.arange(320)).to_dict() == choose_threshold(
+        y, p, "sensitivity:0.9@0.95").to_dict()
+    # 30 positives from 3 patients prove nothing at 0.9: taken as alike, they are worth 900 / (64 + 100 + 144) = 2.9 cases.
+    from cxrkit.metrics.thresholds import GuaranteeImpossible
+
+    with pytest.raises(GuaranteeImpossible, match=r"30 positive case\(s\) from 3 patients \(worth 2.9 independent cases"):
+        choose_threshold(np.r_[np.ones(30), np.zeros(30)], np.linspace(0, 1, 60), "sensitivity:0.9@0.95",
+                         patients=np.r_[np.repeat([1, 2, 3], [8, 10, 12]), np.arange(10, 40)])
+
+
+def test_the_patients_effective_cases_at_every_threshold_match_the_clustered_wilson_interval():
+    from cxrkit.metrics.intervals import clustered_wilson, effective_cases_by_prefix
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n = int(rng.integers(2, 40))
+        clusters = rng.integers(0, int(rng.integers(1, 15)), n)
+        by_prefix = effective_cases_by_prefix(clusters)
+        for j in range(n + 1):
+            assert by_prefix[j] == pytest.approx(clustered_wilson(np.r_[np.ones(j), np.zeros(n - j)], clusters)[1], abs=1e-9)
+
+
+def test_train_refuses_a_guarantee_its_validation_patients_cannot_give():
+    from types import SimpleNamespace
+
+    from cxrkit.training.trainer import _check_guarantee_possible
+
+    cfg, task = SimpleNamespace(threshold_rule="sensitivity:0.9@0.95", allow_point_estimate=False), SimpleNamespace(name="binary")
+    y = np.r_[np.ones(40), np.zeros(40)]
+    _check_guarantee_possible(cfg, task, y)  # 40 positive images: enough (29 needed) when they are 40 patients
+    with pytest.raises(ValueError, match=r"needs at least 29 positive validation images .*; the validation split has 40 from 4 patients, "
+                                         r"worth 4.0 independent cases"):
+        _check_guarantee_possible(cfg, task, y, [f"p{i // 10}" for i in range(40)] + [f"n{i}" for i in range(40)])
+
+
 def test_guaranteed_rule_with_too_few_cases():
     from cxrkit.metrics.thresholds import GuaranteeImpossible, cases_needed, choose_threshold
 

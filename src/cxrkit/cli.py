@@ -473,7 +473,7 @@ def cmd_referral(a: argparse.Namespace) -> int:
 
 def _referral(a: argparse.Namespace) -> int:
     """Choose or remove the referral band (the run is locked)."""
-    from cxrkit.evaluation.evaluate import fresh_validation_predictions, referral_analysis, store_referral, validation_predictions
+    from cxrkit.evaluation.evaluate import fresh_validation_predictions, referral_analysis, store_referral, validation_patients, validation_predictions
     from cxrkit.run import Run
 
     run = Run.load(a.run)
@@ -486,13 +486,16 @@ def _referral(a: argparse.Namespace) -> int:
         raise ValueError(f"a referral band needs a binary run (one disease against normal); {a.run} is a {run.task} run")
     # The validation images predicted again when the data is at hand: predictions.csv is not bound to the weights, and rows
     # edited there (0.99 for every tb image) gave a band with 100% NPV and PPV, printed and stored.
-    val, where = fresh_validation_predictions(run), "validation images"
-    if val is None:
+    fresh, where = fresh_validation_predictions(run), "validation images"
+    if fresh is not None:
+        val, patients = fresh[:2], fresh[2]
+    else:
         val, where = validation_predictions(run), "validation rows of predictions.csv (the training data is not at hand)"
+        patients = validation_patients(run) if val is not None else None
     if val is None:
         raise ValueError(f"{a.run} has no validation predictions in predictions.csv to choose the band on, and its training data is not at hand")
-    band = store_referral(run, val[0], val[1], a.spec)
-    r = referral_analysis(run, *val)
+    band = store_referral(run, val[0], val[1], a.spec, patients)
+    r = referral_analysis(run, *val, patients)
     print(f"referral band chosen on {len(val[0])} {where}: rule out below {band['lower']:.3f}, rule in at or above {band['upper']:.3f}")
     _referral_summary(r, run.classes)
     if band.get("note"):

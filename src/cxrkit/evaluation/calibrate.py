@@ -62,11 +62,11 @@ def calibrate_run(run_dir: str | Path, data: str | Path | None = None, method: s
             if run.task == "binary":
                 old = dict(run.record.threshold)
                 uncalibrated = old.get("uncalibrated_value", old["value"])
-                choice = store_threshold(run, y, cal.apply(raw), old["rule"])
+                choice = store_threshold(run, y, cal.apply(raw), old["rule"], patients=ds.patients_of(idx))
                 choice.update(calibrated=method, uncalibrated_value=uncalibrated)
                 run.record.set_threshold(choice)
                 cal.threshold = {"uncalibrated": uncalibrated, "calibrated": choice["value"], "rule": old["rule"]}
-                rechosen = _rechoose_referral(run, y, cal.apply(raw))
+                rechosen = _rechoose_referral(run, y, cal.apply(raw), ds.patients_of(idx))
             elif run.task == "multilabel":
                 _map_finding_thresholds(run, cal)
             record = cal.to_dict()
@@ -95,7 +95,7 @@ def _map_finding_thresholds(run: Run, cal: Calibration) -> None:
     run.record.set_thresholds(thresholds, run.record.threshold_rule or "youden")
 
 
-def _rechoose_referral(run: Run, y: np.ndarray, probs: np.ndarray) -> dict | None:
+def _rechoose_referral(run: Run, y: np.ndarray, probs: np.ndarray, patients: list[str] | None = None) -> dict | None:
     """A referral band chosen again with its own rule on the probabilities the run now gives (calibrated or not): left as it
     was, its bounds were on the old scale, and 98% of images were "decided alone" against the 37% it was chosen for."""
     band = run.record.referral
@@ -103,7 +103,7 @@ def _rechoose_referral(run: Run, y: np.ndarray, probs: np.ndarray) -> dict | Non
         return None
     from cxrkit.metrics.referral import choose_referral
 
-    run.record.referral = choose_referral(y, probs[:, 1], band["spec"], threshold=run.record.threshold_value)
+    run.record.referral = choose_referral(y, probs[:, 1], band["spec"], threshold=run.record.threshold_value, patients=patients)
     return run.record.referral
 
 
@@ -193,7 +193,7 @@ def remove_calibration(run_dir: str | Path, data: str | Path | None = None, prog
                 return True
             images = np.asarray(ds.images[idx])
             if run.record.referral:  # its bounds were on the calibrated scale
-                _rechoose_referral(run, ds.labels[idx], run.predict_arrays(images, calibrated=False))
+                _rechoose_referral(run, ds.labels[idx], run.predict_arrays(images, calibrated=False), ds.patients_of(idx))
                 run.save_record()
                 run = Run.load(run_dir)
             if not read_metrics(run.path).get("val"):

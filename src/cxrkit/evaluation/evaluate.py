@@ -50,21 +50,23 @@ def parse_class_map(text: str | None) -> dict[str, str] | None:
     return out
 
 
-def store_threshold(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str, allow_point_estimate: bool = False) -> dict:
-    """Choose the binary decision threshold on validation predictions and save it in meta.json."""
-    choice = choose_threshold(y_val, probs_val[:, 1], rule, chosen_on="val", allow_point_estimate=allow_point_estimate).to_dict()
+def store_threshold(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str, allow_point_estimate: bool = False,
+                    patients: list[str] | None = None) -> dict:
+    """Choose the binary decision threshold on validation predictions and save it in meta.json (a guarantee counts ``patients``)."""
+    choice = choose_threshold(y_val, probs_val[:, 1], rule, chosen_on="val", allow_point_estimate=allow_point_estimate,
+                              patients=patients).to_dict()
     run.record.set_threshold(choice)
     run.save_record()
     return choice
 
 
-def store_referral(run: Run, y_val: np.ndarray, probs_val: np.ndarray, spec: str) -> dict:
-    """Choose a binary run's referral band on validation predictions and save it in meta.json."""
+def store_referral(run: Run, y_val: np.ndarray, probs_val: np.ndarray, spec: str, patients: list[str] | None = None) -> dict:
+    """Choose a binary run's referral band on validation predictions and save it in meta.json (its bounds count ``patients``)."""
     from cxrkit.metrics.referral import choose_referral
 
     if run.task != "binary":
         raise ValueError("a referral band needs a binary run (one disease against normal)")
-    band = choose_referral(y_val, probs_val[:, 1], spec, threshold=run.threshold)
+    band = choose_referral(y_val, probs_val[:, 1], spec, threshold=run.threshold, patients=patients)
     run.record.referral = band
     run.save_record()
     return band
@@ -103,7 +105,8 @@ def unchosen_threshold_notes(run: Run) -> list[str]:
             f"{'it' if len(unchosen) == 1 else 'them'}"]
 
 
-def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str, allow_point_estimate: bool = False) -> dict:
+def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: str, allow_point_estimate: bool = False,
+                     patients: list[str] | None = None) -> dict:
     """Choose one threshold per finding of a multi-label run on validation predictions; save them in meta.json.
 
     A finding without a positive (or without a negative) validation image cannot have a threshold chosen
@@ -113,7 +116,8 @@ def store_thresholds(run: Run, y_val: np.ndarray, probs_val: np.ndarray, rule: s
     for c, name in enumerate(run.classes):
         yc = y_val[:, c]
         if 0 < yc.sum() < len(yc) or parse_rule(rule)[0] == "fixed":
-            out[name] = choose_threshold(yc, probs_val[:, c], rule, chosen_on=f"val ({name})", allow_point_estimate=allow_point_estimate).to_dict()
+            out[name] = choose_threshold(yc, probs_val[:, c], rule, chosen_on=f"val ({name})", allow_point_estimate=allow_point_estimate,
+                                         patients=patients).to_dict()
         else:
             fallback = choose_threshold(yc, probs_val[:, c], "0.5", chosen_on="val").to_dict()
             fallback["rule"] = f"0.5 (validation has {'no positive' if yc.sum() == 0 else 'no negative'} {name} image; {rule} impossible)"
@@ -172,9 +176,9 @@ def validation_patients(run: Run) -> list[str] | None:
     return recorded_patients(run.path, paths)
 
 
-def fresh_validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
-    """Labels and this model's probabilities of the validation split, predicted now from the images (None when the training
-    data is not at hand, or for a multi-label run)."""
+def fresh_validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray, list[str] | None] | None:
+    """Labels, this model's probabilities and the patients of the validation split, predicted now from the images (None when
+    the training data is not at hand, or for a multi-label run)."""
     from cxrkit.data.sources import DatasetError
 
     if run.task == "multilabel":
@@ -186,7 +190,7 @@ def fresh_validation_predictions(run: Run) -> tuple[np.ndarray, np.ndarray] | No
     idx = ds.index("val")
     if not len(idx):
         return None
-    return ds.labels[idx], run.predict_arrays(np.asarray(ds.images[idx]))
+    return ds.labels[idx], run.predict_arrays(np.asarray(ds.images[idx])), ds.patients_of(idx)
 
 
 def training_overlap(run_dir: Path, images: np.ndarray) -> dict | None:
@@ -531,7 +535,8 @@ def _recalibrated(
     cal_probs = run.predict_arrays(cal.images[cal_idx])
     rule = run.record.threshold_rule
     try:
-        choice = choose_threshold(cal.labels[cal_idx], cal_probs[:, 1], rule, chosen_on=f"recalibration sample {cal.source.root.name}")
+        choice = choose_threshold(cal.labels[cal_idx], cal_probs[:, 1], rule, chosen_on=f"recalibration sample {cal.source.root.name}",
+                                  patients=cal.patients_of(cal_idx))
     except GuaranteeImpossible as exc:  # its advice named --allow-point-estimate, which evaluate does not have
         raise GuaranteeImpossible(f"{str(exc).split('; add ')[0]}: give a larger labelled sample, or evaluate without "
                                   "--recalibrate-on") from None
@@ -555,14 +560,14 @@ def finish_training(
     probs = run.predict_arrays(images)
     if run.task == "binary":
         try:
-            store_threshold(run, ds.labels[idx], probs, threshold_rule, allow_point_estimate)
+            store_threshold(run, ds.labels[idx], probs, threshold_rule, allow_point_estimate, ds.patients_of(idx))
         except GuaranteeImpossible as exc:
             raise GuaranteeImpossible(f"{exc}. The trained model is kept in {run.path} without a threshold: finish it with "
                                       "`cxrkit train DATA --out RUN --resume` and another --threshold-rule or --allow-point-estimate") from None
         if referral:
-            store_referral(run, ds.labels[idx], probs, referral)
+            store_referral(run, ds.labels[idx], probs, referral, ds.patients_of(idx))
     elif run.task == "multilabel":
-        store_thresholds(run, ds.labels[idx], probs, threshold_rule, allow_point_estimate)
+        store_thresholds(run, ds.labels[idx], probs, threshold_rule, allow_point_estimate, ds.patients_of(idx))
         plot_label_counts(ds.counts(), ds.image_counts(), run.path / "plots" / "label_counts.png")
         train = ds.index("train")
         plot_cooccurrence(ds.labels[train], ds.class_names, run.path / "plots" / "cooccurrence.png")

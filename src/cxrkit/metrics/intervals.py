@@ -76,6 +76,36 @@ def clustered_wilson(hits: np.ndarray, clusters: np.ndarray, confidence: float =
     return wilson_bounds(p, n_eff, confidence), n_eff
 
 
+def effective_cases_by_prefix(clusters: np.ndarray) -> np.ndarray:
+    """The effective n of :func:`clustered_wilson` for every proportion "the first j cases are hits" (j = 0..n).
+
+    ``clusters`` holds each case's cluster in the order cases become hits (for a sensitivity, the positives from the highest
+    score down). Used to bound a threshold's sensitivity or specificity by patient at every candidate threshold at once:
+    sum_i x_i^2 and sum_i x_i m_i grow by 2 x_c + 1 and m_c when a case of cluster c becomes a hit.
+    """
+    _, codes = np.unique(np.asarray(clusters), return_inverse=True)
+    n = len(codes)
+    m = np.bincount(codes).astype(np.float64)
+    k = len(m)
+    j = np.arange(n + 1, dtype=np.float64)
+    if k == n:
+        return j * 0 + n
+    order = np.argsort(codes, kind="stable")
+    before = np.empty(n, dtype=np.float64)  # how many earlier cases of the same cluster became hits first
+    before[order] = np.arange(n) - np.repeat(np.cumsum(m) - m, m.astype(np.int64))
+    sum_x2 = np.r_[0.0, np.cumsum(2 * before + 1)]
+    sum_xm = np.r_[0.0, np.cumsum(m[codes])]
+    p = j / n
+    alike = n * n / float(np.sum(m * m))
+    binomial = p * (1 - p) / n
+    clustered = k / max(k - 1, 1) * (sum_x2 - 2 * p * sum_xm + p * p * np.sum(m * m)) / (n * n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        estimated = np.minimum(float(n), np.maximum(alike, n / np.maximum(1.0, clustered / binomial)))
+    if k < MIN_PATIENTS or m.max() > n / 2:
+        return np.full(n + 1, alike)
+    return np.where(binomial <= 0, alike, estimated)
+
+
 def _midrank(x: np.ndarray) -> np.ndarray:
     # Tied scores share their mean rank. A hand-written loop here never advanced past a NaN (NaN != NaN): it spun forever.
     from scipy.stats import rankdata

@@ -47,9 +47,10 @@ def parse_referral(spec: str) -> dict[str, tuple[str, float]]:
     return out
 
 
-def choose_referral(y: np.ndarray, prob: np.ndarray, spec: str, threshold: float | None = None) -> dict:
+def choose_referral(y: np.ndarray, prob: np.ndarray, spec: str, threshold: float | None = None, patients: object = None) -> dict:
     """The two thresholds of ``spec`` chosen on (validation) labels ``y`` and P(positive) ``prob``; with the run's decision
-    ``threshold``, the band is widened to contain it, so that outside the band the run's own decision is the band's."""
+    ``threshold``, the band is widened to contain it, so that outside the band the run's own decision is the band's.
+    ``patients`` (one ID per image): the lower bounds that say whether a target is established count patients."""
     rules = parse_referral(spec)
     y, prob = binary_pair(y, prob)
     if threshold is not None:
@@ -88,7 +89,7 @@ def choose_referral(y: np.ndarray, prob: np.ndarray, spec: str, threshold: float
         # an image at 0.183 as ruled in while every command called it negative.
         lower, upper = min(lower, threshold), max(upper, threshold)
         note = (f"{note}; " if note else "") + f"the band was widened to contain the decision threshold {threshold:.3f}"
-    achieved = referral_outcomes(y, prob, lower, upper)
+    achieved = referral_outcomes(y, prob, lower, upper, patients)
     c = achieved["confusion_decided"]
     npos, nneg = int((y == 1).sum()), int((y == 0).sum())
     reached = {"npv": achieved["npv_ruled_out"], "ppv": achieved["ppv_ruled_in"],
@@ -99,8 +100,9 @@ def choose_referral(y: np.ndarray, prob: np.ndarray, spec: str, threshold: float
         e = reached[kind]
         # Met on the point estimate only: "NPV 100% (86.2-100%)" for a 0.99 target printed as if it were established.
         if e["value"] is not None and e["ci"][0] < target:
+            held = f" (from {e['patients']} patients)" if e.get("patients") else ""
             unsupported.append(f"{kind} {target:g} is met on validation ({100 * e['value']:.1f}%) but its 95% lower bound is "
-                               f"{100 * e['ci'][0]:.1f}%: {e['denominator']} validation images cannot establish it")
+                               f"{100 * e['ci'][0]:.1f}%: {e['denominator']} validation images{held} cannot establish it")
     return {"spec": spec, "lower": lower, "upper": min(upper, 1.0 + 1e-9), "chosen_on": "val", "note": note, "unsupported": unsupported,
             "validation": {k: achieved[k] for k in ("decided_share", "npv_ruled_out", "ppv_ruled_in", "referred")}}
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from cxrkit.metrics.inputs import binary_pair
+from cxrkit.metrics.inputs import binary_pair, patient_clusters
 
 
 @dataclass
@@ -125,14 +125,35 @@ class GuaranteeImpossible(ValueError):
     """No threshold meets a guaranteed rule on this validation split (too few cases of the class it is about)."""
 
 
+def _patient_lower_bounds(rate: np.ndarray, scores: np.ndarray, clusters: np.ndarray, descending: bool,
+                          confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided Clopper-Pearson bound of ``rate`` at each candidate threshold, at the patients' effective number of cases
+    (the design effect of :func:`~cxrkit.metrics.intervals.clustered_wilson`), and that effective number."""
+    from scipy.stats import beta
+
+    from cxrkit.metrics.intervals import effective_cases_by_prefix
+
+    order = np.argsort(-scores if descending else scores, kind="stable")
+    n = len(scores)
+    hits = np.rint(rate * n).astype(int)
+    n_eff = effective_cases_by_prefix(clusters[order])[hits]
+    x = rate * n_eff
+    with np.errstate(invalid="ignore"):
+        lower = beta.ppf(1 - confidence, x, n_eff - x + 1)
+    return np.where(x > 0, lower, 0.0), n_eff
+
+
 def choose_threshold(
     y_true: np.ndarray, prob: np.ndarray, rule: str = "youden", chosen_on: str = "val", allow_point_estimate: bool = False,
+    patients: object = None,
 ) -> ThresholdChoice:
     """Pick a threshold on ``prob`` (probability of the positive class) following ``rule``.
 
     A guaranteed rule (``sensitivity:0.90@0.95``) that no threshold can meet raises :class:`GuaranteeImpossible`
     with the number of cases it would need, unless ``allow_point_estimate``: then the point rule is used and the
-    choice records ``requested_rule``.
+    choice records ``requested_rule``. ``patients`` (one ID per case): where a patient has several cases of the class a
+    guarantee is about, the bound counts patients (Clopper-Pearson at the design effect's effective n; never above the
+    image-level bound), since ten films of one patient missed together are not ten chances to miss.
     """
     kind, target = parse_rule(rule)
     confidence = rule_confidence(rule)
@@ -153,15 +174,24 @@ def choose_threshold(
             n = n_pos if kind == "sensitivity" else n_neg
             rate = tpr if kind == "sensitivity" else spec
             lower = _lower_bounds(n, confidence)[np.rint(rate * n).astype(int)]
+            of_class = y == (1 if kind == "sensitivity" else 0)
+            clusters = patient_clusters(patients, len(y))
+            clusters = patient_clusters(clusters[of_class], n) if clusters is not None and n else None
+            n_eff = None
+            if clusters is not None:
+                by_patient, n_eff = _patient_lower_bounds(rate, prob[of_class], clusters, kind == "sensitivity", confidence)
+                lower = np.minimum(lower, by_patient)
             ok = np.flatnonzero(lower >= target - 1e-12)
             if len(ok) == 0:
                 point = rule.split("@")[0]
                 need = cases_needed(target, confidence)
                 what = "positive" if kind == "sensitivity" else "negative"
+                held = "" if clusters is None else (f" from {int(clusters.max()) + 1} patients (worth {n_eff[-1]:.1f} independent cases, "
+                                                      "as a patient's images are not independent)")
                 if not allow_point_estimate:
                     raise GuaranteeImpossible(
                         f"no threshold gives {kind} >= {target:g} with {confidence:.0%} confidence on the {chosen_on} split: "
-                        f"it has {n} {what} case(s), and even calling every one {what} proves that only with at least {need} "
+                        f"it has {n} {what} case(s){held}, and even calling every one {what} proves that only with at least {need} "
                         f"(more when some are missed); add {what} validation images, lower the target or the confidence, or "
                         f"pass --allow-point-estimate to use {point} (a point estimate, not a guarantee)"
                     )
@@ -172,6 +202,9 @@ def choose_threshold(
             i = int(ok[np.argmax(spec[ok])]) if kind == "sensitivity" else int(ok[np.argmax(tpr[ok])])
             guarantee = {"metric": kind, "target": target, "confidence": confidence, "lower_bound": float(lower[i]), "cases": n,
                          "method": "one-sided Clopper-Pearson"}
+            if clusters is not None:
+                guarantee.update(method="one-sided Clopper-Pearson at the patients' effective number of cases (design effect)",
+                                 patients=int(clusters.max()) + 1, effective_cases=round(float(n_eff[i]), 1))
         elif kind == "sensitivity":
             ok = np.flatnonzero(tpr >= target - 1e-12)
             i = int(ok[np.argmax(spec[ok])])

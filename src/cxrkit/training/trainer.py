@@ -298,19 +298,25 @@ def resumed_config(out: Path, data: str, given: dict, how: str) -> TrainConfig:
     return TrainConfig.from_dict({**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}})
 
 
-def _check_guarantee_possible(cfg: TrainConfig, task: Task, y_val: np.ndarray) -> None:
+def _check_guarantee_possible(cfg: TrainConfig, task: Task, y_val: np.ndarray, patients: list[str] | None = None) -> None:
     """Refuse before training when the validation split is too small for the guaranteed threshold rule asked for."""
+    from cxrkit.metrics.intervals import effective_cases_by_prefix
+
     confidence = rule_confidence(cfg.threshold_rule)
     if confidence is None or cfg.allow_point_estimate or task.name != "binary":
         return
     kind, target = parse_rule(cfg.threshold_rule)
-    n = int((y_val == 1).sum()) if kind == "sensitivity" else int((y_val == 0).sum())
+    of_class = y_val == (1 if kind == "sensitivity" else 0)
+    n = int(of_class.sum())
     need = cases_needed(target, confidence)
-    if n < need:
+    # With a patient's several images the bound counts patients: even every case found is worth fewer independent cases.
+    worth = float(effective_cases_by_prefix(np.asarray(patients, dtype=object)[of_class].astype(str))[-1]) if patients and n else n
+    if worth < need:
         what = "positive" if kind == "sensitivity" else "negative"
+        held = "" if worth == n else f" from {len(set(np.asarray(patients, dtype=object)[of_class]))} patients, worth {worth:.1f} independent cases"
         raise ValueError(
             f"--threshold-rule {cfg.threshold_rule} needs at least {need} {what} validation images (more if the model misses any); "
-            f"the validation split has {n}. Raise --val-fraction, lower the target or confidence, or add --allow-point-estimate"
+            f"the validation split has {n}{held}. Raise --val-fraction, lower the target or confidence, or add --allow-point-estimate"
         )
 
 
@@ -509,7 +515,7 @@ def _build(cfg: TrainConfig, ctx: Distributed, out: Path, progress: bool, log: C
         log(f"audit: {m}")
     train_idx, val_idx = ds.index("train"), ds.index("val")
     task, k = get_task(ds.task), len(ds.class_names)
-    _check_guarantee_possible(cfg, task, ds.labels[val_idx])
+    _check_guarantee_possible(cfg, task, ds.labels[val_idx], ds.patients_of(val_idx))
     if cfg.referral and task.name != "binary":
         raise ValueError("--referral needs a binary task (one disease against normal)")
     if task.name == "multiclass" and cfg.threshold_rule != "youden":  # it was kept in config.yaml and applied to nothing
