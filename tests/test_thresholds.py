@@ -107,6 +107,22 @@ def test_a_guarantee_counts_patients_where_a_patient_has_several_images():
                          patients=np.r_[np.repeat([1, 2, 3], [8, 10, 12]), np.arange(10, 40)])
 
 
+def test_the_spread_of_a_guaranteed_threshold_resamples_the_rule_as_it_chose_counting_patients():
+    # The resamples chose by the image-level bound while the run's threshold counted patients: the range described a less
+    # cautious rule and missed the threshold in use (0.162 against a range of 0.172-0.347).
+    from cxrkit.metrics.thresholds import choose_threshold
+
+    rng = np.random.default_rng(0)
+    patient = np.r_[np.repeat(np.arange(40), 4), 100 + np.arange(160)]
+    z = np.r_[np.repeat(rng.normal(0, 1.5, 40), 4) + rng.normal(1.0, 0.5, 160), rng.normal(-1, 1, 160)]
+    y, p = np.r_[np.ones(160), np.zeros(160)], 1 / (1 + np.exp(-z))
+    y_test, p_test = np.r_[np.ones(500), np.zeros(500)], 1 / (1 + np.exp(-np.r_[rng.normal(1, 1.58, 500), rng.normal(-1, 1, 500)]))
+    chosen = choose_threshold(y, p, "sensitivity:0.9@0.95", patients=patient).value
+    by_image = threshold_spread(y, p, "sensitivity:0.9@0.95", y_test, p_test)["threshold"]
+    by_patient = threshold_spread(y, p, "sensitivity:0.9@0.95", y_test, p_test, val_patients=patient)["threshold"]
+    assert not by_image[0] <= chosen <= by_image[1] and by_patient[0] <= chosen <= by_patient[1], (chosen, by_image, by_patient)
+
+
 def test_the_patients_effective_cases_at_every_threshold_match_the_clustered_wilson_interval():
     from cxrkit.metrics.intervals import clustered_wilson, effective_cases_by_prefix
 

@@ -146,6 +146,10 @@ def patient_clusters(patients: object, n: int) -> np.ndarray | None:
     """
     if patients is None:
         return None
+    if isinstance(patients, np.ndarray) and patients.dtype.kind in "iu" and patients.ndim == 1 and len(patients) == n:
+        # Whole numbers name themselves: the bootstraps pass their resamples' patient codes a thousand times.
+        _, codes = np.unique(patients, return_inverse=True)
+        return codes.astype(np.int64) if codes.max(initial=-1) + 1 < n else None
     a = _array(patients, "patient IDs")
     if a.ndim != 1 or len(a) != n:
         raise ValueError(f"patient IDs must be one per image: got shape {a.shape} for {n} images")

@@ -294,7 +294,8 @@ def _percentiles(statistic: Callable[[np.ndarray, np.ndarray], float], y_true: n
 
 def cluster_draw(y_true: np.ndarray, clusters: np.ndarray, stratified: bool) -> Callable[[np.random.Generator], np.ndarray]:
     """A function drawing one bootstrap resample of case indices by whole clusters (stratified by the set of classes a
-    cluster holds when ``stratified``)."""
+    cluster holds when ``stratified``). After a draw, the function's ``drawn`` attribute holds each drawn case's cluster
+    instance (a cluster drawn twice is two clusters), for statistics that count clusters within the resample."""
     _, codes = np.unique(clusters, return_inverse=True)
     if len(codes) != len(y_true):
         raise ValueError(f"{len(codes)} patient IDs for {len(y_true)} labels; give one per image, in the same order")
@@ -317,6 +318,7 @@ def cluster_draw(y_true: np.ndarray, clusters: np.ndarray, stratified: bool) -> 
         lengths = sizes[chosen]
         # the chosen clusters' rows in one step (a Python loop over 1,000 patients per resample doubled the figures' time)
         shift = np.repeat(offsets[chosen] - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+        draw.drawn = np.repeat(np.arange(len(chosen)), lengths)
         return flat[shift + np.arange(int(lengths.sum()))]
 
     return draw

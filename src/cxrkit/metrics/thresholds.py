@@ -15,6 +15,7 @@ many would be needed, and ``allow_point_estimate`` falls back to the plain rule,
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -248,10 +249,16 @@ def threshold_spread(
     def by_image(rng: np.random.Generator) -> np.ndarray:
         return np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
 
-    out = _spread(by_image, y_val, p_val, rule, y_eval, p_eval, n_resamples, confidence, seed)
     clusters = patient_clusters(val_patients, len(y_val))
+    # A guaranteed rule counts patients when choosing (choose_threshold): so must its resamples, or the ranges describe
+    # another, less cautious rule. Images drawn alone keep their patient; a patient drawn twice is two patients.
+    guaranteed = clusters is not None and rule_confidence(rule) is not None
+    out = _spread(by_image, y_val, p_val, rule, y_eval, p_eval, n_resamples, confidence, seed,
+                  (lambda idx: clusters[idx]) if guaranteed else None)
     if out is not None and clusters is not None:
-        patients = _spread(cluster_draw(y_val, clusters, True), y_val, p_val, rule, y_eval, p_eval, n_resamples, confidence, seed)
+        draw = cluster_draw(y_val, clusters, True)
+        patients = _spread(draw, y_val, p_val, rule, y_eval, p_eval, n_resamples, confidence, seed,
+                           (lambda idx: draw.drawn) if guaranteed else None)
         if patients is not None:
             for key in ("threshold", "sensitivity", "specificity"):
                 a, b = out[key], patients[key]
@@ -265,15 +272,16 @@ def threshold_spread(
 
 
 def _spread(draw, y_val: np.ndarray, p_val: np.ndarray, rule: str, y_eval: np.ndarray, p_eval: np.ndarray, n_resamples: int,
-            confidence: float, seed: int) -> dict | None:
-    """The ranges of :func:`threshold_spread` over resamples of the validation split drawn by ``draw``."""
+            confidence: float, seed: int, patients_of: Callable[[np.ndarray], np.ndarray] | None = None) -> dict | None:
+    """The ranges of :func:`threshold_spread` over resamples of the validation split drawn by ``draw`` (``patients_of``: the
+    patient of each drawn case, for a rule that counts them)."""
     rng = np.random.default_rng(seed)
     pos, neg = y_eval == 1, y_eval == 0
     values, sens, spec, failed = [], [], [], 0
     for _ in range(n_resamples):
         idx = draw(rng)
         try:
-            t = choose_threshold(y_val[idx], p_val[idx], rule).value
+            t = choose_threshold(y_val[idx], p_val[idx], rule, patients=patients_of(idx) if patients_of else None).value
         except GuaranteeImpossible:  # a resample with more misses cannot prove the target: counted, not hidden
             failed += 1
             continue
