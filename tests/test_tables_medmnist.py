@@ -202,6 +202,10 @@ def test_one_zero_one_column_is_a_binary_task(tmp_path):
     plan = plan_dataset(tmp_path, labels=tmp_path / "tb.csv", val_fraction=0.25, test_fraction=0.25)
     assert plan.positive == "tb" and plan.class_names == ["no tb", "tb"] and list(plan.labels) == [0, 1] * 4
     assert open_label_table(tmp_path / "tb.csv", tmp_path, task="multilabel").multilabel  # asked for: one finding
+    # Named with --label-column, the same classes ("0" and "1" made the positive class a guess); a generic "label" column keeps 0 and 1.
+    assert open_label_table(tmp_path / "tb.csv", tmp_path, label_column="tb").classes == ["no tb", "tb"]
+    generic = [{"path": r["path"], "label": r["tb"]} for r in rows]
+    assert open_label_table(_write_csv(tmp_path / "generic.csv", generic), tmp_path).classes == ["0", "1"]
     # With a "No Finding" column beside it, that column names the negative class, and a row must hold one of the two.
     both = [{**r, "No Finding": 1 - r["tb"]} for r in rows]
     assert open_label_table(_write_csv(tmp_path / "nf.csv", both), tmp_path).classes == ["No Finding", "tb"]

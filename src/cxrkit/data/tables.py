@@ -265,9 +265,12 @@ def open_label_table(table: str | Path, root: str | Path | None = None, label_co
         none_col = next((c for c in label_cols if canonical_name(c) in NEGATIVE_NAMES), None)
         label_cols = [c for c in label_cols if c != none_col]
         if len(label_cols) == 1 and task in ("auto", "binary"):
-            # One 0/1 column (a "tb" column) is a binary task: as a one-finding multi-label task it lost PPV/NPV, calibration,
-            # referral and the paired tests, and its classes read "tb" and "No Finding".
+            # One 0/1 column (a "tb" column) is a binary task: it was read as one finding, and training then stopped after the
+            # audit with "a multilabel run needs at least 2 classes, got 1".
             kind = "binary01"
+    elif (kind == "class" and task in ("auto", "binary") and _norm(label_cols[0]) not in CLASS_COLUMNS + FINDINGS_COLUMNS
+          and all(_zero_one(r[label_cols[0]]) is not None for r in rows)):
+        kind = "binary01"  # --label-column tb names the same classes as the table read on its own ("0" and "1" were a guess)
     patient_col = next((header[c] for c in PATIENT_COLUMNS if c in header), None)
     split_col = header.get("split")
     nih = "image_index" in header and "finding_labels" in header
